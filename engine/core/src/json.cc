@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/core/json.h"
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <cmath>
+
+namespace gnomon::json {
+
+bool IsValidUtf8(std::string_view s) { return simdjson::validate_utf8(s.data(), s.size()); }
+
+void AppendQuoted(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  size_t run = 0;  // start of the pending run of bytes that need no escape
+  for (size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      continue;
+    }
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        out += "\\u00";
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+    }
+  }
+  out.append(s.data() + run, s.size() - run);
+  out += '"';
+}
+
+void AppendInt(std::string& out, int64_t v) { fmt::format_to(std::back_inserter(out), "{}", v); }
+
+void AppendNumber(std::string& out, double v) {
+  if (!std::isfinite(v)) {
+    out += "null";
+    return;
+  }
+  constexpr double kMaxExact = 9007199254740992.0;  // 2^53
+  if (v == std::floor(v) && std::fabs(v) <= kMaxExact) {
+    AppendInt(out, static_cast<int64_t>(v));
+    return;
+  }
+  // fmt's shortest round-trip representation.
+  fmt::format_to(std::back_inserter(out), "{}", v);
+}
+
+std::string Base64(std::string_view in) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t n = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    out += kAlphabet[n >> 18];
+    out += kAlphabet[(n >> 12) & 63];
+    out += kAlphabet[(n >> 6) & 63];
+    out += kAlphabet[n & 63];
+  }
+  if (i + 1 == in.size()) {
+    uint32_t n = uint8_t(in[i]) << 16;
+    out += kAlphabet[n >> 18];
+    out += kAlphabet[(n >> 12) & 63];
+    out += "==";
+  } else if (i + 2 == in.size()) {
+    uint32_t n = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+    out += kAlphabet[n >> 18];
+    out += kAlphabet[(n >> 12) & 63];
+    out += kAlphabet[(n >> 6) & 63];
+    out += '=';
+  }
+  return out;
+}
+
+void ObjectWriter::Key(std::string_view key) {
+  if (!first_) {
+    out_ += ',';
+  }
+  first_ = false;
+  AppendQuoted(out_, key);
+  out_ += ':';
+}
+
+ObjectWriter& ObjectWriter::Field(std::string_view key, std::string_view value) {
+  Key(key);
+  if (IsValidUtf8(value)) {
+    AppendQuoted(out_, value);
+  } else {
+    // Never write invalid JSON: replace bad bytes so the line stays parseable.
+    std::string clean;
+    clean.reserve(value.size());
+    for (unsigned char c : value) {
+      clean += c < 0x80 ? static_cast<char>(c) : '?';
+    }
+    AppendQuoted(out_, clean);
+  }
+  return *this;
+}
+
+ObjectWriter& ObjectWriter::Field(std::string_view key, int64_t value) {
+  Key(key);
+  AppendInt(out_, value);
+  return *this;
+}
+
+ObjectWriter& ObjectWriter::FieldRaw(std::string_view key, std::string_view raw_json) {
+  Key(key);
+  out_ += raw_json;
+  return *this;
+}
+
+ObjectWriter& ObjectWriter::FieldNull(std::string_view key) {
+  Key(key);
+  out_ += "null";
+  return *this;
+}
+
+}  // namespace gnomon::json

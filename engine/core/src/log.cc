@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/core/log.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include "gnomon/core/json.h"
+
+namespace gnomon::log {
+namespace {
+std::atomic<Level> g_level{Level::kInfo};
+std::mutex g_mu;
+std::function<void(std::string_view)> g_writer;  // GUARDED_BY(g_mu)
+
+const char* LevelName(Level l) {
+  switch (l) {
+    case Level::kDebug: return "debug";
+    case Level::kInfo: return "info";
+    case Level::kWarn: return "warn";
+    case Level::kError: return "error";
+  }
+  return "info";
+}
+}  // namespace
+
+void SetLevel(Level level) { g_level = level; }
+Level GetLevel() { return g_level; }
+
+void SetWriter(std::function<void(std::string_view)> writer) {
+  std::lock_guard lock(g_mu);
+  g_writer = std::move(writer);
+}
+
+void Write(Level level, std::string_view msg, std::initializer_list<Field> fields) {
+  if (level < g_level.load(std::memory_order_relaxed)) {
+    return;
+  }
+  auto now = std::chrono::system_clock::now();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  std::string line;
+  line.reserve(128);
+  json::ObjectWriter w(line);
+  w.Field("ts", fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z",
+                            std::chrono::time_point_cast<std::chrono::seconds>(now), ms % 1000));
+  w.Field("level", LevelName(level));
+  w.Field("msg", msg);
+  for (const auto& [k, v] : fields) {
+    w.Field(k, v);
+  }
+  w.Close();
+  line += '\n';
+  std::lock_guard lock(g_mu);
+  if (g_writer) {
+    g_writer(line);
+    return;
+  }
+  // One write per line so concurrent processes sharing stderr do not interleave.
+  ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
+  (void)ignored;
+}
+
+}  // namespace gnomon::log

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/core/metrics.h"
+
+#include <fmt/format.h>
+
+#include <map>
+
+namespace gnomon {
+
+Histogram::Histogram(std::vector<double> bounds)
+    : bounds_(std::move(bounds)),
+      buckets_(std::make_unique<std::atomic<uint64_t>[]>(bounds_.size() + 1)) {}
+
+void Histogram::Observe(double seconds) {
+  size_t i = 0;
+  while (i < bounds_.size() && seconds > bounds_[i]) {
+    ++i;
+  }
+  buckets_[i].fetch_add(1, std::memory_order_relaxed);
+  count_.fetch_add(1, std::memory_order_relaxed);
+  sum_ns_.fetch_add(static_cast<uint64_t>(seconds * 1e9), std::memory_order_relaxed);
+}
+
+enum class MetricType { kCounter, kGauge, kHistogram };
+
+struct MetricsRegistry::Family {
+  std::string name;
+  std::string help;
+  MetricType type;
+  // Keyed by rendered label text, e.g. `{sink="a",outcome="ok"}`.
+  std::map<std::string, std::unique_ptr<Counter>> counters;
+  std::map<std::string, std::unique_ptr<Gauge>> gauges;
+  std::map<std::string, std::unique_ptr<Histogram>> histograms;
+};
+
+struct MetricsRegistry::Impl {
+  mutable std::mutex mu;
+  std::map<std::string, std::unique_ptr<Family>, std::less<>> families;  // GUARDED_BY(mu)
+  std::vector<std::function<void(std::string&)>> collectors;              // GUARDED_BY(mu)
+
+  Family& GetFamily(std::string_view name, std::string_view help, MetricType type) {
+    auto it = families.find(name);
+    if (it == families.end()) {
+      auto f = std::make_unique<Family>();
+      f->name = std::string(name);
+      f->help = std::string(help);
+      f->type = type;
+      it = families.emplace(std::string(name), std::move(f)).first;
+    }
+    return *it->second;
+  }
+};
+
+namespace {
+void AppendEscaped(std::string& out, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+}
+
+std::string LabelText(const Labels& labels) {
+  if (labels.empty()) {
+    return {};
+  }
+  std::string s = "{";
+  for (size_t i = 0; i < labels.size(); ++i) {
+    if (i > 0) {
+      s += ',';
+    }
+    s += labels[i].first;
+    s += "=\"";
+    AppendEscaped(s, labels[i].second);
+    s += '"';
+  }
+  s += '}';
+  return s;
+}
+
+// Inserts `extra` (like `le="0.1"`) into a label text.
+std::string WithLabel(const std::string& labels, const std::string& extra) {
+  if (labels.empty()) {
+    return "{" + extra + "}";
+  }
+  return labels.substr(0, labels.size() - 1) + "," + extra + "}";
+}
+}  // namespace
+
+MetricsRegistry::MetricsRegistry() : impl_(std::make_unique<Impl>()) {}
+MetricsRegistry::~MetricsRegistry() = default;
+
+std::vector<double> MetricsRegistry::DefaultLatencyBounds() {
+  return {0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
+}
+
+Counter* MetricsRegistry::GetCounter(std::string_view name, std::string_view help,
+                                     const Labels& labels) {
+  std::lock_guard lock(impl_->mu);
+  auto& slot = impl_->GetFamily(name, help, MetricType::kCounter).counters[LabelText(labels)];
+  if (!slot) {
+    slot = std::make_unique<Counter>();
+  }
+  return slot.get();
+}
+
+Gauge* MetricsRegistry::GetGauge(std::string_view name, std::string_view help,
+                                 const Labels& labels) {
+  std::lock_guard lock(impl_->mu);
+  auto& slot = impl_->GetFamily(name, help, MetricType::kGauge).gauges[LabelText(labels)];
+  if (!slot) {
+    slot = std::make_unique<Gauge>();
+  }
+  return slot.get();
+}
+
+Histogram* MetricsRegistry::GetHistogram(std::string_view name, std::string_view help,
+                                         const Labels& labels, std::vector<double> bounds) {
+  std::lock_guard lock(impl_->mu);
+  auto& slot = impl_->GetFamily(name, help, MetricType::kHistogram).histograms[LabelText(labels)];
+  if (!slot) {
+    slot = std::make_unique<Histogram>(std::move(bounds));
+  }
+  return slot.get();
+}
+
+void MetricsRegistry::AddCollector(std::function<void(std::string&)> collector) {
+  std::lock_guard lock(impl_->mu);
+  impl_->collectors.push_back(std::move(collector));
+}
+
+std::string MetricsRegistry::Render() const {
+  std::string out;
+  std::lock_guard lock(impl_->mu);
+  auto it = std::back_inserter(out);
+  for (const auto& [name, f] : impl_->families) {
+    const char* type = f->type == MetricType::kCounter ? "counter"
+                       : f->type == MetricType::kGauge ? "gauge"
+                                                       : "histogram";
+    fmt::format_to(it, "# HELP {} {}\n# TYPE {} {}\n", name, f->help, name, type);
+    for (const auto& [labels, c] : f->counters) {
+      fmt::format_to(it, "{}{} {}\n", name, labels, c->value());
+    }
+    for (const auto& [labels, g] : f->gauges) {
+      fmt::format_to(it, "{}{} {}\n", name, labels, g->value());
+    }
+    for (const auto& [labels, h] : f->histograms) {
+      uint64_t cumulative = 0;
+      for (size_t i = 0; i < h->bounds_.size(); ++i) {
+        cumulative += h->buckets_[i].load(std::memory_order_relaxed);
+        fmt::format_to(it, "{}_bucket{} {}\n", name,
+                       WithLabel(labels, fmt::format("le=\"{}\"", h->bounds_[i])), cumulative);
+      }
+      cumulative += h->buckets_[h->bounds_.size()].load(std::memory_order_relaxed);
+      fmt::format_to(it, "{}_bucket{} {}\n", name, WithLabel(labels, "le=\"+Inf\""), cumulative);
+      fmt::format_to(it, "{}_sum{} {}\n", name, labels,
+                     static_cast<double>(h->sum_ns_.load(std::memory_order_relaxed)) / 1e9);
+      fmt::format_to(it, "{}_count{} {}\n", name, labels, cumulative);
+    }
+  }
+  for (const auto& c : impl_->collectors) {
+    c(out);
+  }
+  return out;
+}
+
+}  // namespace gnomon

@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+// Lua rules: loading and validating rule files into an immutable RuleSet, and running them on a
+// per-worker RuleRuntime (one LuaJIT state each). This module never includes shadow or engine.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gnomon/core/clock.h"
+#include "gnomon/core/message.h"
+#include "gnomon/core/status.h"
+
+namespace gnomon::rules {
+
+enum class OnError { kDeadLetter, kDrop, kRetry };
+
+// One rule as loaded from its file. Immutable.
+struct RuleInfo {
+  std::string name;
+  std::string file;
+  int line = 0;  // line of `rule {`
+  std::vector<std::string> from;
+  OnError on_error = OnError::kDeadLetter;
+  int max_attempts = 3;  // with on_error = "retry": runs of one message before it dead-letters
+  std::string source;    // the file's text
+  std::string version;   // content hash (hex)
+};
+
+struct RuleSetOptions {
+  // Sink names rules may emit to; `ctx.emit` to any other name fails the call.
+  std::vector<std::string> sinks;
+};
+
+// A validated set of rules and the topic index over their `from` filters. Shared read-only
+// between workers (shared_ptr<const RuleSet>).
+class RuleSet {
+ public:
+  // Reads, compiles and checks every file on a scratch Lua state. Errors name file and line;
+  // every problem of every file is reported, one per line.
+  static Result<std::shared_ptr<const RuleSet>> Load(const std::vector<std::string>& files,
+                                                     RuleSetOptions options);
+  // From in-memory sources (name → text); used by tests and benchmarks.
+  static Result<std::shared_ptr<const RuleSet>> FromSources(
+      const std::vector<std::pair<std::string, std::string>>& files, RuleSetOptions options);
+
+  ~RuleSet();
+  const std::vector<RuleInfo>& rules() const { return rules_; }
+  const RuleSetOptions& options() const { return options_; }
+  // Appends the indexes of the rules whose `from` matches `topic`, in rule order.
+  void Match(std::string_view topic, std::vector<uint32_t>& out) const;
+
+ private:
+  RuleSet();
+  std::vector<RuleInfo> rules_;
+  RuleSetOptions options_;
+  struct Index;
+  std::unique_ptr<Index> index_;
+};
+
+// Expands rule paths and glob patterns (relative to `base_dir`) into sorted file names.
+Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>& patterns,
+                                                 const std::string& base_dir);
+
+// One buffered effect of a rule call.
+struct Effect {
+  enum class Kind { kEmit, kPublish };
+  Kind kind = Kind::kEmit;
+  uint32_t sink = 0;   // kEmit: index into RuleSetOptions::sinks
+  std::string topic;   // kPublish: the topic; kEmit: optional topic override
+  std::string payload;
+  bool json = true;    // false: a Lua string emitted as raw bytes
+  std::string key;
+  Headers headers;
+  int qos = -1;
+  bool retain = false;
+};
+
+enum class Outcome { kOk, kFiltered, kFailed };
+
+struct CallResult {
+  Outcome outcome = Outcome::kOk;
+  std::string reason;            // drop reason, or the error with file:line and traceback
+  std::vector<Effect> effects;   // committed only when outcome == kOk
+};
+
+// What a rule sees of a message. Views must outlive the call.
+struct MessageView {
+  std::string_view topic;
+  std::string_view device;
+  // The payload; if its std::string has SIMDJSON_PADDING spare capacity it is parsed in place.
+  const std::string* payload = nullptr;
+  std::string_view source;
+  const Headers* headers = nullptr;
+  int64_t ts_ms = 0;
+};
+
+// A per-worker Lua state with every rule of a set loaded, each in its own environment.
+// Not thread-safe: owned and used by one thread.
+class RuleRuntime {
+ public:
+  static Result<std::unique_ptr<RuleRuntime>> Create(std::shared_ptr<const RuleSet> set,
+                                                     const Clock& clock);
+  ~RuleRuntime();
+
+  // Runs rule `index` of the set on `msg`. `out` is reset first. Never throws; a Lua error is
+  // kFailed with the reason.
+  void Run(uint32_t index, const MessageView& msg, CallResult& out);
+
+  const RuleSet& rule_set() const { return *set_; }
+  const std::shared_ptr<const RuleSet>& rule_set_ptr() const { return set_; }
+
+  struct State;
+
+ private:
+  RuleRuntime() = default;
+  std::shared_ptr<const RuleSet> set_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace gnomon::rules

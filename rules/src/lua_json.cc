@@ -1,0 +1,429 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "lua_json.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <new>
+
+#include "gnomon/core/json.h"
+
+namespace gnomon::rules {
+namespace {
+
+constexpr const char* kViewMeta = "gnomon.json_view";
+constexpr const char* kArrayMeta = "gnomon.json_array";
+constexpr int kMaxEncodeDepth = 128;
+constexpr double kMaxExactInt = 9007199254740992.0;  // 2^53
+
+struct View {
+  uint64_t generation;
+  simdjson::dom::element el;
+};
+
+JsonContext* Ctx(lua_State* L) {
+  return static_cast<JsonContext*>(lua_touserdata(L, lua_upvalueindex(1)));
+}
+
+// The view at `idx` if it is one and still alive; an error otherwise.
+Result<View*> CheckView(lua_State* L, int idx, JsonContext* ctx) {
+  auto* v = static_cast<View*>(luaL_testudata(L, idx, kViewMeta));
+  if (v == nullptr) {
+    return InvalidArgument("expected a JSON view");
+  }
+  if (v->generation != ctx->generation) {
+    return FailedPrecondition(
+        "msg.payload used after handle returned (copy values out with json.totable)");
+  }
+  return v;
+}
+
+void PushInt(lua_State* L, int64_t i) {
+  if (std::fabs(static_cast<double>(i)) <= kMaxExactInt) {
+    lua_pushnumber(L, static_cast<lua_Number>(i));
+  } else {
+    std::string s = std::to_string(i);
+    lua_pushlstring(L, s.data(), s.size());
+  }
+}
+
+void PushScalar(lua_State* L, simdjson::dom::element el) {
+  using T = simdjson::dom::element_type;
+  switch (el.type()) {
+    case T::INT64: PushInt(L, int64_t(el)); return;
+    case T::UINT64: {
+      uint64_t u = uint64_t(el);
+      if (static_cast<double>(u) <= kMaxExactInt) {
+        lua_pushnumber(L, static_cast<lua_Number>(u));
+      } else {
+        std::string s = std::to_string(u);
+        lua_pushlstring(L, s.data(), s.size());
+      }
+      return;
+    }
+    case T::DOUBLE: lua_pushnumber(L, double(el)); return;
+    case T::STRING: {
+      std::string_view s(el);
+      lua_pushlstring(L, s.data(), s.size());
+      return;
+    }
+    case T::BOOL: lua_pushboolean(L, bool(el)); return;
+    case T::NULL_VALUE: lua_pushlightuserdata(L, nullptr); return;
+    default: lua_pushnil(L); return;
+  }
+}
+
+// Builds Lua tables from `el` (json.decode, json.totable).
+void PushTable(lua_State* L, simdjson::dom::element el) {
+  using T = simdjson::dom::element_type;
+  lua_checkstack(L, 4);
+  if (el.type() == T::ARRAY) {
+    simdjson::dom::array a(el);
+    lua_createtable(L, static_cast<int>(a.size()), 0);
+    int i = 1;
+    for (simdjson::dom::element item : a) {
+      PushTable(L, item);
+      lua_rawseti(L, -2, i++);
+    }
+    luaL_getmetatable(L, kArrayMeta);
+    lua_setmetatable(L, -2);
+  } else if (el.type() == T::OBJECT) {
+    simdjson::dom::object o(el);
+    lua_createtable(L, 0, static_cast<int>(o.size()));
+    for (auto field : o) {
+      lua_pushlstring(L, field.key.data(), field.key.size());
+      PushTable(L, field.value);
+      lua_rawset(L, -3);
+    }
+  } else {
+    PushScalar(L, el);
+  }
+}
+
+Result<int> ViewIndex(lua_State* L) {
+  JsonContext* ctx = Ctx(L);
+  GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, ctx));
+  simdjson::dom::element child;
+  if (v->el.is_object()) {
+    if (lua_type(L, 2) != LUA_TSTRING) {
+      lua_pushnil(L);
+      return 1;
+    }
+    size_t len = 0;
+    const char* k = lua_tolstring(L, 2, &len);
+    if (simdjson::dom::object(v->el).at_key(std::string_view(k, len)).get(child) !=
+        simdjson::SUCCESS) {
+      lua_pushnil(L);
+      return 1;
+    }
+  } else {
+    if (lua_type(L, 2) != LUA_TNUMBER) {
+      lua_pushnil(L);
+      return 1;
+    }
+    double d = lua_tonumber(L, 2);
+    if (d < 1 || d != std::floor(d) ||
+        simdjson::dom::array(v->el).at(static_cast<size_t>(d) - 1).get(child) !=
+            simdjson::SUCCESS) {
+      lua_pushnil(L);
+      return 1;
+    }
+  }
+  PushElement(L, ctx, child);
+  return 1;
+}
+
+Result<int> ViewLen(lua_State* L) {
+  GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  size_t n = v->el.is_array() ? simdjson::dom::array(v->el).size()
+                              : simdjson::dom::object(v->el).size();
+  lua_pushnumber(L, static_cast<lua_Number>(n));
+  return 1;
+}
+
+Result<int> ViewToString(lua_State* L) {
+  GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  std::string s = simdjson::minify(v->el);
+  lua_pushlstring(L, s.data(), s.size());
+  return 1;
+}
+
+Result<int> JsonEncode(lua_State* L) {
+  std::string out;
+  GNOMON_RETURN_IF_ERROR(EncodeValue(L, 1, Ctx(L), out, "value"));
+  lua_pushlstring(L, out.data(), out.size());
+  return 1;
+}
+
+Result<int> JsonDecode(lua_State* L) {
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    return InvalidArgument("json.decode: expected a string");
+  }
+  size_t len = 0;
+  const char* s = lua_tolstring(L, 1, &len);
+  simdjson::dom::element el;
+  auto err = Ctx(L)->decode_parser.parse(s, len).get(el);
+  if (err != simdjson::SUCCESS) {
+    return InvalidArgument(fmt::format("json.decode: {}", simdjson::error_message(err)));
+  }
+  PushTable(L, el);
+  return 1;
+}
+
+// json.totable(v): a deep copy of a view as tables; other values unchanged.
+Result<int> JsonToTable(lua_State* L) {
+  if (luaL_testudata(L, 1, kViewMeta) == nullptr) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  PushTable(L, v->el);
+  return 1;
+}
+
+// json.pairs(v): iterate a view (object fields or array items) or a table.
+Result<int> JsonPairs(lua_State* L) {
+  if (luaL_testudata(L, 1, kViewMeta) != nullptr) {
+    GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+    JsonContext* ctx = Ctx(L);
+    lua_getglobal(L, "next");
+    if (v->el.is_array()) {
+      lua_createtable(L, static_cast<int>(simdjson::dom::array(v->el).size()), 0);
+      int i = 1;
+      for (auto item : simdjson::dom::array(v->el)) {
+        PushElement(L, ctx, item);
+        lua_rawseti(L, -2, i++);
+      }
+    } else {
+      lua_createtable(L, 0, static_cast<int>(simdjson::dom::object(v->el).size()));
+      for (auto field : simdjson::dom::object(v->el)) {
+        lua_pushlstring(L, field.key.data(), field.key.size());
+        PushElement(L, ctx, field.value);
+        lua_rawset(L, -3);
+      }
+    }
+    lua_pushnil(L);
+    return 3;
+  }
+  if (lua_type(L, 1) != LUA_TTABLE) {
+    return InvalidArgument("json.pairs: expected a table or a JSON view");
+  }
+  lua_getglobal(L, "next");
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
+
+// json.array(t): marks t as an array so `{}` encodes as `[]`.
+Result<int> JsonArray(lua_State* L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_newtable(L);
+  } else if (lua_type(L, 1) != LUA_TTABLE) {
+    return InvalidArgument("json.array: expected a table");
+  }
+  luaL_getmetatable(L, kArrayMeta);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+// Is the table at `idx` a sequence 1..n with n > 0 and no other keys?
+bool IsSequence(lua_State* L, int idx, size_t& n) {
+  n = lua_objlen(L, idx);
+  if (n == 0) {
+    return false;
+  }
+  size_t count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    ++count;
+    if (count > n) {
+      lua_pop(L, 1);
+      return false;
+    }
+  }
+  return count == n;
+}
+
+Status Encode(lua_State* L, int idx, JsonContext* ctx, std::string& out, std::string& path,
+              int depth);
+
+Status EncodeTable(lua_State* L, int idx, JsonContext* ctx, std::string& out, std::string& path,
+                   int depth) {
+  bool marked_array = false;
+  if (lua_getmetatable(L, idx)) {
+    luaL_getmetatable(L, kArrayMeta);
+    marked_array = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  size_t n = 0;
+  if (marked_array || IsSequence(L, idx, n)) {
+    n = lua_objlen(L, idx);
+    out += '[';
+    size_t base = path.size();
+    for (size_t i = 1; i <= n; ++i) {
+      if (i > 1) {
+        out += ',';
+      }
+      lua_rawgeti(L, idx, static_cast<int>(i));
+      path += fmt::format("[{}]", i);
+      Status st = Encode(L, lua_gettop(L), ctx, out, path, depth + 1);
+      path.resize(base);
+      lua_pop(L, 1);
+      GNOMON_RETURN_IF_ERROR(st);
+    }
+    out += ']';
+    return {};
+  }
+  out += '{';
+  bool first = true;
+  size_t base = path.size();
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    std::string key;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      size_t len = 0;
+      const char* k = lua_tolstring(L, -2, &len);
+      key.assign(k, len);
+    } else if (lua_type(L, -2) == LUA_TNUMBER) {
+      json::AppendNumber(key, lua_tonumber(L, -2));
+    } else {
+      lua_pop(L, 2);
+      return InvalidArgument(fmt::format("{}: cannot encode a {} key", path,
+                                         lua_typename(L, lua_type(L, -2))));
+    }
+    if (!json::IsValidUtf8(key)) {
+      lua_pop(L, 2);
+      return InvalidArgument(fmt::format("{}: key is not valid UTF-8", path));
+    }
+    if (!first) {
+      out += ',';
+    }
+    first = false;
+    json::AppendQuoted(out, key);
+    out += ':';
+    path += '.';
+    path += key;
+    Status st = Encode(L, lua_gettop(L), ctx, out, path, depth + 1);
+    path.resize(base);
+    lua_pop(L, 1);
+    if (!st.ok()) {
+      lua_pop(L, 1);
+      return st;
+    }
+  }
+  out += '}';
+  return {};
+}
+
+Status Encode(lua_State* L, int idx, JsonContext* ctx, std::string& out, std::string& path,
+              int depth) {
+  if (depth > kMaxEncodeDepth) {
+    return InvalidArgument(
+        fmt::format("{}: nested deeper than {} levels (a cycle?)", path, kMaxEncodeDepth));
+  }
+  if (!lua_checkstack(L, 4)) {
+    return ResourceExhausted(path + ": Lua stack exhausted");
+  }
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: out += "null"; return {};
+    case LUA_TBOOLEAN: out += lua_toboolean(L, idx) ? "true" : "false"; return {};
+    case LUA_TNUMBER: {
+      double d = lua_tonumber(L, idx);
+      if (!std::isfinite(d)) {
+        return InvalidArgument(fmt::format("{}: cannot encode {} (not finite)", path, d));
+      }
+      json::AppendNumber(out, d);
+      return {};
+    }
+    case LUA_TSTRING: {
+      size_t len = 0;
+      const char* s = lua_tolstring(L, idx, &len);
+      std::string_view sv(s, len);
+      if (!json::IsValidUtf8(sv)) {
+        return InvalidArgument(fmt::format("{}: string is not valid UTF-8", path));
+      }
+      json::AppendQuoted(out, sv);
+      return {};
+    }
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == nullptr) {
+        out += "null";
+        return {};
+      }
+      break;
+    case LUA_TUSERDATA: {
+      if (luaL_testudata(L, idx, kViewMeta) != nullptr) {
+        GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, idx, ctx));
+        out += simdjson::minify(v->el);
+        return {};
+      }
+      break;
+    }
+    case LUA_TTABLE: return EncodeTable(L, idx, ctx, out, path, depth);
+    default: break;
+  }
+  return InvalidArgument(
+      fmt::format("{}: cannot encode a {}", path, lua_typename(L, lua_type(L, idx))));
+}
+
+void PushClosure(lua_State* L, JsonContext* ctx, lua_CFunction f) {
+  lua_pushlightuserdata(L, ctx);
+  lua_pushcclosure(L, f, 1);
+}
+
+}  // namespace
+
+void PushElement(lua_State* L, JsonContext* ctx, simdjson::dom::element el) {
+  if (el.is_object() || el.is_array()) {
+    void* mem = lua_newuserdata(L, sizeof(View));
+    new (mem) View{ctx->generation, el};
+    luaL_getmetatable(L, kViewMeta);
+    lua_setmetatable(L, -2);
+    return;
+  }
+  PushScalar(L, el);
+}
+
+Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,
+                   const std::string& path) {
+  if (idx < 0) {
+    idx = lua_gettop(L) + idx + 1;
+  }
+  std::string p = path;
+  return Encode(L, idx, ctx, out, p, 0);
+}
+
+void OpenJson(lua_State* L, JsonContext* ctx) {
+  luaL_newmetatable(L, kViewMeta);
+  PushClosure(L, ctx, LuaThunk<ViewIndex>);
+  lua_setfield(L, -2, "__index");
+  PushClosure(L, ctx, LuaThunk<ViewLen>);
+  lua_setfield(L, -2, "__len");
+  PushClosure(L, ctx, LuaThunk<ViewToString>);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "json view");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+
+  luaL_newmetatable(L, kArrayMeta);
+  lua_pushliteral(L, "array");
+  lua_setfield(L, -2, "__jsontype");
+  lua_pop(L, 1);
+
+  lua_createtable(L, 0, 8);
+  PushClosure(L, ctx, LuaThunk<JsonEncode>);
+  lua_setfield(L, -2, "encode");
+  PushClosure(L, ctx, LuaThunk<JsonDecode>);
+  lua_setfield(L, -2, "decode");
+  PushClosure(L, ctx, LuaThunk<JsonToTable>);
+  lua_setfield(L, -2, "totable");
+  PushClosure(L, ctx, LuaThunk<JsonPairs>);
+  lua_setfield(L, -2, "pairs");
+  PushClosure(L, ctx, LuaThunk<JsonArray>);
+  lua_setfield(L, -2, "array");
+  lua_pushlightuserdata(L, nullptr);
+  lua_setfield(L, -2, "null");
+}
+
+}  // namespace gnomon::rules

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: Apache-2.0
+// JSON <-> Lua for rules: lazy read-only views over simdjson documents, decode into tables
+// (arrays keep an array metatable), and encode of tables, views and scalars.
+#pragma once
+
+#include <lua.hpp>
+#include <simdjson.h>
+
+#include <cstdint>
+#include <string>
+
+#include "gnomon/core/status.h"
+
+namespace gnomon::rules {
+
+// Per-state JSON context; lives in RuleRuntime::State.
+struct JsonContext {
+  simdjson::dom::parser payload_parser;  // the current message's payload
+  simdjson::dom::parser decode_parser;   // json.decode
+  uint64_t generation = 1;               // bumped after each call: older views are dead
+};
+
+// Registers the view and array metatables and returns (pushes) the `json` library table.
+// `ctx` must outlive the state.
+void OpenJson(lua_State* L, JsonContext* ctx);
+
+// Pushes `el`: scalars as Lua values (null → json.null, integers beyond ±2^53 → strings),
+// objects and arrays as lazy views valid for the current generation.
+void PushElement(lua_State* L, JsonContext* ctx, simdjson::dom::element el);
+
+// Appends the JSON encoding of the value at `idx` to `out`. `path` names it in errors
+// ("record.a[2]: cannot encode a function").
+Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,
+                   const std::string& path);
+
+// Raises a Lua error with `message` after the C++ caller's locals are gone: bindings are
+// written as Result<int>(lua_State*) and wrapped with this thunk.
+template <Result<int> (*F)(lua_State*)>
+int LuaThunk(lua_State* L) {
+  {
+    Result<int> r = F(L);
+    if (r.ok()) {
+      return *r;
+    }
+    Status st = r.status();
+    lua_pushlstring(L, st.message().data(), st.message().size());
+  }
+  return lua_error(L);
+}
+
+}  // namespace gnomon::rules

@@ -1,0 +1,258 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <fmt/format.h>
+#include <glob.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "gnomon/core/topic.h"
+#include "gnomon/rules/rules.h"
+#include "sandbox.h"
+
+namespace gnomon::rules {
+
+struct RuleSet::Index {
+  TopicIndex topics;
+};
+
+RuleSet::RuleSet() : index_(std::make_unique<Index>()) {}
+RuleSet::~RuleSet() = default;
+
+void RuleSet::Match(std::string_view topic, std::vector<uint32_t>& out) const {
+  index_->topics.Match(topic, out);
+}
+
+namespace {
+
+std::string ContentHash(std::string_view text) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a 64
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+// Reads the rule table at the top of the stack into `info`; adds problems to `errors`.
+void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
+                   std::vector<std::string>& errors) {
+  int t = lua_gettop(L);
+  info.line = RuleTableLine(L, t);
+  auto fail = [&](const std::string& what) {
+    errors.push_back(fmt::format("{}:{}: {}", file, info.line, what));
+  };
+  static const std::set<std::string> kKnown = {"name", "description", "from", "on_error",
+                                               "max_attempts", "limits", "jit", "handle", "tests"};
+  lua_pushnil(L);
+  while (lua_next(L, t) != 0) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING && kKnown.count(lua_tostring(L, -1)) == 0) {
+      fail(fmt::format("rule: unknown field '{}' (known: name, description, from, on_error, "
+                       "max_attempts, limits, jit, handle, tests)",
+                       lua_tostring(L, -1)));
+    }
+  }
+
+  lua_getfield(L, t, "name");
+  static const std::regex kName("^[a-z0-9_-]+$");
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    fail("rule.name: required, a string of [a-z0-9_-]");
+  } else {
+    info.name = lua_tostring(L, -1);
+    if (!std::regex_match(info.name, kName)) {
+      fail(fmt::format("rule.name: must match [a-z0-9_-]+ (got '{}')", info.name));
+    }
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "from");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    info.from.emplace_back(lua_tostring(L, -1));
+  } else if (lua_type(L, -1) == LUA_TTABLE) {
+    size_t n = lua_objlen(L, -1);
+    for (size_t i = 1; i <= n; ++i) {
+      lua_rawgeti(L, -1, static_cast<int>(i));
+      if (lua_type(L, -1) != LUA_TSTRING) {
+        fail(fmt::format("rule.from[{}]: must be a topic filter string", i));
+      } else {
+        info.from.emplace_back(lua_tostring(L, -1));
+      }
+      lua_pop(L, 1);
+    }
+    if (n == 0) {
+      fail("rule.from: must list at least one topic filter");
+    }
+  } else {
+    fail("rule.from: required, a topic filter or a list of them");
+  }
+  lua_pop(L, 1);
+  for (size_t i = 0; i < info.from.size(); ++i) {
+    Status st = ValidateTopicFilter(info.from[i]);
+    if (!st.ok()) {
+      fail(fmt::format("rule.from[{}]: {}", i + 1, st.message()));
+    }
+  }
+
+  lua_getfield(L, t, "handle");
+  if (lua_type(L, -1) != LUA_TFUNCTION) {
+    fail("rule.handle: required, a function(msg, ctx)");
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "on_error");
+  if (!lua_isnil(L, -1)) {
+    std::string v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    if (v == "dead_letter") {
+      info.on_error = OnError::kDeadLetter;
+    } else if (v == "drop") {
+      info.on_error = OnError::kDrop;
+    } else if (v == "retry") {
+      info.on_error = OnError::kRetry;
+    } else {
+      fail("rule.on_error: must be \"dead_letter\", \"drop\" or \"retry\"");
+    }
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "max_attempts");
+  if (!lua_isnil(L, -1)) {
+    lua_Number n = lua_tonumber(L, -1);
+    if (lua_type(L, -1) != LUA_TNUMBER || n < 1 || n > 100 || n != static_cast<int>(n)) {
+      fail("rule.max_attempts: must be an integer from 1 to 100");
+    } else {
+      info.max_attempts = static_cast<int>(n);
+    }
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "limits");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      fail("rule.limits: must be a table { instructions = N, memory_mb = N }");
+    } else {
+      for (const char* k : {"instructions", "memory_mb"}) {
+        lua_getfield(L, -1, k);
+        if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) <= 0)) {
+          fail(fmt::format("rule.limits.{}: must be a positive number", k));
+        }
+        lua_pop(L, 1);
+      }
+    }
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "jit");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN) {
+    fail("rule.jit: must be true or false");
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "tests");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TTABLE) {
+    fail("rule.tests: must be a list of tests");
+  }
+  lua_pop(L, 1);
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const RuleSet>> RuleSet::FromSources(
+    const std::vector<std::pair<std::string, std::string>>& files, RuleSetOptions options) {
+  std::shared_ptr<RuleSet> set(new RuleSet());
+  set->options_ = std::move(options);
+  JsonContext json;
+  GNOMON_ASSIGN_OR_RETURN(lua_State * L, NewSandboxState(&json));
+  std::vector<std::string> errors;
+  std::map<std::string, std::string> names;  // name → file
+  for (const auto& [file, text] : files) {
+    Status st = LoadRuleChunk(L, file, text);
+    if (!st.ok()) {
+      errors.push_back(st.message());
+      continue;
+    }
+    RuleInfo info;
+    info.file = file;
+    info.source = text;
+    info.version = ContentHash(text);
+    size_t before = errors.size();
+    ReadRuleTable(L, file, info, errors);
+    lua_settop(L, 0);
+    if (errors.size() != before) {
+      continue;
+    }
+    auto [it, inserted] = names.emplace(info.name, file);
+    if (!inserted) {
+      errors.push_back(fmt::format("{}:{}: rule.name: '{}' is already used by {}", file,
+                                   info.line, info.name, it->second));
+      continue;
+    }
+    set->rules_.push_back(std::move(info));
+  }
+  lua_close(L);
+  if (!errors.empty()) {
+    std::string all;
+    for (const auto& e : errors) {
+      all += all.empty() ? "" : "\n";
+      all += e;
+    }
+    return InvalidArgument(all);
+  }
+  for (uint32_t i = 0; i < set->rules_.size(); ++i) {
+    for (const auto& f : set->rules_[i].from) {
+      set->index_->topics.Add(f, i);
+    }
+  }
+  return std::shared_ptr<const RuleSet>(std::move(set));
+}
+
+Result<std::shared_ptr<const RuleSet>> RuleSet::Load(const std::vector<std::string>& files,
+                                                     RuleSetOptions options) {
+  std::vector<std::pair<std::string, std::string>> sources;
+  for (const auto& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    if (!in) {
+      return NotFound(f + ": cannot read rule file");
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    sources.emplace_back(f, ss.str());
+  }
+  return FromSources(sources, std::move(options));
+}
+
+Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>& patterns,
+                                                 const std::string& base_dir) {
+  std::vector<std::string> out;
+  for (const auto& p : patterns) {
+    std::string full = (p.empty() || p[0] == '/' || base_dir.empty()) ? p : base_dir + "/" + p;
+    bool has_glob = full.find_first_of("*?[") != std::string::npos;
+    if (!has_glob) {
+      if (!std::filesystem::is_regular_file(full)) {
+        return NotFound(fmt::format("rules: {}: no such file", full));
+      }
+      out.push_back(full);
+      continue;
+    }
+    glob_t g{};
+    int rc = ::glob(full.c_str(), 0, nullptr, &g);
+    if (rc == 0) {
+      for (size_t i = 0; i < g.gl_pathc; ++i) {
+        out.emplace_back(g.gl_pathv[i]);
+      }
+    }
+    globfree(&g);
+    if (rc != 0 && rc != GLOB_NOMATCH) {
+      return Internal(fmt::format("rules: {}: glob failed", full));
+    }
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+}  // namespace gnomon::rules

@@ -1,0 +1,420 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <fmt/format.h>
+
+#include <cstring>
+#include <unordered_map>
+
+#include "gnomon/core/log.h"
+#include "gnomon/core/topic.h"
+#include "gnomon/rules/rules.h"
+#include "lua_json.h"
+#include "sandbox.h"
+
+namespace gnomon::rules {
+
+namespace {
+// Raised (as a light userdata) by ctx.drop / ctx.fail; the reason is kept in the State.
+char kStopSentinel;
+// Hidden key in msg tables holding the call generation.
+char kGenerationKey;
+
+enum class Stop { kNone, kDrop, kFail };
+}  // namespace
+
+struct RuleRuntime::State {
+  lua_State* L = nullptr;
+  JsonContext json;
+  const Clock* clock = nullptr;
+  std::unordered_map<std::string, uint32_t> sink_index;
+  std::vector<int> handle_refs;  // registry refs of each rule's handle function
+  int ctx_ref = LUA_NOREF;
+  int msg_meta_ref = LUA_NOREF;
+  int traceback_ref = LUA_NOREF;
+
+  // The call in progress.
+  const MessageView* msg = nullptr;
+  CallResult* result = nullptr;
+  const RuleInfo* rule = nullptr;
+  Stop stop = Stop::kNone;
+  std::string stop_reason;
+
+  ~State() {
+    if (L != nullptr) {
+      lua_close(L);
+    }
+  }
+};
+
+namespace {
+
+using State = RuleRuntime::State;
+
+State* GetState(lua_State* L) {
+  return static_cast<State*>(lua_touserdata(L, lua_upvalueindex(1)));
+}
+
+Status CheckInCall(State* s, const char* what) {
+  if (s->result == nullptr) {
+    return FailedPrecondition(fmt::format("{} called outside handle", what));
+  }
+  return {};
+}
+
+std::string ToStringArg(lua_State* L, int idx) {
+  if (idx < 0) {
+    idx = lua_gettop(L) + idx + 1;
+  }
+  lua_getglobal(L, "tostring");
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 1);
+  size_t len = 0;
+  const char* s = lua_tolstring(L, -1, &len);
+  std::string out = s != nullptr ? std::string(s, len) : std::string("?");
+  lua_pop(L, 1);
+  return out;
+}
+
+// Reads {key=, topic=, headers=, qos=, retain=} options into `e`.
+Status ReadOptions(lua_State* L, int idx, Effect& e, const char* fn) {
+  if (lua_isnoneornil(L, idx)) {
+    return {};
+  }
+  if (lua_type(L, idx) != LUA_TTABLE) {
+    return InvalidArgument(fmt::format("{}: options must be a table", fn));
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    std::string key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    int t = lua_type(L, -1);
+    Status st;
+    if ((key == "key" || key == "topic") && t == LUA_TSTRING) {
+      (key == "key" ? e.key : e.topic) = lua_tostring(L, -1);
+    } else if (key == "qos" && t == LUA_TNUMBER) {
+      double q = lua_tonumber(L, -1);
+      if (q != 0 && q != 1) {
+        st = InvalidArgument(fmt::format("{}: qos must be 0 or 1 (got {})", fn, q));
+      }
+      e.qos = static_cast<int>(q);
+    } else if (key == "retain" && t == LUA_TBOOLEAN) {
+      e.retain = lua_toboolean(L, -1) != 0;
+    } else if (key == "headers" && t == LUA_TTABLE) {
+      int h = lua_gettop(L);
+      lua_pushnil(L);
+      while (lua_next(L, h) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+          e.headers.emplace_back(lua_tostring(L, -2), ToStringArg(L, -1));
+        }
+        lua_pop(L, 1);
+      }
+    } else {
+      st = InvalidArgument(fmt::format("{}: unknown or mistyped option '{}'", fn, key));
+    }
+    lua_pop(L, 1);
+    if (!st.ok()) {
+      lua_pop(L, 1);
+      return st;
+    }
+  }
+  return {};
+}
+
+Status EncodePayload(lua_State* L, State* s, int idx, Effect& e, const char* what) {
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    size_t len = 0;
+    const char* p = lua_tolstring(L, idx, &len);
+    e.payload.assign(p, len);
+    e.json = false;
+    return {};
+  }
+  if (lua_isnoneornil(L, idx)) {
+    return InvalidArgument(fmt::format("{}: missing record", what));
+  }
+  return EncodeValue(L, idx, &s->json, e.payload, what);
+}
+
+// ctx.emit(sink, record [, opts])
+Result<int> CtxEmit(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.emit"));
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    return InvalidArgument("ctx.emit: the first argument must be a sink name");
+  }
+  const char* sink = lua_tostring(L, 1);
+  auto it = s->sink_index.find(sink);
+  if (it == s->sink_index.end()) {
+    return InvalidArgument(fmt::format("ctx.emit: unknown sink '{}'", sink));
+  }
+  Effect e;
+  e.kind = Effect::Kind::kEmit;
+  e.sink = it->second;
+  GNOMON_RETURN_IF_ERROR(EncodePayload(L, s, 2, e, "record"));
+  GNOMON_RETURN_IF_ERROR(ReadOptions(L, 3, e, "ctx.emit"));
+  s->result->effects.push_back(std::move(e));
+  return 0;
+}
+
+// ctx.publish(topic, payload [, {qos=, retain=}])
+Result<int> CtxPublish(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.publish"));
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    return InvalidArgument("ctx.publish: the first argument must be a topic");
+  }
+  Effect e;
+  e.kind = Effect::Kind::kPublish;
+  e.topic = lua_tostring(L, 1);
+  GNOMON_RETURN_IF_ERROR(ValidateTopicName(e.topic).WithContext("ctx.publish"));
+  GNOMON_RETURN_IF_ERROR(EncodePayload(L, s, 2, e, "payload"));
+  GNOMON_RETURN_IF_ERROR(ReadOptions(L, 3, e, "ctx.publish"));
+  s->result->effects.push_back(std::move(e));
+  return 0;
+}
+
+int RaiseStop(lua_State* L, State* s, Stop kind) {
+  s->stop = kind;
+  s->stop_reason = lua_isnoneornil(L, 1) ? "" : ToStringArg(L, 1);
+  lua_pushlightuserdata(L, &kStopSentinel);
+  return lua_error(L);
+}
+
+int CtxDrop(lua_State* L) { return RaiseStop(L, GetState(L), Stop::kDrop); }
+int CtxFail(lua_State* L) { return RaiseStop(L, GetState(L), Stop::kFail); }
+
+Result<int> CtxNow(lua_State* L) {
+  lua_pushnumber(L, static_cast<lua_Number>(GetState(L)->clock->NowMs()));
+  return 1;
+}
+
+template <log::Level kLevel>
+Result<int> CtxLog(lua_State* L) {
+  State* s = GetState(L);
+  std::string text;
+  int n = lua_gettop(L);
+  for (int i = 1; i <= n; ++i) {
+    if (i > 1) {
+      text += ' ';
+    }
+    text += ToStringArg(L, i);
+  }
+  std::string_view rule = s->rule != nullptr ? std::string_view(s->rule->name) : "";
+  std::string_view device = s->msg != nullptr ? s->msg->device : "";
+  log::Write(kLevel, text, {{"rule", rule}, {"device", device}});
+  return 0;
+}
+
+// msg.__index: payload, payload_error, raw, headers are materialised on first use and cached
+// in the (per-call) msg table.
+Result<int> MsgIndex(lua_State* L) {
+  State* s = GetState(L);
+  if (lua_type(L, 2) != LUA_TSTRING) {
+    lua_pushnil(L);
+    return 1;
+  }
+  std::string_view key = lua_tostring(L, 2);
+  lua_pushlightuserdata(L, &kGenerationKey);
+  lua_rawget(L, 1);
+  bool live = s->msg != nullptr &&
+              static_cast<uint64_t>(lua_tonumber(L, -1)) == s->json.generation;
+  lua_pop(L, 1);
+  if (key != "payload" && key != "payload_error" && key != "raw" && key != "headers") {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (!live) {
+    return FailedPrecondition(fmt::format("msg.{} used after handle returned", key));
+  }
+  if (key == "payload" || key == "payload_error") {
+    bool want_payload = key == "payload";
+    lua_pushliteral(L, "payload_error");  // a cached failure?
+    lua_rawget(L, 1);
+    if (lua_isstring(L, -1)) {
+      if (want_payload) {
+        lua_pushnil(L);
+      }
+      return 1;
+    }
+    lua_pop(L, 1);
+    lua_pushliteral(L, "payload");
+    lua_rawget(L, 1);  // a cached success?
+    if (!lua_isnil(L, -1)) {
+      if (!want_payload) {
+        lua_pushnil(L);
+      }
+      return 1;
+    }
+    lua_pop(L, 1);
+    simdjson::dom::element root;
+    auto err = s->json.payload_parser.parse(*s->msg->payload).get(root);
+    if (err == simdjson::SUCCESS) {
+      PushElement(L, &s->json, root);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, 1, "payload");
+      if (!want_payload) {
+        lua_pushnil(L);
+      }
+      return 1;
+    }
+    std::string why = s->msg->payload->empty()
+                          ? std::string("empty payload")
+                          : fmt::format("invalid JSON: {}", simdjson::error_message(err));
+    lua_pushlstring(L, why.data(), why.size());
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, "payload_error");
+    if (want_payload) {
+      lua_pushnil(L);
+    }
+    return 1;
+  }
+  if (key == "raw") {
+    lua_pushlstring(L, s->msg->payload->data(), s->msg->payload->size());
+  } else {
+    lua_createtable(L, 0, s->msg->headers != nullptr ? static_cast<int>(s->msg->headers->size()) : 0);
+    if (s->msg->headers != nullptr) {
+      for (const auto& [k, v] : *s->msg->headers) {
+        lua_pushlstring(L, v.data(), v.size());
+        lua_setfield(L, -2, k.c_str());
+      }
+    }
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, 1, std::string(key).c_str());
+  return 1;
+}
+
+// Error handler: keeps the stop sentinel, otherwise message + traceback.
+int Traceback(lua_State* L) {
+  if (lua_touserdata(L, 1) == &kStopSentinel) {
+    return 1;
+  }
+  const char* msg = lua_tostring(L, 1);
+  if (msg == nullptr) {
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+void PushStateClosure(lua_State* L, State* s, lua_CFunction f) {
+  lua_pushlightuserdata(L, s);
+  lua_pushcclosure(L, f, 1);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const RuleSet> set,
+                                                         const Clock& clock) {
+  std::unique_ptr<RuleRuntime> rt(new RuleRuntime());
+  rt->set_ = std::move(set);
+  rt->state_ = std::make_unique<State>();
+  State* s = rt->state_.get();
+  s->clock = &clock;
+  const auto& sinks = rt->set_->options().sinks;
+  for (uint32_t i = 0; i < sinks.size(); ++i) {
+    s->sink_index.emplace(sinks[i], i);
+  }
+  GNOMON_ASSIGN_OR_RETURN(s->L, NewSandboxState(&s->json));
+  lua_State* L = s->L;
+
+  lua_pushcfunction(L, Traceback);
+  s->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  lua_createtable(L, 0, 2);
+  PushStateClosure(L, s, LuaThunk<MsgIndex>);
+  lua_setfield(L, -2, "__index");
+  s->msg_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  lua_createtable(L, 0, 8);
+  PushStateClosure(L, s, LuaThunk<CtxEmit>);
+  lua_setfield(L, -2, "emit");
+  PushStateClosure(L, s, LuaThunk<CtxPublish>);
+  lua_setfield(L, -2, "publish");
+  PushStateClosure(L, s, CtxDrop);
+  lua_setfield(L, -2, "drop");
+  PushStateClosure(L, s, CtxFail);
+  lua_setfield(L, -2, "fail");
+  PushStateClosure(L, s, LuaThunk<CtxNow>);
+  lua_setfield(L, -2, "now");
+  lua_createtable(L, 0, 4);
+  PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kDebug>>);
+  lua_setfield(L, -2, "debug");
+  PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kInfo>>);
+  lua_setfield(L, -2, "info");
+  PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kWarn>>);
+  lua_setfield(L, -2, "warn");
+  PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kError>>);
+  lua_setfield(L, -2, "error");
+  lua_setfield(L, -2, "log");
+  s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  for (const RuleInfo& info : rt->set_->rules()) {
+    GNOMON_RETURN_IF_ERROR(LoadRuleChunk(L, info.file, info.source));  // pushes the rule table
+    lua_getfield(L, -1, "handle");
+    s->handle_refs.push_back(luaL_ref(L, LUA_REGISTRYINDEX));
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 0);
+  return rt;
+}
+
+RuleRuntime::~RuleRuntime() = default;
+
+void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
+  State* s = state_.get();
+  lua_State* L = s->L;
+  out.outcome = Outcome::kOk;
+  out.reason.clear();
+  out.effects.clear();
+  s->msg = &msg;
+  s->result = &out;
+  s->rule = &set_->rules()[index];
+  s->stop = Stop::kNone;
+
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->traceback_ref);
+  int errfunc = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->handle_refs[index]);
+
+  lua_createtable(L, 0, 6);
+  lua_pushlstring(L, msg.topic.data(), msg.topic.size());
+  lua_setfield(L, -2, "topic");
+  lua_pushlstring(L, msg.device.data(), msg.device.size());
+  lua_setfield(L, -2, "device");
+  lua_pushlstring(L, msg.source.data(), msg.source.size());
+  lua_setfield(L, -2, "source");
+  lua_pushnumber(L, static_cast<lua_Number>(msg.ts_ms));
+  lua_setfield(L, -2, "ts");
+  lua_pushlightuserdata(L, &kGenerationKey);
+  lua_pushnumber(L, static_cast<lua_Number>(s->json.generation));
+  lua_rawset(L, -3);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->msg_meta_ref);
+  lua_setmetatable(L, -2);
+
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
+
+  int rc = lua_pcall(L, 2, 0, errfunc);
+  if (s->stop == Stop::kDrop) {
+    out.outcome = Outcome::kFiltered;
+    out.reason = std::move(s->stop_reason);
+  } else if (s->stop == Stop::kFail) {
+    out.outcome = Outcome::kFailed;
+    out.reason = s->stop_reason.empty() ? "ctx.fail" : std::move(s->stop_reason);
+  } else if (rc != 0) {
+    out.outcome = Outcome::kFailed;
+    size_t len = 0;
+    const char* m = lua_tolstring(L, -1, &len);
+    out.reason = m != nullptr ? std::string(m, len) : "unknown error";
+    if (rc == LUA_ERRMEM) {
+      out.reason = "out of memory: " + out.reason;
+    }
+  }
+  if (out.outcome != Outcome::kOk) {
+    out.effects.clear();
+  }
+  lua_settop(L, top);
+  ++s->json.generation;  // views and msg tables of this call are dead now
+  s->msg = nullptr;
+  s->result = nullptr;
+  s->rule = nullptr;
+}
+
+}  // namespace gnomon::rules

@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "sandbox.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "gnomon/core/topic.h"
+
+namespace gnomon::rules {
+namespace {
+
+char kMakeEnvKey;
+char kRuleLineKey;
+
+// Installed before any rule runs, with the full standard library still reachable; it returns
+// make_env(), which builds one rule's environment from copies of the safe parts.
+constexpr const char* kBootstrap = R"lua(
+local C = ...
+local smt = getmetatable("")
+local strlib = string
+local level = C.topic_level
+-- msg.topic[i]: segment i of a topic (1-based). Any string indexed by a number gives its i-th
+-- '/'-separated level; method calls (s:upper()) are unchanged.
+smt.__index = function(s, k)
+  if type(k) == "number" then return level(s, k) end
+  return strlib[k]
+end
+smt.__metatable = false
+local function copy(t) local r = {} for k, v in pairs(t) do r[k] = v end return r end
+local safe = { "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber",
+  "tostring", "type", "unpack", "xpcall", "rawequal", "rawget", "rawset", "setmetatable",
+  "getmetatable" }
+local base = {}
+for _, n in ipairs(safe) do base[n] = _G[n] end
+local string, table, math, bit, os, json, rule = string, table, math, bit, os, C.json, C.rule
+return function()
+  local env = {}
+  for k, v in pairs(base) do env[k] = v end
+  env.string = copy(string)
+  env.table = copy(table)
+  env.math = copy(math)
+  env.bit = copy(bit)
+  env.os = { time = os.time, clock = os.clock, date = os.date }
+  env.json = copy(json)
+  env.rule = rule
+  env._G = env
+  return env
+end
+)lua";
+
+int TopicLevelFn(lua_State* L) {
+  size_t len = 0;
+  const char* s = lua_tolstring(L, 1, &len);
+  lua_Number n = lua_tonumber(L, 2);
+  int idx = static_cast<int>(n);
+  if (s == nullptr || idx < 1 || n != idx) {
+    lua_pushnil(L);
+    return 1;
+  }
+  // A missing level is nil; an empty level ("a//b"[2]) is "".
+  size_t start = 0;
+  for (int i = 1; i < idx; ++i) {
+    const void* slash = std::memchr(s + start, '/', len - start);
+    if (slash == nullptr) {
+      lua_pushnil(L);
+      return 1;
+    }
+    start = static_cast<const char*>(slash) - s + 1;
+  }
+  const void* end = std::memchr(s + start, '/', len - start);
+  size_t stop = end == nullptr ? len : static_cast<const char*>(end) - s;
+  lua_pushlstring(L, s + start, stop - start);
+  return 1;
+}
+
+// rule { ... }: marks the table as a rule definition and records where it was made.
+int RuleFn(lua_State* L) {
+  if (lua_type(L, 1) != LUA_TTABLE) {
+    return luaL_error(L, "rule: expected a table, as in rule { name = ..., handle = ... }");
+  }
+  lua_Debug ar;
+  int line = 0;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) {
+    line = ar.currentline;
+  }
+  lua_pushlightuserdata(L, &kRuleLineKey);
+  lua_pushinteger(L, line);
+  lua_rawset(L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+int Traceback(lua_State* L) {
+  const char* msg = lua_tostring(L, 1);
+  if (msg == nullptr) {
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+}  // namespace
+
+Result<lua_State*> NewSandboxState(JsonContext* json) {
+  lua_State* L = luaL_newstate();
+  if (L == nullptr) {
+    return ResourceExhausted("cannot create a Lua state");
+  }
+  luaL_openlibs(L);
+  // C = { topic_level, rule, json }
+  lua_createtable(L, 0, 3);
+  lua_pushcfunction(L, TopicLevelFn);
+  lua_setfield(L, -2, "topic_level");
+  lua_pushcfunction(L, RuleFn);
+  lua_setfield(L, -2, "rule");
+  OpenJson(L, json);
+  lua_setfield(L, -2, "json");
+  if (luaL_loadbuffer(L, kBootstrap, std::strlen(kBootstrap), "=gnomon_bootstrap") != 0) {
+    std::string err = lua_tostring(L, -1);
+    lua_close(L);
+    return Internal("sandbox bootstrap: " + err);
+  }
+  lua_pushvalue(L, -2);  // C
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    std::string err = lua_tostring(L, -1) != nullptr ? lua_tostring(L, -1) : "?";
+    lua_close(L);
+    return Internal("sandbox bootstrap failed: " + err);
+  }
+  lua_pushlightuserdata(L, &kMakeEnvKey);
+  lua_insert(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
+  return L;
+}
+
+Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& text) {
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, Traceback);
+  int errfunc = lua_gettop(L);
+  std::string chunkname = "@" + file;
+  if (luaL_loadbufferx(L, text.data(), text.size(), chunkname.c_str(), "t") != 0) {
+    std::string err = lua_tostring(L, -1);
+    lua_settop(L, top);
+    return InvalidArgument(err);
+  }
+  lua_pushlightuserdata(L, &kMakeEnvKey);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_pcall(L, 0, 1, 0) != 0) {
+    std::string err = lua_tostring(L, -1);
+    lua_settop(L, top);
+    return Internal("make_env: " + err);
+  }
+  lua_setfenv(L, -2);
+  if (lua_pcall(L, 0, 1, errfunc) != 0) {
+    std::string err = lua_tostring(L, -1) != nullptr ? lua_tostring(L, -1) : "error";
+    lua_settop(L, top);
+    return InvalidArgument(err);
+  }
+  if (lua_type(L, -1) != LUA_TTABLE || RuleTableLine(L, -1) == 0) {
+    lua_settop(L, top);
+    return InvalidArgument(file + ": the file must return rule { ... }");
+  }
+  lua_remove(L, errfunc);
+  return {};
+}
+
+int RuleTableLine(lua_State* L, int idx) {
+  if (idx < 0) {
+    idx = lua_gettop(L) + idx + 1;
+  }
+  lua_pushlightuserdata(L, &kRuleLineKey);
+  lua_rawget(L, idx);
+  int line = static_cast<int>(lua_tointeger(L, -1));
+  lua_pop(L, 1);
+  return line;
+}
+
+}  // namespace gnomon::rules
