@@ -1,1 +1,18 @@
-int x;
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/connectors/builtin.h"
+
+#include "gnomon/connectors/file.h"
+#ifdef GNOMON_WITH_MQTT
+#include "gnomon/connectors/mqtt.h"
+#endif
+
+namespace gnomon::connectors {
+
+void RegisterBuiltinConnectors(Registry& registry) {
+  RegisterFileConnector(registry);
+#ifdef GNOMON_WITH_MQTT
+  RegisterMqttConnector(registry);
+#endif
+}
+
+}  // namespace gnomon::connectors

@@ -229,7 +229,7 @@ Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>&
                                                  const std::string& base_dir) {
   std::vector<std::string> out;
   for (const auto& p : patterns) {
-    std::string full = (p.empty() || p[0] == '/' || base_dir.empty()) ? p : base_dir + "/" + p;
+    std::string full = (p.empty() || p[0] == '/' || base_dir.empty() || base_dir == ".") ? p : base_dir + "/" + p;
     bool has_glob = full.find_first_of("*?[") != std::string::npos;
     if (!has_glob) {
       if (!std::filesystem::is_regular_file(full)) {

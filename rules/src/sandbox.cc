@@ -3,7 +3,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
+#include <regex>
 
 #include "gnomon/core/topic.h"
 
@@ -79,13 +81,10 @@ int RuleFn(lua_State* L) {
   if (lua_type(L, 1) != LUA_TTABLE) {
     return luaL_error(L, "rule: expected a table, as in rule { name = ..., handle = ... }");
   }
-  lua_Debug ar;
-  int line = 0;
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) {
-    line = ar.currentline;
-  }
+  // `return rule {...}` is a tail call, so the caller's frame (and line) is gone; mark the
+  // table, and LoadRuleChunk finds the line in the text.
   lua_pushlightuserdata(L, &kRuleLineKey);
-  lua_pushinteger(L, line);
+  lua_pushinteger(L, -1);
   lua_rawset(L, 1);
   lua_settop(L, 1);
   return 1;
@@ -162,6 +161,18 @@ Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& t
     return InvalidArgument(file + ": the file must return rule { ... }");
   }
   lua_remove(L, errfunc);
+  // Record the line of the `rule {` call for messages about the table.
+  int line = 1;
+  size_t pos = 0;
+  static const std::regex kRuleCall("\\brule\\s*[{(]");
+  std::smatch m;
+  if (std::regex_search(text, m, kRuleCall)) {
+    pos = static_cast<size_t>(m.position(0));
+    line += static_cast<int>(std::count(text.begin(), text.begin() + static_cast<long>(pos), '\n'));
+  }
+  lua_pushlightuserdata(L, &kRuleLineKey);
+  lua_pushinteger(L, line);
+  lua_rawset(L, -3);
   return {};
 }
 

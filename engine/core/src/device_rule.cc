@@ -8,6 +8,13 @@
 
 namespace gnomon {
 
+std::string ResolvePath(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || path[0] == '/' || path == "-" || base_dir.empty() || base_dir == ".") {
+    return path;
+  }
+  return base_dir + "/" + path;
+}
+
 Result<DeviceRule> DeviceRule::Parse(std::string_view spec) {
   DeviceRule r;
   r.spec_ = std::string(spec);

@@ -22,6 +22,7 @@ using Deadline = std::chrono::steady_clock::time_point;
 // One output record on its way to a sink.
 struct Record {
   std::string payload;  // JSON text, or raw bytes for string emits
+  bool json = true;     // false: payload is raw bytes (a Lua string emit)
   std::string key;      // record key (Kafka); device id unless the emit gives one
   std::string topic;    // destination topic (MQTT publish, Kafka override); empty: sink default
   Headers headers;
@@ -38,6 +39,8 @@ struct Record {
 
   // Holds one Hold() of the originating message until the sink reports the record.
   Delivery* delivery = nullptr;
+  // The engine's routing tag (which sink took the record); sinks leave it alone.
+  int32_t route = -1;
 };
 
 // Implemented by the engine. Sinks report every record they took, exactly once.
@@ -93,8 +96,10 @@ struct PluginContext {
   DeliveryReporter& reporter;
   const Clock& clock;
   std::string data_dir;
+  std::string base_dir;                    // directory of the config file: relative paths start here
   std::string name;                        // the entry's name
   const ConfigValue* connection = nullptr;  // the named connection's config, if any
+  int connection_users = 1;                 // entries of the same kind sharing that connection
 };
 
 class SourceFactory {
@@ -172,6 +177,9 @@ class Registry {
   std::map<std::string, std::unique_ptr<SinkFactory>> sinks_;
   std::map<std::string, std::string> connections_;
 };
+
+// `path` relative to `base_dir` unless absolute (or "-").
+std::string ResolvePath(const std::string& base_dir, const std::string& path);
 
 // How a source finds the device id: `topic[N]`, `payload.FIELD` (dotted path) or `key`.
 class DeviceRule {

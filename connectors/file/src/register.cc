@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "file_internal.h"
+#include "gnomon/connectors/file.h"
+
+namespace gnomon::connectors {
+namespace {
+
+class FileSourceFactory final : public TypedSourceFactory<FileSourceConfig> {
+ public:
+  std::string_view schema() const override { return "sources/file.json"; }
+  void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const override {
+    auto rule = DeviceRule::Parse(cfg.GetString("device", "topic[2]"));
+    if (!rule.ok()) {
+      errors.Add(cfg.Get("device"), path + ".device", rule.status().message());
+    }
+  }
+  Result<FileSourceConfig> Parse(const ConfigValue& cfg, const PluginContext& ctx) const override {
+    FileSourceConfig c;
+    c.path = ResolvePath(ctx.base_dir, cfg.GetString("path"));
+    GNOMON_ASSIGN_OR_RETURN(c.device, DeviceRule::Parse(cfg.GetString("device", "topic[2]")));
+    c.max_payload_bytes = static_cast<size_t>(cfg.GetInt("max_payload_bytes", 1 << 20));
+    return c;
+  }
+  Result<std::unique_ptr<Source>> CreateTyped(FileSourceConfig c, PluginContext& ctx) override {
+    return NewFileSource(std::move(c), ctx);
+  }
+};
+
+class FileSinkFactory final : public TypedSinkFactory<FileSinkConfig> {
+ public:
+  std::string_view schema() const override { return "sinks/file.json"; }
+  Result<FileSinkConfig> Parse(const ConfigValue& cfg, const PluginContext& ctx) const override {
+    FileSinkConfig c;
+    c.path = ResolvePath(ctx.base_dir, cfg.GetString("path"));
+    c.fsync = cfg.GetBool("fsync", true);
+    c.queue = static_cast<size_t>(cfg.GetInt("queue", 8192));
+    return c;
+  }
+  Result<std::unique_ptr<Sink>> CreateTyped(FileSinkConfig c, PluginContext& ctx) override {
+    return NewFileSink(std::move(c), ctx);
+  }
+};
+
+}  // namespace
+
+void RegisterFileConnector(Registry& registry) {
+  registry.AddSource("file", std::make_unique<FileSourceFactory>());
+  registry.AddSink("file", std::make_unique<FileSinkFactory>());
+}
+
+}  // namespace gnomon::connectors

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+// The engine: loads the config, routes messages from sources to per-device workers running
+// Lua rules, hands effects to sinks, tracks every message until its effects are durable, and
+// serves /metrics, /healthz and /readyz.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gnomon/core/clock.h"
+#include "gnomon/core/config.h"
+#include "gnomon/core/metrics.h"
+#include "gnomon/core/plugin.h"
+#include "gnomon/core/status.h"
+#include "gnomon/rules/rules.h"
+
+namespace gnomon::engine {
+
+// One source, sink or connection entry of the config, validated.
+struct Entry {
+  std::string name;
+  std::string type;
+  const ConfigValue* config = nullptr;
+  const ConfigValue* connection = nullptr;
+  int connection_users = 1;
+};
+
+// The whole config, validated (schemas, cross-references, rule compilation).
+struct AppConfig {
+  ConfigValue root;
+  std::string file;
+  std::string base_dir;
+  std::string data_dir;
+  int workers = 1;
+  size_t worker_queue = 4096;
+  int64_t shutdown_timeout_ms = 10000;
+  std::vector<Entry> sources;
+  std::vector<Entry> sinks;
+  std::string dead_letter_sink;  // empty: the default file in data_dir
+  std::string publish_sink;      // empty: ctx.publish is an error
+  std::string metrics_listen;
+  std::vector<std::string> rule_files;
+  std::shared_ptr<const rules::RuleSet> rules;
+};
+
+// Reads and checks `path`. Every problem is reported, each as "file:line: key.path: message".
+Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registry);
+
+enum class Mode {
+  kRun,     // sources from the config, run until Stop()
+  kReplay,  // a file source instead of the config's sources; stop when it is done
+  kDryRun,  // as kReplay, but every effect is printed as a JSON line on stdout
+};
+
+struct EngineOptions {
+  Mode mode = Mode::kRun;
+  std::string replay_input;   // kReplay, kDryRun
+  std::string replay_device;  // device rule for the replay source; default: first source's
+  bool progress = false;      // replay progress on stderr
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> Create(AppConfig config, const Registry& registry,
+                                                const Clock& clock, EngineOptions options);
+  ~Engine();
+
+  // Starts sinks, workers, sources and the HTTP listener.
+  Status Start();
+  // For replay: true once every source is finished and nothing is in flight.
+  bool Idle() const;
+  // Sources → workers → sinks (until the shutdown deadline) → done. Idempotent.
+  void Stop();
+
+  bool Ready() const;
+  MetricsRegistry& metrics();
+
+  struct Counts {
+    uint64_t in = 0, done = 0, dead_lettered = 0, abandoned = 0;
+  };
+  Counts counts() const;
+
+  class Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gnomon::engine

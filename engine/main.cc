@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: Apache-2.0
+// gnomon: run | check | replay | version
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "gnomon/connectors/builtin.h"
+#include "gnomon/core/log.h"
+#include "gnomon/engine/engine.h"
+
+namespace {
+
+using gnomon::engine::AppConfig;
+using gnomon::engine::Engine;
+using gnomon::engine::EngineOptions;
+using gnomon::engine::Mode;
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+
+void ApplyLogLevel(const AppConfig& app) {
+  const gnomon::ConfigValue* log = app.root.Get("log");
+  std::string level = log != nullptr ? log->GetString("level", "info") : "info";
+  using gnomon::log::Level;
+  gnomon::log::SetLevel(level == "debug"  ? Level::kDebug
+                        : level == "warn" ? Level::kWarn
+                        : level == "error" ? Level::kError
+                                           : Level::kInfo);
+}
+
+int Check(const std::string& config, const gnomon::Registry& registry) {
+  auto app = gnomon::engine::LoadAppConfig(config, registry);
+  if (!app.ok()) {
+    std::fprintf(stderr, "%s\n", app.status().message().c_str());
+    return kExitFailed;
+  }
+  std::printf("%s: ok (%zu sources, %zu sinks, %zu rules)\n", config.c_str(), app->sources.size(),
+              app->sinks.size(), app->rules->rules().size());
+  return kExitOk;
+}
+
+// Runs until SIGTERM/SIGINT (kRun) or until the replay input is done.
+int Run(const std::string& config, const gnomon::Registry& registry, EngineOptions options) {
+  auto app = gnomon::engine::LoadAppConfig(config, registry);
+  if (!app.ok()) {
+    std::fprintf(stderr, "%s\n", app.status().message().c_str());
+    return kExitFailed;
+  }
+  ApplyLogLevel(*app);
+  gnomon::SystemClock clock;
+  bool replay = options.mode != Mode::kRun;
+  auto engine = Engine::Create(std::move(app).value(), registry, clock, options);
+  if (!engine.ok()) {
+    gnomon::log::Error("cannot start", {{"error", engine.status().message()}});
+    return kExitFailed;
+  }
+  if (gnomon::Status st = (*engine)->Start(); !st.ok()) {
+    gnomon::log::Error("cannot start", {{"error", st.message()}});
+    (*engine)->Stop();
+    return kExitFailed;
+  }
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  auto start = std::chrono::steady_clock::now();
+  auto last_progress = start;
+  while (true) {
+    timespec timeout{0, 50 * 1000 * 1000};
+    int sig = sigtimedwait(&set, nullptr, &timeout);
+    if (sig == SIGTERM || sig == SIGINT) {
+      gnomon::log::Info("signal received; draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+      break;
+    }
+    if (sig == SIGHUP) {
+      gnomon::log::Warn("SIGHUP: rule reload is not available in this version");
+    }
+    if (replay) {
+      auto now = std::chrono::steady_clock::now();
+      if (options.progress && now - last_progress > std::chrono::milliseconds(500)) {
+        last_progress = now;
+        auto c = (*engine)->counts();
+        double secs = std::chrono::duration<double>(now - start).count();
+        std::fprintf(stderr, "\r%llu messages, %.0f/s   ", static_cast<unsigned long long>(c.in),
+                     static_cast<double>(c.in) / secs);
+      }
+      if ((*engine)->Idle()) {
+        break;
+      }
+    }
+  }
+  (*engine)->Stop();
+  if (replay) {
+    auto c = (*engine)->counts();
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "%sreplayed %llu messages in %.3f s (%.0f/s): %llu done, %llu dead-lettered\n",
+                 options.progress ? "\r" : "", static_cast<unsigned long long>(c.in), secs,
+                 static_cast<double>(c.in) / secs, static_cast<unsigned long long>(c.done),
+                 static_cast<unsigned long long>(c.dead_lettered));
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Signals are taken synchronously by the main thread; block them before any thread starts
+  // so every thread inherits the mask.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  gnomon::Registry registry;
+  gnomon::connectors::RegisterBuiltinConnectors(registry);
+
+  CLI::App app{"gnomon: rule engine and device shadows for IoT fleets"};
+  app.require_subcommand(1);
+  std::string config;
+
+  auto* run = app.add_subcommand("run", "Run until SIGTERM/SIGINT, then drain and exit 0");
+  run->add_option("-c,--config", config, "Config file (YAML)")->required();
+
+  auto* check = app.add_subcommand("check", "Validate config and rules; exit 0/1");
+  check->add_option("-c,--config", config, "Config file (YAML)")->required();
+
+  auto* replay = app.add_subcommand("replay", "Feed a recorded file through the rules and exit");
+  std::string input, device;
+  bool dry_run = false;
+  replay->add_option("-c,--config", config, "Config file (YAML)")->required();
+  replay->add_option("--input", input, "JSON lines: {\"topic\", \"payload\"|\"raw\", \"ts\"}")
+      ->required();
+  replay->add_option("--device", device,
+                     "Device id rule for the input (default: the first source's)");
+  replay->add_flag("--dry-run", dry_run, "Print every effect as a JSON line instead of doing it");
+
+  app.add_subcommand("version", "Print the version");
+  auto* docs = app.add_subcommand("config-docs", "Print the configuration reference (Markdown)");
+  docs->group("");  // hidden: used to generate docs/configuration.md
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+
+  if (app.got_subcommand("version")) {
+    std::printf("gnomon %s\n", GNOMON_VERSION);
+    return kExitOk;
+  }
+  if (app.got_subcommand("config-docs")) {
+    std::fputs(gnomon::RenderConfigDocs().c_str(), stdout);
+    return kExitOk;
+  }
+  if (app.got_subcommand("check")) {
+    return Check(config, registry);
+  }
+  EngineOptions options;
+  if (app.got_subcommand("replay")) {
+    options.mode = dry_run ? Mode::kDryRun : Mode::kReplay;
+    options.replay_input = input;
+    options.replay_device = device;
+    options.progress = !dry_run && isatty(STDERR_FILENO);
+  }
+  return Run(config, registry, options);
+}

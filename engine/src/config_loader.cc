@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "gnomon/engine/engine.h"
+
+namespace gnomon::engine {
+namespace {
+
+// Validates the entries of `list` (sources or sinks): each against the schema of its type.
+void CheckEntries(const ConfigValue* list, const char* section, bool is_source,
+                  const Registry& registry, const ConfigValue* connections,
+                  std::vector<Entry>& out, ConfigErrors& errors) {
+  if (list == nullptr) {
+    return;
+  }
+  std::set<std::string> names;
+  std::map<std::string, int> users;  // connection name → entries using it
+  for (const auto& item : list->items()) {
+    if (item.is_map() && item.Get("connection") != nullptr) {
+      users[item.GetString("connection")]++;
+    }
+  }
+  auto& items = const_cast<std::vector<ConfigValue>&>(list->items());
+  for (size_t i = 0; i < items.size(); ++i) {
+    ConfigValue& item = items[i];
+    std::string path = fmt::format("{}[{}]", section, i);
+    if (!item.is_map()) {
+      continue;  // already reported by the top-level schema
+    }
+    Entry e;
+    e.name = item.GetString("name");
+    if (!names.insert(e.name).second) {
+      errors.Add(item.Get("name"), path + ".name", fmt::format("'{}' is used twice", e.name));
+    }
+    const ConfigValue* conn_name = item.Get("connection");
+    const ConfigValue* type = item.Get("type");
+    if (conn_name != nullptr && type != nullptr) {
+      errors.Add(type, path, "give either `connection` or `type`, not both");
+      continue;
+    }
+    if (conn_name != nullptr) {
+      const ConfigValue* conn =
+          connections != nullptr ? connections->Get(conn_name->scalar()) : nullptr;
+      if (conn == nullptr) {
+        errors.Add(conn_name, path + ".connection",
+                   fmt::format("no connection named '{}' in `connections`", conn_name->scalar()));
+        continue;
+      }
+      e.type = conn->GetString("type");
+      e.connection = conn;
+      e.connection_users = users[conn_name->scalar()];
+    } else if (type != nullptr) {
+      e.type = type->scalar();
+    } else {
+      errors.Add(&item, path, "needs `connection` (a name from `connections`) or `type`");
+      continue;
+    }
+    std::string_view schema;
+    if (is_source) {
+      SourceFactory* f = registry.source(e.type);
+      if (f == nullptr) {
+        std::vector<std::string> known;
+        for (const auto& [k, v] : registry.sources()) {
+          known.push_back(k);
+        }
+        errors.Add(&item, path, fmt::format("unknown source type '{}' (known: {})", e.type,
+                                            fmt::join(known, ", ")));
+        continue;
+      }
+      schema = EmbeddedSchema(f->schema());
+      ValidateConfig(item, schema, path, errors);
+      f->Check(item, path, errors);
+    } else {
+      SinkFactory* f = registry.sink(e.type);
+      if (f == nullptr) {
+        std::vector<std::string> known;
+        for (const auto& [k, v] : registry.sinks()) {
+          known.push_back(k);
+        }
+        errors.Add(&item, path, fmt::format("unknown sink type '{}' (known: {})", e.type,
+                                            fmt::join(known, ", ")));
+        continue;
+      }
+      schema = EmbeddedSchema(f->schema());
+      ValidateConfig(item, schema, path, errors);
+      f->Check(item, path, errors);
+    }
+    e.config = &item;
+    out.push_back(std::move(e));
+  }
+}
+
+}  // namespace
+
+Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registry) {
+  AppConfig app;
+  GNOMON_ASSIGN_OR_RETURN(app.root, LoadYamlFile(path));
+  app.file = path;
+  app.base_dir = std::filesystem::path(path).parent_path().string();
+  if (app.base_dir.empty()) {
+    app.base_dir = ".";
+  }
+  ConfigErrors errors(path);
+  if (!app.root.is_map()) {
+    errors.Add(&app.root, "", "the config must be a map of sections");
+    return errors.ToStatus();
+  }
+  ValidateConfig(app.root, EmbeddedSchema("gnomon.json"), "", errors);
+
+  // Connections: each against the schema of its type.
+  ConfigValue* connections = app.root.GetMutable("connections");
+  if (connections != nullptr && connections->is_map()) {
+    auto& fields =
+        const_cast<std::vector<std::pair<std::string, ConfigValue>>&>(connections->fields());
+    for (auto& [name, conn] : fields) {
+      std::string type = conn.GetString("type");
+      const std::string* schema = registry.connection_schema(type);
+      if (schema == nullptr) {
+        continue;  // the top-level schema reported the type
+      }
+      ValidateConfig(conn, EmbeddedSchema(*schema), "connections." + name, errors);
+    }
+  }
+  CheckEntries(app.root.Get("sources"), "sources", true, registry, connections, app.sources,
+               errors);
+  CheckEntries(app.root.Get("sinks"), "sinks", false, registry, connections, app.sinks, errors);
+
+  app.data_dir = ResolvePath(app.base_dir, app.root.GetString("data_dir", "./data"));
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.workers = static_cast<int>(app.root.GetInt("workers", cores));
+  app.worker_queue = static_cast<size_t>(app.root.GetInt("worker_queue", 4096));
+  app.shutdown_timeout_ms = app.root.GetInt("shutdown_timeout_ms", 10000);
+  if (const ConfigValue* m = app.root.Get("metrics")) {
+    app.metrics_listen = m->GetString("listen");
+  }
+  auto has_sink = [&](const std::string& name) {
+    for (const auto& s : app.sinks) {
+      if (s.name == name) {
+        return true;
+      }
+    }
+    return false;
+  };
+  if (const ConfigValue* dl = app.root.Get("dead_letter")) {
+    app.dead_letter_sink = dl->GetString("sink");
+    if (!app.dead_letter_sink.empty() && !has_sink(app.dead_letter_sink)) {
+      errors.Add(dl->Get("sink"), "dead_letter.sink",
+                 fmt::format("no sink named '{}' in `sinks`", app.dead_letter_sink));
+    }
+  }
+  if (const ConfigValue* p = app.root.Get("publish"); p != nullptr && p->Get("sink") != nullptr) {
+    app.publish_sink = p->GetString("sink");
+    bool ok = false;
+    for (const auto& s : app.sinks) {
+      ok = ok || (s.name == app.publish_sink && s.type == "mqtt");
+    }
+    if (!ok) {
+      errors.Add(p->Get("sink"), "publish.sink",
+                 fmt::format("no MQTT sink named '{}' in `sinks`", app.publish_sink));
+    }
+  } else {
+    for (const auto& s : app.sinks) {
+      if (s.type == "mqtt") {
+        app.publish_sink = s.name;
+        break;
+      }
+    }
+  }
+  if (!errors.empty()) {
+    return errors.ToStatus();
+  }
+
+  // Rules last: they need the sink names.
+  const ConfigValue* rules = app.root.Get("rules");
+  std::vector<std::string> patterns = app.root.GetStrings("rules");
+  auto files = rules::ExpandRulePaths(patterns, app.base_dir);
+  if (!files.ok()) {
+    errors.Add(rules, "rules", files.status().message());
+    return errors.ToStatus();
+  }
+  app.rule_files = std::move(files).value();
+  if (app.rule_files.empty() && !patterns.empty()) {
+    errors.Add(rules, "rules", "no rule file matches " + fmt::format("{}", fmt::join(patterns, ", ")));
+    return errors.ToStatus();
+  }
+  rules::RuleSetOptions opts;
+  for (const auto& s : app.sinks) {
+    opts.sinks.push_back(s.name);
+  }
+  auto set = rules::RuleSet::Load(app.rule_files, opts);
+  if (!set.ok()) {
+    return set.status();
+  }
+  app.rules = std::move(set).value();
+  return app;
+}
+
+}  // namespace gnomon::engine

@@ -1,0 +1,631 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/engine/engine.h"
+
+#include <fmt/format.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "effect_printer.h"
+#include "gnomon/core/json.h"
+#include "gnomon/core/log.h"
+#include "gnomon/core/queue.h"
+#include "http_server.h"
+
+namespace gnomon::engine {
+
+namespace {
+constexpr size_t kWorkerBatch = 256;
+constexpr int32_t kDeadLetterRoute = -2;
+
+}  // namespace
+
+// Per-rule metrics, created once.
+struct RuleMetrics {
+  Counter* matched;
+  Counter* emitted;
+  Counter* filtered;
+  Counter* failed;
+  Counter* dead_lettered;
+  Histogram* duration;
+};
+
+struct SinkEntry {
+  std::string name;
+  std::unique_ptr<Sink> sink;
+  Counter* delivered;
+  Counter* failed;
+  Counter* dead_lettered;
+  Gauge* queue_depth;
+};
+
+class Engine::Impl final : public Ingest, public DeliveryReporter, public DeliveryObserver {
+ public:
+  Impl(AppConfig config, const Registry& registry, const Clock& clock, EngineOptions options)
+      : config_(std::move(config)), registry_(registry), clock_(clock), options_(options) {}
+
+  ~Impl() override { Stop(); }
+
+  Status Init();
+  Status Start();
+  void Stop();
+  bool Idle() const;
+  bool Ready() const;
+  Counts counts() const;
+  MetricsRegistry& metrics() { return metrics_; }
+
+  // gnomon::Ingest
+  bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;
+  void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
+              std::string_view error) override;
+
+  // gnomon::DeliveryReporter
+  void Report(Record& record, const Status& status) override;
+
+  // gnomon::DeliveryObserver
+  void OnDeliveryFinished(Delivery& d) override;
+
+ private:
+  struct Worker {
+    explicit Worker(size_t capacity) : queue(capacity) {}
+    BoundedQueue<Message> queue;
+    std::unique_ptr<rules::RuleRuntime> runtime;
+    Gauge* depth = nullptr;
+    std::jthread thread;
+  };
+
+  Status CreateSink(const Entry& e);
+  void RunWorker(size_t index);
+  void Process(Worker& w, Message& m, std::vector<uint32_t>& matches, rules::CallResult& result);
+  void Commit(const Message& m, const rules::RuleInfo& rule, rules::CallResult& result);
+  // Sends a dead letter for `m` (or a record); holds `d` until it is durable.
+  void DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
+                  std::string_view rule, const std::string* source, std::string_view topic,
+                  std::string_view device, std::string_view payload, int attempts, int64_t ts);
+  void RenderAccounting(std::string& out) const;
+
+  AppConfig config_;
+  const Registry& registry_;
+  const Clock& clock_;
+  EngineOptions options_;
+  MetricsRegistry metrics_;
+
+  std::vector<std::unique_ptr<Source>> sources_;
+  std::vector<std::string> source_names_;
+  std::map<std::string, Counter*> source_counters_;
+  std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
+  std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured
+  SinkEntry* dead_letter_sink_ = nullptr;
+  SinkEntry* publish_sink_ = nullptr;
+  std::vector<RuleMetrics> rule_metrics_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<HttpServer> http_;
+
+  Counter* in_;
+  Counter* done_;
+  Counter* dead_lettered_msgs_;
+  Counter* abandoned_;
+  Counter* unmatched_;
+  Counter* dead_letter_failures_;
+  std::mutex dl_counter_mu_;
+  std::map<std::string, Counter*, std::less<>> dl_reasons_;  // GUARDED_BY(dl_counter_mu_)
+
+  std::atomic<bool> started_{false};
+  std::atomic<bool> stopped_{false};
+  std::atomic<bool> accepting_{false};
+};
+
+Status Engine::Impl::Init() {
+  std::error_code ec;
+  std::filesystem::create_directories(config_.data_dir, ec);
+  if (ec) {
+    return Unavailable(fmt::format("data_dir {}: {}", config_.data_dir, ec.message()));
+  }
+  in_ = metrics_.GetCounter("gnomon_messages_in_total", "Messages taken in from all sources");
+  done_ = metrics_.GetCounter("gnomon_messages_done_total",
+                              "Messages whose effects are all durable");
+  dead_lettered_msgs_ = metrics_.GetCounter(
+      "gnomon_messages_dead_lettered_total",
+      "Messages finished with at least one dead letter (durable) instead of their effect");
+  abandoned_ = metrics_.GetCounter(
+      "gnomon_messages_abandoned_total",
+      "Messages given up at shutdown (not acknowledged; the source may redeliver)");
+  unmatched_ = metrics_.GetCounter("gnomon_messages_unmatched_total",
+                                   "Messages whose topic matched no rule");
+  dead_letter_failures_ = metrics_.GetCounter(
+      "gnomon_dead_letter_failures_total", "Dead letters the dead-letter sink could not write");
+  metrics_.AddCollector([this](std::string& out) { RenderAccounting(out); });
+
+  // Sinks, in the order rules know them.
+  for (const Entry& e : config_.sinks) {
+    GNOMON_RETURN_IF_ERROR(CreateSink(e));
+  }
+  for (auto& s : sinks_) {
+    if (s.name == config_.dead_letter_sink) {
+      dead_letter_sink_ = &s;
+    }
+    if (s.name == config_.publish_sink) {
+      publish_sink_ = &s;
+    }
+  }
+  if (dead_letter_sink_ == nullptr) {
+    dead_letter_ = std::make_unique<SinkEntry>();
+    dead_letter_->name = "dead-letter";
+    if (options_.mode == Mode::kDryRun) {
+      dead_letter_->sink = NewEffectPrinter("dead_letter", "dead-letter", *this);
+    } else {
+      ConfigValue dl;
+      dl.SetKind(ConfigValue::Kind::kMap);
+      dl.AddField("name", ConfigValue::Scalar("dead-letter"));
+      dl.AddField("type", ConfigValue::Scalar("file"));
+      dl.AddField("path", ConfigValue::Scalar(config_.data_dir + "/dead-letter.jsonl"));
+      PluginContext ctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir, "dead-letter"};
+      GNOMON_ASSIGN_OR_RETURN(dead_letter_->sink, registry_.sink("file")->Create(dl, ctx));
+    }
+    Labels l = {{"sink", "dead-letter"}};
+    dead_letter_->delivered = metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome", {{"sink", "dead-letter"}, {"outcome", "delivered"}});
+    dead_letter_->failed = metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome", {{"sink", "dead-letter"}, {"outcome", "failed"}});
+    dead_letter_->dead_lettered = dead_letter_->failed;
+    dead_letter_->queue_depth = metrics_.GetGauge("gnomon_sink_queue_depth", "Records waiting in the sink's queue", l);
+    dead_letter_sink_ = dead_letter_.get();
+  }
+
+  // Sources.
+  if (options_.mode == Mode::kRun) {
+    for (const Entry& e : config_.sources) {
+      PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
+                        e.connection, e.connection_users};
+      GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source(e.type)->Create(*e.config, ctx));
+      sources_.push_back(std::move(src));
+      source_names_.push_back(e.name);
+    }
+  } else {
+    ConfigValue rc;
+    rc.SetKind(ConfigValue::Kind::kMap);
+    rc.AddField("name", ConfigValue::Scalar("replay"));
+    rc.AddField("type", ConfigValue::Scalar("file"));
+    rc.AddField("path", ConfigValue::Scalar(options_.replay_input));
+    std::string device = options_.replay_device;
+    if (device.empty()) {
+      device = config_.sources.empty() ? "topic[2]"
+                                       : config_.sources[0].config->GetString("device", "topic[2]");
+    }
+    rc.AddField("device", ConfigValue::Scalar(device));
+    PluginContext ctx{metrics_, *this, clock_, config_.data_dir, ".", "replay"};
+    GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source("file")->Create(rc, ctx));
+    sources_.push_back(std::move(src));
+    source_names_.push_back("replay");
+  }
+  for (const auto& n : source_names_) {
+    source_counters_[n] = metrics_.GetCounter("gnomon_source_messages_total",
+                                              "Messages taken in, by source", {{"source", n}});
+  }
+
+  // Rule metrics.
+  for (const auto& r : config_.rules->rules()) {
+    auto c = [&](const char* outcome) {
+      return metrics_.GetCounter("gnomon_rule_messages_total", "Rule runs by outcome",
+                                 {{"rule", r.name}, {"outcome", outcome}});
+    };
+    rule_metrics_.push_back({c("matched"), c("emitted"), c("filtered"), c("failed"),
+                             c("dead_lettered"),
+                             metrics_.GetHistogram("gnomon_rule_duration_seconds",
+                                                   "Time in a rule's handle", {{"rule", r.name}})});
+  }
+
+  // Workers: each with its own Lua state holding every rule.
+  for (int i = 0; i < config_.workers; ++i) {
+    auto w = std::make_unique<Worker>(config_.worker_queue);
+    GNOMON_ASSIGN_OR_RETURN(w->runtime, rules::RuleRuntime::Create(config_.rules, clock_));
+    w->depth = metrics_.GetGauge("gnomon_worker_queue_depth", "Messages waiting per worker",
+                                 {{"worker", std::to_string(i)}});
+    workers_.push_back(std::move(w));
+  }
+  return {};
+}
+
+Status Engine::Impl::CreateSink(const Entry& e) {
+  SinkEntry s;
+  s.name = e.name;
+  if (options_.mode == Mode::kDryRun) {
+    s.sink = NewEffectPrinter(e.name == config_.publish_sink ? "publish" : "emit", e.name, *this);
+  } else {
+    PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
+                      e.connection, e.connection_users};
+    GNOMON_ASSIGN_OR_RETURN(s.sink, registry_.sink(e.type)->Create(*e.config, ctx));
+  }
+  auto c = [&](const char* outcome) {
+    return metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome",
+                               {{"sink", e.name}, {"outcome", outcome}});
+  };
+  s.delivered = c("delivered");
+  s.failed = c("failed");
+  s.dead_lettered = c("dead_lettered");
+  s.queue_depth = metrics_.GetGauge("gnomon_sink_queue_depth",
+                                    "Records waiting in the sink's queue", {{"sink", e.name}});
+  sinks_.push_back(std::move(s));
+  return {};
+}
+
+Status Engine::Impl::Start() {
+  for (auto& s : sinks_) {
+    GNOMON_RETURN_IF_ERROR(s.sink->Start().WithContext("sink " + s.name));
+  }
+  if (dead_letter_) {
+    GNOMON_RETURN_IF_ERROR(dead_letter_->sink->Start().WithContext("dead-letter sink"));
+  }
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    workers_[i]->thread = std::jthread([this, i] { RunWorker(i); });
+  }
+  accepting_ = true;
+  started_ = true;
+  for (size_t i = 0; i < sources_.size(); ++i) {
+    GNOMON_RETURN_IF_ERROR(sources_[i]->Start(*this).WithContext("source " + source_names_[i]));
+  }
+  if (!config_.metrics_listen.empty() && options_.mode == Mode::kRun) {
+    HttpServer::Handlers h;
+    h.metrics = [this] {
+      return metrics_.Render();
+    };
+    h.ready = [this](std::string& why) {
+      bool ok = true;
+      for (size_t i = 0; i < sources_.size(); ++i) {
+        if (!sources_[i]->Ready()) {
+          why += fmt::format("source {} not connected; ", source_names_[i]);
+          ok = false;
+        }
+      }
+      for (auto& s : sinks_) {
+        if (!s.sink->Ready()) {
+          why += fmt::format("sink {} not connected; ", s.name);
+          ok = false;
+        }
+      }
+      return ok;
+    };
+    GNOMON_ASSIGN_OR_RETURN(http_, HttpServer::Start(config_.metrics_listen, std::move(h)));
+  }
+  log::Info("gnomon started",
+            {{"workers", std::to_string(workers_.size())},
+             {"rules", std::to_string(config_.rules->rules().size())},
+             {"sources", std::to_string(sources_.size())},
+             {"sinks", std::to_string(sinks_.size())},
+             {"metrics", config_.metrics_listen}});
+  return {};
+}
+
+void Engine::Impl::Stop() {
+  if (!started_ || stopped_.exchange(true)) {
+    return;
+  }
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.shutdown_timeout_ms);
+  // 1. Sources: no new messages.
+  for (auto& s : sources_) {
+    s->Stop();
+  }
+  accepting_ = false;
+  // 2. Workers: finish what is queued.
+  for (auto& w : workers_) {
+    w->queue.Close();
+  }
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) {
+      w->thread.join();
+    }
+  }
+  // 3. Sinks: deliver until the deadline; the dead-letter sink last, since the others may
+  // still dead-letter records while they stop.
+  for (auto& s : sinks_) {
+    if (&s != dead_letter_sink_) {
+      s.sink->Stop(deadline);
+    }
+  }
+  dead_letter_sink_->sink->Stop(std::max(deadline, std::chrono::steady_clock::now() +
+                                                       std::chrono::seconds(1)));
+  if (http_) {
+    http_->Stop();
+  }
+  Counts c = counts();
+  log::Info("gnomon stopped", {{"in", std::to_string(c.in)},
+                               {"done", std::to_string(c.done)},
+                               {"dead_lettered", std::to_string(c.dead_lettered)},
+                               {"abandoned", std::to_string(c.abandoned)}});
+}
+
+bool Engine::Impl::Idle() const {
+  for (const auto& s : sources_) {
+    if (!s->Finished()) {
+      return false;
+    }
+  }
+  Counts c = counts();
+  return c.in == c.done + c.dead_lettered + c.abandoned;
+}
+
+bool Engine::Impl::Ready() const {
+  for (const auto& s : sources_) {
+    if (!s->Ready()) {
+      return false;
+    }
+  }
+  return started_ && !stopped_;
+}
+
+Engine::Counts Engine::Impl::counts() const {
+  Counts c;
+  // Finished counts first: a message finishing between the reads is then seen as in flight,
+  // never as finished-but-not-in.
+  c.done = done_->value();
+  c.dead_lettered = dead_lettered_msgs_->value();
+  c.abandoned = abandoned_->value();
+  c.in = in_->value();
+  return c;
+}
+
+void Engine::Impl::RenderAccounting(std::string& out) const {
+  Counts c = counts();
+  for (auto& s : sinks_) {
+    s.queue_depth->Set(static_cast<int64_t>(s.sink->QueueDepth()));
+  }
+  if (dead_letter_) {
+    dead_letter_->queue_depth->Set(static_cast<int64_t>(dead_letter_->sink->QueueDepth()));
+  }
+  for (auto& w : workers_) {
+    w->depth->Set(static_cast<int64_t>(w->queue.size()));
+  }
+  // in = done + in_flight + dead_lettered (abandoned messages stay in flight: they were not
+  // finished and the source may deliver them again).
+  fmt::format_to(std::back_inserter(out),
+                 "# HELP gnomon_messages_in_flight Messages taken in and not yet finished\n"
+                 "# TYPE gnomon_messages_in_flight gauge\n"
+                 "gnomon_messages_in_flight {}\n",
+                 c.in - c.done - c.dead_lettered);
+}
+
+bool Engine::Impl::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
+  if (!accepting_) {
+    if (ack) {
+      ack->Abandon();
+    }
+    return false;
+  }
+  auto* d = new Delivery(this, ack.release());
+  m.delivery = d;
+  in_->Inc();
+  if (auto it = source_counters_.find(*m.source); it != source_counters_.end()) {
+    it->second->Inc();
+  }
+  size_t w = std::hash<std::string_view>{}(m.device) % workers_.size();
+  if (!workers_[w]->queue.Push(std::move(m))) {
+    d->Mark(Delivery::kAbandoned);
+    abandoned_->Inc();
+    d->Release();
+    return false;
+  }
+  return true;
+}
+
+void Engine::Impl::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
+                          std::string_view error) {
+  auto* d = new Delivery(this, ack.release());
+  in_->Inc();
+  if (auto it = source_counters_.find(*m.source); it != source_counters_.end()) {
+    it->second->Inc();
+  }
+  log::Warn("message rejected", {{"source", *m.source},
+                                 {"topic", m.topic},
+                                 {"reason", reason},
+                                 {"error", error}});
+  DeadLetter(d, reason, error, "", m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
+  d->Release();
+}
+
+void Engine::Impl::RunWorker(size_t index) {
+  pthread_setname_np(pthread_self(), fmt::format("gnomon-w{}", index).c_str());
+  Worker& w = *workers_[index];
+  std::vector<Message> batch;
+  batch.reserve(kWorkerBatch);
+  std::vector<uint32_t> matches;
+  rules::CallResult result;
+  while (w.queue.PopBatch(batch, kWorkerBatch)) {
+    for (Message& m : batch) {
+      Process(w, m, matches, result);
+    }
+    batch.clear();
+  }
+}
+
+void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches,
+                           rules::CallResult& result) {
+  const rules::RuleSet& set = w.runtime->rule_set();
+  matches.clear();
+  set.Match(m.topic, matches);
+  if (matches.empty()) {
+    unmatched_->Inc();
+    m.delivery->Mark(Delivery::kUnmatched);
+  }
+  rules::MessageView view{m.topic, m.device, &m.payload, *m.source, &m.headers, m.ts_ms};
+  for (uint32_t idx : matches) {
+    const rules::RuleInfo& rule = set.rules()[idx];
+    RuleMetrics& rm = rule_metrics_[idx];
+    rm.matched->Inc();
+    int attempts = 0;
+    while (true) {
+      ++attempts;
+      auto t0 = std::chrono::steady_clock::now();
+      w.runtime->Run(idx, view, result);
+      rm.duration->Observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      if (result.outcome != rules::Outcome::kFailed || rule.on_error != rules::OnError::kRetry ||
+          attempts >= rule.max_attempts) {
+        break;
+      }
+    }
+    switch (result.outcome) {
+      case rules::Outcome::kOk:
+        if (!result.effects.empty()) {
+          rm.emitted->Inc();
+        }
+        Commit(m, rule, result);
+        break;
+      case rules::Outcome::kFiltered:
+        rm.filtered->Inc();
+        break;
+      case rules::Outcome::kFailed:
+        rm.failed->Inc();
+        log::Warn("rule failed", {{"rule", rule.name},
+                                  {"device", m.device},
+                                  {"topic", m.topic},
+                                  {"error", result.reason.substr(0, result.reason.find('\n'))}});
+        if (rule.on_error != rules::OnError::kDrop) {
+          rm.dead_lettered->Inc();
+          DeadLetter(m.delivery, "rule_error", result.reason, rule.name, m.source, m.topic,
+                     m.device, m.payload, attempts, m.ts_ms);
+        }
+        break;
+    }
+  }
+  m.delivery->Release();  // the processing hold
+}
+
+void Engine::Impl::Commit(const Message& m, const rules::RuleInfo& rule,
+                          rules::CallResult& result) {
+  for (rules::Effect& e : result.effects) {
+    SinkEntry* target = e.kind == rules::Effect::Kind::kEmit ? &sinks_[e.sink] : publish_sink_;
+    Record r;
+    r.payload = std::move(e.payload);
+    r.json = e.json;
+    r.key = e.key.empty() ? m.device : std::move(e.key);
+    r.topic = std::move(e.topic);
+    r.headers = std::move(e.headers);
+    r.qos = e.qos;
+    r.retain = e.retain;
+    r.device = m.device;
+    r.rule = rule.name;
+    r.source_topic = m.topic;
+    r.source = m.source;
+    r.ts_ms = m.ts_ms;
+    r.delivery = m.delivery;
+    r.route = target != nullptr ? static_cast<int32_t>(target - sinks_.data()) : -1;
+    m.delivery->Hold();
+    if (target == nullptr) {
+      // ctx.publish with no MQTT sink configured: the record cannot go anywhere.
+      Report(r, FailedPrecondition("ctx.publish: no MQTT sink configured (see `publish.sink`)"));
+      continue;
+    }
+    target->sink->Send(std::move(r));
+  }
+}
+
+void Engine::Impl::DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
+                              std::string_view rule, const std::string* source,
+                              std::string_view topic, std::string_view device,
+                              std::string_view payload, int attempts, int64_t ts) {
+  Record r;
+  json::ObjectWriter w(r.payload);
+  w.Field("reason", reason)
+      .Field("error", error)
+      .Field("rule", rule)
+      .Field("source", source != nullptr ? std::string_view(*source) : std::string_view())
+      .Field("topic", topic)
+      .Field("device", device)
+      .Field("attempts", attempts)
+      .Field("payload_base64", json::Base64(payload))
+      .Field("ts", clock_.NowMs())
+      .Field("message_ts", ts);
+  w.Close();
+  r.key = std::string(device);
+  r.device = std::string(device);
+  r.rule = std::string(rule);
+  r.route = kDeadLetterRoute;
+  r.source_topic = std::string(topic);
+  r.source = source;
+  r.ts_ms = ts;
+  r.delivery = d;
+  d->Mark(Delivery::kDeadLettered);
+  d->Hold();
+  {
+    std::lock_guard lock(dl_counter_mu_);
+    auto it = dl_reasons_.find(reason);
+    if (it == dl_reasons_.end()) {
+      it = dl_reasons_
+               .emplace(std::string(reason),
+                        metrics_.GetCounter("gnomon_dead_letters_total", "Dead letters by reason",
+                                            {{"reason", std::string(reason)}}))
+               .first;
+    }
+    it->second->Inc();
+  }
+  dead_letter_sink_->sink->Send(std::move(r));
+}
+
+void Engine::Impl::Report(Record& r, const Status& status) {
+  Delivery* d = r.delivery;
+  bool is_dead_letter = r.route == kDeadLetterRoute;
+  SinkEntry* entry = is_dead_letter ? dead_letter_sink_
+                     : r.route >= 0 ? &sinks_[static_cast<size_t>(r.route)]
+                                    : nullptr;
+  if (status.ok()) {
+    if (entry != nullptr) {
+      entry->delivered->Inc();
+    }
+  } else if (status.code() == StatusCode::kCancelled) {
+    d->Mark(Delivery::kAbandoned);
+  } else if (is_dead_letter) {
+    dead_letter_failures_->Inc();
+    entry->failed->Inc();
+    d->Mark(Delivery::kAbandoned);
+    log::Error("dead letter could not be written", {{"error", status.message()}});
+  } else {
+    if (entry != nullptr) {
+      entry->dead_lettered->Inc();
+    }
+    log::Warn("record failed; dead-lettering",
+              {{"rule", r.rule}, {"device", r.device}, {"error", status.message()}});
+    DeadLetter(d, "sink_error", status.message(), r.rule, r.source, r.source_topic, r.device,
+               r.payload, r.attempts, r.ts_ms);
+  }
+  if (d != nullptr) {
+    d->Release();
+  }
+}
+
+void Engine::Impl::OnDeliveryFinished(Delivery& d) {
+  uint8_t f = d.flags();
+  if (f & Delivery::kAbandoned) {
+    abandoned_->Inc();
+  } else if (f & Delivery::kDeadLettered) {
+    dead_lettered_msgs_->Inc();
+  } else {
+    done_->Inc();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+Result<std::unique_ptr<Engine>> Engine::Create(AppConfig config, const Registry& registry,
+                                               const Clock& clock, EngineOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(config), registry, clock, options);
+  GNOMON_RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Status Engine::Start() { return impl_->Start(); }
+bool Engine::Idle() const { return impl_->Idle(); }
+void Engine::Stop() { impl_->Stop(); }
+bool Engine::Ready() const { return impl_->Ready(); }
+MetricsRegistry& Engine::metrics() { return impl_->metrics(); }
+Engine::Counts Engine::counts() const { return impl_->counts(); }
+
+}  // namespace gnomon::engine
