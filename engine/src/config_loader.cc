@@ -11,6 +11,11 @@
 namespace gnomon::engine {
 namespace {
 
+// A factory names an embedded schema ("sinks/file.json") or gives the JSON text itself.
+std::string_view SchemaText(std::string_view schema) {
+  return schema.starts_with("{") ? schema : EmbeddedSchema(schema);
+}
+
 // Validates the entries of `list` (sources or sinks): each against the schema of its type.
 void CheckEntries(const ConfigValue* list, const char* section, bool is_source,
                   const Registry& registry, const ConfigValue* connections,
@@ -72,7 +77,7 @@ void CheckEntries(const ConfigValue* list, const char* section, bool is_source,
                                             fmt::join(known, ", ")));
         continue;
       }
-      schema = EmbeddedSchema(f->schema());
+      schema = SchemaText(f->schema());
       ValidateConfig(item, schema, path, errors);
       f->Check(item, path, errors);
     } else {
@@ -86,7 +91,7 @@ void CheckEntries(const ConfigValue* list, const char* section, bool is_source,
                                             fmt::join(known, ", ")));
         continue;
       }
-      schema = EmbeddedSchema(f->schema());
+      schema = SchemaText(f->schema());
       ValidateConfig(item, schema, path, errors);
       f->Check(item, path, errors);
     }

@@ -14,7 +14,6 @@ namespace {
 constexpr const char* kViewMeta = "gnomon.json_view";
 constexpr const char* kArrayMeta = "gnomon.json_array";
 constexpr int kMaxEncodeDepth = 128;
-constexpr double kMaxExactInt = 9007199254740992.0;  // 2^53
 
 struct View {
   uint64_t generation;
@@ -38,8 +37,10 @@ Result<View*> CheckView(lua_State* L, int idx, JsonContext* ctx) {
   return v;
 }
 
+constexpr int64_t kMaxExact = int64_t{1} << 53;
+
 void PushInt(lua_State* L, int64_t i) {
-  if (std::fabs(static_cast<double>(i)) <= kMaxExactInt) {
+  if (i >= -kMaxExact && i <= kMaxExact) {
     lua_pushnumber(L, static_cast<lua_Number>(i));
   } else {
     std::string s = std::to_string(i);
@@ -53,7 +54,7 @@ void PushScalar(lua_State* L, simdjson::dom::element el) {
     case T::INT64: PushInt(L, int64_t(el)); return;
     case T::UINT64: {
       uint64_t u = uint64_t(el);
-      if (static_cast<double>(u) <= kMaxExactInt) {
+      if (u <= static_cast<uint64_t>(kMaxExact)) {
         lua_pushnumber(L, static_cast<lua_Number>(u));
       } else {
         std::string s = std::to_string(u);

@@ -40,6 +40,7 @@ return function()
   local env = {}
   for k, v in pairs(base) do env[k] = v end
   env.string = copy(string)
+  env.string.dump = nil
   env.table = copy(table)
   env.math = copy(math)
   env.bit = copy(bit)

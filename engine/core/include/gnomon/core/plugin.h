@@ -105,7 +105,8 @@ struct PluginContext {
 class SourceFactory {
  public:
   virtual ~SourceFactory() = default;
-  // The embedded schema for entries of this type, e.g. "sources/mqtt.json".
+  // The embedded schema for entries of this type, e.g. "sources/mqtt.json" (or, starting
+  // with '{', the schema's JSON text itself).
   virtual std::string_view schema() const = 0;
   // Cross-field checks after schema validation; add problems to `errors` with `path`.
   virtual void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const {}

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/core/metrics.h"
+
+#include <gtest/gtest.h>
+
+namespace gnomon {
+namespace {
+
+TEST(MetricsTest, RendersCountersGaugesHistograms) {
+  MetricsRegistry m;
+  m.GetCounter("gnomon_x_total", "X things", {{"sink", "a\"b"}})->Inc(3);
+  m.GetGauge("gnomon_depth", "Depth")->Set(-2);
+  Histogram* h = m.GetHistogram("gnomon_d_seconds", "D", {{"rule", "r"}}, {0.1, 1});
+  h->Observe(0.05);
+  h->Observe(0.5);
+  h->Observe(5);
+  std::string text = m.Render();
+  EXPECT_NE(text.find("# TYPE gnomon_x_total counter\ngnomon_x_total{sink=\"a\\\"b\"} 3\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("gnomon_depth -2\n"), std::string::npos);
+  EXPECT_NE(text.find("gnomon_d_seconds_bucket{rule=\"r\",le=\"0.1\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("gnomon_d_seconds_bucket{rule=\"r\",le=\"1\"} 2\n"), std::string::npos);
+  EXPECT_NE(text.find("gnomon_d_seconds_bucket{rule=\"r\",le=\"+Inf\"} 3\n"), std::string::npos);
+  EXPECT_NE(text.find("gnomon_d_seconds_count{rule=\"r\"} 3\n"), std::string::npos);
+}
+
+TEST(MetricsTest, SameNameAndLabelsIsSameMetric) {
+  MetricsRegistry m;
+  Counter* a = m.GetCounter("c_total", "c", {{"k", "v"}});
+  Counter* b = m.GetCounter("c_total", "c", {{"k", "v"}});
+  Counter* c = m.GetCounter("c_total", "c", {{"k", "w"}});
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+}
+
+TEST(MetricsTest, CollectorsAppend) {
+  MetricsRegistry m;
+  m.AddCollector([](std::string& out) { out += "extra 1\n"; });
+  EXPECT_NE(m.Render().find("extra 1\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gnomon

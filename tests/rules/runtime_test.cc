@@ -1,0 +1,259 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+#include "gnomon/rules/rules.h"
+
+namespace gnomon::rules {
+namespace {
+
+// One rule whose handle body is `body`, from "devices/+/telemetry", emitting to "out".
+class RuntimeTest : public ::testing::Test {
+ protected:
+  void Load(const std::string& body, const std::string& extra = "") {
+    std::string src = "return rule {\n  name = \"t\",\n  from = { \"devices/+/telemetry\" },\n" +
+                      extra + "  handle = function(msg, ctx)\n" + body + "\n  end,\n}\n";
+    auto set = RuleSet::FromSources({{"t.lua", src}}, RuleSetOptions{{"out", "alerts"}});
+    ASSERT_TRUE(set.ok()) << set.status().message();
+    auto rt = RuleRuntime::Create(*set, clock_);
+    ASSERT_TRUE(rt.ok()) << rt.status().message();
+    rt_ = std::move(rt).value();
+  }
+
+  CallResult Run(const std::string& payload, const std::string& topic = "devices/d1/telemetry") {
+    payload_ = payload;
+    payload_.reserve(payload_.size() + simdjson::SIMDJSON_PADDING);
+    MessageView m{topic, "d1", &payload_, "src", &headers_, 1234};
+    CallResult r;
+    rt_->Run(0, m, r);
+    return r;
+  }
+
+  // Emits json.encode(expr) to "out" and returns what was emitted.
+  std::string Eval(const std::string& expr, const std::string& payload = "{}") {
+    Load("    ctx.emit('out', json.encode(" + expr + "))");
+    CallResult r = Run(payload);
+    EXPECT_EQ(r.outcome, Outcome::kOk) << r.reason;
+    if (r.effects.size() != 1) {
+      return "<no effect: " + r.reason + ">";
+    }
+    return r.effects[0].payload;
+  }
+
+  FixedClock clock_{1700000000123};
+  std::unique_ptr<RuleRuntime> rt_;
+  std::string payload_;
+  Headers headers_ = {{"h1", "v1"}};
+};
+
+TEST_F(RuntimeTest, LazyPayloadKeepsJsonTypes) {
+  const std::string p =
+      R"({"i":42,"f":1.5,"s":"x","b":true,"n":null,"a":[1,[2,3]],"o":{"k":{"z":"deep"}},)"
+      R"("big":9007199254740993,"neg":-9223372036854775808,"u":18446744073709551615})";
+  EXPECT_EQ(Eval("{ msg.payload.i, msg.payload.f, msg.payload.s, msg.payload.b }", p),
+            R"([42,1.5,"x",true])");
+  EXPECT_EQ(Eval("msg.payload.n == json.null", p), "true");
+  EXPECT_EQ(Eval("msg.payload.a[2][1]", p), "2");
+  EXPECT_EQ(Eval("#msg.payload.a", p), "2");
+  EXPECT_EQ(Eval("msg.payload.o.k.z", p), R"("deep")");
+  EXPECT_EQ(Eval("msg.payload.missing == nil", p), "true");
+  EXPECT_EQ(Eval("msg.payload.a[9] == nil", p), "true");
+  // Integers beyond 2^53 come as strings, exact.
+  EXPECT_EQ(Eval("msg.payload.big", p), R"("9007199254740993")");
+  EXPECT_EQ(Eval("msg.payload.neg", p), R"("-9223372036854775808")");
+  EXPECT_EQ(Eval("msg.payload.u", p), R"("18446744073709551615")");
+  // A view re-encodes as its JSON, unchanged.
+  EXPECT_EQ(Eval("msg.payload.o", p), R"({"k":{"z":"deep"}})");
+  EXPECT_EQ(Eval("msg.payload.a", p), R"([1,[2,3]])");
+}
+
+TEST_F(RuntimeTest, EmptyArraysAndObjectsSurviveRoundTrip) {
+  const std::string p = R"({"e":[],"o":{},"nested":{"l":[{},[]]}})";
+  EXPECT_EQ(Eval("msg.payload", p), p);
+  EXPECT_EQ(Eval("json.totable(msg.payload)", p).size(), p.size());
+  EXPECT_EQ(Eval("json.decode('[]')"), "[]");
+  EXPECT_EQ(Eval("json.decode('{}')"), "{}");
+  EXPECT_EQ(Eval("json.decode('{\"a\":[]}')"), R"({"a":[]})");
+  EXPECT_EQ(Eval("json.array({})"), "[]");
+  EXPECT_EQ(Eval("{}"), "{}");
+  EXPECT_EQ(Eval("{ 1, 2, json.null }"), "[1,2,null]");
+}
+
+TEST_F(RuntimeTest, DecodeEncodeRoundTripMatchesSimdjson) {
+  const std::string docs[] = {
+      R"({"a":1,"b":[true,false,null],"c":{"d":"e\u00e9\n"}})",
+      R"([1,-2,3.25,1e+300,"x"])",
+      R"({"big":"12345678901234567890"})",
+  };
+  for (const auto& d : docs) {
+    std::string out = Eval("json.decode(msg.raw)", d);
+    simdjson::dom::parser p1, p2;
+    simdjson::dom::element a, b;
+    ASSERT_EQ(p1.parse(d).get(a), simdjson::SUCCESS);
+    ASSERT_EQ(p2.parse(out).get(b), simdjson::SUCCESS) << out;
+    // Same document up to key order: compare each key's minified value.
+    if (a.is_object()) {
+      for (auto f : simdjson::dom::object(a)) {
+        simdjson::dom::element v;
+        ASSERT_EQ(b[f.key].get(v), simdjson::SUCCESS) << f.key;
+        EXPECT_EQ(simdjson::minify(v), simdjson::minify(f.value)) << f.key;
+      }
+      EXPECT_EQ(simdjson::dom::object(a).size(), simdjson::dom::object(b).size());
+    } else {
+      EXPECT_EQ(simdjson::minify(a), simdjson::minify(b));
+    }
+  }
+}
+
+TEST_F(RuntimeTest, TopicSegmentsAndMessageFields) {
+  EXPECT_EQ(Eval("{ msg.topic, msg.topic[1], msg.topic[2], msg.topic[3], msg.device, msg.ts, "
+                 "msg.source }"),
+            R"(["devices/d1/telemetry","devices","d1","telemetry","d1",1234,"src"])");
+  EXPECT_EQ(Eval("msg.topic[4] == nil and msg.topic[0] == nil"), "true");
+  EXPECT_EQ(Eval("msg.topic:upper()"), R"("DEVICES/D1/TELEMETRY")");
+  EXPECT_EQ(Eval("msg.headers.h1"), R"("v1")");
+  EXPECT_EQ(Eval("msg.raw", R"({"x":1})"), R"("{\"x\":1}")");
+  EXPECT_EQ(Eval("ctx.now()"), "1700000000123");
+}
+
+TEST_F(RuntimeTest, NonJsonPayloadStillReachesRule) {
+  EXPECT_EQ(Eval("{ msg.payload == nil, msg.raw, msg.payload_error ~= nil }", "not json"),
+            R"([true,"not json",true])");
+  EXPECT_EQ(Eval("msg.payload_error", ""), R"("empty payload")");
+  EXPECT_EQ(Eval("msg.payload_error == nil", "{}"), "true");
+  std::string bad_utf8 = "{\"s\":\"\xff\"}";
+  EXPECT_NE(Eval("msg.payload_error", bad_utf8).find("UTF-8"), std::string::npos);
+}
+
+TEST_F(RuntimeTest, DeepNestingIsAnErrorNotACrash) {
+  std::string deep(5000, '[');
+  deep += std::string(5000, ']');
+  EXPECT_NE(Eval("msg.payload_error", deep).find("too deep"), std::string::npos);
+}
+
+TEST_F(RuntimeTest, LargePayloadWorks) {
+  std::string big = "{\"pad\":\"" + std::string(1 << 20, 'x') + "\",\"t\":7}";
+  EXPECT_EQ(Eval("msg.payload.t", big), "7");
+}
+
+TEST_F(RuntimeTest, EmitAndPublishAreBufferedWithOptions) {
+  Load(R"(
+    ctx.emit("alerts", { t = msg.payload.t }, { key = "k1", headers = { a = "b" } })
+    ctx.emit("out", "raw text")
+    ctx.publish("devices/" .. msg.device .. "/cmd", { fan = "on" }, { qos = 0, retain = true }))");
+  CallResult r = Run(R"({"t":60})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.effects.size(), 3u);
+  EXPECT_EQ(r.effects[0].kind, Effect::Kind::kEmit);
+  EXPECT_EQ(r.effects[0].sink, 1u);
+  EXPECT_EQ(r.effects[0].payload, R"({"t":60})");
+  EXPECT_EQ(r.effects[0].key, "k1");
+  EXPECT_EQ(r.effects[0].headers, (Headers{{"a", "b"}}));
+  EXPECT_EQ(r.effects[1].payload, "raw text");
+  EXPECT_FALSE(r.effects[1].json);
+  EXPECT_EQ(r.effects[2].kind, Effect::Kind::kPublish);
+  EXPECT_EQ(r.effects[2].topic, "devices/d1/cmd");
+  EXPECT_EQ(r.effects[2].qos, 0);
+  EXPECT_TRUE(r.effects[2].retain);
+}
+
+TEST_F(RuntimeTest, FailureDiscardsAllEffects) {
+  Load(R"(
+    ctx.emit("out", { a = 1 })
+    ctx.publish("x/y", "z")
+    error("boom"))");
+  CallResult r = Run("{}");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_TRUE(r.effects.empty());
+  // file:line of the error, and a traceback.
+  EXPECT_NE(r.reason.find("t.lua:8: boom"), std::string::npos) << r.reason;
+  EXPECT_NE(r.reason.find("stack traceback"), std::string::npos) << r.reason;
+}
+
+TEST_F(RuntimeTest, DropFiltersAndDiscards) {
+  Load(R"(
+    ctx.emit("out", { a = 1 })
+    if true then return ctx.drop("no temp") end
+    ctx.emit("out", { a = 2 }))");
+  CallResult r = Run("{}");
+  EXPECT_EQ(r.outcome, Outcome::kFiltered);
+  EXPECT_EQ(r.reason, "no temp");
+  EXPECT_TRUE(r.effects.empty());
+}
+
+TEST_F(RuntimeTest, FailCannotBeSwallowedByPcall) {
+  Load(R"(
+    pcall(ctx.fail, "bad reading")
+    ctx.emit("out", { a = 1 }))");
+  CallResult r = Run("{}");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_EQ(r.reason, "bad reading");
+  EXPECT_TRUE(r.effects.empty());
+}
+
+TEST_F(RuntimeTest, BadEmitsFailTheCallWithAReason) {
+  struct Case {
+    const char* body;
+    const char* reason;
+  } cases[] = {
+      {"ctx.emit('nope', {})", "unknown sink 'nope'"},
+      {"ctx.emit('out', { f = function() end })", "record.f: cannot encode a function"},
+      {"ctx.emit('out', { s = '\\255' })", "record.s: string is not valid UTF-8"},
+      {"local t = {} t.self = t ctx.emit('out', t)", "nested deeper than"},
+      {"ctx.emit('out', { x = 0/0 })", "not finite"},
+      {"ctx.publish('a/+', 'x')", "wildcard"},
+      {"ctx.publish('a/b', 'x', { qos = 2 })", "qos must be 0 or 1"},
+      {"ctx.emit('out', {}, { bogus = 1 })", "unknown or mistyped option 'bogus'"},
+  };
+  for (const auto& c : cases) {
+    Load(c.body);
+    CallResult r = Run("{}");
+    EXPECT_EQ(r.outcome, Outcome::kFailed) << c.body;
+    EXPECT_NE(r.reason.find(c.reason), std::string::npos) << c.body << " → " << r.reason;
+  }
+}
+
+TEST_F(RuntimeTest, PayloadViewDiesWhenCallReturns) {
+  Load("    kept = kept or msg.payload\n    ctx.emit('out', { v = kept.a })");
+  EXPECT_EQ(Run(R"({"a":1})").outcome, Outcome::kOk);
+  CallResult r = Run(R"({"a":2})");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("used after handle returned"), std::string::npos) << r.reason;
+}
+
+TEST_F(RuntimeTest, SandboxHidesDangerousLibraries) {
+  EXPECT_EQ(Eval("{ io == nil, os.execute == nil, os.exit == nil, os.remove == nil, "
+                 "loadfile == nil, dofile == nil, load == nil, loadstring == nil, "
+                 "require == nil, debug == nil, ffi == nil, package == nil, "
+                 "string.dump == nil, getfenv == nil, setfenv == nil }"),
+            "[true,true,true,true,true,true,true,true,true,true,true,true,true,true,true]");
+  EXPECT_EQ(Eval("getmetatable('') == false"), "true");
+  EXPECT_EQ(Eval("type(os.time()) == 'number' and type(math.floor) == 'function' and "
+                 "type(bit.band) == 'function'"),
+            "true");
+}
+
+TEST(RuleIsolationTest, RulesHaveSeparateEnvironments) {
+  const char* a = R"(return rule { name = "a", from = "x/#",
+      handle = function(msg, ctx) counter = (counter or 0) + 1; string.upper = nil
+                                  ctx.emit("out", counter) end })";
+  const char* b = R"(return rule { name = "b", from = "x/#",
+      handle = function(msg, ctx) ctx.emit("out", { c = counter, up = string.upper("q") }) end })";
+  auto set = RuleSet::FromSources({{"a.lua", a}, {"b.lua", b}}, RuleSetOptions{{"out"}});
+  ASSERT_TRUE(set.ok()) << set.status().message();
+  FixedClock clock(0);
+  auto rt = RuleRuntime::Create(*set, clock);
+  ASSERT_TRUE(rt.ok());
+  std::string payload = "{}";
+  MessageView m{"x/1", "d", &payload, "s", nullptr, 0};
+  CallResult r;
+  (*rt)->Run(0, m, r);
+  (*rt)->Run(0, m, r);
+  EXPECT_EQ(r.effects[0].payload, "2");  // globals persist within a rule
+  (*rt)->Run(1, m, r);
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.effects[0].payload, R"({"up":"Q"})");  // nothing leaked from rule a
+}
+
+}  // namespace
+}  // namespace gnomon::rules

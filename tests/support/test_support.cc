@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "tests/support/test_support.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace gnomon::testing {
+
+std::chrono::milliseconds Scaled(std::chrono::milliseconds ms) {
+  const char* s = std::getenv("GNOMON_TEST_TIMEOUT_SCALE");
+  double scale = s != nullptr ? std::atof(s) : 1.0;
+  if (scale <= 0) {
+    scale = 1.0;
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(static_cast<double>(ms.count()) * scale));
+}
+
+bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + Scaled(timeout);
+  while (std::chrono::steady_clock::now() < until) {
+    if (pred()) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return pred();
+}
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "gnomon-test-XXXXXX").string();
+  char* p = ::mkdtemp(tmpl.data());
+  path_ = p != nullptr ? p : "/tmp";
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  if (path_ != "/tmp") {
+    std::filesystem::remove_all(path_, ec);
+  }
+}
+
+void TempDir::Write(const std::string& name, const std::string& text) const {
+  std::filesystem::create_directories(std::filesystem::path(File(name)).parent_path());
+  std::ofstream out(File(name), std::ios::binary);
+  out << text;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) {
+      lines.push_back(line);
+    }
+  }
+  return lines;
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  int port = ntohs(addr.sin_port);
+  ::close(fd);
+  return port;
+}
+
+bool UnderCi() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::string(ci) == "true";
+}
+
+Process::Process(std::vector<std::string> argv, const std::string& dir) {
+  static int counter = 0;
+  std::string base = (std::filesystem::temp_directory_path() /
+                      ("gnomon-proc-" + std::to_string(::getpid()) + "-" +
+                       std::to_string(counter++)))
+                         .string();
+  out_ = base + ".out";
+  err_ = base + ".err";
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    // The parent (a test) may block signals; the child must not inherit that.
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, nullptr);
+    int out = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = ::open(err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    ::dup2(devnull, 0);
+    if (!dir.empty() && ::chdir(dir.c_str()) != 0) {
+      ::_exit(126);
+    }
+    std::vector<char*> args;
+    for (auto& a : argv) {
+      args.push_back(a.data());
+    }
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+}
+
+Process::~Process() {
+  if (pid_ > 0 && status_ == -1) {
+    ::kill(pid_, SIGKILL);
+    Wait(std::chrono::milliseconds(5000));
+  }
+  std::error_code ec;
+  std::filesystem::remove(out_, ec);
+  std::filesystem::remove(err_, ec);
+}
+
+void Process::Signal(int sig) {
+  if (pid_ > 0 && status_ == -1) {
+    ::kill(pid_, sig);
+  }
+}
+
+bool Process::Running() {
+  if (status_ != -1) {
+    return false;
+  }
+  int st = 0;
+  pid_t r = ::waitpid(pid_, &st, WNOHANG);
+  if (r == pid_) {
+    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return false;
+  }
+  return true;
+}
+
+int Process::Wait(std::chrono::milliseconds timeout) {
+  WaitFor([&] { return !Running(); }, timeout);
+  return status_;
+}
+
+std::string Process::Stdout() const { return ReadFile(out_); }
+std::string Process::Stderr() const { return ReadFile(err_); }
+
+int RunCommand(const std::vector<std::string>& argv, std::string* out, std::string* err,
+               const std::string& dir) {
+  Process p(argv, dir);
+  int rc = p.Wait(std::chrono::milliseconds(60000));
+  if (out != nullptr) {
+    *out = p.Stdout();
+  }
+  if (err != nullptr) {
+    *err = p.Stderr();
+  }
+  return rc;
+}
+
+std::string MosquittoBinary() {
+  for (const char* p : {"/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"}) {
+    if (::access(p, X_OK) == 0) {
+      return p;
+    }
+  }
+  return "";
+}
+
+bool Mosquitto::Start(std::string* why) {
+  std::string bin = MosquittoBinary();
+  if (bin.empty()) {
+    *why = "mosquitto binary not found (apt-get install mosquitto)";
+    return false;
+  }
+  if (port_ == 0) {
+    port_ = FreePort();
+  }
+  dir_.Write("mosquitto.conf",
+             "listener " + std::to_string(port_) + " 127.0.0.1\n"
+             "allow_anonymous true\n"
+             "persistence true\n"
+             "persistence_location " + dir_.path() + "/\n"
+             "max_queued_messages 100000\n"
+             "max_inflight_messages 0\n"
+             "log_dest stderr\n");
+  proc_ = std::make_unique<Process>(
+      std::vector<std::string>{bin, "-c", dir_.File("mosquitto.conf")});
+  // Ready when the port accepts connections.
+  bool up = WaitFor(
+      [&] {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons(static_cast<uint16_t>(port_));
+        bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+        ::close(fd);
+        return ok || !proc_->Running();
+      },
+      std::chrono::milliseconds(10000));
+  if (!up || !proc_->Running()) {
+    *why = "mosquitto did not start: " + proc_->Stderr();
+    return false;
+  }
+  return true;
+}
+
+void Mosquitto::Stop() {
+  if (proc_) {
+    proc_->Signal(SIGTERM);
+    proc_->Wait();
+    proc_.reset();
+  }
+}
+
+void Mosquitto::Kill() {
+  if (proc_) {
+    proc_->Signal(SIGKILL);
+    proc_->Wait();
+    proc_.reset();
+  }
+}
+
+Mosquitto::~Mosquitto() { Stop(); }
+
+}  // namespace gnomon::testing

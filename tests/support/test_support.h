@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+// Test helpers: temp dirs, WaitFor, free ports, child processes, a mosquitto broker.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gnomon::testing {
+
+// Scales timeouts (GNOMON_TEST_TIMEOUT_SCALE, default 1; sanitizer builds set more).
+std::chrono::milliseconds Scaled(std::chrono::milliseconds ms);
+
+// Polls `pred` until it holds or `timeout` (scaled) passes. No sleeps in tests: use this.
+bool WaitFor(const std::function<bool()>& pred,
+             std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
+
+// A fresh directory under /tmp, removed by the destructor.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+  void Write(const std::string& name, const std::string& text) const;
+
+ private:
+  std::string path_;
+};
+
+std::string ReadFile(const std::string& path);
+std::vector<std::string> ReadLines(const std::string& path);
+
+// A TCP port free on 127.0.0.1 right now.
+int FreePort();
+
+// True under CI (CI=true): a missing server binary fails instead of skipping.
+bool UnderCi();
+
+// A child process with stdout/stderr captured to files.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, const std::string& dir = "");
+  ~Process();
+  pid_t pid() const { return pid_; }
+  void Signal(int sig);
+  // Waits for exit; returns the exit code (128+signal if killed), or -1 on timeout.
+  int Wait(std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
+  bool Running();
+  std::string Stdout() const;
+  std::string Stderr() const;
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+  std::string out_, err_;
+};
+
+// Runs a command to completion; returns its exit code, stdout in `out`, stderr in `err`.
+int RunCommand(const std::vector<std::string>& argv, std::string* out = nullptr,
+               std::string* err = nullptr, const std::string& dir = "");
+
+// A mosquitto broker on a free loopback port, with persistence in a temp dir.
+class Mosquitto {
+ public:
+  // Returns false (and sets `why`) when the mosquitto binary is missing.
+  bool Start(std::string* why);
+  void Stop();
+  void Kill();
+  int port() const { return port_; }
+  ~Mosquitto();
+
+ private:
+  TempDir dir_;
+  int port_ = 0;
+  std::unique_ptr<Process> proc_;
+};
+
+std::string MosquittoBinary();
+
+}  // namespace gnomon::testing
+
+// Skips locally, fails under CI, when a required server is missing.
+#define GNOMON_REQUIRE_SERVER(ok, why)                                        \
+  do {                                                                        \
+    if (!(ok)) {                                                              \
+      if (::gnomon::testing::UnderCi()) {                                     \
+        FAIL() << "required server missing under CI: " << (why);             \
+      }                                                                       \
+      GTEST_SKIP() << "server missing (set CI=true to make this fail): " << (why); \
+    }                                                                         \
+  } while (0)
