@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gnomon binary as users run it: exit codes, messages, signals, docs generation.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include "tests/support/test_support.h"
+
+namespace gnomon {
+namespace {
+
+using testing::RunCommand;
+using testing::TempDir;
+
+TEST(CliTest, VersionAndUsage) {
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "version"}, &out), 0);
+  EXPECT_EQ(out.rfind("gnomon ", 0), 0u);
+  EXPECT_EQ(RunCommand({GNOMON_BINARY}, &out, &err), 2);
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "run"}, &out, &err), 2);
+  EXPECT_NE(err.find("--config"), std::string::npos) << err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "frobnicate"}, &out, &err), 2);
+}
+
+TEST(CliTest, CheckReportsBadConfigWithFileLineAndKey) {
+  TempDir dir;
+  dir.Write("g.yaml", "workers: 2\nsinks:\n  - name: x\n    type: file\n    path: o.jsonl\n"
+                      "    fsync: maybe\n");
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 1);
+  EXPECT_NE(err.find(dir.File("g.yaml") + ":6: sinks[0].fsync: must be true or false (got maybe)"),
+            std::string::npos)
+      << err;
+}
+
+TEST(CliTest, CheckCompilesRules) {
+  TempDir dir;
+  dir.Write("g.yaml", "rules: [r.lua]\n");
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/#', handle = function(msg, ctx) end }");
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("ok (0 sources, 0 sinks, 1 rules)"), std::string::npos) << out;
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/#', handle = function(msg, ctx) end");
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 1);
+  EXPECT_NE(err.find("r.lua:1:"), std::string::npos) << err;
+}
+
+TEST(CliTest, RunStopsOnSigtermAndExitsZero) {
+  TempDir dir;
+  dir.Write("g.yaml", "data_dir: data\nsources: [{name: f, type: file, path: in.jsonl}]\n");
+  dir.Write("in.jsonl", "{\"topic\":\"a/b\",\"payload\":{}}\n");
+  testing::Process p({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")});
+  ASSERT_TRUE(testing::WaitFor([&] { return p.Stderr().find("file source finished") != std::string::npos; }))
+      << p.Stderr();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0) << p.Stderr();
+  EXPECT_NE(p.Stderr().find("\"msg\":\"gnomon stopped\",\"in\":\"1\",\"done\":\"1\""),
+            std::string::npos)
+      << p.Stderr();
+}
+
+TEST(CliTest, ConfigurationDocsAreCurrent) {
+  std::string out;
+  ASSERT_EQ(RunCommand({GNOMON_BINARY, "config-docs"}, &out), 0);
+  std::string committed = testing::ReadFile(std::string(GNOMON_SOURCE_DIR) + "/docs/configuration.md");
+  EXPECT_EQ(out, committed)
+      << "docs/configuration.md is stale: run `build/gnomon config-docs > docs/configuration.md`";
+}
+
+TEST(CliTest, ExamplesPassCheck) {
+  for (const char* cfg : {"/examples/quickstart/gnomon.yaml"}) {
+    std::string out, err;
+    EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", std::string(GNOMON_SOURCE_DIR) + cfg},
+                         &out, &err),
+              0)
+        << cfg << ": " << err;
+  }
+}
+
+}  // namespace
+}  // namespace gnomon

@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: Apache-2.0
+// MQTT in → Lua rule → MQTT out, against a real mosquitto broker and the real gnomon binary.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <mosquitto.h>
+#include <signal.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "tests/support/test_support.h"
+
+namespace gnomon {
+namespace {
+
+using testing::Mosquitto;
+using testing::Process;
+using testing::TempDir;
+using testing::WaitFor;
+
+// A plain libmosquitto client for the test's side of the broker.
+class Client {
+ public:
+  Client(int port, const std::string& id) {
+    mosquitto_lib_init();
+    mosq_ = mosquitto_new(id.c_str(), true, this);
+    mosquitto_message_callback_set(mosq_, [](mosquitto*, void* self, const mosquitto_message* m) {
+      auto* c = static_cast<Client*>(self);
+      std::lock_guard lock(c->mu_);
+      c->received_.emplace_back(m->topic,
+                                std::string(static_cast<const char*>(m->payload),
+                                            static_cast<size_t>(m->payloadlen)));
+    });
+    mosquitto_publish_callback_set(mosq_, [](mosquitto*, void* self, int) {
+      auto* c = static_cast<Client*>(self);
+      std::lock_guard lock(c->mu_);
+      c->acked_++;
+    });
+    mosquitto_connect_callback_set(mosq_, [](mosquitto*, void* self, int rc) {
+      static_cast<Client*>(self)->connected_ = rc == 0;
+    });
+    mosquitto_connect(mosq_, "127.0.0.1", port, 30);
+    mosquitto_loop_start(mosq_);
+    WaitFor([&] { return connected_.load(); });
+  }
+  ~Client() {
+    mosquitto_disconnect(mosq_);
+    mosquitto_loop_stop(mosq_, false);
+    mosquitto_destroy(mosq_);
+  }
+  void Subscribe(const std::string& filter) {
+    int mid = 0;
+    mosquitto_subscribe(mosq_, &mid, filter.c_str(), 1);
+  }
+  void Publish(const std::string& topic, const std::string& payload, int qos = 1) {
+    sent_++;
+    mosquitto_publish(mosq_, nullptr, topic.c_str(), static_cast<int>(payload.size()),
+                      payload.data(), qos, false);
+  }
+  bool AllAcked() {
+    std::lock_guard lock(mu_);
+    return acked_ >= sent_;
+  }
+  size_t count() {
+    std::lock_guard lock(mu_);
+    return received_.size();
+  }
+  std::vector<std::pair<std::string, std::string>> received() {
+    std::lock_guard lock(mu_);
+    return received_;
+  }
+
+ private:
+  mosquitto* mosq_;
+  std::atomic<bool> connected_{false};
+  std::mutex mu_;
+  std::vector<std::pair<std::string, std::string>> received_;
+  int acked_ = 0;
+  int sent_ = 0;
+};
+
+class MqttIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    bool ok = broker_.Start(&why);
+    GNOMON_REQUIRE_SERVER(ok, why);
+    metrics_port_ = testing::FreePort();
+    dir_.Write("rules/echo.lua", R"(
+      return rule { name = "echo", from = "devices/+/telemetry",
+        handle = function(msg, ctx)
+          local p = msg.payload
+          ctx.publish("devices/" .. msg.device .. "/cmd", { n = p.n })
+          ctx.emit("archive", { d = msg.device, n = p.n })
+        end })");
+    dir_.Write("gnomon.yaml", fmt("workers: 2\ndata_dir: data\n"
+                                  "connections:\n  broker: { type: mqtt, url: \"mqtt://127.0.0.1:{port}\", "
+                                  "client_id: gnomon-it, reconnect: { initial_ms: 50, max_ms: 500 } }\n"
+                                  "sources:\n  - { name: telemetry, connection: broker, "
+                                  "topics: [\"devices/+/telemetry\", \"status/#\"], qos: 1, max_payload_bytes: 65536 }\n"
+                                  "sinks:\n  - { name: devices, connection: broker, qos: 1 }\n"
+                                  "  - { name: archive, type: file, path: archive.jsonl }\n"
+                                  "rules: [rules/*.lua]\n"
+                                  "metrics: { listen: \"127.0.0.1:{metrics}\" }\n"));
+  }
+
+  std::string fmt(std::string s) {
+    auto rep = [&](const std::string& k, const std::string& v) {
+      for (size_t p; (p = s.find(k)) != std::string::npos;) {
+        s.replace(p, k.size(), v);
+      }
+    };
+    rep("{port}", std::to_string(broker_.port()));
+    rep("{metrics}", std::to_string(metrics_port_));
+    return s;
+  }
+
+  std::unique_ptr<Process> StartGnomon() {
+    auto p = std::make_unique<Process>(
+        std::vector<std::string>{GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")});
+    bool ready = WaitFor([&] { return Get("/readyz").first == 200 || !p->Running(); });
+    EXPECT_TRUE(ready && p->Running()) << p->Stderr();
+    return p;
+  }
+
+  std::pair<int, std::string> Get(const std::string& path) {
+    httplib::Client cli("127.0.0.1", metrics_port_);
+    cli.set_connection_timeout(1);
+    auto res = cli.Get(path.c_str());
+    if (!res) {
+      return {0, ""};
+    }
+    return {res->status, res->body};
+  }
+
+  Mosquitto broker_;
+  TempDir dir_;
+  int metrics_port_ = 0;
+};
+
+TEST_F(MqttIntegrationTest, MessagesFlowThroughRulesInPerDeviceOrder) {
+  auto gnomon = StartGnomon();
+  Client out(broker_.port(), "test-sub");
+  out.Subscribe("devices/+/cmd");
+  Client in(broker_.port(), "test-pub");
+  constexpr int kDevices = 10, kPerDevice = 200;
+  for (int i = 0; i < kPerDevice; ++i) {
+    for (int d = 0; d < kDevices; ++d) {
+      in.Publish("devices/dev" + std::to_string(d) + "/telemetry",
+                 "{\"n\":" + std::to_string(i) + "}");
+    }
+  }
+  ASSERT_TRUE(WaitFor([&] { return out.count() >= kDevices * kPerDevice; },
+                      std::chrono::milliseconds(30000)))
+      << "got " << out.count() << "\n" << gnomon->Stderr();
+  std::map<std::string, int> next;
+  for (const auto& [topic, payload] : out.received()) {
+    EXPECT_EQ(payload, "{\"n\":" + std::to_string(next[topic]++) + "}") << topic;
+  }
+  // A subscriber may see a message before its PUBACK reaches gnomon: wait for the accounting.
+  std::string metrics;
+  EXPECT_TRUE(WaitFor([&] {
+    metrics = Get("/metrics").second;
+    return metrics.find("gnomon_messages_in_flight 0\n") != std::string::npos;
+  })) << metrics;
+  EXPECT_NE(metrics.find("gnomon_messages_done_total 2000\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("gnomon_source_messages_total{source=\"telemetry\"} 2000"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("gnomon_sink_records_total{sink=\"devices\",outcome=\"delivered\"} 2000"),
+            std::string::npos)
+      << metrics;
+  EXPECT_EQ(Get("/healthz").first, 200);
+
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  EXPECT_EQ(testing::ReadLines(dir_.File("archive.jsonl")).size(), 2000u);
+}
+
+TEST_F(MqttIntegrationTest, PersistentSessionDeliversWhatWasPublishedWhileDown) {
+  {
+    auto gnomon = StartGnomon();  // creates the session and its subscription
+    gnomon->Signal(SIGTERM);
+    ASSERT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  }
+  Client in(broker_.port(), "test-pub");
+  for (int i = 0; i < 100; ++i) {
+    in.Publish("devices/offline/telemetry", "{\"n\":" + std::to_string(i) + "}");
+  }
+  ASSERT_TRUE(WaitFor([&] { return in.AllAcked(); }));
+  auto gnomon = StartGnomon();
+  ASSERT_TRUE(WaitFor([&] {
+    return testing::ReadLines(dir_.File("archive.jsonl")).size() >= 100;
+  })) << gnomon->Stderr();
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0);
+  EXPECT_EQ(testing::ReadLines(dir_.File("archive.jsonl")).size(), 100u);
+}
+
+TEST_F(MqttIntegrationTest, ReconnectsAfterTheBrokerRestarts) {
+  auto gnomon = StartGnomon();
+  broker_.Kill();
+  EXPECT_TRUE(WaitFor([&] { return Get("/readyz").first == 503; })) << "readyz stays ready";
+  std::string why;
+  ASSERT_TRUE(broker_.Start(&why)) << why;  // same port, same persistence
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << gnomon->Stderr();
+  Client out(broker_.port(), "test-sub");
+  out.Subscribe("devices/+/cmd");
+  Client in(broker_.port(), "test-pub");
+  for (int i = 0; i < 50; ++i) {
+    in.Publish("devices/r1/telemetry", "{\"n\":" + std::to_string(i) + "}");
+  }
+  ASSERT_TRUE(WaitFor([&] { return out.count() >= 50; })) << gnomon->Stderr();
+  EXPECT_NE(gnomon->Stderr().find("reconnecting"), std::string::npos);
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0);
+}
+
+TEST_F(MqttIntegrationTest, BadPayloadsAreDeadLetteredAndTheRestFlows) {
+  auto gnomon = StartGnomon();
+  Client out(broker_.port(), "test-sub");
+  out.Subscribe("devices/+/cmd");
+  Client in(broker_.port(), "test-pub");
+  in.Publish("devices/bad/telemetry", "not json");
+  in.Publish("devices/bad/telemetry", std::string("{\"n\":\"\xff\xfe\"}"));
+  in.Publish("devices/bad/telemetry", "");
+  in.Publish("devices/bad/telemetry", "{\"n\":" + std::string(70000, '1') + "}");  // oversize
+  in.Publish("devices/bad/telemetry", std::string(5000, '[') + std::string(5000, ']'));
+  in.Publish("status/x", "{}");  // subscribed, but no rule matches
+  in.Publish("devices/good/telemetry", "{\"n\":1}");
+  ASSERT_TRUE(WaitFor([&] { return out.count() >= 1; })) << gnomon->Stderr();
+  ASSERT_TRUE(WaitFor([&] {
+    return testing::ReadLines(dir_.File("data/dead-letter.jsonl")).size() >= 5;
+  })) << gnomon->Stderr();
+  auto dl = testing::ReadLines(dir_.File("data/dead-letter.jsonl"));
+  std::string all;
+  for (const auto& l : dl) {
+    all += l + "\n";
+  }
+  EXPECT_NE(all.find("\"reason\":\"oversize\""), std::string::npos) << all;
+  EXPECT_NE(all.find("\"reason\":\"rule_error\""), std::string::npos) << all;
+  EXPECT_TRUE(gnomon->Running());
+  auto [code, metrics] = Get("/metrics");
+  EXPECT_NE(metrics.find("gnomon_messages_unmatched_total 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("gnomon_dead_letters_total{reason=\"oversize\"} 1"), std::string::npos);
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0);
+}
+
+}  // namespace
+}  // namespace gnomon

@@ -1,0 +1,27 @@
+-- Raises an alert when a device runs hot and tells it to turn its fan on.
+return rule {
+  name = "overheat",
+  from = { "devices/+/telemetry" },
+  on_error = "dead_letter",
+
+  handle = function(msg, ctx)
+    local t = msg.payload and msg.payload.temp
+    if t == nil then return ctx.drop("no temp") end
+    if type(t) ~= "number" then return ctx.fail("temp is not a number") end
+    if t > 50 then
+      ctx.emit("alerts", { device = msg.device, temp = t, ts = msg.ts,
+                           severity = t > 55 and "high" or "warn" })
+      ctx.publish("devices/" .. msg.device .. "/cmd", { fan = "on" }, { qos = 1 })
+    end
+  end,
+
+  tests = {
+    { name = "hot device raises an alert",
+      input  = { topic = "devices/d1/telemetry", payload = { temp = 60, ts = 5 } },
+      expect = { emit = { alerts = { { device = "d1", temp = 60, severity = "high" } } },
+                 publish = { ["devices/d1/cmd"] = { { fan = "on" } } } } },
+    { name = "cool device is quiet",
+      input  = { topic = "devices/d2/telemetry", payload = { temp = 20 } },
+      expect = { emit = {} } },
+  },
+}
