@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Installs the Debian 12 packages gnomon needs to build, test and run, if any are missing.
+# Sourced by scripts/quickstart and scripts/test.
+set -euo pipefail
+
+GNOMON_PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libfmt-dev libsimdjson-dev libyaml-cpp-dev libcli11-dev libluajit-5.1-dev
+  libmosquitto-dev libcpp-httplib-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  mosquitto mosquitto-clients curl python3
+)
+
+gnomon_install_deps() {
+  local missing=()
+  for p in "${GNOMON_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    return 0
+  fi
+  echo "gnomon: installing ${missing[*]}" >&2
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# gnomon_build DIR [cmake args...]: configure (once) and build with two jobs.
+gnomon_build() {
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  fi
+  cmake --build "$dir" -j 2
+}
