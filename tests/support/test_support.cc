@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -41,6 +42,8 @@ TempDir::TempDir() {
   std::string tmpl = (std::filesystem::temp_directory_path() / "gnomon-test-XXXXXX").string();
   char* p = ::mkdtemp(tmpl.data());
   path_ = p != nullptr ? p : "/tmp";
+  // Readable by servers that drop root privileges (mosquitto runs as its own user).
+  ::chmod(path_.c_str(), 0755);
 }
 
 TempDir::~TempDir() {
@@ -186,23 +189,26 @@ std::string MosquittoBinary() {
   return "";
 }
 
-bool Mosquitto::Start(std::string* why) {
+bool Mosquitto::Start(std::string* why, const std::string& extra) {
   std::string bin = MosquittoBinary();
   if (bin.empty()) {
     *why = "mosquitto binary not found (apt-get install mosquitto)";
     return false;
   }
+  std::error_code ec;
+  std::filesystem::permissions(dir_.path(), std::filesystem::perms::all, ec);  // persistence
   if (port_ == 0) {
     port_ = FreePort();
   }
   dir_.Write("mosquitto.conf",
+             "per_listener_settings true\n"
              "listener " + std::to_string(port_) + " 127.0.0.1\n"
              "allow_anonymous true\n"
              "persistence true\n"
              "persistence_location " + dir_.path() + "/\n"
              "max_queued_messages 100000\n"
              "max_inflight_messages 0\n"
-             "log_dest stderr\n");
+             "log_dest stderr\n" + extra);
   proc_ = std::make_unique<Process>(
       std::vector<std::string>{bin, "-c", dir_.File("mosquitto.conf")});
   // Ready when the port accepts connections.

@@ -67,8 +67,10 @@ int RunCommand(const std::vector<std::string>& argv, std::string* out = nullptr,
 // A mosquitto broker on a free loopback port, with persistence in a temp dir.
 class Mosquitto {
  public:
-  // Returns false (and sets `why`) when the mosquitto binary is missing.
-  bool Start(std::string* why);
+  // Returns false and sets `why` when the broker does not start. `extra` is appended to the
+  // config (more listeners, auth). Check MosquittoBinary() first to skip when it is missing.
+  bool Start(std::string* why, const std::string& extra = "");
+  const TempDir& dir() const { return dir_; }
   void Stop();
   void Kill();
   int port() const { return port_; }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# End to end: `gnomon replay` of N telemetry messages (~200 bytes, 10k devices) through the
+# quickstart's overheat rule to a file sink, with 2 workers. Prints messages/s.
+#   bench/replay.sh [N]        (default 1000000; needs build/gnomon and build/gnomon-sim)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000000}
+WORK=$(mktemp -d /tmp/gnomon-bench-XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+build/gnomon-sim gen --devices 10000 --count "$N" > "$WORK/capture.jsonl"
+mkdir -p "$WORK/rules"
+cp examples/quickstart/rules/overheat.lua "$WORK/rules/"
+cat > "$WORK/gnomon.yaml" <<YAML
+workers: 2
+data_dir: data
+sinks:
+  - { name: alerts, type: file, path: alerts.jsonl }
+rules: ["rules/*.lua"]
+YAML
+echo "input: $N messages, $(( $(stat -c %s "$WORK/capture.jsonl") / N )) bytes/line avg"
+build/gnomon replay -c "$WORK/gnomon.yaml" --input "$WORK/capture.jsonl" 2>&1 | grep replayed
+echo "alerts: $(wc -l < "$WORK/alerts.jsonl")"
