@@ -16,8 +16,10 @@ workers: 2
 data_dir: data
 sinks:
   - { name: alerts, type: file, path: alerts.jsonl }
+  - { name: commands, type: file, path: commands.jsonl }   # ctx.publish, recorded
+publish: { sink: commands }
 rules: ["rules/*.lua"]
 YAML
 echo "input: $N messages, $(( $(stat -c %s "$WORK/capture.jsonl") / N )) bytes/line avg"
 build/gnomon replay -c "$WORK/gnomon.yaml" --input "$WORK/capture.jsonl" 2>&1 | grep replayed
-echo "alerts: $(wc -l < "$WORK/alerts.jsonl")"
+echo "alerts: $(wc -l < "$WORK/alerts.jsonl"), commands: $(wc -l < "$WORK/commands.jsonl")"

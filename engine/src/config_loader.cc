@@ -160,13 +160,9 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
   }
   if (const ConfigValue* p = app.root.Get("publish"); p != nullptr && p->Get("sink") != nullptr) {
     app.publish_sink = p->GetString("sink");
-    bool ok = false;
-    for (const auto& s : app.sinks) {
-      ok = ok || (s.name == app.publish_sink && s.type == "mqtt");
-    }
-    if (!ok) {
+    if (!has_sink(app.publish_sink)) {
       errors.Add(p->Get("sink"), "publish.sink",
-                 fmt::format("no MQTT sink named '{}' in `sinks`", app.publish_sink));
+                 fmt::format("no sink named '{}' in `sinks`", app.publish_sink));
     }
   } else {
     for (const auto& s : app.sinks) {

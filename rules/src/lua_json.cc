@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstring>
+#include <vector>
 #include <new>
 
 #include "gnomon/core/json.h"
@@ -246,127 +248,170 @@ bool IsSequence(lua_State* L, int idx, size_t& n) {
   return count == n;
 }
 
-Status Encode(lua_State* L, int idx, JsonContext* ctx, std::string& out, std::string& path,
-              int depth);
+// Where the encoder is, for error messages only: built into text only when an error happens.
+struct PathSegment {
+  std::string_view key;  // empty: an array index
+  size_t index = 0;
+};
+using Path = std::vector<PathSegment>;
 
-Status EncodeTable(lua_State* L, int idx, JsonContext* ctx, std::string& out, std::string& path,
-                   int depth) {
-  bool marked_array = false;
-  if (lua_getmetatable(L, idx)) {
-    luaL_getmetatable(L, kArrayMeta);
-    marked_array = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
+std::string PathText(const std::string& root, const Path& path) {
+  std::string s = root;
+  for (const auto& seg : path) {
+    if (seg.key.data() != nullptr) {
+      s += '.';
+      s += seg.key;
+    } else {
+      s += fmt::format("[{}]", seg.index);
+    }
   }
-  size_t n = 0;
-  if (marked_array || IsSequence(L, idx, n)) {
-    n = lua_objlen(L, idx);
-    out += '[';
-    size_t base = path.size();
-    for (size_t i = 1; i <= n; ++i) {
-      if (i > 1) {
+  return s;
+}
+
+// ASCII is valid UTF-8; most record strings are ASCII, so check that first, 8 bytes at a time.
+bool IsValidUtf8Fast(std::string_view s) {
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    if (w & 0x8080808080808080ULL) {
+      return json::IsValidUtf8(s);
+    }
+  }
+  for (; i < s.size(); ++i) {
+    if (static_cast<unsigned char>(s[i]) & 0x80) {
+      return json::IsValidUtf8(s);
+    }
+  }
+  return true;
+}
+
+struct Encoder {
+  lua_State* L;
+  JsonContext* ctx;
+  std::string& out;
+  const std::string& root;
+  Path path;
+
+  Status Error(std::string_view what) {
+    return InvalidArgument(fmt::format("{}: {}", PathText(root, path), what));
+  }
+
+  Status Table(int idx, int depth) {
+    bool marked_array = false;
+    if (lua_getmetatable(L, idx)) {
+      luaL_getmetatable(L, kArrayMeta);
+      marked_array = lua_rawequal(L, -1, -2);
+      lua_pop(L, 2);
+    }
+    size_t n = 0;
+    if (marked_array || IsSequence(L, idx, n)) {
+      n = lua_objlen(L, idx);
+      out += '[';
+      for (size_t i = 1; i <= n; ++i) {
+        if (i > 1) {
+          out += ',';
+        }
+        lua_rawgeti(L, idx, static_cast<int>(i));
+        path.push_back({{}, i});
+        Status st = Value(lua_gettop(L), depth + 1);
+        path.pop_back();
+        lua_pop(L, 1);
+        GNOMON_RETURN_IF_ERROR(st);
+      }
+      out += ']';
+      return {};
+    }
+    out += '{';
+    bool first = true;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+      std::string_view key;
+      std::string numeric_key;
+      if (lua_type(L, -2) == LUA_TSTRING) {
+        size_t len = 0;
+        const char* k = lua_tolstring(L, -2, &len);
+        key = std::string_view(k, len);
+      } else if (lua_type(L, -2) == LUA_TNUMBER) {
+        json::AppendNumber(numeric_key, lua_tonumber(L, -2));
+        key = numeric_key;
+      } else {
+        Status st = Error(fmt::format("cannot encode a {} key", lua_typename(L, lua_type(L, -2))));
+        lua_pop(L, 2);
+        return st;
+      }
+      if (!IsValidUtf8Fast(key)) {
+        Status st = Error("key is not valid UTF-8");
+        lua_pop(L, 2);
+        return st;
+      }
+      if (!first) {
         out += ',';
       }
-      lua_rawgeti(L, idx, static_cast<int>(i));
-      path += fmt::format("[{}]", i);
-      Status st = Encode(L, lua_gettop(L), ctx, out, path, depth + 1);
-      path.resize(base);
+      first = false;
+      json::AppendQuoted(out, key);
+      out += ':';
+      path.push_back({key.data() != nullptr ? key : std::string_view("", 0), 0});
+      Status st = Value(lua_gettop(L), depth + 1);
+      path.pop_back();
       lua_pop(L, 1);
-      GNOMON_RETURN_IF_ERROR(st);
+      if (!st.ok()) {
+        lua_pop(L, 1);
+        return st;
+      }
     }
-    out += ']';
+    out += '}';
     return {};
   }
-  out += '{';
-  bool first = true;
-  size_t base = path.size();
-  lua_pushnil(L);
-  while (lua_next(L, idx) != 0) {
-    std::string key;
-    if (lua_type(L, -2) == LUA_TSTRING) {
-      size_t len = 0;
-      const char* k = lua_tolstring(L, -2, &len);
-      key.assign(k, len);
-    } else if (lua_type(L, -2) == LUA_TNUMBER) {
-      json::AppendNumber(key, lua_tonumber(L, -2));
-    } else {
-      lua_pop(L, 2);
-      return InvalidArgument(fmt::format("{}: cannot encode a {} key", path,
-                                         lua_typename(L, lua_type(L, -2))));
-    }
-    if (!json::IsValidUtf8(key)) {
-      lua_pop(L, 2);
-      return InvalidArgument(fmt::format("{}: key is not valid UTF-8", path));
-    }
-    if (!first) {
-      out += ',';
-    }
-    first = false;
-    json::AppendQuoted(out, key);
-    out += ':';
-    path += '.';
-    path += key;
-    Status st = Encode(L, lua_gettop(L), ctx, out, path, depth + 1);
-    path.resize(base);
-    lua_pop(L, 1);
-    if (!st.ok()) {
-      lua_pop(L, 1);
-      return st;
-    }
-  }
-  out += '}';
-  return {};
-}
 
-Status Encode(lua_State* L, int idx, JsonContext* ctx, std::string& out, std::string& path,
-              int depth) {
-  if (depth > kMaxEncodeDepth) {
-    return InvalidArgument(
-        fmt::format("{}: nested deeper than {} levels (a cycle?)", path, kMaxEncodeDepth));
-  }
-  if (!lua_checkstack(L, 4)) {
-    return ResourceExhausted(path + ": Lua stack exhausted");
-  }
-  switch (lua_type(L, idx)) {
-    case LUA_TNIL: out += "null"; return {};
-    case LUA_TBOOLEAN: out += lua_toboolean(L, idx) ? "true" : "false"; return {};
-    case LUA_TNUMBER: {
-      double d = lua_tonumber(L, idx);
-      if (!std::isfinite(d)) {
-        return InvalidArgument(fmt::format("{}: cannot encode {} (not finite)", path, d));
-      }
-      json::AppendNumber(out, d);
-      return {};
+  Status Value(int idx, int depth) {
+    if (depth > kMaxEncodeDepth) {
+      return Error(fmt::format("nested deeper than {} levels (a cycle?)", kMaxEncodeDepth));
     }
-    case LUA_TSTRING: {
-      size_t len = 0;
-      const char* s = lua_tolstring(L, idx, &len);
-      std::string_view sv(s, len);
-      if (!json::IsValidUtf8(sv)) {
-        return InvalidArgument(fmt::format("{}: string is not valid UTF-8", path));
-      }
-      json::AppendQuoted(out, sv);
-      return {};
+    if (!lua_checkstack(L, 4)) {
+      return ResourceExhausted(PathText(root, path) + ": Lua stack exhausted");
     }
-    case LUA_TLIGHTUSERDATA:
-      if (lua_touserdata(L, idx) == nullptr) {
-        out += "null";
+    switch (lua_type(L, idx)) {
+      case LUA_TNIL: out += "null"; return {};
+      case LUA_TBOOLEAN: out += lua_toboolean(L, idx) ? "true" : "false"; return {};
+      case LUA_TNUMBER: {
+        double d = lua_tonumber(L, idx);
+        if (!std::isfinite(d)) {
+          return Error(fmt::format("cannot encode {} (not finite)", d));
+        }
+        json::AppendNumber(out, d);
         return {};
       }
-      break;
-    case LUA_TUSERDATA: {
-      if (luaL_testudata(L, idx, kViewMeta) != nullptr) {
-        GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, idx, ctx));
-        out += simdjson::minify(v->el);
+      case LUA_TSTRING: {
+        size_t len = 0;
+        const char* s = lua_tolstring(L, idx, &len);
+        std::string_view sv(s, len);
+        if (!IsValidUtf8Fast(sv)) {
+          return Error("string is not valid UTF-8");
+        }
+        json::AppendQuoted(out, sv);
         return {};
       }
-      break;
+      case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == nullptr) {
+          out += "null";
+          return {};
+        }
+        break;
+      case LUA_TUSERDATA: {
+        if (luaL_testudata(L, idx, kViewMeta) != nullptr) {
+          GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, idx, ctx));
+          out += simdjson::minify(v->el);
+          return {};
+        }
+        break;
+      }
+      case LUA_TTABLE: return Table(idx, depth);
+      default: break;
     }
-    case LUA_TTABLE: return EncodeTable(L, idx, ctx, out, path, depth);
-    default: break;
+    return Error(fmt::format("cannot encode a {}", lua_typename(L, lua_type(L, idx))));
   }
-  return InvalidArgument(
-      fmt::format("{}: cannot encode a {}", path, lua_typename(L, lua_type(L, idx))));
-}
+};
 
 void PushClosure(lua_State* L, JsonContext* ctx, lua_CFunction f) {
   lua_pushlightuserdata(L, ctx);
@@ -391,8 +436,8 @@ Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,
   if (idx < 0) {
     idx = lua_gettop(L) + idx + 1;
   }
-  std::string p = path;
-  return Encode(L, idx, ctx, out, p, 0);
+  Encoder e{L, ctx, out, path, {}};
+  return e.Value(idx, 0);
 }
 
 void OpenJson(lua_State* L, JsonContext* ctx) {

@@ -17,6 +17,7 @@ struct FileSourceConfig {
 struct FileSinkConfig {
   std::string path;
   bool fsync = true;
+  int64_t linger_ms = 2;
   size_t queue = 8192;
 };
 

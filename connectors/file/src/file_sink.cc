@@ -19,7 +19,7 @@
 namespace gnomon::connectors {
 namespace {
 
-constexpr size_t kMaxBatch = 4096;
+constexpr size_t kMaxBatch = 8192;
 
 class FileSink final : public Sink {
  public:
@@ -85,6 +85,16 @@ class FileSink final : public Sink {
     std::string buf;
     Backoff backoff(100, 5000);
     while (queue_.PopBatch(batch, kMaxBatch)) {
+      // Group commit: give a small batch a moment to grow, so one fdatasync covers many records.
+      if (config_.fsync && config_.linger_ms > 0) {
+        auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.linger_ms);
+        while (batch.size() < kMaxBatch) {
+          auto now = std::chrono::steady_clock::now();
+          if (now >= until || !queue_.PopBatchFor(batch, kMaxBatch - batch.size(), until - now)) {
+            break;
+          }
+        }
+      }
       buf.clear();
       for (const Record& r : batch) {
         if (r.json) {

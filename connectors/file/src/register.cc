@@ -33,6 +33,7 @@ class FileSinkFactory final : public TypedSinkFactory<FileSinkConfig> {
     FileSinkConfig c;
     c.path = ResolvePath(ctx.base_dir, cfg.GetString("path"));
     c.fsync = cfg.GetBool("fsync", true);
+    c.linger_ms = cfg.GetInt("linger_ms", 2);
     c.queue = static_cast<size_t>(cfg.GetInt("queue", 8192));
     return c;
   }

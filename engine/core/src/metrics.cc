@@ -7,18 +7,52 @@
 
 namespace gnomon {
 
-Histogram::Histogram(std::vector<double> bounds)
-    : bounds_(std::move(bounds)),
-      buckets_(std::make_unique<std::atomic<uint64_t>[]>(bounds_.size() + 1)) {}
+namespace internal {
+size_t ThreadShard() {
+  static std::atomic<size_t> next{0};
+  thread_local size_t shard = next.fetch_add(1, std::memory_order_relaxed);
+  return shard;
+}
+}  // namespace internal
+
+Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)) {
+  for (auto& s : shards_) {
+    s.buckets = std::make_unique<std::atomic<uint64_t>[]>(bounds_.size() + 1);
+  }
+}
 
 void Histogram::Observe(double seconds) {
   size_t i = 0;
   while (i < bounds_.size() && seconds > bounds_[i]) {
     ++i;
   }
-  buckets_[i].fetch_add(1, std::memory_order_relaxed);
-  count_.fetch_add(1, std::memory_order_relaxed);
-  sum_ns_.fetch_add(static_cast<uint64_t>(seconds * 1e9), std::memory_order_relaxed);
+  Shard& s = shards_[internal::ThreadShard() % Counter::kShards];
+  s.buckets[i].fetch_add(1, std::memory_order_relaxed);
+  s.sum_ns.fetch_add(static_cast<uint64_t>(seconds * 1e9), std::memory_order_relaxed);
+}
+
+uint64_t Histogram::Bucket(size_t i) const {
+  uint64_t n = 0;
+  for (const auto& s : shards_) {
+    n += s.buckets[i].load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+uint64_t Histogram::SumNs() const {
+  uint64_t n = 0;
+  for (const auto& s : shards_) {
+    n += s.sum_ns.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+uint64_t Histogram::count() const {
+  uint64_t n = 0;
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    n += Bucket(i);
+  }
+  return n;
 }
 
 enum class MetricType { kCounter, kGauge, kHistogram };
@@ -152,14 +186,14 @@ std::string MetricsRegistry::Render() const {
     for (const auto& [labels, h] : f->histograms) {
       uint64_t cumulative = 0;
       for (size_t i = 0; i < h->bounds_.size(); ++i) {
-        cumulative += h->buckets_[i].load(std::memory_order_relaxed);
+        cumulative += h->Bucket(i);
         fmt::format_to(it, "{}_bucket{} {}\n", name,
                        WithLabel(labels, fmt::format("le=\"{}\"", h->bounds_[i])), cumulative);
       }
-      cumulative += h->buckets_[h->bounds_.size()].load(std::memory_order_relaxed);
+      cumulative += h->Bucket(h->bounds_.size());
       fmt::format_to(it, "{}_bucket{} {}\n", name, WithLabel(labels, "le=\"+Inf\""), cumulative);
       fmt::format_to(it, "{}_sum{} {}\n", name, labels,
-                     static_cast<double>(h->sum_ns_.load(std::memory_order_relaxed)) / 1e9);
+                     static_cast<double>(h->SumNs()) / 1e9);
       fmt::format_to(it, "{}_count{} {}\n", name, labels, cumulative);
     }
   }

@@ -16,13 +16,32 @@
 
 namespace gnomon {
 
+namespace internal {
+// A small per-thread index, so threads bumping the same counter touch different cache lines.
+size_t ThreadShard();
+}  // namespace internal
+
+// A monotonically increasing count. Inc() is a relaxed add on a per-thread-sharded cell: worker
+// threads counting the same rule do not fight over one cache line.
 class Counter {
  public:
-  void Inc(uint64_t n = 1) { v_.fetch_add(n, std::memory_order_relaxed); }
-  uint64_t value() const { return v_.load(std::memory_order_relaxed); }
+  static constexpr size_t kShards = 8;
+  void Inc(uint64_t n = 1) {
+    cells_[internal::ThreadShard() % kShards].v.fetch_add(n, std::memory_order_relaxed);
+  }
+  uint64_t value() const {
+    uint64_t sum = 0;
+    for (const auto& c : cells_) {
+      sum += c.v.load(std::memory_order_relaxed);
+    }
+    return sum;
+  }
 
  private:
-  std::atomic<uint64_t> v_{0};
+  struct alignas(64) Cell {
+    std::atomic<uint64_t> v{0};
+  };
+  Cell cells_[kShards];
 };
 
 class Gauge {
@@ -35,19 +54,23 @@ class Gauge {
   std::atomic<int64_t> v_{0};
 };
 
-// Observations in seconds; buckets fixed at creation.
+// Observations in seconds; buckets fixed at creation. Sharded per thread like Counter.
 class Histogram {
  public:
   explicit Histogram(std::vector<double> bounds);
   void Observe(double seconds);
-  uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  uint64_t count() const;
 
  private:
   friend class MetricsRegistry;
+  struct alignas(64) Shard {
+    std::unique_ptr<std::atomic<uint64_t>[]> buckets;  // non-cumulative, bounds_.size() + 1
+    std::atomic<uint64_t> sum_ns{0};
+  };
+  uint64_t Bucket(size_t i) const;
+  uint64_t SumNs() const;
   std::vector<double> bounds_;
-  std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // non-cumulative, bounds_.size() + 1
-  std::atomic<uint64_t> count_{0};
-  std::atomic<uint64_t> sum_ns_{0};
+  Shard shards_[Counter::kShards];
 };
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
