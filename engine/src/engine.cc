@@ -117,6 +117,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   std::mutex dl_counter_mu_;
   std::map<std::string, Counter*, std::less<>> dl_reasons_;  // GUARDED_BY(dl_counter_mu_)
 
+  log::RateLimiter rule_failure_log_{10};  // lines per second; failures are all counted
   std::atomic<bool> started_{false};
   std::atomic<bool> stopped_{false};
   std::atomic<bool> accepting_{false};
@@ -405,8 +406,7 @@ bool Engine::Impl::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
   }
   size_t w = std::hash<std::string_view>{}(m.device) % workers_.size();
   if (!workers_[w]->queue.Push(std::move(m))) {
-    d->Mark(Delivery::kAbandoned);
-    abandoned_->Inc();
+    d->Mark(Delivery::kAbandoned);  // counted once, when the delivery finishes
     d->Release();
     return false;
   }
@@ -420,10 +420,14 @@ void Engine::Impl::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::stri
   if (auto it = source_counters_.find(*m.source); it != source_counters_.end()) {
     it->second->Inc();
   }
-  log::Warn("message rejected", {{"source", *m.source},
-                                 {"topic", m.topic},
-                                 {"reason", reason},
-                                 {"error", error}});
+  static log::RateLimiter limiter(10);
+  if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+    log::Warn("message rejected", {{"source", *m.source},
+                                   {"topic", m.topic},
+                                   {"reason", reason},
+                                   {"error", error},
+                                   {"suppressed_before", std::to_string(suppressed)}});
+  }
   DeadLetter(d, reason, error, "", m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
   d->Release();
 }
@@ -481,10 +485,13 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         break;
       case rules::Outcome::kFailed:
         rm.failed->Inc();
-        log::Warn("rule failed", {{"rule", rule.name},
-                                  {"device", m.device},
-                                  {"topic", m.topic},
-                                  {"error", result.reason.substr(0, result.reason.find('\n'))}});
+        if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
+          log::Warn("rule failed", {{"rule", rule.name},
+                                    {"device", m.device},
+                                    {"topic", m.topic},
+                                    {"error", result.reason.substr(0, result.reason.find('\n'))},
+                                    {"suppressed_before", std::to_string(suppressed)}});
+        }
         if (rule.on_error != rules::OnError::kDrop) {
           rm.dead_lettered->Inc();
           DeadLetter(m.delivery, "rule_error", result.reason, rule.name, m.source, m.topic,
@@ -588,8 +595,13 @@ void Engine::Impl::Report(Record& r, const Status& status) {
     if (entry != nullptr) {
       entry->dead_lettered->Inc();
     }
-    log::Warn("record failed; dead-lettering",
-              {{"rule", r.rule}, {"device", r.device}, {"error", status.message()}});
+    static log::RateLimiter limiter(10);
+    if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+      log::Warn("record failed; dead-lettering", {{"rule", r.rule},
+                                                  {"device", r.device},
+                                                  {"error", status.message()},
+                                                  {"suppressed_before", std::to_string(suppressed)}});
+    }
     DeadLetter(d, "sink_error", status.message(), r.rule, r.source, r.source_topic, r.device,
                r.payload, r.attempts, r.ts_ms);
   }

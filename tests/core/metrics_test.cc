@@ -42,3 +42,23 @@ TEST(MetricsTest, CollectorsAppend) {
 
 }  // namespace
 }  // namespace gnomon
+
+#include "gnomon/core/log.h"
+
+namespace gnomon {
+namespace {
+
+TEST(RateLimiterTest, LetsThroughAtMostNPerSecondAndCountsTheRest) {
+  log::RateLimiter limiter(3);
+  uint64_t suppressed = 99;
+  int allowed = 0;
+  for (int i = 0; i < 10; ++i) {
+    allowed += limiter.Allow(&suppressed) ? 1 : 0;
+  }
+  // All ten calls land in at most two one-second windows.
+  EXPECT_GE(allowed, 3);
+  EXPECT_LE(allowed, 6);
+}
+
+}  // namespace
+}  // namespace gnomon

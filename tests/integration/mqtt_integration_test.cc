@@ -218,6 +218,30 @@ TEST_F(MqttIntegrationTest, ReconnectsAfterTheBrokerRestarts) {
   EXPECT_EQ(gnomon->Wait(), 0);
 }
 
+TEST_F(MqttIntegrationTest, SigtermWithTheBrokerGoneExitsWithinTheDeadline) {
+  broker_.Kill();
+  std::string lines;
+  for (int i = 0; i < 20; ++i) {
+    lines += "{\"topic\":\"devices/f1/telemetry\",\"payload\":{\"n\":" + std::to_string(i) + "}}\n";
+  }
+  dir_.Write("in.jsonl", lines);
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("sources:\n"), 9,
+              "shutdown_timeout_ms: 1500\nsources:\n  - { name: rec, type: file, path: in.jsonl }\n");
+  dir_.Write("gnomon.yaml", cfg);
+  Process p({GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")});
+  // The file is read and its publishes wait for a broker that is not there.
+  ASSERT_TRUE(WaitFor([&] { return p.Stderr().find("file source finished") != std::string::npos; }))
+      << p.Stderr();
+  auto t0 = std::chrono::steady_clock::now();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0) << p.Stderr();
+  auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_LT(waited, testing::Scaled(std::chrono::milliseconds(6000)));
+  // Not delivered and not acknowledged: counted as abandoned, not as done.
+  EXPECT_NE(p.Stderr().find("\"abandoned\":\"20\""), std::string::npos) << p.Stderr();
+}
+
 TEST_F(MqttIntegrationTest, BadPayloadsAreDeadLetteredAndTheRestFlows) {
   auto gnomon = StartGnomon();
   Client out(broker_.port(), "test-sub");

@@ -29,6 +29,22 @@ const char* LevelName(Level l) {
 }
 }  // namespace
 
+bool RateLimiter::Allow(uint64_t* suppressed) {
+  int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::steady_clock::now().time_since_epoch())
+                    .count();
+  int64_t w = window_.load(std::memory_order_relaxed);
+  if (w != now && window_.compare_exchange_strong(w, now, std::memory_order_relaxed)) {
+    count_.store(0, std::memory_order_relaxed);
+  }
+  if (count_.fetch_add(1, std::memory_order_relaxed) < per_second_) {
+    *suppressed = dropped_.exchange(0, std::memory_order_relaxed);
+    return true;
+  }
+  dropped_.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
 void SetLevel(Level level) { g_level = level; }
 Level GetLevel() { return g_level; }
 

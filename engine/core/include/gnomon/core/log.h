@@ -3,6 +3,8 @@
 // Thread-safe; a line is written with one write call.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <initializer_list>
 #include <string>
@@ -21,6 +23,22 @@ Level GetLevel();
 void SetWriter(std::function<void(std::string_view line)> writer);
 
 void Write(Level level, std::string_view msg, std::initializer_list<Field> fields);
+
+// Lets at most `per_second` events through per second, so a storm of bad input cannot flood
+// the log; every event is still counted by its own metric. Thread-safe.
+class RateLimiter {
+ public:
+  explicit RateLimiter(uint32_t per_second) : per_second_(per_second) {}
+  // True if this event may be logged. When it returns true after dropping some,
+  // `*suppressed` is how many were dropped (log it with the event).
+  bool Allow(uint64_t* suppressed);
+
+ private:
+  const uint32_t per_second_;
+  std::atomic<int64_t> window_{0};
+  std::atomic<uint32_t> count_{0};
+  std::atomic<uint64_t> dropped_{0};
+};
 
 inline void Debug(std::string_view msg, std::initializer_list<Field> fields = {}) {
   if (GetLevel() <= Level::kDebug) {
