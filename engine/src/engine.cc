@@ -78,6 +78,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
     BoundedQueue<Message> queue;
     std::unique_ptr<rules::RuleRuntime> runtime;
     Gauge* depth = nullptr;
+    std::atomic<bool> exited{false};
     std::jthread thread;
   };
 
@@ -313,22 +314,41 @@ void Engine::Impl::Stop() {
     s->Stop();
   }
   accepting_ = false;
-  // 2. Workers: finish what is queued.
+  // 2. Workers: finish what is queued. A worker blocked on a full sink (its destination down)
+  // would never finish; at the deadline the sinks stop taking records, so it can.
   for (auto& w : workers_) {
     w->queue.Close();
+  }
+  auto workers_done = [&] {
+    for (auto& w : workers_) {
+      if (!w->exited.load()) {
+        return false;
+      }
+    }
+    return true;
+  };
+  while (!workers_done() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // 3. Sinks: deliver until the deadline; the dead-letter sink last, since the others may
+  // still dead-letter records while they stop. Sink Stop() is idempotent.
+  auto stop_sinks = [&] {
+    for (auto& s : sinks_) {
+      if (&s != dead_letter_sink_) {
+        s.sink->Stop(deadline);
+      }
+    }
+  };
+  if (!workers_done()) {
+    log::Warn("shutdown deadline reached with workers blocked on sinks; abandoning the rest");
+    stop_sinks();
   }
   for (auto& w : workers_) {
     if (w->thread.joinable()) {
       w->thread.join();
     }
   }
-  // 3. Sinks: deliver until the deadline; the dead-letter sink last, since the others may
-  // still dead-letter records while they stop.
-  for (auto& s : sinks_) {
-    if (&s != dead_letter_sink_) {
-      s.sink->Stop(deadline);
-    }
-  }
+  stop_sinks();
   dead_letter_sink_->sink->Stop(std::max(deadline, std::chrono::steady_clock::now() +
                                                        std::chrono::seconds(1)));
   if (http_) {
@@ -445,6 +465,7 @@ void Engine::Impl::RunWorker(size_t index) {
     }
     batch.clear();
   }
+  w.exited = true;
 }
 
 void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches,

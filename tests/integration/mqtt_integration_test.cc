@@ -221,16 +221,19 @@ TEST_F(MqttIntegrationTest, ReconnectsAfterTheBrokerRestarts) {
 TEST_F(MqttIntegrationTest, SigtermWithTheBrokerGoneExitsWithinTheDeadline) {
   broker_.Kill();
   std::string lines;
-  for (int i = 0; i < 20; ++i) {
+  for (int i = 0; i < 200; ++i) {
     lines += "{\"topic\":\"devices/f1/telemetry\",\"payload\":{\"n\":" + std::to_string(i) + "}}\n";
   }
   dir_.Write("in.jsonl", lines);
   std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  // A sink queue smaller than the input: the worker blocks on it until shutdown frees it.
+  cfg.replace(cfg.find("qos: 1 }"), 8, "qos: 1, queue: 16 }");
   cfg.replace(cfg.find("sources:\n"), 9,
               "shutdown_timeout_ms: 1500\nsources:\n  - { name: rec, type: file, path: in.jsonl }\n");
   dir_.Write("gnomon.yaml", cfg);
   Process p({GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")});
-  // The file is read and its publishes wait for a broker that is not there.
+  // The publishes wait for a broker that is not there; the sink queue fills and a worker
+  // blocks on it, which must not hold up the shutdown past its deadline.
   ASSERT_TRUE(WaitFor([&] { return p.Stderr().find("file source finished") != std::string::npos; }))
       << p.Stderr();
   auto t0 = std::chrono::steady_clock::now();
@@ -239,7 +242,7 @@ TEST_F(MqttIntegrationTest, SigtermWithTheBrokerGoneExitsWithinTheDeadline) {
   auto waited = std::chrono::steady_clock::now() - t0;
   EXPECT_LT(waited, testing::Scaled(std::chrono::milliseconds(6000)));
   // Not delivered and not acknowledged: counted as abandoned, not as done.
-  EXPECT_NE(p.Stderr().find("\"abandoned\":\"20\""), std::string::npos) << p.Stderr();
+  EXPECT_NE(p.Stderr().find("\"abandoned\":\"200\""), std::string::npos) << p.Stderr();
 }
 
 TEST_F(MqttIntegrationTest, BadPayloadsAreDeadLetteredAndTheRestFlows) {
