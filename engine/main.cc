@@ -12,6 +12,7 @@
 #include "gnomon/connectors/builtin.h"
 #include "gnomon/core/log.h"
 #include "gnomon/engine/engine.h"
+#include "gnomon/rules/testing.h"
 
 namespace {
 
@@ -43,6 +44,40 @@ int Check(const std::string& config, const gnomon::Registry& registry) {
   std::printf("%s: ok (%zu sources, %zu sinks, %zu rules)\n", config.c_str(), app->sources.size(),
               app->sinks.size(), app->rules->rules().size());
   return kExitOk;
+}
+
+int Test(const std::vector<std::string>& paths, const std::string& junit, const std::string& config,
+         bool verbose, const gnomon::Registry& registry) {
+  gnomon::rules::TestOptions options;
+  if (!config.empty()) {
+    // The config's sinks are the only ones rules may emit to.
+    auto root = gnomon::LoadYamlFile(config);
+    if (!root.ok()) {
+      std::fprintf(stderr, "%s\n", root.status().message().c_str());
+      return kExitFailed;
+    }
+    if (const gnomon::ConfigValue* sinks = root->Get("sinks")) {
+      for (const auto& s : sinks->items()) {
+        options.sinks.push_back(s.GetString("name"));
+      }
+    }
+  }
+  auto report = gnomon::rules::RunRuleTests(paths, options);
+  if (!report.ok()) {
+    std::fprintf(stderr, "%s\n", report.status().message().c_str());
+    return kExitFailed;
+  }
+  std::fputs(report->Text(verbose).c_str(), stdout);
+  if (!junit.empty()) {
+    std::FILE* f = std::fopen(junit.c_str(), "w");
+    if (f == nullptr) {
+      std::fprintf(stderr, "%s: cannot write\n", junit.c_str());
+      return kExitFailed;
+    }
+    std::fputs(report->JUnitXml().c_str(), f);
+    std::fclose(f);
+  }
+  return report->failed() == 0 ? kExitOk : kExitFailed;
 }
 
 // Runs until SIGTERM/SIGINT (kRun) or until the replay input is done.
@@ -144,6 +179,15 @@ int main(int argc, char** argv) {
                      "Device id rule for the input (default: the first source's)");
   replay->add_flag("--dry-run", dry_run, "Print every effect as a JSON line instead of doing it");
 
+  auto* test = app.add_subcommand("test", "Run the tests of rule files; exit 0 if all pass");
+  std::vector<std::string> test_paths;
+  std::string junit;
+  bool verbose = false;
+  test->add_option("paths", test_paths, "Rule files or directories")->required();
+  test->add_option("--junit", junit, "Also write JUnit XML to this file");
+  test->add_option("-c,--config", config, "Config whose sinks the rules may emit to");
+  test->add_flag("-v,--verbose", verbose, "List passing tests too");
+
   app.add_subcommand("version", "Print the version");
   auto* docs = app.add_subcommand("config-docs", "Print the configuration reference (Markdown)");
   docs->group("");  // hidden: used to generate docs/configuration.md
@@ -162,6 +206,9 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("config-docs")) {
     std::fputs(gnomon::RenderConfigDocs().c_str(), stdout);
     return kExitOk;
+  }
+  if (app.got_subcommand("test")) {
+    return Test(test_paths, junit, config, verbose, registry);
   }
   if (app.got_subcommand("check")) {
     return Check(config, registry);

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "gnomon/engine/engine.h"
+#include "gnomon/rules/testing.h"
 
 namespace gnomon::engine {
 namespace {
@@ -198,6 +199,21 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     return set.status();
   }
   app.rules = std::move(set).value();
+  // Rules ship with tests; a rule whose tests fail does not start.
+  if (!app.rule_files.empty()) {
+    rules::TestOptions topts;
+    topts.sinks = opts.sinks;
+    if (topts.sinks.empty()) {
+      topts.sinks.push_back("");  // no sinks configured: emits are errors, not "any sink"
+    }
+    auto report = rules::RunRuleTests(app.rule_files, topts);
+    if (!report.ok()) {
+      return report.status();
+    }
+    if (report->failed() > 0) {
+      return InvalidArgument("rule tests failed:\n" + report->Text(false));
+    }
+  }
   return app;
 }
 

@@ -242,7 +242,10 @@ Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>&
     int rc = ::glob(full.c_str(), 0, nullptr, &g);
     if (rc == 0) {
       for (size_t i = 0; i < g.gl_pathc; ++i) {
-        out.emplace_back(g.gl_pathv[i]);
+        std::string_view f = g.gl_pathv[i];
+        if (!f.ends_with(".test.lua")) {  // test files sit beside rules; `gnomon test` reads them
+          out.emplace_back(f);
+        }
       }
     }
     globfree(&g);

@@ -26,6 +26,9 @@ struct RuleRuntime::State {
   JsonContext json;
   const Clock* clock = nullptr;
   std::unordered_map<std::string, uint32_t> sink_index;
+  std::vector<std::string> sink_names;
+  bool any_sink = false;
+  std::vector<int> rule_refs;    // registry refs of each rule's table
   std::vector<int> handle_refs;  // registry refs of each rule's handle function
   int ctx_ref = LUA_NOREF;
   int msg_meta_ref = LUA_NOREF;
@@ -142,7 +145,11 @@ Result<int> CtxEmit(lua_State* L) {
   const char* sink = lua_tostring(L, 1);
   auto it = s->sink_index.find(sink);
   if (it == s->sink_index.end()) {
-    return InvalidArgument(fmt::format("ctx.emit: unknown sink '{}'", sink));
+    if (!s->any_sink) {
+      return InvalidArgument(fmt::format("ctx.emit: unknown sink '{}'", sink));
+    }
+    it = s->sink_index.emplace(sink, static_cast<uint32_t>(s->sink_names.size())).first;
+    s->sink_names.emplace_back(sink);
   }
   Effect e;
   e.kind = Effect::Kind::kEmit;
@@ -312,6 +319,8 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   for (uint32_t i = 0; i < sinks.size(); ++i) {
     s->sink_index.emplace(sinks[i], i);
   }
+  s->sink_names = sinks;
+  s->any_sink = rt->set_->options().any_sink;
   GNOMON_ASSIGN_OR_RETURN(s->L, NewSandboxState(&s->json));
   lua_State* L = s->L;
 
@@ -350,13 +359,36 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
     GNOMON_RETURN_IF_ERROR(LoadRuleChunk(L, info.file, info.source));  // pushes the rule table
     lua_getfield(L, -1, "handle");
     s->handle_refs.push_back(luaL_ref(L, LUA_REGISTRYINDEX));
-    lua_pop(L, 1);
+    s->rule_refs.push_back(luaL_ref(L, LUA_REGISTRYINDEX));
   }
   lua_settop(L, 0);
   return rt;
 }
 
 RuleRuntime::~RuleRuntime() = default;
+
+const std::string& RuleRuntime::sink_name(uint32_t index) const {
+  return state_->sink_names.at(index);
+}
+
+Result<std::string> RuleRuntime::TestsJson(uint32_t index) {
+  lua_State* L = state_->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, state_->rule_refs.at(index));
+  lua_getfield(L, -1, "tests");
+  std::string out;
+  Status st;
+  if (lua_isnil(L, -1)) {
+    out = "[]";
+  } else {
+    st = EncodeValue(L, -1, &state_->json, out, "tests");
+  }
+  lua_settop(L, top);
+  if (!st.ok()) {
+    return st;
+  }
+  return out;
+}
 
 void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   State* s = state_.get();

@@ -177,6 +177,34 @@ Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& t
   return {};
 }
 
+Result<std::string> EvalFileToJson(const std::string& file, const std::string& text) {
+  JsonContext json;
+  GNOMON_ASSIGN_OR_RETURN(lua_State * L, NewSandboxState(&json));
+  std::string chunkname = "@" + file;
+  std::string out;
+  Status st;
+  lua_pushcfunction(L, Traceback);
+  int errfunc = lua_gettop(L);
+  if (luaL_loadbufferx(L, text.data(), text.size(), chunkname.c_str(), "t") != 0) {
+    st = InvalidArgument(lua_tostring(L, -1));
+  } else {
+    lua_pushlightuserdata(L, &kMakeEnvKey);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    lua_call(L, 0, 1);
+    lua_setfenv(L, -2);
+    if (lua_pcall(L, 0, 1, errfunc) != 0) {
+      st = InvalidArgument(lua_tostring(L, -1) != nullptr ? lua_tostring(L, -1) : "error");
+    } else {
+      st = EncodeValue(L, -1, &json, out, file);
+    }
+  }
+  lua_close(L);
+  if (!st.ok()) {
+    return st;
+  }
+  return out;
+}
+
 int RuleTableLine(lua_State* L, int idx) {
   if (idx < 0) {
     idx = lua_gettop(L) + idx + 1;

@@ -20,6 +20,10 @@ Result<lua_State*> NewSandboxState(JsonContext* json);
 // RuleTableLine() holds the line of the `rule {` call.
 Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& text);
 
+// Runs a data file (like `*.test.lua`) in a fresh sandboxed state and returns the value it
+// returns, as JSON.
+Result<std::string> EvalFileToJson(const std::string& file, const std::string& text);
+
 // The line of the `rule {` call that made the table at `idx`, or 0.
 int RuleTableLine(lua_State* L, int idx);
 

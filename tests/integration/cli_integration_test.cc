@@ -44,6 +44,34 @@ TEST(CliTest, CheckCompilesRules) {
   EXPECT_NE(err.find("r.lua:1:"), std::string::npos) << err;
 }
 
+TEST(CliTest, TestCommandRunsRuleTestsAndCheckRefusesFailingOnes) {
+  TempDir dir;
+  dir.Write("rules/r.lua", R"(return rule { name = "r", from = "a/+",
+    handle = function(msg, ctx) ctx.emit("out", { v = msg.payload.v }) end,
+    tests = { { name = "doubles", input = { topic = "a/b", payload = { v = 2 } },
+                expect = { emit = { out = { { v = 4 } } } } } } })");
+  dir.Write("g.yaml", "sinks: [{name: out, type: file, path: o.jsonl}]\nrules: [rules/*.lua]\n");
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "test", dir.File("rules"), "--junit", dir.File("j.xml")},
+                       &out, &err),
+            1);
+  EXPECT_NE(out.find("FAIL r › doubles"), std::string::npos) << out;
+  EXPECT_NE(out.find("0 passed, 1 failed"), std::string::npos) << out;
+  EXPECT_NE(testing::ReadFile(dir.File("j.xml")).find("failures=\"1\""), std::string::npos);
+  // `check` (and `run`) refuse to start with failing rule tests.
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 1);
+  EXPECT_NE(err.find("rule tests failed"), std::string::npos) << err;
+  dir.Write("rules/r.lua", R"(return rule { name = "r", from = "a/+",
+    handle = function(msg, ctx) ctx.emit("out", { v = msg.payload.v * 2 }) end,
+    tests = { { name = "doubles", input = { topic = "a/b", payload = { v = 2 } },
+                expect = { emit = { out = { { v = 4 } } } } } } })");
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "test", "-c", dir.File("g.yaml"), dir.File("rules")}, &out,
+                       &err),
+            0)
+      << out << err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 0) << err;
+}
+
 TEST(CliTest, RunStopsOnSigtermAndExitsZero) {
   TempDir dir;
   dir.Write("g.yaml", "data_dir: data\nsources: [{name: f, type: file, path: in.jsonl}]\n");
@@ -66,7 +94,13 @@ TEST(CliTest, ConfigurationDocsAreCurrent) {
       << "docs/configuration.md is stale: run `build/gnomon config-docs > docs/configuration.md`";
 }
 
-TEST(CliTest, ExamplesPassCheck) {
+TEST(CliTest, ExamplesPassCheckAndTheirTests) {
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "test", std::string(GNOMON_SOURCE_DIR) + "/examples/quickstart/rules"},
+                       &out, &err),
+            0)
+      << out << err;
+  EXPECT_NE(out.find("2 passed, 0 failed"), std::string::npos) << out;
   for (const char* cfg : {"/examples/quickstart/gnomon.yaml"}) {
     std::string out, err;
     EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", std::string(GNOMON_SOURCE_DIR) + cfg},

@@ -84,6 +84,7 @@ TEST(RuleSetTest, ExpandsGlobsSorted) {
   dir.Write("rules/b.lua", "");
   dir.Write("rules/a.lua", "");
   dir.Write("rules/c.txt", "");
+  dir.Write("rules/a.test.lua", "");  // tests beside rules are not rules
   auto files = ExpandRulePaths({"rules/*.lua"}, dir.path());
   ASSERT_TRUE(files.ok());
   EXPECT_EQ(*files, (std::vector<std::string>{dir.File("rules/a.lua"), dir.File("rules/b.lua")}));

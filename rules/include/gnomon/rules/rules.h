@@ -32,6 +32,8 @@ struct RuleInfo {
 struct RuleSetOptions {
   // Sink names rules may emit to; `ctx.emit` to any other name fails the call.
   std::vector<std::string> sinks;
+  // Accept any sink name (rule tests without a config); new names get the next indexes.
+  bool any_sink = false;
 };
 
 // A validated set of rules and the topic index over their `from` filters. Shared read-only
@@ -108,6 +110,13 @@ class RuleRuntime {
   // Runs rule `index` of the set on `msg`. `out` is reset first. Never throws; a Lua error is
   // kFailed with the reason.
   void Run(uint32_t index, const MessageView& msg, CallResult& out);
+
+  // The sink name behind Effect::sink (includes names added under `any_sink`).
+  const std::string& sink_name(uint32_t index) const;
+
+  // The rule's `tests` table as JSON (an empty array when it has none), or an error naming
+  // the value that cannot be encoded.
+  Result<std::string> TestsJson(uint32_t index);
 
   const RuleSet& rule_set() const { return *set_; }
   const std::shared_ptr<const RuleSet>& rule_set_ptr() const { return set_; }

@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/rules/testing.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/support/test_support.h"
+
+namespace gnomon::rules {
+namespace {
+
+constexpr const char* kRule = R"(return rule {
+  name = "r", from = "devices/+/telemetry",
+  handle = function(msg, ctx)
+    if msg.payload.bad then error("bad input") end
+    if msg.payload.skip then return ctx.drop("skip") end
+    ctx.emit("out", { d = msg.device, t = msg.payload.t, now = ctx.now() })
+    if msg.payload.cmd then ctx.publish("devices/" .. msg.device .. "/cmd", { on = true }) end
+  end,
+  tests = {
+    { name = "emits", now = 7, input = { topic = "devices/a/telemetry", payload = { t = 1 } },
+      expect = { emit = { out = { { d = "a", t = 1, now = 7 } } } } },
+    { name = "fails", input = { topic = "devices/a/telemetry", payload = { bad = true } },
+      expect = { fail = "bad input" } },
+    { name = "drops", input = { topic = "devices/a/telemetry", payload = { skip = true } },
+      expect = { drop = true, emit = {} } },
+    { name = "publishes", input = { topic = "devices/a/telemetry", payload = { t = 1, cmd = 1 } },
+      expect = { publish = { ["devices/a/cmd"] = { { on = true } } } } },
+    { name = "in order", input = { { topic = "devices/a/telemetry", payload = { t = 1 } },
+                                   { topic = "devices/b/telemetry", payload = { t = 2 } } },
+      expect = { emit = { out = { { d = "a" }, { d = "b", t = 2.0 } } } } },
+  },
+})";
+
+TEST(RuleTestingTest, PassingTestsPass) {
+  testing::TempDir dir;
+  dir.Write("r.lua", kRule);
+  auto report = RunRuleTests({dir.File("r.lua")}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(report->passed(), 5) << report->Text(true);
+  EXPECT_EQ(report->failed(), 0);
+  EXPECT_NE(report->Text(false).find("5 passed, 0 failed"), std::string::npos);
+}
+
+TEST(RuleTestingTest, FailuresSayWhereAndShowExpectedAndActual) {
+  testing::TempDir dir;
+  dir.Write("r.lua", kRule);
+  dir.Write("r.test.lua", R"(return { rule = "r", tests = {
+    { name = "wrong value", input = { topic = "devices/a/telemetry", payload = { t = 1 } },
+      expect = { emit = { out = { { t = 2 } } } } },
+    { name = "unexpected emit", input = { topic = "devices/a/telemetry", payload = { t = 1 } },
+      expect = { emit = {} } },
+    { name = "not failing", input = { topic = "devices/a/telemetry", payload = { t = 1 } },
+      expect = { fail = "x" } },
+    { name = "wrong topic", input = { topic = "x/y", payload = {} }, expect = { emit = {} } },
+    { name = "bad field", input = { topic = "devices/a/telemetry", payload = {} }, expcet = {} },
+    { name = "shadow", input = { topic = "devices/a/telemetry", payload = {} },
+      expect = { shadow = { a = {} } } },
+    { name = "too many", input = { topic = "devices/a/telemetry", payload = { t = 1 } },
+      expect = { emit = { out = { {}, {} } } } },
+  } })");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(report->passed(), 5);
+  EXPECT_EQ(report->failed(), 7);
+  std::string text = report->Text(false);
+  EXPECT_NE(text.find("FAIL r › wrong value (" + dir.File("r.test.lua") + ":2)"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("emit.out[1].t: expected 2, got 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("expected: [{\"t\":2}]"), std::string::npos) << text;
+  EXPECT_NE(text.find("emit.out: expected nothing, got 1 record(s)"), std::string::npos) << text;
+  EXPECT_NE(text.find("expected the call to fail with \"x\""), std::string::npos) << text;
+  EXPECT_NE(text.find("'x/y' does not match rule.from"), std::string::npos) << text;
+  EXPECT_NE(text.find("unknown test field 'expcet'"), std::string::npos) << text;
+  EXPECT_NE(text.find("shadows are not available yet"), std::string::npos) << text;
+  EXPECT_NE(text.find("emit.out: expected 2 item(s), got 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("5 passed, 7 failed"), std::string::npos) << text;
+
+  std::string xml = report->JUnitXml();
+  EXPECT_NE(xml.find("<testsuites name=\"gnomon\" tests=\"12\" failures=\"7\""), std::string::npos)
+      << xml;
+  EXPECT_NE(xml.find("<testcase classname=\"r\" name=\"wrong value\""), std::string::npos);
+  EXPECT_NE(xml.find("<failure message=\"emit.out[1].t: expected 2, got 1\">"), std::string::npos)
+      << xml;
+}
+
+TEST(RuleTestingTest, ConfiguredSinksAreEnforced) {
+  testing::TempDir dir;
+  dir.Write("r.lua", kRule);
+  TestOptions opts;
+  opts.sinks = {"alerts"};
+  auto report = RunRuleTests({dir.File("r.lua")}, opts);
+  ASSERT_TRUE(report.ok());
+  EXPECT_NE(report->Text(false).find("unknown sink 'out'"), std::string::npos) << report->Text(false);
+}
+
+TEST(RuleTestingTest, BrokenFilesAreErrors) {
+  testing::TempDir dir;
+  dir.Write("r.lua", "return rule { name = 'r' ");
+  EXPECT_FALSE(RunRuleTests({dir.File("r.lua")}, {}).ok());
+  EXPECT_FALSE(RunRuleTests({dir.File("missing.lua")}, {}).ok());
+  dir.Write("r.lua", kRule);
+  dir.Write("x.test.lua", "return { rule = 'nope', tests = {} }");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_FALSE(report.ok());
+  EXPECT_NE(report.status().message().find("no rule named 'nope'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gnomon::rules
