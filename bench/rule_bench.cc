@@ -13,10 +13,11 @@ constexpr const char* kPayload =
     R"({"temp":57.25,"humidity":41,"battery":88,"rssi":-61,"fw":"1.2.0","seq":123456,)"
     R"("status":"ok","loc":{"lat":52.123456,"lon":13.654321},"tags":["a","b","c"]})";
 
-std::unique_ptr<RuleRuntime> Runtime(const std::string& body) {
+std::unique_ptr<RuleRuntime> Runtime(const std::string& body, bool jit = false) {
   static FixedClock clock(0);
-  std::string src = "return rule { name = 'b', from = 'devices/+/telemetry',\n"
-                    "  handle = function(msg, ctx)\n" + body + "\n end }";
+  std::string src = std::string("return rule { name = 'b', from = 'devices/+/telemetry',") +
+                    (jit ? " jit = true," : "") + "\n  handle = function(msg, ctx)\n" + body +
+                    "\n end }";
   auto set = RuleSet::FromSources({{"b.lua", src}}, RuleSetOptions{{"alerts"}});
   if (!set.ok()) {
     std::abort();
@@ -24,8 +25,8 @@ std::unique_ptr<RuleRuntime> Runtime(const std::string& body) {
   return std::move(RuleRuntime::Create(*set, clock)).value();
 }
 
-void RunRule(benchmark::State& state, const std::string& body) {
-  auto rt = Runtime(body);
+void RunRule(benchmark::State& state, const std::string& body, bool jit = false) {
+  auto rt = Runtime(body, jit);
   std::string payload = kPayload;
   payload.reserve(payload.size() + simdjson::SIMDJSON_PADDING);
   MessageView m{"devices/dev00042/telemetry", "dev00042", &payload, "bench", nullptr, 1};
@@ -51,6 +52,29 @@ void BM_OverheatRuleLazy(benchmark::State& state) {
     end)");
 }
 BENCHMARK(BM_OverheatRuleLazy);
+
+// The same rule with `jit = true`: compiled, no instruction budget (limits cost).
+void BM_OverheatRuleLazyJit(benchmark::State& state) {
+  RunRule(state, R"(
+    local t = msg.payload.temp
+    if t == nil then return ctx.drop("no temp") end
+    if t > 50 then
+      ctx.emit("alerts", { device = msg.device, temp = t, ts = msg.ts,
+                           severity = t > 55 and "high" or "warn" })
+    end)", true);
+}
+BENCHMARK(BM_OverheatRuleLazyJit);
+
+// A loop-heavy rule, where the interpreter (limits on) and the JIT differ most.
+void BM_LoopRuleInterpreted(benchmark::State& state) {
+  RunRule(state, "local n = 0 for i = 1, 1000 do n = n + i * msg.ts end");
+}
+BENCHMARK(BM_LoopRuleInterpreted);
+
+void BM_LoopRuleJit(benchmark::State& state) {
+  RunRule(state, "local n = 0 for i = 1, 1000 do n = n + i * msg.ts end", true);
+}
+BENCHMARK(BM_LoopRuleJit);
 
 // The same rule building the whole payload as a table first (what the lazy view avoids).
 void BM_OverheatRuleDecodeTable(benchmark::State& state) {

@@ -135,10 +135,17 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
     if (lua_type(L, -1) != LUA_TTABLE) {
       fail("rule.limits: must be a table { instructions = N, memory_mb = N }");
     } else {
-      for (const char* k : {"instructions", "memory_mb"}) {
-        lua_getfield(L, -1, k);
-        if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) <= 0)) {
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) {
+        std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (k != "instructions" && k != "memory_mb") {
+          fail(fmt::format("rule.limits: unknown field '{}' (known: instructions, memory_mb)", k));
+        } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1) {
           fail(fmt::format("rule.limits.{}: must be a positive number", k));
+        } else if (k == "instructions") {
+          info.max_instructions = static_cast<int64_t>(lua_tonumber(L, -1));
+        } else {
+          info.memory_mb = static_cast<int64_t>(lua_tonumber(L, -1));
         }
         lua_pop(L, 1);
       }
@@ -150,6 +157,7 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN) {
     fail("rule.jit: must be true or false");
   }
+  info.jit = lua_toboolean(L, -1) != 0;
   lua_pop(L, 1);
 
   lua_getfield(L, t, "tests");

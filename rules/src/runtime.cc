@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 
@@ -13,10 +14,10 @@
 namespace gnomon::rules {
 
 namespace {
-// Raised (as a light userdata) by ctx.drop / ctx.fail; the reason is kept in the State.
-char kStopSentinel;
 // Hidden key in msg tables holding the call generation.
 char kGenerationKey;
+// The count hook runs every this many VM instructions.
+constexpr int kHookInterval = 1000;
 
 enum class Stop { kNone, kDrop, kFail };
 }  // namespace
@@ -24,6 +25,8 @@ enum class Stop { kNone, kDrop, kFail };
 struct RuleRuntime::State {
   lua_State* L = nullptr;
   JsonContext json;
+  MemoryBudget memory;
+  int64_t ticks_left = INT64_MAX;  // hook intervals the current call may still run
   const Clock* clock = nullptr;
   std::unordered_map<std::string, uint32_t> sink_index;
   std::vector<std::string> sink_names;
@@ -180,8 +183,26 @@ Result<int> CtxPublish(lua_State* L) {
 int RaiseStop(lua_State* L, State* s, Stop kind) {
   s->stop = kind;
   s->stop_reason = lua_isnoneornil(L, 1) ? "" : ToStringArg(L, 1);
-  lua_pushlightuserdata(L, &kStopSentinel);
+  lua_pushlightuserdata(L, StopSentinel());
   return lua_error(L);
+}
+
+// The runtime whose call is in progress on this thread (one per worker thread).
+thread_local State* t_current = nullptr;
+
+// Instruction budget: fires every kHookInterval VM instructions of interpreted code.
+void CountHook(lua_State* L, lua_Debug*) {
+  State* s = t_current;
+  if (s == nullptr || s->result == nullptr || --s->ticks_left >= 0) {
+    return;
+  }
+  if (s->stop == Stop::kNone) {
+    s->stop = Stop::kFail;
+    s->stop_reason = fmt::format("instruction limit of {} exceeded (rule.limits.instructions)",
+                                 s->rule->max_instructions);
+  }
+  lua_pushlightuserdata(L, StopSentinel());
+  lua_error(L);
 }
 
 int CtxDrop(lua_State* L) { return RaiseStop(L, GetState(L), Stop::kDrop); }
@@ -290,7 +311,7 @@ Result<int> MsgIndex(lua_State* L) {
 
 // Error handler: keeps the stop sentinel, otherwise message + traceback.
 int Traceback(lua_State* L) {
-  if (lua_touserdata(L, 1) == &kStopSentinel) {
+  if (lua_touserdata(L, 1) == StopSentinel()) {
     return 1;
   }
   const char* msg = lua_tostring(L, 1);
@@ -321,8 +342,9 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   }
   s->sink_names = sinks;
   s->any_sink = rt->set_->options().any_sink;
-  GNOMON_ASSIGN_OR_RETURN(s->L, NewSandboxState(&s->json));
+  GNOMON_ASSIGN_OR_RETURN(s->L, NewSandboxState(&s->json, &s->memory));
   lua_State* L = s->L;
+  lua_sethook(L, CountHook, LUA_MASKCOUNT, kHookInterval);
 
   lua_pushcfunction(L, Traceback);
   s->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -356,7 +378,8 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   for (const RuleInfo& info : rt->set_->rules()) {
-    GNOMON_RETURN_IF_ERROR(LoadRuleChunk(L, info.file, info.source));  // pushes the rule table
+    // pushes the rule table
+    GNOMON_RETURN_IF_ERROR(LoadRuleChunk(L, info.file, info.source, /*interpreted=*/!info.jit));
     lua_getfield(L, -1, "handle");
     s->handle_refs.push_back(luaL_ref(L, LUA_REGISTRYINDEX));
     s->rule_refs.push_back(luaL_ref(L, LUA_REGISTRYINDEX));
@@ -400,6 +423,12 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   s->result = &out;
   s->rule = &set_->rules()[index];
   s->stop = Stop::kNone;
+  s->stop_reason.clear();
+  const RuleInfo& rule = set_->rules()[index];
+  s->ticks_left = rule.jit ? INT64_MAX : std::max<int64_t>(1, rule.max_instructions / kHookInterval);
+  s->memory.refused = false;
+  s->memory.limit = s->memory.live + (static_cast<size_t>(rule.memory_mb) << 20);
+  t_current = s;
 
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->traceback_ref);
@@ -424,7 +453,13 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
 
   int rc = lua_pcall(L, 2, 0, errfunc);
-  if (s->stop == Stop::kDrop) {
+  s->memory.limit = SIZE_MAX;
+  t_current = nullptr;
+  if (s->memory.refused && s->stop != Stop::kDrop) {
+    out.outcome = Outcome::kFailed;
+    out.reason = fmt::format("memory limit of {} MB exceeded (rule.limits.memory_mb)",
+                             rule.memory_mb);
+  } else if (s->stop == Stop::kDrop) {
     out.outcome = Outcome::kFiltered;
     out.reason = std::move(s->stop_reason);
   } else if (s->stop == Stop::kFail) {

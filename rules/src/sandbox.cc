@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <regex>
 
@@ -14,6 +15,7 @@ namespace {
 
 char kMakeEnvKey;
 char kRuleLineKey;
+char kStop;
 
 // Installed before any rule runs, with the full standard library still reachable; it returns
 // make_env(), which builds one rule's environment from copies of the safe parts.
@@ -35,6 +37,17 @@ local safe = { "assert", "error", "ipairs", "next", "pairs", "pcall", "select", 
   "getmetatable" }
 local base = {}
 for _, n in ipairs(safe) do base[n] = _G[n] end
+-- pcall/xpcall that cannot swallow ctx.drop, ctx.fail or an exceeded limit.
+local STOP, raw_pcall, raw_xpcall, raw_error = C.stop, pcall, xpcall, error
+local function rethrow(ok, e, ...)
+  if not ok and e == STOP then raw_error(STOP, 0) end
+  return ok, e, ...
+end
+base.pcall = function(f, ...) return rethrow(raw_pcall(f, ...)) end
+base.xpcall = function(f, h) return rethrow(raw_xpcall(f, function(e)
+  if e == STOP then return e end
+  return h(e)
+end)) end
 local string, table, math, bit, os, json, rule = string, table, math, bit, os, C.json, C.rule
 return function()
   local env = {}
@@ -102,20 +115,43 @@ int Traceback(lua_State* L) {
 
 }  // namespace
 
-Result<lua_State*> NewSandboxState(JsonContext* json) {
-  lua_State* L = luaL_newstate();
+void* BudgetAlloc(void* ud, void* ptr, size_t osize, size_t nsize) {
+  auto* b = static_cast<MemoryBudget*>(ud);
+  if (nsize == 0) {
+    std::free(ptr);
+    b->live -= osize;
+    return nullptr;
+  }
+  size_t old = ptr != nullptr ? osize : 0;
+  if (nsize > old && b->live + (nsize - old) > b->limit) {
+    b->refused = true;
+    return nullptr;  // LuaJIT raises "not enough memory"
+  }
+  void* p = std::realloc(ptr, nsize);
+  if (p != nullptr) {
+    b->live = b->live - old + nsize;
+  }
+  return p;
+}
+
+void* StopSentinel() { return &kStop; }
+
+Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory) {
+  lua_State* L = memory != nullptr ? lua_newstate(BudgetAlloc, memory) : luaL_newstate();
   if (L == nullptr) {
     return ResourceExhausted("cannot create a Lua state");
   }
   luaL_openlibs(L);
   // C = { topic_level, rule, json }
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
   lua_pushcfunction(L, TopicLevelFn);
   lua_setfield(L, -2, "topic_level");
   lua_pushcfunction(L, RuleFn);
   lua_setfield(L, -2, "rule");
   OpenJson(L, json);
   lua_setfield(L, -2, "json");
+  lua_pushlightuserdata(L, &kStop);
+  lua_setfield(L, -2, "stop");
   if (luaL_loadbuffer(L, kBootstrap, std::strlen(kBootstrap), "=gnomon_bootstrap") != 0) {
     std::string err = lua_tostring(L, -1);
     lua_close(L);
@@ -134,7 +170,8 @@ Result<lua_State*> NewSandboxState(JsonContext* json) {
   return L;
 }
 
-Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& text) {
+Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& text,
+                     bool interpreted) {
   int top = lua_gettop(L);
   lua_pushcfunction(L, Traceback);
   int errfunc = lua_gettop(L);
@@ -143,6 +180,9 @@ Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& t
     std::string err = lua_tostring(L, -1);
     lua_settop(L, top);
     return InvalidArgument(err);
+  }
+  if (interpreted) {
+    luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
   }
   lua_pushlightuserdata(L, &kMakeEnvKey);
   lua_rawget(L, LUA_REGISTRYINDEX);

@@ -5,6 +5,7 @@
 
 #include <lua.hpp>
 
+#include <cstdint>
 #include <string>
 
 #include "gnomon/core/status.h"
@@ -12,13 +13,28 @@
 
 namespace gnomon::rules {
 
-// A new state with the sandbox set up. The caller owns it (lua_close).
-Result<lua_State*> NewSandboxState(JsonContext* json);
+// The error value of ctx.drop, ctx.fail and exceeded limits. The sandbox's pcall/xpcall
+// re-raise it, so a rule cannot swallow them; the reason travels outside Lua.
+void* StopSentinel();
+
+// Counts the bytes a state holds and refuses growth beyond `limit` (a per-call memory cap).
+struct MemoryBudget {
+  size_t live = 0;
+  size_t limit = SIZE_MAX;
+  bool refused = false;  // an allocation was refused since the last reset
+};
+
+// A new state with the sandbox set up. The caller owns it (lua_close). With `memory`, the
+// state allocates through it (it must outlive the state).
+Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory = nullptr);
 
 // Compiles and runs the rule file `text` in a fresh environment and pushes the table it
 // returned from `rule { ... }`. Errors carry file and line. The hidden field read by
 // RuleTableLine() holds the line of the `rule {` call.
-Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& text);
+// With `interpreted`, JIT compilation is switched off for every function of the file, so the
+// instruction-count hook sees all of its work (LuaJIT skips hooks inside compiled traces).
+Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& text,
+                     bool interpreted = false);
 
 // Runs a data file (like `*.test.lua`) in a fresh sandboxed state and returns the value it
 // returns, as JSON.

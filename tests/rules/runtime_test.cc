@@ -257,3 +257,88 @@ TEST(RuleIsolationTest, RulesHaveSeparateEnvironments) {
 
 }  // namespace
 }  // namespace gnomon::rules
+
+namespace gnomon::rules {
+namespace {
+
+class LimitsTest : public ::testing::Test {
+ protected:
+  void Load(std::vector<std::pair<std::string, std::string>> rules) {
+    std::vector<std::pair<std::string, std::string>> files;
+    for (auto& [name, body] : rules) {
+      files.emplace_back(name + ".lua", "return rule { name = '" + name + "', from = 'x/#', " + body + " }");
+    }
+    auto set = RuleSet::FromSources(files, RuleSetOptions{{"out"}});
+    ASSERT_TRUE(set.ok()) << set.status().message();
+    auto rt = RuleRuntime::Create(*set, clock_);
+    ASSERT_TRUE(rt.ok()) << rt.status().message();
+    rt_ = std::move(rt).value();
+  }
+  CallResult Run(uint32_t rule) {
+    MessageView m{"x/1", "d", &payload_, "s", nullptr, 0};
+    CallResult r;
+    rt_->Run(rule, m, r);
+    return r;
+  }
+  FixedClock clock_{0};
+  std::string payload_ = "{}";
+  std::unique_ptr<RuleRuntime> rt_;
+};
+
+TEST_F(LimitsTest, RunawayLoopFailsThatCallOnlyAndTheWorkerGoesOn) {
+  Load({{"loop", "handle = function(msg, ctx) ctx.emit('out', 1) while true do end end"},
+        {"ok", "handle = function(msg, ctx) ctx.emit('out', { fine = true }) end"}});
+  CallResult r = Run(0);
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("instruction limit of 1000000 exceeded"), std::string::npos) << r.reason;
+  EXPECT_TRUE(r.effects.empty());
+  EXPECT_EQ(Run(1).outcome, Outcome::kOk);
+  EXPECT_EQ(Run(0).outcome, Outcome::kFailed);  // again, and again cleanly
+  EXPECT_EQ(Run(1).effects.size(), 1u);
+}
+
+TEST_F(LimitsTest, PcallCannotSwallowLimitsOrStops) {
+  Load({{"sneaky", "handle = function(msg, ctx) while true do pcall(function() while true do end end) end end"},
+        {"sneaky_drop", "handle = function(msg, ctx) pcall(ctx.drop, 'x') ctx.emit('out', 1) end"},
+        {"sneaky_x", "handle = function(msg, ctx) xpcall(function() while true do end end, function(e) return e end) ctx.emit('out', 1) end"}});
+  CallResult r = Run(0);
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("instruction limit"), std::string::npos) << r.reason;
+  r = Run(1);
+  EXPECT_EQ(r.outcome, Outcome::kFiltered);
+  EXPECT_TRUE(r.effects.empty());
+  r = Run(2);
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_TRUE(r.effects.empty());
+}
+
+TEST_F(LimitsTest, MemoryBombFailsWithAClearReason) {
+  Load({{"bomb", "limits = { memory_mb = 8, instructions = 1e9 }, handle = function(msg, ctx) "
+                 "local t = {} for i = 1, 1e7 do t[i] = string.rep('x', 1000) .. i end end"},
+        {"huge", "handle = function(msg, ctx) local s = string.rep('x', 1e9) end"},
+        {"caught", "handle = function(msg, ctx) pcall(string.rep, 'x', 1e9) ctx.emit('out', 1) end"},
+        {"ok", "handle = function(msg, ctx) ctx.emit('out', { fine = true }) end"}});
+  for (uint32_t i : {0u, 1u, 2u}) {
+    CallResult r = Run(i);
+    EXPECT_EQ(r.outcome, Outcome::kFailed) << i;
+    EXPECT_NE(r.reason.find("memory limit of"), std::string::npos) << i << ": " << r.reason;
+    EXPECT_TRUE(r.effects.empty());
+  }
+  EXPECT_EQ(Run(3).outcome, Outcome::kOk);
+}
+
+TEST_F(LimitsTest, InstructionLimitIsConfigurableAndJitRulesAreNotCounted) {
+  const char* work = "handle = function(msg, ctx) local n = 0 for i = 1, 3e6 do n = n + i end "
+                     "ctx.emit('out', n) end";
+  Load({{"default", work},
+        {"raised", std::string("limits = { instructions = 1e8 }, ") + work},
+        {"jitted", std::string("jit = true, ") + work}});
+  EXPECT_EQ(Run(0).outcome, Outcome::kFailed);
+  EXPECT_EQ(Run(1).outcome, Outcome::kOk);
+  CallResult r = Run(2);
+  EXPECT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.effects[0].payload, "4500001500000");
+}
+
+}  // namespace
+}  // namespace gnomon::rules

@@ -25,6 +25,11 @@ struct RuleInfo {
   std::vector<std::string> from;
   OnError on_error = OnError::kDeadLetter;
   int max_attempts = 3;  // with on_error = "retry": runs of one message before it dead-letters
+  // Per call. With jit = false (default) the rule runs interpreted and the instruction budget
+  // holds; with jit = true it is compiled and only the memory cap applies.
+  int64_t max_instructions = 1000000;
+  int64_t memory_mb = 32;
+  bool jit = false;
   std::string source;    // the file's text
   std::string version;   // content hash (hex)
 };
