@@ -115,7 +115,7 @@ int Run(const std::string& config, const gnomon::Registry& registry, EngineOptio
       break;
     }
     if (sig == SIGHUP) {
-      gnomon::log::Warn("SIGHUP: rule reload is not available in this version");
+      (*engine)->ReloadRules("SIGHUP").IgnoreError();  // logged, counted, shown in /v1/rules
     }
     if (replay) {
       auto now = std::chrono::steady_clock::now();

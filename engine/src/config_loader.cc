@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -103,6 +104,64 @@ void CheckEntries(const ConfigValue* list, const char* section, bool is_source,
 
 }  // namespace
 
+Result<std::shared_ptr<const rules::RuleSet>> LoadRules(const AppConfig& app,
+                                                        std::vector<std::string>* files_out) {
+  GNOMON_ASSIGN_OR_RETURN(std::vector<std::string> files,
+                          rules::ExpandRulePaths(app.rule_patterns, app.base_dir));
+  if (files.empty() && !app.rule_patterns.empty()) {
+    return NotFound(fmt::format("no rule file matches {}", fmt::join(app.rule_patterns, ", ")));
+  }
+  rules::RuleSetOptions opts;
+  for (const auto& s : app.sinks) {
+    opts.sinks.push_back(s.name);
+  }
+  GNOMON_ASSIGN_OR_RETURN(auto set, rules::RuleSet::Load(files, opts));
+  // Rules ship with tests; a rule whose tests fail does not start.
+  if (!files.empty()) {
+    rules::TestOptions topts;
+    topts.sinks = opts.sinks;
+    if (topts.sinks.empty()) {
+      topts.sinks.push_back("");  // no sinks configured: emits are errors, not "any sink"
+    }
+    GNOMON_ASSIGN_OR_RETURN(rules::TestReport report, rules::RunRuleTests(files, topts));
+    if (report.failed() > 0) {
+      return InvalidArgument("rule tests failed:\n" + report.Text(false));
+    }
+  }
+  if (files_out != nullptr) {
+    *files_out = std::move(files);
+  }
+  return set;
+}
+
+std::string RuleFilesSignature(const AppConfig& app) {
+  std::string sig;
+  auto files = rules::ExpandRulePaths(app.rule_patterns, app.base_dir);
+  if (!files.ok()) {
+    return "error:" + files.status().message();
+  }
+  // Test files beside the rules count too: they gate a reload.
+  std::vector<std::string> all = *files;
+  for (const auto& f : *files) {
+    std::error_code ec;
+    auto dir = std::filesystem::path(f).parent_path();
+    for (const auto& e : std::filesystem::directory_iterator(dir.empty() ? "." : dir, ec)) {
+      if (e.path().string().ends_with(".test.lua")) {
+        all.push_back(e.path().string());
+      }
+    }
+  }
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  for (const auto& f : all) {
+    std::error_code ec;
+    auto size = std::filesystem::file_size(f, ec);
+    auto mtime = std::filesystem::last_write_time(f, ec).time_since_epoch().count();
+    sig += fmt::format("{}:{}:{};", f, size, mtime);
+  }
+  return sig;
+}
+
 Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registry) {
   AppConfig app;
   GNOMON_ASSIGN_OR_RETURN(app.root, LoadYamlFile(path));
@@ -177,43 +236,24 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     return errors.ToStatus();
   }
 
+  if (const ConfigValue* api = app.root.Get("api")) {
+    app.api_listen = api->GetString("listen");
+    app.api_tokens = api->GetStrings("tokens");
+  }
+  app.watch_rules = app.root.GetBool("watch_rules", true);
+
   // Rules last: they need the sink names.
-  const ConfigValue* rules = app.root.Get("rules");
-  std::vector<std::string> patterns = app.root.GetStrings("rules");
-  auto files = rules::ExpandRulePaths(patterns, app.base_dir);
-  if (!files.ok()) {
-    errors.Add(rules, "rules", files.status().message());
-    return errors.ToStatus();
-  }
-  app.rule_files = std::move(files).value();
-  if (app.rule_files.empty() && !patterns.empty()) {
-    errors.Add(rules, "rules", "no rule file matches " + fmt::format("{}", fmt::join(patterns, ", ")));
-    return errors.ToStatus();
-  }
-  rules::RuleSetOptions opts;
-  for (const auto& s : app.sinks) {
-    opts.sinks.push_back(s.name);
-  }
-  auto set = rules::RuleSet::Load(app.rule_files, opts);
+  app.rule_patterns = app.root.GetStrings("rules");
+  auto set = LoadRules(app, &app.rule_files);
   if (!set.ok()) {
-    return set.status();
+    Status st = set.status();
+    if (st.code() == StatusCode::kNotFound) {  // a pattern that matches nothing
+      errors.Add(app.root.Get("rules"), "rules", st.message());
+      return errors.ToStatus();
+    }
+    return st;
   }
   app.rules = std::move(set).value();
-  // Rules ship with tests; a rule whose tests fail does not start.
-  if (!app.rule_files.empty()) {
-    rules::TestOptions topts;
-    topts.sinks = opts.sinks;
-    if (topts.sinks.empty()) {
-      topts.sinks.push_back("");  // no sinks configured: emits are errors, not "any sink"
-    }
-    auto report = rules::RunRuleTests(app.rule_files, topts);
-    if (!report.ok()) {
-      return report.status();
-    }
-    if (report->failed() > 0) {
-      return InvalidArgument("rule tests failed:\n" + report->Text(false));
-    }
-  }
   return app;
 }
 

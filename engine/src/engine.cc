@@ -37,6 +37,27 @@ struct RuleMetrics {
   Histogram* duration;
 };
 
+// Failures of one rule in its current window; quarantine when they exceed the rule's limit.
+struct RuleHealth {
+  std::atomic<int64_t> window_start_ms{0};
+  std::atomic<int64_t> failures{0};
+  std::atomic<bool> quarantined{false};
+  Gauge* quarantined_gauge = nullptr;
+  std::mutex mu;
+  std::string last_error;    // GUARDED_BY(mu)
+  int64_t last_error_ms = 0;  // GUARDED_BY(mu)
+};
+
+// One loaded version of the rules with what the engine keeps per rule. Immutable but for the
+// health counters; shared by the workers that run it.
+struct LoadedRules {
+  std::shared_ptr<const rules::RuleSet> set;
+  std::vector<RuleMetrics> metrics;
+  std::vector<std::unique_ptr<RuleHealth>> health;
+  uint64_t version = 0;
+  int64_t loaded_at_ms = 0;
+};
+
 struct SinkEntry {
   std::string name;
   std::unique_ptr<Sink> sink;
@@ -60,6 +81,9 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   bool Ready() const;
   Counts counts() const;
   MetricsRegistry& metrics() { return metrics_; }
+  Status ReloadRules(std::string_view why);
+  std::string RulesJson(std::string_view name) const;
+  int api_port() const { return api_http_ ? api_http_->port() : (http_ ? http_->port() : 0); }
 
   // gnomon::Ingest
   bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;
@@ -76,6 +100,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   struct Worker {
     explicit Worker(size_t capacity) : queue(capacity) {}
     BoundedQueue<Message> queue;
+    std::shared_ptr<const LoadedRules> loaded;  // the version `runtime` runs
     std::unique_ptr<rules::RuleRuntime> runtime;
     Gauge* depth = nullptr;
     std::atomic<bool> exited{false};
@@ -91,6 +116,13 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
                   std::string_view rule, const std::string* source, std::string_view topic,
                   std::string_view device, std::string_view payload, int attempts, int64_t ts);
   void RenderAccounting(std::string& out) const;
+  std::shared_ptr<const LoadedRules> MakeLoaded(std::shared_ptr<const rules::RuleSet> set,
+                                                uint64_t version);
+  std::shared_ptr<const LoadedRules> CurrentRules() const;
+  void RecordFailure(RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
+  std::vector<HttpRoute> OpsRoutes();
+  std::vector<HttpRoute> ApiRoutes();
+  void WatchRules(std::stop_token st);
 
   AppConfig config_;
   const Registry& registry_;
@@ -105,9 +137,19 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured
   SinkEntry* dead_letter_sink_ = nullptr;
   SinkEntry* publish_sink_ = nullptr;
-  std::vector<RuleMetrics> rule_metrics_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<HttpServer> http_;      // metrics.listen (and the API when on the same port)
+  std::unique_ptr<HttpServer> api_http_;  // api.listen, when different
+
+  mutable std::mutex rules_mu_;
+  std::shared_ptr<const LoadedRules> loaded_;  // GUARDED_BY(rules_mu_)
+  std::mutex reload_mu_;                       // one reload at a time
+  std::string last_reload_error_;              // GUARDED_BY(reload_mu_)
+  int64_t last_reload_ms_ = 0;                 // GUARDED_BY(reload_mu_)
+  Counter* reloads_ok_ = nullptr;
+  Counter* reloads_failed_ = nullptr;
+  Histogram* switch_seconds_ = nullptr;  // a worker's pause to load a new rule version
+  std::jthread watcher_;
 
   Counter* in_;
   Counter* done_;
@@ -210,22 +252,19 @@ Status Engine::Impl::Init() {
                                               "Messages taken in, by source", {{"source", n}});
   }
 
-  // Rule metrics.
-  for (const auto& r : config_.rules->rules()) {
-    auto c = [&](const char* outcome) {
-      return metrics_.GetCounter("gnomon_rule_messages_total", "Rule runs by outcome",
-                                 {{"rule", r.name}, {"outcome", outcome}});
-    };
-    rule_metrics_.push_back({c("matched"), c("emitted"), c("filtered"), c("failed"),
-                             c("dead_lettered"),
-                             metrics_.GetHistogram("gnomon_rule_duration_seconds",
-                                                   "Time in a rule's handle", {{"rule", r.name}})});
-  }
+  reloads_ok_ = metrics_.GetCounter("gnomon_rule_reloads_total", "Rule reloads by outcome",
+                                   {{"outcome", "ok"}});
+  reloads_failed_ = metrics_.GetCounter("gnomon_rule_reloads_total", "Rule reloads by outcome",
+                                       {{"outcome", "failed"}});
+  switch_seconds_ = metrics_.GetHistogram(
+      "gnomon_rule_switch_seconds", "Pause of a worker loading a reloaded rule set");
+  loaded_ = MakeLoaded(config_.rules, 1);
 
   // Workers: each with its own Lua state holding every rule.
   for (int i = 0; i < config_.workers; ++i) {
     auto w = std::make_unique<Worker>(config_.worker_queue);
-    GNOMON_ASSIGN_OR_RETURN(w->runtime, rules::RuleRuntime::Create(config_.rules, clock_));
+    GNOMON_ASSIGN_OR_RETURN(w->runtime, rules::RuleRuntime::Create(loaded_->set, clock_));
+    w->loaded = loaded_;
     w->depth = metrics_.GetGauge("gnomon_worker_queue_depth", "Messages waiting per worker",
                                  {{"worker", std::to_string(i)}});
     workers_.push_back(std::move(w));
@@ -271,41 +310,47 @@ Status Engine::Impl::Start() {
   for (size_t i = 0; i < sources_.size(); ++i) {
     GNOMON_RETURN_IF_ERROR(sources_[i]->Start(*this).WithContext("source " + source_names_[i]));
   }
-  if (!config_.metrics_listen.empty() && options_.mode == Mode::kRun) {
-    HttpServer::Handlers h;
-    h.metrics = [this] {
-      return metrics_.Render();
-    };
-    h.ready = [this](std::string& why) {
-      bool ok = true;
-      for (size_t i = 0; i < sources_.size(); ++i) {
-        if (!sources_[i]->Ready()) {
-          why += fmt::format("source {} not connected; ", source_names_[i]);
-          ok = false;
+  if (options_.mode == Mode::kRun) {
+    bool shared = !config_.api_listen.empty() && config_.api_listen == config_.metrics_listen;
+    if (!config_.metrics_listen.empty()) {
+      auto routes = OpsRoutes();
+      if (shared) {
+        auto api = ApiRoutes();
+        routes.insert(routes.end(), api.begin(), api.end());
+      }
+      GNOMON_ASSIGN_OR_RETURN(http_, HttpServer::Start(config_.metrics_listen, std::move(routes)));
+    }
+    if (!config_.api_listen.empty() && !shared) {
+      auto routes = ApiRoutes();
+      auto ops = OpsRoutes();
+      for (auto& r : ops) {
+        if (r.pattern != "/metrics") {
+          routes.push_back(std::move(r));  // health checks on the API port too
         }
       }
-      for (auto& s : sinks_) {
-        if (!s.sink->Ready()) {
-          why += fmt::format("sink {} not connected; ", s.name);
-          ok = false;
-        }
-      }
-      return ok;
-    };
-    GNOMON_ASSIGN_OR_RETURN(http_, HttpServer::Start(config_.metrics_listen, std::move(h)));
+      GNOMON_ASSIGN_OR_RETURN(api_http_, HttpServer::Start(config_.api_listen, std::move(routes)));
+    }
+    if (config_.watch_rules && !config_.rule_patterns.empty()) {
+      watcher_ = std::jthread([this](std::stop_token st) { WatchRules(st); });
+    }
   }
   log::Info("gnomon started",
             {{"workers", std::to_string(workers_.size())},
-             {"rules", std::to_string(config_.rules->rules().size())},
+             {"rules", std::to_string(CurrentRules()->set->rules().size())},
              {"sources", std::to_string(sources_.size())},
              {"sinks", std::to_string(sinks_.size())},
-             {"metrics", config_.metrics_listen}});
+             {"metrics", config_.metrics_listen},
+             {"api", config_.api_listen}});
   return {};
 }
 
 void Engine::Impl::Stop() {
   if (!started_ || stopped_.exchange(true)) {
     return;
+  }
+  if (watcher_.joinable()) {
+    watcher_.request_stop();
+    watcher_.join();
   }
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.shutdown_timeout_ms);
@@ -351,8 +396,15 @@ void Engine::Impl::Stop() {
   stop_sinks();
   dead_letter_sink_->sink->Stop(std::max(deadline, std::chrono::steady_clock::now() +
                                                        std::chrono::seconds(1)));
+  if (watcher_.joinable()) {
+    watcher_.request_stop();
+    watcher_.join();
+  }
   if (http_) {
     http_->Stop();
+  }
+  if (api_http_) {
+    api_http_->Stop();
   }
   Counts c = counts();
   log::Info("gnomon stopped", {{"in", std::to_string(c.in)},
@@ -461,6 +513,21 @@ void Engine::Impl::RunWorker(size_t index) {
   rules::CallResult result;
   while (w.queue.PopBatch(batch, kWorkerBatch)) {
     for (Message& m : batch) {
+      // A reload switches this worker between two messages: each message runs wholly on one
+      // version, and a worker (so each of its devices) never goes back.
+      if (auto cur = CurrentRules(); cur != w.loaded) {
+        auto t0 = std::chrono::steady_clock::now();
+        auto rt = rules::RuleRuntime::Create(cur->set, clock_);
+        switch_seconds_->Observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        if (rt.ok()) {
+          w.runtime = std::move(rt).value();
+          w.loaded = std::move(cur);
+        } else {
+          log::Error("worker cannot load the new rules; keeping the old ones",
+                     {{"worker", std::to_string(index)}, {"error", rt.status().message()}});
+        }
+      }
       Process(w, m, matches, result);
     }
     batch.clear();
@@ -470,7 +537,8 @@ void Engine::Impl::RunWorker(size_t index) {
 
 void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches,
                            rules::CallResult& result) {
-  const rules::RuleSet& set = w.runtime->rule_set();
+  const LoadedRules& loaded = *w.loaded;
+  const rules::RuleSet& set = *loaded.set;
   matches.clear();
   set.Match(m.topic, matches);
   if (matches.empty()) {
@@ -480,8 +548,18 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
   rules::MessageView view{m.topic, m.device, &m.payload, *m.source, &m.headers, m.ts_ms};
   for (uint32_t idx : matches) {
     const rules::RuleInfo& rule = set.rules()[idx];
-    RuleMetrics& rm = rule_metrics_[idx];
+    const RuleMetrics& rm = loaded.metrics[idx];
+    RuleHealth& health = *loaded.health[idx];
     rm.matched->Inc();
+    if (health.quarantined.load(std::memory_order_relaxed)) {
+      rm.dead_lettered->Inc();
+      DeadLetter(m.delivery, "quarantined",
+                 fmt::format("rule {} is quarantined (more than {} failures in {} s); it resumes "
+                             "after a successful reload",
+                             rule.name, rule.quarantine_failures, rule.quarantine_window_s),
+                 rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
+      continue;
+    }
     int attempts = 0;
     while (true) {
       ++attempts;
@@ -506,6 +584,7 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         break;
       case rules::Outcome::kFailed:
         rm.failed->Inc();
+        RecordFailure(health, rule, result.reason);
         if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
           log::Warn("rule failed", {{"rule", rule.name},
                                     {"device", m.device},
@@ -642,6 +721,279 @@ void Engine::Impl::OnDeliveryFinished(Delivery& d) {
   }
 }
 
+std::shared_ptr<const LoadedRules> Engine::Impl::MakeLoaded(
+    std::shared_ptr<const rules::RuleSet> set, uint64_t version) {
+  auto l = std::make_shared<LoadedRules>();
+  l->set = std::move(set);
+  l->version = version;
+  l->loaded_at_ms = clock_.NowMs();
+  for (const auto& r : l->set->rules()) {
+    auto c = [&](const char* outcome) {
+      return metrics_.GetCounter("gnomon_rule_messages_total", "Rule runs by outcome",
+                                 {{"rule", r.name}, {"outcome", outcome}});
+    };
+    l->metrics.push_back({c("matched"), c("emitted"), c("filtered"), c("failed"),
+                          c("dead_lettered"),
+                          metrics_.GetHistogram("gnomon_rule_duration_seconds",
+                                                "Time in a rule's handle", {{"rule", r.name}})});
+    auto h = std::make_unique<RuleHealth>();
+    h->quarantined_gauge = metrics_.GetGauge(
+        "gnomon_rule_quarantined", "1 while the rule is quarantined", {{"rule", r.name}});
+    h->quarantined_gauge->Set(0);  // a reload lifts a quarantine
+    l->health.push_back(std::move(h));
+  }
+  return l;
+}
+
+std::shared_ptr<const LoadedRules> Engine::Impl::CurrentRules() const {
+  std::lock_guard lock(rules_mu_);
+  return loaded_;
+}
+
+void Engine::Impl::RecordFailure(RuleHealth& h, const rules::RuleInfo& rule,
+                                 const std::string& reason) {
+  int64_t now = clock_.NowMs();
+  {
+    std::lock_guard lock(h.mu);
+    h.last_error = reason.substr(0, reason.find('\n'));
+    h.last_error_ms = now;
+  }
+  int64_t start = h.window_start_ms.load(std::memory_order_relaxed);
+  if (now - start > rule.quarantine_window_s * 1000 &&
+      h.window_start_ms.compare_exchange_strong(start, now)) {
+    h.failures.store(0, std::memory_order_relaxed);
+  }
+  if (h.failures.fetch_add(1, std::memory_order_relaxed) + 1 > rule.quarantine_failures &&
+      !h.quarantined.exchange(true)) {
+    h.quarantined_gauge->Set(1);
+    log::Error("rule quarantined: it stops running until the next successful reload",
+               {{"rule", rule.name},
+                {"failures", std::to_string(rule.quarantine_failures + 1)},
+                {"window_s", std::to_string(rule.quarantine_window_s)},
+                {"last_error", reason.substr(0, reason.find('\n'))}});
+  }
+}
+
+Status Engine::Impl::ReloadRules(std::string_view why) {
+  std::lock_guard lock(reload_mu_);
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::string> files;
+  auto set = LoadRules(config_, &files);
+  last_reload_ms_ = clock_.NowMs();
+  if (!set.ok()) {
+    reloads_failed_->Inc();
+    last_reload_error_ = set.status().message();
+    log::Error("rule reload failed; the running rules stay",
+               {{"trigger", why}, {"error", last_reload_error_}});
+    return set.status();
+  }
+  last_reload_error_.clear();
+  uint64_t version;
+  {
+    std::lock_guard rl(rules_mu_);
+    version = loaded_->version + 1;
+  }
+  auto next = MakeLoaded(std::move(set).value(), version);
+  {
+    std::lock_guard rl(rules_mu_);
+    loaded_ = next;
+  }
+  reloads_ok_->Inc();
+  log::Info("rules reloaded; workers switch at their next message",
+            {{"trigger", why},
+             {"version", std::to_string(version)},
+             {"rules", std::to_string(next->set->rules().size())},
+             {"compile_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                               std::chrono::steady_clock::now() - t0)
+                                               .count())}});
+  return {};
+}
+
+void Engine::Impl::WatchRules(std::stop_token st) {
+  pthread_setname_np(pthread_self(), "gnomon-watch");
+  std::string seen = RuleFilesSignature(config_);
+  while (!st.stop_requested()) {
+    for (int i = 0; i < 20 && !st.stop_requested(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::string now = RuleFilesSignature(config_);
+    if (now != seen) {
+      seen = now;
+      ReloadRules("file change").IgnoreError();  // logged and counted; the old rules stay
+    }
+  }
+}
+
+std::string Engine::Impl::RulesJson(std::string_view only) const {
+  auto cur = CurrentRules();
+  std::string list = "[";
+  std::string one;
+  for (size_t i = 0; i < cur->set->rules().size(); ++i) {
+    const rules::RuleInfo& r = cur->set->rules()[i];
+    const RuleMetrics& m = cur->metrics[i];
+    RuleHealth& h = *cur->health[i];
+    std::string counters;
+    json::ObjectWriter(counters)
+        .Field("matched", static_cast<int64_t>(m.matched->value()))
+        .Field("emitted", static_cast<int64_t>(m.emitted->value()))
+        .Field("filtered", static_cast<int64_t>(m.filtered->value()))
+        .Field("failed", static_cast<int64_t>(m.failed->value()))
+        .Field("dead_lettered", static_cast<int64_t>(m.dead_lettered->value()))
+        .Close();
+    std::string last_error = "null";
+    {
+      std::lock_guard lock(h.mu);
+      if (!h.last_error.empty()) {
+        last_error.clear();
+        json::ObjectWriter(last_error)
+            .Field("message", h.last_error)
+            .Field("ts", h.last_error_ms)
+            .Close();
+      }
+    }
+    std::string from = "[";
+    for (size_t f = 0; f < r.from.size(); ++f) {
+      from += f ? "," : "";
+      json::AppendQuoted(from, r.from[f]);
+    }
+    from += "]";
+    std::string rule;
+    json::ObjectWriter(rule)
+        .Field("name", r.name)
+        .Field("file", r.file)
+        .Field("version", r.version)
+        .FieldRaw("from", from)
+        .Field("state", h.quarantined.load() ? "quarantined" : "running")
+        .Field("loaded_at", cur->loaded_at_ms)
+        .Field("ruleset_version", static_cast<int64_t>(cur->version))
+        .FieldRaw("jit", r.jit ? "true" : "false")
+        .FieldRaw("counters", counters)
+        .FieldRaw("last_error", last_error)
+        .Close();
+    if (!only.empty() && r.name == only) {
+      one = rule;
+    }
+    list += (list.size() > 1 ? "," : "") + rule;
+  }
+  list += "]";
+  if (!only.empty()) {
+    return one;
+  }
+  std::string out;
+  json::ObjectWriter w(out);
+  w.Field("ruleset_version", static_cast<int64_t>(cur->version))
+      .Field("loaded_at", cur->loaded_at_ms)
+      .FieldRaw("rules", list);
+  {
+    std::lock_guard lock(const_cast<std::mutex&>(reload_mu_));
+    if (last_reload_ms_ != 0) {
+      std::string reload;
+      json::ObjectWriter rw(reload);
+      rw.FieldRaw("ok", last_reload_error_.empty() ? "true" : "false").Field("ts", last_reload_ms_);
+      if (!last_reload_error_.empty()) {
+        rw.Field("error", last_reload_error_);
+      }
+      rw.Close();
+      w.FieldRaw("last_reload", reload);
+    }
+  }
+  w.Close();
+  return out;
+}
+
+namespace {
+HttpResponse ErrorResponse(int code, std::string_view error, std::string_view message) {
+  HttpResponse r;
+  r.status = code;
+  json::ObjectWriter(r.body).Field("code", code).Field("error", error).Field("message", message).Close();
+  return r;
+}
+}  // namespace
+
+std::vector<HttpRoute> Engine::Impl::OpsRoutes() {
+  std::vector<HttpRoute> routes;
+  routes.push_back({"GET", "/metrics", [this](const HttpRequest&) {
+                      HttpResponse r;
+                      r.body = metrics_.Render();
+                      r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+                      return r;
+                    }});
+  routes.push_back({"GET", "/healthz", [](const HttpRequest&) {
+                      HttpResponse r;
+                      r.body = "{\"status\":\"ok\"}";
+                      return r;
+                    }});
+  routes.push_back({"GET", "/readyz", [this](const HttpRequest&) {
+                      std::string why;
+                      bool ok = true;
+                      for (size_t i = 0; i < sources_.size(); ++i) {
+                        if (!sources_[i]->Ready()) {
+                          why += fmt::format("source {} not connected; ", source_names_[i]);
+                          ok = false;
+                        }
+                      }
+                      for (auto& s : sinks_) {
+                        if (!s.sink->Ready()) {
+                          why += fmt::format("sink {} not connected; ", s.name);
+                          ok = false;
+                        }
+                      }
+                      HttpResponse r;
+                      r.status = ok ? 200 : 503;
+                      json::ObjectWriter w(r.body);
+                      w.Field("status", ok ? "ready" : "not_ready");
+                      if (!ok) {
+                        w.Field("reason", why);
+                      }
+                      w.Close();
+                      return r;
+                    }});
+  return routes;
+}
+
+std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
+  // Every API route checks the bearer token when tokens are configured.
+  auto guard = [this](std::function<HttpResponse(const HttpRequest&)> h) {
+    return [this, h](const HttpRequest& req) {
+      if (!config_.api_tokens.empty()) {
+        bool ok = false;
+        for (const auto& t : config_.api_tokens) {
+          ok = ok || req.authorization == "Bearer " + t;
+        }
+        if (!ok) {
+          return ErrorResponse(401, "UNAUTHORIZED", "missing or wrong bearer token");
+        }
+      }
+      return h(req);
+    };
+  };
+  std::vector<HttpRoute> routes;
+  routes.push_back({"GET", "/v1/rules", guard([this](const HttpRequest&) {
+                      HttpResponse r;
+                      r.body = RulesJson("");
+                      return r;
+                    })});
+  routes.push_back({"GET", "/v1/rules/([A-Za-z0-9_-]+)", guard([this](const HttpRequest& req) {
+                      HttpResponse r;
+                      r.body = RulesJson(req.params.at(0));
+                      if (r.body.empty()) {
+                        return ErrorResponse(404, "RULE_NOT_FOUND",
+                                             "no rule named " + req.params.at(0));
+                      }
+                      return r;
+                    })});
+  routes.push_back({"POST", "/v1/rules/reload", guard([this](const HttpRequest&) {
+                      Status st = ReloadRules("POST /v1/rules/reload");
+                      if (!st.ok()) {
+                        return ErrorResponse(422, "RELOAD_FAILED", st.message());
+                      }
+                      HttpResponse r;
+                      r.body = RulesJson("");
+                      return r;
+                    })});
+  return routes;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -659,6 +1011,9 @@ bool Engine::Idle() const { return impl_->Idle(); }
 void Engine::Stop() { impl_->Stop(); }
 bool Engine::Ready() const { return impl_->Ready(); }
 MetricsRegistry& Engine::metrics() { return impl_->metrics(); }
+Status Engine::ReloadRules(std::string_view why) { return impl_->ReloadRules(why); }
+std::string Engine::RulesJson(std::string_view name) const { return impl_->RulesJson(name); }
+int Engine::api_port() const { return impl_->api_port(); }
 Engine::Counts Engine::counts() const { return impl_->counts(); }
 
 }  // namespace gnomon::engine

@@ -6,8 +6,6 @@
 
 #include <thread>
 
-#include "gnomon/core/json.h"
-
 namespace gnomon::engine {
 
 struct HttpServer::Impl {
@@ -17,42 +15,45 @@ struct HttpServer::Impl {
 };
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
-                                                      Handlers handlers) {
+                                                      std::vector<HttpRoute> routes) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) {
-    return InvalidArgument("metrics.listen: must be host:port (got " + listen + ")");
+    return InvalidArgument("listen: must be host:port (got " + listen + ")");
   }
   std::string host = listen.substr(0, colon);
   int port = std::atoi(listen.c_str() + colon + 1);
   std::unique_ptr<HttpServer> s(new HttpServer());
   s->impl_ = std::make_unique<Impl>();
   auto& srv = s->impl_->server;
-  srv.Get("/metrics", [h = handlers](const httplib::Request&, httplib::Response& res) {
-    res.set_content(h.metrics(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  srv.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("{\"status\":\"ok\"}", "application/json");
-  });
-  srv.Get("/readyz", [h = handlers](const httplib::Request&, httplib::Response& res) {
-    std::string why;
-    bool ok = h.ready(why);
-    std::string body;
-    json::ObjectWriter w(body);
-    w.Field("status", ok ? "ready" : "not_ready");
-    if (!ok) {
-      w.Field("reason", why);
+  srv.set_payload_max_length(1 << 20);
+  for (auto& r : routes) {
+    auto handler = [h = r.handler, method = r.method](const httplib::Request& req,
+                                                       httplib::Response& res) {
+      HttpRequest in;
+      in.method = method;
+      in.path = req.path;
+      in.body = req.body;
+      for (size_t i = 1; i < req.matches.size(); ++i) {
+        in.params.push_back(req.matches[i].str());
+      }
+      in.authorization = req.get_header_value("Authorization");
+      HttpResponse out = h(in);
+      res.status = out.status;
+      res.set_content(out.body, out.content_type.c_str());
+    };
+    if (r.method == "POST") {
+      srv.Post(r.pattern, handler);
+    } else {
+      srv.Get(r.pattern, handler);
     }
-    w.Close();
-    res.status = ok ? 200 : 503;
-    res.set_content(body, "application/json");
-  });
+  }
   if (port == 0) {
     port = srv.bind_to_any_port(host.c_str());
   } else if (!srv.bind_to_port(host.c_str(), port)) {
     port = -1;
   }
   if (port < 0) {
-    return Unavailable(fmt::format("metrics.listen: cannot listen on {}", listen));
+    return Unavailable(fmt::format("cannot listen on {}", listen));
   }
   s->impl_->port = port;
   s->impl_->thread = std::thread([impl = s->impl_.get()] {

@@ -1,23 +1,41 @@
 // SPDX-License-Identifier: Apache-2.0
-// The operations listener: /metrics, /healthz, /readyz (cpp-httplib, its own thread).
+// A small HTTP listener (cpp-httplib, its own threads) for the operations and API endpoints.
 #pragma once
 
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gnomon/core/status.h"
 
 namespace gnomon::engine {
 
+struct HttpRequest {
+  std::string method;
+  std::string path;
+  std::string body;
+  std::vector<std::string> params;  // regex captures of the route
+  std::string authorization;        // the Authorization header
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string body;
+  std::string content_type = "application/json";
+};
+
+struct HttpRoute {
+  std::string method;   // "GET" or "POST"
+  std::string pattern;  // a regex over the path, e.g. "/v1/rules/([a-z0-9_-]+)"
+  std::function<HttpResponse(const HttpRequest&)> handler;
+};
+
 class HttpServer {
  public:
-  struct Handlers {
-    std::function<std::string()> metrics;
-    std::function<bool(std::string& why)> ready;
-  };
   // `listen` is host:port; port 0 picks a free one (see port()).
-  static Result<std::unique_ptr<HttpServer>> Start(const std::string& listen, Handlers handlers);
+  static Result<std::unique_ptr<HttpServer>> Start(const std::string& listen,
+                                                   std::vector<HttpRoute> routes);
   ~HttpServer();
   void Stop();
   int port() const;

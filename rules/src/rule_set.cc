@@ -46,14 +46,15 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   auto fail = [&](const std::string& what) {
     errors.push_back(fmt::format("{}:{}: {}", file, info.line, what));
   };
-  static const std::set<std::string> kKnown = {"name", "description", "from", "on_error",
-                                               "max_attempts", "limits", "jit", "handle", "tests"};
+  static const std::set<std::string> kKnown = {"name",   "description", "from",  "on_error",
+                                               "max_attempts", "limits", "jit", "handle",
+                                               "tests", "quarantine"};
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING && kKnown.count(lua_tostring(L, -1)) == 0) {
       fail(fmt::format("rule: unknown field '{}' (known: name, description, from, on_error, "
-                       "max_attempts, limits, jit, handle, tests)",
+                       "max_attempts, limits, jit, quarantine, handle, tests)",
                        lua_tostring(L, -1)));
     }
   }
@@ -146,6 +147,29 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
           info.max_instructions = static_cast<int64_t>(lua_tonumber(L, -1));
         } else {
           info.memory_mb = static_cast<int64_t>(lua_tonumber(L, -1));
+        }
+        lua_pop(L, 1);
+      }
+    }
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "quarantine");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      fail("rule.quarantine: must be a table { failures = N, window_s = N }");
+    } else {
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) {
+        std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (k != "failures" && k != "window_s") {
+          fail(fmt::format("rule.quarantine: unknown field '{}' (known: failures, window_s)", k));
+        } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1) {
+          fail(fmt::format("rule.quarantine.{}: must be a positive number", k));
+        } else if (k == "failures") {
+          info.quarantine_failures = static_cast<int64_t>(lua_tonumber(L, -1));
+        } else {
+          info.quarantine_window_s = static_cast<int64_t>(lua_tonumber(L, -1));
         }
         lua_pop(L, 1);
       }

@@ -28,6 +28,7 @@ class ControlledSink final : public Sink {
     std::condition_variable cv;
     bool open = true;             // false: Send blocks (a slow destination)
     bool fail = false;            // report every record as failed
+    size_t block_after = SIZE_MAX;  // close by itself after this many records
     std::vector<std::string> got;  // payloads delivered, in order
     size_t max_blocked = 0;
   };
@@ -36,6 +37,10 @@ class ControlledSink final : public Sink {
   Status Start() override { return {}; }
   void Send(Record&& rec) override {
     std::unique_lock lock(c_.mu);
+    if (c_.got.size() >= c_.block_after) {
+      c_.open = false;
+      c_.block_after = SIZE_MAX;
+    }
     c_.cv.wait(lock, [&] { return c_.open; });
     if (c_.fail) {
       lock.unlock();
@@ -270,6 +275,97 @@ TEST_F(EngineTest, OnErrorDropAndRetry) {
   engine->Stop();
   EXPECT_EQ(testing::ReadLines(dir_.File("out.jsonl")), (std::vector<std::string>{R"({"tries":3})"}));
   EXPECT_EQ(engine->counts().done, 1u);
+}
+
+TEST_F(EngineTest, HotReloadSwitchesBetweenMessagesWithoutLossOrRegress) {
+  auto rule = [](const char* v) {
+    return std::string(R"(return rule { name = "seq", from = "devices/+/telemetry",
+      handle = function(msg, ctx) ctx.emit("slow", { d = msg.device, n = msg.payload.n, v = ")") +
+           v + "\" }) end }";
+  };
+  WriteConfig("", rule("A"));
+  control_.block_after = 3000;  // the sink stalls mid-stream; the reload lands then
+  std::string input;
+  for (int i = 0; i < 2000; ++i) {
+    for (int d = 0; d < 5; ++d) {
+      input += Line("d" + std::to_string(d), i);
+    }
+  }
+  auto engine = Start(input);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard lock(control_.mu);
+    return !control_.open;
+  }));
+  dir_.Write("rules/r.lua", rule("B"));
+  ASSERT_TRUE(engine->ReloadRules("test").ok());
+  {
+    std::lock_guard lock(control_.mu);
+    control_.open = true;
+  }
+  control_.cv.notify_all();
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }));
+  engine->Stop();
+
+  ASSERT_EQ(control_.got.size(), 10000u);  // every message once
+  std::map<std::string, int> next;
+  std::map<std::string, std::string> version;
+  int b = 0;
+  simdjson::dom::parser parser;
+  for (const auto& rec : control_.got) {
+    simdjson::dom::element e;
+    ASSERT_EQ(parser.parse(rec).get(e), simdjson::SUCCESS);
+    std::string d{std::string_view(e["d"])};
+    std::string v{std::string_view(e["v"])};
+    EXPECT_EQ(int64_t(e["n"]), next[d]++) << d;         // per-device order across the switch
+    EXPECT_FALSE(version[d] == "B" && v == "A") << d;  // no device goes back
+    version[d] = v;
+    b += v == "B" ? 1 : 0;
+  }
+  EXPECT_GT(b, 0);
+  EXPECT_LT(b, 10000);
+  EXPECT_NE(engine->RulesJson("").find("\"ruleset_version\":2"), std::string::npos);
+}
+
+TEST_F(EngineTest, FailedReloadKeepsTheRunningRules) {
+  WriteConfig();
+  auto engine = Start(Line("a", 0));
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }));
+  dir_.Write("rules/r.lua", "return rule { name = 'seq', from = 'devices/+/telemetry', handle = ");
+  Status st = engine->ReloadRules("test");
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("r.lua:1:"), std::string::npos) << st.message();
+  std::string rules = engine->RulesJson("");
+  EXPECT_NE(rules.find("\"ruleset_version\":1"), std::string::npos) << rules;
+  EXPECT_NE(rules.find("\"last_reload\":{\"ok\":false"), std::string::npos) << rules;
+  engine->Stop();
+  EXPECT_EQ(testing::ReadLines(dir_.File("out.jsonl")).size(), 1u);
+}
+
+TEST_F(EngineTest, FailingRuleIsQuarantinedUntilReload) {
+  WriteConfig("", R"(return rule { name = "bad", from = "devices/+/telemetry",
+      quarantine = { failures = 5, window_s = 60 },
+      handle = function(msg, ctx) error("always") end })");
+  std::string input;
+  for (int i = 0; i < 20; ++i) {
+    input += Line("a", i);
+  }
+  auto engine = Start(input);
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }));
+  std::string one = engine->RulesJson("bad");
+  EXPECT_NE(one.find("\"state\":\"quarantined\""), std::string::npos) << one;
+  EXPECT_NE(one.find("\"failed\":6"), std::string::npos) << one;
+  EXPECT_NE(one.find("\"dead_lettered\":20"), std::string::npos) << one;
+  EXPECT_NE(one.find("always"), std::string::npos) << one;
+  std::string metrics = engine->metrics().Render();
+  EXPECT_NE(metrics.find("gnomon_rule_quarantined{rule=\"bad\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("gnomon_dead_letters_total{reason=\"quarantined\"} 14"),
+            std::string::npos)
+      << metrics;
+  ASSERT_TRUE(engine->ReloadRules("test").ok());
+  EXPECT_NE(engine->RulesJson("bad").find("\"state\":\"running\""), std::string::npos);
+  engine->Stop();
+  EXPECT_EQ(engine->counts().dead_lettered, 20u);
 }
 
 TEST_F(EngineTest, DryRunPrintsEffectsInsteadOfDoingThem) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The gnomon binary as users run it: exit codes, messages, signals, docs generation.
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 
 #include "tests/support/test_support.h"
@@ -84,6 +85,61 @@ TEST(CliTest, RunStopsOnSigtermAndExitsZero) {
   EXPECT_NE(p.Stderr().find("\"msg\":\"gnomon stopped\",\"in\":\"1\",\"done\":\"1\""),
             std::string::npos)
       << p.Stderr();
+}
+
+TEST(CliTest, RulesApiReloadsOnRequestSignalAndFileChange) {
+  TempDir dir;
+  auto rule = [](int n) {
+    return "return rule { name = 'r', from = 'a/+', handle = function(msg, ctx) ctx.emit('out', " +
+           std::to_string(n) + ") end }";
+  };
+  dir.Write("rules/r.lua", rule(1));
+  int port = testing::FreePort();
+  dir.Write("g.yaml", "data_dir: data\nsinks: [{name: out, type: file, path: o.jsonl}]\n"
+                      "rules: [rules/*.lua]\napi: { listen: \"127.0.0.1:" + std::to_string(port) +
+                      "\", tokens: [s3cret] }\n");
+  testing::Process p({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")});
+  httplib::Client cli("127.0.0.1", port);
+  httplib::Headers auth = {{"Authorization", "Bearer s3cret"}};
+  ASSERT_TRUE(testing::WaitFor([&] { return cli.Get("/healthz") != nullptr; })) << p.Stderr();
+  auto version = [&] {
+    auto res = cli.Get("/v1/rules", auth);
+    if (!res) {
+      return std::string("none");
+    }
+    size_t at = res->body.find("\"ruleset_version\":");
+    return res->body.substr(at + 18, res->body.find(',', at) - at - 18);
+  };
+
+  auto res = cli.Get("/v1/rules");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_NE(res->body.find("\"error\":\"UNAUTHORIZED\""), std::string::npos);
+  res = cli.Get("/v1/rules/r", auth);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_NE(res->body.find("\"name\":\"r\""), std::string::npos) << res->body;
+  EXPECT_NE(res->body.find("\"state\":\"running\""), std::string::npos) << res->body;
+  EXPECT_EQ(cli.Get("/v1/rules/nope", auth)->status, 404);
+  EXPECT_EQ(version(), "1");
+
+  res = cli.Post("/v1/rules/reload", auth, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(version(), "2");
+
+  dir.Write("rules/r.lua", "return rule { name = 'r', from = 'a/+', handle = ");  // broken
+  res = cli.Post("/v1/rules/reload", auth, "", "application/json");
+  EXPECT_EQ(res->status, 422);
+  EXPECT_NE(res->body.find("r.lua:1:"), std::string::npos) << res->body;
+  EXPECT_EQ(version(), "2");  // the running rules stay
+
+  dir.Write("rules/r.lua", rule(3));  // the watcher picks it up
+  EXPECT_TRUE(testing::WaitFor([&] { return version() == "3"; })) << p.Stderr();
+  p.Signal(SIGHUP);
+  EXPECT_TRUE(testing::WaitFor([&] { return version() == "4"; })) << p.Stderr();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0) << p.Stderr();
 }
 
 TEST(CliTest, ConfigurationDocsAreCurrent) {

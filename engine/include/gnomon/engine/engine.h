@@ -40,9 +40,21 @@ struct AppConfig {
   std::string dead_letter_sink;  // empty: the default file in data_dir
   std::string publish_sink;      // empty: ctx.publish is an error
   std::string metrics_listen;
-  std::vector<std::string> rule_files;
+  std::vector<std::string> rule_patterns;  // `rules:` as written
+  std::vector<std::string> rule_files;     // what they matched at load
   std::shared_ptr<const rules::RuleSet> rules;
+  std::string api_listen;
+  std::vector<std::string> api_tokens;
+  bool watch_rules = true;
 };
+
+// (Re)loads the rules of `app`: expands `rule_patterns`, compiles every file on a scratch state
+// and runs the rules' tests. On success fills `files` and returns the set.
+Result<std::shared_ptr<const rules::RuleSet>> LoadRules(const AppConfig& app,
+                                                        std::vector<std::string>* files);
+
+// The rule files' names, sizes and modification times: changes when a rule file does.
+std::string RuleFilesSignature(const AppConfig& app);
 
 // Reads and checks `path`. Every problem is reported, each as "file:line: key.path: message".
 Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registry);
@@ -75,6 +87,14 @@ class Engine {
 
   bool Ready() const;
   MetricsRegistry& metrics();
+
+  // Compiles and tests the rule files again and, if all is well, switches every worker to the
+  // new set between two messages. On failure the running set stays. Thread-safe.
+  Status ReloadRules(std::string_view why);
+  // JSON: every rule (or one; empty if there is no such rule) with version, state, counters.
+  std::string RulesJson(std::string_view name) const;
+  // Port of the API listener (0 when none), for tests using port 0.
+  int api_port() const;
 
   struct Counts {
     uint64_t in = 0, done = 0, dead_lettered = 0, abandoned = 0;

@@ -30,6 +30,10 @@ struct RuleInfo {
   int64_t max_instructions = 1000000;
   int64_t memory_mb = 32;
   bool jit = false;
+  // More than `quarantine_failures` failures within `quarantine_window_s` stop the rule until
+  // the next successful reload.
+  int64_t quarantine_failures = 100;
+  int64_t quarantine_window_s = 60;
   std::string source;    // the file's text
   std::string version;   // content hash (hex)
 };
