@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <iostream>
 
@@ -47,8 +48,9 @@ int Check(const std::string& config, const gnomon::Registry& registry) {
 }
 
 int Test(const std::vector<std::string>& paths, const std::string& junit, const std::string& config,
-         bool verbose, const gnomon::Registry& registry) {
+         const std::vector<std::string>& libs, bool verbose, const gnomon::Registry& registry) {
   gnomon::rules::TestOptions options;
+  options.lib_dirs = libs;
   if (!config.empty()) {
     // The config's sinks are the only ones rules may emit to.
     auto root = gnomon::LoadYamlFile(config);
@@ -60,6 +62,10 @@ int Test(const std::vector<std::string>& paths, const std::string& junit, const 
       for (const auto& s : sinks->items()) {
         options.sinks.push_back(s.GetString("name"));
       }
+    }
+    std::string base = std::filesystem::path(config).parent_path().string();
+    for (const auto& dir : root->GetStrings("rule_libs")) {
+      options.lib_dirs.push_back(gnomon::ResolvePath(base.empty() ? "." : base, dir));
     }
   }
   auto report = gnomon::rules::RunRuleTests(paths, options);
@@ -187,6 +193,8 @@ int main(int argc, char** argv) {
   test->add_option("--junit", junit, "Also write JUnit XML to this file");
   test->add_option("-c,--config", config, "Config whose sinks the rules may emit to");
   test->add_flag("-v,--verbose", verbose, "List passing tests too");
+  std::vector<std::string> libs;
+  test->add_option("--lib", libs, "A folder rules may require modules from (repeatable)");
 
   app.add_subcommand("version", "Print the version");
   auto* docs = app.add_subcommand("config-docs", "Print the configuration reference (Markdown)");
@@ -208,7 +216,7 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   if (app.got_subcommand("test")) {
-    return Test(test_paths, junit, config, verbose, registry);
+    return Test(test_paths, junit, config, libs, verbose, registry);
   }
   if (app.got_subcommand("check")) {
     return Check(config, registry);

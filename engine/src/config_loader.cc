@@ -115,11 +115,13 @@ Result<std::shared_ptr<const rules::RuleSet>> LoadRules(const AppConfig& app,
   for (const auto& s : app.sinks) {
     opts.sinks.push_back(s.name);
   }
+  opts.lib_dirs = app.rule_libs;
   GNOMON_ASSIGN_OR_RETURN(auto set, rules::RuleSet::Load(files, opts));
   // Rules ship with tests; a rule whose tests fail does not start.
   if (!files.empty()) {
     rules::TestOptions topts;
     topts.sinks = opts.sinks;
+    topts.lib_dirs = opts.lib_dirs;
     if (topts.sinks.empty()) {
       topts.sinks.push_back("");  // no sinks configured: emits are errors, not "any sink"
     }
@@ -148,6 +150,15 @@ std::string RuleFilesSignature(const AppConfig& app) {
     for (const auto& e : std::filesystem::directory_iterator(dir.empty() ? "." : dir, ec)) {
       if (e.path().string().ends_with(".test.lua")) {
         all.push_back(e.path().string());
+      }
+    }
+  }
+  for (const auto& dir : app.rule_libs) {
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().extension() == ".lua") {
+        all.push_back(it->path().string());
       }
     }
   }
@@ -241,6 +252,16 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     app.api_tokens = api->GetStrings("tokens");
   }
   app.watch_rules = app.root.GetBool("watch_rules", true);
+  for (const auto& dir : app.root.GetStrings("rule_libs")) {
+    std::string resolved = ResolvePath(app.base_dir, dir);
+    if (!std::filesystem::is_directory(resolved)) {
+      errors.Add(app.root.Get("rule_libs"), "rule_libs", resolved + ": no such folder");
+    }
+    app.rule_libs.push_back(std::move(resolved));
+  }
+  if (!errors.empty()) {
+    return errors.ToStatus();
+  }
 
   // Rules last: they need the sink names.
   app.rule_patterns = app.root.GetStrings("rules");

@@ -198,7 +198,7 @@ Result<std::shared_ptr<const RuleSet>> RuleSet::FromSources(
   std::shared_ptr<RuleSet> set(new RuleSet());
   set->options_ = std::move(options);
   JsonContext json;
-  GNOMON_ASSIGN_OR_RETURN(lua_State * L, NewSandboxState(&json));
+  GNOMON_ASSIGN_OR_RETURN(lua_State * L, NewSandboxState(&json, nullptr, set->options_.lib_dirs));
   std::vector<std::string> errors;
   std::map<std::string, std::string> names;  // name → file
   for (const auto& [file, text] : files) {
@@ -275,7 +275,8 @@ Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>&
     if (rc == 0) {
       for (size_t i = 0; i < g.gl_pathc; ++i) {
         std::string_view f = g.gl_pathv[i];
-        if (!f.ends_with(".test.lua")) {  // test files sit beside rules; `gnomon test` reads them
+        // Test files and editor annotations sit beside rules; neither is a rule.
+        if (!f.ends_with(".test.lua") && !f.ends_with(".d.lua")) {
           out.emplace_back(f);
         }
       }

@@ -342,7 +342,8 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   }
   s->sink_names = sinks;
   s->any_sink = rt->set_->options().any_sink;
-  GNOMON_ASSIGN_OR_RETURN(s->L, NewSandboxState(&s->json, &s->memory));
+  GNOMON_ASSIGN_OR_RETURN(s->L,
+                          NewSandboxState(&s->json, &s->memory, rt->set_->options().lib_dirs));
   lua_State* L = s->L;
   lua_sethook(L, CountHook, LUA_MASKCOUNT, kHookInterval);
 

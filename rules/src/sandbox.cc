@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <regex>
+#include <sstream>
 
 #include "gnomon/core/topic.h"
 
@@ -16,6 +18,8 @@ namespace {
 char kMakeEnvKey;
 char kRuleLineKey;
 char kStop;
+char kModulesKey;  // registry: name → module value (or kLoading while it loads)
+char kLoading;
 
 // Installed before any rule runs, with the full standard library still reachable; it returns
 // make_env(), which builds one rule's environment from copies of the safe parts.
@@ -60,6 +64,7 @@ return function()
   env.os = { time = os.time, clock = os.clock, date = os.date }
   env.json = copy(json)
   env.rule = rule
+  env.require = C.require
   env._G = env
   return env
 end
@@ -87,6 +92,70 @@ int TopicLevelFn(lua_State* L) {
   const void* end = std::memchr(s + start, '/', len - start);
   size_t stop = end == nullptr ? len : static_cast<const char*>(end) - s;
   lua_pushlstring(L, s + start, stop - start);
+  return 1;
+}
+
+// require(name): a module from the rule library folders, loaded once per state in its own
+// sandboxed environment, interpreted (so the callers' instruction budget holds inside it).
+int RequireFn(lua_State* L) {
+  size_t len = 0;
+  const char* name = luaL_checklstring(L, 1, &len);
+  std::string mod(name, len);
+  static const std::regex kName("^[A-Za-z0-9_]+(\\.[A-Za-z0-9_]+)*$");
+  if (!std::regex_match(mod, kName)) {
+    return luaL_error(L, "require: invalid module name '%s' (use [A-Za-z0-9_] and dots)", name);
+  }
+  lua_pushlightuserdata(L, &kModulesKey);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  int cache = lua_gettop(L);
+  lua_getfield(L, cache, name);
+  if (lua_touserdata(L, -1) == &kLoading) {
+    return luaL_error(L, "require: circular require of '%s'", name);
+  }
+  if (!lua_isnil(L, -1)) {
+    return 1;
+  }
+  lua_pop(L, 1);
+  std::string rel = mod;
+  std::replace(rel.begin(), rel.end(), '.', '/');
+  rel += ".lua";
+  std::string found, text, tried;
+  size_t ndirs = lua_objlen(L, lua_upvalueindex(1));
+  for (size_t i = 1; i <= ndirs && found.empty(); ++i) {
+    lua_rawgeti(L, lua_upvalueindex(1), static_cast<int>(i));
+    std::string path = std::string(lua_tostring(L, -1)) + "/" + rel;
+    lua_pop(L, 1);
+    tried += (tried.empty() ? "" : ", ") + path;
+    std::ifstream in(path, std::ios::binary);
+    if (in) {
+      std::stringstream ss;
+      ss << in.rdbuf();
+      text = ss.str();
+      found = path;
+    }
+  }
+  if (found.empty()) {
+    return luaL_error(L, "require: module '%s' not found (tried: %s)", name,
+                      tried.empty() ? "no rule library folders configured (rule_libs)" : tried.c_str());
+  }
+  std::string chunkname = "@" + found;
+  if (luaL_loadbufferx(L, text.data(), text.size(), chunkname.c_str(), "t") != 0) {
+    return lua_error(L);
+  }
+  luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
+  lua_pushlightuserdata(L, &kMakeEnvKey);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_call(L, 0, 1);
+  lua_setfenv(L, -2);
+  lua_pushlightuserdata(L, &kLoading);
+  lua_setfield(L, cache, name);
+  lua_call(L, 0, 1);  // errors propagate to the rule, with the module's file and line
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, cache, name);
   return 1;
 }
 
@@ -136,7 +205,8 @@ void* BudgetAlloc(void* ud, void* ptr, size_t osize, size_t nsize) {
 
 void* StopSentinel() { return &kStop; }
 
-Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory) {
+Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory,
+                                   const std::vector<std::string>& lib_dirs) {
   lua_State* L = memory != nullptr ? lua_newstate(BudgetAlloc, memory) : luaL_newstate();
   if (L == nullptr) {
     return ResourceExhausted("cannot create a Lua state");
@@ -152,6 +222,16 @@ Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory) {
   lua_setfield(L, -2, "json");
   lua_pushlightuserdata(L, &kStop);
   lua_setfield(L, -2, "stop");
+  lua_createtable(L, static_cast<int>(lib_dirs.size()), 0);
+  for (size_t i = 0; i < lib_dirs.size(); ++i) {
+    lua_pushlstring(L, lib_dirs[i].data(), lib_dirs[i].size());
+    lua_rawseti(L, -2, static_cast<int>(i + 1));
+  }
+  lua_pushcclosure(L, RequireFn, 1);
+  lua_setfield(L, -2, "require");
+  lua_pushlightuserdata(L, &kModulesKey);
+  lua_newtable(L);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   if (luaL_loadbuffer(L, kBootstrap, std::strlen(kBootstrap), "=gnomon_bootstrap") != 0) {
     std::string err = lua_tostring(L, -1);
     lua_close(L);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "gnomon/core/status.h"
 #include "lua_json.h"
@@ -26,7 +27,9 @@ struct MemoryBudget {
 
 // A new state with the sandbox set up. The caller owns it (lua_close). With `memory`, the
 // state allocates through it (it must outlive the state).
-Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory = nullptr);
+// `lib_dirs` are the folders `require` loads modules from (none: require fails).
+Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory = nullptr,
+                                   const std::vector<std::string>& lib_dirs = {});
 
 // Compiles and runs the rule file `text` in a fresh environment and pushes the table it
 // returned from `rule { ... }`. Errors carry file and line. The hidden field read by

@@ -462,6 +462,7 @@ Result<TestReport> RunRuleTests(const std::vector<std::string>& paths, const Tes
   RuleSetOptions opts;
   opts.sinks = options.sinks;
   opts.any_sink = options.sinks.empty();
+  opts.lib_dirs = options.lib_dirs;
   std::map<std::string, Rule> rules;  // by name
   std::vector<std::string> order;
   std::string errors;

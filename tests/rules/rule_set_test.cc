@@ -85,10 +85,25 @@ TEST(RuleSetTest, ExpandsGlobsSorted) {
   dir.Write("rules/a.lua", "");
   dir.Write("rules/c.txt", "");
   dir.Write("rules/a.test.lua", "");  // tests beside rules are not rules
+  dir.Write("rules/gnomon.d.lua", "");  // nor are editor annotations
   auto files = ExpandRulePaths({"rules/*.lua"}, dir.path());
   ASSERT_TRUE(files.ok());
   EXPECT_EQ(*files, (std::vector<std::string>{dir.File("rules/a.lua"), dir.File("rules/b.lua")}));
   EXPECT_FALSE(ExpandRulePaths({"rules/missing.lua"}, dir.path()).ok());
+}
+
+// The editor annotations must keep up with the API.
+TEST(RuleSetTest, EditorAnnotationsCoverTheApi) {
+  std::string d = testing::ReadFile(std::string(GNOMON_SOURCE_DIR) + "/rules/gnomon.d.lua");
+  for (const char* item :
+       {"function Context.emit", "function Context.publish", "function Context.drop",
+        "function Context.fail", "function Context.now", "---@field log gnomon.Log",
+        "---@field payload_error", "---@field headers", "function json.encode",
+        "function json.decode", "function json.array", "function json.totable",
+        "function json.pairs", "---@field null", "---@field limits?", "---@field quarantine?",
+        "---@field jit?", "---@field tests?", "---@field on_error?", "function rule("}) {
+    EXPECT_NE(d.find(item), std::string::npos) << item;
+  }
 }
 
 }  // namespace

@@ -224,7 +224,7 @@ TEST_F(RuntimeTest, PayloadViewDiesWhenCallReturns) {
 TEST_F(RuntimeTest, SandboxHidesDangerousLibraries) {
   EXPECT_EQ(Eval("{ io == nil, os.execute == nil, os.exit == nil, os.remove == nil, "
                  "loadfile == nil, dofile == nil, load == nil, loadstring == nil, "
-                 "require == nil, debug == nil, ffi == nil, package == nil, "
+                 "require ~= nil, debug == nil, ffi == nil, package == nil, "
                  "string.dump == nil, getfenv == nil, setfenv == nil }"),
             "[true,true,true,true,true,true,true,true,true,true,true,true,true,true,true]");
   EXPECT_EQ(Eval("getmetatable('') == false"), "true");
@@ -338,6 +338,59 @@ TEST_F(LimitsTest, InstructionLimitIsConfigurableAndJitRulesAreNotCounted) {
   CallResult r = Run(2);
   EXPECT_EQ(r.outcome, Outcome::kOk) << r.reason;
   EXPECT_EQ(r.effects[0].payload, "4500001500000");
+}
+
+}  // namespace
+}  // namespace gnomon::rules
+
+#include "tests/support/test_support.h"
+
+namespace gnomon::rules {
+namespace {
+
+TEST(RequireTest, LoadsModulesFromLibraryFoldersOnly) {
+  testing::TempDir lib;
+  lib.Write("util.lua", "local M = {} function M.double(x) return x * 2 end counter = 1 return M");
+  lib.Write("sub/mod.lua", "return { name = 'sub.mod', util = require('util') }");
+  lib.Write("loop.lua", "return function() while true do end end");
+  lib.Write("a.lua", "return require('b')");
+  lib.Write("b.lua", "return require('a')");
+  RuleSetOptions opts{{"out"}};
+  opts.lib_dirs = {lib.path()};
+  auto body = [](const std::string& b) {
+    return "return rule { name = 'r', from = 'x/#', handle = function(msg, ctx) " + b + " end }";
+  };
+  FixedClock clock(0);
+  std::string payload = "{}";
+  MessageView m{"x/1", "d", &payload, "s", nullptr, 0};
+  auto run = [&](const std::string& b) {
+    auto set = RuleSet::FromSources({{"r.lua", body(b)}}, opts);
+    EXPECT_TRUE(set.ok()) << set.status().message();
+    auto rt = RuleRuntime::Create(*set, clock);
+    EXPECT_TRUE(rt.ok());
+    CallResult r;
+    (*rt)->Run(0, m, r);
+    return r;
+  };
+  CallResult r = run("local u = require('util') ctx.emit('out', { u.double(21), counter == nil, "
+                     "require('sub.mod').name, require('sub.mod').util == u })");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.effects[0].payload, R"([42,true,"sub.mod",true])");  // module globals stay its own
+
+  r = run("require('nope')");
+  EXPECT_NE(r.reason.find("module 'nope' not found (tried: " + lib.path() + "/nope.lua)"),
+            std::string::npos)
+      << r.reason;
+  r = run("require('../etc/passwd')");
+  EXPECT_NE(r.reason.find("invalid module name"), std::string::npos) << r.reason;
+  r = run("require('a')");
+  EXPECT_NE(r.reason.find("circular require"), std::string::npos) << r.reason;
+  r = run("require('loop')()");  // a module's code counts against the rule's budget
+  EXPECT_NE(r.reason.find("instruction limit"), std::string::npos) << r.reason;
+
+  opts.lib_dirs.clear();
+  r = run("require('util')");
+  EXPECT_NE(r.reason.find("no rule library folders configured"), std::string::npos) << r.reason;
 }
 
 }  // namespace

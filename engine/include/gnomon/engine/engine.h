@@ -42,6 +42,7 @@ struct AppConfig {
   std::string metrics_listen;
   std::vector<std::string> rule_patterns;  // `rules:` as written
   std::vector<std::string> rule_files;     // what they matched at load
+  std::vector<std::string> rule_libs;      // folders for `require`, resolved
   std::shared_ptr<const rules::RuleSet> rules;
   std::string api_listen;
   std::vector<std::string> api_tokens;

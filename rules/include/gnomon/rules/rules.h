@@ -43,6 +43,8 @@ struct RuleSetOptions {
   std::vector<std::string> sinks;
   // Accept any sink name (rule tests without a config); new names get the next indexes.
   bool any_sink = false;
+  // Folders `require` loads modules from (`rule_libs` in the config).
+  std::vector<std::string> lib_dirs;
 };
 
 // A validated set of rules and the topic index over their `from` filters. Shared read-only

@@ -33,6 +33,8 @@ struct TestReport {
 struct TestOptions {
   // Sinks rules may emit to; empty: any name (no config given).
   std::vector<std::string> sinks;
+  // Folders `require` loads modules from.
+  std::vector<std::string> lib_dirs;
 };
 
 // Loads `paths` (rule files, or directories whose *.lua files are rules) and runs every test.

@@ -1,0 +1,142 @@
+---@meta
+-- LuaLS (lua-language-server) annotations for gnomon rules. Point your editor at this file
+-- (in .luarc.json: { "workspace.library": ["path/to/gnomon/rules/gnomon.d.lua"] }) to get
+-- completion and type checks for `rule { ... }`, `msg`, `ctx` and `json`.
+
+---A read-only, lazy view of a JSON object or array (the payload or a part of it). Index it
+---like a table: `v.field`, `v[1]`, `#v`. Valid only during the `handle` call.
+---@class gnomon.JsonView
+---@field [string] any
+---@field [integer] any
+
+---@alias gnomon.JsonValue string|number|boolean|gnomon.JsonNull|gnomon.JsonView|table|nil
+
+---@class gnomon.JsonNull
+
+---@class gnomon.Message
+---@field topic string The topic; `msg.topic[i]` is level i (1-based), nil when absent.
+---@field device string The device id found by the source.
+---@field payload gnomon.JsonValue Lazy view of the JSON payload; nil when it is not JSON.
+---@field payload_error string|nil Why `payload` is nil (invalid JSON, empty payload, ...).
+---@field raw string The payload bytes.
+---@field ts number Ingest time (or the recording's ts), epoch ms.
+---@field headers table<string, string> MQTT 5 user properties / recording headers.
+---@field source string The source's name.
+
+---@class gnomon.EmitOptions
+---@field key? string Record key (default: the device id).
+---@field topic? string Topic override (MQTT sinks).
+---@field headers? table<string, string>
+
+---@class gnomon.PublishOptions
+---@field qos? 0|1
+---@field retain? boolean
+
+---@class gnomon.Log
+---@field debug fun(...: any)
+---@field info fun(...: any)
+---@field warn fun(...: any)
+---@field error fun(...: any)
+
+---@class gnomon.Context
+---@field log gnomon.Log Structured log lines carrying the rule and device.
+local Context = {}
+
+---Send a record to a sink from the config. Tables are JSON-encoded; strings go as raw bytes.
+---Buffered: committed only if `handle` returns normally.
+---@param sink string
+---@param record table|string|gnomon.JsonView
+---@param options? gnomon.EmitOptions
+function Context.emit(sink, record, options) end
+
+---Publish to devices over MQTT (the `publish.sink`). Buffered like `emit`.
+---@param topic string A topic without wildcards.
+---@param payload table|string|gnomon.JsonView
+---@param options? gnomon.PublishOptions
+function Context.publish(topic, payload, options) end
+
+---Stop here: nothing this call did is committed; counted as `filtered`.
+---@param reason? string
+function Context.drop(reason) end
+
+---This message failed: nothing is committed; the rule's `on_error` applies.
+---@param reason? string
+function Context.fail(reason) end
+
+---Current time, epoch ms (fixed by `now` in tests).
+---@return number
+function Context.now() end
+
+---@class gnomon.TestInput
+---@field topic string
+---@field payload? any
+---@field raw? string
+---@field device? string Default: the topic's second level.
+---@field headers? table<string, string>
+---@field ts? number
+
+---@class gnomon.TestExpect
+---@field emit? table<string, table[]> Records by sink, in order (each a subset of the actual).
+---@field publish? table<string, table[]> Payloads by topic, in order.
+---@field drop? boolean
+---@field fail? string A substring of the error.
+
+---@class gnomon.Test
+---@field name string
+---@field input gnomon.TestInput|gnomon.TestInput[]
+---@field now? number
+---@field expect gnomon.TestExpect
+
+---@class gnomon.Limits
+---@field instructions? number Lua VM instructions per call (default 1000000; not with jit = true).
+---@field memory_mb? number Lua heap growth per call (default 32).
+
+---@class gnomon.Quarantine
+---@field failures? number Failures allowed in the window (default 100).
+---@field window_s? number The window (default 60).
+
+---@class gnomon.Rule
+---@field name string Unique, [a-z0-9_-]+.
+---@field description? string
+---@field from string|string[] MQTT topic filters (+ and #).
+---@field on_error? "dead_letter"|"drop"|"retry"
+---@field max_attempts? integer With on_error = "retry" (default 3).
+---@field limits? gnomon.Limits
+---@field jit? boolean Compile with LuaJIT; the instruction limit no longer applies.
+---@field quarantine? gnomon.Quarantine
+---@field handle fun(msg: gnomon.Message, ctx: gnomon.Context)
+---@field tests? gnomon.Test[]
+
+---Declares a rule. A rule file returns `rule { ... }`.
+---@param definition gnomon.Rule
+---@return gnomon.Rule
+function rule(definition) end
+
+---@class gnomon.Json
+---@field null gnomon.JsonNull JSON null (distinct from nil).
+json = {}
+
+---@param value any
+---@return string
+function json.encode(value) end
+
+---@param text string
+---@return any
+function json.decode(text) end
+
+---Marks a table as an array, so `{}` encodes as `[]`.
+---@param t? table
+---@return table
+function json.array(t) end
+
+---Deep copy of a view into tables (views die when `handle` returns).
+---@param v any
+---@return any
+function json.totable(v) end
+
+---Iterates a view (object fields or array items) or a table.
+---@param v gnomon.JsonView|table
+---@return fun(t: table, k: any): any, any
+---@return table
+---@return nil
+function json.pairs(v) end
