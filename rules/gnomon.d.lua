@@ -90,6 +90,7 @@ function Context.now() end
 ---@class gnomon.Limits
 ---@field instructions? number Lua VM instructions per call (default 1000000; not with jit = true).
 ---@field memory_mb? number Lua heap growth per call (default 32).
+---@field wall_ms? number Wall-clock time per call (default 5000); enforced by the watchdog.
 
 ---@class gnomon.Quarantine
 ---@field failures? number Failures allowed in the window (default 100).

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -104,6 +105,10 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
     std::unique_ptr<rules::RuleRuntime> runtime;
     Gauge* depth = nullptr;
     std::atomic<bool> exited{false};
+    // For the watchdog: the call in progress (0: none) and its rule.
+    std::atomic<int64_t> call_started_ns{0};
+    std::atomic<const rules::RuleInfo*> call_rule{nullptr};
+    std::mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
     std::jthread thread;
   };
 
@@ -123,6 +128,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   std::vector<HttpRoute> OpsRoutes();
   std::vector<HttpRoute> ApiRoutes();
   void WatchRules(std::stop_token st);
+  void Watchdog(std::stop_token st);
 
   AppConfig config_;
   const Registry& registry_;
@@ -150,6 +156,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   Counter* reloads_failed_ = nullptr;
   Histogram* switch_seconds_ = nullptr;  // a worker's pause to load a new rule version
   std::jthread watcher_;
+  std::jthread watchdog_;
 
   Counter* in_;
   Counter* done_;
@@ -305,6 +312,7 @@ Status Engine::Impl::Start() {
   for (size_t i = 0; i < workers_.size(); ++i) {
     workers_[i]->thread = std::jthread([this, i] { RunWorker(i); });
   }
+  watchdog_ = std::jthread([this](std::stop_token st) { Watchdog(st); });
   accepting_ = true;
   started_ = true;
   for (size_t i = 0; i < sources_.size(); ++i) {
@@ -392,6 +400,10 @@ void Engine::Impl::Stop() {
     if (w->thread.joinable()) {
       w->thread.join();
     }
+  }
+  if (watchdog_.joinable()) {
+    watchdog_.request_stop();
+    watchdog_.join();
   }
   stop_sinks();
   dead_letter_sink_->sink->Stop(std::max(deadline, std::chrono::steady_clock::now() +
@@ -521,6 +533,7 @@ void Engine::Impl::RunWorker(size_t index) {
         switch_seconds_->Observe(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         if (rt.ok()) {
+          std::lock_guard lock(w.runtime_mu);
           w.runtime = std::move(rt).value();
           w.loaded = std::move(cur);
         } else {
@@ -564,7 +577,10 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     while (true) {
       ++attempts;
       auto t0 = std::chrono::steady_clock::now();
+      w.call_rule.store(&rule, std::memory_order_relaxed);
+      w.call_started_ns.store(t0.time_since_epoch().count(), std::memory_order_release);
       w.runtime->Run(idx, view, result);
+      w.call_started_ns.store(0, std::memory_order_release);
       rm.duration->Observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       if (result.outcome != rules::Outcome::kFailed || rule.on_error != rules::OnError::kRetry ||
@@ -807,6 +823,48 @@ Status Engine::Impl::ReloadRules(std::string_view why) {
                                                std::chrono::steady_clock::now() - t0)
                                                .count())}});
   return {};
+}
+
+// A rule call over its `limits.wall_ms` is interrupted (it fails with a wall-clock error at its
+// next interpreted instruction). A call still running at three times the limit is stuck in
+// LuaJIT-compiled code (jit = true), where nothing can interrupt it: its worker and every
+// device on it would stall and back-pressure would stop the sources, so gnomon exits (code 70)
+// for its supervisor to restart it, and says why.
+void Engine::Impl::Watchdog(std::stop_token st) {
+  pthread_setname_np(pthread_self(), "gnomon-watchdog");
+  std::vector<int64_t> interrupted(workers_.size(), 0);  // the call_started_ns we interrupted
+  while (!st.stop_requested()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
+    for (size_t i = 0; i < workers_.size(); ++i) {
+      Worker& w = *workers_[i];
+      int64_t started = w.call_started_ns.load(std::memory_order_acquire);
+      const rules::RuleInfo* rule = w.call_rule.load(std::memory_order_relaxed);
+      if (started == 0 || rule == nullptr) {
+        continue;
+      }
+      int64_t wall_ns = rule->wall_ms * 1000000;
+      int64_t elapsed = now - started;
+      if (elapsed > wall_ns && interrupted[i] != started) {
+        interrupted[i] = started;
+        std::lock_guard lock(w.runtime_mu);
+        if (w.call_started_ns.load() == started) {
+          w.runtime->Interrupt(w.runtime->call_seq());
+          log::Warn("rule call over its wall-clock limit; interrupting",
+                    {{"rule", rule->name}, {"worker", std::to_string(i)},
+                     {"wall_ms", std::to_string(rule->wall_ms)}});
+        }
+      } else if (elapsed > 3 * wall_ns && interrupted[i] == started &&
+                 w.call_started_ns.load() == started) {
+        log::Error("a rule is stuck in compiled code and cannot be interrupted; exiting so a "
+                   "supervisor restarts gnomon (mark the rule jit = false to keep it under the "
+                   "instruction limit)",
+                   {{"rule", rule->name}, {"worker", std::to_string(i)},
+                    {"stuck_ms", std::to_string(elapsed / 1000000)}});
+        std::_Exit(70);
+      }
+    }
+  }
 }
 
 void Engine::Impl::WatchRules(std::stop_token st) {

@@ -139,12 +139,16 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
       lua_pushnil(L);
       while (lua_next(L, -2) != 0) {
         std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-        if (k != "instructions" && k != "memory_mb") {
-          fail(fmt::format("rule.limits: unknown field '{}' (known: instructions, memory_mb)", k));
+        if (k != "instructions" && k != "memory_mb" && k != "wall_ms") {
+          fail(fmt::format("rule.limits: unknown field '{}' (known: instructions, memory_mb, "
+                           "wall_ms)",
+                           k));
         } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1) {
           fail(fmt::format("rule.limits.{}: must be a positive number", k));
         } else if (k == "instructions") {
           info.max_instructions = static_cast<int64_t>(lua_tonumber(L, -1));
+        } else if (k == "wall_ms") {
+          info.wall_ms = static_cast<int64_t>(lua_tonumber(L, -1));
         } else {
           info.memory_mb = static_cast<int64_t>(lua_tonumber(L, -1));
         }

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <unordered_map>
 
@@ -27,6 +28,9 @@ struct RuleRuntime::State {
   JsonContext json;
   MemoryBudget memory;
   int64_t ticks_left = INT64_MAX;  // hook intervals the current call may still run
+  std::atomic<uint64_t> call_seq{0};
+  std::atomic<uint64_t> interrupt_seq{0};  // the watchdog asked this call to stop
+  std::atomic<bool> hook_dirty{false};     // Interrupt() changed the hook; restore it
   const Clock* clock = nullptr;
   std::unordered_map<std::string, uint32_t> sink_index;
   std::vector<std::string> sink_names;
@@ -193,13 +197,22 @@ thread_local State* t_current = nullptr;
 // Instruction budget: fires every kHookInterval VM instructions of interpreted code.
 void CountHook(lua_State* L, lua_Debug*) {
   State* s = t_current;
-  if (s == nullptr || s->result == nullptr || --s->ticks_left >= 0) {
+  if (s == nullptr || s->result == nullptr) {
+    return;
+  }
+  bool interrupted = s->interrupt_seq.load(std::memory_order_acquire) ==
+                     s->call_seq.load(std::memory_order_relaxed);
+  if (!interrupted && --s->ticks_left >= 0) {
     return;
   }
   if (s->stop == Stop::kNone) {
     s->stop = Stop::kFail;
-    s->stop_reason = fmt::format("instruction limit of {} exceeded (rule.limits.instructions)",
-                                 s->rule->max_instructions);
+    s->stop_reason =
+        interrupted
+            ? fmt::format("wall-clock limit of {} ms exceeded (rule.limits.wall_ms)",
+                          s->rule->wall_ms)
+            : fmt::format("instruction limit of {} exceeded (rule.limits.instructions)",
+                          s->rule->max_instructions);
   }
   lua_pushlightuserdata(L, StopSentinel());
   lua_error(L);
@@ -391,6 +404,20 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
 
 RuleRuntime::~RuleRuntime() = default;
 
+void RuleRuntime::Interrupt(uint64_t call) {
+  State* s = state_.get();
+  if (s->call_seq.load(std::memory_order_acquire) != call) {
+    return;  // that call is over
+  }
+  s->interrupt_seq.store(call, std::memory_order_release);
+  s->hook_dirty.store(true);
+  // lua_sethook may be called asynchronously (it is how Lua interrupts from signal handlers):
+  // a hook on every instruction makes the interpreter check at once.
+  lua_sethook(s->L, CountHook, LUA_MASKCOUNT, 1);
+}
+
+uint64_t RuleRuntime::call_seq() const { return state_->call_seq.load(std::memory_order_acquire); }
+
 const std::string& RuleRuntime::sink_name(uint32_t index) const {
   return state_->sink_names.at(index);
 }
@@ -429,6 +456,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   s->ticks_left = rule.jit ? INT64_MAX : std::max<int64_t>(1, rule.max_instructions / kHookInterval);
   s->memory.refused = false;
   s->memory.limit = s->memory.live + (static_cast<size_t>(rule.memory_mb) << 20);
+  s->call_seq.fetch_add(1, std::memory_order_release);
   t_current = s;
 
   int top = lua_gettop(L);
@@ -456,6 +484,9 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   int rc = lua_pcall(L, 2, 0, errfunc);
   s->memory.limit = SIZE_MAX;
   t_current = nullptr;
+  if (s->hook_dirty.exchange(false)) {
+    lua_sethook(L, CountHook, LUA_MASKCOUNT, kHookInterval);  // undo Interrupt's hook
+  }
   if (s->memory.refused && s->stop != Stop::kDrop) {
     out.outcome = Outcome::kFailed;
     out.reason = fmt::format("memory limit of {} MB exceeded (rule.limits.memory_mb)",

@@ -142,6 +142,34 @@ TEST(CliTest, RulesApiReloadsOnRequestSignalAndFileChange) {
   EXPECT_EQ(p.Wait(), 0) << p.Stderr();
 }
 
+TEST(CliTest, WatchdogInterruptsSlowRulesAndExitsOnAStuckJitRule) {
+  TempDir dir;
+  dir.Write("g.yaml", "data_dir: data\nrules: [r.lua]\n");
+  dir.Write("in.jsonl", "{\"topic\":\"a/b\",\"payload\":{}}\n");
+  // Interpreted, with a huge instruction budget: the wall-clock limit interrupts it.
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/+', "
+                     "limits = { instructions = 1e15, wall_ms = 100 }, "
+                     "handle = function(msg, ctx) while true do end end }");
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            0)
+      << err;
+  EXPECT_NE(testing::ReadFile(dir.File("data/dead-letter.jsonl")).find("wall-clock limit of 100 ms"),
+            std::string::npos);
+  // Compiled (jit = true): nothing can interrupt a compiled endless loop; gnomon exits 70.
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/+', jit = true, "
+                     "limits = { wall_ms = 100 }, "
+                     "handle = function(msg, ctx) local n = 0 while true do n = n + 1 end end }");
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            70)
+      << err;
+  EXPECT_NE(err.find("stuck in compiled code"), std::string::npos) << err;
+}
+
 TEST(CliTest, ConfigurationDocsAreCurrent) {
   std::string out;
   ASSERT_EQ(RunCommand({GNOMON_BINARY, "config-docs"}, &out), 0);

@@ -395,3 +395,44 @@ TEST(RequireTest, LoadsModulesFromLibraryFoldersOnly) {
 
 }  // namespace
 }  // namespace gnomon::rules
+
+#include <thread>
+
+namespace gnomon::rules {
+namespace {
+
+TEST(InterruptTest, WatchdogInterruptStopsAnInterpretedCall) {
+  auto set = RuleSet::FromSources(
+      {{"r.lua", "return rule { name = 'r', from = 'x/#', limits = { instructions = 1e15 }, "
+                 "handle = function(msg, ctx) while msg.payload.loop do end ctx.emit('out', 1) end }"}},
+      RuleSetOptions{{"out"}});
+  ASSERT_TRUE(set.ok());
+  FixedClock clock(0);
+  auto rt = RuleRuntime::Create(*set, clock);
+  ASSERT_TRUE(rt.ok());
+  std::string payload = "{\"loop\":true}";
+  MessageView m{"x/1", "d", &payload, "s", nullptr, 0};
+  RuleRuntime* runtime = rt->get();
+  std::jthread watchdog([runtime] {
+    // Interrupt whatever call is running once it has started.
+    for (int i = 0; i < 200 && runtime->call_seq() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    runtime->Interrupt(runtime->call_seq());
+  });
+  CallResult r;
+  runtime->Run(0, m, r);
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("wall-clock limit of 5000 ms exceeded"), std::string::npos) << r.reason;
+  watchdog.join();
+  // A stale interrupt (for the finished call) does not hit the next call.
+  runtime->Interrupt(runtime->call_seq() - 1);
+  payload = "{}";
+  CallResult r2;
+  runtime->Run(0, m, r2);
+  EXPECT_EQ(r2.outcome, Outcome::kOk) << r2.reason;
+}
+
+}  // namespace
+}  // namespace gnomon::rules

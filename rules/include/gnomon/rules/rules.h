@@ -29,6 +29,8 @@ struct RuleInfo {
   // holds; with jit = true it is compiled and only the memory cap applies.
   int64_t max_instructions = 1000000;
   int64_t memory_mb = 32;
+  // Wall-clock limit per call, enforced by the engine's watchdog (see RuleRuntime::Interrupt).
+  int64_t wall_ms = 5000;
   bool jit = false;
   // More than `quarantine_failures` failures within `quarantine_window_s` stop the rule until
   // the next successful reload.
@@ -121,6 +123,13 @@ class RuleRuntime {
   // Runs rule `index` of the set on `msg`. `out` is reset first. Never throws; a Lua error is
   // kFailed with the reason.
   void Run(uint32_t index, const MessageView& msg, CallResult& out);
+
+  // Asks the call numbered `call` (see call_seq()) to stop with a wall-clock limit error. Safe
+  // from another thread (the watchdog). Takes effect at the call's next interpreted
+  // instruction; code running inside a LuaJIT-compiled trace (jit = true) does not see it.
+  void Interrupt(uint64_t call);
+  // The number of the call in progress or last made; bumped at the start of every Run().
+  uint64_t call_seq() const;
 
   // The sink name behind Effect::sink (includes names added under `any_sink`).
   const std::string& sink_name(uint32_t index) const;
