@@ -259,6 +259,11 @@ Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& t
   if (luaL_loadbufferx(L, text.data(), text.size(), chunkname.c_str(), "t") != 0) {
     std::string err = lua_tostring(L, -1);
     lua_settop(L, top);
+    if (!err.starts_with(file)) {
+      err = file + ": " + (err.find("wrong mode") != std::string::npos
+                               ? "binary (bytecode) chunks are not allowed; load the source"
+                               : err);
+    }
     return InvalidArgument(err);
   }
   if (interpreted) {

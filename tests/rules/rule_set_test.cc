@@ -79,6 +79,14 @@ TEST(RuleSetTest, SandboxAppliesWhileLoading) {
   EXPECT_NE(st.message().find("rules/r.lua:1:"), std::string::npos) << st.message();
 }
 
+TEST(RuleSetTest, BytecodeIsRefused) {
+  Status st = LoadOne(std::string("\x1bLJ\x02\x00garbage", 11));
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("rules/r.lua: binary (bytecode) chunks are not allowed"),
+            std::string::npos)
+      << st.message();
+}
+
 TEST(RuleSetTest, ExpandsGlobsSorted) {
   testing::TempDir dir;
   dir.Write("rules/b.lua", "");
