@@ -67,35 +67,25 @@ void CheckEntries(const ConfigValue* list, const char* section, bool is_source,
       errors.Add(&item, path, "needs `connection` (a name from `connections`) or `type`");
       continue;
     }
-    std::string_view schema;
-    if (is_source) {
-      SourceFactory* f = registry.source(e.type);
-      if (f == nullptr) {
+    // Sources and sinks differ only in the registry map they look in.
+    auto check = [&](auto* factory, const auto& known_map, const char* kind) {
+      if (factory == nullptr) {
         std::vector<std::string> known;
-        for (const auto& [k, v] : registry.sources()) {
-          known.push_back(k);
+        for (const auto& kv : known_map) {
+          known.push_back(kv.first);
         }
-        errors.Add(&item, path, fmt::format("unknown source type '{}' (known: {})", e.type,
+        errors.Add(&item, path, fmt::format("unknown {} type '{}' (known: {})", kind, e.type,
                                             fmt::join(known, ", ")));
-        continue;
+        return false;
       }
-      schema = SchemaText(f->schema());
-      ValidateConfig(item, schema, path, errors);
-      f->Check(item, path, errors);
-    } else {
-      SinkFactory* f = registry.sink(e.type);
-      if (f == nullptr) {
-        std::vector<std::string> known;
-        for (const auto& [k, v] : registry.sinks()) {
-          known.push_back(k);
-        }
-        errors.Add(&item, path, fmt::format("unknown sink type '{}' (known: {})", e.type,
-                                            fmt::join(known, ", ")));
-        continue;
-      }
-      schema = SchemaText(f->schema());
-      ValidateConfig(item, schema, path, errors);
-      f->Check(item, path, errors);
+      ValidateConfig(item, SchemaText(factory->schema()), path, errors);
+      factory->Check(item, path, errors);
+      return true;
+    };
+    bool known = is_source ? check(registry.source(e.type), registry.sources(), "source")
+                           : check(registry.sink(e.type), registry.sinks(), "sink");
+    if (!known) {
+      continue;
     }
     e.config = &item;
     out.push_back(std::move(e));

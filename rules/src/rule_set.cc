@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -38,12 +39,39 @@ std::string ContentHash(std::string_view text) {
   return fmt::format("{:016x}", h);
 }
 
+// Reads `rule.<field>`, a table of positive numbers with the given keys, calling `set` for each.
+template <typename Set>
+void ReadNumberTable(lua_State* L, int t, const char* field, std::vector<std::string> keys,
+                     const std::function<void(const std::string&)>& fail, Set set) {
+  lua_getfield(L, t, field);
+  if (!lua_isnil(L, -1)) {
+    std::string known = fmt::format("{}", fmt::join(keys, ", "));
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      fail(fmt::format("rule.{}: must be a table of {}", field, known));
+    } else {
+      lua_pushnil(L);
+      while (lua_next(L, -2) != 0) {
+        std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+        if (std::find(keys.begin(), keys.end(), k) == keys.end()) {
+          fail(fmt::format("rule.{}: unknown field '{}' (known: {})", field, k, known));
+        } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1) {
+          fail(fmt::format("rule.{}.{}: must be a positive number", field, k));
+        } else {
+          set(k, static_cast<int64_t>(lua_tonumber(L, -1)));
+        }
+        lua_pop(L, 1);
+      }
+    }
+  }
+  lua_pop(L, 1);
+}
+
 // Reads the rule table at the top of the stack into `info`; adds problems to `errors`.
 void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
                    std::vector<std::string>& errors) {
   int t = lua_gettop(L);
   info.line = RuleTableLine(L, t);
-  auto fail = [&](const std::string& what) {
+  std::function<void(const std::string&)> fail = [&](const std::string& what) {
     errors.push_back(fmt::format("{}:{}: {}", file, info.line, what));
   };
   static const std::set<std::string> kKnown = {"name",   "description", "from",  "on_error",
@@ -131,55 +159,16 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   }
   lua_pop(L, 1);
 
-  lua_getfield(L, t, "limits");
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TTABLE) {
-      fail("rule.limits: must be a table { instructions = N, memory_mb = N }");
-    } else {
-      lua_pushnil(L);
-      while (lua_next(L, -2) != 0) {
-        std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-        if (k != "instructions" && k != "memory_mb" && k != "wall_ms") {
-          fail(fmt::format("rule.limits: unknown field '{}' (known: instructions, memory_mb, "
-                           "wall_ms)",
-                           k));
-        } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1) {
-          fail(fmt::format("rule.limits.{}: must be a positive number", k));
-        } else if (k == "instructions") {
-          info.max_instructions = static_cast<int64_t>(lua_tonumber(L, -1));
-        } else if (k == "wall_ms") {
-          info.wall_ms = static_cast<int64_t>(lua_tonumber(L, -1));
-        } else {
-          info.memory_mb = static_cast<int64_t>(lua_tonumber(L, -1));
-        }
-        lua_pop(L, 1);
-      }
-    }
-  }
-  lua_pop(L, 1);
-
-  lua_getfield(L, t, "quarantine");
-  if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TTABLE) {
-      fail("rule.quarantine: must be a table { failures = N, window_s = N }");
-    } else {
-      lua_pushnil(L);
-      while (lua_next(L, -2) != 0) {
-        std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-        if (k != "failures" && k != "window_s") {
-          fail(fmt::format("rule.quarantine: unknown field '{}' (known: failures, window_s)", k));
-        } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1) {
-          fail(fmt::format("rule.quarantine.{}: must be a positive number", k));
-        } else if (k == "failures") {
-          info.quarantine_failures = static_cast<int64_t>(lua_tonumber(L, -1));
-        } else {
-          info.quarantine_window_s = static_cast<int64_t>(lua_tonumber(L, -1));
-        }
-        lua_pop(L, 1);
-      }
-    }
-  }
-  lua_pop(L, 1);
+  ReadNumberTable(L, t, "limits", {"instructions", "memory_mb", "wall_ms"}, fail,
+                  [&](const std::string& k, int64_t v) {
+                    (k == "instructions" ? info.max_instructions
+                     : k == "memory_mb"  ? info.memory_mb
+                                         : info.wall_ms) = v;
+                  });
+  ReadNumberTable(L, t, "quarantine", {"failures", "window_s"}, fail,
+                  [&](const std::string& k, int64_t v) {
+                    (k == "failures" ? info.quarantine_failures : info.quarantine_window_s) = v;
+                  });
 
   lua_getfield(L, t, "jit");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN) {
