@@ -105,6 +105,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
     std::unique_ptr<rules::RuleRuntime> runtime;
     Gauge* depth = nullptr;
     std::atomic<bool> exited{false};
+    uint64_t message_seq = 0;  // ids for MessageView: rules of one message share a parse
     // For the watchdog: the call in progress (0: none) and its rule.
     std::atomic<int64_t> call_started_ns{0};
     std::atomic<const rules::RuleInfo*> call_rule{nullptr};
@@ -558,7 +559,8 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     unmatched_->Inc();
     m.delivery->Mark(Delivery::kUnmatched);
   }
-  rules::MessageView view{m.topic, m.device, &m.payload, *m.source, &m.headers, m.ts_ms};
+  rules::MessageView view{m.topic, m.device, &m.payload, *m.source, &m.headers, m.ts_ms,
+                          ++w.message_seq};
   for (uint32_t idx : matches) {
     const rules::RuleInfo& rule = set.rules()[idx];
     const RuleMetrics& rm = loaded.metrics[idx];

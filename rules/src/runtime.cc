@@ -31,6 +31,10 @@ struct RuleRuntime::State {
   std::atomic<uint64_t> call_seq{0};
   std::atomic<uint64_t> interrupt_seq{0};  // the watchdog asked this call to stop
   std::atomic<bool> hook_dirty{false};     // Interrupt() changed the hook; restore it
+  // The payload parse of message `parsed_id`, reused by every rule that message reaches.
+  uint64_t parsed_id = 0;
+  simdjson::dom::element parsed_root;
+  std::string parsed_error;  // empty: parsed_root is valid
   const Clock* clock = nullptr;
   std::unordered_map<std::string, uint32_t> sink_index;
   std::vector<std::string> sink_names;
@@ -284,10 +288,18 @@ Result<int> MsgIndex(lua_State* L) {
       return 1;
     }
     lua_pop(L, 1);
-    simdjson::dom::element root;
-    auto err = s->json.payload_parser.parse(*s->msg->payload).get(root);
-    if (err == simdjson::SUCCESS) {
-      PushElement(L, &s->json, root);
+    if (s->msg->id == 0 || s->msg->id != s->parsed_id) {
+      auto err = s->json.payload_parser.parse(*s->msg->payload).get(s->parsed_root);
+      s->parsed_error.clear();
+      if (err != simdjson::SUCCESS) {
+        s->parsed_error = s->msg->payload->empty()
+                              ? std::string("empty payload")
+                              : fmt::format("invalid JSON: {}", simdjson::error_message(err));
+      }
+      s->parsed_id = s->msg->id;
+    }
+    if (s->parsed_error.empty()) {
+      PushElement(L, &s->json, s->parsed_root);
       lua_pushvalue(L, -1);
       lua_setfield(L, 1, "payload");
       if (!want_payload) {
@@ -295,9 +307,7 @@ Result<int> MsgIndex(lua_State* L) {
       }
       return 1;
     }
-    std::string why = s->msg->payload->empty()
-                          ? std::string("empty payload")
-                          : fmt::format("invalid JSON: {}", simdjson::error_message(err));
+    const std::string& why = s->parsed_error;
     lua_pushlstring(L, why.data(), why.size());
     lua_pushvalue(L, -1);
     lua_setfield(L, 1, "payload_error");

@@ -436,3 +436,38 @@ TEST(InterruptTest, WatchdogInterruptStopsAnInterpretedCall) {
 
 }  // namespace
 }  // namespace gnomon::rules
+
+namespace gnomon::rules {
+namespace {
+
+TEST(PayloadShareTest, RulesOfOneMessageShareAParseAndTheNextMessageGetsItsOwn) {
+  auto set = RuleSet::FromSources(
+      {{"a.lua", "return rule { name = 'a', from = 'x/#', handle = function(msg, ctx) "
+                 "ctx.emit('out', { a = (msg.payload or {}).v }) end }"},
+       {"b.lua", "return rule { name = 'b', from = 'x/#', handle = function(msg, ctx) "
+                 "ctx.emit('out', { b = (msg.payload or {}).v, e = msg.payload_error }) end }"}},
+      RuleSetOptions{{"out"}});
+  ASSERT_TRUE(set.ok());
+  FixedClock clock(0);
+  auto rt = RuleRuntime::Create(*set, clock);
+  ASSERT_TRUE(rt.ok());
+  std::string p1 = "{\"v\":1}", p2 = "{\"v\":2}", bad = "nope";
+  CallResult r;
+  MessageView m1{"x/1", "d", &p1, "s", nullptr, 0, 1};
+  (*rt)->Run(0, m1, r);
+  EXPECT_EQ(r.effects[0].payload, R"({"a":1})");
+  (*rt)->Run(1, m1, r);
+  EXPECT_EQ(r.effects[0].payload, R"({"b":1})");
+  MessageView m2{"x/1", "d", &p2, "s", nullptr, 0, 2};
+  (*rt)->Run(1, m2, r);
+  EXPECT_EQ(r.effects[0].payload, R"({"b":2})");
+  MessageView m3{"x/1", "d", &bad, "s", nullptr, 0, 3};
+  (*rt)->Run(0, m3, r);
+  EXPECT_EQ(r.outcome, Outcome::kOk);  // msg.payload is nil: { a = nil } is {}
+  (*rt)->Run(1, m3, r);
+  ASSERT_EQ(r.effects.size(), 1u) << r.reason;
+  EXPECT_NE(r.effects[0].payload.find("invalid JSON"), std::string::npos) << r.effects[0].payload;
+}
+
+}  // namespace
+}  // namespace gnomon::rules

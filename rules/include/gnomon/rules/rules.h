@@ -110,6 +110,9 @@ struct MessageView {
   std::string_view source;
   const Headers* headers = nullptr;
   int64_t ts_ms = 0;
+  // Identifies the message across the rule calls it gets (0: unknown). Calls with the same id
+  // share one parse of the payload.
+  uint64_t id = 0;
 };
 
 // A per-worker Lua state with every rule of a set loaded, each in its own environment.
