@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <mutex>
+#include <sstream>
 
 #include "gnomon/connectors/file.h"
 #include "tests/support/test_support.h"
@@ -112,6 +114,59 @@ TEST(FileSourceTest, OversizePayloadIsRejected) {
   auto got = Replay(big);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].reason, "oversize");
+}
+
+}  // namespace
+}  // namespace gnomon::connectors
+
+#include <simdjson.h>
+
+#include "tests/support/random_json.h"
+
+namespace gnomon::connectors {
+namespace {
+
+// Lines in every shape the recording format allows (key order, spacing, escapes, payload or
+// raw): the fast scanner and the full parser must agree with what the line says.
+TEST(FileSourceTest, RandomLinesReadAsTheirJsonSays) {
+  testing::RandomJson gen(99);
+  std::mt19937 rng(7);
+  const char* topics[] = {"devices/d1/telemetry", "devices\\/d2\\/t", "devices/d\\u00e93/x",
+                          "devices/\\\"q\\\"/y"};
+  std::string lines;
+  for (int i = 0; i < 2000; ++i) {
+    std::string topic = std::string("\"topic\":\"") + topics[rng() % 4] + "\"";
+    std::string body = rng() % 4 == 0 ? "\"raw\":\"r\\\\a w\\n" + std::to_string(i) + "\""
+                                      : "\"payload\":" + gen.Doc();
+    std::string ts = "\"ts\":" + std::to_string(1000 + i);
+    std::string sp = rng() % 2 ? " " : "";
+    std::string parts[] = {topic, body, ts};
+    std::shuffle(std::begin(parts), std::end(parts), rng);
+    lines += "{" + sp + parts[0] + "," + sp + parts[1] + sp + "," + parts[2] + sp + "}\n";
+  }
+  auto got = Replay(lines);
+  ASSERT_EQ(got.size(), 2000u);
+  simdjson::dom::parser p, q;
+  std::istringstream in(lines);
+  std::string line;
+  size_t i = 0;
+  while (std::getline(in, line)) {
+    simdjson::dom::element e;
+    ASSERT_EQ(p.parse(line).get(e), simdjson::SUCCESS);
+    const Captured& c = got[i++];
+    ASSERT_EQ(c.reason, "") << line << ": " << c.error;
+    EXPECT_EQ(c.m.topic, std::string_view(e["topic"])) << line;
+    EXPECT_EQ(c.m.ts_ms, int64_t(e["ts"])) << line;
+    simdjson::dom::element payload;
+    if (e["raw"].get(payload) == simdjson::SUCCESS) {
+      EXPECT_EQ(c.m.payload, std::string_view(payload)) << line;
+    } else {
+      ASSERT_EQ(e["payload"].get(payload), simdjson::SUCCESS);
+      simdjson::dom::element mine;
+      ASSERT_EQ(q.parse(c.m.payload).get(mine), simdjson::SUCCESS) << c.m.payload;
+      EXPECT_EQ(simdjson::minify(mine), simdjson::minify(payload)) << line;
+    }
+  }
 }
 
 }  // namespace

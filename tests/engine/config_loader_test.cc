@@ -124,3 +124,40 @@ TEST_F(ConfigLoaderTest, MissingFileAndNotAMap) {
 
 }  // namespace
 }  // namespace gnomon::engine
+
+#include <random>
+
+namespace gnomon::engine {
+namespace {
+
+// Mangled configs must give an error (or load), never crash or hang.
+TEST_F(ConfigLoaderTest, MangledConfigsNeverCrash) {
+  std::mt19937 rng(5);
+  const std::string noise = ":{}[],\"' \n-#&*!|>%@\t\\0123456789abcxyz${env:}";
+  int loaded = 0, rejected = 0;
+  for (int i = 0; i < 1500; ++i) {
+    std::string yaml = kGood;
+    int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits; ++e) {
+      size_t pos = rng() % yaml.size();
+      switch (rng() % 3) {
+        case 0: yaml.erase(pos, 1 + rng() % 3); break;
+        case 1: yaml.insert(pos, 1, noise[rng() % noise.size()]); break;
+        default: {
+          size_t len = std::min<size_t>(yaml.size() - pos, rng() % 20);
+          yaml.insert(rng() % yaml.size(), yaml.substr(pos, len));
+        }
+      }
+    }
+    Status st = Load(yaml);
+    (st.ok() ? loaded : rejected)++;
+    if (!st.ok()) {
+      EXPECT_FALSE(st.message().empty());
+      EXPECT_EQ(st.message().rfind(File(), 0), 0u) << "error must name the file: " << st.message();
+    }
+  }
+  EXPECT_GT(rejected, 0);
+}
+
+}  // namespace
+}  // namespace gnomon::engine
