@@ -39,7 +39,10 @@ void AppendQuoted(std::string& out, std::string_view s) {
   out += '"';
 }
 
-void AppendInt(std::string& out, int64_t v) { fmt::format_to(std::back_inserter(out), "{}", v); }
+void AppendInt(std::string& out, int64_t v) {
+  fmt::format_int f(v);  // into a stack buffer; appending via back_inserter goes char by char
+  out.append(f.data(), f.size());
+}
 
 void AppendNumber(std::string& out, double v) {
   if (!std::isfinite(v)) {
@@ -52,7 +55,9 @@ void AppendNumber(std::string& out, double v) {
     return;
   }
   // fmt's shortest round-trip representation.
-  fmt::format_to(std::back_inserter(out), "{}", v);
+  char buf[64];
+  char* end = fmt::format_to(buf, "{}", v);
+  out.append(buf, end);
 }
 
 std::string Base64(std::string_view in) {

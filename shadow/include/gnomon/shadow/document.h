@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+// One device shadow (AWS IoT Device Shadow semantics, spec/shadow.md): desired and reported
+// state, per-leaf metadata, version, the computed delta, client-token idempotency, ifChanged,
+// delete with a version tombstone. Pure logic: no I/O, no clock (times are passed in), not
+// thread-safe (a shadow has exactly one writer, the worker that owns its device).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <variant>
+#include <string>
+#include <string_view>
+
+#include "gnomon/shadow/value.h"
+
+namespace gnomon::shadow {
+
+// The error document of spec/shadow.md.
+struct ShadowError {
+  int code = 400;
+  std::string error;    // stable machine code, e.g. "VERSION_CONFLICT"
+  std::string message;  // the AWS text where there is one
+  std::string details;  // optional JSON (e.g. for PAYLOAD_TOO_LARGE), empty if none
+  std::string client_token;
+  std::string Json(int64_t timestamp_s) const;
+};
+
+// What an accepted update produced. Event payloads are JSON, ready to publish.
+struct UpdateResult {
+  bool changed = true;        // false: ifChanged and nothing would change (no events)
+  std::string accepted;       // update/accepted payload (or the {"changed":false,...} reply)
+  std::string documents;      // update/documents payload; empty when !changed
+  std::string delta;          // update/delta payload, or empty when no delta event fires
+  std::string synced;         // update/synced payload (ext), or empty
+  bool replayed = false;      // a repeated clientToken: `accepted` is the original response
+};
+
+struct Limits {
+  size_t max_request_bytes = 64 * 1024;
+  size_t max_section_bytes = 32 * 1024;
+  int max_depth = 8;
+  size_t max_client_token_bytes = 64;
+  int64_t token_ttl_s = 300;
+  size_t max_tokens = 128;
+  int64_t tombstone_s = 48 * 3600;
+};
+
+class ShadowDocument {
+ public:
+  ShadowDocument() = default;
+  explicit ShadowDocument(Limits limits) : limits_(limits) {}
+
+  // Applies an update request (the raw JSON body), checked in the order of spec/shadow.md.
+  // `now_s` is epoch seconds.
+  std::variant<UpdateResult, ShadowError> Update(std::string_view request, int64_t now_s);
+
+  // The document with its delta (get/accepted), or 404 SHADOW_NOT_FOUND.
+  std::variant<std::string, ShadowError> Get(std::string_view shadow_name, int64_t now_s) const;
+
+  // Deletes the shadow; the version survives for `tombstone_s`. Returns delete/accepted.
+  std::variant<std::string, ShadowError> Delete(std::string_view shadow_name, int64_t now_s);
+
+  bool exists() const { return exists_; }
+  int64_t version() const { return version_; }
+  const Value& desired() const { return desired_; }
+  const Value& reported() const { return reported_; }
+  // delta(desired, reported) per spec/shadow.md.
+  Value Delta() const;
+  // The stored document (no delta), as kept and as in the documents event.
+  std::string DocumentJson() const;
+
+ private:
+  struct Token {
+    std::string token;
+    std::string request;  // the body, to tell a replay from a reuse
+    std::string response;
+    int64_t at_s;
+  };
+
+  Limits limits_;
+  bool exists_ = false;
+  int64_t version_ = 0;
+  int64_t timestamp_s_ = 0;
+  int64_t deleted_at_s_ = 0;  // with !exists_ and version_ > 0: the tombstone
+  Value desired_;             // null when the section is absent
+  Value reported_;
+  Value meta_desired_;
+  Value meta_reported_;
+  std::deque<Token> tokens_;
+};
+
+// delta(D, R) of spec/shadow.md, on its own (for tests and the REST layer).
+Value ComputeDelta(const Value& desired, const Value& reported);
+
+}  // namespace gnomon::shadow

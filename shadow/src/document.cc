@@ -1,0 +1,463 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/shadow/document.h"
+
+#include <fmt/format.h>
+
+#include "gnomon/core/json.h"
+
+namespace gnomon::shadow {
+namespace {
+
+ShadowError Error(int code, std::string error, std::string message, const std::string& token) {
+  ShadowError e;
+  e.code = code;
+  e.error = std::move(error);
+  e.message = std::move(message);
+  e.client_token = token;
+  return e;
+}
+
+// Metadata for a written value: a {"timestamp": t} per leaf (a leaf is anything but a
+// non-empty object), mirroring the value's object structure.
+Value MetaFor(const Value& v, int64_t t) {
+  if (v.is_object() && !v.members().empty()) {
+    Value m = Value::Object();
+    for (const auto& [k, child] : v.members()) {
+      m.Set(k, MetaFor(child, t));
+    }
+    return m;
+  }
+  Value leaf = Value::Object();
+  leaf.Set("timestamp", Value::Int(t));
+  return leaf;
+}
+
+// RFC 7396: nulls inside a value that replaces wholesale are removed.
+Value StripNulls(const Value& v) {
+  if (!v.is_object()) {
+    return v;
+  }
+  Value out = Value::Object();
+  for (const auto& [k, child] : v.members()) {
+    if (!child.is_null()) {
+      out.Set(k, StripNulls(child));
+    }
+  }
+  return out;
+}
+
+// JSON Merge Patch of `patch` into object `target`, keeping `meta` in step.
+void MergeSection(Value& target, Value& meta, const Value& patch, int64_t t) {
+  for (const auto& [k, pv] : patch.members()) {
+    if (pv.is_null()) {
+      target.Erase(k);
+      meta.Erase(k);
+      continue;
+    }
+    Value* tv = target.Find(k);
+    if (pv.is_object() && !pv.members().empty() && tv != nullptr && tv->is_object()) {
+      bool had_children = !tv->members().empty();
+      Value* mv = meta.Find(k);
+      if (mv == nullptr || !had_children) {
+        mv = &meta.Set(k, Value::Object());  // it was a leaf ({}): now it has children
+      }
+      MergeSection(*tv, *mv, pv, t);
+      if (tv->members().empty()) {
+        meta.Set(k, MetaFor(*tv, t));  // emptied: {} is a leaf again
+      }
+      continue;
+    }
+    Value nv = StripNulls(pv);
+    meta.Set(k, MetaFor(nv, t));
+    target.Set(k, std::move(nv));
+  }
+}
+
+bool KeysValid(const Value& v, std::string& bad) {
+  if (v.is_object()) {
+    for (const auto& [k, child] : v.members()) {
+      if (k.empty() || k.size() > 128 || k[0] == '$') {
+        bad = k;
+        return false;
+      }
+      if (!KeysValid(child, bad)) {
+        return false;
+      }
+    }
+  } else if (v.is_array()) {
+    for (const auto& item : v.items()) {
+      if (!KeysValid(item, bad)) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+bool HasArrayNull(const Value& v, bool in_array) {
+  if (v.is_null()) {
+    return in_array;
+  }
+  if (v.is_object()) {
+    for (const auto& [k, child] : v.members()) {
+      if (HasArrayNull(child, false)) {
+        return true;
+      }
+    }
+  } else if (v.is_array()) {
+    for (const auto& item : v.items()) {
+      if (HasArrayNull(item, true)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// The metadata of the delta's leaves, taken from the desired metadata.
+Value DeltaMeta(const Value& delta, const Value* meta, int64_t t) {
+  Value out = Value::Object();
+  for (const auto& [k, dv] : delta.members()) {
+    const Value* m = meta != nullptr ? meta->Find(k) : nullptr;
+    if (dv.is_object() && !dv.members().empty()) {
+      out.Set(k, DeltaMeta(dv, m, t));
+    } else {
+      out.Set(k, m != nullptr ? *m : MetaFor(dv, t));
+    }
+  }
+  return out;
+}
+
+void AppendToken(json::ObjectWriter& w, const std::string& token) {
+  if (!token.empty()) {
+    w.Field("clientToken", token);
+  }
+}
+
+}  // namespace
+
+std::string ShadowError::Json(int64_t timestamp_s) const {
+  std::string out;
+  json::ObjectWriter w(out);
+  w.Field("code", code).Field("error", error).Field("message", message);
+  if (!details.empty()) {
+    w.FieldRaw("details", details);
+  }
+  w.Field("timestamp", timestamp_s);
+  AppendToken(w, client_token);
+  w.Close();
+  return out;
+}
+
+Value ComputeDelta(const Value& desired, const Value& reported) {
+  Value out = Value::Object();
+  if (!desired.is_object()) {
+    return out;
+  }
+  for (const auto& [k, dv] : desired.members()) {
+    const Value* rv = reported.is_object() ? reported.Find(k) : nullptr;
+    if (rv == nullptr) {
+      out.Set(k, dv);
+    } else if (dv.is_object() && rv->is_object()) {
+      Value sub = ComputeDelta(dv, *rv);
+      if (!sub.members().empty()) {
+        out.Set(k, std::move(sub));
+      }
+    } else if (!(dv == *rv)) {
+      out.Set(k, dv);
+    }
+  }
+  return out;
+}
+
+Value ShadowDocument::Delta() const { return ComputeDelta(desired_, reported_); }
+
+std::string ShadowDocument::DocumentJson() const {
+  std::string out = "{\"state\":{";
+  bool first = true;
+  auto section = [&](const char* name, const Value& v) {
+    if (!v.is_null()) {
+      out += first ? "\"" : ",\"";
+      out += name;
+      out += "\":";
+      v.AppendJson(out);
+      first = false;
+    }
+  };
+  section("desired", desired_);
+  section("reported", reported_);
+  out += "},\"metadata\":{";
+  first = true;
+  section("desired", meta_desired_);
+  section("reported", meta_reported_);
+  out += fmt::format("}},\"version\":{},\"timestamp\":{}}}", version_, timestamp_s_);
+  return out;
+}
+
+std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view request,
+                                                              int64_t now_s) {
+  // 1. UTF-8, a JSON object, size.
+  if (!json::IsValidUtf8(request)) {
+    return Error(415, "UNSUPPORTED_ENCODING",
+                 "Unsupported documented encoding; supported encoding is UTF-8", "");
+  }
+  auto parsed = Value::Parse(request);
+  if (!parsed.ok() || !parsed->is_object()) {
+    return Error(400, "INVALID_JSON", "Invalid JSON", "");
+  }
+  const Value& req = *parsed;
+  std::string token;
+  const Value* token_v = req.Find("clientToken");
+  if (token_v != nullptr && token_v->kind() == Value::Kind::kString &&
+      token_v->as_string().size() <= limits_.max_client_token_bytes) {
+    token = token_v->as_string();
+  }
+  if (request.size() > limits_.max_request_bytes) {
+    return Error(413, "PAYLOAD_TOO_LARGE", "The payload exceeds the maximum size allowed", token);
+  }
+  // 2-4. The shape of state.
+  const Value* state = req.Find("state");
+  if (state == nullptr) {
+    return Error(400, "MISSING_STATE", "Missing required node: state", token);
+  }
+  if (!state->is_null() && !state->is_object()) {
+    return Error(400, "STATE_NOT_OBJECT", "State node must be an object", token);
+  }
+  const Value* desired = nullptr;
+  const Value* reported = nullptr;
+  if (state->is_object()) {
+    for (const auto& [k, v] : state->members()) {
+      if (k != "desired" && k != "reported") {
+        return Error(400, "INVALID_NODE", "Invalid node: " + k, token);
+      }
+    }
+    desired = state->Find("desired");
+    reported = state->Find("reported");
+    if (desired != nullptr && !desired->is_null() && !desired->is_object()) {
+      return Error(400, "DESIRED_NOT_OBJECT", "Desired node must be an object", token);
+    }
+    if (reported != nullptr && !reported->is_null() && !reported->is_object()) {
+      return Error(400, "REPORTED_NOT_OBJECT", "Reported node must be an object", token);
+    }
+  }
+  // 5. version, clientToken, options.
+  const Value* version = req.Find("version");
+  if (version != nullptr && (version->kind() != Value::Kind::kInt || version->as_int() < 0)) {
+    return Error(400, "INVALID_VERSION", "Invalid version", token);
+  }
+  if (token_v != nullptr && (token_v->kind() != Value::Kind::kString ||
+                             token_v->as_string().size() > limits_.max_client_token_bytes)) {
+    return Error(400, "INVALID_CLIENT_TOKEN", "Invalid clientToken", "");
+  }
+  bool if_changed = false;
+  if (const Value* options = req.Find("options")) {
+    const Value* ic = options->Find("ifChanged");
+    if (!options->is_object() || (ic != nullptr && ic->kind() != Value::Kind::kBool)) {
+      return Error(400, "INVALID_JSON", "options must be {\"ifChanged\": true|false}", token);
+    }
+    if_changed = ic != nullptr && ic->as_bool();
+  }
+  // 6-8. Keys, depth, nulls in arrays.
+  for (const Value* section : {desired, reported}) {
+    if (section == nullptr || section->is_null()) {
+      continue;
+    }
+    std::string bad;
+    if (!KeysValid(*section, bad)) {
+      return Error(400, "INVALID_KEY",
+                   fmt::format("Invalid key '{}': keys must be 1-128 bytes and not start with $",
+                               bad),
+                   token);
+    }
+    if (section->Depth() > limits_.max_depth) {
+      return Error(400, "TOO_DEEP",
+                   fmt::format("JSON contains too many levels of nesting; maximum is {}",
+                               limits_.max_depth),
+                   token);
+    }
+    if (HasArrayNull(*section, false)) {
+      return Error(400, "ARRAY_NULL", "Arrays may not contain null", token);
+    }
+  }
+  // (9. Thing-model validation belongs to the caller that knows the model.)
+
+  // Idempotency (ext): a token seen within the TTL replays or conflicts.
+  while (!tokens_.empty() && (now_s - tokens_.front().at_s > limits_.token_ttl_s)) {
+    tokens_.pop_front();
+  }
+  if (!token.empty()) {
+    for (const Token& t : tokens_) {
+      if (t.token == token) {
+        if (t.request != request) {
+          return Error(409, "CLIENT_TOKEN_REUSED",
+                       "clientToken was already used for a different request", token);
+        }
+        UpdateResult replay;
+        replay.replayed = true;
+        replay.changed = false;
+        replay.accepted = t.response;
+        return replay;
+      }
+    }
+  }
+
+  // A tombstone older than its window no longer carries the version on.
+  if (!exists_ && version_ > 0 && now_s - deleted_at_s_ > limits_.tombstone_s) {
+    version_ = 0;
+  }
+  // 10. Optimistic locking.
+  if (version != nullptr) {
+    int64_t want = version->as_int();
+    bool conflict = want == 0 ? exists_ : (!exists_ || want != version_);
+    if (conflict) {
+      return Error(409, "VERSION_CONFLICT", "Version conflict", token);
+    }
+  }
+
+  // Merge into copies; 11. sizes.
+  Value new_desired = desired_, new_reported = reported_;
+  Value new_meta_desired = meta_desired_, new_meta_reported = meta_reported_;
+  auto apply = [&](const Value* patch, Value& target, Value& meta) {
+    if (patch == nullptr) {
+      return;
+    }
+    if (patch->is_null()) {
+      target = Value();
+      meta = Value();
+      return;
+    }
+    if (!target.is_object()) {
+      target = Value::Object();
+      meta = Value::Object();
+    }
+    MergeSection(target, meta, *patch, now_s);
+    if (target.members().empty()) {  // a section left empty is removed
+      target = Value();
+      meta = Value();
+    }
+  };
+  if (state->is_null()) {
+    new_desired = new_reported = new_meta_desired = new_meta_reported = Value();
+  } else {
+    apply(desired, new_desired, new_meta_desired);
+    apply(reported, new_reported, new_meta_reported);
+  }
+  for (auto [name, section] : {std::pair<const char*, const Value*>{"desired", &new_desired},
+                               std::pair<const char*, const Value*>{"reported", &new_reported}}) {
+    size_t bytes = section->is_null() ? 0 : section->Json().size();
+    if (bytes > limits_.max_section_bytes) {
+      ShadowError e = Error(413, "PAYLOAD_TOO_LARGE",
+                            fmt::format("The {} section would be {} bytes; the limit is {}", name,
+                                        bytes, limits_.max_section_bytes),
+                            token);
+      e.details = fmt::format(R"({{"section":"{}","bytes":{},"limit":{}}})", name, bytes,
+                              limits_.max_section_bytes);
+      return e;
+    }
+  }
+
+  UpdateResult result;
+  if (if_changed && exists_ && new_desired == desired_ && new_reported == reported_) {
+    result.changed = false;
+    json::ObjectWriter w(result.accepted);
+    w.FieldRaw("changed", "false").Field("version", version_).Field("timestamp", now_s);
+    AppendToken(w, token);
+    w.Close();
+  } else {
+    Value old_delta = Delta();
+    std::string previous = exists_ ? DocumentJson() : "null";
+    desired_ = std::move(new_desired);
+    reported_ = std::move(new_reported);
+    meta_desired_ = std::move(new_meta_desired);
+    meta_reported_ = std::move(new_meta_reported);
+    version_ += 1;
+    timestamp_s_ = now_s;
+    exists_ = true;
+
+    // update/accepted: the request's state (with its nulls) and the written leaves' metadata.
+    std::string meta = "{";
+    for (auto [name, patch] : {std::pair<const char*, const Value*>{"desired", desired},
+                               std::pair<const char*, const Value*>{"reported", reported}}) {
+      if (patch != nullptr) {
+        meta += meta.size() > 1 ? ",\"" : "\"";
+        meta += name;
+        meta += "\":";
+        (patch->is_null() ? Value::Object() : MetaFor(*patch, now_s)).AppendJson(meta);
+      }
+    }
+    meta += "}";
+    {
+      json::ObjectWriter w(result.accepted);
+      w.FieldRaw("state", state->Json()).FieldRaw("metadata", meta);
+      w.Field("version", version_).Field("timestamp", now_s);
+      AppendToken(w, token);
+      w.Close();
+    }
+    {
+      json::ObjectWriter w(result.documents);
+      w.FieldRaw("previous", previous).FieldRaw("current", DocumentJson());
+      w.Field("timestamp", now_s);
+      AppendToken(w, token);
+      w.Close();
+    }
+    Value delta = Delta();
+    bool wrote_desired = state->is_null() || desired != nullptr;
+    if (!delta.members().empty() && (wrote_desired || !(delta == old_delta))) {
+      json::ObjectWriter w(result.delta);
+      w.FieldRaw("state", delta.Json())
+          .FieldRaw("metadata", DeltaMeta(delta, meta_desired_.is_null() ? nullptr : &meta_desired_,
+                                          now_s)
+                                    .Json())
+          .Field("version", version_)
+          .Field("timestamp", now_s);
+      AppendToken(w, token);
+      w.Close();
+    }
+    if (!old_delta.members().empty() && delta.members().empty()) {
+      json::ObjectWriter w(result.synced);
+      w.Field("version", version_).Field("timestamp", now_s);
+      AppendToken(w, token);
+      w.Close();
+    }
+  }
+  if (!token.empty()) {
+    tokens_.push_back({token, std::string(request), result.accepted, now_s});
+    if (tokens_.size() > limits_.max_tokens) {
+      tokens_.pop_front();
+    }
+  }
+  return result;
+}
+
+std::variant<std::string, ShadowError> ShadowDocument::Get(std::string_view name,
+                                                           int64_t now_s) const {
+  if (!exists_) {
+    return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name), "");
+  }
+  std::string doc = DocumentJson();
+  Value delta = Delta();
+  if (delta.members().empty()) {
+    return doc;
+  }
+  // Insert the delta into "state": the document starts with {"state":{ ... }.
+  size_t close = doc.find("},\"metadata\"");
+  std::string out = doc.substr(0, close);
+  out += out.size() > std::string_view("{\"state\":{").size() ? ",\"delta\":" : "\"delta\":";
+  delta.AppendJson(out);
+  out += doc.substr(close);
+  return out;
+}
+
+std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view name,
+                                                              int64_t now_s) {
+  if (!exists_) {
+    return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name), "");
+  }
+  exists_ = false;
+  deleted_at_s_ = now_s;
+  desired_ = reported_ = meta_desired_ = meta_reported_ = Value();
+  tokens_.clear();
+  return fmt::format(R"({{"version":{},"timestamp":{}}})", version_, now_s);
+}
+
+}  // namespace gnomon::shadow

@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/shadow/value.h"
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <algorithm>
+
+#include "gnomon/core/json.h"
+
+namespace gnomon::shadow {
+
+Value Value::Bool(bool b) {
+  Value v;
+  v.kind_ = Kind::kBool;
+  v.b_ = b;
+  return v;
+}
+Value Value::Int(int64_t i) {
+  Value v;
+  v.kind_ = Kind::kInt;
+  v.i_ = i;
+  return v;
+}
+Value Value::Double(double d) {
+  Value v;
+  v.kind_ = Kind::kDouble;
+  v.d_ = d;
+  return v;
+}
+Value Value::String(std::string s) {
+  Value v;
+  v.kind_ = Kind::kString;
+  v.s_ = std::move(s);
+  return v;
+}
+Value Value::Array() {
+  Value v;
+  v.kind_ = Kind::kArray;
+  return v;
+}
+Value Value::Object() {
+  Value v;
+  v.kind_ = Kind::kObject;
+  return v;
+}
+
+namespace {
+Value FromElement(simdjson::dom::element e) {
+  using T = simdjson::dom::element_type;
+  switch (e.type()) {
+    case T::OBJECT: {
+      Value v = Value::Object();
+      for (auto f : simdjson::dom::object(e)) {
+        v.Set(std::string(f.key), FromElement(f.value));  // a repeated key: the last wins
+      }
+      return v;
+    }
+    case T::ARRAY: {
+      Value v = Value::Array();
+      for (auto item : simdjson::dom::array(e)) {
+        v.items().push_back(FromElement(item));
+      }
+      return v;
+    }
+    case T::INT64: return Value::Int(int64_t(e));
+    case T::UINT64: return Value::Double(static_cast<double>(uint64_t(e)));
+    case T::DOUBLE: return Value::Double(double(e));
+    case T::STRING: return Value::String(std::string(std::string_view(e)));
+    case T::BOOL: return Value::Bool(bool(e));
+    case T::NULL_VALUE: return Value();
+  }
+  return Value();
+}
+}  // namespace
+
+Result<Value> Value::Parse(std::string_view json) {
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element e;
+  auto err = parser.parse(json.data(), json.size()).get(e);
+  if (err != simdjson::SUCCESS) {
+    return InvalidArgument(simdjson::error_message(err));
+  }
+  return FromElement(e);
+}
+
+const Value* Value::Find(std::string_view key) const {
+  if (kind_ != Kind::kObject) {
+    return nullptr;
+  }
+  for (const auto& [k, v] : members_) {
+    if (k == key) {
+      return &v;
+    }
+  }
+  return nullptr;
+}
+
+Value* Value::Find(std::string_view key) {
+  return const_cast<Value*>(static_cast<const Value*>(this)->Find(key));
+}
+
+Value& Value::Set(std::string key, Value v) {
+  if (Value* existing = Find(key)) {
+    *existing = std::move(v);
+    return *existing;
+  }
+  members_.emplace_back(std::move(key), std::move(v));
+  return members_.back().second;
+}
+
+bool Value::Erase(std::string_view key) {
+  auto it = std::find_if(members_.begin(), members_.end(),
+                         [&](const Member& m) { return m.first == key; });
+  if (it == members_.end()) {
+    return false;
+  }
+  members_.erase(it);
+  return true;
+}
+
+bool operator==(const Value& a, const Value& b) {
+  if (a.is_number() && b.is_number()) {
+    if (a.kind_ == Value::Kind::kInt && b.kind_ == Value::Kind::kInt) {
+      return a.i_ == b.i_;
+    }
+    return a.as_double() == b.as_double();
+  }
+  if (a.kind_ != b.kind_) {
+    return false;
+  }
+  switch (a.kind_) {
+    case Value::Kind::kNull: return true;
+    case Value::Kind::kBool: return a.b_ == b.b_;
+    case Value::Kind::kString: return a.s_ == b.s_;
+    case Value::Kind::kArray: return a.items_ == b.items_;
+    case Value::Kind::kObject: {
+      if (a.members_.size() != b.members_.size()) {
+        return false;
+      }
+      for (const auto& [k, v] : a.members_) {
+        const Value* o = b.Find(k);
+        if (o == nullptr || !(v == *o)) {
+          return false;
+        }
+      }
+      return true;
+    }
+    default: return false;
+  }
+}
+
+void Value::AppendJson(std::string& out) const {
+  switch (kind_) {
+    case Kind::kNull: out += "null"; return;
+    case Kind::kBool: out += b_ ? "true" : "false"; return;
+    case Kind::kInt: json::AppendInt(out, i_); return;
+    case Kind::kDouble: json::AppendNumber(out, d_); return;
+    case Kind::kString: json::AppendQuoted(out, s_); return;
+    case Kind::kArray:
+      out += '[';
+      for (size_t i = 0; i < items_.size(); ++i) {
+        if (i > 0) {
+          out += ',';
+        }
+        items_[i].AppendJson(out);
+      }
+      out += ']';
+      return;
+    case Kind::kObject:
+      out += '{';
+      for (size_t i = 0; i < members_.size(); ++i) {
+        if (i > 0) {
+          out += ',';
+        }
+        json::AppendQuoted(out, members_[i].first);
+        out += ':';
+        members_[i].second.AppendJson(out);
+      }
+      out += '}';
+      return;
+  }
+}
+
+std::string Value::Json() const {
+  std::string out;
+  AppendJson(out);
+  return out;
+}
+
+int Value::Depth() const {
+  int d = 0;
+  if (kind_ == Kind::kObject) {
+    for (const auto& [k, v] : members_) {
+      d = std::max(d, v.Depth());
+    }
+    return d + 1;
+  }
+  if (kind_ == Kind::kArray) {
+    for (const auto& v : items_) {
+      d = std::max(d, v.Depth());
+    }
+    return d + 1;
+  }
+  return 0;
+}
+
+}  // namespace gnomon::shadow

@@ -1,0 +1,325 @@
+// SPDX-License-Identifier: Apache-2.0
+// The conformance vectors of spec/shadow.md, one test each, and property tests.
+#include "gnomon/shadow/document.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace gnomon::shadow {
+namespace {
+
+constexpr int64_t kT = 1700000000;
+
+UpdateResult MustUpdate(ShadowDocument& d, const std::string& req, int64_t t = kT) {
+  auto r = d.Update(req, t);
+  if (auto* e = std::get_if<ShadowError>(&r)) {
+    ADD_FAILURE() << req << " → " << e->Json(t);
+    return {};
+  }
+  return std::get<UpdateResult>(r);
+}
+
+ShadowError MustFail(ShadowDocument& d, const std::string& req, int64_t t = kT) {
+  auto r = d.Update(req, t);
+  if (auto* e = std::get_if<ShadowError>(&r)) {
+    return *e;
+  }
+  ADD_FAILURE() << req << " was accepted";
+  return {};
+}
+
+Value J(const std::string& s) { return *Value::Parse(s); }
+
+TEST(ShadowConformanceTest, V01_FirstReportCreatesVersion1WithoutDelta) {
+  ShadowDocument d;
+  UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"a":1}}})");
+  EXPECT_EQ(d.version(), 1);
+  EXPECT_EQ(d.reported(), J(R"({"a":1})"));
+  EXPECT_TRUE(r.delta.empty());
+  EXPECT_NE(r.accepted.find(R"("metadata":{"reported":{"a":{"timestamp":1700000000}}})"),
+            std::string::npos)
+      << r.accepted;
+  EXPECT_NE(r.documents.find(R"("previous":null)"), std::string::npos);
+}
+
+TEST(ShadowConformanceTest, V02_DesiredMakesADeltaEvent) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"reported":{"a":1}}})");
+  UpdateResult r = MustUpdate(d, R"({"state":{"desired":{"a":2,"b":{"c":3}}}})");
+  EXPECT_EQ(d.version(), 2);
+  EXPECT_EQ(d.Delta(), J(R"({"a":2,"b":{"c":3}})"));
+  ASSERT_FALSE(r.delta.empty());
+  EXPECT_NE(r.delta.find(R"("state":{"a":2,"b":{"c":3}})"), std::string::npos) << r.delta;
+  EXPECT_NE(r.delta.find(R"("metadata":{"a":{"timestamp":1700000000},"b":{"c":{"timestamp":1700000000}}})"),
+            std::string::npos)
+      << r.delta;
+}
+
+TEST(ShadowConformanceTest, V03_ReportNarrowsTheDelta) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"reported":{"a":1}}})");
+  MustUpdate(d, R"({"state":{"desired":{"a":2,"b":{"c":3}}}})");
+  UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"a":2}}})");
+  EXPECT_EQ(d.version(), 3);
+  EXPECT_EQ(d.Delta(), J(R"({"b":{"c":3}})"));
+  EXPECT_NE(r.delta.find(R"("state":{"b":{"c":3}})"), std::string::npos) << r.delta;
+}
+
+TEST(ShadowConformanceTest, V04_NestedDeltaOnlyHasTheDifferingLeaf) {
+  EXPECT_EQ(ComputeDelta(J(R"({"l":{"r":255,"g":255}})"), J(R"({"l":{"r":255,"g":0}})")),
+            J(R"({"l":{"g":255}})"));
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"desired":{"l":{"r":255,"g":255}},"reported":{"l":{"r":255,"g":0}}}})");
+  auto got = d.Get("t", kT);
+  ASSERT_TRUE(std::holds_alternative<std::string>(got));
+  EXPECT_NE(std::get<std::string>(got).find(R"("delta":{"l":{"g":255}})"), std::string::npos)
+      << std::get<std::string>(got);
+}
+
+TEST(ShadowConformanceTest, V05_DifferingArraysAppearWhole) {
+  EXPECT_EQ(ComputeDelta(J(R"({"c":["R","G"]})"), J(R"({"c":["R"]})")), J(R"({"c":["R","G"]})"));
+}
+
+TEST(ShadowConformanceTest, V06_NullRemovesKeyAndEmptySectionAndMetadata) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"desired":{"x":1}}})");
+  MustUpdate(d, R"({"state":{"desired":{"x":null}}})");
+  EXPECT_TRUE(d.desired().is_null());
+  EXPECT_EQ(d.DocumentJson().find("desired"), std::string::npos) << d.DocumentJson();
+}
+
+TEST(ShadowConformanceTest, V07_NullInArrayIsRejectedAndNothingChanges) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"desired":{"c":["B"]}}})");
+  ShadowError e = MustFail(d, R"({"state":{"desired":{"c":[null,"R"]}}})");
+  EXPECT_EQ(e.code, 400);
+  EXPECT_EQ(e.error, "ARRAY_NULL");
+  EXPECT_EQ(d.version(), 1);
+  EXPECT_EQ(d.desired(), J(R"({"c":["B"]})"));
+}
+
+TEST(ShadowConformanceTest, V08_StaleVersionConflictsAndEchoesTheToken) {
+  ShadowDocument d;
+  for (int i = 0; i < 10; ++i) {
+    MustUpdate(d, R"({"state":{"reported":{"i":)" + std::to_string(i) + "}}}");
+  }
+  ShadowError e = MustFail(d, R"({"state":{"desired":{"y":1}},"version":9,"clientToken":"t"})");
+  EXPECT_EQ(e.code, 409);
+  EXPECT_EQ(e.error, "VERSION_CONFLICT");
+  EXPECT_NE(e.Json(kT).find(R"("clientToken":"t")"), std::string::npos);
+  EXPECT_EQ(d.version(), 10);
+  MustUpdate(d, R"({"state":{"desired":{"y":1}},"version":10})");
+  EXPECT_EQ(d.version(), 11);
+}
+
+TEST(ShadowConformanceTest, V09_DeltaIsNotWritable) {
+  ShadowDocument d;
+  EXPECT_EQ(MustFail(d, R"({"state":{"delta":{}}})").error, "INVALID_NODE");
+}
+
+TEST(ShadowConformanceTest, V10_IfChangedWithSameValuesChangesNothing) {
+  ShadowDocument d;
+  for (int i = 0; i < 9; ++i) {
+    MustUpdate(d, R"({"state":{"reported":{"t":0}}})");
+  }
+  MustUpdate(d, R"({"state":{"reported":{"t":1}}})");
+  ASSERT_EQ(d.version(), 10);
+  UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"t":1}},"options":{"ifChanged":true}})");
+  EXPECT_FALSE(r.changed);
+  EXPECT_NE(r.accepted.find(R"("changed":false,"version":10)"), std::string::npos) << r.accepted;
+  EXPECT_TRUE(r.documents.empty());
+  EXPECT_TRUE(r.delta.empty());
+  EXPECT_EQ(d.version(), 10);
+  // Without ifChanged an identical write still counts (AWS behaviour).
+  MustUpdate(d, R"({"state":{"reported":{"t":1}}})");
+  EXPECT_EQ(d.version(), 11);
+}
+
+TEST(ShadowConformanceTest, V11_NineLevelsAreTooDeep) {
+  ShadowDocument d;
+  std::string deep = "1";
+  for (int i = 0; i < 9; ++i) {
+    deep = R"({"l":)" + deep + "}";
+  }
+  EXPECT_EQ(MustFail(d, R"({"state":{"reported":)" + deep + "}}").error, "TOO_DEEP");
+  std::string ok = "1";
+  for (int i = 0; i < 8; ++i) {
+    ok = R"({"l":)" + ok + "}";
+  }
+  MustUpdate(d, R"({"state":{"reported":)" + ok + "}}");
+}
+
+TEST(ShadowConformanceTest, V12_UpdateWithin48hOfDeleteContinuesTheVersion) {
+  ShadowDocument d;
+  for (int i = 0; i < 10; ++i) {
+    MustUpdate(d, R"({"state":{"reported":{"i":1}}})");
+  }
+  auto del = d.Delete("t", kT);
+  ASSERT_TRUE(std::holds_alternative<std::string>(del));
+  EXPECT_EQ(std::get<std::string>(del), R"({"version":10,"timestamp":1700000000})");
+  EXPECT_EQ(std::get<ShadowError>(d.Get("t", kT)).error, "SHADOW_NOT_FOUND");
+  EXPECT_EQ(std::get<ShadowError>(d.Get("t", kT)).message, "No shadow exists with name: t");
+  MustUpdate(d, R"({"state":{"reported":{"i":2}}})", kT + 3600);
+  EXPECT_EQ(d.version(), 11);
+  // After the 48 h window the version starts over.
+  ShadowDocument e;
+  MustUpdate(e, R"({"state":{"reported":{"i":1}}})");
+  (void)e.Delete("t", kT);
+  MustUpdate(e, R"({"state":{"reported":{"i":2}}})", kT + 49 * 3600);
+  EXPECT_EQ(e.version(), 1);
+}
+
+TEST(ShadowConformanceTest, V13_ReachingDesiredEmptiesTheDeltaAndFiresSynced) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"desired":{"a":1},"reported":{"a":0}}})");
+  UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"a":1}}})");
+  EXPECT_TRUE(d.Delta().members().empty());
+  EXPECT_TRUE(r.delta.empty());
+  EXPECT_NE(r.synced.find(R"("version":2)"), std::string::npos) << r.synced;
+}
+
+TEST(ShadowConformanceTest, V14_NumbersCompareByValue) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"reported":{"n":1}}})");
+  UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"n":1.0}},"options":{"ifChanged":true}})");
+  EXPECT_FALSE(r.changed);
+}
+
+TEST(ShadowConformanceTest, V15_NullStateClearsBothButKeepsTheShadow) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"desired":{"a":1},"reported":{"b":2}}})");
+  MustUpdate(d, R"({"state":null})");
+  EXPECT_EQ(d.version(), 2);
+  EXPECT_TRUE(d.desired().is_null());
+  EXPECT_TRUE(d.reported().is_null());
+  EXPECT_TRUE(d.exists());
+  EXPECT_EQ(d.DocumentJson(), R"({"state":{},"metadata":{},"version":2,"timestamp":1700000000})");
+}
+
+TEST(ShadowConformanceTest, V16_RepeatedClientTokenReplaysTheFirstResponse) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"reported":{"a":0}}})");
+  const std::string req = R"({"state":{"reported":{"a":1}},"clientToken":"abc"})";
+  UpdateResult first = MustUpdate(d, req);
+  UpdateResult second = MustUpdate(d, req, kT + 5);
+  EXPECT_EQ(d.version(), 2);
+  EXPECT_TRUE(second.replayed);
+  EXPECT_EQ(second.accepted, first.accepted);
+  EXPECT_TRUE(second.documents.empty());
+  EXPECT_EQ(MustFail(d, R"({"state":{"reported":{"a":2}},"clientToken":"abc"})").error,
+            "CLIENT_TOKEN_REUSED");
+  // After five minutes the token is forgotten.
+  MustUpdate(d, req, kT + 400);
+  EXPECT_EQ(d.version(), 3);
+}
+
+TEST(ShadowErrorsTest, EveryErrorInOrder) {
+  ShadowDocument d;
+  struct Case {
+    std::string req;
+    int code;
+    const char* error;
+  } cases[] = {
+      {"{\"state\":{\"reported\":{\"a\":\"\xff\"}}}", 415, "UNSUPPORTED_ENCODING"},
+      {"{\"state\":", 400, "INVALID_JSON"},
+      {"[1]", 400, "INVALID_JSON"},
+      {"{\"state\":{\"reported\":{\"a\":\"" + std::string(70000, 'x') + "\"}}}", 413,
+       "PAYLOAD_TOO_LARGE"},
+      {"{}", 400, "MISSING_STATE"},
+      {"{\"state\":1}", 400, "STATE_NOT_OBJECT"},
+      {"{\"state\":{\"desired\":[1]}}", 400, "DESIRED_NOT_OBJECT"},
+      {"{\"state\":{\"reported\":\"x\"}}", 400, "REPORTED_NOT_OBJECT"},
+      {"{\"state\":{},\"version\":-1}", 400, "INVALID_VERSION"},
+      {"{\"state\":{},\"version\":1.5}", 400, "INVALID_VERSION"},
+      {"{\"state\":{},\"clientToken\":\"" + std::string(65, 't') + "\"}", 400,
+       "INVALID_CLIENT_TOKEN"},
+      {"{\"state\":{\"reported\":{\"$x\":1}}}", 400, "INVALID_KEY"},
+      {"{\"state\":{\"reported\":{\"\":1}}}", 400, "INVALID_KEY"},
+      {"{\"state\":{\"reported\":{\"" + std::string(129, 'k') + "\":1}}}", 400, "INVALID_KEY"},
+      {"{\"state\":{\"reported\":{\"a\":[1,null]}}}", 400, "ARRAY_NULL"},
+      {"{\"state\":{},\"version\":3}", 409, "VERSION_CONFLICT"},
+  };
+  for (const auto& c : cases) {
+    ShadowError e = MustFail(d, c.req);
+    EXPECT_EQ(e.code, c.code) << c.req.substr(0, 80);
+    EXPECT_EQ(e.error, c.error) << c.req.substr(0, 80);
+  }
+  EXPECT_FALSE(d.exists());
+  // A section over 32 KiB after merging.
+  MustUpdate(d, "{\"state\":{\"reported\":{\"a\":\"" + std::string(20000, 'x') + "\"}}}");
+  ShadowError e = MustFail(d, "{\"state\":{\"reported\":{\"b\":\"" + std::string(20000, 'y') + "\"}}}");
+  EXPECT_EQ(e.code, 413);
+  EXPECT_NE(e.Json(kT).find(R"("details":{"section":"reported","bytes":)"), std::string::npos);
+  EXPECT_EQ(d.version(), 1);
+}
+
+// Random update sequences: the delta always equals delta(desired, reported) recomputed from
+// scratch, versions go up by one per accepted write, metadata mirrors the state's leaves.
+TEST(ShadowPropertyTest, RandomUpdatesKeepTheInvariants) {
+  std::mt19937 rng(17);
+  const char* keys[] = {"a", "b", "c"};
+  auto random_value = [&](auto& self, int depth) -> std::string {
+    switch (rng() % (depth > 2 ? 4 : 6)) {
+      case 0: return std::to_string(rng() % 3);
+      case 1: return "\"s" + std::to_string(rng() % 2) + "\"";
+      case 2: return "null";
+      case 3: return "[1,2]";
+      default: {
+        std::string o = "{";
+        int n = static_cast<int>(rng() % 3);
+        for (int i = 0; i < n; ++i) {
+          o += std::string(i ? "," : "") + "\"" + keys[rng() % 3] + "\":" + self(self, depth + 1);
+        }
+        return o + "}";
+      }
+    }
+  };
+  for (int run = 0; run < 50; ++run) {
+    ShadowDocument d;
+    int64_t version = 0;
+    for (int step = 0; step < 60; ++step) {
+      std::string section = rng() % 2 ? "desired" : "reported";
+      std::string patch = "{\"" + std::string(keys[rng() % 3]) + "\":" + random_value(random_value, 1) + "}";
+      auto r = d.Update("{\"state\":{\"" + section + "\":" + patch + "}}", kT + step);
+      if (std::holds_alternative<ShadowError>(r)) {
+        continue;
+      }
+      ++version;
+      ASSERT_EQ(d.version(), version);
+      EXPECT_EQ(d.Delta(), ComputeDelta(d.desired(), d.reported()));
+      // The stored document parses and its sections equal the in-memory ones.
+      Value doc = *Value::Parse(d.DocumentJson());
+      const Value* st = doc.Find("state");
+      ASSERT_NE(st, nullptr);
+      EXPECT_EQ(st->Find("desired") ? *st->Find("desired") : Value(), d.desired());
+      EXPECT_EQ(st->Find("reported") ? *st->Find("reported") : Value(), d.reported());
+      // Every state leaf has metadata.
+      const Value* meta = doc.Find("metadata");
+      for (const char* s : {"desired", "reported"}) {
+        const Value* sv = st->Find(s);
+        const Value* mv = meta->Find(s);
+        ASSERT_EQ(sv == nullptr, mv == nullptr) << s << " " << d.DocumentJson();
+        if (sv == nullptr) {
+          continue;
+        }
+        auto check = [&](auto& self, const Value& v, const Value& m) -> void {
+          for (const auto& [k, child] : v.members()) {
+            const Value* cm = m.Find(k);
+            ASSERT_NE(cm, nullptr) << k << " in " << d.DocumentJson();
+            if (child.is_object() && !child.members().empty()) {
+              self(self, child, *cm);
+            } else {
+              EXPECT_NE(cm->Find("timestamp"), nullptr) << k << " in " << d.DocumentJson();
+            }
+          }
+          EXPECT_EQ(v.members().size(), m.members().size()) << d.DocumentJson();
+        };
+        check(check, *sv, *mv);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gnomon::shadow
