@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <tuple>
+
 #include "gnomon/core/json.h"
 
 namespace gnomon::shadow {
@@ -172,27 +174,33 @@ Value ComputeDelta(const Value& desired, const Value& reported) {
 
 Value ShadowDocument::Delta() const { return ComputeDelta(desired_, reported_); }
 
-std::string ShadowDocument::DocumentJson() const {
-  std::string out = "{\"state\":{";
-  bool first = true;
-  auto section = [&](const char* name, const Value& v) {
-    if (!v.is_null()) {
-      out += first ? "\"" : ",\"";
-      out += name;
-      out += "\":";
-      v.AppendJson(out);
-      first = false;
+void ShadowDocument::RebuildDocumentJson() {
+  std::string& out = doc_json_;
+  out.clear();
+  out.reserve(desired_json_.size() + reported_json_.size() + meta_desired_json_.size() +
+              meta_reported_json_.size() + 96);
+  auto pair = [&](const std::string& d, const std::string& r) {
+    if (!d.empty()) {
+      out += "\"desired\":";
+      out += d;
+    }
+    if (!r.empty()) {
+      out += d.empty() ? "\"reported\":" : ",\"reported\":";
+      out += r;
     }
   };
-  section("desired", desired_);
-  section("reported", reported_);
+  out += "{\"state\":{";
+  pair(desired_json_, reported_json_);
   out += "},\"metadata\":{";
-  first = true;
-  section("desired", meta_desired_);
-  section("reported", meta_reported_);
-  out += fmt::format("}},\"version\":{},\"timestamp\":{}}}", version_, timestamp_s_);
-  return out;
+  pair(meta_desired_json_, meta_reported_json_);
+  out += "},\"version\":";
+  json::AppendInt(out, version_);
+  out += ",\"timestamp\":";
+  json::AppendInt(out, timestamp_s_);
+  out += '}';
 }
+
+std::string ShadowDocument::DocumentJson() const { return doc_json_; }
 
 std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view request,
                                                               int64_t now_s) {
@@ -314,38 +322,35 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     }
   }
 
-  // Merge into copies; 11. sizes.
-  Value new_desired = desired_, new_reported = reported_;
-  Value new_meta_desired = meta_desired_, new_meta_reported = meta_reported_;
-  auto apply = [&](const Value* patch, Value& target, Value& meta) {
-    if (patch == nullptr) {
+  // Merge into copies of the sections the request touches; 11. sizes.
+  bool touch_desired = state->is_null() || desired != nullptr;
+  bool touch_reported = state->is_null() || reported != nullptr;
+  struct Next {
+    Value value, meta;
+    std::string json;  // empty when the section is absent
+  } next_desired, next_reported;
+  auto build = [&](bool touch, const Value* patch, const Value& cur, const Value& cur_meta,
+                   Next& out) {
+    if (!touch || state->is_null() || patch->is_null()) {
+      return;  // untouched (unused), or removed (stays null)
+    }
+    out.value = cur.is_object() ? cur : Value::Object();
+    out.meta = cur.is_object() ? cur_meta : Value::Object();
+    MergeSection(out.value, out.meta, *patch, now_s);
+    if (out.value.members().empty()) {  // a section left empty is removed
+      out.value = Value();
+      out.meta = Value();
       return;
     }
-    if (patch->is_null()) {
-      target = Value();
-      meta = Value();
-      return;
-    }
-    if (!target.is_object()) {
-      target = Value::Object();
-      meta = Value::Object();
-    }
-    MergeSection(target, meta, *patch, now_s);
-    if (target.members().empty()) {  // a section left empty is removed
-      target = Value();
-      meta = Value();
-    }
+    out.json = out.value.Json();
   };
-  if (state->is_null()) {
-    new_desired = new_reported = new_meta_desired = new_meta_reported = Value();
-  } else {
-    apply(desired, new_desired, new_meta_desired);
-    apply(reported, new_reported, new_meta_reported);
-  }
-  for (auto [name, section] : {std::pair<const char*, const Value*>{"desired", &new_desired},
-                               std::pair<const char*, const Value*>{"reported", &new_reported}}) {
-    size_t bytes = section->is_null() ? 0 : section->Json().size();
-    if (bytes > limits_.max_section_bytes) {
+  build(touch_desired, desired, desired_, meta_desired_, next_desired);
+  build(touch_reported, reported, reported_, meta_reported_, next_reported);
+  for (auto [name, touched, next] :
+       {std::tuple<const char*, bool, const Next*>{"desired", touch_desired, &next_desired},
+        std::tuple<const char*, bool, const Next*>{"reported", touch_reported, &next_reported}}) {
+    size_t bytes = next->json.size();
+    if (touched && bytes > limits_.max_section_bytes) {
       ShadowError e = Error(413, "PAYLOAD_TOO_LARGE",
                             fmt::format("The {} section would be {} bytes; the limit is {}", name,
                                         bytes, limits_.max_section_bytes),
@@ -357,7 +362,9 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
   }
 
   UpdateResult result;
-  if (if_changed && exists_ && new_desired == desired_ && new_reported == reported_) {
+  bool same = (!touch_desired || next_desired.value == desired_) &&
+              (!touch_reported || next_reported.value == reported_);
+  if (if_changed && exists_ && same) {
     result.changed = false;
     json::ObjectWriter w(result.accepted);
     w.FieldRaw("changed", "false").Field("version", version_).Field("timestamp", now_s);
@@ -365,14 +372,24 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     w.Close();
   } else {
     Value old_delta = Delta();
-    std::string previous = exists_ ? DocumentJson() : "null";
-    desired_ = std::move(new_desired);
-    reported_ = std::move(new_reported);
-    meta_desired_ = std::move(new_meta_desired);
-    meta_reported_ = std::move(new_meta_reported);
+    std::string previous = exists_ ? std::move(doc_json_) : std::string("null");
+    auto commit = [](Next& next, Value& value, Value& meta, std::string& json,
+                     std::string& meta_json) {
+      value = std::move(next.value);
+      meta = std::move(next.meta);
+      json = std::move(next.json);
+      meta_json = meta.is_null() ? std::string() : meta.Json();
+    };
+    if (touch_desired) {
+      commit(next_desired, desired_, meta_desired_, desired_json_, meta_desired_json_);
+    }
+    if (touch_reported) {
+      commit(next_reported, reported_, meta_reported_, reported_json_, meta_reported_json_);
+    }
     version_ += 1;
     timestamp_s_ = now_s;
     exists_ = true;
+    RebuildDocumentJson();
 
     // update/accepted: the request's state (with its nulls) and the written leaves' metadata.
     std::string meta = "{";
@@ -456,6 +473,11 @@ std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view n
   exists_ = false;
   deleted_at_s_ = now_s;
   desired_ = reported_ = meta_desired_ = meta_reported_ = Value();
+  desired_json_.clear();
+  reported_json_.clear();
+  meta_desired_json_.clear();
+  meta_reported_json_.clear();
+  doc_json_.clear();
   tokens_.clear();
   return fmt::format(R"({{"version":{},"timestamp":{}}})", version_, now_s);
 }

@@ -67,7 +67,8 @@ class ShadowDocument {
   const Value& reported() const { return reported_; }
   // delta(desired, reported) per spec/shadow.md.
   Value Delta() const;
-  // The stored document (no delta), as kept and as in the documents event.
+  // The stored document (no delta), as kept and as in the documents event. Cached: rebuilt
+  // from per-section JSON at each write.
   std::string DocumentJson() const;
 
  private:
@@ -87,7 +88,12 @@ class ShadowDocument {
   Value reported_;
   Value meta_desired_;
   Value meta_reported_;
+  // Serialized forms, kept in step with the values above (empty: section absent).
+  std::string desired_json_, reported_json_, meta_desired_json_, meta_reported_json_;
+  std::string doc_json_;
   std::deque<Token> tokens_;
+
+  void RebuildDocumentJson();
 };
 
 // delta(D, R) of spec/shadow.md, on its own (for tests and the REST layer).
