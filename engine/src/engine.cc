@@ -579,7 +579,7 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     while (true) {
       ++attempts;
       auto t0 = std::chrono::steady_clock::now();
-      w.call_rule.store(&rule, std::memory_order_relaxed);
+      w.call_rule.store(&rule, std::memory_order_release);
       w.call_started_ns.store(t0.time_since_epoch().count(), std::memory_order_release);
       w.runtime->Run(idx, view, result);
       w.call_started_ns.store(0, std::memory_order_release);
@@ -840,8 +840,14 @@ void Engine::Impl::Watchdog(std::stop_token st) {
     int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
     for (size_t i = 0; i < workers_.size(); ++i) {
       Worker& w = *workers_[i];
+      if (w.call_started_ns.load(std::memory_order_relaxed) == 0) {
+        continue;  // idle: no need for the lock
+      }
+      // Under runtime_mu the worker cannot swap its rule set, so `rule` (which points into
+      // that set) stays valid while we look at it.
+      std::lock_guard lock(w.runtime_mu);
       int64_t started = w.call_started_ns.load(std::memory_order_acquire);
-      const rules::RuleInfo* rule = w.call_rule.load(std::memory_order_relaxed);
+      const rules::RuleInfo* rule = w.call_rule.load(std::memory_order_acquire);
       if (started == 0 || rule == nullptr) {
         continue;
       }
@@ -849,15 +855,11 @@ void Engine::Impl::Watchdog(std::stop_token st) {
       int64_t elapsed = now - started;
       if (elapsed > wall_ns && interrupted[i] != started) {
         interrupted[i] = started;
-        std::lock_guard lock(w.runtime_mu);
-        if (w.call_started_ns.load() == started) {
-          w.runtime->Interrupt(w.runtime->call_seq());
-          log::Warn("rule call over its wall-clock limit; interrupting",
-                    {{"rule", rule->name}, {"worker", std::to_string(i)},
-                     {"wall_ms", std::to_string(rule->wall_ms)}});
-        }
-      } else if (elapsed > 3 * wall_ns && interrupted[i] == started &&
-                 w.call_started_ns.load() == started) {
+        w.runtime->Interrupt(w.runtime->call_seq());
+        log::Warn("rule call over its wall-clock limit; interrupting",
+                  {{"rule", rule->name}, {"worker", std::to_string(i)},
+                   {"wall_ms", std::to_string(rule->wall_ms)}});
+      } else if (elapsed > 3 * wall_ns && interrupted[i] == started) {
         log::Error("a rule is stuck in compiled code and cannot be interrupted; exiting so a "
                    "supervisor restarts gnomon (mark the rule jit = false to keep it under the "
                    "instruction limit)",
