@@ -11,23 +11,16 @@ R=${2:-5}
 PORT=${PORT:-18940}
 WORK=$(mktemp -d /tmp/gnomon-bench-XXXXXX)
 trap 'kill $GP 2>/dev/null || true; rm -rf "$WORK"' EXIT
-build/gnomon-sim gen --devices 10000 --count "$N" > "$WORK/capture.jsonl"
-mkdir -p "$WORK/rules"
-cp examples/quickstart/rules/overheat.lua "$WORK/rules/"
-cat > "$WORK/gnomon.yaml" <<YAML
-workers: 2
-data_dir: data
+source bench/workload.sh
+bench_workload "$WORK" "$N"
+{ cat "$WORK/base.yaml"; cat <<YAML
 sources: [{ name: rec, type: file, path: capture.jsonl }]
-sinks:
-  - { name: alerts, type: file, path: alerts.jsonl }
-  - { name: commands, type: file, path: commands.jsonl }
-publish: { sink: commands }
-rules: ["rules/*.lua"]
 watch_rules: false
 log: { level: warn }
 api: { listen: "127.0.0.1:$PORT" }
 metrics: { listen: "127.0.0.1:$PORT" }
 YAML
+} > "$WORK/gnomon.yaml"
 START=$(date +%s.%N)
 build/gnomon run -c "$WORK/gnomon.yaml" 2>"$WORK/log" & GP=$!
 until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.02; done

@@ -8,18 +8,9 @@ cd "$(dirname "$0")/.."
 N=${1:-1000000}
 WORK=$(mktemp -d /tmp/gnomon-bench-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-build/gnomon-sim gen --devices 10000 --count "$N" > "$WORK/capture.jsonl"
-mkdir -p "$WORK/rules"
-cp examples/quickstart/rules/overheat.lua "$WORK/rules/"
-cat > "$WORK/gnomon.yaml" <<YAML
-workers: 2
-data_dir: data
-sinks:
-  - { name: alerts, type: file, path: alerts.jsonl }
-  - { name: commands, type: file, path: commands.jsonl }   # ctx.publish, recorded
-publish: { sink: commands }
-rules: ["rules/*.lua"]
-YAML
+source bench/workload.sh
+bench_workload "$WORK" "$N"
+cp "$WORK/base.yaml" "$WORK/gnomon.yaml"
 echo "input: $N messages, $(( $(stat -c %s "$WORK/capture.jsonl") / N )) bytes/line avg"
 build/gnomon replay -c "$WORK/gnomon.yaml" --input "$WORK/capture.jsonl" 2>&1 | grep replayed
 echo "alerts: $(wc -l < "$WORK/alerts.jsonl"), commands: $(wc -l < "$WORK/commands.jsonl")"
