@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/core/metrics.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 namespace gnomon {
@@ -38,6 +39,23 @@ TEST(MetricsTest, CollectorsAppend) {
   MetricsRegistry m;
   m.AddCollector([](std::string& out) { out += "extra 1\n"; });
   EXPECT_NE(m.Render().find("extra 1\n"), std::string::npos);
+}
+
+TEST(MetricsTest, CollectorsRunBeforeCountersAreReadSoDerivedValuesAreNeverNewer) {
+  MetricsRegistry m;
+  Counter* done = m.GetCounter("done_total", "Done");
+  Gauge* depth = m.GetGauge("depth", "Depth");
+  // A collector that sees a counter and sets a gauge: what it set must be in the same render,
+  // and a counter that moves during the collector must show at least the collector's view.
+  m.AddCollector([&](std::string& out) {
+    out += fmt::format("derived {}\n", done->value());
+    depth->Set(7);
+    done->Inc();
+  });
+  std::string text = m.Render();
+  EXPECT_NE(text.find("derived 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("done_total 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("depth 7\n"), std::string::npos) << text;
 }
 
 }  // namespace

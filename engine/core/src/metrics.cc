@@ -171,6 +171,13 @@ void MetricsRegistry::AddCollector(std::function<void(std::string&)> collector) 
 std::string MetricsRegistry::Render() const {
   std::string out;
   std::lock_guard lock(impl_->mu);
+  // Collectors derive values (such as messages in flight) from counters; they run before the
+  // counters are rendered, so a derived value never looks newer than the counters it came from
+  // (in flight 0 is then always shown together with the finished totals that make it 0).
+  std::string collected;
+  for (const auto& c : impl_->collectors) {
+    c(collected);
+  }
   auto it = std::back_inserter(out);
   for (const auto& [name, f] : impl_->families) {
     const char* type = f->type == MetricType::kCounter ? "counter"
@@ -197,9 +204,7 @@ std::string MetricsRegistry::Render() const {
       fmt::format_to(it, "{}_count{} {}\n", name, labels, cumulative);
     }
   }
-  for (const auto& c : impl_->collectors) {
-    c(out);
-  }
+  out += collected;
   return out;
 }
 
