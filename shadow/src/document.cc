@@ -202,6 +202,81 @@ void ShadowDocument::RebuildDocumentJson() {
 
 std::string ShadowDocument::DocumentJson() const { return doc_json_; }
 
+std::string ShadowDocument::StoredJson() const {
+  std::string out;
+  json::ObjectWriter w(out);
+  w.Field("exists", exists_ ? 1 : 0)
+      .Field("version", version_)
+      .Field("timestamp", timestamp_s_)
+      .Field("deleted_at", deleted_at_s_);
+  auto section = [&](std::string_view key, const std::string& json) {
+    if (!json.empty()) {
+      w.FieldRaw(key, json);
+    }
+  };
+  section("desired", desired_json_);
+  section("reported", reported_json_);
+  section("meta_desired", meta_desired_json_);
+  section("meta_reported", meta_reported_json_);
+  std::string tokens = "[";
+  for (const Token& t : tokens_) {
+    if (tokens.size() > 1) {
+      tokens += ',';
+    }
+    json::ObjectWriter tw(tokens);
+    tw.Field("token", t.token).Field("request", t.request).Field("response", t.response).Field(
+        "at", t.at_s);
+    tw.Close();
+  }
+  tokens += ']';
+  w.FieldRaw("tokens", tokens);
+  w.Close();
+  return out;
+}
+
+Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limits limits) {
+  GNOMON_ASSIGN_OR_RETURN(Value v, Value::Parse(stored));
+  if (!v.is_object()) {
+    return InvalidArgument("stored shadow: not an object");
+  }
+  auto integer = [&](std::string_view key) -> int64_t {
+    const Value* f = v.Find(key);
+    return f != nullptr && f->kind() == Value::Kind::kInt ? f->as_int() : 0;
+  };
+  ShadowDocument d(limits);
+  d.exists_ = integer("exists") != 0;
+  d.version_ = integer("version");
+  d.timestamp_s_ = integer("timestamp");
+  d.deleted_at_s_ = integer("deleted_at");
+  auto section = [&](std::string_view key, Value& value, std::string& json) {
+    if (Value* f = v.Find(key); f != nullptr && f->is_object()) {
+      value = std::move(*f);
+      json = value.Json();
+    }
+  };
+  section("desired", d.desired_, d.desired_json_);
+  section("reported", d.reported_, d.reported_json_);
+  section("meta_desired", d.meta_desired_, d.meta_desired_json_);
+  section("meta_reported", d.meta_reported_, d.meta_reported_json_);
+  if (const Value* tokens = v.Find("tokens"); tokens != nullptr && tokens->is_array()) {
+    for (const Value& t : tokens->items()) {
+      const Value* token = t.Find("token");
+      const Value* request = t.Find("request");
+      const Value* response = t.Find("response");
+      const Value* at = t.Find("at");
+      if (token == nullptr || request == nullptr || response == nullptr || at == nullptr) {
+        return InvalidArgument("stored shadow: malformed client token entry");
+      }
+      d.tokens_.push_back(
+          {token->as_string(), request->as_string(), response->as_string(), at->as_int()});
+    }
+  }
+  if (d.exists_) {
+    d.RebuildDocumentJson();
+  }
+  return d;
+}
+
 std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view request,
                                                               int64_t now_s) {
   // 1. UTF-8, a JSON object, size.

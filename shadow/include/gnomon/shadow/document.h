@@ -71,6 +71,11 @@ class ShadowDocument {
   // from per-section JSON at each write.
   std::string DocumentJson() const;
 
+  // The durable form: the document, its tombstone and its recent client tokens, as one JSON
+  // object. FromStored() restores exactly this state.
+  std::string StoredJson() const;
+  static Result<ShadowDocument> FromStored(std::string_view stored, Limits limits = {});
+
  private:
   struct Token {
     std::string token;

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+// The durable shadow store: one SQLite database (WAL) in data_dir. Writes are queued and
+// committed by one writer thread in group transactions (many writes per fsync; repeated writes
+// of one shadow within a batch are coalesced to the last); each write's callback runs after the
+// transaction holding it is durable, in the order the writes were queued.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gnomon/core/status.h"
+
+namespace gnomon::shadow {
+
+struct StoreOptions {
+  std::string path;            // database file
+  size_t max_batch = 4096;     // writes per transaction at most
+  bool sync_full = true;       // synchronous=FULL (power-loss safe) or NORMAL (process-crash safe)
+};
+
+struct StoreStats {
+  uint64_t transactions = 0;
+  uint64_t writes = 0;     // queued writes committed
+  uint64_t rows = 0;       // rows written (after coalescing)
+  uint64_t failures = 0;   // transactions that failed (their writes' callbacks got the error)
+};
+
+class ShadowStore {
+ public:
+  // Called on the writer thread once the write is durable (ok) or could not be made so.
+  using Done = std::function<void(const Status&)>;
+
+  static Result<std::unique_ptr<ShadowStore>> Open(StoreOptions options);
+  // Commits everything queued, then closes.
+  ~ShadowStore();
+
+  // Queues the stored form of shadow (thing, name). Thread-safe; never blocks on I/O.
+  void Write(std::string thing, std::string name, std::string stored, Done done);
+  // Waits until everything queued before the call is committed.
+  void Flush();
+
+  // A read connection for one thread (not thread-safe itself). Sees committed writes only.
+  class Reader {
+   public:
+    virtual ~Reader() = default;
+    // The stored form, or nullopt when the shadow was never written.
+    virtual Result<std::optional<std::string>> Load(std::string_view thing,
+                                                    std::string_view name) = 0;
+    // Names of the thing's existing shadows ("" for the classic one), sorted.
+    virtual Result<std::vector<std::string>> Names(std::string_view thing) = 0;
+    // Things with at least one existing shadow, sorted, starting after `after`, with `prefix`.
+    virtual Result<std::vector<std::string>> Things(std::string_view prefix,
+                                                    std::string_view after, size_t limit) = 0;
+  };
+  Result<std::unique_ptr<Reader>> NewReader();
+
+  StoreStats stats() const;
+  size_t queued() const;
+
+  class Impl;
+
+ private:
+  explicit ShadowStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gnomon::shadow

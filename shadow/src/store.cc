@@ -1,0 +1,329 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/shadow/store.h"
+
+#include <fmt/format.h>
+#include <pthread.h>
+#include <sqlite3.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+namespace gnomon::shadow {
+namespace {
+
+constexpr const char* kSchema =
+    "CREATE TABLE IF NOT EXISTS shadows ("
+    "  thing TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  present INTEGER NOT NULL,"
+    "  stored TEXT NOT NULL,"
+    "  PRIMARY KEY (thing, name)) WITHOUT ROWID";
+
+Status SqlError(sqlite3* db, std::string_view what) {
+  return Unavailable(fmt::format("shadow store: {}: {}", what, sqlite3_errmsg(db)));
+}
+
+Status Exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    Status s = Unavailable(fmt::format("shadow store: {}: {}", sql, err != nullptr ? err : "?"));
+    sqlite3_free(err);
+    return s;
+  }
+  return {};
+}
+
+Result<sqlite3*> OpenDb(const std::string& path, bool write) {
+  sqlite3* db = nullptr;
+  int flags = SQLITE_OPEN_NOMUTEX | (write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
+                                           : SQLITE_OPEN_READONLY);
+  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+    Status s = Unavailable(fmt::format("shadow store {}: {}", path,
+                                       db != nullptr ? sqlite3_errmsg(db) : "cannot open"));
+    sqlite3_close(db);
+    return s;
+  }
+  sqlite3_busy_timeout(db, 5000);
+  return db;
+}
+
+struct Stmt {
+  sqlite3_stmt* s = nullptr;
+  ~Stmt() { sqlite3_finalize(s); }
+};
+
+Status Prepare(sqlite3* db, const char* sql, Stmt& st) {
+  if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st.s, nullptr) != SQLITE_OK) {
+    return SqlError(db, sql);
+  }
+  return {};
+}
+
+void Bind(sqlite3_stmt* s, int i, std::string_view v) {
+  sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+}
+
+std::string Column(sqlite3_stmt* s, int i) {
+  const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
+  return p != nullptr ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(s, i)))
+                      : std::string();
+}
+
+class SqliteReader final : public ShadowStore::Reader {
+ public:
+  ~SqliteReader() override {
+    load_ = {};
+    names_ = {};
+    things_ = {};
+    sqlite3_close(db_);
+  }
+
+  Status Init(const std::string& path) {
+    GNOMON_ASSIGN_OR_RETURN(db_, OpenDb(path, false));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "SELECT stored FROM shadows WHERE thing = ?1 AND name = ?2", load_));
+    GNOMON_RETURN_IF_ERROR(Prepare(
+        db_, "SELECT name FROM shadows WHERE thing = ?1 AND present = 1 ORDER BY name", names_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "SELECT DISTINCT thing FROM shadows WHERE present = 1 AND "
+                                   "thing > ?1 AND substr(thing, 1, length(?2)) = ?2 "
+                                   "ORDER BY thing LIMIT ?3",
+                                   things_));
+    return {};
+  }
+
+  Result<std::optional<std::string>> Load(std::string_view thing, std::string_view name) override {
+    sqlite3_stmt* s = load_.s;
+    sqlite3_reset(s);
+    Bind(s, 1, thing);
+    Bind(s, 2, name);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+      return std::optional<std::string>();
+    }
+    if (rc != SQLITE_ROW) {
+      return SqlError(db_, "load");
+    }
+    std::optional<std::string> out = Column(s, 0);
+    sqlite3_reset(s);
+    return out;
+  }
+
+  Result<std::vector<std::string>> Names(std::string_view thing) override {
+    sqlite3_stmt* s = names_.s;
+    sqlite3_reset(s);
+    Bind(s, 1, thing);
+    return Rows(s);
+  }
+
+  Result<std::vector<std::string>> Things(std::string_view prefix, std::string_view after,
+                                          size_t limit) override {
+    sqlite3_stmt* s = things_.s;
+    sqlite3_reset(s);
+    Bind(s, 1, after);
+    Bind(s, 2, prefix);
+    sqlite3_bind_int64(s, 3, static_cast<int64_t>(limit));
+    return Rows(s);
+  }
+
+ private:
+  Result<std::vector<std::string>> Rows(sqlite3_stmt* s) {
+    std::vector<std::string> out;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      out.push_back(Column(s, 0));
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "query");
+    }
+    return out;
+  }
+
+  sqlite3* db_ = nullptr;
+  Stmt load_, names_, things_;
+};
+
+}  // namespace
+
+class ShadowStore::Impl {
+ public:
+  struct Pending {
+    std::string thing, name, stored;
+    Done done;
+  };
+
+  ~Impl() {
+    {
+      std::lock_guard lock(mu_);
+      closing_ = true;
+    }
+    cv_.notify_all();
+    if (writer_.joinable()) {
+      writer_.join();
+    }
+    upsert_ = {};
+    sqlite3_close(db_);
+  }
+
+  Status Init(StoreOptions options) {
+    options_ = std::move(options);
+    GNOMON_ASSIGN_OR_RETURN(db_, OpenDb(options_.path, true));
+    GNOMON_RETURN_IF_ERROR(Exec(db_, "PRAGMA journal_mode=WAL"));
+    GNOMON_RETURN_IF_ERROR(
+        Exec(db_, options_.sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+    GNOMON_RETURN_IF_ERROR(Exec(db_, kSchema));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "INSERT INTO shadows (thing, name, present, stored) "
+                                   "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (thing, name) DO UPDATE "
+                                   "SET present = excluded.present, stored = excluded.stored",
+                                   upsert_));
+    writer_ = std::thread([this] { Run(); });
+    return {};
+  }
+
+  void Write(Pending p) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(std::move(p));
+      ++queued_seq_;
+    }
+    cv_.notify_all();
+  }
+
+  void Flush() {
+    std::unique_lock lock(mu_);
+    uint64_t target = queued_seq_;
+    done_cv_.wait(lock, [&] { return committed_seq_ >= target; });
+  }
+
+  StoreStats stats() const {
+    std::lock_guard lock(mu_);
+    return stats_;
+  }
+  size_t queued() const {
+    std::lock_guard lock(mu_);
+    return queue_.size();
+  }
+  const std::string& path() const { return options_.path; }
+
+ private:
+  void Run() {
+    pthread_setname_np(pthread_self(), "gnomon-shadowdb");
+    std::vector<Pending> batch;
+    std::unordered_map<std::string_view, size_t> last;  // "thing\0name" → index in batch
+    std::vector<std::string> keys;
+    while (true) {
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+        if (queue_.empty()) {
+          return;  // closing and drained
+        }
+        size_t n = std::min(queue_.size(), options_.max_batch);
+        batch.reserve(n);
+        for (size_t i = 0; i < n; ++i) {
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+      // Coalesce: only the last write of each shadow in the batch reaches the database.
+      keys.clear();
+      keys.reserve(batch.size());
+      last.clear();
+      for (size_t i = 0; i < batch.size(); ++i) {
+        keys.push_back(batch[i].thing + '\0' + batch[i].name);
+      }
+      for (size_t i = 0; i < batch.size(); ++i) {
+        last[keys[i]] = i;
+      }
+      Status st = Commit(batch, last);
+      for (Pending& p : batch) {
+        if (p.done) {
+          p.done(st);
+        }
+      }
+      {
+        std::lock_guard lock(mu_);
+        stats_.transactions++;
+        stats_.writes += batch.size();
+        stats_.rows += last.size();
+        if (!st.ok()) {
+          stats_.failures++;
+        }
+        committed_seq_ += batch.size();
+      }
+      done_cv_.notify_all();
+      batch.clear();
+    }
+  }
+
+  Status Commit(std::vector<Pending>& batch,
+                const std::unordered_map<std::string_view, size_t>& last) {
+    GNOMON_RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE"));
+    sqlite3_stmt* s = upsert_.s;
+    for (const auto& [key, i] : last) {
+      const Pending& p = batch[i];
+      sqlite3_reset(s);
+      Bind(s, 1, p.thing);
+      Bind(s, 2, p.name);
+      // The stored form starts with {"exists":1 or {"exists":0 (StoredJson's first field).
+      bool present = p.stored.compare(0, 11, "{\"exists\":1") == 0;
+      sqlite3_bind_int(s, 3, present ? 1 : 0);
+      Bind(s, 4, p.stored);
+      if (sqlite3_step(s) != SQLITE_DONE) {
+        Status err = SqlError(db_, "write");
+        sqlite3_reset(s);
+        (void)Exec(db_, "ROLLBACK").ok();
+        return err;
+      }
+    }
+    sqlite3_reset(s);
+    Status st = Exec(db_, "COMMIT");
+    if (!st.ok()) {
+      (void)Exec(db_, "ROLLBACK").ok();
+    }
+    return st;
+  }
+
+  StoreOptions options_;
+  sqlite3* db_ = nullptr;
+  Stmt upsert_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::deque<Pending> queue_;       // GUARDED_BY(mu_)
+  uint64_t queued_seq_ = 0;         // GUARDED_BY(mu_)
+  uint64_t committed_seq_ = 0;      // GUARDED_BY(mu_)
+  bool closing_ = false;            // GUARDED_BY(mu_)
+  StoreStats stats_;                // GUARDED_BY(mu_)
+  std::thread writer_;
+};
+
+ShadowStore::ShadowStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ShadowStore::~ShadowStore() = default;
+
+Result<std::unique_ptr<ShadowStore>> ShadowStore::Open(StoreOptions options) {
+  auto impl = std::make_unique<Impl>();
+  GNOMON_RETURN_IF_ERROR(impl->Init(std::move(options)));
+  return std::unique_ptr<ShadowStore>(new ShadowStore(std::move(impl)));
+}
+
+void ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done) {
+  impl_->Write({std::move(thing), std::move(name), std::move(stored), std::move(done)});
+}
+
+void ShadowStore::Flush() { impl_->Flush(); }
+
+Result<std::unique_ptr<ShadowStore::Reader>> ShadowStore::NewReader() {
+  auto r = std::make_unique<SqliteReader>();
+  GNOMON_RETURN_IF_ERROR(r->Init(impl_->path()));
+  return std::unique_ptr<Reader>(std::move(r));
+}
+
+StoreStats ShadowStore::stats() const { return impl_->stats(); }
+size_t ShadowStore::queued() const { return impl_->queued(); }
+
+}  // namespace gnomon::shadow

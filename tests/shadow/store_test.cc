@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gnomon/shadow/store.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+
+#include "gnomon/shadow/document.h"
+#include "tests/support/test_support.h"
+
+namespace gnomon::shadow {
+namespace {
+
+using testing::TempDir;
+
+std::unique_ptr<ShadowStore> OpenStore(const TempDir& dir) {
+  auto s = ShadowStore::Open({.path = dir.File("shadows.db")});
+  EXPECT_TRUE(s.ok()) << s.status().message();
+  return std::move(s).value();
+}
+
+std::string Stored(int64_t temp, int64_t now = 100) {
+  ShadowDocument d;
+  auto r = d.Update(R"({"state":{"reported":{"temp":)" + std::to_string(temp) + "}}}", now);
+  EXPECT_TRUE(std::holds_alternative<UpdateResult>(r));
+  return d.StoredJson();
+}
+
+TEST(ShadowStoredFormTest, RoundTripsDocumentTombstoneAndTokens) {
+  ShadowDocument d;
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(
+      d.Update(R"({"state":{"desired":{"a":{"b":1}},"reported":{"a":{"b":2}}},"clientToken":"t1"})",
+               10)));
+  auto back = ShadowDocument::FromStored(d.StoredJson());
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->DocumentJson(), d.DocumentJson());
+  EXPECT_EQ(back->Delta(), d.Delta());
+  // The client token survives: the same request replays the original response.
+  auto replay = back->Update(
+      R"({"state":{"desired":{"a":{"b":1}},"reported":{"a":{"b":2}}},"clientToken":"t1"})", 20);
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(replay));
+  EXPECT_TRUE(std::get<UpdateResult>(replay).replayed);
+  EXPECT_EQ(back->version(), 1);
+
+  // A deleted shadow keeps its version: the next update continues from it.
+  ASSERT_TRUE(std::holds_alternative<std::string>(d.Delete("", 30)));
+  auto tomb = ShadowDocument::FromStored(d.StoredJson());
+  ASSERT_TRUE(tomb.ok());
+  EXPECT_FALSE(tomb->exists());
+  auto next = tomb->Update(R"({"state":{"reported":{"x":1}}})", 40);
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(next));
+  EXPECT_EQ(tomb->version(), 2);
+}
+
+TEST(ShadowStoredFormTest, CorruptStoredFormIsAnError) {
+  EXPECT_FALSE(ShadowDocument::FromStored("{not json").ok());
+  EXPECT_FALSE(ShadowDocument::FromStored("[1]").ok());
+  EXPECT_FALSE(ShadowDocument::FromStored(R"({"exists":1,"tokens":[{"token":"x"}]})").ok());
+}
+
+TEST(ShadowStoreTest, WritesAreReadableAfterTheirCallbackAndAfterReopening) {
+  TempDir dir;
+  {
+    auto store = OpenStore(dir);
+    auto reader = store->NewReader();
+    ASSERT_TRUE(reader.ok());
+    std::atomic<int> ok{0};
+    store->Write("dev-1", "", Stored(20), [&](const Status& s) { ok += s.ok(); });
+    store->Write("dev-1", "cfg", Stored(21), [&](const Status& s) { ok += s.ok(); });
+    store->Write("dev-2", "", Stored(22), [&](const Status& s) { ok += s.ok(); });
+    store->Flush();
+    EXPECT_EQ(ok.load(), 3);
+    auto got = (*reader)->Load("dev-1", "cfg");
+    ASSERT_TRUE(got.ok());
+    ASSERT_TRUE(got->has_value());
+    EXPECT_EQ(**got, Stored(21));
+    auto missing = (*reader)->Load("dev-9", "");
+    ASSERT_TRUE(missing.ok());
+    EXPECT_FALSE(missing->has_value());
+  }
+  auto store = OpenStore(dir);
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  auto names = (*reader)->Names("dev-1");
+  ASSERT_TRUE(names.ok());
+  EXPECT_EQ(*names, (std::vector<std::string>{"", "cfg"}));
+  auto things = (*reader)->Things("dev-", "", 10);
+  ASSERT_TRUE(things.ok());
+  EXPECT_EQ(*things, (std::vector<std::string>{"dev-1", "dev-2"}));
+  auto page2 = (*reader)->Things("dev-", "dev-1", 10);
+  ASSERT_TRUE(page2.ok());
+  EXPECT_EQ(*page2, (std::vector<std::string>{"dev-2"}));
+  EXPECT_TRUE((*reader)->Things("x", "", 10)->empty());
+}
+
+TEST(ShadowStoreTest, DeletedShadowsKeepTheirTombstoneButAreNotListed) {
+  TempDir dir;
+  auto store = OpenStore(dir);
+  ShadowDocument d;
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(d.Update(R"({"state":{"reported":{"a":1}}})", 1)));
+  ASSERT_TRUE(std::holds_alternative<std::string>(d.Delete("", 2)));
+  store->Write("gone", "", d.StoredJson(), nullptr);
+  store->Flush();
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  EXPECT_TRUE((*reader)->Things("", "", 10)->empty());
+  EXPECT_TRUE((*reader)->Names("gone")->empty());
+  auto loaded = (*reader)->Load("gone", "");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  auto doc = ShadowDocument::FromStored(**loaded);
+  ASSERT_TRUE(doc.ok());
+  EXPECT_EQ(doc->version(), 1);
+  EXPECT_FALSE(doc->exists());
+}
+
+TEST(ShadowStoreTest, CallbacksRunInQueueOrderAndTheLastWriteOfAShadowWins) {
+  TempDir dir;
+  auto store = OpenStore(dir);
+  std::vector<int> order;
+  std::mutex mu;
+  for (int i = 0; i < 5000; ++i) {
+    store->Write("d" + std::to_string(i % 7), "", Stored(i), [&, i](const Status& s) {
+      ASSERT_TRUE(s.ok()) << s.message();
+      std::lock_guard lock(mu);
+      order.push_back(i);
+    });
+  }
+  store->Flush();
+  ASSERT_EQ(order.size(), 5000u);
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_EQ(order[static_cast<size_t>(i)], i);
+  }
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  for (int d = 0; d < 7; ++d) {
+    int last = 4999 - ((4999 - d) % 7);
+    EXPECT_EQ(**(*reader)->Load("d" + std::to_string(d), ""), Stored(last)) << d;
+  }
+  StoreStats st = store->stats();
+  EXPECT_EQ(st.writes, 5000u);
+  EXPECT_LE(st.rows, st.writes);
+  EXPECT_GE(st.transactions, 1u);
+}
+
+// A child process writes and reports each write whose callback said durable; the parent kills
+// it with SIGKILL mid-stream. Every write reported durable must be in the store afterwards.
+TEST(ShadowStoreTest, EveryAcknowledgedWriteSurvivesKill9) {
+  TempDir dir;
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    auto store = ShadowStore::Open({.path = dir.File("shadows.db")});
+    if (!store.ok()) {
+      _exit(3);
+    }
+    for (int i = 0;; ++i) {
+      std::string thing = "dev-" + std::to_string(i % 100);
+      (*store)->Write(thing, "", Stored(i), [fd = fds[1], i](const Status& s) {
+        if (s.ok()) {
+          int32_t v = i;
+          (void)!write(fd, &v, sizeof v);
+        }
+      });
+      if (i % 64 == 0) {
+        usleep(200);
+      }
+    }
+  }
+  close(fds[1]);
+  int32_t acked = -1;
+  int32_t v;
+  while (acked < 3000 && read(fds[0], &v, sizeof v) == sizeof v) {
+    acked = v;
+  }
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  while (read(fds[0], &v, sizeof v) == sizeof v) {
+    acked = v;  // acknowledged before the kill but not yet read
+  }
+  close(fds[0]);
+  ASSERT_GE(acked, 3000);
+
+  auto store = OpenStore(dir);
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  // For each device, its last acknowledged write (or a later one) is there.
+  for (int d = 0; d < 100; ++d) {
+    int last_acked = acked - ((acked - d) % 100 + 100) % 100;
+    auto got = (*reader)->Load("dev-" + std::to_string(d), "");
+    ASSERT_TRUE(got.ok() && got->has_value()) << d;
+    auto doc = ShadowDocument::FromStored(**got);
+    ASSERT_TRUE(doc.ok());
+    const Value* temp = doc->reported().Find("temp");
+    ASSERT_NE(temp, nullptr);
+    EXPECT_GE(temp->as_int(), last_acked) << "device " << d;
+  }
+}
+
+}  // namespace
+}  // namespace gnomon::shadow
