@@ -173,6 +173,20 @@ Result<int> JsonDecode(lua_State* L) {
   return 1;
 }
 
+}  // namespace
+
+Status PushDecoded(lua_State* L, JsonContext* ctx, std::string_view text) {
+  simdjson::dom::element el;
+  auto err = ctx->decode_parser.parse(text.data(), text.size()).get(el);
+  if (err != simdjson::SUCCESS) {
+    return InvalidArgument(fmt::format("invalid JSON: {}", simdjson::error_message(err)));
+  }
+  PushTable(L, el);
+  return {};
+}
+
+namespace {
+
 // json.totable(v): a deep copy of a view as tables; other values unchanged.
 Result<int> JsonToTable(lua_State* L) {
   if (luaL_testudata(L, 1, kViewMeta) == nullptr) {

@@ -28,6 +28,9 @@ void OpenJson(lua_State* L, JsonContext* ctx);
 // objects and arrays as lazy views valid for the current generation.
 void PushElement(lua_State* L, JsonContext* ctx, simdjson::dom::element el);
 
+// Parses `text` and pushes it as plain Lua tables (as json.decode does).
+Status PushDecoded(lua_State* L, JsonContext* ctx, std::string_view text);
+
 // Appends the JSON encoding of the value at `idx` to `out`. `path` names it in errors
 // ("record.a[2]: cannot encode a function").
 Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,

@@ -42,6 +42,7 @@ struct RuleRuntime::State {
   std::vector<int> rule_refs;    // registry refs of each rule's table
   std::vector<int> handle_refs;  // registry refs of each rule's handle function
   int ctx_ref = LUA_NOREF;
+  int shadow_of_ref = LUA_NOREF;  // the prelude's shadow_of(thing, name)
   int msg_meta_ref = LUA_NOREF;
   int traceback_ref = LUA_NOREF;
 
@@ -187,6 +188,155 @@ Result<int> CtxPublish(lua_State* L) {
   s->result->effects.push_back(std::move(e));
   return 0;
 }
+
+// Shadow names and things as spec/shadow.md allows them.
+Status CheckShadowId(std::string_view v, size_t max, const char* what) {
+  if (v.empty() || v.size() > max) {
+    return InvalidArgument(fmt::format("{} must be 1-{} bytes (got {})", what, max, v.size()));
+  }
+  for (char c : v) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == ':' || c == '_' || c == '-')) {
+      return InvalidArgument(
+          fmt::format("{} '{}' may only hold A-Z a-z 0-9 : _ -", what, v.substr(0, 64)));
+    }
+  }
+  return {};
+}
+
+Status CheckShadowArgs(lua_State* L, std::string_view& thing, std::string_view& name,
+                       const char* fn) {
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    return InvalidArgument(fmt::format("{}: the thing name must be a string", fn));
+  }
+  size_t len = 0;
+  const char* p = lua_tolstring(L, 1, &len);
+  thing = {p, len};
+  name = {};
+  if (!lua_isnoneornil(L, 2)) {
+    if (lua_type(L, 2) != LUA_TSTRING) {
+      return InvalidArgument(fmt::format("{}: the shadow name must be a string", fn));
+    }
+    p = lua_tolstring(L, 2, &len);
+    name = {p, len};
+    GNOMON_RETURN_IF_ERROR(CheckShadowId(name, 64, fn));
+  }
+  return CheckShadowId(thing, 128, fn);
+}
+
+// __shadow_read(thing, name) -> the document (with delta) as tables, or nil.
+Result<int> ShadowRead(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.shadow"));
+  std::string_view thing, name;
+  GNOMON_RETURN_IF_ERROR(CheckShadowArgs(L, thing, name, "ctx.shadow"));
+  if (s->msg->shadows == nullptr) {
+    return FailedPrecondition("ctx.shadow: device shadows are not enabled (see `shadows:`)");
+  }
+  auto doc = s->msg->shadows->ReadShadow(thing, name);
+  if (!doc.ok()) {
+    return doc.status().WithContext("ctx.shadow");
+  }
+  if (!doc->has_value()) {
+    lua_pushnil(L);
+    return 1;
+  }
+  GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->json, **doc).WithContext("ctx.shadow"));
+  return 1;
+}
+
+// __shadow_write(thing, name, section, value): section "reported" / "desired" wraps `value`
+// as {"state":{section: value}}; section nil: `value` is the whole update request (a table or
+// JSON text).
+Result<int> ShadowWrite(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.shadow"));
+  std::string_view thing, name;
+  GNOMON_RETURN_IF_ERROR(CheckShadowArgs(L, thing, name, "ctx.shadow"));
+  Effect e;
+  e.kind = Effect::Kind::kShadowUpdate;
+  e.thing = thing;
+  e.shadow_name = name;
+  if (lua_type(L, 3) == LUA_TSTRING) {
+    const char* section = lua_tostring(L, 3);
+    if (lua_type(L, 4) != LUA_TTABLE) {
+      return InvalidArgument(fmt::format("ctx.shadow: {} patch must be a table", section));
+    }
+    e.payload = fmt::format("{{\"state\":{{\"{}\":", section);
+    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->json, e.payload, section));
+    e.payload += "}}";
+  } else if (lua_type(L, 4) == LUA_TSTRING) {
+    size_t len = 0;
+    const char* p = lua_tolstring(L, 4, &len);
+    e.payload.assign(p, len);
+  } else if (lua_type(L, 4) == LUA_TTABLE) {
+    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->json, e.payload, "request"));
+  } else {
+    return InvalidArgument("ctx.shadow:update: the request must be a table or JSON text");
+  }
+  s->result->effects.push_back(std::move(e));
+  return 0;
+}
+
+// __shadow_call() -> a number identifying the call in progress (memoised reads expire with it).
+Result<int> ShadowCall(lua_State* L) {
+  lua_pushnumber(L, static_cast<lua_Number>(GetState(L)->json.generation));
+  return 1;
+}
+
+// __shadow_device() -> msg.device of the call in progress.
+Result<int> ShadowDevice(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.shadow"));
+  lua_pushlstring(L, s->msg->device.data(), s->msg->device.size());
+  return 1;
+}
+
+// Shadow handles, in Lua: reads are fetched once per call and shared by every handle of the
+// same shadow in that call; writes become effects, applied when handle returns.
+constexpr const char* kShadowPrelude = R"lua(
+local read, write, call, device, setmetatable, rawget = ...
+local memo, memo_call = {}, nil
+local function document(thing, name)
+  local c = call()
+  if c ~= memo_call then memo, memo_call = {}, c end
+  local key = thing .. "\0" .. (name or "")
+  local d = memo[key]
+  if d == nil then
+    d = read(thing, name) or false
+    memo[key] = d
+  end
+  return d or nil
+end
+local methods = {
+  get = function(self) return document(self.thing, self.name) end,
+  report = function(self, patch) write(self.thing, self.name, "reported", patch) end,
+  desire = function(self, patch) write(self.thing, self.name, "desired", patch) end,
+  update = function(self, request) write(self.thing, self.name, nil, request) end,
+}
+local meta = {
+  __index = function(self, k)
+    local m = methods[k]
+    if m then return m end
+    if k == "version" then
+      local d = document(rawget(self, "thing"), rawget(self, "name"))
+      return d and d.version
+    end
+    if k == "reported" or k == "desired" or k == "delta" then
+      local d = document(rawget(self, "thing"), rawget(self, "name"))
+      return d and d.state and d.state[k]
+    end
+    return nil
+  end,
+}
+local function shadow_of(thing, name)
+  return setmetatable({ thing = thing, name = name }, meta)
+end
+local function ctx_index(_, k)
+  if k == "shadow" then return shadow_of(device()) end
+  return nil
+end
+return shadow_of, ctx_index
+)lua";
 
 int RaiseStop(lua_State* L, State* s, Stop kind) {
   s->stop = kind;
@@ -399,6 +549,27 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kError>>);
   lua_setfield(L, -2, "error");
   lua_setfield(L, -2, "log");
+  // ctx.shadow (for msg.device, made on use) and ctx.shadow_of come from the shadow prelude.
+  if (luaL_loadbuffer(L, kShadowPrelude, std::strlen(kShadowPrelude), "=gnomon.shadow") != 0) {
+    return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
+  }
+  PushStateClosure(L, s, LuaThunk<ShadowRead>);
+  PushStateClosure(L, s, LuaThunk<ShadowWrite>);
+  PushStateClosure(L, s, LuaThunk<ShadowCall>);
+  PushStateClosure(L, s, LuaThunk<ShadowDevice>);
+  lua_getglobal(L, "setmetatable");
+  lua_getglobal(L, "rawget");
+  if (lua_pcall(L, 6, 2, 0) != 0) {
+    return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
+  }
+  // stack: ctx, shadow_of, ctx_index
+  lua_createtable(L, 0, 1);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "__index");  // stack: ctx, shadow_of, meta
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -4, "shadow_of");
+  lua_setmetatable(L, -3);
+  lua_pop(L, 1);
   s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   for (const RuleInfo& info : rt->set_->rules()) {

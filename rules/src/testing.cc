@@ -14,6 +14,7 @@
 #include "gnomon/core/json.h"
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
+#include "gnomon/shadow/document.h"
 #include "sandbox.h"
 
 namespace gnomon::rules {
@@ -165,6 +166,61 @@ bool MatchBuckets(element expected, const Buckets& actual, const std::string& wh
   return true;
 }
 
+// The shadows of one test, in memory: reads see what earlier inputs of the test wrote.
+class TestShadows final : public ShadowReader {
+ public:
+  explicit TestShadows(int64_t now_ms) : now_s_(now_ms / 1000) {}
+
+  Result<std::optional<std::string>> ReadShadow(std::string_view thing,
+                                                std::string_view name) override {
+    auto it = docs_.find({std::string(thing), std::string(name)});
+    if (it == docs_.end() || !it->second.exists()) {
+      return std::optional<std::string>();
+    }
+    auto got = it->second.Get(name, now_s_);
+    return std::optional<std::string>(std::get<std::string>(std::move(got)));
+  }
+
+  // Applies an update request; an error names the shadow and the error document.
+  Status Update(const std::string& thing, const std::string& name, std::string_view request) {
+    auto r = docs_[{thing, name}].Update(request, now_s_);
+    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+      return InvalidArgument(fmt::format("shadow update of {}{}{} rejected: {}", thing,
+                                         name.empty() ? "" : "/", name, err->Json(now_s_)));
+    }
+    return {};
+  }
+
+  // {"reported":..., "desired":..., "delta":..., "version": N} of the classic shadow of
+  // `thing`, or nothing when it does not exist.
+  std::optional<std::string> View(const std::string& thing) const {
+    auto it = docs_.find({thing, ""});
+    if (it == docs_.end() || !it->second.exists()) {
+      return std::nullopt;
+    }
+    const shadow::ShadowDocument& d = it->second;
+    std::string out;
+    json::ObjectWriter w(out);
+    if (!d.reported().is_null()) {
+      w.FieldRaw("reported", d.reported().Json());
+    }
+    if (!d.desired().is_null()) {
+      w.FieldRaw("desired", d.desired().Json());
+    }
+    shadow::Value delta = d.Delta();
+    if (!delta.members().empty()) {
+      w.FieldRaw("delta", delta.Json());
+    }
+    w.Field("version", d.version());
+    w.Close();
+    return out;
+  }
+
+ private:
+  int64_t now_s_;
+  std::map<std::pair<std::string, std::string>, shadow::ShadowDocument> docs_;
+};
+
 struct Rule {
   std::string file;
   std::string text;
@@ -200,13 +256,27 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
                               f.key));
     }
   }
-  if (test["shadow"].get(e) == simdjson::SUCCESS) {
-    return fail("test.shadow: device shadows are not available yet");
-  }
   int64_t now = 0;
   double now_d = 0;
   if (test["now"].get_double().get(now_d) == simdjson::SUCCESS) {
     now = static_cast<int64_t>(now_d);
+  }
+  TestShadows shadows(now);
+  if (test["shadow"].get(e) == simdjson::SUCCESS) {
+    if (e.type() != element_type::OBJECT) {
+      return fail("test.shadow: a table of initial shadows by device, "
+                  "{ d1 = { reported = {...}, desired = {...} } }");
+    }
+    for (auto f : simdjson::dom::object(e)) {
+      if (f.value.type() != element_type::OBJECT) {
+        return fail(fmt::format("test.shadow.{}: a table {{ reported =, desired = }}", f.key));
+      }
+      Status st = shadows.Update(std::string(f.key), "",
+                                 "{\"state\":" + simdjson::minify(f.value) + "}");
+      if (!st.ok()) {
+        return fail(fmt::format("test.shadow.{}: {}", f.key, st.message()));
+      }
+    }
   }
   FixedClock clock(now);
   auto rt = RuleRuntime::Create(rule.set, clock);
@@ -272,9 +342,24 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       ts = static_cast<int64_t>(ts_d);
     }
     std::string topic_s(topic);
-    MessageView view{topic_s, device, &payload, "test", &headers, ts};
+    MessageView view{topic_s, device, &payload, "test", &headers, ts, 0, &shadows};
     CallResult result;
     (*rt)->Run(0, view, result);
+    // Shadow writes apply when handle returns, as in the engine; a rejected one fails the
+    // message.
+    if (result.outcome == Outcome::kOk) {
+      for (const Effect& eff : result.effects) {
+        if (eff.kind != Effect::Kind::kShadowUpdate) {
+          continue;
+        }
+        Status st = shadows.Update(eff.thing, eff.shadow_name, eff.payload);
+        if (!st.ok()) {
+          result.outcome = Outcome::kFailed;
+          result.reason = st.message();
+          break;
+        }
+      }
+    }
     if (result.outcome == Outcome::kFailed) {
       failed = result.reason;
       continue;
@@ -292,7 +377,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       }
       if (eff.kind == Effect::Kind::kEmit) {
         emits[(*rt)->sink_name(eff.sink)].push_back(record);
-      } else {
+      } else if (eff.kind == Effect::Kind::kPublish) {
         publishes[eff.topic].push_back(record);
       }
     }
@@ -315,9 +400,6 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
                               f.key));
     }
   }
-  if (expect["shadow"].get(e) == simdjson::SUCCESS) {
-    return fail("expect.shadow: device shadows are not available yet");
-  }
   if (want_fail) {
     if (failed.empty()) {
       return fail(fmt::format("expected the call to fail with \"{}\", but it did not", fail_sub));
@@ -338,6 +420,26 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   }
   if (expect["publish"].get(e) == simdjson::SUCCESS && !MatchBuckets(e, publishes, "publish", why)) {
     return fail(why);
+  }
+  if (expect["shadow"].get(e) == simdjson::SUCCESS) {
+    if (e.type() != element_type::OBJECT) {
+      return fail("expect.shadow: a table of expected shadows by device");
+    }
+    for (auto f : simdjson::dom::object(e)) {
+      std::string thing(f.key);
+      std::optional<std::string> actual = shadows.View(thing);
+      if (!actual) {
+        return fail(fmt::format("shadow.{}: expected {}, but the device has no shadow", thing,
+                                simdjson::minify(f.value)));
+      }
+      simdjson::dom::parser ap;
+      element a = ap.parse(*actual);
+      std::string sub;
+      if (!SubsetMatch(f.value, a, "shadow." + thing, sub)) {
+        return fail(fmt::format("{}\n  expected: {}\n  actual:   {}", sub,
+                                simdjson::minify(f.value), *actual));
+      }
+    }
   }
   r.passed = true;
   return r;

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
+#include <map>
+
 #include "gnomon/rules/rules.h"
 
 namespace gnomon::rules {
@@ -467,6 +469,102 @@ TEST(PayloadShareTest, RulesOfOneMessageShareAParseAndTheNextMessageGetsItsOwn) 
   (*rt)->Run(1, m3, r);
   ASSERT_EQ(r.effects.size(), 1u) << r.reason;
   EXPECT_NE(r.effects[0].payload.find("invalid JSON"), std::string::npos) << r.effects[0].payload;
+}
+
+}  // namespace
+}  // namespace gnomon::rules
+
+namespace gnomon::rules {
+namespace {
+
+class FakeShadows final : public ShadowReader {
+ public:
+  Result<std::optional<std::string>> ReadShadow(std::string_view thing,
+                                                std::string_view name) override {
+    reads.push_back(std::string(thing) + "/" + std::string(name));
+    auto it = docs.find(std::string(thing) + "/" + std::string(name));
+    if (it == docs.end()) {
+      return std::optional<std::string>();
+    }
+    return std::optional<std::string>(it->second);
+  }
+  std::map<std::string, std::string> docs;
+  std::vector<std::string> reads;
+};
+
+class ShadowRuntimeTest : public RuntimeTest {
+ protected:
+  CallResult RunWithShadows(const std::string& payload = "{}") {
+    payload_ = payload;
+    payload_.reserve(payload_.size() + simdjson::SIMDJSON_PADDING);
+    MessageView m{"devices/d1/telemetry", "d1", &payload_, "src", &headers_, 1234, 0, &shadows_};
+    CallResult r;
+    rt_->Run(0, m, r);
+    return r;
+  }
+  FakeShadows shadows_;
+};
+
+TEST_F(ShadowRuntimeTest, ReadsSeeTheDocumentOncePerCall) {
+  shadows_.docs["d1/"] =
+      R"({"state":{"desired":{"t":5},"reported":{"t":3},"delta":{"t":5}},"version":7})";
+  Load(R"(    local s = ctx.shadow
+    ctx.emit("out", { s.version, s.reported.t, s.desired.t, s.delta.t,
+                      ctx.shadow:get().state.reported.t,
+                      ctx.shadow_of("other"):get() == nil,
+                      ctx.shadow_of("d1", "cfg").version == nil }))");
+  CallResult r = RunWithShadows();
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.effects.size(), 1u);
+  EXPECT_EQ(r.effects[0].payload, "[7,3,5,5,3,true,true]");
+  // One read per shadow per call, however many accessors were used.
+  EXPECT_EQ(shadows_.reads, (std::vector<std::string>{"d1/", "other/", "d1/cfg"}));
+  shadows_.reads.clear();
+  ASSERT_EQ(RunWithShadows().outcome, Outcome::kOk);
+  EXPECT_EQ(shadows_.reads.size(), 3u) << "the next call reads again";
+}
+
+TEST_F(ShadowRuntimeTest, WritesAreBufferedEffectsInOrder) {
+  Load(R"(    ctx.shadow:report { t = msg.payload.t }
+    ctx.shadow:desire { fan = "on" }
+    ctx.shadow_of("room-1", "climate"):update { state = { reported = { n = 1 } }, clientToken = "c" }
+    ctx.shadow:update('{"state":null}'))");
+  CallResult r = RunWithShadows(R"({"t":21.5})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.effects.size(), 4u);
+  for (const Effect& e : r.effects) {
+    EXPECT_EQ(e.kind, Effect::Kind::kShadowUpdate);
+  }
+  EXPECT_EQ(r.effects[0].thing, "d1");
+  EXPECT_EQ(r.effects[0].payload, R"({"state":{"reported":{"t":21.5}}})");
+  EXPECT_EQ(r.effects[1].payload, R"({"state":{"desired":{"fan":"on"}}})");
+  EXPECT_EQ(r.effects[2].thing, "room-1");
+  EXPECT_EQ(r.effects[2].shadow_name, "climate");
+  EXPECT_NE(r.effects[2].payload.find(R"("clientToken":"c")"), std::string::npos);
+  EXPECT_EQ(r.effects[3].payload, R"({"state":null})");
+}
+
+TEST_F(ShadowRuntimeTest, BadThingNamesAndMissingShadowSupportFailTheCall) {
+  Load(R"(    ctx.shadow_of(msg.payload.thing):report { a = 1 })");
+  for (const char* bad : {R"({"thing":"a/b"})", R"({"thing":"#"})", R"({"thing":""})",
+                          R"({"thing":5})"}) {
+    CallResult r = RunWithShadows(bad);
+    EXPECT_EQ(r.outcome, Outcome::kFailed) << bad;
+    EXPECT_TRUE(r.effects.empty());
+  }
+  CallResult r = RunWithShadows(R"({"thing":")" + std::string(129, 'x') + R"("})");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("1-128 bytes"), std::string::npos) << r.reason;
+
+  Load("    local v = ctx.shadow.version");
+  r = Run("{}");  // no ShadowReader: shadows are not configured
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("device shadows are not enabled"), std::string::npos) << r.reason;
+
+  Load("    ctx.shadow:report(5)");
+  r = RunWithShadows();
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("patch must be a table"), std::string::npos) << r.reason;
 }
 
 }  // namespace

@@ -71,7 +71,8 @@ TEST(RuleTestingTest, FailuresSayWhereAndShowExpectedAndActual) {
   EXPECT_NE(text.find("expected the call to fail with \"x\""), std::string::npos) << text;
   EXPECT_NE(text.find("'x/y' does not match rule.from"), std::string::npos) << text;
   EXPECT_NE(text.find("unknown test field 'expcet'"), std::string::npos) << text;
-  EXPECT_NE(text.find("shadows are not available yet"), std::string::npos) << text;
+  EXPECT_NE(text.find("shadow.a: expected {}, but the device has no shadow"), std::string::npos)
+      << text;
   EXPECT_NE(text.find("emit.out: expected 2 item(s), got 1"), std::string::npos) << text;
   EXPECT_NE(text.find("5 passed, 7 failed"), std::string::npos) << text;
 
@@ -103,6 +104,75 @@ TEST(RuleTestingTest, BrokenFilesAreErrors) {
   auto report = RunRuleTests({dir.path()}, {});
   ASSERT_FALSE(report.ok());
   EXPECT_NE(report.status().message().find("no rule named 'nope'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gnomon::rules
+
+namespace gnomon::rules {
+namespace {
+
+constexpr const char* kShadowRule = R"(return rule {
+  name = "thermo",
+  from = { "devices/+/telemetry" },
+  handle = function(msg, ctx)
+    local t = msg.payload.temp
+    local before = ctx.shadow.reported
+    ctx.shadow:report { temp = t, previous = before and before.temp or json.null }
+    local target = ctx.shadow.desired and ctx.shadow.desired.temp
+    if target and t ~= target then
+      ctx.emit("out", { device = msg.device, off_by = t - target, version = ctx.shadow.version })
+    end
+    if msg.payload.zone then
+      ctx.shadow_of("zone-" .. msg.payload.zone):desire { last_device = msg.device }
+    end
+    if msg.payload.bad then
+      ctx.shadow:report { ["$x"] = 1 }
+    end
+  end,
+  tests = {
+    { name = "initial shadows are seen and writes land",
+      shadow = { d1 = { desired = { temp = 20 }, reported = { temp = 18 } } },
+      input = { { topic = "devices/d1/telemetry", payload = { temp = 22 } },
+                { topic = "devices/d1/telemetry", payload = { temp = 20, zone = "a" } } },
+      expect = { emit = { out = { { device = "d1", off_by = 2, version = 1 } } },
+                 shadow = { d1 = { reported = { temp = 20, previous = 22 }, version = 3 },
+                            ["zone-a"] = { desired = { last_device = "d1" },
+                                           delta = { last_device = "d1" } } } } },
+    { name = "a new device gets a shadow",
+      input = { topic = "devices/d9/telemetry", payload = { temp = 5 } },
+      expect = { emit = {}, shadow = { d9 = { reported = { temp = 5 }, version = 1 } } } },
+    { name = "a rejected shadow write fails the message",
+      input = { topic = "devices/d2/telemetry", payload = { temp = 5, bad = true } },
+      expect = { fail = "INVALID_KEY" } },
+  },
+})";
+
+TEST(RuleTestingShadowTest, InitialShadowsWritesAndExpectationsWork) {
+  testing::TempDir dir;
+  dir.Write("thermo.lua", kShadowRule);
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(report->failed(), 0) << report->Text(true);
+  EXPECT_EQ(report->passed(), 3) << report->Text(true);
+}
+
+TEST(RuleTestingShadowTest, ShadowMismatchShowsExpectedAndActual) {
+  testing::TempDir dir;
+  dir.Write("thermo.lua", kShadowRule);
+  dir.Write("thermo.test.lua", R"(return { rule = "thermo", tests = {
+    { name = "wrong", input = { topic = "devices/d1/telemetry", payload = { temp = 1 } },
+      expect = { shadow = { d1 = { reported = { temp = 2 } } } } },
+    { name = "bad initial", shadow = { d1 = { delta = {} } },
+      input = { topic = "devices/d1/telemetry", payload = { temp = 1 } }, expect = {} },
+  } })");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  std::string text = report->Text(false);
+  EXPECT_EQ(report->failed(), 2) << text;
+  EXPECT_NE(text.find("shadow.d1.reported.temp: expected 2, got 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("test.shadow.d1: shadow update of d1 rejected"), std::string::npos) << text;
+  EXPECT_NE(text.find("INVALID_NODE"), std::string::npos) << text;
 }
 
 }  // namespace

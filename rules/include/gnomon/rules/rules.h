@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Lua rules: loading and validating rule files into an immutable RuleSet, and running them on a
-// per-worker RuleRuntime (one LuaJIT state each). This module never includes shadow or engine.
+// per-worker RuleRuntime (one LuaJIT state each). Shadows are reached through ShadowReader and
+// kShadowUpdate effects; only the test harness (testing.cc) uses shadow documents directly.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -81,11 +83,14 @@ Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>&
 
 // One buffered effect of a rule call.
 struct Effect {
-  enum class Kind { kEmit, kPublish };
+  enum class Kind { kEmit, kPublish, kShadowUpdate };
   Kind kind = Kind::kEmit;
   uint32_t sink = 0;   // kEmit: index into RuleSetOptions::sinks
   std::string topic;   // kPublish: the topic; kEmit: optional topic override
+  // kEmit, kPublish: the record. kShadowUpdate: the update request (spec/shadow.md) as JSON.
   std::string payload;
+  std::string thing;        // kShadowUpdate: the shadow's thing and name ("": classic)
+  std::string shadow_name;
   bool json = true;    // false: a Lua string emitted as raw bytes
   std::string key;
   Headers headers;
@@ -101,6 +106,17 @@ struct CallResult {
   std::vector<Effect> effects;   // committed only when outcome == kOk
 };
 
+// Committed shadow state for ctx.shadow and ctx.shadow_of, provided by the engine (or the
+// test harness). Called on the worker thread during a call.
+class ShadowReader {
+ public:
+  virtual ~ShadowReader() = default;
+  // The shadow's document with its delta (the get/accepted form), nullopt when there is none,
+  // or an error (bad thing name, store failure) that fails the call.
+  virtual Result<std::optional<std::string>> ReadShadow(std::string_view thing,
+                                                        std::string_view name) = 0;
+};
+
 // What a rule sees of a message. Views must outlive the call.
 struct MessageView {
   std::string_view topic;
@@ -113,6 +129,8 @@ struct MessageView {
   // Identifies the message across the rule calls it gets (0: unknown). Calls with the same id
   // share one parse of the payload.
   uint64_t id = 0;
+  // Shadow reads; null: ctx.shadow reads fail with "device shadows are not enabled".
+  ShadowReader* shadows = nullptr;
 };
 
 // A per-worker Lua state with every rule of a set loaded, each in its own environment.
