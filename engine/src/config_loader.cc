@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "gnomon/engine/engine.h"
+#include "gnomon/core/topic.h"
 #include "gnomon/rules/testing.h"
 
 namespace gnomon::engine {
@@ -240,6 +241,30 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
   if (const ConfigValue* api = app.root.Get("api")) {
     app.api_listen = api->GetString("listen");
     app.api_tokens = api->GetStrings("tokens");
+  }
+  if (const ConfigValue* sh = app.root.Get("shadows")) {
+    app.shadows.enabled = true;
+    app.shadows.topic_prefix = sh->GetString("topic_prefix", "$aws/things");
+    app.shadows.sync_full = sh->GetString("sync", "full") == "full";
+    if (Status st = ValidateTopicName(app.shadows.topic_prefix); !st.ok() ||
+        app.shadows.topic_prefix.back() == '/') {
+      errors.Add(sh->Get("topic_prefix"), "shadows.topic_prefix",
+                 "must be a topic name without wildcards or a trailing /");
+    }
+    if (const ConfigValue* c = sh->Get("connection")) {
+      app.shadows.connection_name = c->scalar();
+      const ConfigValue* conn = connections != nullptr ? connections->Get(c->scalar()) : nullptr;
+      if (conn == nullptr) {
+        errors.Add(c, "shadows.connection",
+                   fmt::format("no connection named '{}' in `connections`", c->scalar()));
+      } else if (conn->GetString("type") != "mqtt") {
+        errors.Add(c, "shadows.connection",
+                   fmt::format("'{}' is a {} connection; shadows are served over mqtt",
+                               c->scalar(), conn->GetString("type")));
+      } else {
+        app.shadows.connection = conn;
+      }
+    }
   }
   app.watch_rules = app.root.GetBool("watch_rules", true);
   for (const auto& dir : app.root.GetStrings("rule_libs")) {

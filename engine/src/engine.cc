@@ -18,161 +18,10 @@
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/queue.h"
+#include "engine_impl.h"
 #include "http_server.h"
 
 namespace gnomon::engine {
-
-namespace {
-constexpr size_t kWorkerBatch = 256;
-constexpr int32_t kDeadLetterRoute = -2;
-
-}  // namespace
-
-// Per-rule metrics, created once.
-struct RuleMetrics {
-  Counter* matched;
-  Counter* emitted;
-  Counter* filtered;
-  Counter* failed;
-  Counter* dead_lettered;
-  Histogram* duration;
-};
-
-// Failures of one rule in its current window; quarantine when they exceed the rule's limit.
-struct RuleHealth {
-  std::atomic<int64_t> window_start_ms{0};
-  std::atomic<int64_t> failures{0};
-  std::atomic<bool> quarantined{false};
-  Gauge* quarantined_gauge = nullptr;
-  std::mutex mu;
-  std::string last_error;    // GUARDED_BY(mu)
-  int64_t last_error_ms = 0;  // GUARDED_BY(mu)
-};
-
-// One loaded version of the rules with what the engine keeps per rule. Immutable but for the
-// health counters; shared by the workers that run it.
-struct LoadedRules {
-  std::shared_ptr<const rules::RuleSet> set;
-  std::vector<RuleMetrics> metrics;
-  std::vector<std::unique_ptr<RuleHealth>> health;
-  uint64_t version = 0;
-  int64_t loaded_at_ms = 0;
-};
-
-struct SinkEntry {
-  std::string name;
-  std::unique_ptr<Sink> sink;
-  Counter* delivered;
-  Counter* failed;
-  Counter* dead_lettered;
-  Gauge* queue_depth;
-};
-
-class Engine::Impl final : public Ingest, public DeliveryReporter, public DeliveryObserver {
- public:
-  Impl(AppConfig config, const Registry& registry, const Clock& clock, EngineOptions options)
-      : config_(std::move(config)), registry_(registry), clock_(clock), options_(options) {}
-
-  ~Impl() override { Stop(); }
-
-  Status Init();
-  Status Start();
-  void Stop();
-  bool Idle() const;
-  bool Ready() const;
-  Counts counts() const;
-  MetricsRegistry& metrics() { return metrics_; }
-  Status ReloadRules(std::string_view why);
-  std::string RulesJson(std::string_view name) const;
-  int api_port() const { return api_http_ ? api_http_->port() : (http_ ? http_->port() : 0); }
-
-  // gnomon::Ingest
-  bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;
-  void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
-              std::string_view error) override;
-
-  // gnomon::DeliveryReporter
-  void Report(Record& record, const Status& status) override;
-
-  // gnomon::DeliveryObserver
-  void OnDeliveryFinished(Delivery& d) override;
-
- private:
-  struct Worker {
-    explicit Worker(size_t capacity) : queue(capacity) {}
-    BoundedQueue<Message> queue;
-    std::shared_ptr<const LoadedRules> loaded;  // the version `runtime` runs
-    std::unique_ptr<rules::RuleRuntime> runtime;
-    Gauge* depth = nullptr;
-    std::atomic<bool> exited{false};
-    uint64_t message_seq = 0;  // ids for MessageView: rules of one message share a parse
-    // For the watchdog: the call in progress (0: none) and its rule.
-    std::atomic<int64_t> call_started_ns{0};
-    std::atomic<const rules::RuleInfo*> call_rule{nullptr};
-    std::mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
-    std::jthread thread;
-  };
-
-  Status CreateSink(const Entry& e);
-  void RunWorker(size_t index);
-  void Process(Worker& w, Message& m, std::vector<uint32_t>& matches, rules::CallResult& result);
-  void Commit(const Message& m, const rules::RuleInfo& rule, rules::CallResult& result);
-  // Sends a dead letter for `m` (or a record); holds `d` until it is durable.
-  void DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
-                  std::string_view rule, const std::string* source, std::string_view topic,
-                  std::string_view device, std::string_view payload, int attempts, int64_t ts);
-  void RenderAccounting(std::string& out) const;
-  std::shared_ptr<const LoadedRules> MakeLoaded(std::shared_ptr<const rules::RuleSet> set,
-                                                uint64_t version);
-  std::shared_ptr<const LoadedRules> CurrentRules() const;
-  void RecordFailure(RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
-  std::vector<HttpRoute> OpsRoutes();
-  std::vector<HttpRoute> ApiRoutes();
-  void WatchRules(std::stop_token st);
-  void Watchdog(std::stop_token st);
-
-  AppConfig config_;
-  const Registry& registry_;
-  const Clock& clock_;
-  EngineOptions options_;
-  MetricsRegistry metrics_;
-
-  std::vector<std::unique_ptr<Source>> sources_;
-  std::vector<std::string> source_names_;
-  std::map<std::string, Counter*> source_counters_;
-  std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
-  std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured
-  SinkEntry* dead_letter_sink_ = nullptr;
-  SinkEntry* publish_sink_ = nullptr;
-  std::vector<std::unique_ptr<Worker>> workers_;
-  std::unique_ptr<HttpServer> http_;      // metrics.listen (and the API when on the same port)
-  std::unique_ptr<HttpServer> api_http_;  // api.listen, when different
-
-  mutable std::mutex rules_mu_;
-  std::shared_ptr<const LoadedRules> loaded_;  // GUARDED_BY(rules_mu_)
-  std::mutex reload_mu_;                       // one reload at a time
-  std::string last_reload_error_;              // GUARDED_BY(reload_mu_)
-  int64_t last_reload_ms_ = 0;                 // GUARDED_BY(reload_mu_)
-  Counter* reloads_ok_ = nullptr;
-  Counter* reloads_failed_ = nullptr;
-  Histogram* switch_seconds_ = nullptr;  // a worker's pause to load a new rule version
-  std::jthread watcher_;
-  std::jthread watchdog_;
-
-  Counter* in_;
-  Counter* done_;
-  Counter* dead_lettered_msgs_;
-  Counter* abandoned_;
-  Counter* unmatched_;
-  Counter* dead_letter_failures_;
-  std::mutex dl_counter_mu_;
-  std::map<std::string, Counter*, std::less<>> dl_reasons_;  // GUARDED_BY(dl_counter_mu_)
-
-  log::RateLimiter rule_failure_log_{10};  // lines per second; failures are all counted
-  std::atomic<bool> started_{false};
-  std::atomic<bool> stopped_{false};
-  std::atomic<bool> accepting_{false};
-};
 
 Status Engine::Impl::Init() {
   std::error_code ec;
@@ -229,6 +78,8 @@ Status Engine::Impl::Init() {
     dead_letter_sink_ = dead_letter_.get();
   }
 
+  GNOMON_RETURN_IF_ERROR(InitShadows());
+
   // Sources.
   if (options_.mode == Mode::kRun) {
     for (const Entry& e : config_.sources) {
@@ -271,6 +122,8 @@ Status Engine::Impl::Init() {
   // Workers: each with its own Lua state holding every rule.
   for (int i = 0; i < config_.workers; ++i) {
     auto w = std::make_unique<Worker>(config_.worker_queue);
+    w->index = static_cast<size_t>(i);
+    GNOMON_RETURN_IF_ERROR(InitWorkerShadows(*w));
     GNOMON_ASSIGN_OR_RETURN(w->runtime, rules::RuleRuntime::Create(loaded_->set, clock_));
     w->loaded = loaded_;
     w->depth = metrics_.GetGauge("gnomon_worker_queue_depth", "Messages waiting per worker",
@@ -310,6 +163,9 @@ Status Engine::Impl::Start() {
   if (dead_letter_) {
     GNOMON_RETURN_IF_ERROR(dead_letter_->sink->Start().WithContext("dead-letter sink"));
   }
+  if (shadow_sink_) {
+    GNOMON_RETURN_IF_ERROR(shadow_sink_->sink->Start().WithContext("shadow sink"));
+  }
   for (size_t i = 0; i < workers_.size(); ++i) {
     workers_[i]->thread = std::jthread([this, i] { RunWorker(i); });
   }
@@ -318,6 +174,9 @@ Status Engine::Impl::Start() {
   started_ = true;
   for (size_t i = 0; i < sources_.size(); ++i) {
     GNOMON_RETURN_IF_ERROR(sources_[i]->Start(*this).WithContext("source " + source_names_[i]));
+  }
+  if (shadow_source_) {
+    GNOMON_RETURN_IF_ERROR(shadow_source_->Start(*shadow_ingest_).WithContext("shadow service"));
   }
   if (options_.mode == Mode::kRun) {
     bool shared = !config_.api_listen.empty() && config_.api_listen == config_.metrics_listen;
@@ -367,6 +226,9 @@ void Engine::Impl::Stop() {
   for (auto& s : sources_) {
     s->Stop();
   }
+  if (shadow_source_) {
+    shadow_source_->Stop();
+  }
   accepting_ = false;
   // 2. Workers: finish what is queued. A worker blocked on a full sink (its destination down)
   // would never finish; at the deadline the sinks stop taking records, so it can.
@@ -392,6 +254,9 @@ void Engine::Impl::Stop() {
         s.sink->Stop(deadline);
       }
     }
+    if (shadow_sink_) {
+      shadow_sink_->sink->Stop(deadline);
+    }
   };
   if (!workers_done()) {
     log::Warn("shutdown deadline reached with workers blocked on sinks; abandoning the rest");
@@ -405,6 +270,9 @@ void Engine::Impl::Stop() {
   if (watchdog_.joinable()) {
     watchdog_.request_stop();
     watchdog_.join();
+  }
+  if (shadow_store_) {
+    shadow_store_->Flush();  // every accepted write durable, its answers and events handed on
   }
   stop_sinks();
   dead_letter_sink_->sink->Stop(std::max(deadline, std::chrono::steady_clock::now() +
@@ -442,6 +310,9 @@ bool Engine::Impl::Ready() const {
       return false;
     }
   }
+  if (shadow_source_ && !shadow_source_->Ready()) {
+    return false;
+  }
   return started_ && !stopped_;
 }
 
@@ -463,6 +334,9 @@ void Engine::Impl::RenderAccounting(std::string& out) const {
   }
   if (dead_letter_) {
     dead_letter_->queue_depth->Set(static_cast<int64_t>(dead_letter_->sink->QueueDepth()));
+  }
+  if (shadow_sink_) {
+    shadow_sink_->queue_depth->Set(static_cast<int64_t>(shadow_sink_->sink->QueueDepth()));
   }
   for (auto& w : workers_) {
     w->depth->Set(static_cast<int64_t>(w->queue.size()));
@@ -542,7 +416,11 @@ void Engine::Impl::RunWorker(size_t index) {
                      {{"worker", std::to_string(index)}, {"error", rt.status().message()}});
         }
       }
-      Process(w, m, matches, result);
+      if (m.kind == MessageKind::kData) {
+        Process(w, m, matches, result);
+      } else {
+        HandleShadowRequest(w, m);
+      }
     }
     batch.clear();
   }
@@ -559,8 +437,9 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     unmatched_->Inc();
     m.delivery->Mark(Delivery::kUnmatched);
   }
-  rules::MessageView view{m.topic, m.device, &m.payload, *m.source, &m.headers, m.ts_ms,
-                          ++w.message_seq};
+  rules::MessageView view{m.topic,   m.device,        &m.payload,
+                          *m.source, &m.headers,      m.ts_ms,
+                          ++w.message_seq, w.rule_shadows.get()};
   for (uint32_t idx : matches) {
     const rules::RuleInfo& rule = set.rules()[idx];
     const RuleMetrics& rm = loaded.metrics[idx];
@@ -595,7 +474,7 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         if (!result.effects.empty()) {
           rm.emitted->Inc();
         }
-        Commit(m, rule, result);
+        Commit(w, m, rule, result);
         break;
       case rules::Outcome::kFiltered:
         rm.filtered->Inc();
@@ -621,9 +500,15 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
   m.delivery->Release();  // the processing hold
 }
 
-void Engine::Impl::Commit(const Message& m, const rules::RuleInfo& rule,
+void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
                           rules::CallResult& result) {
+  if (!CommitShadowWrites(w, m, rule, result)) {
+    return;  // a shadow write was rejected: the message is dead-lettered, nothing applies
+  }
   for (rules::Effect& e : result.effects) {
+    if (e.kind == rules::Effect::Kind::kShadowUpdate) {
+      continue;
+    }
     SinkEntry* target = e.kind == rules::Effect::Kind::kEmit ? &sinks_[e.sink] : publish_sink_;
     Record r;
     r.payload = std::move(e.payload);
@@ -695,9 +580,10 @@ void Engine::Impl::DeadLetter(Delivery* d, std::string_view reason, std::string_
 void Engine::Impl::Report(Record& r, const Status& status) {
   Delivery* d = r.delivery;
   bool is_dead_letter = r.route == kDeadLetterRoute;
-  SinkEntry* entry = is_dead_letter ? dead_letter_sink_
-                     : r.route >= 0 ? &sinks_[static_cast<size_t>(r.route)]
-                                    : nullptr;
+  SinkEntry* entry = is_dead_letter              ? dead_letter_sink_
+                     : r.route == kShadowRoute    ? shadow_sink_.get()
+                     : r.route >= 0               ? &sinks_[static_cast<size_t>(r.route)]
+                                                  : nullptr;
   if (status.ok()) {
     if (entry != nullptr) {
       entry->delivered->Inc();
@@ -1030,6 +916,9 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
     };
   };
   std::vector<HttpRoute> routes;
+  for (HttpRoute& r : ShadowRoutes()) {
+    routes.push_back({r.method, r.pattern, guard(std::move(r.handler))});
+  }
   routes.push_back({"GET", "/v1/rules", guard([this](const HttpRequest&) {
                       HttpResponse r;
                       r.body = RulesJson("");

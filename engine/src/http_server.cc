@@ -37,12 +37,17 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
         in.params.push_back(req.matches[i].str());
       }
       in.authorization = req.get_header_value("Authorization");
+      for (const auto& [k, v] : req.params) {
+        in.query.emplace_back(k, v);
+      }
       HttpResponse out = h(in);
       res.status = out.status;
       res.set_content(out.body, out.content_type.c_str());
     };
     if (r.method == "POST") {
       srv.Post(r.pattern, handler);
+    } else if (r.method == "DELETE") {
+      srv.Delete(r.pattern, handler);
     } else {
       srv.Get(r.pattern, handler);
     }

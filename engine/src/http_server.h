@@ -5,6 +5,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "gnomon/core/status.h"
@@ -17,6 +19,16 @@ struct HttpRequest {
   std::string body;
   std::vector<std::string> params;  // regex captures of the route
   std::string authorization;        // the Authorization header
+  std::vector<std::pair<std::string, std::string>> query;  // decoded query parameters
+  // The first value of query parameter `name`, or nullptr.
+  const std::string* Query(std::string_view name) const {
+    for (const auto& [k, v] : query) {
+      if (k == name) {
+        return &v;
+      }
+    }
+    return nullptr;
+  }
 };
 
 struct HttpResponse {
@@ -26,7 +38,7 @@ struct HttpResponse {
 };
 
 struct HttpRoute {
-  std::string method;   // "GET" or "POST"
+  std::string method;   // "GET", "POST" or "DELETE"
   std::string pattern;  // a regex over the path, e.g. "/v1/rules/([a-z0-9_-]+)"
   std::function<HttpResponse(const HttpRequest&)> handler;
 };

@@ -154,6 +154,7 @@ class ShadowStore::Impl {
   struct Pending {
     std::string thing, name, stored;
     Done done;
+    bool barrier = false;  // no write: only `done`, in order
   };
 
   ~Impl() {
@@ -238,9 +239,11 @@ class ShadowStore::Impl {
         keys.push_back(batch[i].thing + '\0' + batch[i].name);
       }
       for (size_t i = 0; i < batch.size(); ++i) {
-        last[keys[i]] = i;
+        if (!batch[i].barrier) {
+          last[keys[i]] = i;
+        }
       }
-      Status st = Commit(batch, last);
+      Status st = last.empty() ? Status() : Commit(batch, last);
       for (Pending& p : batch) {
         if (p.done) {
           p.done(st);
@@ -248,7 +251,7 @@ class ShadowStore::Impl {
       }
       {
         std::lock_guard lock(mu_);
-        stats_.transactions++;
+        stats_.transactions += last.empty() ? 0 : 1;
         stats_.writes += batch.size();
         stats_.rows += last.size();
         if (!st.ok()) {
@@ -313,6 +316,13 @@ Result<std::unique_ptr<ShadowStore>> ShadowStore::Open(StoreOptions options) {
 
 void ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done) {
   impl_->Write({std::move(thing), std::move(name), std::move(stored), std::move(done)});
+}
+
+void ShadowStore::After(Done done) {
+  Impl::Pending p;
+  p.done = std::move(done);
+  p.barrier = true;
+  impl_->Write(std::move(p));
 }
 
 void ShadowStore::Flush() { impl_->Flush(); }

@@ -44,6 +44,14 @@ struct AppConfig {
   std::vector<std::string> rule_files;     // what they matched at load
   std::vector<std::string> rule_libs;      // folders for `require`, resolved
   std::shared_ptr<const rules::RuleSet> rules;
+  // `shadows:`; enabled when the section is present.
+  struct Shadows {
+    bool enabled = false;
+    std::string topic_prefix = "$aws/things";
+    const ConfigValue* connection = nullptr;  // MQTT connection serving the shadow topics
+    std::string connection_name;
+    bool sync_full = true;
+  } shadows;
   std::string api_listen;
   std::vector<std::string> api_tokens;
   bool watch_rules = true;

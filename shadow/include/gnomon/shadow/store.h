@@ -40,6 +40,9 @@ class ShadowStore {
 
   // Queues the stored form of shadow (thing, name). Thread-safe; never blocks on I/O.
   void Write(std::string thing, std::string name, std::string stored, Done done);
+  // Runs `done` (on the writer thread) once every write queued before it is committed: replies
+  // that must not overtake earlier writes (a get after an update) go through here.
+  void After(Done done);
   // Waits until everything queued before the call is committed.
   void Flush();
 

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,6 +63,15 @@ class Delivery {
   AckHandle* ack_;  // owned: deleted when the delivery finishes
 };
 
+// What a message is for. Shadow requests are handled by the owner of the shadow instead of
+// running rules; they differ in where the answer goes.
+enum class MessageKind : uint8_t {
+  kData,          // input for the rules
+  kShadowMqtt,    // an MQTT shadow request: answered on {topic}/accepted|rejected
+  kShadowRouted,  // a rule's write to a shadow another worker owns: rejections dead-letter
+  kShadowApi,     // a REST shadow request: answered through `reply`
+};
+
 struct Message {
   std::string topic;
   std::string device;
@@ -71,6 +81,9 @@ struct Message {
   int64_t ts_ms = 0;
   const std::string* source = nullptr;  // name owned by the source, outlives the message
   Delivery* delivery = nullptr;         // owned by itself; one hold belongs to this message
+  MessageKind kind = MessageKind::kData;
+  // kShadowApi: called once with the HTTP status and the JSON body.
+  std::function<void(int status, std::string body)> reply;
 };
 
 }  // namespace gnomon

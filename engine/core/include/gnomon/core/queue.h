@@ -29,6 +29,20 @@ class BoundedQueue {
     return true;
   }
 
+  // Pushes even when full. For work the queue's own consumer generates (or that must not wait
+  // on it, to avoid a cycle of blocked producers); callers bound it some other way.
+  bool PushForce(T&& item) {
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) {
+        return false;
+      }
+      items_.push_back(std::move(item));
+    }
+    not_empty_.notify_one();
+    return true;
+  }
+
   // Moves up to `max` items into `out`. Blocks until there is one or the queue is closed;
   // returns false when closed and drained.
   bool PopBatch(std::vector<T>& out, size_t max) {

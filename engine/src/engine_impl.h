@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: Apache-2.0
+// Engine::Impl: shared by engine.cc (pipeline) and shadows.cc (the shadow service).
+#pragma once
+
+#include <fmt/format.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <variant>
+
+#include "gnomon/core/log.h"
+#include "gnomon/core/queue.h"
+#include "gnomon/engine/engine.h"
+#include "gnomon/shadow/document.h"
+#include "gnomon/shadow/store.h"
+#include "http_server.h"
+
+namespace gnomon::engine {
+
+inline constexpr size_t kWorkerBatch = 256;
+inline constexpr int32_t kDeadLetterRoute = -2;
+inline constexpr int32_t kShadowRoute = -3;  // shadow answers and events (the shadows sink)
+
+// Per-rule metrics, created once.
+struct RuleMetrics {
+  Counter* matched;
+  Counter* emitted;
+  Counter* filtered;
+  Counter* failed;
+  Counter* dead_lettered;
+  Histogram* duration;
+};
+
+// Failures of one rule in its current window; quarantine when they exceed the rule's limit.
+struct RuleHealth {
+  std::atomic<int64_t> window_start_ms{0};
+  std::atomic<int64_t> failures{0};
+  std::atomic<bool> quarantined{false};
+  Gauge* quarantined_gauge = nullptr;
+  std::mutex mu;
+  std::string last_error;    // GUARDED_BY(mu)
+  int64_t last_error_ms = 0;  // GUARDED_BY(mu)
+};
+
+// One loaded version of the rules with what the engine keeps per rule. Immutable but for the
+// health counters; shared by the workers that run it.
+struct LoadedRules {
+  std::shared_ptr<const rules::RuleSet> set;
+  std::vector<RuleMetrics> metrics;
+  std::vector<std::unique_ptr<RuleHealth>> health;
+  uint64_t version = 0;
+  int64_t loaded_at_ms = 0;
+};
+
+struct SinkEntry {
+  std::string name;
+  std::unique_ptr<Sink> sink;
+  Counter* delivered;
+  Counter* failed;
+  Counter* dead_lettered;
+  Gauge* queue_depth;
+};
+
+class Engine::Impl final : public Ingest, public DeliveryReporter, public DeliveryObserver {
+ public:
+  Impl(AppConfig config, const Registry& registry, const Clock& clock, EngineOptions options)
+      : config_(std::move(config)), registry_(registry), clock_(clock), options_(options) {}
+
+  ~Impl() override { Stop(); }
+
+  Status Init();
+  Status Start();
+  void Stop();
+  bool Idle() const;
+  bool Ready() const;
+  Counts counts() const;
+  MetricsRegistry& metrics() { return metrics_; }
+  Status ReloadRules(std::string_view why);
+  std::string RulesJson(std::string_view name) const;
+  int api_port() const { return api_http_ ? api_http_->port() : (http_ ? http_->port() : 0); }
+
+  // ctx.shadow reads of the rules on `worker` (a Worker*), see shadows.cc.
+  Result<std::optional<std::string>> ReadShadowFor(void* worker, std::string_view thing,
+                                                   std::string_view name);
+
+  // gnomon::Ingest
+  bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;
+  void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
+              std::string_view error) override;
+
+  // gnomon::DeliveryReporter
+  void Report(Record& record, const Status& status) override;
+
+  // gnomon::DeliveryObserver
+  void OnDeliveryFinished(Delivery& d) override;
+
+ private:
+  struct Worker {
+    explicit Worker(size_t capacity) : queue(capacity) {}
+    BoundedQueue<Message> queue;
+    std::shared_ptr<const LoadedRules> loaded;  // the version `runtime` runs
+    std::unique_ptr<rules::RuleRuntime> runtime;
+    Gauge* depth = nullptr;
+    std::atomic<bool> exited{false};
+    uint64_t message_seq = 0;  // ids for MessageView: rules of one message share a parse
+    // For the watchdog: the call in progress (0: none) and its rule.
+    std::atomic<int64_t> call_started_ns{0};
+    std::atomic<const rules::RuleInfo*> call_rule{nullptr};
+    std::mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
+    std::jthread thread;
+    // Shadows this worker owns (by thing), loaded on first use: the single writer's state.
+    size_t index = 0;
+    std::unordered_map<std::string, shadow::ShadowDocument> shadows;  // key: thing \0 name
+    std::unique_ptr<shadow::ShadowStore::Reader> shadow_reader;  // committed state of others
+    std::unique_ptr<rules::ShadowReader> rule_shadows;          // what ctx.shadow reads
+  };
+
+  // Where the answer to a shadow request goes.
+  struct ShadowReplyTo {
+    MessageKind kind = MessageKind::kShadowMqtt;
+    std::string topic;  // the request topic (replies go to topic + "/accepted" | "/rejected")
+    std::function<void(int, std::string)> reply;  // kShadowApi
+    // Held until the reply is out (MQTT: handed to the sink; the sink holds it further).
+    Delivery* delivery = nullptr;
+    const std::string* source = nullptr;
+    std::string rule;  // kShadowRouted: the rule that wrote, for dead letters
+    std::string payload;  // kShadowRouted: the request, for dead letters
+  };
+  struct ShadowOp {
+    std::string thing, name, op;  // op: update | get | delete
+  };
+
+  Status CreateSink(const Entry& e);
+  void RunWorker(size_t index);
+  void Process(Worker& w, Message& m, std::vector<uint32_t>& matches, rules::CallResult& result);
+  void Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
+              rules::CallResult& result);
+
+  // Shadows (shadows.cc).
+  Status InitShadows();
+  Status InitWorkerShadows(Worker& w);
+  size_t OwnerOf(std::string_view thing) const;
+  std::string ShadowTopic(std::string_view thing, std::string_view name) const;
+  // Parses {prefix}/{thing}/shadow[/name/{name}]/{update|get|delete}; errors are the reply.
+  std::variant<ShadowOp, shadow::ShadowError> ParseShadowTopic(std::string_view topic) const;
+  // The owned shadow (thing, name), loaded from the store on first use.
+  Result<shadow::ShadowDocument*> OwnedShadow(Worker& w, const std::string& thing,
+                                              const std::string& name);
+  void HandleShadowRequest(Worker& w, Message& m);
+  // Applies a rule's shadow writes (those this worker owns now; others go to their owner).
+  // False: one was rejected; the message was dead-lettered and no effect of the call applies.
+  bool CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
+                          rules::CallResult& result);
+  // Queues the durable write of an accepted update and, once durable, its events and reply.
+  void PersistAndAnswer(Worker& w, const std::string& thing, const std::string& name,
+                        shadow::ShadowDocument& doc, shadow::UpdateResult result,
+                        ShadowReplyTo to);
+  // Sends `body` as the answer (after earlier writes are durable when `ordered`).
+  void Answer(ShadowReplyTo to, int status, std::string body, std::string_view suffix);
+  void RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err);
+  void PublishShadowEvent(const std::string& thing, const std::string& topic,
+                          std::string payload, Delivery* hold);
+  std::vector<HttpRoute> ShadowRoutes();
+  HttpResponse ShadowApiCall(std::string topic, std::string thing, std::string body);
+  // Sends a dead letter for `m` (or a record); holds `d` until it is durable.
+  void DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
+                  std::string_view rule, const std::string* source, std::string_view topic,
+                  std::string_view device, std::string_view payload, int attempts, int64_t ts);
+  void RenderAccounting(std::string& out) const;
+  std::shared_ptr<const LoadedRules> MakeLoaded(std::shared_ptr<const rules::RuleSet> set,
+                                                uint64_t version);
+  std::shared_ptr<const LoadedRules> CurrentRules() const;
+  void RecordFailure(RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
+  std::vector<HttpRoute> OpsRoutes();
+  std::vector<HttpRoute> ApiRoutes();
+  void WatchRules(std::stop_token st);
+  void Watchdog(std::stop_token st);
+
+  AppConfig config_;
+  const Registry& registry_;
+  const Clock& clock_;
+  EngineOptions options_;
+  MetricsRegistry metrics_;
+
+  std::vector<std::unique_ptr<Source>> sources_;
+  std::vector<std::string> source_names_;
+  std::map<std::string, Counter*> source_counters_;
+  std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
+  std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured
+  SinkEntry* dead_letter_sink_ = nullptr;
+  SinkEntry* publish_sink_ = nullptr;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<HttpServer> http_;      // metrics.listen (and the API when on the same port)
+  std::unique_ptr<HttpServer> api_http_;  // api.listen, when different
+
+  mutable std::mutex rules_mu_;
+  std::shared_ptr<const LoadedRules> loaded_;  // GUARDED_BY(rules_mu_)
+  std::mutex reload_mu_;                       // one reload at a time
+  std::string last_reload_error_;              // GUARDED_BY(reload_mu_)
+  int64_t last_reload_ms_ = 0;                 // GUARDED_BY(reload_mu_)
+  Counter* reloads_ok_ = nullptr;
+  Counter* reloads_failed_ = nullptr;
+  Histogram* switch_seconds_ = nullptr;  // a worker's pause to load a new rule version
+  std::jthread watcher_;
+  std::jthread watchdog_;
+
+  Counter* in_;
+  Counter* done_;
+  Counter* dead_lettered_msgs_;
+  Counter* abandoned_;
+  Counter* unmatched_;
+  Counter* dead_letter_failures_;
+  std::mutex dl_counter_mu_;
+  std::map<std::string, Counter*, std::less<>> dl_reasons_;  // GUARDED_BY(dl_counter_mu_)
+
+  log::RateLimiter rule_failure_log_{10};  // lines per second; failures are all counted
+  std::atomic<bool> started_{false};
+  std::atomic<bool> stopped_{false};
+  std::atomic<bool> accepting_{false};
+
+  // Shadows: the store, the MQTT service (source of requests, sink of replies and events).
+  std::unique_ptr<shadow::ShadowStore> shadow_store_;
+  std::unique_ptr<Source> shadow_source_;
+  std::unique_ptr<Ingest> shadow_ingest_;
+  std::unique_ptr<SinkEntry> shadow_sink_;
+  std::string shadow_source_name_ = "shadows";
+  std::string api_source_name_ = "api";
+  std::mutex api_reader_mu_;
+  std::unique_ptr<shadow::ShadowStore::Reader> api_reader_;  // GUARDED_BY(api_reader_mu_)
+  Counter* shadow_accepted_ = nullptr;
+  Counter* shadow_rejected_ = nullptr;
+  Counter* shadow_unchanged_ = nullptr;
+  Counter* shadow_store_failures_ = nullptr;
+};
+
+}  // namespace gnomon::engine

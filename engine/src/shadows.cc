@@ -1,0 +1,757 @@
+// SPDX-License-Identifier: Apache-2.0
+// The shadow service: every shadow has one writer, the worker that owns its thing (the same
+// hash that routes the thing's messages), whatever channel a request comes from (MQTT, REST, a
+// rule of this or another worker). Accepted writes go to the SQLite store in group commits; an
+// answer or event leaves only after the write it reports is durable, in queue order.
+#include <future>
+
+#include "effect_printer.h"
+#include "engine_impl.h"
+#include "gnomon/core/json.h"
+#include "gnomon/core/topic.h"
+
+namespace gnomon::engine {
+namespace {
+
+constexpr auto kApiTimeout = std::chrono::seconds(10);
+
+std::string Key(std::string_view thing, std::string_view name) {
+  std::string k;
+  k.reserve(thing.size() + name.size() + 1);
+  k.append(thing).push_back('\0');
+  k.append(name);
+  return k;
+}
+
+bool ValidId(std::string_view v, size_t max) {
+  if (v.empty() || v.size() > max) {
+    return false;
+  }
+  for (char c : v) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == ':' || c == '_' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+shadow::ShadowError Error(int code, std::string error, std::string message) {
+  shadow::ShadowError e;
+  e.code = code;
+  e.error = std::move(error);
+  e.message = std::move(message);
+  return e;
+}
+
+}  // namespace
+
+// ctx.shadow reads for the rules of one worker: its own shadows from its cache (the single
+// writer's current state), others' from the store (their last committed state).
+class WorkerShadowReader final : public rules::ShadowReader {
+ public:
+  WorkerShadowReader(Engine::Impl* impl, void* worker) : impl_(impl), worker_(worker) {}
+  Result<std::optional<std::string>> ReadShadow(std::string_view thing,
+                                                std::string_view name) override;
+
+ private:
+  Engine::Impl* impl_;
+  void* worker_;
+  friend class Engine::Impl;
+};
+
+Result<std::optional<std::string>> WorkerShadowReader::ReadShadow(std::string_view thing,
+                                                                  std::string_view name) {
+  return impl_->ReadShadowFor(worker_, thing, name);
+}
+
+Result<std::optional<std::string>> Engine::Impl::ReadShadowFor(void* worker,
+                                                               std::string_view thing,
+                                                               std::string_view name) {
+  Worker& w = *static_cast<Worker*>(worker);
+  int64_t now_s = clock_.NowMs() / 1000;
+  if (OwnerOf(thing) == w.index) {
+    GNOMON_ASSIGN_OR_RETURN(shadow::ShadowDocument * doc,
+                            OwnedShadow(w, std::string(thing), std::string(name)));
+    if (!doc->exists()) {
+      return std::optional<std::string>();
+    }
+    return std::optional<std::string>(std::get<std::string>(doc->Get(name, now_s)));
+  }
+  GNOMON_ASSIGN_OR_RETURN(auto stored, w.shadow_reader->Load(thing, name));
+  if (!stored) {
+    return std::optional<std::string>();
+  }
+  GNOMON_ASSIGN_OR_RETURN(shadow::ShadowDocument doc, shadow::ShadowDocument::FromStored(*stored));
+  if (!doc.exists()) {
+    return std::optional<std::string>();
+  }
+  return std::optional<std::string>(std::get<std::string>(doc.Get(name, now_s)));
+}
+
+namespace {
+
+// Marks what the shadow topics' MQTT source takes as shadow requests.
+class ShadowIngest final : public Ingest {
+ public:
+  explicit ShadowIngest(Ingest& engine) : engine_(engine) {}
+  bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override {
+    m.kind = MessageKind::kShadowMqtt;
+    return engine_.Submit(std::move(m), std::move(ack));
+  }
+  void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
+              std::string_view error) override {
+    engine_.Reject(std::move(m), std::move(ack), reason, error);
+  }
+
+ private:
+  Ingest& engine_;
+};
+
+}  // namespace
+
+Status Engine::Impl::InitShadows() {
+  const AppConfig::Shadows& sc = config_.shadows;
+  auto counter = [&](const char* outcome) {
+    return metrics_.GetCounter("gnomon_shadow_updates_total", "Shadow writes by outcome",
+                               {{"outcome", outcome}});
+  };
+  shadow_accepted_ = counter("accepted");
+  shadow_rejected_ = counter("rejected");
+  shadow_unchanged_ = counter("unchanged");
+  shadow_store_failures_ = metrics_.GetCounter(
+      "gnomon_shadow_store_failures_total", "Shadow store transactions that failed");
+  if (!sc.enabled) {
+    return {};
+  }
+  GNOMON_ASSIGN_OR_RETURN(shadow_store_,
+                          shadow::ShadowStore::Open({.path = config_.data_dir + "/shadows.db",
+                                                     .sync_full = sc.sync_full}));
+  GNOMON_ASSIGN_OR_RETURN(api_reader_, shadow_store_->NewReader());
+  metrics_.AddCollector([this](std::string& out) {
+    shadow::StoreStats st = shadow_store_->stats();
+    fmt::format_to(std::back_inserter(out),
+                   "# HELP gnomon_shadow_store_transactions_total Group commits of the shadow "
+                   "store\n# TYPE gnomon_shadow_store_transactions_total counter\n"
+                   "gnomon_shadow_store_transactions_total {}\n"
+                   "# HELP gnomon_shadow_store_rows_total Shadow rows written (repeated writes "
+                   "of a shadow in one commit count once)\n"
+                   "# TYPE gnomon_shadow_store_rows_total counter\n"
+                   "gnomon_shadow_store_rows_total {}\n"
+                   "# HELP gnomon_shadow_store_queue Shadow writes waiting for their commit\n"
+                   "# TYPE gnomon_shadow_store_queue gauge\ngnomon_shadow_store_queue {}\n",
+                   st.transactions, st.rows, shadow_store_->queued());
+  });
+  if (sc.connection != nullptr && options_.mode == Mode::kRun) {
+    // Requests in: update, get, delete of classic and named shadows.
+    ConfigValue src;
+    src.SetKind(ConfigValue::Kind::kMap);
+    src.AddField("name", ConfigValue::Scalar(shadow_source_name_));
+    ConfigValue topics;
+    topics.SetKind(ConfigValue::Kind::kList);
+    for (const char* op : {"update", "get", "delete"}) {
+      topics.AddItem(ConfigValue::Scalar(fmt::format("{}/+/shadow/{}", sc.topic_prefix, op)));
+      topics.AddItem(
+          ConfigValue::Scalar(fmt::format("{}/+/shadow/name/+/{}", sc.topic_prefix, op)));
+    }
+    src.AddField("topics", std::move(topics));
+    src.AddField("qos", ConfigValue::Scalar("1"));
+    size_t levels = 1 + static_cast<size_t>(
+                            std::count(sc.topic_prefix.begin(), sc.topic_prefix.end(), '/'));
+    src.AddField("device", ConfigValue::Scalar(fmt::format("topic[{}]", levels + 1)));
+    PluginContext sctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir,
+                       shadow_source_name_, sc.connection, 2};
+    GNOMON_ASSIGN_OR_RETURN(shadow_source_, registry_.source("mqtt")->Create(src, sctx));
+    shadow_ingest_ = std::make_unique<ShadowIngest>(*this);
+    source_counters_[shadow_source_name_] = metrics_.GetCounter(
+        "gnomon_source_messages_total", "Messages taken in, by source",
+        {{"source", shadow_source_name_}});
+
+    // Answers and events out.
+    ConfigValue snk;
+    snk.SetKind(ConfigValue::Kind::kMap);
+    snk.AddField("name", ConfigValue::Scalar("shadows"));
+    snk.AddField("qos", ConfigValue::Scalar("1"));
+    PluginContext kctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir, "shadows",
+                       sc.connection, 2};
+    shadow_sink_ = std::make_unique<SinkEntry>();
+    shadow_sink_->name = "shadows";
+    GNOMON_ASSIGN_OR_RETURN(shadow_sink_->sink, registry_.sink("mqtt")->Create(snk, kctx));
+  } else if (options_.mode == Mode::kDryRun) {
+    shadow_sink_ = std::make_unique<SinkEntry>();
+    shadow_sink_->name = "shadows";
+    shadow_sink_->sink = NewEffectPrinter("shadow_event", "shadows", *this);
+  }
+  if (shadow_sink_) {
+    auto c = [&](const char* outcome) {
+      return metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome",
+                                 {{"sink", "shadows"}, {"outcome", outcome}});
+    };
+    shadow_sink_->delivered = c("delivered");
+    shadow_sink_->failed = c("failed");
+    shadow_sink_->dead_lettered = c("dead_lettered");
+    shadow_sink_->queue_depth = metrics_.GetGauge(
+        "gnomon_sink_queue_depth", "Records waiting in the sink's queue", {{"sink", "shadows"}});
+  }
+  return {};
+}
+
+Status Engine::Impl::InitWorkerShadows(Worker& w) {
+  if (!shadow_store_) {
+    return {};
+  }
+  GNOMON_ASSIGN_OR_RETURN(w.shadow_reader, shadow_store_->NewReader());
+  w.rule_shadows = std::make_unique<WorkerShadowReader>(this, &w);
+  return {};
+}
+
+size_t Engine::Impl::OwnerOf(std::string_view thing) const {
+  return std::hash<std::string_view>{}(thing) % workers_.size();
+}
+
+std::string Engine::Impl::ShadowTopic(std::string_view thing, std::string_view name) const {
+  if (name.empty()) {
+    return fmt::format("{}/{}/shadow", config_.shadows.topic_prefix, thing);
+  }
+  return fmt::format("{}/{}/shadow/name/{}", config_.shadows.topic_prefix, thing, name);
+}
+
+std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseShadowTopic(
+    std::string_view topic) const {
+  const std::string& prefix = config_.shadows.topic_prefix;
+  if (topic.size() <= prefix.size() + 1 || topic.substr(0, prefix.size()) != prefix ||
+      topic[prefix.size()] != '/') {
+    return Error(400, "INVALID_TOPIC", fmt::format("not a shadow topic: {}", topic));
+  }
+  std::vector<std::string_view> seg;
+  std::string_view rest = topic.substr(prefix.size() + 1);
+  while (true) {
+    size_t slash = rest.find('/');
+    seg.push_back(rest.substr(0, slash));
+    if (slash == std::string_view::npos) {
+      break;
+    }
+    rest.remove_prefix(slash + 1);
+  }
+  ShadowOp op;
+  bool shape = (seg.size() == 3 && seg[1] == "shadow") ||
+               (seg.size() == 5 && seg[1] == "shadow" && seg[2] == "name");
+  if (!shape) {
+    return Error(400, "INVALID_TOPIC",
+                 fmt::format("expected {}/{{thing}}/shadow[/name/{{name}}]/{{update|get|delete}}",
+                             prefix));
+  }
+  op.thing = seg[0];
+  op.op = seg.back();
+  if (seg.size() == 5) {
+    op.name = seg[3];
+    if (!ValidId(op.name, 64)) {
+      return Error(400, "INVALID_SHADOW_NAME",
+                   "Shadow names are 1-64 bytes of A-Z a-z 0-9 : _ -");
+    }
+  }
+  if (!ValidId(op.thing, 128)) {
+    return Error(400, "INVALID_THING_NAME", "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -");
+  }
+  if (op.op != "update" && op.op != "get" && op.op != "delete") {
+    return Error(400, "INVALID_TOPIC", fmt::format("unknown shadow operation '{}'", op.op));
+  }
+  return op;
+}
+
+Result<shadow::ShadowDocument*> Engine::Impl::OwnedShadow(Worker& w, const std::string& thing,
+                                                          const std::string& name) {
+  std::string key = Key(thing, name);
+  auto it = w.shadows.find(key);
+  if (it != w.shadows.end()) {
+    return &it->second;
+  }
+  GNOMON_ASSIGN_OR_RETURN(auto stored, w.shadow_reader->Load(thing, name));
+  shadow::ShadowDocument doc;
+  if (stored) {
+    auto restored = shadow::ShadowDocument::FromStored(*stored);
+    if (!restored.ok()) {
+      return restored.status().WithContext(
+          fmt::format("shadow {}{}{} in the store", thing, name.empty() ? "" : "/", name));
+    }
+    doc = std::move(restored).value();
+  }
+  return &w.shadows.emplace(std::move(key), std::move(doc)).first->second;
+}
+
+void Engine::Impl::Answer(ShadowReplyTo to, int status, std::string body,
+                          std::string_view suffix) {
+  switch (to.kind) {
+    case MessageKind::kShadowApi:
+      if (to.reply) {
+        to.reply(status, std::move(body));
+      }
+      break;
+    case MessageKind::kShadowMqtt:
+      if (shadow_sink_ && !suffix.empty()) {
+        Record r;
+        r.payload = std::move(body);
+        r.topic = to.topic + std::string(suffix);
+        r.qos = 1;
+        r.source = to.source;
+        r.delivery = to.delivery;
+        r.route = kShadowRoute;
+        to.delivery->Hold();
+        shadow_sink_->sink->Send(std::move(r));
+      }
+      break;
+    case MessageKind::kShadowRouted:
+      if (status >= 300) {
+        DeadLetter(to.delivery, "shadow_rejected", body, to.rule, to.source, to.topic, "",
+                   to.payload, 1, clock_.NowMs());
+      }
+      break;
+    case MessageKind::kData:
+      break;
+  }
+  to.delivery->Release();
+}
+
+void Engine::Impl::RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err) {
+  shadow_rejected_->Inc();
+  std::string body = err.Json(clock_.NowMs() / 1000);
+  int code = err.code;
+  // After the writes queued before it: answers leave in request order.
+  shadow_store_->After([this, to = std::move(to), code, body = std::move(body)](
+                           const Status&) mutable {
+    Answer(std::move(to), code, std::move(body), "/rejected");
+  });
+}
+
+void Engine::Impl::PublishShadowEvent(const std::string& thing, const std::string& topic,
+                                      std::string payload, Delivery* hold) {
+  // Inside gnomon: a message on the event's topic, for the rules that listen to it.
+  if (accepting_) {
+    auto rules = CurrentRules();
+    std::vector<uint32_t> matches;
+    rules->set->Match(topic, matches);
+    if (!matches.empty()) {
+      Message m;
+      m.topic = topic;
+      m.device = thing;
+      m.payload = payload;
+      m.payload.reserve(m.payload.size() + 64);  // SIMDJSON_PADDING
+      m.source = &shadow_source_name_;
+      m.ts_ms = clock_.NowMs();
+      auto* d = new Delivery(this, nullptr);
+      m.delivery = d;
+      in_->Inc();
+      // Never blocks: the writer thread must not wait on a worker that may wait on it.
+      if (!workers_[OwnerOf(thing)]->queue.PushForce(std::move(m))) {
+        d->Mark(Delivery::kAbandoned);
+        d->Release();
+      }
+    }
+  }
+  // Outside: on the MQTT shadow topics.
+  if (shadow_sink_ && hold != nullptr) {
+    Record r;
+    r.payload = std::move(payload);
+    r.topic = topic;
+    r.qos = 1;
+    r.device = thing;
+    r.delivery = hold;
+    r.route = kShadowRoute;
+    hold->Hold();
+    shadow_sink_->sink->Send(std::move(r));
+  }
+}
+
+void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const std::string& name,
+                                    shadow::ShadowDocument& doc, shadow::UpdateResult result,
+                                    ShadowReplyTo to) {
+  if (!result.changed || result.replayed) {
+    shadow_unchanged_->Inc();
+    shadow_store_->After([this, to = std::move(to), body = std::move(result.accepted)](
+                             const Status&) mutable {
+      Answer(std::move(to), 200, std::move(body), "/accepted");
+    });
+    return;
+  }
+  shadow_accepted_->Inc();
+  std::string base = ShadowTopic(thing, name);
+  shadow_store_->Write(
+      thing, name, doc.StoredJson(),
+      [this, to = std::move(to), result = std::move(result), base = std::move(base),
+       thing](const Status& st) mutable {
+        if (!st.ok()) {
+          shadow_store_failures_->Inc();
+          log::Error("shadow write could not be stored",
+                     {{"thing", thing}, {"error", st.message()}});
+          shadow::ShadowError err =
+              Error(500, "INTERNAL_ERROR", "The shadow store could not save the update");
+          Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
+          return;
+        }
+        // Events first (they hold the request until they are out), then the answer.
+        Delivery* hold = to.delivery;
+        bool mqtt_requester = to.kind == MessageKind::kShadowMqtt;
+        if (!mqtt_requester) {
+          // Subscribers see update/accepted whatever channel the update came from.
+          PublishShadowEvent(thing, base + "/update/accepted", result.accepted, hold);
+        } else if (accepting_) {
+          // The requester's own accepted goes out through Answer; rules still see it.
+          PublishShadowEvent(thing, base + "/update/accepted", result.accepted, nullptr);
+        }
+        PublishShadowEvent(thing, base + "/update/documents", std::move(result.documents), hold);
+        if (!result.delta.empty()) {
+          PublishShadowEvent(thing, base + "/update/delta", std::move(result.delta), hold);
+        }
+        if (!result.synced.empty()) {
+          PublishShadowEvent(thing, base + "/update/synced", std::move(result.synced), hold);
+        }
+        Answer(std::move(to), 200, std::move(result.accepted), "/accepted");
+      });
+}
+
+void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
+  ShadowReplyTo to;
+  to.kind = m.kind;
+  to.topic = m.topic;
+  to.reply = std::move(m.reply);
+  to.delivery = m.delivery;
+  to.source = m.source;
+  if (m.kind == MessageKind::kShadowRouted) {
+    to.rule = m.key;
+    to.payload = m.payload;
+  }
+  // `to` carries the message's processing hold from here on: Answer releases it.
+  int64_t now_s = clock_.NowMs() / 1000;
+  if (!shadow_store_) {
+    shadow::ShadowError err = Error(503, "SHADOWS_DISABLED", "Device shadows are not enabled");
+    Answer(std::move(to), err.code, err.Json(now_s), "/rejected");
+    return;
+  }
+  auto parsed = ParseShadowTopic(m.topic);
+  if (auto* err = std::get_if<shadow::ShadowError>(&parsed)) {
+    RejectShadow(std::move(to), *err);
+    return;
+  }
+  ShadowOp& op = std::get<ShadowOp>(parsed);
+  auto doc = OwnedShadow(w, op.thing, op.name);
+  if (!doc.ok()) {
+    log::Error("shadow could not be loaded", {{"thing", op.thing}, {"error", doc.status().message()}});
+    RejectShadow(std::move(to), Error(500, "INTERNAL_ERROR", "The shadow could not be loaded"));
+    return;
+  }
+  shadow::ShadowDocument& d = **doc;
+  if (op.op == "update") {
+    auto r = d.Update(m.payload, now_s);
+    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+      RejectShadow(std::move(to), *err);
+      return;
+    }
+    to.topic = ShadowTopic(op.thing, op.name) + "/update";
+    PersistAndAnswer(w, op.thing, op.name, d, std::get<shadow::UpdateResult>(std::move(r)),
+                     std::move(to));
+  } else if (op.op == "get") {
+    auto r = d.Get(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
+    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+      RejectShadow(std::move(to), *err);
+      return;
+    }
+    shadow_store_->After([this, to = std::move(to), body = std::get<std::string>(std::move(r))](
+                             const Status&) mutable {
+      Answer(std::move(to), 200, std::move(body), "/accepted");
+    });
+  } else {
+    auto r = d.Delete(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
+    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+      RejectShadow(std::move(to), *err);
+      return;
+    }
+    std::string base = ShadowTopic(op.thing, op.name);
+    shadow_store_->Write(
+        op.thing, op.name, d.StoredJson(),
+        [this, to = std::move(to), body = std::get<std::string>(std::move(r)),
+         base = std::move(base), thing = op.thing](const Status& st) mutable {
+          if (!st.ok()) {
+            shadow_store_failures_->Inc();
+            Answer(std::move(to), 500,
+                   Error(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
+                       .Json(clock_.NowMs() / 1000),
+                   "/rejected");
+            return;
+          }
+          PublishShadowEvent(thing, base + "/delete/accepted", body,
+                             to.kind != MessageKind::kShadowMqtt ? to.delivery : nullptr);
+          Answer(std::move(to), 200, std::move(body), "/accepted");
+        });
+  }
+}
+
+bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
+                                      rules::CallResult& result) {
+  size_t writes = 0;
+  for (const rules::Effect& e : result.effects) {
+    writes += e.kind == rules::Effect::Kind::kShadowUpdate ? 1 : 0;
+  }
+  if (writes == 0) {
+    return true;
+  }
+  int64_t now_s = clock_.NowMs() / 1000;
+  auto reject = [&](const std::string& why) {
+    shadow_rejected_->Inc();
+    DeadLetter(m.delivery, "shadow_rejected", why, rule.name, m.source, m.topic, m.device,
+               m.payload, 1, m.ts_ms);
+    return false;
+  };
+  if (!shadow_store_) {
+    return reject("ctx.shadow: device shadows are not enabled (see `shadows:` in the config)");
+  }
+  if (options_.mode == Mode::kDryRun) {
+    // Shown, not applied.
+    for (rules::Effect& e : result.effects) {
+      if (e.kind == rules::Effect::Kind::kShadowUpdate) {
+        Record r;
+        r.payload = std::move(e.payload);
+        r.topic = ShadowTopic(e.thing, e.shadow_name) + "/update";
+        r.device = e.thing;
+        r.rule = rule.name;
+        r.delivery = m.delivery;
+        r.route = kShadowRoute;
+        m.delivery->Hold();
+        shadow_sink_->sink->Send(std::move(r));
+      }
+    }
+    return true;
+  }
+  // Local writes are tried first on copies: effects of a call are all-or-nothing, so one
+  // rejected write leaves every shadow as it was.
+  struct Step {
+    std::string thing, name;
+    shadow::UpdateResult result;
+    std::string payload;
+  };
+  std::vector<std::pair<std::string, shadow::ShadowDocument>> staged;  // key → new state
+  std::vector<Step> steps;
+  for (const rules::Effect& e : result.effects) {
+    if (e.kind != rules::Effect::Kind::kShadowUpdate || OwnerOf(e.thing) != w.index) {
+      continue;
+    }
+    std::string key = Key(e.thing, e.shadow_name);
+    shadow::ShadowDocument* doc = nullptr;
+    for (auto& [k, d] : staged) {
+      if (k == key) {
+        doc = &d;
+      }
+    }
+    if (doc == nullptr) {
+      auto owned = OwnedShadow(w, e.thing, e.shadow_name);
+      if (!owned.ok()) {
+        return reject(std::string(owned.status().message()));
+      }
+      doc = &staged.emplace_back(key, **owned).second;
+    }
+    auto r = doc->Update(e.payload, now_s);
+    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+      return reject(fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
+                                e.shadow_name.empty() ? "" : "/", e.shadow_name,
+                                err->Json(now_s)));
+    }
+    steps.push_back({e.thing, e.shadow_name, std::get<shadow::UpdateResult>(std::move(r)),
+                     e.payload});
+  }
+  for (auto& [key, doc] : staged) {
+    w.shadows[key] = std::move(doc);
+  }
+  for (Step& s : steps) {
+    ShadowReplyTo to;
+    to.kind = MessageKind::kShadowRouted;
+    to.topic = ShadowTopic(s.thing, s.name) + "/update";
+    to.delivery = m.delivery;
+    to.source = m.source;
+    to.rule = rule.name;
+    to.payload = std::move(s.payload);
+    m.delivery->Hold();
+    // Intermediate states of a shadow written twice in one call are not stored separately:
+    // the store keeps the last, and events still go out for each write, in order.
+    PersistAndAnswer(w, s.thing, s.name, w.shadows[Key(s.thing, s.name)], std::move(s.result),
+                     std::move(to));
+  }
+  // Writes to shadows other workers own: to their owner, applied there in order.
+  for (rules::Effect& e : result.effects) {
+    if (e.kind != rules::Effect::Kind::kShadowUpdate || OwnerOf(e.thing) == w.index) {
+      continue;
+    }
+    Message rm;
+    rm.topic = ShadowTopic(e.thing, e.shadow_name) + "/update";
+    rm.device = e.thing;
+    rm.payload = std::move(e.payload);
+    rm.key = rule.name;
+    rm.source = m.source;
+    rm.ts_ms = m.ts_ms;
+    rm.kind = MessageKind::kShadowRouted;
+    rm.delivery = m.delivery;
+    m.delivery->Hold();
+    if (!workers_[OwnerOf(e.thing)]->queue.PushForce(std::move(rm))) {
+      m.delivery->Mark(Delivery::kAbandoned);
+      m.delivery->Release();
+    }
+  }
+  return true;
+}
+
+HttpResponse Engine::Impl::ShadowApiCall(std::string topic, std::string thing, std::string body) {
+  auto done = std::make_shared<std::promise<std::pair<int, std::string>>>();
+  auto answer = done->get_future();
+  Message m;
+  m.topic = std::move(topic);
+  m.device = std::move(thing);
+  m.payload = std::move(body);
+  m.kind = MessageKind::kShadowApi;
+  m.source = &api_source_name_;
+  m.ts_ms = clock_.NowMs();
+  m.reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
+  HttpResponse out;
+  if (!Submit(std::move(m), nullptr)) {
+    out.status = 503;
+    out.body = Error(503, "UNAVAILABLE", "gnomon is stopping").Json(clock_.NowMs() / 1000);
+    return out;
+  }
+  if (answer.wait_for(kApiTimeout) != std::future_status::ready) {
+    out.status = 503;
+    out.body = Error(503, "TIMEOUT", "The shadow did not answer in time; retry")
+                   .Json(clock_.NowMs() / 1000);
+    return out;
+  }
+  auto [status, text] = answer.get();
+  out.status = status;
+  out.body = std::move(text);
+  return out;
+}
+
+std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
+  std::vector<HttpRoute> routes;
+  if (!shadow_store_) {
+    return routes;
+  }
+  // Checks the thing (from the path) and ?name=; on success fills `topic` with the request
+  // topic of `op`.
+  auto target = [this](const HttpRequest& req, std::string_view op, std::string& topic,
+                       HttpResponse& err) {
+    const std::string& thing = req.params.at(0);
+    const std::string* name = req.Query("name");
+    int64_t now_s = clock_.NowMs() / 1000;
+    if (!ValidId(thing, 128)) {
+      err.status = 400;
+      err.body = Error(400, "INVALID_THING_NAME",
+                       "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -")
+                     .Json(now_s);
+      return false;
+    }
+    if (name != nullptr && !ValidId(*name, 64)) {
+      err.status = 400;
+      err.body = Error(400, "INVALID_SHADOW_NAME",
+                       "Shadow names are 1-64 bytes of A-Z a-z 0-9 : _ -")
+                     .Json(now_s);
+      return false;
+    }
+    topic = ShadowTopic(thing, name != nullptr ? *name : "") + "/" + std::string(op);
+    return true;
+  };
+  auto call = [this, target](std::string_view op) {
+    return [this, target, op](const HttpRequest& req) {
+      std::string topic;
+      HttpResponse err;
+      if (!target(req, op, topic, err)) {
+        return err;
+      }
+      return ShadowApiCall(std::move(topic), req.params.at(0), op == "update" ? req.body : "");
+    };
+  };
+  routes.push_back({"GET", "/v1/things/(.+)/shadow", call("get")});
+  routes.push_back({"POST", "/v1/things/(.+)/shadow", call("update")});
+  routes.push_back({"DELETE", "/v1/things/(.+)/shadow", call("delete")});
+  routes.push_back({"GET", "/v1/things/(.+)/shadows", [this](const HttpRequest& req) {
+                      HttpResponse out;
+                      const std::string& thing = req.params.at(0);
+                      if (!ValidId(thing, 128)) {
+                        out.status = 400;
+                        out.body = Error(400, "INVALID_THING_NAME",
+                                         "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -")
+                                       .Json(clock_.NowMs() / 1000);
+                        return out;
+                      }
+                      std::lock_guard lock(api_reader_mu_);
+                      auto names = api_reader_->Names(thing);
+                      if (!names.ok()) {
+                        out.status = 500;
+                        out.body = Error(500, "INTERNAL_ERROR", std::string(names.status().message()))
+                                       .Json(clock_.NowMs() / 1000);
+                        return out;
+                      }
+                      std::string list = "[";
+                      bool classic = false;
+                      for (const auto& n : *names) {
+                        if (n.empty()) {
+                          classic = true;
+                          continue;
+                        }
+                        if (list.size() > 1) {
+                          list += ',';
+                        }
+                        json::AppendQuoted(list, n);
+                      }
+                      list += ']';
+                      json::ObjectWriter w(out.body);
+                      w.Field("thing", thing).Field("classic", classic ? 1 : 0).FieldRaw("results", list);
+                      w.Close();
+                      return out;
+                    }});
+  routes.push_back({"GET", "/v1/things", [this](const HttpRequest& req) {
+                      HttpResponse out;
+                      const std::string* prefix = req.Query("prefix");
+                      const std::string* cursor = req.Query("cursor");
+                      const std::string* limit_s = req.Query("limit");
+                      size_t limit = 100;
+                      if (limit_s != nullptr) {
+                        char* end = nullptr;
+                        long v = std::strtol(limit_s->c_str(), &end, 10);
+                        if (end == limit_s->c_str() || *end != '\0' || v < 1 || v > 1000) {
+                          out.status = 400;
+                          out.body = Error(400, "INVALID_LIMIT", "limit must be 1-1000")
+                                         .Json(clock_.NowMs() / 1000);
+                          return out;
+                        }
+                        limit = static_cast<size_t>(v);
+                      }
+                      std::lock_guard lock(api_reader_mu_);
+                      auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
+                                                        cursor != nullptr ? *cursor : "",
+                                                        limit + 1);
+                      if (!things.ok()) {
+                        out.status = 500;
+                        out.body = Error(500, "INTERNAL_ERROR",
+                                         std::string(things.status().message()))
+                                       .Json(clock_.NowMs() / 1000);
+                        return out;
+                      }
+                      bool more = things->size() > limit;
+                      if (more) {
+                        things->resize(limit);
+                      }
+                      std::string list = "[";
+                      for (const auto& t : *things) {
+                        if (list.size() > 1) {
+                          list += ',';
+                        }
+                        json::AppendQuoted(list, t);
+                      }
+                      list += ']';
+                      json::ObjectWriter w(out.body);
+                      w.FieldRaw("things", list);
+                      if (more) {
+                        w.Field("nextCursor", things->back());
+                      }
+                      w.Close();
+                      return out;
+                    }});
+  return routes;
+}
+
+}  // namespace gnomon::engine
