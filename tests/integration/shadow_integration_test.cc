@@ -1,0 +1,332 @@
+// SPDX-License-Identifier: Apache-2.0
+// Device shadows end to end: the real gnomon binary, a real mosquitto broker (AWS topic
+// layout), the REST API through a real HTTP client, rules reading and writing shadows, and
+// durability across kill -9.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+
+#include <optional>
+#include <string>
+
+#include "tests/support/mqtt_test_client.h"
+#include "tests/support/test_support.h"
+
+namespace gnomon {
+namespace {
+
+using testing::Client;
+using testing::Mosquitto;
+using testing::Process;
+using testing::TempDir;
+using testing::WaitFor;
+
+class ShadowIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    GNOMON_REQUIRE_SERVER(!testing::MosquittoBinary().empty(),
+                          "mosquitto (apt-get install mosquitto)");
+    std::string why;
+    ASSERT_TRUE(broker_.Start(&why)) << why;
+    api_port_ = testing::FreePort();
+    // Telemetry is reported into the shadow; a second rule reacts to deltas.
+    dir_.Write("rules/report.lua", R"(
+      return rule { name = "report", from = "devices/+/telemetry",
+        handle = function(msg, ctx)
+          ctx.shadow:report { temp = msg.payload.temp }
+          if msg.payload.room then
+            ctx.shadow_of("room-" .. msg.payload.room):report { last = msg.device }
+          end
+          if msg.payload.bad then
+            ctx.shadow:report { ["$bad"] = 1 }
+            ctx.emit("archive", { never = true })
+          end
+        end })");
+    dir_.Write("rules/on_delta.lua", R"(
+      return rule { name = "on_delta", from = "$aws/things/+/shadow/update/delta",
+        handle = function(msg, ctx)
+          ctx.emit("archive", { thing = msg.device, delta = msg.payload.state,
+                                version = msg.payload.version })
+        end })");
+    dir_.Write("gnomon.yaml", Fill(R"(workers: 2
+data_dir: data
+connections:
+  broker: { type: mqtt, url: "mqtt://127.0.0.1:{port}", client_id: gnomon-sh,
+            reconnect: { initial_ms: 50, max_ms: 500 } }
+sources:
+  - { name: telemetry, connection: broker, topics: ["devices/+/telemetry"], qos: 1 }
+sinks:
+  - { name: archive, type: file, path: archive.jsonl, linger_ms: 0 }
+shadows: { connection: broker }
+rules: [rules/*.lua]
+api: { listen: "127.0.0.1:{api}" }
+metrics: { listen: "127.0.0.1:{api}" }
+)"));
+  }
+
+  std::string Fill(std::string s) {
+    auto rep = [&](const std::string& k, const std::string& v) {
+      for (size_t p; (p = s.find(k)) != std::string::npos;) {
+        s.replace(p, k.size(), v);
+      }
+    };
+    rep("{port}", std::to_string(broker_.port()));
+    rep("{api}", std::to_string(api_port_));
+    return s;
+  }
+
+  std::unique_ptr<Process> StartGnomon() {
+    auto p = std::make_unique<Process>(
+        std::vector<std::string>{GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")});
+    bool ready = WaitFor([&] { return Call("GET", "/readyz").first == 200 || !p->Running(); },
+                         std::chrono::milliseconds(20000));
+    EXPECT_TRUE(ready && p->Running()) << p->Stderr();
+    return p;
+  }
+
+  std::pair<int, std::string> Call(const std::string& method, const std::string& path,
+                                   const std::string& body = "",
+                                   const std::string& token = "") {
+    httplib::Client cli("127.0.0.1", api_port_);
+    cli.set_connection_timeout(2);
+    cli.set_read_timeout(15);
+    httplib::Headers h;
+    if (!token.empty()) {
+      h.emplace("Authorization", "Bearer " + token);
+    }
+    httplib::Result res = method == "GET"    ? cli.Get(path.c_str(), h)
+                          : method == "POST" ? cli.Post(path.c_str(), h, body, "application/json")
+                                             : cli.Delete(path.c_str(), h);
+    if (!res) {
+      return {0, ""};
+    }
+    return {res->status, res->body};
+  }
+
+  // The payload of the first message on `topic` containing `needle`, waiting for it.
+  std::optional<std::string> Await(Client& c, const std::string& topic,
+                                   const std::string& needle = "") {
+    std::optional<std::string> found;
+    WaitFor([&] {
+      for (const auto& [t, p] : c.received()) {
+        if (t == topic && p.find(needle) != std::string::npos) {
+          found = p;
+          return true;
+        }
+      }
+      return false;
+    }, std::chrono::milliseconds(15000));
+    return found;
+  }
+
+  Mosquitto broker_;
+  TempDir dir_;
+  int api_port_ = 0;
+};
+
+TEST_F(ShadowIntegrationTest, DeviceSdkStyleMqttRequestsGetAwsAnswers) {
+  auto gnomon = StartGnomon();
+  Client device(broker_.port(), "dev1-sdk");
+  device.Subscribe("$aws/things/dev1/shadow/#");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+
+  device.Publish("$aws/things/dev1/shadow/update",
+                 R"({"state":{"reported":{"color":"GREEN"}},"clientToken":"t1"})");
+  auto accepted = Await(device, "$aws/things/dev1/shadow/update/accepted", "\"t1\"");
+  ASSERT_TRUE(accepted) << gnomon->Stderr();
+  EXPECT_NE(accepted->find(R"("version":1)"), std::string::npos) << *accepted;
+  auto documents = Await(device, "$aws/things/dev1/shadow/update/documents");
+  ASSERT_TRUE(documents);
+  EXPECT_NE(documents->find(R"("previous":null)"), std::string::npos) << *documents;
+
+  // The back end sets desired over REST; the device gets the delta over MQTT.
+  auto [code, body] = Call("POST", "/v1/things/dev1/shadow",
+                           R"({"state":{"desired":{"color":"RED"}},"version":1})");
+  ASSERT_EQ(code, 200) << body;
+  EXPECT_NE(body.find(R"("version":2)"), std::string::npos) << body;
+  auto delta = Await(device, "$aws/things/dev1/shadow/update/delta");
+  ASSERT_TRUE(delta);
+  EXPECT_NE(delta->find(R"("state":{"color":"RED"})"), std::string::npos) << *delta;
+  EXPECT_NE(delta->find(R"("version":2)"), std::string::npos) << *delta;
+
+  // get over MQTT: the document with its delta.
+  device.Publish("$aws/things/dev1/shadow/get", R"({"clientToken":"g"})");
+  auto got = Await(device, "$aws/things/dev1/shadow/get/accepted");
+  ASSERT_TRUE(got);
+  EXPECT_NE(got->find(R"("delta":{"color":"RED"})"), std::string::npos) << *got;
+
+  // Rejections go back on .../rejected with the error document.
+  device.Publish("$aws/things/dev1/shadow/update", R"({"state":{"reported":)");
+  auto bad_json = Await(device, "$aws/things/dev1/shadow/update/rejected", "INVALID_JSON");
+  ASSERT_TRUE(bad_json);
+  EXPECT_NE(bad_json->find(R"("code":400)"), std::string::npos) << *bad_json;
+  device.Publish("$aws/things/dev1/shadow/update",
+                 R"({"state":{"desired":{"x":1}},"version":1,"clientToken":"stale"})");
+  auto conflict = Await(device, "$aws/things/dev1/shadow/update/rejected", "stale");
+  ASSERT_TRUE(conflict);
+  EXPECT_NE(conflict->find("VERSION_CONFLICT"), std::string::npos) << *conflict;
+  EXPECT_NE(conflict->find(R"("code":409)"), std::string::npos) << *conflict;
+
+  // Named shadows and delete.
+  device.Publish("$aws/things/dev1/shadow/name/cfg/update", R"({"state":{"reported":{"v":1}}})");
+  ASSERT_TRUE(Await(device, "$aws/things/dev1/shadow/name/cfg/update/accepted"));
+  auto names = Call("GET", "/v1/things/dev1/shadows");
+  EXPECT_EQ(names.first, 200);
+  EXPECT_NE(names.second.find(R"("results":["cfg"])"), std::string::npos) << names.second;
+  device.Publish("$aws/things/dev1/shadow/name/cfg/delete", "{}");
+  ASSERT_TRUE(Await(device, "$aws/things/dev1/shadow/name/cfg/delete/accepted"));
+  auto gone = Call("GET", "/v1/things/dev1/shadow?name=cfg");
+  EXPECT_EQ(gone.first, 404) << gone.second;
+  EXPECT_NE(gone.second.find("SHADOW_NOT_FOUND"), std::string::npos) << gone.second;
+
+  // The delta rule saw the delta event as a message.
+  ASSERT_TRUE(WaitFor([&] {
+    return testing::ReadFile(dir_.File("archive.jsonl")).find(R"("thing":"dev1")") !=
+           std::string::npos;
+  })) << testing::ReadFile(dir_.File("archive.jsonl"))
+         << testing::ReadFile(dir_.File("data/dead-letter.jsonl")) << gnomon->Stderr();
+  std::string archive = testing::ReadFile(dir_.File("archive.jsonl"));
+  EXPECT_NE(archive.find(R"("delta":{"color":"RED"})"), std::string::npos) << archive;
+  EXPECT_NE(archive.find(R"("version":2)"), std::string::npos) << archive;
+}
+
+TEST_F(ShadowIntegrationTest, RulesReportIntoShadowsAndRoutedWritesReachTheirOwner) {
+  auto gnomon = StartGnomon();
+  Client in(broker_.port(), "pub");
+  for (int i = 1; i <= 50; ++i) {
+    for (int d = 0; d < 8; ++d) {
+      in.Publish("devices/d" + std::to_string(d) + "/telemetry",
+                 R"({"temp":)" + std::to_string(i) + R"(,"room":"r)" + std::to_string(d % 2) +
+                     R"("})");
+    }
+  }
+  for (int d = 0; d < 8; ++d) {
+    std::string path = "/v1/things/d" + std::to_string(d) + "/shadow";
+    std::pair<int, std::string> r;
+    ASSERT_TRUE(WaitFor([&] {
+      r = Call("GET", path);
+      return r.first == 200 && r.second.find(R"("temp":50)") != std::string::npos;
+    })) << path << " " << r.first << " " << r.second << "\n" << gnomon->Stderr();
+    // Every report was applied, in order: 50 writes, versions 1..50.
+    EXPECT_NE(r.second.find(R"("version":50)"), std::string::npos) << r.second;
+  }
+  // Writes to room shadows came from both workers and were applied by the room's owner.
+  auto room = Call("GET", "/v1/things/room-r0/shadow");
+  EXPECT_EQ(room.first, 200) << room.second;
+  EXPECT_NE(room.second.find(R"("version":200)"), std::string::npos) << room.second;
+
+  auto things = Call("GET", "/v1/things?prefix=d&limit=5");
+  EXPECT_EQ(things.first, 200);
+  EXPECT_NE(things.second.find(R"("things":["d0","d1","d2","d3","d4"],"nextCursor":"d4")"),
+            std::string::npos)
+      << things.second;
+  auto page2 = Call("GET", "/v1/things?prefix=d&limit=5&cursor=d4");
+  EXPECT_NE(page2.second.find(R"("things":["d5","d6","d7"]})"), std::string::npos)
+      << page2.second;
+
+  // A rejected rule write dead-letters the message; none of its effects apply.
+  in.Publish("devices/d0/telemetry", R"({"temp":99,"bad":true})");
+  ASSERT_TRUE(WaitFor([&] {
+    return testing::ReadFile(dir_.File("data/dead-letter.jsonl")).find("shadow_rejected") !=
+           std::string::npos;
+  })) << gnomon->Stderr();
+  std::string dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+  EXPECT_NE(dl.find("INVALID_KEY"), std::string::npos) << dl;
+  EXPECT_NE(dl.find(R"("rule":"report")"), std::string::npos) << dl;
+  auto d0 = Call("GET", "/v1/things/d0/shadow");
+  EXPECT_NE(d0.second.find(R"("temp":50)"), std::string::npos) << "unchanged: " << d0.second;
+  EXPECT_EQ(testing::ReadFile(dir_.File("archive.jsonl")).find("never"), std::string::npos);
+
+  auto metrics = Call("GET", "/metrics").second;
+  EXPECT_NE(metrics.find("gnomon_shadow_updates_total{outcome=\"accepted\"} 800"),
+            std::string::npos)
+      << metrics;
+}
+
+TEST_F(ShadowIntegrationTest, RestBadInputGetsExactErrors) {
+  auto gnomon = StartGnomon();
+  auto post = [&](const std::string& thing, const std::string& body) {
+    return Call("POST", "/v1/things/" + thing + "/shadow", body);
+  };
+  EXPECT_EQ(post("d", "{\"state\":{\"reported\":{\"a\":\"\xff\xfe\"}}}").first, 415);
+  auto trunc = post("d", R"({"state":{"reported":{"a":1})");
+  EXPECT_EQ(trunc.first, 400);
+  EXPECT_NE(trunc.second.find("INVALID_JSON"), std::string::npos) << trunc.second;
+  auto badthing = post("a%23b", R"({"state":{}})");
+  EXPECT_EQ(badthing.first, 400) << badthing.second;
+  EXPECT_NE(badthing.second.find("INVALID_THING_NAME"), std::string::npos) << badthing.second;
+  EXPECT_EQ(post("a/b", R"({"state":{}})").first, 400);
+  EXPECT_EQ(post("a+b", R"({"state":{}})").first, 400);
+  EXPECT_EQ(post(std::string(200, 't'), R"({"state":{}})").first, 400);
+  auto badname = Call("GET", "/v1/things/d/shadow?name=no/pe");
+  EXPECT_EQ(badname.first, 400);
+  EXPECT_NE(badname.second.find("INVALID_SHADOW_NAME"), std::string::npos) << badname.second;
+  EXPECT_EQ(Call("GET", "/v1/things/d/shadow?name=unknown").first, 404);
+  // 10 MB: refused before it is read into a shadow.
+  std::string huge = R"({"state":{"reported":{"a":")" + std::string(10 << 20, 'x') + "\"}}}";
+  EXPECT_EQ(post("d", huge).first, 413);
+  std::string big = R"({"state":{"reported":{"a":")" + std::string(70000, 'x') + "\"}}}";
+  EXPECT_EQ(post("d", big).first, 413);
+
+  // Concurrent writers with the same stale version: exactly one wins.
+  ASSERT_EQ(post("race", R"({"state":{"reported":{"n":0}}})").first, 200);
+  std::atomic<int> ok{0}, conflict{0};
+  std::vector<std::thread> writers;
+  for (int i = 0; i < 8; ++i) {
+    writers.emplace_back([&, i] {
+      auto r = post("race", R"({"state":{"reported":{"n":)" + std::to_string(i) +
+                                R"(}},"version":1})");
+      (r.first == 200 ? ok : conflict)++;
+    });
+  }
+  for (auto& t : writers) {
+    t.join();
+  }
+  EXPECT_EQ(ok.load(), 1);
+  EXPECT_EQ(conflict.load(), 7);
+  auto race = Call("GET", "/v1/things/race/shadow");
+  EXPECT_NE(race.second.find(R"("version":2)"), std::string::npos) << race.second;
+  EXPECT_TRUE(gnomon->Running());
+}
+
+TEST_F(ShadowIntegrationTest, BearerTokensAreRequiredWhenConfigured) {
+  dir_.Write("gnomon.yaml", testing::ReadFile(dir_.File("gnomon.yaml")) + "");
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("api: {"), 6, "api: { tokens: [s3cret],");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  EXPECT_EQ(Call("GET", "/v1/things/d/shadow").first, 401);
+  EXPECT_EQ(Call("GET", "/v1/things/d/shadow", "", "wrong").first, 401);
+  EXPECT_EQ(Call("GET", "/v1/things/d/shadow", "", "s3cret").first, 404);
+}
+
+TEST_F(ShadowIntegrationTest, EveryAcceptedWriteSurvivesKill9) {
+  auto gnomon = StartGnomon();
+  int accepted = 0;
+  for (int i = 1; i <= 200; ++i) {
+    auto r = Call("POST", "/v1/things/k" + std::to_string(i % 10) + "/shadow",
+                  R"({"state":{"reported":{"i":)" + std::to_string(i) + "}}}");
+    ASSERT_EQ(r.first, 200) << r.second;
+    accepted = i;
+  }
+  ::kill(gnomon->pid(), SIGKILL);
+  gnomon->Wait();
+  gnomon = StartGnomon();
+  for (int k = 0; k < 10; ++k) {
+    auto r = Call("GET", "/v1/things/k" + std::to_string(k) + "/shadow");
+    ASSERT_EQ(r.first, 200) << r.second;
+    int last = accepted - ((accepted - k) % 10 + 10) % 10;
+    if (k == 0) {
+      last = 200;
+    }
+    EXPECT_NE(r.second.find(R"("i":)" + std::to_string(last) + "}"), std::string::npos)
+        << "k" << k << ": " << r.second;
+    EXPECT_NE(r.second.find(R"("version":20)"), std::string::npos) << r.second;
+  }
+  // The version continues where it was.
+  auto next = Call("POST", "/v1/things/k1/shadow", R"({"state":{"reported":{"i":0}}})");
+  EXPECT_NE(next.second.find(R"("version":21)"), std::string::npos) << next.second;
+}
+
+}  // namespace
+}  // namespace gnomon
