@@ -40,7 +40,35 @@
 
 ---@class gnomon.Context
 ---@field log gnomon.Log Structured log lines carrying the rule and device.
+---@field shadow gnomon.Shadow The classic shadow of `msg.device` (needs `shadows:` in the config).
 local Context = {}
+
+---A device shadow (docs/shadows.md). Reads happen once per call and show the state from before
+---this call's writes; writes are buffered effects applied when `handle` returns.
+---@class gnomon.Shadow
+---@field reported table|nil
+---@field desired table|nil
+---@field delta table|nil
+---@field version integer|nil nil when the shadow does not exist.
+local Shadow = {}
+---The whole document (`state`, `metadata`, `version`, `timestamp`), or nil.
+---@return table|nil
+function Shadow:get() end
+---Merge `patch` into `reported` (JSON Merge Patch: `json.null` deletes a key).
+---@param patch table
+function Shadow:report(patch) end
+---Merge `patch` into `desired`.
+---@param patch table
+function Shadow:desire(patch) end
+---A full update request: `{ state = { desired =, reported = }, version =, clientToken =, options = { ifChanged = } }`.
+---@param request table|string
+function Shadow:update(request) end
+
+---Another shadow: reads see its last committed state; writes go to its owner, in order.
+---@param thing string
+---@param name? string A named shadow.
+---@return gnomon.Shadow
+function Context.shadow_of(thing, name) end
 
 ---Send a record to a sink from the config. Tables are JSON-encoded; strings go as raw bytes.
 ---Buffered: committed only if `handle` returns normally.
@@ -80,11 +108,13 @@ function Context.now() end
 ---@field publish? table<string, table[]> Payloads by topic, in order.
 ---@field drop? boolean
 ---@field fail? string A substring of the error.
+---@field shadow? table<string, table> Resulting shadows by device: `{ reported =, desired =, delta =, version = }`, subset match.
 
 ---@class gnomon.Test
 ---@field name string
 ---@field input gnomon.TestInput|gnomon.TestInput[]
 ---@field now? number
+---@field shadow? table<string, table> Initial shadows by device: `{ reported =, desired = }`.
 ---@field expect gnomon.TestExpect
 
 ---@class gnomon.Limits
