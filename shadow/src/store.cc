@@ -15,12 +15,15 @@ namespace gnomon::shadow {
 namespace {
 
 constexpr const char* kSchema =
+    // A rowid table (documents are too large for WITHOUT ROWID's in-tree rows) with the
+    // shadow's identity as a unique key.
     "CREATE TABLE IF NOT EXISTS shadows ("
+    "  id INTEGER PRIMARY KEY,"
     "  thing TEXT NOT NULL,"
     "  name TEXT NOT NULL,"
     "  present INTEGER NOT NULL,"
     "  stored TEXT NOT NULL,"
-    "  PRIMARY KEY (thing, name)) WITHOUT ROWID";
+    "  UNIQUE (thing, name))";
 
 Status SqlError(sqlite3* db, std::string_view what) {
   return Unavailable(fmt::format("shadow store: {}: {}", what, sqlite3_errmsg(db)));
