@@ -184,7 +184,7 @@ TEST(CliTest, ExamplesPassCheckAndTheirTests) {
                        &out, &err),
             0)
       << out << err;
-  EXPECT_NE(out.find("2 passed, 0 failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("3 passed, 0 failed"), std::string::npos) << out;
   for (const char* cfg : {"/examples/quickstart/gnomon.yaml"}) {
     std::string out, err;
     EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", std::string(GNOMON_SOURCE_DIR) + cfg},
