@@ -55,7 +55,14 @@ Result<sqlite3*> OpenDb(const std::string& path, bool write) {
 
 struct Stmt {
   sqlite3_stmt* s = nullptr;
-  ~Stmt() { sqlite3_finalize(s); }
+  Stmt() = default;
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  ~Stmt() { Reset(); }
+  void Reset() {
+    sqlite3_finalize(s);
+    s = nullptr;
+  }
 };
 
 Status Prepare(sqlite3* db, const char* sql, Stmt& st) {
@@ -78,9 +85,9 @@ std::string Column(sqlite3_stmt* s, int i) {
 class SqliteReader final : public ShadowStore::Reader {
  public:
   ~SqliteReader() override {
-    load_ = {};
-    names_ = {};
-    things_ = {};
+    load_.Reset();
+    names_.Reset();
+    things_.Reset();
     sqlite3_close(db_);
   }
 
@@ -169,7 +176,7 @@ class ShadowStore::Impl {
     if (writer_.joinable()) {
       writer_.join();
     }
-    upsert_ = {};
+    upsert_.Reset();
     sqlite3_close(db_);
   }
 
