@@ -2,6 +2,7 @@
 #include "gnomon/connectors/builtin.h"
 
 #include "gnomon/connectors/file.h"
+#include "gnomon/connectors/kafka.h"
 #ifdef GNOMON_WITH_MQTT
 #include "gnomon/connectors/mqtt.h"
 #endif
@@ -10,6 +11,7 @@ namespace gnomon::connectors {
 
 void RegisterBuiltinConnectors(Registry& registry) {
   RegisterFileConnector(registry);
+  RegisterKafkaConnector(registry);
 #ifdef GNOMON_WITH_MQTT
   RegisterMqttConnector(registry);
 #endif

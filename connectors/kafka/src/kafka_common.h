@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the Kafka source and sink share: connection settings, librdkafka configuration from
+// gnomon config (unknown properties are errors), and the embedded development cluster.
+#pragma once
+
+#include <librdkafka/rdkafka.h>
+
+#include <map>
+#include <string>
+
+#include "gnomon/core/config.h"
+#include "gnomon/core/status.h"
+
+namespace gnomon::connectors::kafka {
+
+using Properties = std::map<std::string, std::string>;
+
+inline Status Cancelled(std::string m) { return Status(StatusCode::kCancelled, std::move(m)); }
+
+// The connection's bootstrap servers (starting the embedded cluster for `embedded`) and
+// properties, then `overrides` (the entry's own `properties`).
+struct ClientSettings {
+  std::string brokers;
+  Properties properties;
+};
+Result<ClientSettings> Settings(const ConfigValue& connection, const ConfigValue& entry);
+
+// A `properties:` map as strings.
+Properties ReadProperties(const ConfigValue* map);
+
+// A new librdkafka configuration: gnomon's `defaults`, then `settings` (the user's), then
+// `fixed` (which users cannot override). Errors name the property.
+Result<rd_kafka_conf_t*> MakeConf(const ClientSettings& settings, const Properties& fixed,
+                                  const Properties& defaults = {});
+
+// Checks every property of a `properties:` map against librdkafka (for `gnomon check`).
+void CheckProperties(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors);
+
+// The in-process development cluster's bootstrap servers (started on first use; 3 brokers).
+Result<std::string> EmbeddedBootstrap();
+
+// Logs librdkafka's log lines as gnomon JSON log lines.
+void LogCallback(const rd_kafka_t* rk, int level, const char* fac, const char* buf);
+
+}  // namespace gnomon::connectors::kafka

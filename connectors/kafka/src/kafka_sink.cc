@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: Apache-2.0
+// Kafka sink: an idempotent producer (acks=all, ordered retries), one message per record, key =
+// device id unless the emit gave one, gnomon's provenance headers. A record is reported
+// delivered from librdkafka's delivery report, so a source message is finished only when the
+// cluster has its output.
+#include <fmt/format.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <shared_mutex>
+#include <thread>
+
+#include "gnomon/connectors/kafka.h"
+#include "gnomon/core/log.h"
+#include "kafka_common.h"
+
+namespace gnomon::connectors::kafka {
+namespace {
+
+struct KafkaSinkConfig {
+  ClientSettings settings;
+  std::string topic;
+};
+
+class KafkaSink final : public Sink {
+ public:
+  KafkaSink(KafkaSinkConfig config, PluginContext& ctx)
+      : config_(std::move(config)), name_(ctx.name), reporter_(ctx.reporter) {
+    queue_full_ = ctx.metrics.GetCounter("gnomon_kafka_producer_queue_full_total",
+                                         "Sends that waited because the producer queue was full",
+                                         {{"sink", name_}});
+  }
+  ~KafkaSink() override { Stop(std::chrono::steady_clock::now()); }
+
+  Status Start() override {
+    GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
+                            MakeConf(config_.settings, {{"enable.idempotence", "true"},
+                                                        {"client.id", "gnomon-" + name_}}));
+    rd_kafka_conf_set_opaque(conf, this);
+    rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* self) {
+      static_cast<KafkaSink*>(self)->OnDelivery(m);
+    });
+    rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t*, int err, const char* reason, void* self) {
+      static_cast<KafkaSink*>(self)->OnError(static_cast<rd_kafka_resp_err_t>(err), reason);
+    });
+    char err[512];
+    rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk_ == nullptr) {
+      rd_kafka_conf_destroy(conf);
+      return Unavailable(fmt::format("kafka sink {}: {}", name_, err));
+    }
+    poller_ = std::jthread([this](std::stop_token st) {
+      pthread_setname_np(pthread_self(), "gnomon-kafka-p");
+      while (!st.stop_requested()) {
+        rd_kafka_poll(rk_, 100);
+      }
+    });
+    return {};
+  }
+
+  void Send(Record&& record) override {
+    auto* r = new Record(std::move(record));
+    std::shared_lock alive(alive_mu_);  // Stop() destroys the producer under the unique lock
+    if (rk_ == nullptr) {
+      Finish(r, Cancelled("kafka sink is not running"));
+      return;
+    }
+    const std::string& topic = r->topic.empty() ? config_.topic : r->topic;
+    rd_kafka_headers_t* headers = rd_kafka_headers_new(4 + r->headers.size());
+    auto header = [&](const std::string& k, std::string_view v) {
+      rd_kafka_header_add(headers, k.data(), static_cast<ssize_t>(k.size()), v.data(),
+                          static_cast<ssize_t>(v.size()));
+    };
+    header("gnomon-rule", r->rule);
+    header("gnomon-device", r->device);
+    header("gnomon-source-topic", r->source_topic);
+    if (r->json) {
+      header("content-type", "application/json");
+    }
+    for (const auto& [k, v] : r->headers) {
+      header(k, v);
+    }
+    while (true) {
+      if (stopping_.load(std::memory_order_acquire)) {
+        rd_kafka_headers_destroy(headers);
+        Finish(r, Cancelled("kafka sink stopped before the record was sent"));
+        return;
+      }
+      rd_kafka_resp_err_t err = rd_kafka_producev(
+          rk_, RD_KAFKA_V_TOPIC(topic.c_str()),
+          RD_KAFKA_V_VALUE(r->payload.data(), r->payload.size()),
+          RD_KAFKA_V_KEY(r->key.data(), r->key.size()), RD_KAFKA_V_HEADERS(headers),
+          RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+      if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        inflight_.fetch_add(1, std::memory_order_relaxed);
+        return;  // the producer owns the headers now
+      }
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        // Back-pressure: wait for delivery reports to make room.
+        queue_full_->Inc();
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        continue;
+      }
+      rd_kafka_headers_destroy(headers);
+      Finish(r, InvalidArgument(fmt::format("kafka produce to {}: {}", topic, rd_kafka_err2str(err))));
+      return;
+    }
+  }
+
+  void Stop(Deadline deadline) override {
+    if (rk_ == nullptr || stopped_.exchange(true)) {
+      return;
+    }
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  deadline - std::chrono::steady_clock::now())
+                  .count();
+    rd_kafka_flush(rk_, static_cast<int>(std::max<int64_t>(ms, 0)));
+    stopping_.store(true, std::memory_order_release);
+    // What is left was not delivered in time: purged, reported as cancelled (not acked).
+    rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_flush(rk_, 1000);
+    poller_.request_stop();
+    if (poller_.joinable()) {
+      poller_.join();
+    }
+    rd_kafka_poll(rk_, 0);
+    std::unique_lock lock(alive_mu_);
+    rd_kafka_destroy(rk_);
+    rk_ = nullptr;
+  }
+
+  bool Ready() const override { return !brokers_down_.load(std::memory_order_relaxed); }
+  size_t QueueDepth() const override {
+    return static_cast<size_t>(std::max<int64_t>(0, inflight_.load(std::memory_order_relaxed)));
+  }
+
+ private:
+  void Finish(Record* r, const Status& st) {
+    reporter_.Report(*r, st);
+    delete r;
+  }
+
+  void OnDelivery(const rd_kafka_message_t* m) {
+    auto* r = static_cast<Record*>(m->_private);
+    inflight_.fetch_sub(1, std::memory_order_relaxed);
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      brokers_down_.store(false, std::memory_order_relaxed);
+      Finish(r, {});
+    } else if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+               m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+      Finish(r, Cancelled("kafka sink stopped before the record was delivered"));
+    } else {
+      // The idempotent producer retried what can be retried; this is final.
+      Finish(r, Unavailable(fmt::format("kafka delivery to {}: {}", rd_kafka_topic_name(m->rkt),
+                                        rd_kafka_err2str(m->err))));
+    }
+  }
+
+  void OnError(rd_kafka_resp_err_t err, const char* reason) {
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+      brokers_down_.store(true, std::memory_order_relaxed);
+    }
+    static log::RateLimiter limiter(5);
+    if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+      log::Warn("kafka producer error", {{"sink", name_},
+                                         {"error", rd_kafka_err2name(err)},
+                                         {"reason", reason},
+                                         {"suppressed_before", std::to_string(suppressed)}});
+    }
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+      char buf[512];
+      rd_kafka_fatal_error(rk_, buf, sizeof buf);
+      log::Error("kafka producer fatal error: records will be dead-lettered",
+                 {{"sink", name_}, {"error", buf}});
+    }
+  }
+
+  KafkaSinkConfig config_;
+  std::string name_;
+  DeliveryReporter& reporter_;
+  Counter* queue_full_;
+  rd_kafka_t* rk_ = nullptr;
+  std::shared_mutex alive_mu_;
+  std::jthread poller_;
+  std::atomic<int64_t> inflight_{0};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stopped_{false};
+  std::atomic<bool> brokers_down_{false};
+};
+
+class KafkaSinkFactory final : public TypedSinkFactory<KafkaSinkConfig> {
+ public:
+  std::string_view schema() const override { return "sinks/kafka.json"; }
+  void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const override {
+    CheckProperties(cfg, path, errors);
+  }
+  Result<KafkaSinkConfig> Parse(const ConfigValue& cfg, const PluginContext& ctx) const override {
+    KafkaSinkConfig c;
+    GNOMON_ASSIGN_OR_RETURN(c.settings, Settings(*ctx.connection, cfg));
+    c.topic = cfg.GetString("topic");
+    return c;
+  }
+  Result<std::unique_ptr<Sink>> CreateTyped(KafkaSinkConfig c, PluginContext& ctx) override {
+    return std::unique_ptr<Sink>(new KafkaSink(std::move(c), ctx));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<SinkFactory> NewKafkaSinkFactory() { return std::make_unique<KafkaSinkFactory>(); }
+
+}  // namespace gnomon::connectors::kafka

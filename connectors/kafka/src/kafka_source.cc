@@ -1,0 +1,463 @@
+// SPDX-License-Identifier: Apache-2.0
+// Kafka source: a consumer-group member with manual offsets. Each partition keeps the offsets it
+// handed out, in order; a message's acknowledgement (all its effects durable) marks its offset
+// done, and the committed position of a partition is the first offset not yet done. So a crash
+// loses nothing: consumption restarts at the first unfinished message (at-least-once).
+// On revocation the source waits for the partition's in-flight messages and commits before it
+// lets go, so two owners never process the same message at once.
+#include <fmt/format.h>
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "gnomon/connectors/kafka.h"
+#include "gnomon/core/log.h"
+#include "kafka_common.h"
+
+namespace gnomon::connectors::kafka {
+namespace {
+
+constexpr auto kRevokeWait = std::chrono::seconds(20);
+
+struct KafkaSourceConfig {
+  ClientSettings settings;
+  std::vector<std::string> topics;
+  std::string group;
+  DeviceRule device;
+  std::string start = "earliest";
+  int64_t max_inflight = 5000;
+  int64_t commit_interval_ms = 1000;
+  size_t max_payload_bytes = 1 << 20;
+};
+
+using PartitionKey = std::pair<std::string, int32_t>;
+
+// The offsets of one partition handed out under one assignment.
+struct Track {
+  uint64_t generation = 0;
+  std::deque<std::pair<int64_t, bool>> pending;  // offset, done; in offset order
+  int64_t next_commit = -1;                      // all offsets below are done (-1: nothing yet)
+  int64_t committed = -1;                        // what was last committed
+};
+
+class KafkaSource;
+
+class KafkaAck final : public AckHandle {
+ public:
+  KafkaAck(KafkaSource* src, PartitionKey key, int64_t offset, uint64_t generation)
+      : src_(src), key_(std::move(key)), offset_(offset), generation_(generation) {}
+  void Ack() override;
+  void Abandon() override;
+
+ private:
+  KafkaSource* src_;
+  PartitionKey key_;
+  int64_t offset_;
+  uint64_t generation_;
+};
+
+class KafkaSource final : public Source {
+ public:
+  KafkaSource(KafkaSourceConfig config, PluginContext& ctx)
+      : config_(std::move(config)), name_(ctx.name), clock_(ctx.clock) {
+    auto c = [&](const char* name, const char* help) {
+      return ctx.metrics.GetCounter(name, help, {{"source", name_}});
+    };
+    commits_ = c("gnomon_kafka_commits_total", "Offset commits sent");
+    commit_failures_ = c("gnomon_kafka_commit_failures_total", "Offset commits that failed");
+    pauses_ = c("gnomon_kafka_pauses_total", "Times the source paused its partitions (back-pressure)");
+    rebalances_ = c("gnomon_kafka_rebalances_total", "Partition assignments and revocations");
+    lag_gauge_ = ctx.metrics.GetGauge("gnomon_kafka_inflight",
+                                      "Messages taken from Kafka and not yet finished",
+                                      {{"source", name_}});
+  }
+
+  ~KafkaSource() override {
+    Stop();
+    if (rk_ != nullptr) {
+      // Everything acknowledged by now is committed; what is not (abandoned at shutdown) is
+      // consumed again by the next owner.
+      CommitDone(/*sync=*/true);
+      closing_ = true;
+      rd_kafka_consumer_close(rk_);
+      rd_kafka_destroy(rk_);
+    }
+  }
+
+  Status Start(Ingest& ingest) override {
+    ingest_ = &ingest;
+    GNOMON_ASSIGN_OR_RETURN(
+        rd_kafka_conf_t * conf,
+        MakeConf(config_.settings, {{"group.id", config_.group},
+                                    {"enable.auto.commit", "false"},
+                                    {"enable.auto.offset.store", "false"},
+                                    {"auto.offset.reset", config_.start},
+                                    {"client.id", "gnomon-" + name_}},
+                 // A crashed member's partitions move on within seconds, not librdkafka's 45 s;
+                 // the poll loop never stops polling for long (it pauses instead).
+                 {{"session.timeout.ms", "10000"},
+                  {"heartbeat.interval.ms", "1000"},
+                  {"max.poll.interval.ms", "60000"}}));
+    rd_kafka_conf_set_opaque(conf, this);
+    rd_kafka_conf_set_rebalance_cb(
+        conf, [](rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts,
+                 void* self) { static_cast<KafkaSource*>(self)->OnRebalance(rk, err, parts); });
+    rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t*, int err, const char* reason, void* self) {
+      static_cast<KafkaSource*>(self)->OnError(static_cast<rd_kafka_resp_err_t>(err), reason);
+    });
+    rd_kafka_conf_set_offset_commit_cb(
+        conf, [](rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t*, void* self) {
+          if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+            static_cast<KafkaSource*>(self)->commit_failures_->Inc();
+          }
+        });
+    char err[512];
+    rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (rk_ == nullptr) {
+      rd_kafka_conf_destroy(conf);
+      return Unavailable(fmt::format("kafka source {}: {}", name_, err));
+    }
+    rd_kafka_poll_set_consumer(rk_);
+    rd_kafka_topic_partition_list_t* topics =
+        rd_kafka_topic_partition_list_new(static_cast<int>(config_.topics.size()));
+    for (const auto& t : config_.topics) {
+      rd_kafka_topic_partition_list_add(topics, t.c_str(), RD_KAFKA_PARTITION_UA);
+    }
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(rk_, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return Unavailable(fmt::format("kafka source {}: subscribe: {}", name_, rd_kafka_err2str(e)));
+    }
+    thread_ = std::jthread([this](std::stop_token st) { Run(st); });
+    return {};
+  }
+
+  void Stop() override {
+    if (thread_.joinable()) {
+      thread_.request_stop();
+      thread_.join();
+    }
+  }
+
+  bool Ready() const override {
+    return rk_ != nullptr && !brokers_down_.load(std::memory_order_relaxed);
+  }
+
+  void Done(const PartitionKey& key, int64_t offset, uint64_t generation, bool done) {
+    {
+      std::lock_guard lock(mu_);
+      auto it = tracks_.find(key);
+      if (it != tracks_.end() && it->second.generation == generation) {
+        Track& t = it->second;
+        auto pos = std::lower_bound(t.pending.begin(), t.pending.end(),
+                                    std::make_pair(offset, false),
+                                    [](const auto& a, const auto& b) { return a.first < b.first; });
+        if (pos != t.pending.end() && pos->first == offset && done) {
+          pos->second = true;
+        }
+        while (!t.pending.empty() && t.pending.front().second) {
+          t.next_commit = t.pending.front().first + 1;
+          t.pending.pop_front();
+        }
+      }
+      inflight_--;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void Run(std::stop_token st) {
+    pthread_setname_np(pthread_self(), "gnomon-kafka-c");
+    auto last_commit = std::chrono::steady_clock::now();
+    bool paused = false;
+    while (!st.stop_requested()) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_commit >= std::chrono::milliseconds(config_.commit_interval_ms)) {
+        CommitDone(/*sync=*/false);
+        last_commit = now;
+      }
+      int64_t inflight = Inflight();
+      lag_gauge_->Set(inflight);
+      if (!paused && inflight >= config_.max_inflight) {
+        SetPaused(true);
+        paused = true;
+        pauses_->Inc();
+      } else if (paused && inflight <= config_.max_inflight / 2) {
+        SetPaused(false);
+        paused = false;
+      }
+      rd_kafka_message_t* msg = rd_kafka_consumer_poll(rk_, 100);
+      if (msg == nullptr) {
+        continue;
+      }
+      if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+          static log::RateLimiter limiter(5);
+          if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+            log::Warn("kafka consume error",
+                      {{"source", name_},
+                       {"topic", msg->rkt != nullptr ? rd_kafka_topic_name(msg->rkt) : ""},
+                       {"error", rd_kafka_message_errstr(msg)},
+                       {"suppressed_before", std::to_string(suppressed)}});
+          }
+        }
+        rd_kafka_message_destroy(msg);
+        continue;
+      }
+      Take(msg);
+      rd_kafka_message_destroy(msg);
+    }
+  }
+
+  void Take(rd_kafka_message_t* msg) {
+    PartitionKey key{rd_kafka_topic_name(msg->rkt), msg->partition};
+    uint64_t generation = 0;
+    {
+      std::lock_guard lock(mu_);
+      auto it = tracks_.find(key);
+      if (it == tracks_.end()) {
+        return;  // not (or no longer) ours
+      }
+      it->second.pending.emplace_back(msg->offset, false);
+      generation = it->second.generation;
+      inflight_++;
+    }
+    auto ack = std::make_unique<KafkaAck>(this, key, msg->offset, generation);
+    Message m;
+    m.topic = key.first;
+    if (msg->key != nullptr) {
+      m.key.assign(static_cast<const char*>(msg->key), msg->key_len);
+    }
+    m.ts_ms = clock_.NowMs();
+    m.source = &name_;
+    rd_kafka_headers_t* hdrs = nullptr;
+    if (rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      const char* name;
+      const void* value;
+      size_t size;
+      for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &size) ==
+                         RD_KAFKA_RESP_ERR_NO_ERROR;
+           ++i) {
+        m.headers.emplace_back(name, value != nullptr
+                                         ? std::string(static_cast<const char*>(value), size)
+                                         : std::string());
+      }
+    }
+    if (msg->len > config_.max_payload_bytes) {
+      ingest_->Reject(std::move(m), std::move(ack), "oversize",
+                      fmt::format("{} bytes (max_payload_bytes {}), {}[{}]@{}", msg->len,
+                                  config_.max_payload_bytes, key.first, key.second, msg->offset));
+      return;
+    }
+    m.payload.reserve(msg->len + 64);  // simdjson padding: parsed in place
+    m.payload.assign(static_cast<const char*>(msg->payload), msg->len);
+    auto device = config_.device.Extract(m);
+    if (!device.ok()) {
+      ingest_->Reject(std::move(m), std::move(ack), "no_device",
+                      fmt::format("{} ({}[{}]@{})", device.status().message(), key.first,
+                                  key.second, msg->offset));
+      return;
+    }
+    m.device = std::move(device).value();
+    ingest_->Submit(std::move(m), std::move(ack));  // blocks while the engine is full
+  }
+
+  int64_t Inflight() {
+    std::lock_guard lock(mu_);
+    return inflight_;
+  }
+
+  void SetPaused(bool pause) {
+    rd_kafka_topic_partition_list_t* parts = nullptr;
+    if (rd_kafka_assignment(rk_, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || parts == nullptr) {
+      return;
+    }
+    if (pause) {
+      rd_kafka_pause_partitions(rk_, parts);
+    } else {
+      rd_kafka_resume_partitions(rk_, parts);
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+  }
+
+  // Commits, per partition, the first offset not yet done (only where it moved). With
+  // `only`, just those partitions.
+  void CommitDone(bool sync, const rd_kafka_topic_partition_list_t* only = nullptr) {
+    rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(8);
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [key, t] : tracks_) {
+        if (only != nullptr &&
+            rd_kafka_topic_partition_list_find(only, key.first.c_str(), key.second) == nullptr) {
+          continue;
+        }
+        if (t.next_commit > t.committed) {
+          rd_kafka_topic_partition_list_add(list, key.first.c_str(), key.second)->offset =
+              t.next_commit;
+          t.committed = t.next_commit;
+        }
+      }
+    }
+    if (list->cnt > 0) {
+      commits_->Inc();
+      rd_kafka_resp_err_t err = rd_kafka_commit(rk_, list, sync ? 0 : 1);
+      if (sync && err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        commit_failures_->Inc();
+        log::Warn("kafka offset commit failed",
+                  {{"source", name_}, {"error", rd_kafka_err2str(err)}});
+      }
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+  }
+
+  void OnRebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
+                   rd_kafka_topic_partition_list_t* parts) {
+    rebalances_->Inc();
+    bool cooperative = std::string_view(rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE";
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      {
+        std::lock_guard lock(mu_);
+        for (int i = 0; i < parts->cnt; ++i) {
+          Track& t = tracks_[{parts->elems[i].topic, parts->elems[i].partition}];
+          t = Track();
+          t.generation = ++generation_;
+        }
+      }
+      log::Info("kafka partitions assigned",
+                {{"source", name_}, {"partitions", std::to_string(parts->cnt)}});
+      if (cooperative) {
+        rd_kafka_error_t* e = rd_kafka_incremental_assign(rk, parts);
+        if (e != nullptr) {
+          rd_kafka_error_destroy(e);
+        }
+      } else {
+        rd_kafka_assign(rk, parts);
+      }
+      return;
+    }
+    // Revoked: let the partitions' in-flight messages finish (not at shutdown: what is in
+    // flight then is abandoned), commit, and only then let go.
+    auto in_flight = [&] {
+      size_t n = 0;
+      for (int i = 0; i < parts->cnt; ++i) {
+        auto it = tracks_.find({parts->elems[i].topic, parts->elems[i].partition});
+        if (it != tracks_.end()) {
+          n += it->second.pending.size();
+        }
+      }
+      return n;
+    };
+    if (!closing_) {
+      std::unique_lock lock(mu_);
+      if (!cv_.wait_for(lock, kRevokeWait, [&] { return in_flight() == 0; })) {
+        log::Warn("kafka partitions revoked with messages still in flight; the next owner may "
+                  "process them again",
+                  {{"source", name_}, {"in_flight", std::to_string(in_flight())}});
+      }
+    }
+    CommitDone(/*sync=*/true, parts);
+    {
+      std::lock_guard lock(mu_);
+      for (int i = 0; i < parts->cnt; ++i) {
+        tracks_.erase({parts->elems[i].topic, parts->elems[i].partition});
+      }
+    }
+    log::Info("kafka partitions revoked",
+              {{"source", name_}, {"partitions", std::to_string(parts->cnt)}});
+    if (cooperative) {
+      rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, parts);
+      if (e != nullptr) {
+        rd_kafka_error_destroy(e);
+      }
+    } else {
+      rd_kafka_assign(rk, nullptr);
+    }
+  }
+
+  void OnError(rd_kafka_resp_err_t err, const char* reason) {
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+      brokers_down_.store(true, std::memory_order_relaxed);
+    } else if (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE) {
+      // One broker; others may be fine.
+    }
+    static log::RateLimiter limiter(5);
+    if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+      log::Warn("kafka consumer error", {{"source", name_},
+                                         {"error", rd_kafka_err2name(err)},
+                                         {"reason", reason},
+                                         {"suppressed_before", std::to_string(suppressed)}});
+    }
+  }
+
+  KafkaSourceConfig config_;
+  std::string name_;
+  const Clock& clock_;
+  Ingest* ingest_ = nullptr;
+  rd_kafka_t* rk_ = nullptr;
+  std::jthread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<PartitionKey, Track> tracks_;  // GUARDED_BY(mu_)
+  int64_t inflight_ = 0;                  // GUARDED_BY(mu_)
+  uint64_t generation_ = 0;               // GUARDED_BY(mu_)
+  std::atomic<bool> brokers_down_{false};
+  std::atomic<bool> closing_{false};
+  Counter* commits_;
+  Counter* commit_failures_;
+  Counter* pauses_;
+  Counter* rebalances_;
+  Gauge* lag_gauge_;
+};
+
+void KafkaAck::Ack() { src_->Done(key_, offset_, generation_, true); }
+void KafkaAck::Abandon() { src_->Done(key_, offset_, generation_, false); }
+
+class KafkaSourceFactory final : public TypedSourceFactory<KafkaSourceConfig> {
+ public:
+  std::string_view schema() const override { return "sources/kafka.json"; }
+  void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const override {
+    auto rule = DeviceRule::Parse(cfg.GetString("device", "key"));
+    if (!rule.ok()) {
+      errors.Add(cfg.Get("device"), path + ".device", rule.status().message());
+    }
+    CheckProperties(cfg, path, errors);
+  }
+  Result<KafkaSourceConfig> Parse(const ConfigValue& cfg, const PluginContext& ctx) const override {
+    KafkaSourceConfig c;
+    GNOMON_ASSIGN_OR_RETURN(c.settings, Settings(*ctx.connection, cfg));
+    c.topics = cfg.GetStrings("topics");
+    c.group = cfg.GetString("group");
+    GNOMON_ASSIGN_OR_RETURN(c.device, DeviceRule::Parse(cfg.GetString("device", "key")));
+    c.start = cfg.GetString("start", "earliest");
+    c.max_inflight = cfg.GetInt("max_inflight", 5000);
+    c.commit_interval_ms = cfg.GetInt("commit_interval_ms", 1000);
+    c.max_payload_bytes = static_cast<size_t>(cfg.GetInt("max_payload_bytes", 1 << 20));
+    return c;
+  }
+  Result<std::unique_ptr<Source>> CreateTyped(KafkaSourceConfig c, PluginContext& ctx) override {
+    return std::unique_ptr<Source>(new KafkaSource(std::move(c), ctx));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<SinkFactory> NewKafkaSinkFactory();
+
+}  // namespace gnomon::connectors::kafka
+
+namespace gnomon::connectors {
+
+void RegisterKafkaConnector(Registry& registry) {
+  registry.AddConnection("kafka", "connections/kafka.json");
+  registry.AddSource("kafka", std::make_unique<kafka::KafkaSourceFactory>());
+  registry.AddSink("kafka", kafka::NewKafkaSinkFactory());
+}
+
+}  // namespace gnomon::connectors

@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+// A real librdkafka client for the test's side of a Kafka cluster, and the development cluster
+// (gnomon-kafka-dev, librdkafka's mock cluster over TCP) in its own process (integration tests).
+#pragma once
+
+#include <librdkafka/rdkafka.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/test_support.h"
+
+namespace gnomon::testing {
+
+struct KafkaRecord {
+  std::string topic;
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::string key;
+  std::string value;
+  std::map<std::string, std::string> headers;
+};
+
+// gnomon-kafka-dev in its own process: survives gnomon being killed.
+class KafkaDevCluster {
+ public:
+  bool Start(const std::vector<std::string>& topics, std::string* why) {
+    std::vector<std::string> argv = {GNOMON_KAFKA_DEV, "--brokers", "3"};
+    for (const auto& t : topics) {
+      argv.push_back("--topic");
+      argv.push_back(t);
+    }
+    proc_ = std::make_unique<Process>(argv);
+    bool ok = WaitFor([&] { return proc_->Stdout().find('\n') != std::string::npos || !proc_->Running(); });
+    std::string out = proc_->Stdout();
+    if (!ok || out.rfind("bootstrap: ", 0) != 0) {
+      *why = "gnomon-kafka-dev did not start: " + out + proc_->Stderr();
+      return false;
+    }
+    bootstrap_ = out.substr(11, out.find('\n') - 11);
+    return true;
+  }
+  const std::string& bootstrap() const { return bootstrap_; }
+
+ private:
+  std::unique_ptr<Process> proc_;
+  std::string bootstrap_;
+};
+
+class KafkaClient {
+ public:
+  explicit KafkaClient(const std::string& bootstrap) : bootstrap_(bootstrap) {}
+  ~KafkaClient() {
+    if (producer_ != nullptr) {
+      rd_kafka_flush(producer_, 10000);
+      rd_kafka_destroy(producer_);
+    }
+  }
+
+  void Produce(const std::string& topic, const std::string& key, const std::string& value) {
+    if (producer_ == nullptr) {
+      rd_kafka_conf_t* conf = rd_kafka_conf_new();
+      char err[256];
+      rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+      rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err);
+      producer_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    }
+    while (true) {
+      rd_kafka_resp_err_t e = rd_kafka_producev(
+          producer_, RD_KAFKA_V_TOPIC(topic.c_str()),
+          RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+          RD_KAFKA_V_KEY(key.empty() ? nullptr : key.data(), key.size()),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+      if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        break;
+      }
+      rd_kafka_poll(producer_, 10);
+    }
+    rd_kafka_poll(producer_, 0);
+  }
+  bool Flush() { return rd_kafka_flush(producer_, 30000) == RD_KAFKA_RESP_ERR_NO_ERROR; }
+
+  // Every record of `topic` (all partitions, from the start) until `want` records arrived or
+  // nothing new came for `quiet` (the first record may take up to 30 s: group joins).
+  std::vector<KafkaRecord> ReadAll(const std::string& topic, size_t want,
+                                   std::chrono::milliseconds quiet = std::chrono::milliseconds(3000)) {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char err[256];
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+    rd_kafka_conf_set(conf, "group.id", "gnomon-test-reader", err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    const rd_kafka_metadata_t* md = nullptr;
+    rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+    std::vector<KafkaRecord> out;
+    if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1) {
+      rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(8);
+      for (int i = 0; i < md->topics[0].partition_cnt; ++i) {
+        rd_kafka_topic_partition_list_add(parts, topic.c_str(), md->topics[0].partitions[i].id)
+            ->offset = RD_KAFKA_OFFSET_BEGINNING;
+      }
+      rd_kafka_assign(rk, parts);
+      rd_kafka_topic_partition_list_destroy(parts);
+      auto last = std::chrono::steady_clock::now();
+      auto first_wait = Scaled(std::chrono::milliseconds(30000));
+      while (out.size() < want &&
+             std::chrono::steady_clock::now() - last < (out.empty() ? first_wait : Scaled(quiet))) {
+        rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 100);
+        if (m == nullptr) {
+          continue;
+        }
+        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+          KafkaRecord r;
+          r.topic = topic;
+          r.partition = m->partition;
+          r.offset = m->offset;
+          if (m->key != nullptr) {
+            r.key.assign(static_cast<const char*>(m->key), m->key_len);
+          }
+          if (m->payload != nullptr) {
+            r.value.assign(static_cast<const char*>(m->payload), m->len);
+          }
+          rd_kafka_headers_t* h = nullptr;
+          if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            const char* name;
+            const void* value;
+            size_t size;
+            for (size_t i = 0; rd_kafka_header_get_all(h, i, &name, &value, &size) ==
+                               RD_KAFKA_RESP_ERR_NO_ERROR;
+                 ++i) {
+              r.headers[name] = std::string(static_cast<const char*>(value), size);
+            }
+          }
+          out.push_back(std::move(r));
+          last = std::chrono::steady_clock::now();
+        }
+        rd_kafka_message_destroy(m);
+      }
+      rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return out;
+  }
+
+ private:
+  std::string bootstrap_;
+  rd_kafka_t* producer_ = nullptr;
+};
+
+}  // namespace gnomon::testing
