@@ -86,6 +86,24 @@ TEST_F(ConfigLoaderTest, RejectsUnknownKeysEverywhere) {
       << st.message();
 }
 
+TEST_F(ConfigLoaderTest, KafkaEntriesAreCheckedIncludingLibrdkafkaProperties) {
+  Status st = Load(
+      "connections:\n  bus: { type: kafka, brokers: \"127.0.0.1:9092\" }\n"
+      "sources:\n  - { name: k, connection: bus, topics: [t], group: g, device: nope,\n"
+      "      properties: { fetch.wait.max.ms: 10, no.such.property: 1 } }\n"
+      "sinks:\n  - { name: out, connection: bus, topic: o, properties: { compression.type: zzz } }\n"
+      "  - { name: bad, connection: bus }\n");
+  ASSERT_FALSE(st.ok());
+  const std::string& m = st.message();
+  EXPECT_NE(m.find("sources[0].properties.no.such.property: No such configuration property"),
+            std::string::npos)
+      << m;
+  EXPECT_EQ(m.find("fetch.wait.max.ms"), std::string::npos) << m;
+  EXPECT_NE(m.find("sources[0].device:"), std::string::npos) << m;
+  EXPECT_NE(m.find("sinks[0].properties.compression.type:"), std::string::npos) << m;
+  EXPECT_NE(m.find("sinks[1].topic: is required"), std::string::npos) << m;
+}
+
 TEST_F(ConfigLoaderTest, CrossReferencesAreChecked) {
   Status st = Load(
       "sources: [{name: s, connection: nowhere, topics: [a]}]\n"
@@ -94,7 +112,7 @@ TEST_F(ConfigLoaderTest, CrossReferencesAreChecked) {
   ASSERT_FALSE(st.ok());
   const std::string& m = st.message();
   EXPECT_NE(m.find("sources[0].connection: no connection named 'nowhere'"), std::string::npos) << m;
-  EXPECT_NE(m.find("sinks[0]: unknown sink type 'bogus' (known: file, mqtt)"), std::string::npos)
+  EXPECT_NE(m.find("sinks[0]: unknown sink type 'bogus' (known: file, kafka, mqtt)"), std::string::npos)
       << m;
   EXPECT_NE(m.find("sinks[1].name: 'a' is used twice"), std::string::npos) << m;
   EXPECT_NE(m.find("dead_letter.sink: no sink named 'missing'"), std::string::npos) << m;
