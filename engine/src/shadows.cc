@@ -179,7 +179,7 @@ Status Engine::Impl::InitShadows() {
   } else if (options_.mode == Mode::kDryRun) {
     shadow_sink_ = std::make_unique<SinkEntry>();
     shadow_sink_->name = "shadows";
-    shadow_sink_->sink = NewEffectPrinter("shadow_event", "shadows", *this);
+    shadow_sink_->sink = NewEffectPrinter("shadow", "shadows", *this);
   }
   if (shadow_sink_) {
     auto c = [&](const char* outcome) {

@@ -11,8 +11,10 @@ return rule {
     if type(t) ~= "number" then return ctx.fail("temp is not a number") end
     ctx.shadow:report { temp = t }
     if t > 50 then
-      ctx.emit("alerts", { device = msg.device, temp = t, ts = msg.ts,
-                           severity = t > 55 and "high" or "warn" })
+      local alert = { device = msg.device, temp = t, ts = msg.ts,
+                      severity = t > 55 and "high" or "warn" }
+      ctx.emit("alerts", alert)
+      ctx.emit("alerts-stream", alert)
       ctx.publish("devices/" .. msg.device .. "/cmd", { fan = "on" }, { qos = 1 })
     end
   end,
@@ -20,7 +22,8 @@ return rule {
   tests = {
     { name = "hot device raises an alert",
       input  = { topic = "devices/d1/telemetry", payload = { temp = 60, ts = 5 } },
-      expect = { emit = { alerts = { { device = "d1", temp = 60, severity = "high" } } },
+      expect = { emit = { alerts = { { device = "d1", temp = 60, severity = "high" } },
+                          ["alerts-stream"] = { { device = "d1", severity = "high" } } },
                  publish = { ["devices/d1/cmd"] = { { fan = "on" } } },
                  shadow = { d1 = { reported = { temp = 60 } } } } },
     { name = "cool device is quiet",
