@@ -185,13 +185,32 @@ class KafkaSource final : public Source {
       }
       int64_t inflight = Inflight();
       lag_gauge_->Set(inflight);
-      if (!paused && inflight >= config_.max_inflight) {
+      if (inflight >= config_.max_inflight && !paused) {
+        // Full: wait for the pipeline without fetching more. Short waits only: librdkafka
+        // serves rebalances inside poll. If it stays full, pause the partitions and keep
+        // polling (pause drops prefetched data and costs a fetch round trip on resume, so it
+        // is the fallback, not the first resort).
+        std::unique_lock lock(mu_);
+        if (cv_.wait_for(lock, std::chrono::milliseconds(100), [&] {
+              return inflight_ < config_.max_inflight || st.stop_requested();
+            })) {
+          full_since_ = {};
+          continue;
+        }
+        if (full_since_ == std::chrono::steady_clock::time_point{}) {
+          full_since_ = now;
+        }
+        if (now - full_since_ < std::chrono::seconds(2)) {
+          continue;
+        }
+        lock.unlock();
         SetPaused(true);
         paused = true;
         pauses_->Inc();
       } else if (paused && inflight <= config_.max_inflight / 2) {
         SetPaused(false);
         paused = false;
+        full_since_ = {};
       }
       rd_kafka_message_t* msg = rd_kafka_consumer_poll(rk_, 100);
       if (msg == nullptr) {
@@ -409,6 +428,7 @@ class KafkaSource final : public Source {
   uint64_t generation_ = 0;               // GUARDED_BY(mu_)
   std::atomic<bool> brokers_down_{false};
   std::atomic<bool> closing_{false};
+  std::chrono::steady_clock::time_point full_since_{};  // poll thread only
   Counter* commits_;
   Counter* commit_failures_;
   Counter* pauses_;
