@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// gnomon: run | check | replay | version
+// gnomon: run | check | replay | test | restore | version
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <signal.h>
@@ -9,8 +9,13 @@
 #include <filesystem>
 #include <cstdio>
 #include <iostream>
+#include <map>
+#include <optional>
 
 #include "gnomon/connectors/builtin.h"
+#include "gnomon/connectors/kafka.h"
+#include "gnomon/shadow/document.h"
+#include "gnomon/shadow/store.h"
 #include "gnomon/core/log.h"
 #include "gnomon/engine/engine.h"
 #include "gnomon/rules/testing.h"
@@ -87,6 +92,80 @@ int Test(const std::vector<std::string>& paths, const std::string& junit, const 
 }
 
 // Runs until SIGTERM/SIGINT (kRun) or until the replay input is done.
+// Restores the shadow store from the change log (the latest record per shadow; tombstones drop
+// it). With `only_if_empty`, only when the store holds no shadow: the first step of moving a
+// shadow store to a new machine, or of recovering a lost disk.
+gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) {
+  namespace sh = gnomon::shadow;
+  if (app.shadows.changelog_connection == nullptr) {
+    return gnomon::FailedPrecondition("no shadows.changelog in the config");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(app.data_dir, ec);
+  GNOMON_ASSIGN_OR_RETURN(auto store, sh::ShadowStore::Open({.path = app.data_dir + "/shadows.db"}));
+  if (only_if_empty) {
+    GNOMON_ASSIGN_OR_RETURN(auto reader, store->NewReader());
+    GNOMON_ASSIGN_OR_RETURN(auto things, reader->Things("", "", 1));
+    if (!things.empty()) {
+      return size_t{0};
+    }
+  }
+  std::map<std::string, std::optional<std::string>> latest;
+  GNOMON_ASSIGN_OR_RETURN(
+      size_t records,
+      gnomon::connectors::ReadTopicToEnd(
+          *app.shadows.changelog_connection, app.shadows.changelog_topic,
+          [&](std::string_view key, const std::string* value) {
+            latest[std::string(key)] = value != nullptr ? std::optional<std::string>(*value)
+                                                        : std::nullopt;
+          }));
+  size_t restored = 0;
+  for (const auto& [key, value] : latest) {
+    if (!value) {
+      continue;  // deleted
+    }
+    size_t slash = key.find('/');
+    std::string thing = key.substr(0, slash);
+    std::string name = slash == std::string::npos ? "" : key.substr(slash + 1);
+    auto event = sh::Value::Parse(*value);
+    const sh::Value* current = event.ok() ? event->Find("current") : nullptr;
+    auto doc = current != nullptr ? sh::ShadowDocument::FromDocument(current->Json())
+                                  : gnomon::Result<sh::ShadowDocument>(
+                                        gnomon::InvalidArgument("no \"current\" document"));
+    if (!doc.ok()) {
+      gnomon::log::Warn("change log record skipped",
+                        {{"key", key}, {"error", doc.status().message()}});
+      continue;
+    }
+    store->Write(thing, name, doc->StoredJson(), nullptr);
+    ++restored;
+  }
+  store->Flush();
+  if (store->stats().failures > 0) {
+    return gnomon::Unavailable("the shadow store could not save the restored shadows");
+  }
+  gnomon::log::Info("shadows restored from the change log",
+                    {{"topic", app.shadows.changelog_topic},
+                     {"records", std::to_string(records)},
+                     {"shadows", std::to_string(restored)}});
+  return restored;
+}
+
+int Restore(const std::string& config, const gnomon::Registry& registry) {
+  auto app = gnomon::engine::LoadAppConfig(config, registry);
+  if (!app.ok()) {
+    std::fprintf(stderr, "%s\n", app.status().message().c_str());
+    return kExitFailed;
+  }
+  auto n = RestoreShadows(*app, /*only_if_empty=*/false);
+  if (!n.ok()) {
+    std::fprintf(stderr, "restore: %s\n", n.status().message().c_str());
+    return kExitFailed;
+  }
+  std::printf("%zu shadows restored into %s/shadows.db\n", *n, app->data_dir.c_str());
+  return kExitOk;
+}
+
 int Run(const std::string& config, const gnomon::Registry& registry, EngineOptions options) {
   auto app = gnomon::engine::LoadAppConfig(config, registry);
   if (!app.ok()) {
@@ -94,6 +173,16 @@ int Run(const std::string& config, const gnomon::Registry& registry, EngineOptio
     return kExitFailed;
   }
   ApplyLogLevel(*app);
+  if (app->shadows.enabled && app->shadows.changelog_connection != nullptr &&
+      options.mode != Mode::kDryRun) {
+    // An empty store with a change log: start from the change log.
+    auto n = RestoreShadows(*app, /*only_if_empty=*/true);
+    if (!n.ok()) {
+      gnomon::log::Error("cannot restore shadows from the change log",
+                         {{"error", n.status().message()}});
+      return kExitFailed;
+    }
+  }
   gnomon::SystemClock clock;
   bool replay = options.mode != Mode::kRun;
   auto engine = Engine::Create(std::move(app).value(), registry, clock, options);
@@ -196,6 +285,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> libs;
   test->add_option("--lib", libs, "A folder rules may require modules from (repeatable)");
 
+  auto* restore = app.add_subcommand(
+      "restore", "Rebuild the shadow store in data_dir from the shadow change log (Kafka)");
+  bool from_changelog = false;
+  restore->add_option("-c,--config", config, "Config file (YAML)")->required();
+  restore->add_flag("--from-changelog", from_changelog, "Read shadows.changelog")->required();
+
   app.add_subcommand("version", "Print the version");
   auto* docs = app.add_subcommand("config-docs", "Print the configuration reference (Markdown)");
   docs->group("");  // hidden: used to generate docs/configuration.md
@@ -220,6 +315,9 @@ int main(int argc, char** argv) {
   }
   if (app.got_subcommand("check")) {
     return Check(config, registry);
+  }
+  if (app.got_subcommand("restore")) {
+    return Restore(config, registry);
   }
   EngineOptions options;
   if (app.got_subcommand("replay")) {

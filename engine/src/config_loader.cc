@@ -266,6 +266,22 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       }
     }
   }
+  if (const ConfigValue* cl = app.root.Get("shadows") ? app.root.Get("shadows")->Get("changelog")
+                                                      : nullptr) {
+    app.shadows.changelog_connection_name = cl->GetString("connection");
+    app.shadows.changelog_topic = cl->GetString("topic");
+    app.shadows.changelog_partitions = static_cast<int>(cl->GetInt("partitions", 4));
+    const ConfigValue* conn = connections != nullptr
+                                  ? connections->Get(app.shadows.changelog_connection_name)
+                                  : nullptr;
+    if (conn == nullptr || conn->GetString("type") != "kafka") {
+      errors.Add(cl->Get("connection"), "shadows.changelog.connection",
+                 fmt::format("no kafka connection named '{}' in `connections`",
+                             app.shadows.changelog_connection_name));
+    } else {
+      app.shadows.changelog_connection = conn;
+    }
+  }
   app.watch_rules = app.root.GetBool("watch_rules", true);
   for (const auto& dir : app.root.GetStrings("rule_libs")) {
     std::string resolved = ResolvePath(app.base_dir, dir);

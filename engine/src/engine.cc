@@ -166,6 +166,9 @@ Status Engine::Impl::Start() {
   if (shadow_sink_) {
     GNOMON_RETURN_IF_ERROR(shadow_sink_->sink->Start().WithContext("shadow sink"));
   }
+  if (changelog_sink_) {
+    GNOMON_RETURN_IF_ERROR(changelog_sink_->sink->Start().WithContext("shadow change log"));
+  }
   for (size_t i = 0; i < workers_.size(); ++i) {
     workers_[i]->thread = std::jthread([this, i] { RunWorker(i); });
   }
@@ -257,6 +260,9 @@ void Engine::Impl::Stop() {
     if (shadow_sink_) {
       shadow_sink_->sink->Stop(deadline);
     }
+    if (changelog_sink_) {
+      changelog_sink_->sink->Stop(deadline);
+    }
   };
   if (!workers_done()) {
     log::Warn("shutdown deadline reached with workers blocked on sinks; abandoning the rest");
@@ -337,6 +343,9 @@ void Engine::Impl::RenderAccounting(std::string& out) const {
   }
   if (shadow_sink_) {
     shadow_sink_->queue_depth->Set(static_cast<int64_t>(shadow_sink_->sink->QueueDepth()));
+  }
+  if (changelog_sink_) {
+    changelog_sink_->queue_depth->Set(static_cast<int64_t>(changelog_sink_->sink->QueueDepth()));
   }
   for (auto& w : workers_) {
     w->depth->Set(static_cast<int64_t>(w->queue.size()));
@@ -582,6 +591,7 @@ void Engine::Impl::Report(Record& r, const Status& status) {
   bool is_dead_letter = r.route == kDeadLetterRoute;
   SinkEntry* entry = is_dead_letter              ? dead_letter_sink_
                      : r.route == kShadowRoute    ? shadow_sink_.get()
+                     : r.route == kChangelogRoute ? changelog_sink_.get()
                      : r.route >= 0               ? &sinks_[static_cast<size_t>(r.route)]
                                                   : nullptr;
   if (status.ok()) {

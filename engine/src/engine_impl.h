@@ -27,6 +27,7 @@ namespace gnomon::engine {
 inline constexpr size_t kWorkerBatch = 256;
 inline constexpr int32_t kDeadLetterRoute = -2;
 inline constexpr int32_t kShadowRoute = -3;  // shadow answers and events (the shadows sink)
+inline constexpr int32_t kChangelogRoute = -4;  // the shadow change log (Kafka)
 
 // Per-rule metrics, created once.
 struct RuleMetrics {
@@ -167,6 +168,10 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   void RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err);
   void PublishShadowEvent(const std::string& thing, const std::string& topic,
                           std::string payload, Delivery* hold);
+  // Produces an accepted write (the documents event; nullptr: a delete, as a tombstone) to the
+  // change log, holding `hold` until Kafka has it.
+  void ProduceChangelog(const std::string& thing, const std::string& name,
+                        const std::string* documents, Delivery* hold);
   std::vector<HttpRoute> ShadowRoutes();
   HttpResponse ShadowApiCall(std::string topic, std::string thing, std::string body);
   // Sends a dead letter for `m` (or a record); holds `d` until it is durable.
@@ -230,6 +235,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   std::unique_ptr<Source> shadow_source_;
   std::unique_ptr<Ingest> shadow_ingest_;
   std::unique_ptr<SinkEntry> shadow_sink_;
+  std::unique_ptr<SinkEntry> changelog_sink_;
   std::string shadow_source_name_ = "shadows";
   std::string api_source_name_ = "api";
   std::mutex api_reader_mu_;

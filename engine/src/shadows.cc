@@ -181,6 +181,36 @@ Status Engine::Impl::InitShadows() {
     shadow_sink_->name = "shadows";
     shadow_sink_->sink = NewEffectPrinter("shadow", "shadows", *this);
   }
+  if (!sc.changelog_topic.empty() && options_.mode != Mode::kDryRun) {
+    ConfigValue cl;
+    cl.SetKind(ConfigValue::Kind::kMap);
+    cl.AddField("name", ConfigValue::Scalar("shadow-changelog"));
+    cl.AddField("topic", ConfigValue::Scalar(sc.changelog_topic));
+    ConfigValue create;
+    create.SetKind(ConfigValue::Kind::kMap);
+    create.AddField("partitions", ConfigValue::Scalar(std::to_string(sc.changelog_partitions)));
+    create.AddField("compact", ConfigValue::Scalar("true"));
+    cl.AddField("create", std::move(create));
+    PluginContext lctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir,
+                       "shadow-changelog", sc.changelog_connection, 1};
+    SinkFactory* kafka = registry_.sink("kafka");
+    if (kafka == nullptr) {
+      return FailedPrecondition("shadows.changelog: this build has no kafka connector");
+    }
+    changelog_sink_ = std::make_unique<SinkEntry>();
+    changelog_sink_->name = "shadow-changelog";
+    GNOMON_ASSIGN_OR_RETURN(changelog_sink_->sink, kafka->Create(cl, lctx));
+    auto c = [&](const char* outcome) {
+      return metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome",
+                                 {{"sink", "shadow-changelog"}, {"outcome", outcome}});
+    };
+    changelog_sink_->delivered = c("delivered");
+    changelog_sink_->failed = c("failed");
+    changelog_sink_->dead_lettered = c("dead_lettered");
+    changelog_sink_->queue_depth =
+        metrics_.GetGauge("gnomon_sink_queue_depth", "Records waiting in the sink's queue",
+                          {{"sink", "shadow-changelog"}});
+  }
   if (shadow_sink_) {
     auto c = [&](const char* outcome) {
       return metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome",
@@ -361,6 +391,27 @@ void Engine::Impl::PublishShadowEvent(const std::string& thing, const std::strin
   }
 }
 
+void Engine::Impl::ProduceChangelog(const std::string& thing, const std::string& name,
+                                    const std::string* documents, Delivery* hold) {
+  if (!changelog_sink_) {
+    return;
+  }
+  Record r;
+  r.key = name.empty() ? thing : thing + "/" + name;
+  if (documents != nullptr) {
+    r.payload = *documents;
+  } else {
+    r.null_value = true;
+  }
+  r.device = thing;
+  r.rule = "shadows";
+  r.source_topic = ShadowTopic(thing, name);
+  r.delivery = hold;
+  r.route = kChangelogRoute;
+  hold->Hold();
+  changelog_sink_->sink->Send(std::move(r));
+}
+
 void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const std::string& name,
                                     shadow::ShadowDocument& doc, shadow::UpdateResult result,
                                     ShadowReplyTo to) {
@@ -376,8 +427,8 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
   std::string base = ShadowTopic(thing, name);
   shadow_store_->Write(
       thing, name, doc.StoredJson(),
-      [this, to = std::move(to), result = std::move(result), base = std::move(base),
-       thing](const Status& st) mutable {
+      [this, to = std::move(to), result = std::move(result), base = std::move(base), thing,
+       name](const Status& st) mutable {
         if (!st.ok()) {
           shadow_store_failures_->Inc();
           log::Error("shadow write could not be stored",
@@ -389,6 +440,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
         }
         // Events first (they hold the request until they are out), then the answer.
         Delivery* hold = to.delivery;
+        ProduceChangelog(thing, name, &result.documents, hold);
         bool mqtt_requester = to.kind == MessageKind::kShadowMqtt;
         if (!mqtt_requester) {
           // Subscribers see update/accepted whatever channel the update came from.
@@ -468,7 +520,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     shadow_store_->Write(
         op.thing, op.name, d.StoredJson(),
         [this, to = std::move(to), body = std::get<std::string>(std::move(r)),
-         base = std::move(base), thing = op.thing](const Status& st) mutable {
+         base = std::move(base), thing = op.thing, name = op.name](const Status& st) mutable {
           if (!st.ok()) {
             shadow_store_failures_->Inc();
             Answer(std::move(to), 500,
@@ -477,6 +529,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
                    "/rejected");
             return;
           }
+          ProduceChangelog(thing, name, nullptr, to.delivery);
           PublishShadowEvent(thing, base + "/delete/accepted", body,
                              to.kind != MessageKind::kShadowMqtt ? to.delivery : nullptr);
           Answer(std::move(to), 200, std::move(body), "/accepted");

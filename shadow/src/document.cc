@@ -234,6 +234,37 @@ std::string ShadowDocument::StoredJson() const {
   return out;
 }
 
+Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, Limits limits) {
+  GNOMON_ASSIGN_OR_RETURN(Value v, Value::Parse(document));
+  const Value* state = v.Find("state");
+  const Value* version = v.Find("version");
+  if (!v.is_object() || state == nullptr || !state->is_object() || version == nullptr ||
+      version->kind() != Value::Kind::kInt) {
+    return InvalidArgument("shadow document: needs state (object) and version (integer)");
+  }
+  ShadowDocument d(limits);
+  d.exists_ = true;
+  d.version_ = version->as_int();
+  if (const Value* ts = v.Find("timestamp"); ts != nullptr && ts->kind() == Value::Kind::kInt) {
+    d.timestamp_s_ = ts->as_int();
+  }
+  const Value* meta = v.Find("metadata");
+  auto section = [&](std::string_view key, Value& value, std::string& json, Value& mvalue,
+                     std::string& mjson) {
+    if (const Value* f = state->Find(key); f != nullptr && f->is_object()) {
+      value = *f;
+      json = value.Json();
+      const Value* m = meta != nullptr ? meta->Find(key) : nullptr;
+      mvalue = m != nullptr && m->is_object() ? *m : Value::Object();
+      mjson = mvalue.Json();
+    }
+  };
+  section("desired", d.desired_, d.desired_json_, d.meta_desired_, d.meta_desired_json_);
+  section("reported", d.reported_, d.reported_json_, d.meta_reported_, d.meta_reported_json_);
+  d.RebuildDocumentJson();
+  return d;
+}
+
 Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limits limits) {
   GNOMON_ASSIGN_OR_RETURN(Value v, Value::Parse(stored));
   if (!v.is_object()) {

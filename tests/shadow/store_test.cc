@@ -56,6 +56,21 @@ TEST(ShadowStoredFormTest, RoundTripsDocumentTombstoneAndTokens) {
   EXPECT_EQ(tomb->version(), 2);
 }
 
+TEST(ShadowStoredFormTest, DocumentsRestoreTheirStateMetadataAndVersion) {
+  ShadowDocument d;
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(
+      d.Update(R"({"state":{"desired":{"a":{"b":1}},"reported":{"a":{"b":2},"c":[1,2]}}})", 10)));
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(
+      d.Update(R"({"state":{"reported":{"c":null}}})", 11)));
+  auto back = ShadowDocument::FromDocument(d.DocumentJson());
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->DocumentJson(), d.DocumentJson());
+  EXPECT_EQ(back->version(), 2);
+  EXPECT_EQ(back->Delta(), d.Delta());
+  EXPECT_FALSE(ShadowDocument::FromDocument(R"({"state":{}})").ok());
+  EXPECT_FALSE(ShadowDocument::FromDocument("nope").ok());
+}
+
 TEST(ShadowStoredFormTest, CorruptStoredFormIsAnError) {
   EXPECT_FALSE(ShadowDocument::FromStored("{not json").ok());
   EXPECT_FALSE(ShadowDocument::FromStored("[1]").ok());

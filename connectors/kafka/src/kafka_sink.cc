@@ -21,6 +21,10 @@ namespace {
 struct KafkaSinkConfig {
   ClientSettings settings;
   std::string topic;
+  bool create = false;
+  int partitions = 4;
+  int replication_factor = -1;
+  bool compact = false;
 };
 
 class KafkaSink final : public Sink {
@@ -52,6 +56,9 @@ class KafkaSink final : public Sink {
     }
     poller_ = std::jthread([this](std::stop_token st) {
       pthread_setname_np(pthread_self(), "gnomon-kafka-p");
+      if (config_.create) {
+        CreateTopic();  // here, not in Start(): an unreachable cluster must not delay the start
+      }
       while (!st.stop_requested()) {
         rd_kafka_poll(rk_, 100);
       }
@@ -75,7 +82,7 @@ class KafkaSink final : public Sink {
     header("gnomon-rule", r->rule);
     header("gnomon-device", r->device);
     header("gnomon-source-topic", r->source_topic);
-    if (r->json) {
+    if (r->json && !r->null_value) {
       header("content-type", "application/json");
     }
     for (const auto& [k, v] : r->headers) {
@@ -89,7 +96,8 @@ class KafkaSink final : public Sink {
       }
       rd_kafka_resp_err_t err = rd_kafka_producev(
           rk_, RD_KAFKA_V_TOPIC(topic.c_str()),
-          RD_KAFKA_V_VALUE(r->payload.data(), r->payload.size()),
+          RD_KAFKA_V_VALUE(r->null_value ? nullptr : r->payload.data(),
+                           r->null_value ? 0 : r->payload.size()),
           RD_KAFKA_V_KEY(r->key.data(), r->key.size()), RD_KAFKA_V_HEADERS(headers),
           RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
       if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -128,6 +136,52 @@ class KafkaSink final : public Sink {
     std::unique_lock lock(alive_mu_);
     rd_kafka_destroy(rk_);
     rk_ = nullptr;
+  }
+
+  // Creates the topic if missing. Not fatal: the cluster may be down now and the topic may be
+  // auto-created or made by an operator later.
+  void CreateTopic() {
+    char err[512];
+    rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(config_.topic.c_str(), config_.partitions,
+                                                    config_.replication_factor, err, sizeof err);
+    if (nt == nullptr) {
+      log::Warn("kafka topic not created", {{"sink", name_}, {"error", err}});
+      return;
+    }
+    if (config_.compact) {
+      rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    }
+    rd_kafka_queue_t* q = rd_kafka_queue_new(rk_);
+    rd_kafka_AdminOptions_t* opts = rd_kafka_AdminOptions_new(rk_, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(opts, 8000, err, sizeof err);
+    rd_kafka_CreateTopics(rk_, &nt, 1, opts, q);
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 10000);
+    std::string outcome = "timed out";
+    if (ev != nullptr) {
+      const rd_kafka_CreateTopics_result_t* res = rd_kafka_event_CreateTopics_result(ev);
+      size_t n = 0;
+      const rd_kafka_topic_result_t** topics =
+          res != nullptr ? rd_kafka_CreateTopics_result_topics(res, &n) : nullptr;
+      if (rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        outcome = rd_kafka_event_error_string(ev);
+      } else if (n == 1) {
+        rd_kafka_resp_err_t e = rd_kafka_topic_result_error(topics[0]);
+        outcome = e == RD_KAFKA_RESP_ERR_NO_ERROR                 ? "created"
+                  : e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS ? "exists"
+                                                                : rd_kafka_err2str(e);
+      }
+      rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    if (outcome == "created" || outcome == "exists") {
+      log::Info("kafka topic", {{"sink", name_}, {"topic", config_.topic}, {"state", outcome},
+                                {"compact", config_.compact ? "true" : "false"}});
+    } else {
+      log::Warn("kafka topic not created", {{"sink", name_}, {"topic", config_.topic},
+                                            {"error", outcome}});
+    }
   }
 
   bool Ready() const override { return !brokers_down_.load(std::memory_order_relaxed); }
@@ -199,6 +253,12 @@ class KafkaSinkFactory final : public TypedSinkFactory<KafkaSinkConfig> {
     KafkaSinkConfig c;
     GNOMON_ASSIGN_OR_RETURN(c.settings, Settings(*ctx.connection, cfg));
     c.topic = cfg.GetString("topic");
+    if (const ConfigValue* create = cfg.Get("create")) {
+      c.create = true;
+      c.partitions = static_cast<int>(create->GetInt("partitions", 4));
+      c.replication_factor = static_cast<int>(create->GetInt("replication_factor", -1));
+      c.compact = create->GetBool("compact", false);
+    }
     return c;
   }
   Result<std::unique_ptr<Sink>> CreateTyped(KafkaSinkConfig c, PluginContext& ctx) override {

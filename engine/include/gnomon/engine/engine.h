@@ -51,6 +51,11 @@ struct AppConfig {
     const ConfigValue* connection = nullptr;  // MQTT connection serving the shadow topics
     std::string connection_name;
     bool sync_full = true;
+    // `changelog:`: the Kafka connection (null: none), its name, the topic, partitions.
+    const ConfigValue* changelog_connection = nullptr;
+    std::string changelog_connection_name;
+    std::string changelog_topic;
+    int changelog_partitions = 4;
   } shadows;
   std::string api_listen;
   std::vector<std::string> api_tokens;

@@ -75,6 +75,9 @@ class ShadowDocument {
   // object. FromStored() restores exactly this state.
   std::string StoredJson() const;
   static Result<ShadowDocument> FromStored(std::string_view stored, Limits limits = {});
+  // From a stored document as published (DocumentJson(), the change log's "current"): state,
+  // metadata, version, timestamp. Client tokens and tombstones are not part of it.
+  static Result<ShadowDocument> FromDocument(std::string_view document, Limits limits = {});
 
  private:
   struct Token {

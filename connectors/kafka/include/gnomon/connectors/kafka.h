@@ -1,11 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <functional>
+#include <string>
+#include <string_view>
+
 #include "gnomon/core/plugin.h"
 
 namespace gnomon::connectors {
 
 // Registers connection, source and sink type "kafka" (librdkafka).
 void RegisterKafkaConnector(Registry& registry);
+
+// Reads every record of `topic` (all partitions) from the beginning to where it ends now, in
+// partition order; `value` is null for tombstones. For restoring state from a compacted topic.
+// Returns how many records were read; a missing topic is an empty one.
+Result<size_t> ReadTopicToEnd(
+    const ConfigValue& connection, const std::string& topic,
+    const std::function<void(std::string_view key, const std::string* value)>& fn);
 
 }  // namespace gnomon::connectors

@@ -23,6 +23,7 @@ using Deadline = std::chrono::steady_clock::time_point;
 struct Record {
   std::string payload;  // JSON text, or raw bytes for string emits
   bool json = true;     // false: payload is raw bytes (a Lua string emit)
+  bool null_value = false;  // no value at all (a Kafka tombstone); payload is ignored
   std::string key;      // record key (Kafka); device id unless the emit gives one
   std::string topic;    // destination topic (MQTT publish, Kafka override); empty: sink default
   Headers headers;

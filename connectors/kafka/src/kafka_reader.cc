@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <fmt/format.h>
+
+#include <chrono>
+#include <map>
+
+#include "gnomon/connectors/kafka.h"
+#include "kafka_common.h"
+
+namespace gnomon::connectors {
+
+Result<size_t> ReadTopicToEnd(
+    const ConfigValue& connection, const std::string& topic,
+    const std::function<void(std::string_view key, const std::string* value)>& fn) {
+  ConfigValue none;
+  GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
+  GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
+                          kafka::MakeConf(settings, {{"group.id", "gnomon-restore"},
+                                                     {"enable.auto.commit", "false"},
+                                                     {"enable.partition.eof", "true"}}));
+  char err[512];
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return Unavailable(fmt::format("kafka restore: {}", err));
+  }
+  struct Closer {
+    rd_kafka_t* rk;
+    ~Closer() {
+      rd_kafka_consumer_close(rk);
+      rd_kafka_destroy(rk);
+    }
+  } closer{rk};
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* md = nullptr;
+  rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 15000);
+  rd_kafka_topic_destroy(rkt);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return Unavailable(fmt::format("kafka restore: metadata of {}: {}", topic, rd_kafka_err2str(e)));
+  }
+  std::map<int32_t, int64_t> ends;  // partition → high watermark now
+  if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    for (int i = 0; i < md->topics[0].partition_cnt; ++i) {
+      int32_t p = md->topics[0].partitions[i].id;
+      int64_t lo = 0, hi = 0;
+      e = rd_kafka_query_watermark_offsets(rk, topic.c_str(), p, &lo, &hi, 15000);
+      if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_metadata_destroy(md);
+        return Unavailable(fmt::format("kafka restore: offsets of {}[{}]: {}", topic, p,
+                                       rd_kafka_err2str(e)));
+      }
+      if (hi > lo) {
+        ends[p] = hi;
+      }
+    }
+  }
+  rd_kafka_metadata_destroy(md);
+  if (ends.empty()) {
+    return size_t{0};
+  }
+  rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(static_cast<int>(ends.size()));
+  for (const auto& [p, hi] : ends) {
+    rd_kafka_topic_partition_list_add(parts, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(rk, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  size_t n = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  while (!ends.empty()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Unavailable(fmt::format("kafka restore: {} did not reach its end in 10 minutes", topic));
+    }
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 500);
+    if (m == nullptr) {
+      continue;
+    }
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      ends.erase(m->partition);
+    } else if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      std::string why = rd_kafka_message_errstr(m);
+      rd_kafka_message_destroy(m);
+      return Unavailable(fmt::format("kafka restore: reading {}: {}", topic, why));
+    } else {
+      std::string_view key = m->key != nullptr
+                                 ? std::string_view(static_cast<const char*>(m->key), m->key_len)
+                                 : std::string_view();
+      if (m->payload == nullptr) {
+        fn(key, nullptr);
+      } else {
+        std::string value(static_cast<const char*>(m->payload), m->len);
+        fn(key, &value);
+      }
+      ++n;
+      auto it = ends.find(m->partition);
+      if (it != ends.end() && m->offset + 1 >= it->second) {
+        ends.erase(it);
+      }
+    }
+    rd_kafka_message_destroy(m);
+  }
+  return n;
+}
+
+}  // namespace gnomon::connectors
