@@ -165,6 +165,102 @@ int RunDevices(const Url& url, int devices, double rate, double duration, int qo
 
 // ---------------------------------------------------------------------------------------------
 
+// Thermostats that keep a shadow the AWS way: they publish telemetry, listen on their
+// `.../shadow/update/delta`, apply what the back end desires (the fan) and report it back, so
+// the delta empties. Their temperature rises with the fan off and falls with it on.
+struct ThermostatState {
+  std::mutex mu;
+  std::vector<bool> fan;
+  std::vector<std::string> changes;
+  std::atomic<int64_t> deltas{0};
+  mosquitto* m = nullptr;
+  int qos = 1;
+};
+
+int RunThermostats(const Url& url, int devices, double duration, int qos) {
+  ThermostatState st;
+  st.fan.assign(static_cast<size_t>(devices), false);
+  st.qos = qos;
+  Mqtt m(url, fmt::format("gnomon-sim-thermo-{}", ::getpid()), &st);
+  st.m = m.get();
+  mosquitto_message_callback_set(m.get(), [](mosquitto*, void* user, const mosquitto_message* msg) {
+    auto* s = static_cast<ThermostatState*>(user);
+    std::string topic = msg->topic;
+    std::string body(static_cast<const char*>(msg->payload), static_cast<size_t>(msg->payloadlen));
+    // $aws/things/dN/shadow/update/delta
+    size_t a = topic.find("/d"), b = topic.find("/shadow/");
+    if (a == std::string::npos || b == std::string::npos) {
+      return;
+    }
+    int d = std::atoi(topic.c_str() + a + 2);
+    bool on = body.find(R"("fan":"on")") != std::string::npos;
+    bool off = body.find(R"("fan":"off")") != std::string::npos;
+    if (!on && !off) {
+      return;
+    }
+    s->deltas++;
+    {
+      std::lock_guard lock(s->mu);
+      if (d < 0 || static_cast<size_t>(d) >= s->fan.size()) {
+        return;
+      }
+      s->fan[static_cast<size_t>(d)] = on;
+      s->changes.push_back(fmt::format("d{} fan {} (delta {})", d, on ? "on" : "off", body));
+    }
+    std::string reply = fmt::format(R"({{"state":{{"reported":{{"fan":"{}"}}}}}})", on ? "on" : "off");
+    std::string up = fmt::format("$aws/things/d{}/shadow/update", d);
+    mosquitto_publish(s->m, nullptr, up.c_str(), static_cast<int>(reply.size()), reply.data(),
+                      s->qos, false);
+  });
+  mosquitto_subscribe(m.get(), nullptr, "$aws/things/+/shadow/update/delta", 1);
+  std::mt19937 rng(5);
+  std::normal_distribution<double> noise(0.0, 0.2);
+  std::vector<double> temp(static_cast<size_t>(devices));
+  for (auto& t : temp) {
+    t = 19 + std::uniform_real_distribution<double>(0, 6)(rng);
+  }
+  // Report the initial state once, as a device does when it boots.
+  for (int d = 0; d < devices; ++d) {
+    std::string body = R"({"state":{"reported":{"fan":"off"}}})";
+    std::string up = fmt::format("$aws/things/d{}/shadow/update", d);
+    mosquitto_publish(m.get(), nullptr, up.c_str(), static_cast<int>(body.size()), body.data(),
+                      qos, false);
+  }
+  std::printf("simulating %d thermostats; they apply the fan setting gnomon desires\n", devices);
+  std::fflush(stdout);
+  auto start = Clock::now();
+  auto tick = start;
+  while (!g_stop && (duration <= 0 || Clock::now() - start < std::chrono::duration<double>(duration))) {
+    std::vector<std::string> changes;
+    {
+      std::lock_guard lock(st.mu);
+      for (int d = 0; d < devices; ++d) {
+        auto& t = temp[static_cast<size_t>(d)];
+        t += (st.fan[static_cast<size_t>(d)] ? -0.8 : 0.5) + noise(rng);
+      }
+      changes.swap(st.changes);
+    }
+    for (int d = 0; d < devices; ++d) {
+      std::string payload = fmt::format(R"({{"temp":{:.1f}}})", temp[static_cast<size_t>(d)]);
+      std::string topic = fmt::format("devices/d{}/telemetry", d);
+      mosquitto_publish(m.get(), nullptr, topic.c_str(), static_cast<int>(payload.size()),
+                        payload.data(), qos, false);
+    }
+    std::printf("[%3.0fs] %lld deltas applied\n",
+                std::chrono::duration<double>(Clock::now() - start).count(),
+                static_cast<long long>(st.deltas.load()));
+    for (const auto& c : changes) {
+      std::printf("        ← %s\n", c.c_str());
+    }
+    std::fflush(stdout);
+    tick += std::chrono::seconds(1);
+    std::this_thread::sleep_until(tick);
+  }
+  return st.deltas > 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+
 int RunGen(int devices, int64_t count, int64_t start_ts) {
   std::mt19937 rng(11);
   std::string line;
@@ -283,6 +379,13 @@ int main(int argc, char** argv) {
   dev->add_option("--duration", duration, "Seconds (0: until Ctrl-C)");
   dev->add_option("--qos", qos);
 
+  auto* thermo = app.add_subcommand(
+      "thermostats", "Simulate thermostats that apply shadow deltas (examples/thermostat)");
+  thermo->add_option("--url", url);
+  thermo->add_option("--devices", devices);
+  thermo->add_option("--duration", duration, "Seconds (0: until Ctrl-C)");
+  thermo->add_option("--qos", qos);
+
   auto* gen = app.add_subcommand("gen", "Write a recorded telemetry file to stdout");
   gen->add_option("--devices", devices);
   gen->add_option("--count", count);
@@ -301,6 +404,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (dev->parsed()) {
     return RunDevices(ParseUrl(url), devices, rate, duration, qos);
+  }
+  if (thermo->parsed()) {
+    return RunThermostats(ParseUrl(url), devices, duration, qos);
   }
   if (gen->parsed()) {
     return RunGen(devices, count, start_ts);

@@ -185,7 +185,13 @@ TEST(CliTest, ExamplesPassCheckAndTheirTests) {
             0)
       << out << err;
   EXPECT_NE(out.find("3 passed, 0 failed"), std::string::npos) << out;
-  for (const char* cfg : {"/examples/quickstart/gnomon.yaml"}) {
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "test",
+                        std::string(GNOMON_SOURCE_DIR) + "/examples/thermostat/rules"},
+                       &out, &err),
+            0)
+      << out << err;
+  EXPECT_NE(out.find("4 passed, 0 failed"), std::string::npos) << out;
+  for (const char* cfg : {"/examples/quickstart/gnomon.yaml", "/examples/thermostat/gnomon.yaml"}) {
     std::string out, err;
     EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", std::string(GNOMON_SOURCE_DIR) + cfg},
                          &out, &err),
