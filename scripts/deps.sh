@@ -9,7 +9,7 @@ GNOMON_PACKAGES=(
   libfmt-dev libsimdjson-dev libyaml-cpp-dev libcli11-dev libluajit-5.1-dev
   libmosquitto-dev libcpp-httplib-dev libssl-dev libsqlite3-dev librdkafka-dev kcat
   libgtest-dev libgmock-dev libbenchmark-dev
-  mosquitto mosquitto-clients curl python3 openssl
+  mosquitto mosquitto-clients curl python3 openssl wrk
 )
 
 gnomon_install_deps() {
