@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <optional>
@@ -27,7 +28,8 @@ namespace gnomon::engine {
 inline constexpr size_t kWorkerBatch = 256;
 inline constexpr int32_t kDeadLetterRoute = -2;
 inline constexpr int32_t kShadowRoute = -3;  // shadow answers and events (the shadows sink)
-inline constexpr int32_t kChangelogRoute = -4;  // the shadow change log (Kafka)
+inline constexpr int32_t kChangelogRoute = -4;
+inline constexpr size_t kShadowHistory = 1000;  // changes kept per shadow for .../changes  // the shadow change log (Kafka)
 
 // Per-rule metrics, created once.
 struct RuleMetrics {
@@ -119,6 +121,14 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
     // Shadows this worker owns (by thing), loaded on first use: the single writer's state.
     size_t index = 0;
     std::unordered_map<std::string, shadow::ShadowDocument> shadows;  // key: thing \0 name
+    // The last kShadowHistory changes of each owned shadow since this process started, for
+    // GET .../changes?sinceVersion=N (older: the caller resyncs from the document).
+    struct Change {
+      int64_t version;
+      int64_t timestamp;
+      std::string ops;  // RFC 6902, JSON array
+    };
+    std::unordered_map<std::string, std::deque<Change>> history;
     std::unique_ptr<shadow::ShadowStore::Reader> shadow_reader;  // committed state of others
     std::unique_ptr<rules::ShadowReader> rule_shadows;          // what ctx.shadow reads
   };

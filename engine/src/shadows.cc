@@ -282,7 +282,7 @@ std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseSha
   if (!ValidId(op.thing, 128)) {
     return Error(400, "INVALID_THING_NAME", "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -");
   }
-  if (op.op != "update" && op.op != "get" && op.op != "delete") {
+  if (op.op != "update" && op.op != "get" && op.op != "delete" && op.op != "changes") {
     return Error(400, "INVALID_TOPIC", fmt::format("unknown shadow operation '{}'", op.op));
   }
   return op;
@@ -424,6 +424,11 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
     return;
   }
   shadow_accepted_->Inc();
+  auto& changes = w.history[Key(thing, name)];
+  changes.push_back({doc.version(), clock_.NowMs() / 1000, std::move(result.patch)});
+  if (changes.size() > kShadowHistory) {
+    changes.pop_front();
+  }
   std::string base = ShadowTopic(thing, name);
   shadow_store_->Write(
       thing, name, doc.StoredJson(),
@@ -500,6 +505,49 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     to.topic = ShadowTopic(op.thing, op.name) + "/update";
     PersistAndAnswer(w, op.thing, op.name, d, std::get<shadow::UpdateResult>(std::move(r)),
                      std::move(to));
+  } else if (op.op == "changes") {
+    if (to.kind != MessageKind::kShadowApi) {
+      RejectShadow(std::move(to), Error(400, "INVALID_TOPIC", "changes is a REST request"));
+      return;
+    }
+    if (!d.exists()) {
+      RejectShadow(std::move(to), std::get<shadow::ShadowError>(d.Get(op.name, now_s)));
+      return;
+    }
+    int64_t since = std::atoll(m.payload.c_str());
+    std::string body;
+    json::ObjectWriter out(body);
+    out.Field("version", d.version());
+    auto it = w.history.find(Key(op.thing, op.name));
+    bool complete = since >= d.version() ||
+                    (it != w.history.end() && !it->second.empty() &&
+                     it->second.front().version <= since + 1);
+    if (!complete) {
+      // Older than what is kept (or from before this process): start over from the document.
+      out.FieldRaw("resync", "true")
+          .FieldRaw("document", std::get<std::string>(d.Get(op.name, now_s)));
+    } else {
+      std::string list = "[";
+      if (it != w.history.end()) {
+        for (const auto& c : it->second) {
+          if (c.version <= since) {
+            continue;
+          }
+          if (list.size() > 1) {
+            list += ',';
+          }
+          json::ObjectWriter e(list);
+          e.Field("version", c.version).Field("timestamp", c.timestamp).FieldRaw("ops", c.ops);
+          e.Close();
+        }
+      }
+      list += ']';
+      out.Field("sinceVersion", since).FieldRaw("changes", list);
+    }
+    out.Close();
+    shadow_store_->After([this, to = std::move(to), body = std::move(body)](const Status&) mutable {
+      Answer(std::move(to), 200, std::move(body), "");
+    });
   } else if (op.op == "get") {
     auto r = d.Get(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
@@ -516,6 +564,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
       RejectShadow(std::move(to), *err);
       return;
     }
+    w.history.erase(Key(op.thing, op.name));
     std::string base = ShadowTopic(op.thing, op.name);
     shadow_store_->Write(
         op.thing, op.name, d.StoredJson(),
@@ -717,6 +766,24 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
       return ShadowApiCall(std::move(topic), req.params.at(0), op == "update" ? req.body : "");
     };
   };
+  routes.push_back({"GET", "/v1/things/(.+)/shadow/changes", [this, target](const HttpRequest& req) {
+                      std::string topic;
+                      HttpResponse err;
+                      if (!target(req, "changes", topic, err)) {
+                        return err;
+                      }
+                      const std::string* since = req.Query("sinceVersion");
+                      char* end = nullptr;
+                      long long v = since != nullptr ? std::strtoll(since->c_str(), &end, 10) : -1;
+                      if (since == nullptr || end == since->c_str() || *end != '\0' || v < 0) {
+                        err.status = 400;
+                        err.body = Error(400, "INVALID_VERSION",
+                                         "sinceVersion must be an integer >= 0")
+                                       .Json(clock_.NowMs() / 1000);
+                        return err;
+                      }
+                      return ShadowApiCall(std::move(topic), req.params.at(0), std::to_string(v));
+                    }});
   routes.push_back({"GET", "/v1/things/(.+)/shadow", call("get")});
   routes.push_back({"POST", "/v1/things/(.+)/shadow", call("update")});
   routes.push_back({"DELETE", "/v1/things/(.+)/shadow", call("delete")});

@@ -75,6 +75,70 @@ void MergeSection(Value& target, Value& meta, const Value& patch, int64_t t) {
   }
 }
 
+// RFC 6901: "~" → "~0", "/" → "~1".
+void AppendPointerToken(std::string& path, std::string_view key) {
+  path += '/';
+  for (char c : key) {
+    if (c == '~') {
+      path += "~0";
+    } else if (c == '/') {
+      path += "~1";
+    } else {
+      path += c;
+    }
+  }
+}
+
+void AppendOp(std::string& ops, std::string_view op, const std::string& path, const Value* value) {
+  ops += ops.size() > 1 ? ",{\"op\":" : "{\"op\":";
+  json::AppendQuoted(ops, op);
+  ops += ",\"path\":";
+  json::AppendQuoted(ops, path);
+  if (value != nullptr) {
+    ops += ",\"value\":";
+    value->AppendJson(ops);
+  }
+  ops += '}';
+}
+
+// RFC 6902 operations turning `before` into `after` (null: absent) at `path`.
+void Diff(const Value& before, const Value& after, const std::string& path, std::string& ops) {
+  if (before.is_null() && after.is_null()) {
+    return;
+  }
+  if (before.is_null()) {
+    AppendOp(ops, "add", path, &after);
+    return;
+  }
+  if (after.is_null()) {
+    AppendOp(ops, "remove", path, nullptr);
+    return;
+  }
+  if (!before.is_object() || !after.is_object()) {
+    if (!(before == after)) {
+      AppendOp(ops, "replace", path, &after);
+    }
+    return;
+  }
+  for (const auto& [k, v] : before.members()) {
+    if (after.Find(k) == nullptr) {
+      std::string p = path;
+      AppendPointerToken(p, k);
+      AppendOp(ops, "remove", p, nullptr);
+    }
+  }
+  for (const auto& [k, v] : after.members()) {
+    std::string p = path;
+    AppendPointerToken(p, k);
+    const Value* old = before.Find(k);
+    if (old == nullptr) {
+      AppendOp(ops, "add", p, &v);
+    } else {
+      Diff(*old, v, p, ops);
+    }
+  }
+}
+
 bool KeysValid(const Value& v, std::string& bad) {
   if (v.is_object()) {
     for (const auto& [k, child] : v.members()) {
@@ -486,6 +550,19 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
       json = std::move(next.json);
       meta_json = meta.is_null() ? std::string() : meta.Json();
     };
+    result.patch = "[";
+    if (!exists_) {
+      // A new shadow (or one deleted before): the document appears.
+      Value empty = Value::Object();
+      AppendOp(result.patch, "add", "/state", &empty);
+    }
+    if (touch_desired) {
+      Diff(desired_, next_desired.value, "/state/desired", result.patch);
+    }
+    if (touch_reported) {
+      Diff(reported_, next_reported.value, "/state/reported", result.patch);
+    }
+    result.patch += ']';
     if (touch_desired) {
       commit(next_desired, desired_, meta_desired_, desired_json_, meta_desired_json_);
     }

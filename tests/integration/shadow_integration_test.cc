@@ -289,6 +289,40 @@ TEST_F(ShadowIntegrationTest, RestBadInputGetsExactErrors) {
   EXPECT_TRUE(gnomon->Running());
 }
 
+TEST_F(ShadowIntegrationTest, ChangesSinceAVersionAreJsonPatchesOrAResync) {
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(Call("POST", "/v1/things/c1/shadow", R"({"state":{"reported":{"a":1}}})").first, 200);
+  ASSERT_EQ(Call("POST", "/v1/things/c1/shadow", R"({"state":{"desired":{"a":2}}})").first, 200);
+  ASSERT_EQ(Call("POST", "/v1/things/c1/shadow", R"({"state":{"reported":{"a":2}}})").first, 200);
+  auto r = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=1");
+  ASSERT_EQ(r.first, 200) << r.second;
+  EXPECT_NE(r.second.find(R"("version":3)"), std::string::npos) << r.second;
+  EXPECT_NE(r.second.find(R"({"version":2,)"), std::string::npos) << r.second;
+  EXPECT_NE(r.second.find(R"("ops":[{"op":"add","path":"/state/desired","value":{"a":2}}])"),
+            std::string::npos)
+      << r.second;
+  EXPECT_NE(r.second.find(R"("ops":[{"op":"replace","path":"/state/reported/a","value":2}])"),
+            std::string::npos)
+      << r.second;
+  EXPECT_EQ(r.second.find(R"({"version":1,)"), std::string::npos) << "only after 1: " << r.second;
+  auto all = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=0");
+  EXPECT_NE(all.second.find(R"({"version":1,)"), std::string::npos) << all.second;
+  auto none = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=3");
+  EXPECT_NE(none.second.find(R"("changes":[])"), std::string::npos) << none.second;
+  EXPECT_EQ(Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=x").first, 400);
+  EXPECT_EQ(Call("GET", "/v1/things/c1/shadow/changes").first, 400);
+  EXPECT_EQ(Call("GET", "/v1/things/nobody/shadow/changes?sinceVersion=0").first, 404);
+
+  // History lives in memory: after a restart a client resyncs from the document.
+  gnomon->Signal(SIGTERM);
+  ASSERT_EQ(gnomon->Wait(), 0);
+  gnomon = StartGnomon();
+  auto resync = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=1");
+  EXPECT_EQ(resync.first, 200);
+  EXPECT_NE(resync.second.find(R"("resync":true)"), std::string::npos) << resync.second;
+  EXPECT_NE(resync.second.find(R"("document":{"state":)"), std::string::npos) << resync.second;
+}
+
 TEST_F(ShadowIntegrationTest, BearerTokensAreRequiredWhenConfigured) {
   dir_.Write("gnomon.yaml", testing::ReadFile(dir_.File("gnomon.yaml")) + "");
   std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));

@@ -221,3 +221,32 @@ TEST(ShadowStoreTest, EveryAcknowledgedWriteSurvivesKill9) {
 
 }  // namespace
 }  // namespace gnomon::shadow
+
+namespace gnomon::shadow {
+namespace {
+
+std::string Patch(ShadowDocument& d, const std::string& request, int64_t now = 100) {
+  auto r = d.Update(request, now);
+  EXPECT_TRUE(std::holds_alternative<UpdateResult>(r)) << request;
+  return std::holds_alternative<UpdateResult>(r) ? std::get<UpdateResult>(r).patch : "";
+}
+
+TEST(ShadowPatchTest, EachUpdateDescribesItsChangeAsJsonPatch) {
+  ShadowDocument d;
+  EXPECT_EQ(Patch(d, R"({"state":{"reported":{"a":1,"o":{"x":1}}}})"),
+            R"([{"op":"add","path":"/state","value":{}},)"
+            R"({"op":"add","path":"/state/reported","value":{"a":1,"o":{"x":1}}}])");
+  EXPECT_EQ(Patch(d, R"({"state":{"reported":{"a":2,"o":{"y":2},"a/b~":true}}})"),
+            R"([{"op":"replace","path":"/state/reported/a","value":2},)"
+            R"({"op":"add","path":"/state/reported/o/y","value":2},)"
+            R"({"op":"add","path":"/state/reported/a~1b~0","value":true}])");
+  EXPECT_EQ(Patch(d, R"({"state":{"reported":{"o":null},"desired":{"a":3}}})"),
+            R"([{"op":"add","path":"/state/desired","value":{"a":3}},)"
+            R"({"op":"remove","path":"/state/reported/o"}])");
+  EXPECT_EQ(Patch(d, R"({"state":{"desired":null}})"), R"([{"op":"remove","path":"/state/desired"}])");
+  // Identical values still make a version (AWS behaviour) with no operations.
+  EXPECT_EQ(Patch(d, R"({"state":{"reported":{"a":2.0}}})"), "[]");
+}
+
+}  // namespace
+}  // namespace gnomon::shadow

@@ -34,6 +34,9 @@ struct UpdateResult {
   std::string delta;          // update/delta payload, or empty when no delta event fires
   std::string synced;         // update/synced payload (ext), or empty
   bool replayed = false;      // a repeated clientToken: `accepted` is the original response
+  // The change as RFC 6902 operations on the document (paths under /state), a JSON array;
+  // empty when !changed.
+  std::string patch;
 };
 
 struct Limits {
