@@ -287,6 +287,7 @@ void Engine::Impl::Stop() {
     watcher_.request_stop();
     watcher_.join();
   }
+  CloseWatchers();
   if (http_) {
     http_->Stop();
   }

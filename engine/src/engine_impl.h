@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <map>
@@ -254,6 +255,22 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   Counter* shadow_rejected_ = nullptr;
   Counter* shadow_unchanged_ = nullptr;
   Counter* shadow_store_failures_ = nullptr;
+
+  // SSE watchers of shadows (GET .../shadow/watch): events are queued here after the write is
+  // durable and written by the watcher's HTTP thread.
+  struct Watcher {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::string> events;  // GUARDED_BY(mu): complete SSE frames
+    bool closed = false;             // GUARDED_BY(mu)
+  };
+  std::mutex watch_mu_;
+  std::unordered_map<std::string, std::vector<std::shared_ptr<Watcher>>> watchers_;  // GUARDED_BY(watch_mu_)
+  size_t watcher_count_ = 0;                                                         // GUARDED_BY(watch_mu_)
+  void NotifyWatchers(const std::string& thing, const std::string& name, std::string_view event,
+                      const std::string& data);
+  void CloseWatchers();
+  HttpResponse Watch(const std::string& thing, const std::string& name);
 };
 
 }  // namespace gnomon::engine

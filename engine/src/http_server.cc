@@ -8,6 +8,10 @@
 
 namespace gnomon::engine {
 
+namespace {
+constexpr size_t kHttpThreads = 32;
+}  // namespace
+
 struct HttpServer::Impl {
   httplib::Server server;
   std::thread thread;
@@ -28,6 +32,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
   srv.set_payload_max_length(1 << 20);
   // Without it small responses wait for the delayed ACK (Nagle): ~40 ms per keep-alive request.
   srv.set_tcp_nodelay(true);
+  // One thread per keep-alive connection (and per watch stream): more than the default 8.
+  srv.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
   for (auto& r : routes) {
     auto handler = [h = r.handler, method = r.method](const httplib::Request& req,
                                                        httplib::Response& res) {
@@ -44,6 +50,18 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
       }
       HttpResponse out = h(in);
       res.status = out.status;
+      if (out.stream) {
+        res.set_header("Cache-Control", "no-cache");
+        res.set_chunked_content_provider(
+            out.content_type, [stream = std::move(out.stream)](size_t, httplib::DataSink& sink) {
+              stream([&](std::string_view data) {
+                return sink.is_writable() && sink.write(data.data(), data.size());
+              });
+              sink.done();
+              return true;
+            });
+        return;
+      }
       res.set_content(out.body, out.content_type.c_str());
     };
     if (r.method == "POST") {

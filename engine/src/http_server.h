@@ -35,6 +35,9 @@ struct HttpResponse {
   int status = 200;
   std::string body;
   std::string content_type = "application/json";
+  // A streamed response (Server-Sent Events): called once on the connection's thread; it writes
+  // with `write` until it is done or `write` fails (the client went away), then returns.
+  std::function<void(const std::function<bool(std::string_view)>& write)> stream;
 };
 
 struct HttpRoute {

@@ -3,6 +3,7 @@
 // hash that routes the thing's messages), whatever channel a request comes from (MQTT, REST, a
 // rule of this or another worker). Accepted writes go to the SQLite store in group commits; an
 // answer or event leaves only after the write it reports is durable, in queue order.
+#include <algorithm>
 #include <future>
 
 #include "effect_printer.h"
@@ -446,6 +447,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
         // Events first (they hold the request until they are out), then the answer.
         Delivery* hold = to.delivery;
         ProduceChangelog(thing, name, &result.documents, hold);
+        NotifyWatchers(thing, name, "update", result.documents);
         bool mqtt_requester = to.kind == MessageKind::kShadowMqtt;
         if (!mqtt_requester) {
           // Subscribers see update/accepted whatever channel the update came from.
@@ -579,6 +581,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
             return;
           }
           ProduceChangelog(thing, name, nullptr, to.delivery);
+          NotifyWatchers(thing, name, "delete", body);
           PublishShadowEvent(thing, base + "/delete/accepted", body,
                              to.kind != MessageKind::kShadowMqtt ? to.delivery : nullptr);
           Answer(std::move(to), 200, std::move(body), "/accepted");
@@ -698,6 +701,119 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
   return true;
 }
 
+namespace {
+constexpr size_t kMaxWatchers = 16;           // each holds an HTTP thread
+constexpr size_t kMaxPendingEvents = 10000;   // per watcher; beyond, the stream ends with resync
+constexpr auto kKeepAlive = std::chrono::seconds(15);
+
+std::string SseFrame(std::string_view event, std::string_view data) {
+  std::string f;
+  f.reserve(data.size() + event.size() + 16);
+  f.append("event: ").append(event).append("\ndata: ").append(data).append("\n\n");
+  return f;
+}
+}  // namespace
+
+void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& name,
+                                  std::string_view event, const std::string& data) {
+  std::vector<std::shared_ptr<Watcher>> targets;
+  {
+    std::lock_guard lock(watch_mu_);
+    if (watchers_.empty()) {
+      return;
+    }
+    auto it = watchers_.find(Key(thing, name));
+    if (it == watchers_.end()) {
+      return;
+    }
+    targets = it->second;
+  }
+  std::string frame = SseFrame(event, data);
+  for (auto& wt : targets) {
+    {
+      std::lock_guard lock(wt->mu);
+      if (wt->closed) {
+        continue;
+      }
+      if (wt->events.size() >= kMaxPendingEvents) {
+        // A reader that cannot keep up: tell it to start over rather than buffer without bound.
+        wt->events.push_back(SseFrame("resync", R"({"reason":"the watcher fell behind"})"));
+        wt->closed = true;
+      } else {
+        wt->events.push_back(frame);
+      }
+    }
+    wt->cv.notify_all();
+  }
+}
+
+void Engine::Impl::CloseWatchers() {
+  std::lock_guard lock(watch_mu_);
+  for (auto& [key, list] : watchers_) {
+    for (auto& wt : list) {
+      {
+        std::lock_guard l(wt->mu);
+        wt->closed = true;
+      }
+      wt->cv.notify_all();
+    }
+  }
+}
+
+HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& name) {
+  auto wt = std::make_shared<Watcher>();
+  std::string key = Key(thing, name);
+  {
+    std::lock_guard lock(watch_mu_);
+    if (watcher_count_ >= kMaxWatchers || stopped_) {
+      HttpResponse busy;
+      busy.status = 503;
+      busy.body = Error(503, "TOO_MANY_WATCHERS",
+                        fmt::format("At most {} watch streams at a time", kMaxWatchers))
+                      .Json(clock_.NowMs() / 1000);
+      return busy;
+    }
+    watchers_[key].push_back(wt);
+    ++watcher_count_;
+  }
+  // Registered first, then the current document: no change falls between the two (events with
+  // a version at or below the document's can be ignored by the client).
+  HttpResponse now = ShadowApiCall(ShadowTopic(thing, name) + "/get", thing, "");
+  HttpResponse out;
+  out.content_type = "text/event-stream";
+  std::string first = now.status == 200 ? SseFrame("document", now.body)
+                                        : SseFrame("document", "null");
+  out.stream = [this, wt, key, first = std::move(first)](
+                   const std::function<bool(std::string_view)>& write) {
+    bool ok = write(first);
+    while (ok) {
+      std::unique_lock lock(wt->mu);
+      wt->cv.wait_for(lock, kKeepAlive, [&] { return !wt->events.empty() || wt->closed; });
+      std::deque<std::string> batch;
+      batch.swap(wt->events);
+      bool closed = wt->closed;
+      lock.unlock();
+      if (batch.empty() && !closed) {
+        ok = write(": keep-alive\n\n");
+      }
+      for (const auto& f : batch) {
+        ok = ok && write(f);
+      }
+      if (closed) {
+        break;
+      }
+    }
+    std::lock_guard lock(watch_mu_);
+    auto& list = watchers_[key];
+    list.erase(std::remove(list.begin(), list.end(), wt), list.end());
+    if (list.empty()) {
+      watchers_.erase(key);
+    }
+    --watcher_count_;
+  };
+  return out;
+}
+
 HttpResponse Engine::Impl::ShadowApiCall(std::string topic, std::string thing, std::string body) {
   auto done = std::make_shared<std::promise<std::pair<int, std::string>>>();
   auto answer = done->get_future();
@@ -783,6 +899,15 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                         return err;
                       }
                       return ShadowApiCall(std::move(topic), req.params.at(0), std::to_string(v));
+                    }});
+  routes.push_back({"GET", "/v1/things/(.+)/shadow/watch", [this, target](const HttpRequest& req) {
+                      std::string topic;
+                      HttpResponse err;
+                      if (!target(req, "get", topic, err)) {
+                        return err;
+                      }
+                      const std::string* name = req.Query("name");
+                      return Watch(req.params.at(0), name != nullptr ? *name : "");
                     }});
   routes.push_back({"GET", "/v1/things/(.+)/shadow", call("get")});
   routes.push_back({"POST", "/v1/things/(.+)/shadow", call("update")});

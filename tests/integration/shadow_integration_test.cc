@@ -6,7 +6,10 @@
 #include <httplib.h>
 #include <signal.h>
 
+#include <atomic>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <string>
 
 #include "tests/support/mqtt_test_client.h"
@@ -321,6 +324,51 @@ TEST_F(ShadowIntegrationTest, ChangesSinceAVersionAreJsonPatchesOrAResync) {
   EXPECT_EQ(resync.first, 200);
   EXPECT_NE(resync.second.find(R"("resync":true)"), std::string::npos) << resync.second;
   EXPECT_NE(resync.second.find(R"("document":{"state":)"), std::string::npos) << resync.second;
+}
+
+TEST_F(ShadowIntegrationTest, WatchStreamsEveryAcceptedChangeAsServerSentEvents) {
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(Call("POST", "/v1/things/w1/shadow", R"({"state":{"reported":{"n":0}}})").first, 200);
+  std::mutex mu;
+  std::string stream;
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    httplib::Client cli("127.0.0.1", api_port_);
+    cli.set_read_timeout(30);
+    cli.Get("/v1/things/w1/shadow/watch", [&](const char* data, size_t len) {
+      std::lock_guard lock(mu);
+      stream.append(data, len);
+      return !done.load();
+    });
+  });
+  auto seen = [&](const std::string& needle) {
+    return WaitFor([&] {
+      std::lock_guard lock(mu);
+      return stream.find(needle) != std::string::npos;
+    });
+  };
+  ASSERT_TRUE(seen("event: document\ndata: {\"state\":{\"reported\":{\"n\":0}}")) << stream;
+  for (int i = 1; i <= 3; ++i) {
+    ASSERT_EQ(Call("POST", "/v1/things/w1/shadow",
+                   R"({"state":{"reported":{"n":)" + std::to_string(i) + "}}}")
+                  .first,
+              200);
+  }
+  ASSERT_EQ(Call("POST", "/v1/things/other/shadow", R"({"state":{"reported":{"x":1}}})").first, 200);
+  ASSERT_EQ(Call("DELETE", "/v1/things/w1/shadow").first, 200);
+  ASSERT_TRUE(seen("event: delete\n")) << stream;
+  done = true;
+  ASSERT_EQ(Call("POST", "/v1/things/w1/shadow", R"({"state":{"reported":{"n":9}}})").first, 200);
+  reader.join();
+  std::lock_guard lock(mu);
+  // Every change of w1, in version order, and nothing of other shadows.
+  size_t v2 = stream.find(R"("version":2)"), v3 = stream.find(R"("version":3)"),
+         v4 = stream.find(R"("version":4)");
+  EXPECT_NE(v2, std::string::npos) << stream;
+  EXPECT_LT(v2, v3) << stream;
+  EXPECT_LT(v3, v4) << stream;
+  EXPECT_LT(v4, stream.find("event: delete")) << stream;
+  EXPECT_EQ(stream.find(R"("x":1)"), std::string::npos) << stream;
 }
 
 TEST_F(ShadowIntegrationTest, BearerTokensAreRequiredWhenConfigured) {
