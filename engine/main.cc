@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <cstdio>
@@ -41,14 +43,35 @@ void ApplyLogLevel(const AppConfig& app) {
                                            : Level::kInfo);
 }
 
-int Check(const std::string& config, const gnomon::Registry& registry) {
+int Check(const std::string& config, const gnomon::Registry& registry,
+          const std::string& emit_schemas) {
   auto app = gnomon::engine::LoadAppConfig(config, registry);
   if (!app.ok()) {
     std::fprintf(stderr, "%s\n", app.status().message().c_str());
     return kExitFailed;
   }
-  std::printf("%s: ok (%zu sources, %zu sinks, %zu rules)\n", config.c_str(), app->sources.size(),
-              app->sinks.size(), app->rules->rules().size());
+  if (!emit_schemas.empty()) {
+    // One JSON Schema per thing model, for the topics and tables the models shape.
+    std::error_code ec;
+    std::filesystem::create_directories(emit_schemas, ec);
+    for (const auto& m : app->models) {
+      std::string name = m->id();
+      std::replace_if(name.begin(), name.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_'; }, '_');
+      std::string path = emit_schemas + "/" + name + ".schema.json";
+      std::FILE* f = std::fopen(path.c_str(), "w");
+      if (f == nullptr) {
+        std::fprintf(stderr, "%s: cannot write\n", path.c_str());
+        return kExitFailed;
+      }
+      std::string schema = m->JsonSchema() + "\n";
+      std::fwrite(schema.data(), 1, schema.size(), f);
+      std::fclose(f);
+      std::printf("wrote %s\n", path.c_str());
+    }
+  }
+  std::printf("%s: ok (%zu sources, %zu sinks, %zu rules, %zu models)\n", config.c_str(),
+              app->sources.size(), app->sinks.size(), app->rules->rules().size(),
+              app->models.size());
   return kExitOk;
 }
 
@@ -261,8 +284,11 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "Run until SIGTERM/SIGINT, then drain and exit 0");
   run->add_option("-c,--config", config, "Config file (YAML)")->required();
 
-  auto* check = app.add_subcommand("check", "Validate config and rules; exit 0/1");
+  auto* check = app.add_subcommand("check", "Validate config, thing models and rules; exit 0/1");
   check->add_option("-c,--config", config, "Config file (YAML)")->required();
+  std::string emit_schemas;
+  check->add_option("--emit-schemas", emit_schemas,
+                    "Also write a JSON Schema per thing model into this folder");
 
   auto* replay = app.add_subcommand("replay", "Feed a recorded file through the rules and exit");
   std::string input, device;
@@ -314,7 +340,7 @@ int main(int argc, char** argv) {
     return Test(test_paths, junit, config, libs, verbose, registry);
   }
   if (app.got_subcommand("check")) {
-    return Check(config, registry);
+    return Check(config, registry, emit_schemas);
   }
   if (app.got_subcommand("restore")) {
     return Restore(config, registry);

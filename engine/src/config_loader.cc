@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -280,6 +282,30 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
                              app.shadows.changelog_connection_name));
     } else {
       app.shadows.changelog_connection = conn;
+    }
+  }
+  if (const ConfigValue* models = app.root.Get("models")) {
+    auto files = rules::ExpandRulePaths(app.root.GetStrings("models"), app.base_dir);
+    if (!files.ok()) {
+      errors.Add(models, "models", std::string(files.status().message()));
+    } else {
+      std::map<std::string, std::string> ids;
+      for (const auto& f : *files) {
+        std::ifstream in(f, std::ios::binary);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        auto m = shadow::ThingModel::Parse(ss.str(), f);
+        if (!m.ok()) {
+          errors.Add(models, "models", std::string(m.status().message()));
+          continue;
+        }
+        if (auto [it, fresh] = ids.emplace((*m)->id(), f); !fresh) {
+          errors.Add(models, "models",
+                     fmt::format("{}: modelId {} is also in {}", f, (*m)->id(), it->second));
+          continue;
+        }
+        app.models.push_back(std::move(m).value());
+      }
     }
   }
   app.watch_rules = app.root.GetBool("watch_rules", true);

@@ -166,6 +166,11 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   Result<shadow::ShadowDocument*> OwnedShadow(Worker& w, const std::string& thing,
                                               const std::string& name);
   void HandleShadowRequest(Worker& w, Message& m);
+  // Thing-model validation of an update request for `thing` (spec step 9): the request to apply
+  // (weak mode: without the invalid properties, listed in `failed`) or MODEL_VALIDATION.
+  std::variant<std::string, shadow::ShadowError> ApplyModel(std::string_view thing,
+                                                            std::string request,
+                                                            std::string* failed);
   // Applies a rule's shadow writes (those this worker owns now; others go to their owner).
   // False: one was rejected; the message was dead-lettered and no effect of the call applies.
   bool CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
@@ -255,6 +260,7 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   Counter* shadow_rejected_ = nullptr;
   Counter* shadow_unchanged_ = nullptr;
   Counter* shadow_store_failures_ = nullptr;
+  Counter* model_failures_ = nullptr;  // properties refused by a thing model
 
   // SSE watchers of shadows (GET .../shadow/watch): events are queued here after the write is
   // durable and written by the watcher's HTTP thread.

@@ -119,6 +119,9 @@ Status Engine::Impl::InitShadows() {
   shadow_accepted_ = counter("accepted");
   shadow_rejected_ = counter("rejected");
   shadow_unchanged_ = counter("unchanged");
+  model_failures_ = metrics_.GetCounter(
+      "gnomon_model_validation_failures_total",
+      "Shadow properties refused by a thing model (strict: whole writes; weak: the fields)");
   shadow_store_failures_ = metrics_.GetCounter(
       "gnomon_shadow_store_failures_total", "Shadow store transactions that failed");
   if (!sc.enabled) {
@@ -467,6 +470,82 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
       });
 }
 
+std::variant<std::string, shadow::ShadowError> Engine::Impl::ApplyModel(std::string_view thing,
+                                                                        std::string request,
+                                                                        std::string* failed) {
+  if (config_.models.empty()) {
+    return request;
+  }
+  const shadow::ThingModel* model = nullptr;
+  for (const auto& m : config_.models) {
+    if (m->Matches(thing)) {
+      model = m.get();
+      break;
+    }
+  }
+  if (model == nullptr || model->mode() == shadow::ValidationMode::kOff) {
+    return request;
+  }
+  auto v = shadow::Value::Parse(request);
+  shadow::Value* state = v.ok() && v->is_object() ? v->Find("state") : nullptr;
+  if (state == nullptr || !state->is_object()) {
+    return request;  // not a valid request: the document's own checks say why
+  }
+  std::vector<shadow::ModelProblem> all;
+  bool weak = model->mode() == shadow::ValidationMode::kWeak;
+  for (auto [key, section] : {std::pair{"reported", shadow::StateSection::kReported},
+                              std::pair{"desired", shadow::StateSection::kDesired}}) {
+    shadow::Value* patch = state->Find(key);
+    if (patch == nullptr || !patch->is_object()) {
+      continue;
+    }
+    auto problems = model->Validate(*patch, section);
+    for (auto& p : problems) {
+      if (weak) {
+        // Drop the whole property whose value is wrong; keep the rest of the write.
+        std::string top = p.path.substr(1, p.path.find('/', 1) - 1);
+        patch->Erase(top);
+      }
+      p.path = "/state/" + std::string(key) + p.path;
+      all.push_back(std::move(p));
+    }
+  }
+  if (all.empty()) {
+    return request;
+  }
+  model_failures_->Inc(all.size());
+  std::string model_name = model->id() + (model->version().empty() ? "" : "@" + model->version());
+  bool nothing_left = true;  // weak mode with every property refused: nothing to write
+  for (const char* key : {"reported", "desired"}) {
+    const shadow::Value* patch = state->Find(key);
+    nothing_left = nothing_left && (patch == nullptr || !patch->is_object() || patch->members().empty());
+  }
+  if (!weak || nothing_left) {
+    shadow::ShadowError e;
+    e.code = 400;
+    e.error = "MODEL_VALIDATION";
+    e.message = fmt::format("The request does not match thing model {}", model_name);
+    e.details = shadow::ProblemsJson(all);
+    if (const shadow::Value* token = v->Find("clientToken");
+        token != nullptr && token->kind() == shadow::Value::Kind::kString) {
+      e.client_token = token->as_string();
+    }
+    return e;
+  }
+  *failed = shadow::ProblemsJson(all);
+  return v->Json();
+}
+
+namespace {
+// Weak mode: the accepted document lists what the model refused.
+void AddCheckFailed(std::string& accepted, const std::string& failed) {
+  if (!failed.empty() && !accepted.empty() && accepted.back() == '}') {
+    accepted.pop_back();
+    accepted += ",\"checkFailedData\":" + failed + "}";
+  }
+}
+}  // namespace
+
 void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
   ShadowReplyTo to;
   to.kind = m.kind;
@@ -499,14 +578,21 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
   }
   shadow::ShadowDocument& d = **doc;
   if (op.op == "update") {
-    auto r = d.Update(m.payload, now_s);
+    std::string failed;
+    auto request = ApplyModel(op.thing, m.payload, &failed);
+    if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
+      RejectShadow(std::move(to), *err);
+      return;
+    }
+    auto r = d.Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
       RejectShadow(std::move(to), *err);
       return;
     }
+    auto result = std::get<shadow::UpdateResult>(std::move(r));
+    AddCheckFailed(result.accepted, failed);
     to.topic = ShadowTopic(op.thing, op.name) + "/update";
-    PersistAndAnswer(w, op.thing, op.name, d, std::get<shadow::UpdateResult>(std::move(r)),
-                     std::move(to));
+    PersistAndAnswer(w, op.thing, op.name, d, std::move(result), std::move(to));
   } else if (op.op == "changes") {
     if (to.kind != MessageKind::kShadowApi) {
       RejectShadow(std::move(to), Error(400, "INVALID_TOPIC", "changes is a REST request"));
@@ -652,7 +738,14 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
       }
       doc = &staged.emplace_back(key, **owned).second;
     }
-    auto r = doc->Update(e.payload, now_s);
+    std::string failed;
+    auto request = ApplyModel(e.thing, e.payload, &failed);
+    if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
+      return reject(fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
+                                e.shadow_name.empty() ? "" : "/", e.shadow_name,
+                                err->Json(now_s)));
+    }
+    auto r = doc->Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
       return reject(fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
                                 e.shadow_name.empty() ? "" : "/", e.shadow_name,

@@ -33,13 +33,36 @@ TEST(CliTest, CheckReportsBadConfigWithFileLineAndKey) {
       << err;
 }
 
+TEST(CliTest, CheckValidatesThingModelsAndEmitsTheirSchemas) {
+  TempDir dir;
+  dir.Write("g.yaml", "models: [models/*.json]\n");
+  dir.Write("models/a.json", R"({"modelId":"acme:a","properties":[
+      {"identifier":"t","dataType":{"type":"float","specs":{"min":1,"max":0}}}]})");
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 1);
+  EXPECT_NE(err.find("a.json: properties[0].dataType.specs.min: must be <= max (1 > 0)"),
+            std::string::npos)
+      << err;
+  dir.Write("models/a.json", R"({"modelId":"acme:a","properties":[
+      {"identifier":"t","dataType":{"type":"float","specs":{"min":0,"max":1}}}]})");
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml"), "--emit-schemas",
+                        dir.File("schemas")},
+                       &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("1 models"), std::string::npos) << out;
+  std::string schema = testing::ReadFile(dir.File("schemas/acme_a.schema.json"));
+  EXPECT_NE(schema.find(R"("t":{"type":"number","minimum":0,"maximum":1})"), std::string::npos)
+      << schema;
+}
+
 TEST(CliTest, CheckCompilesRules) {
   TempDir dir;
   dir.Write("g.yaml", "rules: [r.lua]\n");
   dir.Write("r.lua", "return rule { name = 'r', from = 'a/#', handle = function(msg, ctx) end }");
   std::string out, err;
   EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 0) << err;
-  EXPECT_NE(out.find("ok (0 sources, 0 sinks, 1 rules)"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok (0 sources, 0 sinks, 1 rules, 0 models)"), std::string::npos) << out;
   dir.Write("r.lua", "return rule { name = 'r', from = 'a/#', handle = function(msg, ctx) end");
   EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 1);
   EXPECT_NE(err.find("r.lua:1:"), std::string::npos) << err;

@@ -371,6 +371,64 @@ TEST_F(ShadowIntegrationTest, WatchStreamsEveryAcceptedChangeAsServerSentEvents)
   EXPECT_EQ(stream.find(R"("x":1)"), std::string::npos) << stream;
 }
 
+TEST_F(ShadowIntegrationTest, ThingModelsValidateWritesStrictlyOrWeakly) {
+  const char* props = R"("properties": [
+      { "identifier": "target", "accessMode": "rw",
+        "dataType": { "type": "float", "specs": { "min": 5, "max": 35, "step": 0.5 } } },
+      { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float" } } ])";
+  dir_.Write("models/strict.json", std::string(R"({ "modelId": "acme:strict", "version": "1",
+      "match": { "devicePrefix": "th-" }, "validation": "strict", )") + props + "}");
+  dir_.Write("models/weak.json", std::string(R"({ "modelId": "acme:weak",
+      "match": { "devicePrefix": "wk-" }, "validation": "weak", )") + props + "}");
+  dir_.Write("gnomon.yaml", testing::ReadFile(dir_.File("gnomon.yaml")) + "models: [models/*.json]\n");
+  dir_.Write("rules/report.lua", R"(
+      return rule { name = "report", from = "devices/+/telemetry",
+        handle = function(msg, ctx) ctx.shadow:report { temp = msg.payload.temp } end })");
+  dir_.Write("rules/on_delta.lua", R"(
+      return rule { name = "on_delta", from = "$aws/things/+/shadow/update/delta",
+        handle = function(msg, ctx) end })");
+  auto gnomon = StartGnomon();
+
+  auto ok = Call("POST", "/v1/things/th-1/shadow", R"({"state":{"desired":{"target":21.5}}})");
+  EXPECT_EQ(ok.first, 200) << ok.second;
+  auto bad = Call("POST", "/v1/things/th-1/shadow",
+                  R"({"state":{"desired":{"target":40,"temp":3,"x":1}},"clientToken":"c9"})");
+  EXPECT_EQ(bad.first, 400) << bad.second;
+  EXPECT_NE(bad.second.find("MODEL_VALIDATION"), std::string::npos) << bad.second;
+  EXPECT_NE(bad.second.find("acme:strict@1"), std::string::npos) << bad.second;
+  EXPECT_NE(bad.second.find(R"({"path":"/state/desired/target","error":"TM_OUT_OF_RANGE","message":"value 40 is greater than max 35"})"),
+            std::string::npos)
+      << bad.second;
+  EXPECT_NE(bad.second.find(R"("path":"/state/desired/temp","error":"TM_ACCESS_DENIED")"), std::string::npos) << bad.second;
+  EXPECT_NE(bad.second.find(R"("path":"/state/desired/x","error":"TM_UNKNOWN_IDENTIFIER")"), std::string::npos) << bad.second;
+  EXPECT_NE(bad.second.find(R"("clientToken":"c9")"), std::string::npos) << bad.second;
+  auto after = Call("GET", "/v1/things/th-1/shadow");
+  EXPECT_NE(after.second.find(R"("version":1)"), std::string::npos) << "nothing applied: " << after.second;
+
+  // Weak: the valid part is applied, the rest listed.
+  auto weak = Call("POST", "/v1/things/wk-1/shadow", R"({"state":{"desired":{"target":21.3,"x":1}},"clientToken":"w"})");
+  EXPECT_EQ(weak.first, 400) << "nothing valid left: refused as a whole: " << weak.second;
+  EXPECT_NE(weak.second.find("TM_STEP_MISMATCH"), std::string::npos) << weak.second;
+  auto weak2 = Call("POST", "/v1/things/wk-1/shadow", R"({"state":{"desired":{"target":22,"x":1}}})");
+  EXPECT_EQ(weak2.first, 200) << weak2.second;
+  EXPECT_NE(weak2.second.find(R"("checkFailedData":[{"path":"/state/desired/x","error":"TM_UNKNOWN_IDENTIFIER")"),
+            std::string::npos)
+      << weak2.second;
+  auto wdoc = Call("GET", "/v1/things/wk-1/shadow");
+  EXPECT_NE(wdoc.second.find(R"("desired":{"target":22})"), std::string::npos) << wdoc.second;
+
+  // Things no model matches are not checked; rule writes are checked too.
+  EXPECT_EQ(Call("POST", "/v1/things/free/shadow", R"({"state":{"desired":{"x":1}}})").first, 200);
+  Client in(broker_.port(), "pub-m");
+  in.Publish("devices/th-2/telemetry", R"({"temp":"hot"})");
+  ASSERT_TRUE(WaitFor([&] {
+    return testing::ReadFile(dir_.File("data/dead-letter.jsonl")).find("MODEL_VALIDATION") !=
+           std::string::npos;
+  })) << gnomon->Stderr();
+  auto metrics = Call("GET", "/metrics").second;
+  EXPECT_NE(metrics.find("gnomon_model_validation_failures_total"), std::string::npos);
+}
+
 TEST_F(ShadowIntegrationTest, BearerTokensAreRequiredWhenConfigured) {
   dir_.Write("gnomon.yaml", testing::ReadFile(dir_.File("gnomon.yaml")) + "");
   std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));

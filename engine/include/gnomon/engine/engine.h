@@ -14,6 +14,7 @@
 #include "gnomon/core/plugin.h"
 #include "gnomon/core/status.h"
 #include "gnomon/rules/rules.h"
+#include "gnomon/shadow/model.h"
 
 namespace gnomon::engine {
 
@@ -57,6 +58,8 @@ struct AppConfig {
     std::string changelog_topic;
     int changelog_partitions = 4;
   } shadows;
+  // `models:`, in file order (the first match binds a thing).
+  std::vector<std::shared_ptr<const shadow::ThingModel>> models;
   std::string api_listen;
   std::vector<std::string> api_tokens;
   bool watch_rules = true;

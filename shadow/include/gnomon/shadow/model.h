@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+// Thing models (spec/thing-model.md, Alibaba TSL style): a product's properties, events and
+// services with typed data. This part loads and checks model files and validates shadow state
+// against the properties; binding devices and services live in the engine.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gnomon/core/status.h"
+#include "gnomon/shadow/value.h"
+
+namespace gnomon::shadow {
+
+// One problem: `{"path": "/targetTemp", "error": "TM_OUT_OF_RANGE", "message": "..."}`.
+struct ModelProblem {
+  std::string path;
+  std::string error;
+  std::string message;
+};
+
+enum class ValidationMode { kStrict, kWeak, kOff };
+enum class StateSection { kReported, kDesired };
+
+class ThingModel {
+ public:
+  // Parses and checks a model file. On failure the status lists every problem, one per line,
+  // as "FILE: json.path: message" (e.g. "m.json: properties[2].dataType.specs.min: must be <= max").
+  static Result<std::shared_ptr<const ThingModel>> Parse(std::string_view json,
+                                                         const std::string& file);
+  ~ThingModel();
+
+  const std::string& id() const;       // modelId
+  const std::string& version() const;  // version
+  ValidationMode mode() const;
+  // match.devicePrefix (empty: every thing) and match.topic (empty: none).
+  const std::string& device_prefix() const;
+  const std::string& topic() const;
+  bool Matches(std::string_view thing) const;
+
+  // Problems of a patch to `section` (a JSON merge patch: null deletes and is always allowed).
+  std::vector<ModelProblem> Validate(const Value& patch, StateSection section) const;
+  // The properties as a JSON Schema (draft 2020-12) of the reported state.
+  std::string JsonSchema() const;
+
+  struct Impl;
+
+ private:
+  ThingModel();
+  std::unique_ptr<Impl> impl_;
+};
+
+// The problems as the `details` JSON array of a MODEL_VALIDATION error.
+std::string ProblemsJson(const std::vector<ModelProblem>& problems);
+
+}  // namespace gnomon::shadow
