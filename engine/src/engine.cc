@@ -143,17 +143,21 @@ Status Engine::Impl::CreateSink(const Entry& e) {
                       e.connection, e.connection_users};
     GNOMON_ASSIGN_OR_RETURN(s.sink, registry_.sink(e.type)->Create(*e.config, ctx));
   }
+  InitSinkMetrics(s);
+  sinks_.push_back(std::move(s));
+  return {};
+}
+
+void Engine::Impl::InitSinkMetrics(SinkEntry& s) {
   auto c = [&](const char* outcome) {
     return metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome",
-                               {{"sink", e.name}, {"outcome", outcome}});
+                               {{"sink", s.name}, {"outcome", outcome}});
   };
   s.delivered = c("delivered");
   s.failed = c("failed");
   s.dead_lettered = c("dead_lettered");
   s.queue_depth = metrics_.GetGauge("gnomon_sink_queue_depth",
-                                    "Records waiting in the sink's queue", {{"sink", e.name}});
-  sinks_.push_back(std::move(s));
-  return {};
+                                    "Records waiting in the sink's queue", {{"sink", s.name}});
 }
 
 Status Engine::Impl::Start() {

@@ -150,6 +150,8 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   };
 
   Status CreateSink(const Entry& e);
+  // gnomon_sink_records_total{sink,outcome} and gnomon_sink_queue_depth{sink} for `s.name`.
+  void InitSinkMetrics(SinkEntry& s);
   void RunWorker(size_t index);
   void Process(Worker& w, Message& m, std::vector<uint32_t>& matches, rules::CallResult& result);
   void Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,

@@ -204,27 +204,10 @@ Status Engine::Impl::InitShadows() {
     changelog_sink_ = std::make_unique<SinkEntry>();
     changelog_sink_->name = "shadow-changelog";
     GNOMON_ASSIGN_OR_RETURN(changelog_sink_->sink, kafka->Create(cl, lctx));
-    auto c = [&](const char* outcome) {
-      return metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome",
-                                 {{"sink", "shadow-changelog"}, {"outcome", outcome}});
-    };
-    changelog_sink_->delivered = c("delivered");
-    changelog_sink_->failed = c("failed");
-    changelog_sink_->dead_lettered = c("dead_lettered");
-    changelog_sink_->queue_depth =
-        metrics_.GetGauge("gnomon_sink_queue_depth", "Records waiting in the sink's queue",
-                          {{"sink", "shadow-changelog"}});
+    InitSinkMetrics(*changelog_sink_);
   }
   if (shadow_sink_) {
-    auto c = [&](const char* outcome) {
-      return metrics_.GetCounter("gnomon_sink_records_total", "Records by sink and outcome",
-                                 {{"sink", "shadows"}, {"outcome", outcome}});
-    };
-    shadow_sink_->delivered = c("delivered");
-    shadow_sink_->failed = c("failed");
-    shadow_sink_->dead_lettered = c("dead_lettered");
-    shadow_sink_->queue_depth = metrics_.GetGauge(
-        "gnomon_sink_queue_depth", "Records waiting in the sink's queue", {{"sink", "shadows"}});
+    InitSinkMetrics(*shadow_sink_);
   }
   return {};
 }

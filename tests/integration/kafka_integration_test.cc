@@ -92,6 +92,22 @@ class KafkaIntegrationTest : public ::testing::Test {
     return out;
   }
 
+  // Reads "out" until it holds `want` distinct (device, seq) pairs (at most 60 s).
+  static bool AwaitDistinct(KafkaClient& client, size_t want, size_t read_max,
+                            std::vector<KafkaRecord>& out,
+                            std::set<std::pair<std::string, int>>& distinct) {
+    return WaitFor([&] {
+      out = client.ReadAll("out", read_max, std::chrono::milliseconds(1000));
+      distinct.clear();
+      for (const auto& [device, seqs] : ByDevice(out)) {
+        for (int s : seqs) {
+          distinct.insert({device, s});
+        }
+      }
+      return distinct.size() >= want;
+    }, std::chrono::milliseconds(60000));
+  }
+
   KafkaDevCluster cluster_;
   TempDir dir_;
   int port_ = 0;
@@ -145,16 +161,8 @@ TEST_F(KafkaIntegrationTest, Kill9MidStreamLosesNothing) {
   gnomon = StartGnomon();
   std::vector<KafkaRecord> out;
   std::set<std::pair<std::string, int>> distinct;
-  ASSERT_TRUE(WaitFor([&] {
-    out = client.ReadAll("out", 40000, std::chrono::milliseconds(1000));
-    distinct.clear();
-    for (const auto& [device, seqs] : ByDevice(out)) {
-      for (int s : seqs) {
-        distinct.insert({device, s});
-      }
-    }
-    return distinct.size() >= 20000;
-  }, std::chrono::milliseconds(60000))) << distinct.size() << "\n" << gnomon->Stderr();
+  ASSERT_TRUE(AwaitDistinct(client, 20000, 40000, out, distinct))
+      << distinct.size() << "\n" << gnomon->Stderr();
   EXPECT_EQ(distinct.size(), 20000u);
   size_t duplicates = out.size() - distinct.size();
   // At-least-once: what was in flight at the kill may come twice; bounded by the in-flight
@@ -179,16 +187,8 @@ TEST_F(KafkaIntegrationTest, TwoGnomonsInOneGroupShareThePartitionsWithoutLoss) 
   ProduceTelemetry(client, 40, 100, 100);
   std::vector<KafkaRecord> out;
   std::set<std::pair<std::string, int>> distinct;
-  ASSERT_TRUE(WaitFor([&] {
-    out = client.ReadAll("out", 20000, std::chrono::milliseconds(1000));
-    distinct.clear();
-    for (const auto& [device, seqs] : ByDevice(out)) {
-      for (int s : seqs) {
-        distinct.insert({device, s});
-      }
-    }
-    return distinct.size() >= 8000;
-  }, std::chrono::milliseconds(60000))) << distinct.size() << "\n" << a->Stderr() << b->Stderr();
+  ASSERT_TRUE(AwaitDistinct(client, 8000, 20000, out, distinct))
+      << distinct.size() << "\n" << a->Stderr() << b->Stderr();
   EXPECT_EQ(distinct.size(), 8000u);
   // Per device, first appearances are in order: no message overtook an earlier one.
   for (const auto& [device, seqs] : ByDevice(out)) {
