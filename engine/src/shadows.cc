@@ -24,17 +24,7 @@ std::string Key(std::string_view thing, std::string_view name) {
   return k;
 }
 
-bool ValidId(std::string_view v, size_t max) {
-  if (v.empty() || v.size() > max) {
-    return false;
-  }
-  for (char c : v) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == ':' || c == '_' || c == '-')) {
-      return false;
-    }
-  }
-  return true;
-}
+using shadow::ValidShadowId;
 
 shadow::ShadowError Error(int code, std::string error, std::string message) {
   shadow::ShadowError e;
@@ -261,12 +251,12 @@ std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseSha
   op.op = seg.back();
   if (seg.size() == 5) {
     op.name = seg[3];
-    if (!ValidId(op.name, 64)) {
+    if (!ValidShadowId(op.name, 64)) {
       return Error(400, "INVALID_SHADOW_NAME",
                    "Shadow names are 1-64 bytes of A-Z a-z 0-9 : _ -");
     }
   }
-  if (!ValidId(op.thing, 128)) {
+  if (!ValidShadowId(op.thing, 128)) {
     return Error(400, "INVALID_THING_NAME", "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -");
   }
   if (op.op != "update" && op.op != "get" && op.op != "delete" && op.op != "changes") {
@@ -931,14 +921,14 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
     const std::string& thing = req.params.at(0);
     const std::string* name = req.Query("name");
     int64_t now_s = clock_.NowMs() / 1000;
-    if (!ValidId(thing, 128)) {
+    if (!ValidShadowId(thing, 128)) {
       err.status = 400;
       err.body = Error(400, "INVALID_THING_NAME",
                        "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -")
                      .Json(now_s);
       return false;
     }
-    if (name != nullptr && !ValidId(*name, 64)) {
+    if (name != nullptr && !ValidShadowId(*name, 64)) {
       err.status = 400;
       err.body = Error(400, "INVALID_SHADOW_NAME",
                        "Shadow names are 1-64 bytes of A-Z a-z 0-9 : _ -")
@@ -991,7 +981,7 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
   routes.push_back({"GET", "/v1/things/(.+)/shadows", [this](const HttpRequest& req) {
                       HttpResponse out;
                       const std::string& thing = req.params.at(0);
-                      if (!ValidId(thing, 128)) {
+                      if (!ValidShadowId(thing, 128)) {
                         out.status = 400;
                         out.body = Error(400, "INVALID_THING_NAME",
                                          "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -")

@@ -9,6 +9,7 @@
 #include "gnomon/core/log.h"
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
+#include "gnomon/shadow/document.h"
 #include "lua_json.h"
 #include "sandbox.h"
 
@@ -194,11 +195,9 @@ Status CheckShadowId(std::string_view v, size_t max, const char* what) {
   if (v.empty() || v.size() > max) {
     return InvalidArgument(fmt::format("{} must be 1-{} bytes (got {})", what, max, v.size()));
   }
-  for (char c : v) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == ':' || c == '_' || c == '-')) {
-      return InvalidArgument(
-          fmt::format("{} '{}' may only hold A-Z a-z 0-9 : _ -", what, v.substr(0, 64)));
-    }
+  if (!shadow::ValidShadowId(v, max)) {
+    return InvalidArgument(
+        fmt::format("{} '{}' may only hold A-Z a-z 0-9 : _ -", what, v.substr(0, 64)));
   }
   return {};
 }

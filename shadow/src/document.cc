@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <tuple>
 
 #include "gnomon/core/json.h"
@@ -213,6 +214,18 @@ std::string ShadowError::Json(int64_t timestamp_s) const {
   AppendToken(w, client_token);
   w.Close();
   return out;
+}
+
+bool ValidShadowId(std::string_view id, size_t max_bytes) {
+  if (id.empty() || id.size() > max_bytes) {
+    return false;
+  }
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == ':' || c == '_' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
 }
 
 Value ComputeDelta(const Value& desired, const Value& reported) {

@@ -107,6 +107,9 @@ class ShadowDocument {
   void RebuildDocumentJson();
 };
 
+// Thing (1-128 bytes) and shadow (1-64 bytes) names of spec/shadow.md: only A-Z a-z 0-9 : _ -.
+bool ValidShadowId(std::string_view id, size_t max_bytes);
+
 // delta(D, R) of spec/shadow.md, on its own (for tests and the REST layer).
 Value ComputeDelta(const Value& desired, const Value& reported);
 
