@@ -4,10 +4,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "gnomon/core/clock.h"
 #include "gnomon/core/config.h"
@@ -91,6 +94,29 @@ class Source {
   virtual bool Finished() const { return false; }
 };
 
+// A request on the API listener for a source that serves one (HTTP ingest).
+struct ApiRequest {
+  std::string_view path;  // what follows the registered prefix
+  std::string_view body;
+  std::string_view content_type;
+  const std::vector<std::pair<std::string, std::string>>* query = nullptr;
+};
+
+struct ApiResponse {
+  int status = 200;
+  std::string body;  // JSON
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+// Implemented by the engine: routes POST requests under `prefix` (e.g. "/v1/ingest/") to a
+// source, after the API's bearer-token check. Handlers run on the listener's threads.
+class ApiRouter {
+ public:
+  virtual ~ApiRouter() = default;
+  virtual Status AddPost(std::string prefix, std::function<ApiResponse(const ApiRequest&)> handler,
+                         size_t max_body_bytes) = 0;
+};
+
 // What a factory gets besides its own config.
 struct PluginContext {
   MetricsRegistry& metrics;
@@ -101,6 +127,10 @@ struct PluginContext {
   std::string name;                        // the entry's name
   const ConfigValue* connection = nullptr;  // the named connection's config, if any
   int connection_users = 1;                 // entries of the same kind sharing that connection
+  // The engine's tag for this sink's records (Record::route). A sink that reports records it
+  // read back from its own storage (an outbox after a restart) sets it on them.
+  int32_t route = -1;
+  ApiRouter* api = nullptr;  // sources only
 };
 
 class SourceFactory {
