@@ -2,7 +2,9 @@
 #include "gnomon/connectors/builtin.h"
 
 #include "gnomon/connectors/file.h"
+#include "gnomon/connectors/http.h"
 #include "gnomon/connectors/kafka.h"
+#include "gnomon/connectors/sql.h"
 #ifdef GNOMON_WITH_MQTT
 #include "gnomon/connectors/mqtt.h"
 #endif
@@ -12,6 +14,8 @@ namespace gnomon::connectors {
 void RegisterBuiltinConnectors(Registry& registry) {
   RegisterFileConnector(registry);
   RegisterKafkaConnector(registry);
+  RegisterHttpConnector(registry);
+  RegisterSqlConnector(registry);
 #ifdef GNOMON_WITH_MQTT
   RegisterMqttConnector(registry);
 #endif

@@ -85,6 +85,7 @@ Status Engine::Impl::Init() {
     for (const Entry& e : config_.sources) {
       PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
                         e.connection, e.connection_users};
+      ctx.api = this;
       GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source(e.type)->Create(*e.config, ctx));
       sources_.push_back(std::move(src));
       source_names_.push_back(e.name);
@@ -105,6 +106,11 @@ Status Engine::Impl::Init() {
     GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source("file")->Create(rc, ctx));
     sources_.push_back(std::move(src));
     source_names_.push_back("replay");
+  }
+  if (!source_routes_.empty() && config_.api_listen.empty()) {
+    return InvalidArgument(fmt::format(
+        "a source of type http serves POST {}... on the API listener: set `api.listen`",
+        source_routes_[0].prefix));
   }
   for (const auto& n : source_names_) {
     source_counters_[n] = metrics_.GetCounter("gnomon_source_messages_total",
@@ -141,6 +147,7 @@ Status Engine::Impl::CreateSink(const Entry& e) {
   } else {
     PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
                       e.connection, e.connection_users};
+    ctx.route = static_cast<int32_t>(sinks_.size());
     GNOMON_ASSIGN_OR_RETURN(s.sink, registry_.sink(e.type)->Create(*e.config, ctx));
   }
   InitSinkMetrics(s);
@@ -193,7 +200,8 @@ Status Engine::Impl::Start() {
         auto api = ApiRoutes();
         routes.insert(routes.end(), api.begin(), api.end());
       }
-      GNOMON_ASSIGN_OR_RETURN(http_, HttpServer::Start(config_.metrics_listen, std::move(routes)));
+      GNOMON_ASSIGN_OR_RETURN(http_, HttpServer::Start(config_.metrics_listen, std::move(routes),
+                                                       shared ? api_max_body_ : size_t{1} << 20));
     }
     if (!config_.api_listen.empty() && !shared) {
       auto routes = ApiRoutes();
@@ -203,7 +211,8 @@ Status Engine::Impl::Start() {
           routes.push_back(std::move(r));  // health checks on the API port too
         }
       }
-      GNOMON_ASSIGN_OR_RETURN(api_http_, HttpServer::Start(config_.api_listen, std::move(routes)));
+      GNOMON_ASSIGN_OR_RETURN(api_http_,
+                              HttpServer::Start(config_.api_listen, std::move(routes), api_max_body_));
     }
     if (config_.watch_rules && !config_.rule_patterns.empty()) {
       watcher_ = std::jthread([this](std::stop_token st) { WatchRules(st); });
@@ -934,6 +943,21 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
   for (HttpRoute& r : ShadowRoutes()) {
     routes.push_back({r.method, r.pattern, guard(std::move(r.handler))});
   }
+  for (const SourceRoute& sr : source_routes_) {
+    routes.push_back({"POST", sr.prefix + "(.*)", guard([h = sr.handler](const HttpRequest& req) {
+                        ApiRequest in;
+                        in.path = req.params.at(0);
+                        in.body = req.body;
+                        in.content_type = req.content_type;
+                        in.query = &req.query;
+                        ApiResponse a = h(in);
+                        HttpResponse r;
+                        r.status = a.status;
+                        r.body = std::move(a.body);
+                        r.headers = std::move(a.headers);
+                        return r;
+                      })});
+  }
   routes.push_back({"GET", "/v1/rules", guard([this](const HttpRequest&) {
                       HttpResponse r;
                       r.body = RulesJson("");
@@ -958,6 +982,19 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
                       return r;
                     })});
   return routes;
+}
+
+Status Engine::Impl::AddPost(std::string prefix,
+                             std::function<ApiResponse(const ApiRequest&)> handler,
+                             size_t max_body_bytes) {
+  for (const SourceRoute& r : source_routes_) {
+    if (r.prefix == prefix) {
+      return InvalidArgument(fmt::format("two sources serve POST {}: keep one", prefix));
+    }
+  }
+  source_routes_.push_back({std::move(prefix), std::move(handler)});
+  api_max_body_ = std::max(api_max_body_, max_body_bytes);
+  return {};
 }
 
 // ---------------------------------------------------------------------------------------------

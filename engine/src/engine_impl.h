@@ -72,7 +72,10 @@ struct SinkEntry {
   Gauge* queue_depth;
 };
 
-class Engine::Impl final : public Ingest, public DeliveryReporter, public DeliveryObserver {
+class Engine::Impl final : public Ingest,
+                           public DeliveryReporter,
+                           public DeliveryObserver,
+                           public ApiRouter {
  public:
   Impl(AppConfig config, const Registry& registry, const Clock& clock, EngineOptions options)
       : config_(std::move(config)), registry_(registry), clock_(clock), options_(options) {}
@@ -203,6 +206,15 @@ class Engine::Impl final : public Ingest, public DeliveryReporter, public Delive
   void RecordFailure(RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
   std::vector<HttpRoute> OpsRoutes();
   std::vector<HttpRoute> ApiRoutes();
+  // ApiRouter: sources' routes on the API listener (HTTP ingest).
+  Status AddPost(std::string prefix, std::function<ApiResponse(const ApiRequest&)> handler,
+                 size_t max_body_bytes) override;
+  struct SourceRoute {
+    std::string prefix;
+    std::function<ApiResponse(const ApiRequest&)> handler;
+  };
+  std::vector<SourceRoute> source_routes_;
+  size_t api_max_body_ = 1 << 20;
   void WatchRules(std::stop_token st);
   void Watchdog(std::stop_token st);
 

@@ -19,7 +19,8 @@ struct HttpServer::Impl {
 };
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
-                                                      std::vector<HttpRoute> routes) {
+                                                      std::vector<HttpRoute> routes,
+                                                      size_t max_body_bytes) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) {
     return InvalidArgument("listen: must be host:port (got " + listen + ")");
@@ -29,7 +30,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
   std::unique_ptr<HttpServer> s(new HttpServer());
   s->impl_ = std::make_unique<Impl>();
   auto& srv = s->impl_->server;
-  srv.set_payload_max_length(1 << 20);
+  srv.set_payload_max_length(max_body_bytes);
   // Without it small responses wait for the delayed ACK (Nagle): ~40 ms per keep-alive request.
   srv.set_tcp_nodelay(true);
   // One thread per keep-alive connection (and per watch stream): more than the default 8.
@@ -45,11 +46,15 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
         in.params.push_back(req.matches[i].str());
       }
       in.authorization = req.get_header_value("Authorization");
+      in.content_type = req.get_header_value("Content-Type");
       for (const auto& [k, v] : req.params) {
         in.query.emplace_back(k, v);
       }
       HttpResponse out = h(in);
       res.status = out.status;
+      for (const auto& [k, v] : out.headers) {
+        res.set_header(k, v);
+      }
       if (out.stream) {
         res.set_header("Cache-Control", "no-cache");
         res.set_chunked_content_provider(

@@ -19,6 +19,7 @@ struct HttpRequest {
   std::string body;
   std::vector<std::string> params;  // regex captures of the route
   std::string authorization;        // the Authorization header
+  std::string content_type;         // the Content-Type header
   std::vector<std::pair<std::string, std::string>> query;  // decoded query parameters
   // The first value of query parameter `name`, or nullptr.
   const std::string* Query(std::string_view name) const {
@@ -35,6 +36,7 @@ struct HttpResponse {
   int status = 200;
   std::string body;
   std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;
   // A streamed response (Server-Sent Events): called once on the connection's thread; it writes
   // with `write` until it is done or `write` fails (the client went away), then returns.
   std::function<void(const std::function<bool(std::string_view)>& write)> stream;
@@ -49,8 +51,10 @@ struct HttpRoute {
 class HttpServer {
  public:
   // `listen` is host:port; port 0 picks a free one (see port()).
+  // Bodies over `max_body_bytes` are refused with 413 before any handler runs.
   static Result<std::unique_ptr<HttpServer>> Start(const std::string& listen,
-                                                   std::vector<HttpRoute> routes);
+                                                   std::vector<HttpRoute> routes,
+                                                   size_t max_body_bytes = 1 << 20);
   ~HttpServer();
   void Stop();
   int port() const;

@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: Apache-2.0
+// HTTP ingest: POST /v1/ingest/{topic...} on the API listener. A request is answered 202 only
+// once every message in it is finished — every effect durable at its sink, or the message
+// durably dead-lettered — so a crash after 202 loses nothing. Bodies are checked whole before
+// any message is taken: a bad line refuses the request (400) and nothing of it enters.
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <shared_mutex>
+
+#include "gnomon/connectors/http.h"
+#include "gnomon/core/json.h"
+#include "gnomon/core/log.h"
+
+namespace gnomon::connectors {
+namespace {
+
+constexpr std::string_view kPrefix = "/v1/ingest/";
+
+struct IngestConfig {
+  DeviceRule device;
+  int64_t max_body_bytes = 16 << 20;
+  int64_t max_message_bytes = 1 << 20;
+  int64_t max_messages = 100000;
+  int64_t max_in_flight = 20000;
+  int64_t ack_timeout_ms = 30000;
+};
+
+// One request's messages, waited for by its handler.
+struct RequestWait {
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t pending = 0;
+  int64_t acked = 0;
+  int64_t abandoned = 0;
+};
+
+struct Shared {
+  std::atomic<int64_t> in_flight{0};
+};
+
+class IngestAck final : public AckHandle {
+ public:
+  IngestAck(std::shared_ptr<RequestWait> wait, std::shared_ptr<Shared> shared)
+      : wait_(std::move(wait)), shared_(std::move(shared)) {}
+  void Ack() override { Finish(true); }
+  void Abandon() override { Finish(false); }
+
+ private:
+  void Finish(bool ok) {
+    shared_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    {
+      std::lock_guard lock(wait_->mu);
+      (ok ? wait_->acked : wait_->abandoned)++;
+      --wait_->pending;
+    }
+    wait_->cv.notify_all();
+  }
+  std::shared_ptr<RequestWait> wait_;
+  std::shared_ptr<Shared> shared_;
+};
+
+ApiResponse Error(int status, std::string_view code, std::string_view message) {
+  ApiResponse r;
+  r.status = status;
+  json::ObjectWriter(r.body).Field("code", status).Field("error", code).Field("message", message).Close();
+  return r;
+}
+
+class IngestSource final : public Source {
+ public:
+  IngestSource(IngestConfig config, PluginContext& ctx)
+      : config_(std::move(config)), name_(ctx.name), shared_(std::make_shared<Shared>()) {
+    Labels l = {{"source", name_}};
+    requests_ok_ = ctx.metrics.GetCounter("gnomon_ingest_requests_total", "HTTP ingest requests by outcome",
+                                          {{"source", name_}, {"outcome", "accepted"}});
+    requests_bad_ = ctx.metrics.GetCounter("gnomon_ingest_requests_total", "HTTP ingest requests by outcome",
+                                           {{"source", name_}, {"outcome", "bad_request"}});
+    requests_busy_ = ctx.metrics.GetCounter("gnomon_ingest_requests_total", "HTTP ingest requests by outcome",
+                                            {{"source", name_}, {"outcome", "throttled"}});
+    requests_failed_ = ctx.metrics.GetCounter("gnomon_ingest_requests_total", "HTTP ingest requests by outcome",
+                                              {{"source", name_}, {"outcome", "unavailable"}});
+  }
+
+  Status Register(ApiRouter& api) {
+    return api.AddPost(std::string(kPrefix), [this](const ApiRequest& r) { return Handle(r); },
+                       static_cast<size_t>(config_.max_body_bytes));
+  }
+
+  Status Start(Ingest& ingest) override {
+    std::unique_lock lock(mu_);
+    ingest_ = &ingest;
+    return {};
+  }
+
+  void Stop() override {
+    std::unique_lock lock(mu_);  // waits for requests that are submitting
+    ingest_ = nullptr;
+  }
+
+ private:
+  ApiResponse Handle(const ApiRequest& req) {
+    std::string topic(req.path);
+    if (topic.empty() || topic.size() > 1024 || topic.find_first_of("+#") != std::string::npos ||
+        !json::IsValidUtf8(topic) || topic.find('\0') != std::string::npos) {
+      requests_bad_->Inc();
+      return Error(400, "BAD_TOPIC",
+                   "the topic after /v1/ingest/ must be 1-1024 bytes of UTF-8 without + or #");
+    }
+    if (static_cast<int64_t>(req.body.size()) > config_.max_body_bytes) {
+      requests_bad_->Inc();
+      return Error(413, "TOO_LARGE", fmt::format("body is {} bytes; max_body_bytes is {}",
+                                                 req.body.size(), config_.max_body_bytes));
+    }
+    std::vector<std::string> payloads;
+    if (ApiResponse bad; !Split(req, payloads, bad)) {
+      requests_bad_->Inc();
+      return bad;
+    }
+    if (payloads.empty()) {
+      requests_bad_->Inc();
+      return Error(400, "EMPTY", "the body holds no message");
+    }
+    std::vector<Message> messages(payloads.size());
+    for (size_t i = 0; i < payloads.size(); ++i) {
+      Message& m = messages[i];
+      m.topic = topic;
+      m.payload = std::move(payloads[i]);
+      m.source = &name_;
+      auto device = config_.device.Extract(m);
+      if (!device.ok()) {
+        requests_bad_->Inc();
+        return Error(400, "NO_DEVICE", fmt::format("message {}: {}", i + 1, device.status().message()));
+      }
+      m.device = std::move(*device);
+    }
+    auto n = static_cast<int64_t>(messages.size());
+    if (shared_->in_flight.fetch_add(n) + n > config_.max_in_flight) {
+      shared_->in_flight.fetch_sub(n);
+      requests_busy_->Inc();
+      ApiResponse r = Error(429, "BUSY", fmt::format("{} messages are in flight (max_in_flight {}); retry",
+                                                     shared_->in_flight.load(), config_.max_in_flight));
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    auto wait = std::make_shared<RequestWait>();
+    wait->pending = n;
+    {
+      std::shared_lock lock(mu_);
+      int64_t now = 0;
+      for (Message& m : messages) {
+        if (ingest_ == nullptr) {
+          break;
+        }
+        if (now == 0) {
+          now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+        }
+        m.ts_ms = now;
+        // On false the engine abandoned (and counted) the handle itself.
+        bool taken = ingest_->Submit(std::move(m), std::make_unique<IngestAck>(wait, shared_));
+        --n;
+        if (!taken) {
+          break;
+        }
+      }
+    }
+    if (n > 0) {  // never submitted: the engine is stopping
+      shared_->in_flight.fetch_sub(n);
+      std::lock_guard lock(wait->mu);
+      wait->pending -= n;
+      wait->abandoned += n;
+    }
+    std::unique_lock lock(wait->mu);
+    bool done = wait->cv.wait_for(lock, std::chrono::milliseconds(config_.ack_timeout_ms),
+                                  [&] { return wait->pending == 0; });
+    if (!done) {
+      requests_failed_->Inc();
+      return Error(503, "TIMEOUT",
+                   fmt::format("{} of {} messages finished within {} ms; the rest may still be "
+                               "delivered: retrying may duplicate them",
+                               wait->acked, messages.size(), config_.ack_timeout_ms));
+    }
+    if (wait->abandoned > 0) {
+      requests_failed_->Inc();
+      ApiResponse r = Error(503, "UNAVAILABLE",
+                            fmt::format("gnomon is stopping: {} of {} messages were not finished; "
+                                        "retry them",
+                                        wait->abandoned, messages.size()));
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    requests_ok_->Inc();
+    ApiResponse r;
+    r.status = 202;
+    json::ObjectWriter(r.body).Field("accepted", static_cast<int64_t>(messages.size())).Close();
+    return r;
+  }
+
+  // The messages of a body: NDJSON lines, the elements of a JSON array, one JSON value, or (with
+  // application/octet-stream) the bytes as they are.
+  bool Split(const ApiRequest& req, std::vector<std::string>& out, ApiResponse& bad) {
+    std::string_view ct = req.content_type.substr(0, req.content_type.find(';'));
+    auto too_big = [&](size_t i, size_t size) {
+      bad = Error(413, "TOO_LARGE", fmt::format("message {} is {} bytes; max_message_bytes is {}",
+                                                i + 1, size, config_.max_message_bytes));
+      return false;
+    };
+    if (ct == "application/octet-stream") {
+      if (static_cast<int64_t>(req.body.size()) > config_.max_message_bytes) {
+        return too_big(0, req.body.size());
+      }
+      out.emplace_back(req.body);
+      return true;
+    }
+    thread_local simdjson::dom::parser parser;
+    if (ct == "application/x-ndjson" || ct == "application/jsonl" || ct == "application/json-seq") {
+      size_t line = 0;
+      std::string_view rest = req.body;
+      while (!rest.empty()) {
+        size_t nl = rest.find('\n');
+        std::string_view l = rest.substr(0, nl);
+        rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+        ++line;
+        if (!l.empty() && l.back() == '\r') {
+          l.remove_suffix(1);
+        }
+        if (l.find_first_not_of(" \t") == std::string_view::npos) {
+          continue;
+        }
+        if (static_cast<int64_t>(l.size()) > config_.max_message_bytes) {
+          return too_big(line - 1, l.size());
+        }
+        auto doc = parser.parse(l.data(), l.size());
+        if (doc.error()) {
+          bad = Error(400, "BAD_JSON", fmt::format("line {}: {}", line,
+                                                   simdjson::error_message(doc.error())));
+          return false;
+        }
+        out.emplace_back(l);
+        if (static_cast<int64_t>(out.size()) > config_.max_messages) {
+          bad = Error(413, "TOO_MANY", fmt::format("more than max_messages ({}) in one request",
+                                                   config_.max_messages));
+          return false;
+        }
+      }
+      return true;
+    }
+    auto doc = parser.parse(req.body.data(), req.body.size());
+    if (doc.error()) {
+      bad = Error(400, "BAD_JSON", fmt::format("body: {}", simdjson::error_message(doc.error())));
+      return false;
+    }
+    bool single = false;
+    if (req.query != nullptr) {
+      for (const auto& [k, v] : *req.query) {
+        single |= k == "batch" && v == "false";
+      }
+    }
+    simdjson::dom::array arr;
+    if (!single && doc.value_unsafe().get_array().get(arr) == simdjson::SUCCESS) {
+      size_t i = 0;
+      for (simdjson::dom::element e : arr) {
+        std::string text = simdjson::minify(e);
+        if (static_cast<int64_t>(text.size()) > config_.max_message_bytes) {
+          return too_big(i, text.size());
+        }
+        out.push_back(std::move(text));
+        if (static_cast<int64_t>(out.size()) > config_.max_messages) {
+          bad = Error(413, "TOO_MANY", fmt::format("more than max_messages ({}) in one request",
+                                                   config_.max_messages));
+          return false;
+        }
+        ++i;
+      }
+      return true;
+    }
+    if (static_cast<int64_t>(req.body.size()) > config_.max_message_bytes) {
+      return too_big(0, req.body.size());
+    }
+    out.emplace_back(req.body);
+    return true;
+  }
+
+  IngestConfig config_;
+  std::string name_;
+  std::shared_ptr<Shared> shared_;
+  std::shared_mutex mu_;
+  Ingest* ingest_ = nullptr;  // GUARDED_BY(mu_)
+  Counter *requests_ok_, *requests_bad_, *requests_busy_, *requests_failed_;
+};
+
+class IngestSourceFactory final : public TypedSourceFactory<IngestConfig> {
+ public:
+  std::string_view schema() const override { return "sources/http.json"; }
+  void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const override {
+    auto rule = DeviceRule::Parse(cfg.GetString("device", "topic[1]"));
+    if (!rule.ok()) {
+      errors.Add(cfg.Get("device"), path + ".device", rule.status().message());
+    }
+  }
+  Result<IngestConfig> Parse(const ConfigValue& cfg, const PluginContext& ctx) const override {
+    IngestConfig c;
+    GNOMON_ASSIGN_OR_RETURN(c.device, DeviceRule::Parse(cfg.GetString("device", "topic[1]")));
+    c.max_body_bytes = cfg.GetInt("max_body_bytes", c.max_body_bytes);
+    c.max_message_bytes = cfg.GetInt("max_message_bytes", c.max_message_bytes);
+    c.max_messages = cfg.GetInt("max_messages", c.max_messages);
+    c.max_in_flight = cfg.GetInt("max_in_flight", c.max_in_flight);
+    c.ack_timeout_ms = cfg.GetInt("ack_timeout_ms", c.ack_timeout_ms);
+    return c;
+  }
+  Result<std::unique_ptr<Source>> CreateTyped(IngestConfig c, PluginContext& ctx) override {
+    if (ctx.api == nullptr) {
+      return FailedPrecondition("source type http needs the API listener");
+    }
+    auto s = std::make_unique<IngestSource>(std::move(c), ctx);
+    GNOMON_RETURN_IF_ERROR(s->Register(*ctx.api));
+    return std::unique_ptr<Source>(std::move(s));
+  }
+};
+
+}  // namespace
+
+void RegisterHttpIngestSource(Registry& registry) {
+  registry.AddSource("http", std::make_unique<IngestSourceFactory>());
+}
+
+}  // namespace gnomon::connectors

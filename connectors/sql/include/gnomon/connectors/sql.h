@@ -1,0 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include "gnomon/core/plugin.h"
+
+namespace gnomon::connectors {
+
+// Registers sink type "sql" (SQLite files and PostgreSQL).
+void RegisterSqlConnector(Registry& registry);
+
+}  // namespace gnomon::connectors
