@@ -249,4 +249,83 @@ void Mosquitto::Kill() {
 
 Mosquitto::~Mosquitto() { Stop(); }
 
+std::string PostgresBinDir() {
+  std::error_code ec;
+  std::string best;
+  for (const auto& e : std::filesystem::directory_iterator("/usr/lib/postgresql", ec)) {
+    std::string bin = e.path().string() + "/bin";
+    if (::access((bin + "/initdb").c_str(), X_OK) == 0 && bin > best) {
+      best = bin;
+    }
+  }
+  return best;
+}
+
+namespace {
+// As root, a command runs as the postgres user (PostgreSQL refuses to run as root). setpriv
+// execs the command in place, so signals reach the server itself.
+std::vector<std::string> AsPostgres(std::vector<std::string> argv) {
+  if (::geteuid() != 0) {
+    return argv;
+  }
+  std::vector<std::string> out = {"setpriv", "--reuid=postgres", "--regid=postgres",
+                                  "--init-groups", "--"};
+  out.insert(out.end(), argv.begin(), argv.end());
+  return out;
+}
+}  // namespace
+
+bool Postgres::Start(std::string* why) {
+  std::string bin = PostgresBinDir();
+  if (bin.empty()) {
+    *why = "PostgreSQL not found (apt-get install postgresql)";
+    return false;
+  }
+  std::string data = dir_.File("pgdata");
+  if (!initialized_) {
+    if (::geteuid() == 0 && RunCommand({"chown", "-R", "postgres", dir_.path()}) != 0) {
+      *why = "chown to postgres failed";
+      return false;
+    }
+    std::string out, err;
+    if (RunCommand(AsPostgres({bin + "/initdb", "-D", data, "-U", "gnomon", "--auth=trust",
+                               "-E", "UTF8", "--no-sync"}),
+                   &out, &err) != 0) {
+      *why = "initdb failed: " + err;
+      return false;
+    }
+    port_ = FreePort();
+    initialized_ = true;
+  }
+  proc_ = std::make_unique<Process>(AsPostgres(
+      {bin + "/postgres", "-D", data, "-p", std::to_string(port_), "-h", "127.0.0.1", "-k",
+       dir_.path(), "-c", "fsync=off", "-c", "logging_collector=off"}));
+  bool up = WaitFor(
+      [&] {
+        return RunCommand({bin + "/pg_isready", "-h", "127.0.0.1", "-p", std::to_string(port_)}) ==
+                   0 ||
+               !proc_->Running();
+      },
+      std::chrono::milliseconds(30000));
+  if (!up || !proc_->Running()) {
+    *why = "postgres did not start: " + proc_->Stderr();
+    return false;
+  }
+  return true;
+}
+
+void Postgres::Stop() {
+  if (proc_) {
+    proc_->Signal(SIGINT);  // fast shutdown: disconnects clients
+    proc_->Wait();
+    proc_.reset();
+  }
+}
+
+Postgres::~Postgres() { Stop(); }
+
+std::string Postgres::url() const {
+  return "postgresql://gnomon@127.0.0.1:" + std::to_string(port_) + "/postgres";
+}
+
 }  // namespace gnomon::testing

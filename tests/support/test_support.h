@@ -84,6 +84,28 @@ class Mosquitto {
 
 std::string MosquittoBinary();
 
+// A PostgreSQL server of its own (initdb in a temp dir, trust auth for user `gnomon`, loopback
+// on a free port). Run as the `postgres` user when the tests run as root. The port stays the
+// same across Stop()/Start(), so a client can reconnect.
+class Postgres {
+ public:
+  bool Start(std::string* why);
+  void Stop();  // fast shutdown
+  ~Postgres();
+  int port() const { return port_; }
+  // postgresql://gnomon@127.0.0.1:PORT/postgres
+  std::string url() const;
+
+ private:
+  TempDir dir_;
+  int port_ = 0;
+  bool initialized_ = false;
+  std::unique_ptr<Process> proc_;
+};
+
+// The directory with initdb and postgres (/usr/lib/postgresql/N/bin), or "".
+std::string PostgresBinDir();
+
 }  // namespace gnomon::testing
 
 // Skips locally, fails under CI, when a required server is missing.
