@@ -112,7 +112,7 @@ TEST_F(ConfigLoaderTest, CrossReferencesAreChecked) {
   ASSERT_FALSE(st.ok());
   const std::string& m = st.message();
   EXPECT_NE(m.find("sources[0].connection: no connection named 'nowhere'"), std::string::npos) << m;
-  EXPECT_NE(m.find("sinks[0]: unknown sink type 'bogus' (known: file, kafka, mqtt)"), std::string::npos)
+  EXPECT_NE(m.find("sinks[0]: unknown sink type 'bogus' (known: file, http, kafka, mqtt, sql)"), std::string::npos)
       << m;
   EXPECT_NE(m.find("sinks[1].name: 'a' is used twice"), std::string::npos) << m;
   EXPECT_NE(m.find("dead_letter.sink: no sink named 'missing'"), std::string::npos) << m;

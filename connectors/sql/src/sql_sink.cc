@@ -466,27 +466,20 @@ class PostgresDestination final : public SyncDestination {
     return {};
   }
 
-  // BEGIN, every row, COMMIT in one pipeline. kInvalidArgument when a row was refused (the
-  // transaction rolled back), kUnavailable for anything else.
+  // Every row in one pipeline (one round trip). kInvalidArgument when a row was refused (the
+  // whole batch rolled back), kUnavailable for anything else.
   Status Pipelined(const std::vector<bool>& skip) {
     if (!PQenterPipelineMode(conn_)) {
       return Unavailable("PostgreSQL: cannot enter pipeline mode");
     }
+    // No BEGIN/COMMIT: the statements up to the sync point are one implicit transaction,
+    // committed at the sync, rolled back whole if any statement fails.
     Status sent;
-    auto send_cmd = [&](const char* sql) {
-      if (sent.ok() && !PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0)) {
-        sent = Unavailable(fmt::format("PostgreSQL: {}", Trim(PQerrorMessage(conn_))));
-      }
-    };
-    send_cmd("BEGIN");
-    size_t rows = 0;
     for (size_t i = 0; i < skip.size() && sent.ok(); ++i) {
       if (!skip[i]) {
         sent = SendRow(i);
-        ++rows;
       }
     }
-    send_cmd("COMMIT");
     if (sent.ok() && !PQpipelineSync(conn_)) {
       sent = Unavailable(fmt::format("PostgreSQL: {}", Trim(PQerrorMessage(conn_))));
     }
@@ -494,8 +487,8 @@ class PostgresDestination final : public SyncDestination {
       PQexitPipelineMode(conn_);
       return sent;
     }
-    // Results of BEGIN, each row and COMMIT (each followed by a null), then the sync point.
-    // After a refused row the rest come back PGRES_PIPELINE_ABORTED and COMMIT rolls back.
+    // Results of each row (each followed by a null), then the sync point. After a refused row
+    // the rest come back PGRES_PIPELINE_ABORTED.
     Status st;
     for (;;) {
       PGresult* r = PQgetResult(conn_);
@@ -519,7 +512,6 @@ class PostgresDestination final : public SyncDestination {
         break;
       }
     }
-    (void)rows;
     PQexitPipelineMode(conn_);
     if (PQstatus(conn_) != CONNECTION_OK) {
       return Unavailable(fmt::format("PostgreSQL: connection lost: {}", Trim(PQerrorMessage(conn_))));
