@@ -7,9 +7,14 @@
 #include <httplib.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
@@ -424,6 +429,157 @@ TEST_F(WebhookIntegrationTest, IngestRefusesBadBodiesAndAnswers429UnderBackPress
   rx.Start();  // the receiver comes up: the waiting request is answered 202
   first.join();
   EXPECT_EQ(rx.got().size(), 3u);
+  g->Signal(SIGTERM);
+  EXPECT_EQ(g->Wait(), 0);
+}
+
+}  // namespace
+}  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+// Accepts connections on a port, reads the request and answers with a TCP reset (SO_LINGER 0),
+// as a receiver behind a crashing proxy does.
+class ResettingListener {
+ public:
+  explicit ResettingListener(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    bound_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+             ::listen(fd_, 64) == 0;
+    thread_ = std::thread([this] {
+      for (;;) {
+        int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) {
+          return;  // shut down
+        }
+        char buf[4096];
+        (void)::recv(c, buf, sizeof(buf), 0);
+        linger l{1, 0};
+        ::setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        ::close(c);
+        ++resets_;
+      }
+    });
+  }
+  ~ResettingListener() {
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    thread_.join();
+  }
+  bool bound() const { return bound_; }
+  int resets() const { return resets_.load(); }
+
+ private:
+  int fd_ = -1;
+  bool bound_ = false;
+  std::atomic<int> resets_{0};
+  std::thread thread_;
+};
+
+// A small tmpfs mounted on a directory for the life of the object (the tests run as root in CI).
+class SmallDisk {
+ public:
+  SmallDisk(const std::string& dir, const std::string& size) : dir_(dir) {
+    std::filesystem::create_directories(dir);
+    mounted_ = testing::RunCommand({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", dir},
+                                   nullptr, &why_) == 0;
+  }
+  ~SmallDisk() {
+    if (mounted_) {
+      testing::RunCommand({"umount", "-l", dir_});
+    }
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  // Fills what is left with a ballast file.
+  void Fill() {
+    testing::RunCommand({"dd", "if=/dev/zero", "of=" + dir_ + "/ballast", "bs=4096"});
+  }
+  void Free() { std::filesystem::remove(dir_ + "/ballast"); }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
+TEST_F(WebhookIntegrationTest, ConnectionResetsAreRetriedUntilTheReceiverIsBack) {
+  auto g = StartGnomon();
+  {
+    ResettingListener reset(hook_port_);
+    ASSERT_TRUE(reset.bound());
+    std::thread post([&] { PostTelemetry(2, 20); });  // 202 once durable in the outbox
+    ASSERT_TRUE(WaitFor([&] { return reset.resets() >= 3; })) << reset.resets();
+    post.join();
+  }
+  EXPECT_NE(Get("/metrics").second.find("gnomon_sink_records_total{sink=\"hook\",outcome=\"retried\"}"),
+            std::string::npos) << Get("/metrics").second;
+  Receiver rx(hook_port_);
+  rx.Start();
+  ASSERT_TRUE(WaitFor([&] { return rx.got().size() >= 40; }, std::chrono::milliseconds(20000)))
+      << rx.got().size();
+  for (const auto& [device, seqs] : ByDevice(rx.got())) {
+    EXPECT_EQ(std::set<int>(seqs.begin(), seqs.end()).size(), 20u) << device;
+    EXPECT_TRUE(std::is_sorted(seqs.begin(), seqs.end())) << device;
+  }
+  g->Signal(SIGTERM);
+  EXPECT_EQ(g->Wait(), 0);
+}
+
+TEST_F(WebhookIntegrationTest, AFullDiskHoldsIntakeReportsItAndRecoversWithoutLoss) {
+  if (::geteuid() != 0) {
+    GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");
+  }
+  SmallDisk disk(dir_.File("data/outbox"), "16m");  // room for SQLite's WAL (up to ~4 MB)
+  GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
+  // Records of ~1 KB: 200 of them cannot fit in whatever slack SQLite's files have.
+  dir_.Write("rules/forward.lua", R"(
+    return rule { name = "forward", from = "in/#",
+      handle = function(msg, ctx)
+        ctx.emit("hook", { device = msg.device, seq = msg.payload.seq, pad = msg.payload.pad })
+      end })");
+  auto g = StartGnomon();  // the outbox database is created on the small disk
+  disk.Fill();
+
+  // The POST is held: its messages cannot be made durable, so it is not answered.
+  std::string body;
+  for (int i = 0; i < 200; ++i) {
+    body += R"({"seq":)" + std::to_string(i) + R"(,"pad":")" + std::string(1000, 'p') + "\"}\n";
+  }
+  std::atomic<int> status{0};
+  std::thread post([&] {
+    auto res = Post("/v1/ingest/in/d1/t", body);
+    status = res ? res->status : -1;
+  });
+  auto metric_positive = [&](const std::string& name) {
+    std::string m = Get("/metrics").second;
+    size_t at = m.find(name);
+    return at != std::string::npos && m.compare(at + name.size(), 2, " 0") != 0;
+  };
+  ASSERT_TRUE(WaitFor([&] { return metric_positive("gnomon_outbox_write_errors_total{sink=\"hook\"}"); }));
+  EXPECT_TRUE(WaitFor([&] { return Get("/readyz").first == 503; }));
+  EXPECT_EQ(status.load(), 0) << "answered while the outbox could not write";
+
+  Receiver rx(hook_port_);
+  rx.Start();
+  disk.Free();  // space again: the held records commit, the POST is answered, all are delivered
+  post.join();
+  EXPECT_EQ(status.load(), 202);
+  ASSERT_TRUE(WaitFor([&] { return rx.got().size() >= 200; }, std::chrono::milliseconds(20000)))
+      << rx.got().size();
+  auto seqs = ByDevice(rx.got())["d1"];
+  EXPECT_EQ(std::set<int>(seqs.begin(), seqs.end()).size(), 200u);
+  EXPECT_TRUE(std::is_sorted(seqs.begin(), seqs.end()));
+  EXPECT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Get("/readyz").second;
+  EXPECT_NE(g->Stderr().find("outbox write failed"), std::string::npos);
+  EXPECT_NE(g->Stderr().find("outbox writable again"), std::string::npos);
   g->Signal(SIGTERM);
   EXPECT_EQ(g->Wait(), 0);
 }

@@ -353,8 +353,6 @@ class PostgresDestination final : public SyncDestination {
   }
   ~PostgresDestination() override { Disconnect(); }
 
-  bool Ready() const override { return conn_ != nullptr; }
-
   void Deliver(std::span<OutboxEntry* const> batch, Done done) override {
     if (Status s = Connect(); !s.ok()) {
       done(BatchResult::Retry(s));

@@ -92,7 +92,6 @@ class Destination {
   virtual void Wakeup() = 0;
   // Whether `b` may share a batch with `a` (e.g. the same rendered URL).
   virtual bool Batchable(const Record& a, const Record& b) const { return true; }
-  virtual bool Ready() const { return true; }
 };
 
 // A Destination whose Deliver() finishes inline: Poll() just waits for Wakeup().
