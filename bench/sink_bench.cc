@@ -5,6 +5,7 @@
 //
 //   gnomon-sink-bench --gnomon build/gnomon --mode ingest|webhook|webhook-batch|postgres
 //                     [--messages N] [--batch B] [--clients C] [--concurrency K] [--pg URL]
+//                     [--sink-extra "YAML line added to the sink entry"]
 //
 // ingest:        the rule drops every message; messages/s = N / time until all requests got 202
 //                (202 means every message finished).
@@ -60,7 +61,7 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string gnomon = "build/gnomon", mode = "webhook", pg_url;
+  std::string gnomon = "build/gnomon", mode = "webhook", pg_url, sink_extra;
   long messages = 200000, batch = 1000, clients = 4, concurrency = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -71,6 +72,7 @@ int main(int argc, char** argv) {
     else if (k == "--clients") clients = std::atol(v.c_str());
     else if (k == "--pg") pg_url = v;
     else if (k == "--concurrency") concurrency = std::atol(v.c_str());
+    else if (k == "--sink-extra") sink_extra = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -85,6 +87,8 @@ int main(int argc, char** argv) {
   std::atomic<long> received{0};
   httplib::Server rx;
   rx.new_task_queue = [] { return new httplib::ThreadPool(16); };
+  rx.set_keep_alive_max_count(1000000);  // cpp-httplib closes after 5 requests by default
+  rx.set_tcp_nodelay(true);
   rx.Post("/hook", [&](const httplib::Request& req, httplib::Response& res) {
     long n = 1;
     if (!req.body.empty() && req.body[0] == '[') {
@@ -119,6 +123,9 @@ int main(int argc, char** argv) {
   } else {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
     return 2;
+  }
+  if (!sink_extra.empty()) {
+    sink += "    " + sink_extra + "\n";
   }
   std::ofstream(dir / "gnomon.yaml")
       << "workers: 2\ndata_dir: data\nsources:\n"

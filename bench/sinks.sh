@@ -20,6 +20,8 @@ as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -o "-p $PORT -h 127.0.0.1 -k $WORK" -l "$WO
 
 echo "== HTTP ingest (NDJSON, 1000 lines a request, rule drops)"
 $BIN --mode ingest --messages "$N" --batch 1000 --clients 4
+echo "== HTTP ingest, one message a request (requests/s = messages/s)"
+$BIN --mode ingest --messages "$((N / 10))" --batch 1 --clients 8
 echo "== webhook, batched (JSON arrays of up to 500 records)"
 $BIN --mode webhook-batch --messages "$N" --batch 1000 --clients 4
 echo "== webhook, one record per request"
