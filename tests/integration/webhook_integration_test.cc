@@ -533,6 +533,30 @@ TEST_F(WebhookIntegrationTest, ConnectionResetsAreRetriedUntilTheReceiverIsBack)
   EXPECT_EQ(g->Wait(), 0);
 }
 
+TEST_F(WebhookIntegrationTest, IngestTakesJsonSeqArraysRawBytesAndSingleArrays) {
+  Receiver rx(hook_port_);
+  rx.Start();
+  auto g = StartGnomon();
+  const std::string path = "/v1/ingest/in/d1/t";
+  auto r = Post(path, "\x1e{\"seq\":0}\n\x1e{\"seq\":1}\n", "application/json-seq");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 202) << r->body;
+  EXPECT_EQ(r->body, R"({"accepted":2})");
+  r = Post(path, R"([{"seq":2},{"seq":3}])", "application/json");
+  EXPECT_EQ(r->status, 202) << r->body;
+  EXPECT_EQ(r->body, R"({"accepted":2})");
+  r = Post(path, R"({"seq":4})", "application/octet-stream");
+  EXPECT_EQ(r->status, 202) << r->body;
+  r = Post(path + "?batch=false", R"([{"seq":5}])", "application/json");  // one message: an array
+  EXPECT_EQ(r->status, 202) << r->body;
+  EXPECT_EQ(r->body, R"({"accepted":1})");
+  ASSERT_TRUE(WaitFor([&] { return rx.got().size() == 6; })) << rx.got().size();
+  EXPECT_EQ(ByDevice(rx.got())["d1"], (std::vector<int>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(rx.got().back().body.find("seq"), std::string::npos) << rx.got().back().body;
+  g->Signal(SIGTERM);
+  EXPECT_EQ(g->Wait(), 0);
+}
+
 TEST_F(WebhookIntegrationTest, AFullDiskHoldsIntakeReportsItAndRecoversWithoutLoss) {
   if (::geteuid() != 0) {
     GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");

@@ -228,6 +228,9 @@ class IngestSource final : public Source {
         if (!l.empty() && l.back() == '\r') {
           l.remove_suffix(1);
         }
+        if (!l.empty() && l.front() == '\x1e') {
+          l.remove_prefix(1);  // application/json-seq (RFC 7464): RS before each record
+        }
         if (l.find_first_not_of(" \t") == std::string_view::npos) {
           continue;
         }
