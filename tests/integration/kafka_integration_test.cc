@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "tests/support/kafka_test_client.h"
 #include "tests/support/test_support.h"
@@ -237,6 +238,112 @@ TEST_F(KafkaIntegrationTest, BadRecordsAreDeadLetteredAndTheRestFlows) {
   EXPECT_NE(dl.find("rule_error"), std::string::npos) << dl;
   EXPECT_NE(dl.find("telemetry[") , std::string::npos) << "names partition and offset: " << dl;
   EXPECT_TRUE(gnomon->Running());
+}
+
+// Faults injected with the mock cluster's error injection (gnomon-kafka-dev --control).
+
+TEST_F(KafkaIntegrationTest, InjectedProduceErrorsAreRetriedWithoutLossDuplicatesOrReordering) {
+  KafkaClient client(cluster_.bootstrap());
+  ProduceTelemetry(client, 20, 50);  // before the faults: the test's own producer is not hit
+  // Retriable errors for gnomon's next produce requests; the idempotent producer retries them
+  // without duplicating or reordering.
+  ASSERT_TRUE(cluster_.Inject("request-errors Produce NOT_LEADER_FOR_PARTITION 6"));
+  ASSERT_TRUE(cluster_.Inject("request-errors Produce REQUEST_TIMED_OUT 4"));
+  ASSERT_TRUE(cluster_.Inject("request-errors Produce NOT_ENOUGH_REPLICAS 4"));
+  auto gnomon = StartGnomon();
+  auto out = client.ReadAll("out", 1000);
+  ASSERT_EQ(out.size(), 1000u) << gnomon->Stderr();
+  for (const auto& [device, seqs] : ByDevice(out)) {
+    ASSERT_EQ(seqs.size(), 50u) << device;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      ASSERT_EQ(seqs[i], static_cast<int>(i)) << device << " out of order or duplicated";
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(client.ReadAll("out", 1001).size(), 1000u) << "no duplicates";
+  std::string dl = std::filesystem::exists(dir_.File("data/dead-letter.jsonl"))
+                       ? testing::ReadFile(dir_.File("data/dead-letter.jsonl"))
+                       : "";
+  EXPECT_EQ(dl, "") << "nothing dead-lettered";
+}
+
+TEST_F(KafkaIntegrationTest, InjectedCommitAndFetchErrorsDelayButLoseNothing) {
+  KafkaClient client(cluster_.bootstrap());
+  ProduceTelemetry(client, 10, 50);
+  ASSERT_TRUE(cluster_.Inject("request-errors OffsetCommit COORDINATOR_NOT_AVAILABLE 3"));
+  ASSERT_TRUE(cluster_.Inject("request-errors Fetch NOT_LEADER_FOR_PARTITION 3"));
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(client.ReadAll("out", 500).size(), 500u) << gnomon->Stderr();
+  // Every input finished, and the offsets got committed in the end: a clean restart re-reads
+  // nothing.
+  ASSERT_TRUE(WaitFor([&] {
+    return Get("/metrics").second.find("gnomon_messages_done_total 500\n") != std::string::npos;
+  }));
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  gnomon = StartGnomon();
+  ProduceTelemetry(client, 1, 1, 1000);
+  ASSERT_TRUE(WaitFor([&] { return client.ReadAll("out", 501, std::chrono::milliseconds(500)).size() >= 501; },
+                      std::chrono::milliseconds(30000)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(client.ReadAll("out", 502).size(), 501u) << "only the new message is processed";
+}
+
+TEST_F(KafkaIntegrationTest, AProduceAuthorizationFailureDeadLettersItsRecordsAndRecovers) {
+  KafkaClient client(cluster_.bootstrap());
+  ProduceTelemetry(client, 1, 3);  // before the fault: the test's own producer is not hit
+  ASSERT_TRUE(cluster_.Inject("request-errors Produce TOPIC_AUTHORIZATION_FAILED 100"));
+  auto gnomon = StartGnomon();
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return std::count(dl.begin(), dl.end(), '\n') >= 3;
+  }, std::chrono::milliseconds(30000))) << dl << gnomon->Stderr();
+  EXPECT_EQ(std::count(dl.begin(), dl.end(), '\n'), 3) << dl;
+  EXPECT_NE(dl.find("sink_error"), std::string::npos) << dl;
+  EXPECT_NE(dl.find("uthoriz"), std::string::npos) << "names the cause: " << dl;
+  EXPECT_TRUE(gnomon->Running());
+  // Access is granted again: new records flow.
+  ASSERT_TRUE(cluster_.Inject("clear-request-errors Produce"));
+  // The sink asks about the failed topic again within seconds (librdkafka alone would keep the
+  // error for topic.metadata.refresh.interval.ms, 5 minutes).
+  ASSERT_TRUE(WaitFor([&] { return gnomon->Stderr().find("kafka topic usable again") != std::string::npos; },
+                      std::chrono::milliseconds(20000))) << gnomon->Stderr();
+  ProduceTelemetry(client, 1, 1, 10);
+  std::vector<KafkaRecord> out;
+  ASSERT_TRUE(WaitFor([&] {
+    out = client.ReadAll("out", 1, std::chrono::milliseconds(500));
+    return !out.empty();
+  }, std::chrono::milliseconds(30000))) << gnomon->Stderr();
+  EXPECT_NE(out[0].value.find("\"seq\":10"), std::string::npos) << out[0].value;
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+}
+
+TEST_F(KafkaIntegrationTest, AllBrokersLostMidStreamThenBackLosesNothingAndIsReadyAgain) {
+  KafkaClient client(cluster_.bootstrap());
+  auto gnomon = StartGnomon();
+  ProduceTelemetry(client, 20, 50);
+  ASSERT_TRUE(WaitFor([&] { return client.ReadAll("out", 200, std::chrono::milliseconds(200)).size() >= 200; },
+                      std::chrono::milliseconds(30000)));
+  for (int b = 1; b <= 3; ++b) {
+    ASSERT_TRUE(cluster_.Inject("broker-down " + std::to_string(b)));
+  }
+  EXPECT_TRUE(WaitFor([&] { return Get("/readyz").first == 503; }, std::chrono::milliseconds(20000)))
+      << Get("/readyz").second;
+  EXPECT_TRUE(gnomon->Running());
+  for (int b = 1; b <= 3; ++b) {
+    ASSERT_TRUE(cluster_.Inject("broker-up " + std::to_string(b)));
+  }
+  std::vector<KafkaRecord> out;
+  std::set<std::pair<std::string, int>> distinct;
+  ASSERT_TRUE(AwaitDistinct(client, 1000, 3000, out, distinct))
+      << distinct.size() << "\n" << gnomon->Stderr();
+  EXPECT_EQ(distinct.size(), 1000u);
+  EXPECT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; }, std::chrono::milliseconds(20000)))
+      << Get("/readyz").second;
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
 }
 
 TEST_F(KafkaIntegrationTest, UnreachableBrokersAreNotReadyAndDoNotCrash) {

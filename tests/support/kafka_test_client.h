@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,7 +35,7 @@ class KafkaDevCluster {
     // not instrumented and crashes under TSan's runtime; it is test scaffolding, not gnomon).
     const char* bin = std::getenv("GNOMON_KAFKA_DEV");
     std::vector<std::string> argv = {bin != nullptr && *bin != '\0' ? bin : GNOMON_KAFKA_DEV,
-                                     "--brokers", "3"};
+                                     "--brokers", "3", "--control", dir_.File("control")};
     for (const auto& t : topics) {
       argv.push_back("--topic");
       argv.push_back(t);
@@ -51,7 +52,26 @@ class KafkaDevCluster {
   }
   const std::string& bootstrap() const { return bootstrap_; }
 
+  // Injects a fault (a gnomon-kafka-dev control command, e.g. "broker-down 1"); true once the
+  // cluster has applied it.
+  bool Inject(const std::string& command) {
+    std::string marker = "control: ok " + command + "\n";
+    size_t before = Count(proc_->Stdout(), marker);
+    dir_.Write("control.new", command + "\n");
+    std::filesystem::rename(dir_.File("control.new"), dir_.File("control"));
+    return WaitFor([&] { return Count(proc_->Stdout(), marker) > before; });
+  }
+
  private:
+  static size_t Count(const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) {
+      ++n;
+    }
+    return n;
+  }
+
+  TempDir dir_;
   std::unique_ptr<Process> proc_;
   std::string bootstrap_;
 };

@@ -109,6 +109,30 @@ void CheckProperties(const ConfigValue& cfg, const std::string& path, ConfigErro
   rd_kafka_conf_destroy(conf);
 }
 
+bool BrokersReachable(rd_kafka_t* rk, int timeout_ms) {
+  const rd_kafka_metadata_t* md = nullptr;
+  if (rd_kafka_metadata(rk, 0, nullptr, &md, timeout_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return false;
+  }
+  rd_kafka_metadata_destroy(md);
+  return true;
+}
+
+void ReachabilityProbe::Check(rd_kafka_t* rk, std::atomic<bool>& down, std::string_view who) {
+  if (!down.load(std::memory_order_relaxed)) {
+    return;
+  }
+  auto now = std::chrono::steady_clock::now();
+  if (now < next_) {
+    return;
+  }
+  next_ = now + std::chrono::seconds(1);
+  if (BrokersReachable(rk, 500)) {
+    down.store(false, std::memory_order_relaxed);
+    log::Info("kafka brokers reachable again", {{"client", std::string(who)}});
+  }
+}
+
 void LogCallback(const rd_kafka_t* rk, int level, const char* fac, const char* buf) {
   static log::RateLimiter limiter(10);
   if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {

@@ -5,8 +5,11 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <string>
+#include <string_view>
 
 #include "gnomon/core/config.h"
 #include "gnomon/core/status.h"
@@ -38,6 +41,20 @@ void CheckProperties(const ConfigValue& cfg, const std::string& path, ConfigErro
 
 // The in-process development cluster's bootstrap servers (started on first use; 3 brokers).
 Result<std::string> EmbeddedBootstrap();
+
+// Whether a broker answers a metadata request within `timeout_ms`. librdkafka reports
+// "all brokers down" but no recovery, so readiness asks again after an outage.
+bool BrokersReachable(rd_kafka_t* rk, int timeout_ms);
+
+// Calls BrokersReachable at most once a second while `down` is set, and clears it (with a log
+// line) once a broker answers. For one thread.
+class ReachabilityProbe {
+ public:
+  void Check(rd_kafka_t* rk, std::atomic<bool>& down, std::string_view who);
+
+ private:
+  std::chrono::steady_clock::time_point next_{};
+};
 
 // Logs librdkafka's log lines as gnomon JSON log lines.
 void LogCallback(const rd_kafka_t* rk, int level, const char* fac, const char* buf);

@@ -8,6 +8,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <thread>
 
@@ -59,8 +61,16 @@ class KafkaSink final : public Sink {
       if (config_.create) {
         CreateTopic();  // here, not in Start(): an unreachable cluster must not delay the start
       }
+      ReachabilityProbe probe;
+      const std::string who = "sink " + name_;
+      auto next_refresh = std::chrono::steady_clock::now();
       while (!st.stop_requested()) {
         rd_kafka_poll(rk_, 100);
+        probe.Check(rk_, brokers_down_, who);
+        if (auto now = std::chrono::steady_clock::now(); now >= next_refresh) {
+          next_refresh = now + std::chrono::seconds(5);
+          RefreshFailedTopics();
+        }
       }
     });
     return {};
@@ -111,6 +121,7 @@ class KafkaSink final : public Sink {
         continue;
       }
       rd_kafka_headers_destroy(headers);
+      NoteTopicError(topic, err);
       Finish(r, InvalidArgument(fmt::format("kafka produce to {}: {}", topic, rd_kafka_err2str(err))));
       return;
     }
@@ -206,8 +217,44 @@ class KafkaSink final : public Sink {
       Finish(r, Cancelled("kafka sink stopped before the record was delivered"));
     } else {
       // The idempotent producer retried what can be retried; this is final.
+      NoteTopicError(rd_kafka_topic_name(m->rkt), m->err);
       Finish(r, Unavailable(fmt::format("kafka delivery to {}: {}", rd_kafka_topic_name(m->rkt),
                                         rd_kafka_err2str(m->err))));
+    }
+  }
+
+  // librdkafka keeps a topic's authorization or existence error until its next metadata
+  // refresh (topic.metadata.refresh.interval.ms, 5 minutes by default) and fails every record
+  // for it meanwhile. Failed topics are asked about every 5 s instead, so fixing an ACL or
+  // creating the topic takes effect within seconds.
+  void NoteTopicError(const char* topic, rd_kafka_resp_err_t err) {
+    if (err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+        err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
+      std::lock_guard lock(failed_mu_);
+      failed_topics_.insert(topic);
+    }
+  }
+  void NoteTopicError(const std::string& topic, rd_kafka_resp_err_t err) {
+    NoteTopicError(topic.c_str(), err);
+  }
+
+  void RefreshFailedTopics() {
+    std::set<std::string> topics;
+    {
+      std::lock_guard lock(failed_mu_);
+      topics.swap(failed_topics_);
+    }
+    for (const std::string& t : topics) {
+      rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, t.c_str(), nullptr);
+      const rd_kafka_metadata_t* md = nullptr;
+      bool ok = rd_kafka_metadata(rk_, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
+      if (md != nullptr) {
+        rd_kafka_metadata_destroy(md);
+      }
+      rd_kafka_topic_destroy(rkt);
+      log::Info(ok ? "kafka topic usable again" : "kafka topic still failing",
+                {{"sink", name_}, {"topic", t}});
     }
   }
 
@@ -241,6 +288,8 @@ class KafkaSink final : public Sink {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
   std::atomic<bool> brokers_down_{false};
+  std::mutex failed_mu_;
+  std::set<std::string> failed_topics_;  // GUARDED_BY(failed_mu_)
 };
 
 class KafkaSinkFactory final : public TypedSinkFactory<KafkaSinkConfig> {

@@ -177,7 +177,10 @@ class KafkaSource final : public Source {
     pthread_setname_np(pthread_self(), "gnomon-kafka-c");
     auto last_commit = std::chrono::steady_clock::now();
     bool paused = false;
+    ReachabilityProbe probe;
+    const std::string who = "source " + name_;
     while (!st.stop_requested()) {
+      probe.Check(rk_, brokers_down_, who);
       auto now = std::chrono::steady_clock::now();
       if (now - last_commit >= std::chrono::milliseconds(config_.commit_interval_ms)) {
         CommitDone(/*sync=*/false);
