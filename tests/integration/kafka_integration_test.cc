@@ -320,6 +320,34 @@ TEST_F(KafkaIntegrationTest, AProduceAuthorizationFailureDeadLettersItsRecordsAn
   EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
 }
 
+TEST_F(KafkaIntegrationTest, AFullProducerQueueBackPressuresWithoutLoss) {
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("properties: { linger.ms: 5 }"), 28,
+              "properties: { linger.ms: 5, queue.buffering.max.messages: 5 }");
+  dir_.Write("gnomon.yaml", cfg);
+  KafkaClient client(cluster_.bootstrap());
+  ProduceTelemetry(client, 10, 100);
+  for (int b = 1; b <= 3; ++b) {
+    ASSERT_TRUE(cluster_.Inject("rtt " + std::to_string(b) + " 20"));  // a slow cluster
+  }
+  auto gnomon = StartGnomon();
+  auto out = client.ReadAll("out", 1000);
+  ASSERT_EQ(out.size(), 1000u) << gnomon->Stderr();
+  for (const auto& [device, seqs] : ByDevice(out)) {
+    ASSERT_EQ(seqs.size(), 100u) << device;
+    EXPECT_TRUE(std::is_sorted(seqs.begin(), seqs.end())) << device;
+  }
+  std::string m = Get("/metrics").second;
+  std::string name = "gnomon_kafka_producer_queue_full_total{sink=\"out\"} ";
+  size_t at = m.find(name);
+  ASSERT_NE(at, std::string::npos) << m;
+  EXPECT_GT(std::atol(m.c_str() + at + name.size()), 0) << "the queue was full at times";
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("data/dead-letter.jsonl")) &&
+               !testing::ReadFile(dir_.File("data/dead-letter.jsonl")).empty());
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+}
+
 TEST_F(KafkaIntegrationTest, AllBrokersLostMidStreamThenBackLosesNothingAndIsReadyAgain) {
   KafkaClient client(cluster_.bootstrap());
   auto gnomon = StartGnomon();
