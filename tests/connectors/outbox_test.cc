@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <atomic>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -49,7 +50,7 @@ class FakeEngine final : public DeliveryReporter, public DeliveryObserver {
     return dead.size();
   }
   std::mutex mu;
-  int accepted = 0, cancelled = 0, finished = 0;
+  std::atomic<int> accepted{0}, cancelled{0}, finished{0};  // read by the test thread
   std::vector<std::string> dead;
 };
 
