@@ -62,8 +62,8 @@ class ScriptedDestination final : public SyncDestination {
     std::vector<std::string> delivered;
     std::map<std::string, int> failures_left;  // payload -> retryable failures before success
     std::set<std::string> refuse;              // payload -> dead-lettered by the destination
-    bool down = false;
-    int batches = 0;
+    std::atomic<bool> down{false};  // the test flips these while the sink runs
+    std::atomic<int> batches{0};
     size_t max_batch_seen = 0;
   };
   explicit ScriptedDestination(std::shared_ptr<State> s) : s_(std::move(s)) {}
