@@ -44,7 +44,7 @@ rules: ["rules/*.lua"]
 metrics: { listen: "127.0.0.1:$PORT" }
 log: { level: warn }
 YAML
-build/gnomon run -c "$WORK/gnomon.yaml" 2>"$WORK/gnomon.log" & PIDS+=($!)
+${GNOMON_WRAP:-} build/gnomon run -c "$WORK/gnomon.yaml" 2>"$WORK/gnomon.log" & PIDS+=($!)
 metric() { curl -s "http://127.0.0.1:$PORT/metrics" | sed -n "s/^$1 //p"; }
 until [ "$(metric gnomon_messages_in_total || echo 0)" -gt 0 ] 2>/dev/null; do sleep 0.02; done
 T0=$(date +%s.%N)

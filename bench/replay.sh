@@ -12,5 +12,8 @@ source bench/workload.sh
 bench_workload "$WORK" "$N"
 cp "$WORK/base.yaml" "$WORK/gnomon.yaml"
 echo "input: $N messages, $(( $(stat -c %s "$WORK/capture.jsonl") / N )) bytes/line avg"
-build/gnomon replay -c "$WORK/gnomon.yaml" --input "$WORK/capture.jsonl" 2>&1 | grep replayed
+OUT=$(${GNOMON_WRAP:-} build/gnomon replay -c "$WORK/gnomon.yaml" --input "$WORK/capture.jsonl" 2>&1)
+echo "$OUT" | grep replayed || { echo "$OUT" | tail -20; exit 1; }
+# A benchmark that dead-letters its input measures the wrong thing: refuse the figure.
+echo "$OUT" | grep -q "replayed.* 0 dead-lettered" || { echo "messages were dead-lettered: the figure is void"; exit 1; }
 echo "alerts: $(wc -l < "$WORK/alerts.jsonl"), commands: $(wc -l < "$WORK/commands.jsonl")"
