@@ -113,11 +113,8 @@ class KafkaSource final : public Source {
       static_cast<KafkaSource*>(self)->OnError(static_cast<rd_kafka_resp_err_t>(err), reason);
     });
     rd_kafka_conf_set_offset_commit_cb(
-        conf, [](rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t*, void* self) {
-          if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
-            static_cast<KafkaSource*>(self)->commit_failures_->Inc();
-          }
-        });
+        conf, [](rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* offsets,
+                 void* self) { static_cast<KafkaSource*>(self)->OnCommitted(err, offsets); });
     char err[512];
     rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (rk_ == nullptr) {
@@ -337,6 +334,30 @@ class KafkaSource final : public Source {
       }
     }
     rd_kafka_topic_partition_list_destroy(list);
+  }
+
+  // A failed commit (the coordinator moving, say) is sent again with the next CommitDone:
+  // its partitions no longer count as committed that far.
+  void OnCommitted(rd_kafka_resp_err_t err, const rd_kafka_topic_partition_list_t* offsets) {
+    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET || offsets == nullptr) {
+      return;
+    }
+    bool failed = false;
+    std::lock_guard lock(mu_);
+    for (int i = 0; i < offsets->cnt; ++i) {
+      const rd_kafka_topic_partition_t& p = offsets->elems[i];
+      if (err == RD_KAFKA_RESP_ERR_NO_ERROR && p.err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        continue;
+      }
+      failed = true;
+      auto it = tracks_.find({p.topic, p.partition});
+      if (it != tracks_.end() && it->second.committed >= p.offset) {
+        it->second.committed = -1;  // unknown: commit next_commit again
+      }
+    }
+    if (failed) {
+      commit_failures_->Inc();
+    }
   }
 
   void OnRebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
