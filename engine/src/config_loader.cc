@@ -253,6 +253,13 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       errors.Add(sh->Get("topic_prefix"), "shadows.topic_prefix",
                  "must be a topic name without wildcards or a trailing /");
     }
+    if (const ConfigValue* p = sh->Get("presence")) {
+      app.shadows.presence_from = p->GetString("from");
+      if (Status st = ValidateTopicFilter(app.shadows.presence_from); !st.ok()) {
+        errors.Add(p->Get("from"), "shadows.presence.from",
+                   fmt::format("not a topic filter: {}", st.message()));
+      }
+    }
     if (const ConfigValue* c = sh->Get("connection")) {
       app.shadows.connection_name = c->scalar();
       const ConfigValue* conn = connections != nullptr ? connections->Get(c->scalar()) : nullptr;

@@ -18,6 +18,7 @@
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/queue.h"
+#include "gnomon/core/topic.h"
 #include "engine_impl.h"
 #include "http_server.h"
 
@@ -454,9 +455,16 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
                            rules::CallResult& result) {
   const LoadedRules& loaded = *w.loaded;
   const rules::RuleSet& set = *loaded.set;
+  bool presence = !config_.shadows.presence_from.empty() && shadow_store_ &&
+                  options_.mode != Mode::kDryRun &&
+                  TopicMatches(config_.shadows.presence_from, m.topic);
+  if (presence && !ApplyPresence(w, m)) {
+    m.delivery->Release();  // dead-lettered; rules do not see it
+    return;
+  }
   matches.clear();
   set.Match(m.topic, matches);
-  if (matches.empty()) {
+  if (matches.empty() && !presence) {
     unmatched_->Inc();
     m.delivery->Mark(Delivery::kUnmatched);
   }

@@ -4,7 +4,9 @@
 // rule of this or another worker). Accepted writes go to the SQLite store in group commits; an
 // answer or event leaves only after the write it reports is durable, in queue order.
 #include <algorithm>
+#include <cctype>
 #include <future>
+#include <optional>
 
 #include "effect_printer.h"
 #include "engine_impl.h"
@@ -114,6 +116,13 @@ Status Engine::Impl::InitShadows() {
       "Shadow properties refused by a thing model (strict: whole writes; weak: the fields)");
   shadow_store_failures_ = metrics_.GetCounter(
       "gnomon_shadow_store_failures_total", "Shadow store transactions that failed");
+  auto presence = [&](const char* outcome) {
+    return metrics_.GetCounter("gnomon_presence_reports_total",
+                               "Device status messages by what they said", {{"outcome", outcome}});
+  };
+  presence_connected_ = presence("connected");
+  presence_disconnected_ = presence("disconnected");
+  presence_invalid_ = presence("invalid");
   if (!sc.enabled) {
     return {};
   }
@@ -646,6 +655,58 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
           Answer(std::move(to), 200, std::move(body), "/accepted");
         });
   }
+}
+
+bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
+  std::optional<bool> connected = shadow::ParsePresence(m.payload);
+  if (!connected) {
+    presence_invalid_->Inc();
+    DeadLetter(m.delivery, "bad_presence",
+               fmt::format("a message on {} (shadows.presence.from) is not a presence: expected "
+                           "online/offline, true/false, 1/0 or JSON with a boolean `connected`",
+                           config_.shadows.presence_from),
+               "", m.source, m.topic, m.device, m.payload, 1, m.ts_ms);
+    return false;
+  }
+  auto doc = OwnedShadow(w, m.device, "");
+  if (!doc.ok()) {
+    DeadLetter(m.delivery, "shadow_error", doc.status().message(), "", m.source, m.topic,
+               m.device, m.payload, 1, m.ts_ms);
+    return false;
+  }
+  (*connected ? presence_connected_ : presence_disconnected_)->Inc();
+  bool changed = (*doc)->connected() != connected;
+  int64_t now_ms = clock_.NowMs();
+  (*doc)->SetPresence(*connected, now_ms);
+  Delivery* hold = m.delivery;
+  hold->Hold();  // until the presence is stored (and announced)
+  shadow_store_->Write(
+      m.device, "", (*doc)->StoredJson(),
+      [this, hold, changed, now_ms, connected = *connected, thing = m.device,
+       source = m.source, topic = m.topic, payload = m.payload, ts = m.ts_ms](const Status& st) {
+        if (!st.ok()) {
+          shadow_store_failures_->Inc();
+          DeadLetter(hold, "shadow_error",
+                     fmt::format("presence of {} could not be stored: {}", thing, st.message()),
+                     "", source, topic, thing, payload, 1, ts);
+          hold->Release();
+          return;
+        }
+        if (changed) {
+          // AWS IoT's lifecycle event layout, so existing consumers of it work.
+          const char* type = connected ? "connected" : "disconnected";
+          std::string event;
+          json::ObjectWriter(event)
+              .Field("clientId", thing)
+              .Field("timestamp", now_ms)
+              .Field("eventType", type)
+              .Close();
+          PublishShadowEvent(thing, fmt::format("$aws/events/presence/{}/{}", type, thing),
+                             std::move(event), hold);
+        }
+        hold->Release();
+      });
+  return true;
 }
 
 bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,

@@ -270,6 +270,11 @@ void ShadowDocument::RebuildDocumentJson() {
   pair(desired_json_, reported_json_);
   out += "},\"metadata\":{";
   pair(meta_desired_json_, meta_reported_json_);
+  if (presence_ >= 0) {
+    out += meta_desired_json_.empty() && meta_reported_json_.empty() ? "" : ",";
+    out += presence_ == 1 ? "\"connected\":true,\"lastSeen\":" : "\"connected\":false,\"lastSeen\":";
+    json::AppendInt(out, last_seen_ms_);
+  }
   out += "},\"version\":";
   json::AppendInt(out, version_);
   out += ",\"timestamp\":";
@@ -278,6 +283,14 @@ void ShadowDocument::RebuildDocumentJson() {
 }
 
 std::string ShadowDocument::DocumentJson() const { return doc_json_; }
+
+void ShadowDocument::SetPresence(bool connected, int64_t at_ms) {
+  presence_ = connected ? 1 : 0;
+  last_seen_ms_ = at_ms;
+  if (exists_) {
+    RebuildDocumentJson();
+  }
+}
 
 std::string ShadowDocument::StoredJson() const {
   std::string out;
@@ -295,6 +308,9 @@ std::string ShadowDocument::StoredJson() const {
   section("reported", reported_json_);
   section("meta_desired", meta_desired_json_);
   section("meta_reported", meta_reported_json_);
+  if (presence_ >= 0) {
+    w.Field("connected", presence_).Field("last_seen", last_seen_ms_);
+  }
   std::string tokens = "[";
   for (const Token& t : tokens_) {
     if (tokens.size() > 1) {
@@ -338,6 +354,14 @@ Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, L
   };
   section("desired", d.desired_, d.desired_json_, d.meta_desired_, d.meta_desired_json_);
   section("reported", d.reported_, d.reported_json_, d.meta_reported_, d.meta_reported_json_);
+  if (meta != nullptr) {
+    const Value* c = meta->Find("connected");
+    const Value* seen = meta->Find("lastSeen");
+    if (c != nullptr && c->kind() == Value::Kind::kBool) {
+      d.presence_ = c->as_bool() ? 1 : 0;
+      d.last_seen_ms_ = seen != nullptr && seen->kind() == Value::Kind::kInt ? seen->as_int() : 0;
+    }
+  }
   d.RebuildDocumentJson();
   return d;
 }
@@ -366,6 +390,10 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   section("reported", d.reported_, d.reported_json_);
   section("meta_desired", d.meta_desired_, d.meta_desired_json_);
   section("meta_reported", d.meta_reported_, d.meta_reported_json_);
+  if (const Value* c = v.Find("connected"); c != nullptr && c->kind() == Value::Kind::kInt) {
+    d.presence_ = c->as_int() != 0 ? 1 : 0;
+    d.last_seen_ms_ = integer("last_seen");
+  }
   if (const Value* tokens = v.Find("tokens"); tokens != nullptr && tokens->is_array()) {
     for (const Value& t : tokens->items()) {
       const Value* token = t.Find("token");
@@ -677,5 +705,53 @@ std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view n
   tokens_.clear();
   return fmt::format(R"({{"version":{},"timestamp":{}}})", version_, now_s);
 }
+
+// What a device status message says: connected (true), disconnected (false), or nothing usable.
+std::optional<bool> ParsePresence(std::string_view payload) {
+  while (!payload.empty() && std::isspace(static_cast<unsigned char>(payload.front()))) {
+    payload.remove_prefix(1);
+  }
+  while (!payload.empty() && std::isspace(static_cast<unsigned char>(payload.back()))) {
+    payload.remove_suffix(1);
+  }
+  auto word = [](std::string_view w) -> std::optional<bool> {
+    std::string lower(w);
+    for (char& c : lower) {
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    if (lower == "online" || lower == "connected" || lower == "true" || lower == "1") {
+      return true;
+    }
+    if (lower == "offline" || lower == "disconnected" || lower == "false" || lower == "0") {
+      return false;
+    }
+    return std::nullopt;
+  };
+  if (payload.empty() || (payload.front() != '{' && payload.front() != '"')) {
+    return word(payload);
+  }
+  auto v = Value::Parse(payload);
+  if (!v.ok()) {
+    return std::nullopt;
+  }
+  if (v->kind() == Value::Kind::kString) {
+    return word(v->as_string());
+  }
+  if (!v->is_object()) {
+    return std::nullopt;
+  }
+  for (std::string_view key : {"connected", "online"}) {
+    if (const Value* b = v->Find(key); b != nullptr && b->kind() == Value::Kind::kBool) {
+      return b->as_bool();
+    }
+  }
+  for (std::string_view key : {"state", "status"}) {
+    if (const Value* t = v->Find(key); t != nullptr && t->kind() == Value::Kind::kString) {
+      return word(t->as_string());
+    }
+  }
+  return std::nullopt;
+}
+
 
 }  // namespace gnomon::shadow

@@ -118,6 +118,16 @@ TEST_F(ConfigLoaderTest, CrossReferencesAreChecked) {
   EXPECT_NE(m.find("dead_letter.sink: no sink named 'missing'"), std::string::npos) << m;
 }
 
+TEST_F(ConfigLoaderTest, PresenceNeedsATopicFilter) {
+  Status st = Load("shadows: { presence: { from: \"devices/#/status\" } }\n");
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(":1: shadows.presence.from: not a topic filter"), std::string::npos)
+      << st.message();
+  st = Load("shadows: { presence: { } }\n");
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("shadows.presence.from"), std::string::npos) << st.message();
+}
+
 TEST_F(ConfigLoaderTest, BadConnectionUrl) {
   Status st = Load("connections: { b: { type: mqtt, url: \"http://x\" } }\n");
   ASSERT_FALSE(st.ok());

@@ -470,3 +470,85 @@ TEST_F(ShadowIntegrationTest, EveryAcceptedWriteSurvivesKill9) {
 
 }  // namespace
 }  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+// Presence from a real device's MQTT last will: a device announces itself, dies without a
+// goodbye (kill -9), the broker publishes its will, and the shadow says so.
+TEST_F(ShadowIntegrationTest, PresenceFromStatusMessagesAndALastWillIsKeptAndAnnounced) {
+  dir_.Write("rules/presence.lua", R"(
+    return rule { name = "presence", from = "$aws/events/presence/+/+",
+      handle = function(msg, ctx)
+        ctx.emit("archive", { event = msg.payload.eventType, thing = msg.payload.clientId })
+      end })");
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("topics: [\"devices/+/telemetry\"]"), 31,
+              "topics: [\"devices/+/telemetry\", \"devices/+/status\"]");
+  cfg.replace(cfg.find("shadows: { connection: broker }"), 31,
+              "shadows: { connection: broker, presence: { from: \"devices/+/status\" } }");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(Call("POST", "/v1/things/th-1/shadow", R"({"state":{"reported":{"temp":20}}})").first,
+            200);
+
+  // The device connects with a last will and says it is online.
+  Process device({"stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", std::to_string(broker_.port()), "-i",
+                  "th-1", "-d", "-q", "1", "-t", "devices/th-1/cmd", "--will-topic",
+                  "devices/th-1/status", "--will-payload", "offline", "--will-qos", "1"});
+  Client status(broker_.port(), "th-1-status");
+  status.Publish("devices/th-1/status", "online");
+  auto connected = [&](const std::string& want) {
+    return WaitFor([&] {
+      return Call("GET", "/v1/things/th-1/shadow").second.find("\"connected\":" + want) !=
+             std::string::npos;
+    });
+  };
+  ASSERT_TRUE(connected("true")) << Call("GET", "/v1/things/th-1/shadow").second << gnomon->Stderr();
+  std::string doc = Call("GET", "/v1/things/th-1/shadow").second;
+  EXPECT_NE(doc.find("\"lastSeen\":"), std::string::npos) << doc;
+  EXPECT_NE(doc.find("\"version\":1"), std::string::npos) << "presence is not a state update: " << doc;
+
+  // Killed without a DISCONNECT: the broker publishes the will.
+  // -d prints the CONNACK (line-buffered by stdbuf): the broker has the will from then on.
+  ASSERT_TRUE(WaitFor([&] { return device.Stdout().find("CONNACK") != std::string::npos; }))
+      << device.Stdout() << device.Stderr();
+  device.Signal(SIGKILL);
+  device.Wait();
+  ASSERT_TRUE(connected("false")) << Call("GET", "/v1/things/th-1/shadow").second;
+
+  // Announced to rules as AWS lifecycle events, in order.
+  std::string archive;
+  ASSERT_TRUE(WaitFor([&] {
+    archive = testing::ReadFile(dir_.File("archive.jsonl"));
+    return archive.find("disconnected") != std::string::npos;
+  })) << archive;
+  size_t on = archive.find(R"("event":"connected")");
+  size_t off = archive.find(R"("event":"disconnected")");
+  EXPECT_NE(on, std::string::npos) << archive;
+  EXPECT_LT(on, off) << archive;
+  EXPECT_NE(archive.find(R"("thing":"th-1")"), std::string::npos) << archive;
+
+  // Not a presence: dead-lettered with the reason, nothing else changes.
+  status.Publish("devices/th-1/status", "maybe");
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return dl.find("bad_presence") != std::string::npos;
+  })) << dl;
+
+  std::string metrics = Call("GET", "/metrics").second;
+  EXPECT_NE(metrics.find("gnomon_presence_reports_total{outcome=\"invalid\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("gnomon_presence_reports_total{outcome=\"disconnected\"} 1"), std::string::npos)
+      << metrics;
+
+  // Durable: after a restart the shadow still says disconnected.
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  gnomon = StartGnomon();
+  doc = Call("GET", "/v1/things/th-1/shadow").second;
+  EXPECT_NE(doc.find("\"connected\":false"), std::string::npos) << doc;
+}
+
+}  // namespace
+}  // namespace gnomon

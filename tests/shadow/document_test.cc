@@ -31,6 +31,68 @@ ShadowError MustFail(ShadowDocument& d, const std::string& req, int64_t t = kT) 
 
 Value J(const std::string& s) { return *Value::Parse(s); }
 
+TEST(ShadowPresenceTest, PresenceShowsInMetadataWithoutChangingTheVersion) {
+  ShadowDocument d;
+  d.SetPresence(true, 1700000000123);  // before the shadow exists: kept, not shown
+  EXPECT_TRUE(std::holds_alternative<ShadowError>(d.Get("", kT)));
+  MustUpdate(d, R"({"state":{"reported":{"temp":21}}})");
+  Value doc = J(std::get<std::string>(d.Get("", kT)));
+  EXPECT_EQ(doc.Find("version")->as_int(), 1);
+  EXPECT_TRUE(doc.Find("metadata")->Find("connected")->as_bool());
+  EXPECT_EQ(doc.Find("metadata")->Find("lastSeen")->as_int(), 1700000000123);
+  EXPECT_NE(doc.Find("metadata")->Find("reported"), nullptr);
+
+  d.SetPresence(false, 1700000009000);
+  EXPECT_EQ(d.version(), 1);
+  doc = J(std::get<std::string>(d.Get("", kT)));
+  EXPECT_FALSE(doc.Find("metadata")->Find("connected")->as_bool());
+  EXPECT_EQ(doc.Find("metadata")->Find("lastSeen")->as_int(), 1700000009000);
+
+  // Durable form and published form both keep it; a delete keeps it for the device.
+  auto restored = ShadowDocument::FromStored(d.StoredJson());
+  ASSERT_TRUE(restored.ok());
+  EXPECT_EQ(restored->connected(), std::optional<bool>(false));
+  EXPECT_EQ(restored->last_seen_ms(), 1700000009000);
+  EXPECT_EQ(restored->DocumentJson(), d.DocumentJson());
+  auto published = ShadowDocument::FromDocument(d.DocumentJson());
+  ASSERT_TRUE(published.ok());
+  EXPECT_EQ(published->connected(), std::optional<bool>(false));
+  d.Delete("", kT);
+  auto after = ShadowDocument::FromStored(d.StoredJson());
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->connected(), std::optional<bool>(false));
+}
+
+TEST(ShadowPresenceTest, WithoutPresenceTheDocumentIsUnchanged) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"reported":{"temp":21}}})");
+  EXPECT_EQ(d.DocumentJson().find("connected"), std::string::npos);
+  EXPECT_EQ(d.connected(), std::nullopt);
+  ShadowDocument only;
+  only.SetPresence(true, 5);
+  MustUpdate(only, R"({"state":{"desired":{"fan":"on"}}})");
+  // Metadata holds desired's leaves and then the presence, as valid JSON.
+  Value doc = J(only.DocumentJson());
+  EXPECT_TRUE(doc.Find("metadata")->Find("connected")->as_bool());
+  EXPECT_NE(doc.Find("metadata")->Find("desired"), nullptr);
+}
+
+TEST(ShadowPresenceTest, StatusPayloadsAreReadTheWayDevicesWriteThem) {
+  for (const char* on : {"online", "ONLINE", " connected\n", "true", "1", "\"online\"", "true ",
+                         R"({"connected":true})", R"({"online":true,"ts":5})",
+                         R"({"state":"online"})", R"({"status":"Connected"})"}) {
+    EXPECT_EQ(ParsePresence(on), std::optional<bool>(true)) << on;
+  }
+  for (const char* off : {"offline", "Disconnected", "false", "0", "\"offline\"",
+                          R"({"connected":false})", R"({"status":"offline"})"}) {
+    EXPECT_EQ(ParsePresence(off), std::optional<bool>(false)) << off;
+  }
+  for (const char* bad : {"", "maybe", "2", "{", R"({"connected":"yes"})", "[true]", "null",
+                          R"({"state":1})", "\xff\xfe"}) {
+    EXPECT_EQ(ParsePresence(bad), std::nullopt) << bad;
+  }
+}
+
 TEST(ShadowConformanceTest, V01_FirstReportCreatesVersion1WithoutDelta) {
   ShadowDocument d;
   UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"a":1}}})");

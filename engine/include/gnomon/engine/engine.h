@@ -57,6 +57,9 @@ struct AppConfig {
     std::string changelog_connection_name;
     std::string changelog_topic;
     int changelog_partitions = 4;
+    // `presence.from`: messages on topics matching this filter (from any source) report their
+    // device connected or disconnected (empty: no presence).
+    std::string presence_from;
   } shadows;
   // `models:`, in file order (the first match binds a thing).
   std::vector<std::shared_ptr<const shadow::ThingModel>> models;

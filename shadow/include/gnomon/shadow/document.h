@@ -64,6 +64,16 @@ class ShadowDocument {
   // Deletes the shadow; the version survives for `tombstone_s`. Returns delete/accepted.
   std::variant<std::string, ShadowError> Delete(std::string_view shadow_name, int64_t now_s);
 
+  // Presence (spec/thing-model.md): whether the device is connected to its broker and when that
+  // was last reported (epoch ms), shown in the document's metadata as "connected" and
+  // "lastSeen". Not a state update: the version stays, no update events fire. Kept for a thing
+  // whose shadow does not exist (yet) too, and across Delete().
+  void SetPresence(bool connected, int64_t at_ms);
+  std::optional<bool> connected() const {
+    return presence_ < 0 ? std::nullopt : std::optional<bool>(presence_ == 1);
+  }
+  int64_t last_seen_ms() const { return last_seen_ms_; }
+
   bool exists() const { return exists_; }
   int64_t version() const { return version_; }
   const Value& desired() const { return desired_; }
@@ -103,12 +113,20 @@ class ShadowDocument {
   std::string desired_json_, reported_json_, meta_desired_json_, meta_reported_json_;
   std::string doc_json_;
   std::deque<Token> tokens_;
+  int presence_ = -1;  // -1: never reported, 0: disconnected, 1: connected
+  int64_t last_seen_ms_ = 0;
 
   void RebuildDocumentJson();
 };
 
 // Thing (1-128 bytes) and shadow (1-64 bytes) names of spec/shadow.md: only A-Z a-z 0-9 : _ -.
 bool ValidShadowId(std::string_view id, size_t max_bytes);
+
+// What a device status message says (shadows.presence): true (connected) for online,
+// connected, true, 1; false for offline, disconnected, false, 0 (any case, surrounding blanks
+// ignored); the same as a JSON string; JSON true/false; an object with a boolean `connected`
+// or `online`, or a string `state` or `status`. nullopt for anything else.
+std::optional<bool> ParsePresence(std::string_view payload);
 
 // delta(D, R) of spec/shadow.md, on its own (for tests and the REST layer).
 Value ComputeDelta(const Value& desired, const Value& reported);
