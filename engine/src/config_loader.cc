@@ -315,6 +315,12 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       }
     }
   }
+  if (const ConfigValue* ev = app.root.Get("events")) {
+    app.events_from = ev->GetString("from", app.events_from);
+    if (Status st = ValidateTopicFilter(app.events_from); !st.ok()) {
+      errors.Add(ev->Get("from"), "events.from", fmt::format("not a topic filter: {}", st.message()));
+    }
+  }
   app.watch_rules = app.root.GetBool("watch_rules", true);
   for (const auto& dir : app.root.GetStrings("rule_libs")) {
     std::string resolved = ResolvePath(app.base_dir, dir);

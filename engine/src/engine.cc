@@ -462,6 +462,10 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     m.delivery->Release();  // dead-lettered; rules do not see it
     return;
   }
+  if (!config_.models.empty() && TopicMatches(config_.events_from, m.topic) && !CheckEvent(m)) {
+    m.delivery->Release();  // refused by the thing's model: dead-lettered
+    return;
+  }
   matches.clear();
   set.Match(m.topic, matches);
   if (matches.empty() && !presence) {

@@ -200,6 +200,9 @@ class Engine::Impl final : public Ingest,
   // in its shadow (durably, holding the message until then) and announces changes. False when
   // the message was dead-lettered instead (not a presence payload, store error).
   bool ApplyPresence(Worker& w, Message& m);
+  // An event post from a thing bound to a model (`events.from`): validated against the model's
+  // event and labelled with headers for the rules. False when it was dead-lettered.
+  bool CheckEvent(Message& m);
   void DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
                   std::string_view rule, const std::string* source, std::string_view topic,
                   std::string_view device, std::string_view payload, int attempts, int64_t ts);

@@ -709,6 +709,47 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
   return true;
 }
 
+bool Engine::Impl::CheckEvent(Message& m) {
+  const shadow::ThingModel* model = nullptr;
+  for (const auto& candidate : config_.models) {
+    if (candidate->Matches(m.device)) {
+      model = candidate.get();
+      break;
+    }
+  }
+  if (model == nullptr) {
+    return true;  // not a modelled thing: an ordinary message
+  }
+  std::string_view identifier = std::string_view(m.topic).substr(m.topic.rfind('/') + 1);
+  std::string model_ref = model->version().empty() ? model->id() : model->id() + "@" + model->version();
+  std::vector<shadow::ModelProblem> problems;
+  if (model->mode() != shadow::ValidationMode::kOff) {
+    auto params = shadow::Value::Parse(m.payload);
+    if (!params.ok()) {
+      problems.push_back({"", "TM_TYPE_MISMATCH", "the event's params are not JSON"});
+    } else {
+      problems = model->ValidateEvent(identifier, *params);
+    }
+  }
+  if (!problems.empty()) {
+    model_failures_->Inc();
+    if (model->mode() == shadow::ValidationMode::kStrict) {
+      DeadLetter(m.delivery, "model_validation",
+                 fmt::format("event {} of {} refused by {}: {}", identifier, m.device, model_ref,
+                             shadow::ProblemsJson(problems)),
+                 "", m.source, m.topic, m.device, m.payload, 1, m.ts_ms);
+      return false;
+    }
+    m.headers.emplace_back("gnomon-model-problems", shadow::ProblemsJson(problems));
+  }
+  m.headers.emplace_back("gnomon-event", std::string(identifier));
+  if (const std::string* type = model->EventType(identifier)) {
+    m.headers.emplace_back("gnomon-event-type", *type);
+  }
+  m.headers.emplace_back("gnomon-model", std::move(model_ref));
+  return true;
+}
+
 bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
                                       rules::CallResult& result) {
   size_t writes = 0;

@@ -82,6 +82,33 @@ std::optional<double> Number(const Value* v) {
 
 std::shared_ptr<DataType> ParseType(const Value* v, const std::string& path, Checker& c, int depth);
 
+// A list of { identifier, dataType, required } (struct fields, event and service params).
+void ParseFields(const Value& fields, const std::string& path, Checker& c, int depth,
+                 std::vector<Field>& out) {
+  if (fields.items().size() > 50) {
+    c.Add(path, "at most 50 fields");
+  }
+  std::set<std::string> seen;
+  for (size_t i = 0; i < fields.items().size(); ++i) {
+    const Value& f = fields.items()[i];
+    std::string fp = fmt::format("{}[{}]", path, i);
+    const Value* id = f.Find("identifier");
+    Field field;
+    if (id == nullptr || id->kind() != Value::Kind::kString || !ValidIdentifier(id->as_string())) {
+      c.Add(fp + ".identifier", "required: letters, digits and _, not starting with a digit");
+    } else if (!seen.insert(id->as_string()).second) {
+      c.Add(fp + ".identifier", fmt::format("'{}' is used twice", id->as_string()));
+    } else {
+      field.id = id->as_string();
+    }
+    if (const Value* req = f.Find("required"); req != nullptr && req->kind() == Value::Kind::kBool) {
+      field.required = req->as_bool();
+    }
+    field.type = ParseType(f.Find("dataType"), fp + ".dataType", c, depth + 1);
+    out.push_back(std::move(field));
+  }
+}
+
 void ParseNumericSpecs(const Value* specs, DataType& t, const std::string& path, Checker& c) {
   if (specs == nullptr) {
     return;
@@ -176,28 +203,7 @@ std::shared_ptr<DataType> ParseType(const Value* v, const std::string& path, Che
         c.Add(sp, "a struct needs its fields: [ { identifier, dataType }, ... ]");
         break;
       }
-      if (fields->items().size() > 50) {
-        c.Add(sp, "at most 50 fields");
-      }
-      std::set<std::string> seen;
-      for (size_t i = 0; i < fields->items().size(); ++i) {
-        const Value& f = fields->items()[i];
-        std::string fp = fmt::format("{}[{}]", sp, i);
-        const Value* id = f.Find("identifier");
-        Field field;
-        if (id == nullptr || id->kind() != Value::Kind::kString || !ValidIdentifier(id->as_string())) {
-          c.Add(fp + ".identifier", "required: letters, digits and _, not starting with a digit");
-        } else if (!seen.insert(id->as_string()).second) {
-          c.Add(fp + ".identifier", fmt::format("'{}' is used twice", id->as_string()));
-        } else {
-          field.id = id->as_string();
-        }
-        if (const Value* req = f.Find("required"); req != nullptr && req->kind() == Value::Kind::kBool) {
-          field.required = req->as_bool();
-        }
-        field.type = ParseType(f.Find("dataType"), fp + ".dataType", c, depth + 1);
-        t->fields.push_back(std::move(field));
-      }
+      ParseFields(*fields, sp, c, depth, t->fields);
       break;
     }
     case Type::kArray:
@@ -423,10 +429,17 @@ void AppendSchema(const DataType& t, std::string& out) {
 
 }  // namespace
 
+struct Event {
+  std::string id;
+  std::string type = "info";  // info | alert | error
+  DataType params;            // a struct of the outputData
+};
+
 struct ThingModel::Impl {
   std::string id, version, device_prefix, topic;
   ValidationMode mode = ValidationMode::kStrict;
   std::vector<Property> properties;
+  std::vector<Event> events;
 };
 
 ThingModel::ThingModel() : impl_(std::make_unique<Impl>()) {}
@@ -509,11 +522,41 @@ Result<std::shared_ptr<const ThingModel>> ThingModel::Parse(std::string_view jso
       }
     }
   }
-  for (const char* list : {"events", "services"}) {
-    const Value* l = v->Find(list);
-    if (l != nullptr && !l->is_array()) {
-      c.Add(list, "must be an array");
+  if (const Value* events = v->Find("events"); events != nullptr && !events->is_array()) {
+    c.Add("events", "must be an array");
+  } else if (events != nullptr) {
+    std::set<std::string> seen;
+    for (size_t i = 0; i < events->items().size(); ++i) {
+      const Value& e = events->items()[i];
+      std::string path = fmt::format("events[{}]", i);
+      Event ev;
+      ev.params.type = Type::kStruct;
+      const Value* id = e.Find("identifier");
+      if (id == nullptr || id->kind() != Value::Kind::kString || !ValidIdentifier(id->as_string())) {
+        c.Add(path + ".identifier", "required: letters, digits and _, not starting with a digit");
+      } else if (!seen.insert(id->as_string()).second) {
+        c.Add(path + ".identifier", fmt::format("'{}' is used twice", id->as_string()));
+      } else {
+        ev.id = id->as_string();
+      }
+      if (const Value* type = e.Find("type")) {
+        ev.type = type->kind() == Value::Kind::kString ? type->as_string() : "?";
+        if (ev.type != "info" && ev.type != "alert" && ev.type != "error") {
+          c.Add(path + ".type", "must be info, alert or error");
+        }
+      }
+      if (const Value* out = e.Find("outputData")) {
+        if (!out->is_array()) {
+          c.Add(path + ".outputData", "must be an array of { identifier, dataType }");
+        } else {
+          ParseFields(*out, path + ".outputData", c, 0, ev.params.fields);
+        }
+      }
+      im.events.push_back(std::move(ev));
     }
+  }
+  if (const Value* l = v->Find("services"); l != nullptr && !l->is_array()) {
+    c.Add("services", "must be an array");
   }
   if (!c.problems.empty()) {
     std::string all;
@@ -561,6 +604,32 @@ std::vector<ModelProblem> ThingModel::Validate(const Value& patch, StateSection 
     }
     Check(v, *it->type, path, out);
   }
+  return out;
+}
+
+const std::string* ThingModel::EventType(std::string_view identifier) const {
+  for (const Event& e : impl_->events) {
+    if (e.id == identifier) {
+      return &e.type;
+    }
+  }
+  return nullptr;
+}
+
+std::vector<ModelProblem> ThingModel::ValidateEvent(std::string_view identifier,
+                                                    const Value& params) const {
+  std::vector<ModelProblem> out;
+  if (impl_->mode == ValidationMode::kOff) {
+    return out;
+  }
+  for (const Event& e : impl_->events) {
+    if (e.id == identifier) {
+      Check(params, e.params, "", out);
+      return out;
+    }
+  }
+  out.push_back({"", "TM_UNKNOWN_IDENTIFIER",
+                 fmt::format("{} is not an event of {}", identifier, impl_->id)});
   return out;
 }
 

@@ -552,3 +552,72 @@ TEST_F(ShadowIntegrationTest, PresenceFromStatusMessagesAndALastWillIsKeptAndAnn
 
 }  // namespace
 }  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+TEST_F(ShadowIntegrationTest, ThingModelEventsAreValidatedAndReachRulesWithTheirType) {
+  const char* events = R"("properties": [], "events": [
+      { "identifier": "overheat", "type": "alert",
+        "outputData": [ { "identifier": "temp", "dataType": { "type": "float", "specs": { "max": 200 } } },
+                        { "identifier": "seq", "required": false, "dataType": { "type": "int" } } ] } ])";
+  dir_.Write("models/strict.json", std::string(R"({ "modelId": "acme:strict", "version": "1",
+      "match": { "devicePrefix": "th-" }, "validation": "strict", )") + events + "}");
+  dir_.Write("models/weak.json", std::string(R"({ "modelId": "acme:weak",
+      "match": { "devicePrefix": "wk-" }, "validation": "weak", )") + events + "}");
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("topics: [\"devices/+/telemetry\"]"), 31,
+              "topics: [\"devices/+/telemetry\", \"devices/+/events/+\"]");
+  dir_.Write("gnomon.yaml", cfg + "models: [models/*.json]\n");
+  dir_.Write("rules/events.lua", R"(
+    return rule { name = "events", from = "devices/+/events/+",
+      handle = function(msg, ctx)
+        ctx.emit("archive", { thing = msg.device, seq = msg.payload.seq,
+                              event = msg.headers["gnomon-event"] or "none",
+                              type = msg.headers["gnomon-event-type"] or "none",
+                              model = msg.headers["gnomon-model"] or "none",
+                              problems = msg.headers["gnomon-model-problems"] or "" })
+      end })");
+  auto gnomon = StartGnomon();
+  Client device(broker_.port(), "ev-dev");
+  device.Publish("devices/th-1/events/overheat", R"({"temp":71.5,"seq":1})");
+  device.Publish("devices/th-1/events/overheat", R"({"temp":"hot","seq":2})");   // strict: refused
+  device.Publish("devices/th-1/events/unplugged", R"({"seq":3})");              // not in the model
+  device.Publish("devices/wk-1/events/overheat", R"({"temp":"hot","seq":4})");  // weak: passed on
+  device.Publish("devices/xx-1/events/anything", R"({"seq":5})");               // no model
+  std::string archive;
+  ASSERT_TRUE(WaitFor([&] {
+    archive = testing::ReadFile(dir_.File("archive.jsonl"));
+    return std::count(archive.begin(), archive.end(), '\n') >= 3;
+  })) << archive << gnomon->Stderr();
+  EXPECT_EQ(std::count(archive.begin(), archive.end(), '\n'), 3) << archive;
+  auto line = [&](int seq) {
+    for (const std::string& l : testing::ReadLines(dir_.File("archive.jsonl"))) {
+      if (l.find("\"seq\":" + std::to_string(seq) + ",") != std::string::npos ||
+          l.find("\"seq\":" + std::to_string(seq) + "}") != std::string::npos) {
+        return l;
+      }
+    }
+    return std::string();
+  };
+  auto has = [](const std::string& l, const char* what) { return l.find(what) != std::string::npos; };
+  std::string l1 = line(1), l4 = line(4), l5 = line(5);
+  EXPECT_TRUE(has(l1, R"("event":"overheat")") && has(l1, R"("type":"alert")") &&
+              has(l1, R"("model":"acme:strict@1")") && has(l1, R"("problems":"")"))
+      << l1;
+  EXPECT_TRUE(has(l4, R"("event":"overheat")") && has(l4, "TM_TYPE_MISMATCH")) << "weak lists the problem: " << l4;
+  EXPECT_TRUE(has(l5, R"("event":"none")") && has(l5, R"("model":"none")")) << "no model: " << l5;
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return std::count(dl.begin(), dl.end(), '\n') >= 2;
+  })) << dl;
+  EXPECT_NE(dl.find("model_validation"), std::string::npos) << dl;
+  EXPECT_NE(dl.find(R"(event overheat of th-1 refused by acme:strict@1: [{\"path\":\"/temp\",\"error\":\"TM_TYPE_MISMATCH\")"),
+            std::string::npos) << dl;
+  EXPECT_NE(dl.find("unplugged is not an event of acme:strict"), std::string::npos) << dl;
+  EXPECT_EQ(Call("GET", "/v1/things/th-1/shadow").first, 404) << "events are not stored in the shadow";
+}
+
+}  // namespace
+}  // namespace gnomon

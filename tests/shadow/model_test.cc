@@ -125,3 +125,61 @@ TEST(ThingModelTest, CompilesToJsonSchema) {
 
 }  // namespace
 }  // namespace gnomon::shadow
+
+namespace gnomon::shadow {
+namespace {
+
+constexpr const char* kWithEvents = R"({
+  "modelId": "acme:thermostat", "version": "1.2.0", "validation": "strict",
+  "properties": [],
+  "events": [
+    { "identifier": "overheat", "type": "alert",
+      "outputData": [ { "identifier": "temp", "dataType": { "type": "float", "specs": { "max": 200 } } },
+                      { "identifier": "note", "required": false, "dataType": { "type": "text" } } ] },
+    { "identifier": "boot" }
+  ]
+})";
+
+TEST(ThingModelEventsTest, EventPostsAreValidatedAgainstTheirOutputData) {
+  auto m = ThingModel::Parse(kWithEvents, "m.json");
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  ASSERT_NE((*m)->EventType("overheat"), nullptr);
+  EXPECT_EQ(*(*m)->EventType("overheat"), "alert");
+  EXPECT_EQ(*(*m)->EventType("boot"), "info");
+  EXPECT_EQ((*m)->EventType("nope"), nullptr);
+  auto check = [&](const char* event, const char* params) {
+    std::string codes;
+    for (const auto& p : (*m)->ValidateEvent(event, *Value::Parse(params))) {
+      codes += (codes.empty() ? "" : " ") + p.path + ":" + p.error;
+    }
+    return codes;
+  };
+  EXPECT_EQ(check("overheat", R"({"temp":71.5})"), "");
+  EXPECT_EQ(check("overheat", R"({"temp":71.5,"note":"fan stuck"})"), "");
+  EXPECT_EQ(check("overheat", R"({})"), "/temp:TM_REQUIRED_MISSING");
+  EXPECT_EQ(check("overheat", R"({"temp":"hot"})"), "/temp:TM_TYPE_MISMATCH");
+  EXPECT_EQ(check("overheat", R"({"temp":300})"), "/temp:TM_OUT_OF_RANGE");
+  EXPECT_EQ(check("overheat", R"({"temp":1,"x":2})"), "/x:TM_STRUCT_FIELD_UNKNOWN");
+  EXPECT_EQ(check("overheat", R"([1])"), ":TM_TYPE_MISMATCH");
+  EXPECT_EQ(check("boot", R"({})"), "");
+  EXPECT_EQ(check("nope", R"({})"), ":TM_UNKNOWN_IDENTIFIER");
+}
+
+TEST(ThingModelEventsTest, BadEventDefinitionsAreListedWithTheirPaths) {
+  auto m = ThingModel::Parse(R"({"modelId": "x", "properties": [], "events": [
+      { "identifier": "a", "type": "panic" },
+      { "identifier": "a" },
+      { "identifier": "1b", "outputData": { "temp": 1 } },
+      { "identifier": "c", "outputData": [ { "identifier": "t", "dataType": { "type": "nope" } } ] }
+    ]})", "m.json");
+  ASSERT_FALSE(m.ok());
+  std::string msg(m.status().message());
+  EXPECT_NE(msg.find("m.json: events[0].type: must be info, alert or error"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: events[1].identifier: 'a' is used twice"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: events[2].identifier: required"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: events[2].outputData: must be an array"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: events[3].outputData[0].dataType"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace gnomon::shadow

@@ -63,6 +63,8 @@ struct AppConfig {
   } shadows;
   // `models:`, in file order (the first match binds a thing).
   std::vector<std::shared_ptr<const shadow::ThingModel>> models;
+  // `events.from`: thing-model event posts, the event identifier being the topic's last level.
+  std::string events_from = "devices/+/events/+";
   std::string api_listen;
   std::vector<std::string> api_tokens;
   bool watch_rules = true;

@@ -42,6 +42,11 @@ class ThingModel {
 
   // Problems of a patch to `section` (a JSON merge patch: null deletes and is always allowed).
   std::vector<ModelProblem> Validate(const Value& patch, StateSection section) const;
+  // The type (info, alert, error) of the event `identifier`, or null when the model has none.
+  const std::string* EventType(std::string_view identifier) const;
+  // Problems of an event post: `params` (an object) against the event's outputData (paths
+  // /param...), or TM_UNKNOWN_IDENTIFIER for an event the model does not have.
+  std::vector<ModelProblem> ValidateEvent(std::string_view identifier, const Value& params) const;
   // The properties as a JSON Schema (draft 2020-12) of the reported state.
   std::string JsonSchema() const;
 
