@@ -82,6 +82,21 @@ std::optional<double> Number(const Value* v) {
 
 std::shared_ptr<DataType> ParseType(const Value* v, const std::string& path, Checker& c, int depth);
 
+// The `identifier` of an entry at `path`, checked and unique among `seen` ("" on a problem).
+std::string ParseIdentifier(const Value& entry, const std::string& path, std::set<std::string>& seen,
+                            Checker& c) {
+  const Value* id = entry.Find("identifier");
+  if (id == nullptr || id->kind() != Value::Kind::kString || !ValidIdentifier(id->as_string())) {
+    c.Add(path + ".identifier", "required: letters, digits and _, not starting with a digit");
+    return "";
+  }
+  if (!seen.insert(id->as_string()).second) {
+    c.Add(path + ".identifier", fmt::format("'{}' is used twice", id->as_string()));
+    return "";
+  }
+  return id->as_string();
+}
+
 // A list of { identifier, dataType, required } (struct fields, event and service params).
 void ParseFields(const Value& fields, const std::string& path, Checker& c, int depth,
                  std::vector<Field>& out) {
@@ -92,15 +107,8 @@ void ParseFields(const Value& fields, const std::string& path, Checker& c, int d
   for (size_t i = 0; i < fields.items().size(); ++i) {
     const Value& f = fields.items()[i];
     std::string fp = fmt::format("{}[{}]", path, i);
-    const Value* id = f.Find("identifier");
     Field field;
-    if (id == nullptr || id->kind() != Value::Kind::kString || !ValidIdentifier(id->as_string())) {
-      c.Add(fp + ".identifier", "required: letters, digits and _, not starting with a digit");
-    } else if (!seen.insert(id->as_string()).second) {
-      c.Add(fp + ".identifier", fmt::format("'{}' is used twice", id->as_string()));
-    } else {
-      field.id = id->as_string();
-    }
+    field.id = ParseIdentifier(f, fp, seen, c);
     if (const Value* req = f.Find("required"); req != nullptr && req->kind() == Value::Kind::kBool) {
       field.required = req->as_bool();
     }
@@ -500,14 +508,7 @@ Result<std::shared_ptr<const ThingModel>> ThingModel::Parse(std::string_view jso
         const Value& p = props->items()[i];
         std::string path = fmt::format("properties[{}]", i);
         Property prop;
-        const Value* id = p.Find("identifier");
-        if (id == nullptr || id->kind() != Value::Kind::kString || !ValidIdentifier(id->as_string())) {
-          c.Add(path + ".identifier", "required: letters, digits and _, not starting with a digit");
-        } else if (!seen.insert(id->as_string()).second) {
-          c.Add(path + ".identifier", fmt::format("'{}' is used twice", id->as_string()));
-        } else {
-          prop.id = id->as_string();
-        }
+        prop.id = ParseIdentifier(p, path, seen, c);
         std::string access = "rw";
         if (const Value* a = p.Find("accessMode")) {
           access = a->kind() == Value::Kind::kString ? a->as_string() : "?";
@@ -531,14 +532,7 @@ Result<std::shared_ptr<const ThingModel>> ThingModel::Parse(std::string_view jso
       std::string path = fmt::format("events[{}]", i);
       Event ev;
       ev.params.type = Type::kStruct;
-      const Value* id = e.Find("identifier");
-      if (id == nullptr || id->kind() != Value::Kind::kString || !ValidIdentifier(id->as_string())) {
-        c.Add(path + ".identifier", "required: letters, digits and _, not starting with a digit");
-      } else if (!seen.insert(id->as_string()).second) {
-        c.Add(path + ".identifier", fmt::format("'{}' is used twice", id->as_string()));
-      } else {
-        ev.id = id->as_string();
-      }
+      ev.id = ParseIdentifier(e, path, seen, c);
       if (const Value* type = e.Find("type")) {
         ev.type = type->kind() == Value::Kind::kString ? type->as_string() : "?";
         if (ev.type != "info" && ev.type != "alert" && ev.type != "error") {
