@@ -3,6 +3,7 @@
 # MQTT → rule → MQTT through a local mosquitto at QoS 1, against mosquitto alone
 # (publisher → subscriber) in the same run. Prints both JSON results and the ratio.
 #   bench/mqtt.sh [N]          (default 200000)
+#   SHADOWS=1 DEVICES=10000 bench/mqtt.sh [N]   every message also reports to its shadow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
@@ -16,7 +17,7 @@ printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000
 sleep 0.5
 
 echo "mosquitto alone (publisher → subscriber):"
-BASE=$(build/gnomon-sim load --url "mqtt://127.0.0.1:$PORT" --count "$N" --devices 1000 \
+BASE=$(build/gnomon-sim load --url "mqtt://127.0.0.1:$PORT" --count "$N" --devices "${DEVICES:-1000}" \
   --publish 'bench/{d}/in' --expect 'bench/+/in')
 echo "$BASE"
 
@@ -26,11 +27,19 @@ cat > "$WORK/rules/echo.lua" <<'LUA'
 return rule { name = "echo", from = "devices/+/telemetry",
   handle = function(msg, ctx)
     local p = msg.payload
-    if p.temp > 50 then
+    if p.temp > 50 or REPORT then
       ctx.publish("devices/" .. msg.device .. "/cmd", { fan = "on", sent = p.sent }, { qos = 1 })
     end
+    if REPORT then ctx.shadow:report { temp = p.temp } end
   end }
 LUA
+if [ "${SHADOWS:-0}" = 1 ]; then
+  # Issue 4's rule-driven benchmark: every message is also reported to its device's shadow
+  # (durable in SQLite before the message is acknowledged), over DEVICES devices.
+  sed -i 's/REPORT/true/g' "$WORK/rules/echo.lua"
+else
+  sed -i 's/REPORT/false/g' "$WORK/rules/echo.lua"
+fi
 cat > "$WORK/gnomon.yaml" <<YAML
 workers: 2
 data_dir: data
@@ -43,10 +52,11 @@ sinks:
 rules: ["rules/*.lua"]
 log: { level: warn }
 YAML
+[ "${SHADOWS:-0}" = 1 ] && echo "shadows: { store: sqlite }" >> "$WORK/gnomon.yaml"
 build/gnomon run -c "$WORK/gnomon.yaml" 2>"$WORK/gnomon.log" & PIDS+=($!)
 sleep 1
 echo "through gnomon (publisher → gnomon rule → subscriber):"
-GN=$(build/gnomon-sim load --url "mqtt://127.0.0.1:$PORT" --count "$N" --devices 1000 \
+GN=$(build/gnomon-sim load --url "mqtt://127.0.0.1:$PORT" --count "$N" --devices "${DEVICES:-1000}" \
   --publish 'devices/{d}/telemetry' --expect 'devices/+/cmd')
 echo "$GN"
 python3 - "$BASE" "$GN" <<'PY'
