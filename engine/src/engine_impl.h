@@ -203,6 +203,9 @@ class Engine::Impl final : public Ingest,
   // An event post from a thing bound to a model (`events.from`): validated against the model's
   // event and labelled with headers for the rules. False when it was dead-lettered.
   bool CheckEvent(Message& m);
+  // The model a thing is bound to (the first whose match fits), or null.
+  const shadow::ThingModel* BoundModel(std::string_view thing) const;
+  static std::string ModelRef(const shadow::ThingModel& model);  // "modelId@version"
   void DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
                   std::string_view rule, const std::string* source, std::string_view topic,
                   std::string_view device, std::string_view payload, int attempts, int64_t ts);

@@ -452,19 +452,26 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
       });
 }
 
+const shadow::ThingModel* Engine::Impl::BoundModel(std::string_view thing) const {
+  for (const auto& m : config_.models) {
+    if (m->Matches(thing)) {
+      return m.get();
+    }
+  }
+  return nullptr;
+}
+
+std::string Engine::Impl::ModelRef(const shadow::ThingModel& model) {
+  return model.version().empty() ? model.id() : model.id() + "@" + model.version();
+}
+
 std::variant<std::string, shadow::ShadowError> Engine::Impl::ApplyModel(std::string_view thing,
                                                                         std::string request,
                                                                         std::string* failed) {
   if (config_.models.empty()) {
     return request;
   }
-  const shadow::ThingModel* model = nullptr;
-  for (const auto& m : config_.models) {
-    if (m->Matches(thing)) {
-      model = m.get();
-      break;
-    }
-  }
+  const shadow::ThingModel* model = BoundModel(thing);
   if (model == nullptr || model->mode() == shadow::ValidationMode::kOff) {
     return request;
   }
@@ -565,6 +572,9 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
       RejectShadow(std::move(to), *err);
       return;
+    }
+    if (const shadow::ThingModel* model = BoundModel(op.thing)) {
+      d.SetModel(ModelRef(*model));
     }
     auto r = d.Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
@@ -710,18 +720,12 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
 }
 
 bool Engine::Impl::CheckEvent(Message& m) {
-  const shadow::ThingModel* model = nullptr;
-  for (const auto& candidate : config_.models) {
-    if (candidate->Matches(m.device)) {
-      model = candidate.get();
-      break;
-    }
-  }
+  const shadow::ThingModel* model = BoundModel(m.device);
   if (model == nullptr) {
     return true;  // not a modelled thing: an ordinary message
   }
   std::string_view identifier = std::string_view(m.topic).substr(m.topic.rfind('/') + 1);
-  std::string model_ref = model->version().empty() ? model->id() : model->id() + "@" + model->version();
+  std::string model_ref = ModelRef(*model);
   std::vector<shadow::ModelProblem> problems;
   if (model->mode() != shadow::ValidationMode::kOff) {
     auto params = shadow::Value::Parse(m.payload);
@@ -819,6 +823,9 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
       return reject(fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
                                 e.shadow_name.empty() ? "" : "/", e.shadow_name,
                                 err->Json(now_s)));
+    }
+    if (const shadow::ThingModel* model = BoundModel(e.thing)) {
+      doc->SetModel(ModelRef(*model));
     }
     auto r = doc->Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {

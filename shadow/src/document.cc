@@ -275,6 +275,11 @@ void ShadowDocument::RebuildDocumentJson() {
     out += presence_ == 1 ? "\"connected\":true,\"lastSeen\":" : "\"connected\":false,\"lastSeen\":";
     json::AppendInt(out, last_seen_ms_);
   }
+  if (!model_.empty()) {
+    out += meta_desired_json_.empty() && meta_reported_json_.empty() && presence_ < 0 ? "" : ",";
+    out += "\"model\":";
+    json::AppendQuoted(out, model_);
+  }
   out += "},\"version\":";
   json::AppendInt(out, version_);
   out += ",\"timestamp\":";
@@ -283,6 +288,16 @@ void ShadowDocument::RebuildDocumentJson() {
 }
 
 std::string ShadowDocument::DocumentJson() const { return doc_json_; }
+
+void ShadowDocument::SetModel(std::string model_ref) {
+  if (model_ref == model_) {
+    return;
+  }
+  model_ = std::move(model_ref);
+  if (exists_) {
+    RebuildDocumentJson();
+  }
+}
 
 void ShadowDocument::SetPresence(bool connected, int64_t at_ms) {
   presence_ = connected ? 1 : 0;
@@ -310,6 +325,9 @@ std::string ShadowDocument::StoredJson() const {
   section("meta_reported", meta_reported_json_);
   if (presence_ >= 0) {
     w.Field("connected", presence_).Field("last_seen", last_seen_ms_);
+  }
+  if (!model_.empty()) {
+    w.Field("model", model_);
   }
   std::string tokens = "[";
   for (const Token& t : tokens_) {
@@ -361,6 +379,9 @@ Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, L
       d.presence_ = c->as_bool() ? 1 : 0;
       d.last_seen_ms_ = seen != nullptr && seen->kind() == Value::Kind::kInt ? seen->as_int() : 0;
     }
+    if (const Value* model = meta->Find("model"); model != nullptr && model->kind() == Value::Kind::kString) {
+      d.model_ = model->as_string();
+    }
   }
   d.RebuildDocumentJson();
   return d;
@@ -393,6 +414,9 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   if (const Value* c = v.Find("connected"); c != nullptr && c->kind() == Value::Kind::kInt) {
     d.presence_ = c->as_int() != 0 ? 1 : 0;
     d.last_seen_ms_ = integer("last_seen");
+  }
+  if (const Value* m = v.Find("model"); m != nullptr && m->kind() == Value::Kind::kString) {
+    d.model_ = m->as_string();
   }
   if (const Value* tokens = v.Find("tokens"); tokens != nullptr && tokens->is_array()) {
     for (const Value& t : tokens->items()) {

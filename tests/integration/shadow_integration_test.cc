@@ -404,6 +404,8 @@ TEST_F(ShadowIntegrationTest, ThingModelsValidateWritesStrictlyOrWeakly) {
   EXPECT_NE(bad.second.find(R"("clientToken":"c9")"), std::string::npos) << bad.second;
   auto after = Call("GET", "/v1/things/th-1/shadow");
   EXPECT_NE(after.second.find(R"("version":1)"), std::string::npos) << "nothing applied: " << after.second;
+  EXPECT_NE(after.second.find(R"("model":"acme:strict@1")"), std::string::npos)
+      << "the shadow records modelId@version: " << after.second;
 
   // Weak: the valid part is applied, the rest listed.
   auto weak = Call("POST", "/v1/things/wk-1/shadow", R"({"state":{"desired":{"target":21.3,"x":1}},"clientToken":"w"})");
@@ -416,6 +418,7 @@ TEST_F(ShadowIntegrationTest, ThingModelsValidateWritesStrictlyOrWeakly) {
       << weak2.second;
   auto wdoc = Call("GET", "/v1/things/wk-1/shadow");
   EXPECT_NE(wdoc.second.find(R"("desired":{"target":22})"), std::string::npos) << wdoc.second;
+  EXPECT_NE(wdoc.second.find(R"("model":"acme:weak")"), std::string::npos) << wdoc.second;
 
   // Things no model matches are not checked; rule writes are checked too.
   EXPECT_EQ(Call("POST", "/v1/things/free/shadow", R"({"state":{"desired":{"x":1}}})").first, 200);

@@ -93,6 +93,23 @@ TEST(ShadowPresenceTest, StatusPayloadsAreReadTheWayDevicesWriteThem) {
   }
 }
 
+TEST(ShadowPresenceTest, TheShadowRecordsItsModel) {
+  ShadowDocument d;
+  d.SetModel("acme:thermostat@1.2.0");
+  MustUpdate(d, R"({"state":{"reported":{"temp":21}}})");
+  Value doc = J(std::get<std::string>(d.Get("", kT)));
+  EXPECT_EQ(doc.Find("metadata")->Find("model")->as_string(), "acme:thermostat@1.2.0");
+  d.SetPresence(true, 7);
+  doc = J(d.DocumentJson());
+  EXPECT_TRUE(doc.Find("metadata")->Find("connected")->as_bool());
+  EXPECT_EQ(doc.Find("metadata")->Find("model")->as_string(), "acme:thermostat@1.2.0");
+  auto restored = ShadowDocument::FromStored(d.StoredJson());
+  ASSERT_TRUE(restored.ok());
+  EXPECT_EQ(restored->model(), "acme:thermostat@1.2.0");
+  EXPECT_EQ(restored->DocumentJson(), d.DocumentJson());
+  EXPECT_EQ(ShadowDocument::FromDocument(d.DocumentJson())->model(), "acme:thermostat@1.2.0");
+}
+
 TEST(ShadowConformanceTest, V01_FirstReportCreatesVersion1WithoutDelta) {
   ShadowDocument d;
   UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"a":1}}})");

@@ -74,6 +74,12 @@ class ShadowDocument {
   }
   int64_t last_seen_ms() const { return last_seen_ms_; }
 
+  // The thing model the shadow's writes are validated against, as "modelId@version" (spec:
+  // "the shadow records modelId@version"); shown as metadata.model. Set before an update so
+  // the update's document carries it. Empty: none.
+  void SetModel(std::string model_ref);
+  const std::string& model() const { return model_; }
+
   bool exists() const { return exists_; }
   int64_t version() const { return version_; }
   const Value& desired() const { return desired_; }
@@ -115,6 +121,7 @@ class ShadowDocument {
   std::deque<Token> tokens_;
   int presence_ = -1;  // -1: never reported, 0: disconnected, 1: connected
   int64_t last_seen_ms_ = 0;
+  std::string model_;
 
   void RebuildDocumentJson();
 };
