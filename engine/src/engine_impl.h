@@ -195,7 +195,6 @@ class Engine::Impl final : public Ingest,
                         const std::string* documents, Delivery* hold);
   std::vector<HttpRoute> ShadowRoutes();
   HttpResponse ShadowApiCall(std::string topic, std::string thing, std::string body);
-  // Sends a dead letter for `m` (or a record); holds `d` until it is durable.
   // A status message on `shadows.presence.from`: records the device connected or disconnected
   // in its shadow (durably, holding the message until then) and announces changes. False when
   // the message was dead-lettered instead (not a presence payload, store error).
@@ -205,7 +204,7 @@ class Engine::Impl final : public Ingest,
   bool CheckEvent(Message& m);
   // The model a thing is bound to (the first whose match fits), or null.
   const shadow::ThingModel* BoundModel(std::string_view thing) const;
-  static std::string ModelRef(const shadow::ThingModel& model);  // "modelId@version"
+  // Sends a dead letter for `m` (or a record); holds `d` until it is durable.
   void DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
                   std::string_view rule, const std::string* source, std::string_view topic,
                   std::string_view device, std::string_view payload, int attempts, int64_t ts);
@@ -284,10 +283,10 @@ class Engine::Impl final : public Ingest,
   Counter* shadow_rejected_ = nullptr;
   Counter* shadow_unchanged_ = nullptr;
   Counter* shadow_store_failures_ = nullptr;
-  Counter* model_failures_ = nullptr;
-  Counter* presence_connected_ = nullptr;     // presence reports by what they said
+  Counter* model_failures_ = nullptr;  // properties and event posts refused by a thing model
+  Counter* presence_connected_ = nullptr;  // presence reports by what they said
   Counter* presence_disconnected_ = nullptr;
-  Counter* presence_invalid_ = nullptr;  // properties refused by a thing model
+  Counter* presence_invalid_ = nullptr;
 
   // SSE watchers of shadows (GET .../shadow/watch): events are queued here after the write is
   // durable and written by the watcher's HTTP thread.

@@ -461,10 +461,6 @@ const shadow::ThingModel* Engine::Impl::BoundModel(std::string_view thing) const
   return nullptr;
 }
 
-std::string Engine::Impl::ModelRef(const shadow::ThingModel& model) {
-  return model.version().empty() ? model.id() : model.id() + "@" + model.version();
-}
-
 std::variant<std::string, shadow::ShadowError> Engine::Impl::ApplyModel(std::string_view thing,
                                                                         std::string request,
                                                                         std::string* failed) {
@@ -503,7 +499,7 @@ std::variant<std::string, shadow::ShadowError> Engine::Impl::ApplyModel(std::str
     return request;
   }
   model_failures_->Inc(all.size());
-  std::string model_name = model->id() + (model->version().empty() ? "" : "@" + model->version());
+  const std::string& model_name = model->ref();
   bool nothing_left = true;  // weak mode with every property refused: nothing to write
   for (const char* key : {"reported", "desired"}) {
     const shadow::Value* patch = state->Find(key);
@@ -574,7 +570,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
       return;
     }
     if (const shadow::ThingModel* model = BoundModel(op.thing)) {
-      d.SetModel(ModelRef(*model));
+      d.SetModel(model->ref());
     }
     auto r = d.Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
@@ -725,7 +721,7 @@ bool Engine::Impl::CheckEvent(Message& m) {
     return true;  // not a modelled thing: an ordinary message
   }
   std::string_view identifier = std::string_view(m.topic).substr(m.topic.rfind('/') + 1);
-  std::string model_ref = ModelRef(*model);
+  const std::string& model_ref = model->ref();
   std::vector<shadow::ModelProblem> problems;
   if (model->mode() != shadow::ValidationMode::kOff) {
     auto params = shadow::Value::Parse(m.payload);
@@ -750,7 +746,7 @@ bool Engine::Impl::CheckEvent(Message& m) {
   if (const std::string* type = model->EventType(identifier)) {
     m.headers.emplace_back("gnomon-event-type", *type);
   }
-  m.headers.emplace_back("gnomon-model", std::move(model_ref));
+  m.headers.emplace_back("gnomon-model", model_ref);
   return true;
 }
 
@@ -825,7 +821,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
                                 err->Json(now_s)));
     }
     if (const shadow::ThingModel* model = BoundModel(e.thing)) {
-      doc->SetModel(ModelRef(*model));
+      doc->SetModel(model->ref());
     }
     auto r = doc->Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {

@@ -270,14 +270,21 @@ void ShadowDocument::RebuildDocumentJson() {
   pair(desired_json_, reported_json_);
   out += "},\"metadata\":{";
   pair(meta_desired_json_, meta_reported_json_);
+  bool more = !meta_desired_json_.empty() || !meta_reported_json_.empty();
+  auto member = [&](std::string_view key) {
+    out += more ? ",\"" : "\"";
+    out += key;
+    out += "\":";
+    more = true;
+  };
   if (presence_ >= 0) {
-    out += meta_desired_json_.empty() && meta_reported_json_.empty() ? "" : ",";
-    out += presence_ == 1 ? "\"connected\":true,\"lastSeen\":" : "\"connected\":false,\"lastSeen\":";
+    member("connected");
+    out += presence_ == 1 ? "true" : "false";
+    member("lastSeen");
     json::AppendInt(out, last_seen_ms_);
   }
   if (!model_.empty()) {
-    out += meta_desired_json_.empty() && meta_reported_json_.empty() && presence_ < 0 ? "" : ",";
-    out += "\"model\":";
+    member("model");
     json::AppendQuoted(out, model_);
   }
   out += "},\"version\":";
@@ -289,11 +296,11 @@ void ShadowDocument::RebuildDocumentJson() {
 
 std::string ShadowDocument::DocumentJson() const { return doc_json_; }
 
-void ShadowDocument::SetModel(std::string model_ref) {
+void ShadowDocument::SetModel(const std::string& model_ref) {
   if (model_ref == model_) {
-    return;
+    return;  // the usual case: no copy, no rebuild
   }
-  model_ = std::move(model_ref);
+  model_ = model_ref;
   if (exists_) {
     RebuildDocumentJson();
   }
@@ -776,6 +783,5 @@ std::optional<bool> ParsePresence(std::string_view payload) {
   }
   return std::nullopt;
 }
-
 
 }  // namespace gnomon::shadow

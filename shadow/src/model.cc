@@ -445,6 +445,7 @@ struct Event {
 
 struct ThingModel::Impl {
   std::string id, version, device_prefix, topic;
+  std::string ref;  // id@version (id alone without a version)
   ValidationMode mode = ValidationMode::kStrict;
   std::vector<Property> properties;
   std::vector<Event> events;
@@ -559,11 +560,13 @@ Result<std::shared_ptr<const ThingModel>> ThingModel::Parse(std::string_view jso
     }
     return InvalidArgument(all);
   }
+  im.ref = im.version.empty() ? im.id : im.id + "@" + im.version;
   return std::shared_ptr<const ThingModel>(std::move(m));
 }
 
 const std::string& ThingModel::id() const { return impl_->id; }
 const std::string& ThingModel::version() const { return impl_->version; }
+const std::string& ThingModel::ref() const { return impl_->ref; }
 ValidationMode ThingModel::mode() const { return impl_->mode; }
 const std::string& ThingModel::device_prefix() const { return impl_->device_prefix; }
 const std::string& ThingModel::topic() const { return impl_->topic; }
@@ -639,7 +642,7 @@ std::string ThingModel::JsonSchema() const {
   std::string out;
   json::ObjectWriter w(out);
   w.Field("$schema", "https://json-schema.org/draft/2020-12/schema")
-      .Field("$id", "gnomon:model:" + impl_->id + (impl_->version.empty() ? "" : "@" + impl_->version))
+      .Field("$id", "gnomon:model:" + impl_->ref)
       .Field("title", impl_->id)
       .Field("type", "object")
       .FieldRaw("properties", props)

@@ -121,7 +121,7 @@ class KafkaSink final : public Sink {
         continue;
       }
       rd_kafka_headers_destroy(headers);
-      NoteTopicError(topic, err);
+      NoteTopicError(topic.c_str(), err);
       Finish(r, InvalidArgument(fmt::format("kafka produce to {}: {}", topic, rd_kafka_err2str(err))));
       return;
     }
@@ -233,9 +233,6 @@ class KafkaSink final : public Sink {
       std::lock_guard lock(failed_mu_);
       failed_topics_.insert(topic);
     }
-  }
-  void NoteTopicError(const std::string& topic, rd_kafka_resp_err_t err) {
-    NoteTopicError(topic.c_str(), err);
   }
 
   void RefreshFailedTopics() {

@@ -77,7 +77,7 @@ class ShadowDocument {
   // The thing model the shadow's writes are validated against, as "modelId@version" (spec:
   // "the shadow records modelId@version"); shown as metadata.model. Set before an update so
   // the update's document carries it. Empty: none.
-  void SetModel(std::string model_ref);
+  void SetModel(const std::string& model_ref);
   const std::string& model() const { return model_; }
 
   bool exists() const { return exists_; }

@@ -34,6 +34,7 @@ class ThingModel {
 
   const std::string& id() const;       // modelId
   const std::string& version() const;  // version
+  const std::string& ref() const;      // "modelId@version" (modelId alone without a version)
   ValidationMode mode() const;
   // match.devicePrefix (empty: every thing) and match.topic (empty: none).
   const std::string& device_prefix() const;
