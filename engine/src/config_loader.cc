@@ -321,6 +321,12 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       errors.Add(ev->Get("from"), "events.from", fmt::format("not a topic filter: {}", st.message()));
     }
   }
+  if (const ConfigValue* sv = app.root.Get("services")) {
+    app.services.ttl_ms = sv->GetInt("ttl_ms", app.services.ttl_ms);
+    app.services.keep_ms = sv->GetInt("keep_ms", app.services.keep_ms);
+    app.services.max_queued =
+        static_cast<size_t>(sv->GetInt("max_queued", static_cast<int64_t>(app.services.max_queued)));
+  }
   app.watch_rules = app.root.GetBool("watch_rules", true);
   for (const auto& dir : app.root.GetStrings("rule_libs")) {
     std::string resolved = ResolvePath(app.base_dir, dir);

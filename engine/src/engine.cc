@@ -137,7 +137,7 @@ Status Engine::Impl::Init() {
                                  {{"worker", std::to_string(i)}});
     workers_.push_back(std::move(w));
   }
-  return {};
+  return InitServices();
 }
 
 Status Engine::Impl::CreateSink(const Entry& e) {
@@ -185,6 +185,9 @@ Status Engine::Impl::Start() {
     workers_[i]->thread = std::jthread([this, i] { RunWorker(i); });
   }
   watchdog_ = std::jthread([this](std::stop_token st) { Watchdog(st); });
+  if (services_enabled()) {
+    service_timer_ = std::jthread([this](std::stop_token st) { ServiceTimer(st); });
+  }
   accepting_ = true;
   started_ = true;
   for (size_t i = 0; i < sources_.size(); ++i) {
@@ -236,6 +239,10 @@ void Engine::Impl::Stop() {
   if (watcher_.joinable()) {
     watcher_.request_stop();
     watcher_.join();
+  }
+  if (service_timer_.joinable()) {
+    service_timer_.request_stop();
+    service_timer_.join();
   }
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.shutdown_timeout_ms);
@@ -440,10 +447,17 @@ void Engine::Impl::RunWorker(size_t index) {
                      {{"worker", std::to_string(index)}, {"error", rt.status().message()}});
         }
       }
-      if (m.kind == MessageKind::kData) {
-        Process(w, m, matches, result);
-      } else {
-        HandleShadowRequest(w, m);
+      switch (m.kind) {
+        case MessageKind::kData:
+          Process(w, m, matches, result);
+          break;
+        case MessageKind::kServiceInvoke:
+        case MessageKind::kServiceStatus:
+        case MessageKind::kServiceTimer:
+          HandleService(w, m);
+          break;
+        default:
+          HandleShadowRequest(w, m);
       }
     }
     batch.clear();
@@ -466,9 +480,13 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     m.delivery->Release();  // refused by the thing's model: dead-lettered
     return;
   }
+  bool reply = !service_reply_filter_.empty() && TopicMatches(service_reply_filter_, m.topic);
+  if (reply && !HandleServiceReply(w, m)) {
+    return;  // dead-lettered, or handed to the thing's owner
+  }
   matches.clear();
   set.Match(m.topic, matches);
-  if (matches.empty() && !presence) {
+  if (matches.empty() && !presence && !reply) {
     unmatched_->Inc();
     m.delivery->Mark(Delivery::kUnmatched);
   }
@@ -542,6 +560,25 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
   }
   for (rules::Effect& e : result.effects) {
     if (e.kind == rules::Effect::Kind::kShadowUpdate) {
+      continue;
+    }
+    if (e.kind == rules::Effect::Kind::kInvoke) {
+      // To the thing's owner, which makes the call; held until the call is durable.
+      Message im;
+      im.kind = MessageKind::kServiceInvoke;
+      im.device = std::move(e.thing);
+      im.topic = std::move(e.topic);
+      im.payload = std::move(e.payload);
+      im.key = std::move(e.key);
+      im.headers = {{"gnomon-rule", rule.name}, {"gnomon-source-topic", m.topic}};
+      im.source = m.source;
+      im.ts_ms = m.ts_ms;
+      im.delivery = m.delivery;
+      m.delivery->Hold();
+      if (!workers_[OwnerOf(im.device)]->queue.PushForce(std::move(im))) {
+        m.delivery->Mark(Delivery::kAbandoned);
+        m.delivery->Release();
+      }
       continue;
     }
     SinkEntry* target = e.kind == rules::Effect::Kind::kEmit ? &sinks_[e.sink] : publish_sink_;
@@ -953,6 +990,9 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
   };
   std::vector<HttpRoute> routes;
   for (HttpRoute& r : ShadowRoutes()) {
+    routes.push_back({r.method, r.pattern, guard(std::move(r.handler))});
+  }
+  for (HttpRoute& r : ServiceRoutes()) {
     routes.push_back({r.method, r.pattern, guard(std::move(r.handler))});
   }
   for (const SourceRoute& sr : source_routes_) {

@@ -72,6 +72,33 @@ struct SinkEntry {
   Gauge* queue_depth;
 };
 
+// A thing-model service call (spec/thing-model.md#services), kept by the owner of its thing:
+// QUEUED → SENT → SUCCEEDED | FAILED | TIMEOUT | EXPIRED. See services.cc.
+struct ServiceCall {
+  std::string id, thing, service;
+  std::string params;  // JSON object
+  std::string model;   // modelId@version
+  std::string rule;    // the rule that made the call ("": REST)
+  std::string state = "QUEUED";
+  bool sync = false;
+  bool in_flight = false;  // the request is with the sink, not yet acknowledged by the broker
+  int64_t timeout_ms = 0;
+  int64_t created_ms = 0, expires_ms = 0, sent_ms = 0, finished_ms = 0;
+  bool has_code = false;
+  int64_t code = 0;           // the device's reply code
+  std::string data;           // the reply's data (JSON), "" when none
+  std::string error, message;  // why it did not succeed
+  std::string details;         // problems (JSON array): strict refusals, weak checkFailedData
+  std::function<void(int, std::string)> waiter;  // a sync REST caller (not stored)
+
+  bool finished() const { return state != "QUEUED" && state != "SENT"; }
+  // The status document (GET .../calls/{id}, invoke answers).
+  std::string Json() const;
+  // The stored form (the status document with what a restart needs).
+  std::string Stored() const;
+  static Result<ServiceCall> FromStored(std::string_view stored);
+};
+
 class Engine::Impl final : public Ingest,
                            public DeliveryReporter,
                            public DeliveryObserver,
@@ -133,6 +160,11 @@ class Engine::Impl final : public Ingest,
       std::string ops;  // RFC 6902, JSON array
     };
     std::unordered_map<std::string, std::deque<Change>> history;
+    // Service calls of the things this worker owns, in the order they were made (seq).
+    std::map<uint64_t, ServiceCall> calls;
+    std::unordered_map<std::string, uint64_t> call_seq;       // id → seq
+    std::unordered_map<std::string, size_t> unfinished;       // thing → its unfinished calls
+    std::atomic<size_t> live_calls{0};  // calls held (the timer ticks workers with some)
     std::unique_ptr<shadow::ShadowStore::Reader> shadow_reader;  // committed state of others
     std::unique_ptr<rules::ShadowReader> rule_shadows;          // what ctx.shadow reads
   };
@@ -202,6 +234,36 @@ class Engine::Impl final : public Ingest,
   // An event post from a thing bound to a model (`events.from`): validated against the model's
   // event and labelled with headers for the rules. False when it was dead-lettered.
   bool CheckEvent(Message& m);
+  // Service calls (services.cc).
+  Status InitServices();
+  void HandleService(Worker& w, Message& m);
+  // A device's reply on {prefix}/{thing}/services/{service}/reply: finishes its call (durably,
+  // holding the message until then). False when it was dead-lettered instead.
+  bool HandleServiceReply(Worker& w, Message& m);
+  void InvokeService(Worker& w, Message& m);
+  // Sends the queued calls of `thing` that are not with the sink, in order, unless presence
+  // says the device is offline.
+  void SendQueuedCalls(Worker& w, const std::string& thing);
+  void SendCall(ServiceCall& c);
+  // Moves `c` to a final state, stores it and answers a waiting caller.
+  void FinishCall(Worker& w, ServiceCall& c, std::string state, Delivery* hold);
+  void StoreCall(const ServiceCall& c, shadow::ShadowStore::Done done);
+  void ServiceTick(Worker& w);
+  void ServiceTimer(std::stop_token st);
+  std::optional<bool> Presence(Worker& w, const std::string& thing);
+  HttpResponse ServiceApiCall(Message m, int64_t wait_ms);
+  std::vector<HttpRoute> ServiceRoutes();
+  bool services_enabled() const { return shadow_store_ != nullptr && !config_.models.empty(); }
+  std::string service_reply_filter_;  // {prefix}/+/services/+/reply
+  std::string service_request_prefix_;
+  std::atomic<uint64_t> next_call_seq_{1};
+  std::jthread service_timer_;
+  std::unique_ptr<DeliveryObserver> service_sent_;  // turns request publishes into messages
+  Counter* calls_made_ = nullptr;
+  std::map<std::string, Counter*, std::less<>> calls_finished_;  // by final state, made at init
+  Counter* service_refused_ = nullptr;
+  Counter* late_replies_ = nullptr;
+
   // The model a thing is bound to (the first whose match fits), or null.
   const shadow::ThingModel* BoundModel(std::string_view thing) const;
   // Sends a dead letter for `m` (or a record); holds `d` until it is durable.

@@ -88,7 +88,10 @@ class ShadowIngest final : public Ingest {
  public:
   explicit ShadowIngest(Ingest& engine) : engine_(engine) {}
   bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override {
-    m.kind = MessageKind::kShadowMqtt;
+    // Service replies are data (they reach rules too); the rest are shadow requests.
+    bool reply = m.topic.size() > 6 && m.topic.compare(m.topic.size() - 6, 6, "/reply") == 0 &&
+                 m.topic.find("/services/") != std::string::npos;
+    m.kind = reply ? MessageKind::kData : MessageKind::kShadowMqtt;
     return engine_.Submit(std::move(m), std::move(ack));
   }
   void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
@@ -155,6 +158,9 @@ Status Engine::Impl::InitShadows() {
       topics.AddItem(ConfigValue::Scalar(fmt::format("{}/+/shadow/{}", sc.topic_prefix, op)));
       topics.AddItem(
           ConfigValue::Scalar(fmt::format("{}/+/shadow/name/+/{}", sc.topic_prefix, op)));
+    }
+    if (!config_.models.empty()) {
+      topics.AddItem(ConfigValue::Scalar(fmt::format("{}/+/services/+/reply", sc.topic_prefix)));
     }
     src.AddField("topics", std::move(topics));
     src.AddField("qos", ConfigValue::Scalar("1"));
@@ -321,7 +327,7 @@ void Engine::Impl::Answer(ShadowReplyTo to, int status, std::string body,
                    to.payload, 1, clock_.NowMs());
       }
       break;
-    case MessageKind::kData:
+    default:
       break;
   }
   to.delivery->Release();
@@ -712,6 +718,9 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
         }
         hold->Release();
       });
+  if (changed && *connected && services_enabled()) {
+    SendQueuedCalls(w, m.device);  // calls kept while it was away, in the order they were made
+  }
   return true;
 }
 

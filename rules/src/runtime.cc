@@ -6,6 +6,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "gnomon/core/id.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
@@ -190,6 +191,10 @@ Result<int> CtxPublish(lua_State* L) {
   return 0;
 }
 
+// ctx.invoke(thing, service [, params]) -> the call id. The call is made (stored, then sent to
+// the device) when handle returns, by the engine; refusals dead-letter the message.
+Result<int> CtxInvoke(lua_State* L);
+
 // Shadow names and things as spec/shadow.md allows them.
 Status CheckShadowId(std::string_view v, size_t max, const char* what) {
   if (v.empty() || v.size() > max) {
@@ -220,6 +225,41 @@ Status CheckShadowArgs(lua_State* L, std::string_view& thing, std::string_view& 
     GNOMON_RETURN_IF_ERROR(CheckShadowId(name, 64, fn));
   }
   return CheckShadowId(thing, 128, fn);
+}
+
+Result<int> CtxInvoke(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.invoke"));
+  if (lua_type(L, 1) != LUA_TSTRING) {
+    return InvalidArgument("ctx.invoke: the first argument must be a thing name");
+  }
+  if (lua_type(L, 2) != LUA_TSTRING) {
+    return InvalidArgument("ctx.invoke: the second argument must be a service identifier");
+  }
+  Effect e;
+  e.kind = Effect::Kind::kInvoke;
+  size_t len = 0;
+  const char* p = lua_tolstring(L, 1, &len);
+  e.thing.assign(p, len);
+  GNOMON_RETURN_IF_ERROR(CheckShadowId(e.thing, 128, "ctx.invoke: the thing"));
+  p = lua_tolstring(L, 2, &len);
+  e.topic.assign(p, len);
+  if (e.topic.empty() || e.topic.size() > 128 || e.topic.find('/') != std::string::npos ||
+      e.topic.find('+') != std::string::npos || e.topic.find('#') != std::string::npos) {
+    return InvalidArgument(fmt::format("ctx.invoke: '{}' is not a service identifier",
+                                       e.topic.substr(0, 64)));
+  }
+  if (lua_isnoneornil(L, 3)) {
+    e.payload = "{}";
+  } else if (lua_type(L, 3) == LUA_TTABLE) {
+    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 3, &s->json, e.payload, "params"));
+  } else {
+    return InvalidArgument("ctx.invoke: params must be a table");
+  }
+  e.key = NewId();
+  lua_pushlstring(L, e.key.data(), e.key.size());
+  s->result->effects.push_back(std::move(e));
+  return 1;
 }
 
 // __shadow_read(thing, name) -> the document (with delta) as tables, or nil.
@@ -538,6 +578,8 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   lua_setfield(L, -2, "fail");
   PushStateClosure(L, s, LuaThunk<CtxNow>);
   lua_setfield(L, -2, "now");
+  PushStateClosure(L, s, LuaThunk<CtxInvoke>);
+  lua_setfield(L, -2, "invoke");
   lua_createtable(L, 0, 4);
   PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kDebug>>);
   lua_setfield(L, -2, "debug");

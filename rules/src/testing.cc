@@ -295,7 +295,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   } else {
     inputs.push_back(input);
   }
-  Buckets emits, publishes;
+  Buckets emits, publishes, invokes;
   bool dropped = false;
   std::string failed;
   const RuleInfo& info = rule.set->rules()[0];
@@ -379,6 +379,10 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
         emits[(*rt)->sink_name(eff.sink)].push_back(record);
       } else if (eff.kind == Effect::Kind::kPublish) {
         publishes[eff.topic].push_back(record);
+      } else if (eff.kind == Effect::Kind::kInvoke) {
+        std::string call;
+        json::ObjectWriter(call).Field("service", eff.topic).FieldRaw("params", eff.payload).Close();
+        invokes[eff.thing].push_back(std::move(call));
       }
     }
   }
@@ -395,9 +399,9 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   }
   for (auto f : simdjson::dom::object(expect)) {
     if (f.key != "emit" && f.key != "publish" && f.key != "drop" && f.key != "fail" &&
-        f.key != "shadow") {
-      return fail(fmt::format("unknown expect field '{}' (known: emit, publish, shadow, drop, fail)",
-                              f.key));
+        f.key != "shadow" && f.key != "invoke") {
+      return fail(fmt::format(
+          "unknown expect field '{}' (known: emit, publish, shadow, invoke, drop, fail)", f.key));
     }
   }
   if (want_fail) {
@@ -419,6 +423,9 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
     return fail(why);
   }
   if (expect["publish"].get(e) == simdjson::SUCCESS && !MatchBuckets(e, publishes, "publish", why)) {
+    return fail(why);
+  }
+  if (expect["invoke"].get(e) == simdjson::SUCCESS && !MatchBuckets(e, invokes, "invoke", why)) {
     return fail(why);
   }
   if (expect["shadow"].get(e) == simdjson::SUCCESS) {

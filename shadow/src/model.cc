@@ -443,12 +443,27 @@ struct Event {
   DataType params;            // a struct of the outputData
 };
 
+struct ServiceDef {
+  ServiceInfo info;
+  DataType input, output;  // structs of inputData and outputData
+};
+
 struct ThingModel::Impl {
   std::string id, version, device_prefix, topic;
   std::string ref;  // id@version (id alone without a version)
   ValidationMode mode = ValidationMode::kStrict;
   std::vector<Property> properties;
   std::vector<Event> events;
+  std::vector<ServiceDef> services;
+
+  const ServiceDef* FindService(std::string_view id) const {
+    for (const ServiceDef& s : services) {
+      if (s.info.id == id) {
+        return &s;
+      }
+    }
+    return nullptr;
+  }
 };
 
 ThingModel::ThingModel() : impl_(std::make_unique<Impl>()) {}
@@ -552,6 +567,42 @@ Result<std::shared_ptr<const ThingModel>> ThingModel::Parse(std::string_view jso
   }
   if (const Value* l = v->Find("services"); l != nullptr && !l->is_array()) {
     c.Add("services", "must be an array");
+  } else if (l != nullptr) {
+    std::set<std::string> seen;
+    for (size_t i = 0; i < l->items().size(); ++i) {
+      const Value& e = l->items()[i];
+      std::string path = fmt::format("services[{}]", i);
+      ServiceDef sv;
+      sv.input.type = sv.output.type = Type::kStruct;
+      sv.info.id = ParseIdentifier(e, path, seen, c);
+      if (const Value* ct = e.Find("callType")) {
+        std::string t = ct->kind() == Value::Kind::kString ? ct->as_string() : "?";
+        if (t != "sync" && t != "async") {
+          c.Add(path + ".callType", "must be sync or async");
+        }
+        sv.info.sync = t == "sync";
+      }
+      if (const Value* to = e.Find("timeoutMs")) {
+        auto n = Number(to);
+        if (!n || *n != std::floor(*n) || *n < 1 || *n > kMaxServiceTimeoutMs) {
+          c.Add(path + ".timeoutMs",
+                fmt::format("must be an integer from 1 to {} (ms)", kMaxServiceTimeoutMs));
+        } else {
+          sv.info.timeout_ms = static_cast<int64_t>(*n);
+        }
+      }
+      for (auto [key, target] : {std::pair{"inputData", &sv.input.fields},
+                                 std::pair{"outputData", &sv.output.fields}}) {
+        if (const Value* f = e.Find(key)) {
+          if (!f->is_array()) {
+            c.Add(path + "." + key, "must be an array of { identifier, dataType }");
+          } else {
+            ParseFields(*f, path + "." + key, c, 0, *target);
+          }
+        }
+      }
+      im.services.push_back(std::move(sv));
+    }
   }
   if (!c.problems.empty()) {
     std::string all;
@@ -627,6 +678,26 @@ std::vector<ModelProblem> ThingModel::ValidateEvent(std::string_view identifier,
   }
   out.push_back({"", "TM_UNKNOWN_IDENTIFIER",
                  fmt::format("{} is not an event of {}", identifier, impl_->id)});
+  return out;
+}
+
+const ServiceInfo* ThingModel::Service(std::string_view identifier) const {
+  const ServiceDef* s = impl_->FindService(identifier);
+  return s != nullptr ? &s->info : nullptr;
+}
+
+std::vector<ModelProblem> ThingModel::ValidateService(std::string_view identifier,
+                                                      const Value& data, bool output) const {
+  std::vector<ModelProblem> out;
+  const ServiceDef* s = impl_->FindService(identifier);
+  if (s == nullptr) {
+    out.push_back({"", "TM_UNKNOWN_IDENTIFIER",
+                   fmt::format("{} is not a service of {}", identifier, impl_->id)});
+    return out;
+  }
+  if (impl_->mode != ValidationMode::kOff) {
+    Check(data, output ? s->output : s->input, "", out);
+  }
   return out;
 }
 

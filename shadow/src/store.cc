@@ -23,7 +23,14 @@ constexpr const char* kSchema =
     "  name TEXT NOT NULL,"
     "  present INTEGER NOT NULL,"
     "  stored TEXT NOT NULL,"
-    "  UNIQUE (thing, name))";
+    "  UNIQUE (thing, name));"
+    // Thing-model service calls that are not finished or still kept for status queries,
+    // in the order they were made (seq).
+    "CREATE TABLE IF NOT EXISTS service_calls ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  thing TEXT NOT NULL,"
+    "  stored TEXT NOT NULL)";
 
 Status SqlError(sqlite3* db, std::string_view what) {
   return Unavailable(fmt::format("shadow store: {}: {}", what, sqlite3_errmsg(db)));
@@ -88,6 +95,7 @@ class SqliteReader final : public ShadowStore::Reader {
     load_.Reset();
     names_.Reset();
     things_.Reset();
+    calls_.Reset();
     sqlite3_close(db_);
   }
 
@@ -102,7 +110,24 @@ class SqliteReader final : public ShadowStore::Reader {
                                    "thing > ?1 AND substr(thing, 1, length(?2)) = ?2 "
                                    "ORDER BY thing LIMIT ?3",
                                    things_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "SELECT thing, stored FROM service_calls ORDER BY seq", calls_));
     return {};
+  }
+
+  Result<std::vector<std::pair<std::string, std::string>>> Calls() override {
+    sqlite3_stmt* s = calls_.s;
+    sqlite3_reset(s);
+    std::vector<std::pair<std::string, std::string>> out;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      out.emplace_back(Column(s, 0), Column(s, 1));
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "calls");
+    }
+    return out;
   }
 
   Result<std::optional<std::string>> Load(std::string_view thing, std::string_view name) override {
@@ -154,7 +179,7 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   sqlite3* db_ = nullptr;
-  Stmt load_, names_, things_;
+  Stmt load_, names_, things_, calls_;
 };
 
 }  // namespace
@@ -165,6 +190,7 @@ class ShadowStore::Impl {
     std::string thing, name, stored;
     Done done;
     bool barrier = false;  // no write: only `done`, in order
+    bool call = false;     // a service call: `name` is its id; empty `stored` deletes it
   };
 
   ~Impl() {
@@ -177,6 +203,8 @@ class ShadowStore::Impl {
       writer_.join();
     }
     upsert_.Reset();
+    call_upsert_.Reset();
+    call_delete_.Reset();
     sqlite3_close(db_);
   }
 
@@ -192,6 +220,13 @@ class ShadowStore::Impl {
                                    "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (thing, name) DO UPDATE "
                                    "SET present = excluded.present, stored = excluded.stored",
                                    upsert_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "INSERT INTO service_calls (id, thing, stored) VALUES "
+                                   "(?1, ?2, ?3) ON CONFLICT (id) DO UPDATE SET stored = "
+                                   "excluded.stored",
+                                   call_upsert_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "DELETE FROM service_calls WHERE id = ?1", call_delete_));
     writer_ = std::thread([this] { Run(); });
     return {};
   }
@@ -246,7 +281,8 @@ class ShadowStore::Impl {
       keys.reserve(batch.size());
       last.clear();
       for (size_t i = 0; i < batch.size(); ++i) {
-        keys.push_back(batch[i].thing + '\0' + batch[i].name);
+        keys.push_back(batch[i].call ? '\1' + batch[i].name
+                                     : batch[i].thing + '\0' + batch[i].name);
       }
       for (size_t i = 0; i < batch.size(); ++i) {
         if (!batch[i].barrier) {
@@ -280,6 +316,10 @@ class ShadowStore::Impl {
     sqlite3_stmt* s = upsert_.s;
     for (const auto& [key, i] : last) {
       const Pending& p = batch[i];
+      if (p.call) {
+        GNOMON_RETURN_IF_ERROR(WriteCall(p));
+        continue;
+      }
       sqlite3_reset(s);
       Bind(s, 1, p.thing);
       Bind(s, 2, p.name);
@@ -302,9 +342,28 @@ class ShadowStore::Impl {
     return st;
   }
 
+  // Inside Commit's transaction; rolls it back on failure.
+  Status WriteCall(const Pending& p) {
+    sqlite3_stmt* s = p.stored.empty() ? call_delete_.s : call_upsert_.s;
+    sqlite3_reset(s);
+    Bind(s, 1, p.name);
+    if (!p.stored.empty()) {
+      Bind(s, 2, p.thing);
+      Bind(s, 3, p.stored);
+    }
+    if (sqlite3_step(s) != SQLITE_DONE) {
+      Status err = SqlError(db_, "service call");
+      sqlite3_reset(s);
+      (void)Exec(db_, "ROLLBACK").ok();
+      return err;
+    }
+    sqlite3_reset(s);
+    return {};
+  }
+
   StoreOptions options_;
   sqlite3* db_ = nullptr;
-  Stmt upsert_;
+  Stmt upsert_, call_upsert_, call_delete_;
   mutable std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<Pending> queue_;       // GUARDED_BY(mu_)
@@ -326,6 +385,12 @@ Result<std::unique_ptr<ShadowStore>> ShadowStore::Open(StoreOptions options) {
 
 void ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done) {
   impl_->Write({std::move(thing), std::move(name), std::move(stored), std::move(done)});
+}
+
+void ShadowStore::WriteCall(std::string thing, std::string id, std::string stored, Done done) {
+  Impl::Pending p{std::move(thing), std::move(id), std::move(stored), std::move(done)};
+  p.call = true;
+  impl_->Write(std::move(p));
 }
 
 void ShadowStore::After(Done done) {

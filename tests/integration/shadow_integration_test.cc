@@ -624,3 +624,328 @@ TEST_F(ShadowIntegrationTest, ThingModelEventsAreValidatedAndReachRulesWithTheir
 
 }  // namespace
 }  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+// A device on the broker answering its service requests: `answer(service, request)` returns
+// the reply's payload, or "" for none. Requests are kept in arrival order.
+class ServiceDevice {
+ public:
+  using Answer = std::function<std::string(const std::string& service, const std::string& id,
+                                           const std::string& request)>;
+  ServiceDevice(int port, const std::string& thing, Answer answer)
+      : client_(port, thing + "-device"), thing_(thing), answer_(std::move(answer)) {
+    client_.Subscribe("$aws/things/" + thing + "/services/+/request");
+    thread_ = std::jthread([this](std::stop_token st) { Run(st); });
+  }
+  std::vector<std::string> requests() {
+    std::lock_guard lock(mu_);
+    return requests_;
+  }
+  Client& client() { return client_; }
+
+ private:
+  void Run(std::stop_token st) {
+    size_t seen = 0;
+    while (!st.stop_requested()) {
+      auto got = client_.received();
+      for (; seen < got.size(); ++seen) {
+        const auto& [topic, payload] = got[seen];
+        size_t s = topic.find("/services/") + 10;
+        std::string service = topic.substr(s, topic.rfind("/request") - s);
+        size_t i = payload.find("\"id\":\"") + 6;
+        std::string id = payload.substr(i, payload.find('"', i) - i);
+        {
+          std::lock_guard lock(mu_);
+          requests_.push_back(payload);
+        }
+        std::string reply = answer_(service, id, payload);
+        if (!reply.empty()) {
+          client_.Publish("$aws/things/" + thing_ + "/services/" + service + "/reply", reply);
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  Client client_;
+  std::string thing_;
+  Answer answer_;
+  std::mutex mu_;
+  std::vector<std::string> requests_;
+  std::jthread thread_;
+};
+
+std::string Field(const std::string& json, const std::string& key) {
+  size_t p = json.find("\"" + key + "\":");
+  if (p == std::string::npos) {
+    return "";
+  }
+  p += key.size() + 3;
+  if (json[p] == '"') {
+    return json.substr(p + 1, json.find('"', p + 1) - p - 1);
+  }
+  return json.substr(p, json.find_first_of(",}", p) - p);
+}
+
+class ServiceIntegrationTest : public ShadowIntegrationTest {
+ protected:
+  void SetUp() override {
+    ShadowIntegrationTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) {
+      return;
+    }
+    dir_.Write("models/th.json", R"({ "modelId": "acme:th", "version": "2",
+      "match": { "devicePrefix": "th-" }, "validation": "strict",
+      "properties": [ { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float" } } ],
+      "services": [
+        { "identifier": "reboot", "callType": "async", "timeoutMs": 3000,
+          "inputData": [ { "identifier": "delaySec", "required": false,
+                           "dataType": { "type": "int", "specs": { "min": 0, "max": 3600 } } } ],
+          "outputData": [ { "identifier": "ok", "dataType": { "type": "bool" } } ] },
+        { "identifier": "ping", "callType": "sync", "timeoutMs": 600,
+          "outputData": [ { "identifier": "ms", "dataType": { "type": "int" } } ] },
+        { "identifier": "silent", "callType": "async", "timeoutMs": 300 } ] })");
+    std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+    cfg.replace(cfg.find("topics: [\"devices/+/telemetry\"]"), 31,
+                "topics: [\"devices/+/telemetry\", \"devices/+/status\"]");
+    cfg.replace(cfg.find("shadows: { connection: broker }"), 31,
+                "shadows: { connection: broker, presence: { from: \"devices/+/status\" } }");
+    dir_.Write("gnomon.yaml", cfg + "models: [models/*.json]\nservices: { keep_ms: 600000 }\n");
+  }
+
+  // Waits until call `id` of `thing` is in `state`; returns its document.
+  std::string AwaitCall(const std::string& thing, const std::string& id, const std::string& state) {
+    std::string doc;
+    WaitFor([&] {
+      doc = Call("GET", "/v1/things/" + thing + "/services/calls/" + id).second;
+      return Field(doc, "state") == state;
+    }, std::chrono::milliseconds(15000));
+    return doc;
+  }
+};
+
+// Replies as the model says for reboot and ping; `silent` gets no answer; a reboot with
+// delaySec 13 answers with data the model refuses, 66 with a device error.
+std::string ModelDevice(const std::string& service, const std::string& id, const std::string& req) {
+  if (service == "ping") {
+    return R"({"id":")" + id + R"(","code":200,"data":{"ms":7}})";
+  }
+  if (service == "reboot") {
+    std::string delay = Field(req.substr(req.find("params")), "delaySec");
+    if (delay == "13") {
+      return R"({"id":")" + id + R"(","code":200,"data":{"ok":"yes"}})";
+    }
+    if (delay == "66") {
+      return R"({"id":")" + id + R"(","code":503,"data":{"reason":"busy"}})";
+    }
+    return R"({"id":")" + id + R"(","code":200,"data":{"ok":true}})";
+  }
+  return "";
+}
+
+TEST_F(ServiceIntegrationTest, CallsGoToTheDeviceOverMqttAndFollowTheirLifecycle) {
+  auto gnomon = StartGnomon();
+  ServiceDevice device(broker_.port(), "th-1", ModelDevice);
+
+  // sync: the caller waits for the device's reply.
+  auto [code, body] = Call("POST", "/v1/things/th-1/services/ping", "{}");
+  ASSERT_EQ(code, 200) << body << gnomon->Stderr();
+  EXPECT_EQ(Field(body, "state"), "SUCCEEDED") << body;
+  EXPECT_NE(body.find(R"("data":{"ms":7})"), std::string::npos) << body;
+  EXPECT_EQ(Field(body, "model"), "acme:th@2") << body;
+
+  // async: 202 with the id at once; the state moves on to SUCCEEDED.
+  std::tie(code, body) = Call("POST", "/v1/things/th-1/services/reboot", R"({"delaySec":5})");
+  ASSERT_EQ(code, 202) << body;
+  EXPECT_EQ(Field(body, "state"), "QUEUED") << body;
+  std::string id = Field(body, "id");
+  ASSERT_EQ(id.size(), 32u) << body;
+  std::string done = AwaitCall("th-1", id, "SUCCEEDED");
+  EXPECT_EQ(Field(done, "state"), "SUCCEEDED") << done;
+  EXPECT_NE(done.find(R"("data":{"ok":true})"), std::string::npos) << done;
+  EXPECT_NE(done.find(R"("params":{"delaySec":5})"), std::string::npos) << done;
+  EXPECT_NE(Field(done, "finishedAt"), "") << done;
+  // What the device got: the id, the service and the params.
+  ASSERT_TRUE(WaitFor([&] { return device.requests().size() == 2; }));
+  std::string req = device.requests()[1];
+  EXPECT_NE(req.find(R"("id":")" + id + "\""), std::string::npos) << req;
+  EXPECT_NE(req.find(R"("service":"reboot","params":{"delaySec":5})"), std::string::npos) << req;
+
+  // The device's output is validated (strict: FAILED with the problems); device errors fail.
+  std::tie(code, body) = Call("POST", "/v1/things/th-1/services/reboot", R"({"delaySec":13})");
+  ASSERT_EQ(code, 202) << body;
+  std::string bad = AwaitCall("th-1", Field(body, "id"), "FAILED");
+  EXPECT_EQ(Field(bad, "error"), "MODEL_VALIDATION") << bad;
+  EXPECT_NE(bad.find(R"("path":"/ok","error":"TM_TYPE_MISMATCH")"), std::string::npos) << bad;
+  std::tie(code, body) = Call("POST", "/v1/things/th-1/services/reboot", R"({"delaySec":66})");
+  std::string busy = AwaitCall("th-1", Field(body, "id"), "FAILED");
+  EXPECT_EQ(Field(busy, "error"), "TM_DEVICE_ERROR") << busy;
+  EXPECT_EQ(Field(busy, "code"), "503") << busy;
+
+  // No answer: TIMEOUT after the service's timeoutMs from SENT.
+  std::tie(code, body) = Call("POST", "/v1/things/th-1/services/silent");
+  ASSERT_EQ(code, 202) << body;
+  std::string silent = AwaitCall("th-1", Field(body, "id"), "TIMEOUT");
+  EXPECT_EQ(Field(silent, "error"), "TM_SERVICE_TIMEOUT") << silent;
+  EXPECT_NE(Field(silent, "sentAt"), "") << silent;
+
+  // Refused before anything is sent, each with its exact error.
+  auto error = [&](const std::string& path, const std::string& params) {
+    auto [c, b] = Call("POST", path, params);
+    return std::to_string(c) + " " + Field(b, "error");
+  };
+  EXPECT_EQ(error("/v1/things/th-1/services/reboot", R"({"delaySec":99999})"), "400 MODEL_VALIDATION");
+  EXPECT_NE(Call("POST", "/v1/things/th-1/services/reboot", R"({"delaySec":99999})").second.find(
+                R"("path":"/delaySec","error":"TM_OUT_OF_RANGE")"),
+            std::string::npos);
+  EXPECT_EQ(error("/v1/things/th-1/services/reboot", R"({"force":true})"), "400 MODEL_VALIDATION");
+  EXPECT_EQ(error("/v1/things/th-1/services/reboot", "[1]"), "400 TM_TYPE_MISMATCH");
+  EXPECT_EQ(error("/v1/things/th-1/services/reboot", "{\"delaySec\":"), "400 INVALID_JSON");
+  EXPECT_EQ(error("/v1/things/th-1/services/explode", "{}"), "404 TM_UNKNOWN_IDENTIFIER");
+  EXPECT_EQ(error("/v1/things/xx-1/services/reboot", "{}"), "404 TM_MODEL_NOT_FOUND");
+  EXPECT_EQ(error("/v1/things/th%2B1/services/reboot", "{}"), "400 INVALID_THING_NAME");
+  EXPECT_EQ(error("/v1/things/th-1/services/reboot?ttlMs=soon", "{}"), "400 INVALID_TTL");
+  auto [nc, nb] = Call("GET", "/v1/things/th-1/services/calls/0123456789abcdef0123456789abcdef");
+  EXPECT_EQ(nc, 404) << nb;
+  EXPECT_EQ(Field(nb, "error"), "TM_CALL_NOT_FOUND") << nb;
+  EXPECT_EQ(Call("GET", "/v1/things/th-2/services/calls/" + id).first, 404)
+      << "a call is found under its own thing only";
+
+  // Replies that are not replies are dead-lettered; a reply to an ended call changes nothing.
+  device.client().Publish("$aws/things/th-1/services/reboot/reply", "not json");
+  device.client().Publish("$aws/things/th-1/services/reboot/reply", R"({"id":"nope","code":200})");
+  device.client().Publish("$aws/things/th-1/services/silent/reply",
+                          R"({"id":")" + Field(silent, "id") + R"(","code":200})");
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return dl.find("unknown_service_call") != std::string::npos;
+  })) << dl;
+  EXPECT_NE(dl.find("bad_service_reply"), std::string::npos) << dl;
+  std::string metrics;
+  ASSERT_TRUE(WaitFor([&] {
+    metrics = Call("GET", "/metrics").second;
+    return metrics.find("gnomon_service_late_replies_total 1") != std::string::npos;
+  })) << metrics;
+  EXPECT_EQ(Field(Call("GET", "/v1/things/th-1/services/calls/" + Field(silent, "id")).second,
+                  "state"),
+            "TIMEOUT");
+  EXPECT_NE(metrics.find("gnomon_service_calls_finished_total{state=\"SUCCEEDED\"} 2"),
+            std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("gnomon_service_calls_finished_total{state=\"FAILED\"} 2"),
+            std::string::npos) << metrics;
+}
+
+TEST_F(ServiceIntegrationTest, SyncCallsTimeOutWith504AndAreRefusedForOfflineDevices) {
+  auto gnomon = StartGnomon();
+  // A device that never answers: the sync caller gets 504 after the service's timeoutMs.
+  ServiceDevice mute(broker_.port(), "th-3", [](auto&, auto&, auto&) { return std::string(); });
+  auto [code, body] = Call("POST", "/v1/things/th-3/services/ping", "{}");
+  EXPECT_EQ(code, 504) << body;
+  EXPECT_EQ(Field(body, "error"), "TM_SERVICE_TIMEOUT") << body;
+  std::string id = Field(body.substr(body.find("details")), "id");
+  EXPECT_EQ(Field(Call("GET", "/v1/things/th-3/services/calls/" + id).second, "state"), "TIMEOUT");
+
+  ASSERT_EQ(Call("POST", "/v1/things/th-4/shadow", R"({"state":{"reported":{"temp":20}}})").first, 200);
+  Client status(broker_.port(), "th-4-status");
+  status.Publish("devices/th-4/status", "offline");
+  ASSERT_TRUE(WaitFor([&] {
+    return Call("GET", "/v1/things/th-4/shadow").second.find("\"connected\":false") !=
+           std::string::npos;
+  }));
+  std::tie(code, body) = Call("POST", "/v1/things/th-4/services/ping", "{}");
+  EXPECT_EQ(code, 503) << body;
+  EXPECT_EQ(Field(body, "error"), "TM_DEVICE_OFFLINE") << body;
+}
+
+TEST_F(ServiceIntegrationTest, CallsToAnOfflineDeviceSurviveKill9AndAreSentInOrderWhenItReturns) {
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(Call("POST", "/v1/things/th-2/shadow", R"({"state":{"reported":{"temp":20}}})").first, 200);
+  Client status(broker_.port(), "th-2-status");
+  status.Publish("devices/th-2/status", "offline");
+  ASSERT_TRUE(WaitFor([&] {
+    return Call("GET", "/v1/things/th-2/shadow").second.find("\"connected\":false") !=
+           std::string::npos;
+  }));
+  std::vector<std::string> ids;
+  for (int delay : {1, 2, 3}) {
+    auto [code, body] = Call("POST", "/v1/things/th-2/services/reboot",
+                             R"({"delaySec":)" + std::to_string(delay) + "}");
+    ASSERT_EQ(code, 202) << body;
+    ids.push_back(Field(body, "id"));
+  }
+  auto [ec, eb] = Call("POST", "/v1/things/th-2/services/reboot?ttlMs=200", R"({"delaySec":9})");
+  ASSERT_EQ(ec, 202) << eb;
+  std::string expiring = Field(eb, "id");
+
+  // Every 202 was durable: a kill -9 loses none of them.
+  gnomon->Signal(SIGKILL);
+  gnomon->Wait();
+  gnomon = StartGnomon();
+  for (const auto& id : ids) {
+    EXPECT_EQ(Field(Call("GET", "/v1/things/th-2/services/calls/" + id).second, "state"), "QUEUED");
+  }
+  EXPECT_EQ(Field(AwaitCall("th-2", expiring, "EXPIRED"), "error"), "TM_CALL_EXPIRED");
+
+  // Back online: the kept calls go out in the order they were made and finish.
+  ServiceDevice device(broker_.port(), "th-2", ModelDevice);
+  status.Publish("devices/th-2/status", "online");
+  for (const auto& id : ids) {
+    EXPECT_EQ(Field(AwaitCall("th-2", id, "SUCCEEDED"), "state"), "SUCCEEDED") << gnomon->Stderr();
+  }
+  auto got = device.requests();
+  ASSERT_EQ(got.size(), 3u) << "the expired call is never sent";
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_NE(got[i].find(ids[i]), std::string::npos) << i << ": " << got[i];
+  }
+}
+
+TEST_F(ServiceIntegrationTest, RulesInvokeServicesAndSeeTheReplies) {
+  dir_.Write("rules/invoke.lua", R"(
+    return rule { name = "invoke", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        if msg.payload.temp > 50 then
+          local id = ctx.invoke(msg.device, "reboot", { delaySec = msg.payload.delay })
+          ctx.emit("archive", { invoked = id, thing = msg.device })
+        end
+      end })");
+  dir_.Write("rules/replies.lua", R"(
+    return rule { name = "replies", from = "$aws/things/+/services/+/reply",
+      handle = function(msg, ctx)
+        ctx.emit("archive", { reply = msg.headers["gnomon-call-id"],
+                              state = msg.headers["gnomon-call-state"],
+                              ok = msg.payload.data.ok })
+      end })");
+  auto gnomon = StartGnomon();
+  ServiceDevice device(broker_.port(), "th-5", ModelDevice);
+  Client sensor(broker_.port(), "th-5-sensor");
+  sensor.Publish("devices/th-5/telemetry", R"({"temp":80,"delay":2})");
+  sensor.Publish("devices/th-5/telemetry", R"({"temp":81,"delay":-1})");  // refused by the model
+  std::string archive;
+  ASSERT_TRUE(WaitFor([&] {
+    archive = testing::ReadFile(dir_.File("archive.jsonl"));
+    return archive.find("\"reply\"") != std::string::npos;
+  })) << archive << gnomon->Stderr();
+  std::string invoked = Field(archive, "invoked");
+  ASSERT_EQ(invoked.size(), 32u) << archive;
+  std::string reply = archive.substr(archive.rfind('{', archive.find("\"reply\"")));
+  reply = reply.substr(0, reply.find('\n'));
+  EXPECT_EQ(Field(reply, "reply"), invoked) << reply;
+  EXPECT_EQ(Field(reply, "state"), "SUCCEEDED") << reply;
+  EXPECT_EQ(Field(reply, "ok"), "true") << reply;
+  std::string call = AwaitCall("th-5", invoked, "SUCCEEDED");
+  EXPECT_EQ(Field(call, "rule"), "invoke") << call;
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return dl.find("service_rejected") != std::string::npos;
+  })) << dl;
+  EXPECT_NE(dl.find("TM_OUT_OF_RANGE"), std::string::npos) << dl;
+  EXPECT_NE(dl.find(R"("rule":"invoke")"), std::string::npos) << dl;
+  EXPECT_EQ(device.requests().size(), 1u);
+}
+
+}  // namespace
+}  // namespace gnomon

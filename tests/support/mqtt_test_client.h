@@ -31,6 +31,9 @@ class Client {
       std::lock_guard lock(c->mu_);
       c->acked_++;
     });
+    mosquitto_subscribe_callback_set(mosq_, [](mosquitto*, void* self, int, int, const int*) {
+      static_cast<Client*>(self)->subacks_++;
+    });
     mosquitto_connect_callback_set(mosq_, [](mosquitto*, void* self, int rc) {
       static_cast<Client*>(self)->connected_ = rc == 0;
     });
@@ -43,9 +46,12 @@ class Client {
     mosquitto_loop_stop(mosq_, false);
     mosquitto_destroy(mosq_);
   }
+  // Returns once the broker has acknowledged the subscription.
   void Subscribe(const std::string& filter) {
     int mid = 0;
+    int before = subacks_.load();
     mosquitto_subscribe(mosq_, &mid, filter.c_str(), 1);
+    WaitFor([&] { return subacks_.load() > before; });
   }
   void Publish(const std::string& topic, const std::string& payload, int qos = 1) {
     sent_++;
@@ -68,6 +74,7 @@ class Client {
  private:
   mosquitto* mosq_;
   std::atomic<bool> connected_{false};
+  std::atomic<int> subacks_{0};
   std::mutex mu_;
   std::vector<std::pair<std::string, std::string>> received_;
   int acked_ = 0;

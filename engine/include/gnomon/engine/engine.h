@@ -65,6 +65,12 @@ struct AppConfig {
   std::vector<std::shared_ptr<const shadow::ThingModel>> models;
   // `events.from`: thing-model event posts, the event identifier being the topic's last level.
   std::string events_from = "devices/+/events/+";
+  // `services:` (thing-model service calls).
+  struct Services {
+    int64_t ttl_ms = 86'400'000;   // a queued call's life before EXPIRED
+    int64_t keep_ms = 3'600'000;   // a finished call stays readable this long
+    size_t max_queued = 1000;      // unfinished calls per thing
+  } services;
   std::string api_listen;
   std::vector<std::string> api_tokens;
   bool watch_rules = true;

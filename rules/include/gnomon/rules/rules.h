@@ -83,16 +83,18 @@ Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>&
 
 // One buffered effect of a rule call.
 struct Effect {
-  enum class Kind { kEmit, kPublish, kShadowUpdate };
+  enum class Kind { kEmit, kPublish, kShadowUpdate, kInvoke };
   Kind kind = Kind::kEmit;
   uint32_t sink = 0;   // kEmit: index into RuleSetOptions::sinks
-  std::string topic;   // kPublish: the topic; kEmit: optional topic override
+  std::string topic;   // kPublish: the topic; kEmit: optional topic override; kInvoke: service
   // kEmit, kPublish: the record. kShadowUpdate: the update request (spec/shadow.md) as JSON.
+  // kInvoke: the params (a JSON object).
   std::string payload;
-  std::string thing;        // kShadowUpdate: the shadow's thing and name ("": classic)
+  // kShadowUpdate: the shadow's thing and name ("": classic). kInvoke: the thing.
+  std::string thing;
   std::string shadow_name;
   bool json = true;    // false: a Lua string emitted as raw bytes
-  std::string key;
+  std::string key;  // kEmit: the record key; kInvoke: the call id ctx.invoke returned
   Headers headers;
   int qos = -1;
   bool retain = false;

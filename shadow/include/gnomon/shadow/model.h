@@ -22,6 +22,16 @@ struct ModelProblem {
 };
 
 enum class ValidationMode { kStrict, kWeak, kOff };
+
+// timeoutMs of a service is at most a day.
+inline constexpr int64_t kMaxServiceTimeoutMs = 86'400'000;
+
+// A service of a model (its inputData and outputData stay inside the model).
+struct ServiceInfo {
+  std::string id;
+  bool sync = false;          // callType: sync callers wait for the reply
+  int64_t timeout_ms = 30000;  // from SENT to the reply
+};
 enum class StateSection { kReported, kDesired };
 
 class ThingModel {
@@ -48,6 +58,13 @@ class ThingModel {
   // Problems of an event post: `params` (an object) against the event's outputData (paths
   // /param...), or TM_UNKNOWN_IDENTIFIER for an event the model does not have.
   std::vector<ModelProblem> ValidateEvent(std::string_view identifier, const Value& params) const;
+  // The service `identifier`, or null when the model has none.
+  const ServiceInfo* Service(std::string_view identifier) const;
+  // Problems of a service call's params (inputData) or of a reply's data (`output`: outputData),
+  // paths /param...; TM_UNKNOWN_IDENTIFIER for a service the model does not have (whatever the
+  // validation mode: a call needs a service to call).
+  std::vector<ModelProblem> ValidateService(std::string_view identifier, const Value& data,
+                                            bool output) const;
   // The properties as a JSON Schema (draft 2020-12) of the reported state.
   std::string JsonSchema() const;
 

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gnomon/core/status.h"
@@ -40,6 +41,9 @@ class ShadowStore {
 
   // Queues the stored form of shadow (thing, name). Thread-safe; never blocks on I/O.
   void Write(std::string thing, std::string name, std::string stored, Done done);
+  // Queues the stored form of service call `id` of `thing` (empty `stored`: the call is
+  // forgotten). In the same order and transactions as the shadow writes.
+  void WriteCall(std::string thing, std::string id, std::string stored, Done done);
   // Runs `done` (on the writer thread) once every write queued before it is committed: replies
   // that must not overtake earlier writes (a get after an update) go through here.
   void After(Done done);
@@ -58,6 +62,8 @@ class ShadowStore {
     // Things with at least one existing shadow, sorted, starting after `after`, with `prefix`.
     virtual Result<std::vector<std::string>> Things(std::string_view prefix,
                                                     std::string_view after, size_t limit) = 0;
+    // Every stored service call as (thing, stored form), in the order they were first written.
+    virtual Result<std::vector<std::pair<std::string, std::string>>> Calls() = 0;
   };
   Result<std::unique_ptr<Reader>> NewReader();
 

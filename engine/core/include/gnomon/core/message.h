@@ -70,6 +70,13 @@ enum class MessageKind : uint8_t {
   kShadowMqtt,    // an MQTT shadow request: answered on {topic}/accepted|rejected
   kShadowRouted,  // a rule's write to a shadow another worker owns: rejections dead-letter
   kShadowApi,     // a REST shadow request: answered through `reply`
+  // Thing-model service calls, handled by the owner of the thing (`device`):
+  kServiceInvoke,  // a new call: `topic` the service, `payload` the params, `key` the call id
+                   // (empty: one is made); answered through `reply`, or (a rule's call, no
+                   // `reply`) dead-lettered when refused
+  kServiceStatus,  // GET of call `key`: answered through `reply`
+  kServiceTimer,   // internal: `topic` is tick | sent | unsent (the request publish of call
+                   // `key` was acknowledged or given up) | unstored (its write failed)
 };
 
 struct Message {
@@ -82,7 +89,7 @@ struct Message {
   const std::string* source = nullptr;  // name owned by the source, outlives the message
   Delivery* delivery = nullptr;         // owned by itself; one hold belongs to this message
   MessageKind kind = MessageKind::kData;
-  // kShadowApi: called once with the HTTP status and the JSON body.
+  // kShadowApi, kServiceInvoke, kServiceStatus: called once with the HTTP status and the body.
   std::function<void(int status, std::string body)> reply;
 };
 
