@@ -123,6 +123,8 @@ class Engine::Impl final : public Ingest,
   // ctx.shadow reads of the rules on `worker` (a Worker*), see shadows.cc.
   Result<std::optional<std::string>> ReadShadowFor(void* worker, std::string_view thing,
                                                    std::string_view name);
+  // ctx.model: the model `thing` is bound to, or null.
+  const shadow::ThingModel* ModelFor(std::string_view thing) const { return BoundModel(thing); }
 
   // gnomon::Ingest
   bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;

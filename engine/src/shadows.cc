@@ -45,6 +45,9 @@ class WorkerShadowReader final : public rules::ShadowReader {
   WorkerShadowReader(Engine::Impl* impl, void* worker) : impl_(impl), worker_(worker) {}
   Result<std::optional<std::string>> ReadShadow(std::string_view thing,
                                                 std::string_view name) override;
+  const shadow::ThingModel* Model(std::string_view thing) override {
+    return impl_->ModelFor(thing);
+  }
 
  private:
   Engine::Impl* impl_;
@@ -61,6 +64,9 @@ Result<std::optional<std::string>> Engine::Impl::ReadShadowFor(void* worker,
                                                                std::string_view thing,
                                                                std::string_view name) {
   Worker& w = *static_cast<Worker*>(worker);
+  if (!shadow_store_) {
+    return FailedPrecondition("ctx.shadow: device shadows are not enabled (see `shadows:`)");
+  }
   int64_t now_s = clock_.NowMs() / 1000;
   if (OwnerOf(thing) == w.index) {
     GNOMON_ASSIGN_OR_RETURN(shadow::ShadowDocument * doc,
@@ -218,10 +224,12 @@ Status Engine::Impl::InitShadows() {
 }
 
 Status Engine::Impl::InitWorkerShadows(Worker& w) {
-  if (!shadow_store_) {
-    return {};
+  if (shadow_store_ == nullptr && config_.models.empty()) {
+    return {};  // ctx.shadow and ctx.model have nothing to read
   }
-  GNOMON_ASSIGN_OR_RETURN(w.shadow_reader, shadow_store_->NewReader());
+  if (shadow_store_) {
+    GNOMON_ASSIGN_OR_RETURN(w.shadow_reader, shadow_store_->NewReader());
+  }
   w.rule_shadows = std::make_unique<WorkerShadowReader>(this, &w);
   return {};
 }

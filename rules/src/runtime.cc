@@ -11,6 +11,7 @@
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
 #include "gnomon/shadow/document.h"
+#include "gnomon/shadow/model.h"
 #include "lua_json.h"
 #include "sandbox.h"
 
@@ -330,10 +331,73 @@ Result<int> ShadowDevice(lua_State* L) {
   return 1;
 }
 
+// __model_info(thing) -> modelId, version, "modelId@version" of the bound model, or nil.
+Result<int> ModelInfo(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.model"));
+  size_t len = 0;
+  const char* p = lua_tolstring(L, 1, &len);
+  const shadow::ThingModel* m =
+      s->msg->shadows != nullptr && p != nullptr ? s->msg->shadows->Model({p, len}) : nullptr;
+  if (m == nullptr) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushlstring(L, m->id().data(), m->id().size());
+  lua_pushlstring(L, m->version().data(), m->version().size());
+  lua_pushlstring(L, m->ref().data(), m->ref().size());
+  return 3;
+}
+
+// __model_validate(thing, patch, section) -> true, or false and the problems
+// ({ {path=, error=, message=}, ... }) of `patch` against the properties.
+Result<int> ModelValidate(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.model"));
+  size_t len = 0;
+  const char* p = lua_tolstring(L, 1, &len);
+  const shadow::ThingModel* m =
+      s->msg->shadows != nullptr && p != nullptr ? s->msg->shadows->Model({p, len}) : nullptr;
+  if (m == nullptr) {
+    return FailedPrecondition("ctx.model:validate: the device has no thing model");
+  }
+  if (lua_type(L, 2) != LUA_TTABLE) {
+    return InvalidArgument("ctx.model:validate: the patch must be a table");
+  }
+  shadow::StateSection section = shadow::StateSection::kReported;
+  if (!lua_isnoneornil(L, 3)) {
+    std::string_view sec = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : "";
+    if (sec != "reported" && sec != "desired") {
+      return InvalidArgument("ctx.model:validate: the section is \"reported\" or \"desired\"");
+    }
+    section = sec == "desired" ? shadow::StateSection::kDesired : shadow::StateSection::kReported;
+  }
+  std::string json;
+  GNOMON_RETURN_IF_ERROR(EncodeValue(L, 2, &s->json, json, "patch"));
+  GNOMON_ASSIGN_OR_RETURN(shadow::Value v, shadow::Value::Parse(json));
+  auto problems = m->Validate(v, section);
+  lua_pushboolean(L, problems.empty() ? 1 : 0);
+  if (problems.empty()) {
+    return 1;
+  }
+  lua_createtable(L, static_cast<int>(problems.size()), 0);
+  for (size_t i = 0; i < problems.size(); ++i) {
+    lua_createtable(L, 0, 3);
+    lua_pushlstring(L, problems[i].path.data(), problems[i].path.size());
+    lua_setfield(L, -2, "path");
+    lua_pushlstring(L, problems[i].error.data(), problems[i].error.size());
+    lua_setfield(L, -2, "error");
+    lua_pushlstring(L, problems[i].message.data(), problems[i].message.size());
+    lua_setfield(L, -2, "message");
+    lua_rawseti(L, -2, static_cast<int>(i + 1));
+  }
+  return 2;
+}
+
 // Shadow handles, in Lua: reads are fetched once per call and shared by every handle of the
 // same shadow in that call; writes become effects, applied when handle returns.
 constexpr const char* kShadowPrelude = R"lua(
-local read, write, call, device, setmetatable, rawget = ...
+local read, write, call, device, setmetatable, rawget, model_info, model_validate = ...
 local memo, memo_call = {}, nil
 local function document(thing, name)
   local c = call()
@@ -370,8 +434,17 @@ local meta = {
 local function shadow_of(thing, name)
   return setmetatable({ thing = thing, name = name }, meta)
 end
+local model_meta = { __index = {
+  validate = function(self, patch, section) return model_validate(self.thing, patch, section) end,
+} }
 local function ctx_index(_, k)
   if k == "shadow" then return shadow_of(device()) end
+  if k == "model" then
+    local thing = device()
+    local id, version, ref = model_info(thing)
+    if id == nil then return nil end
+    return setmetatable({ thing = thing, id = id, version = version, ref = ref }, model_meta)
+  end
   return nil
 end
 return shadow_of, ctx_index
@@ -600,7 +673,9 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   PushStateClosure(L, s, LuaThunk<ShadowDevice>);
   lua_getglobal(L, "setmetatable");
   lua_getglobal(L, "rawget");
-  if (lua_pcall(L, 6, 2, 0) != 0) {
+  PushStateClosure(L, s, LuaThunk<ModelInfo>);
+  PushStateClosure(L, s, LuaThunk<ModelValidate>);
+  if (lua_pcall(L, 8, 2, 0) != 0) {
     return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
   }
   // stack: ctx, shadow_of, ctx_index

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "gnomon/rules/rules.h"
+#include "gnomon/shadow/model.h"
 
 namespace gnomon::rules {
 namespace {
@@ -488,8 +489,12 @@ class FakeShadows final : public ShadowReader {
     }
     return std::optional<std::string>(it->second);
   }
+  const shadow::ThingModel* Model(std::string_view thing) override {
+    return thing == "d1" ? model.get() : nullptr;
+  }
   std::map<std::string, std::string> docs;
   std::vector<std::string> reads;
+  std::shared_ptr<const shadow::ThingModel> model;
 };
 
 class ShadowRuntimeTest : public RuntimeTest {
@@ -565,6 +570,37 @@ TEST_F(ShadowRuntimeTest, BadThingNamesAndMissingShadowSupportFailTheCall) {
   r = RunWithShadows();
   EXPECT_EQ(r.outcome, Outcome::kFailed);
   EXPECT_NE(r.reason.find("patch must be a table"), std::string::npos) << r.reason;
+}
+
+TEST_F(ShadowRuntimeTest, CtxModelIsTheBoundModelAndValidatesPatches) {
+  auto m = shadow::ThingModel::Parse(R"({"modelId": "acme:th", "version": "3", "properties": [
+      { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float", "specs": { "max": 100 } } },
+      { "identifier": "target", "accessMode": "rw", "dataType": { "type": "int" } } ]})", "m.json");
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  shadows_.model = *m;
+  Load(R"(    local model = ctx.model
+    if model == nil then return ctx.emit("out", { none = true }) end
+    local ok, problems = model:validate { temp = msg.payload.temp }
+    local dok, dproblems = model:validate({ temp = 1 }, "desired")
+    ctx.emit("out", { id = model.id, version = model.version, ref = model.ref, ok = ok,
+                      first = problems and problems[1].path .. " " .. problems[1].error,
+                      desired = dproblems[1].error, dok = dok }))");
+  CallResult r = RunWithShadows(R"({"temp":20})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.effects.size(), 1u);
+  std::string out = r.effects[0].payload;
+  for (const char* want : {R"("id":"acme:th")", R"("version":"3")", R"("ref":"acme:th@3")",
+                           R"("ok":true)", R"("desired":"TM_ACCESS_DENIED")", R"("dok":false)"}) {
+    EXPECT_NE(out.find(want), std::string::npos) << want << " in " << out;
+  }
+  r = RunWithShadows(R"({"temp":500})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_NE(r.effects[0].payload.find(R"("first":"/temp TM_OUT_OF_RANGE")"), std::string::npos)
+      << r.effects[0].payload;
+  shadows_.model = nullptr;
+  r = RunWithShadows(R"({"temp":20})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.effects[0].payload, R"({"none":true})") << "no model bound: ctx.model is nil";
 }
 
 }  // namespace

@@ -175,5 +175,42 @@ TEST(RuleTestingShadowTest, ShadowMismatchShowsExpectedAndActual) {
   EXPECT_NE(text.find("INVALID_NODE"), std::string::npos) << text;
 }
 
+TEST(RuleTestingInvokeTest, ServiceCallsAreExpectedByThing) {
+  testing::TempDir dir;
+  dir.Write("r.lua", R"(return rule {
+    name = "r", from = "devices/+/telemetry",
+    handle = function(msg, ctx)
+      if msg.payload.temp > 50 then
+        local id = ctx.invoke(msg.device, "reboot", { delaySec = 5 })
+        ctx.emit("out", { id_length = #id })
+      end
+      if msg.payload.bad_thing then ctx.invoke("a/b", "reboot") end
+      if msg.payload.bad_service then ctx.invoke(msg.device, "x/y") end
+      if msg.payload.bad_params then ctx.invoke(msg.device, "reboot", "now") end
+    end,
+    tests = {
+      { name = "invokes", input = { topic = "devices/a/telemetry", payload = { temp = 60 } },
+        expect = { invoke = { a = { { service = "reboot", params = { delaySec = 5 } } } },
+                   emit = { out = { { id_length = 32 } } } } },
+      { name = "none", input = { topic = "devices/a/telemetry", payload = { temp = 20 } },
+        expect = { invoke = {} } },
+      { name = "wrong", input = { topic = "devices/a/telemetry", payload = { temp = 60 } },
+        expect = { invoke = { a = { { service = "ping" } } } } },
+      { name = "thing", input = { topic = "devices/a/telemetry", payload = { temp = 1, bad_thing = 1 } },
+        expect = { fail = "ctx.invoke: the thing 'a/b' may only hold" } },
+      { name = "service", input = { topic = "devices/a/telemetry", payload = { temp = 1, bad_service = 1 } },
+        expect = { fail = "ctx.invoke: 'x/y' is not a service identifier" } },
+      { name = "params", input = { topic = "devices/a/telemetry", payload = { temp = 1, bad_params = 1 } },
+        expect = { fail = "ctx.invoke: params must be a table" } },
+    },
+  })");
+  auto report = RunRuleTests({dir.File("r.lua")}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(report->passed(), 5) << report->Text(true);
+  ASSERT_EQ(report->failed(), 1) << report->Text(true);
+  EXPECT_NE(report->Text(true).find("wrong"), std::string::npos) << report->Text(true);
+  EXPECT_NE(report->Text(true).find("reboot"), std::string::npos) << report->Text(true);
+}
+
 }  // namespace
 }  // namespace gnomon::rules

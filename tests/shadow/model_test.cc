@@ -181,5 +181,59 @@ TEST(ThingModelEventsTest, BadEventDefinitionsAreListedWithTheirPaths) {
   EXPECT_NE(msg.find("m.json: events[3].outputData[0].dataType"), std::string::npos) << msg;
 }
 
+TEST(ThingModelServicesTest, ServicesAreParsedAndTheirInputsAndOutputsValidated) {
+  auto m = ThingModel::Parse(R"({"modelId": "x", "validation": "weak", "services": [
+      { "identifier": "reboot", "callType": "async", "timeoutMs": 30000,
+        "inputData": [ { "identifier": "delaySec", "required": false,
+                         "dataType": { "type": "int", "specs": { "min": 0, "max": 3600 } } } ],
+        "outputData": [ { "identifier": "ok", "dataType": { "type": "bool" } } ] },
+      { "identifier": "ping", "callType": "sync" } ]})", "m.json");
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  const ServiceInfo* reboot = (*m)->Service("reboot");
+  ASSERT_NE(reboot, nullptr);
+  EXPECT_FALSE(reboot->sync);
+  EXPECT_EQ(reboot->timeout_ms, 30000);
+  ASSERT_NE((*m)->Service("ping"), nullptr);
+  EXPECT_TRUE((*m)->Service("ping")->sync);
+  EXPECT_EQ((*m)->Service("ping")->timeout_ms, 30000) << "the default";
+  EXPECT_EQ((*m)->Service("nope"), nullptr);
+  auto check = [&](const char* service, const char* data, bool output) {
+    std::string codes;
+    for (const auto& p : (*m)->ValidateService(service, *Value::Parse(data), output)) {
+      codes += (codes.empty() ? "" : " ") + p.path + ":" + p.error;
+    }
+    return codes;
+  };
+  EXPECT_EQ(check("reboot", R"({})", false), "");
+  EXPECT_EQ(check("reboot", R"({"delaySec":10})", false), "");
+  EXPECT_EQ(check("reboot", R"({"delaySec":-1})", false), "/delaySec:TM_OUT_OF_RANGE");
+  EXPECT_EQ(check("reboot", R"({"delaySec":1.5})", false), "/delaySec:TM_TYPE_MISMATCH");
+  EXPECT_EQ(check("reboot", R"({"force":true})", false), "/force:TM_STRUCT_FIELD_UNKNOWN");
+  EXPECT_EQ(check("reboot", R"({"ok":true})", true), "");
+  EXPECT_EQ(check("reboot", R"({})", true), "/ok:TM_REQUIRED_MISSING");
+  EXPECT_EQ(check("reboot", R"({"ok":"yes"})", true), "/ok:TM_TYPE_MISMATCH");
+  EXPECT_EQ(check("ping", R"({})", false), "");
+  EXPECT_EQ(check("nope", R"({})", false), ":TM_UNKNOWN_IDENTIFIER");
+}
+
+TEST(ThingModelServicesTest, BadServiceDefinitionsAreListedWithTheirPaths) {
+  auto m = ThingModel::Parse(R"({"modelId": "x", "services": [
+      { "identifier": "a", "callType": "later" },
+      { "identifier": "a" },
+      { "identifier": "b", "timeoutMs": 0 },
+      { "identifier": "c", "timeoutMs": 1.5, "inputData": { "x": 1 } },
+      { "identifier": "d", "outputData": [ { "identifier": "t", "dataType": { "type": "nope" } } ] }
+    ]})", "m.json");
+  ASSERT_FALSE(m.ok());
+  std::string msg(m.status().message());
+  EXPECT_NE(msg.find("m.json: services[0].callType: must be sync or async"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: services[1].identifier: 'a' is used twice"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: services[2].timeoutMs: must be an integer from 1 to 86400000"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: services[3].timeoutMs"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: services[3].inputData: must be an array"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.json: services[4].outputData[0].dataType"), std::string::npos) << msg;
+}
+
 }  // namespace
 }  // namespace gnomon::shadow

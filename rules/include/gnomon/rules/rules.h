@@ -15,6 +15,10 @@
 #include "gnomon/core/message.h"
 #include "gnomon/core/status.h"
 
+namespace gnomon::shadow {
+class ThingModel;
+}
+
 namespace gnomon::rules {
 
 enum class OnError { kDeadLetter, kDrop, kRetry };
@@ -117,6 +121,8 @@ class ShadowReader {
   // or an error (bad thing name, store failure) that fails the call.
   virtual Result<std::optional<std::string>> ReadShadow(std::string_view thing,
                                                         std::string_view name) = 0;
+  // The thing model bound to `thing` (ctx.model), or null.
+  virtual const shadow::ThingModel* Model(std::string_view /*thing*/) { return nullptr; }
 };
 
 // What a rule sees of a message. Views must outlive the call.
