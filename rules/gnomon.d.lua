@@ -41,10 +41,24 @@
 ---@class gnomon.Context
 ---@field log gnomon.Log Structured log lines carrying the rule and device.
 ---@field shadow gnomon.Shadow The classic shadow of `msg.device` (needs `shadows:` in the config).
+---@field model gnomon.Model|nil The thing model bound to `msg.device`, or nil.
 local Context = {}
 
 ---A device shadow (docs/shadows.md). Reads happen once per call and show the state from before
 ---this call's writes; writes are buffered effects applied when `handle` returns.
+---A thing model (docs/thing-models.md).
+---@class gnomon.Model
+---@field id string modelId
+---@field version string
+---@field ref string "modelId@version"
+local Model = {}
+---Checks `patch` as a shadow write to `section` (default "reported") would be checked.
+---@param patch table
+---@param section? "reported"|"desired"
+---@return boolean ok
+---@return {path: string, error: string, message: string}[]|nil problems
+function Model:validate(patch, section) end
+
 ---@class gnomon.Shadow
 ---@field reported table|nil
 ---@field desired table|nil
@@ -87,6 +101,14 @@ function Context.publish(topic, payload, options) end
 ---@param reason? string
 function Context.drop(reason) end
 
+---Call a thing-model service on a device (docs/thing-models.md#services). Buffered like `emit`:
+---the call is made when `handle` returns; a refused call dead-letters the message.
+---@param thing string
+---@param service string
+---@param params? table
+---@return string id The call's id (GET /v1/things/{thing}/services/calls/{id}).
+function Context.invoke(thing, service, params) end
+
 ---This message failed: nothing is committed; the rule's `on_error` applies.
 ---@param reason? string
 function Context.fail(reason) end
@@ -108,6 +130,7 @@ function Context.now() end
 ---@field publish? table<string, table[]> Payloads by topic, in order.
 ---@field drop? boolean
 ---@field fail? string A substring of the error.
+---@field invoke? table<string, table[]> Service calls by thing, in order: `{ service =, params = }`, subset match.
 ---@field shadow? table<string, table> Resulting shadows by device: `{ reported =, desired =, delta =, version = }`, subset match.
 
 ---@class gnomon.Test
