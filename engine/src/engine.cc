@@ -476,9 +476,19 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     m.delivery->Release();  // dead-lettered; rules do not see it
     return;
   }
-  if (!config_.models.empty() && TopicMatches(config_.events_from, m.topic) && !CheckEvent(m)) {
-    m.delivery->Release();  // refused by the thing's model: dead-lettered
-    return;
+  if (!config_.models.empty() && m.kind == MessageKind::kData) {
+    const shadow::ThingModel* model = BoundModel(m.device);
+    bool ok = true;
+    if (TopicMatches(config_.events_from, m.topic)) {
+      ok = CheckEvent(m);
+    } else if (model != nullptr && !model->topic().empty() &&
+               TopicMatches(model->topic(), m.topic)) {
+      ok = CheckPropertyPost(m, *model);
+    }
+    if (!ok) {
+      m.delivery->Release();  // refused by the thing's model: dead-lettered
+      return;
+    }
   }
   bool reply = !service_reply_filter_.empty() && TopicMatches(service_reply_filter_, m.topic);
   if (reply && !HandleServiceReply(w, m)) {

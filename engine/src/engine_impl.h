@@ -266,6 +266,9 @@ class Engine::Impl final : public Ingest,
   Counter* service_refused_ = nullptr;
   Counter* late_replies_ = nullptr;
 
+  // A message on the bound model's match.topic: its payload is a property post, validated
+  // against the model's properties like a report. False when it was dead-lettered.
+  bool CheckPropertyPost(Message& m, const shadow::ThingModel& model);
   // The model a thing is bound to (the first whose match fits), or null.
   const shadow::ThingModel* BoundModel(std::string_view thing) const;
   // Sends a dead letter for `m` (or a record); holds `d` until it is durable.

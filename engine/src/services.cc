@@ -278,7 +278,9 @@ void Engine::Impl::FinishCall(Worker& w, ServiceCall& c, std::string state, Deli
   if (auto it = w.unfinished.find(c.thing); it != w.unfinished.end() && --it->second == 0) {
     w.unfinished.erase(it);
   }
-  calls_finished_[c.state]->Inc();
+  if (auto counter = calls_finished_.find(c.state); counter != calls_finished_.end()) {
+    counter->second->Inc();
+  }
   auto waiter = std::move(c.waiter);
   c.waiter = nullptr;
   int status = 200;

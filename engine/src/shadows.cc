@@ -767,6 +767,34 @@ bool Engine::Impl::CheckEvent(Message& m) {
   return true;
 }
 
+bool Engine::Impl::CheckPropertyPost(Message& m, const shadow::ThingModel& model) {
+  std::vector<shadow::ModelProblem> problems;
+  if (model.mode() != shadow::ValidationMode::kOff) {
+    auto v = shadow::Value::Parse(m.payload);
+    if (!v.ok()) {
+      problems.push_back({"", "TM_TYPE_MISMATCH",
+                          fmt::format("the property post is not JSON: {}", v.status().message())});
+    } else if (!v->is_object()) {
+      problems.push_back({"", "TM_TYPE_MISMATCH", "a property post is a JSON object"});
+    } else {
+      problems = model.Validate(*v, shadow::StateSection::kReported);
+    }
+  }
+  if (!problems.empty()) {
+    model_failures_->Inc(problems.size());
+    if (model.mode() == shadow::ValidationMode::kStrict) {
+      DeadLetter(m.delivery, "model_validation",
+                 fmt::format("properties posted by {} on {} refused by {}: {}", m.device,
+                             m.topic, model.ref(), shadow::ProblemsJson(problems)),
+                 "", m.source, m.topic, m.device, m.payload, 1, m.ts_ms);
+      return false;
+    }
+    m.headers.emplace_back("gnomon-model-problems", shadow::ProblemsJson(problems));
+  }
+  m.headers.emplace_back("gnomon-model", model.ref());
+  return true;
+}
+
 bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
                                       rules::CallResult& result) {
   size_t writes = 0;

@@ -159,6 +159,8 @@ TEST_F(KafkaIntegrationTest, Kill9MidStreamLosesNothing) {
                       std::chrono::milliseconds(30000)));
   ::kill(gnomon->pid(), SIGKILL);
   gnomon->Wait();
+  // What the killed process produced: only that can come again.
+  size_t before = client.ReadAll("out", 20000, std::chrono::milliseconds(500)).size();
   gnomon = StartGnomon();
   std::vector<KafkaRecord> out;
   std::set<std::pair<std::string, int>> distinct;
@@ -166,9 +168,10 @@ TEST_F(KafkaIntegrationTest, Kill9MidStreamLosesNothing) {
       << distinct.size() << "\n" << gnomon->Stderr();
   EXPECT_EQ(distinct.size(), 20000u);
   size_t duplicates = out.size() - distinct.size();
-  // At-least-once: what was in flight at the kill may come twice; bounded by the in-flight
-  // window (max_inflight) and the uncommitted tail (commit_interval_ms).
-  EXPECT_LE(duplicates, 10000u);
+  // At-least-once: records produced before the kill whose inputs were not yet committed are
+  // produced again (how many depends on timing: the in-flight window and commit_interval_ms);
+  // nothing else is.
+  EXPECT_LE(duplicates, before);
   RecordProperty("duplicates", static_cast<int>(duplicates));
   std::printf("kill -9: %zu records for 20000 inputs (%zu duplicates)\n", out.size(), duplicates);
 }

@@ -949,3 +949,52 @@ TEST_F(ServiceIntegrationTest, RulesInvokeServicesAndSeeTheReplies) {
 
 }  // namespace
 }  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+TEST_F(ShadowIntegrationTest, MessagesOnAModelsMatchTopicAreValidatedPropertyPosts) {
+  const char* props = R"("properties": [
+      { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float", "specs": { "max": 100 } } } ])";
+  dir_.Write("models/strict.json", std::string(R"({ "modelId": "acme:strict", "version": "1",
+      "match": { "devicePrefix": "th-", "topic": "devices/+/telemetry" }, "validation": "strict", )") +
+                                       props + "}");
+  dir_.Write("models/weak.json", std::string(R"({ "modelId": "acme:weak",
+      "match": { "devicePrefix": "wk-", "topic": "devices/+/telemetry" }, "validation": "weak", )") +
+                                     props + "}");
+  dir_.Write("gnomon.yaml", testing::ReadFile(dir_.File("gnomon.yaml")) + "models: [models/*.json]\n");
+  dir_.Write("rules/posts.lua", R"(
+    return rule { name = "posts", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        ctx.emit("archive", { thing = msg.device, n = msg.payload.n,
+                              model = msg.headers["gnomon-model"] or "none",
+                              problems = msg.headers["gnomon-model-problems"] or "" })
+      end })");
+  auto gnomon = StartGnomon();
+  Client device(broker_.port(), "posts-dev");
+  device.Publish("devices/th-1/telemetry", R"({"temp":21.5})");
+  device.Publish("devices/th-1/telemetry", R"({"temp":500})");   // strict: refused
+  device.Publish("devices/th-1/telemetry", R"({"humidity":3})");  // not a property: refused
+  device.Publish("devices/wk-1/telemetry", R"({"temp":"hot"})");  // weak: passed on
+  device.Publish("devices/xx-1/telemetry", R"({"anything":1})");  // no model
+  std::string archive;
+  ASSERT_TRUE(WaitFor([&] {
+    archive = testing::ReadFile(dir_.File("archive.jsonl"));
+    return std::count(archive.begin(), archive.end(), '\n') >= 3;
+  })) << archive << gnomon->Stderr();
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return std::count(dl.begin(), dl.end(), '\n') >= 2;
+  })) << dl;
+  EXPECT_EQ(std::count(archive.begin(), archive.end(), '\n'), 3) << archive;
+  EXPECT_NE(archive.find(R"("model":"acme:strict@1")"), std::string::npos) << archive;
+  EXPECT_NE(archive.find("TM_TYPE_MISMATCH"), std::string::npos) << "weak lists the problem: " << archive;
+  EXPECT_NE(archive.find(R"("model":"none")"), std::string::npos) << archive;
+  EXPECT_NE(dl.find(R"(properties posted by th-1 on devices/th-1/telemetry refused by acme:strict@1: [{\"path\":\"/temp\",\"error\":\"TM_OUT_OF_RANGE\")"),
+            std::string::npos) << dl;
+  EXPECT_NE(dl.find("TM_UNKNOWN_IDENTIFIER"), std::string::npos) << dl;
+}
+
+}  // namespace
+}  // namespace gnomon
