@@ -72,6 +72,39 @@ struct SinkEntry {
   Gauge* queue_depth;
 };
 
+// The last durable state of shadows as a get shows it, by "thing\0name": REST GETs read it
+// without going through the owner. Entries are put only once a write is durable (by the store's
+// thread, in commit order) and dropped when the shadow is deleted, so a read never shows a write
+// that could still be lost, and a write's 200 comes after its entry. Thread-safe (sharded locks).
+class CommittedShadows {
+ public:
+  void Put(const std::string& key, std::string view) {
+    auto v = std::make_shared<const std::string>(std::move(view));
+    Shard& s = shard(key);
+    std::lock_guard lock(s.mu);
+    s.map[key] = std::move(v);
+  }
+  void Erase(const std::string& key) {
+    Shard& s = shard(key);
+    std::lock_guard lock(s.mu);
+    s.map.erase(key);
+  }
+  std::shared_ptr<const std::string> Get(const std::string& key) {
+    Shard& s = shard(key);
+    std::lock_guard lock(s.mu);
+    auto it = s.map.find(key);
+    return it != s.map.end() ? it->second : nullptr;
+  }
+
+ private:
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::shared_ptr<const std::string>> map;  // GUARDED_BY(mu)
+  };
+  Shard& shard(const std::string& key) { return shards_[std::hash<std::string>{}(key) % 16]; }
+  Shard shards_[16];
+};
+
 // A thing-model service call (spec/thing-model.md#services), kept by the owner of its thing:
 // QUEUED → SENT → SUCCEEDED | FAILED | TIMEOUT | EXPIRED. See services.cc.
 struct ServiceCall {
@@ -346,6 +379,9 @@ class Engine::Impl final : public Ingest,
   std::string api_source_name_ = "api";
   std::mutex api_reader_mu_;
   std::unique_ptr<shadow::ShadowStore::Reader> api_reader_;  // GUARDED_BY(api_reader_mu_)
+  CommittedShadows committed_;
+  Counter* reads_committed_ = nullptr;  // REST gets answered from committed_
+  Counter* reads_owner_ = nullptr;      // ... and by the owner (first read after a start)
   Counter* shadow_accepted_ = nullptr;
   Counter* shadow_rejected_ = nullptr;
   Counter* shadow_unchanged_ = nullptr;

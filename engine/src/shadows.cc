@@ -118,6 +118,13 @@ Status Engine::Impl::InitShadows() {
                                {{"outcome", outcome}});
   };
   shadow_accepted_ = counter("accepted");
+  auto reads = [&](const char* path) {
+    return metrics_.GetCounter("gnomon_shadow_api_reads_total",
+                               "REST shadow gets by where they were answered from",
+                               {{"path", path}});
+  };
+  reads_committed_ = reads("committed");
+  reads_owner_ = reads("owner");
   shadow_rejected_ = counter("rejected");
   shadow_unchanged_ = counter("unchanged");
   model_failures_ = metrics_.GetCounter(
@@ -443,6 +450,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
           Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
           return;
         }
+        committed_.Put(Key(thing, name), std::move(result.view));
         // Events first (they hold the request until they are out), then the answer.
         Delivery* hold = to.delivery;
         ProduceChangelog(thing, name, &result.documents, hold);
@@ -644,8 +652,10 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
       RejectShadow(std::move(to), *err);
       return;
     }
-    shadow_store_->After([this, to = std::move(to), body = std::get<std::string>(std::move(r))](
-                             const Status&) mutable {
+    shadow_store_->After([this, to = std::move(to), body = std::get<std::string>(std::move(r)),
+                          key = Key(op.thing, op.name)](const Status&) mutable {
+      // Durable now (every write before this get is): later REST gets need not come here.
+      committed_.Put(key, body);
       Answer(std::move(to), 200, std::move(body), "/accepted");
     });
   } else {
@@ -668,6 +678,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
                    "/rejected");
             return;
           }
+          committed_.Erase(Key(thing, name));
           ProduceChangelog(thing, name, nullptr, to.delivery);
           NotifyWatchers(thing, name, "delete", body);
           PublishShadowEvent(thing, base + "/delete/accepted", body,
@@ -698,12 +709,17 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
   bool changed = (*doc)->connected() != connected;
   int64_t now_ms = clock_.NowMs();
   (*doc)->SetPresence(*connected, now_ms);
+  std::string view;  // the document's metadata changed: what a get shows once durable
+  if ((*doc)->exists()) {
+    view = std::get<std::string>((*doc)->Get("", now_ms / 1000));
+  }
   Delivery* hold = m.delivery;
   hold->Hold();  // until the presence is stored (and announced)
   shadow_store_->Write(
       m.device, "", (*doc)->StoredJson(),
       [this, hold, changed, now_ms, connected = *connected, thing = m.device,
-       source = m.source, topic = m.topic, payload = m.payload, ts = m.ts_ms](const Status& st) {
+       source = m.source, topic = m.topic, payload = m.payload, ts = m.ts_ms,
+       view = std::move(view)](const Status& st) mutable {
         if (!st.ok()) {
           shadow_store_failures_->Inc();
           DeadLetter(hold, "shadow_error",
@@ -711,6 +727,9 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
                      "", source, topic, thing, payload, 1, ts);
           hold->Release();
           return;
+        }
+        if (!view.empty()) {
+          committed_.Put(Key(thing, ""), std::move(view));
         }
         if (changed) {
           // AWS IoT's lifecycle event layout, so existing consumers of it work.
@@ -1125,7 +1144,22 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                       const std::string* name = req.Query("name");
                       return Watch(req.params.at(0), name != nullptr ? *name : "");
                     }});
-  routes.push_back({"GET", "/v1/things/(.+)/shadow", call("get")});
+  routes.push_back({"GET", "/v1/things/(.+)/shadow", [this, target](const HttpRequest& req) {
+                      std::string topic;
+                      HttpResponse out;
+                      if (!target(req, "get", topic, out)) {
+                        return out;
+                      }
+                      const std::string* name = req.Query("name");
+                      if (auto view = committed_.Get(Key(req.params.at(0),
+                                                         name != nullptr ? *name : ""))) {
+                        reads_committed_->Inc();
+                        out.body = *view;
+                        return out;
+                      }
+                      reads_owner_->Inc();
+                      return ShadowApiCall(std::move(topic), req.params.at(0), "");
+                    }});
   routes.push_back({"POST", "/v1/things/(.+)/shadow", call("update")});
   routes.push_back({"DELETE", "/v1/things/(.+)/shadow", call("delete")});
   routes.push_back({"GET", "/v1/things/(.+)/shadows", [this](const HttpRequest& req) {

@@ -673,10 +673,12 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
       w.Close();
     }
     Value delta = Delta();
+    std::string delta_json = delta.members().empty() ? std::string() : delta.Json();
+    result.view = WithDelta(doc_json_, delta_json);
     bool wrote_desired = state->is_null() || desired != nullptr;
     if (!delta.members().empty() && (wrote_desired || !(delta == old_delta))) {
       json::ObjectWriter w(result.delta);
-      w.FieldRaw("state", delta.Json())
+      w.FieldRaw("state", delta_json)
           .FieldRaw("metadata", DeltaMeta(delta, meta_desired_.is_null() ? nullptr : &meta_desired_,
                                           now_s)
                                     .Json())
@@ -706,17 +708,22 @@ std::variant<std::string, ShadowError> ShadowDocument::Get(std::string_view name
   if (!exists_) {
     return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name), "");
   }
-  std::string doc = DocumentJson();
   Value delta = Delta();
-  if (delta.members().empty()) {
-    return doc;
+  return WithDelta(doc_json_, delta.members().empty() ? std::string() : delta.Json());
+}
+
+std::string ShadowDocument::WithDelta(std::string_view doc, std::string_view delta) {
+  if (delta.empty()) {
+    return std::string(doc);
   }
   // Insert the delta into "state": the document starts with {"state":{ ... }.
   size_t close = doc.find("},\"metadata\"");
-  std::string out = doc.substr(0, close);
+  std::string out;
+  out.reserve(doc.size() + delta.size() + 10);
+  out.append(doc.substr(0, close));
   out += out.size() > std::string_view("{\"state\":{").size() ? ",\"delta\":" : "\"delta\":";
-  delta.AppendJson(out);
-  out += doc.substr(close);
+  out.append(delta);
+  out.append(doc.substr(close));
   return out;
 }
 

@@ -998,3 +998,65 @@ TEST_F(ShadowIntegrationTest, MessagesOnAModelsMatchTopicAreValidatedPropertyPos
 
 }  // namespace
 }  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+// REST gets are answered from the last durable state without a trip to the owner: every
+// channel's writes, deletes and restarts must show up there exactly as the owner would say.
+TEST_F(ShadowIntegrationTest, RestGetsShowTheLastDurableStateWhateverWroteIt) {
+  auto gnomon = StartGnomon();
+  auto get = [&](const std::string& path) { return Call("GET", path); };
+  ASSERT_EQ(get("/v1/things/g1/shadow").first, 404);
+  ASSERT_EQ(Call("POST", "/v1/things/g1/shadow", R"({"state":{"reported":{"fan":"off"}}})").first, 200);
+  auto [code, doc] = get("/v1/things/g1/shadow");
+  EXPECT_EQ(code, 200);
+  EXPECT_NE(doc.find(R"("reported":{"fan":"off"})"), std::string::npos) << doc;
+  ASSERT_EQ(Call("POST", "/v1/things/g1/shadow", R"({"state":{"desired":{"fan":"on"}}})").first, 200);
+  doc = get("/v1/things/g1/shadow").second;
+  EXPECT_NE(doc.find(R"("delta":{"fan":"on"})"), std::string::npos) << doc;
+  EXPECT_NE(doc.find(R"("version":2)"), std::string::npos) << doc;
+
+  // A device over MQTT and a rule write; the get sees each once it is durable.
+  Client device(broker_.port(), "g1");
+  device.Subscribe("$aws/things/g1/shadow/update/accepted");
+  device.Publish("$aws/things/g1/shadow/update", R"({"state":{"reported":{"fan":"on"}}})");
+  ASSERT_TRUE(WaitFor([&] { return device.count() >= 1; }));
+  doc = get("/v1/things/g1/shadow").second;
+  EXPECT_NE(doc.find(R"("version":3)"), std::string::npos) << doc;
+  EXPECT_EQ(doc.find("delta"), std::string::npos) << "in sync: no delta: " << doc;
+  device.Publish("devices/g1/telemetry", R"({"temp":30})");
+  ASSERT_TRUE(WaitFor([&] {
+    return get("/v1/things/g1/shadow").second.find(R"("temp":30)") != std::string::npos;
+  })) << get("/v1/things/g1/shadow").second;
+  // A named shadow is its own entry.
+  ASSERT_EQ(Call("POST", "/v1/things/g1/shadow?name=cfg", R"({"state":{"desired":{"x":1}}})").first, 200);
+  EXPECT_NE(get("/v1/things/g1/shadow?name=cfg").second.find(R"("version":1)"), std::string::npos);
+  EXPECT_NE(get("/v1/things/g1/shadow").second.find(R"("version":4)"), std::string::npos);
+
+  // Deleted: 404 at once; written again: the version goes on.
+  ASSERT_EQ(Call("DELETE", "/v1/things/g1/shadow").first, 200);
+  EXPECT_EQ(get("/v1/things/g1/shadow").first, 404);
+  ASSERT_EQ(Call("POST", "/v1/things/g1/shadow", R"({"state":{"reported":{"fan":"auto"}}})").first, 200);
+  doc = get("/v1/things/g1/shadow").second;
+  EXPECT_NE(doc.find(R"("version":5)"), std::string::npos) << doc;
+  EXPECT_EQ(doc.find("temp"), std::string::npos) << "nothing from before the delete: " << doc;
+  std::string metrics = get("/metrics").second;
+  EXPECT_NE(metrics.find("gnomon_shadow_api_reads_total{path=\"committed\"}"), std::string::npos)
+      << metrics;
+
+  // After a restart the first get asks the owner (the store), the next ones do not.
+  gnomon->Signal(SIGTERM);
+  ASSERT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  gnomon = StartGnomon();
+  EXPECT_EQ(get("/v1/things/g1/shadow").second, doc);
+  EXPECT_EQ(get("/v1/things/g1/shadow").second, doc);
+  metrics = get("/metrics").second;
+  EXPECT_NE(metrics.find("gnomon_shadow_api_reads_total{path=\"owner\"} 1\n"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("gnomon_shadow_api_reads_total{path=\"committed\"} 1\n"), std::string::npos)
+      << metrics;
+}
+
+}  // namespace
+}  // namespace gnomon

@@ -367,6 +367,8 @@ TEST(ShadowPropertyTest, RandomUpdatesKeepTheInvariants) {
       ++version;
       ASSERT_EQ(d.version(), version);
       EXPECT_EQ(d.Delta(), ComputeDelta(d.desired(), d.reported()));
+      // What the update says a get now shows is what a get shows.
+      EXPECT_EQ(std::get<UpdateResult>(r).view, std::get<std::string>(d.Get("", kT + step)));
       // The stored document parses and its sections equal the in-memory ones.
       Value doc = *Value::Parse(d.DocumentJson());
       const Value* st = doc.Find("state");

@@ -37,6 +37,8 @@ struct UpdateResult {
   // The change as RFC 6902 operations on the document (paths under /state), a JSON array;
   // empty when !changed.
   std::string patch;
+  // The document as a get shows it after the update (with its delta); empty when !changed.
+  std::string view;
 };
 
 struct Limits {
@@ -89,6 +91,9 @@ class ShadowDocument {
   // The stored document (no delta), as kept and as in the documents event. Cached: rebuilt
   // from per-section JSON at each write.
   std::string DocumentJson() const;
+  // `document` (a DocumentJson()) with `delta` (a JSON object; empty: none) in its state: the
+  // form a get returns.
+  static std::string WithDelta(std::string_view document, std::string_view delta);
 
   // The durable form: the document, its tombstone and its recent client tokens, as one JSON
   // object. FromStored() restores exactly this state.
