@@ -456,6 +456,10 @@ void Engine::Impl::RunWorker(size_t index) {
         case MessageKind::kServiceTimer:
           HandleService(w, m);
           break;
+        case MessageKind::kShadowEvict:
+          w.shadows.erase(m.device + '\0' + m.key);
+          w.history.erase(m.device + '\0' + m.key);
+          break;
         default:
           HandleShadowRequest(w, m);
       }

@@ -254,6 +254,9 @@ class Engine::Impl final : public Ingest,
   // Sends `body` as the answer (after earlier writes are durable when `ordered`).
   void Answer(ShadowReplyTo to, int status, std::string body, std::string_view suffix);
   void RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err);
+  // After a failed store write: the owner of (thing, name) forgets its copy, which holds the
+  // write the store does not (the store is the truth; REST gets already show it).
+  void EvictShadow(const std::string& thing, const std::string& name);
   void PublishShadowEvent(const std::string& thing, const std::string& topic,
                           std::string payload, Delivery* hold);
   // Produces an accepted write (the documents event; nullptr: a delete, as a tombstone) to the

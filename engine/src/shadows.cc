@@ -359,6 +359,15 @@ void Engine::Impl::RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err
   });
 }
 
+void Engine::Impl::EvictShadow(const std::string& thing, const std::string& name) {
+  Message m;
+  m.kind = MessageKind::kShadowEvict;
+  m.device = thing;
+  m.key = name;
+  m.source = &shadow_source_name_;
+  (void)workers_[OwnerOf(thing)]->queue.PushForce(std::move(m));  // closed: stopping anyway
+}
+
 void Engine::Impl::PublishShadowEvent(const std::string& thing, const std::string& topic,
                                       std::string payload, Delivery* hold) {
   // Inside gnomon: a message on the event's topic, for the rules that listen to it.
@@ -445,6 +454,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
           shadow_store_failures_->Inc();
           log::Error("shadow write could not be stored",
                      {{"thing", thing}, {"error", st.message()}});
+          EvictShadow(thing, name);
           shadow::ShadowError err =
               Error(500, "INTERNAL_ERROR", "The shadow store could not save the update");
           Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
@@ -672,6 +682,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
          base = std::move(base), thing = op.thing, name = op.name](const Status& st) mutable {
           if (!st.ok()) {
             shadow_store_failures_->Inc();
+            EvictShadow(thing, name);
             Answer(std::move(to), 500,
                    Error(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
                        .Json(clock_.NowMs() / 1000),
@@ -722,6 +733,7 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
        view = std::move(view)](const Status& st) mutable {
         if (!st.ok()) {
           shadow_store_failures_->Inc();
+          EvictShadow(thing, "");
           DeadLetter(hold, "shadow_error",
                      fmt::format("presence of {} could not be stored: {}", thing, st.message()),
                      "", source, topic, thing, payload, 1, ts);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <mutex>
@@ -1056,6 +1057,59 @@ TEST_F(ShadowIntegrationTest, RestGetsShowTheLastDurableStateWhateverWroteIt) {
       << metrics;
   EXPECT_NE(metrics.find("gnomon_shadow_api_reads_total{path=\"committed\"} 1\n"), std::string::npos)
       << metrics;
+}
+
+}  // namespace
+}  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+TEST_F(ShadowIntegrationTest, AFullDiskRefusesWritesAndLosesOrAltersNothingAcceptedBefore) {
+  if (::geteuid() != 0) {
+    GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");
+  }
+  testing::SmallDisk disk(dir_.File("data"), "16m");
+  GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("topics: [\"devices/+/telemetry\"]"), 31,
+              "topics: [\"devices/+/telemetry\", \"devices/+/status\"]");
+  cfg.replace(cfg.find("shadows: { connection: broker }"), 31,
+              "shadows: { connection: broker, presence: { from: \"devices/+/status\" } }");
+  // Dead letters go to a disk that is not full.
+  cfg.replace(cfg.find("sinks:\n"), 7,
+              "dead_letter: { sink: dl }\nsinks:\n  - { name: dl, type: file, path: dl.jsonl, linger_ms: 0 }\n");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(Call("POST", "/v1/things/f1/shadow", R"({"state":{"reported":{"n":1}}})").first, 200);
+  std::string before = Call("GET", "/v1/things/f1/shadow").second;
+
+  disk.Fill();
+  auto [code, body] = Call("POST", "/v1/things/f1/shadow", R"({"state":{"reported":{"n":2}}})");
+  EXPECT_EQ(code, 500) << body;
+  EXPECT_NE(body.find("INTERNAL_ERROR"), std::string::npos) << body;
+  EXPECT_EQ(Call("GET", "/v1/things/f1/shadow").second, before) << "the refused write is not shown";
+  Client status(broker_.port(), "f1-status");
+  status.Publish("devices/f1/status", "online");
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("dl.jsonl"));
+    return dl.find("shadow_error") != std::string::npos;
+  })) << dl << gnomon->Stderr();
+  EXPECT_NE(dl.find("presence of f1 could not be stored"), std::string::npos) << dl;
+  std::string metrics = Call("GET", "/metrics").second;
+  EXPECT_EQ(metrics.find("gnomon_shadow_store_failures_total 0\n"), std::string::npos) << metrics;
+
+  // Room again: writes go on from the last durable state (the refused one never happened).
+  disk.Free();
+  ASSERT_EQ(Call("POST", "/v1/things/f1/shadow", R"({"state":{"reported":{"m":3}}})").first, 200);
+  std::string after = Call("GET", "/v1/things/f1/shadow").second;
+  EXPECT_NE(after.find(R"("reported":{"n":1,"m":3})"), std::string::npos) << after;
+  EXPECT_NE(after.find(R"("version":2)"), std::string::npos) << after;
+  gnomon->Signal(SIGTERM);
+  ASSERT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  gnomon = StartGnomon();
+  EXPECT_EQ(Call("GET", "/v1/things/f1/shadow").second, after);
 }
 
 }  // namespace

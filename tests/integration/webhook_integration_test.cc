@@ -483,33 +483,6 @@ class ResettingListener {
   std::thread thread_;
 };
 
-// A small tmpfs mounted on a directory for the life of the object (the tests run as root in CI).
-class SmallDisk {
- public:
-  SmallDisk(const std::string& dir, const std::string& size) : dir_(dir) {
-    std::filesystem::create_directories(dir);
-    mounted_ = testing::RunCommand({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", dir},
-                                   nullptr, &why_) == 0;
-  }
-  ~SmallDisk() {
-    if (mounted_) {
-      testing::RunCommand({"umount", "-l", dir_});
-    }
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  // Fills what is left with a ballast file.
-  void Fill() {
-    testing::RunCommand({"dd", "if=/dev/zero", "of=" + dir_ + "/ballast", "bs=4096"});
-  }
-  void Free() { std::filesystem::remove(dir_ + "/ballast"); }
-
- private:
-  std::string dir_;
-  bool mounted_ = false;
-  std::string why_;
-};
-
 TEST_F(WebhookIntegrationTest, ConnectionResetsAreRetriedUntilTheReceiverIsBack) {
   auto g = StartGnomon();
   {
@@ -561,7 +534,7 @@ TEST_F(WebhookIntegrationTest, AFullDiskHoldsIntakeReportsItAndRecoversWithoutLo
   if (::geteuid() != 0) {
     GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");
   }
-  SmallDisk disk(dir_.File("data/outbox"), "16m");  // room for SQLite's WAL (up to ~4 MB)
+  testing::SmallDisk disk(dir_.File("data/outbox"), "16m");  // room for SQLite's WAL (up to ~4 MB)
   GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
   // Records of ~1 KB: 200 of them cannot fit in whatever slack SQLite's files have.
   dir_.Write("rules/forward.lua", R"(

@@ -328,4 +328,20 @@ std::string Postgres::url() const {
   return "postgresql://gnomon@127.0.0.1:" + std::to_string(port_) + "/postgres";
 }
 
+SmallDisk::SmallDisk(const std::string& dir, const std::string& size) : dir_(dir) {
+  std::filesystem::create_directories(dir);
+  mounted_ = RunCommand({"mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", dir}, nullptr,
+                        &why_) == 0;
+}
+
+SmallDisk::~SmallDisk() {
+  if (mounted_) {
+    RunCommand({"umount", "-l", dir_});
+  }
+}
+
+void SmallDisk::Fill() { RunCommand({"dd", "if=/dev/zero", "of=" + dir_ + "/ballast", "bs=4096"}); }
+
+void SmallDisk::Free() { std::filesystem::remove(dir_ + "/ballast"); }
+
 }  // namespace gnomon::testing

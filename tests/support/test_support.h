@@ -65,6 +65,23 @@ int RunCommand(const std::vector<std::string>& argv, std::string* out = nullptr,
                std::string* err = nullptr, const std::string& dir = "");
 
 // A mosquitto broker on a free loopback port, with persistence in a temp dir.
+// A small tmpfs mounted on a directory for the life of the object (the tests run as root in CI).
+class SmallDisk {
+ public:
+  SmallDisk(const std::string& dir, const std::string& size);
+  ~SmallDisk();
+  bool mounted() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  // Fills what is left with a ballast file.
+  void Fill();
+  void Free();
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
 class Mosquitto {
  public:
   // Returns false and sets `why` when the broker does not start. `extra` is appended to the
