@@ -589,6 +589,7 @@ TEST_F(ShadowIntegrationTest, ThingModelEventsAreValidatedAndReachRulesWithTheir
   device.Publish("devices/th-1/events/unplugged", R"({"seq":3})");              // not in the model
   device.Publish("devices/wk-1/events/overheat", R"({"temp":"hot","seq":4})");  // weak: passed on
   device.Publish("devices/xx-1/events/anything", R"({"seq":5})");               // no model
+  device.Publish("devices/th-1/events/overheat", "hot!");                       // not JSON
   std::string archive;
   ASSERT_TRUE(WaitFor([&] {
     archive = testing::ReadFile(dir_.File("archive.jsonl"));
@@ -614,9 +615,10 @@ TEST_F(ShadowIntegrationTest, ThingModelEventsAreValidatedAndReachRulesWithTheir
   std::string dl;
   ASSERT_TRUE(WaitFor([&] {
     dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
-    return std::count(dl.begin(), dl.end(), '\n') >= 2;
+    return std::count(dl.begin(), dl.end(), '\n') >= 3;
   })) << dl;
   EXPECT_NE(dl.find("model_validation"), std::string::npos) << dl;
+  EXPECT_NE(dl.find("the event's params are not JSON"), std::string::npos) << dl;
   EXPECT_NE(dl.find(R"(event overheat of th-1 refused by acme:strict@1: [{\"path\":\"/temp\",\"error\":\"TM_TYPE_MISMATCH\")"),
             std::string::npos) << dl;
   EXPECT_NE(dl.find("unplugged is not an event of acme:strict"), std::string::npos) << dl;
