@@ -359,6 +359,37 @@ int RunLoad(const Url& url, int64_t count, int devices, const std::string& publi
   return st.received >= count ? 0 : 1;
 }
 
+// The least any MQTT-to-MQTT rule engine outside the broker must do: take each message on
+// `from` and publish it again (QoS 1) on `to` with the topic's second level as {d}. No parsing,
+// no rules, and (libmosquitto acknowledges on receipt) no delivery guarantee: an upper bound
+// for bench/mqtt.sh to hold gnomon against, since both put every message through the broker
+// twice.
+int RunRelay(const Url& url, const std::string& from, const std::string& to, int qos) {
+  struct Relay {
+    std::string to;
+    int qos;
+    mosquitto* self = nullptr;
+  } r{to, qos};
+  Mqtt m(url, fmt::format("gnomon-relay-{}", ::getpid()), &r);
+  r.self = m.get();
+  mosquitto_message_callback_set(m.get(), [](mosquitto* mosq, void* user, const mosquitto_message* msg) {
+    auto* rl = static_cast<Relay*>(user);
+    std::string_view t(msg->topic);
+    size_t a = t.find('/');
+    size_t b = a == std::string_view::npos ? a : t.find('/', a + 1);
+    std::string topic = rl->to;
+    if (size_t p = topic.find("{d}"); p != std::string::npos && a != std::string_view::npos) {
+      topic.replace(p, 3, std::string(t.substr(a + 1, b - a - 1)));
+    }
+    mosquitto_publish(mosq, nullptr, topic.c_str(), msg->payloadlen, msg->payload, rl->qos, false);
+  });
+  mosquitto_subscribe(m.get(), nullptr, from.c_str(), qos);
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -401,7 +432,18 @@ int main(int argc, char** argv) {
   load->add_option("--window", window, "QoS 1 publishes in flight");
   load->add_option("--timeout", timeout, "Seconds to wait for the last messages");
 
+  std::string relay_from = "devices/+/telemetry", relay_to = "devices/{d}/cmd";
+  auto* relay = app.add_subcommand(
+      "relay", "Republish every message (bench/mqtt.sh's bare-relay baseline) until stopped");
+  relay->add_option("--url", url);
+  relay->add_option("--from", relay_from, "Topic filter to take");
+  relay->add_option("--to", relay_to, "Topic pattern to publish on; {d} is the topic's 2nd level");
+  relay->add_option("--qos", qos);
+
   CLI11_PARSE(app, argc, argv);
+  if (relay->parsed()) {
+    return RunRelay(ParseUrl(url), relay_from, relay_to, qos);
+  }
   if (dev->parsed()) {
     return RunDevices(ParseUrl(url), devices, rate, duration, qos);
   }

@@ -33,6 +33,9 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
   srv.set_payload_max_length(max_body_bytes);
   // Without it small responses wait for the delayed ACK (Nagle): ~40 ms per keep-alive request.
   srv.set_tcp_nodelay(true);
+  // cpp-httplib closes a keep-alive connection after 5 requests by default: every client would
+  // reconnect (a new accept and a thread hand-off) every fifth request.
+  srv.set_keep_alive_max_count(100000);
   // One thread per keep-alive connection (and per watch stream): more than the default 8.
   srv.new_task_queue = [] { return new httplib::ThreadPool(kHttpThreads); };
   for (auto& r : routes) {
