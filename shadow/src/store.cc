@@ -232,12 +232,16 @@ class ShadowStore::Impl {
   }
 
   void Write(Pending p) {
+    bool wake;
     {
       std::lock_guard lock(mu_);
       queue_.push_back(std::move(p));
       ++queued_seq_;
+      wake = writer_waiting_;  // a busy writer takes this write with its next batch
     }
-    cv_.notify_all();
+    if (wake) {
+      cv_.notify_one();
+    }
   }
 
   void Flush() {
@@ -265,7 +269,9 @@ class ShadowStore::Impl {
     while (true) {
       {
         std::unique_lock lock(mu_);
+        writer_waiting_ = true;
         cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+        writer_waiting_ = false;
         if (queue_.empty()) {
           return;  // closing and drained
         }
@@ -370,6 +376,7 @@ class ShadowStore::Impl {
   uint64_t queued_seq_ = 0;         // GUARDED_BY(mu_)
   uint64_t committed_seq_ = 0;      // GUARDED_BY(mu_)
   bool closing_ = false;            // GUARDED_BY(mu_)
+  bool writer_waiting_ = false;     // GUARDED_BY(mu_)
   StoreStats stats_;                // GUARDED_BY(mu_)
   std::thread writer_;
 };
