@@ -187,6 +187,24 @@ int RunThermostats(const Url& url, int devices, double duration, int qos) {
     auto* s = static_cast<ThermostatState*>(user);
     std::string topic = msg->topic;
     std::string body(static_cast<const char*>(msg->payload), static_cast<size_t>(msg->payloadlen));
+    // $aws/things/dN/services/{service}/request: a thing-model service call; the thermostat
+    // blinks (prints) and answers with the model's outputData.
+    if (size_t sv = topic.find("/services/"); sv != std::string::npos) {
+      size_t i = body.find("\"id\":\"");
+      if (i == std::string::npos) {
+        return;
+      }
+      std::string id = body.substr(i + 6, body.find('"', i + 6) - i - 6);
+      std::string reply = fmt::format(R"({{"id":"{}","code":200,"data":{{"ok":true}}}})", id);
+      std::string to = topic.substr(0, topic.rfind("/request")) + "/reply";
+      {
+        std::lock_guard lock(s->mu);
+        s->changes.push_back(fmt::format("{} called: {}", topic.substr(12, sv - 12), body));
+      }
+      mosquitto_publish(s->m, nullptr, to.c_str(), static_cast<int>(reply.size()), reply.data(),
+                        s->qos, false);
+      return;
+    }
     // $aws/things/dN/shadow/update/delta
     size_t a = topic.find("/d"), b = topic.find("/shadow/");
     if (a == std::string::npos || b == std::string::npos) {
@@ -213,6 +231,7 @@ int RunThermostats(const Url& url, int devices, double duration, int qos) {
                       s->qos, false);
   });
   mosquitto_subscribe(m.get(), nullptr, "$aws/things/+/shadow/update/delta", 1);
+  mosquitto_subscribe(m.get(), nullptr, "$aws/things/+/services/+/request", 1);
   std::mt19937 rng(5);
   std::normal_distribution<double> noise(0.0, 0.2);
   std::vector<double> temp(static_cast<size_t>(devices));
