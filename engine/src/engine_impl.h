@@ -289,7 +289,10 @@ class Engine::Impl final : public Ingest,
   void ServiceTick(Worker& w);
   void ServiceTimer(std::stop_token st);
   std::optional<bool> Presence(Worker& w, const std::string& thing);
-  HttpResponse ServiceApiCall(Message m, int64_t wait_ms);
+  // Submits a REST request message (answered through its `reply`) and waits up to `wait_ms`.
+  HttpResponse ApiCall(Message m, int64_t wait_ms);
+  // Tells the owner of `thing` about call `id` (a kServiceTimer message: send, sent, ...).
+  void NoteCall(const std::string& thing, const std::string& id, const char* what);
   std::vector<HttpRoute> ServiceRoutes();
   bool services_enabled() const { return shadow_store_ != nullptr && !config_.models.empty(); }
   std::string service_reply_filter_;  // {prefix}/+/services/+/reply

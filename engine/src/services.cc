@@ -188,13 +188,7 @@ Status Engine::Impl::InitServices() {
   service_reply_filter_ = prefix + "/+/services/+/reply";
   service_sent_ = std::make_unique<ServiceSentObserver>(
       [this](std::string thing, std::string id, const char* outcome) {
-        Message m;
-        m.kind = MessageKind::kServiceTimer;
-        m.topic = outcome;
-        m.device = std::move(thing);
-        m.key = std::move(id);
-        m.source = &api_source_name_;
-        (void)workers_[OwnerOf(m.device)]->queue.PushForce(std::move(m));  // closed: stopping
+        NoteCall(thing, id, outcome);
       });
   // Calls stored by an earlier run: unfinished ones go on (SENT ones time out or get their
   // reply, which the broker kept for our persistent session), finished ones stay readable.
@@ -222,6 +216,16 @@ Status Engine::Impl::InitServices() {
     log::Info("service calls restored", {{"calls", std::to_string(restored)}});
   }
   return {};
+}
+
+void Engine::Impl::NoteCall(const std::string& thing, const std::string& id, const char* what) {
+  Message m;
+  m.kind = MessageKind::kServiceTimer;
+  m.topic = what;
+  m.device = thing;
+  m.key = id;
+  m.source = &api_source_name_;
+  (void)workers_[OwnerOf(thing)]->queue.PushForce(std::move(m));  // closed: stopping anyway
 }
 
 std::optional<bool> Engine::Impl::Presence(Worker& w, const std::string& thing) {
@@ -417,13 +421,7 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
                    body = call.Json(), thing = call.thing, id = call.id](const Status& st) {
     if (!st.ok()) {
       shadow_store_failures_->Inc();
-      Message u;
-      u.kind = MessageKind::kServiceTimer;
-      u.topic = "unstored";
-      u.device = thing;
-      u.key = id;
-      u.source = &api_source_name_;
-      (void)workers_[OwnerOf(thing)]->queue.PushForce(std::move(u));
+      NoteCall(thing, id, "unstored");
       if (answer) {
         answer(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
                         .Json(clock_.NowMs() / 1000));
@@ -433,13 +431,7 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
       delivery->Release();
       return;
     }
-    Message s;  // to the owner, which sends it
-    s.kind = MessageKind::kServiceTimer;
-    s.topic = "send";
-    s.device = thing;
-    s.key = id;
-    s.source = &api_source_name_;
-    (void)workers_[OwnerOf(thing)]->queue.PushForce(std::move(s));
+    NoteCall(thing, id, "send");  // the owner sends it
     if (answer) {
       answer(202, body);
     }
@@ -649,7 +641,7 @@ void Engine::Impl::ServiceTimer(std::stop_token st) {
   }
 }
 
-HttpResponse Engine::Impl::ServiceApiCall(Message m, int64_t wait_ms) {
+HttpResponse Engine::Impl::ApiCall(Message m, int64_t wait_ms) {
   auto done = std::make_shared<std::promise<std::pair<int, std::string>>>();
   auto answer = done->get_future();
   m.source = &api_source_name_;
@@ -663,7 +655,7 @@ HttpResponse Engine::Impl::ServiceApiCall(Message m, int64_t wait_ms) {
   }
   if (answer.wait_for(std::chrono::milliseconds(wait_ms)) != std::future_status::ready) {
     out.status = 503;
-    out.body = Error(503, "TIMEOUT", "gnomon did not answer in time; retry")
+    out.body = Error(503, "TIMEOUT", "The request was not answered in time; retry")
                    .Json(clock_.NowMs() / 1000);
     return out;
   }
@@ -697,7 +689,7 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
          m.kind = MessageKind::kServiceStatus;
          m.device = req.params.at(0);
          m.key = req.params.at(1);
-         return ServiceApiCall(std::move(m), kApiWaitMs);
+         return ApiCall(std::move(m), kApiWaitMs);
        }});
   routes.push_back(
       {"POST", "/v1/things/([^/]+)/services/([^/]+)", [this, bad_thing](const HttpRequest& req) {
@@ -729,7 +721,7 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
              wait += info->timeout_ms;
            }
          }
-         return ServiceApiCall(std::move(m), wait);
+         return ApiCall(std::move(m), wait);
        }});
   return routes;
 }

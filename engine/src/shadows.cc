@@ -1062,32 +1062,12 @@ HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& na
 }
 
 HttpResponse Engine::Impl::ShadowApiCall(std::string topic, std::string thing, std::string body) {
-  auto done = std::make_shared<std::promise<std::pair<int, std::string>>>();
-  auto answer = done->get_future();
   Message m;
   m.topic = std::move(topic);
   m.device = std::move(thing);
   m.payload = std::move(body);
   m.kind = MessageKind::kShadowApi;
-  m.source = &api_source_name_;
-  m.ts_ms = clock_.NowMs();
-  m.reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
-  HttpResponse out;
-  if (!Submit(std::move(m), nullptr)) {
-    out.status = 503;
-    out.body = Error(503, "UNAVAILABLE", "gnomon is stopping").Json(clock_.NowMs() / 1000);
-    return out;
-  }
-  if (answer.wait_for(kApiTimeout) != std::future_status::ready) {
-    out.status = 503;
-    out.body = Error(503, "TIMEOUT", "The shadow did not answer in time; retry")
-                   .Json(clock_.NowMs() / 1000);
-    return out;
-  }
-  auto [status, text] = answer.get();
-  out.status = status;
-  out.body = std::move(text);
-  return out;
+  return ApiCall(std::move(m), std::chrono::milliseconds(kApiTimeout).count());
 }
 
 std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
