@@ -484,7 +484,7 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     const shadow::ThingModel* model = BoundModel(m.device);
     bool ok = true;
     if (TopicMatches(config_.events_from, m.topic)) {
-      ok = CheckEvent(m);
+      ok = CheckEvent(m, model);
     } else if (model != nullptr && !model->topic().empty() &&
                TopicMatches(model->topic(), m.topic)) {
       ok = CheckPropertyPost(m, *model);

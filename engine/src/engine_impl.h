@@ -125,10 +125,9 @@ struct ServiceCall {
   std::function<void(int, std::string)> waiter;  // a sync REST caller (not stored)
 
   bool finished() const { return state != "QUEUED" && state != "SENT"; }
-  // The status document (GET .../calls/{id}, invoke answers).
+  // The status document (GET .../calls/{id}, invoke answers); also its stored form, which
+  // FromStored reads back.
   std::string Json() const;
-  // The stored form (the status document with what a restart needs).
-  std::string Stored() const;
   static Result<ServiceCall> FromStored(std::string_view stored);
 };
 
@@ -271,7 +270,7 @@ class Engine::Impl final : public Ingest,
   bool ApplyPresence(Worker& w, Message& m);
   // An event post from a thing bound to a model (`events.from`): validated against the model's
   // event and labelled with headers for the rules. False when it was dead-lettered.
-  bool CheckEvent(Message& m);
+  bool CheckEvent(Message& m, const shadow::ThingModel* model);  // model: the thing's, or null
   // Service calls (services.cc).
   Status InitServices();
   void HandleService(Worker& w, Message& m);

@@ -116,8 +116,6 @@ std::string ServiceCall::Json() const {
   return out;
 }
 
-std::string ServiceCall::Stored() const { return Json(); }
-
 Result<ServiceCall> ServiceCall::FromStored(std::string_view stored) {
   GNOMON_ASSIGN_OR_RETURN(shadow::Value v, shadow::Value::Parse(stored));
   ServiceCall c;
@@ -240,7 +238,7 @@ std::optional<bool> Engine::Impl::Presence(Worker& w, const std::string& thing) 
 }
 
 void Engine::Impl::StoreCall(const ServiceCall& c, shadow::ShadowStore::Done done) {
-  shadow_store_->WriteCall(c.thing, c.id, c.Stored(), std::move(done));
+  shadow_store_->WriteCall(c.thing, c.id, c.Json(), std::move(done));
 }
 
 void Engine::Impl::SendCall(ServiceCall& c) {

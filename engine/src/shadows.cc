@@ -763,8 +763,7 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
   return true;
 }
 
-bool Engine::Impl::CheckEvent(Message& m) {
-  const shadow::ThingModel* model = BoundModel(m.device);
+bool Engine::Impl::CheckEvent(Message& m, const shadow::ThingModel* model) {
   if (model == nullptr) {
     return true;  // not a modelled thing: an ordinary message
   }

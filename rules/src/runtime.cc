@@ -332,13 +332,17 @@ Result<int> ShadowDevice(lua_State* L) {
 }
 
 // __model_info(thing) -> modelId, version, "modelId@version" of the bound model, or nil.
+// The model bound to the thing named by argument 1, or null.
+const shadow::ThingModel* ModelArg(lua_State* L, State* s) {
+  size_t len = 0;
+  const char* p = lua_tolstring(L, 1, &len);
+  return s->msg->shadows != nullptr && p != nullptr ? s->msg->shadows->Model({p, len}) : nullptr;
+}
+
 Result<int> ModelInfo(lua_State* L) {
   State* s = GetState(L);
   GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.model"));
-  size_t len = 0;
-  const char* p = lua_tolstring(L, 1, &len);
-  const shadow::ThingModel* m =
-      s->msg->shadows != nullptr && p != nullptr ? s->msg->shadows->Model({p, len}) : nullptr;
+  const shadow::ThingModel* m = ModelArg(L, s);
   if (m == nullptr) {
     lua_pushnil(L);
     return 1;
@@ -354,10 +358,7 @@ Result<int> ModelInfo(lua_State* L) {
 Result<int> ModelValidate(lua_State* L) {
   State* s = GetState(L);
   GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.model"));
-  size_t len = 0;
-  const char* p = lua_tolstring(L, 1, &len);
-  const shadow::ThingModel* m =
-      s->msg->shadows != nullptr && p != nullptr ? s->msg->shadows->Model({p, len}) : nullptr;
+  const shadow::ThingModel* m = ModelArg(L, s);
   if (m == nullptr) {
     return FailedPrecondition("ctx.model:validate: the device has no thing model");
   }
