@@ -214,8 +214,13 @@ TEST_F(ShadowIntegrationTest, RulesReportIntoShadowsAndRoutedWritesReachTheirOwn
     // Every report was applied, in order: 50 writes, versions 1..50.
     EXPECT_NE(r.second.find(R"("version":50)"), std::string::npos) << r.second;
   }
-  // Writes to room shadows came from both workers and were applied by the room's owner.
-  auto room = Call("GET", "/v1/things/room-r0/shadow");
+  // Writes to room shadows came from both workers and were applied by the room's owner (they
+  // are routed there asynchronously, so they may still be landing when the devices' are in).
+  std::pair<int, std::string> room;
+  WaitFor([&] {
+    room = Call("GET", "/v1/things/room-r0/shadow");
+    return room.second.find(R"("version":200)") != std::string::npos;
+  });
   EXPECT_EQ(room.first, 200) << room.second;
   EXPECT_NE(room.second.find(R"("version":200)"), std::string::npos) << room.second;
 
