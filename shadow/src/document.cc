@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <tuple>
 
@@ -20,60 +21,84 @@ ShadowError Error(int code, std::string error, std::string message, const std::s
   return e;
 }
 
-// Metadata for a written value: a {"timestamp": t} per leaf (a leaf is anything but a
-// non-empty object), mirroring the value's object structure.
-Value MetaFor(const Value& v, int64_t t) {
+// A section's metadata: {"timestamp": t} per leaf (a leaf is anything but a non-empty object),
+// mirroring the value's object structure. t is the leaf's stamp, or `fixed` when >= 0.
+void AppendMeta(const Value& v, std::string& out, int64_t fixed = -1) {
   if (v.is_object() && !v.members().empty()) {
-    Value m = Value::Object();
+    char sep = '{';
     for (const auto& [k, child] : v.members()) {
-      m.Set(k, MetaFor(child, t));
+      out += sep;
+      sep = ',';
+      json::AppendQuoted(out, k);
+      out += ':';
+      AppendMeta(child, out, fixed);
     }
-    return m;
+    out += '}';
+    return;
   }
-  Value leaf = Value::Object();
-  leaf.Set("timestamp", Value::Int(t));
-  return leaf;
+  out += "{\"timestamp\":";
+  json::AppendInt(out, fixed >= 0 ? fixed : v.stamp());
+  out += '}';
+}
+
+// Reads the leaves' stamps of `v` from its parsed metadata; `fallback` where it has none.
+void LoadStamps(Value& v, const Value* meta, int64_t fallback) {
+  if (v.is_object() && !v.members().empty()) {
+    for (auto& [k, child] : v.members()) {
+      LoadStamps(child, meta != nullptr ? meta->Find(k) : nullptr, fallback);
+    }
+    return;
+  }
+  const Value* ts = meta != nullptr ? meta->Find("timestamp") : nullptr;
+  v.set_stamp(ts != nullptr && ts->kind() == Value::Kind::kInt ? ts->as_int() : fallback);
+}
+
+void StampAll(Value& v, int64_t t) {
+  v.set_stamp(t);
+  if (v.is_object()) {
+    for (auto& [k, child] : v.members()) {
+      StampAll(child, t);
+    }
+  }
 }
 
 // RFC 7396: nulls inside a value that replaces wholesale are removed.
-Value StripNulls(const Value& v) {
+void StripNulls(Value& v) {
   if (!v.is_object()) {
-    return v;
+    return;
   }
-  Value out = Value::Object();
-  for (const auto& [k, child] : v.members()) {
-    if (!child.is_null()) {
-      out.Set(k, StripNulls(child));
-    }
+  auto& m = v.members();
+  m.erase(std::remove_if(m.begin(), m.end(), [](const Value::Member& e) { return e.second.is_null(); }),
+          m.end());
+  for (auto& [k, child] : m) {
+    StripNulls(child);
   }
-  return out;
 }
 
-// JSON Merge Patch of `patch` into object `target`, keeping `meta` in step.
-void MergeSection(Value& target, Value& meta, const Value& patch, int64_t t) {
+// Whether merging `patch` into object `target` (RFC 7396) would change its value.
+bool WouldChange(const Value& target, const Value& patch) {
   for (const auto& [k, pv] : patch.members()) {
+    const Value* tv = target.Find(k);
     if (pv.is_null()) {
-      target.Erase(k);
-      meta.Erase(k);
-      continue;
-    }
-    Value* tv = target.Find(k);
-    if (pv.is_object() && !pv.members().empty() && tv != nullptr && tv->is_object()) {
-      bool had_children = !tv->members().empty();
-      Value* mv = meta.Find(k);
-      if (mv == nullptr || !had_children) {
-        mv = &meta.Set(k, Value::Object());  // it was a leaf ({}): now it has children
+      if (tv != nullptr) {
+        return true;
       }
-      MergeSection(*tv, *mv, pv, t);
-      if (tv->members().empty()) {
-        meta.Set(k, MetaFor(*tv, t));  // emptied: {} is a leaf again
+    } else if (pv.is_object() && tv != nullptr && tv->is_object()) {
+      if (WouldChange(*tv, pv)) {
+        return true;
       }
-      continue;
+    } else {
+      if (tv == nullptr) {
+        return true;
+      }
+      Value nv = pv;
+      StripNulls(nv);
+      if (!(*tv == nv)) {
+        return true;
+      }
     }
-    Value nv = StripNulls(pv);
-    meta.Set(k, MetaFor(nv, t));
-    target.Set(k, std::move(nv));
   }
+  return false;
 }
 
 // RFC 6901: "~" → "~0", "/" → "~1".
@@ -102,41 +127,39 @@ void AppendOp(std::string& ops, std::string_view op, const std::string& path, co
   ops += '}';
 }
 
-// RFC 6902 operations turning `before` into `after` (null: absent) at `path`.
-void Diff(const Value& before, const Value& after, const std::string& path, std::string& ops) {
-  if (before.is_null() && after.is_null()) {
-    return;
-  }
-  if (before.is_null()) {
-    AppendOp(ops, "add", path, &after);
-    return;
-  }
-  if (after.is_null()) {
-    AppendOp(ops, "remove", path, nullptr);
-    return;
-  }
-  if (!before.is_object() || !after.is_object()) {
-    if (!(before == after)) {
-      AppendOp(ops, "replace", path, &after);
-    }
-    return;
-  }
-  for (const auto& [k, v] : before.members()) {
-    if (after.Find(k) == nullptr) {
-      std::string p = path;
-      AppendPointerToken(p, k);
-      AppendOp(ops, "remove", p, nullptr);
-    }
-  }
-  for (const auto& [k, v] : after.members()) {
-    std::string p = path;
-    AppendPointerToken(p, k);
-    const Value* old = before.Find(k);
-    if (old == nullptr) {
-      AppendOp(ops, "add", p, &v);
+// JSON Merge Patch (RFC 7396) of `patch` into object `target`, in place: objects merge
+// recursively (an empty one into an object changes nothing), the patch's other values are moved
+// in, and the leaves written are stamped `t`. Appends the change as RFC 6902 operations at
+// `path` to `ops`: one per member the patch changes, in the patch's order.
+void Merge(Value& target, Value& patch, int64_t t, std::string& path, std::string& ops) {
+  for (auto& [k, pv] : patch.members()) {
+    size_t len = path.size();
+    AppendPointerToken(path, k);
+    Value* tv = target.Find(k);
+    if (pv.is_null()) {
+      if (tv != nullptr) {
+        target.Erase(k);
+        AppendOp(ops, "remove", path, nullptr);
+      }
+    } else if (pv.is_object() && tv != nullptr && tv->is_object()) {
+      Merge(*tv, pv, t, path, ops);
+      if (tv->members().empty()) {
+        tv->set_stamp(t);  // emptied: {} is a leaf again
+      }
     } else {
-      Diff(*old, v, p, ops);
+      StripNulls(pv);
+      StampAll(pv, t);
+      if (tv == nullptr) {
+        AppendOp(ops, "add", path, &pv);
+        target.members().emplace_back(std::move(k), std::move(pv));
+      } else {
+        if (!(*tv == pv)) {
+          AppendOp(ops, "replace", path, &pv);
+        }
+        *tv = std::move(pv);
+      }
     }
+    path.resize(len);
   }
 }
 
@@ -179,20 +202,6 @@ bool HasArrayNull(const Value& v, bool in_array) {
     }
   }
   return false;
-}
-
-// The metadata of the delta's leaves, taken from the desired metadata.
-Value DeltaMeta(const Value& delta, const Value* meta, int64_t t) {
-  Value out = Value::Object();
-  for (const auto& [k, dv] : delta.members()) {
-    const Value* m = meta != nullptr ? meta->Find(k) : nullptr;
-    if (dv.is_object() && !dv.members().empty()) {
-      out.Set(k, DeltaMeta(dv, m, t));
-    } else {
-      out.Set(k, m != nullptr ? *m : MetaFor(dv, t));
-    }
-  }
-  return out;
 }
 
 void AppendToken(json::ObjectWriter& w, const std::string& token) {
@@ -296,6 +305,22 @@ void ShadowDocument::RebuildDocumentJson() {
 
 std::string ShadowDocument::DocumentJson() const { return doc_json_; }
 
+void ShadowDocument::RestoreSections() {
+  auto load = [&](const std::string& json, const std::string& meta_json, Value& value) {
+    if (json.empty()) {
+      value = Value();
+      return;
+    }
+    auto v = Value::Parse(json);  // the section's own serialization: it parses
+    auto m = Value::Parse(meta_json);
+    GNOMON_DCHECK(v.ok() && m.ok());
+    value = v.ok() ? std::move(*v) : Value();
+    LoadStamps(value, m.ok() ? &*m : nullptr, timestamp_s_);
+  };
+  load(desired_json_, meta_desired_json_, desired_);
+  load(reported_json_, meta_reported_json_, reported_);
+}
+
 void ShadowDocument::SetModel(const std::string& model_ref) {
   if (model_ref == model_) {
     return;  // the usual case: no copy, no rebuild
@@ -354,7 +379,7 @@ std::string ShadowDocument::StoredJson() const {
 
 Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, Limits limits) {
   GNOMON_ASSIGN_OR_RETURN(Value v, Value::Parse(document));
-  const Value* state = v.Find("state");
+  Value* state = v.Find("state");
   const Value* version = v.Find("version");
   if (!v.is_object() || state == nullptr || !state->is_object() || version == nullptr ||
       version->kind() != Value::Kind::kInt) {
@@ -367,18 +392,16 @@ Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, L
     d.timestamp_s_ = ts->as_int();
   }
   const Value* meta = v.Find("metadata");
-  auto section = [&](std::string_view key, Value& value, std::string& json, Value& mvalue,
-                     std::string& mjson) {
-    if (const Value* f = state->Find(key); f != nullptr && f->is_object()) {
-      value = *f;
+  auto section = [&](std::string_view key, Value& value, std::string& json, std::string& mjson) {
+    if (Value* f = state->Find(key); f != nullptr && f->is_object()) {
+      value = std::move(*f);
       json = value.Json();
-      const Value* m = meta != nullptr ? meta->Find(key) : nullptr;
-      mvalue = m != nullptr && m->is_object() ? *m : Value::Object();
-      mjson = mvalue.Json();
+      LoadStamps(value, meta != nullptr ? meta->Find(key) : nullptr, d.timestamp_s_);
+      AppendMeta(value, mjson);
     }
   };
-  section("desired", d.desired_, d.desired_json_, d.meta_desired_, d.meta_desired_json_);
-  section("reported", d.reported_, d.reported_json_, d.meta_reported_, d.meta_reported_json_);
+  section("desired", d.desired_, d.desired_json_, d.meta_desired_json_);
+  section("reported", d.reported_, d.reported_json_, d.meta_reported_json_);
   if (meta != nullptr) {
     const Value* c = meta->Find("connected");
     const Value* seen = meta->Find("lastSeen");
@@ -408,16 +431,17 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   d.version_ = integer("version");
   d.timestamp_s_ = integer("timestamp");
   d.deleted_at_s_ = integer("deleted_at");
-  auto section = [&](std::string_view key, Value& value, std::string& json) {
+  auto section = [&](std::string_view key, std::string_view meta_key, Value& value,
+                     std::string& json, std::string& mjson) {
     if (Value* f = v.Find(key); f != nullptr && f->is_object()) {
       value = std::move(*f);
       json = value.Json();
+      LoadStamps(value, v.Find(meta_key), d.timestamp_s_);
+      AppendMeta(value, mjson);
     }
   };
-  section("desired", d.desired_, d.desired_json_);
-  section("reported", d.reported_, d.reported_json_);
-  section("meta_desired", d.meta_desired_, d.meta_desired_json_);
-  section("meta_reported", d.meta_reported_, d.meta_reported_json_);
+  section("desired", "meta_desired", d.desired_, d.desired_json_, d.meta_desired_json_);
+  section("reported", "meta_reported", d.reported_, d.reported_json_, d.meta_reported_json_);
   if (const Value* c = v.Find("connected"); c != nullptr && c->kind() == Value::Kind::kInt) {
     d.presence_ = c->as_int() != 0 ? 1 : 0;
     d.last_seen_ms_ = integer("last_seen");
@@ -455,7 +479,7 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
   if (!parsed.ok() || !parsed->is_object()) {
     return Error(400, "INVALID_JSON", "Invalid JSON", "");
   }
-  const Value& req = *parsed;
+  Value& req = *parsed;  // the merge moves its values into the sections
   std::string token;
   const Value* token_v = req.Find("clientToken");
   if (token_v != nullptr && token_v->kind() == Value::Kind::kString &&
@@ -466,15 +490,15 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     return Error(413, "PAYLOAD_TOO_LARGE", "The payload exceeds the maximum size allowed", token);
   }
   // 2-4. The shape of state.
-  const Value* state = req.Find("state");
+  Value* state = req.Find("state");
   if (state == nullptr) {
     return Error(400, "MISSING_STATE", "Missing required node: state", token);
   }
   if (!state->is_null() && !state->is_object()) {
     return Error(400, "STATE_NOT_OBJECT", "State node must be an object", token);
   }
-  const Value* desired = nullptr;
-  const Value* reported = nullptr;
+  Value* desired = nullptr;
+  Value* reported = nullptr;
   if (state->is_object()) {
     for (const auto& [k, v] : state->members()) {
       if (k != "desired" && k != "reported") {
@@ -564,49 +588,20 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     }
   }
 
-  // Merge into copies of the sections the request touches; 11. sizes.
   bool touch_desired = state->is_null() || desired != nullptr;
   bool touch_reported = state->is_null() || reported != nullptr;
-  struct Next {
-    Value value, meta;
-    std::string json;  // empty when the section is absent
-  } next_desired, next_reported;
-  auto build = [&](bool touch, const Value* patch, const Value& cur, const Value& cur_meta,
-                   Next& out) {
-    if (!touch || state->is_null() || patch->is_null()) {
-      return;  // untouched (unused), or removed (stays null)
+  auto changes = [&](bool touch, const Value* patch, const Value& section) {
+    if (!touch) {
+      return false;
     }
-    out.value = cur.is_object() ? cur : Value::Object();
-    out.meta = cur.is_object() ? cur_meta : Value::Object();
-    MergeSection(out.value, out.meta, *patch, now_s);
-    if (out.value.members().empty()) {  // a section left empty is removed
-      out.value = Value();
-      out.meta = Value();
-      return;
+    if (state->is_null() || patch->is_null()) {
+      return !section.is_null();
     }
-    out.json = out.value.Json();
+    return WouldChange(section.is_object() ? section : Value::Object(), *patch);
   };
-  build(touch_desired, desired, desired_, meta_desired_, next_desired);
-  build(touch_reported, reported, reported_, meta_reported_, next_reported);
-  for (auto [name, touched, next] :
-       {std::tuple<const char*, bool, const Next*>{"desired", touch_desired, &next_desired},
-        std::tuple<const char*, bool, const Next*>{"reported", touch_reported, &next_reported}}) {
-    size_t bytes = next->json.size();
-    if (touched && bytes > limits_.max_section_bytes) {
-      ShadowError e = Error(413, "PAYLOAD_TOO_LARGE",
-                            fmt::format("The {} section would be {} bytes; the limit is {}", name,
-                                        bytes, limits_.max_section_bytes),
-                            token);
-      e.details = fmt::format(R"({{"section":"{}","bytes":{},"limit":{}}})", name, bytes,
-                              limits_.max_section_bytes);
-      return e;
-    }
-  }
-
   UpdateResult result;
-  bool same = (!touch_desired || next_desired.value == desired_) &&
-              (!touch_reported || next_reported.value == reported_);
-  if (if_changed && exists_ && same) {
+  if (if_changed && exists_ && !changes(touch_desired, desired, desired_) &&
+      !changes(touch_reported, reported, reported_)) {
     result.changed = false;
     json::ObjectWriter w(result.accepted);
     w.FieldRaw("changed", "false").Field("version", version_).Field("timestamp", now_s);
@@ -614,60 +609,114 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     w.Close();
   } else {
     Value old_delta = Delta();
-    std::string previous = exists_ ? std::move(doc_json_) : std::string("null");
-    auto commit = [](Next& next, Value& value, Value& meta, std::string& json,
-                     std::string& meta_json) {
-      value = std::move(next.value);
-      meta = std::move(next.meta);
-      json = std::move(next.json);
-      meta_json = meta.is_null() ? std::string() : meta.Json();
-    };
-    result.patch = "[";
+    // update/accepted: the request's state (with its nulls) and the written leaves' metadata,
+    // taken before the merge moves the request's values into the sections.
+    std::string accepted_state = state->Json();
+    std::string accepted_meta = "{";
+    for (auto [name, patch] : {std::pair<const char*, const Value*>{"desired", desired},
+                               std::pair<const char*, const Value*>{"reported", reported}}) {
+      if (patch != nullptr) {
+        accepted_meta += accepted_meta.size() > 1 ? ",\"" : "\"";
+        accepted_meta += name;
+        accepted_meta += "\":";
+        if (patch->is_null()) {
+          accepted_meta += "{}";
+        } else {
+          AppendMeta(*patch, accepted_meta, now_s);
+        }
+      }
+    }
+    accepted_meta += '}';
+
+    // Merge in place; 11. sizes (a refused merge is undone from the serialized sections).
+    result.patch += '[';  // (empty so far)
     if (!exists_) {
       // A new shadow (or one deleted before): the document appears.
       Value empty = Value::Object();
       AppendOp(result.patch, "add", "/state", &empty);
     }
-    if (touch_desired) {
-      Diff(desired_, next_desired.value, "/state/desired", result.patch);
-    }
-    if (touch_reported) {
-      Diff(reported_, next_reported.value, "/state/reported", result.patch);
-    }
+    struct Next {
+      std::string json, meta;  // empty when the section is absent
+    } next_desired, next_reported;
+    auto apply = [&](bool touch, Value* patch, const char* path0, Value& section,
+                     const std::string& cur_json, Next& next) {
+      if (!touch) {
+        return;
+      }
+      if (state->is_null() || patch->is_null()) {
+        if (!section.is_null()) {
+          AppendOp(result.patch, "remove", path0, nullptr);
+          section = Value();
+        }
+        return;
+      }
+      bool created = !section.is_object();
+      if (created) {
+        section = Value::Object();
+      }
+      size_t mark = result.patch.size();
+      std::string path = path0;
+      Merge(section, *patch, now_s, path, result.patch);
+      if (section.members().empty()) {  // a section left empty is removed
+        result.patch.resize(mark);
+        section = Value();
+        if (!created) {
+          AppendOp(result.patch, "remove", path0, nullptr);
+        }
+        return;
+      }
+      if (created) {
+        result.patch.resize(mark);
+        AppendOp(result.patch, "add", path0, &section);
+      }
+      next.json.reserve(cur_json.size() + 256);
+      section.AppendJson(next.json);
+      next.meta.reserve(next.json.size() * 2 + 64);
+      AppendMeta(section, next.meta);
+    };
+    apply(touch_desired, desired, "/state/desired", desired_, desired_json_, next_desired);
+    apply(touch_reported, reported, "/state/reported", reported_, reported_json_, next_reported);
     result.patch += ']';
+    for (auto [name, touched, next] :
+         {std::tuple<const char*, bool, const Next*>{"desired", touch_desired, &next_desired},
+          std::tuple<const char*, bool, const Next*>{"reported", touch_reported, &next_reported}}) {
+      size_t bytes = next->json.size();
+      if (touched && bytes > limits_.max_section_bytes) {
+        RestoreSections();
+        ShadowError e = Error(413, "PAYLOAD_TOO_LARGE",
+                              fmt::format("The {} section would be {} bytes; the limit is {}",
+                                          name, bytes, limits_.max_section_bytes),
+                              token);
+        e.details = fmt::format(R"({{"section":"{}","bytes":{},"limit":{}}})", name, bytes,
+                                limits_.max_section_bytes);
+        return e;
+      }
+    }
     if (touch_desired) {
-      commit(next_desired, desired_, meta_desired_, desired_json_, meta_desired_json_);
+      desired_json_ = std::move(next_desired.json);
+      meta_desired_json_ = std::move(next_desired.meta);
     }
     if (touch_reported) {
-      commit(next_reported, reported_, meta_reported_, reported_json_, meta_reported_json_);
+      reported_json_ = std::move(next_reported.json);
+      meta_reported_json_ = std::move(next_reported.meta);
     }
+    std::string previous = exists_ ? std::move(doc_json_) : std::string("null");
     version_ += 1;
     timestamp_s_ = now_s;
     exists_ = true;
     RebuildDocumentJson();
 
-    // update/accepted: the request's state (with its nulls) and the written leaves' metadata.
-    std::string meta = "{";
-    for (auto [name, patch] : {std::pair<const char*, const Value*>{"desired", desired},
-                               std::pair<const char*, const Value*>{"reported", reported}}) {
-      if (patch != nullptr) {
-        meta += meta.size() > 1 ? ",\"" : "\"";
-        meta += name;
-        meta += "\":";
-        (patch->is_null() ? Value::Object() : MetaFor(*patch, now_s)).AppendJson(meta);
-      }
-    }
-    meta += "}";
     {
       json::ObjectWriter w(result.accepted);
-      w.FieldRaw("state", state->Json()).FieldRaw("metadata", meta);
+      w.FieldRaw("state", accepted_state).FieldRaw("metadata", accepted_meta);
       w.Field("version", version_).Field("timestamp", now_s);
       AppendToken(w, token);
       w.Close();
     }
     {
+      result.documents.reserve(previous.size() + doc_json_.size() + 96);
       json::ObjectWriter w(result.documents);
-      w.FieldRaw("previous", previous).FieldRaw("current", DocumentJson());
+      w.FieldRaw("previous", previous).FieldRaw("current", doc_json_);
       w.Field("timestamp", now_s);
       AppendToken(w, token);
       w.Close();
@@ -677,11 +726,12 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     result.view = WithDelta(doc_json_, delta_json);
     bool wrote_desired = state->is_null() || desired != nullptr;
     if (!delta.members().empty() && (wrote_desired || !(delta == old_delta))) {
+      // The delta's values are copies of desired's, stamps included: its metadata is theirs.
+      std::string delta_meta;
+      AppendMeta(delta, delta_meta);
       json::ObjectWriter w(result.delta);
       w.FieldRaw("state", delta_json)
-          .FieldRaw("metadata", DeltaMeta(delta, meta_desired_.is_null() ? nullptr : &meta_desired_,
-                                          now_s)
-                                    .Json())
+          .FieldRaw("metadata", delta_meta)
           .Field("version", version_)
           .Field("timestamp", now_s);
       AppendToken(w, token);
@@ -734,7 +784,7 @@ std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view n
   }
   exists_ = false;
   deleted_at_s_ = now_s;
-  desired_ = reported_ = meta_desired_ = meta_reported_ = Value();
+  desired_ = reported_ = Value();
   desired_json_.clear();
   reported_json_.clear();
   meta_desired_json_.clear();

@@ -402,5 +402,207 @@ TEST(ShadowPropertyTest, RandomUpdatesKeepTheInvariants) {
   }
 }
 
+// RFC 7396: an empty object merges into an object without changing it, and replaces anything
+// else; a leaf {} it names is written (fresh timestamp).
+TEST(ShadowMergeTest, EmptyObjectsMergeTheWayRfc7396Says) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"reported":{"o":{"x":1},"n":5,"e":{}}}})", kT);
+  UpdateResult r = MustUpdate(d, R"({"state":{"reported":{"o":{},"n":{},"e":{}}}})", kT + 7);
+  EXPECT_EQ(d.reported(), J(R"({"o":{"x":1},"n":{},"e":{}})"));
+  EXPECT_EQ(r.patch, R"([{"op":"replace","path":"/state/reported/n","value":{}}])");
+  Value doc = J(d.DocumentJson());
+  EXPECT_EQ(*doc.Find("metadata")->Find("reported"),
+            J(R"({"o":{"x":{"timestamp":1700000000}},"n":{"timestamp":1700000007},)"
+              R"("e":{"timestamp":1700000007}})"));
+}
+
+// RFC 6902 on a Value, for checking the patches updates describe: add, remove, replace of
+// object members (what shadow patches use).
+bool ApplyOp(Value& doc, const Value& op) {
+  const Value* kind = op.Find("op");
+  const Value* path = op.Find("path");
+  if (kind == nullptr || path == nullptr) {
+    return false;
+  }
+  std::vector<std::string> tokens;
+  const std::string& p = path->as_string();
+  for (size_t at = 0; at < p.size();) {
+    if (p[at] != '/') {
+      return false;
+    }
+    size_t next = p.find('/', at + 1);
+    std::string raw = p.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
+    std::string token;
+    for (size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] == '~' && i + 1 < raw.size()) {
+        token += raw[++i] == '1' ? '/' : '~';
+      } else {
+        token += raw[i];
+      }
+    }
+    tokens.push_back(token);
+    at = next == std::string::npos ? p.size() : next;
+  }
+  if (tokens.empty()) {
+    return false;
+  }
+  Value* parent = &doc;
+  for (size_t i = 0; i + 1 < tokens.size(); ++i) {
+    parent = parent->Find(tokens[i]);
+    if (parent == nullptr || !parent->is_object()) {
+      return false;
+    }
+  }
+  const std::string& last = tokens.back();
+  if (kind->as_string() == "remove") {
+    return parent->Erase(last);
+  }
+  const Value* value = op.Find("value");
+  if (value == nullptr || !parent->is_object()) {
+    return false;
+  }
+  bool exists = parent->Find(last) != nullptr;
+  if (exists != (kind->as_string() == "replace")) {
+    return false;  // add of a present member, or replace of an absent one
+  }
+  parent->Set(last, *value);
+  return true;
+}
+
+// RFC 7396, the reference: the merged section (null when absent or left empty).
+Value ReferenceMerge(const Value& target, const Value& patch) {
+  if (!patch.is_object()) {
+    return patch;
+  }
+  Value out = target.is_object() ? target : Value::Object();
+  for (const auto& [k, pv] : patch.members()) {
+    if (pv.is_null()) {
+      out.Erase(k);
+    } else {
+      const Value* cur = out.Find(k);
+      Value merged = ReferenceMerge(cur != nullptr ? *cur : Value(), pv);
+      out.Set(k, std::move(merged));
+    }
+  }
+  return out;
+}
+
+const Value* At(const Value* v, std::initializer_list<std::string_view> keys) {
+  for (std::string_view k : keys) {
+    v = v != nullptr ? v->Find(k) : nullptr;
+  }
+  return v;
+}
+
+// Random updates of both sections (some refused as too large): each accepted update's patch
+// turns the previous document's state into the new one; each section equals the RFC 7396
+// reference merge; the leaves the request wrote are stamped now and the others keep their
+// stamps; the stored form restores the same document; a refused update changes nothing.
+TEST(ShadowPropertyTest, PatchesMergesAndStampsMatchTheReference) {
+  std::mt19937 rng(29);
+  const char* keys[] = {"a", "b", "c", "d/e"};
+  auto random_value = [&](auto& self, int depth) -> std::string {
+    switch (rng() % (depth > 2 ? 5 : 7)) {
+      case 0: return std::to_string(rng() % 3);
+      case 1: return "\"s" + std::to_string(rng() % 2) + "\"";
+      case 2: return "null";
+      case 3: return "[1,2]";
+      case 4: return "\"" + std::string(rng() % 40, 'x') + "\"";
+      default: {
+        std::string o = "{";
+        int n = static_cast<int>(rng() % 4);
+        for (int i = 0; i < n; ++i) {
+          o += std::string(i ? "," : "") + "\"" + keys[rng() % 4] + "\":" + self(self, depth + 1);
+        }
+        return o + "}";
+      }
+    }
+  };
+  int refused = 0;
+  for (int run = 0; run < 60; ++run) {
+    Limits limits;
+    limits.max_section_bytes = 160;
+    ShadowDocument d(limits);
+    for (int step = 0; step < 80; ++step) {
+      int64_t now = kT + run * 1000 + step;
+      std::string state;
+      for (const char* section : {"desired", "reported"}) {
+        if (rng() % 3 == 0) {
+          continue;
+        }
+        std::string patch = rng() % 12 == 0 ? "null" : "{";
+        for (int i = 0, n = static_cast<int>(1 + rng() % 3); patch != "null" && i < n; ++i) {
+          patch += std::string(i ? "," : "") + "\"" + keys[rng() % 4] + "\":" +
+                   random_value(random_value, 1);
+        }
+        if (patch != "null") {
+          patch += "}";
+        }
+        state += std::string(state.empty() ? "" : ",") + "\"" + section + "\":" + patch;
+      }
+      std::string request = "{\"state\":{" + state + "}}";
+      std::string before_json = d.exists() ? d.DocumentJson() : "";
+      Value before = before_json.empty() ? Value::Object() : J(before_json);
+      auto r = d.Update(request, now);
+      if (auto* e = std::get_if<ShadowError>(&r)) {
+        ASSERT_EQ(e->code, 413) << request << " " << e->Json(now);
+        ++refused;
+        EXPECT_EQ(d.exists() ? d.DocumentJson() : "", before_json) << request;
+        continue;
+      }
+      const UpdateResult& res = std::get<UpdateResult>(r);
+      Value after = J(d.DocumentJson());
+      // The patch turns the previous state into the new one.
+      Value patched = before;
+      Value ops = J(res.patch);
+      for (const Value& op : ops.items()) {
+        ASSERT_TRUE(ApplyOp(patched, op)) << op.Json() << " in " << res.patch << " on " << before_json;
+      }
+      const Value* want_state = after.Find("state");
+      const Value* got_state = patched.Find("state");
+      ASSERT_NE(got_state, nullptr) << res.patch;
+      EXPECT_EQ(*got_state, *want_state) << request << "\n" << res.patch << "\n" << before_json;
+      // Sections: the reference merge of the request into the previous ones.
+      Value req = J(request);
+      for (const char* s : {"desired", "reported"}) {
+        const Value* patch = At(&req, {"state", s});
+        const Value* old = At(&before, {"state", s});
+        Value expect = old != nullptr ? *old : Value();
+        if (patch != nullptr) {
+          expect = ReferenceMerge(expect, *patch);
+          if (expect.is_object() && expect.members().empty()) {
+            expect = Value();
+          }
+        }
+        const Value* got = want_state->Find(s);
+        EXPECT_EQ(got != nullptr ? *got : Value(), expect) << s << " after " << request;
+        // Stamps: top-level members the request names are stamped now, when they are leaves;
+        // members it does not name keep their metadata exactly.
+        if (got == nullptr) {
+          continue;
+        }
+        for (const auto& [k, v] : got->members()) {
+          const Value* written = patch != nullptr && patch->is_object() ? patch->Find(k) : nullptr;
+          const Value* meta = At(&after, {"metadata", s, k});
+          ASSERT_NE(meta, nullptr) << k << " in " << d.DocumentJson();
+          if (written == nullptr) {
+            const Value* old_meta = At(&before, {"metadata", s, k});
+            ASSERT_NE(old_meta, nullptr) << k << " in " << before_json;
+            EXPECT_EQ(*meta, *old_meta) << k << " after " << request;
+          } else if (!(v.is_object() && !v.members().empty())) {
+            EXPECT_EQ(*meta, J("{\"timestamp\":" + std::to_string(now) + "}")) << k;
+          }
+        }
+      }
+      // The stored form restores this document exactly, and the view is a get.
+      auto restored = ShadowDocument::FromStored(d.StoredJson(), limits);
+      ASSERT_TRUE(restored.ok());
+      EXPECT_EQ(restored->DocumentJson(), d.DocumentJson());
+      EXPECT_EQ(res.view, std::get<std::string>(d.Get("", now)));
+    }
+  }
+  EXPECT_GT(refused, 20);  // the refused path ran
+}
+
 }  // namespace
 }  // namespace gnomon::shadow

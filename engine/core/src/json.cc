@@ -5,6 +5,7 @@
 #include <simdjson.h>
 
 #include <cmath>
+#include <cstring>
 
 namespace gnomon::json {
 
@@ -12,9 +13,29 @@ bool IsValidUtf8(std::string_view s) { return simdjson::validate_utf8(s.data(), 
 
 void AppendQuoted(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  size_t run = 0;  // start of the pending run of bytes that need no escape
-  for (size_t i = 0; i < s.size(); ++i) {
+  // Most strings (keys, identifiers) need no escape: one resize and one copy.
+  size_t first = 0;
+  while (first < s.size()) {
+    auto c = static_cast<unsigned char>(s[first]);
+    if (c < 0x20 || c == '"' || c == '\\') {
+      break;
+    }
+    ++first;
+  }
+  size_t at = out.size();
+  out.resize(at + first + 2);
+  char* p = out.data() + at;
+  p[0] = '"';
+  if (first > 0) {
+    std::memcpy(p + 1, s.data(), first);
+  }
+  if (first == s.size()) {
+    p[first + 1] = '"';
+    return;
+  }
+  out.resize(at + first + 1);
+  size_t run = first;  // start of the pending run of bytes that need no escape
+  for (size_t i = first; i < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x20 && c != '"' && c != '\\') {
       continue;

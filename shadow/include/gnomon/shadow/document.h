@@ -116,11 +116,10 @@ class ShadowDocument {
   int64_t version_ = 0;
   int64_t timestamp_s_ = 0;
   int64_t deleted_at_s_ = 0;  // with !exists_ and version_ > 0: the tombstone
-  Value desired_;             // null when the section is absent
+  Value desired_;             // null when the section is absent; leaves stamped (metadata)
   Value reported_;
-  Value meta_desired_;
-  Value meta_reported_;
-  // Serialized forms, kept in step with the values above (empty: section absent).
+  // Serialized forms of the sections and their metadata, kept in step with the values above
+  // (empty: section absent).
   std::string desired_json_, reported_json_, meta_desired_json_, meta_reported_json_;
   std::string doc_json_;
   std::deque<Token> tokens_;
@@ -129,6 +128,8 @@ class ShadowDocument {
   std::string model_;
 
   void RebuildDocumentJson();
+  // Rebuilds desired_ and reported_ from their serialized forms (undoes a refused merge).
+  void RestoreSections();
 };
 
 // Thing (1-128 bytes) and shadow (1-64 bytes) names of spec/shadow.md: only A-Z a-z 0-9 : _ -.

@@ -63,11 +63,17 @@ class Value {
   // Nesting depth: scalars 0, {} 1, {"a":{}} 2.
   int Depth() const;
 
+  // A shadow's per-leaf metadata: when the leaf was last written (epoch seconds; 0 unknown).
+  // Copied with the value; ignored by ==, Json() and Parse().
+  int64_t stamp() const { return stamp_; }
+  void set_stamp(int64_t t) { stamp_ = t; }
+
  private:
   Kind kind_ = Kind::kNull;
   bool b_ = false;
   int64_t i_ = 0;
   double d_ = 0;
+  int64_t stamp_ = 0;
   std::string s_;
   std::vector<Value> items_;
   std::vector<Member> members_;
