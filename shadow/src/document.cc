@@ -127,40 +127,91 @@ void AppendOp(std::string& ops, std::string_view op, const std::string& path, co
   ops += '}';
 }
 
+void Merge(Value& target, Value& patch, int64_t t, std::string& path, std::string& ops);
+
+enum class Merged { kNothing, kErased, kChanged, kAppended };
+
+// One member (`key`, `pv`) of a merge patch into object `target` (see Merge). `*at` is the
+// member's index in `target` (before an erase; the new last one for an append).
+Merged MergeMember(Value& target, std::string& key, Value& pv, int64_t t, std::string& path,
+                   std::string& ops, size_t* at) {
+  auto& members = target.members();
+  size_t i = 0;
+  while (i < members.size() && members[i].first != key) {
+    ++i;
+  }
+  *at = i;
+  Value* tv = i < members.size() ? &members[i].second : nullptr;
+  size_t len = path.size();
+  AppendPointerToken(path, key);
+  Merged what = Merged::kChanged;
+  if (pv.is_null()) {
+    what = Merged::kNothing;
+    if (tv != nullptr) {
+      members.erase(members.begin() + static_cast<std::ptrdiff_t>(i));
+      AppendOp(ops, "remove", path, nullptr);
+      what = Merged::kErased;
+    }
+  } else if (pv.is_object() && tv != nullptr && tv->is_object()) {
+    Merge(*tv, pv, t, path, ops);
+    if (tv->members().empty()) {
+      tv->set_stamp(t);  // emptied, or {} written: a leaf
+    }
+  } else {
+    StripNulls(pv);
+    StampAll(pv, t);
+    if (tv == nullptr) {
+      AppendOp(ops, "add", path, &pv);
+      members.emplace_back(std::move(key), std::move(pv));
+      what = Merged::kAppended;
+    } else {
+      if (!(*tv == pv)) {
+        AppendOp(ops, "replace", path, &pv);
+      }
+      *tv = std::move(pv);
+    }
+  }
+  path.resize(len);
+  return what;
+}
+
 // JSON Merge Patch (RFC 7396) of `patch` into object `target`, in place: objects merge
 // recursively (an empty one into an object changes nothing), the patch's other values are moved
 // in, and the leaves written are stamped `t`. Appends the change as RFC 6902 operations at
 // `path` to `ops`: one per member the patch changes, in the patch's order.
 void Merge(Value& target, Value& patch, int64_t t, std::string& path, std::string& ops) {
+  size_t at;
   for (auto& [k, pv] : patch.members()) {
-    size_t len = path.size();
-    AppendPointerToken(path, k);
-    Value* tv = target.Find(k);
-    if (pv.is_null()) {
-      if (tv != nullptr) {
-        target.Erase(k);
-        AppendOp(ops, "remove", path, nullptr);
-      }
-    } else if (pv.is_object() && tv != nullptr && tv->is_object()) {
-      Merge(*tv, pv, t, path, ops);
-      if (tv->members().empty()) {
-        tv->set_stamp(t);  // emptied: {} is a leaf again
-      }
-    } else {
-      StripNulls(pv);
-      StampAll(pv, t);
-      if (tv == nullptr) {
-        AppendOp(ops, "add", path, &pv);
-        target.members().emplace_back(std::move(k), std::move(pv));
-      } else {
-        if (!(*tv == pv)) {
-          AppendOp(ops, "replace", path, &pv);
-        }
-        *tv = std::move(pv);
-      }
-    }
-    path.resize(len);
+    MergeMember(target, k, pv, t, path, ops, &at);
   }
+}
+
+// "key":value and "key":metadata of one section member.
+void SerializeMember(const Value::Member& m, std::string& json, std::string& meta) {
+  json.clear();
+  json::AppendQuoted(json, m.first);
+  json += ':';
+  meta.assign(json);  // the quoted key, escaped once
+  m.second.AppendJson(json);
+  AppendMeta(m.second, meta);
+}
+
+// {part,part,...}
+void JoinParts(const std::vector<std::string>& parts, std::string& out) {
+  size_t bytes = 2 + parts.size();
+  for (const std::string& p : parts) {
+    bytes += p.size();
+  }
+  out.clear();
+  out.reserve(bytes);
+  out += '{';
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) {
+      out += ',';
+    }
+    out += parts[i];
+  }
+  out += '}';
 }
 
 bool KeysValid(const Value& v, std::string& bad) {
@@ -305,6 +356,14 @@ void ShadowDocument::RebuildDocumentJson() {
 
 std::string ShadowDocument::DocumentJson() const { return doc_json_; }
 
+void ShadowDocument::Parts::Rebuild(const Value& section) {
+  json.resize(section.is_object() ? section.members().size() : 0);
+  meta.resize(json.size());
+  for (size_t i = 0; i < json.size(); ++i) {
+    SerializeMember(section.members()[i], json[i], meta[i]);
+  }
+}
+
 void ShadowDocument::RestoreSections() {
   auto load = [&](const std::string& json, const std::string& meta_json, Value& value) {
     if (json.empty()) {
@@ -319,6 +378,8 @@ void ShadowDocument::RestoreSections() {
   };
   load(desired_json_, meta_desired_json_, desired_);
   load(reported_json_, meta_reported_json_, reported_);
+  desired_parts_.Rebuild(desired_);
+  reported_parts_.Rebuild(reported_);
 }
 
 void ShadowDocument::SetModel(const std::string& model_ref) {
@@ -402,6 +463,8 @@ Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, L
   };
   section("desired", d.desired_, d.desired_json_, d.meta_desired_json_);
   section("reported", d.reported_, d.reported_json_, d.meta_reported_json_);
+  d.desired_parts_.Rebuild(d.desired_);
+  d.reported_parts_.Rebuild(d.reported_);
   if (meta != nullptr) {
     const Value* c = meta->Find("connected");
     const Value* seen = meta->Find("lastSeen");
@@ -442,6 +505,8 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   };
   section("desired", "meta_desired", d.desired_, d.desired_json_, d.meta_desired_json_);
   section("reported", "meta_reported", d.reported_, d.reported_json_, d.meta_reported_json_);
+  d.desired_parts_.Rebuild(d.desired_);
+  d.reported_parts_.Rebuild(d.reported_);
   if (const Value* c = v.Find("connected"); c != nullptr && c->kind() == Value::Kind::kInt) {
     d.presence_ = c->as_int() != 0 ? 1 : 0;
     d.last_seen_ms_ = integer("last_seen");
@@ -638,8 +703,8 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     struct Next {
       std::string json, meta;  // empty when the section is absent
     } next_desired, next_reported;
-    auto apply = [&](bool touch, Value* patch, const char* path0, Value& section,
-                     const std::string& cur_json, Next& next) {
+    auto apply = [&](bool touch, Value* patch, const char* path0, Value& section, Parts& parts,
+                     Next& next) {
       if (!touch) {
         return;
       }
@@ -647,19 +712,39 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
         if (!section.is_null()) {
           AppendOp(result.patch, "remove", path0, nullptr);
           section = Value();
+          parts = Parts();
         }
         return;
       }
       bool created = !section.is_object();
       if (created) {
         section = Value::Object();
+        parts = Parts();
       }
       size_t mark = result.patch.size();
       std::string path = path0;
-      Merge(section, *patch, now_s, path, result.patch);
+      for (auto& [k, pv] : patch->members()) {
+        size_t at;
+        switch (MergeMember(section, k, pv, now_s, path, result.patch, &at)) {
+          case Merged::kNothing: break;
+          case Merged::kErased:
+            parts.json.erase(parts.json.begin() + static_cast<std::ptrdiff_t>(at));
+            parts.meta.erase(parts.meta.begin() + static_cast<std::ptrdiff_t>(at));
+            break;
+          case Merged::kAppended:
+            parts.json.emplace_back();
+            parts.meta.emplace_back();
+            [[fallthrough]];
+          case Merged::kChanged:
+            SerializeMember(section.members()[at], parts.json[at], parts.meta[at]);
+            break;
+        }
+      }
+      GNOMON_DCHECK(parts.json.size() == section.members().size());
       if (section.members().empty()) {  // a section left empty is removed
         result.patch.resize(mark);
         section = Value();
+        parts = Parts();
         if (!created) {
           AppendOp(result.patch, "remove", path0, nullptr);
         }
@@ -669,13 +754,11 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
         result.patch.resize(mark);
         AppendOp(result.patch, "add", path0, &section);
       }
-      next.json.reserve(cur_json.size() + 256);
-      section.AppendJson(next.json);
-      next.meta.reserve(next.json.size() * 2 + 64);
-      AppendMeta(section, next.meta);
+      JoinParts(parts.json, next.json);
+      JoinParts(parts.meta, next.meta);
     };
-    apply(touch_desired, desired, "/state/desired", desired_, desired_json_, next_desired);
-    apply(touch_reported, reported, "/state/reported", reported_, reported_json_, next_reported);
+    apply(touch_desired, desired, "/state/desired", desired_, desired_parts_, next_desired);
+    apply(touch_reported, reported, "/state/reported", reported_, reported_parts_, next_reported);
     result.patch += ']';
     for (auto [name, touched, next] :
          {std::tuple<const char*, bool, const Next*>{"desired", touch_desired, &next_desired},
@@ -785,6 +868,7 @@ std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view n
   exists_ = false;
   deleted_at_s_ = now_s;
   desired_ = reported_ = Value();
+  desired_parts_ = reported_parts_ = Parts();
   desired_json_.clear();
   reported_json_.clear();
   meta_desired_json_.clear();

@@ -11,6 +11,7 @@
 #include <variant>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "gnomon/shadow/value.h"
 
@@ -122,6 +123,13 @@ class ShadowDocument {
   // (empty: section absent).
   std::string desired_json_, reported_json_, meta_desired_json_, meta_reported_json_;
   std::string doc_json_;
+  // Per member of a section, its "key":value and "key":metadata: an update re-serializes only
+  // the members it writes and joins the rest. In step with the section's members.
+  struct Parts {
+    std::vector<std::string> json, meta;
+    void Rebuild(const Value& section);
+  };
+  Parts desired_parts_, reported_parts_;
   std::deque<Token> tokens_;
   int presence_ = -1;  // -1: never reported, 0: disconnected, 1: connected
   int64_t last_seen_ms_ = 0;
