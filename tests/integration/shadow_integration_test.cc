@@ -714,7 +714,9 @@ class ServiceIntegrationTest : public ShadowIntegrationTest {
           "outputData": [ { "identifier": "ok", "dataType": { "type": "bool" } } ] },
         { "identifier": "ping", "callType": "sync", "timeoutMs": 600,
           "outputData": [ { "identifier": "ms", "dataType": { "type": "int" } } ] },
-        { "identifier": "silent", "callType": "async", "timeoutMs": 300 } ] })");
+        { "identifier": "silent", "callType": "async", "timeoutMs": 300 },
+        { "identifier": "note", "callType": "async", "timeoutMs": 3000,
+          "inputData": [ { "identifier": "text", "dataType": { "type": "text" } } ] } ] })");
     std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
     cfg.replace(cfg.find("topics: [\"devices/+/telemetry\"]"), 31,
                 "topics: [\"devices/+/telemetry\", \"devices/+/status\"]");
@@ -908,6 +910,121 @@ TEST_F(ServiceIntegrationTest, CallsToAnOfflineDeviceSurviveKill9AndAreSentInOrd
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_NE(got[i].find(ids[i]), std::string::npos) << i << ": " << got[i];
   }
+}
+
+// An offline device's queue is bounded by services.max_queued (429 beyond it); once its calls
+// are sent and finished, calls are taken again.
+TEST_F(ServiceIntegrationTest, UnfinishedCallsBeyondMaxQueuedAreRefusedWith429) {
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("services: { keep_ms: 600000 }"), 29,
+              "services: { keep_ms: 600000, max_queued: 2 }");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(Call("POST", "/v1/things/th-7/shadow", R"({"state":{"reported":{"temp":20}}})").first, 200);
+  Client status(broker_.port(), "th-7-status");
+  status.Publish("devices/th-7/status", "offline");
+  ASSERT_TRUE(WaitFor([&] {
+    return Call("GET", "/v1/things/th-7/shadow").second.find("\"connected\":false") !=
+           std::string::npos;
+  }));
+  std::vector<std::string> ids;
+  for (int delay : {1, 2}) {
+    auto [code, body] = Call("POST", "/v1/things/th-7/services/reboot",
+                             R"({"delaySec":)" + std::to_string(delay) + "}");
+    ASSERT_EQ(code, 202) << body;
+    ids.push_back(Field(body, "id"));
+  }
+  auto [code, body] = Call("POST", "/v1/things/th-7/services/reboot", R"({"delaySec":3})");
+  EXPECT_EQ(code, 429) << body;
+  EXPECT_EQ(Field(body, "error"), "TM_TOO_MANY_CALLS") << body;
+  EXPECT_NE(body.find("already has 2 unfinished calls"), std::string::npos) << body;
+  // Another thing's calls are not limited by th-7's.
+  ServiceDevice other(broker_.port(), "th-8", ModelDevice);
+  EXPECT_EQ(Call("POST", "/v1/things/th-8/services/ping", "{}").first, 200);
+
+  ServiceDevice device(broker_.port(), "th-7", ModelDevice);
+  status.Publish("devices/th-7/status", "online");
+  for (const auto& id : ids) {
+    EXPECT_EQ(Field(AwaitCall("th-7", id, "SUCCEEDED"), "state"), "SUCCEEDED");
+  }
+  std::tie(code, body) = Call("POST", "/v1/things/th-7/services/reboot", R"({"delaySec":4})");
+  ASSERT_EQ(code, 202) << body;
+  EXPECT_EQ(Field(AwaitCall("th-7", Field(body, "id"), "SUCCEEDED"), "state"), "SUCCEEDED");
+  EXPECT_EQ(device.requests().size(), 3u) << "the refused call was never sent";
+}
+
+// A request the broker cannot take (larger than its max_packet_size) is dead-lettered by the
+// sink; the call is FAILED with TM_SEND_FAILED and the device gets nothing.
+TEST_F(ServiceIntegrationTest, ARequestTheBrokerCannotTakeFailsTheCall) {
+  broker_.Stop();
+  std::string why;
+  ASSERT_TRUE(broker_.Start(&why, "max_packet_size 4000\n")) << why;
+  auto gnomon = StartGnomon();
+  ServiceDevice device(broker_.port(), "th-9", ModelDevice);
+  ASSERT_EQ(Call("POST", "/v1/things/th-9/services/ping", "{}").first, 200) << gnomon->Stderr();
+  auto [code, body] = Call("POST", "/v1/things/th-9/services/note",
+                           R"({"text":")" + std::string(6000, 'n') + "\"}");
+  ASSERT_EQ(code, 202) << body;
+  std::string failed = AwaitCall("th-9", Field(body, "id"), "FAILED");
+  EXPECT_EQ(Field(failed, "error"), "TM_SEND_FAILED") << failed << gnomon->Stderr();
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return dl.find("/services/note/request") != std::string::npos;
+  })) << dl;
+  // A small one still goes through.
+  std::tie(code, body) = Call("POST", "/v1/things/th-9/services/note", R"({"text":"hi"})");
+  ASSERT_EQ(code, 202) << body;
+  EXPECT_EQ(Field(AwaitCall("th-9", Field(body, "id"), "SENT"), "state"), "SENT");
+  ASSERT_TRUE(WaitFor([&] { return device.requests().size() == 2; }));
+  EXPECT_EQ(device.requests()[1].find(std::string(100, 'n')), std::string::npos);
+}
+
+// Without a shadow connection there is no broker to send requests on: 503.
+TEST_F(ServiceIntegrationTest, CallsAreUnavailableWithoutAShadowConnection) {
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("shadows: { connection: broker, presence: { from: \"devices/+/status\" } }"),
+              71, "shadows: { sync: normal }");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  auto [code, body] = Call("POST", "/v1/things/th-1/services/reboot", "{}");
+  EXPECT_EQ(code, 503) << body << gnomon->Stderr();
+  EXPECT_EQ(Field(body, "error"), "SERVICES_UNAVAILABLE") << body;
+  // Shadows themselves still work over REST.
+  EXPECT_EQ(Call("POST", "/v1/things/th-1/shadow", R"({"state":{"reported":{"temp":20}}})").first, 200);
+}
+
+// A call the store cannot save is answered 500 and forgotten: never sent, not listed.
+TEST_F(ServiceIntegrationTest, ACallTheStoreCannotSaveIsRefusedAndNeverSent) {
+  if (::geteuid() != 0) {
+    GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");
+  }
+  testing::SmallDisk disk(dir_.File("data"), "16m");
+  GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("sinks:\n"), 7,
+              "dead_letter: { sink: dl }\nsinks:\n  - { name: dl, type: file, path: dl.jsonl, linger_ms: 0 }\n");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  ServiceDevice device(broker_.port(), "th-6", ModelDevice);
+  ASSERT_EQ(Call("POST", "/v1/things/th-6/services/ping", "{}").first, 200) << gnomon->Stderr();
+
+  disk.Fill();
+  for (const char* service : {"reboot", "ping"}) {  // async and sync
+    auto [code, body] = Call("POST", std::string("/v1/things/th-6/services/") + service, "{}");
+    EXPECT_EQ(code, 500) << service << " " << body;
+    EXPECT_EQ(Field(body, "error"), "INTERNAL_ERROR") << body;
+  }
+  std::string metrics = Call("GET", "/metrics").second;
+  EXPECT_EQ(metrics.find("gnomon_shadow_store_failures_total 0\n"), std::string::npos) << metrics;
+
+  disk.Free();
+  auto [code, body] = Call("POST", "/v1/things/th-6/services/reboot", R"({"delaySec":8})");
+  ASSERT_EQ(code, 202) << body;
+  EXPECT_EQ(Field(AwaitCall("th-6", Field(body, "id"), "SUCCEEDED"), "state"), "SUCCEEDED");
+  auto got = device.requests();
+  ASSERT_EQ(got.size(), 2u) << "the unstored calls were never sent";
+  EXPECT_NE(got[1].find(R"("delaySec":8)"), std::string::npos) << got[1];
 }
 
 TEST_F(ServiceIntegrationTest, RulesInvokeServicesAndSeeTheReplies) {
