@@ -457,8 +457,7 @@ void Engine::Impl::RunWorker(size_t index) {
           HandleService(w, m);
           break;
         case MessageKind::kShadowEvict:
-          w.shadows.erase(m.device + '\0' + m.key);
-          w.history.erase(m.device + '\0' + m.key);
+          DropShadow(w, m);
           break;
         default:
           HandleShadowRequest(w, m);

@@ -194,6 +194,9 @@ class Engine::Impl final : public Ingest,
       std::string ops;  // RFC 6902, JSON array
     };
     std::unordered_map<std::string, std::deque<Change>> history;
+    // The epoch of the worker's copy of a shadow (ShadowStore::Write), for the shadows whose
+    // copy was dropped after a refused write (absent: 0).
+    std::unordered_map<std::string, uint64_t> shadow_epochs;
     // Service calls of the things this worker owns, in the order they were made (seq).
     std::map<uint64_t, ServiceCall> calls;
     std::unordered_map<std::string, uint64_t> call_seq;       // id → seq
@@ -253,9 +256,16 @@ class Engine::Impl final : public Ingest,
   // Sends `body` as the answer (after earlier writes are durable when `ordered`).
   void Answer(ShadowReplyTo to, int status, std::string body, std::string_view suffix);
   void RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err);
-  // After a failed store write: the owner of (thing, name) forgets its copy, which holds the
-  // write the store does not (the store is the truth; REST gets already show it).
-  void EvictShadow(const std::string& thing, const std::string& name);
+  // Queues the stored form of a shadow this worker owns, with its copy's epoch. A write the
+  // store refuses is counted and makes the owner drop that copy before `done` hears of it.
+  void StoreShadow(Worker& w, const std::string& thing, const std::string& name,
+                   std::string stored, shadow::ShadowStore::Done done);
+  // After a refused store write: the owner of (thing, name) forgets its copy of that epoch,
+  // which holds the write the store does not (the store is the truth; REST gets already show
+  // it). Later writes of the same epoch are refused by the store; the reloaded copy writes on
+  // with the next epoch.
+  void EvictShadow(const std::string& thing, const std::string& name, uint64_t epoch);
+  void DropShadow(Worker& w, const Message& evict);
   void PublishShadowEvent(const std::string& thing, const std::string& topic,
                           std::string payload, Delivery* hold);
   // Produces an accepted write (the documents event; nullptr: a delete, as a tombstone) to the

@@ -359,11 +359,42 @@ void Engine::Impl::RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err
   });
 }
 
-void Engine::Impl::EvictShadow(const std::string& thing, const std::string& name) {
+void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::string& name,
+                               std::string stored, shadow::ShadowStore::Done done) {
+  auto e = w.shadow_epochs.find(Key(thing, name));
+  uint64_t epoch = e != w.shadow_epochs.end() ? e->second : 0;
+  shadow_store_->Write(
+      thing, name, std::move(stored),
+      [this, thing, name, epoch, done = std::move(done)](const Status& st) {
+        if (!st.ok()) {
+          shadow_store_failures_->Inc();
+          log::Error("shadow write could not be stored",
+                     {{"thing", thing}, {"shadow", name}, {"error", st.message()}});
+          EvictShadow(thing, name, epoch);
+        }
+        done(st);
+      },
+      epoch);
+}
+
+void Engine::Impl::DropShadow(Worker& w, const Message& evict) {
+  std::string key = Key(evict.device, evict.key);
+  uint64_t& epoch = w.shadow_epochs[key];
+  if (std::to_string(epoch) != evict.payload) {
+    return;  // that copy is gone already (several of its writes were refused)
+  }
+  ++epoch;
+  w.shadows.erase(key);
+  w.history.erase(key);
+}
+
+void Engine::Impl::EvictShadow(const std::string& thing, const std::string& name,
+                               uint64_t epoch) {
   Message m;
   m.kind = MessageKind::kShadowEvict;
   m.device = thing;
   m.key = name;
+  m.payload = std::to_string(epoch);
   m.source = &shadow_source_name_;
   (void)workers_[OwnerOf(thing)]->queue.PushForce(std::move(m));  // closed: stopping anyway
 }
@@ -446,15 +477,11 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
     changes.pop_front();
   }
   std::string base = ShadowTopic(thing, name);
-  shadow_store_->Write(
-      thing, name, doc.StoredJson(),
+  StoreShadow(
+      w, thing, name, doc.StoredJson(),
       [this, to = std::move(to), result = std::move(result), base = std::move(base), thing,
        name](const Status& st) mutable {
         if (!st.ok()) {
-          shadow_store_failures_->Inc();
-          log::Error("shadow write could not be stored",
-                     {{"thing", thing}, {"error", st.message()}});
-          EvictShadow(thing, name);
           shadow::ShadowError err =
               Error(500, "INTERNAL_ERROR", "The shadow store could not save the update");
           Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
@@ -676,13 +703,11 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     }
     w.history.erase(Key(op.thing, op.name));
     std::string base = ShadowTopic(op.thing, op.name);
-    shadow_store_->Write(
-        op.thing, op.name, d.StoredJson(),
+    StoreShadow(
+        w, op.thing, op.name, d.StoredJson(),
         [this, to = std::move(to), body = std::get<std::string>(std::move(r)),
          base = std::move(base), thing = op.thing, name = op.name](const Status& st) mutable {
           if (!st.ok()) {
-            shadow_store_failures_->Inc();
-            EvictShadow(thing, name);
             Answer(std::move(to), 500,
                    Error(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
                        .Json(clock_.NowMs() / 1000),
@@ -726,14 +751,12 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
   }
   Delivery* hold = m.delivery;
   hold->Hold();  // until the presence is stored (and announced)
-  shadow_store_->Write(
-      m.device, "", (*doc)->StoredJson(),
+  StoreShadow(
+      w, m.device, "", (*doc)->StoredJson(),
       [this, hold, changed, now_ms, connected = *connected, thing = m.device,
        source = m.source, topic = m.topic, payload = m.payload, ts = m.ts_ms,
        view = std::move(view)](const Status& st) mutable {
         if (!st.ok()) {
-          shadow_store_failures_->Inc();
-          EvictShadow(thing, "");
           DeadLetter(hold, "shadow_error",
                      fmt::format("presence of {} could not be stored: {}", thing, st.message()),
                      "", source, topic, thing, payload, 1, ts);

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -191,6 +192,7 @@ class ShadowStore::Impl {
     Done done;
     bool barrier = false;  // no write: only `done`, in order
     bool call = false;     // a service call: `name` is its id; empty `stored` deletes it
+    uint64_t epoch = 0;    // of the writer's copy of the shadow (see ShadowStore::Write)
   };
 
   ~Impl() {
@@ -266,6 +268,7 @@ class ShadowStore::Impl {
     std::vector<Pending> batch;
     std::unordered_map<std::string_view, size_t> last;  // "thing\0name" → index in batch
     std::vector<std::string> keys;
+    std::vector<bool> stale;
     while (true) {
       {
         std::unique_lock lock(mu_);
@@ -282,23 +285,54 @@ class ShadowStore::Impl {
           queue_.pop_front();
         }
       }
+      // Writes made on top of a refused one are refused too (they carry its changes), until
+      // a write of a newer epoch: the writer's copy was read again from the store.
       // Coalesce: only the last write of each shadow in the batch reaches the database.
       keys.clear();
       keys.reserve(batch.size());
       last.clear();
+      stale.assign(batch.size(), false);
       for (size_t i = 0; i < batch.size(); ++i) {
         keys.push_back(batch[i].call ? '\1' + batch[i].name
                                      : batch[i].thing + '\0' + batch[i].name);
       }
       for (size_t i = 0; i < batch.size(); ++i) {
-        if (!batch[i].barrier) {
-          last[keys[i]] = i;
+        if (batch[i].barrier) {
+          continue;
         }
+        if (auto r = batch[i].call ? refused_.end() : refused_.find(keys[i]);
+            r != refused_.end() && batch[i].epoch <= r->second) {
+          stale[i] = true;
+          continue;
+        }
+        last[keys[i]] = i;
       }
       Status st = last.empty() ? Status() : Commit(batch, last);
-      for (Pending& p : batch) {
+      if (st.ok()) {
+        for (const auto& [key, i] : last) {
+          if (!refused_.empty()) {
+            refused_.erase(std::string(key));  // a newer epoch is stored
+          }
+        }
+      } else {
+        for (const auto& [key, i] : last) {
+          if (!batch[i].call) {  // (a call the store refuses is forgotten by its owner)
+            uint64_t& e = refused_[std::string(key)];
+            e = std::max(e, batch[i].epoch);
+          }
+        }
+      }
+      size_t stale_count = 0;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        Pending& p = batch[i];
+        if (stale[i]) {
+          ++stale_count;
+        }
         if (p.done) {
-          p.done(st);
+          p.done(stale[i] ? FailedPrecondition(
+                                "an earlier write of this shadow could not be stored, and this "
+                                "one was made on top of it")
+                          : st);
         }
       }
       {
@@ -306,6 +340,7 @@ class ShadowStore::Impl {
         stats_.transactions += last.empty() ? 0 : 1;
         stats_.writes += batch.size();
         stats_.rows += last.size();
+        stats_.stale += stale_count;
         if (!st.ok()) {
           stats_.failures++;
         }
@@ -378,6 +413,8 @@ class ShadowStore::Impl {
   bool closing_ = false;            // GUARDED_BY(mu_)
   bool writer_waiting_ = false;     // GUARDED_BY(mu_)
   StoreStats stats_;                // GUARDED_BY(mu_)
+  // Writer thread only: "thing\0name" → the newest epoch of a refused write of that shadow.
+  std::unordered_map<std::string, uint64_t> refused_;
   std::thread writer_;
 };
 
@@ -390,8 +427,11 @@ Result<std::unique_ptr<ShadowStore>> ShadowStore::Open(StoreOptions options) {
   return std::unique_ptr<ShadowStore>(new ShadowStore(std::move(impl)));
 }
 
-void ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done) {
-  impl_->Write({std::move(thing), std::move(name), std::move(stored), std::move(done)});
+void ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done,
+                        uint64_t epoch) {
+  Impl::Pending p{std::move(thing), std::move(name), std::move(stored), std::move(done)};
+  p.epoch = epoch;
+  impl_->Write(std::move(p));
 }
 
 void ShadowStore::WriteCall(std::string thing, std::string id, std::string stored, Done done) {

@@ -219,6 +219,47 @@ TEST(ShadowStoreTest, EveryAcknowledgedWriteSurvivesKill9) {
   }
 }
 
+// Writes of a shadow made on top of one the store refused carry its changes: they are refused
+// too, even once the disk has room again, until a write of a newer epoch (the owner read the
+// shadow again). Other shadows are not affected.
+TEST(ShadowStoreTest, WritesMadeOnTopOfARefusedOneAreRefusedUntilANewerEpoch) {
+  if (::geteuid() != 0) {
+    GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");
+  }
+  TempDir dir;
+  testing::SmallDisk disk(dir.File("db"), "8m");
+  GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
+  auto s = ShadowStore::Open({.path = dir.File("db/shadows.db")});
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  auto& store = **s;
+  auto write = [&](const std::string& thing, int64_t temp, uint64_t epoch) {
+    auto st = std::make_shared<Status>();
+    store.Write(thing, "", Stored(temp), [st](const Status& r) { *st = r; }, epoch);
+    store.Flush();
+    return *st;
+  };
+  ASSERT_TRUE(write("a", 1, 0).ok());
+  ASSERT_TRUE(write("b", 1, 0).ok());
+  disk.Fill();
+  Status refused = write("a", 2, 0);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.code(), StatusCode::kFailedPrecondition) << refused.message();
+  disk.Free();
+  Status stale = write("a", 3, 0);  // made on top of temp 2, which was never stored
+  EXPECT_EQ(stale.code(), StatusCode::kFailedPrecondition) << stale.message();
+  EXPECT_TRUE(write("b", 3, 0).ok()) << "another shadow";
+  auto reader = store.NewReader();
+  ASSERT_TRUE(reader.ok());
+  auto loaded = (*reader)->Load("a", "");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_NE((*loaded)->find(R"("temp":1)"), std::string::npos) << **loaded;
+  EXPECT_TRUE(write("a", 4, 1).ok()) << "a newer epoch";
+  EXPECT_TRUE(write("a", 5, 1).ok());
+  loaded = (*reader)->Load("a", "");
+  EXPECT_NE((*loaded)->find(R"("temp":5)"), std::string::npos) << **loaded;
+  EXPECT_EQ(store.stats().stale, 1u);
+}
+
 }  // namespace
 }  // namespace gnomon::shadow
 

@@ -28,6 +28,7 @@ struct StoreStats {
   uint64_t writes = 0;     // queued writes committed
   uint64_t rows = 0;       // rows written (after coalescing)
   uint64_t failures = 0;   // transactions that failed (their writes' callbacks got the error)
+  uint64_t stale = 0;      // writes refused as made on top of a refused one
 };
 
 class ShadowStore {
@@ -40,7 +41,12 @@ class ShadowStore {
   ~ShadowStore();
 
   // Queues the stored form of shadow (thing, name). Thread-safe; never blocks on I/O.
-  void Write(std::string thing, std::string name, std::string stored, Done done);
+  // `epoch` names the writer's copy of the shadow. When a write cannot be stored, every later
+  // write of that shadow with the same or an older epoch is refused too (FailedPrecondition,
+  // nothing written): it was made on top of the refused state. The writer drops its copy,
+  // reads the shadow again from the store, and writes on with a newer epoch.
+  void Write(std::string thing, std::string name, std::string stored, Done done,
+             uint64_t epoch = 0);
   // Queues the stored form of service call `id` of `thing` (empty `stored`: the call is
   // forgotten). In the same order and transactions as the shadow writes.
   void WriteCall(std::string thing, std::string id, std::string stored, Done done);

@@ -71,7 +71,8 @@ enum class MessageKind : uint8_t {
   kShadowRouted,  // a rule's write to a shadow another worker owns: rejections dead-letter
   kShadowApi,     // a REST shadow request: answered through `reply`
   kShadowEvict,   // internal: a write of shadow (`device`, `key` = name) could not be stored;
-                  // the owner drops its copy so the next use reads the store again
+                  // the owner drops its copy (of the epoch in `payload`) so the next use reads
+                  // the store again
   // Thing-model service calls, handled by the owner of the thing (`device`):
   kServiceInvoke,  // a new call: `topic` the service, `payload` the params, `key` the call id
                    // (empty: one is made); answered through `reply`, or (a rule's call, no
