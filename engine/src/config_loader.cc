@@ -248,6 +248,8 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     app.shadows.enabled = true;
     app.shadows.topic_prefix = sh->GetString("topic_prefix", "$aws/things");
     app.shadows.sync_full = sh->GetString("sync", "full") == "full";
+    app.shadows.cache_shadows = static_cast<size_t>(
+        sh->GetInt("cache_shadows", static_cast<int64_t>(app.shadows.cache_shadows)));
     if (Status st = ValidateTopicName(app.shadows.topic_prefix); !st.ok() ||
         app.shadows.topic_prefix.back() == '/') {
       errors.Add(sh->Get("topic_prefix"), "shadows.topic_prefix",

@@ -464,6 +464,9 @@ void Engine::Impl::RunWorker(size_t index) {
       }
     }
     batch.clear();
+    if (shadow_store_) {
+      TrimShadows(w);
+    }
   }
   w.exited = true;
 }

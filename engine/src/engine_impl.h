@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <list>
 #include <map>
 #include <optional>
 #include <mutex>
@@ -78,11 +79,18 @@ struct SinkEntry {
 // that could still be lost, and a write's 200 comes after its entry. Thread-safe (sharded locks).
 class CommittedShadows {
  public:
+  // At most about `total` documents: beyond it a Put drops another one (a get of that shadow
+  // then goes to its owner again).
+  void set_capacity(size_t total) { per_shard_ = std::max<size_t>(1, total / kShards); }
   void Put(const std::string& key, std::string view) {
     auto v = std::make_shared<const std::string>(std::move(view));
     Shard& s = shard(key);
     std::lock_guard lock(s.mu);
-    s.map[key] = std::move(v);
+    auto [it, added] = s.map.insert_or_assign(key, std::move(v));
+    if (added && s.map.size() > per_shard_) {
+      auto victim = s.map.begin();
+      s.map.erase(victim != it ? victim : std::next(victim));
+    }
   }
   void Erase(const std::string& key) {
     Shard& s = shard(key);
@@ -101,8 +109,12 @@ class CommittedShadows {
     std::mutex mu;
     std::unordered_map<std::string, std::shared_ptr<const std::string>> map;  // GUARDED_BY(mu)
   };
-  Shard& shard(const std::string& key) { return shards_[std::hash<std::string>{}(key) % 16]; }
-  Shard shards_[16];
+  static constexpr size_t kShards = 16;
+  Shard& shard(const std::string& key) {
+    return shards_[std::hash<std::string>{}(key) % kShards];
+  }
+  Shard shards_[kShards];
+  size_t per_shard_ = SIZE_MAX;
 };
 
 // A thing-model service call (spec/thing-model.md#services), kept by the owner of its thing:
@@ -183,9 +195,17 @@ class Engine::Impl final : public Ingest,
     std::atomic<const rules::RuleInfo*> call_rule{nullptr};
     std::mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
     std::jthread thread;
-    // Shadows this worker owns (by thing), loaded on first use: the single writer's state.
     size_t index = 0;
-    std::unordered_map<std::string, shadow::ShadowDocument> shadows;  // key: thing \0 name
+    // Shadows this worker owns (by thing), loaded on first use: the single writer's state. At
+    // most shadows.cache_shadows stay: beyond that the least recently used are dropped at the
+    // end of a batch, once their writes are done, and read again from the store when next used.
+    struct CachedShadow {
+      shadow::ShadowDocument doc;
+      uint64_t written = 0;  // the store's sequence number of its last write
+      std::list<const std::string*>::iterator lru;
+    };
+    std::unordered_map<std::string, CachedShadow> shadows;  // key: thing \0 name
+    std::list<const std::string*> shadow_lru;               // keys of `shadows`, newest first
     // The last kShadowHistory changes of each owned shadow since this process started, for
     // GET .../changes?sinceVersion=N (older: the caller resyncs from the document).
     struct Change {
@@ -266,6 +286,9 @@ class Engine::Impl final : public Ingest,
   // with the next epoch.
   void EvictShadow(const std::string& thing, const std::string& name, uint64_t epoch);
   void DropShadow(Worker& w, const Message& evict);
+  void ForgetShadow(Worker& w, const std::string& key);
+  // Drops the least recently used clean shadows beyond shadows.cache_shadows.
+  void TrimShadows(Worker& w);
   void PublishShadowEvent(const std::string& thing, const std::string& topic,
                           std::string payload, Delivery* hold);
   // Produces an accepted write (the documents event; nullptr: a delete, as a tombstone) to the
@@ -401,6 +424,8 @@ class Engine::Impl final : public Ingest,
   Counter* shadow_rejected_ = nullptr;
   Counter* shadow_unchanged_ = nullptr;
   Counter* shadow_store_failures_ = nullptr;
+  Counter* shadow_cache_loads_ = nullptr;
+  Counter* shadow_cache_drops_ = nullptr;
   Counter* model_failures_ = nullptr;  // properties and event posts refused by a thing model
   Counter* presence_connected_ = nullptr;  // presence reports by what they said
   Counter* presence_disconnected_ = nullptr;

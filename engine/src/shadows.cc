@@ -131,7 +131,14 @@ Status Engine::Impl::InitShadows() {
       "gnomon_model_validation_failures_total",
       "Shadow properties refused by a thing model (strict: whole writes; weak: the fields)");
   shadow_store_failures_ = metrics_.GetCounter(
-      "gnomon_shadow_store_failures_total", "Shadow store transactions that failed");
+      "gnomon_shadow_store_failures_total",
+      "Shadow and service-call writes the store refused (a failed transaction, or made on top "
+      "of a refused write)");
+  shadow_cache_loads_ = metrics_.GetCounter(
+      "gnomon_shadow_cache_loads_total", "Shadows read from the store into their owner's cache");
+  shadow_cache_drops_ = metrics_.GetCounter(
+      "gnomon_shadow_cache_drops_total",
+      "Shadows dropped from their owner's cache beyond shadows.cache_shadows");
   auto presence = [&](const char* outcome) {
     return metrics_.GetCounter("gnomon_presence_reports_total",
                                "Device status messages by what they said", {{"outcome", outcome}});
@@ -146,6 +153,7 @@ Status Engine::Impl::InitShadows() {
                           shadow::ShadowStore::Open({.path = config_.data_dir + "/shadows.db",
                                                      .sync_full = sc.sync_full}));
   GNOMON_ASSIGN_OR_RETURN(api_reader_, shadow_store_->NewReader());
+  committed_.set_capacity(sc.cache_shadows * static_cast<size_t>(std::max(1, config_.workers)));
   metrics_.AddCollector([this](std::string& out) {
     shadow::StoreStats st = shadow_store_->stats();
     fmt::format_to(std::back_inserter(out),
@@ -300,7 +308,8 @@ Result<shadow::ShadowDocument*> Engine::Impl::OwnedShadow(Worker& w, const std::
   std::string key = Key(thing, name);
   auto it = w.shadows.find(key);
   if (it != w.shadows.end()) {
-    return &it->second;
+    w.shadow_lru.splice(w.shadow_lru.begin(), w.shadow_lru, it->second.lru);
+    return &it->second.doc;
   }
   GNOMON_ASSIGN_OR_RETURN(auto stored, w.shadow_reader->Load(thing, name));
   shadow::ShadowDocument doc;
@@ -312,7 +321,46 @@ Result<shadow::ShadowDocument*> Engine::Impl::OwnedShadow(Worker& w, const std::
     }
     doc = std::move(restored).value();
   }
-  return &w.shadows.emplace(std::move(key), std::move(doc)).first->second;
+  shadow_cache_loads_->Inc();
+  it = w.shadows.emplace(std::move(key), Worker::CachedShadow{std::move(doc)}).first;
+  w.shadow_lru.push_front(&it->first);
+  it->second.lru = w.shadow_lru.begin();
+  return &it->second.doc;
+}
+
+void Engine::Impl::ForgetShadow(Worker& w, const std::string& key) {
+  if (auto it = w.shadows.find(key); it != w.shadows.end()) {
+    w.shadow_lru.erase(it->second.lru);
+    w.shadows.erase(it);
+  }
+  w.history.erase(key);
+}
+
+void Engine::Impl::TrimShadows(Worker& w) {
+  size_t cap = config_.shadows.cache_shadows;
+  if (w.shadows.size() <= cap) {
+    return;
+  }
+  // Only shadows whose writes are all done: a reload must see them.
+  uint64_t done = shadow_store_->committed();
+  size_t excess = w.shadows.size() - cap;
+  size_t looked = 0;
+  for (auto it = w.shadow_lru.end(); excess > 0 && it != w.shadow_lru.begin() &&
+                                     looked < excess + 256;
+       ++looked) {
+    --it;
+    auto entry = w.shadows.find(**it);
+    if (entry->second.written > done) {
+      continue;
+    }
+    auto older = std::next(it);
+    w.history.erase(entry->first);
+    w.shadow_lru.erase(it);
+    w.shadows.erase(entry);
+    shadow_cache_drops_->Inc();
+    it = older;
+    --excess;
+  }
 }
 
 void Engine::Impl::Answer(ShadowReplyTo to, int status, std::string body,
@@ -361,9 +409,10 @@ void Engine::Impl::RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err
 
 void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::string& name,
                                std::string stored, shadow::ShadowStore::Done done) {
-  auto e = w.shadow_epochs.find(Key(thing, name));
+  std::string key = Key(thing, name);
+  auto e = w.shadow_epochs.find(key);
   uint64_t epoch = e != w.shadow_epochs.end() ? e->second : 0;
-  shadow_store_->Write(
+  uint64_t seq = shadow_store_->Write(
       thing, name, std::move(stored),
       [this, thing, name, epoch, done = std::move(done)](const Status& st) {
         if (!st.ok()) {
@@ -375,6 +424,9 @@ void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::s
         done(st);
       },
       epoch);
+  if (auto c = w.shadows.find(key); c != w.shadows.end()) {
+    c->second.written = seq;
+  }
 }
 
 void Engine::Impl::DropShadow(Worker& w, const Message& evict) {
@@ -384,8 +436,7 @@ void Engine::Impl::DropShadow(Worker& w, const Message& evict) {
     return;  // that copy is gone already (several of its writes were refused)
   }
   ++epoch;
-  w.shadows.erase(key);
-  w.history.erase(key);
+  ForgetShadow(w, key);
 }
 
 void Engine::Impl::EvictShadow(const std::string& thing, const std::string& name,
@@ -893,6 +944,11 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
   };
   std::vector<std::pair<std::string, shadow::ShadowDocument>> staged;  // key → new state
   std::vector<Step> steps;
+  // One local write (the usual case) needs no copy: a rejected update changes nothing.
+  size_t local = 0;
+  for (const rules::Effect& e : result.effects) {
+    local += e.kind == rules::Effect::Kind::kShadowUpdate && OwnerOf(e.thing) == w.index;
+  }
   for (const rules::Effect& e : result.effects) {
     if (e.kind != rules::Effect::Kind::kShadowUpdate || OwnerOf(e.thing) != w.index) {
       continue;
@@ -909,7 +965,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
       if (!owned.ok()) {
         return reject(std::string(owned.status().message()));
       }
-      doc = &staged.emplace_back(key, **owned).second;
+      doc = local == 1 ? *owned : &staged.emplace_back(key, **owned).second;
     }
     std::string failed;
     auto request = ApplyModel(e.thing, e.payload, &failed);
@@ -918,11 +974,13 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
                                 e.shadow_name.empty() ? "" : "/", e.shadow_name,
                                 err->Json(now_s)));
     }
+    std::string model_before = doc->model();
     if (const shadow::ThingModel* model = BoundModel(e.thing)) {
       doc->SetModel(model->ref());
     }
     auto r = doc->Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+      doc->SetModel(model_before);
       return reject(fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
                                 e.shadow_name.empty() ? "" : "/", e.shadow_name,
                                 err->Json(now_s)));
@@ -931,7 +989,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
                      e.payload});
   }
   for (auto& [key, doc] : staged) {
-    w.shadows[key] = std::move(doc);
+    w.shadows.at(key).doc = std::move(doc);  // (loaded above; dropped only between batches)
   }
   for (Step& s : steps) {
     ShadowReplyTo to;
@@ -944,7 +1002,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     m.delivery->Hold();
     // Intermediate states of a shadow written twice in one call are not stored separately:
     // the store keeps the last, and events still go out for each write, in order.
-    PersistAndAnswer(w, s.thing, s.name, w.shadows[Key(s.thing, s.name)], std::move(s.result),
+    PersistAndAnswer(w, s.thing, s.name, w.shadows.at(Key(s.thing, s.name)).doc, std::move(s.result),
                      std::move(to));
   }
   // Writes to shadows other workers own: to their owner, applied there in order.

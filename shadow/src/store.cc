@@ -233,17 +233,24 @@ class ShadowStore::Impl {
     return {};
   }
 
-  void Write(Pending p) {
+  uint64_t Write(Pending p) {
     bool wake;
+    uint64_t seq;
     {
       std::lock_guard lock(mu_);
       queue_.push_back(std::move(p));
-      ++queued_seq_;
+      seq = ++queued_seq_;
       wake = writer_waiting_;  // a busy writer takes this write with its next batch
     }
     if (wake) {
       cv_.notify_one();
     }
+    return seq;
+  }
+
+  uint64_t committed() const {
+    std::lock_guard lock(mu_);
+    return committed_seq_;
   }
 
   void Flush() {
@@ -427,12 +434,14 @@ Result<std::unique_ptr<ShadowStore>> ShadowStore::Open(StoreOptions options) {
   return std::unique_ptr<ShadowStore>(new ShadowStore(std::move(impl)));
 }
 
-void ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done,
-                        uint64_t epoch) {
+uint64_t ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done,
+                            uint64_t epoch) {
   Impl::Pending p{std::move(thing), std::move(name), std::move(stored), std::move(done)};
   p.epoch = epoch;
-  impl_->Write(std::move(p));
+  return impl_->Write(std::move(p));
 }
+
+uint64_t ShadowStore::committed() const { return impl_->committed(); }
 
 void ShadowStore::WriteCall(std::string thing, std::string id, std::string stored, Done done) {
   Impl::Pending p{std::move(thing), std::move(id), std::move(stored), std::move(done)};

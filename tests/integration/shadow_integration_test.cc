@@ -1189,6 +1189,55 @@ TEST_F(ShadowIntegrationTest, RestGetsShowTheLastDurableStateWhateverWroteIt) {
 namespace gnomon {
 namespace {
 
+// With a cache of 2 shadows per worker, most shadows are dropped between batches and read
+// again from the store: every write still builds on the last durable state, and gets (REST,
+// whose own cache is as small, and rules' ctx.shadow) show it.
+TEST_F(ShadowIntegrationTest, ShadowsBeyondTheCacheAreDroppedAndReadAgainWithNothingLost) {
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("shadows: { connection: broker }"), 31,
+              "shadows: { connection: broker, cache_shadows: 2 }");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  constexpr int kThings = 24;
+  for (int round = 1; round <= 3; ++round) {
+    for (int i = 0; i < kThings; ++i) {
+      std::string body = "{\"state\":{\"reported\":{\"r" + std::to_string(round) + "\":" +
+                         std::to_string(i) + "}}}";
+      auto [code, answer] = Call("POST", "/v1/things/c-" + std::to_string(i) + "/shadow", body);
+      ASSERT_EQ(code, 200) << answer << gnomon->Stderr();
+      EXPECT_EQ(Field(answer, "version"), std::to_string(round)) << answer;
+    }
+  }
+  // Telemetry through the rule: ctx.shadow:report on shadows that were dropped.
+  Client sensor(broker_.port(), "cache-sensor");
+  // Five per thing, back to back: a shadow is dropped only once its queued writes are durable,
+  // or a reload would miss them (versions would repeat).
+  for (int k = 0; k < 5; ++k) {
+    for (int i = 0; i < kThings; ++i) {
+      sensor.Publish("devices/c-" + std::to_string(i) + "/telemetry",
+                     "{\"temp\":" + std::to_string(i * 10 + k) + "}");
+    }
+  }
+  for (int i = 0; i < kThings; ++i) {
+    std::string doc;
+    std::string want = "{\"r1\":" + std::to_string(i) + ",\"r2\":" + std::to_string(i) +
+                       ",\"r3\":" + std::to_string(i) + ",\"temp\":" + std::to_string(i * 10 + 4) +
+                       "}";
+    ASSERT_TRUE(WaitFor([&] {
+      doc = Call("GET", "/v1/things/c-" + std::to_string(i) + "/shadow").second;
+      return doc.find(want) != std::string::npos;
+    })) << i << ": " << doc;
+    EXPECT_NE(doc.find("\"version\":8"), std::string::npos) << doc;
+  }
+  std::string metrics = Call("GET", "/metrics").second;
+  auto value = [&](const std::string& name) {
+    size_t p = metrics.find("\n" + name + " ");
+    return p == std::string::npos ? -1.0 : std::stod(metrics.substr(p + name.size() + 2));
+  };
+  EXPECT_GT(value("gnomon_shadow_cache_drops_total"), kThings) << metrics;
+  EXPECT_GT(value("gnomon_shadow_cache_loads_total"), 2 * kThings) << metrics;
+}
+
 TEST_F(ShadowIntegrationTest, AFullDiskRefusesWritesAndLosesOrAltersNothingAcceptedBefore) {
   if (::geteuid() != 0) {
     GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");

@@ -52,6 +52,7 @@ struct AppConfig {
     const ConfigValue* connection = nullptr;  // MQTT connection serving the shadow topics
     std::string connection_name;
     bool sync_full = true;
+    size_t cache_shadows = 100'000;  // per worker (see Worker::shadows)
     // `changelog:`: the Kafka connection (null: none), its name, the topic, partitions.
     const ConfigValue* changelog_connection = nullptr;
     std::string changelog_connection_name;

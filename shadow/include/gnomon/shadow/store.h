@@ -45,8 +45,9 @@ class ShadowStore {
   // write of that shadow with the same or an older epoch is refused too (FailedPrecondition,
   // nothing written): it was made on top of the refused state. The writer drops its copy,
   // reads the shadow again from the store, and writes on with a newer epoch.
-  void Write(std::string thing, std::string name, std::string stored, Done done,
-             uint64_t epoch = 0);
+  // Returns the write's sequence number (see committed()).
+  uint64_t Write(std::string thing, std::string name, std::string stored, Done done,
+                 uint64_t epoch = 0);
   // Queues the stored form of service call `id` of `thing` (empty `stored`: the call is
   // forgotten). In the same order and transactions as the shadow writes.
   void WriteCall(std::string thing, std::string id, std::string stored, Done done);
@@ -75,6 +76,8 @@ class ShadowStore {
 
   StoreStats stats() const;
   size_t queued() const;
+  // Every write whose sequence number is at most this is done (durable, or refused).
+  uint64_t committed() const;
 
   class Impl;
 
