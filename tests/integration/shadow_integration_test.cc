@@ -725,6 +725,17 @@ class ServiceIntegrationTest : public ShadowIntegrationTest {
     dir_.Write("gnomon.yaml", cfg + "models: [models/*.json]\nservices: { keep_ms: 600000 }\n");
   }
 
+  // Creates `thing`'s shadow and has presence say it is offline (published by `status`).
+  void MarkOffline(Client& status, const std::string& thing) {
+    ASSERT_EQ(Call("POST", "/v1/things/" + thing + "/shadow",
+                   R"({"state":{"reported":{"temp":20}}})").first, 200);
+    status.Publish("devices/" + thing + "/status", "offline");
+    ASSERT_TRUE(WaitFor([&] {
+      return Call("GET", "/v1/things/" + thing + "/shadow").second.find("\"connected\":false") !=
+             std::string::npos;
+    }));
+  }
+
   // Waits until call `id` of `thing` is in `state`; returns its document.
   std::string AwaitCall(const std::string& thing, const std::string& id, const std::string& state) {
     std::string doc;
@@ -858,13 +869,11 @@ TEST_F(ServiceIntegrationTest, SyncCallsTimeOutWith504AndAreRefusedForOfflineDev
   std::string id = Field(body.substr(body.find("details")), "id");
   EXPECT_EQ(Field(Call("GET", "/v1/things/th-3/services/calls/" + id).second, "state"), "TIMEOUT");
 
-  ASSERT_EQ(Call("POST", "/v1/things/th-4/shadow", R"({"state":{"reported":{"temp":20}}})").first, 200);
   Client status(broker_.port(), "th-4-status");
-  status.Publish("devices/th-4/status", "offline");
-  ASSERT_TRUE(WaitFor([&] {
-    return Call("GET", "/v1/things/th-4/shadow").second.find("\"connected\":false") !=
-           std::string::npos;
-  }));
+  MarkOffline(status, "th-4");
+  if (HasFatalFailure()) {
+    return;
+  }
   std::tie(code, body) = Call("POST", "/v1/things/th-4/services/ping", "{}");
   EXPECT_EQ(code, 503) << body;
   EXPECT_EQ(Field(body, "error"), "TM_DEVICE_OFFLINE") << body;
@@ -872,13 +881,11 @@ TEST_F(ServiceIntegrationTest, SyncCallsTimeOutWith504AndAreRefusedForOfflineDev
 
 TEST_F(ServiceIntegrationTest, CallsToAnOfflineDeviceSurviveKill9AndAreSentInOrderWhenItReturns) {
   auto gnomon = StartGnomon();
-  ASSERT_EQ(Call("POST", "/v1/things/th-2/shadow", R"({"state":{"reported":{"temp":20}}})").first, 200);
   Client status(broker_.port(), "th-2-status");
-  status.Publish("devices/th-2/status", "offline");
-  ASSERT_TRUE(WaitFor([&] {
-    return Call("GET", "/v1/things/th-2/shadow").second.find("\"connected\":false") !=
-           std::string::npos;
-  }));
+  MarkOffline(status, "th-2");
+  if (HasFatalFailure()) {
+    return;
+  }
   std::vector<std::string> ids;
   for (int delay : {1, 2, 3}) {
     auto [code, body] = Call("POST", "/v1/things/th-2/services/reboot",
@@ -920,13 +927,11 @@ TEST_F(ServiceIntegrationTest, UnfinishedCallsBeyondMaxQueuedAreRefusedWith429) 
               "services: { keep_ms: 600000, max_queued: 2 }");
   dir_.Write("gnomon.yaml", cfg);
   auto gnomon = StartGnomon();
-  ASSERT_EQ(Call("POST", "/v1/things/th-7/shadow", R"({"state":{"reported":{"temp":20}}})").first, 200);
   Client status(broker_.port(), "th-7-status");
-  status.Publish("devices/th-7/status", "offline");
-  ASSERT_TRUE(WaitFor([&] {
-    return Call("GET", "/v1/things/th-7/shadow").second.find("\"connected\":false") !=
-           std::string::npos;
-  }));
+  MarkOffline(status, "th-7");
+  if (HasFatalFailure()) {
+    return;
+  }
   std::vector<std::string> ids;
   for (int delay : {1, 2}) {
     auto [code, body] = Call("POST", "/v1/things/th-7/services/reboot",
