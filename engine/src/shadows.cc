@@ -329,11 +329,11 @@ Result<shadow::ShadowDocument*> Engine::Impl::OwnedShadow(Worker& w, const std::
 }
 
 void Engine::Impl::ForgetShadow(Worker& w, const std::string& key) {
+  w.history.erase(key);  // first: `key` may be the cache's own key, erased below
   if (auto it = w.shadows.find(key); it != w.shadows.end()) {
     w.shadow_lru.erase(it->second.lru);
     w.shadows.erase(it);
   }
-  w.history.erase(key);
 }
 
 void Engine::Impl::TrimShadows(Worker& w) {
@@ -349,14 +349,11 @@ void Engine::Impl::TrimShadows(Worker& w) {
                                      looked < excess + 256;
        ++looked) {
     --it;
-    auto entry = w.shadows.find(**it);
-    if (entry->second.written > done) {
+    if (w.shadows.find(**it)->second.written > done) {
       continue;
     }
     auto older = std::next(it);
-    w.history.erase(entry->first);
-    w.shadow_lru.erase(it);
-    w.shadows.erase(entry);
+    ForgetShadow(w, **it);
     shadow_cache_drops_->Inc();
     it = older;
     --excess;

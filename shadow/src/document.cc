@@ -356,11 +356,18 @@ void ShadowDocument::RebuildDocumentJson() {
 
 std::string ShadowDocument::DocumentJson() const { return doc_json_; }
 
-void ShadowDocument::Parts::Rebuild(const Value& section) {
+void ShadowDocument::Parts::Rebuild(const Value& section, std::string& section_json,
+                                    std::string& section_meta) {
   json.resize(section.is_object() ? section.members().size() : 0);
   meta.resize(json.size());
   for (size_t i = 0; i < json.size(); ++i) {
     SerializeMember(section.members()[i], json[i], meta[i]);
+  }
+  section_json.clear();
+  section_meta.clear();
+  if (section.is_object()) {
+    JoinParts(json, section_json);
+    JoinParts(meta, section_meta);
   }
 }
 
@@ -378,8 +385,8 @@ void ShadowDocument::RestoreSections() {
   };
   load(desired_json_, meta_desired_json_, desired_);
   load(reported_json_, meta_reported_json_, reported_);
-  desired_parts_.Rebuild(desired_);
-  reported_parts_.Rebuild(reported_);
+  desired_parts_.Rebuild(desired_, desired_json_, meta_desired_json_);
+  reported_parts_.Rebuild(reported_, reported_json_, meta_reported_json_);
 }
 
 void ShadowDocument::SetModel(const std::string& model_ref) {
@@ -453,18 +460,16 @@ Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, L
     d.timestamp_s_ = ts->as_int();
   }
   const Value* meta = v.Find("metadata");
-  auto section = [&](std::string_view key, Value& value, std::string& json, std::string& mjson) {
+  auto section = [&](std::string_view key, Value& value) {
     if (Value* f = state->Find(key); f != nullptr && f->is_object()) {
       value = std::move(*f);
-      json = value.Json();
       LoadStamps(value, meta != nullptr ? meta->Find(key) : nullptr, d.timestamp_s_);
-      AppendMeta(value, mjson);
     }
   };
-  section("desired", d.desired_, d.desired_json_, d.meta_desired_json_);
-  section("reported", d.reported_, d.reported_json_, d.meta_reported_json_);
-  d.desired_parts_.Rebuild(d.desired_);
-  d.reported_parts_.Rebuild(d.reported_);
+  section("desired", d.desired_);
+  section("reported", d.reported_);
+  d.desired_parts_.Rebuild(d.desired_, d.desired_json_, d.meta_desired_json_);
+  d.reported_parts_.Rebuild(d.reported_, d.reported_json_, d.meta_reported_json_);
   if (meta != nullptr) {
     const Value* c = meta->Find("connected");
     const Value* seen = meta->Find("lastSeen");
@@ -494,19 +499,16 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   d.version_ = integer("version");
   d.timestamp_s_ = integer("timestamp");
   d.deleted_at_s_ = integer("deleted_at");
-  auto section = [&](std::string_view key, std::string_view meta_key, Value& value,
-                     std::string& json, std::string& mjson) {
+  auto section = [&](std::string_view key, std::string_view meta_key, Value& value) {
     if (Value* f = v.Find(key); f != nullptr && f->is_object()) {
       value = std::move(*f);
-      json = value.Json();
       LoadStamps(value, v.Find(meta_key), d.timestamp_s_);
-      AppendMeta(value, mjson);
     }
   };
-  section("desired", "meta_desired", d.desired_, d.desired_json_, d.meta_desired_json_);
-  section("reported", "meta_reported", d.reported_, d.reported_json_, d.meta_reported_json_);
-  d.desired_parts_.Rebuild(d.desired_);
-  d.reported_parts_.Rebuild(d.reported_);
+  section("desired", "meta_desired", d.desired_);
+  section("reported", "meta_reported", d.reported_);
+  d.desired_parts_.Rebuild(d.desired_, d.desired_json_, d.meta_desired_json_);
+  d.reported_parts_.Rebuild(d.reported_, d.reported_json_, d.meta_reported_json_);
   if (const Value* c = v.Find("connected"); c != nullptr && c->kind() == Value::Kind::kInt) {
     d.presence_ = c->as_int() != 0 ? 1 : 0;
     d.last_seen_ms_ = integer("last_seen");
@@ -807,8 +809,7 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     Value delta = Delta();
     std::string delta_json = delta.members().empty() ? std::string() : delta.Json();
     result.view = WithDelta(doc_json_, delta_json);
-    bool wrote_desired = state->is_null() || desired != nullptr;
-    if (!delta.members().empty() && (wrote_desired || !(delta == old_delta))) {
+    if (!delta.members().empty() && (touch_desired || !(delta == old_delta))) {
       // The delta's values are copies of desired's, stamps included: its metadata is theirs.
       std::string delta_meta;
       AppendMeta(delta, delta_meta);

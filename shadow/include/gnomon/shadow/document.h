@@ -127,7 +127,8 @@ class ShadowDocument {
   // the members it writes and joins the rest. In step with the section's members.
   struct Parts {
     std::vector<std::string> json, meta;
-    void Rebuild(const Value& section);
+    // From `section` (null: none), with the section's joined JSON and metadata (empty: none).
+    void Rebuild(const Value& section, std::string& section_json, std::string& section_meta);
   };
   Parts desired_parts_, reported_parts_;
   std::deque<Token> tokens_;
