@@ -250,6 +250,10 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     app.shadows.sync_full = sh->GetString("sync", "full") == "full";
     app.shadows.cache_shadows = static_cast<size_t>(
         sh->GetInt("cache_shadows", static_cast<int64_t>(app.shadows.cache_shadows)));
+    app.shadows.history =
+        static_cast<size_t>(sh->GetInt("history", static_cast<int64_t>(app.shadows.history)));
+    app.shadows.history_mb = static_cast<size_t>(
+        sh->GetInt("history_mb", static_cast<int64_t>(app.shadows.history_mb)));
     if (Status st = ValidateTopicName(app.shadows.topic_prefix); !st.ok() ||
         app.shadows.topic_prefix.back() == '/') {
       errors.Add(sh->Get("topic_prefix"), "shadows.topic_prefix",

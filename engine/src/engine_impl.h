@@ -30,8 +30,7 @@ namespace gnomon::engine {
 inline constexpr size_t kWorkerBatch = 256;
 inline constexpr int32_t kDeadLetterRoute = -2;
 inline constexpr int32_t kShadowRoute = -3;  // shadow answers and events (the shadows sink)
-inline constexpr int32_t kChangelogRoute = -4;
-inline constexpr size_t kShadowHistory = 1000;  // changes kept per shadow for .../changes  // the shadow change log (Kafka)
+inline constexpr int32_t kChangelogRoute = -4;  // the shadow change log (Kafka)
 
 // Per-rule metrics, created once.
 struct RuleMetrics {
@@ -202,18 +201,29 @@ class Engine::Impl final : public Ingest,
     struct CachedShadow {
       shadow::ShadowDocument doc;
       uint64_t written = 0;  // the store's sequence number of its last write
-      std::list<const std::string*>::iterator lru;
+      std::list<const std::string*>::iterator lru{};
     };
     std::unordered_map<std::string, CachedShadow> shadows;  // key: thing \0 name
     std::list<const std::string*> shadow_lru;               // keys of `shadows`, newest first
-    // The last kShadowHistory changes of each owned shadow since this process started, for
-    // GET .../changes?sinceVersion=N (older: the caller resyncs from the document).
+    // Recent changes of owned shadows since this process started, for GET
+    // .../changes?sinceVersion=N (older: the caller resyncs from the document): at most
+    // shadows.history versions per shadow, and shadows.history_mb in all, the oldest changes
+    // of any shadow going first (RecordChange).
     struct Change {
       int64_t version;
       int64_t timestamp;
       std::string ops;  // RFC 6902, JSON array
     };
     std::unordered_map<std::string, std::deque<Change>> history;
+    // Every change recorded, oldest first, with the memory it was charged; its memory counts
+    // until it leaves here (also when its shadow dropped it sooner).
+    struct Recorded {
+      std::string key;
+      int64_t version;
+      size_t bytes;
+    };
+    std::deque<Recorded> history_order;
+    size_t history_bytes = 0;
     // The epoch of the worker's copy of a shadow (ShadowStore::Write), for the shadows whose
     // copy was dropped after a refused write (absent: 0).
     std::unordered_map<std::string, uint64_t> shadow_epochs;
@@ -287,6 +297,9 @@ class Engine::Impl final : public Ingest,
   void EvictShadow(const std::string& thing, const std::string& name, uint64_t epoch);
   void DropShadow(Worker& w, const Message& evict);
   void ForgetShadow(Worker& w, const std::string& key);
+  // Adds an accepted write's change to the shadow's history, within the history's bounds.
+  void RecordChange(Worker& w, const std::string& key, int64_t version, int64_t timestamp,
+                    std::string ops);
   // Drops the least recently used clean shadows beyond shadows.cache_shadows.
   void TrimShadows(Worker& w);
   void PublishShadowEvent(const std::string& thing, const std::string& topic,

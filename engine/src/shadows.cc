@@ -329,10 +329,42 @@ Result<shadow::ShadowDocument*> Engine::Impl::OwnedShadow(Worker& w, const std::
 }
 
 void Engine::Impl::ForgetShadow(Worker& w, const std::string& key) {
-  w.history.erase(key);  // first: `key` may be the cache's own key, erased below
+  // (Its history stays: it matches the stored document, which is read again when next used.)
   if (auto it = w.shadows.find(key); it != w.shadows.end()) {
     w.shadow_lru.erase(it->second.lru);
     w.shadows.erase(it);
+  }
+}
+
+void Engine::Impl::RecordChange(Worker& w, const std::string& key, int64_t version,
+                                int64_t timestamp, std::string ops) {
+  const size_t per_shadow = config_.shadows.history;
+  if (per_shadow == 0) {
+    return;
+  }
+  // What the change holds: its operations, its key here and in history_order, and the
+  // containers' own overhead.
+  size_t bytes = ops.size() + 2 * key.size() + 128;
+  auto& changes = w.history[key];
+  changes.push_back({version, timestamp, std::move(ops)});
+  if (changes.size() > per_shadow) {
+    changes.pop_front();
+  }
+  w.history_order.push_back({key, version, bytes});
+  w.history_bytes += bytes;
+  const size_t budget = config_.shadows.history_mb << 20;
+  while (w.history_bytes > budget && !w.history_order.empty()) {
+    Worker::Recorded& oldest = w.history_order.front();
+    if (auto it = w.history.find(oldest.key); it != w.history.end()) {
+      if (!it->second.empty() && it->second.front().version == oldest.version) {
+        it->second.pop_front();
+      }
+      if (it->second.empty()) {
+        w.history.erase(it);
+      }
+    }
+    w.history_bytes -= oldest.bytes;
+    w.history_order.pop_front();
   }
 }
 
@@ -433,6 +465,7 @@ void Engine::Impl::DropShadow(Worker& w, const Message& evict) {
     return;  // that copy is gone already (several of its writes were refused)
   }
   ++epoch;
+  w.history.erase(key);  // it has the refused write's version, which the reloaded copy reuses
   ForgetShadow(w, key);
 }
 
@@ -519,11 +552,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
     return;
   }
   shadow_accepted_->Inc();
-  auto& changes = w.history[Key(thing, name)];
-  changes.push_back({doc.version(), clock_.NowMs() / 1000, std::move(result.patch)});
-  if (changes.size() > kShadowHistory) {
-    changes.pop_front();
-  }
+  RecordChange(w, Key(thing, name), doc.version(), clock_.NowMs() / 1000, std::move(result.patch));
   std::string base = ShadowTopic(thing, name);
   StoreShadow(
       w, thing, name, doc.StoredJson(),

@@ -322,14 +322,67 @@ TEST_F(ShadowIntegrationTest, ChangesSinceAVersionAreJsonPatchesOrAResync) {
   EXPECT_EQ(Call("GET", "/v1/things/c1/shadow/changes").first, 400);
   EXPECT_EQ(Call("GET", "/v1/things/nobody/shadow/changes?sinceVersion=0").first, 404);
 
+  // A delete takes the history with it: a client from before it starts over.
+  ASSERT_EQ(Call("DELETE", "/v1/things/c1/shadow").first, 200);
+  ASSERT_EQ(Call("POST", "/v1/things/c1/shadow", R"({"state":{"reported":{"b":1}}})").first, 200);
+  auto gone = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=1");
+  EXPECT_EQ(gone.first, 200);
+  EXPECT_NE(gone.second.find(R"("resync":true)"), std::string::npos) << gone.second;
+  EXPECT_NE(gone.second.find(R"("document":{"state":{"reported":{"b":1}})"), std::string::npos)
+      << gone.second;
+  auto fresh = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=3");
+  EXPECT_NE(fresh.second.find(R"("changes":[{"version":4,)"), std::string::npos) << fresh.second;
+  EXPECT_NE(fresh.second.find(R"("ops":[{"op":"add","path":"/state","value":{}},{"op":"add","path":"/state/reported","value":{"b":1}}])"),
+            std::string::npos) << fresh.second;
+
   // History lives in memory: after a restart a client resyncs from the document.
   gnomon->Signal(SIGTERM);
   ASSERT_EQ(gnomon->Wait(), 0);
   gnomon = StartGnomon();
-  auto resync = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=1");
+  auto resync = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=3");
   EXPECT_EQ(resync.first, 200);
   EXPECT_NE(resync.second.find(R"("resync":true)"), std::string::npos) << resync.second;
   EXPECT_NE(resync.second.find(R"("document":{"state":)"), std::string::npos) << resync.second;
+}
+
+// shadows.history bounds each shadow's history; shadows.history_mb the worker's, the oldest
+// changes of any shadow going first.
+TEST_F(ShadowIntegrationTest, HistoryIsKeptWithinItsVersionAndMemoryBounds) {
+  std::string yaml = testing::ReadFile(dir_.File("gnomon.yaml"));
+  yaml.replace(yaml.find("workers: 2"), 10, "workers: 1");  // one worker: one budget
+  yaml.replace(yaml.find("shadows: { connection: broker }"), 31,
+               "shadows: { connection: broker, history: 3, history_mb: 1 }");
+  dir_.Write("gnomon.yaml", yaml);
+  auto gnomon = StartGnomon();
+  auto post = [&](const std::string& thing, const std::string& value) {
+    return Call("POST", "/v1/things/" + thing + "/shadow",
+                R"({"state":{"reported":{"v":")" + value + R"("}}})").first;
+  };
+  auto changes = [&](const std::string& thing, int since) {
+    return Call("GET", "/v1/things/" + thing + "/shadow/changes?sinceVersion=" +
+                           std::to_string(since)).second;
+  };
+  ASSERT_EQ(post("quiet", "a"), 200);
+  for (int i = 1; i <= 10; ++i) {
+    ASSERT_EQ(post("k1", std::to_string(i)), 200);
+  }
+  auto kept = changes("k1", 7);
+  EXPECT_NE(kept.find(R"("changes":[{"version":8,)"), std::string::npos) << kept;
+  EXPECT_NE(kept.find(R"({"version":10,)"), std::string::npos) << kept;
+  for (int since : {6, 0}) {
+    auto old = changes("k1", since);
+    EXPECT_NE(old.find(R"("resync":true)"), std::string::npos) << since << old;
+    EXPECT_NE(old.find(R"("reported":{"v":"10"})"), std::string::npos) << old;
+  }
+  EXPECT_NE(changes("quiet", 0).find(R"("changes":[{"version":1,)"), std::string::npos);
+  // ~1.2 MiB of changes (20 KB each) on other shadows: the oldest, quiet's, go first.
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_EQ(post("big-" + std::to_string(i % 2), std::string(20000, static_cast<char>('a' + i % 26))), 200);
+  }
+  EXPECT_NE(changes("quiet", 0).find(R"("resync":true)"), std::string::npos);
+  auto big = changes("big-1", 27);
+  EXPECT_NE(big.find(R"("changes":[{"version":28,)"), std::string::npos) << big.substr(0, 200);
+  EXPECT_NE(big.find(R"({"version":30,)"), std::string::npos) << big.substr(0, 200);
 }
 
 TEST_F(ShadowIntegrationTest, WatchStreamsEveryAcceptedChangeAsServerSentEvents) {
