@@ -261,6 +261,32 @@ void AppendToken(json::ObjectWriter& w, const std::string& token) {
   }
 }
 
+// Whether JSON text nests objects and arrays more than `levels` deep (strings skipped). Only
+// for text the parser refused, to tell "too deep" from "not JSON".
+bool DeeperThan(std::string_view json, int levels) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < json.size(); ++i) {
+    char c = json[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > levels) {
+        return true;
+      }
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string ShadowError::Json(int64_t timestamp_s) const {
@@ -287,6 +313,7 @@ bool ValidShadowId(std::string_view id, size_t max_bytes) {
   }
   return true;
 }
+
 
 Value ComputeDelta(const Value& desired, const Value& reported) {
   Value out = Value::Object();
@@ -543,6 +570,13 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
                  "Unsupported documented encoding; supported encoding is UTF-8", "");
   }
   auto parsed = Value::Parse(request);
+  if (!parsed.ok() && DeeperThan(request, 1000)) {
+    // Deeper than the parser goes (1024 levels), so far past max_depth.
+    return Error(400, "TOO_DEEP",
+                 fmt::format("JSON contains too many levels of nesting; maximum is {}",
+                             limits_.max_depth),
+                 "");
+  }
   if (!parsed.ok() || !parsed->is_object()) {
     return Error(400, "INVALID_JSON", "Invalid JSON", "");
   }

@@ -298,6 +298,75 @@ TEST_F(ShadowIntegrationTest, RestBadInputGetsExactErrors) {
   EXPECT_TRUE(gnomon->Running());
 }
 
+// The peak resident memory of process `pid` in KiB (VmHWM), or -1.
+long PeakRssKib(pid_t pid) {
+  std::string status = testing::ReadFile("/proc/" + std::to_string(pid) + "/status");
+  size_t p = status.find("VmHWM:");
+  return p == std::string::npos ? -1 : std::stol(status.substr(p + 6));
+}
+
+TEST_F(ShadowIntegrationTest, RestBodiesAreReadAsSentWhateverTheirHeaders) {
+  auto gnomon = StartGnomon();
+  httplib::Client cli("127.0.0.1", api_port_);
+  cli.set_read_timeout(30);
+  auto form = [&](const std::string& path, const std::string& body) {
+    // curl -d's default type: the body must not be taken for form fields.
+    return cli.Post(path.c_str(), body, "application/x-www-form-urlencoded");
+  };
+  std::string nine_kib = R"({"state":{"reported":{"s":")" + std::string(9000, 'x') + "\"}}}";
+  auto big = form("/v1/things/f1/shadow", nine_kib);
+  ASSERT_TRUE(big);
+  EXPECT_EQ(big->status, 200) << big->body;
+  EXPECT_NE(Call("GET", "/v1/things/f1/shadow").second.find(std::string(9000, 'x')),
+            std::string::npos);
+  auto fields = form("/v1/things/f2/shadow", R"({"state":{"reported":{"s":"a&name=evil&b"}}})");
+  ASSERT_TRUE(fields);
+  EXPECT_EQ(fields->status, 200) << fields->body;
+  EXPECT_EQ(Call("GET", "/v1/things/f2/shadows").second,
+            R"({"thing":"f2","classic":1,"results":[]})")
+      << "the body chose a named shadow";
+
+  // A small gzip body that inflates far past the limit: refused while it is read.
+  long before = PeakRssKib(gnomon->pid());
+  ASSERT_GT(before, 0);
+  httplib::Client zip("127.0.0.1", api_port_);
+  zip.set_compress(true);
+  zip.set_read_timeout(30);
+  std::string bomb = R"({"state":{"reported":{"s":")" + std::string(200 << 20, 'x') + "\"}}}";
+  auto inflated = zip.Post("/v1/things/f3/shadow", bomb, "application/json");
+  bomb.clear();
+  ASSERT_TRUE(inflated);
+  EXPECT_EQ(inflated->status, 413);
+  EXPECT_NE(inflated->body.find(R"("error":"PAYLOAD_TOO_LARGE")"), std::string::npos)
+      << inflated->body;
+  EXPECT_LT(PeakRssKib(gnomon->pid()) - before, 64 << 10) << "the inflated body was kept";
+  auto small = zip.Post("/v1/things/f3/shadow", R"({"state":{"reported":{"z":1}}})",
+                        "application/json");
+  ASSERT_TRUE(small);
+  EXPECT_EQ(small->status, 200) << "gzip bodies are taken: " << small->body;
+
+  // Answers cpp-httplib would give on its own carry the error document too.
+  auto huge = Call("POST", "/v1/things/f4/shadow", std::string(2 << 20, 'x'));
+  EXPECT_EQ(huge.first, 413);
+  EXPECT_NE(huge.second.find(R"("error":"PAYLOAD_TOO_LARGE")"), std::string::npos) << huge.second;
+  auto nowhere = Call("GET", "/v1/nowhere");
+  EXPECT_EQ(nowhere.first, 404);
+  EXPECT_NE(nowhere.second.find(R"("error":"NOT_FOUND")"), std::string::npos) << nowhere.second;
+  // A POST without Content-Length has an empty body (RFC 9112 6.3): gnomon's own 400.
+  std::string raw = testing::RawHttp(
+      api_port_, "POST /v1/things/f5/shadow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(raw.rfind("HTTP/1.1 400", 0), 0u) << raw;
+  EXPECT_NE(raw.find(R"("error":"INVALID_JSON")"), std::string::npos) << raw;
+
+  // Deeper than the JSON parser goes is still TOO_DEEP, not INVALID_JSON.
+  std::string deep = std::string(2000, '[') + std::string(2000, ']');
+  auto too_deep = Call("POST", "/v1/things/f6/shadow",
+                       R"({"state":{"reported":{"a":)" + deep + "}}}");
+  EXPECT_EQ(too_deep.first, 400);
+  EXPECT_NE(too_deep.second.find(R"("error":"TOO_DEEP")"), std::string::npos) << too_deep.second;
+  EXPECT_TRUE(gnomon->Running());
+}
+
 TEST_F(ShadowIntegrationTest, ChangesSinceAVersionAreJsonPatchesOrAResync) {
   auto gnomon = StartGnomon();
   ASSERT_EQ(Call("POST", "/v1/things/c1/shadow", R"({"state":{"reported":{"a":1}}})").first, 200);

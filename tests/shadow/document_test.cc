@@ -227,6 +227,19 @@ TEST(ShadowConformanceTest, V11_NineLevelsAreTooDeep) {
     ok = R"({"l":)" + ok + "}";
   }
   MustUpdate(d, R"({"state":{"reported":)" + ok + "}}");
+  // Past what the JSON parser takes (1024 levels), objects or arrays: still TOO_DEEP.
+  std::string objects;
+  for (int i = 0; i < 2000; ++i) {
+    objects += R"({"l":)";
+  }
+  objects += "1" + std::string(2000, '}');
+  EXPECT_EQ(MustFail(d, R"({"state":{"reported":)" + objects + "}}").error, "TOO_DEEP");
+  std::string arrays = std::string(3000, '[') + std::string(3000, ']');
+  EXPECT_EQ(MustFail(d, R"({"state":{"reported":{"a":)" + arrays + "}}}").error, "TOO_DEEP");
+  // Brackets inside strings do not count; a shallow document that is cut short is not JSON.
+  std::string brackets(5000, '[');
+  EXPECT_EQ(MustFail(d, R"({"state":{"reported":{"a":")" + brackets + R"(")").error,
+            "INVALID_JSON");
 }
 
 TEST(ShadowConformanceTest, V12_UpdateWithin48hOfDeleteContinuesTheVersion) {

@@ -38,6 +38,11 @@ std::vector<std::string> ReadLines(const std::string& path);
 // A TCP port free on 127.0.0.1 right now.
 int FreePort();
 
+// Sends `request` as it is to 127.0.0.1:port and returns all that comes back until the server
+// closes the connection (send "Connection: close"), or "" if it cannot connect. For requests
+// an HTTP client library will not send (no Content-Length on a POST, say).
+std::string RawHttp(int port, const std::string& request);
+
 // True under CI (CI=true): a missing server binary fails instead of skipping.
 bool UnderCi();
 
