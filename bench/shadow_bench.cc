@@ -76,10 +76,13 @@ void BM_ShadowStoreDurableUpdates(benchmark::State& state) {
   constexpr int kShadows = 10000;
   constexpr int kUpdates = 200000;
   int producers = static_cast<int>(state.range(1));
+  bool changes = state.range(2) != 0;  // with the history log (gnomon's default: 64 MiB a worker)
   std::string dir = "/tmp/gnomon-bench-store-" + std::to_string(getpid());
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  auto store = ShadowStore::Open({.path = dir + "/shadows.db", .sync_full = state.range(0) != 0});
+  auto store = ShadowStore::Open({.path = dir + "/shadows.db",
+                                  .sync_full = state.range(0) != 0,
+                                  .history_log_bytes = changes ? size_t{128} << 20 : 0});
   if (!store.ok()) {
     state.SkipWithError(std::string(store.status().message()).c_str());
     return;
@@ -106,9 +109,12 @@ void BM_ShadowStoreDurableUpdates(benchmark::State& state) {
     for (int i = 0; i < n; ++i) {
       size_t k = (static_cast<size_t>(i) * 7919) % o.docs.size();  // spread over the shadows
       ShadowDocument& d = o.docs[k];
-      (void)!std::holds_alternative<UpdateResult>(
-          d.Update(R"({"state":{"reported":{"temp":21.7,"uptime":123457}}})", ++t / 64));
-      (*store)->Write(o.names[k], "", d.StoredJson(), nullptr);
+      auto r = d.Update(R"({"state":{"reported":{"temp":21.7,"uptime":123457}}})", ++t / 64);
+      std::optional<ShadowChange> change;
+      if (auto* u = std::get_if<UpdateResult>(&r); u != nullptr && changes) {
+        change = ShadowChange{d.version(), t / 64, std::move(u->patch)};
+      }
+      (*store)->Write(o.names[k], "", d.StoredJson(), nullptr, 0, std::move(change));
     }
   };
   for (auto _ : state) {
@@ -130,8 +136,9 @@ void BM_ShadowStoreDurableUpdates(benchmark::State& state) {
   std::filesystem::remove_all(dir);
 }
 BENCHMARK(BM_ShadowStoreDurableUpdates)
-    ->ArgNames({"sync_full", "producers"})
-    ->Args({1, 1})->Args({0, 1})->Args({1, 2})->Args({0, 2})
+    ->ArgNames({"sync_full", "producers", "changes"})
+    ->Args({1, 1, 0})->Args({0, 1, 0})->Args({1, 2, 0})->Args({0, 2, 0})
+    ->Args({1, 1, 1})->Args({1, 2, 1})
     ->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
 }  // namespace

@@ -137,6 +137,7 @@ Status Engine::Impl::Init() {
                                  {{"worker", std::to_string(i)}});
     workers_.push_back(std::move(w));
   }
+  GNOMON_RETURN_IF_ERROR(RestoreHistory());
   return InitServices();
 }
 

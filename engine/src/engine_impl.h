@@ -205,8 +205,8 @@ class Engine::Impl final : public Ingest,
     };
     std::unordered_map<std::string, CachedShadow> shadows;  // key: thing \0 name
     std::list<const std::string*> shadow_lru;               // keys of `shadows`, newest first
-    // Recent changes of owned shadows since this process started, for GET
-    // .../changes?sinceVersion=N (older: the caller resyncs from the document): at most
+    // Recent changes of owned shadows (read back from the store's history log at start), for
+    // GET .../changes?sinceVersion=N (older: the caller resyncs from the document): at most
     // shadows.history versions per shadow, and shadows.history_mb in all, the oldest changes
     // of any shadow going first (RecordChange).
     struct Change {
@@ -288,8 +288,10 @@ class Engine::Impl final : public Ingest,
   void RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err);
   // Queues the stored form of a shadow this worker owns, with its copy's epoch. A write the
   // store refuses is counted and makes the owner drop that copy before `done` hears of it.
+  // `change` goes to the store's history log with it.
   void StoreShadow(Worker& w, const std::string& thing, const std::string& name,
-                   std::string stored, shadow::ShadowStore::Done done);
+                   std::string stored, shadow::ShadowStore::Done done,
+                   std::optional<shadow::ShadowChange> change = std::nullopt);
   // After a refused store write: the owner of (thing, name) forgets its copy of that epoch,
   // which holds the write the store does not (the store is the truth; REST gets already show
   // it). Later writes of the same epoch are refused by the store; the reloaded copy writes on
@@ -300,6 +302,8 @@ class Engine::Impl final : public Ingest,
   // Adds an accepted write's change to the shadow's history, within the history's bounds.
   void RecordChange(Worker& w, const std::string& key, int64_t version, int64_t timestamp,
                     std::string ops);
+  // At start: the history kept in the store's history log, back to its owners.
+  Status RestoreHistory();
   // Drops the least recently used clean shadows beyond shadows.cache_shadows.
   void TrimShadows(Worker& w);
   void PublishShadowEvent(const std::string& thing, const std::string& topic,

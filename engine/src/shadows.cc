@@ -150,8 +150,14 @@ Status Engine::Impl::InitShadows() {
     return {};
   }
   GNOMON_ASSIGN_OR_RETURN(shadow_store_,
-                          shadow::ShadowStore::Open({.path = config_.data_dir + "/shadows.db",
-                                                     .sync_full = sc.sync_full}));
+                          shadow::ShadowStore::Open(
+                              {.path = config_.data_dir + "/shadows.db",
+                               .sync_full = sc.sync_full,
+                               .history_log_bytes =
+                                   sc.history == 0 ? 0
+                                                   : (sc.history_mb << 20) *
+                                                         static_cast<size_t>(
+                                                             std::max(1, config_.workers))}));
   GNOMON_ASSIGN_OR_RETURN(api_reader_, shadow_store_->NewReader());
   committed_.set_capacity(sc.cache_shadows * static_cast<size_t>(std::max(1, config_.workers)));
   metrics_.AddCollector([this](std::string& out) {
@@ -343,7 +349,7 @@ void Engine::Impl::RecordChange(Worker& w, const std::string& key, int64_t versi
     return;
   }
   // What the change holds: its operations, its key here and in history_order, and the
-  // containers' own overhead.
+  // containers' own overhead (as the store's history log counts it: thing, \0, name).
   size_t bytes = ops.size() + 2 * key.size() + 128;
   auto& changes = w.history[key];
   changes.push_back({version, timestamp, std::move(ops)});
@@ -366,6 +372,29 @@ void Engine::Impl::RecordChange(Worker& w, const std::string& key, int64_t versi
     w.history_bytes -= oldest.bytes;
     w.history_order.pop_front();
   }
+}
+
+Status Engine::Impl::RestoreHistory() {
+  if (shadow_store_ == nullptr || config_.shadows.history == 0) {
+    return {};
+  }
+  GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
+  size_t restored = 0;
+  GNOMON_RETURN_IF_ERROR(reader->Changes(
+      [&](std::string_view thing, std::string_view name, shadow::ShadowChange c) {
+        Worker& w = *workers_[OwnerOf(thing)];
+        std::string key = Key(thing, name);
+        if (c.ops.empty()) {
+          w.history.erase(key);  // deleted: what came before no longer applies
+          return;
+        }
+        RecordChange(w, key, c.version, c.timestamp, std::move(c.ops));
+        ++restored;
+      }));
+  if (restored > 0) {
+    log::Info("shadow change history restored", {{"changes", std::to_string(restored)}});
+  }
+  return {};
 }
 
 void Engine::Impl::TrimShadows(Worker& w) {
@@ -437,7 +466,8 @@ void Engine::Impl::RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err
 }
 
 void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::string& name,
-                               std::string stored, shadow::ShadowStore::Done done) {
+                               std::string stored, shadow::ShadowStore::Done done,
+                               std::optional<shadow::ShadowChange> change) {
   std::string key = Key(thing, name);
   auto e = w.shadow_epochs.find(key);
   uint64_t epoch = e != w.shadow_epochs.end() ? e->second : 0;
@@ -452,7 +482,7 @@ void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::s
         }
         done(st);
       },
-      epoch);
+      epoch, std::move(change));
   if (auto c = w.shadows.find(key); c != w.shadows.end()) {
     c->second.written = seq;
   }
@@ -552,7 +582,12 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
     return;
   }
   shadow_accepted_->Inc();
-  RecordChange(w, Key(thing, name), doc.version(), clock_.NowMs() / 1000, std::move(result.patch));
+  int64_t now_s = clock_.NowMs() / 1000;
+  std::optional<shadow::ShadowChange> change;
+  if (config_.shadows.history > 0) {
+    change = shadow::ShadowChange{doc.version(), now_s, result.patch};
+  }
+  RecordChange(w, Key(thing, name), doc.version(), now_s, std::move(result.patch));
   std::string base = ShadowTopic(thing, name);
   StoreShadow(
       w, thing, name, doc.StoredJson(),
@@ -585,7 +620,8 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
           PublishShadowEvent(thing, base + "/update/synced", std::move(result.synced), hold);
         }
         Answer(std::move(to), 200, std::move(result.accepted), "/accepted");
-      });
+      },
+      std::move(change));
 }
 
 const shadow::ThingModel* Engine::Impl::BoundModel(std::string_view thing) const {
@@ -735,7 +771,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
                     (it != w.history.end() && !it->second.empty() &&
                      it->second.front().version <= since + 1);
     if (!complete) {
-      // Older than what is kept (or from before this process): start over from the document.
+      // Older than what is kept (or from before a delete): start over from the document.
       out.FieldRaw("resync", "true")
           .FieldRaw("document", std::get<std::string>(d.Get(op.name, now_s)));
     } else {
@@ -780,6 +816,10 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     }
     w.history.erase(Key(op.thing, op.name));
     std::string base = ShadowTopic(op.thing, op.name);
+    std::optional<shadow::ShadowChange> reset;  // the stored history ends here too
+    if (config_.shadows.history > 0) {
+      reset = shadow::ShadowChange{d.version(), now_s, ""};
+    }
     StoreShadow(
         w, op.thing, op.name, d.StoredJson(),
         [this, to = std::move(to), body = std::get<std::string>(std::move(r)),
@@ -797,7 +837,8 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
           PublishShadowEvent(thing, base + "/delete/accepted", body,
                              to.kind != MessageKind::kShadowMqtt ? to.delivery : nullptr);
           Answer(std::move(to), 200, std::move(body), "/accepted");
-        });
+        },
+        std::move(reset));
   }
 }
 

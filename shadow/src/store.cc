@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <charconv>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -31,7 +32,60 @@ constexpr const char* kSchema =
     "  seq INTEGER PRIMARY KEY,"
     "  id TEXT NOT NULL UNIQUE,"
     "  thing TEXT NOT NULL,"
-    "  stored TEXT NOT NULL)";
+    "  stored TEXT NOT NULL);"
+    // The history log: one row per transaction holding its changes in the order written
+    // (EncodeChange), appended with the shadows and deleted from the oldest end. `bytes` is
+    // what its changes are charged (ShadowChange::Bytes). A row per change cost durable
+    // updates ~20%, a table keyed by shadow and version ~60% (a page of its own per write).
+    "CREATE TABLE IF NOT EXISTS shadow_changes ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  changes INTEGER NOT NULL,"
+    "  bytes INTEGER NOT NULL,"
+    "  log BLOB NOT NULL)";
+
+// A change in the log: "<thing bytes> <name bytes> <ops bytes> <version> <timestamp>\n", then
+// thing, name and ops as they are.
+void EncodeChange(std::string& out, std::string_view thing, std::string_view name,
+                  const ShadowChange& c) {
+  char head[5 * 21];
+  char* p = head;
+  for (int64_t v : {static_cast<int64_t>(thing.size()), static_cast<int64_t>(name.size()),
+                    static_cast<int64_t>(c.ops.size()), c.version, c.timestamp}) {
+    p = std::to_chars(p, head + sizeof(head), v).ptr;
+    *p++ = ' ';
+  }
+  p[-1] = '\n';
+  out.append(head, p);
+  out.append(thing);
+  out.append(name);
+  out.append(c.ops);
+}
+
+// The changes of one row to `each`; false if the row is damaged (what came before it stands).
+bool DecodeChanges(std::string_view log, const ShadowStore::Reader::EachChange& each) {
+  while (!log.empty()) {
+    int64_t v[5];
+    const char* p = log.data();
+    const char* end = p + log.size();
+    for (int64_t& x : v) {
+      auto r = std::from_chars(p, end, x);
+      if (r.ec != std::errc() || r.ptr == end || x < 0) {
+        return false;
+      }
+      p = r.ptr + 1;
+    }
+    auto at = static_cast<size_t>(p - log.data());
+    auto thing = static_cast<size_t>(v[0]), name = static_cast<size_t>(v[1]),
+         ops = static_cast<size_t>(v[2]);
+    if (at > log.size() || log.size() - at < thing + name + ops) {
+      return false;
+    }
+    each(log.substr(at, thing), log.substr(at + thing, name),
+         ShadowChange{v[3], v[4], std::string(log.substr(at + thing + name, ops))});
+    log.remove_prefix(at + thing + name + ops);
+  }
+  return true;
+}
 
 Status SqlError(sqlite3* db, std::string_view what) {
   return Unavailable(fmt::format("shadow store: {}: {}", what, sqlite3_errmsg(db)));
@@ -97,6 +151,7 @@ class SqliteReader final : public ShadowStore::Reader {
     names_.Reset();
     things_.Reset();
     calls_.Reset();
+    changes_.Reset();
     sqlite3_close(db_);
   }
 
@@ -113,6 +168,29 @@ class SqliteReader final : public ShadowStore::Reader {
                                    things_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT thing, stored FROM service_calls ORDER BY seq", calls_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "SELECT seq, log FROM shadow_changes ORDER BY seq", changes_));
+    return {};
+  }
+
+  Status Changes(const EachChange& each) override {
+    sqlite3_stmt* s = changes_.s;
+    sqlite3_reset(s);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      const auto* blob = static_cast<const char*>(sqlite3_column_blob(s, 1));
+      std::string_view log(blob != nullptr ? blob : "",
+                           static_cast<size_t>(sqlite3_column_bytes(s, 1)));
+      if (!DecodeChanges(log, each)) {
+        int64_t seq = sqlite3_column_int64(s, 0);
+        sqlite3_reset(s);
+        return Internal(fmt::format("shadow store: history log row {} is damaged", seq));
+      }
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "changes");
+    }
     return {};
   }
 
@@ -180,7 +258,7 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   sqlite3* db_ = nullptr;
-  Stmt load_, names_, things_, calls_;
+  Stmt load_, names_, things_, calls_, changes_;
 };
 
 }  // namespace
@@ -193,6 +271,7 @@ class ShadowStore::Impl {
     bool barrier = false;  // no write: only `done`, in order
     bool call = false;     // a service call: `name` is its id; empty `stored` deletes it
     uint64_t epoch = 0;    // of the writer's copy of the shadow (see ShadowStore::Write)
+    std::optional<ShadowChange> change{};
   };
 
   ~Impl() {
@@ -207,6 +286,8 @@ class ShadowStore::Impl {
     upsert_.Reset();
     call_upsert_.Reset();
     call_delete_.Reset();
+    change_insert_.Reset();
+    change_prune_.Reset();
     sqlite3_close(db_);
   }
 
@@ -216,6 +297,9 @@ class ShadowStore::Impl {
     GNOMON_RETURN_IF_ERROR(Exec(db_, "PRAGMA journal_mode=WAL"));
     GNOMON_RETURN_IF_ERROR(
         Exec(db_, options_.sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+    // The writer's page cache: 64 MiB (SQLite's default is 2 MiB). With 10k shadows and the
+    // history log it took durable updates from ~140k/s to ~165k/s (bench, two producers).
+    GNOMON_RETURN_IF_ERROR(Exec(db_, "PRAGMA cache_size=-65536"));
     GNOMON_RETURN_IF_ERROR(Exec(db_, kSchema));
     GNOMON_RETURN_IF_ERROR(Prepare(db_,
                                    "INSERT INTO shadows (thing, name, present, stored) "
@@ -229,6 +313,13 @@ class ShadowStore::Impl {
                                    call_upsert_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "DELETE FROM service_calls WHERE id = ?1", call_delete_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "INSERT INTO shadow_changes (changes, bytes, log) "
+                                   "VALUES (?1, ?2, ?3)",
+                                   change_insert_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "DELETE FROM shadow_changes WHERE seq <= ?1", change_prune_));
+    GNOMON_RETURN_IF_ERROR(ReadHistoryLogSizes());
     writer_ = std::thread([this] { Run(); });
     return {};
   }
@@ -268,6 +359,7 @@ class ShadowStore::Impl {
     return queue_.size();
   }
   const std::string& path() const { return options_.path; }
+  bool logs_changes() const { return options_.history_log_bytes > 0; }
 
  private:
   void Run() {
@@ -314,8 +406,14 @@ class ShadowStore::Impl {
         }
         last[keys[i]] = i;
       }
-      Status st = last.empty() ? Status() : Commit(batch, last);
+      logged_changes_ = 0;
+      Status st = last.empty() ? Status() : Commit(batch, last, stale);
       if (st.ok()) {
+        if (logged_changes_ > 0) {
+          change_sizes_.emplace_back(logged_seq_, logged_bytes_);
+          change_bytes_ += logged_bytes_;
+        }
+        TrimHistoryLog();
         for (const auto& [key, i] : last) {
           if (!refused_.empty()) {
             refused_.erase(std::string(key));  // a newer epoch is stored
@@ -348,6 +446,7 @@ class ShadowStore::Impl {
         stats_.writes += batch.size();
         stats_.rows += last.size();
         stats_.stale += stale_count;
+        stats_.changes += st.ok() ? logged_changes_ : 0;
         if (!st.ok()) {
           stats_.failures++;
         }
@@ -359,8 +458,14 @@ class ShadowStore::Impl {
   }
 
   Status Commit(std::vector<Pending>& batch,
-                const std::unordered_map<std::string_view, size_t>& last) {
+                const std::unordered_map<std::string_view, size_t>& last,
+                const std::vector<bool>& stale) {
     GNOMON_RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE"));
+    // Every change, coalesced writes' too, in the order written; the oldest go in bulk.
+    GNOMON_RETURN_IF_ERROR(LogChanges(batch, stale));
+    if (prune_to_ >= pruned_ + kPruneRows) {
+      GNOMON_RETURN_IF_ERROR(Prune());
+    }
     sqlite3_stmt* s = upsert_.s;
     for (const auto& [key, i] : last) {
       const Pending& p = batch[i];
@@ -391,6 +496,90 @@ class ShadowStore::Impl {
   }
 
   // Inside Commit's transaction; rolls it back on failure.
+  Status LogChanges(const std::vector<Pending>& batch, const std::vector<bool>& stale) {
+    log_.clear();
+    size_t bytes = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Pending& p = batch[i];
+      if (p.change && !stale[i]) {
+        EncodeChange(log_, p.thing, p.name, *p.change);
+        bytes += ShadowChange::Bytes(p.thing, p.name, p.change->ops);
+        ++n;
+      }
+    }
+    if (n == 0) {
+      return {};
+    }
+    sqlite3_stmt* s = change_insert_.s;
+    sqlite3_reset(s);
+    sqlite3_bind_int64(s, 1, static_cast<int64_t>(n));
+    sqlite3_bind_int64(s, 2, static_cast<int64_t>(bytes));
+    sqlite3_bind_blob(s, 3, log_.data(), static_cast<int>(log_.size()), SQLITE_STATIC);
+    if (sqlite3_step(s) != SQLITE_DONE) {
+      Status err = SqlError(db_, "history log");
+      sqlite3_reset(s);
+      (void)Exec(db_, "ROLLBACK").ok();
+      return err;
+    }
+    sqlite3_reset(s);
+    logged_seq_ = sqlite3_last_insert_rowid(db_);
+    logged_bytes_ = bytes;
+    logged_changes_ = n;
+    return {};
+  }
+
+  // Inside Commit's transaction; rolls it back on failure.
+  Status Prune() {
+    sqlite3_stmt* s = change_prune_.s;
+    sqlite3_reset(s);
+    sqlite3_bind_int64(s, 1, prune_to_);
+    if (sqlite3_step(s) != SQLITE_DONE) {
+      Status err = SqlError(db_, "history log");
+      sqlite3_reset(s);
+      (void)Exec(db_, "ROLLBACK").ok();
+      return err;
+    }
+    sqlite3_reset(s);
+    pruned_ = prune_to_;  // (if the transaction fails, the next one deletes them again)
+    return {};
+  }
+
+  // Marks the oldest rows of the history log for deletion while the newer ones still hold the
+  // budget: the log keeps at least that much of the newest changes, plus one row at most.
+  void TrimHistoryLog() {
+    while (!change_sizes_.empty() &&
+           change_bytes_ - change_sizes_.front().second >= options_.history_log_bytes) {
+      prune_to_ = change_sizes_.front().first;
+      change_bytes_ -= change_sizes_.front().second;
+      change_sizes_.pop_front();
+    }
+  }
+
+  // The sizes of the changes kept from an earlier run (and those beyond the budget now).
+  Status ReadHistoryLogSizes() {
+    Stmt sizes;
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "SELECT seq, bytes FROM shadow_changes ORDER BY seq", sizes));
+    int rc;
+    while ((rc = sqlite3_step(sizes.s)) == SQLITE_ROW) {
+      auto bytes = static_cast<size_t>(sqlite3_column_int64(sizes.s, 1));
+      change_sizes_.emplace_back(sqlite3_column_int64(sizes.s, 0), bytes);
+      change_bytes_ += bytes;
+    }
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "history log");
+    }
+    TrimHistoryLog();
+    if (prune_to_ > 0) {  // a smaller budget than the last run's (or none): delete now
+      GNOMON_RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE"));
+      GNOMON_RETURN_IF_ERROR(Prune());
+      GNOMON_RETURN_IF_ERROR(Exec(db_, "COMMIT"));
+    }
+    return {};
+  }
+
+  // Inside Commit's transaction; rolls it back on failure.
   Status WriteCall(const Pending& p) {
     sqlite3_stmt* s = p.stored.empty() ? call_delete_.s : call_upsert_.s;
     sqlite3_reset(s);
@@ -409,9 +598,11 @@ class ShadowStore::Impl {
     return {};
   }
 
+  static constexpr int64_t kPruneRows = 64;  // history log rows (transactions) deleted at a time
+
   StoreOptions options_;
   sqlite3* db_ = nullptr;
-  Stmt upsert_, call_upsert_, call_delete_;
+  Stmt upsert_, call_upsert_, call_delete_, change_insert_, change_prune_;
   mutable std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<Pending> queue_;       // GUARDED_BY(mu_)
@@ -422,6 +613,16 @@ class ShadowStore::Impl {
   StoreStats stats_;                // GUARDED_BY(mu_)
   // Writer thread only: "thing\0name" → the newest epoch of a refused write of that shadow.
   std::unordered_map<std::string, uint64_t> refused_;
+  // Writer thread only: the history log's rows (seq, bytes) within the budget, oldest first;
+  // rows up to prune_to_ are beyond it, up to pruned_ deleted; this transaction's row.
+  std::deque<std::pair<int64_t, size_t>> change_sizes_;
+  size_t change_bytes_ = 0;
+  int64_t prune_to_ = 0;
+  int64_t pruned_ = 0;
+  std::string log_;
+  int64_t logged_seq_ = 0;
+  size_t logged_bytes_ = 0;
+  size_t logged_changes_ = 0;
   std::thread writer_;
 };
 
@@ -435,9 +636,12 @@ Result<std::unique_ptr<ShadowStore>> ShadowStore::Open(StoreOptions options) {
 }
 
 uint64_t ShadowStore::Write(std::string thing, std::string name, std::string stored, Done done,
-                            uint64_t epoch) {
+                            uint64_t epoch, std::optional<ShadowChange> change) {
   Impl::Pending p{std::move(thing), std::move(name), std::move(stored), std::move(done)};
   p.epoch = epoch;
+  if (impl_->logs_changes()) {
+    p.change = std::move(change);
+  }
   return impl_->Write(std::move(p));
 }
 

@@ -404,14 +404,13 @@ TEST_F(ShadowIntegrationTest, ChangesSinceAVersionAreJsonPatchesOrAResync) {
   EXPECT_NE(fresh.second.find(R"("ops":[{"op":"add","path":"/state","value":{}},{"op":"add","path":"/state/reported","value":{"b":1}}])"),
             std::string::npos) << fresh.second;
 
-  // History lives in memory: after a restart a client resyncs from the document.
+  // The history is in the store too: a restart keeps it, and the delete's end of it.
   gnomon->Signal(SIGTERM);
   ASSERT_EQ(gnomon->Wait(), 0);
   gnomon = StartGnomon();
-  auto resync = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=3");
-  EXPECT_EQ(resync.first, 200);
-  EXPECT_NE(resync.second.find(R"("resync":true)"), std::string::npos) << resync.second;
-  EXPECT_NE(resync.second.find(R"("document":{"state":)"), std::string::npos) << resync.second;
+  EXPECT_EQ(Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=3").second, fresh.second);
+  auto still_gone = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=1");
+  EXPECT_NE(still_gone.second.find(R"("resync":true)"), std::string::npos) << still_gone.second;
 }
 
 // shadows.history bounds each shadow's history; shadows.history_mb the worker's, the oldest
@@ -597,6 +596,14 @@ TEST_F(ShadowIntegrationTest, EveryAcceptedWriteSurvivesKill9) {
   // The version continues where it was.
   auto next = Call("POST", "/v1/things/k1/shadow", R"({"state":{"reported":{"i":0}}})");
   EXPECT_NE(next.second.find(R"("version":21)"), std::string::npos) << next.second;
+  // And so does every accepted change: k3 was written by i = 3, 13, ..., 193.
+  auto changes = Call("GET", "/v1/things/k3/shadow/changes?sinceVersion=0");
+  EXPECT_EQ(changes.second.find(R"("resync")"), std::string::npos) << changes.second;
+  for (int v = 1; v <= 20; ++v) {
+    std::string entry = R"({"version":)" + std::to_string(v) + ",";
+    EXPECT_NE(changes.second.find(entry), std::string::npos) << v << ": " << changes.second;
+  }
+  EXPECT_NE(changes.second.find(R"("value":193})"), std::string::npos) << changes.second;
 }
 
 }  // namespace

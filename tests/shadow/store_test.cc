@@ -229,12 +229,13 @@ TEST(ShadowStoreTest, WritesMadeOnTopOfARefusedOneAreRefusedUntilANewerEpoch) {
   TempDir dir;
   testing::SmallDisk disk(dir.File("db"), "8m");
   GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
-  auto s = ShadowStore::Open({.path = dir.File("db/shadows.db")});
+  auto s = ShadowStore::Open({.path = dir.File("db/shadows.db"), .history_log_bytes = 1 << 20});
   ASSERT_TRUE(s.ok()) << s.status().message();
   auto& store = **s;
   auto write = [&](const std::string& thing, int64_t temp, uint64_t epoch) {
     auto st = std::make_shared<Status>();
-    store.Write(thing, "", Stored(temp), [st](const Status& r) { *st = r; }, epoch);
+    store.Write(thing, "", Stored(temp), [st](const Status& r) { *st = r; }, epoch,
+                ShadowChange{temp, 0, "[" + std::to_string(temp) + "]"});
     store.Flush();
     return *st;
   };
@@ -258,6 +259,68 @@ TEST(ShadowStoreTest, WritesMadeOnTopOfARefusedOneAreRefusedUntilANewerEpoch) {
   loaded = (*reader)->Load("a", "");
   EXPECT_NE((*loaded)->find(R"("temp":5)"), std::string::npos) << **loaded;
   EXPECT_EQ(store.stats().stale, 1u);
+  // Only the stored writes' changes are in the history log.
+  std::string logged;
+  ASSERT_TRUE((*reader)->Changes([&](std::string_view thing, std::string_view, ShadowChange c) {
+    logged += std::string(thing) + c.ops;
+  }).ok());
+  EXPECT_EQ(logged, "a[1]b[1]b[3]a[4]a[5]");
+}
+
+// Every change goes to the log with its write (coalesced writes too), in order; the oldest
+// leave once the newer ones hold the budget.
+TEST(ShadowStoreTest, TheHistoryLogKeepsEveryChangeWithinItsBudget) {
+  TempDir dir;
+  const std::string ops = "[" + std::string(198, ' ') + "]";
+  const size_t each = ShadowChange::Bytes("t", "", ops);
+  auto open = [&](size_t budget) {
+    auto s = ShadowStore::Open(
+        {.path = dir.File("shadows.db"), .sync_full = false, .history_log_bytes = budget});
+    EXPECT_TRUE(s.ok()) << s.status().message();
+    return std::move(s).value();
+  };
+  auto versions = [&](ShadowStore& store) {
+    std::vector<int64_t> out;
+    auto reader = store.NewReader();
+    EXPECT_TRUE(reader.ok());
+    EXPECT_TRUE((*reader)->Changes([&](std::string_view thing, std::string_view name,
+                                       ShadowChange c) {
+      EXPECT_EQ(thing, "t");
+      EXPECT_EQ(name, "");
+      EXPECT_EQ(c.timestamp, c.version * 10);
+      EXPECT_EQ(c.ops, ops);
+      out.push_back(c.version);
+    }).ok());
+    return out;
+  };
+  auto store = open(30 * each);
+  for (int64_t v = 1; v <= 3; ++v) {  // queued together: one row, three changes
+    store->Write("t", "", Stored(v), nullptr, 0, ShadowChange{v, v * 10, ops});
+  }
+  store->Write("t", "", Stored(3), nullptr);  // a write without a change (presence, say)
+  store->Flush();
+  EXPECT_EQ(versions(*store), (std::vector<int64_t>{1, 2, 3}));
+  for (int64_t v = 4; v <= 300; ++v) {  // a transaction each
+    store->Write("t", "", Stored(v), nullptr, 0, ShadowChange{v, v * 10, ops});
+    store->Flush();
+  }
+  EXPECT_EQ(store->stats().changes, 300u);
+  size_t kept = versions(*store).size();
+  EXPECT_LT(kept, 300u) << "the oldest are deleted as it goes";
+  EXPECT_GE(kept, 30u);
+  store.reset();
+  store = open(30 * each);  // reopened: exactly the newest that hold the budget
+  std::vector<int64_t> newest;
+  for (int64_t v = 271; v <= 300; ++v) {
+    newest.push_back(v);
+  }
+  EXPECT_EQ(versions(*store), newest);
+  store.reset();
+  store = open(0);  // none kept
+  EXPECT_TRUE(versions(*store).empty());
+  store->Write("t", "", Stored(1), nullptr, 0, ShadowChange{301, 3010, ops});
+  store->Flush();
+  EXPECT_TRUE(versions(*store).empty());
 }
 
 }  // namespace

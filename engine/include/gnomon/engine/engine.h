@@ -53,8 +53,8 @@ struct AppConfig {
     std::string connection_name;
     bool sync_full = true;
     size_t cache_shadows = 100'000;  // per worker (see Worker::shadows)
-    size_t history = 1000;           // versions of change history kept per shadow (in memory)
-    size_t history_mb = 64;          // memory for change history, per worker
+    size_t history = 1000;           // versions of change history kept per shadow (0: none)
+    size_t history_mb = 64;          // change history, per worker (memory, and its history log)
     // `changelog:`: the Kafka connection (null: none), its name, the topic, partitions.
     const ConfigValue* changelog_connection = nullptr;
     std::string changelog_connection_name;

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,22 @@ struct StoreOptions {
   std::string path;            // database file
   size_t max_batch = 4096;     // writes per transaction at most
   bool sync_full = true;       // synchronous=FULL (power-loss safe) or NORMAL (process-crash safe)
+  // The history log: the newest changes, written with their shadows, at least this many bytes
+  // of them (ShadowChange::Bytes) and one transaction's more at most; the oldest are deleted
+  // first. 0 keeps none.
+  size_t history_log_bytes = 0;
+};
+
+// One accepted version of a shadow, written in the same transaction as the shadow itself.
+struct ShadowChange {
+  int64_t version = 0;
+  int64_t timestamp = 0;  // epoch seconds
+  std::string ops;        // RFC 6902 operations (a JSON array); empty: the history ends here
+                          // (the shadow was deleted), earlier changes no longer apply
+  // What it is charged in the history log (and in the owner's memory).
+  static size_t Bytes(std::string_view thing, std::string_view name, std::string_view ops) {
+    return ops.size() + 2 * (thing.size() + 1 + name.size()) + 128;
+  }
 };
 
 struct StoreStats {
@@ -29,6 +46,7 @@ struct StoreStats {
   uint64_t rows = 0;       // rows written (after coalescing)
   uint64_t failures = 0;   // transactions that failed (their writes' callbacks got the error)
   uint64_t stale = 0;      // writes refused as made on top of a refused one
+  uint64_t changes = 0;    // changes written to the history log
 };
 
 class ShadowStore {
@@ -46,8 +64,9 @@ class ShadowStore {
   // nothing written): it was made on top of the refused state. The writer drops its copy,
   // reads the shadow again from the store, and writes on with a newer epoch.
   // Returns the write's sequence number (see committed()).
+  // `change`, when given, goes to the history log with it (not if the write is refused).
   uint64_t Write(std::string thing, std::string name, std::string stored, Done done,
-                 uint64_t epoch = 0);
+                 uint64_t epoch = 0, std::optional<ShadowChange> change = std::nullopt);
   // Queues the stored form of service call `id` of `thing` (empty `stored`: the call is
   // forgotten). In the same order and transactions as the shadow writes.
   void WriteCall(std::string thing, std::string id, std::string stored, Done done);
@@ -71,6 +90,10 @@ class ShadowStore {
                                                     std::string_view after, size_t limit) = 0;
     // Every stored service call as (thing, stored form), in the order they were first written.
     virtual Result<std::vector<std::pair<std::string, std::string>>> Calls() = 0;
+    // Calls `each` with every change in the history log, oldest first.
+    using EachChange = std::function<void(std::string_view thing, std::string_view name,
+                                          ShadowChange change)>;
+    virtual Status Changes(const EachChange& each) = 0;
   };
   Result<std::unique_ptr<Reader>> NewReader();
 
