@@ -473,26 +473,30 @@ class ShadowStore::Impl {
         GNOMON_RETURN_IF_ERROR(WriteCall(p));
         continue;
       }
-      sqlite3_reset(s);
       Bind(s, 1, p.thing);
       Bind(s, 2, p.name);
       // The stored form starts with {"exists":1 or {"exists":0 (StoredJson's first field).
       bool present = p.stored.compare(0, 11, "{\"exists\":1") == 0;
       sqlite3_bind_int(s, 3, present ? 1 : 0);
       Bind(s, 4, p.stored);
-      if (sqlite3_step(s) != SQLITE_DONE) {
-        Status err = SqlError(db_, "write");
-        sqlite3_reset(s);
-        (void)Exec(db_, "ROLLBACK").ok();
-        return err;
-      }
+      GNOMON_RETURN_IF_ERROR(Step(s, "write"));
     }
-    sqlite3_reset(s);
     Status st = Exec(db_, "COMMIT");
     if (!st.ok()) {
       (void)Exec(db_, "ROLLBACK").ok();
     }
     return st;
+  }
+
+  // Runs a bound statement of Commit's transaction, rolling the transaction back if it fails.
+  Status Step(sqlite3_stmt* s, std::string_view what) {
+    bool ok = sqlite3_step(s) == SQLITE_DONE;
+    Status err = ok ? Status() : SqlError(db_, what);
+    sqlite3_reset(s);
+    if (!ok) {
+      (void)Exec(db_, "ROLLBACK").ok();
+    }
+    return err;
   }
 
   // Inside Commit's transaction; rolls it back on failure.
@@ -516,13 +520,7 @@ class ShadowStore::Impl {
     sqlite3_bind_int64(s, 1, static_cast<int64_t>(n));
     sqlite3_bind_int64(s, 2, static_cast<int64_t>(bytes));
     sqlite3_bind_blob(s, 3, log_.data(), static_cast<int>(log_.size()), SQLITE_STATIC);
-    if (sqlite3_step(s) != SQLITE_DONE) {
-      Status err = SqlError(db_, "history log");
-      sqlite3_reset(s);
-      (void)Exec(db_, "ROLLBACK").ok();
-      return err;
-    }
-    sqlite3_reset(s);
+    GNOMON_RETURN_IF_ERROR(Step(s, "history log"));
     logged_seq_ = sqlite3_last_insert_rowid(db_);
     logged_bytes_ = bytes;
     logged_changes_ = n;
@@ -534,13 +532,7 @@ class ShadowStore::Impl {
     sqlite3_stmt* s = change_prune_.s;
     sqlite3_reset(s);
     sqlite3_bind_int64(s, 1, prune_to_);
-    if (sqlite3_step(s) != SQLITE_DONE) {
-      Status err = SqlError(db_, "history log");
-      sqlite3_reset(s);
-      (void)Exec(db_, "ROLLBACK").ok();
-      return err;
-    }
-    sqlite3_reset(s);
+    GNOMON_RETURN_IF_ERROR(Step(s, "history log"));
     pruned_ = prune_to_;  // (if the transaction fails, the next one deletes them again)
     return {};
   }
@@ -588,14 +580,7 @@ class ShadowStore::Impl {
       Bind(s, 2, p.thing);
       Bind(s, 3, p.stored);
     }
-    if (sqlite3_step(s) != SQLITE_DONE) {
-      Status err = SqlError(db_, "service call");
-      sqlite3_reset(s);
-      (void)Exec(db_, "ROLLBACK").ok();
-      return err;
-    }
-    sqlite3_reset(s);
-    return {};
+    return Step(s, "service call");
   }
 
   static constexpr int64_t kPruneRows = 64;  // history log rows (transactions) deleted at a time
