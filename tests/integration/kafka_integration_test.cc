@@ -276,7 +276,13 @@ TEST_F(KafkaIntegrationTest, InjectedCommitAndFetchErrorsDelayButLoseNothing) {
   ASSERT_TRUE(cluster_.Inject("request-errors OffsetCommit COORDINATOR_NOT_AVAILABLE 3"));
   ASSERT_TRUE(cluster_.Inject("request-errors Fetch NOT_LEADER_FOR_PARTITION 3"));
   auto gnomon = StartGnomon();
-  ASSERT_EQ(client.ReadAll("out", 500).size(), 500u) << gnomon->Stderr();
+  // The injected errors back off the fetches and commits: output may pause for seconds, longer
+  // than one ReadAll waits for the next record, so read again until all is there.
+  size_t read = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    read = client.ReadAll("out", 500, std::chrono::milliseconds(500)).size();
+    return read >= 500;
+  }, std::chrono::milliseconds(60000))) << read << " of 500\n" << gnomon->Stderr();
   // Every input finished, and the offsets got committed in the end: a clean restart re-reads
   // nothing.
   ASSERT_TRUE(WaitFor([&] {
