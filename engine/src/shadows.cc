@@ -380,7 +380,7 @@ Status Engine::Impl::RestoreHistory() {
   }
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
   size_t restored = 0;
-  GNOMON_RETURN_IF_ERROR(reader->Changes(
+  Status read = reader->Changes(
       [&](std::string_view thing, std::string_view name, shadow::ShadowChange c) {
         Worker& w = *workers_[OwnerOf(thing)];
         std::string key = Key(thing, name);
@@ -390,7 +390,19 @@ Status Engine::Impl::RestoreHistory() {
         }
         RecordChange(w, key, c.version, c.timestamp, std::move(c.ops));
         ++restored;
-      }));
+      });
+  if (!read.ok()) {
+    // A history with a hole would answer `changes` without what fell into it: keep none, and
+    // clients resync from the documents (which the history log never holds).
+    log::Error("shadow change history could not be read back; starting without it",
+               {{"error", read.message()}});
+    for (auto& w : workers_) {
+      w->history.clear();
+      w->history_order.clear();
+      w->history_bytes = 0;
+    }
+    return {};
+  }
   if (restored > 0) {
     log::Info("shadow change history restored", {{"changes", std::to_string(restored)}});
   }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -411,6 +412,42 @@ TEST_F(ShadowIntegrationTest, ChangesSinceAVersionAreJsonPatchesOrAResync) {
   EXPECT_EQ(Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=3").second, fresh.second);
   auto still_gone = Call("GET", "/v1/things/c1/shadow/changes?sinceVersion=1");
   EXPECT_NE(still_gone.second.find(R"("resync":true)"), std::string::npos) << still_gone.second;
+}
+
+// A history log that cannot be read back is dropped whole: a history with a hole would answer
+// `changes` without what fell into it.
+TEST_F(ShadowIntegrationTest, ADamagedHistoryLogIsDroppedNotServedWithAHole) {
+  auto gnomon = StartGnomon();
+  for (int i = 1; i <= 3; ++i) {
+    ASSERT_EQ(Call("POST", "/v1/things/h1/shadow",
+                   R"({"state":{"reported":{"n":)" + std::to_string(i) + "}}}").first, 200);
+  }
+  gnomon->Signal(SIGTERM);
+  ASSERT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(dir_.File("data/shadows.db").c_str(), &db), SQLITE_OK);
+  char* err = nullptr;
+  EXPECT_EQ(sqlite3_exec(db,
+                         "UPDATE shadow_changes SET log = CAST('2 0 9' AS BLOB) "
+                         "WHERE seq = (SELECT max(seq) FROM shadow_changes)",
+                         nullptr, nullptr, &err),
+            SQLITE_OK)
+      << (err != nullptr ? err : "");
+  EXPECT_EQ(sqlite3_changes(db), 1);
+  sqlite3_free(err);
+  sqlite3_close(db);
+
+  gnomon = StartGnomon();
+  auto resync = Call("GET", "/v1/things/h1/shadow/changes?sinceVersion=1");
+  EXPECT_EQ(resync.first, 200);
+  EXPECT_NE(resync.second.find(R"("resync":true)"), std::string::npos) << resync.second;
+  EXPECT_NE(resync.second.find(R"("reported":{"n":3})"), std::string::npos) << resync.second;
+  EXPECT_NE(gnomon->Stderr().find("shadow change history could not be read back"),
+            std::string::npos)
+      << gnomon->Stderr();
+  ASSERT_EQ(Call("POST", "/v1/things/h1/shadow", R"({"state":{"reported":{"n":4}}})").first, 200);
+  auto fresh = Call("GET", "/v1/things/h1/shadow/changes?sinceVersion=3");
+  EXPECT_NE(fresh.second.find(R"("changes":[{"version":4,)"), std::string::npos) << fresh.second;
 }
 
 // shadows.history bounds each shadow's history; shadows.history_mb the worker's, the oldest
