@@ -336,7 +336,6 @@ Value ComputeDelta(const Value& desired, const Value& reported) {
   return out;
 }
 
-Value ShadowDocument::Delta() const { return ComputeDelta(desired_, reported_); }
 
 void ShadowDocument::RebuildDocumentJson() {
   std::string& out = doc_json_;
@@ -414,6 +413,7 @@ void ShadowDocument::RestoreSections() {
   load(reported_json_, meta_reported_json_, reported_);
   desired_parts_.Rebuild(desired_, desired_json_, meta_desired_json_);
   reported_parts_.Rebuild(reported_, reported_json_, meta_reported_json_);
+  delta_ = ComputeDelta(desired_, reported_);
 }
 
 void ShadowDocument::SetModel(const std::string& model_ref) {
@@ -497,6 +497,7 @@ Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, L
   section("reported", d.reported_);
   d.desired_parts_.Rebuild(d.desired_, d.desired_json_, d.meta_desired_json_);
   d.reported_parts_.Rebuild(d.reported_, d.reported_json_, d.meta_reported_json_);
+  d.delta_ = ComputeDelta(d.desired_, d.reported_);
   if (meta != nullptr) {
     const Value* c = meta->Find("connected");
     const Value* seen = meta->Find("lastSeen");
@@ -536,6 +537,7 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   section("reported", "meta_reported", d.reported_);
   d.desired_parts_.Rebuild(d.desired_, d.desired_json_, d.meta_desired_json_);
   d.reported_parts_.Rebuild(d.reported_, d.reported_json_, d.meta_reported_json_);
+  d.delta_ = ComputeDelta(d.desired_, d.reported_);
   if (const Value* c = v.Find("connected"); c != nullptr && c->kind() == Value::Kind::kInt) {
     d.presence_ = c->as_int() != 0 ? 1 : 0;
     d.last_seen_ms_ = integer("last_seen");
@@ -709,7 +711,7 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     AppendToken(w, token);
     w.Close();
   } else {
-    Value old_delta = Delta();
+    const Value& old_delta = delta_;  // (the merge changes the sections, not it)
     // update/accepted: the request's state (with its nulls) and the written leaves' metadata,
     // taken before the merge moves the request's values into the sections.
     std::string accepted_state = state->Json();
@@ -840,7 +842,7 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
       AppendToken(w, token);
       w.Close();
     }
-    Value delta = Delta();
+    Value delta = ComputeDelta(desired_, reported_);
     std::string delta_json = delta.members().empty() ? std::string() : delta.Json();
     result.view = WithDelta(doc_json_, delta_json);
     if (!delta.members().empty() && (touch_desired || !(delta == old_delta))) {
@@ -861,6 +863,7 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
       AppendToken(w, token);
       w.Close();
     }
+    delta_ = std::move(delta);
   }
   if (!token.empty()) {
     tokens_.push_back({token, std::string(request), result.accepted, now_s});
@@ -876,8 +879,7 @@ std::variant<std::string, ShadowError> ShadowDocument::Get(std::string_view name
   if (!exists_) {
     return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name), "");
   }
-  Value delta = Delta();
-  return WithDelta(doc_json_, delta.members().empty() ? std::string() : delta.Json());
+  return WithDelta(doc_json_, delta_.members().empty() ? std::string() : delta_.Json());
 }
 
 std::string ShadowDocument::WithDelta(std::string_view doc, std::string_view delta) {
@@ -903,6 +905,7 @@ std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view n
   exists_ = false;
   deleted_at_s_ = now_s;
   desired_ = reported_ = Value();
+  delta_ = Value::Object();
   desired_parts_ = reported_parts_ = Parts();
   desired_json_.clear();
   reported_json_.clear();

@@ -87,8 +87,9 @@ class ShadowDocument {
   int64_t version() const { return version_; }
   const Value& desired() const { return desired_; }
   const Value& reported() const { return reported_; }
-  // delta(desired, reported) per spec/shadow.md.
-  Value Delta() const;
+  // delta(desired, reported) per spec/shadow.md; kept with the sections (computed once per
+  // write).
+  const Value& Delta() const { return delta_; }
   // The stored document (no delta), as kept and as in the documents event. Cached: rebuilt
   // from per-section JSON at each write.
   std::string DocumentJson() const;
@@ -119,6 +120,7 @@ class ShadowDocument {
   int64_t deleted_at_s_ = 0;  // with !exists_ and version_ > 0: the tombstone
   Value desired_;             // null when the section is absent; leaves stamped (metadata)
   Value reported_;
+  Value delta_ = Value::Object();  // ComputeDelta(desired_, reported_)
   // Serialized forms of the sections and their metadata, kept in step with the values above
   // (empty: section absent).
   std::string desired_json_, reported_json_, meta_desired_json_, meta_reported_json_;
