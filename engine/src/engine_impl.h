@@ -300,8 +300,8 @@ class Engine::Impl final : public Ingest,
   void DropShadow(Worker& w, const Message& evict);
   void ForgetShadow(Worker& w, const std::string& key);
   // Adds an accepted write's change to the shadow's history, within the history's bounds.
-  void RecordChange(Worker& w, const std::string& key, int64_t version, int64_t timestamp,
-                    std::string ops);
+  void RecordChange(Worker& w, std::string_view thing, std::string_view name,
+                    shadow::ShadowChange c);
   // At start: the history kept in the store's history log, back to its owners.
   Status RestoreHistory();
   // Drops the least recently used clean shadows beyond shadows.cache_shadows.

@@ -342,21 +342,22 @@ void Engine::Impl::ForgetShadow(Worker& w, const std::string& key) {
   }
 }
 
-void Engine::Impl::RecordChange(Worker& w, const std::string& key, int64_t version,
-                                int64_t timestamp, std::string ops) {
+void Engine::Impl::RecordChange(Worker& w, std::string_view thing, std::string_view name,
+                                shadow::ShadowChange c) {
   const size_t per_shadow = config_.shadows.history;
   if (per_shadow == 0) {
     return;
   }
-  // What the change holds: its operations, its key here and in history_order, and the
-  // containers' own overhead (as the store's history log counts it: thing, \0, name).
-  size_t bytes = ops.size() + 2 * key.size() + 128;
+  // What the change holds (its operations, its key here and in history_order, the containers'
+  // own overhead), as the store's history log charges it.
+  size_t bytes = shadow::ShadowChange::Bytes(thing, name, c.ops);
+  std::string key = Key(thing, name);
   auto& changes = w.history[key];
-  changes.push_back({version, timestamp, std::move(ops)});
+  changes.push_back({c.version, c.timestamp, std::move(c.ops)});
   if (changes.size() > per_shadow) {
     changes.pop_front();
   }
-  w.history_order.push_back({key, version, bytes});
+  w.history_order.push_back({std::move(key), c.version, bytes});
   w.history_bytes += bytes;
   const size_t budget = config_.shadows.history_mb << 20;
   while (w.history_bytes > budget && !w.history_order.empty()) {
@@ -383,12 +384,11 @@ Status Engine::Impl::RestoreHistory() {
   Status read = reader->Changes(
       [&](std::string_view thing, std::string_view name, shadow::ShadowChange c) {
         Worker& w = *workers_[OwnerOf(thing)];
-        std::string key = Key(thing, name);
         if (c.ops.empty()) {
-          w.history.erase(key);  // deleted: what came before no longer applies
+          w.history.erase(Key(thing, name));  // deleted: what came before no longer applies
           return;
         }
-        RecordChange(w, key, c.version, c.timestamp, std::move(c.ops));
+        RecordChange(w, thing, name, std::move(c));
         ++restored;
       });
   if (!read.ok()) {
@@ -594,12 +594,12 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
     return;
   }
   shadow_accepted_->Inc();
-  int64_t now_s = clock_.NowMs() / 1000;
-  std::optional<shadow::ShadowChange> change;
+  shadow::ShadowChange change{doc.version(), clock_.NowMs() / 1000, std::move(result.patch)};
+  std::optional<shadow::ShadowChange> logged;  // for the store's history log
   if (config_.shadows.history > 0) {
-    change = shadow::ShadowChange{doc.version(), now_s, result.patch};
+    logged = change;
   }
-  RecordChange(w, Key(thing, name), doc.version(), now_s, std::move(result.patch));
+  RecordChange(w, thing, name, std::move(change));
   std::string base = ShadowTopic(thing, name);
   StoreShadow(
       w, thing, name, doc.StoredJson(),
@@ -633,7 +633,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
         }
         Answer(std::move(to), 200, std::move(result.accepted), "/accepted");
       },
-      std::move(change));
+      std::move(logged));
 }
 
 const shadow::ThingModel* Engine::Impl::BoundModel(std::string_view thing) const {

@@ -314,7 +314,6 @@ bool ValidShadowId(std::string_view id, size_t max_bytes) {
   return true;
 }
 
-
 Value ComputeDelta(const Value& desired, const Value& reported) {
   Value out = Value::Object();
   if (!desired.is_object()) {
@@ -335,7 +334,6 @@ Value ComputeDelta(const Value& desired, const Value& reported) {
   }
   return out;
 }
-
 
 void ShadowDocument::RebuildDocumentJson() {
   std::string& out = doc_json_;
@@ -411,6 +409,10 @@ void ShadowDocument::RestoreSections() {
   };
   load(desired_json_, meta_desired_json_, desired_);
   load(reported_json_, meta_reported_json_, reported_);
+  SectionsLoaded();
+}
+
+void ShadowDocument::SectionsLoaded() {
   desired_parts_.Rebuild(desired_, desired_json_, meta_desired_json_);
   reported_parts_.Rebuild(reported_, reported_json_, meta_reported_json_);
   delta_ = ComputeDelta(desired_, reported_);
@@ -495,9 +497,7 @@ Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, L
   };
   section("desired", d.desired_);
   section("reported", d.reported_);
-  d.desired_parts_.Rebuild(d.desired_, d.desired_json_, d.meta_desired_json_);
-  d.reported_parts_.Rebuild(d.reported_, d.reported_json_, d.meta_reported_json_);
-  d.delta_ = ComputeDelta(d.desired_, d.reported_);
+  d.SectionsLoaded();
   if (meta != nullptr) {
     const Value* c = meta->Find("connected");
     const Value* seen = meta->Find("lastSeen");
@@ -535,9 +535,7 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   };
   section("desired", "meta_desired", d.desired_);
   section("reported", "meta_reported", d.reported_);
-  d.desired_parts_.Rebuild(d.desired_, d.desired_json_, d.meta_desired_json_);
-  d.reported_parts_.Rebuild(d.reported_, d.reported_json_, d.meta_reported_json_);
-  d.delta_ = ComputeDelta(d.desired_, d.reported_);
+  d.SectionsLoaded();
   if (const Value* c = v.Find("connected"); c != nullptr && c->kind() == Value::Kind::kInt) {
     d.presence_ = c->as_int() != 0 ? 1 : 0;
     d.last_seen_ms_ = integer("last_seen");

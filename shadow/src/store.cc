@@ -39,7 +39,6 @@ constexpr const char* kSchema =
     // updates ~20%, a table keyed by shadow and version ~60% (a page of its own per write).
     "CREATE TABLE IF NOT EXISTS shadow_changes ("
     "  seq INTEGER PRIMARY KEY,"
-    "  changes INTEGER NOT NULL,"
     "  bytes INTEGER NOT NULL,"
     "  log BLOB NOT NULL)";
 
@@ -314,8 +313,7 @@ class ShadowStore::Impl {
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "DELETE FROM service_calls WHERE id = ?1", call_delete_));
     GNOMON_RETURN_IF_ERROR(Prepare(db_,
-                                   "INSERT INTO shadow_changes (changes, bytes, log) "
-                                   "VALUES (?1, ?2, ?3)",
+                                   "INSERT INTO shadow_changes (bytes, log) VALUES (?1, ?2)",
                                    change_insert_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "DELETE FROM shadow_changes WHERE seq <= ?1", change_prune_));
@@ -517,9 +515,8 @@ class ShadowStore::Impl {
     }
     sqlite3_stmt* s = change_insert_.s;
     sqlite3_reset(s);
-    sqlite3_bind_int64(s, 1, static_cast<int64_t>(n));
-    sqlite3_bind_int64(s, 2, static_cast<int64_t>(bytes));
-    sqlite3_bind_blob(s, 3, log_.data(), static_cast<int>(log_.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(s, 1, static_cast<int64_t>(bytes));
+    sqlite3_bind_blob(s, 2, log_.data(), static_cast<int>(log_.size()), SQLITE_STATIC);
     GNOMON_RETURN_IF_ERROR(Step(s, "history log"));
     logged_seq_ = sqlite3_last_insert_rowid(db_);
     logged_bytes_ = bytes;

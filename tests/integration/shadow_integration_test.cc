@@ -353,6 +353,14 @@ TEST_F(ShadowIntegrationTest, RestBodiesAreReadAsSentWhateverTheirHeaders) {
   auto nowhere = Call("GET", "/v1/nowhere");
   EXPECT_EQ(nowhere.first, 404);
   EXPECT_NE(nowhere.second.find(R"("error":"NOT_FOUND")"), std::string::npos) << nowhere.second;
+  auto long_uri = Call("GET", "/v1/things/" + std::string(9000, 'a') + "/shadow");
+  EXPECT_EQ(long_uri.first, 414);
+  EXPECT_NE(long_uri.second.find(R"("error":"URI_TOO_LONG")"), std::string::npos)
+      << long_uri.second;
+  std::string garbage =
+      testing::RawHttp(api_port_, "GARBAGE\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(garbage.rfind("HTTP/1.1 400", 0), 0u) << garbage;
+  EXPECT_NE(garbage.find(R"("error":"BAD_REQUEST")"), std::string::npos) << garbage;
   // A POST without Content-Length has an empty body (RFC 9112 6.3): gnomon's own 400.
   std::string raw = testing::RawHttp(
       api_port_, "POST /v1/things/f5/shadow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

@@ -141,6 +141,8 @@ class ShadowDocument {
   void RebuildDocumentJson();
   // Rebuilds desired_ and reported_ from their serialized forms (undoes a refused merge).
   void RestoreSections();
+  // After the sections were replaced: their members' serialized forms, and the delta.
+  void SectionsLoaded();
 };
 
 // Thing (1-128 bytes) and shadow (1-64 bytes) names of spec/shadow.md: only A-Z a-z 0-9 : _ -.
