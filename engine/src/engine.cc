@@ -3,11 +3,14 @@
 
 #include <fmt/format.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <deque>
+#include <fstream>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -30,6 +33,7 @@ Status Engine::Impl::Init() {
   if (ec) {
     return Unavailable(fmt::format("data_dir {}: {}", config_.data_dir, ec.message()));
   }
+  LoadPoison();
   in_ = metrics_.GetCounter("gnomon_messages_in_total", "Messages taken in from all sources");
   done_ = metrics_.GetCounter("gnomon_messages_done_total",
                               "Messages whose effects are all durable");
@@ -524,11 +528,22 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
                  rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
       continue;
     }
+    if (!poison_.empty() && IsPoison(rule.name, m)) {
+      rm.dead_lettered->Inc();
+      DeadLetter(m.delivery, "rule_timeout",
+                 fmt::format("rule {} was stuck in compiled code on this message past 3 x its "
+                             "wall_ms ({} ms) and gnomon exited (code 70); the message is not "
+                             "run again (data_dir/poison.jsonl)",
+                             rule.name, rule.wall_ms),
+                 rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
+      continue;
+    }
     int attempts = 0;
     while (true) {
       ++attempts;
       auto t0 = std::chrono::steady_clock::now();
       w.call_rule.store(&rule, std::memory_order_release);
+      w.call_message.store(&m, std::memory_order_release);
       w.call_started_ns.store(t0.time_since_epoch().count(), std::memory_order_release);
       w.runtime->Run(idx, view, result);
       w.call_started_ns.store(0, std::memory_order_release);
@@ -551,6 +566,9 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         break;
       case rules::Outcome::kFailed:
         rm.failed->Inc();
+        if (result.state_reset) {
+          rm.state_resets->Inc();
+        }
         RecordFailure(health, rule, result.reason);
         if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
           log::Warn("rule failed", {{"rule", rule.name},
@@ -561,8 +579,8 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         }
         if (rule.on_error != rules::OnError::kDrop) {
           rm.dead_lettered->Inc();
-          DeadLetter(m.delivery, "rule_error", result.reason, rule.name, m.source, m.topic,
-                     m.device, m.payload, attempts, m.ts_ms);
+          DeadLetter(m.delivery, result.timed_out ? "rule_timeout" : "rule_error", result.reason,
+                     rule.name, m.source, m.topic, m.device, m.payload, attempts, m.ts_ms);
         }
         break;
     }
@@ -729,7 +747,10 @@ std::shared_ptr<const LoadedRules> Engine::Impl::MakeLoaded(
     l->metrics.push_back({c("matched"), c("emitted"), c("filtered"), c("failed"),
                           c("dead_lettered"),
                           metrics_.GetHistogram("gnomon_rule_duration_seconds",
-                                                "Time in a rule's handle", {{"rule", r.name}})});
+                                                "Time in a rule's handle", {{"rule", r.name}}),
+                          metrics_.GetCounter("gnomon_rule_state_resets_total",
+                                              "Rule states rebuilt after going over limits.heap_mb",
+                                              {{"rule", r.name}})});
     auto h = std::make_unique<RuleHealth>();
     h->quarantined_gauge = metrics_.GetGauge(
         "gnomon_rule_quarantined", "1 while the rule is quarantined", {{"rule", r.name}});
@@ -804,13 +825,17 @@ Status Engine::Impl::ReloadRules(std::string_view why) {
 }
 
 // A rule call over its `limits.wall_ms` is interrupted (it fails with a wall-clock error at its
-// next interpreted instruction). A call still running at three times the limit is stuck in
-// LuaJIT-compiled code (jit = true), where nothing can interrupt it: its worker and every
-// device on it would stall and back-pressure would stop the sources, so gnomon exits (code 70)
+// next interpreted instruction or pattern-matcher step). An interpreted rule always reaches
+// one: every C function a rule can call is bounded by its instruction or memory budget, so
+// gnomon never exits for it and only says so if the call is slow to stop. A call still running
+// at three times the limit in a jit = true rule is stuck in LuaJIT-compiled code, where nothing
+// can interrupt it: its worker and every device on it would stall and back-pressure would stop
+// the sources, so gnomon records the message as poison (see RecordPoison) and exits (code 70)
 // for its supervisor to restart it, and says why.
 void Engine::Impl::Watchdog(std::stop_token st) {
   pthread_setname_np(pthread_self(), "gnomon-watchdog");
   std::vector<int64_t> interrupted(workers_.size(), 0);  // the call_started_ns we interrupted
+  std::vector<int64_t> reported(workers_.size(), 0);     // ... and reported as slow to stop
   while (!st.stop_requested()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
@@ -835,16 +860,97 @@ void Engine::Impl::Watchdog(std::stop_token st) {
         log::Warn("rule call over its wall-clock limit; interrupting",
                   {{"rule", rule->name}, {"worker", std::to_string(i)},
                    {"wall_ms", std::to_string(rule->wall_ms)}});
+      } else if (elapsed > 3 * wall_ns && interrupted[i] == started && !rule->jit) {
+        if (reported[i] != started) {
+          reported[i] = started;
+          log::Warn("an interpreted rule call is slow to stop after its interrupt (inside a C "
+                    "library function); it stops at its next instruction, gnomon keeps running",
+                    {{"rule", rule->name}, {"worker", std::to_string(i)},
+                     {"elapsed_ms", std::to_string(elapsed / 1000000)}});
+        }
       } else if (elapsed > 3 * wall_ns && interrupted[i] == started) {
-        log::Error("a rule is stuck in compiled code and cannot be interrupted; exiting so a "
-                   "supervisor restarts gnomon (mark the rule jit = false to keep it under the "
-                   "instruction limit)",
+        const Message* m = w.call_message.load(std::memory_order_acquire);
+        if (m != nullptr && w.call_started_ns.load(std::memory_order_acquire) == started) {
+          RecordPoison(*rule, *m);  // the worker is stuck in this call: m stays alive
+        }
+        log::Error("a jit = true rule is stuck in compiled code and cannot be interrupted; "
+                   "exiting so a supervisor restarts gnomon. The message is recorded in "
+                   "data_dir/poison.jsonl and dead-lettered (rule_timeout) when it comes back. "
+                   "Mark the rule jit = false to keep it under the instruction limit",
                    {{"rule", rule->name}, {"worker", std::to_string(i)},
                     {"stuck_ms", std::to_string(elapsed / 1000000)}});
         std::_Exit(70);
       }
     }
   }
+}
+
+namespace {
+
+uint64_t PoisonFingerprint(std::string_view rule, const Message& m) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a 64 over the fields, each followed by a 0 byte
+  auto add = [&h](std::string_view v) {
+    for (unsigned char c : v) {
+      h = (h ^ c) * 1099511628211ULL;
+    }
+    h = (h ^ 0) * 1099511628211ULL;
+  };
+  add(rule);
+  add(m.topic);
+  add(m.device);
+  add(m.payload);
+  return h;
+}
+
+constexpr size_t kMaxPoison = 1000;  // entries of poison.jsonl read back (the newest)
+
+}  // namespace
+
+void Engine::Impl::RecordPoison(const rules::RuleInfo& rule, const Message& m) {
+  std::string line;
+  json::ObjectWriter o(line);
+  o.Field("rule", rule.name)
+      .Field("fingerprint", fmt::format("{:016x}", PoisonFingerprint(rule.name, m)))
+      .Field("topic", m.topic)
+      .Field("device", m.device)
+      .Field("ts", clock_.NowMs());
+  o.Close();
+  line += '\n';
+  std::string path = config_.data_dir + "/poison.jsonl";
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return;
+  }
+  [[maybe_unused]] ssize_t n = ::write(fd, line.data(), line.size());
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void Engine::Impl::LoadPoison() {
+  std::ifstream in(config_.data_dir + "/poison.jsonl");
+  std::deque<uint64_t> newest;
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t at = line.find("\"fingerprint\":\"");
+    if (at == std::string::npos) {
+      continue;  // a torn last line
+    }
+    uint64_t fp = std::strtoull(line.c_str() + at + 15, nullptr, 16);
+    newest.push_back(fp);
+    if (newest.size() > kMaxPoison) {
+      newest.pop_front();
+    }
+  }
+  poison_.insert(newest.begin(), newest.end());
+  if (!poison_.empty()) {
+    log::Warn("poison messages recorded before a restart will be dead-lettered (rule_timeout)",
+              {{"file", config_.data_dir + "/poison.jsonl"},
+               {"entries", std::to_string(poison_.size())}});
+  }
+}
+
+bool Engine::Impl::IsPoison(std::string_view rule, const Message& m) const {
+  return poison_.count(PoisonFingerprint(rule, m)) != 0;
 }
 
 void Engine::Impl::WatchRules(std::stop_token st) {

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <variant>
 
 #include "gnomon/core/log.h"
@@ -40,6 +41,7 @@ struct RuleMetrics {
   Counter* failed;
   Counter* dead_lettered;
   Histogram* duration;
+  Counter* state_resets;  // the rule went over limits.heap_mb and its globals were reset
 };
 
 // Failures of one rule in its current window; quarantine when they exceed the rule's limit.
@@ -192,6 +194,7 @@ class Engine::Impl final : public Ingest,
     // For the watchdog: the call in progress (0: none) and its rule.
     std::atomic<int64_t> call_started_ns{0};
     std::atomic<const rules::RuleInfo*> call_rule{nullptr};
+    std::atomic<const Message*> call_message{nullptr};  // valid while call_started_ns != 0
     std::mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
     std::jthread thread;
     size_t index = 0;
@@ -381,6 +384,13 @@ class Engine::Impl final : public Ingest,
   size_t api_max_body_ = 1 << 20;
   void WatchRules(std::stop_token st);
   void Watchdog(std::stop_token st);
+  // Poison messages: a message that kept a compiled (jit) rule stuck past 3 x wall_ms made
+  // gnomon exit; it is written to data_dir/poison.jsonl first, and after the restart the same
+  // (rule, message) is dead-lettered as rule_timeout instead of run again (a crash loop).
+  void RecordPoison(const rules::RuleInfo& rule, const Message& m);
+  void LoadPoison();
+  bool IsPoison(std::string_view rule, const Message& m) const;
+  std::unordered_set<uint64_t> poison_;  // PoisonFingerprint()s; read-only once workers run
 
   AppConfig config_;
   const Registry& registry_;

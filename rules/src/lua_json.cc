@@ -469,6 +469,8 @@ void OpenJson(lua_State* L, JsonContext* ctx) {
   luaL_newmetatable(L, kArrayMeta);
   lua_pushliteral(L, "array");
   lua_setfield(L, -2, "__jsontype");
+  lua_pushliteral(L, "json array");  // frozen: getmetatable gives this text, setmetatable fails
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
 
   lua_createtable(L, 0, 8);

@@ -7,6 +7,7 @@
 #include <functional>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -54,8 +55,9 @@ void ReadNumberTable(lua_State* L, int t, const char* field, std::vector<std::st
         std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
         if (std::find(keys.begin(), keys.end(), k) == keys.end()) {
           fail(fmt::format("rule.{}: unknown field '{}' (known: {})", field, k, known));
-        } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1) {
-          fail(fmt::format("rule.{}.{}: must be a positive number", field, k));
+        } else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) < 1 ||
+                   lua_tonumber(L, -1) > 9007199254740992.0) {
+          fail(fmt::format("rule.{}.{}: must be a positive number up to 2^53", field, k));
         } else {
           set(k, static_cast<int64_t>(lua_tonumber(L, -1)));
         }
@@ -68,7 +70,7 @@ void ReadNumberTable(lua_State* L, int t, const char* field, std::vector<std::st
 
 // Reads the rule table at the top of the stack into `info`; adds problems to `errors`.
 void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
-                   std::vector<std::string>& errors) {
+                   const RuleLimitCeilings& ceilings, std::vector<std::string>& errors) {
   int t = lua_gettop(L);
   info.line = RuleTableLine(L, t);
   std::function<void(const std::string&)> fail = [&](const std::string& what) {
@@ -159,12 +161,28 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   }
   lua_pop(L, 1);
 
-  ReadNumberTable(L, t, "limits", {"instructions", "memory_mb", "wall_ms"}, fail,
+  ReadNumberTable(L, t, "limits", {"instructions", "memory_mb", "heap_mb", "wall_ms"}, fail,
                   [&](const std::string& k, int64_t v) {
                     (k == "instructions" ? info.max_instructions
                      : k == "memory_mb"  ? info.memory_mb
+                     : k == "heap_mb"    ? info.heap_mb
                                          : info.wall_ms) = v;
                   });
+  // The operator's ceilings (rules.max_limits in the config).
+  auto ceiling = [&](const char* key, int64_t v, int64_t max) {
+    if (v > max) {
+      fail(fmt::format("rule.limits.{}: {} is above the ceiling of {} set by the operator "
+                       "(rules.max_limits.{})",
+                       key, v, max, key));
+    }
+  };
+  ceiling("instructions", info.max_instructions, ceilings.instructions);
+  ceiling("memory_mb", info.memory_mb, ceilings.memory_mb);
+  ceiling("heap_mb", info.heap_mb, ceilings.heap_mb);
+  ceiling("wall_ms", info.wall_ms, ceilings.wall_ms);
+  if (info.memory_mb > info.heap_mb) {
+    info.heap_mb = std::min(info.memory_mb, ceilings.heap_mb);  // a call may use its allowance
+  }
   ReadNumberTable(L, t, "quarantine", {"failures", "window_s"}, fail,
                   [&](const std::string& k, int64_t v) {
                     (k == "failures" ? info.quarantine_failures : info.quarantine_window_s) = v;
@@ -176,6 +194,10 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   }
   info.jit = lua_toboolean(L, -1) != 0;
   lua_pop(L, 1);
+  if (info.jit && !ceilings.allow_jit) {
+    fail("rule.jit: compiled rules are not allowed here (rules.allow_jit is false); a compiled "
+         "rule is only bounded by its wall-clock limit");
+  }
 
   lua_getfield(L, t, "tests");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TTABLE) {
@@ -190,14 +212,27 @@ Result<std::shared_ptr<const RuleSet>> RuleSet::FromSources(
     const std::vector<std::pair<std::string, std::string>>& files, RuleSetOptions options) {
   std::shared_ptr<RuleSet> set(new RuleSet());
   set->options_ = std::move(options);
-  JsonContext json;
-  GNOMON_ASSIGN_OR_RETURN(lua_State * L, NewSandboxState(&json, nullptr, set->options_.lib_dirs));
   std::vector<std::string> errors;
   std::map<std::string, std::string> names;  // name → file
   for (const auto& [file, text] : files) {
+    // A scratch state per file, with the heap ceiling as its cap: top-level code is bounded in
+    // instructions (kLoadInstructions) and memory.
+    JsonContext json;
+    MemoryBudget memory;
+    memory.cap = static_cast<size_t>(set->options_.max_limits.heap_mb) << 20;
+    memory.limit = memory.cap;
+    GNOMON_ASSIGN_OR_RETURN(lua_State * L,
+                            NewSandboxState(&json, &memory, set->options_.lib_dirs));
+    std::unique_ptr<lua_State, void (*)(lua_State*)> owner(L, lua_close);
     Status st = LoadRuleChunk(L, file, text);
     if (!st.ok()) {
-      errors.push_back(st.message());
+      if (memory.refused) {
+        errors.push_back(fmt::format("{}: top-level code went over {} MB (rules.max_limits.heap_mb): "
+                                     "{}",
+                                     file, set->options_.max_limits.heap_mb, st.message()));
+      } else {
+        errors.push_back(st.message());
+      }
       continue;
     }
     RuleInfo info;
@@ -205,7 +240,7 @@ Result<std::shared_ptr<const RuleSet>> RuleSet::FromSources(
     info.source = text;
     info.version = ContentHash(text);
     size_t before = errors.size();
-    ReadRuleTable(L, file, info, errors);
+    ReadRuleTable(L, file, info, set->options_.max_limits, errors);
     lua_settop(L, 0);
     if (errors.size() != before) {
       continue;
@@ -218,7 +253,6 @@ Result<std::shared_ptr<const RuleSet>> RuleSet::FromSources(
     }
     set->rules_.push_back(std::move(info));
   }
-  lua_close(L);
   if (!errors.empty()) {
     std::string all;
     for (const auto& e : errors) {

@@ -13,6 +13,7 @@
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/model.h"
 #include "lua_json.h"
+#include "pattern.h"
 #include "sandbox.h"
 
 namespace gnomon::rules {
@@ -26,15 +27,35 @@ constexpr int kHookInterval = 1000;
 enum class Stop { kNone, kDrop, kFail };
 }  // namespace
 
-struct RuleRuntime::State {
+// One rule's Lua state. Each rule runs in a state of its own: nothing a rule can reach (its
+// ctx, the metatables, the string library, its `require` cache, math.random's generator, its
+// heap) is shared with another rule, and its heap has a cap of its own (limits.heap_mb).
+struct RuleSlot {
   lua_State* L = nullptr;
   JsonContext json;
   MemoryBudget memory;
+  int handle_ref = LUA_NOREF;  // the rule's handle function
+  int rule_ref = LUA_NOREF;    // the rule's table
+  int ctx_ref = LUA_NOREF;
+  int msg_meta_ref = LUA_NOREF;
+  int traceback_ref = LUA_NOREF;
+
+  ~RuleSlot() {
+    if (L != nullptr) {
+      lua_close(L);
+    }
+  }
+};
+
+struct RuleRuntime::State {
+  std::vector<std::unique_ptr<RuleSlot>> slots;  // by rule index; null: could not be rebuilt
   int64_t ticks_left = INT64_MAX;  // hook intervals the current call may still run
   std::atomic<uint64_t> call_seq{0};
   std::atomic<uint64_t> interrupt_seq{0};  // the watchdog asked this call to stop
   std::atomic<bool> hook_dirty{false};     // Interrupt() changed the hook; restore it
+  std::atomic<lua_State*> running{nullptr};  // the state of the call in progress
   // The payload parse of message `parsed_id`, reused by every rule that message reaches.
+  simdjson::dom::parser payload_parser;
   uint64_t parsed_id = 0;
   simdjson::dom::element parsed_root;
   std::string parsed_error;  // empty: parsed_root is valid
@@ -42,25 +63,15 @@ struct RuleRuntime::State {
   std::unordered_map<std::string, uint32_t> sink_index;
   std::vector<std::string> sink_names;
   bool any_sink = false;
-  std::vector<int> rule_refs;    // registry refs of each rule's table
-  std::vector<int> handle_refs;  // registry refs of each rule's handle function
-  int ctx_ref = LUA_NOREF;
-  int shadow_of_ref = LUA_NOREF;  // the prelude's shadow_of(thing, name)
-  int msg_meta_ref = LUA_NOREF;
-  int traceback_ref = LUA_NOREF;
 
   // The call in progress.
+  RuleSlot* slot = nullptr;
   const MessageView* msg = nullptr;
   CallResult* result = nullptr;
   const RuleInfo* rule = nullptr;
   Stop stop = Stop::kNone;
   std::string stop_reason;
-
-  ~State() {
-    if (L != nullptr) {
-      lua_close(L);
-    }
-  }
+  bool stop_timeout = false;  // `stop` came from the instruction or wall-clock limit
 };
 
 namespace {
@@ -147,7 +158,7 @@ Status EncodePayload(lua_State* L, State* s, int idx, Effect& e, const char* wha
   if (lua_isnoneornil(L, idx)) {
     return InvalidArgument(fmt::format("{}: missing record", what));
   }
-  return EncodeValue(L, idx, &s->json, e.payload, what);
+  return EncodeValue(L, idx, &s->slot->json, e.payload, what);
 }
 
 // ctx.emit(sink, record [, opts])
@@ -253,7 +264,7 @@ Result<int> CtxInvoke(lua_State* L) {
   if (lua_isnoneornil(L, 3)) {
     e.payload = "{}";
   } else if (lua_type(L, 3) == LUA_TTABLE) {
-    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 3, &s->json, e.payload, "params"));
+    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 3, &s->slot->json, e.payload, "params"));
   } else {
     return InvalidArgument("ctx.invoke: params must be a table");
   }
@@ -280,7 +291,7 @@ Result<int> ShadowRead(lua_State* L) {
     lua_pushnil(L);
     return 1;
   }
-  GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->json, **doc).WithContext("ctx.shadow"));
+  GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->slot->json, **doc).WithContext("ctx.shadow"));
   return 1;
 }
 
@@ -302,14 +313,14 @@ Result<int> ShadowWrite(lua_State* L) {
       return InvalidArgument(fmt::format("ctx.shadow: {} patch must be a table", section));
     }
     e.payload = fmt::format("{{\"state\":{{\"{}\":", section);
-    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->json, e.payload, section));
+    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->slot->json, e.payload, section));
     e.payload += "}}";
   } else if (lua_type(L, 4) == LUA_TSTRING) {
     size_t len = 0;
     const char* p = lua_tolstring(L, 4, &len);
     e.payload.assign(p, len);
   } else if (lua_type(L, 4) == LUA_TTABLE) {
-    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->json, e.payload, "request"));
+    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->slot->json, e.payload, "request"));
   } else {
     return InvalidArgument("ctx.shadow:update: the request must be a table or JSON text");
   }
@@ -319,7 +330,7 @@ Result<int> ShadowWrite(lua_State* L) {
 
 // __shadow_call() -> a number identifying the call in progress (memoised reads expire with it).
 Result<int> ShadowCall(lua_State* L) {
-  lua_pushnumber(L, static_cast<lua_Number>(GetState(L)->json.generation));
+  lua_pushnumber(L, static_cast<lua_Number>(GetState(L)->slot->json.generation));
   return 1;
 }
 
@@ -374,7 +385,7 @@ Result<int> ModelValidate(lua_State* L) {
     section = sec == "desired" ? shadow::StateSection::kDesired : shadow::StateSection::kReported;
   }
   std::string json;
-  GNOMON_RETURN_IF_ERROR(EncodeValue(L, 2, &s->json, json, "patch"));
+  GNOMON_RETURN_IF_ERROR(EncodeValue(L, 2, &s->slot->json, json, "patch"));
   GNOMON_ASSIGN_OR_RETURN(shadow::Value v, shadow::Value::Parse(json));
   auto problems = m->Validate(v, section);
   lua_pushboolean(L, problems.empty() ? 1 : 0);
@@ -418,6 +429,7 @@ local methods = {
   update = function(self, request) write(self.thing, self.name, nil, request) end,
 }
 local meta = {
+  __metatable = false,
   __index = function(self, k)
     local m = methods[k]
     if m then return m end
@@ -435,7 +447,7 @@ local meta = {
 local function shadow_of(thing, name)
   return setmetatable({ thing = thing, name = name }, meta)
 end
-local model_meta = { __index = {
+local model_meta = { __metatable = false, __index = {
   validate = function(self, patch, section) return model_validate(self.thing, patch, section) end,
 } }
 local function ctx_index(_, k)
@@ -448,7 +460,15 @@ local function ctx_index(_, k)
   end
   return nil
 end
-return shadow_of, ctx_index
+-- freeze(t, what): a read-only view of t (what a rule is handed and must not change).
+local function freeze(t, what)
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function() error(what .. " is read-only", 2) end,
+    __metatable = false,
+  })
+end
+return shadow_of, ctx_index, freeze
 )lua";
 
 int RaiseStop(lua_State* L, State* s, Stop kind) {
@@ -469,11 +489,17 @@ void CountHook(lua_State* L, lua_Debug*) {
   }
   bool interrupted = s->interrupt_seq.load(std::memory_order_acquire) ==
                      s->call_seq.load(std::memory_order_relaxed);
+  if (!interrupted && s->hook_dirty.exchange(false)) {
+    // An Interrupt() meant for the previous call left a hook on every instruction here.
+    lua_sethook(L, CountHook, LUA_MASKCOUNT, kHookInterval);
+    return;
+  }
   if (!interrupted && --s->ticks_left >= 0) {
     return;
   }
   if (s->stop == Stop::kNone) {
     s->stop = Stop::kFail;
+    s->stop_timeout = true;
     s->stop_reason =
         interrupted
             ? fmt::format("wall-clock limit of {} ms exceeded (rule.limits.wall_ms)",
@@ -522,7 +548,7 @@ Result<int> MsgIndex(lua_State* L) {
   lua_pushlightuserdata(L, &kGenerationKey);
   lua_rawget(L, 1);
   bool live = s->msg != nullptr &&
-              static_cast<uint64_t>(lua_tonumber(L, -1)) == s->json.generation;
+              static_cast<uint64_t>(lua_tonumber(L, -1)) == s->slot->json.generation;
   lua_pop(L, 1);
   if (key != "payload" && key != "payload_error" && key != "raw" && key != "headers") {
     lua_pushnil(L);
@@ -552,7 +578,7 @@ Result<int> MsgIndex(lua_State* L) {
     }
     lua_pop(L, 1);
     if (s->msg->id == 0 || s->msg->id != s->parsed_id) {
-      auto err = s->json.payload_parser.parse(*s->msg->payload).get(s->parsed_root);
+      auto err = s->payload_parser.parse(*s->msg->payload).get(s->parsed_root);
       s->parsed_error.clear();
       if (err != simdjson::SUCCESS) {
         s->parsed_error = s->msg->payload->empty()
@@ -562,7 +588,7 @@ Result<int> MsgIndex(lua_State* L) {
       s->parsed_id = s->msg->id;
     }
     if (s->parsed_error.empty()) {
-      PushElement(L, &s->json, s->parsed_root);
+      PushElement(L, &s->slot->json, s->parsed_root);
       lua_pushvalue(L, -1);
       lua_setfield(L, 1, "payload");
       if (!want_payload) {
@@ -615,31 +641,27 @@ void PushStateClosure(lua_State* L, State* s, lua_CFunction f) {
 
 }  // namespace
 
-Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const RuleSet> set,
-                                                         const Clock& clock) {
-  std::unique_ptr<RuleRuntime> rt(new RuleRuntime());
-  rt->set_ = std::move(set);
-  rt->state_ = std::make_unique<State>();
-  State* s = rt->state_.get();
-  s->clock = &clock;
-  const auto& sinks = rt->set_->options().sinks;
-  for (uint32_t i = 0; i < sinks.size(); ++i) {
-    s->sink_index.emplace(sinks[i], i);
-  }
-  s->sink_names = sinks;
-  s->any_sink = rt->set_->options().any_sink;
-  GNOMON_ASSIGN_OR_RETURN(s->L,
-                          NewSandboxState(&s->json, &s->memory, rt->set_->options().lib_dirs));
-  lua_State* L = s->L;
+namespace {
+
+// Builds rule `info`'s state: the sandbox, ctx (frozen), and the rule file loaded in it.
+Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& options,
+                                            const RuleInfo& info) {
+  auto slot = std::make_unique<RuleSlot>();
+  slot->memory.cap = static_cast<size_t>(info.heap_mb) << 20;
+  slot->memory.limit = slot->memory.cap;
+  GNOMON_ASSIGN_OR_RETURN(slot->L, NewSandboxState(&slot->json, &slot->memory, options.lib_dirs));
+  lua_State* L = slot->L;
   lua_sethook(L, CountHook, LUA_MASKCOUNT, kHookInterval);
 
   lua_pushcfunction(L, Traceback);
-  s->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  slot->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   lua_createtable(L, 0, 2);
   PushStateClosure(L, s, LuaThunk<MsgIndex>);
   lua_setfield(L, -2, "__index");
-  s->msg_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  slot->msg_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   lua_createtable(L, 0, 8);
   PushStateClosure(L, s, LuaThunk<CtxEmit>);
@@ -676,27 +698,62 @@ Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const R
   lua_getglobal(L, "rawget");
   PushStateClosure(L, s, LuaThunk<ModelInfo>);
   PushStateClosure(L, s, LuaThunk<ModelValidate>);
-  if (lua_pcall(L, 8, 2, 0) != 0) {
+  if (lua_pcall(L, 8, 3, 0) != 0) {
     return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
   }
-  // stack: ctx, shadow_of, ctx_index
-  lua_createtable(L, 0, 1);
+  // stack: ctx, shadow_of, ctx_index, freeze
+  int freeze = lua_gettop(L);
+  int ctx = freeze - 3;
+  lua_pushvalue(L, freeze - 2);
+  lua_setfield(L, ctx, "shadow_of");
+  lua_getfield(L, ctx, "log");
+  lua_pushvalue(L, freeze);
   lua_insert(L, -2);
-  lua_setfield(L, -2, "__index");  // stack: ctx, shadow_of, meta
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -4, "shadow_of");
-  lua_setmetatable(L, -3);
-  lua_pop(L, 1);
-  s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-
-  for (const RuleInfo& info : rt->set_->rules()) {
-    // pushes the rule table
-    GNOMON_RETURN_IF_ERROR(LoadRuleChunk(L, info.file, info.source, /*interpreted=*/!info.jit));
-    lua_getfield(L, -1, "handle");
-    s->handle_refs.push_back(luaL_ref(L, LUA_REGISTRYINDEX));
-    s->rule_refs.push_back(luaL_ref(L, LUA_REGISTRYINDEX));
-  }
+  lua_pushliteral(L, "ctx.log");
+  lua_call(L, 2, 1);
+  lua_setfield(L, ctx, "log");
+  lua_createtable(L, 0, 2);  // ctx's own metatable: shadow and model are made on use
+  lua_pushvalue(L, freeze - 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, ctx);
+  lua_pushvalue(L, freeze);
+  lua_pushvalue(L, ctx);
+  lua_pushliteral(L, "ctx");
+  lua_call(L, 2, 1);
+  slot->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
+
+  // pushes the rule table
+  GNOMON_RETURN_IF_ERROR(LoadRuleChunk(L, info.file, info.source, /*interpreted=*/!info.jit));
+  lua_getfield(L, -1, "handle");
+  slot->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  slot->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  return slot;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<RuleRuntime>> RuleRuntime::Create(std::shared_ptr<const RuleSet> set,
+                                                         const Clock& clock) {
+  std::unique_ptr<RuleRuntime> rt(new RuleRuntime());
+  rt->set_ = std::move(set);
+  rt->state_ = std::make_unique<State>();
+  State* s = rt->state_.get();
+  s->clock = &clock;
+  const auto& sinks = rt->set_->options().sinks;
+  for (uint32_t i = 0; i < sinks.size(); ++i) {
+    s->sink_index.emplace(sinks[i], i);
+  }
+  s->sink_names = sinks;
+  s->any_sink = rt->set_->options().any_sink;
+  for (const RuleInfo& info : rt->set_->rules()) {
+    GNOMON_ASSIGN_OR_RETURN(auto slot, BuildSlot(s, rt->set_->options(), info));
+    s->slots.push_back(std::move(slot));
+  }
   return rt;
 }
 
@@ -707,11 +764,15 @@ void RuleRuntime::Interrupt(uint64_t call) {
   if (s->call_seq.load(std::memory_order_acquire) != call) {
     return;  // that call is over
   }
+  lua_State* L = s->running.load(std::memory_order_acquire);
+  if (L == nullptr) {
+    return;
+  }
   s->interrupt_seq.store(call, std::memory_order_release);
   s->hook_dirty.store(true);
   // lua_sethook may be called asynchronously (it is how Lua interrupts from signal handlers):
   // a hook on every instruction makes the interpreter check at once.
-  lua_sethook(s->L, CountHook, LUA_MASKCOUNT, 1);
+  lua_sethook(L, CountHook, LUA_MASKCOUNT, 1);
 }
 
 uint64_t RuleRuntime::call_seq() const { return state_->call_seq.load(std::memory_order_acquire); }
@@ -721,16 +782,20 @@ const std::string& RuleRuntime::sink_name(uint32_t index) const {
 }
 
 Result<std::string> RuleRuntime::TestsJson(uint32_t index) {
-  lua_State* L = state_->L;
+  RuleSlot* slot = state_->slots.at(index).get();
+  if (slot == nullptr) {
+    return FailedPrecondition("the rule's state could not be rebuilt");
+  }
+  lua_State* L = slot->L;
   int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, state_->rule_refs.at(index));
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->rule_ref);
   lua_getfield(L, -1, "tests");
   std::string out;
   Status st;
   if (lua_isnil(L, -1)) {
     out = "[]";
   } else {
-    st = EncodeValue(L, -1, &state_->json, out, "tests");
+    st = EncodeValue(L, -1, &slot->json, out, "tests");
   }
   lua_settop(L, top);
   if (!st.ok()) {
@@ -739,28 +804,83 @@ Result<std::string> RuleRuntime::TestsJson(uint32_t index) {
   return out;
 }
 
+size_t RuleRuntime::heap_bytes(uint32_t index) const {
+  const RuleSlot* slot = state_->slots.at(index).get();
+  return slot != nullptr ? slot->memory.live : 0;
+}
+
+namespace {
+
+// Pattern functions charge the call's budget: kMatchStepsPerCheck steps cost one hook tick.
+const char* CallMatchCheck(void* ctx) {
+  auto* s = static_cast<State*>(ctx);
+  bool interrupted = s->interrupt_seq.load(std::memory_order_acquire) ==
+                     s->call_seq.load(std::memory_order_relaxed);
+  if (!interrupted && --s->ticks_left >= 0) {
+    return nullptr;
+  }
+  if (s->stop == Stop::kNone) {
+    s->stop = Stop::kFail;
+    s->stop_timeout = true;
+    s->stop_reason =
+        interrupted
+            ? fmt::format("wall-clock limit of {} ms exceeded in a string pattern function "
+                          "(rule.limits.wall_ms)",
+                          s->rule->wall_ms)
+            : fmt::format("instruction limit of {} exceeded in a string pattern function "
+                          "(rule.limits.instructions)",
+                          s->rule->max_instructions);
+  }
+  return "limit exceeded";
+}
+
+}  // namespace
+
 void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   State* s = state_.get();
-  lua_State* L = s->L;
   out.outcome = Outcome::kOk;
   out.reason.clear();
   out.effects.clear();
+  out.state_reset = false;
+  out.timed_out = false;
+  const RuleInfo& rule = set_->rules()[index];
+  RuleSlot* slot = s->slots[index].get();
+  if (slot == nullptr) {
+    // Its globals were reset and its file no longer loads (its top-level code is not
+    // deterministic): it fails until the next reload.
+    auto rebuilt = BuildSlot(s, set_->options(), rule);
+    if (!rebuilt.ok()) {
+      out.outcome = Outcome::kFailed;
+      out.reason = "the rule's state could not be rebuilt after a reset: " +
+                   std::string(rebuilt.status().message());
+      return;
+    }
+    s->slots[index] = std::move(rebuilt).value();
+    slot = s->slots[index].get();
+  }
+  lua_State* L = slot->L;
+  s->slot = slot;
   s->msg = &msg;
   s->result = &out;
-  s->rule = &set_->rules()[index];
+  s->rule = &rule;
   s->stop = Stop::kNone;
   s->stop_reason.clear();
-  const RuleInfo& rule = set_->rules()[index];
+  s->stop_timeout = false;
   s->ticks_left = rule.jit ? INT64_MAX : std::max<int64_t>(1, rule.max_instructions / kHookInterval);
-  s->memory.refused = false;
-  s->memory.limit = s->memory.live + (static_cast<size_t>(rule.memory_mb) << 20);
+  MemoryBudget& memory = slot->memory;
+  memory.refused = false;
+  memory.refused_cap = false;
+  memory.limit = std::min(memory.cap, memory.live + (static_cast<size_t>(rule.memory_mb) << 20));
+  s->running.store(L, std::memory_order_release);
   s->call_seq.fetch_add(1, std::memory_order_release);
   t_current = s;
+  MatchBudget budget{CallMatchCheck, s, /*raise_stop=*/true};
+  CurrentMatchBudget() = &budget;
 
   int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->traceback_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->traceback_ref);
   int errfunc = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->handle_refs[index]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->handle_ref);
 
   lua_createtable(L, 0, 6);
   lua_pushlstring(L, msg.topic.data(), msg.topic.size());
@@ -772,28 +892,35 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   lua_pushnumber(L, static_cast<lua_Number>(msg.ts_ms));
   lua_setfield(L, -2, "ts");
   lua_pushlightuserdata(L, &kGenerationKey);
-  lua_pushnumber(L, static_cast<lua_Number>(s->json.generation));
+  lua_pushnumber(L, static_cast<lua_Number>(slot->json.generation));
   lua_rawset(L, -3);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->msg_meta_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_meta_ref);
   lua_setmetatable(L, -2);
 
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->ctx_ref);
 
   int rc = lua_pcall(L, 2, 0, errfunc);
-  s->memory.limit = SIZE_MAX;
+  memory.limit = memory.cap;
+  CurrentMatchBudget() = nullptr;
   t_current = nullptr;
+  s->running.store(nullptr, std::memory_order_release);
   if (s->hook_dirty.exchange(false)) {
     lua_sethook(L, CountHook, LUA_MASKCOUNT, kHookInterval);  // undo Interrupt's hook
   }
-  if (s->memory.refused && s->stop != Stop::kDrop) {
+  if (memory.refused && s->stop != Stop::kDrop) {
     out.outcome = Outcome::kFailed;
-    out.reason = fmt::format("memory limit of {} MB exceeded (rule.limits.memory_mb)",
-                             rule.memory_mb);
+    out.reason = memory.refused_cap
+                     ? fmt::format("heap limit of {} MB exceeded (rule.limits.heap_mb: what the "
+                                   "rule keeps across calls, globals included)",
+                                   rule.heap_mb)
+                     : fmt::format("memory limit of {} MB exceeded (rule.limits.memory_mb)",
+                                   rule.memory_mb);
   } else if (s->stop == Stop::kDrop) {
     out.outcome = Outcome::kFiltered;
     out.reason = std::move(s->stop_reason);
   } else if (s->stop == Stop::kFail) {
     out.outcome = Outcome::kFailed;
+    out.timed_out = s->stop_timeout;
     out.reason = s->stop_reason.empty() ? "ctx.fail" : std::move(s->stop_reason);
   } else if (rc != 0) {
     out.outcome = Outcome::kFailed;
@@ -808,10 +935,26 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
     out.effects.clear();
   }
   lua_settop(L, top);
-  ++s->json.generation;  // views and msg tables of this call are dead now
+  ++slot->json.generation;  // views and msg tables of this call are dead now
   s->msg = nullptr;
   s->result = nullptr;
   s->rule = nullptr;
+  s->slot = nullptr;
+  if (memory.refused_cap) {
+    // The heap cap was hit. If what the rule keeps (after a full collection) still holds more
+    // than half of it, the next calls would fail the same way: reset the rule's globals by
+    // building its state afresh.
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    if (memory.live > memory.cap / 2) {
+      out.state_reset = true;
+      out.reason += "; the rule's globals were reset";
+      s->slots[index].reset();
+      auto rebuilt = BuildSlot(s, set_->options(), rule);
+      if (rebuilt.ok()) {
+        s->slots[index] = std::move(rebuilt).value();
+      }
+    }
+  }
 }
 
 }  // namespace gnomon::rules

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include <sstream>
 
 #include "gnomon/core/topic.h"
+#include "pattern.h"
 
 namespace gnomon::rules {
 namespace {
@@ -26,16 +28,19 @@ char kLoading;
 constexpr const char* kBootstrap = R"lua(
 local C = ...
 local smt = getmetatable("")
-local strlib = string
 local level = C.topic_level
+local function copy(t) local r = {} for k, v in pairs(t) do r[k] = v end return r end
+-- The string library rules see: no dump, pattern functions that charge the call's budget.
+local safe_string = copy(string)
+safe_string.dump = nil
+for k, f in pairs(C.patterns) do safe_string[k] = f end
 -- msg.topic[i]: segment i of a topic (1-based). Any string indexed by a number gives its i-th
--- '/'-separated level; method calls (s:upper()) are unchanged.
+-- '/'-separated level; method calls (s:upper()) reach the safe library, never the real one.
 smt.__index = function(s, k)
   if type(k) == "number" then return level(s, k) end
-  return strlib[k]
+  return safe_string[k]
 end
 smt.__metatable = false
-local function copy(t) local r = {} for k, v in pairs(t) do r[k] = v end return r end
 local safe = { "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber",
   "tostring", "type", "unpack", "xpcall", "rawequal", "rawget", "rawset", "setmetatable",
   "getmetatable" }
@@ -52,12 +57,11 @@ base.xpcall = function(f, h) return rethrow(raw_xpcall(f, function(e)
   if e == STOP then return e end
   return h(e)
 end)) end
-local string, table, math, bit, os, json, rule = string, table, math, bit, os, C.json, C.rule
+local table, math, bit, os, json, rule = table, math, bit, os, C.json, C.rule
 return function()
   local env = {}
   for k, v in pairs(base) do env[k] = v end
-  env.string = copy(string)
-  env.string.dump = nil
+  env.string = copy(safe_string)
   env.table = copy(table)
   env.math = copy(math)
   env.bit = copy(bit)
@@ -182,6 +186,62 @@ int Traceback(lua_State* L) {
   return 1;
 }
 
+
+// Top-level code (a rule file's chunk, a module it requires, a test data file) runs under
+// these limits: interpreted (the JIT engine is off while it runs), with an instruction budget
+// and the state's heap cap. Without them `while true do end` before `return rule {}` hung
+// check, start and reload for good.
+struct LoadLimit {
+  int64_t ticks_left;
+};
+thread_local LoadLimit* t_load = nullptr;
+
+constexpr int kLoadHookInterval = 1000;
+
+const char* LoadBudgetCheck(void* ctx) {
+  auto* l = static_cast<LoadLimit*>(ctx);
+  if (--l->ticks_left >= 0) {
+    return nullptr;
+  }
+  return "top-level code ran over its instruction budget of 50000000 instructions (an endless "
+         "loop outside handle?)";
+}
+
+void LoadHook(lua_State* L, lua_Debug*) {
+  LoadLimit* l = t_load;
+  if (l == nullptr || LoadBudgetCheck(l) == nullptr) {
+    return;
+  }
+  // No C++ object may be alive across lua_error: the message is built in a plain buffer.
+  char where[256] = "";
+  lua_Debug ar;
+  if (lua_getstack(L, 0, &ar) != 0 && lua_getinfo(L, "Sl", &ar) != 0 && ar.currentline > 0) {
+    std::snprintf(where, sizeof where, "%s:%d: ", ar.short_src, ar.currentline);
+  }
+  lua_pushfstring(L, "%s%s", where, LoadBudgetCheck(l));
+  lua_error(L);
+}
+
+// lua_pcall of the function below `nargs` arguments on the stack, under the load limits.
+int PcallUnderLoadLimits(lua_State* L, int nargs, int nresults, int errfunc) {
+  LoadLimit limit{kLoadInstructions / kLoadHookInterval};
+  LoadLimit* outer = t_load;
+  t_load = &limit;
+  MatchBudget budget{LoadBudgetCheck, &limit, false};
+  MatchBudget* outer_budget = CurrentMatchBudget();
+  CurrentMatchBudget() = &budget;
+  lua_Hook old_hook = lua_gethook(L);
+  int old_mask = lua_gethookmask(L);
+  int old_count = lua_gethookcount(L);
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  lua_sethook(L, LoadHook, LUA_MASKCOUNT, kLoadHookInterval);
+  int rc = lua_pcall(L, nargs, nresults, errfunc);
+  lua_sethook(L, old_hook, old_mask, old_count);
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+  CurrentMatchBudget() = outer_budget;
+  t_load = outer;
+  return rc;
+}
 }  // namespace
 
 void* BudgetAlloc(void* ud, void* ptr, size_t osize, size_t nsize) {
@@ -194,6 +254,7 @@ void* BudgetAlloc(void* ud, void* ptr, size_t osize, size_t nsize) {
   size_t old = ptr != nullptr ? osize : 0;
   if (nsize > old && b->live + (nsize - old) > b->limit) {
     b->refused = true;
+    b->refused_cap = b->refused_cap || b->limit == b->cap;  // the cap, not the call allowance
     return nullptr;  // LuaJIT raises "not enough memory"
   }
   void* p = std::realloc(ptr, nsize);
@@ -222,6 +283,8 @@ Result<lua_State*> NewSandboxState(JsonContext* json, MemoryBudget* memory,
   lua_setfield(L, -2, "json");
   lua_pushlightuserdata(L, &kStop);
   lua_setfield(L, -2, "stop");
+  PushPatternFunctions(L);
+  lua_setfield(L, -2, "patterns");
   lua_createtable(L, static_cast<int>(lib_dirs.size()), 0);
   for (size_t i = 0; i < lib_dirs.size(); ++i) {
     lua_pushlstring(L, lib_dirs[i].data(), lib_dirs[i].size());
@@ -277,7 +340,7 @@ Status LoadRuleChunk(lua_State* L, const std::string& file, const std::string& t
     return Internal("make_env: " + err);
   }
   lua_setfenv(L, -2);
-  if (lua_pcall(L, 0, 1, errfunc) != 0) {
+  if (PcallUnderLoadLimits(L, 0, 1, errfunc) != 0) {
     std::string err = lua_tostring(L, -1) != nullptr ? lua_tostring(L, -1) : "error";
     lua_settop(L, top);
     return InvalidArgument(err);
@@ -317,7 +380,7 @@ Result<std::string> EvalFileToJson(const std::string& file, const std::string& t
     lua_rawget(L, LUA_REGISTRYINDEX);
     lua_call(L, 0, 1);
     lua_setfenv(L, -2);
-    if (lua_pcall(L, 0, 1, errfunc) != 0) {
+    if (PcallUnderLoadLimits(L, 0, 1, errfunc) != 0) {
       st = InvalidArgument(lua_tostring(L, -1) != nullptr ? lua_tostring(L, -1) : "error");
     } else {
       st = EncodeValue(L, -1, &json, out, file);

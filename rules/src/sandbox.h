@@ -18,11 +18,19 @@ namespace gnomon::rules {
 // re-raise it, so a rule cannot swallow them; the reason travels outside Lua.
 void* StopSentinel();
 
-// Counts the bytes a state holds and refuses growth beyond `limit` (a per-call memory cap).
+// The instruction budget of top-level code: a rule file's chunk (and the modules it requires
+// there) or a test data file, run interpreted. Over it, the load fails with file and line.
+inline constexpr int64_t kLoadInstructions = 50000000;
+
+// Counts the bytes a state holds and refuses growth beyond `limit`: during a call the lower of
+// the call's allowance (live at its start + limits.memory_mb) and `cap`; between calls `cap`,
+// the most the state may hold at all (limits.heap_mb).
 struct MemoryBudget {
   size_t live = 0;
   size_t limit = SIZE_MAX;
-  bool refused = false;  // an allocation was refused since the last reset
+  size_t cap = SIZE_MAX;
+  bool refused = false;      // an allocation was refused since the last reset
+  bool refused_cap = false;  // ... and it would have gone over `cap`
 };
 
 // A new state with the sandbox set up. The caller owns it (lua_close). With `memory`, the

@@ -35,6 +35,10 @@ struct RuleInfo {
   // holds; with jit = true it is compiled and only the memory cap applies.
   int64_t max_instructions = 1000000;
   int64_t memory_mb = 32;
+  // What the rule's Lua state may hold at all, across calls (its globals, caches, modules).
+  // A call that would pass it fails; if the rule still holds more than half of it after a
+  // full collection, its globals are reset (its state is built afresh).
+  int64_t heap_mb = 64;
   // Wall-clock limit per call, enforced by the engine's watchdog (see RuleRuntime::Interrupt).
   int64_t wall_ms = 5000;
   bool jit = false;
@@ -46,6 +50,16 @@ struct RuleInfo {
   std::string version;   // content hash (hex)
 };
 
+// The most a rule may ask for (`rules.max_limits`, `rules.allow_jit` in the config): a rule
+// whose limits are above them fails to load.
+struct RuleLimitCeilings {
+  int64_t instructions = 1000000000000000;  // the wall-clock ceiling bounds every call anyway
+  int64_t memory_mb = 1024;
+  int64_t heap_mb = 1024;
+  int64_t wall_ms = 60000;
+  bool allow_jit = true;
+};
+
 struct RuleSetOptions {
   // Sink names rules may emit to; `ctx.emit` to any other name fails the call.
   std::vector<std::string> sinks;
@@ -53,6 +67,7 @@ struct RuleSetOptions {
   bool any_sink = false;
   // Folders `require` loads modules from (`rule_libs` in the config).
   std::vector<std::string> lib_dirs;
+  RuleLimitCeilings max_limits;
 };
 
 // A validated set of rules and the topic index over their `from` filters. Shared read-only
@@ -110,6 +125,10 @@ struct CallResult {
   Outcome outcome = Outcome::kOk;
   std::string reason;            // drop reason, or the error with file:line and traceback
   std::vector<Effect> effects;   // committed only when outcome == kOk
+  // The call went over limits.heap_mb and the rule's globals were reset.
+  bool state_reset = false;
+  // The call failed on its instruction or wall-clock limit (dead-lettered as rule_timeout).
+  bool timed_out = false;
 };
 
 // Committed shadow state for ctx.shadow and ctx.shadow_of, provided by the engine (or the
@@ -141,8 +160,9 @@ struct MessageView {
   ShadowReader* shadows = nullptr;
 };
 
-// A per-worker Lua state with every rule of a set loaded, each in its own environment.
-// Not thread-safe: owned and used by one thread.
+// A worker's rules: every rule of a set loaded in a LuaJIT state of its own (so no rule can
+// observe or change another's data, and each has its own heap cap). Not thread-safe: owned
+// and used by one thread, except Interrupt().
 class RuleRuntime {
  public:
   static Result<std::unique_ptr<RuleRuntime>> Create(std::shared_ptr<const RuleSet> set,
@@ -159,6 +179,9 @@ class RuleRuntime {
   void Interrupt(uint64_t call);
   // The number of the call in progress or last made; bumped at the start of every Run().
   uint64_t call_seq() const;
+
+  // The bytes rule `index`'s Lua state holds now.
+  size_t heap_bytes(uint32_t index) const;
 
   // The sink name behind Effect::sink (includes names added under `any_sink`).
   const std::string& sink_name(uint32_t index) const;
