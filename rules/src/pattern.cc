@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pattern.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstddef>
 #include <cstring>
@@ -410,18 +411,19 @@ int PushCaptures(Matcher& m, const char* s, const char* e) {
   return n;
 }
 
+// The 0-based start of a search from argument `arg` (1-based, negative from the end), clamped
+// to the subject as Lua 5.1 and LuaJIT (without its 5.2 compatibility) do.
 ptrdiff_t StartIndex(lua_State* L, int arg, size_t len) {
   ptrdiff_t init = luaL_optinteger(L, arg, 1);
   if (init < 0) {
-    init += static_cast<ptrdiff_t>(len) + 1;
+    init += static_cast<ptrdiff_t>(len);
+  } else {
+    init -= 1;
   }
-  init -= 1;
   if (init < 0) {
     init = 0;
-  } else if (static_cast<size_t>(init) > len) {
-    init = static_cast<ptrdiff_t>(len);
   }
-  return init;
+  return std::min(init, static_cast<ptrdiff_t>(len));
 }
 
 const char* PlainFind(const char* s, size_t ls, const char* p, size_t lp) {
