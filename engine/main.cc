@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -180,6 +181,7 @@ int Restore(const std::string& config, const gnomon::Registry& registry) {
     std::fprintf(stderr, "%s\n", app.status().message().c_str());
     return kExitFailed;
   }
+  ::umask(app->umask);
   auto n = RestoreShadows(*app, /*only_if_empty=*/false);
   if (!n.ok()) {
     std::fprintf(stderr, "restore: %s\n", n.status().message().c_str());
@@ -196,6 +198,7 @@ int Run(const std::string& config, const gnomon::Registry& registry, EngineOptio
     return kExitFailed;
   }
   ApplyLogLevel(*app);
+  ::umask(app->umask);  // before anything is created in data_dir
   if (app->shadows.enabled && app->shadows.changelog_connection != nullptr &&
       options.mode != Mode::kDryRun) {
     // An empty store with a change log: start from the change log.
@@ -264,14 +267,6 @@ int Run(const std::string& config, const gnomon::Registry& registry, EngineOptio
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Signals are taken synchronously by the main thread; block them before any thread starts
-  // so every thread inherits the mask.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   gnomon::Registry registry;
@@ -345,6 +340,16 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("restore")) {
     return Restore(config, registry);
   }
+  // run and replay take SIGTERM, SIGINT and SIGHUP synchronously on the main thread (drain,
+  // reload); block them before any thread starts so every thread inherits the mask. The other
+  // subcommands keep the default action: SIGTERM or SIGINT ends them at once, even inside a
+  // rule's top-level code or tests.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   EngineOptions options;
   if (app.got_subcommand("replay")) {
     options.mode = dry_run ? Mode::kDryRun : Mode::kReplay;

@@ -2,7 +2,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
+#include <regex>
 #include <fstream>
 #include <sstream>
 #include <map>
@@ -109,6 +111,7 @@ Result<std::shared_ptr<const rules::RuleSet>> LoadRules(const AppConfig& app,
     opts.sinks.push_back(s.name);
   }
   opts.lib_dirs = app.rule_libs;
+  opts.max_limits = app.rule_limits;
   GNOMON_ASSIGN_OR_RETURN(auto set, rules::RuleSet::Load(files, opts));
   // Rules ship with tests; a rule whose tests fail does not start.
   if (!files.empty()) {
@@ -334,6 +337,34 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
         static_cast<size_t>(sv->GetInt("max_queued", static_cast<int64_t>(app.services.max_queued)));
   }
   app.watch_rules = app.root.GetBool("watch_rules", true);
+  app.device_id_pattern = app.root.GetString("device_id_pattern", "");
+  {
+    std::string mask = app.root.GetString("umask", "0077");
+    char* end = nullptr;
+    unsigned long v = std::strtoul(mask.c_str(), &end, 8);
+    if (mask.empty() || *end != '\0' || v > 0777) {
+      errors.Add(app.root.Get("umask"), "umask",
+                 fmt::format("must be an octal mode like \"0077\" (got '{}')", mask));
+    } else {
+      app.umask = static_cast<unsigned>(v);
+    }
+  }
+  if (!app.device_id_pattern.empty()) {
+    try {
+      std::regex check(app.device_id_pattern);
+    } catch (const std::regex_error& e) {
+      errors.Add(app.root.Get("device_id_pattern"), "device_id_pattern",
+                 fmt::format("not a regular expression: {}", e.what()));
+    }
+  }
+  if (const ConfigValue* rl = app.root.Get("rule_limits")) {
+    rules::RuleLimitCeilings& c = app.rule_limits;
+    c.instructions = rl->GetInt("instructions", c.instructions);
+    c.memory_mb = rl->GetInt("memory_mb", c.memory_mb);
+    c.heap_mb = rl->GetInt("heap_mb", c.heap_mb);
+    c.wall_ms = rl->GetInt("wall_ms", c.wall_ms);
+    c.allow_jit = rl->GetBool("allow_jit", c.allow_jit);
+  }
   for (const auto& dir : app.root.GetStrings("rule_libs")) {
     std::string resolved = ResolvePath(app.base_dir, dir);
     if (!std::filesystem::is_directory(resolved)) {

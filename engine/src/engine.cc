@@ -28,6 +28,9 @@
 namespace gnomon::engine {
 
 Status Engine::Impl::Init() {
+  if (!config_.device_id_pattern.empty()) {
+    device_pattern_.emplace(config_.device_id_pattern);  // checked by the config loader
+  }
   std::error_code ec;
   std::filesystem::create_directories(config_.data_dir, ec);
   if (ec) {
@@ -386,12 +389,49 @@ void Engine::Impl::RenderAccounting(std::string& out) const {
                  c.in - c.done - c.dead_lettered);
 }
 
+namespace {
+
+// A device id as it may appear in logs and dead letters: at most 64 bytes, control and
+// non-ASCII bytes escaped.
+std::string PrintableId(std::string_view id) {
+  std::string out;
+  for (size_t i = 0; i < id.size() && i < 64; ++i) {
+    auto c = static_cast<unsigned char>(id[i]);
+    if (c < 0x20 || c >= 0x7f || c == '\\') {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return id.size() > 64 ? out + "..." : out;
+}
+
+}  // namespace
+
+bool Engine::Impl::ValidDevice(std::string_view id) const {
+  if (device_pattern_) {
+    return std::regex_match(id.begin(), id.end(), *device_pattern_);
+  }
+  return shadow::ValidShadowId(id, 128);
+}
+
 bool Engine::Impl::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
   if (!accepting_) {
     if (ack) {
       ack->Abandon();
     }
     return false;
+  }
+  if (!ValidDevice(m.device)) {
+    // A device id from a payload field or a topic level can hold anything: "lock-1/cmd/x"
+    // reached another device's command topics through rules. Refused at the door.
+    std::string why = fmt::format(
+        "device id '{}' is not valid: {}", PrintableId(m.device),
+        device_pattern_ ? "it does not match device_id_pattern"
+                        : "1-128 characters of A-Z a-z 0-9 : _ - (like thing names; set "
+                          "device_id_pattern to allow others)");
+    Reject(std::move(m), std::move(ack), "bad_device", why);
+    return true;
   }
   auto* d = new Delivery(this, ack.release());
   m.delivery = d;

@@ -15,6 +15,7 @@
 #include <optional>
 #include <mutex>
 #include <thread>
+#include <regex>
 #include <unordered_map>
 #include <unordered_set>
 #include <variant>
@@ -384,6 +385,9 @@ class Engine::Impl final : public Ingest,
   size_t api_max_body_ = 1 << 20;
   void WatchRules(std::stop_token st);
   void Watchdog(std::stop_token st);
+  // Whether a source's device id may enter: device_id_pattern, or the thing-name charset.
+  bool ValidDevice(std::string_view id) const;
+  std::optional<std::regex> device_pattern_;  // set once in Init
   // Poison messages: a message that kept a compiled (jit) rule stuck past 3 x wall_ms made
   // gnomon exit; it is written to data_dir/poison.jsonl first, and after the restart the same
   // (rule, message) is dead-lettered as rule_timeout instead of run again (a crash loop).

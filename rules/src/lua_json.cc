@@ -3,7 +3,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 #include <new>
@@ -165,9 +167,10 @@ Result<int> JsonDecode(lua_State* L) {
   size_t len = 0;
   const char* s = lua_tolstring(L, 1, &len);
   simdjson::dom::element el;
-  auto err = Ctx(L)->decode_parser.parse(s, len).get(el);
-  if (err != simdjson::SUCCESS) {
-    return InvalidArgument(fmt::format("json.decode: {}", simdjson::error_message(err)));
+  std::string scratch;
+  std::string err = ParseRuleJson(Ctx(L)->decode_parser, s, len, false, el, scratch);
+  if (!err.empty()) {
+    return InvalidArgument(fmt::format("json.decode: {}", err));
   }
   PushTable(L, el);
   return 1;
@@ -177,9 +180,10 @@ Result<int> JsonDecode(lua_State* L) {
 
 Status PushDecoded(lua_State* L, JsonContext* ctx, std::string_view text) {
   simdjson::dom::element el;
-  auto err = ctx->decode_parser.parse(text.data(), text.size()).get(el);
-  if (err != simdjson::SUCCESS) {
-    return InvalidArgument(fmt::format("invalid JSON: {}", simdjson::error_message(err)));
+  std::string scratch;
+  std::string err = ParseRuleJson(ctx->decode_parser, text.data(), text.size(), false, el, scratch);
+  if (!err.empty()) {
+    return InvalidArgument(err);
   }
   PushTable(L, el);
   return {};
@@ -187,6 +191,160 @@ Status PushDecoded(lua_State* L, JsonContext* ctx, std::string_view text) {
 
 namespace {
 
+
+// Is the number token out of the range simdjson parses (so it reports NUMBER_ERROR)?
+bool OutOfRange(std::string_view tok, bool integer) {
+  if (integer) {
+    bool neg = !tok.empty() && tok[0] == '-';
+    std::string_view digits = neg ? tok.substr(1) : tok;
+    std::string_view max = neg ? "9223372036854775808" : "18446744073709551615";
+    return digits.size() > max.size() || (digits.size() == max.size() && digits > max);
+  }
+  std::string copy(tok);
+  return std::isinf(std::strtod(copy.c_str(), nullptr));
+}
+
+// `text` with every out-of-range number token put in quotes; false if there is none.
+bool QuoteOutOfRangeNumbers(std::string_view text, std::string& out) {
+  out.clear();
+  out.reserve(text.size() + 16);
+  bool changed = false, in_string = false;
+  size_t n = text.size();
+  auto digit = [&](size_t j) { return j < n && text[j] >= '0' && text[j] <= '9'; };
+  for (size_t i = 0; i < n;) {
+    char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < n) {
+        out += text[i + 1];
+        i += 2;
+        continue;
+      }
+      in_string = c != '"';
+      ++i;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      out += c;
+      ++i;
+      continue;
+    }
+    if (c != '-' && !digit(i)) {
+      out += c;
+      ++i;
+      continue;
+    }
+    size_t j = i + (c == '-' ? 1 : 0);
+    bool integer = true;
+    while (digit(j)) {
+      ++j;
+    }
+    if (j < n && text[j] == '.') {
+      integer = false;
+      for (++j; digit(j); ++j) {
+      }
+    }
+    if (j < n && (text[j] == 'e' || text[j] == 'E')) {
+      integer = false;
+      ++j;
+      if (j < n && (text[j] == '+' || text[j] == '-')) {
+        ++j;
+      }
+      while (digit(j)) {
+        ++j;
+      }
+    }
+    std::string_view tok = text.substr(i, j - i);
+    if (OutOfRange(tok, integer)) {
+      out += '"';
+      out += tok;
+      out += '"';
+      changed = true;
+    } else {
+      out += tok;
+    }
+    i = j;
+  }
+  return changed;
+}
+
+// The first key an object under `el` holds twice, as "key" at path; false if none.
+bool FindDuplicateKey(simdjson::dom::element el, std::string& where, int depth) {
+  using T = simdjson::dom::element_type;
+  if (el.type() == T::ARRAY) {
+    size_t i = 0;
+    for (simdjson::dom::element item : simdjson::dom::array(el)) {
+      if (FindDuplicateKey(item, where, depth + 1)) {
+        where = fmt::format("[{}]{}", i, where);
+        return true;
+      }
+      ++i;
+    }
+    return false;
+  }
+  if (el.type() != T::OBJECT) {
+    return false;
+  }
+  simdjson::dom::object o(el);
+  size_t size = o.size();
+  if (size > 1) {
+    thread_local std::vector<std::string_view> keys;
+    keys.clear();
+    for (auto field : o) {
+      keys.push_back(field.key);
+    }
+    if (size <= 8) {
+      for (size_t a = 0; a < keys.size(); ++a) {
+        for (size_t b = a + 1; b < keys.size(); ++b) {
+          if (keys[a] == keys[b]) {
+            where = fmt::format("\"{}\"", keys[a].substr(0, 64));
+            return true;
+          }
+        }
+      }
+    } else {
+      std::sort(keys.begin(), keys.end());
+      for (size_t a = 1; a < keys.size(); ++a) {
+        if (keys[a] == keys[a - 1]) {
+          where = fmt::format("\"{}\"", keys[a].substr(0, 64));
+          return true;
+        }
+      }
+    }
+  }
+  for (auto field : o) {
+    if (FindDuplicateKey(field.value, where, depth + 1)) {
+      where = fmt::format(".{}{}", field.key.substr(0, 64), where);
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len,
+                          bool padded, simdjson::dom::element& out, std::string& scratch) {
+  auto err = parser.parse(data, len, !padded).get(out);
+  if (err == simdjson::NUMBER_ERROR && QuoteOutOfRangeNumbers({data, len}, scratch)) {
+    err = parser.parse(scratch).get(out);  // big numbers as exact strings
+  }
+  if (err != simdjson::SUCCESS) {
+    return len == 0 ? std::string("empty payload")
+                    : fmt::format("invalid JSON: {}", simdjson::error_message(err));
+  }
+  std::string where;
+  if (FindDuplicateKey(out, where, 0)) {
+    size_t q = where.find('"');
+    std::string path = where.substr(0, q);
+    return fmt::format("invalid JSON: duplicate key {} in the object at ${}", where.substr(q),
+                       path);
+  }
+  return {};
+}
+
+namespace {
 // json.totable(v): a deep copy of a view as tables; other values unchanged.
 Result<int> JsonToTable(lua_State* L) {
   if (luaL_testudata(L, 1, kViewMeta) == nullptr) {

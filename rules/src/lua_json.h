@@ -20,6 +20,13 @@ struct JsonContext {
   uint64_t generation = 1;               // bumped after each call: older views are dead
 };
 
+// Parses `text` the way rules see JSON (msg.payload, json.decode): a number beyond the range
+// of a 64-bit integer or a double (123456789012345678901234567890, 1e400) is kept as an exact
+// string, and an object that holds a key twice is refused (readers disagree on which one
+// counts). Returns the error text ("" on success); `scratch` holds a rewritten copy if needed.
+std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len,
+                          bool padded, simdjson::dom::element& out, std::string& scratch);
+
 // Registers the view and array metatables and returns (pushes) the `json` library table.
 // `ctx` must outlive the state.
 void OpenJson(lua_State* L, JsonContext* ctx);

@@ -59,6 +59,7 @@ struct RuleRuntime::State {
   uint64_t parsed_id = 0;
   simdjson::dom::element parsed_root;
   std::string parsed_error;  // empty: parsed_root is valid
+  std::string parse_scratch;  // a payload rewritten with its big numbers quoted
   const Clock* clock = nullptr;
   std::unordered_map<std::string, uint32_t> sink_index;
   std::vector<std::string> sink_names;
@@ -578,13 +579,11 @@ Result<int> MsgIndex(lua_State* L) {
     }
     lua_pop(L, 1);
     if (s->msg->id == 0 || s->msg->id != s->parsed_id) {
-      auto err = s->payload_parser.parse(*s->msg->payload).get(s->parsed_root);
-      s->parsed_error.clear();
-      if (err != simdjson::SUCCESS) {
-        s->parsed_error = s->msg->payload->empty()
-                              ? std::string("empty payload")
-                              : fmt::format("invalid JSON: {}", simdjson::error_message(err));
-      }
+      const std::string& p = *s->msg->payload;
+      s->parsed_error =
+          ParseRuleJson(s->payload_parser, p.data(), p.size(),
+                        p.capacity() - p.size() >= simdjson::SIMDJSON_PADDING, s->parsed_root,
+                        s->parse_scratch);
       s->parsed_id = s->msg->id;
     }
     if (s->parsed_error.empty()) {

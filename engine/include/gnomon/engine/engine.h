@@ -44,6 +44,11 @@ struct AppConfig {
   std::vector<std::string> rule_patterns;  // `rules:` as written
   std::vector<std::string> rule_files;     // what they matched at load
   std::vector<std::string> rule_libs;      // folders for `require`, resolved
+  rules::RuleLimitCeilings rule_limits;    // `rule_limits:`: the most a rule may ask for
+  std::string device_id_pattern;           // empty: the thing-name charset, 1-128 bytes
+  // The umask gnomon runs under (`umask:`, octal): what it creates in data_dir (shadows.db,
+  // outboxes, dead letters) is private by default.
+  unsigned umask = 077;
   std::shared_ptr<const rules::RuleSet> rules;
   // `shadows:`; enabled when the section is present.
   struct Shadows {
