@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <thread>
 
 #include "tests/support/test_support.h"
 
@@ -191,6 +195,145 @@ TEST(CliTest, WatchdogInterruptsSlowRulesAndExitsOnAStuckJitRule) {
             70)
       << err;
   EXPECT_NE(err.find("stuck in compiled code"), std::string::npos) << err;
+  // The poison message was recorded before the exit; run again, it is dead-lettered as
+  // rule_timeout instead of sticking the worker again (with Kafka it would come back forever).
+  EXPECT_NE(testing::ReadFile(dir.File("data/poison.jsonl")).find("\"rule\":\"r\""),
+            std::string::npos);
+  dir.Write("in.jsonl", "{\"topic\":\"a/b\",\"payload\":{}}\n{\"topic\":\"a/c\",\"payload\":{}}\n");
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            70)
+      << err;  // a/c is a new message: it sticks the rule too, and is recorded in turn
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            0)
+      << err;
+  std::string dl = testing::ReadFile(dir.File("data/dead-letter.jsonl"));
+  EXPECT_NE(dl.find("\"reason\":\"rule_timeout\""), std::string::npos) << dl;
+  EXPECT_NE(dl.find("\"topic\":\"a/c\""), std::string::npos) << dl;
+}
+
+// An interpreted rule never makes gnomon exit: a pattern match over a 100 KB payload (a C
+// function, where LuaJIT's own matcher had no hook) fails its call; the good messages around it
+// are processed.
+TEST(CliTest, APatternOverALargePayloadIsDeadLetteredAndTheRestGoesOn) {
+  TempDir dir;
+  dir.Write("g.yaml", "data_dir: data\nsinks: [{name: out, type: file, path: o.jsonl}]\n"
+                      "rules: [r.lua]\n");
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/+', limits = { wall_ms = 200 }, "
+                     "handle = function(msg, ctx) local k, v = msg.raw:match('(.-)%s*=%s*(.-);') "
+                     "ctx.emit('out', { k = k or 'none' }) end }");
+  std::string lines;
+  for (int i = 0; i < 5; ++i) {
+    lines += "{\"topic\":\"a/d" + std::to_string(i) + "\",\"raw\":\"x=1;\"}\n";
+    if (i == 2) {
+      lines += "{\"topic\":\"a/poison\",\"raw\":\"" + std::string(100000, 'a') + "\"}\n";
+    }
+  }
+  dir.Write("in.jsonl", lines);
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            0)
+      << err;
+  std::string dl = testing::ReadFile(dir.File("data/dead-letter.jsonl"));
+  EXPECT_NE(dl.find("\"reason\":\"rule_timeout\""), std::string::npos) << dl;
+  EXPECT_NE(dl.find("\"device\":\"poison\""), std::string::npos) << dl;
+  std::string o = testing::ReadFile(dir.File("o.jsonl"));
+  EXPECT_EQ(std::count(o.begin(), o.end(), '\n'), 5) << o;
+}
+
+// Top-level code runs under a load budget: check and reload answer; SIGTERM ends check and run.
+TEST(CliTest, ATopLevelEndlessLoopFailsCheckAndReloadAndSignalsStillWork) {
+  TempDir dir;
+  int port = testing::FreePort();
+  dir.Write("g.yaml", "data_dir: data\nrules: [rules/*.lua]\napi: { listen: \"127.0.0.1:" +
+                          std::to_string(port) + "\", tokens: [t] }\nwatch_rules: false\n");
+  dir.Write("rules/r.lua", "return rule { name = 'r', from = 'a/+', handle = function() end }");
+  testing::Process p({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")});
+  httplib::Client cli("127.0.0.1", port);
+  httplib::Headers auth = {{"Authorization", "Bearer t"}};
+  ASSERT_TRUE(testing::WaitFor([&] { return cli.Get("/healthz") != nullptr; })) << p.Stderr();
+  dir.Write("rules/r.lua", "while true do end\n"
+                           "return rule { name = 'r', from = 'a/+', handle = function() end }");
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")}, &out, &err), 1);
+  EXPECT_NE(err.find("r.lua:1: top-level code ran over its instruction budget"), std::string::npos)
+      << err;
+  cli.set_read_timeout(60, 0);
+  auto res = cli.Post("/v1/rules/reload", auth, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 422) << res->body;
+  EXPECT_NE(res->body.find("instruction budget"), std::string::npos) << res->body;
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0) << p.Stderr();
+  // check and test take signals: a SIGTERM ends them (the default action), mid-load included.
+  dir.Write("rules/r.lua", "local t = os.clock() while os.clock() - t < 3600 do end\n"
+                           "return rule { name = 'r', from = 'a/+', handle = function() end }");
+  testing::Process check({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  check.Signal(SIGTERM);
+  EXPECT_EQ(check.Wait(std::chrono::milliseconds(5000)), 128 + SIGTERM);
+  testing::Process test({GNOMON_BINARY, "test", dir.File("rules")});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  test.Signal(SIGINT);
+  EXPECT_EQ(test.Wait(std::chrono::milliseconds(5000)), 128 + SIGINT);
+}
+
+TEST(CliTest, DeviceIdsAreValidatedAndFilesArePrivate) {
+  TempDir dir;
+  dir.Write("g.yaml", "data_dir: data\nsinks: [{name: out, type: file, path: o.jsonl}]\n"
+                      "sources: [{name: f, type: file, path: in.jsonl, device: payload.id}]\n"
+                      "rules: [r.lua]\n");
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/+', handle = function(msg, ctx) "
+                     "ctx.emit('out', 'devices/' .. msg.device .. '/cmd') end }");
+  dir.Write("in.jsonl",
+            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"lock-1\"}}\n"
+            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"lock-1/cmd/x\"}}\n"
+            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"\"}}\n"
+            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"$SYS/x\"}}\n"
+            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"a\\u0001b\"}}\n");
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl"), "--dry-run"},
+                       &out, &err),
+            0)
+      << err;
+  // Only lock-1 reached the rule: no command went to another device's topics.
+  EXPECT_NE(out.find("\"record\":\"devices/lock-1/cmd\""), std::string::npos) << out;
+  EXPECT_EQ(out.find("\"record\":\"devices/lock-1/cmd/x/cmd"), std::string::npos) << out;
+  EXPECT_EQ(out.find("\"record\":\"devices/$SYS"), std::string::npos) << out;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            0)
+      << err;
+  std::string dl = testing::ReadFile(dir.File("data/dead-letter.jsonl"));
+  size_t bad = 0;
+  for (size_t at = dl.find("\"reason\":\"bad_device\""); at != std::string::npos;
+       at = dl.find("\"reason\":\"bad_device\"", at + 1)) {
+    ++bad;
+  }
+  EXPECT_EQ(bad, 4u) << dl;
+  EXPECT_NE(dl.find("device id 'lock-1/cmd/x' is not valid"), std::string::npos) << dl;
+  EXPECT_NE(dl.find("a\\\\x01b"), std::string::npos) << dl;
+  // Private by default: data_dir 0700, what is in it 0600.
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.File("data").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_EQ(::stat(dir.File("data/dead-letter.jsonl").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // A pattern of the operator's own.
+  dir.Write("g.yaml", testing::ReadFile(dir.File("g.yaml")) + "device_id_pattern: \"[a-z0-9/-]+\"\n");
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl"), "--dry-run"},
+                       &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("\"record\":\"devices/lock-1/cmd/x/cmd"), std::string::npos) << out;
 }
 
 TEST(CliTest, ConfigurationDocsAreCurrent) {

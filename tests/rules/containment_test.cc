@@ -273,6 +273,52 @@ TEST(ContainmentTest, RuleLimitsAboveTheOperatorsCeilingsDoNotLoad) {
   EXPECT_NE(huge.status().message().find("up to 2^53"), std::string::npos);
 }
 
+TEST(ContainmentTest, DuplicateKeysAreRefusedEverywhereWithTheKeyAndPath) {
+  Runner r({{"a.lua", Rule("a", R"lua(
+    local ok, err = pcall(json.decode, '{"a":{"x":1,"x":2}}')
+    ctx.emit("out", tostring(msg.payload) .. "|" .. tostring(msg.payload_error) .. "|" ..
+                    tostring(ok) .. "|" .. tostring(err))
+  )lua")}});
+  CallResult c = r.Run(0, R"({"id":"a","list":[{"k":1},{"k":2,"id":3,"k":4}],"id":"b"})");
+  ASSERT_EQ(c.outcome, Outcome::kOk) << c.reason;
+  EXPECT_EQ(c.effects[0].payload,
+            "nil|invalid JSON: duplicate key \"id\" in the object at $|false|json.decode: invalid "
+            "JSON: duplicate key \"x\" in the object at $.a");
+  std::string many = "{";
+  for (int i = 0; i < 40; ++i) {
+    many += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
+  }
+  many += "\"deep\":{\"l\":[{\"k\":1,\"a\":1,\"b\":1,\"c\":1,\"d\":1,\"e\":1,\"f\":1,\"g\":1,\"h\":1,\"a\":2}]}}";
+  c = r.Run(0, many);
+  ASSERT_EQ(c.outcome, Outcome::kOk) << c.reason;
+  EXPECT_NE(c.effects[0].payload.find("duplicate key \"a\" in the object at $.deep.l[0]"),
+            std::string::npos)
+      << c.effects[0].payload;
+  c = r.Run(0, R"({"id":"a","k":{"id":"b"}})");  // the same key in two objects is fine
+  EXPECT_EQ(c.effects[0].payload.rfind(R"({"id":"a","k":{"id":"b"}}|nil|false)", 0), 0u)
+      << c.effects[0].payload;
+}
+
+TEST(ContainmentTest, NumbersBeyondRangeArriveAsExactStringsAndTheRestOfTheDocumentStays) {
+  Runner r({{"a.lua", Rule("a", R"lua(
+    local p = msg.payload
+    if p == nil then error(tostring(msg.payload_error)) end
+    ctx.emit("out", tostring(msg.payload_error) .. "|" .. tostring(p.big) .. "|" ..
+                    tostring(p.neg) .. "|" .. tostring(p.inf) .. "|" .. tostring(p.ok) .. "|" ..
+                    tostring(p.s) .. "|" .. tostring(json.decode('[1e400]')[1]) .. "|" ..
+                    json.encode(p))
+  )lua")}});
+  CallResult c = r.Run(0, R"({"big":123456789012345678901234567890,"neg":-99999999999999999999,)"
+                          R"("inf":1e400,"ok":1.5,"s":"1e400 stays \"a string\""})");
+  ASSERT_EQ(c.outcome, Outcome::kOk) << c.reason;
+  EXPECT_EQ(c.effects[0].payload.substr(0, c.effects[0].payload.rfind('|')),
+            "nil|123456789012345678901234567890|-99999999999999999999|1e400|1.5|"
+            "1e400 stays \"a string\"|1e400");
+  // Malformed numbers are still invalid JSON.
+  c = r.Run(0, R"({"a":01})");
+  EXPECT_NE(c.effects[0].payload.find("invalid JSON"), std::string::npos) << c.effects[0].payload;
+}
+
 // The matcher against LuaJIT's own string functions, on random subjects and a corpus of
 // patterns: the same results (or both an error).
 class PatternConformanceTest : public ::testing::Test {
