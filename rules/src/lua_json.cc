@@ -269,13 +269,32 @@ bool QuoteOutOfRangeNumbers(std::string_view text, std::string& out) {
   return changed;
 }
 
-// The first key an object under `el` holds twice, as "key" at path; false if none.
-bool FindDuplicateKey(simdjson::dom::element el, std::string& where, int depth) {
+// Equal keys have equal fingerprints (length, first and last 8 bytes); keys are compared in
+// full only when fingerprints match, so most objects cost a few integer operations per key.
+// Keys live in simdjson's string buffer, which is padded well past its last string: reading 8
+// bytes from a key's start stays inside it (the bytes past the key are masked off).
+inline uint64_t KeyFingerprint(std::string_view k) {
+  uint64_t head;
+  std::memcpy(&head, k.data(), 8);
+  size_t n = k.size();
+  if (n < 8) {
+    head &= n == 0 ? 0 : ~uint64_t{0} >> (64 - 8 * n);
+  }
+  uint64_t tail = 0;
+  if (n > 8) {
+    std::memcpy(&tail, k.data() + n - 8, 8);
+  }
+  return (head * 0x9E3779B97F4A7C15ULL) ^ ((tail + n) * 0xC2B2AE3D27D4EB4FULL);
+}
+
+// The first key an object under `el` holds twice, as "key" after its path; false if none.
+bool FindDuplicateKey(simdjson::dom::element el, std::string& where) {
   using T = simdjson::dom::element_type;
   if (el.type() == T::ARRAY) {
     size_t i = 0;
     for (simdjson::dom::element item : simdjson::dom::array(el)) {
-      if (FindDuplicateKey(item, where, depth + 1)) {
+      T t = item.type();
+      if ((t == T::OBJECT || t == T::ARRAY) && FindDuplicateKey(item, where)) {
         where = fmt::format("[{}]{}", i, where);
         return true;
       }
@@ -283,40 +302,60 @@ bool FindDuplicateKey(simdjson::dom::element el, std::string& where, int depth) 
     }
     return false;
   }
-  if (el.type() != T::OBJECT) {
-    return false;
-  }
   simdjson::dom::object o(el);
-  size_t size = o.size();
-  if (size > 1) {
-    thread_local std::vector<std::string_view> keys;
-    keys.clear();
-    for (auto field : o) {
-      keys.push_back(field.key);
+  constexpr size_t kInline = 32;
+  uint64_t fps[kInline];  // fingerprints of the first kInline keys, in order
+  size_t n = 0;
+  std::vector<std::pair<uint64_t, std::string_view>> more;  // every key, past kInline
+  for (auto field : o) {
+    T t = field.value.type();
+    if ((t == T::OBJECT || t == T::ARRAY) && FindDuplicateKey(field.value, where)) {
+      where = fmt::format(".{}{}", field.key.substr(0, 64), where);
+      return true;
     }
-    if (size <= 8) {
-      for (size_t a = 0; a < keys.size(); ++a) {
-        for (size_t b = a + 1; b < keys.size(); ++b) {
-          if (keys[a] == keys[b]) {
-            where = fmt::format("\"{}\"", keys[a].substr(0, 64));
-            return true;
+    uint64_t fp = KeyFingerprint(field.key);
+    if (n < kInline) {
+      for (size_t b = 0; b < n; ++b) {
+        if (fps[b] == fp) {
+          // Same fingerprint: find that key and compare in full.
+          size_t i = 0;
+          for (auto other : o) {
+            if (i++ == b) {
+              if (other.key == field.key) {
+                where = fmt::format("\"{}\"", field.key.substr(0, 64));
+                return true;
+              }
+              break;
+            }
           }
         }
       }
-    } else {
-      std::sort(keys.begin(), keys.end());
-      for (size_t a = 1; a < keys.size(); ++a) {
-        if (keys[a] == keys[a - 1]) {
-          where = fmt::format("\"{}\"", keys[a].substr(0, 64));
-          return true;
+      fps[n++] = fp;
+      continue;
+    }
+    if (more.empty()) {
+      size_t i = 0;
+      for (auto other : o) {
+        if (i == kInline) {
+          break;
         }
+        more.emplace_back(fps[i++], other.key);
       }
     }
+    more.emplace_back(fp, field.key);
+    ++n;
   }
-  for (auto field : o) {
-    if (FindDuplicateKey(field.value, where, depth + 1)) {
-      where = fmt::format(".{}{}", field.key.substr(0, 64), where);
-      return true;
+  if (more.empty()) {
+    return false;
+  }
+  std::sort(more.begin(), more.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 1; i < more.size(); ++i) {
+    for (size_t j = i; j-- > 0 && more[j].first == more[i].first;) {
+      if (more[j].second == more[i].second) {
+        where = fmt::format("\"{}\"", more[i].second.substr(0, 64));
+        return true;
+      }
     }
   }
   return false;
@@ -335,7 +374,9 @@ std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_
                     : fmt::format("invalid JSON: {}", simdjson::error_message(err));
   }
   std::string where;
-  if (FindDuplicateKey(out, where, 0)) {
+  simdjson::dom::element_type t = out.type();
+  if ((t == simdjson::dom::element_type::OBJECT || t == simdjson::dom::element_type::ARRAY) &&
+      FindDuplicateKey(out, where)) {
     size_t q = where.find('"');
     std::string path = where.substr(0, q);
     return fmt::format("invalid JSON: duplicate key {} in the object at ${}", where.substr(q),

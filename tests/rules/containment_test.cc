@@ -282,7 +282,7 @@ TEST(ContainmentTest, DuplicateKeysAreRefusedEverywhereWithTheKeyAndPath) {
   CallResult c = r.Run(0, R"({"id":"a","list":[{"k":1},{"k":2,"id":3,"k":4}],"id":"b"})");
   ASSERT_EQ(c.outcome, Outcome::kOk) << c.reason;
   EXPECT_EQ(c.effects[0].payload,
-            "nil|invalid JSON: duplicate key \"id\" in the object at $|false|json.decode: invalid "
+            "nil|invalid JSON: duplicate key \"k\" in the object at $.list[1]|false|json.decode: invalid "
             "JSON: duplicate key \"x\" in the object at $.a");
   std::string many = "{";
   for (int i = 0; i < 40; ++i) {
