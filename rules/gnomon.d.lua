@@ -143,11 +143,14 @@ function Context.now() end
 ---@class gnomon.Limits
 ---@field instructions? number Lua VM instructions per call (default 1000000; not with jit = true).
 ---@field memory_mb? number Lua heap growth per call (default 32).
+---@field heap_mb? number What the rule may keep across calls, globals included (default 64); over it the call fails and, if the rule still holds more than half of it, its globals are reset.
 ---@field wall_ms? number Wall-clock time per call (default 5000); enforced by the watchdog.
 
 ---@class gnomon.Quarantine
----@field failures? number Failures allowed in the window (default 100).
+---@field failures? number Failures that are the rule's own fault (errors, limits; not ctx.fail) allowed in the window before the rule stops for every device (default 100).
 ---@field window_s? number The window (default 60).
+---@field device_failures? number The same, from one device, before the rule stops for that device only (default 10).
+---@field cooldown_s? number How long a quarantine lasts before one message probes the rule again (default 60).
 
 ---@class gnomon.Rule
 ---@field name string Unique, [a-z0-9_-]+.

@@ -487,6 +487,7 @@ void Engine::Impl::RunWorker(size_t index) {
           std::lock_guard lock(w.runtime_mu);
           w.runtime = std::move(rt).value();
           w.loaded = std::move(cur);
+          w.device_breakers.clear();  // a reload lifts every quarantine
         } else {
           log::Error("worker cannot load the new rules; keeping the old ones",
                      {{"worker", std::to_string(index)}, {"error", rt.status().message()}});
@@ -559,13 +560,36 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     const RuleMetrics& rm = loaded.metrics[idx];
     RuleHealth& health = *loaded.health[idx];
     rm.matched->Inc();
-    if (health.quarantined.load(std::memory_order_relaxed)) {
+    int64_t now_ms = clock_.NowMs();
+    Breaker::Verdict rule_verdict = health.breaker.Allow(now_ms);
+    Breaker* device_breaker = nullptr;
+    Breaker::Verdict device_verdict = Breaker::Verdict::kRun;
+    if (!w.device_breakers.empty()) {
+      auto it = w.device_breakers.find(DeviceBreakerKey(idx, m.device));
+      if (it != w.device_breakers.end()) {
+        device_breaker = &it->second;
+        device_verdict = device_breaker->Allow(now_ms);
+      }
+    }
+    if (rule_verdict == Breaker::Verdict::kRefuse || device_verdict == Breaker::Verdict::kRefuse) {
+      bool whole = rule_verdict == Breaker::Verdict::kRefuse;
+      const Breaker& b = whole ? health.breaker : *device_breaker;
       rm.dead_lettered->Inc();
       DeadLetter(m.delivery, "quarantined",
-                 fmt::format("rule {} is quarantined (more than {} failures in {} s); it resumes "
-                             "after a successful reload",
-                             rule.name, rule.quarantine_failures, rule.quarantine_window_s),
+                 fmt::format("rule {} is quarantined{} (more than {} failures in {} s that were "
+                             "the rule's own fault); one message probes it again in {} s, a "
+                             "successful reload lifts it now",
+                             rule.name, whole ? "" : " for this device",
+                             whole ? rule.quarantine_failures : rule.quarantine_device_failures,
+                             rule.quarantine_window_s,
+                             std::max<int64_t>(0, (b.open_until_ms() - now_ms + 999) / 1000)),
                  rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
+      if (rule_verdict == Breaker::Verdict::kProbe) {
+        health.breaker.ReleaseProbe();  // it did not run: the next message probes
+      }
+      if (device_verdict == Breaker::Verdict::kProbe) {
+        device_breaker->ReleaseProbe();
+      }
       continue;
     }
     if (!poison_.empty() && IsPoison(rule.name, m)) {
@@ -594,6 +618,19 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         break;
       }
     }
+    bool rule_probe = rule_verdict == Breaker::Verdict::kProbe;
+    bool device_probe = device_verdict == Breaker::Verdict::kProbe;
+    bool fault = result.outcome == rules::Outcome::kFailed && !result.input_failure;
+    if (!fault && (rule_probe || device_probe)) {
+      if (rule_probe && health.breaker.RecordSuccess(true)) {
+        health.quarantined_gauge->Set(0);
+        log::Info("rule quarantine lifted: its probe succeeded", {{"rule", rule.name}});
+      }
+      if (device_probe && device_breaker->RecordSuccess(true)) {
+        health.devices_quarantined.fetch_sub(1);
+        w.device_breakers.erase(DeviceBreakerKey(idx, m.device));
+      }
+    }
     switch (result.outcome) {
       case rules::Outcome::kOk:
         if (!result.effects.empty()) {
@@ -609,7 +646,11 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         if (result.state_reset) {
           rm.state_resets->Inc();
         }
-        RecordFailure(health, rule, result.reason);
+        if (fault) {
+          RecordFailure(w, idx, m, rule_probe, device_probe, health, rule, result.reason);
+        } else if (rule_probe || device_probe) {
+          // ctx.fail in a probe: not the rule's fault, handled above as a success.
+        }
         if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
           log::Warn("rule failed", {{"rule", rule.name},
                                     {"device", m.device},
@@ -795,6 +836,10 @@ std::shared_ptr<const LoadedRules> Engine::Impl::MakeLoaded(
     h->quarantined_gauge = metrics_.GetGauge(
         "gnomon_rule_quarantined", "1 while the rule is quarantined", {{"rule", r.name}});
     h->quarantined_gauge->Set(0);  // a reload lifts a quarantine
+    h->options = {r.quarantine_failures, r.quarantine_window_s * 1000,
+                  r.quarantine_cooldown_s * 1000};
+    h->device_options = {r.quarantine_device_failures, r.quarantine_window_s * 1000,
+                         r.quarantine_cooldown_s * 1000};
     l->health.push_back(std::move(h));
   }
   return l;
@@ -805,7 +850,11 @@ std::shared_ptr<const LoadedRules> Engine::Impl::CurrentRules() const {
   return loaded_;
 }
 
-void Engine::Impl::RecordFailure(RuleHealth& h, const rules::RuleInfo& rule,
+// The rule failed through its own fault on `m`: charge the device's breaker and, while that
+// one is closed, the rule's. One device adds at most quarantine_device_failures to the rule's
+// count before it is quarantined alone.
+void Engine::Impl::RecordFailure(Worker& w, uint32_t idx, const Message& m, bool rule_probe,
+                                 bool device_probe, RuleHealth& h, const rules::RuleInfo& rule,
                                  const std::string& reason) {
   int64_t now = clock_.NowMs();
   {
@@ -813,18 +862,46 @@ void Engine::Impl::RecordFailure(RuleHealth& h, const rules::RuleInfo& rule,
     h.last_error = reason.substr(0, reason.find('\n'));
     h.last_error_ms = now;
   }
-  int64_t start = h.window_start_ms.load(std::memory_order_relaxed);
-  if (now - start > rule.quarantine_window_s * 1000 &&
-      h.window_start_ms.compare_exchange_strong(start, now)) {
-    h.failures.store(0, std::memory_order_relaxed);
+  std::string key = DeviceBreakerKey(idx, m.device);
+  auto it = w.device_breakers.find(key);
+  if (it == w.device_breakers.end()) {
+    if (w.device_breakers.size() >= kMaxDeviceBreakers) {
+      // Bounded: forget a closed breaker (its device's count starts again).
+      for (auto e = w.device_breakers.begin(); e != w.device_breakers.end(); ++e) {
+        if (!e->second.open()) {
+          w.device_breakers.erase(e);
+          break;
+        }
+      }
+    }
+    if (w.device_breakers.size() >= kMaxDeviceBreakers) {
+      it = w.device_breakers.end();  // every one is open: count on the rule alone
+    } else {
+      it = w.device_breakers.try_emplace(std::move(key)).first;
+    }
   }
-  if (h.failures.fetch_add(1, std::memory_order_relaxed) + 1 > rule.quarantine_failures &&
-      !h.quarantined.exchange(true)) {
+  if (it != w.device_breakers.end() &&
+      it->second.RecordFailure(h.device_options, now, device_probe)) {
+    h.devices_quarantined.fetch_add(1);
+    log::Warn("rule quarantined for one device: its messages fail the rule; the rule runs on "
+              "for every other device",
+              {{"rule", rule.name},
+               {"device", m.device},
+               {"failures", std::to_string(rule.quarantine_device_failures + 1)},
+               {"cooldown_s", std::to_string(rule.quarantine_cooldown_s)},
+               {"last_error", reason.substr(0, reason.find('\n'))}});
+    return;
+  }
+  if (device_probe) {
+    return;  // the device was quarantined already: its failures do not count for the rule
+  }
+  if (h.breaker.RecordFailure(h.options, now, rule_probe)) {
     h.quarantined_gauge->Set(1);
-    log::Error("rule quarantined: it stops running until the next successful reload",
+    log::Error("rule quarantined: it stops running for its cool-down, then one message probes it",
                {{"rule", rule.name},
                 {"failures", std::to_string(rule.quarantine_failures + 1)},
                 {"window_s", std::to_string(rule.quarantine_window_s)},
+                {"cooldown_s", std::to_string(rule.quarantine_cooldown_s)},
                 {"last_error", reason.substr(0, reason.find('\n'))}});
   }
 }
@@ -1047,7 +1124,8 @@ std::string Engine::Impl::RulesJson(std::string_view only) const {
         .Field("file", r.file)
         .Field("version", r.version)
         .FieldRaw("from", from)
-        .Field("state", h.quarantined.load() ? "quarantined" : "running")
+        .Field("state", h.breaker.open() ? "quarantined" : "running")
+        .Field("devices_quarantined", h.devices_quarantined.load())
         .Field("loaded_at", cur->loaded_at_ms)
         .Field("ruleset_version", static_cast<int64_t>(cur->version))
         .FieldRaw("jit", r.jit ? "true" : "false")

@@ -25,11 +25,22 @@
 #include "gnomon/engine/engine.h"
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/store.h"
+#include "breaker.h"
 #include "http_server.h"
 
 namespace gnomon::engine {
 
 inline constexpr size_t kWorkerBatch = 256;
+// Per-(rule, device) quarantine breakers a worker keeps at most (only devices that made a
+// rule fail get one).
+inline constexpr size_t kMaxDeviceBreakers = 10000;
+
+inline std::string DeviceBreakerKey(uint32_t rule_index, std::string_view device) {
+  std::string key = std::to_string(rule_index);
+  key += '\0';
+  key += device;
+  return key;
+}
 inline constexpr int32_t kDeadLetterRoute = -2;
 inline constexpr int32_t kShadowRoute = -3;  // shadow answers and events (the shadows sink)
 inline constexpr int32_t kChangelogRoute = -4;  // the shadow change log (Kafka)
@@ -45,11 +56,13 @@ struct RuleMetrics {
   Counter* state_resets;  // the rule went over limits.heap_mb and its globals were reset
 };
 
-// Failures of one rule in its current window; quarantine when they exceed the rule's limit.
+// A rule's quarantine: its breaker (the whole rule) and how many devices it is quarantined for
+// (each worker keeps the per-device breakers of its devices).
 struct RuleHealth {
-  std::atomic<int64_t> window_start_ms{0};
-  std::atomic<int64_t> failures{0};
-  std::atomic<bool> quarantined{false};
+  Breaker breaker;
+  Breaker::Options options;
+  Breaker::Options device_options;
+  std::atomic<int64_t> devices_quarantined{0};
   Gauge* quarantined_gauge = nullptr;
   std::mutex mu;
   std::string last_error;    // GUARDED_BY(mu)
@@ -196,6 +209,9 @@ class Engine::Impl final : public Ingest,
     std::atomic<int64_t> call_started_ns{0};
     std::atomic<const rules::RuleInfo*> call_rule{nullptr};
     std::atomic<const Message*> call_message{nullptr};  // valid while call_started_ns != 0
+    // Per-(rule, device) quarantine of the devices this worker owns that made a rule fail; at
+    // most kMaxDeviceBreakers, cleared when the worker switches rule versions.
+    std::unordered_map<std::string, Breaker> device_breakers;  // key: rule index \0 device
     std::mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
     std::jthread thread;
     size_t index = 0;
@@ -371,7 +387,8 @@ class Engine::Impl final : public Ingest,
   std::shared_ptr<const LoadedRules> MakeLoaded(std::shared_ptr<const rules::RuleSet> set,
                                                 uint64_t version);
   std::shared_ptr<const LoadedRules> CurrentRules() const;
-  void RecordFailure(RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
+  void RecordFailure(Worker& w, uint32_t idx, const Message& m, bool rule_probe, bool device_probe,
+                     RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
   std::vector<HttpRoute> OpsRoutes();
   std::vector<HttpRoute> ApiRoutes();
   // ApiRouter: sources' routes on the API listener (HTTP ingest).

@@ -183,10 +183,16 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   if (info.memory_mb > info.heap_mb) {
     info.heap_mb = std::min(info.memory_mb, ceilings.heap_mb);  // a call may use its allowance
   }
-  ReadNumberTable(L, t, "quarantine", {"failures", "window_s"}, fail,
-                  [&](const std::string& k, int64_t v) {
-                    (k == "failures" ? info.quarantine_failures : info.quarantine_window_s) = v;
+  ReadNumberTable(L, t, "quarantine", {"failures", "window_s", "device_failures", "cooldown_s"},
+                  fail, [&](const std::string& k, int64_t v) {
+                    (k == "failures"          ? info.quarantine_failures
+                     : k == "window_s"        ? info.quarantine_window_s
+                     : k == "device_failures" ? info.quarantine_device_failures
+                                              : info.quarantine_cooldown_s) = v;
                   });
+  if (info.quarantine_window_s > 86400 * 365 || info.quarantine_cooldown_s > 86400 * 365) {
+    fail("rule.quarantine: window_s and cooldown_s must be at most a year");
+  }
 
   lua_getfield(L, t, "jit");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN) {

@@ -842,6 +842,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   out.effects.clear();
   out.state_reset = false;
   out.timed_out = false;
+  out.input_failure = false;
   const RuleInfo& rule = set_->rules()[index];
   RuleSlot* slot = s->slots[index].get();
   if (slot == nullptr) {
@@ -920,6 +921,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   } else if (s->stop == Stop::kFail) {
     out.outcome = Outcome::kFailed;
     out.timed_out = s->stop_timeout;
+    out.input_failure = !s->stop_timeout;
     out.reason = s->stop_reason.empty() ? "ctx.fail" : std::move(s->stop_reason);
   } else if (rc != 0) {
     out.outcome = Outcome::kFailed;

@@ -343,12 +343,13 @@ TEST_F(EngineTest, FailedReloadKeepsTheRunningRules) {
 }
 
 TEST_F(EngineTest, FailingRuleIsQuarantinedUntilReload) {
+  // Failures from many devices (one each): the rule is at fault, for the whole fleet.
   WriteConfig("", R"(return rule { name = "bad", from = "devices/+/telemetry",
       quarantine = { failures = 5, window_s = 60 },
       handle = function(msg, ctx) error("always") end })");
   std::string input;
   for (int i = 0; i < 20; ++i) {
-    input += Line("a", i);
+    input += Line("d" + std::to_string(i), i);
   }
   auto engine = Start(input);
   ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }));
@@ -366,6 +367,39 @@ TEST_F(EngineTest, FailingRuleIsQuarantinedUntilReload) {
   EXPECT_NE(engine->RulesJson("bad").find("\"state\":\"running\""), std::string::npos);
   engine->Stop();
   EXPECT_EQ(engine->counts().dead_lettered, 20u);
+}
+
+// 101 bad payloads from one device used to quarantine the rule for every device. Now that
+// device alone is quarantined, after quarantine.device_failures; the fleet's messages run.
+TEST_F(EngineTest, OneDeviceCannotQuarantineARuleForTheFleet) {
+  WriteConfig("", R"(return rule { name = "strict", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        if msg.payload.fail then error("cannot read " .. msg.device) end
+        if msg.payload.refuse then return ctx.fail("bad input") end
+        ctx.emit("out", { d = msg.device, n = msg.payload.n })
+      end })");
+  std::string input;
+  for (int i = 0; i < 101; ++i) {
+    input += Line("evil", i, ",\"fail\":true");
+    input += Line("good" + std::to_string(i % 7), i);
+    input += Line("picky", i, ",\"refuse\":true");  // ctx.fail: bad input, not a rule fault
+  }
+  auto engine = Start(input);
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }));
+  std::string one = engine->RulesJson("strict");
+  EXPECT_NE(one.find("\"state\":\"running\""), std::string::npos) << one;
+  EXPECT_NE(one.find("\"devices_quarantined\":1"), std::string::npos) << one;
+  engine->Stop();
+  EXPECT_EQ(testing::ReadLines(dir_.File("out.jsonl")).size(), 101u);  // every good message
+  std::string dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+  size_t quarantined = 0;
+  for (size_t at = dl.find("\"reason\":\"quarantined\""); at != std::string::npos;
+       at = dl.find("\"reason\":\"quarantined\"", at + 1)) {
+    ++quarantined;
+  }
+  EXPECT_EQ(quarantined, 101u - 11u) << "evil's messages after its 11th failure";
+  EXPECT_NE(dl.find("quarantined for this device"), std::string::npos);
+  EXPECT_EQ(engine->counts().dead_lettered, 202u);  // evil's 101 and picky's 101
 }
 
 TEST_F(EngineTest, DryRunPrintsEffectsInsteadOfDoingThem) {

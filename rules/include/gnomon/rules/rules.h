@@ -42,10 +42,15 @@ struct RuleInfo {
   // Wall-clock limit per call, enforced by the engine's watchdog (see RuleRuntime::Interrupt).
   int64_t wall_ms = 5000;
   bool jit = false;
-  // More than `quarantine_failures` failures within `quarantine_window_s` stop the rule until
-  // the next successful reload.
+  // Quarantine (a circuit breaker; only failures that are the rule's own fault count: errors
+  // in its code and exceeded limits, not ctx.fail): more than `quarantine_failures` within
+  // `quarantine_window_s` stop the rule for `quarantine_cooldown_s`, then one message probes
+  // it; more than `quarantine_device_failures` from one device stop the rule for that device
+  // only. A successful reload lifts every quarantine.
   int64_t quarantine_failures = 100;
   int64_t quarantine_window_s = 60;
+  int64_t quarantine_device_failures = 10;
+  int64_t quarantine_cooldown_s = 60;
   std::string source;    // the file's text
   std::string version;   // content hash (hex)
 };
@@ -129,6 +134,8 @@ struct CallResult {
   bool state_reset = false;
   // The call failed on its instruction or wall-clock limit (dead-lettered as rule_timeout).
   bool timed_out = false;
+  // The rule failed the message itself (ctx.fail): bad input, not the rule's fault.
+  bool input_failure = false;
 };
 
 // Committed shadow state for ctx.shadow and ctx.shadow_of, provided by the engine (or the
