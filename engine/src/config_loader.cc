@@ -220,6 +220,14 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
   };
   if (const ConfigValue* dl = app.root.Get("dead_letter")) {
     app.dead_letter_sink = dl->GetString("sink");
+    AppConfig::DeadLetters& d = app.dead_letters;
+    d.max_mb = dl->GetInt("max_mb", d.max_mb);
+    d.keep = dl->GetInt("keep", d.keep);
+    d.disk_reserve_mb = dl->GetInt("disk_reserve_mb", d.disk_reserve_mb);
+    d.payload_max_bytes = static_cast<size_t>(
+        dl->GetInt("payload_max_bytes", static_cast<int64_t>(d.payload_max_bytes)));
+    d.per_device_per_s = dl->GetDouble("per_device_per_s", d.per_device_per_s);
+    d.burst = dl->GetInt("burst", d.burst);
     if (!app.dead_letter_sink.empty() && !has_sink(app.dead_letter_sink)) {
       errors.Add(dl->Get("sink"), "dead_letter.sink",
                  fmt::format("no sink named '{}' in `sinks`", app.dead_letter_sink));

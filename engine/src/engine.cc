@@ -75,6 +75,13 @@ Status Engine::Impl::Init() {
       dl.AddField("name", ConfigValue::Scalar("dead-letter"));
       dl.AddField("type", ConfigValue::Scalar("file"));
       dl.AddField("path", ConfigValue::Scalar(config_.data_dir + "/dead-letter.jsonl"));
+      // Bounded: rotated by size, and never allowed to take the disk space the shadow store
+      // and the outboxes need (past the reserve it drops, counted).
+      dl.AddField("max_mb", ConfigValue::Scalar(std::to_string(config_.dead_letters.max_mb)));
+      dl.AddField("keep", ConfigValue::Scalar(std::to_string(config_.dead_letters.keep)));
+      dl.AddField("min_free_mb",
+                  ConfigValue::Scalar(std::to_string(config_.dead_letters.disk_reserve_mb)));
+      dl.AddField("when_full", ConfigValue::Scalar("drop"));
       PluginContext ctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir, "dead-letter"};
       GNOMON_ASSIGN_OR_RETURN(dead_letter_->sink, registry_.sink("file")->Create(dl, ctx));
     }
@@ -723,22 +730,82 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
   }
 }
 
+void Engine::Impl::CountDeadLetter(std::string_view reason) {
+  std::lock_guard lock(dl_counter_mu_);
+  auto it = dl_reasons_.find(reason);
+  if (it == dl_reasons_.end()) {
+    it = dl_reasons_
+             .emplace(std::string(reason),
+                      metrics_.GetCounter("gnomon_dead_letters_total", "Dead letters by reason",
+                                          {{"reason", std::string(reason)}}))
+             .first;
+  }
+  it->second->Inc();
+}
+
+bool Engine::Impl::DeadLetterAllowed(std::string_view device, std::string_view reason) {
+  double rate = config_.dead_letters.per_device_per_s;
+  if (rate <= 0) {
+    return true;
+  }
+  auto burst = static_cast<double>(config_.dead_letters.burst);
+  int64_t now = clock_.NowMs();
+  std::lock_guard lock(dl_limit_mu_);
+  auto it = dl_buckets_.find(device);
+  if (it == dl_buckets_.end()) {
+    if (dl_buckets_.size() >= kMaxDeadLetterBuckets) {
+      dl_buckets_.clear();  // bounded: every device starts again with a full bucket
+    }
+    it = dl_buckets_.emplace(std::string(device), DlBucket{burst, now}).first;
+  }
+  DlBucket& b = it->second;
+  b.tokens = std::min(burst, b.tokens + static_cast<double>(now - b.last_ms) * rate / 1000.0);
+  b.last_ms = now;
+  if (b.tokens >= 1) {
+    b.tokens -= 1;
+    return true;
+  }
+  auto c = dl_suppressed_.find(reason);
+  if (c == dl_suppressed_.end()) {
+    c = dl_suppressed_
+            .emplace(std::string(reason),
+                     metrics_.GetCounter("gnomon_dead_letters_suppressed_total",
+                                         "Dead letters not written: their device was past "
+                                         "dead_letter.per_device_per_s",
+                                         {{"reason", std::string(reason)}}))
+            .first;
+  }
+  c->second->Inc();
+  return false;
+}
+
 void Engine::Impl::DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
                               std::string_view rule, const std::string* source,
                               std::string_view topic, std::string_view device,
                               std::string_view payload, int attempts, int64_t ts) {
+  if (!DeadLetterAllowed(device, reason)) {
+    // Past the device's rate: the message is finished as dead-lettered and counted, its record
+    // is not written (one device cannot flood the dead-letter file).
+    d->Mark(Delivery::kDeadLettered);
+    CountDeadLetter(reason);
+    return;
+  }
+  size_t cap = config_.dead_letters.payload_max_bytes;
+  bool cut = payload.size() > cap;
   Record r;
   json::ObjectWriter w(r.payload);
   w.Field("reason", reason)
-      .Field("error", error)
+      .Field("error", error.substr(0, 4096))
       .Field("rule", rule)
       .Field("source", source != nullptr ? std::string_view(*source) : std::string_view())
-      .Field("topic", topic)
-      .Field("device", device)
+      .Field("topic", topic.substr(0, 4096))
+      .Field("device", device.substr(0, 256))
       .Field("attempts", attempts)
-      .Field("payload_base64", json::Base64(payload))
-      .Field("ts", clock_.NowMs())
-      .Field("message_ts", ts);
+      .Field("payload_base64", json::Base64(cut ? payload.substr(0, cap) : payload));
+  if (cut) {
+    w.FieldRaw("payload_truncated", "true").Field("payload_bytes", static_cast<int64_t>(payload.size()));
+  }
+  w.Field("ts", clock_.NowMs()).Field("message_ts", ts);
   w.Close();
   r.key = std::string(device);
   r.device = std::string(device);
@@ -750,18 +817,7 @@ void Engine::Impl::DeadLetter(Delivery* d, std::string_view reason, std::string_
   r.delivery = d;
   d->Mark(Delivery::kDeadLettered);
   d->Hold();
-  {
-    std::lock_guard lock(dl_counter_mu_);
-    auto it = dl_reasons_.find(reason);
-    if (it == dl_reasons_.end()) {
-      it = dl_reasons_
-               .emplace(std::string(reason),
-                        metrics_.GetCounter("gnomon_dead_letters_total", "Dead letters by reason",
-                                            {{"reason", std::string(reason)}}))
-               .first;
-    }
-    it->second->Inc();
-  }
+  CountDeadLetter(reason);
   dead_letter_sink_->sink->Send(std::move(r));
 }
 

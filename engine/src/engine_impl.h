@@ -402,6 +402,17 @@ class Engine::Impl final : public Ingest,
   size_t api_max_body_ = 1 << 20;
   void WatchRules(std::stop_token st);
   void Watchdog(std::stop_token st);
+  void CountDeadLetter(std::string_view reason);
+  // Whether a dead letter of `device` may be written now (dead_letter.per_device_per_s).
+  bool DeadLetterAllowed(std::string_view device, std::string_view reason);
+  struct DlBucket {
+    double tokens;
+    int64_t last_ms;
+  };
+  static constexpr size_t kMaxDeadLetterBuckets = 100000;
+  std::mutex dl_limit_mu_;
+  std::map<std::string, DlBucket, std::less<>> dl_buckets_;              // GUARDED_BY(dl_limit_mu_)
+  std::map<std::string, Counter*, std::less<>> dl_suppressed_;           // GUARDED_BY(dl_limit_mu_)
   // Whether a source's device id may enter: device_id_pattern, or the thing-name charset.
   bool ValidDevice(std::string_view id) const;
   std::optional<std::regex> device_pattern_;  // set once in Init

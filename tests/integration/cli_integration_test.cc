@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <thread>
 
 #include "tests/support/test_support.h"
@@ -364,6 +365,74 @@ TEST(CliTest, ExamplesPassCheckAndTheirTests) {
               0)
         << cfg << ": " << err;
   }
+}
+
+}  // namespace
+}  // namespace gnomon
+
+namespace gnomon {
+namespace {
+
+// Bad input cannot fill the disk: dead letters are cut, rotated and kept off the reserve the
+// shadow store needs. Before, six 1 MB bad payloads filled an 8 MB data_dir and every shadow
+// write failed after them.
+TEST(CliTest, DeadLettersAreBoundedAndCannotStarveShadowWrites) {
+  testing::TempDir dir;
+  testing::SmallDisk disk(dir.File("data"), "8m");
+  GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
+  dir.Write("g.yaml", "data_dir: data\nshadows: {}\nrules: [r.lua]\n"
+                      "dead_letter: { max_mb: 1, keep: 1, disk_reserve_mb: 2 }\n");
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/+', handle = function(msg, ctx) "
+                     "if msg.payload.bad then error('bad input') end "
+                     "ctx.shadow:report({ n = msg.payload.n }) end }");
+  std::string big(1 << 20, 'x');
+  std::string lines;
+  for (int i = 0; i < 40; ++i) {
+    lines += "{\"topic\":\"a/bad" + std::to_string(i) + "\",\"payload\":{\"bad\":true,\"pad\":\"" +
+             big + "\"}}\n";
+    lines += "{\"topic\":\"a/good" + std::to_string(i) + "\",\"payload\":{\"n\":" +
+             std::to_string(i) + "}}\n";
+  }
+  dir.Write("in.jsonl", lines);
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            0)
+      << err;
+  // Every good message's shadow write is durable; only the bad ones are dead-lettered.
+  EXPECT_NE(err.find("replayed 80 messages"), std::string::npos) << err;
+  EXPECT_NE(err.find(": 40 done, 40 dead-lettered"), std::string::npos) << err;
+  std::string dl = testing::ReadFile(dir.File("data/dead-letter.jsonl")) +
+                   testing::ReadFile(dir.File("data/dead-letter.jsonl.1"));
+  EXPECT_NE(dl.find("\"payload_truncated\":true,\"payload_bytes\":1048"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir.File("data/dead-letter.jsonl.2")));
+  std::error_code ec;
+  EXPECT_LE(std::filesystem::file_size(dir.File("data/dead-letter.jsonl"), ec), 2u << 20);
+}
+
+TEST(CliTest, OneDeviceCannotFloodTheDeadLetterFile) {
+  testing::TempDir dir;
+  dir.Write("g.yaml", "data_dir: data\nrules: [r.lua]\n"
+                      "dead_letter: { per_device_per_s: 0.001, burst: 20 }\n");
+  dir.Write("r.lua", "return rule { name = 'r', from = 'a/+', handle = function(msg, ctx) "
+                     "error('always') end }");
+  std::string lines;
+  for (int i = 0; i < 200; ++i) {
+    lines += "{\"topic\":\"a/noisy\",\"payload\":{}}\n";
+  }
+  lines += "{\"topic\":\"a/quiet\",\"payload\":{}}\n";
+  dir.Write("in.jsonl", lines);
+  std::string out, err;
+  EXPECT_EQ(RunCommand({GNOMON_BINARY, "replay", "-c", dir.File("g.yaml"), "--input",
+                        dir.File("in.jsonl")},
+                       &out, &err),
+            0)
+      << err;
+  EXPECT_NE(err.find(": 0 done, 201 dead-lettered"), std::string::npos) << err;  // all counted
+  auto written = testing::ReadLines(dir.File("data/dead-letter.jsonl"));
+  EXPECT_EQ(written.size(), 21u);  // the noisy device's burst, and the quiet one's
+  EXPECT_NE(written.back().find("\"device\":\"quiet\""), std::string::npos);
 }
 
 }  // namespace

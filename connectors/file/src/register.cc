@@ -35,6 +35,10 @@ class FileSinkFactory final : public TypedSinkFactory<FileSinkConfig> {
     c.fsync = cfg.GetBool("fsync", true);
     c.linger_ms = cfg.GetInt("linger_ms", 2);
     c.queue = static_cast<size_t>(cfg.GetInt("queue", 8192));
+    c.max_bytes = static_cast<uint64_t>(cfg.GetInt("max_mb", 0)) << 20;
+    c.keep = static_cast<int>(cfg.GetInt("keep", 1));
+    c.min_free_bytes = static_cast<uint64_t>(cfg.GetInt("min_free_mb", 0)) << 20;
+    c.drop_when_full = cfg.GetString("when_full", "wait") == "drop";
     return c;
   }
   Result<std::unique_ptr<Sink>> CreateTyped(FileSinkConfig c, PluginContext& ctx) override {

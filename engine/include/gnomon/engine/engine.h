@@ -39,6 +39,15 @@ struct AppConfig {
   std::vector<Entry> sources;
   std::vector<Entry> sinks;
   std::string dead_letter_sink;  // empty: the default file in data_dir
+  // `dead_letter:` bounds (see schemas/gnomon.json).
+  struct DeadLetters {
+    int64_t max_mb = 64;
+    int64_t keep = 2;
+    int64_t disk_reserve_mb = 64;
+    size_t payload_max_bytes = 65536;
+    double per_device_per_s = 10;
+    int64_t burst = 100;
+  } dead_letters;
   std::string publish_sink;      // empty: ctx.publish is an error
   std::string metrics_listen;
   std::vector<std::string> rule_patterns;  // `rules:` as written
