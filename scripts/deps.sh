@@ -11,6 +11,7 @@ GNOMON_PACKAGES=(
   libcurl4-openssl-dev libpq-dev postgresql libjemalloc-dev libboost-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   mosquitto mosquitto-clients curl python3 openssl wrk
+  clang libclang-rt-14-dev
 )
 
 gnomon_install_deps() {

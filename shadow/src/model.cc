@@ -331,7 +331,9 @@ void Check(const Value& v, const DataType& t, const std::string& path,
         return;
       }
       for (const auto& [k, fv] : v.members()) {
-        auto it = std::find_if(t.fields.begin(), t.fields.end(), [&](const Field& f) { return f.id == k; });
+        const auto& key = k;  // clang 14 cannot capture a structured binding
+        auto it = std::find_if(t.fields.begin(), t.fields.end(),
+                               [&](const Field& f) { return f.id == key; });
         if (it == t.fields.end()) {
           out.push_back({path + "/" + k, "TM_STRUCT_FIELD_UNKNOWN", "not a field of the struct"});
         } else {
@@ -632,8 +634,9 @@ std::vector<ModelProblem> ThingModel::Validate(const Value& patch, StateSection 
   }
   for (const auto& [k, v] : patch.members()) {
     std::string path = "/" + k;
+    const auto& key = k;  // clang 14 cannot capture a structured binding
     auto it = std::find_if(impl_->properties.begin(), impl_->properties.end(),
-                           [&](const Property& p) { return p.id == k; });
+                           [&](const Property& p) { return p.id == key; });
     if (it == impl_->properties.end()) {
       out.push_back({path, "TM_UNKNOWN_IDENTIFIER",
                      fmt::format("{} is not a property of {}", k, impl_->id)});

@@ -372,7 +372,9 @@ TEST_F(EngineTest, FailingRuleIsQuarantinedUntilReload) {
 // 101 bad payloads from one device used to quarantine the rule for every device. Now that
 // device alone is quarantined, after quarantine.device_failures; the fleet's messages run.
 TEST_F(EngineTest, OneDeviceCannotQuarantineARuleForTheFleet) {
-  WriteConfig("", R"(return rule { name = "strict", from = "devices/+/telemetry",
+  // Every dead letter written (no per-device rate): the test counts them.
+  WriteConfig("dead_letter: { per_device_per_s: 0 }\n",
+              R"(return rule { name = "strict", from = "devices/+/telemetry",
       handle = function(msg, ctx)
         if msg.payload.fail then error("cannot read " .. msg.device) end
         if msg.payload.refuse then return ctx.fail("bad input") end

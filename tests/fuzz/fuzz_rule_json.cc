@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: Apache-2.0
+// The payload a device sends, through what a rule does with it: lazy view reads, json.totable,
+// json.pairs, json.decode of the raw bytes, json.encode of the view and of its copy.
+#include <simdjson.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "gnomon/rules/rules.h"
+
+namespace {
+
+constexpr const char* kRule = R"lua(
+return rule { name = "f", from = "#", handle = function(msg, ctx)
+  local p = msg.payload
+  if p == nil then return ctx.drop(msg.payload_error) end
+  local n = 0
+  local function walk(v, depth)
+    if depth > 20 or n > 2000 then return end
+    n = n + 1
+    if type(v) == "userdata" then
+      local _ = #v
+      for k, x in json.pairs(v) do walk(x, depth + 1) end
+      local _ = v[1], v.a, v[""]
+    end
+  end
+  walk(p, 0)
+  ctx.emit("out", p)
+  ctx.emit("out", json.totable(p))
+  local ok, t = pcall(json.decode, msg.raw)
+  if ok then ctx.emit("out", json.encode(t)) end
+end }
+)lua";
+
+struct Harness {
+  Harness() {
+    auto set = gnomon::rules::RuleSet::FromSources({{"f.lua", kRule}},
+                                                   gnomon::rules::RuleSetOptions{{"out"}});
+    if (!set.ok()) {
+      __builtin_trap();
+    }
+    rt = std::move(gnomon::rules::RuleRuntime::Create(*set, clock)).value();
+  }
+  gnomon::FixedClock clock{0};
+  std::unique_ptr<gnomon::rules::RuleRuntime> rt;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static Harness h;
+  static uint64_t id = 0;
+  std::string payload(reinterpret_cast<const char*>(data), size);
+  if (size % 2 == 0) {
+    payload.reserve(size + simdjson::SIMDJSON_PADDING);  // both parse paths: in place and copied
+  }
+  gnomon::rules::MessageView m{"d/x", "x", &payload, "fuzz", nullptr, 0, ++id};
+  gnomon::rules::CallResult r;
+  h.rt->Run(0, m, r);
+  return 0;
+}
