@@ -261,6 +261,8 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     app.shadows.sync_full = sh->GetString("sync", "full") == "full";
     app.shadows.cache_shadows = static_cast<size_t>(
         sh->GetInt("cache_shadows", static_cast<int64_t>(app.shadows.cache_shadows)));
+    app.shadows.max_pending_writes = static_cast<size_t>(sh->GetInt(
+        "max_pending_writes", static_cast<int64_t>(app.shadows.max_pending_writes)));
     app.shadows.history =
         static_cast<size_t>(sh->GetInt("history", static_cast<int64_t>(app.shadows.history)));
     app.shadows.history_mb = static_cast<size_t>(

@@ -37,6 +37,9 @@ Status Engine::Impl::Init() {
     return Unavailable(fmt::format("data_dir {}: {}", config_.data_dir, ec.message()));
   }
   LoadPoison();
+  store_waits_ = metrics_.GetCounter(
+      "gnomon_worker_store_waits_total",
+      "Times a worker waited for the shadow store (shadows.max_pending_writes reached)");
   in_ = metrics_.GetCounter("gnomon_messages_in_total", "Messages taken in from all sources");
   done_ = metrics_.GetCounter("gnomon_messages_done_total",
                               "Messages whose effects are all durable");
@@ -481,7 +484,24 @@ void Engine::Impl::RunWorker(size_t index) {
   batch.reserve(kWorkerBatch);
   std::vector<uint32_t> matches;
   rules::CallResult result;
-  while (w.queue.PopBatch(batch, kWorkerBatch)) {
+  while (true) {
+    // Back-pressure on the disk: take no more messages while the shadow store holds more than
+    // shadows.max_pending_writes writes that are not durable yet (its queue never refuses, so
+    // without this a source faster than the disk grew memory without bound). The store's
+    // writer never waits for a worker, so this cannot deadlock.
+    if (shadow_store_) {
+      bool waited = false;
+      while (!shadow_store_->WaitPendingAtMost(config_.shadows.max_pending_writes,
+                                               std::chrono::milliseconds(waited ? 1000 : 0))) {
+        if (!waited) {
+          store_waits_->Inc();
+          waited = true;
+        }
+      }
+    }
+    if (!w.queue.PopBatch(batch, kWorkerBatch)) {
+      break;
+    }
     for (Message& m : batch) {
       // A reload switches this worker between two messages: each message runs wholly on one
       // version, and a worker (so each of its devices) never goes back.

@@ -422,7 +422,8 @@ class Engine::Impl final : public Ingest,
   void RecordPoison(const rules::RuleInfo& rule, const Message& m);
   void LoadPoison();
   bool IsPoison(std::string_view rule, const Message& m) const;
-  std::unordered_set<uint64_t> poison_;  // PoisonFingerprint()s; read-only once workers run
+  std::unordered_set<uint64_t> poison_;
+  Counter* store_waits_ = nullptr;  // PoisonFingerprint()s; read-only once workers run
 
   AppConfig config_;
   const Registry& registry_;

@@ -171,8 +171,13 @@ Status Engine::Impl::InitShadows() {
                    "# TYPE gnomon_shadow_store_rows_total counter\n"
                    "gnomon_shadow_store_rows_total {}\n"
                    "# HELP gnomon_shadow_store_queue Shadow writes waiting for their commit\n"
-                   "# TYPE gnomon_shadow_store_queue gauge\ngnomon_shadow_store_queue {}\n",
-                   st.transactions, st.rows, shadow_store_->queued());
+                   "# TYPE gnomon_shadow_store_queue gauge\ngnomon_shadow_store_queue {}\n"
+                   "# HELP gnomon_shadow_store_pending_max The most store writes not yet durable "
+                   "at once since start (bounded by shadows.max_pending_writes, see "
+                   "docs/performance.md)\n"
+                   "# TYPE gnomon_shadow_store_pending_max gauge\n"
+                   "gnomon_shadow_store_pending_max {}\n",
+                   st.transactions, st.rows, shadow_store_->queued(), st.max_pending);
   });
   if (sc.connection != nullptr && options_.mode == Mode::kRun) {
     // Requests in: update, get, delete of classic and named shadows.

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -329,6 +330,7 @@ class ShadowStore::Impl {
       std::lock_guard lock(mu_);
       queue_.push_back(std::move(p));
       seq = ++queued_seq_;
+      stats_.max_pending = std::max(stats_.max_pending, queued_seq_ - committed_seq_);
       wake = writer_waiting_;  // a busy writer takes this write with its next batch
     }
     if (wake) {
@@ -355,6 +357,10 @@ class ShadowStore::Impl {
   size_t queued() const {
     std::lock_guard lock(mu_);
     return queue_.size();
+  }
+  bool WaitPendingAtMost(size_t n, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    return done_cv_.wait_for(lock, timeout, [&] { return queued_seq_ - committed_seq_ <= n; });
   }
   const std::string& path() const { return options_.path; }
   bool logs_changes() const { return options_.history_log_bytes > 0; }
@@ -652,5 +658,8 @@ Result<std::unique_ptr<ShadowStore::Reader>> ShadowStore::NewReader() {
 
 StoreStats ShadowStore::stats() const { return impl_->stats(); }
 size_t ShadowStore::queued() const { return impl_->queued(); }
+bool ShadowStore::WaitPendingAtMost(size_t n, std::chrono::milliseconds timeout) {
+  return impl_->WaitPendingAtMost(n, timeout);
+}
 
 }  // namespace gnomon::shadow

@@ -404,6 +404,29 @@ TEST_F(EngineTest, OneDeviceCannotQuarantineARuleForTheFleet) {
   EXPECT_EQ(engine->counts().dead_lettered, 202u);  // evil's 101 and picky's 101
 }
 
+// Workers wait for the shadow store past shadows.max_pending_writes: the writes not yet durable
+// (so the messages in flight behind them) stay within max_pending_writes + one batch per worker,
+// however fast the source.
+TEST_F(EngineTest, PendingShadowWritesAreBoundedByBackPressure) {
+  WriteConfig("shadows: { max_pending_writes: 64 }\n",
+              R"(return rule { name = "rep", from = "devices/+/telemetry",
+      handle = function(msg, ctx) ctx.shadow:report({ n = msg.payload.n }) end })");
+  std::string input;
+  for (int i = 0; i < 20000; ++i) {
+    input += Line("d" + std::to_string(i % 5000), i);
+  }
+  auto engine = Start(input);
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(120)));
+  std::string metrics = engine->metrics().Render();
+  engine->Stop();
+  EXPECT_EQ(engine->counts().done, 20000u);
+  size_t at = metrics.find("\ngnomon_shadow_store_pending_max ");
+  ASSERT_NE(at, std::string::npos) << metrics;
+  uint64_t max_pending = std::stoull(metrics.substr(at + 33));
+  EXPECT_LE(max_pending, 64u + 2u * 256u) << "max_pending_writes + one batch per worker";
+  EXPECT_GT(max_pending, 0u);
+}
+
 TEST_F(EngineTest, DryRunPrintsEffectsInsteadOfDoingThem) {
   WriteConfig();
   dir_.Write("gnomon.yaml", "data_dir: data\nsinks: [{name: out, type: file, path: out.jsonl}]\n"

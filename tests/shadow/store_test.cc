@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <string>
 
 #include "gnomon/shadow/document.h"
@@ -350,6 +351,31 @@ TEST(ShadowPatchTest, EachUpdateDescribesItsChangeAsJsonPatch) {
   EXPECT_EQ(Patch(d, R"({"state":{"desired":null}})"), R"([{"op":"remove","path":"/state/desired"}])");
   // Identical values still make a version (AWS behaviour) with no operations.
   EXPECT_EQ(Patch(d, R"({"state":{"reported":{"a":2.0}}})"), "[]");
+}
+
+}  // namespace
+}  // namespace gnomon::shadow
+
+namespace gnomon::shadow {
+namespace {
+
+// Writers back-pressure on the disk: WaitPendingAtMost returns once the writer has committed
+// down to the limit, and the high-water mark of pending writes is kept.
+TEST(ShadowStoreTest, WritersCanWaitForPendingWritesToDrain) {
+  testing::TempDir dir;
+  auto store = OpenStore(dir);
+  ASSERT_NE(store, nullptr);
+  std::atomic<int> done{0};
+  for (int i = 0; i < 5000; ++i) {
+    store->Write("t" + std::to_string(i % 100), "", "{\"state\":{}}", [&](const Status&) { ++done; });
+  }
+  EXPECT_TRUE(store->WaitPendingAtMost(10, std::chrono::seconds(30)));
+  EXPECT_GE(done.load(), 4990);
+  EXPECT_GE(store->stats().max_pending, 10u);
+  EXPECT_LE(store->stats().max_pending, 5000u);
+  store->Flush();
+  EXPECT_TRUE(store->WaitPendingAtMost(0, std::chrono::milliseconds(0)));
+  EXPECT_EQ(done.load(), 5000);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 // transaction holding it is durable, in the order the writes were queued.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -47,6 +48,7 @@ struct StoreStats {
   uint64_t failures = 0;   // transactions that failed (their writes' callbacks got the error)
   uint64_t stale = 0;      // writes refused as made on top of a refused one
   uint64_t changes = 0;    // changes written to the history log
+  uint64_t max_pending = 0;  // the most writes ever not done at once (queued or committing)
 };
 
 class ShadowStore {
@@ -99,6 +101,10 @@ class ShadowStore {
 
   StoreStats stats() const;
   size_t queued() const;
+  // Blocks while more than `n` writes are not done yet (queued, or in the transaction being
+  // committed), for at most `timeout`; true when at most `n` are. How writers back-pressure
+  // on the disk: the store's queue itself never refuses a write.
+  bool WaitPendingAtMost(size_t n, std::chrono::milliseconds timeout);
   // Every write whose sequence number is at most this is done (durable, or refused).
   uint64_t committed() const;
 
