@@ -6,7 +6,9 @@
 # its source. Prints each binary's rate (messages / time until it is idle again) and peak RSS
 # (VmHWM), in one run.
 #   bench/overload_memory.sh [N] [GNOMON_BINARY...]   (default 200000, build/gnomon)
-#   EXTRA='shadows: { store: sqlite, max_pending_writes: 1024 }' changes the shadows line.
+#   QOS=0 publishes and subscribes at QoS 0 (no in-flight window at the broker: the case where
+#   gnomon itself must bound what it holds); EXTRA='shadows: { store: sqlite, history_mb: 1 }'
+#   replaces the shadows line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
@@ -37,7 +39,7 @@ data_dir: data
 connections:
   broker: { type: mqtt, url: "mqtt://127.0.0.1:$PORT", client_id: gnomon-overload, clean_session: true }
 sources:
-  - { name: telemetry, connection: broker, topics: ["devices/+/telemetry"], qos: 1 }
+  - { name: telemetry, connection: broker, topics: ["devices/+/telemetry"], qos: ${QOS:-1} }
 sinks:
   - { name: devices, connection: broker, qos: 1, max_inflight: 1000 }
 rules: ["rules/*.lua"]
@@ -48,7 +50,7 @@ YAML
   sleep 1
   t0=$(date +%s.%N)
   build/gnomon-sim load --url "mqtt://127.0.0.1:$PORT" --count "$N" --devices "${DEVICES:-10000}" \
-    --publish 'devices/{d}/telemetry' --expect 'nothing/#' --qos 1 --timeout 1 >/dev/null || true  # receives nothing: exit 1
+    --publish 'devices/{d}/telemetry' --expect 'nothing/#' --qos ${QOS:-1} --timeout 1 >/dev/null || true  # receives nothing: exit 1
   # The broker now holds gnomon's backlog: wait until gnomon has worked through it (it uses
   # under 5% of a core for two seconds running), then read its peak.
   cpu() { awk '{ print $14 + $15 }' "/proc/$GN/stat"; }

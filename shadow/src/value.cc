@@ -46,20 +46,25 @@ Value Value::Object() {
 }
 
 namespace {
-Value FromElement(simdjson::dom::element e) {
+// `duplicate` is set to the first key an object holds twice (such documents are refused, as
+// rules refuse them: readers disagree on which of the two counts).
+Value FromElement(simdjson::dom::element e, std::string& duplicate) {
   using T = simdjson::dom::element_type;
   switch (e.type()) {
     case T::OBJECT: {
       Value v = Value::Object();
       for (auto f : simdjson::dom::object(e)) {
-        v.Set(std::string(f.key), FromElement(f.value));  // a repeated key: the last wins
+        if (v.Find(f.key) != nullptr && duplicate.empty()) {
+          duplicate = std::string(f.key.substr(0, 64));
+        }
+        v.Set(std::string(f.key), FromElement(f.value, duplicate));
       }
       return v;
     }
     case T::ARRAY: {
       Value v = Value::Array();
       for (auto item : simdjson::dom::array(e)) {
-        v.items().push_back(FromElement(item));
+        v.items().push_back(FromElement(item, duplicate));
       }
       return v;
     }
@@ -81,7 +86,12 @@ Result<Value> Value::Parse(std::string_view json) {
   if (err != simdjson::SUCCESS) {
     return InvalidArgument(simdjson::error_message(err));
   }
-  return FromElement(e);
+  std::string duplicate;
+  Value v = FromElement(e, duplicate);
+  if (!duplicate.empty()) {
+    return InvalidArgument("duplicate key \"" + duplicate + "\" in an object");
+  }
+  return v;
 }
 
 const Value* Value::Find(std::string_view key) const {

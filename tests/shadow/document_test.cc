@@ -360,8 +360,9 @@ TEST(ShadowPropertyTest, RandomUpdatesKeepTheInvariants) {
       default: {
         std::string o = "{";
         int n = static_cast<int>(rng() % 3);
+        uint32_t first = rng();  // distinct keys: an object never holds a key twice
         for (int i = 0; i < n; ++i) {
-          o += std::string(i ? "," : "") + "\"" + keys[rng() % 3] + "\":" + self(self, depth + 1);
+          o += std::string(i ? "," : "") + "\"" + keys[(first + i) % 3] + "\":" + self(self, depth + 1);
         }
         return o + "}";
       }
@@ -524,8 +525,9 @@ TEST(ShadowPropertyTest, PatchesMergesAndStampsMatchTheReference) {
       default: {
         std::string o = "{";
         int n = static_cast<int>(rng() % 4);
+        uint32_t first = rng();  // distinct keys: an object never holds a key twice
         for (int i = 0; i < n; ++i) {
-          o += std::string(i ? "," : "") + "\"" + keys[rng() % 4] + "\":" + self(self, depth + 1);
+          o += std::string(i ? "," : "") + "\"" + keys[(first + i) % 4] + "\":" + self(self, depth + 1);
         }
         return o + "}";
       }
@@ -544,8 +546,9 @@ TEST(ShadowPropertyTest, PatchesMergesAndStampsMatchTheReference) {
           continue;
         }
         std::string patch = rng() % 12 == 0 ? "null" : "{";
+        uint32_t first = rng();  // distinct keys
         for (int i = 0, n = static_cast<int>(1 + rng() % 3); patch != "null" && i < n; ++i) {
-          patch += std::string(i ? "," : "") + "\"" + keys[rng() % 4] + "\":" +
+          patch += std::string(i ? "," : "") + "\"" + keys[(first + i) % 4] + "\":" +
                    random_value(random_value, 1);
         }
         if (patch != "null") {
@@ -615,6 +618,24 @@ TEST(ShadowPropertyTest, PatchesMergesAndStampsMatchTheReference) {
     }
   }
   EXPECT_GT(refused, 20);  // the refused path ran
+}
+
+}  // namespace
+}  // namespace gnomon::shadow
+
+namespace gnomon::shadow {
+namespace {
+
+// The same rule as rules apply to payloads: an object that holds a key twice is refused
+// (readers disagree on which one counts), never merged with the last one winning.
+TEST(ShadowDocTest, UpdatesWithADuplicateKeyAreRefused) {
+  ShadowDocument doc;
+  auto r = doc.Update(R"({"state":{"reported":{"lock":"open","lock":"closed"}}})", 100);
+  ASSERT_TRUE(std::holds_alternative<ShadowError>(r));
+  EXPECT_EQ(std::get<ShadowError>(r).error, "INVALID_JSON");
+  EXPECT_FALSE(doc.exists());
+  EXPECT_FALSE(Value::Parse(R"([{"a":1},{"b":{"c":1,"c":2}}])").ok());
+  EXPECT_TRUE(Value::Parse(R"({"a":{"a":1},"b":{"a":2}})").ok());
 }
 
 }  // namespace
