@@ -31,6 +31,8 @@ return rule { name = "report", from = "devices/+/telemetry",
     if msg.payload.temp > 55 then ctx.publish("devices/" .. msg.device .. "/cmd", { fan = "on" }, { qos = 1 }) end
   end }
 LUA
+DEFAULT_SHADOWS='shadows: { store: sqlite }'
+SHADOWS_LINE=${EXTRA:-$DEFAULT_SHADOWS}
 for bin in "${BINS[@]}"; do
   rm -rf "$WORK/data"
   cat > "$WORK/gnomon.yaml" <<YAML
@@ -44,7 +46,7 @@ sinks:
   - { name: devices, connection: broker, qos: 1, max_inflight: 1000 }
 rules: ["rules/*.lua"]
 log: { level: warn }
-${EXTRA:-shadows: { store: sqlite }}
+$SHADOWS_LINE
 YAML
   "$bin" run -c "$WORK/gnomon.yaml" 2>"$WORK/gnomon.log" & GN=$!
   sleep 1
@@ -53,7 +55,7 @@ YAML
     --publish 'devices/{d}/telemetry' --expect 'nothing/#' --qos ${QOS:-1} --timeout 1 >/dev/null || true  # receives nothing: exit 1
   # The broker now holds gnomon's backlog: wait until gnomon has worked through it (it uses
   # under 5% of a core for two seconds running), then read its peak.
-  cpu() { awk '{ print $14 + $15 }' "/proc/$GN/stat"; }
+  cpu() { awk '{ print $14 + $15 }' "/proc/$GN/stat" 2>/dev/null || { echo "gnomon exited:" >&2; tail -5 "$WORK/gnomon.log" >&2; exit 1; }; }
   for _ in $(seq 1 300); do
     c0=$(cpu); sleep 2; c1=$(cpu)
     [ $((c1 - c0)) -lt 10 ] && break

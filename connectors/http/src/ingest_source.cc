@@ -13,6 +13,7 @@
 #include "gnomon/connectors/http.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
+#include "ingest_body.h"
 
 namespace gnomon::connectors {
 namespace {
@@ -200,91 +201,20 @@ class IngestSource final : public Source {
     return r;
   }
 
-  // The messages of a body: NDJSON lines, the elements of a JSON array, one JSON value, or (with
-  // application/octet-stream) the bytes as they are.
+  // The messages of a body (see ingest_body.h).
   bool Split(const ApiRequest& req, std::vector<std::string>& out, ApiResponse& bad) {
-    std::string_view ct = req.content_type.substr(0, req.content_type.find(';'));
-    auto too_big = [&](size_t i, size_t size) {
-      bad = Error(413, "TOO_LARGE", fmt::format("message {} is {} bytes; max_message_bytes is {}",
-                                                i + 1, size, config_.max_message_bytes));
-      return false;
-    };
-    if (ct == "application/octet-stream") {
-      if (static_cast<int64_t>(req.body.size()) > config_.max_message_bytes) {
-        return too_big(0, req.body.size());
-      }
-      out.emplace_back(req.body);
-      return true;
-    }
-    thread_local simdjson::dom::parser parser;
-    if (ct == "application/x-ndjson" || ct == "application/jsonl" || ct == "application/json-seq") {
-      size_t line = 0;
-      std::string_view rest = req.body;
-      while (!rest.empty()) {
-        size_t nl = rest.find('\n');
-        std::string_view l = rest.substr(0, nl);
-        rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
-        ++line;
-        if (!l.empty() && l.back() == '\r') {
-          l.remove_suffix(1);
-        }
-        if (!l.empty() && l.front() == '\x1e') {
-          l.remove_prefix(1);  // application/json-seq (RFC 7464): RS before each record
-        }
-        if (l.find_first_not_of(" \t") == std::string_view::npos) {
-          continue;
-        }
-        if (static_cast<int64_t>(l.size()) > config_.max_message_bytes) {
-          return too_big(line - 1, l.size());
-        }
-        auto doc = parser.parse(l.data(), l.size());
-        if (doc.error()) {
-          bad = Error(400, "BAD_JSON", fmt::format("line {}: {}", line,
-                                                   simdjson::error_message(doc.error())));
-          return false;
-        }
-        out.emplace_back(l);
-        if (static_cast<int64_t>(out.size()) > config_.max_messages) {
-          bad = Error(413, "TOO_MANY", fmt::format("more than max_messages ({}) in one request",
-                                                   config_.max_messages));
-          return false;
-        }
-      }
-      return true;
-    }
-    auto doc = parser.parse(req.body.data(), req.body.size());
-    if (doc.error()) {
-      bad = Error(400, "BAD_JSON", fmt::format("body: {}", simdjson::error_message(doc.error())));
-      return false;
-    }
     bool single = false;
     if (req.query != nullptr) {
       for (const auto& [k, v] : *req.query) {
         single |= k == "batch" && v == "false";
       }
     }
-    simdjson::dom::array arr;
-    if (!single && doc.value_unsafe().get_array().get(arr) == simdjson::SUCCESS) {
-      size_t i = 0;
-      for (simdjson::dom::element e : arr) {
-        std::string text = simdjson::minify(e);
-        if (static_cast<int64_t>(text.size()) > config_.max_message_bytes) {
-          return too_big(i, text.size());
-        }
-        out.push_back(std::move(text));
-        if (static_cast<int64_t>(out.size()) > config_.max_messages) {
-          bad = Error(413, "TOO_MANY", fmt::format("more than max_messages ({}) in one request",
-                                                   config_.max_messages));
-          return false;
-        }
-        ++i;
-      }
-      return true;
+    auto refused = SplitIngestBody(req.content_type, req.body, single,
+                                   {config_.max_message_bytes, config_.max_messages}, out);
+    if (refused) {
+      bad = Error(refused->status, refused->code, refused->message);
+      return false;
     }
-    if (static_cast<int64_t>(req.body.size()) > config_.max_message_bytes) {
-      return too_big(0, req.body.size());
-    }
-    out.emplace_back(req.body);
     return true;
   }
 
