@@ -355,12 +355,19 @@ TEST_F(EngineTest, FailingRuleIsQuarantinedUntilReload) {
   ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }));
   std::string one = engine->RulesJson("bad");
   EXPECT_NE(one.find("\"state\":\"quarantined\""), std::string::npos) << one;
-  EXPECT_NE(one.find("\"failed\":6"), std::string::npos) << one;
+  // The 6th failure opens the breaker; the other worker may be in a call at that moment, so
+  // one more can fail (one per further worker).
+  size_t at = one.find("\"failed\":");
+  ASSERT_NE(at, std::string::npos) << one;
+  int failed = std::stoi(one.substr(at + 9));
+  EXPECT_GE(failed, 6) << one;
+  EXPECT_LE(failed, 7) << one;
   EXPECT_NE(one.find("\"dead_lettered\":20"), std::string::npos) << one;
   EXPECT_NE(one.find("always"), std::string::npos) << one;
   std::string metrics = engine->metrics().Render();
   EXPECT_NE(metrics.find("gnomon_rule_quarantined{rule=\"bad\"} 1"), std::string::npos);
-  EXPECT_NE(metrics.find("gnomon_dead_letters_total{reason=\"quarantined\"} 14"),
+  EXPECT_NE(metrics.find("gnomon_dead_letters_total{reason=\"quarantined\"} " +
+                         std::to_string(20 - failed)),
             std::string::npos)
       << metrics;
   ASSERT_TRUE(engine->ReloadRules("test").ok());
