@@ -587,6 +587,16 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     const RuleMetrics& rm = loaded.metrics[idx];
     RuleHealth& health = *loaded.health[idx];
     rm.matched->Inc();
+    if (!poison_.empty() && IsPoison(rule.name, m)) {
+      rm.dead_lettered->Inc();
+      DeadLetter(m.delivery, "rule_timeout",
+                 fmt::format("rule {} was stuck in compiled code on this message past 3 x its "
+                             "wall_ms ({} ms) and gnomon exited (code 70); the message is not "
+                             "run again (data_dir/poison.jsonl)",
+                             rule.name, rule.wall_ms),
+                 rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
+      continue;
+    }
     int64_t now_ms = clock_.NowMs();
     Breaker::Verdict rule_verdict = health.breaker.Allow(now_ms);
     Breaker* device_breaker = nullptr;
@@ -617,16 +627,6 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
       if (device_verdict == Breaker::Verdict::kProbe) {
         device_breaker->ReleaseProbe();
       }
-      continue;
-    }
-    if (!poison_.empty() && IsPoison(rule.name, m)) {
-      rm.dead_lettered->Inc();
-      DeadLetter(m.delivery, "rule_timeout",
-                 fmt::format("rule {} was stuck in compiled code on this message past 3 x its "
-                             "wall_ms ({} ms) and gnomon exited (code 70); the message is not "
-                             "run again (data_dir/poison.jsonl)",
-                             rule.name, rule.wall_ms),
-                 rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
       continue;
     }
     int attempts = 0;
@@ -675,8 +675,6 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
         }
         if (fault) {
           RecordFailure(w, idx, m, rule_probe, device_probe, health, rule, result.reason);
-        } else if (rule_probe || device_probe) {
-          // ctx.fail in a probe: not the rule's fault, handled above as a success.
         }
         if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
           log::Warn("rule failed", {{"rule", rule.name},
