@@ -203,13 +203,17 @@ const char* LoadBudgetCheck(void* ctx) {
   if (--l->ticks_left >= 0) {
     return nullptr;
   }
-  return "top-level code ran over its instruction budget of 50000000 instructions (an endless "
-         "loop outside handle?)";
+  static const std::string kWhy = fmt::format(
+      "top-level code ran over its instruction budget of {} instructions (an endless loop "
+      "outside handle?)",
+      kLoadInstructions);
+  return kWhy.c_str();
 }
 
 void LoadHook(lua_State* L, lua_Debug*) {
   LoadLimit* l = t_load;
-  if (l == nullptr || LoadBudgetCheck(l) == nullptr) {
+  const char* why = l != nullptr ? LoadBudgetCheck(l) : nullptr;
+  if (why == nullptr) {
     return;
   }
   // No C++ object may be alive across lua_error: the message is built in a plain buffer.
@@ -218,7 +222,7 @@ void LoadHook(lua_State* L, lua_Debug*) {
   if (lua_getstack(L, 0, &ar) != 0 && lua_getinfo(L, "Sl", &ar) != 0 && ar.currentline > 0) {
     std::snprintf(where, sizeof where, "%s:%d: ", ar.short_src, ar.currentline);
   }
-  lua_pushfstring(L, "%s%s", where, LoadBudgetCheck(l));
+  lua_pushfstring(L, "%s%s", where, why);
   lua_error(L);
 }
 
