@@ -1062,7 +1062,11 @@ void Engine::Impl::Watchdog(std::stop_token st) {
       } else if (elapsed > 3 * wall_ns && interrupted[i] == started) {
         const Message* m = w.call_message.load(std::memory_order_acquire);
         if (m != nullptr && w.call_started_ns.load(std::memory_order_acquire) == started) {
-          RecordPoison(*rule, *m);  // the worker is stuck in this call: m stays alive
+          // The worker has been in this call for 3 x wall_ms, so `m` is alive; were the call to
+          // end right now, the record would be of a message that finished (harmless: it is
+          // dead-lettered only if it comes back), but reading it races its release. We exit
+          // either way.
+          RecordPoison(*rule, *m);
         }
         log::Error("a jit = true rule is stuck in compiled code and cannot be interrupted; "
                    "exiting so a supervisor restarts gnomon. The message is recorded in "
