@@ -70,6 +70,9 @@ int Check(const std::string& config, const gnomon::Registry& registry,
       std::printf("wrote %s\n", path.c_str());
     }
   }
+  for (const auto& w : app->warnings) {
+    std::fprintf(stderr, "%s: warning: %s\n", config.c_str(), w.c_str());
+  }
   std::printf("%s: ok (%zu sources, %zu sinks, %zu rules, %zu models)\n", config.c_str(),
               app->sources.size(), app->sinks.size(), app->rules->rules().size(),
               app->models.size());
@@ -198,6 +201,9 @@ int Run(const std::string& config, const gnomon::Registry& registry, EngineOptio
     return kExitFailed;
   }
   ApplyLogLevel(*app);
+  for (const auto& w : app->warnings) {
+    gnomon::log::Warn("config", {{"warning", w}});
+  }
   ::umask(app->umask);  // before anything is created in data_dir
   if (app->shadows.enabled && app->shadows.changelog_connection != nullptr &&
       options.mode != Mode::kDryRun) {

@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <regex>
@@ -169,6 +174,56 @@ std::string RuleFilesSignature(const AppConfig& app) {
   return sig;
 }
 
+namespace {
+
+bool IsLoopback(std::string_view host) {
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host == "localhost" || host == "::1") {
+    return true;
+  }
+  // 127.0.0.0/8
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  char tail = 0;
+  return std::sscanf(std::string(host).c_str(), "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4 &&
+         a == 127 && b < 256 && c < 256 && d < 256;
+}
+
+// `api:` or `metrics:`: TLS and the connection limits.
+void ParseListener(const ConfigValue& v, std::string_view section, const std::string& base_dir,
+                   AppConfig::Listener& l, ConfigErrors& errors) {
+  l.insecure = v.GetBool("insecure", false);
+  if (const ConfigValue* tls = v.Get("tls")) {
+    auto file_of = [&](const char* key) {
+      std::string f = tls->GetString(key);
+      return f.empty() ? f : ResolvePath(base_dir, f);
+    };
+    l.tls_cert = file_of("cert");
+    l.tls_key = file_of("key");
+    l.tls_client_ca = file_of("client_ca");
+    for (const char* key : {"cert", "key", "client_ca"}) {
+      std::string file = file_of(key);
+      if (!file.empty() && ::access(file.c_str(), R_OK) != 0) {
+        errors.Add(tls->Get(key), fmt::format("{}.tls.{}", section, key),
+                   fmt::format("cannot read {}: {}", file, std::strerror(errno)));
+      }
+    }
+  }
+  if (const ConfigValue* lim = v.Get("limits")) {
+    l.max_connections = lim->GetInt("max_connections", l.max_connections);
+    l.io_threads = lim->GetInt("io_threads", l.io_threads);
+    l.handler_threads = lim->GetInt("handler_threads", l.handler_threads);
+    l.max_header_bytes = lim->GetInt("max_header_bytes", l.max_header_bytes);
+    l.max_header_fields = lim->GetInt("max_header_fields", l.max_header_fields);
+    l.header_timeout_ms = lim->GetInt("header_timeout_ms", l.header_timeout_ms);
+    l.body_timeout_ms = lim->GetInt("body_timeout_ms", l.body_timeout_ms);
+    l.idle_timeout_ms = lim->GetInt("idle_timeout_ms", l.idle_timeout_ms);
+  }
+}
+
+}  // namespace
+
 Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registry) {
   AppConfig app;
   GNOMON_ASSIGN_OR_RETURN(app.root, LoadYamlFile(path));
@@ -209,6 +264,8 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
   app.shutdown_timeout_ms = app.root.GetInt("shutdown_timeout_ms", 10000);
   if (const ConfigValue* m = app.root.Get("metrics")) {
     app.metrics_listen = m->GetString("listen");
+    app.metrics_tokens = m->GetStrings("tokens");
+    ParseListener(*m, "metrics", app.base_dir, app.metrics, errors);
   }
   auto has_sink = [&](const std::string& name) {
     for (const auto& s : app.sinks) {
@@ -253,7 +310,50 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
 
   if (const ConfigValue* api = app.root.Get("api")) {
     app.api_listen = api->GetString("listen");
-    app.api_tokens = api->GetStrings("tokens");
+    if (const ConfigValue* tokens = api->Get("tokens")) {
+      for (size_t i = 0; i < tokens->items().size(); ++i) {
+        const ConfigValue& t = tokens->items()[i];
+        AppConfig::ApiToken tok;
+        if (t.is_scalar()) {
+          tok.token = t.scalar();
+        } else {
+          tok.token = t.GetString("token");
+          tok.scopes = 0;
+          for (const std::string& scope : t.GetStrings("scopes")) {
+            tok.scopes |= scope == "read" ? 1u : scope == "write" ? 2u : scope == "admin" ? 4u : 0u;
+          }
+        }
+        if (tok.token.empty()) {
+          // `${env:X}` of an unset variable: a token anyone could send.
+          errors.Add(&t, fmt::format("api.tokens[{}]", i), "the token is empty");
+        }
+        app.api_tokens.push_back(std::move(tok));
+      }
+    }
+    ParseListener(*api, "api", app.base_dir, app.api, errors);
+    std::string host = app.api_listen.substr(0, app.api_listen.rfind(':'));
+    bool exposed = !app.api_listen.empty() && !IsLoopback(host);
+    if (exposed && app.api_tokens.empty()) {
+      if (!app.api.insecure) {
+        errors.Add(api->Get("listen"), "api.listen",
+                   fmt::format("{} is reachable from other machines and api.tokens is empty: "
+                               "anyone who reaches it could change shadows, call services and "
+                               "reload rules. Set api.tokens (and api.tls), listen on 127.0.0.1, "
+                               "or set `api.insecure: true` to accept that",
+                               app.api_listen));
+      } else {
+        app.warnings.push_back(fmt::format(
+            "api.listen {} is reachable from other machines with no tokens (api.insecure: true): "
+            "anyone who reaches it can change shadows, call services and reload rules",
+            app.api_listen));
+      }
+    }
+    if (exposed && !app.api_tokens.empty() && app.api.tls_cert.empty()) {
+      app.warnings.push_back(fmt::format(
+          "api.listen {} is reachable from other machines without api.tls: bearer tokens cross "
+          "the network in clear text",
+          app.api_listen));
+    }
   }
   if (const ConfigValue* sh = app.root.Get("shadows")) {
     app.shadows.enabled = true;
@@ -382,6 +482,9 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     }
     app.rule_libs.push_back(std::move(resolved));
   }
+  // gnomon's own topics: shadow requests and answers, and its presence events. HTTP ingest
+  // may not publish on them (a client could forge a delta or an offline event).
+  app.reserved_topic_prefixes = {app.shadows.topic_prefix, "$aws/events"};
   if (!errors.empty()) {
     return errors.ToStatus();
   }

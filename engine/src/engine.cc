@@ -104,6 +104,7 @@ Status Engine::Impl::Init() {
       PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
                         e.connection, e.connection_users};
       ctx.api = this;
+      ctx.reserved_topic_prefixes = config_.reserved_topic_prefixes;
       GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source(e.type)->Create(*e.config, ctx));
       sources_.push_back(std::move(src));
       source_names_.push_back(e.name);
@@ -216,14 +217,45 @@ Status Engine::Impl::Start() {
   }
   if (options_.mode == Mode::kRun) {
     bool shared = !config_.api_listen.empty() && config_.api_listen == config_.metrics_listen;
+    auto options = [&](const std::string& listen, const AppConfig::Listener& l, size_t max_body,
+                       bool api, bool metrics) {
+      HttpServerOptions o;
+      o.listen = listen;
+      o.max_body_bytes = max_body;
+      o.name = api ? "api" : "ops";
+      o.limits.max_connections = static_cast<size_t>(l.max_connections);
+      o.limits.io_threads = static_cast<int>(l.io_threads);
+      o.limits.handler_threads = static_cast<int>(l.handler_threads);
+      o.limits.max_header_bytes = static_cast<size_t>(l.max_header_bytes);
+      o.limits.max_header_fields = static_cast<size_t>(l.max_header_fields);
+      o.limits.header_timeout = std::chrono::milliseconds(l.header_timeout_ms);
+      o.limits.body_timeout = std::chrono::milliseconds(l.body_timeout_ms);
+      o.limits.idle_timeout = std::chrono::milliseconds(l.idle_timeout_ms);
+      o.tls = {l.tls_cert, l.tls_key, l.tls_client_ca};
+      if (api) {
+        for (const auto& t : config_.api_tokens) {
+          o.tokens.push_back({t.token, t.scopes});
+        }
+      }
+      if (metrics) {
+        for (const auto& t : config_.metrics_tokens) {
+          o.tokens.push_back({t, kScopeMetrics});
+        }
+      }
+      return o;
+    };
     if (!config_.metrics_listen.empty()) {
       auto routes = OpsRoutes();
       if (shared) {
         auto api = ApiRoutes();
         routes.insert(routes.end(), api.begin(), api.end());
       }
-      GNOMON_ASSIGN_OR_RETURN(http_, HttpServer::Start(config_.metrics_listen, std::move(routes),
-                                                       shared ? api_max_body_ : size_t{1} << 20));
+      // On a shared port the API's settings (TLS, limits) hold.
+      GNOMON_ASSIGN_OR_RETURN(
+          http_, HttpServer::Start(options(config_.metrics_listen,
+                                           shared ? config_.api : config_.metrics,
+                                           shared ? api_max_body_ : size_t{1} << 20, shared, true),
+                                   std::move(routes)));
     }
     if (!config_.api_listen.empty() && !shared) {
       auto routes = ApiRoutes();
@@ -233,8 +265,10 @@ Status Engine::Impl::Start() {
           routes.push_back(std::move(r));  // health checks on the API port too
         }
       }
-      GNOMON_ASSIGN_OR_RETURN(api_http_,
-                              HttpServer::Start(config_.api_listen, std::move(routes), api_max_body_));
+      GNOMON_ASSIGN_OR_RETURN(
+          api_http_, HttpServer::Start(options(config_.api_listen, config_.api, api_max_body_,
+                                               true, false),
+                                       std::move(routes)));
     }
     if (config_.watch_rules && !config_.rule_patterns.empty()) {
       watcher_ = std::jthread([this](std::stop_token st) { WatchRules(st); });
@@ -1252,17 +1286,21 @@ HttpResponse ErrorResponse(int code, std::string_view error, std::string_view me
 
 std::vector<HttpRoute> Engine::Impl::OpsRoutes() {
   std::vector<HttpRoute> routes;
-  routes.push_back({"GET", "/metrics", [this](const HttpRequest&) {
+  routes.push_back({"GET", "/metrics",
+                    [this](const HttpRequest&) {
                       HttpResponse r;
                       r.body = metrics_.Render();
                       r.content_type = "text/plain; version=0.0.4; charset=utf-8";
                       return r;
-                    }});
-  routes.push_back({"GET", "/healthz", [](const HttpRequest&) {
+                    },
+                    config_.metrics_tokens.empty() ? kScopeNone : kScopeMetrics});
+  routes.push_back({"GET", "/healthz",
+                    [](const HttpRequest&) {
                       HttpResponse r;
                       r.body = "{\"status\":\"ok\"}";
                       return r;
-                    }});
+                    },
+                    kScopeNone, /*run_inline=*/true});
   routes.push_back({"GET", "/readyz", [this](const HttpRequest&) {
                       std::string why;
                       bool ok = true;
@@ -1287,71 +1325,69 @@ std::vector<HttpRoute> Engine::Impl::OpsRoutes() {
                       }
                       w.Close();
                       return r;
-                    }});
+                    },
+                    kScopeNone, /*run_inline=*/true});
   return routes;
 }
 
 std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
-  // Every API route checks the bearer token when tokens are configured.
-  auto guard = [this](std::function<HttpResponse(const HttpRequest&)> h) {
-    return [this, h](const HttpRequest& req) {
-      if (!config_.api_tokens.empty()) {
-        bool ok = false;
-        for (const auto& t : config_.api_tokens) {
-          ok = ok || req.authorization == "Bearer " + t;
-        }
-        if (!ok) {
-          return ErrorResponse(401, "UNAUTHORIZED", "missing or wrong bearer token");
-        }
-      }
-      return h(req);
-    };
+  // With tokens configured, every API route needs one holding its scope: GETs read, POSTs
+  // write, DELETEs (and reloads) admin. The server checks it from the header, before the body.
+  bool guarded = !config_.api_tokens.empty();
+  auto scoped = [guarded](HttpRoute r, unsigned scope = 0) {
+    if (scope == 0) {
+      scope = r.method == "GET" ? kScopeRead : r.method == "DELETE" ? kScopeAdmin : kScopeWrite;
+    }
+    r.scope = guarded ? scope : kScopeNone;
+    return r;
   };
   std::vector<HttpRoute> routes;
   for (HttpRoute& r : ShadowRoutes()) {
-    routes.push_back({r.method, r.pattern, guard(std::move(r.handler))});
+    routes.push_back(scoped(std::move(r)));
   }
   for (HttpRoute& r : ServiceRoutes()) {
-    routes.push_back({r.method, r.pattern, guard(std::move(r.handler))});
+    routes.push_back(scoped(std::move(r)));
   }
   for (const SourceRoute& sr : source_routes_) {
-    routes.push_back({"POST", sr.prefix + "(.*)", guard([h = sr.handler](const HttpRequest& req) {
-                        ApiRequest in;
-                        in.path = req.params.at(0);
-                        in.body = req.body;
-                        in.content_type = req.content_type;
-                        in.query = &req.query;
-                        ApiResponse a = h(in);
-                        HttpResponse r;
-                        r.status = a.status;
-                        r.body = std::move(a.body);
-                        r.headers = std::move(a.headers);
-                        return r;
-                      })});
+    routes.push_back(scoped({"POST", sr.prefix + "(.*)", [h = sr.handler](const HttpRequest& req) {
+                               ApiRequest in;
+                               in.path = req.params.at(0);
+                               in.body = req.body;
+                               in.content_type = req.content_type;
+                               in.query = &req.query;
+                               ApiResponse a = h(in);
+                               HttpResponse r;
+                               r.status = a.status;
+                               r.body = std::move(a.body);
+                               r.headers = std::move(a.headers);
+                               return r;
+                             }}));
   }
-  routes.push_back({"GET", "/v1/rules", guard([this](const HttpRequest&) {
-                      HttpResponse r;
-                      r.body = RulesJson("");
-                      return r;
-                    })});
-  routes.push_back({"GET", "/v1/rules/([A-Za-z0-9_-]+)", guard([this](const HttpRequest& req) {
-                      HttpResponse r;
-                      r.body = RulesJson(req.params.at(0));
-                      if (r.body.empty()) {
-                        return ErrorResponse(404, "RULE_NOT_FOUND",
-                                             "no rule named " + req.params.at(0));
-                      }
-                      return r;
-                    })});
-  routes.push_back({"POST", "/v1/rules/reload", guard([this](const HttpRequest&) {
-                      Status st = ReloadRules("POST /v1/rules/reload");
-                      if (!st.ok()) {
-                        return ErrorResponse(422, "RELOAD_FAILED", st.message());
-                      }
-                      HttpResponse r;
-                      r.body = RulesJson("");
-                      return r;
-                    })});
+  routes.push_back(scoped({"GET", "/v1/rules", [this](const HttpRequest&) {
+                             HttpResponse r;
+                             r.body = RulesJson("");
+                             return r;
+                           }}));
+  routes.push_back(scoped({"GET", "/v1/rules/([A-Za-z0-9_-]+)", [this](const HttpRequest& req) {
+                             HttpResponse r;
+                             r.body = RulesJson(req.params.at(0));
+                             if (r.body.empty()) {
+                               return ErrorResponse(404, "RULE_NOT_FOUND",
+                                                    "no rule named " + req.params.at(0));
+                             }
+                             return r;
+                           }}));
+  routes.push_back(scoped({"POST", "/v1/rules/reload",
+                           [this](const HttpRequest&) {
+                             Status st = ReloadRules("POST /v1/rules/reload");
+                             if (!st.ok()) {
+                               return ErrorResponse(422, "RELOAD_FAILED", st.message());
+                             }
+                             HttpResponse r;
+                             r.body = RulesJson("");
+                             return r;
+                           }},
+                          kScopeAdmin));
   return routes;
 }
 

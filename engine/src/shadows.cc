@@ -1113,7 +1113,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
 }
 
 namespace {
-constexpr size_t kMaxWatchers = 16;           // each holds an HTTP thread
+constexpr size_t kMaxWatchers = 256;          // each holds a thread of its own
 constexpr size_t kMaxPendingEvents = 10000;   // per watcher; beyond, the stream ends with resync
 constexpr auto kKeepAlive = std::chrono::seconds(15);
 

@@ -27,7 +27,16 @@ struct IngestConfig {
   int64_t max_messages = 100000;
   int64_t max_in_flight = 20000;
   int64_t ack_timeout_ms = 30000;
+  // Topics starting with '$' are refused unless set (gnomon's own prefixes always are).
+  bool allow_dollar_topics = false;
+  std::vector<std::string> reserved;  // from PluginContext::reserved_topic_prefixes
 };
+
+// True if `topic` is `prefix` or under it.
+bool Under(std::string_view topic, std::string_view prefix) {
+  return topic.substr(0, prefix.size()) == prefix &&
+         (topic.size() == prefix.size() || topic[prefix.size()] == '/');
+}
 
 // One request's messages, waited for by its handler.
 struct RequestWait {
@@ -109,6 +118,22 @@ class IngestSource final : public Source {
       requests_bad_->Inc();
       return Error(400, "BAD_TOPIC",
                    "the topic after /v1/ingest/ must be 1-1024 bytes of UTF-8 without + or #");
+    }
+    for (const std::string& prefix : config_.reserved) {
+      if (Under(topic, prefix)) {
+        requests_bad_->Inc();
+        return Error(400, "RESERVED_TOPIC",
+                     fmt::format("{} is under {}, which is gnomon's own (shadow and presence "
+                                 "topics): ingest may not publish there",
+                                 topic, prefix));
+      }
+    }
+    if (topic[0] == '$' && !config_.allow_dollar_topics) {
+      requests_bad_->Inc();
+      return Error(400, "RESERVED_TOPIC",
+                   fmt::format("{} starts with '$' (reserved for brokers and gnomon); set "
+                               "allow_dollar_topics on source {} to take such topics",
+                               topic, name_));
     }
     if (static_cast<int64_t>(req.body.size()) > config_.max_body_bytes) {
       requests_bad_->Inc();
@@ -243,6 +268,8 @@ class IngestSourceFactory final : public TypedSourceFactory<IngestConfig> {
     c.max_messages = cfg.GetInt("max_messages", c.max_messages);
     c.max_in_flight = cfg.GetInt("max_in_flight", c.max_in_flight);
     c.ack_timeout_ms = cfg.GetInt("ack_timeout_ms", c.ack_timeout_ms);
+    c.allow_dollar_topics = cfg.GetBool("allow_dollar_topics", false);
+    c.reserved = ctx.reserved_topic_prefixes;
     return c;
   }
   Result<std::unique_ptr<Source>> CreateTyped(IngestConfig c, PluginContext& ctx) override {

@@ -90,7 +90,33 @@ struct AppConfig {
     size_t max_queued = 1000;      // unfinished calls per thing
   } services;
   std::string api_listen;
-  std::vector<std::string> api_tokens;
+  // `api.tokens`: each token and the scopes it holds (read 1, write 2, admin 4; a plain
+  // string holds all three).
+  struct ApiToken {
+    std::string token;
+    unsigned scopes = 7;
+  };
+  std::vector<ApiToken> api_tokens;
+  // `api:` and `metrics:` listener settings (see schemas/gnomon.json).
+  struct Listener {
+    std::string tls_cert, tls_key, tls_client_ca;
+    bool insecure = false;
+    int64_t max_connections = 10000;
+    int64_t io_threads = 2;
+    int64_t handler_threads = 32;
+    int64_t max_header_bytes = 16384;
+    int64_t max_header_fields = 100;
+    int64_t header_timeout_ms = 10000;
+    int64_t body_timeout_ms = 60000;
+    int64_t idle_timeout_ms = 60000;
+  };
+  Listener api;
+  Listener metrics;
+  std::vector<std::string> metrics_tokens;  // `metrics.tokens`: when set, /metrics needs one
+  // Topics HTTP ingest refuses (the shadow service's and `$aws/events`): filled at load.
+  std::vector<std::string> reserved_topic_prefixes;
+  // Things that work but are risky (`gnomon check` prints them, `run` logs them).
+  std::vector<std::string> warnings;
   bool watch_rules = true;
 };
 

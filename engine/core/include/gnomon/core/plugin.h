@@ -131,6 +131,9 @@ struct PluginContext {
   // read back from its own storage (an outbox after a restart) sets it on them.
   int32_t route = -1;
   ApiRouter* api = nullptr;  // sources only
+  // Topic prefixes that are gnomon's own (shadow requests and answers, presence events): a
+  // source that takes topics from clients (HTTP ingest) refuses them.
+  std::vector<std::string> reserved_topic_prefixes;
 };
 
 class SourceFactory {
