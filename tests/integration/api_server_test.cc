@@ -8,6 +8,7 @@
 #include <httplib.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -157,9 +158,20 @@ metrics: { listen: "HOST:PORT", tokens: [metrics-token] }
     return s;
   }
 
-  std::unique_ptr<Process> StartGnomon(bool tls = false) {
-    auto p = std::make_unique<Process>(
-        std::vector<std::string>{GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")});
+  // Every gnomon a test started must stop cleanly (exit 0; a sanitizer's report would not).
+  void TearDown() override {
+    for (auto& p : procs_) {
+      if (p->Running()) {
+        p->Signal(SIGTERM);
+        EXPECT_EQ(p->Wait(), 0) << p->Stderr();
+      }
+    }
+  }
+
+  Process* StartGnomon(bool tls = false) {
+    procs_.push_back(std::make_unique<Process>(
+        std::vector<std::string>{GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")}));
+    Process* p = procs_.back().get();
     bool ready = WaitFor([&] {
       if (!p->Running()) {
         return true;
@@ -173,6 +185,7 @@ metrics: { listen: "HOST:PORT", tokens: [metrics-token] }
     EXPECT_TRUE(ready && p->Running()) << p->Stderr();
     return p;
   }
+  std::vector<std::unique_ptr<Process>> procs_;
 
   httplib::Result Call(const std::string& method, const std::string& path,
                        const std::string& token, const std::string& body = "") {

@@ -6,6 +6,7 @@
 #define CPPHTTPLIB_OPENSSL_SUPPORT
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <signal.h>
 
 #include <filesystem>
 #include <map>
@@ -84,6 +85,13 @@ class SecureExampleTest : public ::testing::Test {
       return (r && r->status == 200) || !gnomon_->Running();
     }, std::chrono::milliseconds(20000)));
     ASSERT_TRUE(gnomon_->Running()) << gnomon_->Stderr();
+  }
+
+  void TearDown() override {
+    if (gnomon_ && gnomon_->Running()) {
+      gnomon_->Signal(SIGTERM);
+      EXPECT_EQ(gnomon_->Wait(), 0) << gnomon_->Stderr();
+    }
   }
 
   ClientLogin Login(const std::string& user, const std::string& password) {
