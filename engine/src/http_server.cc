@@ -490,6 +490,19 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (route_->route.run_inline) {
       return Respond(Call(route_->route.handler, in_));
     }
+    if (route_->route.fast) {
+      HttpResponse out;
+      bool answered = false;
+      try {
+        answered = route_->route.fast(in_, out);
+      } catch (const std::exception& e) {
+        log::Error("HTTP handler failed", {{"path", in_.path}, {"error", e.what()}});
+        return Respond(Refusal(500, "INTERNAL_ERROR", "Internal error"));
+      }
+      if (answered) {
+        return Respond(std::move(out));
+      }
+    }
     asio::post(*srv_->pool, [self = this->shared_from_this(), h = &route_->route.handler]() mutable {
       HttpResponse out = Call(*h, self->in_);
       auto exec = self->stream_.get_executor();
@@ -707,7 +720,7 @@ void HttpServer::Impl::Accept() {
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(HttpServerOptions options,
                                                       std::vector<HttpRoute> routes) {
-  const std::string& listen = options.listen;
+  const std::string listen = options.listen;  // a copy: options moves into the server
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) {
     return InvalidArgument("listen: must be host:port (got " + listen + ")");
@@ -809,7 +822,9 @@ void HttpServer::Stop() {
     impl.accept_retry.cancel();
   });
   // Handlers that are running finish (and their answers are dropped); streams see `stopping`.
-  impl.pool->join();
+  if (impl.pool) {  // none if Start failed before it made one
+    impl.pool->join();
+  }
   {
     std::unique_lock lock(impl.stream_mu);
     if (!impl.stream_cv.wait_for(lock, std::chrono::seconds(20), [&] { return impl.streams == 0; })) {

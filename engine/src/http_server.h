@@ -78,6 +78,9 @@ struct HttpRoute {
   // Cheap and never blocking (health checks): run on the I/O thread, so it answers even when
   // every handler thread is busy.
   bool run_inline = false;
+  // Tried first, on the I/O thread: answers (returns true) when it can without waiting (a
+  // shadow read from the committed cache, a refusal); otherwise `handler` runs on the pool.
+  std::function<bool(const HttpRequest&, HttpResponse&)> fast;
 };
 
 struct HttpLimits {

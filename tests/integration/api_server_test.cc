@@ -563,6 +563,35 @@ TEST_F(ApiTlsTest, MutualTlsTakesOnlyClientsTheCaSigned) {
   EXPECT_TRUE(g->Running());
 }
 
+TEST_F(ApiServerTest, APortInUseOrABadCertificateStopsTheStartWithAClearError) {
+  // Something else holds the port: gnomon says so and exits 1 (it crashed here once).
+  int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port_));
+  ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(holder, 1), 0);
+  WriteConfig();
+  Process busy({GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")});
+  EXPECT_EQ(busy.Wait(), 1) << busy.Stderr();
+  EXPECT_NE(busy.Stderr().find("cannot listen on 127.0.0.1:" + std::to_string(port_)),
+            std::string::npos)
+      << busy.Stderr();
+  ::close(holder);
+  // A certificate file that is not a certificate: named in the error.
+  dir_.Write("not-a-cert.pem", "hello\n");
+  WriteConfig("  tls: { cert: not-a-cert.pem, key: not-a-cert.pem }\n");
+  Process bad({GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")});
+  EXPECT_EQ(bad.Wait(), 1) << bad.Stderr();
+  EXPECT_NE(bad.Stderr().find("not-a-cert.pem"), std::string::npos) << bad.Stderr();
+  // A missing one: refused by the config check.
+  WriteConfig("  tls: { cert: missing.pem, key: missing.pem }\n");
+  std::string out, err;
+  EXPECT_EQ(testing::RunCommand({GNOMON_BINARY, "check", "-c", dir_.File("gnomon.yaml")}, &out, &err), 1);
+  EXPECT_NE(err.find("api.tls.cert"), std::string::npos) << err;
+}
+
 TEST_F(ApiServerTest, AnExposedListenerNeedsTokensOrAnExplicitInsecure) {
   // 0.0.0.0 without tokens: refused at start, and by gnomon check.
   dir_.Write("open.yaml", "data_dir: data\nsinks:\n  - { name: out, type: file, path: o.jsonl }\n"
