@@ -3,6 +3,7 @@
 #define BOOST_BEAST_USE_STD_STRING_VIEW 1
 
 #include "http_server.h"
+#include "http_body.h"
 
 #include <fmt/format.h>
 #include <openssl/crypto.h>
@@ -10,7 +11,6 @@
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <sys/resource.h>
-#include <zlib.h>
 
 #include <array>
 #include <atomic>
@@ -131,56 +131,6 @@ bool Decode(std::string_view in, bool query, std::string& out) {
     }
   }
   return true;
-}
-
-// Inflates a gzip (or zlib, for "deflate") body. The whole stream must be there, trailer
-// included, with nothing after it; the output may not pass `limit`.
-std::optional<HttpResponse> Inflate(std::string& body, bool gzip, size_t limit) {
-  z_stream zs{};
-  if (inflateInit2(&zs, gzip ? 16 + MAX_WBITS : MAX_WBITS) != Z_OK) {
-    return Refusal(500, "INTERNAL_ERROR", "cannot start zlib");
-  }
-  std::string out;
-  zs.next_in = reinterpret_cast<Bytef*>(body.data());
-  zs.avail_in = static_cast<uInt>(body.size());
-  std::array<char, 16384> chunk{};
-  int rc = Z_OK;
-  while (rc == Z_OK) {
-    zs.next_out = reinterpret_cast<Bytef*>(chunk.data());
-    zs.avail_out = chunk.size();
-    rc = inflate(&zs, Z_NO_FLUSH);
-    size_t got = chunk.size() - zs.avail_out;
-    if (out.size() + got > limit) {
-      inflateEnd(&zs);
-      return Refusal(413, "PAYLOAD_TOO_LARGE",
-                     fmt::format("The inflated payload exceeds the maximum size allowed ({} bytes)",
-                                 limit));
-    }
-    out.append(chunk.data(), got);
-    if (rc == Z_BUF_ERROR && zs.avail_in == 0) {
-      break;  // input used up before the end of the stream
-    }
-    if (rc == Z_BUF_ERROR) {
-      rc = Z_OK;  // output was full: go on
-    }
-  }
-  size_t trailing = zs.avail_in;
-  inflateEnd(&zs);
-  std::string_view what = gzip ? "gzip" : "deflate";
-  if (rc == Z_STREAM_END && trailing == 0) {
-    body = std::move(out);
-    return std::nullopt;
-  }
-  if (rc == Z_STREAM_END) {
-    return Refusal(400, "BAD_ENCODING",
-                   fmt::format("{} bytes follow the end of the {} stream", trailing, what));
-  }
-  if (rc == Z_BUF_ERROR || rc == Z_OK) {
-    return Refusal(400, "BAD_ENCODING",
-                   fmt::format("The {} body ends before its end (truncated: no trailer)", what));
-  }
-  return Refusal(400, "BAD_ENCODING",
-                 fmt::format("The body is not valid {} ({})", what, zs.msg ? zs.msg : "corrupt"));
 }
 
 struct CompiledRoute {
@@ -482,8 +432,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     std::string_view encoding = req[http::field::content_encoding];
     bool gzip = beast::iequals(encoding, "gzip") || beast::iequals(encoding, "x-gzip");
     if (gzip || beast::iequals(encoding, "deflate")) {
-      if (auto bad = Inflate(in_.body, gzip, srv_->opt.max_body_bytes)) {
-        return Respond(std::move(*bad));
+      if (auto bad = InflateBody(in_.body, gzip, srv_->opt.max_body_bytes)) {
+        return Respond(Refusal(bad->status, bad->error, bad->message));
       }
     }
     parser_.reset();
