@@ -702,7 +702,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(HttpServerOptions options,
     setrlimit(RLIMIT_NOFILE, &rl);
     getrlimit(RLIMIT_NOFILE, &rl);
   }
-  size_t fd_room = rl.rlim_cur > 512 ? static_cast<size_t>(rl.rlim_cur) - 256 : 256;
+  auto fds = static_cast<size_t>(rl.rlim_cur);
+  size_t fd_room = fds > 512 ? fds - 256 : fds / 2;
   impl.max_connections = std::min(lim.max_connections, fd_room);
 
   if (!impl.opt.tls.cert.empty()) {

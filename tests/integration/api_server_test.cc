@@ -410,6 +410,47 @@ TEST_F(ApiServerTest, IdleAndSlowConnectionsDoNotStarveTheApi) {
   EXPECT_TRUE(g->Running());
 }
 
+TEST_F(ApiServerTest, ConnectionsLeaveDescriptorsForEverythingElse) {
+  // With a descriptor limit of 400 (under 512), at most half, 200 connections, are taken; the
+  // rest get 503 at once, and gnomon keeps the descriptors its rule watcher (and broker, sinks)
+  // need.
+  WriteConfig();
+  procs_.push_back(std::make_unique<Process>(std::vector<std::string>{
+      "prlimit", "--nofile=400:400", GNOMON_BINARY, "run", "-c", dir_.File("gnomon.yaml")}));
+  Process* g = procs_.back().get();
+  ASSERT_TRUE(WaitFor([&] { return Status("GET", "/healthz", "") == 200 || !g->Running(); }));
+  std::vector<int> fds;
+  int served = 0, refused = 0;
+  for (int i = 0; i < 300; ++i) {
+    int fd = Connect(port_);
+    ASSERT_GE(fd, 0);
+    fds.push_back(fd);
+    SendAll(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    char buf[64];
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    std::string head = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    served += head.rfind("HTTP/1.1 200", 0) == 0;
+    refused += head.rfind("HTTP/1.1 503", 0) == 0;
+  }
+  EXPECT_EQ(served, 200);
+  EXPECT_EQ(refused, 100);
+  // The rule watcher still sees a changed rule file (no EMFILE, no spurious reload).
+  dir_.Write("rules/keep.lua", testing::ReadFile(dir_.File("rules/keep.lua")) + "\n-- changed\n");
+  EXPECT_TRUE(WaitFor([&] {
+    return g->Stderr().find("rules reloaded") != std::string::npos;
+  })) << g->Stderr();
+  for (int fd : fds) {
+    ::close(fd);
+  }
+  ASSERT_TRUE(WaitFor([&] { return Status("GET", "/v1/rules", kRead) == 200; }));
+  auto metrics = Call("GET", "/metrics", "metrics-token");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("gnomon_rule_reloads_total{outcome=\"ok\"} 1"), std::string::npos)
+      << "one reload, for the one change";
+  EXPECT_NE(metrics->body.find("gnomon_rule_reloads_total{outcome=\"failed\"} 0"),
+            std::string::npos);
+}
+
 TEST_F(ApiServerTest, IngestRefusesGnomonsOwnAndDollarTopics) {
   WriteConfig();
   auto g = StartGnomon();
