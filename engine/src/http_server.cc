@@ -53,15 +53,6 @@ unsigned ParseScope(std::string_view name) {
   return 0;
 }
 
-bool IsLoopbackHost(std::string_view host) {
-  if (host == "localhost" || host == "::1" || host == "[::1]") {
-    return true;
-  }
-  boost::system::error_code ec;
-  auto addr = asio::ip::make_address(std::string(host), ec);
-  return !ec && addr.is_loopback();
-}
-
 namespace {
 
 constexpr size_t kMaxTarget = 8192;  // bytes of a request's path and query
@@ -290,11 +281,6 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       return Refuse(431, "HEADER_TOO_LARGE",
                     fmt::format("The request header exceeds {} bytes",
                                 srv_->opt.limits.max_header_bytes));
-    }
-    if (ec == http::error::body_limit) {  // from Content-Length
-      return Refuse(413, "PAYLOAD_TOO_LARGE",
-                    fmt::format("The payload exceeds the maximum size allowed ({} bytes)",
-                                srv_->opt.max_body_bytes));
     }
     if (ec == beast::error::timeout) {
       return Close();  // the stream closed the socket: no answer can go out

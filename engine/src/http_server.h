@@ -128,7 +128,4 @@ class HttpServer {
   std::shared_ptr<Impl> impl_;
 };
 
-// True if `host` (of a listen address) is a loopback address or "localhost".
-bool IsLoopbackHost(std::string_view host);
-
 }  // namespace gnomon::engine
