@@ -6,11 +6,12 @@
 #include <mutex>
 
 #include "gnomon/core/json.h"
+#include "gnomon/core/mutex.h"
 
 namespace gnomon::engine {
 namespace {
 
-std::mutex g_stdout_mu;  // one line at a time across printers
+Mutex g_stdout_mu;  // one line at a time across printers
 
 class EffectPrinter final : public Sink {
  public:
@@ -42,7 +43,7 @@ class EffectPrinter final : public Sink {
     w.Close();
     line += '\n';
     {
-      std::lock_guard lock(g_stdout_mu);
+      MutexLock lock(g_stdout_mu);
       size_t off = 0;
       while (off < line.size()) {
         ssize_t n = ::write(STDOUT_FILENO, line.data() + off, line.size() - off);

@@ -22,6 +22,7 @@
 #include "gnomon/core/log.h"
 #include "gnomon/core/queue.h"
 #include "gnomon/core/topic.h"
+#include "gnomon/core/mutex.h"
 #include "engine_impl.h"
 #include "http_server.h"
 
@@ -142,15 +143,19 @@ Status Engine::Impl::Init() {
                                        {{"outcome", "failed"}});
   switch_seconds_ = metrics_.GetHistogram(
       "gnomon_rule_switch_seconds", "Pause of a worker loading a reloaded rule set");
-  loaded_ = MakeLoaded(config_.rules, 1);
+  std::shared_ptr<const LoadedRules> loaded = MakeLoaded(config_.rules, 1);
+  {
+    MutexLock lock(rules_mu_);
+    loaded_ = loaded;
+  }
 
   // Workers: each with its own Lua state holding every rule.
   for (int i = 0; i < config_.workers; ++i) {
     auto w = std::make_unique<Worker>(config_.worker_queue);
     w->index = static_cast<size_t>(i);
     GNOMON_RETURN_IF_ERROR(InitWorkerShadows(*w));
-    GNOMON_ASSIGN_OR_RETURN(w->runtime, rules::RuleRuntime::Create(loaded_->set, clock_));
-    w->loaded = loaded_;
+    GNOMON_ASSIGN_OR_RETURN(w->runtime, rules::RuleRuntime::Create(loaded->set, clock_));
+    w->loaded = loaded;
     w->depth = metrics_.GetGauge("gnomon_worker_queue_depth", "Messages waiting per worker",
                                  {{"worker", std::to_string(i)}});
     workers_.push_back(std::move(w));
@@ -545,7 +550,7 @@ void Engine::Impl::RunWorker(size_t index) {
         switch_seconds_->Observe(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         if (rt.ok()) {
-          std::lock_guard lock(w.runtime_mu);
+          MutexLock lock(w.runtime_mu);
           w.runtime = std::move(rt).value();
           w.loaded = std::move(cur);
           w.device_breakers.clear();  // a reload lifts every quarantine
@@ -783,7 +788,7 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
 }
 
 void Engine::Impl::CountDeadLetter(std::string_view reason) {
-  std::lock_guard lock(dl_counter_mu_);
+  MutexLock lock(dl_counter_mu_);
   auto it = dl_reasons_.find(reason);
   if (it == dl_reasons_.end()) {
     it = dl_reasons_
@@ -802,7 +807,7 @@ bool Engine::Impl::DeadLetterAllowed(std::string_view device, std::string_view r
   }
   auto burst = static_cast<double>(config_.dead_letters.burst);
   int64_t now = clock_.NowMs();
-  std::lock_guard lock(dl_limit_mu_);
+  MutexLock lock(dl_limit_mu_);
   auto it = dl_buckets_.find(device);
   if (it == dl_buckets_.end()) {
     if (dl_buckets_.size() >= kMaxDeadLetterBuckets) {
@@ -954,7 +959,7 @@ std::shared_ptr<const LoadedRules> Engine::Impl::MakeLoaded(
 }
 
 std::shared_ptr<const LoadedRules> Engine::Impl::CurrentRules() const {
-  std::lock_guard lock(rules_mu_);
+  MutexLock lock(rules_mu_);
   return loaded_;
 }
 
@@ -966,7 +971,7 @@ void Engine::Impl::RecordFailure(Worker& w, uint32_t idx, const Message& m, bool
                                  const std::string& reason) {
   int64_t now = clock_.NowMs();
   {
-    std::lock_guard lock(h.mu);
+    MutexLock lock(h.mu);
     h.last_error = reason.substr(0, reason.find('\n'));
     h.last_error_ms = now;
   }
@@ -1015,7 +1020,7 @@ void Engine::Impl::RecordFailure(Worker& w, uint32_t idx, const Message& m, bool
 }
 
 Status Engine::Impl::ReloadRules(std::string_view why) {
-  std::lock_guard lock(reload_mu_);
+  MutexLock lock(reload_mu_);
   auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> files;
   auto set = LoadRules(config_, &files);
@@ -1030,12 +1035,12 @@ Status Engine::Impl::ReloadRules(std::string_view why) {
   last_reload_error_.clear();
   uint64_t version;
   {
-    std::lock_guard rl(rules_mu_);
+    MutexLock rl(rules_mu_);
     version = loaded_->version + 1;
   }
   auto next = MakeLoaded(std::move(set).value(), version);
   {
-    std::lock_guard rl(rules_mu_);
+    MutexLock rl(rules_mu_);
     loaded_ = next;
   }
   reloads_ok_->Inc();
@@ -1071,7 +1076,7 @@ void Engine::Impl::Watchdog(std::stop_token st) {
       }
       // Under runtime_mu the worker cannot swap its rule set, so `rule` (which points into
       // that set) stays valid while we look at it.
-      std::lock_guard lock(w.runtime_mu);
+      MutexLock lock(w.runtime_mu);
       int64_t started = w.call_started_ns.load(std::memory_order_acquire);
       const rules::RuleInfo* rule = w.call_rule.load(std::memory_order_acquire);
       if (started == 0 || rule == nullptr) {
@@ -1215,7 +1220,7 @@ std::string Engine::Impl::RulesJson(std::string_view only) const {
         .Close();
     std::string last_error = "null";
     {
-      std::lock_guard lock(h.mu);
+      MutexLock lock(h.mu);
       if (!h.last_error.empty()) {
         last_error.clear();
         json::ObjectWriter(last_error)
@@ -1259,7 +1264,7 @@ std::string Engine::Impl::RulesJson(std::string_view only) const {
       .Field("loaded_at", cur->loaded_at_ms)
       .FieldRaw("rules", list);
   {
-    std::lock_guard lock(const_cast<std::mutex&>(reload_mu_));
+    MutexLock lock(reload_mu_);
     if (last_reload_ms_ != 0) {
       std::string reload;
       json::ObjectWriter rw(reload);

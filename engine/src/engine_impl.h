@@ -25,6 +25,7 @@
 #include "gnomon/engine/engine.h"
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/store.h"
+#include "gnomon/core/mutex.h"
 #include "breaker.h"
 #include "http_server.h"
 
@@ -64,9 +65,9 @@ struct RuleHealth {
   Breaker::Options device_options;
   std::atomic<int64_t> devices_quarantined{0};
   Gauge* quarantined_gauge = nullptr;
-  std::mutex mu;
-  std::string last_error;    // GUARDED_BY(mu)
-  int64_t last_error_ms = 0;  // GUARDED_BY(mu)
+  Mutex mu;
+  std::string last_error GNOMON_GUARDED_BY(mu);
+  int64_t last_error_ms GNOMON_GUARDED_BY(mu) = 0;
 };
 
 // One loaded version of the rules with what the engine keeps per rule. Immutable but for the
@@ -100,7 +101,7 @@ class CommittedShadows {
   void Put(const std::string& key, std::string view) {
     auto v = std::make_shared<const std::string>(std::move(view));
     Shard& s = shard(key);
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     auto [it, added] = s.map.insert_or_assign(key, std::move(v));
     if (added && s.map.size() > per_shard_) {
       auto victim = s.map.begin();
@@ -109,20 +110,20 @@ class CommittedShadows {
   }
   void Erase(const std::string& key) {
     Shard& s = shard(key);
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     s.map.erase(key);
   }
   std::shared_ptr<const std::string> Get(const std::string& key) {
     Shard& s = shard(key);
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     auto it = s.map.find(key);
     return it != s.map.end() ? it->second : nullptr;
   }
 
  private:
   struct Shard {
-    std::mutex mu;
-    std::unordered_map<std::string, std::shared_ptr<const std::string>> map;  // GUARDED_BY(mu)
+    Mutex mu;
+    std::unordered_map<std::string, std::shared_ptr<const std::string>> map GNOMON_GUARDED_BY(mu);
   };
   static constexpr size_t kShards = 16;
   Shard& shard(const std::string& key) {
@@ -212,7 +213,7 @@ class Engine::Impl final : public Ingest,
     // Per-(rule, device) quarantine of the devices this worker owns that made a rule fail; at
     // most kMaxDeviceBreakers, cleared when the worker switches rule versions.
     std::unordered_map<std::string, Breaker> device_breakers;  // key: rule index \0 device
-    std::mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
+    Mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
     std::jthread thread;
     size_t index = 0;
     // Shadows this worker owns (by thing), loaded on first use: the single writer's state. At
@@ -410,9 +411,9 @@ class Engine::Impl final : public Ingest,
     int64_t last_ms;
   };
   static constexpr size_t kMaxDeadLetterBuckets = 100000;
-  std::mutex dl_limit_mu_;
-  std::map<std::string, DlBucket, std::less<>> dl_buckets_;              // GUARDED_BY(dl_limit_mu_)
-  std::map<std::string, Counter*, std::less<>> dl_suppressed_;           // GUARDED_BY(dl_limit_mu_)
+  Mutex dl_limit_mu_;
+  std::map<std::string, DlBucket, std::less<>> dl_buckets_ GNOMON_GUARDED_BY(dl_limit_mu_);
+  std::map<std::string, Counter*, std::less<>> dl_suppressed_ GNOMON_GUARDED_BY(dl_limit_mu_);
   // Whether a source's device id may enter: device_id_pattern, or the thing-name charset.
   bool ValidDevice(std::string_view id) const;
   std::optional<std::regex> device_pattern_;  // set once in Init
@@ -442,11 +443,11 @@ class Engine::Impl final : public Ingest,
   std::unique_ptr<HttpServer> http_;      // metrics.listen (and the API when on the same port)
   std::unique_ptr<HttpServer> api_http_;  // api.listen, when different
 
-  mutable std::mutex rules_mu_;
-  std::shared_ptr<const LoadedRules> loaded_;  // GUARDED_BY(rules_mu_)
-  std::mutex reload_mu_;                       // one reload at a time
-  std::string last_reload_error_;              // GUARDED_BY(reload_mu_)
-  int64_t last_reload_ms_ = 0;                 // GUARDED_BY(reload_mu_)
+  mutable Mutex rules_mu_;
+  std::shared_ptr<const LoadedRules> loaded_ GNOMON_GUARDED_BY(rules_mu_);
+  mutable Mutex reload_mu_;  // one reload at a time
+  std::string last_reload_error_ GNOMON_GUARDED_BY(reload_mu_);
+  int64_t last_reload_ms_ GNOMON_GUARDED_BY(reload_mu_) = 0;
   Counter* reloads_ok_ = nullptr;
   Counter* reloads_failed_ = nullptr;
   Histogram* switch_seconds_ = nullptr;  // a worker's pause to load a new rule version
@@ -459,8 +460,8 @@ class Engine::Impl final : public Ingest,
   Counter* abandoned_;
   Counter* unmatched_;
   Counter* dead_letter_failures_;
-  std::mutex dl_counter_mu_;
-  std::map<std::string, Counter*, std::less<>> dl_reasons_;  // GUARDED_BY(dl_counter_mu_)
+  Mutex dl_counter_mu_;
+  std::map<std::string, Counter*, std::less<>> dl_reasons_ GNOMON_GUARDED_BY(dl_counter_mu_);
 
   log::RateLimiter rule_failure_log_{10};  // lines per second; failures are all counted
   std::atomic<bool> started_{false};
@@ -475,8 +476,8 @@ class Engine::Impl final : public Ingest,
   std::unique_ptr<SinkEntry> changelog_sink_;
   std::string shadow_source_name_ = "shadows";
   std::string api_source_name_ = "api";
-  std::mutex api_reader_mu_;
-  std::unique_ptr<shadow::ShadowStore::Reader> api_reader_;  // GUARDED_BY(api_reader_mu_)
+  Mutex api_reader_mu_;
+  std::unique_ptr<shadow::ShadowStore::Reader> api_reader_ GNOMON_GUARDED_BY(api_reader_mu_);
   CommittedShadows committed_;
   Counter* reads_committed_ = nullptr;  // REST gets answered from committed_
   Counter* reads_owner_ = nullptr;      // ... and by the owner (first read after a start)
@@ -494,14 +495,15 @@ class Engine::Impl final : public Ingest,
   // SSE watchers of shadows (GET .../shadow/watch): events are queued here after the write is
   // durable and written by the watcher's HTTP thread.
   struct Watcher {
-    std::mutex mu;
+    Mutex mu;
     std::condition_variable cv;
-    std::deque<std::string> events;  // GUARDED_BY(mu): complete SSE frames
-    bool closed = false;             // GUARDED_BY(mu)
+    std::deque<std::string> events GNOMON_GUARDED_BY(mu);  // complete SSE frames
+    bool closed GNOMON_GUARDED_BY(mu) = false;
   };
-  std::mutex watch_mu_;
-  std::unordered_map<std::string, std::vector<std::shared_ptr<Watcher>>> watchers_;  // GUARDED_BY(watch_mu_)
-  size_t watcher_count_ = 0;                                                         // GUARDED_BY(watch_mu_)
+  Mutex watch_mu_;
+  std::unordered_map<std::string, std::vector<std::shared_ptr<Watcher>>> watchers_
+      GNOMON_GUARDED_BY(watch_mu_);
+  size_t watcher_count_ GNOMON_GUARDED_BY(watch_mu_) = 0;
   void NotifyWatchers(const std::string& thing, const std::string& name, std::string_view event,
                       const std::string& data);
   void CloseWatchers();

@@ -29,6 +29,7 @@
 
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
 
 namespace gnomon::engine {
 
@@ -155,9 +156,9 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   int port = 0;
   std::atomic<size_t> connections{0};
   std::atomic<bool> stopping{false};
-  std::mutex stream_mu;
+  Mutex stream_mu;
   std::condition_variable stream_cv;
-  int streams = 0;  // GUARDED_BY(stream_mu)
+  int streams GNOMON_GUARDED_BY(stream_mu) = 0;
   std::unique_ptr<asio::thread_pool> pool;
   std::vector<std::thread> io_threads;
   // Declared last: destroyed first, with the sessions its pending handlers hold.
@@ -512,7 +513,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     *head += "\r\n";
     {
-      std::lock_guard lock(srv_->stream_mu);
+      MutexLock lock(srv_->stream_mu);
       ++srv_->streams;
     }
     Lowest().expires_after(srv_->opt.limits.write_timeout);
@@ -532,7 +533,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
             asio::post(self->stream_.get_executor(), [self] { self->Close(); });
             self.reset();
             fn = nullptr;
-            std::lock_guard lock(srv->stream_mu);
+            MutexLock lock(srv->stream_mu);
             --srv->streams;
             srv->stream_cv.notify_all();
           }).detach();
@@ -763,8 +764,11 @@ void HttpServer::Stop() {
     impl.pool->join();
   }
   {
-    std::unique_lock lock(impl.stream_mu);
-    if (!impl.stream_cv.wait_for(lock, std::chrono::seconds(20), [&] { return impl.streams == 0; })) {
+    MutexLock lock(impl.stream_mu);
+    if (!impl.stream_cv.wait_for(lock.native(), std::chrono::seconds(20), [&] {
+          impl.stream_mu.AssertHeld();
+          return impl.streams == 0;
+        })) {
       log::Warn("HTTP streams still open at shutdown", {{"listener", impl.opt.listen}});
     }
   }

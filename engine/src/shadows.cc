@@ -12,6 +12,7 @@
 #include "engine_impl.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/topic.h"
+#include "gnomon/core/mutex.h"
 
 namespace gnomon::engine {
 namespace {
@@ -158,7 +159,11 @@ Status Engine::Impl::InitShadows() {
                                                    : (sc.history_mb << 20) *
                                                          static_cast<size_t>(
                                                              std::max(1, config_.workers))}));
-  GNOMON_ASSIGN_OR_RETURN(api_reader_, shadow_store_->NewReader());
+  {
+    GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
+    MutexLock lock(api_reader_mu_);
+    api_reader_ = std::move(reader);
+  }
   committed_.set_capacity(sc.cache_shadows * static_cast<size_t>(std::max(1, config_.workers)));
   metrics_.AddCollector([this](std::string& out) {
     shadow::StoreStats st = shadow_store_->stats();
@@ -1129,7 +1134,7 @@ void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& n
                                   std::string_view event, const std::string& data) {
   std::vector<std::shared_ptr<Watcher>> targets;
   {
-    std::lock_guard lock(watch_mu_);
+    MutexLock lock(watch_mu_);
     if (watchers_.empty()) {
       return;
     }
@@ -1142,7 +1147,7 @@ void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& n
   std::string frame = SseFrame(event, data);
   for (auto& wt : targets) {
     {
-      std::lock_guard lock(wt->mu);
+      MutexLock lock(wt->mu);
       if (wt->closed) {
         continue;
       }
@@ -1159,11 +1164,11 @@ void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& n
 }
 
 void Engine::Impl::CloseWatchers() {
-  std::lock_guard lock(watch_mu_);
+  MutexLock lock(watch_mu_);
   for (auto& [key, list] : watchers_) {
     for (auto& wt : list) {
       {
-        std::lock_guard l(wt->mu);
+        MutexLock l(wt->mu);
         wt->closed = true;
       }
       wt->cv.notify_all();
@@ -1175,7 +1180,7 @@ HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& na
   auto wt = std::make_shared<Watcher>();
   std::string key = Key(thing, name);
   {
-    std::lock_guard lock(watch_mu_);
+    MutexLock lock(watch_mu_);
     if (watcher_count_ >= kMaxWatchers || stopped_) {
       HttpResponse busy;
       busy.status = 503;
@@ -1198,12 +1203,15 @@ HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& na
                    const std::function<bool(std::string_view)>& write) {
     bool ok = write(first);
     while (ok) {
-      std::unique_lock lock(wt->mu);
-      wt->cv.wait_for(lock, kKeepAlive, [&] { return !wt->events.empty() || wt->closed; });
+      MutexLock lock(wt->mu);
+      wt->cv.wait_for(lock.native(), kKeepAlive, [&] {
+        wt->mu.AssertHeld();
+        return !wt->events.empty() || wt->closed;
+      });
       std::deque<std::string> batch;
       batch.swap(wt->events);
       bool closed = wt->closed;
-      lock.unlock();
+      lock.Unlock();
       if (batch.empty() && !closed) {
         ok = write(": keep-alive\n\n");
       }
@@ -1214,7 +1222,7 @@ HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& na
         break;
       }
     }
-    std::lock_guard lock(watch_mu_);
+    MutexLock lock(watch_mu_);
     auto& list = watchers_[key];
     list.erase(std::remove(list.begin(), list.end(), wt), list.end());
     if (list.empty()) {
@@ -1339,7 +1347,7 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                                        .Json(clock_.NowMs() / 1000);
                         return out;
                       }
-                      std::lock_guard lock(api_reader_mu_);
+                      MutexLock lock(api_reader_mu_);
                       auto names = api_reader_->Names(thing);
                       if (!names.ok()) {
                         out.status = 500;
@@ -1382,7 +1390,7 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                         }
                         limit = static_cast<size_t>(v);
                       }
-                      std::lock_guard lock(api_reader_mu_);
+                      MutexLock lock(api_reader_mu_);
                       auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
                                                         cursor != nullptr ? *cursor : "",
                                                         limit + 1);

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/shadow/store.h"
+#include "gnomon/core/mutex.h"
 
 #include <fmt/format.h>
 #include <pthread.h>
@@ -276,7 +277,7 @@ class ShadowStore::Impl {
 
   ~Impl() {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       closing_ = true;
     }
     cv_.notify_all();
@@ -327,7 +328,7 @@ class ShadowStore::Impl {
     bool wake;
     uint64_t seq;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       queue_.push_back(std::move(p));
       seq = ++queued_seq_;
       stats_.max_pending = std::max(stats_.max_pending, queued_seq_ - committed_seq_);
@@ -340,27 +341,33 @@ class ShadowStore::Impl {
   }
 
   uint64_t committed() const {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     return committed_seq_;
   }
 
   void Flush() {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     uint64_t target = queued_seq_;
-    done_cv_.wait(lock, [&] { return committed_seq_ >= target; });
+    done_cv_.wait(lock.native(), [&] {
+      mu_.AssertHeld();
+      return committed_seq_ >= target;
+    });
   }
 
   StoreStats stats() const {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     return stats_;
   }
   size_t queued() const {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     return queue_.size();
   }
   bool WaitPendingAtMost(size_t n, std::chrono::milliseconds timeout) {
-    std::unique_lock lock(mu_);
-    return done_cv_.wait_for(lock, timeout, [&] { return queued_seq_ - committed_seq_ <= n; });
+    MutexLock lock(mu_);
+    return done_cv_.wait_for(lock.native(), timeout, [&] {
+      mu_.AssertHeld();
+      return queued_seq_ - committed_seq_ <= n;
+    });
   }
   const std::string& path() const { return options_.path; }
   bool logs_changes() const { return options_.history_log_bytes > 0; }
@@ -374,9 +381,12 @@ class ShadowStore::Impl {
     std::vector<bool> stale;
     while (true) {
       {
-        std::unique_lock lock(mu_);
+        MutexLock lock(mu_);
         writer_waiting_ = true;
-        cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+        cv_.wait(lock.native(), [&] {
+          mu_.AssertHeld();
+          return closing_ || !queue_.empty();
+        });
         writer_waiting_ = false;
         if (queue_.empty()) {
           return;  // closing and drained
@@ -445,7 +455,7 @@ class ShadowStore::Impl {
         }
       }
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         stats_.transactions += last.empty() ? 0 : 1;
         stats_.writes += batch.size();
         stats_.rows += last.size();
@@ -591,14 +601,14 @@ class ShadowStore::Impl {
   StoreOptions options_;
   sqlite3* db_ = nullptr;
   Stmt upsert_, call_upsert_, call_delete_, change_insert_, change_prune_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable cv_, done_cv_;
-  std::deque<Pending> queue_;       // GUARDED_BY(mu_)
-  uint64_t queued_seq_ = 0;         // GUARDED_BY(mu_)
-  uint64_t committed_seq_ = 0;      // GUARDED_BY(mu_)
-  bool closing_ = false;            // GUARDED_BY(mu_)
-  bool writer_waiting_ = false;     // GUARDED_BY(mu_)
-  StoreStats stats_;                // GUARDED_BY(mu_)
+  std::deque<Pending> queue_ GNOMON_GUARDED_BY(mu_);
+  uint64_t queued_seq_ GNOMON_GUARDED_BY(mu_) = 0;
+  uint64_t committed_seq_ GNOMON_GUARDED_BY(mu_) = 0;
+  bool closing_ GNOMON_GUARDED_BY(mu_) = false;
+  bool writer_waiting_ GNOMON_GUARDED_BY(mu_) = false;
+  StoreStats stats_ GNOMON_GUARDED_BY(mu_);
   // Writer thread only: "thing\0name" → the newest epoch of a refused write of that shadow.
   std::unordered_map<std::string, uint64_t> refused_;
   // Writer thread only: the history log's rows (seq, bytes) within the budget, oldest first;

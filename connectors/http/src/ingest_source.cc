@@ -13,6 +13,7 @@
 #include "gnomon/connectors/http.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
 #include "ingest_body.h"
 
 namespace gnomon::connectors {
@@ -40,11 +41,11 @@ bool Under(std::string_view topic, std::string_view prefix) {
 
 // One request's messages, waited for by its handler.
 struct RequestWait {
-  std::mutex mu;
+  Mutex mu;
   std::condition_variable cv;
-  int64_t pending = 0;
-  int64_t acked = 0;
-  int64_t abandoned = 0;
+  int64_t pending GNOMON_GUARDED_BY(mu) = 0;
+  int64_t acked GNOMON_GUARDED_BY(mu) = 0;
+  int64_t abandoned GNOMON_GUARDED_BY(mu) = 0;
 };
 
 struct Shared {
@@ -62,7 +63,7 @@ class IngestAck final : public AckHandle {
   void Finish(bool ok) {
     shared_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     {
-      std::lock_guard lock(wait_->mu);
+      MutexLock lock(wait_->mu);
       (ok ? wait_->acked : wait_->abandoned)++;
       --wait_->pending;
     }
@@ -100,13 +101,13 @@ class IngestSource final : public Source {
   }
 
   Status Start(Ingest& ingest) override {
-    std::unique_lock lock(mu_);
+    WriterLock lock(mu_);
     ingest_ = &ingest;
     return {};
   }
 
   void Stop() override {
-    std::unique_lock lock(mu_);  // waits for requests that are submitting
+    WriterLock lock(mu_);  // waits for requests that are submitting
     ingest_ = nullptr;
   }
 
@@ -172,9 +173,12 @@ class IngestSource final : public Source {
       return r;
     }
     auto wait = std::make_shared<RequestWait>();
-    wait->pending = n;
     {
-      std::shared_lock lock(mu_);
+      MutexLock lock(wait->mu);  // not shared yet; the lock is for the analysis
+      wait->pending = n;
+    }
+    {
+      ReaderLock lock(mu_);
       int64_t now = 0;
       for (Message& m : messages) {
         if (ingest_ == nullptr) {
@@ -196,13 +200,16 @@ class IngestSource final : public Source {
     }
     if (n > 0) {  // never submitted: the engine is stopping
       shared_->in_flight.fetch_sub(n);
-      std::lock_guard lock(wait->mu);
+      MutexLock lock(wait->mu);
       wait->pending -= n;
       wait->abandoned += n;
     }
-    std::unique_lock lock(wait->mu);
-    bool done = wait->cv.wait_for(lock, std::chrono::milliseconds(config_.ack_timeout_ms),
-                                  [&] { return wait->pending == 0; });
+    MutexLock lock(wait->mu);
+    bool done =
+        wait->cv.wait_for(lock.native(), std::chrono::milliseconds(config_.ack_timeout_ms), [&] {
+          wait->mu.AssertHeld();
+          return wait->pending == 0;
+        });
     if (!done) {
       requests_failed_->Inc();
       return Error(503, "TIMEOUT",
@@ -246,8 +253,8 @@ class IngestSource final : public Source {
   IngestConfig config_;
   std::string name_;
   std::shared_ptr<Shared> shared_;
-  std::shared_mutex mu_;
-  Ingest* ingest_ = nullptr;  // GUARDED_BY(mu_)
+  SharedMutex mu_;
+  Ingest* ingest_ GNOMON_GUARDED_BY(mu_) = nullptr;
   Counter *requests_ok_, *requests_bad_, *requests_busy_, *requests_failed_;
 };
 

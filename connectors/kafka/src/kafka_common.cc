@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
 
 namespace gnomon::connectors::kafka {
 
@@ -21,10 +22,10 @@ Properties ReadProperties(const ConfigValue* map) {
 }
 
 Result<std::string> EmbeddedBootstrap() {
-  static std::mutex mu;
+  static Mutex mu;
   static rd_kafka_t* rk = nullptr;
   static rd_kafka_mock_cluster_t* cluster = nullptr;
-  std::lock_guard lock(mu);
+  MutexLock lock(mu);
   if (cluster == nullptr) {
     char err[512];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();

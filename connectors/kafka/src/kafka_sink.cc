@@ -15,6 +15,7 @@
 
 #include "gnomon/connectors/kafka.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
 #include "kafka_common.h"
 
 namespace gnomon::connectors::kafka {
@@ -78,7 +79,7 @@ class KafkaSink final : public Sink {
 
   void Send(Record&& record) override {
     auto* r = new Record(std::move(record));
-    std::shared_lock alive(alive_mu_);  // Stop() destroys the producer under the unique lock
+    ReaderLock alive(alive_mu_);  // Stop() destroys the producer under the unique lock
     if (rk_ == nullptr) {
       Finish(r, Cancelled("kafka sink is not running"));
       return;
@@ -144,7 +145,7 @@ class KafkaSink final : public Sink {
       poller_.join();
     }
     rd_kafka_poll(rk_, 0);
-    std::unique_lock lock(alive_mu_);
+    WriterLock lock(alive_mu_);
     rd_kafka_destroy(rk_);
     rk_ = nullptr;
   }
@@ -230,7 +231,7 @@ class KafkaSink final : public Sink {
   void NoteTopicError(const char* topic, rd_kafka_resp_err_t err) {
     if (err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
         err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
-      std::lock_guard lock(failed_mu_);
+      MutexLock lock(failed_mu_);
       failed_topics_.insert(topic);
     }
   }
@@ -238,7 +239,7 @@ class KafkaSink final : public Sink {
   void RefreshFailedTopics() {
     std::set<std::string> topics;
     {
-      std::lock_guard lock(failed_mu_);
+      MutexLock lock(failed_mu_);
       topics.swap(failed_topics_);
     }
     for (const std::string& t : topics) {
@@ -279,14 +280,14 @@ class KafkaSink final : public Sink {
   DeliveryReporter& reporter_;
   Counter* queue_full_;
   rd_kafka_t* rk_ = nullptr;
-  std::shared_mutex alive_mu_;
+  SharedMutex alive_mu_;
   std::jthread poller_;
   std::atomic<int64_t> inflight_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
   std::atomic<bool> brokers_down_{false};
-  std::mutex failed_mu_;
-  std::set<std::string> failed_topics_;  // GUARDED_BY(failed_mu_)
+  Mutex failed_mu_;
+  std::set<std::string> failed_topics_ GNOMON_GUARDED_BY(failed_mu_);
 };
 
 class KafkaSinkFactory final : public TypedSinkFactory<KafkaSinkConfig> {

@@ -19,6 +19,7 @@
 
 #include "gnomon/connectors/kafka.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
 #include "kafka_common.h"
 
 namespace gnomon::connectors::kafka {
@@ -149,7 +150,7 @@ class KafkaSource final : public Source {
 
   void Done(const PartitionKey& key, int64_t offset, uint64_t generation, bool done) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       auto it = tracks_.find(key);
       if (it != tracks_.end() && it->second.generation == generation) {
         Track& t = it->second;
@@ -190,8 +191,9 @@ class KafkaSource final : public Source {
         // serves rebalances inside poll. If it stays full, pause the partitions and keep
         // polling (pause drops prefetched data and costs a fetch round trip on resume, so it
         // is the fallback, not the first resort).
-        std::unique_lock lock(mu_);
-        if (cv_.wait_for(lock, std::chrono::milliseconds(100), [&] {
+        MutexLock lock(mu_);
+        if (cv_.wait_for(lock.native(), std::chrono::milliseconds(100), [&] {
+              mu_.AssertHeld();
               return inflight_ < config_.max_inflight || st.stop_requested();
             })) {
           full_since_ = {};
@@ -203,7 +205,7 @@ class KafkaSource final : public Source {
         if (now - full_since_ < std::chrono::seconds(2)) {
           continue;
         }
-        lock.unlock();
+        lock.Unlock();
         SetPaused(true);
         paused = true;
         pauses_->Inc();
@@ -239,7 +241,7 @@ class KafkaSource final : public Source {
     PartitionKey key{rd_kafka_topic_name(msg->rkt), msg->partition};
     uint64_t generation = 0;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       auto it = tracks_.find(key);
       if (it == tracks_.end()) {
         return;  // not (or no longer) ours
@@ -289,7 +291,7 @@ class KafkaSource final : public Source {
   }
 
   int64_t Inflight() {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     return inflight_;
   }
 
@@ -311,7 +313,7 @@ class KafkaSource final : public Source {
   void CommitDone(bool sync, const rd_kafka_topic_partition_list_t* only = nullptr) {
     rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(8);
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       for (auto& [key, t] : tracks_) {
         if (only != nullptr &&
             rd_kafka_topic_partition_list_find(only, key.first.c_str(), key.second) == nullptr) {
@@ -343,7 +345,7 @@ class KafkaSource final : public Source {
       return;
     }
     bool failed = false;
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (int i = 0; i < offsets->cnt; ++i) {
       const rd_kafka_topic_partition_t& p = offsets->elems[i];
       if (err == RD_KAFKA_RESP_ERR_NO_ERROR && p.err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -366,7 +368,7 @@ class KafkaSource final : public Source {
     bool cooperative = std::string_view(rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE";
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         for (int i = 0; i < parts->cnt; ++i) {
           Track& t = tracks_[{parts->elems[i].topic, parts->elems[i].partition}];
           t = Track();
@@ -388,6 +390,7 @@ class KafkaSource final : public Source {
     // Revoked: let the partitions' in-flight messages finish (not at shutdown: what is in
     // flight then is abandoned), commit, and only then let go.
     auto in_flight = [&] {
+      mu_.AssertHeld();  // called under the lock below
       size_t n = 0;
       for (int i = 0; i < parts->cnt; ++i) {
         auto it = tracks_.find({parts->elems[i].topic, parts->elems[i].partition});
@@ -398,8 +401,11 @@ class KafkaSource final : public Source {
       return n;
     };
     if (!closing_) {
-      std::unique_lock lock(mu_);
-      if (!cv_.wait_for(lock, kRevokeWait, [&] { return in_flight() == 0; })) {
+      MutexLock lock(mu_);
+      if (!cv_.wait_for(lock.native(), kRevokeWait, [&] {
+            mu_.AssertHeld();
+            return in_flight() == 0;
+          })) {
         log::Warn("kafka partitions revoked with messages still in flight; the next owner may "
                   "process them again",
                   {{"source", name_}, {"in_flight", std::to_string(in_flight())}});
@@ -407,7 +413,7 @@ class KafkaSource final : public Source {
     }
     CommitDone(/*sync=*/true, parts);
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       for (int i = 0; i < parts->cnt; ++i) {
         tracks_.erase({parts->elems[i].topic, parts->elems[i].partition});
       }
@@ -445,11 +451,11 @@ class KafkaSource final : public Source {
   Ingest* ingest_ = nullptr;
   rd_kafka_t* rk_ = nullptr;
   std::jthread thread_;
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  std::map<PartitionKey, Track> tracks_;  // GUARDED_BY(mu_)
-  int64_t inflight_ = 0;                  // GUARDED_BY(mu_)
-  uint64_t generation_ = 0;               // GUARDED_BY(mu_)
+  std::map<PartitionKey, Track> tracks_ GNOMON_GUARDED_BY(mu_);
+  int64_t inflight_ GNOMON_GUARDED_BY(mu_) = 0;
+  uint64_t generation_ GNOMON_GUARDED_BY(mu_) = 0;
   std::atomic<bool> brokers_down_{false};
   std::atomic<bool> closing_{false};
   std::chrono::steady_clock::time_point full_since_{};  // poll thread only

@@ -11,6 +11,7 @@
 #include "gnomon/core/log.h"
 #include "gnomon/core/queue.h"
 #include "gnomon/core/topic.h"
+#include "gnomon/core/mutex.h"
 #include "mqtt_client.h"
 #include "mqtt_internal.h"
 
@@ -55,7 +56,7 @@ class MqttSink final : public Sink {
 
   void Stop(Deadline deadline) override {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       deadline_ = deadline;
     }
     queue_.Close();
@@ -66,7 +67,7 @@ class MqttSink final : public Sink {
     client_.Stop();
     std::unordered_map<int, Record> left;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       left.swap(inflight_);
     }
     for (auto& [mid, r] : left) {
@@ -95,8 +96,11 @@ class MqttSink final : public Sink {
       }
     }
     // Wait for outstanding acknowledgements until the deadline.
-    std::unique_lock lock(mu_);
-    cv_.wait_until(lock, deadline_, [&] { return inflight_.empty(); });
+    MutexLock lock(mu_);
+    cv_.wait_until(lock.native(), deadline_, [&] {
+      mu_.AssertHeld();
+      return inflight_.empty();
+    });
   }
 
   // Returns false only when stopping past the deadline without a connection.
@@ -114,11 +118,13 @@ class MqttSink final : public Sink {
     }
     int qos = r.qos >= 0 ? r.qos : config_.qos;
     bool retain = r.retain || config_.retain;
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     while (true) {
-      cv_.wait_until(lock, std::min(deadline_, std::chrono::steady_clock::now() +
-                                                   std::chrono::milliseconds(200)),
+      cv_.wait_until(lock.native(),
+                     std::min(deadline_,
+                              std::chrono::steady_clock::now() + std::chrono::milliseconds(200)),
                      [&] {
+                       mu_.AssertHeld();
                        return client_.connected() &&
                               inflight_.size() < static_cast<size_t>(config_.max_inflight);
                      });
@@ -129,7 +135,7 @@ class MqttSink final : public Sink {
         return false;
       }
     }
-    lock.unlock();
+    lock.Unlock();
     mosquitto_property* props = nullptr;
     if (client_.config().v5) {
       for (const auto& [k, v] : r.headers) {
@@ -147,15 +153,15 @@ class MqttSink final : public Sink {
                                                       r.topic, mosquitto_strerror(rc))));
       return true;
     }
-    lock.lock();
+    lock.Lock();
     if (rc != MOSQ_ERR_SUCCESS) {
       // Connection dropped between the check and the publish: try again once connected.
-      lock.unlock();
+      lock.Unlock();
       return Publish(r);
     }
     // QoS 0 is at-most-once by protocol: delivered once libmosquitto has taken it.
     if (qos == 0 || early_.erase(mid) > 0) {  // or acknowledged before we recorded it
-      lock.unlock();
+      lock.Unlock();
       reporter_.Report(r, Status());
       return true;
     }
@@ -168,7 +174,7 @@ class MqttSink final : public Sink {
   void OnPublish(int mid, int reason) {
     Record r;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       auto it = inflight_.find(mid);
       if (it == inflight_.end()) {
         early_.insert(mid);
@@ -198,11 +204,11 @@ class MqttSink final : public Sink {
   BoundedQueue<Record> queue_;
   MqttClient client_;
   Gauge* inflight_gauge_;
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  std::unordered_map<int, Record> inflight_;  // GUARDED_BY(mu_)
-  std::unordered_set<int> early_;             // GUARDED_BY(mu_)
-  Deadline deadline_ = Deadline::max();       // GUARDED_BY(mu_)
+  std::unordered_map<int, Record> inflight_ GNOMON_GUARDED_BY(mu_);
+  std::unordered_set<int> early_ GNOMON_GUARDED_BY(mu_);
+  Deadline deadline_ GNOMON_GUARDED_BY(mu_) = Deadline::max();
   std::jthread thread_;
 };
 

@@ -20,18 +20,22 @@
 #include "gnomon/connectors/detail/sqlite.h"
 #include "gnomon/core/backoff.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
 
 namespace gnomon::connectors {
 
 void SyncDestination::Poll(std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return woken_; });
+  MutexLock lock(mu_);
+  cv_.wait_for(lock.native(), timeout, [&] {
+    mu_.AssertHeld();
+    return woken_;
+  });
   woken_ = false;
 }
 
 void SyncDestination::Wakeup() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     woken_ = true;
   }
   cv_.notify_one();
@@ -102,14 +106,15 @@ enum RowFlags : int { kJson = 1, kNullValue = 2 };
 // State shared with the acknowledgements of dead letters, which may arrive after the sink is
 // gone (the dead-letter sink reports last).
 struct Shared {
-  std::mutex mu;
+  Mutex mu;
   std::condition_variable writer_cv;
-  std::vector<std::pair<uint64_t, int64_t>> deletes;  // (seq, bytes) delivered or dead-lettered
-  bool alive = true;
+  // (seq, bytes) delivered or dead-lettered
+  std::vector<std::pair<uint64_t, int64_t>> deletes GNOMON_GUARDED_BY(mu);
+  bool alive GNOMON_GUARDED_BY(mu) = true;
 
   void Delete(uint64_t seq, int64_t bytes) {
     {
-      std::lock_guard lock(mu);
+      MutexLock lock(mu);
       if (!alive) {
         return;
       }
@@ -170,7 +175,7 @@ class OutboxSink final : public Sink {
   ~OutboxSink() override {
     Stop(std::chrono::steady_clock::now());
     dest_.reset();  // before the lanes, which may still hold a batch it was sending
-    std::lock_guard lock(shared_->mu);
+    MutexLock lock(shared_->mu);
     shared_->alive = false;
   }
 
@@ -214,35 +219,41 @@ class OutboxSink final : public Sink {
   }
 
   void Send(Record&& record) override {
-    std::unique_lock lock(shared_->mu);
+    MutexLock lock(shared_->mu);
     if (config_.durable) {
-      space_cv_.wait(lock, [&] { return pending_.size() < kMaxPendingAppends || stop_; });
+      space_cv_.wait(lock.native(), [&] {
+        shared_->mu.AssertHeld();
+        return pending_.size() < kMaxPendingAppends || stop_;
+      });
       if (!stop_) {
         pending_.push_back(std::move(record));
-        lock.unlock();
+        lock.Unlock();
         shared_->writer_cv.notify_one();
         return;
       }
     } else {
-      space_cv_.wait(lock, [&] { return in_memory_ < config_.memory_window || stop_; });
+      space_cv_.wait(lock.native(), [&] {
+        shared_->mu.AssertHeld();
+        return in_memory_ < config_.memory_window || stop_;
+      });
       if (!stop_) {
         auto e = std::make_unique<OutboxEntry>();
         e->enqueued_ms = clock_.NowMs();
         e->record = std::move(record);
         ready_.push_back(std::move(e));
         ++in_memory_;
-        lock.unlock();
+        lock.Unlock();
         dest_->Wakeup();
         return;
       }
     }
-    lock.unlock();
+    lock.Unlock();
     reporter_.Report(record, Status(StatusCode::kCancelled, "sink stopped"));
   }
 
   void Stop(Deadline deadline) override {
     {
-      std::lock_guard lock(shared_->mu);
+      MutexLock lock(shared_->mu);
       if (stop_) {
         return;
       }
@@ -257,7 +268,7 @@ class OutboxSink final : public Sink {
       driver_.join();
     }
     {
-      std::lock_guard lock(shared_->mu);
+      MutexLock lock(shared_->mu);
       stop_writer_ = true;
     }
     shared_->writer_cv.notify_all();
@@ -296,7 +307,7 @@ class OutboxSink final : public Sink {
   }
 
   const std::string* Intern(std::string_view s) {
-    std::lock_guard lock(names_mu_);
+    MutexLock lock(names_mu_);
     return &*names_.emplace(s).first;
   }
 
@@ -312,8 +323,9 @@ class OutboxSink final : public Sink {
     for (;;) {
       bool stopping;
       {
-        std::unique_lock lock(shared_->mu);
-        shared_->writer_cv.wait(lock, [&] {
+        MutexLock lock(shared_->mu);
+        shared_->writer_cv.wait(lock.native(), [&] {
+          shared_->mu.AssertHeld();
           return !pending_.empty() || !shared_->deletes.empty() || stop_writer_;
         });
         stopping = stop_writer_;
@@ -372,7 +384,7 @@ class OutboxSink final : public Sink {
           break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(backoff.NextDelayMs()));
-        std::lock_guard lock(shared_->mu);
+        MutexLock lock(shared_->mu);
         stopping = stop_writer_;
       }
       if (!st.ok()) {
@@ -396,7 +408,7 @@ class OutboxSink final : public Sink {
       UpdateGauges();
       if (!committed.empty()) {
         {
-          std::lock_guard lock(shared_->mu);
+          MutexLock lock(shared_->mu);
           last_committed_seq_ = committed.back()->seq;
           auto n = static_cast<int>(committed.size());
           if (!spilled_ && in_memory_ + n <= config_.memory_window) {
@@ -484,7 +496,7 @@ class OutboxSink final : public Sink {
     for (;;) {
       bool stopping, spilled;
       {
-        std::lock_guard lock(shared_->mu);
+        MutexLock lock(shared_->mu);
         incoming.swap(ready_);
         stopping = stop_;
         spilled = spilled_;
@@ -519,7 +531,7 @@ class OutboxSink final : public Sink {
     }
     // Whatever is left: in the outbox for the next run (durable) or abandoned (memory).
     if (!config_.durable) {
-      std::lock_guard lock(shared_->mu);
+      MutexLock lock(shared_->mu);
       for (auto& e : ready_) {
         LaneOf(e->record).q.push_back(std::move(e));
       }
@@ -667,7 +679,7 @@ class OutboxSink final : public Sink {
 
   void Released() {
     {
-      std::lock_guard lock(shared_->mu);
+      MutexLock lock(shared_->mu);
       --in_memory_;
     }
     space_cv_.notify_one();
@@ -680,7 +692,7 @@ class OutboxSink final : public Sink {
     int64_t room = config_.memory_window - in_memory_;
     uint64_t after;
     {
-      std::lock_guard lock(shared_->mu);
+      MutexLock lock(shared_->mu);
       after = mem_high_seq_;
     }
     sqlite3_stmt* s = select_.get();
@@ -717,7 +729,7 @@ class OutboxSink final : public Sink {
       log::Error("outbox read failed", {{"sink", name_}, {"error", rdb_.Error()}});
     }
     sqlite3_reset(s);
-    std::lock_guard lock(shared_->mu);
+    MutexLock lock(shared_->mu);
     in_memory_ += static_cast<int>(n);
     mem_high_seq_ = high;
     if (n < room && last_committed_seq_ == mem_high_seq_) {
@@ -770,8 +782,8 @@ class OutboxSink final : public Sink {
   sqlite::Stmt select_;
   std::deque<Lane> lanes_;  // a deque: Lane is not nothrow-movable
 
-  std::mutex names_mu_;
-  std::set<std::string, std::less<>> names_;
+  Mutex names_mu_;
+  std::set<std::string, std::less<>> names_ GNOMON_GUARDED_BY(names_mu_);
 
   Gauge *records_gauge_, *bytes_gauge_, *oldest_gauge_;
   Counter *delivered_, *retried_, *full_, *expired_, *write_errors_;

@@ -11,12 +11,13 @@
 #include <fmt/format.h>
 
 #include "gnomon/core/json.h"
+#include "gnomon/core/mutex.h"
 
 namespace gnomon::log {
 namespace {
 std::atomic<Level> g_level{Level::kInfo};
-std::mutex g_mu;
-std::function<void(std::string_view)> g_writer;  // GUARDED_BY(g_mu)
+Mutex g_mu;
+std::function<void(std::string_view)> g_writer GNOMON_GUARDED_BY(g_mu);
 
 const char* LevelName(Level l) {
   switch (l) {
@@ -49,7 +50,7 @@ void SetLevel(Level level) { g_level = level; }
 Level GetLevel() { return g_level; }
 
 void SetWriter(std::function<void(std::string_view)> writer) {
-  std::lock_guard lock(g_mu);
+  MutexLock lock(g_mu);
   g_writer = std::move(writer);
 }
 
@@ -71,7 +72,7 @@ void Write(Level level, std::string_view msg, std::initializer_list<Field> field
   }
   w.Close();
   line += '\n';
-  std::lock_guard lock(g_mu);
+  MutexLock lock(g_mu);
   if (g_writer) {
     g_writer(line);
     return;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/core/metrics.h"
+#include "gnomon/core/mutex.h"
 
 #include <fmt/format.h>
 
@@ -68,11 +69,12 @@ struct MetricsRegistry::Family {
 };
 
 struct MetricsRegistry::Impl {
-  mutable std::mutex mu;
-  std::map<std::string, std::unique_ptr<Family>, std::less<>> families;  // GUARDED_BY(mu)
-  std::vector<std::function<void(std::string&)>> collectors;              // GUARDED_BY(mu)
+  mutable Mutex mu;
+  std::map<std::string, std::unique_ptr<Family>, std::less<>> families GNOMON_GUARDED_BY(mu);
+  std::vector<std::function<void(std::string&)>> collectors GNOMON_GUARDED_BY(mu);
 
-  Family& GetFamily(std::string_view name, std::string_view help, MetricType type) {
+  Family& GetFamily(std::string_view name, std::string_view help, MetricType type)
+      GNOMON_REQUIRES(mu) {
     auto it = families.find(name);
     if (it == families.end()) {
       auto f = std::make_unique<Family>();
@@ -135,7 +137,7 @@ std::vector<double> MetricsRegistry::DefaultLatencyBounds() {
 
 Counter* MetricsRegistry::GetCounter(std::string_view name, std::string_view help,
                                      const Labels& labels) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   auto& slot = impl_->GetFamily(name, help, MetricType::kCounter).counters[LabelText(labels)];
   if (!slot) {
     slot = std::make_unique<Counter>();
@@ -145,7 +147,7 @@ Counter* MetricsRegistry::GetCounter(std::string_view name, std::string_view hel
 
 Gauge* MetricsRegistry::GetGauge(std::string_view name, std::string_view help,
                                  const Labels& labels) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   auto& slot = impl_->GetFamily(name, help, MetricType::kGauge).gauges[LabelText(labels)];
   if (!slot) {
     slot = std::make_unique<Gauge>();
@@ -155,7 +157,7 @@ Gauge* MetricsRegistry::GetGauge(std::string_view name, std::string_view help,
 
 Histogram* MetricsRegistry::GetHistogram(std::string_view name, std::string_view help,
                                          const Labels& labels, std::vector<double> bounds) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   auto& slot = impl_->GetFamily(name, help, MetricType::kHistogram).histograms[LabelText(labels)];
   if (!slot) {
     slot = std::make_unique<Histogram>(std::move(bounds));
@@ -164,13 +166,13 @@ Histogram* MetricsRegistry::GetHistogram(std::string_view name, std::string_view
 }
 
 void MetricsRegistry::AddCollector(std::function<void(std::string&)> collector) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   impl_->collectors.push_back(std::move(collector));
 }
 
 std::string MetricsRegistry::Render() const {
   std::string out;
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   // Collectors derive values (such as messages in flight) from counters; they run before the
   // counters are rendered, so a derived value never looks newer than the counters it came from
   // (in flight 0 is then always shown together with the finished totals that make it 0).

@@ -22,6 +22,7 @@
 
 #include "gnomon/core/config.h"
 #include "gnomon/core/plugin.h"
+#include "gnomon/core/mutex.h"
 
 namespace gnomon::connectors {
 
@@ -101,9 +102,9 @@ class SyncDestination : public Destination {
   void Wakeup() override;
 
  private:
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  bool woken_ = false;
+  bool woken_ GNOMON_GUARDED_BY(mu_) = false;
 };
 
 std::unique_ptr<Sink> NewOutboxSink(OutboxConfig config, std::unique_ptr<Destination> dest,

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <vector>
 
+#include "gnomon/core/mutex.h"
+
 namespace gnomon {
 
 template <typename T>
@@ -18,13 +20,16 @@ class BoundedQueue {
 
   // Blocks while full. Returns false (and leaves `item` untouched) once closed.
   bool Push(T&& item) {
-    std::unique_lock lock(mu_);
-    not_full_.wait(lock, [&] { return closed_ || items_.size() < capacity_; });
+    MutexLock lock(mu_);
+    not_full_.wait(lock.native(), [&] {
+      mu_.AssertHeld();
+      return closed_ || items_.size() < capacity_;
+    });
     if (closed_) {
       return false;
     }
     items_.push_back(std::move(item));
-    lock.unlock();
+    lock.Unlock();
     not_empty_.notify_one();
     return true;
   }
@@ -33,7 +38,7 @@ class BoundedQueue {
   // on it, to avoid a cycle of blocked producers); callers bound it some other way.
   bool PushForce(T&& item) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (closed_) {
         return false;
       }
@@ -46,26 +51,42 @@ class BoundedQueue {
   // Moves up to `max` items into `out`. Blocks until there is one or the queue is closed;
   // returns false when closed and drained.
   bool PopBatch(std::vector<T>& out, size_t max) {
-    std::unique_lock lock(mu_);
-    not_empty_.wait(lock, [&] { return closed_ || !items_.empty(); });
-    return TakeLocked(out, max, lock);
+    MutexLock lock(mu_);
+    not_empty_.wait(lock.native(), [&] {
+      mu_.AssertHeld();
+      return closed_ || !items_.empty();
+    });
+    if (!TakeLocked(out, max)) {
+      return false;
+    }
+    lock.Unlock();
+    not_full_.notify_all();
+    return true;
   }
 
   // As PopBatch, but waits at most `timeout`; returns true if still open or items were taken.
   template <typename Rep, typename Period>
   bool PopBatchFor(std::vector<T>& out, size_t max, std::chrono::duration<Rep, Period> timeout) {
-    std::unique_lock lock(mu_);
-    not_empty_.wait_for(lock, timeout, [&] { return closed_ || !items_.empty(); });
+    MutexLock lock(mu_);
+    not_empty_.wait_for(lock.native(), timeout, [&] {
+      mu_.AssertHeld();
+      return closed_ || !items_.empty();
+    });
     if (items_.empty()) {
       return !closed_;
     }
-    return TakeLocked(out, max, lock);
+    if (!TakeLocked(out, max)) {
+      return false;
+    }
+    lock.Unlock();
+    not_full_.notify_all();
+    return true;
   }
 
   // Wakes everyone; Push fails from now on, pops drain what is left.
   void Close() {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       closed_ = true;
     }
     not_full_.notify_all();
@@ -73,13 +94,13 @@ class BoundedQueue {
   }
 
   size_t size() const {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     return items_.size();
   }
   size_t capacity() const { return capacity_; }
 
  private:
-  bool TakeLocked(std::vector<T>& out, size_t max, std::unique_lock<std::mutex>& lock) {
+  bool TakeLocked(std::vector<T>& out, size_t max) GNOMON_REQUIRES(mu_) {
     if (items_.empty()) {
       return false;
     }
@@ -88,17 +109,15 @@ class BoundedQueue {
       out.push_back(std::move(items_.front()));
       items_.pop_front();
     }
-    lock.unlock();
-    not_full_.notify_all();
     return true;
   }
 
   const size_t capacity_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable not_full_;
   std::condition_variable not_empty_;
-  std::deque<T> items_;  // GUARDED_BY(mu_)
-  bool closed_ = false;  // GUARDED_BY(mu_)
+  std::deque<T> items_ GNOMON_GUARDED_BY(mu_);
+  bool closed_ GNOMON_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace gnomon
