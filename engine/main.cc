@@ -194,7 +194,7 @@ int Restore(const std::string& config, const gnomon::Registry& registry) {
   return kExitOk;
 }
 
-int Run(const std::string& config, const gnomon::Registry& registry, EngineOptions options) {
+int Run(const std::string& config, const gnomon::Registry& registry, const EngineOptions& options) {
   auto app = gnomon::engine::LoadAppConfig(config, registry);
   if (!app.ok()) {
     std::fprintf(stderr, "%s\n", app.status().message().c_str());

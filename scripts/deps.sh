@@ -11,7 +11,7 @@ GNOMON_PACKAGES=(
   libcurl4-openssl-dev libpq-dev postgresql libjemalloc-dev libboost-dev
   zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
   mosquitto mosquitto-clients curl python3 openssl wrk
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-tidy
 )
 
 gnomon_install_deps() {

@@ -81,6 +81,7 @@ void CheckEntries(const ConfigValue* list, const char* section, bool is_source,
     auto check = [&](auto* factory, const auto& known_map, const char* kind) {
       if (factory == nullptr) {
         std::vector<std::string> known;
+        known.reserve(known_map.size());
         for (const auto& kv : known_map) {
           known.push_back(kv.first);
         }
@@ -124,7 +125,7 @@ Result<std::shared_ptr<const rules::RuleSet>> LoadRules(const AppConfig& app,
     topts.sinks = opts.sinks;
     topts.lib_dirs = opts.lib_dirs;
     if (topts.sinks.empty()) {
-      topts.sinks.push_back("");  // no sinks configured: emits are errors, not "any sink"
+      topts.sinks.emplace_back();  // no sinks configured: emits are errors, not "any sink"
     }
     GNOMON_ASSIGN_OR_RETURN(rules::TestReport report, rules::RunRuleTests(files, topts));
     if (report.failed() > 0) {

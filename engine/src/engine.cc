@@ -125,7 +125,7 @@ Status Engine::Impl::Init() {
     PluginContext ctx{metrics_, *this, clock_, config_.data_dir, ".", "replay"};
     GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source("file")->Create(rc, ctx));
     sources_.push_back(std::move(src));
-    source_names_.push_back("replay");
+    source_names_.emplace_back("replay");
   }
   if (!source_routes_.empty() && config_.api_listen.empty()) {
     return InvalidArgument(fmt::format(
@@ -208,9 +208,9 @@ Status Engine::Impl::Start() {
   for (size_t i = 0; i < workers_.size(); ++i) {
     workers_[i]->thread = std::jthread([this, i] { RunWorker(i); });
   }
-  watchdog_ = std::jthread([this](std::stop_token st) { Watchdog(st); });
+  watchdog_ = std::jthread([this](const std::stop_token& st) { Watchdog(st); });
   if (services_enabled()) {
-    service_timer_ = std::jthread([this](std::stop_token st) { ServiceTimer(st); });
+    service_timer_ = std::jthread([this](const std::stop_token& st) { ServiceTimer(st); });
   }
   accepting_ = true;
   started_ = true;
@@ -276,7 +276,7 @@ Status Engine::Impl::Start() {
                                        std::move(routes)));
     }
     if (config_.watch_rules && !config_.rule_patterns.empty()) {
-      watcher_ = std::jthread([this](std::stop_token st) { WatchRules(st); });
+      watcher_ = std::jthread([this](const std::stop_token& st) { WatchRules(st); });
     }
   }
   log::Info("gnomon started",
@@ -765,7 +765,11 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
     Record r;
     r.payload = std::move(e.payload);
     r.json = e.json;
-    r.key = e.key.empty() ? m.device : std::move(e.key);
+    if (e.key.empty()) {
+      r.key = m.device;
+    } else {
+      r.key = std::move(e.key);
+    }
     r.topic = std::move(e.topic);
     r.headers = std::move(e.headers);
     r.qos = e.qos;
@@ -1062,7 +1066,7 @@ Status Engine::Impl::ReloadRules(std::string_view why) {
 // can interrupt it: its worker and every device on it would stall and back-pressure would stop
 // the sources, so gnomon records the message as poison (see RecordPoison) and exits (code 70)
 // for its supervisor to restart it, and says why.
-void Engine::Impl::Watchdog(std::stop_token st) {
+void Engine::Impl::Watchdog(const std::stop_token& st) {
   pthread_setname_np(pthread_self(), "gnomon-watchdog");
   std::vector<int64_t> interrupted(workers_.size(), 0);  // the call_started_ns we interrupted
   std::vector<int64_t> reported(workers_.size(), 0);     // ... and reported as slow to stop
@@ -1187,7 +1191,7 @@ bool Engine::Impl::IsPoison(std::string_view rule, const Message& m) const {
   return poison_.count(PoisonFingerprint(rule, m)) != 0;
 }
 
-void Engine::Impl::WatchRules(std::stop_token st) {
+void Engine::Impl::WatchRules(const std::stop_token& st) {
   pthread_setname_np(pthread_self(), "gnomon-watch");
   std::string seen = RuleFilesSignature(config_);
   while (!st.stop_requested()) {
@@ -1416,7 +1420,7 @@ Engine::~Engine() = default;
 
 Result<std::unique_ptr<Engine>> Engine::Create(AppConfig config, const Registry& registry,
                                                const Clock& clock, EngineOptions options) {
-  auto impl = std::make_unique<Impl>(std::move(config), registry, clock, options);
+  auto impl = std::make_unique<Impl>(std::move(config), registry, clock, std::move(options));
   GNOMON_RETURN_IF_ERROR(impl->Init());
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }

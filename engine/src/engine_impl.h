@@ -165,7 +165,10 @@ class Engine::Impl final : public Ingest,
                            public ApiRouter {
  public:
   Impl(AppConfig config, const Registry& registry, const Clock& clock, EngineOptions options)
-      : config_(std::move(config)), registry_(registry), clock_(clock), options_(options) {}
+      : config_(std::move(config)),
+        registry_(registry),
+        clock_(clock),
+        options_(std::move(options)) {}
 
   ~Impl() override { Stop(); }
 
@@ -357,7 +360,7 @@ class Engine::Impl final : public Ingest,
   void FinishCall(Worker& w, ServiceCall& c, std::string state, Delivery* hold);
   void StoreCall(const ServiceCall& c, shadow::ShadowStore::Done done);
   void ServiceTick(Worker& w);
-  void ServiceTimer(std::stop_token st);
+  void ServiceTimer(const std::stop_token& st);
   std::optional<bool> Presence(Worker& w, const std::string& thing);
   // Submits a REST request message (answered through its `reply`) and waits up to `wait_ms`.
   HttpResponse ApiCall(Message m, int64_t wait_ms);
@@ -401,8 +404,8 @@ class Engine::Impl final : public Ingest,
   };
   std::vector<SourceRoute> source_routes_;
   size_t api_max_body_ = 1 << 20;
-  void WatchRules(std::stop_token st);
-  void Watchdog(std::stop_token st);
+  void WatchRules(const std::stop_token& st);
+  void Watchdog(const std::stop_token& st);
   void CountDeadLetter(std::string_view reason);
   // Whether a dead letter of `device` may be written now (dead_letter.per_device_per_s).
   bool DeadLetterAllowed(std::string_view device, std::string_view reason);

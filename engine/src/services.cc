@@ -185,7 +185,7 @@ Status Engine::Impl::InitServices() {
   const std::string& prefix = config_.shadows.topic_prefix;
   service_reply_filter_ = prefix + "/+/services/+/reply";
   service_sent_ = std::make_unique<ServiceSentObserver>(
-      [this](std::string thing, std::string id, const char* outcome) {
+      [this](const std::string& thing, const std::string& id, const char* outcome) {
         NoteCall(thing, id, outcome);
       });
   // Calls stored by an earlier run: unfinished ones go on (SENT ones time out or get their
@@ -325,7 +325,7 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
   const std::string& thing = m.device;
   const std::string& service = m.topic;
   const std::string* rule = FindHeader(m.headers, "gnomon-rule");
-  auto refuse = [&](shadow::ShadowError e) {
+  auto refuse = [&](const shadow::ShadowError& e) {
     service_refused_->Inc();
     std::string body = e.Json(now_ms / 1000);
     if (m.reply) {
@@ -555,12 +555,13 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
     // The source named the device differently: the thing's owner handles it (and its rules).
     m.device = thing;
     if (!workers_[OwnerOf(thing)]->queue.PushForce(std::move(m))) {
-      m.delivery->Mark(Delivery::kAbandoned);
+      // PushForce leaves `m` untouched when it refuses (the queue is closed).
+      m.delivery->Mark(Delivery::kAbandoned);  // NOLINT(bugprone-use-after-move)
       m.delivery->Release();
     }
     return false;
   }
-  auto dead = [&](const char* reason, std::string why) {
+  auto dead = [&](const char* reason, const std::string& why) {
     DeadLetter(m.delivery, reason, why, "", m.source, m.topic, thing, m.payload, 1, m.ts_ms);
     m.delivery->Release();
     return false;
@@ -622,7 +623,7 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
   return true;
 }
 
-void Engine::Impl::ServiceTimer(std::stop_token st) {
+void Engine::Impl::ServiceTimer(const std::stop_token& st) {
   pthread_setname_np(pthread_self(), "gnomon-services");
   while (!st.stop_requested()) {
     std::this_thread::sleep_for(kTickInterval);

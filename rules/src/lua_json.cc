@@ -564,7 +564,7 @@ struct Encoder {
       first = false;
       json::AppendQuoted(out, key);
       out += ':';
-      path.push_back({key.data() != nullptr ? key : std::string_view("", 0), 0});
+      path.push_back({key.data() != nullptr ? key : std::string_view(""), 0});
       Status st = Value(lua_gettop(L), depth + 1);
       path.pop_back();
       lua_pop(L, 1);

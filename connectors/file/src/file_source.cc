@@ -33,7 +33,7 @@ class FileSource final : public Source {
     if (file_ == nullptr) {
       return NotFound(fmt::format("source {}: cannot open {}", name_, config_.path));
     }
-    thread_ = std::jthread([this, &ingest](std::stop_token st) { Run(ingest, st); });
+    thread_ = std::jthread([this, &ingest](const std::stop_token& st) { Run(ingest, st); });
     return {};
   }
 
@@ -51,7 +51,7 @@ class FileSource final : public Source {
   bool Finished() const override { return finished_.load(); }
 
  private:
-  void Run(Ingest& ingest, std::stop_token st) {
+  void Run(Ingest& ingest, const std::stop_token& st) {
     pthread_setname_np(pthread_self(), "gnomon-file-src");
     simdjson::dom::parser parser;
     std::string line;

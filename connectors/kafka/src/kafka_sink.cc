@@ -57,7 +57,7 @@ class KafkaSink final : public Sink {
       rd_kafka_conf_destroy(conf);
       return Unavailable(fmt::format("kafka sink {}: {}", name_, err));
     }
-    poller_ = std::jthread([this](std::stop_token st) {
+    poller_ = std::jthread([this](const std::stop_token& st) {
       pthread_setname_np(pthread_self(), "gnomon-kafka-p");
       if (config_.create) {
         CreateTopic();  // here, not in Start(): an unreachable cluster must not delay the start

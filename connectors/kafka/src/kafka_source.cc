@@ -133,7 +133,7 @@ class KafkaSource final : public Source {
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
       return Unavailable(fmt::format("kafka source {}: subscribe: {}", name_, rd_kafka_err2str(e)));
     }
-    thread_ = std::jthread([this](std::stop_token st) { Run(st); });
+    thread_ = std::jthread([this](const std::stop_token& st) { Run(st); });
     return {};
   }
 
@@ -171,7 +171,7 @@ class KafkaSource final : public Source {
   }
 
  private:
-  void Run(std::stop_token st) {
+  void Run(const std::stop_token& st) {
     pthread_setname_np(pthread_self(), "gnomon-kafka-c");
     auto last_commit = std::chrono::steady_clock::now();
     bool paused = false;

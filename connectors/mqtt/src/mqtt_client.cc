@@ -157,7 +157,7 @@ Status MqttClient::Start(Callbacks callbacks) {
   mosquitto_disconnect_v5_callback_set(mosq_, &MqttClient::OnDisconnect);
   mosquitto_message_v5_callback_set(mosq_, &MqttClient::OnMessage);
   mosquitto_publish_v5_callback_set(mosq_, &MqttClient::OnPublish);
-  thread_ = std::jthread([this](std::stop_token st) { Run(st); });
+  thread_ = std::jthread([this](const std::stop_token& st) { Run(st); });
   return {};
 }
 
@@ -173,7 +173,7 @@ void MqttClient::Stop() {
   connected_ = false;
 }
 
-void MqttClient::Run(std::stop_token st) {
+void MqttClient::Run(const std::stop_token& st) {
   pthread_setname_np(pthread_self(), "gnomon-mqtt");
   Backoff backoff(config_.reconnect_initial_ms, config_.reconnect_max_ms);
   while (!st.stop_requested()) {

@@ -56,7 +56,7 @@ class MqttClient {
   const MqttConnectionConfig& config() const { return config_; }
 
  private:
-  void Run(std::stop_token st);
+  void Run(const std::stop_token& st);
   static void OnConnect(mosquitto*, void* self, int rc, int flags, const mosquitto_property*);
   static void OnDisconnect(mosquitto*, void* self, int rc, const mosquitto_property*);
   static void OnMessage(mosquitto*, void* self, const mosquitto_message*, const mosquitto_property*);

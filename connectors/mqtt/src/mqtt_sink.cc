@@ -44,7 +44,7 @@ class MqttSink final : public Sink {
     cb.on_publish = [this](int mid, int reason) { OnPublish(mid, reason); };
     GNOMON_RETURN_IF_ERROR(client_.Start(std::move(cb)));
     mosquitto_int_option(client_.handle(), MOSQ_OPT_SEND_MAXIMUM, config_.max_inflight);
-    thread_ = std::jthread([this](std::stop_token st) { Run(st); });
+    thread_ = std::jthread([this](const std::stop_token& st) { Run(st); });
     return {};
   }
 
@@ -79,7 +79,7 @@ class MqttSink final : public Sink {
   size_t QueueDepth() const override { return queue_.size(); }
 
  private:
-  void Run(std::stop_token st) {
+  void Run(const std::stop_token& st) {
     pthread_setname_np(pthread_self(), "gnomon-mqtt-snk");
     std::vector<Record> batch;
     while (true) {

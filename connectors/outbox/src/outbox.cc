@@ -140,7 +140,7 @@ class RowAck final : public AckHandle {
 class OutboxSink final : public Sink {
  public:
   OutboxSink(OutboxConfig config, std::unique_ptr<Destination> dest, PluginContext& ctx)
-      : config_(std::move(config)),
+      : config_(config),
         dest_(std::move(dest)),
         name_(ctx.name),
         route_(ctx.route),
@@ -794,7 +794,7 @@ class OutboxSink final : public Sink {
 
 std::unique_ptr<Sink> NewOutboxSink(OutboxConfig config, std::unique_ptr<Destination> dest,
                                     PluginContext& ctx) {
-  return std::make_unique<OutboxSink>(std::move(config), std::move(dest), ctx);
+  return std::make_unique<OutboxSink>(config, std::move(dest), ctx);
 }
 
 }  // namespace gnomon::connectors

@@ -343,6 +343,7 @@ void Validate(ConfigValue& v, element schema, const std::string& path, ConfigErr
     }
     if (matched.empty()) {
       std::vector<std::string> nouns;
+      nouns.reserve(types.size());
       for (const auto& ty : types) {
         nouns.push_back(TypeNoun(ty));
       }
