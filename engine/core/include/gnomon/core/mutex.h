@@ -26,7 +26,6 @@ class GNOMON_CAPABILITY("mutex") Mutex {
 
   void Lock() GNOMON_ACQUIRE() { mu_.lock(); }
   void Unlock() GNOMON_RELEASE() { mu_.unlock(); }
-  bool TryLock() GNOMON_TRY_ACQUIRE(true) { return mu_.try_lock(); }
   // Tells the analysis the caller holds the lock (for lambdas and callbacks run under it).
   void AssertHeld() const GNOMON_ASSERT_CAPABILITY(this) {}
 
@@ -65,9 +64,6 @@ class GNOMON_CAPABILITY("shared mutex") SharedMutex {
   void Unlock() GNOMON_RELEASE() { mu_.unlock(); }
   void LockShared() GNOMON_ACQUIRE_SHARED() { mu_.lock_shared(); }
   void UnlockShared() GNOMON_RELEASE_SHARED() { mu_.unlock_shared(); }
-  bool TryLockShared() GNOMON_THREAD_ANNOTATION(try_acquire_shared_capability(true)) {
-    return mu_.try_lock_shared();
-  }
   void AssertHeld() const GNOMON_ASSERT_CAPABILITY(this) {}
 
  private:
