@@ -464,7 +464,8 @@ bool Engine::Impl::ValidDevice(std::string_view id) const {
   return shadow::ValidShadowId(id, 128);
 }
 
-bool Engine::Impl::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
+bool Engine::Impl::Admit(WorkItem&& item, std::unique_ptr<AckHandle> ack) {
+  Message& m = *HeadOf(item);  // items from outside all carry one
   if (!accepting_) {
     if (ack) {
       ack->Abandon();
@@ -489,7 +490,7 @@ bool Engine::Impl::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
     it->second->Inc();
   }
   size_t w = std::hash<std::string_view>{}(m.device) % workers_.size();
-  if (!workers_[w]->queue.Push(std::move(m))) {
+  if (!workers_[w]->queue.Push(std::move(item))) {
     d->Mark(Delivery::kAbandoned);  // counted once, when the delivery finishes
     d->Release();
     return false;
@@ -519,7 +520,7 @@ void Engine::Impl::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::stri
 void Engine::Impl::RunWorker(size_t index) {
   pthread_setname_np(pthread_self(), fmt::format("gnomon-w{}", index).c_str());
   Worker& w = *workers_[index];
-  std::vector<Message> batch;
+  std::vector<WorkItem> batch;
   batch.reserve(kWorkerBatch);
   std::vector<uint32_t> matches;
   rules::CallResult result;
@@ -541,7 +542,7 @@ void Engine::Impl::RunWorker(size_t index) {
     if (!w.queue.PopBatch(batch, kWorkerBatch)) {
       break;
     }
-    for (Message& m : batch) {
+    for (WorkItem& item : batch) {
       // A reload switches this worker between two messages: each message runs wholly on one
       // version, and a worker (so each of its devices) never goes back.
       if (auto cur = CurrentRules(); cur != w.loaded) {
@@ -559,21 +560,16 @@ void Engine::Impl::RunWorker(size_t index) {
                      {{"worker", std::to_string(index)}, {"error", rt.status().message()}});
         }
       }
-      switch (m.kind) {
-        case MessageKind::kData:
-          Process(w, m, matches, result);
-          break;
-        case MessageKind::kServiceInvoke:
-        case MessageKind::kServiceStatus:
-        case MessageKind::kServiceTimer:
-          HandleService(w, m);
-          break;
-        case MessageKind::kShadowEvict:
-          DropShadow(w, m);
-          break;
-        default:
-          HandleShadowRequest(w, m);
-      }
+      std::visit(Overloaded{
+                     [&](Message& m) { Process(w, m, matches, result); },
+                     [&](ShadowRequest& r) { HandleShadowRequest(w, r); },
+                     [&](ShadowEviction& e) { DropShadow(w, e); },
+                     [&](CallInvoke& c) { InvokeService(w, c); },
+                     [&](CallQuery& q) { QueryCall(w, q); },
+                     [&](CallEvent& e) { OnCallEvent(w, e); },
+                     [&](CallTick&) { ServiceTick(w); },
+                 },
+                 item);
     }
     batch.clear();
     if (shadow_store_) {
@@ -594,7 +590,7 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     m.delivery->Release();  // dead-lettered; rules do not see it
     return;
   }
-  if (!config_.models.empty() && m.kind == MessageKind::kData) {
+  if (!config_.models.empty()) {
     const shadow::ThingModel* model = BoundModel(m.device);
     bool ok = true;
     if (TopicMatches(config_.events_from, m.topic)) {
@@ -744,8 +740,8 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
     }
     if (e.kind == rules::Effect::Kind::kInvoke) {
       // To the thing's owner, which makes the call; held until the call is durable.
-      Message im;
-      im.kind = MessageKind::kServiceInvoke;
+      CallInvoke call;
+      Message& im = call.msg;
       im.device = std::move(e.thing);
       im.topic = std::move(e.topic);
       im.payload = std::move(e.payload);
@@ -755,7 +751,8 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
       im.ts_ms = m.ts_ms;
       im.delivery = m.delivery;
       m.delivery->Hold();
-      if (!workers_[OwnerOf(im.device)]->queue.PushForce(std::move(im))) {
+      size_t owner = OwnerOf(im.device);
+      if (!workers_[owner]->queue.PushForce(std::move(call))) {
         m.delivery->Mark(Delivery::kAbandoned);
         m.delivery->Release();
       }

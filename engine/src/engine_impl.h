@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <pthread.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -28,6 +29,7 @@
 #include "gnomon/core/mutex.h"
 #include "breaker.h"
 #include "http_server.h"
+#include "work.h"
 
 namespace gnomon::engine {
 
@@ -133,14 +135,21 @@ class CommittedShadows {
   size_t per_shard_ = SIZE_MAX;
 };
 
-// A thing-model service call (spec/thing-model.md#services), kept by the owner of its thing:
-// QUEUED → SENT → SUCCEEDED | FAILED | TIMEOUT | EXPIRED. See services.cc.
+// The states of a service call: QUEUED → SENT → SUCCEEDED | FAILED | TIMEOUT | EXPIRED (a
+// QUEUED call can also end without being sent: FAILED, EXPIRED, TIMEOUT when sync).
+enum class CallState : uint8_t { kQueued, kSent, kSucceeded, kFailed, kTimeout, kExpired };
+// As the API and the store spell it: "QUEUED", "SENT", ...
+std::string_view CallStateName(CallState s);
+std::optional<CallState> ParseCallState(std::string_view name);
+
+// A thing-model service call (docs/thing-models.md#services), kept by the owner of its thing.
+// See services.cc.
 struct ServiceCall {
   std::string id, thing, service;
   std::string params;  // JSON object
   std::string model;   // modelId@version
   std::string rule;    // the rule that made the call ("": REST)
-  std::string state = "QUEUED";
+  CallState state = CallState::kQueued;
   bool sync = false;
   bool in_flight = false;  // the request is with the sink, not yet acknowledged by the broker
   int64_t timeout_ms = 0;
@@ -150,9 +159,9 @@ struct ServiceCall {
   std::string data;           // the reply's data (JSON), "" when none
   std::string error, message;  // why it did not succeed
   std::string details;         // problems (JSON array): strict refusals, weak checkFailedData
-  std::function<void(int, std::string)> waiter;  // a sync REST caller (not stored)
+  Reply waiter;                // a sync REST caller (not stored)
 
-  bool finished() const { return state != "QUEUED" && state != "SENT"; }
+  bool finished() const { return state != CallState::kQueued && state != CallState::kSent; }
   // The status document (GET .../calls/{id}, invoke answers); also its stored form, which
   // FromStored reads back.
   std::string Json() const;
@@ -190,7 +199,9 @@ class Engine::Impl final : public Ingest,
   const shadow::ThingModel* ModelFor(std::string_view thing) const { return BoundModel(thing); }
 
   // gnomon::Ingest
-  bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;
+  bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override {
+    return Admit(std::move(m), std::move(ack));
+  }
   void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
               std::string_view error) override;
 
@@ -203,7 +214,7 @@ class Engine::Impl final : public Ingest,
  private:
   struct Worker {
     explicit Worker(size_t capacity) : queue(capacity) {}
-    BoundedQueue<Message> queue;
+    BoundedQueue<WorkItem> queue;
     std::shared_ptr<const LoadedRules> loaded;  // the version `runtime` runs
     std::unique_ptr<rules::RuleRuntime> runtime;
     Gauge* depth = nullptr;
@@ -262,19 +273,26 @@ class Engine::Impl final : public Ingest,
 
   // Where the answer to a shadow request goes.
   struct ShadowReplyTo {
-    MessageKind kind = MessageKind::kShadowMqtt;
+    ShadowChannel channel = ShadowChannel::kMqtt;
     std::string topic;  // the request topic (replies go to topic + "/accepted" | "/rejected")
-    std::function<void(int, std::string)> reply;  // kShadowApi
+    Reply reply;        // kApi
     // Held until the reply is out (MQTT: handed to the sink; the sink holds it further).
     Delivery* delivery = nullptr;
     const std::string* source = nullptr;
     std::string rule;  // kShadowRouted: the rule that wrote, for dead letters
     std::string payload;  // kShadowRouted: the request, for dead letters
   };
+  enum class ShadowVerb : uint8_t { kUpdate, kGet, kDelete, kChanges };
   struct ShadowOp {
-    std::string thing, name, op;  // op: update | get | delete
+    std::string thing, name;
+    ShadowVerb verb = ShadowVerb::kGet;
   };
 
+  // Takes a message or a request from outside (a source, the REST API) to the worker that owns
+  // its device, as Submit describes. `item` is a Message, ShadowRequest, CallInvoke or
+  // CallQuery.
+  bool Admit(WorkItem&& item, std::unique_ptr<AckHandle> ack);
+  class ShadowIngest;  // the MQTT shadow topics' source submits through it (shadows.cc)
   Status CreateSink(const Entry& e);
   // gnomon_sink_records_total{sink,outcome} and gnomon_sink_queue_depth{sink} for `s.name`.
   void InitSinkMetrics(SinkEntry& s);
@@ -293,7 +311,7 @@ class Engine::Impl final : public Ingest,
   // The owned shadow (thing, name), loaded from the store on first use.
   Result<shadow::ShadowDocument*> OwnedShadow(Worker& w, const std::string& thing,
                                               const std::string& name);
-  void HandleShadowRequest(Worker& w, Message& m);
+  void HandleShadowRequest(Worker& w, ShadowRequest& req);
   // Thing-model validation of an update request for `thing` (spec step 9): the request to apply
   // (weak mode: without the invalid properties, listed in `failed`) or MODEL_VALIDATION.
   std::variant<std::string, shadow::ShadowError> ApplyModel(std::string_view thing,
@@ -321,7 +339,7 @@ class Engine::Impl final : public Ingest,
   // it). Later writes of the same epoch are refused by the store; the reloaded copy writes on
   // with the next epoch.
   void EvictShadow(const std::string& thing, const std::string& name, uint64_t epoch);
-  void DropShadow(Worker& w, const Message& evict);
+  void DropShadow(Worker& w, const ShadowEviction& evict);
   void ForgetShadow(Worker& w, const std::string& key);
   // Adds an accepted write's change to the shadow's history, within the history's bounds.
   void RecordChange(Worker& w, std::string_view thing, std::string_view name,
@@ -347,25 +365,27 @@ class Engine::Impl final : public Ingest,
   bool CheckEvent(Message& m, const shadow::ThingModel* model);  // model: the thing's, or null
   // Service calls (services.cc).
   Status InitServices();
-  void HandleService(Worker& w, Message& m);
   // A device's reply on {prefix}/{thing}/services/{service}/reply: finishes its call (durably,
   // holding the message until then). False when it was dead-lettered instead.
   bool HandleServiceReply(Worker& w, Message& m);
-  void InvokeService(Worker& w, Message& m);
+  void InvokeService(Worker& w, CallInvoke& call);
+  void QueryCall(Worker& w, CallQuery& query);
+  void OnCallEvent(Worker& w, const CallEvent& e);
   // Sends the queued calls of `thing` that are not with the sink, in order, unless presence
   // says the device is offline.
   void SendQueuedCalls(Worker& w, const std::string& thing);
   void SendCall(ServiceCall& c);
   // Moves `c` to a final state, stores it and answers a waiting caller.
-  void FinishCall(Worker& w, ServiceCall& c, std::string state, Delivery* hold);
+  void FinishCall(Worker& w, ServiceCall& c, CallState state, Delivery* hold);
   void StoreCall(const ServiceCall& c, shadow::ShadowStore::Done done);
   void ServiceTick(Worker& w);
   void ServiceTimer(const std::stop_token& st);
   std::optional<bool> Presence(Worker& w, const std::string& thing);
-  // Submits a REST request message (answered through its `reply`) and waits up to `wait_ms`.
-  HttpResponse ApiCall(Message m, int64_t wait_ms);
-  // Tells the owner of `thing` about call `id` (a kServiceTimer message: send, sent, ...).
-  void NoteCall(const std::string& thing, const std::string& id, const char* what);
+  // Submits a REST request (a CallInvoke, CallQuery or ShadowRequest, answered through its
+  // `reply`, which this sets) and waits up to `wait_ms`.
+  HttpResponse ApiCall(WorkItem item, int64_t wait_ms);
+  // Tells the owner of `thing` what became of call `id`.
+  void NoteCall(const std::string& thing, const std::string& id, CallEvent::What what);
   std::vector<HttpRoute> ServiceRoutes();
   bool services_enabled() const { return shadow_store_ != nullptr && !config_.models.empty(); }
   std::string service_reply_filter_;  // {prefix}/+/services/+/reply
@@ -374,7 +394,7 @@ class Engine::Impl final : public Ingest,
   std::jthread service_timer_;
   std::unique_ptr<DeliveryObserver> service_sent_;  // turns request publishes into messages
   Counter* calls_made_ = nullptr;
-  std::map<std::string, Counter*, std::less<>> calls_finished_;  // by final state, made at init
+  std::array<Counter*, 6> calls_finished_{};  // by CallState (final states), made at init
   Counter* service_refused_ = nullptr;
   Counter* late_replies_ = nullptr;
 

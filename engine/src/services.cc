@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Thing-model service calls (spec/thing-model.md#services). A call is kept by the worker that
+// Thing-model service calls (docs/thing-models.md#services). A call is kept by the worker that
 // owns its thing, like the thing's shadows, so its state changes in one place and in order:
 //
 //   QUEUED ──(request acknowledged by the broker)──▶ SENT ──(reply)──▶ SUCCEEDED | FAILED
@@ -24,7 +24,10 @@ namespace {
 
 constexpr auto kTickInterval = std::chrono::milliseconds(100);
 constexpr int64_t kApiWaitMs = 10000;  // answers that need no device: at most this long
-constexpr const char* kStates[] = {"SUCCEEDED", "FAILED", "TIMEOUT", "EXPIRED"};
+constexpr CallState kFinalStates[] = {CallState::kSucceeded, CallState::kFailed,
+                                      CallState::kTimeout, CallState::kExpired};
+constexpr std::string_view kStateNames[] = {"QUEUED", "SENT",    "SUCCEEDED",
+                                            "FAILED", "TIMEOUT", "EXPIRED"};
 
 shadow::ShadowError Error(int code, std::string error, std::string message,
                           std::string details = "") {
@@ -59,22 +62,33 @@ const std::string* FindHeader(const Headers& h, std::string_view key) {
 
 }  // namespace
 
+std::string_view CallStateName(CallState s) { return kStateNames[static_cast<size_t>(s)]; }
+
+std::optional<CallState> ParseCallState(std::string_view name) {
+  for (size_t i = 0; i < std::size(kStateNames); ++i) {
+    if (kStateNames[i] == name) {
+      return static_cast<CallState>(i);
+    }
+  }
+  return std::nullopt;
+}
+
 // Request publishes finish here (on a sink thread): the owner learns the outcome as a message.
 class ServiceSentObserver final : public DeliveryObserver {
  public:
-  explicit ServiceSentObserver(std::function<void(std::string, std::string, const char*)> to)
-      : to_(std::move(to)) {}
+  using Note = std::function<void(const std::string&, const std::string&, CallEvent::What)>;
+  explicit ServiceSentObserver(Note to) : to_(std::move(to)) {}
   void OnDeliveryFinished(Delivery& d) override {
     auto* t = static_cast<SendTicket*>(d.ack());
     uint8_t f = d.flags();
     to_(t->thing, t->id,
-        (f & Delivery::kAbandoned)      ? "unsent"
-        : (f & Delivery::kDeadLettered) ? "failed"
-                                        : "sent");
+        (f & Delivery::kAbandoned)      ? CallEvent::What::kUnsent
+        : (f & Delivery::kDeadLettered) ? CallEvent::What::kFailed
+                                        : CallEvent::What::kSent);
   }
 
  private:
-  std::function<void(std::string, std::string, const char*)> to_;
+  Note to_;
 };
 
 std::string ServiceCall::Json() const {
@@ -83,7 +97,7 @@ std::string ServiceCall::Json() const {
   w.Field("id", id)
       .Field("thing", thing)
       .Field("service", service)
-      .Field("state", state)
+      .Field("state", CallStateName(state))
       .Field("model", model)
       .FieldRaw("params", params)
       .Field("createdAt", created_ms)
@@ -110,7 +124,7 @@ std::string ServiceCall::Json() const {
   }
   if (!details.empty()) {
     // Problems of a refused reply (strict), or what weak validation let through.
-    w.FieldRaw(state == "SUCCEEDED" ? "checkFailedData" : "details", details);
+    w.FieldRaw(state == CallState::kSucceeded ? "checkFailedData" : "details", details);
   }
   w.Close();
   return out;
@@ -140,7 +154,8 @@ Result<ServiceCall> ServiceCall::FromStored(std::string_view stored) {
   str("id", c.id);
   str("thing", c.thing);
   str("service", c.service);
-  str("state", c.state);
+  std::string state;
+  str("state", state);
   str("model", c.model);
   str("rule", c.rule);
   str("error", c.error);
@@ -161,16 +176,23 @@ Result<ServiceCall> ServiceCall::FromStored(std::string_view stored) {
   if (c.id.empty() || c.thing.empty() || c.service.empty() || c.params.empty()) {
     return InvalidArgument("a stored service call without id, thing, service or params");
   }
+  if (!state.empty()) {
+    std::optional<CallState> s = ParseCallState(state);
+    if (!s) {
+      return InvalidArgument(fmt::format("a stored service call in an unknown state '{}'", state));
+    }
+    c.state = *s;
+  }
   return c;
 }
 
 Status Engine::Impl::InitServices() {
   calls_made_ = metrics_.GetCounter("gnomon_service_calls_total",
                                     "Thing-model service calls made (REST and ctx.invoke)");
-  for (const char* state : kStates) {
-    calls_finished_[state] = metrics_.GetCounter(
+  for (CallState state : kFinalStates) {
+    calls_finished_[static_cast<size_t>(state)] = metrics_.GetCounter(
         "gnomon_service_calls_finished_total", "Service calls by how they ended",
-        {{"state", state}});
+        {{"state", std::string(CallStateName(state))}});
   }
   service_refused_ = metrics_.GetCounter(
       "gnomon_service_calls_refused_total",
@@ -185,8 +207,8 @@ Status Engine::Impl::InitServices() {
   const std::string& prefix = config_.shadows.topic_prefix;
   service_reply_filter_ = prefix + "/+/services/+/reply";
   service_sent_ = std::make_unique<ServiceSentObserver>(
-      [this](const std::string& thing, const std::string& id, const char* outcome) {
-        NoteCall(thing, id, outcome);
+      [this](const std::string& thing, const std::string& id, CallEvent::What what) {
+        NoteCall(thing, id, what);
       });
   // Calls stored by an earlier run: unfinished ones go on (SENT ones time out or get their
   // reply, which the broker kept for our persistent session), finished ones stay readable.
@@ -216,14 +238,10 @@ Status Engine::Impl::InitServices() {
   return {};
 }
 
-void Engine::Impl::NoteCall(const std::string& thing, const std::string& id, const char* what) {
-  Message m;
-  m.kind = MessageKind::kServiceTimer;
-  m.topic = what;
-  m.device = thing;
-  m.key = id;
-  m.source = &api_source_name_;
-  (void)workers_[OwnerOf(thing)]->queue.PushForce(std::move(m));  // closed: stopping anyway
+void Engine::Impl::NoteCall(const std::string& thing, const std::string& id,
+                            CallEvent::What what) {
+  (void)workers_[OwnerOf(thing)]->queue.PushForce(  // closed: stopping anyway
+      CallEvent{thing, id, what});
 }
 
 std::optional<bool> Engine::Impl::Presence(Worker& w, const std::string& thing) {
@@ -267,27 +285,27 @@ void Engine::Impl::SendQueuedCalls(Worker& w, const std::string& thing) {
     return;
   }
   for (auto& [seq, c] : w.calls) {
-    if (c.thing == thing && c.state == "QUEUED" && !c.in_flight) {
+    if (c.thing == thing && c.state == CallState::kQueued && !c.in_flight) {
       SendCall(c);
     }
   }
 }
 
-void Engine::Impl::FinishCall(Worker& w, ServiceCall& c, std::string state, Delivery* hold) {
-  c.state = std::move(state);
+void Engine::Impl::FinishCall(Worker& w, ServiceCall& c, CallState state, Delivery* hold) {
+  c.state = state;
   c.finished_ms = clock_.NowMs();
   c.in_flight = false;
   if (auto it = w.unfinished.find(c.thing); it != w.unfinished.end() && --it->second == 0) {
     w.unfinished.erase(it);
   }
-  if (auto counter = calls_finished_.find(c.state); counter != calls_finished_.end()) {
-    counter->second->Inc();
+  if (Counter* counter = calls_finished_[static_cast<size_t>(c.state)]) {
+    counter->Inc();
   }
   auto waiter = std::move(c.waiter);
   c.waiter = nullptr;
   int status = 200;
   std::string body = c.Json();
-  if (c.state == "TIMEOUT" || c.state == "EXPIRED") {
+  if (c.state == CallState::kTimeout || c.state == CallState::kExpired) {
     status = 504;
     body = Error(504, "TM_SERVICE_TIMEOUT",
                  fmt::format("{} did not answer {} within {} ms", c.thing, c.service,
@@ -320,7 +338,9 @@ void Engine::Impl::FinishCall(Worker& w, ServiceCall& c, std::string state, Deli
   });
 }
 
-void Engine::Impl::InvokeService(Worker& w, Message& m) {
+void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
+  Message& m = call_request.msg;
+  Reply& reply = call_request.reply;
   int64_t now_ms = clock_.NowMs();
   const std::string& thing = m.device;
   const std::string& service = m.topic;
@@ -328,8 +348,8 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
   auto refuse = [&](const shadow::ShadowError& e) {
     service_refused_->Inc();
     std::string body = e.Json(now_ms / 1000);
-    if (m.reply) {
-      m.reply(e.code, std::move(body));
+    if (reply) {
+      reply(e.code, std::move(body));
     } else {
       const std::string* topic = FindHeader(m.headers, "gnomon-source-topic");
       DeadLetter(m.delivery, "service_rejected",
@@ -395,7 +415,7 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
   c.params = params->Json();
   c.model = model->ref();
   c.rule = rule != nullptr ? *rule : "";
-  c.sync = info->sync && m.reply != nullptr;  // a rule's call never waits
+  c.sync = info->sync && reply != nullptr;  // a rule's call never waits
   c.timeout_ms = info->timeout_ms;
   c.created_ms = now_ms;
   int64_t ttl = config_.services.ttl_ms;
@@ -404,22 +424,22 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
   }
   c.expires_ms = now_ms + ttl;
   calls_made_->Inc();
-  bool rest = m.reply != nullptr;
+  bool rest = reply != nullptr;
   uint64_t seq = next_call_seq_++;
   w.call_seq[c.id] = seq;
   ++w.unfinished[thing];
   w.live_calls.fetch_add(1, std::memory_order_relaxed);
   if (c.sync) {
-    c.waiter = std::move(m.reply);
+    c.waiter = std::move(reply);
   }
   ServiceCall& call = w.calls.emplace(seq, std::move(c)).first->second;
   // Durable first; then answered, and sent by the owner. Until then nothing else sends it.
   call.in_flight = true;
-  StoreCall(call, [this, rest, answer = std::move(m.reply), delivery = m.delivery,
+  StoreCall(call, [this, rest, answer = std::move(reply), delivery = m.delivery,
                    body = call.Json(), thing = call.thing, id = call.id](const Status& st) {
     if (!st.ok()) {
       shadow_store_failures_->Inc();
-      NoteCall(thing, id, "unstored");
+      NoteCall(thing, id, CallEvent::What::kUnstored);
       if (answer) {
         answer(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
                         .Json(clock_.NowMs() / 1000));
@@ -429,7 +449,7 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
       delivery->Release();
       return;
     }
-    NoteCall(thing, id, "send");  // the owner sends it
+    NoteCall(thing, id, CallEvent::What::kSend);  // the owner sends it
     if (answer) {
       answer(202, body);
     }
@@ -437,71 +457,72 @@ void Engine::Impl::InvokeService(Worker& w, Message& m) {
   });
 }
 
-void Engine::Impl::HandleService(Worker& w, Message& m) {
-  if (m.kind == MessageKind::kServiceInvoke) {
-    InvokeService(w, m);
-    return;
-  }
+void Engine::Impl::QueryCall(Worker& w, CallQuery& query) {
+  const Message& m = query.msg;
   auto it = w.call_seq.find(m.key);
   ServiceCall* c = it != w.call_seq.end() ? &w.calls.at(it->second) : nullptr;
-  if (m.kind == MessageKind::kServiceStatus) {
-    if (c == nullptr || c->thing != m.device) {
-      m.reply(404, Error(404, "TM_CALL_NOT_FOUND",
-                         fmt::format("{} has no call {} (finished calls are kept for "
-                                     "services.keep_ms)",
-                                     m.device, m.key))
-                       .Json(clock_.NowMs() / 1000));
-      m.delivery->Release();
-      return;
-    }
-    // After what is queued in the store: the answer shows durable state only.
-    shadow_store_->After([reply = std::move(m.reply), body = c->Json(),
-                          d = m.delivery](const Status&) {
-      reply(200, body);
-      d->Release();
-    });
+  if (c == nullptr || c->thing != m.device) {
+    query.reply(404, Error(404, "TM_CALL_NOT_FOUND",
+                           fmt::format("{} has no call {} (finished calls are kept for "
+                                       "services.keep_ms)",
+                                       m.device, m.key))
+                         .Json(clock_.NowMs() / 1000));
+    m.delivery->Release();
     return;
   }
-  // kServiceTimer
-  if (m.topic == "tick") {
-    ServiceTick(w);
-    return;
-  }
+  // After what is queued in the store: the answer shows durable state only.
+  shadow_store_->After([reply = std::move(query.reply), body = c->Json(),
+                        d = m.delivery](const Status&) {
+    reply(200, body);
+    d->Release();
+  });
+}
+
+void Engine::Impl::OnCallEvent(Worker& w, const CallEvent& e) {
+  auto it = w.call_seq.find(e.id);
+  ServiceCall* c = it != w.call_seq.end() ? &w.calls.at(it->second) : nullptr;
   if (c == nullptr || c->finished()) {
     return;  // e.g. a reply came before the broker's acknowledgement of the request
   }
-  if (m.topic == "send") {
-    // Durable now: sent unless the device is offline (then when it connects).
-    c->in_flight = false;
-    if (c->state == "QUEUED" && Presence(w, c->thing) != false) {
-      SendCall(*c);
+  switch (e.what) {
+    case CallEvent::What::kSend:
+      // Durable now: sent unless the device is offline (then when it connects).
+      c->in_flight = false;
+      if (c->state == CallState::kQueued && Presence(w, c->thing) != false) {
+        SendCall(*c);
+      }
+      break;
+    case CallEvent::What::kSent:
+      c->in_flight = false;
+      if (c->state == CallState::kQueued) {
+        c->state = CallState::kSent;
+        c->sent_ms = clock_.NowMs();
+        StoreCall(*c, nullptr);
+      }
+      break;
+    case CallEvent::What::kUnsent:
+      c->in_flight = false;  // sent again by the next tick
+      break;
+    case CallEvent::What::kFailed:
+      c->error = "TM_SEND_FAILED";
+      c->message = "The request could not be published (see the dead letter)";
+      FinishCall(w, *c, CallState::kFailed, nullptr);
+      break;
+    case CallEvent::What::kUnstored: {
+      // Never made: the caller was told 500 (a sync caller is told here).
+      if (c->waiter) {
+        c->waiter(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
+                           .Json(clock_.NowMs() / 1000));
+      }
+      if (auto u = w.unfinished.find(c->thing); u != w.unfinished.end() && --u->second == 0) {
+        w.unfinished.erase(u);
+      }
+      uint64_t seq = it->second;
+      w.call_seq.erase(it);
+      w.calls.erase(seq);
+      w.live_calls.fetch_sub(1, std::memory_order_relaxed);
+      break;
     }
-  } else if (m.topic == "sent") {
-    c->in_flight = false;
-    if (c->state == "QUEUED") {
-      c->state = "SENT";
-      c->sent_ms = clock_.NowMs();
-      StoreCall(*c, nullptr);
-    }
-  } else if (m.topic == "unsent") {
-    c->in_flight = false;  // sent again by the next tick
-  } else if (m.topic == "failed") {
-    c->error = "TM_SEND_FAILED";
-    c->message = "The request could not be published (see the dead letter)";
-    FinishCall(w, *c, "FAILED", nullptr);
-  } else if (m.topic == "unstored") {
-    // Never made: the caller was told 500 (a sync caller is told here).
-    if (c->waiter) {
-      c->waiter(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
-                         .Json(clock_.NowMs() / 1000));
-    }
-    if (auto u = w.unfinished.find(c->thing); u != w.unfinished.end() && --u->second == 0) {
-      w.unfinished.erase(u);
-    }
-    uint64_t seq = it->second;
-    w.call_seq.erase(it);
-    w.calls.erase(seq);
-    w.live_calls.fetch_sub(1, std::memory_order_relaxed);
   }
 }
 
@@ -521,16 +542,16 @@ void Engine::Impl::ServiceTick(Worker& w) {
     } else if (c.sync && now >= c.created_ms + c.timeout_ms) {
       c.error = "TM_SERVICE_TIMEOUT";
       c.message = fmt::format("no reply within {} ms", c.timeout_ms);
-      FinishCall(w, c, "TIMEOUT", nullptr);
-    } else if (c.state == "SENT" && now >= c.sent_ms + c.timeout_ms) {
+      FinishCall(w, c, CallState::kTimeout, nullptr);
+    } else if (c.state == CallState::kSent && now >= c.sent_ms + c.timeout_ms) {
       c.error = "TM_SERVICE_TIMEOUT";
       c.message = fmt::format("no reply within {} ms of sending", c.timeout_ms);
-      FinishCall(w, c, "TIMEOUT", nullptr);
-    } else if (c.state == "QUEUED" && !c.in_flight) {
+      FinishCall(w, c, CallState::kTimeout, nullptr);
+    } else if (c.state == CallState::kQueued && !c.in_flight) {
       if (now >= c.expires_ms) {
         c.error = "TM_CALL_EXPIRED";
         c.message = "the device did not come online before the call's time to live ran out";
-        FinishCall(w, c, "EXPIRED", nullptr);
+        FinishCall(w, c, CallState::kExpired, nullptr);
       } else {
         auto [o, fresh] = offline.try_emplace(c.thing, false);
         if (fresh) {
@@ -554,10 +575,10 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
   if (OwnerOf(thing) != w.index) {
     // The source named the device differently: the thing's owner handles it (and its rules).
     m.device = thing;
+    Delivery* d = m.delivery;
     if (!workers_[OwnerOf(thing)]->queue.PushForce(std::move(m))) {
-      // PushForce leaves `m` untouched when it refuses (the queue is closed).
-      m.delivery->Mark(Delivery::kAbandoned);  // NOLINT(bugprone-use-after-move)
-      m.delivery->Release();
+      d->Mark(Delivery::kAbandoned);  // the queue is closed: stopping
+      d->Release();
     }
     return false;
   }
@@ -586,8 +607,8 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
   if (c->finished()) {
     late_replies_->Inc();
     log::Warn("a service reply came after its call ended; keeping the end",
-              {{"thing", thing}, {"call", c->id}, {"state", c->state}});
-    Header(m.headers, "gnomon-call-state", c->state);
+              {{"thing", thing}, {"call", c->id}, {"state", CallStateName(c->state)}});
+    Header(m.headers, "gnomon-call-state", std::string(CallStateName(c->state)));
     return true;
   }
   const shadow::Value* code = v->Find("code");
@@ -602,9 +623,9 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
     c->error = "TM_DEVICE_ERROR";
     c->message = fmt::format("the device answered code {}", c->code);
   }
-  std::string state = c->error.empty() ? "SUCCEEDED" : "FAILED";
+  CallState state = c->error.empty() ? CallState::kSucceeded : CallState::kFailed;
   const shadow::ThingModel* model = BoundModel(thing);
-  if (state == "SUCCEEDED" && model != nullptr) {
+  if (state == CallState::kSucceeded && model != nullptr) {
     shadow::Value empty = shadow::Value::Object();
     auto problems = model->ValidateService(service, data != nullptr ? *data : empty, true);
     if (!problems.empty()) {
@@ -613,13 +634,13 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
       if (model->mode() == shadow::ValidationMode::kStrict) {
         c->error = "MODEL_VALIDATION";
         c->message = fmt::format("the reply's data does not match {} of {}", service, model->ref());
-        state = "FAILED";
+        state = CallState::kFailed;
       }
     }
   }
   m.delivery->Hold();  // until the call's end is durable
   FinishCall(w, *c, state, m.delivery);
-  Header(m.headers, "gnomon-call-state", c->state);
+  Header(m.headers, "gnomon-call-state", std::string(CallStateName(c->state)));
   return true;
 }
 
@@ -631,23 +652,24 @@ void Engine::Impl::ServiceTimer(const std::stop_token& st) {
       if (w->live_calls.load(std::memory_order_relaxed) == 0 || w->queue.size() > 0) {
         continue;  // nothing to watch, or busy (the tick comes when it is not)
       }
-      Message m;
-      m.kind = MessageKind::kServiceTimer;
-      m.topic = "tick";
-      m.source = &api_source_name_;
-      (void)w->queue.PushForce(std::move(m));
+      (void)w->queue.PushForce(CallTick{});
     }
   }
 }
 
-HttpResponse Engine::Impl::ApiCall(Message m, int64_t wait_ms) {
+HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
   auto done = std::make_shared<std::promise<std::pair<int, std::string>>>();
   auto answer = done->get_future();
-  m.source = &api_source_name_;
-  m.ts_ms = clock_.NowMs();
-  m.reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
+  Reply* reply = ReplyOf(item);
+  Message* head = HeadOf(item);
+  if (reply == nullptr || head == nullptr) {
+    std::abort();  // not a REST request: a bug
+  }
+  *reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
+  head->source = &api_source_name_;
+  head->ts_ms = clock_.NowMs();
   HttpResponse out;
-  if (!Submit(std::move(m), nullptr)) {
+  if (!Admit(std::move(item), nullptr)) {
     out.status = 503;
     out.body = Error(503, "UNAVAILABLE", "gnomon is stopping").Json(clock_.NowMs() / 1000);
     return out;
@@ -684,11 +706,10 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
          if (bad_thing(req.params.at(0), out)) {
            return out;
          }
-         Message m;
-         m.kind = MessageKind::kServiceStatus;
-         m.device = req.params.at(0);
-         m.key = req.params.at(1);
-         return ApiCall(std::move(m), kApiWaitMs);
+         CallQuery query;
+         query.msg.device = req.params.at(0);
+         query.msg.key = req.params.at(1);
+         return ApiCall(std::move(query), kApiWaitMs);
        }});
   routes.push_back(
       {"POST", "/v1/things/([^/]+)/services/([^/]+)", [this, bad_thing](const HttpRequest& req) {
@@ -697,8 +718,8 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
          if (bad_thing(thing, out)) {
            return out;
          }
-         Message m;
-         m.kind = MessageKind::kServiceInvoke;
+         CallInvoke call;
+         Message& m = call.msg;
          m.device = thing;
          m.topic = req.params.at(1);
          m.payload = req.body;
@@ -720,7 +741,7 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
              wait += info->timeout_ms;
            }
          }
-         return ApiCall(std::move(m), wait);
+         return ApiCall(std::move(call), wait);
        }});
   return routes;
 }

@@ -88,18 +88,19 @@ Result<std::optional<std::string>> Engine::Impl::ReadShadowFor(void* worker,
   return std::optional<std::string>(std::get<std::string>(doc.Get(name, now_s)));
 }
 
-namespace {
-
-// Marks what the shadow topics' MQTT source takes as shadow requests.
-class ShadowIngest final : public Ingest {
+// What the shadow topics' MQTT source takes: shadow requests, and service replies (which are
+// data: they reach rules too).
+class Engine::Impl::ShadowIngest final : public Ingest {
  public:
-  explicit ShadowIngest(Ingest& engine) : engine_(engine) {}
+  explicit ShadowIngest(Impl& engine) : engine_(engine) {}
   bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override {
-    // Service replies are data (they reach rules too); the rest are shadow requests.
     bool reply = m.topic.size() > 6 && m.topic.compare(m.topic.size() - 6, 6, "/reply") == 0 &&
                  m.topic.find("/services/") != std::string::npos;
-    m.kind = reply ? MessageKind::kData : MessageKind::kShadowMqtt;
-    return engine_.Submit(std::move(m), std::move(ack));
+    if (reply) {
+      return engine_.Admit(std::move(m), std::move(ack));
+    }
+    return engine_.Admit(ShadowRequest{std::move(m), ShadowChannel::kMqtt, nullptr, ""},
+                         std::move(ack));
   }
   void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
               std::string_view error) override {
@@ -107,10 +108,8 @@ class ShadowIngest final : public Ingest {
   }
 
  private:
-  Ingest& engine_;
+  Impl& engine_;
 };
-
-}  // namespace
 
 Status Engine::Impl::InitShadows() {
   const AppConfig::Shadows& sc = config_.shadows;
@@ -302,7 +301,7 @@ std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseSha
                              prefix));
   }
   op.thing = seg[0];
-  op.op = seg.back();
+  std::string_view verb = seg.back();
   if (seg.size() == 5) {
     op.name = seg[3];
     if (!ValidShadowId(op.name, 64)) {
@@ -313,8 +312,16 @@ std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseSha
   if (!ValidShadowId(op.thing, 128)) {
     return Error(400, "INVALID_THING_NAME", "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -");
   }
-  if (op.op != "update" && op.op != "get" && op.op != "delete" && op.op != "changes") {
-    return Error(400, "INVALID_TOPIC", fmt::format("unknown shadow operation '{}'", op.op));
+  if (verb == "update") {
+    op.verb = ShadowVerb::kUpdate;
+  } else if (verb == "get") {
+    op.verb = ShadowVerb::kGet;
+  } else if (verb == "delete") {
+    op.verb = ShadowVerb::kDelete;
+  } else if (verb == "changes") {
+    op.verb = ShadowVerb::kChanges;
+  } else {
+    return Error(400, "INVALID_TOPIC", fmt::format("unknown shadow operation '{}'", verb));
   }
   return op;
 }
@@ -445,13 +452,13 @@ void Engine::Impl::TrimShadows(Worker& w) {
 
 void Engine::Impl::Answer(ShadowReplyTo to, int status, std::string body,
                           std::string_view suffix) {
-  switch (to.kind) {
-    case MessageKind::kShadowApi:
+  switch (to.channel) {
+    case ShadowChannel::kApi:
       if (to.reply) {
         to.reply(status, std::move(body));
       }
       break;
-    case MessageKind::kShadowMqtt:
+    case ShadowChannel::kMqtt:
       if (shadow_sink_ && !suffix.empty()) {
         Record r;
         r.payload = std::move(body);
@@ -464,13 +471,11 @@ void Engine::Impl::Answer(ShadowReplyTo to, int status, std::string body,
         shadow_sink_->sink->Send(std::move(r));
       }
       break;
-    case MessageKind::kShadowRouted:
+    case ShadowChannel::kRouted:
       if (status >= 300) {
         DeadLetter(to.delivery, "shadow_rejected", body, to.rule, to.source, to.topic, "",
                    to.payload, 1, clock_.NowMs());
       }
-      break;
-    default:
       break;
   }
   to.delivery->Release();
@@ -510,10 +515,10 @@ void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::s
   }
 }
 
-void Engine::Impl::DropShadow(Worker& w, const Message& evict) {
-  std::string key = Key(evict.device, evict.key);
+void Engine::Impl::DropShadow(Worker& w, const ShadowEviction& evict) {
+  std::string key = Key(evict.thing, evict.name);
   uint64_t& epoch = w.shadow_epochs[key];
-  if (std::to_string(epoch) != evict.payload) {
+  if (epoch != evict.epoch) {
     return;  // that copy is gone already (several of its writes were refused)
   }
   ++epoch;
@@ -523,13 +528,8 @@ void Engine::Impl::DropShadow(Worker& w, const Message& evict) {
 
 void Engine::Impl::EvictShadow(const std::string& thing, const std::string& name,
                                uint64_t epoch) {
-  Message m;
-  m.kind = MessageKind::kShadowEvict;
-  m.device = thing;
-  m.key = name;
-  m.payload = std::to_string(epoch);
-  m.source = &shadow_source_name_;
-  (void)workers_[OwnerOf(thing)]->queue.PushForce(std::move(m));  // closed: stopping anyway
+  (void)workers_[OwnerOf(thing)]->queue.PushForce(  // closed: stopping anyway
+      ShadowEviction{thing, name, epoch});
 }
 
 void Engine::Impl::PublishShadowEvent(const std::string& thing, const std::string& topic,
@@ -626,7 +626,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
         Delivery* hold = to.delivery;
         ProduceChangelog(thing, name, &result.documents, hold);
         NotifyWatchers(thing, name, "update", result.documents);
-        bool mqtt_requester = to.kind == MessageKind::kShadowMqtt;
+        bool mqtt_requester = to.channel == ShadowChannel::kMqtt;
         if (!mqtt_requester) {
           // Subscribers see update/accepted whatever channel the update came from.
           PublishShadowEvent(thing, base + "/update/accepted", result.accepted, hold);
@@ -725,15 +725,16 @@ void AddCheckFailed(std::string& accepted, const std::string& failed) {
 }
 }  // namespace
 
-void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
+void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
+  Message& m = req.msg;
   ShadowReplyTo to;
-  to.kind = m.kind;
+  to.channel = req.channel;
   to.topic = m.topic;
-  to.reply = std::move(m.reply);
+  to.reply = std::move(req.reply);
   to.delivery = m.delivery;
   to.source = m.source;
-  if (m.kind == MessageKind::kShadowRouted) {
-    to.rule = m.key;
+  if (req.channel == ShadowChannel::kRouted) {
+    to.rule = std::move(req.rule);
     to.payload = m.payload;
   }
   // `to` carries the message's processing hold from here on: Answer releases it.
@@ -756,7 +757,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     return;
   }
   shadow::ShadowDocument& d = **doc;
-  if (op.op == "update") {
+  if (op.verb == ShadowVerb::kUpdate) {
     std::string failed;
     auto request = ApplyModel(op.thing, m.payload, &failed);
     if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
@@ -775,8 +776,8 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     AddCheckFailed(result.accepted, failed);
     to.topic = ShadowTopic(op.thing, op.name) + "/update";
     PersistAndAnswer(w, op.thing, op.name, d, std::move(result), std::move(to));
-  } else if (op.op == "changes") {
-    if (to.kind != MessageKind::kShadowApi) {
+  } else if (op.verb == ShadowVerb::kChanges) {
+    if (to.channel != ShadowChannel::kApi) {
       RejectShadow(std::move(to), Error(400, "INVALID_TOPIC", "changes is a REST request"));
       return;
     }
@@ -818,7 +819,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
     shadow_store_->After([this, to = std::move(to), body = std::move(body)](const Status&) mutable {
       Answer(std::move(to), 200, std::move(body), "");
     });
-  } else if (op.op == "get") {
+  } else if (op.verb == ShadowVerb::kGet) {
     auto r = d.Get(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
       RejectShadow(std::move(to), *err);
@@ -857,7 +858,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, Message& m) {
           ProduceChangelog(thing, name, nullptr, to.delivery);
           NotifyWatchers(thing, name, "delete", body);
           PublishShadowEvent(thing, base + "/delete/accepted", body,
-                             to.kind != MessageKind::kShadowMqtt ? to.delivery : nullptr);
+                             to.channel != ShadowChannel::kMqtt ? to.delivery : nullptr);
           Answer(std::move(to), 200, std::move(body), "/accepted");
         },
         std::move(reset));
@@ -1082,7 +1083,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
   }
   for (Step& s : steps) {
     ShadowReplyTo to;
-    to.kind = MessageKind::kShadowRouted;
+    to.channel = ShadowChannel::kRouted;
     to.topic = ShadowTopic(s.thing, s.name) + "/update";
     to.delivery = m.delivery;
     to.source = m.source;
@@ -1099,17 +1100,18 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     if (e.kind != rules::Effect::Kind::kShadowUpdate || OwnerOf(e.thing) == w.index) {
       continue;
     }
-    Message rm;
+    ShadowRequest req;
+    req.channel = ShadowChannel::kRouted;
+    req.rule = rule.name;
+    Message& rm = req.msg;
     rm.topic = ShadowTopic(e.thing, e.shadow_name) + "/update";
     rm.device = e.thing;
     rm.payload = std::move(e.payload);
-    rm.key = rule.name;
     rm.source = m.source;
     rm.ts_ms = m.ts_ms;
-    rm.kind = MessageKind::kShadowRouted;
     rm.delivery = m.delivery;
     m.delivery->Hold();
-    if (!workers_[OwnerOf(e.thing)]->queue.PushForce(std::move(rm))) {
+    if (!workers_[OwnerOf(e.thing)]->queue.PushForce(std::move(req))) {
       m.delivery->Mark(Delivery::kAbandoned);
       m.delivery->Release();
     }
@@ -1234,12 +1236,12 @@ HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& na
 }
 
 HttpResponse Engine::Impl::ShadowApiCall(std::string topic, std::string thing, std::string body) {
-  Message m;
-  m.topic = std::move(topic);
-  m.device = std::move(thing);
-  m.payload = std::move(body);
-  m.kind = MessageKind::kShadowApi;
-  return ApiCall(std::move(m), std::chrono::milliseconds(kApiTimeout).count());
+  ShadowRequest req;
+  req.channel = ShadowChannel::kApi;
+  req.msg.topic = std::move(topic);
+  req.msg.device = std::move(thing);
+  req.msg.payload = std::move(body);
+  return ApiCall(std::move(req), std::chrono::milliseconds(kApiTimeout).count());
 }
 
 std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {

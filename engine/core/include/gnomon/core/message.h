@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -63,25 +62,6 @@ class Delivery {
   AckHandle* ack_;  // owned: deleted when the delivery finishes
 };
 
-// What a message is for. Shadow requests are handled by the owner of the shadow instead of
-// running rules; they differ in where the answer goes.
-enum class MessageKind : uint8_t {
-  kData,          // input for the rules
-  kShadowMqtt,    // an MQTT shadow request: answered on {topic}/accepted|rejected
-  kShadowRouted,  // a rule's write to a shadow another worker owns: rejections dead-letter
-  kShadowApi,     // a REST shadow request: answered through `reply`
-  kShadowEvict,   // internal: a write of shadow (`device`, `key` = name) could not be stored;
-                  // the owner drops its copy (of the epoch in `payload`) so the next use reads
-                  // the store again
-  // Thing-model service calls, handled by the owner of the thing (`device`):
-  kServiceInvoke,  // a new call: `topic` the service, `payload` the params, `key` the call id
-                   // (empty: one is made); answered through `reply`, or (a rule's call, no
-                   // `reply`) dead-lettered when refused
-  kServiceStatus,  // GET of call `key`: answered through `reply`
-  kServiceTimer,   // internal: `topic` is tick | sent | unsent (the request publish of call
-                   // `key` was acknowledged or given up) | unstored (its write failed)
-};
-
 struct Message {
   std::string topic;
   std::string device;
@@ -91,9 +71,6 @@ struct Message {
   int64_t ts_ms = 0;
   const std::string* source = nullptr;  // name owned by the source, outlives the message
   Delivery* delivery = nullptr;         // owned by itself; one hold belongs to this message
-  MessageKind kind = MessageKind::kData;
-  // kShadowApi, kServiceInvoke, kServiceStatus: called once with the HTTP status and the body.
-  std::function<void(int status, std::string body)> reply;
 };
 
 }  // namespace gnomon
