@@ -572,8 +572,8 @@ void Engine::Impl::RunWorker(size_t index) {
                  item);
     }
     batch.clear();
-    if (shadow_store_) {
-      TrimShadows(w);
+    if (w.shadows) {
+      w.shadows->Trim();
     }
   }
   w.exited = true;

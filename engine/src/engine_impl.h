@@ -29,6 +29,7 @@
 #include "gnomon/core/mutex.h"
 #include "breaker.h"
 #include "http_server.h"
+#include "shadow_owner.h"
 #include "work.h"
 
 namespace gnomon::engine {
@@ -230,44 +231,13 @@ class Engine::Impl final : public Ingest,
     Mutex runtime_mu;  // held by the watchdog to interrupt, by the worker to swap `runtime`
     std::jthread thread;
     size_t index = 0;
-    // Shadows this worker owns (by thing), loaded on first use: the single writer's state. At
-    // most shadows.cache_shadows stay: beyond that the least recently used are dropped at the
-    // end of a batch, once their writes are done, and read again from the store when next used.
-    struct CachedShadow {
-      shadow::ShadowDocument doc;
-      uint64_t written = 0;  // the store's sequence number of its last write
-      std::list<const std::string*>::iterator lru{};
-    };
-    std::unordered_map<std::string, CachedShadow> shadows;  // key: thing \0 name
-    std::list<const std::string*> shadow_lru;               // keys of `shadows`, newest first
-    // Recent changes of owned shadows (read back from the store's history log at start), for
-    // GET .../changes?sinceVersion=N (older: the caller resyncs from the document): at most
-    // shadows.history versions per shadow, and shadows.history_mb in all, the oldest changes
-    // of any shadow going first (RecordChange).
-    struct Change {
-      int64_t version;
-      int64_t timestamp;
-      std::string ops;  // RFC 6902, JSON array
-    };
-    std::unordered_map<std::string, std::deque<Change>> history;
-    // Every change recorded, oldest first, with the memory it was charged; its memory counts
-    // until it leaves here (also when its shadow dropped it sooner).
-    struct Recorded {
-      std::string key;
-      int64_t version;
-      size_t bytes;
-    };
-    std::deque<Recorded> history_order;
-    size_t history_bytes = 0;
-    // The epoch of the worker's copy of a shadow (ShadowStore::Write), for the shadows whose
-    // copy was dropped after a refused write (absent: 0).
-    std::unordered_map<std::string, uint64_t> shadow_epochs;
+    // Shadows this worker owns (null without `shadows:`).
+    std::unique_ptr<ShadowOwner> shadows;
     // Service calls of the things this worker owns, in the order they were made (seq).
     std::map<uint64_t, ServiceCall> calls;
     std::unordered_map<std::string, uint64_t> call_seq;       // id → seq
     std::unordered_map<std::string, size_t> unfinished;       // thing → its unfinished calls
     std::atomic<size_t> live_calls{0};  // calls held (the timer ticks workers with some)
-    std::unique_ptr<shadow::ShadowStore::Reader> shadow_reader;  // committed state of others
     std::unique_ptr<rules::ShadowReader> rule_shadows;          // what ctx.shadow reads
   };
 
@@ -308,9 +278,6 @@ class Engine::Impl final : public Ingest,
   std::string ShadowTopic(std::string_view thing, std::string_view name) const;
   // Parses {prefix}/{thing}/shadow[/name/{name}]/{update|get|delete}; errors are the reply.
   std::variant<ShadowOp, shadow::ShadowError> ParseShadowTopic(std::string_view topic) const;
-  // The owned shadow (thing, name), loaded from the store on first use.
-  Result<shadow::ShadowDocument*> OwnedShadow(Worker& w, const std::string& thing,
-                                              const std::string& name);
   void HandleShadowRequest(Worker& w, ShadowRequest& req);
   // Thing-model validation of an update request for `thing` (spec step 9): the request to apply
   // (weak mode: without the invalid properties, listed in `failed`) or MODEL_VALIDATION.
@@ -340,14 +307,8 @@ class Engine::Impl final : public Ingest,
   // with the next epoch.
   void EvictShadow(const std::string& thing, const std::string& name, uint64_t epoch);
   void DropShadow(Worker& w, const ShadowEviction& evict);
-  void ForgetShadow(Worker& w, const std::string& key);
-  // Adds an accepted write's change to the shadow's history, within the history's bounds.
-  void RecordChange(Worker& w, std::string_view thing, std::string_view name,
-                    shadow::ShadowChange c);
   // At start: the history kept in the store's history log, back to its owners.
   Status RestoreHistory();
-  // Drops the least recently used clean shadows beyond shadows.cache_shadows.
-  void TrimShadows(Worker& w);
   void PublishShadowEvent(const std::string& thing, const std::string& topic,
                           std::string payload, Delivery* hold);
   // Produces an accepted write (the documents event; nullptr: a delete, as a tombstone) to the

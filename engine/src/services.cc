@@ -248,7 +248,7 @@ std::optional<bool> Engine::Impl::Presence(Worker& w, const std::string& thing) 
   if (config_.shadows.presence_from.empty()) {
     return std::nullopt;
   }
-  auto doc = OwnedShadow(w, thing, "");
+  auto doc = w.shadows->Get(thing, "");
   if (!doc.ok()) {
     return std::nullopt;
   }

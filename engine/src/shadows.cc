@@ -19,14 +19,6 @@ namespace {
 
 constexpr auto kApiTimeout = std::chrono::seconds(10);
 
-std::string Key(std::string_view thing, std::string_view name) {
-  std::string k;
-  k.reserve(thing.size() + name.size() + 1);
-  k.append(thing).push_back('\0');
-  k.append(name);
-  return k;
-}
-
 using shadow::ValidShadowId;
 
 shadow::ShadowError Error(int code, std::string error, std::string message) {
@@ -71,13 +63,13 @@ Result<std::optional<std::string>> Engine::Impl::ReadShadowFor(void* worker,
   int64_t now_s = clock_.NowMs() / 1000;
   if (OwnerOf(thing) == w.index) {
     GNOMON_ASSIGN_OR_RETURN(shadow::ShadowDocument * doc,
-                            OwnedShadow(w, std::string(thing), std::string(name)));
+                            w.shadows->Get(std::string(thing), std::string(name)));
     if (!doc->exists()) {
       return std::optional<std::string>();
     }
     return std::optional<std::string>(std::get<std::string>(doc->Get(name, now_s)));
   }
-  GNOMON_ASSIGN_OR_RETURN(auto stored, w.shadow_reader->Load(thing, name));
+  GNOMON_ASSIGN_OR_RETURN(auto stored, w.shadows->reader().Load(thing, name));
   if (!stored) {
     return std::optional<std::string>();
   }
@@ -258,7 +250,14 @@ Status Engine::Impl::InitWorkerShadows(Worker& w) {
     return {};  // ctx.shadow and ctx.model have nothing to read
   }
   if (shadow_store_) {
-    GNOMON_ASSIGN_OR_RETURN(w.shadow_reader, shadow_store_->NewReader());
+    GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
+    const AppConfig::Shadows& sc = config_.shadows;
+    w.shadows = std::make_unique<ShadowOwner>(
+        ShadowOwner::Options{.cache_shadows = sc.cache_shadows,
+                             .history = sc.history,
+                             .history_bytes = sc.history_mb << 20},
+        *shadow_store_, std::move(reader),
+        ShadowOwner::Counters{.loads = shadow_cache_loads_, .drops = shadow_cache_drops_});
   }
   w.rule_shadows = std::make_unique<WorkerShadowReader>(this, &w);
   return {};
@@ -326,128 +325,24 @@ std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseSha
   return op;
 }
 
-Result<shadow::ShadowDocument*> Engine::Impl::OwnedShadow(Worker& w, const std::string& thing,
-                                                          const std::string& name) {
-  std::string key = Key(thing, name);
-  auto it = w.shadows.find(key);
-  if (it != w.shadows.end()) {
-    w.shadow_lru.splice(w.shadow_lru.begin(), w.shadow_lru, it->second.lru);
-    return &it->second.doc;
-  }
-  GNOMON_ASSIGN_OR_RETURN(auto stored, w.shadow_reader->Load(thing, name));
-  shadow::ShadowDocument doc;
-  if (stored) {
-    auto restored = shadow::ShadowDocument::FromStored(*stored);
-    if (!restored.ok()) {
-      return restored.status().WithContext(
-          fmt::format("shadow {}{}{} in the store", thing, name.empty() ? "" : "/", name));
-    }
-    doc = std::move(restored).value();
-  }
-  shadow_cache_loads_->Inc();
-  it = w.shadows.emplace(std::move(key), Worker::CachedShadow{std::move(doc)}).first;
-  w.shadow_lru.push_front(&it->first);
-  it->second.lru = w.shadow_lru.begin();
-  return &it->second.doc;
-}
-
-void Engine::Impl::ForgetShadow(Worker& w, const std::string& key) {
-  // (Its history stays: it matches the stored document, which is read again when next used.)
-  if (auto it = w.shadows.find(key); it != w.shadows.end()) {
-    w.shadow_lru.erase(it->second.lru);
-    w.shadows.erase(it);
-  }
-}
-
-void Engine::Impl::RecordChange(Worker& w, std::string_view thing, std::string_view name,
-                                shadow::ShadowChange c) {
-  const size_t per_shadow = config_.shadows.history;
-  if (per_shadow == 0) {
-    return;
-  }
-  // What the change holds (its operations, its key here and in history_order, the containers'
-  // own overhead), as the store's history log charges it.
-  size_t bytes = shadow::ShadowChange::Bytes(thing, name, c.ops);
-  std::string key = Key(thing, name);
-  auto& changes = w.history[key];
-  changes.push_back({c.version, c.timestamp, std::move(c.ops)});
-  if (changes.size() > per_shadow) {
-    changes.pop_front();
-  }
-  w.history_order.push_back({std::move(key), c.version, bytes});
-  w.history_bytes += bytes;
-  const size_t budget = config_.shadows.history_mb << 20;
-  while (w.history_bytes > budget && !w.history_order.empty()) {
-    Worker::Recorded& oldest = w.history_order.front();
-    if (auto it = w.history.find(oldest.key); it != w.history.end()) {
-      if (!it->second.empty() && it->second.front().version == oldest.version) {
-        it->second.pop_front();
-      }
-      if (it->second.empty()) {
-        w.history.erase(it);
-      }
-    }
-    w.history_bytes -= oldest.bytes;
-    w.history_order.pop_front();
-  }
-}
-
 Status Engine::Impl::RestoreHistory() {
   if (shadow_store_ == nullptr || config_.shadows.history == 0) {
     return {};
   }
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
-  size_t restored = 0;
-  Status read = reader->Changes(
-      [&](std::string_view thing, std::string_view name, shadow::ShadowChange c) {
-        Worker& w = *workers_[OwnerOf(thing)];
-        if (c.ops.empty()) {
-          w.history.erase(Key(thing, name));  // deleted: what came before no longer applies
-          return;
-        }
-        RecordChange(w, thing, name, std::move(c));
-        ++restored;
-      });
-  if (!read.ok()) {
-    // A history with a hole would answer `changes` without what fell into it: keep none, and
-    // clients resync from the documents (which the history log never holds).
-    log::Error("shadow change history could not be read back; starting without it",
-               {{"error", read.message()}});
-    for (auto& w : workers_) {
-      w->history.clear();
-      w->history_order.clear();
-      w->history_bytes = 0;
-    }
-    return {};
+  std::vector<ShadowOwner*> owners;
+  for (auto& w : workers_) {
+    owners.push_back(w->shadows.get());
   }
-  if (restored > 0) {
-    log::Info("shadow change history restored", {{"changes", std::to_string(restored)}});
+  auto restored = ShadowOwner::RestoreHistory(
+      *reader, owners, [this](std::string_view thing) { return OwnerOf(thing); });
+  if (!restored.ok()) {
+    log::Error("shadow change history could not be read back; starting without it",
+               {{"error", restored.status().message()}});
+  } else if (*restored > 0) {
+    log::Info("shadow change history restored", {{"changes", std::to_string(*restored)}});
   }
   return {};
-}
-
-void Engine::Impl::TrimShadows(Worker& w) {
-  size_t cap = config_.shadows.cache_shadows;
-  if (w.shadows.size() <= cap) {
-    return;
-  }
-  // Only shadows whose writes are all done: a reload must see them.
-  uint64_t done = shadow_store_->committed();
-  size_t excess = w.shadows.size() - cap;
-  size_t looked = 0;
-  for (auto it = w.shadow_lru.end(); excess > 0 && it != w.shadow_lru.begin() &&
-                                     looked < excess + 256;
-       ++looked) {
-    --it;
-    if (w.shadows.find(**it)->second.written > done) {
-      continue;
-    }
-    auto older = std::next(it);
-    ForgetShadow(w, **it);
-    shadow_cache_drops_->Inc();
-    it = older;
-    --excess;
-  }
 }
 
 void Engine::Impl::Answer(ShadowReplyTo to, int status, std::string body,
@@ -495,12 +390,9 @@ void Engine::Impl::RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err
 void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::string& name,
                                std::string stored, shadow::ShadowStore::Done done,
                                std::optional<shadow::ShadowChange> change) {
-  std::string key = Key(thing, name);
-  auto e = w.shadow_epochs.find(key);
-  uint64_t epoch = e != w.shadow_epochs.end() ? e->second : 0;
-  uint64_t seq = shadow_store_->Write(
+  w.shadows->Store(
       thing, name, std::move(stored),
-      [this, thing, name, epoch, done = std::move(done)](const Status& st) {
+      [this, thing, name, done = std::move(done)](const Status& st, uint64_t epoch) {
         if (!st.ok()) {
           shadow_store_failures_->Inc();
           log::Error("shadow write could not be stored",
@@ -509,21 +401,11 @@ void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::s
         }
         done(st);
       },
-      epoch, std::move(change));
-  if (auto c = w.shadows.find(key); c != w.shadows.end()) {
-    c->second.written = seq;
-  }
+      std::move(change));
 }
 
 void Engine::Impl::DropShadow(Worker& w, const ShadowEviction& evict) {
-  std::string key = Key(evict.thing, evict.name);
-  uint64_t& epoch = w.shadow_epochs[key];
-  if (epoch != evict.epoch) {
-    return;  // that copy is gone already (several of its writes were refused)
-  }
-  ++epoch;
-  w.history.erase(key);  // it has the refused write's version, which the reloaded copy reuses
-  ForgetShadow(w, key);
+  w.shadows->Evict(evict.thing, evict.name, evict.epoch);
 }
 
 void Engine::Impl::EvictShadow(const std::string& thing, const std::string& name,
@@ -609,7 +491,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
   if (config_.shadows.history > 0) {
     logged = change;
   }
-  RecordChange(w, thing, name, std::move(change));
+  w.shadows->RecordChange(thing, name, std::move(change));
   std::string base = ShadowTopic(thing, name);
   StoreShadow(
       w, thing, name, doc.StoredJson(),
@@ -621,7 +503,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
           Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
           return;
         }
-        committed_.Put(Key(thing, name), std::move(result.view));
+        committed_.Put(ShadowKey(thing, name), std::move(result.view));
         // Events first (they hold the request until they are out), then the answer.
         Delivery* hold = to.delivery;
         ProduceChangelog(thing, name, &result.documents, hold);
@@ -750,7 +632,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
     return;
   }
   ShadowOp& op = std::get<ShadowOp>(parsed);
-  auto doc = OwnedShadow(w, op.thing, op.name);
+  auto doc = w.shadows->Get(op.thing, op.name);
   if (!doc.ok()) {
     log::Error("shadow could not be loaded", {{"thing", op.thing}, {"error", doc.status().message()}});
     RejectShadow(std::move(to), Error(500, "INTERNAL_ERROR", "The shadow could not be loaded"));
@@ -789,18 +671,17 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
     std::string body;
     json::ObjectWriter out(body);
     out.Field("version", d.version());
-    auto it = w.history.find(Key(op.thing, op.name));
+    const std::deque<ShadowOwner::Change>* kept = w.shadows->History(op.thing, op.name);
     bool complete = since >= d.version() ||
-                    (it != w.history.end() && !it->second.empty() &&
-                     it->second.front().version <= since + 1);
+                    (kept != nullptr && !kept->empty() && kept->front().version <= since + 1);
     if (!complete) {
       // Older than what is kept (or from before a delete): start over from the document.
       out.FieldRaw("resync", "true")
           .FieldRaw("document", std::get<std::string>(d.Get(op.name, now_s)));
     } else {
       std::string list = "[";
-      if (it != w.history.end()) {
-        for (const auto& c : it->second) {
+      if (kept != nullptr) {
+        for (const auto& c : *kept) {
           if (c.version <= since) {
             continue;
           }
@@ -826,7 +707,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
       return;
     }
     shadow_store_->After([this, to = std::move(to), body = std::get<std::string>(std::move(r)),
-                          key = Key(op.thing, op.name)](const Status&) mutable {
+                          key = ShadowKey(op.thing, op.name)](const Status&) mutable {
       // Durable now (every write before this get is): later REST gets need not come here.
       committed_.Put(key, body);
       Answer(std::move(to), 200, std::move(body), "/accepted");
@@ -837,7 +718,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
       RejectShadow(std::move(to), *err);
       return;
     }
-    w.history.erase(Key(op.thing, op.name));
+    w.shadows->EraseHistory(op.thing, op.name);
     std::string base = ShadowTopic(op.thing, op.name);
     std::optional<shadow::ShadowChange> reset;  // the stored history ends here too
     if (config_.shadows.history > 0) {
@@ -854,7 +735,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
                    "/rejected");
             return;
           }
-          committed_.Erase(Key(thing, name));
+          committed_.Erase(ShadowKey(thing, name));
           ProduceChangelog(thing, name, nullptr, to.delivery);
           NotifyWatchers(thing, name, "delete", body);
           PublishShadowEvent(thing, base + "/delete/accepted", body,
@@ -876,7 +757,7 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
                "", m.source, m.topic, m.device, m.payload, 1, m.ts_ms);
     return false;
   }
-  auto doc = OwnedShadow(w, m.device, "");
+  auto doc = w.shadows->Get(m.device, "");
   if (!doc.ok()) {
     DeadLetter(m.delivery, "shadow_error", doc.status().message(), "", m.source, m.topic,
                m.device, m.payload, 1, m.ts_ms);
@@ -905,7 +786,7 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
           return;
         }
         if (!view.empty()) {
-          committed_.Put(Key(thing, ""), std::move(view));
+          committed_.Put(ShadowKey(thing, ""), std::move(view));
         }
         if (changed) {
           // AWS IoT's lifecycle event layout, so existing consumers of it work.
@@ -1031,8 +912,10 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     std::string thing, name;
     shadow::UpdateResult result;
     std::string payload;
+    shadow::ShadowDocument* cached;  // the owner's copy
   };
-  std::vector<std::pair<std::string, shadow::ShadowDocument>> staged;  // key → new state
+  // The owner's copy → its new state (the owner's copies stay put until the next Trim).
+  std::vector<std::pair<shadow::ShadowDocument*, shadow::ShadowDocument>> staged;
   std::vector<Step> steps;
   // One local write (the usual case) needs no copy: a rejected update changes nothing.
   size_t local = 0;
@@ -1043,19 +926,18 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     if (e.kind != rules::Effect::Kind::kShadowUpdate || OwnerOf(e.thing) != w.index) {
       continue;
     }
-    std::string key = Key(e.thing, e.shadow_name);
+    auto owned = w.shadows->Get(e.thing, e.shadow_name);
+    if (!owned.ok()) {
+      return reject(std::string(owned.status().message()));
+    }
     shadow::ShadowDocument* doc = nullptr;
-    for (auto& [k, d] : staged) {
-      if (k == key) {
-        doc = &d;
+    for (auto& [cached, copy] : staged) {
+      if (cached == *owned) {
+        doc = &copy;
       }
     }
     if (doc == nullptr) {
-      auto owned = OwnedShadow(w, e.thing, e.shadow_name);
-      if (!owned.ok()) {
-        return reject(std::string(owned.status().message()));
-      }
-      doc = local == 1 ? *owned : &staged.emplace_back(key, **owned).second;
+      doc = local == 1 ? *owned : &staged.emplace_back(*owned, **owned).second;
     }
     std::string failed;
     auto request = ApplyModel(e.thing, e.payload, &failed);
@@ -1076,10 +958,10 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
                                 err->Json(now_s)));
     }
     steps.push_back({e.thing, e.shadow_name, std::get<shadow::UpdateResult>(std::move(r)),
-                     e.payload});
+                     e.payload, *owned});
   }
-  for (auto& [key, doc] : staged) {
-    w.shadows.at(key).doc = std::move(doc);  // (loaded above; dropped only between batches)
+  for (auto& [cached, copy] : staged) {
+    *cached = std::move(copy);
   }
   for (Step& s : steps) {
     ShadowReplyTo to;
@@ -1092,8 +974,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     m.delivery->Hold();
     // Intermediate states of a shadow written twice in one call are not stored separately:
     // the store keeps the last, and events still go out for each write, in order.
-    PersistAndAnswer(w, s.thing, s.name, w.shadows.at(Key(s.thing, s.name)).doc, std::move(s.result),
-                     std::move(to));
+    PersistAndAnswer(w, s.thing, s.name, *s.cached, std::move(s.result), std::move(to));
   }
   // Writes to shadows other workers own: to their owner, applied there in order.
   for (rules::Effect& e : result.effects) {
@@ -1140,7 +1021,7 @@ void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& n
     if (watchers_.empty()) {
       return;
     }
-    auto it = watchers_.find(Key(thing, name));
+    auto it = watchers_.find(ShadowKey(thing, name));
     if (it == watchers_.end()) {
       return;
     }
@@ -1180,7 +1061,7 @@ void Engine::Impl::CloseWatchers() {
 
 HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& name) {
   auto wt = std::make_shared<Watcher>();
-  std::string key = Key(thing, name);
+  std::string key = ShadowKey(thing, name);
   {
     MutexLock lock(watch_mu_);
     if (watcher_count_ >= kMaxWatchers || stopped_) {
@@ -1318,7 +1199,7 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
       return true;
     }
     const std::string* name = req.Query("name");
-    if (auto view = committed_.Get(Key(req.params.at(0), name != nullptr ? *name : ""))) {
+    if (auto view = committed_.Get(ShadowKey(req.params.at(0), name != nullptr ? *name : ""))) {
       reads_committed_->Inc();
       out.body = *view;
       return true;
