@@ -567,7 +567,7 @@ void Engine::Impl::RunWorker(size_t index) {
                      [&](CallInvoke& c) { InvokeService(w, c); },
                      [&](CallQuery& q) { QueryCall(w, q); },
                      [&](CallEvent& e) { OnCallEvent(w, e); },
-                     [&](CallTick&) { ServiceTick(w); },
+                     [&](CallTick&) { w.calls->Tick(); },
                  },
                  item);
     }

@@ -13,21 +13,22 @@
 #include <functional>
 #include <list>
 #include <map>
-#include <optional>
 #include <mutex>
-#include <thread>
+#include <optional>
 #include <regex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <variant>
 
+#include "breaker.h"
+#include "call_book.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
 #include "gnomon/core/queue.h"
 #include "gnomon/engine/engine.h"
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/store.h"
-#include "gnomon/core/mutex.h"
-#include "breaker.h"
 #include "http_server.h"
 #include "shadow_owner.h"
 #include "work.h"
@@ -136,39 +137,6 @@ class CommittedShadows {
   size_t per_shard_ = SIZE_MAX;
 };
 
-// The states of a service call: QUEUED → SENT → SUCCEEDED | FAILED | TIMEOUT | EXPIRED (a
-// QUEUED call can also end without being sent: FAILED, EXPIRED, TIMEOUT when sync).
-enum class CallState : uint8_t { kQueued, kSent, kSucceeded, kFailed, kTimeout, kExpired };
-// As the API and the store spell it: "QUEUED", "SENT", ...
-std::string_view CallStateName(CallState s);
-std::optional<CallState> ParseCallState(std::string_view name);
-
-// A thing-model service call (docs/thing-models.md#services), kept by the owner of its thing.
-// See services.cc.
-struct ServiceCall {
-  std::string id, thing, service;
-  std::string params;  // JSON object
-  std::string model;   // modelId@version
-  std::string rule;    // the rule that made the call ("": REST)
-  CallState state = CallState::kQueued;
-  bool sync = false;
-  bool in_flight = false;  // the request is with the sink, not yet acknowledged by the broker
-  int64_t timeout_ms = 0;
-  int64_t created_ms = 0, expires_ms = 0, sent_ms = 0, finished_ms = 0;
-  bool has_code = false;
-  int64_t code = 0;           // the device's reply code
-  std::string data;           // the reply's data (JSON), "" when none
-  std::string error, message;  // why it did not succeed
-  std::string details;         // problems (JSON array): strict refusals, weak checkFailedData
-  Reply waiter;                // a sync REST caller (not stored)
-
-  bool finished() const { return state != CallState::kQueued && state != CallState::kSent; }
-  // The status document (GET .../calls/{id}, invoke answers); also its stored form, which
-  // FromStored reads back.
-  std::string Json() const;
-  static Result<ServiceCall> FromStored(std::string_view stored);
-};
-
 class Engine::Impl final : public Ingest,
                            public DeliveryReporter,
                            public DeliveryObserver,
@@ -233,11 +201,9 @@ class Engine::Impl final : public Ingest,
     size_t index = 0;
     // Shadows this worker owns (null without `shadows:`).
     std::unique_ptr<ShadowOwner> shadows;
-    // Service calls of the things this worker owns, in the order they were made (seq).
-    std::map<uint64_t, ServiceCall> calls;
-    std::unordered_map<std::string, uint64_t> call_seq;       // id → seq
-    std::unordered_map<std::string, size_t> unfinished;       // thing → its unfinished calls
-    std::atomic<size_t> live_calls{0};  // calls held (the timer ticks workers with some)
+    // Service calls of the things this worker owns (null without services).
+    std::unique_ptr<CallBook::Effects> call_effects;
+    std::unique_ptr<CallBook> calls;
     std::unique_ptr<rules::ShadowReader> rule_shadows;          // what ctx.shadow reads
   };
 
@@ -332,14 +298,9 @@ class Engine::Impl final : public Ingest,
   void InvokeService(Worker& w, CallInvoke& call);
   void QueryCall(Worker& w, CallQuery& query);
   void OnCallEvent(Worker& w, const CallEvent& e);
-  // Sends the queued calls of `thing` that are not with the sink, in order, unless presence
-  // says the device is offline.
-  void SendQueuedCalls(Worker& w, const std::string& thing);
-  void SendCall(ServiceCall& c);
-  // Moves `c` to a final state, stores it and answers a waiting caller.
-  void FinishCall(Worker& w, ServiceCall& c, CallState state, Delivery* hold);
-  void StoreCall(const ServiceCall& c, shadow::ShadowStore::Done done);
-  void ServiceTick(Worker& w);
+  class CallEffects;  // a worker's CallBook::Effects (services.cc)
+  // Publishes the request of `c` on the shadow connection.
+  void SendCall(const ServiceCall& c);
   void ServiceTimer(const std::stop_token& st);
   std::optional<bool> Presence(Worker& w, const std::string& thing);
   // Submits a REST request (a CallInvoke, CallQuery or ShadowRequest, answered through its
@@ -351,7 +312,6 @@ class Engine::Impl final : public Ingest,
   bool services_enabled() const { return shadow_store_ != nullptr && !config_.models.empty(); }
   std::string service_reply_filter_;  // {prefix}/+/services/+/reply
   std::string service_request_prefix_;
-  std::atomic<uint64_t> next_call_seq_{1};
   std::jthread service_timer_;
   std::unique_ptr<DeliveryObserver> service_sent_;  // turns request publishes into messages
   Counter* calls_made_ = nullptr;

@@ -26,17 +26,10 @@ constexpr auto kTickInterval = std::chrono::milliseconds(100);
 constexpr int64_t kApiWaitMs = 10000;  // answers that need no device: at most this long
 constexpr CallState kFinalStates[] = {CallState::kSucceeded, CallState::kFailed,
                                       CallState::kTimeout, CallState::kExpired};
-constexpr std::string_view kStateNames[] = {"QUEUED", "SENT",    "SUCCEEDED",
-                                            "FAILED", "TIMEOUT", "EXPIRED"};
 
 shadow::ShadowError Error(int code, std::string error, std::string message,
                           std::string details = "") {
-  shadow::ShadowError e;
-  e.code = code;
-  e.error = std::move(error);
-  e.message = std::move(message);
-  e.details = std::move(details);
-  return e;
+  return CallError(code, std::move(error), std::move(message), std::move(details));
 }
 
 // What the sink's acknowledgement of a request publish must find again.
@@ -62,17 +55,6 @@ const std::string* FindHeader(const Headers& h, std::string_view key) {
 
 }  // namespace
 
-std::string_view CallStateName(CallState s) { return kStateNames[static_cast<size_t>(s)]; }
-
-std::optional<CallState> ParseCallState(std::string_view name) {
-  for (size_t i = 0; i < std::size(kStateNames); ++i) {
-    if (kStateNames[i] == name) {
-      return static_cast<CallState>(i);
-    }
-  }
-  return std::nullopt;
-}
-
 // Request publishes finish here (on a sink thread): the owner learns the outcome as a message.
 class ServiceSentObserver final : public DeliveryObserver {
  public:
@@ -91,100 +73,20 @@ class ServiceSentObserver final : public DeliveryObserver {
   Note to_;
 };
 
-std::string ServiceCall::Json() const {
-  std::string out;
-  json::ObjectWriter w(out);
-  w.Field("id", id)
-      .Field("thing", thing)
-      .Field("service", service)
-      .Field("state", CallStateName(state))
-      .Field("model", model)
-      .FieldRaw("params", params)
-      .Field("createdAt", created_ms)
-      .Field("expiresAt", expires_ms)
-      .Field("timeoutMs", timeout_ms)
-      .Field("callType", sync ? "sync" : "async");
-  if (!rule.empty()) {
-    w.Field("rule", rule);
+// What a worker's CallBook does through the engine.
+class Engine::Impl::CallEffects final : public CallBook::Effects {
+ public:
+  CallEffects(Impl& impl, Worker& w) : impl_(impl), w_(w) {}
+  void Send(const ServiceCall& c) override { impl_.SendCall(c); }
+  void Store(const ServiceCall& c, std::string stored, shadow::ShadowStore::Done done) override {
+    impl_.shadow_store_->WriteCall(c.thing, c.id, std::move(stored), std::move(done));
   }
-  if (sent_ms != 0) {
-    w.Field("sentAt", sent_ms);
-  }
-  if (finished_ms != 0) {
-    w.Field("finishedAt", finished_ms);
-  }
-  if (has_code) {
-    w.Field("code", code);
-  }
-  if (!data.empty()) {
-    w.FieldRaw("data", data);
-  }
-  if (!error.empty()) {
-    w.Field("error", error).Field("message", message);
-  }
-  if (!details.empty()) {
-    // Problems of a refused reply (strict), or what weak validation let through.
-    w.FieldRaw(state == CallState::kSucceeded ? "checkFailedData" : "details", details);
-  }
-  w.Close();
-  return out;
-}
+  bool Offline(const std::string& thing) override { return impl_.Presence(w_, thing) == false; }
 
-Result<ServiceCall> ServiceCall::FromStored(std::string_view stored) {
-  GNOMON_ASSIGN_OR_RETURN(shadow::Value v, shadow::Value::Parse(stored));
-  ServiceCall c;
-  auto str = [&](const char* key, std::string& out) {
-    if (const shadow::Value* f = v.Find(key); f != nullptr && f->kind() == shadow::Value::Kind::kString) {
-      out = f->as_string();
-    }
-  };
-  auto num = [&](const char* key, int64_t& out) {
-    const shadow::Value* f = v.Find(key);
-    if (f != nullptr && f->is_number()) {
-      out = static_cast<int64_t>(f->as_double());
-      return true;
-    }
-    return false;
-  };
-  auto raw = [&](const char* key, std::string& out) {
-    if (const shadow::Value* f = v.Find(key)) {
-      out = f->Json();
-    }
-  };
-  str("id", c.id);
-  str("thing", c.thing);
-  str("service", c.service);
-  std::string state;
-  str("state", state);
-  str("model", c.model);
-  str("rule", c.rule);
-  str("error", c.error);
-  str("message", c.message);
-  raw("params", c.params);
-  raw("data", c.data);
-  raw("details", c.details);
-  raw("checkFailedData", c.details);
-  num("createdAt", c.created_ms);
-  num("expiresAt", c.expires_ms);
-  num("timeoutMs", c.timeout_ms);
-  num("sentAt", c.sent_ms);
-  num("finishedAt", c.finished_ms);
-  c.has_code = num("code", c.code);
-  std::string type;
-  str("callType", type);
-  c.sync = type == "sync";
-  if (c.id.empty() || c.thing.empty() || c.service.empty() || c.params.empty()) {
-    return InvalidArgument("a stored service call without id, thing, service or params");
-  }
-  if (!state.empty()) {
-    std::optional<CallState> s = ParseCallState(state);
-    if (!s) {
-      return InvalidArgument(fmt::format("a stored service call in an unknown state '{}'", state));
-    }
-    c.state = *s;
-  }
-  return c;
-}
+ private:
+  Impl& impl_;
+  Worker& w_;
+};
 
 Status Engine::Impl::InitServices() {
   calls_made_ = metrics_.GetCounter("gnomon_service_calls_total",
@@ -210,6 +112,14 @@ Status Engine::Impl::InitServices() {
       [this](const std::string& thing, const std::string& id, CallEvent::What what) {
         NoteCall(thing, id, what);
       });
+  for (auto& w : workers_) {
+    w->call_effects = std::make_unique<CallEffects>(*this, *w);
+    w->calls = std::make_unique<CallBook>(
+        CallBook::Options{.max_queued = config_.services.max_queued,
+                          .keep_ms = config_.services.keep_ms},
+        clock_, *w->call_effects,
+        CallBook::Counters{.finished = calls_finished_, .store_failures = shadow_store_failures_});
+  }
   // Calls stored by an earlier run: unfinished ones go on (SENT ones time out or get their
   // reply, which the broker kept for our persistent session), finished ones stay readable.
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
@@ -222,14 +132,7 @@ Status Engine::Impl::InitServices() {
                  {{"thing", thing}, {"error", c.status().message()}});
       continue;
     }
-    Worker& w = *workers_[OwnerOf(c->thing)];
-    uint64_t seq = next_call_seq_++;
-    if (!c->finished()) {
-      ++w.unfinished[c->thing];
-    }
-    w.call_seq[c->id] = seq;
-    w.calls.emplace(seq, std::move(c).value());
-    w.live_calls.fetch_add(1, std::memory_order_relaxed);
+    workers_[OwnerOf(c->thing)]->calls->Restore(std::move(c).value());
     ++restored;
   }
   if (restored > 0) {
@@ -255,11 +158,7 @@ std::optional<bool> Engine::Impl::Presence(Worker& w, const std::string& thing) 
   return (*doc)->connected();
 }
 
-void Engine::Impl::StoreCall(const ServiceCall& c, shadow::ShadowStore::Done done) {
-  shadow_store_->WriteCall(c.thing, c.id, c.Json(), std::move(done));
-}
-
-void Engine::Impl::SendCall(ServiceCall& c) {
+void Engine::Impl::SendCall(const ServiceCall& c) {
   Record r;
   json::ObjectWriter w(r.payload);
   w.Field("id", c.id)
@@ -276,66 +175,7 @@ void Engine::Impl::SendCall(ServiceCall& c) {
   r.source_topic = r.topic;
   r.route = kShadowRoute;
   r.delivery = new Delivery(service_sent_.get(), new SendTicket(c.thing, c.id));
-  c.in_flight = true;
   shadow_sink_->sink->Send(std::move(r));
-}
-
-void Engine::Impl::SendQueuedCalls(Worker& w, const std::string& thing) {
-  if (w.unfinished.find(thing) == w.unfinished.end() || Presence(w, thing) == false) {
-    return;
-  }
-  for (auto& [seq, c] : w.calls) {
-    if (c.thing == thing && c.state == CallState::kQueued && !c.in_flight) {
-      SendCall(c);
-    }
-  }
-}
-
-void Engine::Impl::FinishCall(Worker& w, ServiceCall& c, CallState state, Delivery* hold) {
-  c.state = state;
-  c.finished_ms = clock_.NowMs();
-  c.in_flight = false;
-  if (auto it = w.unfinished.find(c.thing); it != w.unfinished.end() && --it->second == 0) {
-    w.unfinished.erase(it);
-  }
-  if (Counter* counter = calls_finished_[static_cast<size_t>(c.state)]) {
-    counter->Inc();
-  }
-  auto waiter = std::move(c.waiter);
-  c.waiter = nullptr;
-  int status = 200;
-  std::string body = c.Json();
-  if (c.state == CallState::kTimeout || c.state == CallState::kExpired) {
-    status = 504;
-    body = Error(504, "TM_SERVICE_TIMEOUT",
-                 fmt::format("{} did not answer {} within {} ms", c.thing, c.service,
-                             c.timeout_ms),
-                 body)
-               .Json(c.finished_ms / 1000);
-  }
-  StoreCall(c, [this, waiter = std::move(waiter), status, body = std::move(body), hold,
-                thing = c.thing, id = c.id](const Status& st) {
-    if (!st.ok()) {
-      shadow_store_failures_->Inc();
-      log::Error("a service call's end could not be stored",
-                 {{"thing", thing}, {"call", id}, {"error", st.message()}});
-      if (waiter) {
-        waiter(500, Error(500, "INTERNAL_ERROR", "The call's state could not be stored")
-                        .Json(clock_.NowMs() / 1000));
-      }
-      if (hold != nullptr) {
-        hold->Mark(Delivery::kAbandoned);  // the reply is not acknowledged: let it come again
-        hold->Release();
-      }
-      return;
-    }
-    if (waiter) {
-      waiter(status, body);
-    }
-    if (hold != nullptr) {
-      hold->Release();
-    }
-  });
 }
 
 void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
@@ -394,11 +234,8 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
                         fmt::format("The params do not match {} of {}", service, model->ref()),
                         shadow::ProblemsJson(problems)));
   }
-  if (auto it = w.unfinished.find(thing);
-      it != w.unfinished.end() && it->second >= config_.services.max_queued) {
-    return refuse(Error(429, "TM_TOO_MANY_CALLS",
-                        fmt::format("{} already has {} unfinished calls (services.max_queued)",
-                                    thing, it->second)));
+  if (auto full = w.calls->CheckRoom(thing)) {
+    return refuse(*full);
   }
   bool offline = Presence(w, thing) == false;
   if (info->sync && offline) {
@@ -407,9 +244,6 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   }
   ServiceCall c;
   c.id = m.key.empty() ? NewId() : m.key;
-  if (w.call_seq.count(c.id) != 0) {
-    return refuse(Error(409, "CALL_EXISTS", fmt::format("A call with id {} exists", c.id)));
-  }
   c.thing = thing;
   c.service = service;
   c.params = params->Json();
@@ -423,44 +257,45 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
     ttl = std::min(ttl, std::max<int64_t>(1, std::atoll(t->c_str())));
   }
   c.expires_ms = now_ms + ttl;
-  calls_made_->Inc();
   bool rest = reply != nullptr;
-  uint64_t seq = next_call_seq_++;
-  w.call_seq[c.id] = seq;
-  ++w.unfinished[thing];
-  w.live_calls.fetch_add(1, std::memory_order_relaxed);
-  if (c.sync) {
-    c.waiter = std::move(reply);
+  auto added = w.calls->Add(std::move(c));
+  if (auto* e = std::get_if<shadow::ShadowError>(&added)) {
+    return refuse(*e);
   }
-  ServiceCall& call = w.calls.emplace(seq, std::move(c)).first->second;
-  // Durable first; then answered, and sent by the owner. Until then nothing else sends it.
-  call.in_flight = true;
-  StoreCall(call, [this, rest, answer = std::move(reply), delivery = m.delivery,
-                   body = call.Json(), thing = call.thing, id = call.id](const Status& st) {
-    if (!st.ok()) {
-      shadow_store_failures_->Inc();
-      NoteCall(thing, id, CallEvent::What::kUnstored);
-      if (answer) {
-        answer(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
-                        .Json(clock_.NowMs() / 1000));
-      } else if (!rest) {
-        delivery->Mark(Delivery::kAbandoned);  // a rule's call: the source may deliver again
-      }
-      delivery->Release();
-      return;
-    }
-    NoteCall(thing, id, CallEvent::What::kSend);  // the owner sends it
-    if (answer) {
-      answer(202, body);
-    }
-    delivery->Release();
-  });
+  calls_made_->Inc();
+  ServiceCall& call = *std::get<ServiceCall*>(added);
+  if (call.sync) {
+    call.waiter = std::move(reply);  // answered when the call ends
+  }
+  // Durable first; then answered, and sent by the owner.
+  std::string body = call.Json();
+  shadow_store_->WriteCall(
+      call.thing, call.id, body,
+      [this, rest, answer = std::move(reply), delivery = m.delivery, body, thing = call.thing,
+       id = call.id](const Status& st) {
+        if (!st.ok()) {
+          shadow_store_failures_->Inc();
+          NoteCall(thing, id, CallEvent::What::kUnstored);
+          if (answer) {
+            answer(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
+                            .Json(clock_.NowMs() / 1000));
+          } else if (!rest) {
+            delivery->Mark(Delivery::kAbandoned);  // a rule's call: the source may deliver again
+          }
+          delivery->Release();
+          return;
+        }
+        NoteCall(thing, id, CallEvent::What::kSend);  // the owner sends it
+        if (answer) {
+          answer(202, body);
+        }
+        delivery->Release();
+      });
 }
 
 void Engine::Impl::QueryCall(Worker& w, CallQuery& query) {
   const Message& m = query.msg;
-  auto it = w.call_seq.find(m.key);
-  ServiceCall* c = it != w.call_seq.end() ? &w.calls.at(it->second) : nullptr;
+  ServiceCall* c = w.calls ? w.calls->Find(m.key) : nullptr;
   if (c == nullptr || c->thing != m.device) {
     query.reply(404, Error(404, "TM_CALL_NOT_FOUND",
                            fmt::format("{} has no call {} (finished calls are kept for "
@@ -478,93 +313,7 @@ void Engine::Impl::QueryCall(Worker& w, CallQuery& query) {
   });
 }
 
-void Engine::Impl::OnCallEvent(Worker& w, const CallEvent& e) {
-  auto it = w.call_seq.find(e.id);
-  ServiceCall* c = it != w.call_seq.end() ? &w.calls.at(it->second) : nullptr;
-  if (c == nullptr || c->finished()) {
-    return;  // e.g. a reply came before the broker's acknowledgement of the request
-  }
-  switch (e.what) {
-    case CallEvent::What::kSend:
-      // Durable now: sent unless the device is offline (then when it connects).
-      c->in_flight = false;
-      if (c->state == CallState::kQueued && Presence(w, c->thing) != false) {
-        SendCall(*c);
-      }
-      break;
-    case CallEvent::What::kSent:
-      c->in_flight = false;
-      if (c->state == CallState::kQueued) {
-        c->state = CallState::kSent;
-        c->sent_ms = clock_.NowMs();
-        StoreCall(*c, nullptr);
-      }
-      break;
-    case CallEvent::What::kUnsent:
-      c->in_flight = false;  // sent again by the next tick
-      break;
-    case CallEvent::What::kFailed:
-      c->error = "TM_SEND_FAILED";
-      c->message = "The request could not be published (see the dead letter)";
-      FinishCall(w, *c, CallState::kFailed, nullptr);
-      break;
-    case CallEvent::What::kUnstored: {
-      // Never made: the caller was told 500 (a sync caller is told here).
-      if (c->waiter) {
-        c->waiter(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
-                           .Json(clock_.NowMs() / 1000));
-      }
-      if (auto u = w.unfinished.find(c->thing); u != w.unfinished.end() && --u->second == 0) {
-        w.unfinished.erase(u);
-      }
-      uint64_t seq = it->second;
-      w.call_seq.erase(it);
-      w.calls.erase(seq);
-      w.live_calls.fetch_sub(1, std::memory_order_relaxed);
-      break;
-    }
-  }
-}
-
-void Engine::Impl::ServiceTick(Worker& w) {
-  int64_t now = clock_.NowMs();
-  std::unordered_map<std::string, bool> offline;  // per tick: one presence look-up per thing
-  for (auto it = w.calls.begin(); it != w.calls.end();) {
-    ServiceCall& c = it->second;
-    if (c.finished()) {
-      if (now >= c.finished_ms + config_.services.keep_ms) {
-        shadow_store_->WriteCall(c.thing, c.id, "", nullptr);
-        w.call_seq.erase(c.id);
-        it = w.calls.erase(it);
-        w.live_calls.fetch_sub(1, std::memory_order_relaxed);
-        continue;
-      }
-    } else if (c.sync && now >= c.created_ms + c.timeout_ms) {
-      c.error = "TM_SERVICE_TIMEOUT";
-      c.message = fmt::format("no reply within {} ms", c.timeout_ms);
-      FinishCall(w, c, CallState::kTimeout, nullptr);
-    } else if (c.state == CallState::kSent && now >= c.sent_ms + c.timeout_ms) {
-      c.error = "TM_SERVICE_TIMEOUT";
-      c.message = fmt::format("no reply within {} ms of sending", c.timeout_ms);
-      FinishCall(w, c, CallState::kTimeout, nullptr);
-    } else if (c.state == CallState::kQueued && !c.in_flight) {
-      if (now >= c.expires_ms) {
-        c.error = "TM_CALL_EXPIRED";
-        c.message = "the device did not come online before the call's time to live ran out";
-        FinishCall(w, c, CallState::kExpired, nullptr);
-      } else {
-        auto [o, fresh] = offline.try_emplace(c.thing, false);
-        if (fresh) {
-          o->second = Presence(w, c.thing) == false;
-        }
-        if (!o->second) {
-          SendCall(c);  // restored from the store, or its earlier send was given up
-        }
-      }
-    }
-    ++it;
-  }
-}
+void Engine::Impl::OnCallEvent(Worker& w, const CallEvent& e) { w.calls->On(e); }
 
 bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
   // {prefix}/{thing}/services/{service}/reply
@@ -594,8 +343,7 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
                 v.ok() ? "a service reply must be a JSON object with a string `id`"
                        : fmt::format("a service reply is not JSON: {}", v.status().message()));
   }
-  auto seq = w.call_seq.find(id->as_string());
-  ServiceCall* c = seq != w.call_seq.end() ? &w.calls.at(seq->second) : nullptr;
+  ServiceCall* c = w.calls->Find(id->as_string());
   if (c == nullptr || c->thing != thing || c->service != service) {
     return dead("unknown_service_call",
                 fmt::format("{} has no call {} of {} (finished calls are forgotten after "
@@ -639,7 +387,7 @@ bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
     }
   }
   m.delivery->Hold();  // until the call's end is durable
-  FinishCall(w, *c, state, m.delivery);
+  w.calls->Finish(*c, state, m.delivery);
   Header(m.headers, "gnomon-call-state", std::string(CallStateName(c->state)));
   return true;
 }
@@ -649,7 +397,7 @@ void Engine::Impl::ServiceTimer(const std::stop_token& st) {
   while (!st.stop_requested()) {
     std::this_thread::sleep_for(kTickInterval);
     for (auto& w : workers_) {
-      if (w->live_calls.load(std::memory_order_relaxed) == 0 || w->queue.size() > 0) {
+      if (w->calls->live() == 0 || w->queue.size() > 0) {
         continue;  // nothing to watch, or busy (the tick comes when it is not)
       }
       (void)w->queue.PushForce(CallTick{});

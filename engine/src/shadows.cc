@@ -803,7 +803,7 @@ bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
         hold->Release();
       });
   if (changed && *connected && services_enabled()) {
-    SendQueuedCalls(w, m.device);  // calls kept while it was away, in the order they were made
+    w.calls->SendQueued(m.device);  // calls kept while it was away, in the order they were made
   }
   return true;
 }
