@@ -132,7 +132,8 @@ Status Engine::Impl::InitServices() {
                  {{"thing", thing}, {"error", c.status().message()}});
       continue;
     }
-    workers_[OwnerOf(c->thing)]->calls->Restore(std::move(c).value());
+    size_t owner = OwnerOf(c->thing);
+    workers_[owner]->calls->Restore(std::move(c).value());
     ++restored;
   }
   if (restored > 0) {
@@ -264,14 +265,17 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   }
   calls_made_->Inc();
   ServiceCall& call = *std::get<ServiceCall*>(added);
+  Reply answer;  // told 202 now, unless a sync caller waits for the call's end
   if (call.sync) {
-    call.waiter = std::move(reply);  // answered when the call ends
+    call.waiter = std::move(reply);
+  } else {
+    answer = std::move(reply);
   }
   // Durable first; then answered, and sent by the owner.
   std::string body = call.Json();
   shadow_store_->WriteCall(
       call.thing, call.id, body,
-      [this, rest, answer = std::move(reply), delivery = m.delivery, body, thing = call.thing,
+      [this, rest, answer = std::move(answer), delivery = m.delivery, body, thing = call.thing,
        id = call.id](const Status& st) {
         if (!st.ok()) {
           shadow_store_failures_->Inc();
