@@ -5,6 +5,7 @@
 
 #include <iterator>
 
+#include "api_error.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/shadow/value.h"
@@ -26,16 +27,6 @@ std::optional<CallState> ParseCallState(std::string_view name) {
     }
   }
   return std::nullopt;
-}
-
-shadow::ShadowError CallError(int code, std::string error, std::string message,
-                              std::string details) {
-  shadow::ShadowError e;
-  e.code = code;
-  e.error = std::move(error);
-  e.message = std::move(message);
-  e.details = std::move(details);
-  return e;
 }
 
 std::string ServiceCall::Json() const {
@@ -151,7 +142,7 @@ void CallBook::Restore(ServiceCall c) {
 std::optional<shadow::ShadowError> CallBook::CheckRoom(const std::string& thing) const {
   if (auto it = unfinished_.find(thing);
       it != unfinished_.end() && it->second >= options_.max_queued) {
-    return CallError(
+    return ApiError(
         429, "TM_TOO_MANY_CALLS",
         fmt::format("{} already has {} unfinished calls (services.max_queued)", thing, it->second));
   }
@@ -160,7 +151,7 @@ std::optional<shadow::ShadowError> CallBook::CheckRoom(const std::string& thing)
 
 std::variant<ServiceCall*, shadow::ShadowError> CallBook::Add(ServiceCall c) {
   if (by_id_.count(c.id) != 0) {
-    return CallError(409, "CALL_EXISTS", fmt::format("A call with id {} exists", c.id));
+    return ApiError(409, "CALL_EXISTS", fmt::format("A call with id {} exists", c.id));
   }
   uint64_t seq = next_seq_++;
   by_id_[c.id] = seq;
@@ -227,7 +218,7 @@ void CallBook::On(const CallEvent& e) {
     case CallEvent::What::kUnstored:
       // Never made: the caller was told 500 (a sync caller is told here).
       if (c->waiter) {
-        c->waiter(500, CallError(500, "INTERNAL_ERROR", "The call could not be stored")
+        c->waiter(500, ApiError(500, "INTERNAL_ERROR", "The call could not be stored")
                            .Json(clock_.NowMs() / 1000));
       }
       if (auto u = unfinished_.find(c->thing); u != unfinished_.end() && --u->second == 0) {
@@ -255,11 +246,11 @@ void CallBook::Finish(ServiceCall& c, CallState state, Delivery* hold) {
   std::string stored = body;
   if (c.state == CallState::kTimeout || c.state == CallState::kExpired) {
     status = 504;
-    body = CallError(
-               504, "TM_SERVICE_TIMEOUT",
-               fmt::format("{} did not answer {} within {} ms", c.thing, c.service, c.timeout_ms),
-               body)
-               .Json(c.finished_ms / 1000);
+    body =
+        ApiError(504, "TM_SERVICE_TIMEOUT",
+                 fmt::format("{} did not answer {} within {} ms", c.thing, c.service, c.timeout_ms),
+                 body)
+            .Json(c.finished_ms / 1000);
   }
   effects_.Store(
       c, std::move(stored),
@@ -272,7 +263,7 @@ void CallBook::Finish(ServiceCall& c, CallState state, Delivery* hold) {
           log::Error("a service call's end could not be stored",
                      {{"thing", thing}, {"call", id}, {"error", st.message()}});
           if (waiter) {
-            waiter(500, CallError(500, "INTERNAL_ERROR", "The call's state could not be stored")
+            waiter(500, ApiError(500, "INTERNAL_ERROR", "The call's state could not be stored")
                             .Json(clock->NowMs() / 1000));
           }
           if (hold != nullptr) {

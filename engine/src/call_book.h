@@ -66,10 +66,6 @@ struct ServiceCall {
   static Result<ServiceCall> FromStored(std::string_view stored);
 };
 
-// A service error as the API answers it.
-shadow::ShadowError CallError(int code, std::string error, std::string message,
-                              std::string details = "");
-
 class CallBook {
  public:
   // What the book does through the engine.

@@ -741,12 +741,13 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
     if (e.kind == rules::Effect::Kind::kInvoke) {
       // To the thing's owner, which makes the call; held until the call is durable.
       CallInvoke call;
+      call.rule = rule.name;
+      call.source_topic = m.topic;
       Message& im = call.msg;
       im.device = std::move(e.thing);
       im.topic = std::move(e.topic);
       im.payload = std::move(e.payload);
       im.key = std::move(e.key);
-      im.headers = {{"gnomon-rule", rule.name}, {"gnomon-source-topic", m.topic}};
       im.source = m.source;
       im.ts_ms = m.ts_ms;
       im.delivery = m.delivery;

@@ -218,11 +218,6 @@ class Engine::Impl final : public Ingest,
     std::string rule;  // kShadowRouted: the rule that wrote, for dead letters
     std::string payload;  // kShadowRouted: the request, for dead letters
   };
-  enum class ShadowVerb : uint8_t { kUpdate, kGet, kDelete, kChanges };
-  struct ShadowOp {
-    std::string thing, name;
-    ShadowVerb verb = ShadowVerb::kGet;
-  };
 
   // Takes a message or a request from outside (a source, the REST API) to the worker that owns
   // its device, as Submit describes. `item` is a Message, ShadowRequest, CallInvoke or
@@ -243,7 +238,7 @@ class Engine::Impl final : public Ingest,
   size_t OwnerOf(std::string_view thing) const;
   std::string ShadowTopic(std::string_view thing, std::string_view name) const;
   // Parses {prefix}/{thing}/shadow[/name/{name}]/{update|get|delete}; errors are the reply.
-  std::variant<ShadowOp, shadow::ShadowError> ParseShadowTopic(std::string_view topic) const;
+  std::variant<ShadowTarget, shadow::ShadowError> ParseShadowTopic(std::string_view topic) const;
   void HandleShadowRequest(Worker& w, ShadowRequest& req);
   // Thing-model validation of an update request for `thing` (spec step 9): the request to apply
   // (weak mode: without the invalid properties, listed in `failed`) or MODEL_VALIDATION.
@@ -282,7 +277,8 @@ class Engine::Impl final : public Ingest,
   void ProduceChangelog(const std::string& thing, const std::string& name,
                         const std::string* documents, Delivery* hold);
   std::vector<HttpRoute> ShadowRoutes();
-  HttpResponse ShadowApiCall(std::string topic, std::string thing, std::string body);
+  // A REST shadow request, answered by the owner of `target.thing`.
+  HttpResponse ShadowApiCall(ShadowTarget target, std::string body, int64_t since_version = 0);
   // A status message on `shadows.presence.from`: records the device connected or disconnected
   // in its shadow (durably, holding the message until then) and announces changes. False when
   // the message was dead-lettered instead (not a presence payload, store error).
@@ -306,6 +302,7 @@ class Engine::Impl final : public Ingest,
   // Submits a REST request (a CallInvoke, CallQuery or ShadowRequest, answered through its
   // `reply`, which this sets) and waits up to `wait_ms`.
   HttpResponse ApiCall(WorkItem item, int64_t wait_ms);
+  static constexpr int64_t kApiWaitMs = 10000;  // answers that need no device: at most this
   // Tells the owner of `thing` what became of call `id`.
   void NoteCall(const std::string& thing, const std::string& id, CallEvent::What what);
   std::vector<HttpRoute> ServiceRoutes();

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <future>
 
+#include "api_error.h"
 #include "engine_impl.h"
 #include "gnomon/core/id.h"
 #include "gnomon/core/json.h"
@@ -23,14 +24,8 @@ namespace gnomon::engine {
 namespace {
 
 constexpr auto kTickInterval = std::chrono::milliseconds(100);
-constexpr int64_t kApiWaitMs = 10000;  // answers that need no device: at most this long
 constexpr CallState kFinalStates[] = {CallState::kSucceeded, CallState::kFailed,
                                       CallState::kTimeout, CallState::kExpired};
-
-shadow::ShadowError Error(int code, std::string error, std::string message,
-                          std::string details = "") {
-  return CallError(code, std::move(error), std::move(message), std::move(details));
-}
 
 // What the sink's acknowledgement of a request publish must find again.
 class SendTicket final : public AckHandle {
@@ -42,15 +37,6 @@ class SendTicket final : public AckHandle {
 
 void Header(Headers& h, std::string_view key, std::string value) {
   h.emplace_back(std::string(key), std::move(value));
-}
-
-const std::string* FindHeader(const Headers& h, std::string_view key) {
-  for (const auto& [k, v] : h) {
-    if (k == key) {
-      return &v;
-    }
-  }
-  return nullptr;
 }
 
 }  // namespace
@@ -185,63 +171,61 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   int64_t now_ms = clock_.NowMs();
   const std::string& thing = m.device;
   const std::string& service = m.topic;
-  const std::string* rule = FindHeader(m.headers, "gnomon-rule");
   auto refuse = [&](const shadow::ShadowError& e) {
     service_refused_->Inc();
     std::string body = e.Json(now_ms / 1000);
     if (reply) {
       reply(e.code, std::move(body));
     } else {
-      const std::string* topic = FindHeader(m.headers, "gnomon-source-topic");
       DeadLetter(m.delivery, "service_rejected",
                  fmt::format("ctx.invoke of {} on {} refused: {}", service, thing, body),
-                 rule != nullptr ? *rule : "", m.source, topic != nullptr ? *topic : "", thing,
-                 m.payload, 1, m.ts_ms);
+                 call_request.rule, m.source, call_request.source_topic, thing, m.payload, 1,
+                 m.ts_ms);
     }
     m.delivery->Release();
   };
-  if (!shadow::ValidShadowId(thing, 128)) {
-    return refuse(Error(400, "INVALID_THING_NAME",
-                        "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -"));
+  if (auto bad = CheckThingName(thing)) {
+    return refuse(*bad);
   }
   if (!services_enabled() || shadow_sink_ == nullptr) {
-    return refuse(Error(503, "SERVICES_UNAVAILABLE",
-                        "Service calls need `shadows:` with a `connection` (the MQTT broker "
-                        "devices listen on) and `models:`"));
+    return refuse(ApiError(503, "SERVICES_UNAVAILABLE",
+                           "Service calls need `shadows:` with a `connection` (the MQTT broker "
+                           "devices listen on) and `models:`"));
   }
   const shadow::ThingModel* model = BoundModel(thing);
   if (model == nullptr) {
-    return refuse(Error(404, "TM_MODEL_NOT_FOUND",
-                        fmt::format("No thing model is bound to {}", thing)));
+    return refuse(
+        ApiError(404, "TM_MODEL_NOT_FOUND", fmt::format("No thing model is bound to {}", thing)));
   }
   const shadow::ServiceInfo* info = model->Service(service);
   if (info == nullptr) {
-    return refuse(Error(404, "TM_UNKNOWN_IDENTIFIER",
-                        fmt::format("{} is not a service of {}", service, model->ref())));
+    return refuse(ApiError(404, "TM_UNKNOWN_IDENTIFIER",
+                           fmt::format("{} is not a service of {}", service, model->ref())));
   }
   auto params = shadow::Value::Parse(m.payload.empty() ? std::string_view("{}") : m.payload);
   if (!params.ok()) {
-    return refuse(Error(400, "INVALID_JSON",
-                        fmt::format("The params are not valid JSON: {}", params.status().message())));
+    return refuse(
+        ApiError(400, "INVALID_JSON",
+                 fmt::format("The params are not valid JSON: {}", params.status().message())));
   }
   if (!params->is_object()) {
-    return refuse(Error(400, "TM_TYPE_MISMATCH", "The params must be a JSON object"));
+    return refuse(ApiError(400, "TM_TYPE_MISMATCH", "The params must be a JSON object"));
   }
   // Inputs are checked strictly in weak mode too: a command is never sent with some of its
   // params silently left out.
   if (auto problems = model->ValidateService(service, *params, false); !problems.empty()) {
     model_failures_->Inc(problems.size());
-    return refuse(Error(400, "MODEL_VALIDATION",
-                        fmt::format("The params do not match {} of {}", service, model->ref()),
-                        shadow::ProblemsJson(problems)));
+    return refuse(ApiError(400, "MODEL_VALIDATION",
+                           fmt::format("The params do not match {} of {}", service, model->ref()),
+                           shadow::ProblemsJson(problems)));
   }
   if (auto full = w.calls->CheckRoom(thing)) {
     return refuse(*full);
   }
   bool offline = Presence(w, thing) == false;
   if (info->sync && offline) {
-    return refuse(Error(503, "TM_DEVICE_OFFLINE",
-                        fmt::format("{} is offline; {} is a sync service", thing, service)));
+    return refuse(ApiError(503, "TM_DEVICE_OFFLINE",
+                           fmt::format("{} is offline; {} is a sync service", thing, service)));
   }
   ServiceCall c;
   c.id = m.key.empty() ? NewId() : m.key;
@@ -249,13 +233,13 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   c.service = service;
   c.params = params->Json();
   c.model = model->ref();
-  c.rule = rule != nullptr ? *rule : "";
+  c.rule = call_request.rule;
   c.sync = info->sync && reply != nullptr;  // a rule's call never waits
   c.timeout_ms = info->timeout_ms;
   c.created_ms = now_ms;
   int64_t ttl = config_.services.ttl_ms;
-  if (const std::string* t = FindHeader(m.headers, "ttl-ms")) {
-    ttl = std::min(ttl, std::max<int64_t>(1, std::atoll(t->c_str())));
+  if (call_request.ttl_ms > 0) {
+    ttl = std::min(ttl, call_request.ttl_ms);
   }
   c.expires_ms = now_ms + ttl;
   bool rest = reply != nullptr;
@@ -281,7 +265,7 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
           shadow_store_failures_->Inc();
           NoteCall(thing, id, CallEvent::What::kUnstored);
           if (answer) {
-            answer(500, Error(500, "INTERNAL_ERROR", "The call could not be stored")
+            answer(500, ApiError(500, "INTERNAL_ERROR", "The call could not be stored")
                             .Json(clock_.NowMs() / 1000));
           } else if (!rest) {
             delivery->Mark(Delivery::kAbandoned);  // a rule's call: the source may deliver again
@@ -301,10 +285,10 @@ void Engine::Impl::QueryCall(Worker& w, CallQuery& query) {
   const Message& m = query.msg;
   ServiceCall* c = w.calls ? w.calls->Find(m.key) : nullptr;
   if (c == nullptr || c->thing != m.device) {
-    query.reply(404, Error(404, "TM_CALL_NOT_FOUND",
-                           fmt::format("{} has no call {} (finished calls are kept for "
-                                       "services.keep_ms)",
-                                       m.device, m.key))
+    query.reply(404, ApiError(404, "TM_CALL_NOT_FOUND",
+                              fmt::format("{} has no call {} (finished calls are kept for "
+                                          "services.keep_ms)",
+                                          m.device, m.key))
                          .Json(clock_.NowMs() / 1000));
     m.delivery->Release();
     return;
@@ -407,95 +391,6 @@ void Engine::Impl::ServiceTimer(const std::stop_token& st) {
       (void)w->queue.PushForce(CallTick{});
     }
   }
-}
-
-HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
-  auto done = std::make_shared<std::promise<std::pair<int, std::string>>>();
-  auto answer = done->get_future();
-  Reply* reply = ReplyOf(item);
-  Message* head = HeadOf(item);
-  if (reply == nullptr || head == nullptr) {
-    std::abort();  // not a REST request: a bug
-  }
-  *reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
-  head->source = &api_source_name_;
-  head->ts_ms = clock_.NowMs();
-  HttpResponse out;
-  if (!Admit(std::move(item), nullptr)) {
-    out.status = 503;
-    out.body = Error(503, "UNAVAILABLE", "gnomon is stopping").Json(clock_.NowMs() / 1000);
-    return out;
-  }
-  if (answer.wait_for(std::chrono::milliseconds(wait_ms)) != std::future_status::ready) {
-    out.status = 503;
-    out.body = Error(503, "TIMEOUT", "The request was not answered in time; retry")
-                   .Json(clock_.NowMs() / 1000);
-    return out;
-  }
-  auto [status, text] = answer.get();
-  out.status = status;
-  out.body = std::move(text);
-  return out;
-}
-
-std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
-  std::vector<HttpRoute> routes;
-  if (!shadow_store_) {
-    return routes;
-  }
-  auto bad_thing = [this](const std::string& thing, HttpResponse& out) {
-    if (shadow::ValidShadowId(thing, 128)) {
-      return false;
-    }
-    out.status = 400;
-    out.body = Error(400, "INVALID_THING_NAME", "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -")
-                   .Json(clock_.NowMs() / 1000);
-    return true;
-  };
-  routes.push_back(
-      {"GET", "/v1/things/([^/]+)/services/calls/([^/]+)", [this, bad_thing](const HttpRequest& req) {
-         HttpResponse out;
-         if (bad_thing(req.params.at(0), out)) {
-           return out;
-         }
-         CallQuery query;
-         query.msg.device = req.params.at(0);
-         query.msg.key = req.params.at(1);
-         return ApiCall(std::move(query), kApiWaitMs);
-       }});
-  routes.push_back(
-      {"POST", "/v1/things/([^/]+)/services/([^/]+)", [this, bad_thing](const HttpRequest& req) {
-         HttpResponse out;
-         const std::string& thing = req.params.at(0);
-         if (bad_thing(thing, out)) {
-           return out;
-         }
-         CallInvoke call;
-         Message& m = call.msg;
-         m.device = thing;
-         m.topic = req.params.at(1);
-         m.payload = req.body;
-         if (const std::string* ttl = req.Query("ttlMs")) {
-           char* end = nullptr;
-           long long v = std::strtoll(ttl->c_str(), &end, 10);
-           if (end == ttl->c_str() || *end != '\0' || v < 1) {
-             out.status = 400;
-             out.body = Error(400, "INVALID_TTL", "ttlMs must be an integer >= 1")
-                            .Json(clock_.NowMs() / 1000);
-             return out;
-           }
-           Header(m.headers, "ttl-ms", std::to_string(v));
-         }
-         // A sync service's caller waits for the device, up to the service's timeoutMs.
-         int64_t wait = kApiWaitMs;
-         if (const shadow::ThingModel* model = BoundModel(thing)) {
-           if (const shadow::ServiceInfo* info = model->Service(m.topic); info && info->sync) {
-             wait += info->timeout_ms;
-           }
-         }
-         return ApiCall(std::move(call), wait);
-       }});
-  return routes;
 }
 
 }  // namespace gnomon::engine

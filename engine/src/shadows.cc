@@ -8,28 +8,14 @@
 #include <future>
 #include <optional>
 
+#include "api_error.h"
 #include "effect_printer.h"
 #include "engine_impl.h"
 #include "gnomon/core/json.h"
-#include "gnomon/core/topic.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/topic.h"
 
 namespace gnomon::engine {
-namespace {
-
-constexpr auto kApiTimeout = std::chrono::seconds(10);
-
-using shadow::ValidShadowId;
-
-shadow::ShadowError Error(int code, std::string error, std::string message) {
-  shadow::ShadowError e;
-  e.code = code;
-  e.error = std::move(error);
-  e.message = std::move(message);
-  return e;
-}
-
-}  // namespace
 
 // ctx.shadow reads for the rules of one worker: its own shadows from its cache (the single
 // writer's current state), others' from the store (their last committed state).
@@ -91,7 +77,7 @@ class Engine::Impl::ShadowIngest final : public Ingest {
     if (reply) {
       return engine_.Admit(std::move(m), std::move(ack));
     }
-    return engine_.Admit(ShadowRequest{std::move(m), ShadowChannel::kMqtt, nullptr, ""},
+    return engine_.Admit(ShadowRequest{.msg = std::move(m), .channel = ShadowChannel::kMqtt},
                          std::move(ack));
   }
   void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
@@ -274,12 +260,12 @@ std::string Engine::Impl::ShadowTopic(std::string_view thing, std::string_view n
   return fmt::format("{}/{}/shadow/name/{}", config_.shadows.topic_prefix, thing, name);
 }
 
-std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseShadowTopic(
+std::variant<ShadowTarget, shadow::ShadowError> Engine::Impl::ParseShadowTopic(
     std::string_view topic) const {
   const std::string& prefix = config_.shadows.topic_prefix;
   if (topic.size() <= prefix.size() + 1 || topic.substr(0, prefix.size()) != prefix ||
       topic[prefix.size()] != '/') {
-    return Error(400, "INVALID_TOPIC", fmt::format("not a shadow topic: {}", topic));
+    return ApiError(400, "INVALID_TOPIC", fmt::format("not a shadow topic: {}", topic));
   }
   std::vector<std::string_view> seg;
   std::string_view rest = topic.substr(prefix.size() + 1);
@@ -291,25 +277,24 @@ std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseSha
     }
     rest.remove_prefix(slash + 1);
   }
-  ShadowOp op;
+  ShadowTarget op;
   bool shape = (seg.size() == 3 && seg[1] == "shadow") ||
                (seg.size() == 5 && seg[1] == "shadow" && seg[2] == "name");
   if (!shape) {
-    return Error(400, "INVALID_TOPIC",
-                 fmt::format("expected {}/{{thing}}/shadow[/name/{{name}}]/{{update|get|delete}}",
-                             prefix));
+    return ApiError(
+        400, "INVALID_TOPIC",
+        fmt::format("expected {}/{{thing}}/shadow[/name/{{name}}]/{{update|get|delete}}", prefix));
   }
   op.thing = seg[0];
   std::string_view verb = seg.back();
   if (seg.size() == 5) {
     op.name = seg[3];
-    if (!ValidShadowId(op.name, 64)) {
-      return Error(400, "INVALID_SHADOW_NAME",
-                   "Shadow names are 1-64 bytes of A-Z a-z 0-9 : _ -");
+    if (auto bad = CheckShadowName(op.name)) {
+      return *bad;
     }
   }
-  if (!ValidShadowId(op.thing, 128)) {
-    return Error(400, "INVALID_THING_NAME", "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -");
+  if (auto bad = CheckThingName(op.thing)) {
+    return *bad;
   }
   if (verb == "update") {
     op.verb = ShadowVerb::kUpdate;
@@ -320,7 +305,7 @@ std::variant<Engine::Impl::ShadowOp, shadow::ShadowError> Engine::Impl::ParseSha
   } else if (verb == "changes") {
     op.verb = ShadowVerb::kChanges;
   } else {
-    return Error(400, "INVALID_TOPIC", fmt::format("unknown shadow operation '{}'", verb));
+    return ApiError(400, "INVALID_TOPIC", fmt::format("unknown shadow operation '{}'", verb));
   }
   return op;
 }
@@ -499,7 +484,7 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
        name](const Status& st) mutable {
         if (!st.ok()) {
           shadow::ShadowError err =
-              Error(500, "INTERNAL_ERROR", "The shadow store could not save the update");
+              ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the update");
           Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
           return;
         }
@@ -622,20 +607,23 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
   // `to` carries the message's processing hold from here on: Answer releases it.
   int64_t now_s = clock_.NowMs() / 1000;
   if (!shadow_store_) {
-    shadow::ShadowError err = Error(503, "SHADOWS_DISABLED", "Device shadows are not enabled");
+    shadow::ShadowError err = ApiError(503, "SHADOWS_DISABLED", "Device shadows are not enabled");
     Answer(std::move(to), err.code, err.Json(now_s), "/rejected");
     return;
   }
-  auto parsed = ParseShadowTopic(m.topic);
-  if (auto* err = std::get_if<shadow::ShadowError>(&parsed)) {
-    RejectShadow(std::move(to), *err);
-    return;
+  if (!req.target) {  // MQTT: the topic says
+    auto parsed = ParseShadowTopic(m.topic);
+    if (auto* err = std::get_if<shadow::ShadowError>(&parsed)) {
+      RejectShadow(std::move(to), *err);
+      return;
+    }
+    req.target = std::get<ShadowTarget>(std::move(parsed));
   }
-  ShadowOp& op = std::get<ShadowOp>(parsed);
+  const ShadowTarget& op = *req.target;
   auto doc = w.shadows->Get(op.thing, op.name);
   if (!doc.ok()) {
     log::Error("shadow could not be loaded", {{"thing", op.thing}, {"error", doc.status().message()}});
-    RejectShadow(std::move(to), Error(500, "INTERNAL_ERROR", "The shadow could not be loaded"));
+    RejectShadow(std::move(to), ApiError(500, "INTERNAL_ERROR", "The shadow could not be loaded"));
     return;
   }
   shadow::ShadowDocument& d = **doc;
@@ -660,14 +648,14 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
     PersistAndAnswer(w, op.thing, op.name, d, std::move(result), std::move(to));
   } else if (op.verb == ShadowVerb::kChanges) {
     if (to.channel != ShadowChannel::kApi) {
-      RejectShadow(std::move(to), Error(400, "INVALID_TOPIC", "changes is a REST request"));
+      RejectShadow(std::move(to), ApiError(400, "INVALID_TOPIC", "changes is a REST request"));
       return;
     }
     if (!d.exists()) {
       RejectShadow(std::move(to), std::get<shadow::ShadowError>(d.Get(op.name, now_s)));
       return;
     }
-    int64_t since = std::atoll(m.payload.c_str());
+    int64_t since = req.since_version;
     std::string body;
     json::ObjectWriter out(body);
     out.Field("version", d.version());
@@ -730,7 +718,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
          base = std::move(base), thing = op.thing, name = op.name](const Status& st) mutable {
           if (!st.ok()) {
             Answer(std::move(to), 500,
-                   Error(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
+                   ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
                        .Json(clock_.NowMs() / 1000),
                    "/rejected");
             return;
@@ -984,6 +972,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     ShadowRequest req;
     req.channel = ShadowChannel::kRouted;
     req.rule = rule.name;
+    req.target = ShadowTarget{e.thing, e.shadow_name, ShadowVerb::kUpdate};
     Message& rm = req.msg;
     rm.topic = ShadowTopic(e.thing, e.shadow_name) + "/update";
     rm.device = e.thing;
@@ -998,313 +987,6 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     }
   }
   return true;
-}
-
-namespace {
-constexpr size_t kMaxWatchers = 256;          // each holds a thread of its own
-constexpr size_t kMaxPendingEvents = 10000;   // per watcher; beyond, the stream ends with resync
-constexpr auto kKeepAlive = std::chrono::seconds(15);
-
-std::string SseFrame(std::string_view event, std::string_view data) {
-  std::string f;
-  f.reserve(data.size() + event.size() + 16);
-  f.append("event: ").append(event).append("\ndata: ").append(data).append("\n\n");
-  return f;
-}
-}  // namespace
-
-void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& name,
-                                  std::string_view event, const std::string& data) {
-  std::vector<std::shared_ptr<Watcher>> targets;
-  {
-    MutexLock lock(watch_mu_);
-    if (watchers_.empty()) {
-      return;
-    }
-    auto it = watchers_.find(ShadowKey(thing, name));
-    if (it == watchers_.end()) {
-      return;
-    }
-    targets = it->second;
-  }
-  std::string frame = SseFrame(event, data);
-  for (auto& wt : targets) {
-    {
-      MutexLock lock(wt->mu);
-      if (wt->closed) {
-        continue;
-      }
-      if (wt->events.size() >= kMaxPendingEvents) {
-        // A reader that cannot keep up: tell it to start over rather than buffer without bound.
-        wt->events.push_back(SseFrame("resync", R"({"reason":"the watcher fell behind"})"));
-        wt->closed = true;
-      } else {
-        wt->events.push_back(frame);
-      }
-    }
-    wt->cv.notify_all();
-  }
-}
-
-void Engine::Impl::CloseWatchers() {
-  MutexLock lock(watch_mu_);
-  for (auto& [key, list] : watchers_) {
-    for (auto& wt : list) {
-      {
-        MutexLock l(wt->mu);
-        wt->closed = true;
-      }
-      wt->cv.notify_all();
-    }
-  }
-}
-
-HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& name) {
-  auto wt = std::make_shared<Watcher>();
-  std::string key = ShadowKey(thing, name);
-  {
-    MutexLock lock(watch_mu_);
-    if (watcher_count_ >= kMaxWatchers || stopped_) {
-      HttpResponse busy;
-      busy.status = 503;
-      busy.body = Error(503, "TOO_MANY_WATCHERS",
-                        fmt::format("At most {} watch streams at a time", kMaxWatchers))
-                      .Json(clock_.NowMs() / 1000);
-      return busy;
-    }
-    watchers_[key].push_back(wt);
-    ++watcher_count_;
-  }
-  // Registered first, then the current document: no change falls between the two (events with
-  // a version at or below the document's can be ignored by the client).
-  HttpResponse now = ShadowApiCall(ShadowTopic(thing, name) + "/get", thing, "");
-  HttpResponse out;
-  out.content_type = "text/event-stream";
-  std::string first = now.status == 200 ? SseFrame("document", now.body)
-                                        : SseFrame("document", "null");
-  out.stream = [this, wt, key, first = std::move(first)](
-                   const std::function<bool(std::string_view)>& write) {
-    bool ok = write(first);
-    while (ok) {
-      MutexLock lock(wt->mu);
-      wt->cv.wait_for(lock.native(), kKeepAlive, [&] {
-        wt->mu.AssertHeld();
-        return !wt->events.empty() || wt->closed;
-      });
-      std::deque<std::string> batch;
-      batch.swap(wt->events);
-      bool closed = wt->closed;
-      lock.Unlock();
-      if (batch.empty() && !closed) {
-        ok = write(": keep-alive\n\n");
-      }
-      for (const auto& f : batch) {
-        ok = ok && write(f);
-      }
-      if (closed) {
-        break;
-      }
-    }
-    MutexLock lock(watch_mu_);
-    auto& list = watchers_[key];
-    list.erase(std::remove(list.begin(), list.end(), wt), list.end());
-    if (list.empty()) {
-      watchers_.erase(key);
-    }
-    --watcher_count_;
-  };
-  return out;
-}
-
-HttpResponse Engine::Impl::ShadowApiCall(std::string topic, std::string thing, std::string body) {
-  ShadowRequest req;
-  req.channel = ShadowChannel::kApi;
-  req.msg.topic = std::move(topic);
-  req.msg.device = std::move(thing);
-  req.msg.payload = std::move(body);
-  return ApiCall(std::move(req), std::chrono::milliseconds(kApiTimeout).count());
-}
-
-std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
-  std::vector<HttpRoute> routes;
-  if (!shadow_store_) {
-    return routes;
-  }
-  // Checks the thing (from the path) and ?name=; on success fills `topic` with the request
-  // topic of `op`.
-  auto target = [this](const HttpRequest& req, std::string_view op, std::string& topic,
-                       HttpResponse& err) {
-    const std::string& thing = req.params.at(0);
-    const std::string* name = req.Query("name");
-    int64_t now_s = clock_.NowMs() / 1000;
-    if (!ValidShadowId(thing, 128)) {
-      err.status = 400;
-      err.body = Error(400, "INVALID_THING_NAME",
-                       "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -")
-                     .Json(now_s);
-      return false;
-    }
-    if (name != nullptr && !ValidShadowId(*name, 64)) {
-      err.status = 400;
-      err.body = Error(400, "INVALID_SHADOW_NAME",
-                       "Shadow names are 1-64 bytes of A-Z a-z 0-9 : _ -")
-                     .Json(now_s);
-      return false;
-    }
-    topic = ShadowTopic(thing, name != nullptr ? *name : "") + "/" + std::string(op);
-    return true;
-  };
-  auto call = [this, target](std::string_view op) {
-    return [this, target, op](const HttpRequest& req) {
-      std::string topic;
-      HttpResponse err;
-      if (!target(req, op, topic, err)) {
-        return err;
-      }
-      return ShadowApiCall(std::move(topic), req.params.at(0), op == "update" ? req.body : "");
-    };
-  };
-  routes.push_back({"GET", "/v1/things/(.+)/shadow/changes", [this, target](const HttpRequest& req) {
-                      std::string topic;
-                      HttpResponse err;
-                      if (!target(req, "changes", topic, err)) {
-                        return err;
-                      }
-                      const std::string* since = req.Query("sinceVersion");
-                      char* end = nullptr;
-                      long long v = since != nullptr ? std::strtoll(since->c_str(), &end, 10) : -1;
-                      if (since == nullptr || end == since->c_str() || *end != '\0' || v < 0) {
-                        err.status = 400;
-                        err.body = Error(400, "INVALID_VERSION",
-                                         "sinceVersion must be an integer >= 0")
-                                       .Json(clock_.NowMs() / 1000);
-                        return err;
-                      }
-                      return ShadowApiCall(std::move(topic), req.params.at(0), std::to_string(v));
-                    }});
-  routes.push_back({"GET", "/v1/things/(.+)/shadow/watch", [this, target](const HttpRequest& req) {
-                      std::string topic;
-                      HttpResponse err;
-                      if (!target(req, "get", topic, err)) {
-                        return err;
-                      }
-                      const std::string* name = req.Query("name");
-                      return Watch(req.params.at(0), name != nullptr ? *name : "");
-                    }});
-  // A read the committed cache can answer (or a bad name) is answered on the listener's I/O
-  // thread; the rest go to the owner worker from a handler thread.
-  auto cached = [this, target](const HttpRequest& req, HttpResponse& out) {
-    std::string topic;
-    if (!target(req, "get", topic, out)) {
-      return true;
-    }
-    const std::string* name = req.Query("name");
-    if (auto view = committed_.Get(ShadowKey(req.params.at(0), name != nullptr ? *name : ""))) {
-      reads_committed_->Inc();
-      out.body = *view;
-      return true;
-    }
-    return false;
-  };
-  HttpRoute get{"GET", "/v1/things/(.+)/shadow", [this, target, cached](const HttpRequest& req) {
-                  HttpResponse out;
-                  if (cached(req, out)) {
-                    return out;
-                  }
-                  std::string topic;
-                  target(req, "get", topic, out);
-                  reads_owner_->Inc();
-                  return ShadowApiCall(std::move(topic), req.params.at(0), "");
-                }};
-  get.fast = cached;
-  routes.push_back(std::move(get));
-  routes.push_back({"POST", "/v1/things/(.+)/shadow", call("update")});
-  routes.push_back({"DELETE", "/v1/things/(.+)/shadow", call("delete")});
-  routes.push_back({"GET", "/v1/things/(.+)/shadows", [this](const HttpRequest& req) {
-                      HttpResponse out;
-                      const std::string& thing = req.params.at(0);
-                      if (!ValidShadowId(thing, 128)) {
-                        out.status = 400;
-                        out.body = Error(400, "INVALID_THING_NAME",
-                                         "Thing names are 1-128 bytes of A-Z a-z 0-9 : _ -")
-                                       .Json(clock_.NowMs() / 1000);
-                        return out;
-                      }
-                      MutexLock lock(api_reader_mu_);
-                      auto names = api_reader_->Names(thing);
-                      if (!names.ok()) {
-                        out.status = 500;
-                        out.body = Error(500, "INTERNAL_ERROR", std::string(names.status().message()))
-                                       .Json(clock_.NowMs() / 1000);
-                        return out;
-                      }
-                      std::string list = "[";
-                      bool classic = false;
-                      for (const auto& n : *names) {
-                        if (n.empty()) {
-                          classic = true;
-                          continue;
-                        }
-                        if (list.size() > 1) {
-                          list += ',';
-                        }
-                        json::AppendQuoted(list, n);
-                      }
-                      list += ']';
-                      json::ObjectWriter w(out.body);
-                      w.Field("thing", thing).Field("classic", classic ? 1 : 0).FieldRaw("results", list);
-                      w.Close();
-                      return out;
-                    }});
-  routes.push_back({"GET", "/v1/things", [this](const HttpRequest& req) {
-                      HttpResponse out;
-                      const std::string* prefix = req.Query("prefix");
-                      const std::string* cursor = req.Query("cursor");
-                      const std::string* limit_s = req.Query("limit");
-                      size_t limit = 100;
-                      if (limit_s != nullptr) {
-                        char* end = nullptr;
-                        long v = std::strtol(limit_s->c_str(), &end, 10);
-                        if (end == limit_s->c_str() || *end != '\0' || v < 1 || v > 1000) {
-                          out.status = 400;
-                          out.body = Error(400, "INVALID_LIMIT", "limit must be 1-1000")
-                                         .Json(clock_.NowMs() / 1000);
-                          return out;
-                        }
-                        limit = static_cast<size_t>(v);
-                      }
-                      MutexLock lock(api_reader_mu_);
-                      auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
-                                                        cursor != nullptr ? *cursor : "",
-                                                        limit + 1);
-                      if (!things.ok()) {
-                        out.status = 500;
-                        out.body = Error(500, "INTERNAL_ERROR",
-                                         std::string(things.status().message()))
-                                       .Json(clock_.NowMs() / 1000);
-                        return out;
-                      }
-                      bool more = things->size() > limit;
-                      if (more) {
-                        things->resize(limit);
-                      }
-                      std::string list = "[";
-                      for (const auto& t : *things) {
-                        if (list.size() > 1) {
-                          list += ',';
-                        }
-                        json::AppendQuoted(list, t);
-                      }
-                      list += ']';
-                      json::ObjectWriter w(out.body);
-                      w.FieldRaw("things", list);
-                      if (more) {
-                        w.Field("nextCursor", things->back());
-                      }
-                      w.Close();
-                      return out;
-                    }});
-  return routes;
 }
 
 }  // namespace gnomon::engine

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -25,14 +26,26 @@ enum class ShadowChannel : uint8_t {
   kApi,     // REST: answered through `reply`
 };
 
-// A shadow request for the owner of `msg.device`. `msg.topic` is the request topic
-// ({prefix}/{thing}/shadow[/name/{name}]/{update|get|delete|changes}), `msg.payload` its
-// body (changes: the version to start after); `msg.delivery`'s processing hold goes with it.
+enum class ShadowVerb : uint8_t { kUpdate, kGet, kDelete, kChanges };
+
+// What a shadow request is about: the shadow (name "": the classic one) and what to do.
+struct ShadowTarget {
+  std::string thing, name;
+  ShadowVerb verb = ShadowVerb::kGet;
+};
+
+// A shadow request for the owner of `msg.device`. `msg.payload` is its body (an update's
+// request document); `msg.delivery`'s processing hold goes with it. REST requests and rules'
+// writes come with their `target` checked; an MQTT request's is read from `msg.topic`
+// ({prefix}/{thing}/shadow[/name/{name}]/{update|get|delete}) by the owner, which answers
+// a bad topic on it.
 struct ShadowRequest {
   Message msg;
   ShadowChannel channel = ShadowChannel::kMqtt;
   Reply reply;       // kApi
   std::string rule;  // kRouted: the rule that wrote, for dead letters
+  std::optional<ShadowTarget> target;
+  int64_t since_version = 0;  // kChanges: the changes after this version
 };
 
 // A write of shadow (thing, name) could not be stored: its owner drops its copy of that epoch,
@@ -43,12 +56,14 @@ struct ShadowEviction {
 };
 
 // A new thing-model service call for the owner of `msg.device`: `msg.topic` is the service,
-// `msg.payload` the params, `msg.key` the call id (empty: one is made), header `ttl-ms` a
-// shorter time to live. REST calls are answered through `reply`; a rule's call (no `reply`,
-// headers gnomon-rule and gnomon-source-topic) is dead-lettered when refused.
+// `msg.payload` the params, `msg.key` the call id (empty: one is made). REST calls are
+// answered through `reply`; a rule's call (no `reply`) is dead-lettered when refused.
 struct CallInvoke {
   Message msg;
   Reply reply;
+  std::string rule;  // a rule's call: the rule, and the topic of the message it ran on
+  std::string source_topic;
+  int64_t ttl_ms = 0;  // a shorter time to live than services.ttl_ms (0: that one)
 };
 
 // GET of call `msg.key` of thing `msg.device`; answered through `reply`.

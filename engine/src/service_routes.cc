@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: Apache-2.0
+// The REST routes of thing-model service calls (docs/thing-models.md#services): they build a
+// CallInvoke or CallQuery for the owner of the thing and wait for its answer (ApiCall).
+#include <cstdlib>
+#include <future>
+
+#include "api_error.h"
+#include "engine_impl.h"
+#include "gnomon/shadow/model.h"
+
+namespace gnomon::engine {
+
+HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
+  auto done = std::make_shared<std::promise<std::pair<int, std::string>>>();
+  auto answer = done->get_future();
+  Reply* reply = ReplyOf(item);
+  Message* head = HeadOf(item);
+  if (reply == nullptr || head == nullptr) {
+    std::abort();  // not a REST request: a bug
+  }
+  *reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
+  head->source = &api_source_name_;
+  head->ts_ms = clock_.NowMs();
+  HttpResponse out;
+  if (!Admit(std::move(item), nullptr)) {
+    out.status = 503;
+    out.body = ApiError(503, "UNAVAILABLE", "gnomon is stopping").Json(clock_.NowMs() / 1000);
+    return out;
+  }
+  if (answer.wait_for(std::chrono::milliseconds(wait_ms)) != std::future_status::ready) {
+    out.status = 503;
+    out.body = ApiError(503, "TIMEOUT", "The request was not answered in time; retry")
+                   .Json(clock_.NowMs() / 1000);
+    return out;
+  }
+  auto [status, text] = answer.get();
+  out.status = status;
+  out.body = std::move(text);
+  return out;
+}
+
+std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
+  std::vector<HttpRoute> routes;
+  if (!shadow_store_) {
+    return routes;
+  }
+  routes.push_back({.method = "GET",
+                    .pattern = "/v1/things/([^/]+)/services/calls/([^/]+)",
+                    .handler = [this](const HttpRequest& req) {
+                      if (auto bad = CheckThingName(req.params.at(0))) {
+                        return ErrorResponse(*bad, clock_.NowMs() / 1000);
+                      }
+                      CallQuery query;
+                      query.msg.device = req.params.at(0);
+                      query.msg.key = req.params.at(1);
+                      return ApiCall(std::move(query), kApiWaitMs);
+                    }});
+  routes.push_back(
+      {.method = "POST",
+       .pattern = "/v1/things/([^/]+)/services/([^/]+)",
+       .handler = [this](const HttpRequest& req) {
+         const std::string& thing = req.params.at(0);
+         if (auto bad = CheckThingName(thing)) {
+           return ErrorResponse(*bad, clock_.NowMs() / 1000);
+         }
+         CallInvoke call;
+         Message& m = call.msg;
+         m.device = thing;
+         m.topic = req.params.at(1);
+         m.payload = req.body;
+         if (const std::string* ttl = req.Query("ttlMs")) {
+           char* end = nullptr;
+           long long v = std::strtoll(ttl->c_str(), &end, 10);
+           if (end == ttl->c_str() || *end != '\0' || v < 1) {
+             return ErrorResponse(ApiError(400, "INVALID_TTL", "ttlMs must be an integer >= 1"),
+                                  clock_.NowMs() / 1000);
+           }
+           call.ttl_ms = v;
+         }
+         // A sync service's caller waits for the device, up to the service's timeoutMs.
+         int64_t wait = kApiWaitMs;
+         if (const shadow::ThingModel* model = BoundModel(thing)) {
+           if (const shadow::ServiceInfo* info = model->Service(m.topic); info && info->sync) {
+             wait += info->timeout_ms;
+           }
+         }
+         return ApiCall(std::move(call), wait);
+       }});
+  return routes;
+}
+
+}  // namespace gnomon::engine

@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: Apache-2.0
+// The REST routes of device shadows (docs/shadows.md#rest-api): reads the committed cache can
+// answer on the listener's thread, the rest as typed ShadowRequests for the owner of the thing
+// (ApiCall), and the watch streams (Server-Sent Events) fed once writes are durable.
+#include <algorithm>
+#include <cstdlib>
+
+#include "api_error.h"
+#include "engine_impl.h"
+#include "gnomon/core/json.h"
+#include "gnomon/core/mutex.h"
+
+namespace gnomon::engine {
+
+namespace {
+constexpr size_t kMaxWatchers = 256;         // each holds a thread of its own
+constexpr size_t kMaxPendingEvents = 10000;  // per watcher; beyond, the stream ends with resync
+constexpr auto kKeepAlive = std::chrono::seconds(15);
+
+std::string SseFrame(std::string_view event, std::string_view data) {
+  std::string f;
+  f.reserve(data.size() + event.size() + 16);
+  f.append("event: ").append(event).append("\ndata: ").append(data).append("\n\n");
+  return f;
+}
+}  // namespace
+
+void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& name,
+                                  std::string_view event, const std::string& data) {
+  std::vector<std::shared_ptr<Watcher>> targets;
+  {
+    MutexLock lock(watch_mu_);
+    if (watchers_.empty()) {
+      return;
+    }
+    auto it = watchers_.find(ShadowKey(thing, name));
+    if (it == watchers_.end()) {
+      return;
+    }
+    targets = it->second;
+  }
+  std::string frame = SseFrame(event, data);
+  for (auto& wt : targets) {
+    {
+      MutexLock lock(wt->mu);
+      if (wt->closed) {
+        continue;
+      }
+      if (wt->events.size() >= kMaxPendingEvents) {
+        // A reader that cannot keep up: tell it to start over rather than buffer without bound.
+        wt->events.push_back(SseFrame("resync", R"({"reason":"the watcher fell behind"})"));
+        wt->closed = true;
+      } else {
+        wt->events.push_back(frame);
+      }
+    }
+    wt->cv.notify_all();
+  }
+}
+
+void Engine::Impl::CloseWatchers() {
+  MutexLock lock(watch_mu_);
+  for (auto& [key, list] : watchers_) {
+    for (auto& wt : list) {
+      {
+        MutexLock l(wt->mu);
+        wt->closed = true;
+      }
+      wt->cv.notify_all();
+    }
+  }
+}
+
+HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& name) {
+  auto wt = std::make_shared<Watcher>();
+  std::string key = ShadowKey(thing, name);
+  {
+    MutexLock lock(watch_mu_);
+    if (watcher_count_ >= kMaxWatchers || stopped_) {
+      HttpResponse busy;
+      busy.status = 503;
+      busy.body = ApiError(503, "TOO_MANY_WATCHERS",
+                           fmt::format("At most {} watch streams at a time", kMaxWatchers))
+                      .Json(clock_.NowMs() / 1000);
+      return busy;
+    }
+    watchers_[key].push_back(wt);
+    ++watcher_count_;
+  }
+  // Registered first, then the current document: no change falls between the two (events with
+  // a version at or below the document's can be ignored by the client).
+  HttpResponse now = ShadowApiCall(ShadowTarget{thing, name, ShadowVerb::kGet}, "");
+  HttpResponse out;
+  out.content_type = "text/event-stream";
+  std::string first =
+      now.status == 200 ? SseFrame("document", now.body) : SseFrame("document", "null");
+  out.stream = [this, wt, key,
+                first = std::move(first)](const std::function<bool(std::string_view)>& write) {
+    bool ok = write(first);
+    while (ok) {
+      MutexLock lock(wt->mu);
+      wt->cv.wait_for(lock.native(), kKeepAlive, [&] {
+        wt->mu.AssertHeld();
+        return !wt->events.empty() || wt->closed;
+      });
+      std::deque<std::string> batch;
+      batch.swap(wt->events);
+      bool closed = wt->closed;
+      lock.Unlock();
+      if (batch.empty() && !closed) {
+        ok = write(": keep-alive\n\n");
+      }
+      for (const auto& f : batch) {
+        ok = ok && write(f);
+      }
+      if (closed) {
+        break;
+      }
+    }
+    MutexLock lock(watch_mu_);
+    auto& list = watchers_[key];
+    list.erase(std::remove(list.begin(), list.end(), wt), list.end());
+    if (list.empty()) {
+      watchers_.erase(key);
+    }
+    --watcher_count_;
+  };
+  return out;
+}
+
+HttpResponse Engine::Impl::ShadowApiCall(ShadowTarget target, std::string body,
+                                         int64_t since_version) {
+  ShadowRequest req;
+  req.channel = ShadowChannel::kApi;
+  req.msg.topic = ShadowTopic(target.thing, target.name);  // for logs and dead letters
+  req.msg.device = target.thing;
+  req.msg.payload = std::move(body);
+  req.since_version = since_version;
+  req.target = std::move(target);
+  return ApiCall(std::move(req), kApiWaitMs);
+}
+
+std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
+  std::vector<HttpRoute> routes;
+  if (!shadow_store_) {
+    return routes;
+  }
+  // The shadow a request names: the thing from the path, ?name= (none: the classic shadow).
+  // Errors: a name that is not valid.
+  auto target = [](const HttpRequest& req,
+                   ShadowVerb verb) -> std::variant<ShadowTarget, shadow::ShadowError> {
+    const std::string& thing = req.params.at(0);
+    const std::string* name = req.Query("name");
+    if (auto bad = CheckThingName(thing)) {
+      return *bad;
+    }
+    if (name != nullptr) {
+      if (auto bad = CheckShadowName(*name)) {
+        return *bad;
+      }
+    }
+    return ShadowTarget{thing, name != nullptr ? *name : "", verb};
+  };
+  auto call = [this, target](ShadowVerb verb) {
+    return [this, target, verb](const HttpRequest& req) {
+      auto t = target(req, verb);
+      if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
+        return ErrorResponse(*bad, clock_.NowMs() / 1000);
+      }
+      return ShadowApiCall(std::get<ShadowTarget>(std::move(t)),
+                           verb == ShadowVerb::kUpdate ? req.body : "");
+    };
+  };
+  routes.push_back(
+      {"GET", "/v1/things/(.+)/shadow/changes", [this, target](const HttpRequest& req) {
+         auto t = target(req, ShadowVerb::kChanges);
+         if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
+           return ErrorResponse(*bad, clock_.NowMs() / 1000);
+         }
+         const std::string* since = req.Query("sinceVersion");
+         char* end = nullptr;
+         long long v = since != nullptr ? std::strtoll(since->c_str(), &end, 10) : -1;
+         if (since == nullptr || end == since->c_str() || *end != '\0' || v < 0) {
+           return ErrorResponse(
+               ApiError(400, "INVALID_VERSION", "sinceVersion must be an integer >= 0"),
+               clock_.NowMs() / 1000);
+         }
+         return ShadowApiCall(std::get<ShadowTarget>(std::move(t)), "", v);
+       }});
+  routes.push_back({"GET", "/v1/things/(.+)/shadow/watch", [this, target](const HttpRequest& req) {
+                      auto t = target(req, ShadowVerb::kGet);
+                      if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
+                        return ErrorResponse(*bad, clock_.NowMs() / 1000);
+                      }
+                      const ShadowTarget& shadow = std::get<ShadowTarget>(t);
+                      return Watch(shadow.thing, shadow.name);
+                    }});
+  // A read the committed cache can answer (or a bad name) is answered on the listener's I/O
+  // thread; the rest go to the owner worker from a handler thread.
+  auto cached = [this, target](const HttpRequest& req, HttpResponse& out) {
+    auto t = target(req, ShadowVerb::kGet);
+    if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
+      out = ErrorResponse(*bad, clock_.NowMs() / 1000);
+      return true;
+    }
+    const ShadowTarget& shadow = std::get<ShadowTarget>(t);
+    if (auto view = committed_.Get(ShadowKey(shadow.thing, shadow.name))) {
+      reads_committed_->Inc();
+      out.body = *view;
+      return true;
+    }
+    return false;
+  };
+  HttpRoute get{"GET", "/v1/things/(.+)/shadow", [this, target, cached](const HttpRequest& req) {
+                  HttpResponse out;
+                  if (cached(req, out)) {
+                    return out;
+                  }
+                  reads_owner_->Inc();
+                  return ShadowApiCall(std::get<ShadowTarget>(target(req, ShadowVerb::kGet)), "");
+                }};
+  get.fast = cached;
+  routes.push_back(std::move(get));
+  routes.push_back({"POST", "/v1/things/(.+)/shadow", call(ShadowVerb::kUpdate)});
+  routes.push_back({"DELETE", "/v1/things/(.+)/shadow", call(ShadowVerb::kDelete)});
+  routes.push_back(
+      {"GET", "/v1/things/(.+)/shadows", [this](const HttpRequest& req) {
+         HttpResponse out;
+         const std::string& thing = req.params.at(0);
+         if (auto bad = CheckThingName(thing)) {
+           return ErrorResponse(*bad, clock_.NowMs() / 1000);
+         }
+         MutexLock lock(api_reader_mu_);
+         auto names = api_reader_->Names(thing);
+         if (!names.ok()) {
+           out.status = 500;
+           out.body = ApiError(500, "INTERNAL_ERROR", std::string(names.status().message()))
+                          .Json(clock_.NowMs() / 1000);
+           return out;
+         }
+         std::string list = "[";
+         bool classic = false;
+         for (const auto& n : *names) {
+           if (n.empty()) {
+             classic = true;
+             continue;
+           }
+           if (list.size() > 1) {
+             list += ',';
+           }
+           json::AppendQuoted(list, n);
+         }
+         list += ']';
+         json::ObjectWriter w(out.body);
+         w.Field("thing", thing).Field("classic", classic ? 1 : 0).FieldRaw("results", list);
+         w.Close();
+         return out;
+       }});
+  routes.push_back(
+      {"GET", "/v1/things", [this](const HttpRequest& req) {
+         HttpResponse out;
+         const std::string* prefix = req.Query("prefix");
+         const std::string* cursor = req.Query("cursor");
+         const std::string* limit_s = req.Query("limit");
+         size_t limit = 100;
+         if (limit_s != nullptr) {
+           char* end = nullptr;
+           long v = std::strtol(limit_s->c_str(), &end, 10);
+           if (end == limit_s->c_str() || *end != '\0' || v < 1 || v > 1000) {
+             out.status = 400;
+             out.body =
+                 ApiError(400, "INVALID_LIMIT", "limit must be 1-1000").Json(clock_.NowMs() / 1000);
+             return out;
+           }
+           limit = static_cast<size_t>(v);
+         }
+         MutexLock lock(api_reader_mu_);
+         auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
+                                           cursor != nullptr ? *cursor : "", limit + 1);
+         if (!things.ok()) {
+           out.status = 500;
+           out.body = ApiError(500, "INTERNAL_ERROR", std::string(things.status().message()))
+                          .Json(clock_.NowMs() / 1000);
+           return out;
+         }
+         bool more = things->size() > limit;
+         if (more) {
+           things->resize(limit);
+         }
+         std::string list = "[";
+         for (const auto& t : *things) {
+           if (list.size() > 1) {
+             list += ',';
+           }
+           json::AppendQuoted(list, t);
+         }
+         list += ']';
+         json::ObjectWriter w(out.body);
+         w.FieldRaw("things", list);
+         if (more) {
+           w.Field("nextCursor", things->back());
+         }
+         w.Close();
+         return out;
+       }});
+  return routes;
+}
+
+}  // namespace gnomon::engine
