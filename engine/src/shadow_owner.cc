@@ -36,23 +36,20 @@ Result<shadow::ShadowDocument*> ShadowOwner::Get(const std::string& thing,
   return &it->second.doc;
 }
 
-uint64_t ShadowOwner::epoch(std::string_view thing, std::string_view name) const {
-  auto e = epochs_.find(ShadowKey(thing, name));
+uint64_t ShadowOwner::EpochOf(const std::string& key) const {
+  if (epochs_.empty()) {
+    return 0;  // no copy was ever dropped (the usual case)
+  }
+  auto e = epochs_.find(key);
   return e != epochs_.end() ? e->second : 0;
 }
 
-void ShadowOwner::Store(const std::string& thing, const std::string& name, std::string stored,
-                        Done done, std::optional<shadow::ShadowChange> change) {
-  uint64_t epoch = this->epoch(thing, name);
-  uint64_t seq = store_.Write(
-      thing, name, std::move(stored),
-      [epoch, done = std::move(done)](const Status& st) {
-        if (done) {
-          done(st, epoch);
-        }
-      },
-      epoch, std::move(change));
-  if (auto c = docs_.find(ShadowKey(thing, name)); c != docs_.end()) {
+uint64_t ShadowOwner::epoch(std::string_view thing, std::string_view name) const {
+  return EpochOf(ShadowKey(thing, name));
+}
+
+void ShadowOwner::Written(const std::string& key, uint64_t seq) {
+  if (auto c = docs_.find(key); c != docs_.end()) {
     c->second.written = seq;
   }
 }

@@ -53,9 +53,6 @@ class ShadowOwner {
     int64_t timestamp;  // epoch seconds
     std::string ops;    // RFC 6902, a JSON array
   };
-  // Called on the store's writer thread once a write is durable (ok) or refused, with the
-  // epoch of the copy that made it (for Evict).
-  using Done = std::function<void(const Status&, uint64_t epoch)>;
 
   // `reader` reads the store for this owner's thread only.
   ShadowOwner(Options options, shadow::ShadowStore& store,
@@ -67,11 +64,21 @@ class ShadowOwner {
   // Trim.
   Result<shadow::ShadowDocument*> Get(const std::string& thing, const std::string& name);
 
-  // Queues the stored form of (thing, name) with its copy's epoch. Until `done` has run, Trim
-  // keeps that copy (a reload would not see the write). `change` goes to the store's history
-  // log with it.
+  // Queues the stored form of (thing, name) with its copy's epoch. `done(status, epoch)` is
+  // called on the store's writer thread once the write is durable (ok) or refused, with the
+  // epoch of the copy that made it (for Evict). Until then Trim keeps that copy (a reload
+  // would not see the write). `change` goes to the store's history log with it.
+  template <typename Done>
   void Store(const std::string& thing, const std::string& name, std::string stored, Done done,
-             std::optional<shadow::ShadowChange> change = std::nullopt);
+             std::optional<shadow::ShadowChange> change = std::nullopt) {
+    std::string key = ShadowKey(thing, name);
+    uint64_t epoch = EpochOf(key);
+    uint64_t seq = store_.Write(
+        thing, name, std::move(stored),
+        [epoch, done = std::move(done)](const Status& st) mutable { done(st, epoch); }, epoch,
+        std::move(change));
+    Written(key, seq);
+  }
   // The store refused a write of (thing, name) made by the copy of `epoch`: that copy holds a
   // state the store does not, and later writes of its epoch are refused too. Drops it (and its
   // history, which has the refused version) so the next Get reads the store again and writes
@@ -116,6 +123,8 @@ class ShadowOwner {
     size_t bytes;
   };
   void Forget(const std::string& key);
+  uint64_t EpochOf(const std::string& key) const;
+  void Written(const std::string& key, uint64_t seq);  // Trim keeps it until seq is committed
 
   const Options options_;
   shadow::ShadowStore& store_;

@@ -50,6 +50,8 @@ Status Report(ShadowOwner& owner, ShadowStore& store, const std::string& thing, 
   return out->first;
 }
 
+void Ignore(const Status&, uint64_t /*epoch*/) {}
+
 int64_t Temp(ShadowDocument* doc) {
   const shadow::Value* t = doc->reported().Find("temp");
   return t != nullptr ? t->as_int() : -1;
@@ -126,7 +128,7 @@ TEST(ShadowOwnerTest, TrimDropsOnlyDurableCopiesLeastRecentlyUsedFirst) {
   ASSERT_TRUE(doc.ok());
   ASSERT_TRUE(owner->Get("b", "").ok());
   ASSERT_TRUE(owner->Get("c", "").ok());
-  owner->Store("a", "", (*doc)->StoredJson(), nullptr);
+  owner->Store("a", "", (*doc)->StoredJson(), Ignore);
   EXPECT_EQ(owner->Trim(), 1u);
   release.set_value();
   store->Flush();
@@ -238,7 +240,7 @@ TEST(ShadowOwnerTest, RestoreGivesEachOwnerTheLoggedChangesOfItsThings) {
     auto write = [&](const std::string& thing, int64_t v, std::string ops) {
       auto doc = owner->Get(thing, "");
       ASSERT_TRUE(doc.ok());
-      owner->Store(thing, "", (*doc)->StoredJson(), nullptr, ShadowChange{v, 100, ops});
+      owner->Store(thing, "", (*doc)->StoredJson(), Ignore, ShadowChange{v, 100, ops});
     };
     write("a", 1, "[1]");
     write("b", 1, "[1]");
