@@ -208,7 +208,7 @@ Result<int> CtxPublish(lua_State* L) {
 // the device) when handle returns, by the engine; refusals dead-letter the message.
 Result<int> CtxInvoke(lua_State* L);
 
-// Shadow names and things as spec/shadow.md allows them.
+// Shadow names and things as docs/shadows.md allows them.
 Status CheckShadowId(std::string_view v, size_t max, const char* what) {
   if (v.empty() || v.size() > max) {
     return InvalidArgument(fmt::format("{} must be 1-{} bytes (got {})", what, max, v.size()));

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// The Lua state rules run in: only the library surface of spec/rules.md, each rule file in its
+// The Lua state rules run in: only the library surface of docs/rules.md, each rule file in its
 // own environment.
 #pragma once
 

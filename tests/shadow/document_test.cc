@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// The conformance vectors of spec/shadow.md, one test each, and property tests.
+// The conformance vectors of docs/shadows.md, one test each, and property tests.
 #include "gnomon/shadow/document.h"
 
 #include <gtest/gtest.h>

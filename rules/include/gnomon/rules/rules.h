@@ -111,7 +111,7 @@ struct Effect {
   Kind kind = Kind::kEmit;
   uint32_t sink = 0;   // kEmit: index into RuleSetOptions::sinks
   std::string topic;   // kPublish: the topic; kEmit: optional topic override; kInvoke: service
-  // kEmit, kPublish: the record. kShadowUpdate: the update request (spec/shadow.md) as JSON.
+  // kEmit, kPublish: the record. kShadowUpdate: the update request (docs/shadows.md) as JSON.
   // kInvoke: the params (a JSON object).
   std::string payload;
   // kShadowUpdate: the shadow's thing and name ("": classic). kInvoke: the thing.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// One device shadow (AWS IoT Device Shadow semantics, spec/shadow.md): desired and reported
+// One device shadow (AWS IoT Device Shadow semantics, docs/shadows.md): desired and reported
 // state, per-leaf metadata, version, the computed delta, client-token idempotency, ifChanged,
 // delete with a version tombstone. Pure logic: no I/O, no clock (times are passed in), not
 // thread-safe (a shadow has exactly one writer, the worker that owns its device).
@@ -17,7 +17,7 @@
 
 namespace gnomon::shadow {
 
-// The error document of spec/shadow.md.
+// The error document of docs/shadows.md.
 struct ShadowError {
   int code = 400;
   std::string error;    // stable machine code, e.g. "VERSION_CONFLICT"
@@ -57,7 +57,7 @@ class ShadowDocument {
   ShadowDocument() = default;
   explicit ShadowDocument(Limits limits) : limits_(limits) {}
 
-  // Applies an update request (the raw JSON body), checked in the order of spec/shadow.md.
+  // Applies an update request (the raw JSON body), checked in the order of docs/shadows.md.
   // `now_s` is epoch seconds.
   std::variant<UpdateResult, ShadowError> Update(std::string_view request, int64_t now_s);
 
@@ -67,7 +67,7 @@ class ShadowDocument {
   // Deletes the shadow; the version survives for `tombstone_s`. Returns delete/accepted.
   std::variant<std::string, ShadowError> Delete(std::string_view shadow_name, int64_t now_s);
 
-  // Presence (spec/thing-model.md): whether the device is connected to its broker and when that
+  // Presence (docs/thing-models.md): whether the device is connected to its broker and when that
   // was last reported (epoch ms), shown in the document's metadata as "connected" and
   // "lastSeen". Not a state update: the version stays, no update events fire. Kept for a thing
   // whose shadow does not exist (yet) too, and across Delete().
@@ -87,7 +87,7 @@ class ShadowDocument {
   int64_t version() const { return version_; }
   const Value& desired() const { return desired_; }
   const Value& reported() const { return reported_; }
-  // delta(desired, reported) per spec/shadow.md; kept with the sections (computed once per
+  // delta(desired, reported) per docs/shadows.md; kept with the sections (computed once per
   // write).
   const Value& Delta() const { return delta_; }
   // The stored document (no delta), as kept and as in the documents event. Cached: rebuilt
@@ -145,7 +145,7 @@ class ShadowDocument {
   void SectionsLoaded();
 };
 
-// Thing (1-128 bytes) and shadow (1-64 bytes) names of spec/shadow.md: only A-Z a-z 0-9 : _ -.
+// Thing (1-128 bytes) and shadow (1-64 bytes) names of docs/shadows.md: only A-Z a-z 0-9 : _ -.
 bool ValidShadowId(std::string_view id, size_t max_bytes);
 
 // What a device status message says (shadows.presence): true (connected) for online,
@@ -154,7 +154,7 @@ bool ValidShadowId(std::string_view id, size_t max_bytes);
 // or `online`, or a string `state` or `status`. nullopt for anything else.
 std::optional<bool> ParsePresence(std::string_view payload);
 
-// delta(D, R) of spec/shadow.md, on its own (for tests and the REST layer).
+// delta(D, R) of docs/shadows.md, on its own (for tests and the REST layer).
 Value ComputeDelta(const Value& desired, const Value& reported);
 
 }  // namespace gnomon::shadow

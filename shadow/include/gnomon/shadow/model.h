@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Thing models (spec/thing-model.md, Alibaba TSL style): a product's properties, events and
+// Thing models (docs/thing-models.md, Alibaba TSL style): a product's properties, events and
 // services with typed data. This part loads and checks model files and validates shadow state
 // against the properties; binding devices and services live in the engine.
 #pragma once
