@@ -45,10 +45,16 @@ uint64_t ShadowOwner::EpochOf(const std::string& key) const {
 }
 
 uint64_t ShadowOwner::epoch(std::string_view thing, std::string_view name) const {
-  return EpochOf(ShadowKey(thing, name));
+  return epochs_.empty() ? 0 : EpochOf(ShadowKey(thing, name));
 }
 
-void ShadowOwner::Written(const std::string& key, uint64_t seq) {
+void ShadowOwner::Store(const std::string& thing, const std::string& name, std::string stored,
+                        shadow::ShadowStore::Done done,
+                        std::optional<shadow::ShadowChange> change) {
+  std::string key = ShadowKey(thing, name);
+  uint64_t epoch = EpochOf(key);
+  uint64_t seq = store_.Write(thing, name, std::move(stored), std::move(done), epoch,
+                              std::move(change));
   if (auto c = docs_.find(key); c != docs_.end()) {
     c->second.written = seq;
   }

@@ -64,21 +64,13 @@ class ShadowOwner {
   // Trim.
   Result<shadow::ShadowDocument*> Get(const std::string& thing, const std::string& name);
 
-  // Queues the stored form of (thing, name) with its copy's epoch. `done(status, epoch)` is
-  // called on the store's writer thread once the write is durable (ok) or refused, with the
-  // epoch of the copy that made it (for Evict). Until then Trim keeps that copy (a reload
-  // would not see the write). `change` goes to the store's history log with it.
-  template <typename Done>
-  void Store(const std::string& thing, const std::string& name, std::string stored, Done done,
-             std::optional<shadow::ShadowChange> change = std::nullopt) {
-    std::string key = ShadowKey(thing, name);
-    uint64_t epoch = EpochOf(key);
-    uint64_t seq = store_.Write(
-        thing, name, std::move(stored),
-        [epoch, done = std::move(done)](const Status& st) mutable { done(st, epoch); }, epoch,
-        std::move(change));
-    Written(key, seq);
-  }
+  // Queues the stored form of (thing, name) with its copy's epoch (epoch(): what a refused
+  // write's `done` passes on to Evict). `done` runs on the store's writer thread once the write
+  // is durable (ok) or refused; until then Trim keeps that copy (a reload would not see the
+  // write). `change` goes to the store's history log with it.
+  void Store(const std::string& thing, const std::string& name, std::string stored,
+             shadow::ShadowStore::Done done,
+             std::optional<shadow::ShadowChange> change = std::nullopt);
   // The store refused a write of (thing, name) made by the copy of `epoch`: that copy holds a
   // state the store does not, and later writes of its epoch are refused too. Drops it (and its
   // history, which has the refused version) so the next Get reads the store again and writes
@@ -109,6 +101,7 @@ class ShadowOwner {
   shadow::ShadowStore::Reader& reader() { return *reader_; }
   size_t cached() const { return docs_.size(); }
   size_t history_bytes() const { return history_bytes_; }
+  // The epoch of the copy of (thing, name): its writes carry it.
   uint64_t epoch(std::string_view thing, std::string_view name) const;
 
  private:
@@ -124,7 +117,6 @@ class ShadowOwner {
   };
   void Forget(const std::string& key);
   uint64_t EpochOf(const std::string& key) const;
-  void Written(const std::string& key, uint64_t seq);  // Trim keeps it until seq is committed
 
   const Options options_;
   shadow::ShadowStore& store_;

@@ -375,9 +375,10 @@ void Engine::Impl::RejectShadow(ShadowReplyTo to, const shadow::ShadowError& err
 void Engine::Impl::StoreShadow(Worker& w, const std::string& thing, const std::string& name,
                                std::string stored, shadow::ShadowStore::Done done,
                                std::optional<shadow::ShadowChange> change) {
+  uint64_t epoch = w.shadows->epoch(thing, name);
   w.shadows->Store(
       thing, name, std::move(stored),
-      [this, thing, name, done = std::move(done)](const Status& st, uint64_t epoch) {
+      [this, thing, name, epoch, done = std::move(done)](const Status& st) {
         if (!st.ok()) {
           shadow_store_failures_->Inc();
           log::Error("shadow write could not be stored",
