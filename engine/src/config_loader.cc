@@ -194,7 +194,7 @@ bool IsLoopback(std::string_view host) {
 // `api:` or `metrics:`: TLS and the connection limits.
 void ParseListener(const ConfigValue& v, std::string_view section, const std::string& base_dir,
                    AppConfig::Listener& l, ConfigErrors& errors) {
-  l.insecure = v.GetBool("insecure", false);
+  l.insecure = v.GetBool("insecure", l.insecure);
   if (const ConfigValue* tls = v.Get("tls")) {
     auto file_of = [&](const char* key) {
       std::string f = tls->GetString(key);
@@ -258,11 +258,14 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
                errors);
   CheckEntries(app.root.Get("sinks"), "sinks", false, registry, connections, app.sinks, errors);
 
-  app.data_dir = ResolvePath(app.base_dir, app.root.GetString("data_dir", "./data"));
+  app.data_dir = ResolvePath(app.base_dir, app.root.GetString("data_dir"));  // schema default
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.workers = static_cast<int>(app.root.GetInt("workers", cores));
-  app.worker_queue = static_cast<size_t>(app.root.GetInt("worker_queue", 4096));
-  app.shutdown_timeout_ms = app.root.GetInt("shutdown_timeout_ms", 10000);
+  // Defaults: the schema's (validation filled them in); AppConfig starts with the same values
+  // (ConfigLoaderTest.EveryDefaultOfTheSchemaIsWhatTheCodeUses).
+  app.worker_queue =
+      static_cast<size_t>(app.root.GetInt("worker_queue", static_cast<int64_t>(app.worker_queue)));
+  app.shutdown_timeout_ms = app.root.GetInt("shutdown_timeout_ms", app.shutdown_timeout_ms);
   if (const ConfigValue* m = app.root.Get("metrics")) {
     app.metrics_listen = m->GetString("listen");
     app.metrics_tokens = m->GetStrings("tokens");
@@ -358,8 +361,9 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
   }
   if (const ConfigValue* sh = app.root.Get("shadows")) {
     app.shadows.enabled = true;
-    app.shadows.topic_prefix = sh->GetString("topic_prefix", "$aws/things");
-    app.shadows.sync_full = sh->GetString("sync", "full") == "full";
+    app.shadows.topic_prefix = sh->GetString("topic_prefix", app.shadows.topic_prefix);
+    app.shadows.sync_full =
+        sh->GetString("sync", app.shadows.sync_full ? "full" : "normal") == "full";
     app.shadows.cache_shadows = static_cast<size_t>(
         sh->GetInt("cache_shadows", static_cast<int64_t>(app.shadows.cache_shadows)));
     app.shadows.max_pending_writes = static_cast<size_t>(sh->GetInt(
@@ -399,7 +403,8 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
                                                       : nullptr) {
     app.shadows.changelog_connection_name = cl->GetString("connection");
     app.shadows.changelog_topic = cl->GetString("topic");
-    app.shadows.changelog_partitions = static_cast<int>(cl->GetInt("partitions", 4));
+    app.shadows.changelog_partitions =
+        static_cast<int>(cl->GetInt("partitions", app.shadows.changelog_partitions));
     const ConfigValue* conn = connections != nullptr
                                   ? connections->Get(app.shadows.changelog_connection_name)
                                   : nullptr;
@@ -447,10 +452,10 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     app.services.max_queued =
         static_cast<size_t>(sv->GetInt("max_queued", static_cast<int64_t>(app.services.max_queued)));
   }
-  app.watch_rules = app.root.GetBool("watch_rules", true);
+  app.watch_rules = app.root.GetBool("watch_rules", app.watch_rules);
   app.device_id_pattern = app.root.GetString("device_id_pattern", "");
   {
-    std::string mask = app.root.GetString("umask", "0077");
+    std::string mask = app.root.GetString("umask", fmt::format("{:04o}", app.umask));
     char* end = nullptr;
     unsigned long v = std::strtoul(mask.c_str(), &end, 8);
     if (mask.empty() || *end != '\0' || v > 0777) {

@@ -1,5 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <functional>
+#include <map>
 
 #include "gnomon/connectors/builtin.h"
 #include "gnomon/engine/engine.h"
@@ -148,6 +153,117 @@ TEST_F(ConfigLoaderTest, MissingFileAndNotAMap) {
   EXPECT_FALSE(LoadAppConfig(dir_.File("nope.yaml"), registry_).ok());
   EXPECT_FALSE(Load("- just\n- a list\n").ok());
   EXPECT_FALSE(Load("{{{").ok());
+}
+
+// Every default in schemas/gnomon.json against what the code uses: with each section written
+// but empty (the loader reads what validation filled in from the schema), with the sections
+// left out (AppConfig's initial values of those sections), and in an AppConfig made in code.
+// A default added to the schema needs a line here; a default changed in one place only fails.
+TEST_F(ConfigLoaderTest, EveryDefaultOfTheSchemaIsWhatTheCodeUses) {
+  // The schema's defaults, by dotted path.
+  auto schema = ParseYaml(EmbeddedSchema("gnomon.json"), "gnomon.json");
+  ASSERT_TRUE(schema.ok()) << schema.status().message();
+  std::map<std::string, std::string> defaults;
+  std::function<void(const ConfigValue&, const std::string&)> walk = [&](const ConfigValue& node,
+                                                                         const std::string& path) {
+    if (const ConfigValue* d = node.Get("default"); d != nullptr && !path.empty()) {
+      defaults[path] = d->kind() == ConfigValue::Kind::kScalar ? d->scalar() : "<list>";
+    }
+    if (const ConfigValue* props = node.Get("properties")) {
+      for (const auto& [key, child] : props->fields()) {
+        walk(child, path.empty() ? key : path + "." + key);
+      }
+    }
+  };
+  walk(*schema, "");
+
+  const std::string sections = R"(
+shadows: {}
+services: {}
+dead_letter: {}
+rule_limits: {}
+log: {}
+api: { listen: "127.0.0.1:0", insecure: true, limits: {} }
+metrics: { listen: "127.0.0.1:0", limits: {} }
+)";
+  for (int pass = 0; pass < 3; ++pass) {
+    bool written = pass == 0;
+    bool loaded = pass < 2;
+    SCOPED_TRACE(pass == 0   ? "sections written, empty"
+                 : pass == 1 ? "sections left out"
+                             : "AppConfig{}");
+    AppConfig app;
+    std::string yaml =
+        "sources: [{ name: rec, type: file, path: in.jsonl }]\n"
+        "rules: [\"rules/*.lua\"]\n";
+    if (loaded) {
+      ASSERT_TRUE(Load(yaml + (written ? sections : ""), &app).ok()) << Load(yaml).message();
+    }
+    auto b = [](bool v) { return std::string(v ? "true" : "false"); };
+    auto n = [](auto v) { return std::to_string(v); };
+    const auto& dl = app.dead_letters;
+    const auto& sh = app.shadows;
+    const auto& rl = app.rule_limits;
+    std::map<std::string, std::string> code = {
+        {"data_dir", std::filesystem::path(app.data_dir).lexically_normal() ==
+                             std::filesystem::path(dir_.File("data"))
+                         ? "./data"
+                         : app.data_dir},
+        {"worker_queue", n(app.worker_queue)},
+        {"shutdown_timeout_ms", n(app.shutdown_timeout_ms)},
+        {"dead_letter.max_mb", n(dl.max_mb)},
+        {"dead_letter.keep", n(dl.keep)},
+        {"dead_letter.disk_reserve_mb", n(dl.disk_reserve_mb)},
+        {"dead_letter.payload_max_bytes", n(dl.payload_max_bytes)},
+        {"dead_letter.per_device_per_s", fmt::format("{}", dl.per_device_per_s)},
+        {"dead_letter.burst", n(dl.burst)},
+        {"events.from", app.events_from},
+        {"services.ttl_ms", n(app.services.ttl_ms)},
+        {"services.keep_ms", n(app.services.keep_ms)},
+        {"services.max_queued", n(app.services.max_queued)},
+        {"umask", fmt::format("{:04o}", app.umask)},
+        {"rule_limits.instructions", n(rl.instructions)},
+        {"rule_limits.memory_mb", n(rl.memory_mb)},
+        {"rule_limits.heap_mb", n(rl.heap_mb)},
+        {"rule_limits.wall_ms", n(rl.wall_ms)},
+        {"rule_limits.allow_jit", b(rl.allow_jit)},
+        {"watch_rules", b(app.watch_rules)},
+        {"shadows.topic_prefix", sh.topic_prefix},
+        {"shadows.changelog.partitions", n(sh.changelog_partitions)},
+        {"shadows.sync", sh.sync_full ? "full" : "normal"},
+        {"shadows.max_pending_writes", n(sh.max_pending_writes)},
+        {"shadows.cache_shadows", n(sh.cache_shadows)},
+        {"shadows.history", n(sh.history)},
+        {"shadows.history_mb", n(sh.history_mb)},
+    };
+    for (auto [name, l] : {std::pair{"api", &app.api}, std::pair{"metrics", &app.metrics}}) {
+      std::string p = std::string(name) + ".";
+      code[p + "limits.max_connections"] = n(l->max_connections);
+      code[p + "limits.io_threads"] = n(l->io_threads);
+      code[p + "limits.handler_threads"] = n(l->handler_threads);
+      code[p + "limits.max_header_bytes"] = n(l->max_header_bytes);
+      code[p + "limits.max_header_fields"] = n(l->max_header_fields);
+      code[p + "limits.header_timeout_ms"] = n(l->header_timeout_ms);
+      code[p + "limits.body_timeout_ms"] = n(l->body_timeout_ms);
+      code[p + "limits.idle_timeout_ms"] = n(l->idle_timeout_ms);
+    }
+    // Written above (an API without tokens needs it): checked when the section is left out.
+    code["api.insecure"] = written ? defaults["api.insecure"] : b(app.api.insecure);
+    // Not in AppConfig: read where they are used (log.level by main.cc, shadows.store has one
+    // value, lists start empty).
+    if (!loaded) {
+      code["data_dir"] = defaults["data_dir"];  // a path only once resolved against the file
+    }
+    for (const char* elsewhere : {"log.level", "shadows.store", "rules", "models", "rule_libs"}) {
+      code[elsewhere] = defaults[elsewhere];
+    }
+    for (const auto& [path, value] : defaults) {
+      auto it = code.find(path);
+      ASSERT_NE(it, code.end()) << "schema default of " << path << " (" << value
+                                << ") is not checked against the code: add it here";
+      EXPECT_EQ(it->second, value) << path;
+    }
+  }
 }
 
 }  // namespace
