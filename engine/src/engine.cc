@@ -54,7 +54,8 @@ Status Engine::Impl::Init() {
                                    "Messages whose topic matched no rule");
   dead_letter_failures_ = metrics_.GetCounter(
       "gnomon_dead_letter_failures_total", "Dead letters the dead-letter sink could not write");
-  metrics_.AddCollector([this](std::string& out) { RenderAccounting(out); });
+  metrics_.AddCollector(
+      [this](std::vector<prometheus::MetricFamily>& out) { CollectAccounting(out); });
 
   // Sinks, in the order rules know them.
   for (const Entry& e : config_.sinks) {
@@ -412,7 +413,7 @@ Engine::Counts Engine::Impl::counts() const {
   return c;
 }
 
-void Engine::Impl::RenderAccounting(std::string& out) const {
+void Engine::Impl::CollectAccounting(std::vector<prometheus::MetricFamily>& out) const {
   Counts c = counts();
   for (auto& s : sinks_) {
     s.queue_depth->Set(static_cast<int64_t>(s.sink->QueueDepth()));
@@ -431,11 +432,9 @@ void Engine::Impl::RenderAccounting(std::string& out) const {
   }
   // in = done + in_flight + dead_lettered (abandoned messages stay in flight: they were not
   // finished and the source may deliver them again).
-  fmt::format_to(std::back_inserter(out),
-                 "# HELP gnomon_messages_in_flight Messages taken in and not yet finished\n"
-                 "# TYPE gnomon_messages_in_flight gauge\n"
-                 "gnomon_messages_in_flight {}\n",
-                 c.in - c.done - c.dead_lettered);
+  out.push_back(OneSample("gnomon_messages_in_flight", "Messages taken in and not yet finished",
+                          prometheus::MetricType::Gauge,
+                          static_cast<double>(c.in - c.done - c.dead_lettered)));
 }
 
 namespace {

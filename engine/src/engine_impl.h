@@ -325,7 +325,7 @@ class Engine::Impl final : public Ingest,
   void DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
                   std::string_view rule, const std::string* source, std::string_view topic,
                   std::string_view device, std::string_view payload, int attempts, int64_t ts);
-  void RenderAccounting(std::string& out) const;
+  void CollectAccounting(std::vector<prometheus::MetricFamily>& out) const;
   std::shared_ptr<const LoadedRules> MakeLoaded(std::shared_ptr<const rules::RuleSet> set,
                                                 uint64_t version);
   std::shared_ptr<const LoadedRules> CurrentRules() const;

@@ -142,24 +142,22 @@ Status Engine::Impl::InitShadows() {
     api_reader_ = std::move(reader);
   }
   committed_.set_capacity(sc.cache_shadows * static_cast<size_t>(std::max(1, config_.workers)));
-  metrics_.AddCollector([this](std::string& out) {
+  metrics_.AddCollector([this](std::vector<prometheus::MetricFamily>& out) {
     shadow::StoreStats st = shadow_store_->stats();
-    fmt::format_to(std::back_inserter(out),
-                   "# HELP gnomon_shadow_store_transactions_total Group commits of the shadow "
-                   "store\n# TYPE gnomon_shadow_store_transactions_total counter\n"
-                   "gnomon_shadow_store_transactions_total {}\n"
-                   "# HELP gnomon_shadow_store_rows_total Shadow rows written (repeated writes "
-                   "of a shadow in one commit count once)\n"
-                   "# TYPE gnomon_shadow_store_rows_total counter\n"
-                   "gnomon_shadow_store_rows_total {}\n"
-                   "# HELP gnomon_shadow_store_queue Shadow writes waiting for their commit\n"
-                   "# TYPE gnomon_shadow_store_queue gauge\ngnomon_shadow_store_queue {}\n"
-                   "# HELP gnomon_shadow_store_pending_max The most store writes not yet durable "
-                   "at once since start (bounded by shadows.max_pending_writes, see "
-                   "docs/performance.md)\n"
-                   "# TYPE gnomon_shadow_store_pending_max gauge\n"
-                   "gnomon_shadow_store_pending_max {}\n",
-                   st.transactions, st.rows, shadow_store_->queued(), st.max_pending);
+    using prometheus::MetricType;
+    out.push_back(OneSample("gnomon_shadow_store_transactions_total",
+                            "Group commits of the shadow store", MetricType::Counter,
+                            static_cast<double>(st.transactions)));
+    out.push_back(
+        OneSample("gnomon_shadow_store_rows_total",
+                  "Shadow rows written (repeated writes of a shadow in one commit count once)",
+                  MetricType::Counter, static_cast<double>(st.rows)));
+    out.push_back(OneSample("gnomon_shadow_store_queue", "Shadow writes waiting for their commit",
+                            MetricType::Gauge, static_cast<double>(shadow_store_->queued())));
+    out.push_back(OneSample("gnomon_shadow_store_pending_max",
+                            "The most store writes not yet durable at once since start (bounded "
+                            "by shadows.max_pending_writes, see docs/performance.md)",
+                            MetricType::Gauge, static_cast<double>(st.max_pending)));
   });
   if (sc.connection != nullptr && options_.mode == Mode::kRun) {
     // Requests in: update, get, delete of classic and named shadows.

@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/core/metrics.h"
-#include "gnomon/core/mutex.h"
 
-#include <fmt/format.h>
+#include <prometheus/text_serializer.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
+#include <limits>
 #include <map>
+
+#include "gnomon/core/mutex.h"
 
 namespace gnomon {
 
@@ -56,38 +61,37 @@ uint64_t Histogram::count() const {
   return n;
 }
 
-enum class MetricType { kCounter, kGauge, kHistogram };
-
-struct MetricsRegistry::Family {
-  std::string name;
-  std::string help;
-  MetricType type;
-  // Keyed by rendered label text, e.g. `{sink="a",outcome="ok"}`.
-  std::map<std::string, std::unique_ptr<Counter>> counters;
-  std::map<std::string, std::unique_ptr<Gauge>> gauges;
-  std::map<std::string, std::unique_ptr<Histogram>> histograms;
-};
-
-struct MetricsRegistry::Impl {
-  mutable Mutex mu;
-  std::map<std::string, std::unique_ptr<Family>, std::less<>> families GNOMON_GUARDED_BY(mu);
-  std::vector<std::function<void(std::string&)>> collectors GNOMON_GUARDED_BY(mu);
-
-  Family& GetFamily(std::string_view name, std::string_view help, MetricType type)
-      GNOMON_REQUIRES(mu) {
-    auto it = families.find(name);
-    if (it == families.end()) {
-      auto f = std::make_unique<Family>();
-      f->name = std::string(name);
-      f->help = std::string(help);
-      f->type = type;
-      it = families.emplace(std::string(name), std::move(f)).first;
-    }
-    return *it->second;
+prometheus::ClientMetric Histogram::Collect() const {
+  prometheus::ClientMetric m;
+  uint64_t cumulative = 0;
+  m.histogram.bucket.reserve(bounds_.size() + 1);
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += Bucket(i);
+    m.histogram.bucket.push_back({.cumulative_count = cumulative, .upper_bound = bounds_[i]});
   }
-};
+  cumulative += Bucket(bounds_.size());
+  m.histogram.bucket.push_back(
+      {.cumulative_count = cumulative, .upper_bound = std::numeric_limits<double>::infinity()});
+  m.histogram.sample_count = cumulative;
+  m.histogram.sample_sum = static_cast<double>(SumNs()) / 1e9;
+  return m;
+}
+
+prometheus::ClientMetric Counter::Collect() const {
+  prometheus::ClientMetric m;
+  m.counter.value = static_cast<double>(value());
+  return m;
+}
 
 namespace {
+
+// One labelled metric of a family.
+template <typename Cell>
+struct Series {
+  Labels labels;
+  std::unique_ptr<Cell> cell;
+};
+
 void AppendEscaped(std::string& out, std::string_view v) {
   for (char c : v) {
     if (c == '\\' || c == '"') {
@@ -101,6 +105,8 @@ void AppendEscaped(std::string& out, std::string_view v) {
   }
 }
 
+// The labels as the exposition writes them, e.g. `{sink="a",outcome="ok"}`: the key a family's
+// metrics are found and sorted by.
 std::string LabelText(const Labels& labels) {
   if (labels.empty()) {
     return {};
@@ -119,14 +125,65 @@ std::string LabelText(const Labels& labels) {
   return s;
 }
 
-// Inserts `extra` (like `le="0.1"`) into a label text.
-std::string WithLabel(const std::string& labels, const std::string& extra) {
-  if (labels.empty()) {
-    return "{" + extra + "}";
+template <typename Cell>
+void CollectSeries(const std::map<std::string, Series<Cell>>& series,
+                   prometheus::MetricFamily& family) {
+  for (const auto& [key, s] : series) {
+    prometheus::ClientMetric m = s.cell->Collect();
+    m.label.reserve(s.labels.size());
+    for (const auto& [name, value] : s.labels) {
+      m.label.push_back({.name = name, .value = value});
+    }
+    family.metric.push_back(std::move(m));
   }
-  return labels.substr(0, labels.size() - 1) + "," + extra + "}";
 }
+
 }  // namespace
+
+struct MetricsRegistry::Family {
+  std::string name;
+  std::string help;
+  prometheus::MetricType type;
+  // Keyed by LabelText. Only the map of the family's type is used.
+  std::map<std::string, Series<Counter>> counters;
+  std::map<std::string, Series<Gauge>> gauges;
+  std::map<std::string, Series<Histogram>> histograms;
+};
+
+struct MetricsRegistry::Impl {
+  mutable Mutex mu;
+  std::map<std::string, std::unique_ptr<Family>, std::less<>> families GNOMON_GUARDED_BY(mu);
+  std::vector<Collector> collectors GNOMON_GUARDED_BY(mu);
+
+  // A name is one family of one type; asking for it as another type is a programming error.
+  Family& GetFamily(std::string_view name, std::string_view help, prometheus::MetricType type)
+      GNOMON_REQUIRES(mu) {
+    auto it = families.find(name);
+    if (it == families.end()) {
+      auto f = std::make_unique<Family>();
+      f->name = std::string(name);
+      f->help = std::string(help);
+      f->type = type;
+      it = families.emplace(std::string(name), std::move(f)).first;
+    }
+    if (it->second->type != type) {
+      std::fprintf(stderr, "metric %.*s registered with two types\n", static_cast<int>(name.size()),
+                   name.data());
+      std::abort();
+    }
+    return *it->second;
+  }
+
+  template <typename Cell, typename Make>
+  static Cell* Find(std::map<std::string, Series<Cell>>& series, const Labels& labels, Make make) {
+    auto& s = series[LabelText(labels)];
+    if (!s.cell) {
+      s.labels = labels;
+      s.cell = make();
+    }
+    return s.cell.get();
+  }
+};
 
 MetricsRegistry::MetricsRegistry() : impl_(std::make_unique<Impl>()) {}
 MetricsRegistry::~MetricsRegistry() = default;
@@ -138,76 +195,65 @@ std::vector<double> MetricsRegistry::DefaultLatencyBounds() {
 Counter* MetricsRegistry::GetCounter(std::string_view name, std::string_view help,
                                      const Labels& labels) {
   MutexLock lock(impl_->mu);
-  auto& slot = impl_->GetFamily(name, help, MetricType::kCounter).counters[LabelText(labels)];
-  if (!slot) {
-    slot = std::make_unique<Counter>();
-  }
-  return slot.get();
+  return Impl::Find(impl_->GetFamily(name, help, prometheus::MetricType::Counter).counters, labels,
+                    [] { return std::make_unique<Counter>(); });
 }
 
 Gauge* MetricsRegistry::GetGauge(std::string_view name, std::string_view help,
                                  const Labels& labels) {
   MutexLock lock(impl_->mu);
-  auto& slot = impl_->GetFamily(name, help, MetricType::kGauge).gauges[LabelText(labels)];
-  if (!slot) {
-    slot = std::make_unique<Gauge>();
-  }
-  return slot.get();
+  return Impl::Find(impl_->GetFamily(name, help, prometheus::MetricType::Gauge).gauges, labels,
+                    [] { return std::make_unique<Gauge>(); });
 }
 
 Histogram* MetricsRegistry::GetHistogram(std::string_view name, std::string_view help,
                                          const Labels& labels, std::vector<double> bounds) {
   MutexLock lock(impl_->mu);
-  auto& slot = impl_->GetFamily(name, help, MetricType::kHistogram).histograms[LabelText(labels)];
-  if (!slot) {
-    slot = std::make_unique<Histogram>(std::move(bounds));
-  }
-  return slot.get();
+  return Impl::Find(impl_->GetFamily(name, help, prometheus::MetricType::Histogram).histograms,
+                    labels, [&] { return std::make_unique<Histogram>(std::move(bounds)); });
 }
 
-void MetricsRegistry::AddCollector(std::function<void(std::string&)> collector) {
+void MetricsRegistry::AddCollector(Collector collector) {
   MutexLock lock(impl_->mu);
   impl_->collectors.push_back(std::move(collector));
 }
 
-std::string MetricsRegistry::Render() const {
-  std::string out;
+std::vector<prometheus::MetricFamily> MetricsRegistry::Collect() const {
   MutexLock lock(impl_->mu);
   // Collectors derive values (such as messages in flight) from counters; they run before the
-  // counters are rendered, so a derived value never looks newer than the counters it came from
+  // counters are read, so a derived value never looks newer than the counters it came from
   // (in flight 0 is then always shown together with the finished totals that make it 0).
-  std::string collected;
+  std::vector<prometheus::MetricFamily> collected;
   for (const auto& c : impl_->collectors) {
     c(collected);
   }
-  auto it = std::back_inserter(out);
+  std::vector<prometheus::MetricFamily> out;
+  out.reserve(impl_->families.size() + collected.size());
   for (const auto& [name, f] : impl_->families) {
-    const char* type = f->type == MetricType::kCounter ? "counter"
-                       : f->type == MetricType::kGauge ? "gauge"
-                                                       : "histogram";
-    fmt::format_to(it, "# HELP {} {}\n# TYPE {} {}\n", name, f->help, name, type);
-    for (const auto& [labels, c] : f->counters) {
-      fmt::format_to(it, "{}{} {}\n", name, labels, c->value());
-    }
-    for (const auto& [labels, g] : f->gauges) {
-      fmt::format_to(it, "{}{} {}\n", name, labels, g->value());
-    }
-    for (const auto& [labels, h] : f->histograms) {
-      uint64_t cumulative = 0;
-      for (size_t i = 0; i < h->bounds_.size(); ++i) {
-        cumulative += h->Bucket(i);
-        fmt::format_to(it, "{}_bucket{} {}\n", name,
-                       WithLabel(labels, fmt::format("le=\"{}\"", h->bounds_[i])), cumulative);
-      }
-      cumulative += h->Bucket(h->bounds_.size());
-      fmt::format_to(it, "{}_bucket{} {}\n", name, WithLabel(labels, "le=\"+Inf\""), cumulative);
-      fmt::format_to(it, "{}_sum{} {}\n", name, labels,
-                     static_cast<double>(h->SumNs()) / 1e9);
-      fmt::format_to(it, "{}_count{} {}\n", name, labels, cumulative);
-    }
+    prometheus::MetricFamily family{
+        .name = f->name, .help = f->help, .type = f->type, .metric = {}};
+    CollectSeries(f->counters, family);
+    CollectSeries(f->gauges, family);
+    CollectSeries(f->histograms, family);
+    out.push_back(std::move(family));
   }
-  out += collected;
+  std::move(collected.begin(), collected.end(), std::back_inserter(out));
   return out;
+}
+
+prometheus::MetricFamily OneSample(std::string name, std::string help, prometheus::MetricType type,
+                                   double value) {
+  prometheus::ClientMetric m;
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  return {.name = std::move(name), .help = std::move(help), .type = type, .metric = {m}};
+}
+
+std::string MetricsRegistry::Render() const {
+  return prometheus::TextSerializer().Serialize(Collect());
 }
 
 }  // namespace gnomon

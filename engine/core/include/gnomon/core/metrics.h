@@ -1,15 +1,25 @@
 // SPDX-License-Identifier: Apache-2.0
-// Prometheus metrics: counters, gauges and histograms with bounded label sets, rendered in the
-// text exposition format. (prometheus-cpp is not packaged in Debian 12; this is the small part
-// of it gnomon needs.) Metric objects are created once and cached by their users; updating one
-// is a relaxed atomic add. Thread-safe.
+// Prometheus metrics on prometheus-cpp (Debian's prometheus-cpp-dev): samples are
+// prometheus-cpp's data model (prometheus::MetricFamily, prometheus::ClientMetric), gauges are
+// prometheus::Gauge, and the text exposition is prometheus::TextSerializer. Counters and
+// histograms are gnomon's per-thread-sharded cells: the rule workers bump the same rule's
+// counters on every message, and prometheus-cpp's counter (a compare-and-swap on one shared
+// double) and histogram (a mutex per observation) cost 18 times as much as a sharded cell when
+// two threads bump one metric (bench/metrics_bench.cc, figures in docs/performance.md).
+//
+// Metric objects are created once and cached by their users; updating one is a relaxed atomic
+// add. Labels are rendered in the order given. Thread-safe.
 #pragma once
+
+#include <prometheus/client_metric.h>
+#include <prometheus/collectable.h>
+#include <prometheus/gauge.h>
+#include <prometheus/metric_family.h>
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +46,8 @@ class Counter {
     }
     return sum;
   }
+  // The sample, without labels (as prometheus-cpp's cells return it).
+  prometheus::ClientMetric Collect() const;
 
  private:
   struct alignas(64) Cell {
@@ -44,15 +56,8 @@ class Counter {
   Cell cells_[kShards];
 };
 
-class Gauge {
- public:
-  void Set(int64_t v) { v_.store(v, std::memory_order_relaxed); }
-  void Add(int64_t n) { v_.fetch_add(n, std::memory_order_relaxed); }
-  int64_t value() const { return v_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<int64_t> v_{0};
-};
+// Set from one place at a time (queue depths, flags), never on a per-message path.
+using Gauge = prometheus::Gauge;
 
 // Observations in seconds; buckets fixed at creation. Sharded per thread like Counter.
 class Histogram {
@@ -60,9 +65,10 @@ class Histogram {
   explicit Histogram(std::vector<double> bounds);
   void Observe(double seconds);
   uint64_t count() const;
+  // The sample with cumulative buckets, the last one +Inf, without labels.
+  prometheus::ClientMetric Collect() const;
 
  private:
-  friend class MetricsRegistry;
   struct alignas(64) Shard {
     std::unique_ptr<std::atomic<uint64_t>[]> buckets;  // non-cumulative, bounds_.size() + 1
     std::atomic<uint64_t> sum_ns{0};
@@ -75,10 +81,14 @@ class Histogram {
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
 
-class MetricsRegistry {
+class MetricsRegistry : public prometheus::Collectable {
  public:
+  // Appends families whose values are derived at collection time (like the in-flight
+  // accounting, read from several counters together).
+  using Collector = std::function<void(std::vector<prometheus::MetricFamily>& out)>;
+
   MetricsRegistry();
-  ~MetricsRegistry();
+  ~MetricsRegistry() override;
 
   // Returns the metric with this name and labels, creating it on first use. The pointer stays
   // valid for the registry's lifetime. `help` is taken from the first call.
@@ -87,11 +97,14 @@ class MetricsRegistry {
   Histogram* GetHistogram(std::string_view name, std::string_view help, const Labels& labels = {},
                           std::vector<double> bounds = DefaultLatencyBounds());
 
-  // A function called at every render, appending exposition lines (for derived values that
-  // must be read together, like the in-flight accounting).
-  void AddCollector(std::function<void(std::string& out)> collector);
+  // A function called at every collection, before any metric is read: a value it derives from
+  // counters is never newer than those counters in the same exposition.
+  void AddCollector(Collector collector);
 
-  // Prometheus text format 0.0.4.
+  // Every family, sorted by name (collectors' families last), metrics sorted by label text.
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  // Prometheus text format 0.0.4, by prometheus::TextSerializer.
   std::string Render() const;
 
   static std::vector<double> DefaultLatencyBounds();
@@ -101,5 +114,9 @@ class MetricsRegistry {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// A family of one sample without labels (a counter or a gauge), for collectors.
+prometheus::MetricFamily OneSample(std::string name, std::string help, prometheus::MetricType type,
+                                   double value);
 
 }  // namespace gnomon
