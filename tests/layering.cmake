@@ -1,21 +1,30 @@
 # SPDX-License-Identifier: Apache-2.0
 # The one-way module edges of docs/architecture.md, checked over the sources:
 #   core ← shadow ← rules (shadow's pure-logic headers only, never the store), core ← connectors,
-#   and engine on top. Run by ctest (LayeringTest): cmake -DROOT=<source dir> -P layering.cmake
+#   and engine on top; sqlite (the one SQLite wrapper) is used by shadow and connectors only, and
+#   no other public header (include/) exports <sqlite3.h>.
+# Run by ctest (LayeringTest): cmake -DROOT=<source dir> -P layering.cmake
 cmake_minimum_required(VERSION 3.20)
 set(allowed_core "core")
-set(allowed_shadow "core;shadow")
+set(allowed_sqlite "core;sqlite")
+set(allowed_shadow "core;shadow;sqlite")
 set(allowed_rules "core;rules;shadow")
-set(allowed_connectors "core;connectors")
+set(allowed_connectors "core;connectors;sqlite")
 set(failures "")
-foreach(module core shadow rules connectors)
-  if(module STREQUAL "core")
-    set(dir "${ROOT}/engine/core")
+foreach(module core sqlite shadow rules connectors)
+  if(module STREQUAL "core" OR module STREQUAL "sqlite")
+    set(dir "${ROOT}/engine/${module}")
   else()
     set(dir "${ROOT}/${module}")
   endif()
   file(GLOB_RECURSE files "${dir}/*.h" "${dir}/*.cc")
   foreach(f ${files})
+    if(NOT module STREQUAL "sqlite" AND f MATCHES "/include/")
+      file(STRINGS "${f}" sqlite_includes REGEX "^#include <sqlite3.h>")
+      if(sqlite_includes)
+        list(APPEND failures "${f}: a public header exports <sqlite3.h>; use gnomon/sqlite privately")
+      endif()
+    endif()
     file(STRINGS "${f}" includes REGEX "^#include \"gnomon/")
     foreach(line ${includes})
       string(REGEX REPLACE "^#include \"gnomon/([a-z_]+)/.*" "\\1" target "${line}")

@@ -1,10 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/shadow/store.h"
-#include "gnomon/core/mutex.h"
 
 #include <fmt/format.h>
 #include <pthread.h>
-#include <sqlite3.h>
 
 #include <algorithm>
 #include <charconv>
@@ -14,6 +12,9 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+
+#include "gnomon/core/mutex.h"
+#include "gnomon/sqlite/sqlite.h"
 
 namespace gnomon::shadow {
 namespace {
@@ -88,61 +89,16 @@ bool DecodeChanges(std::string_view log, const ShadowStore::Reader::EachChange& 
   return true;
 }
 
-Status SqlError(sqlite3* db, std::string_view what) {
-  return Unavailable(fmt::format("shadow store: {}: {}", what, sqlite3_errmsg(db)));
+Status SqlError(const sqlite::Db& db, std::string_view what) {
+  return Unavailable(fmt::format("shadow store: {}: {}", what, db.Error()));
 }
 
-Status Exec(sqlite3* db, const char* sql) {
-  char* err = nullptr;
-  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-    Status s = Unavailable(fmt::format("shadow store: {}: {}", sql, err != nullptr ? err : "?"));
-    sqlite3_free(err);
-    return s;
-  }
-  return {};
+// The wrapper's calls, their errors named as the shadow store's.
+Status Exec(sqlite::Db& db, std::string_view sql) {
+  return db.Exec(sql).WithContext("shadow store");
 }
-
-Result<sqlite3*> OpenDb(const std::string& path, bool write) {
-  sqlite3* db = nullptr;
-  int flags = SQLITE_OPEN_NOMUTEX | (write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
-                                           : SQLITE_OPEN_READONLY);
-  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
-    Status s = Unavailable(fmt::format("shadow store {}: {}", path,
-                                       db != nullptr ? sqlite3_errmsg(db) : "cannot open"));
-    sqlite3_close(db);
-    return s;
-  }
-  sqlite3_busy_timeout(db, 5000);
-  return db;
-}
-
-struct Stmt {
-  sqlite3_stmt* s = nullptr;
-  Stmt() = default;
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  ~Stmt() { Reset(); }
-  void Reset() {
-    sqlite3_finalize(s);
-    s = nullptr;
-  }
-};
-
-Status Prepare(sqlite3* db, const char* sql, Stmt& st) {
-  if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st.s, nullptr) != SQLITE_OK) {
-    return SqlError(db, sql);
-  }
-  return {};
-}
-
-void Bind(sqlite3_stmt* s, int i, std::string_view v) {
-  sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-}
-
-std::string Column(sqlite3_stmt* s, int i) {
-  const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
-  return p != nullptr ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(s, i)))
-                      : std::string();
+Status Prepare(sqlite::Db& db, std::string_view sql, sqlite::Stmt& st) {
+  return db.Prepare(sql, st).WithContext("shadow store");
 }
 
 class SqliteReader final : public ShadowStore::Reader {
@@ -153,11 +109,11 @@ class SqliteReader final : public ShadowStore::Reader {
     things_.Reset();
     calls_.Reset();
     changes_.Reset();
-    sqlite3_close(db_);
+    db_.Close();
   }
 
   Status Init(const std::string& path) {
-    GNOMON_ASSIGN_OR_RETURN(db_, OpenDb(path, false));
+    GNOMON_RETURN_IF_ERROR(db_.Open(path, sqlite::Db::Mode::kReadOnly).WithContext("shadow store"));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT stored FROM shadows WHERE thing = ?1 AND name = ?2", load_));
     GNOMON_RETURN_IF_ERROR(Prepare(
@@ -175,7 +131,7 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   Status Changes(const EachChange& each) override {
-    sqlite3_stmt* s = changes_.s;
+    sqlite3_stmt* s = changes_.get();
     sqlite3_reset(s);
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -196,12 +152,13 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   Result<std::vector<std::pair<std::string, std::string>>> Calls() override {
-    sqlite3_stmt* s = calls_.s;
+    sqlite3_stmt* s = calls_.get();
     sqlite3_reset(s);
     std::vector<std::pair<std::string, std::string>> out;
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-      out.emplace_back(Column(s, 0), Column(s, 1));
+      out.emplace_back(std::string(sqlite::ColumnText(s, 0)),
+                       std::string(sqlite::ColumnText(s, 1)));
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
@@ -211,10 +168,10 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   Result<std::optional<std::string>> Load(std::string_view thing, std::string_view name) override {
-    sqlite3_stmt* s = load_.s;
+    sqlite3_stmt* s = load_.get();
     sqlite3_reset(s);
-    Bind(s, 1, thing);
-    Bind(s, 2, name);
+    sqlite::BindText(s, 1, thing);
+    sqlite::BindText(s, 2, name);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_DONE) {
       return std::optional<std::string>();
@@ -222,24 +179,24 @@ class SqliteReader final : public ShadowStore::Reader {
     if (rc != SQLITE_ROW) {
       return SqlError(db_, "load");
     }
-    std::optional<std::string> out = Column(s, 0);
+    std::optional<std::string> out = std::string(sqlite::ColumnText(s, 0));
     sqlite3_reset(s);
     return out;
   }
 
   Result<std::vector<std::string>> Names(std::string_view thing) override {
-    sqlite3_stmt* s = names_.s;
+    sqlite3_stmt* s = names_.get();
     sqlite3_reset(s);
-    Bind(s, 1, thing);
+    sqlite::BindText(s, 1, thing);
     return Rows(s);
   }
 
   Result<std::vector<std::string>> Things(std::string_view prefix, std::string_view after,
                                           size_t limit) override {
-    sqlite3_stmt* s = things_.s;
+    sqlite3_stmt* s = things_.get();
     sqlite3_reset(s);
-    Bind(s, 1, after);
-    Bind(s, 2, prefix);
+    sqlite::BindText(s, 1, after);
+    sqlite::BindText(s, 2, prefix);
     sqlite3_bind_int64(s, 3, static_cast<int64_t>(limit));
     return Rows(s);
   }
@@ -249,7 +206,7 @@ class SqliteReader final : public ShadowStore::Reader {
     std::vector<std::string> out;
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-      out.push_back(Column(s, 0));
+      out.push_back(std::string(sqlite::ColumnText(s, 0)));
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
@@ -258,8 +215,8 @@ class SqliteReader final : public ShadowStore::Reader {
     return out;
   }
 
-  sqlite3* db_ = nullptr;
-  Stmt load_, names_, things_, calls_, changes_;
+  sqlite::Db db_;
+  sqlite::Stmt load_, names_, things_, calls_, changes_;
 };
 
 }  // namespace
@@ -289,12 +246,12 @@ class ShadowStore::Impl {
     call_delete_.Reset();
     change_insert_.Reset();
     change_prune_.Reset();
-    sqlite3_close(db_);
+    db_.Close();
   }
 
   Status Init(StoreOptions options) {
     options_ = std::move(options);
-    GNOMON_ASSIGN_OR_RETURN(db_, OpenDb(options_.path, true));
+    GNOMON_RETURN_IF_ERROR(db_.Open(options_.path).WithContext("shadow store"));
     GNOMON_RETURN_IF_ERROR(Exec(db_, "PRAGMA journal_mode=WAL"));
     GNOMON_RETURN_IF_ERROR(
         Exec(db_, options_.sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
@@ -314,9 +271,8 @@ class ShadowStore::Impl {
                                    call_upsert_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "DELETE FROM service_calls WHERE id = ?1", call_delete_));
-    GNOMON_RETURN_IF_ERROR(Prepare(db_,
-                                   "INSERT INTO shadow_changes (bytes, log) VALUES (?1, ?2)",
-                                   change_insert_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "INSERT INTO shadow_changes (bytes, log) VALUES (?1, ?2)", change_insert_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "DELETE FROM shadow_changes WHERE seq <= ?1", change_prune_));
     GNOMON_RETURN_IF_ERROR(ReadHistoryLogSizes());
@@ -480,19 +436,19 @@ class ShadowStore::Impl {
     if (prune_to_ >= pruned_ + kPruneRows) {
       GNOMON_RETURN_IF_ERROR(Prune());
     }
-    sqlite3_stmt* s = upsert_.s;
+    sqlite3_stmt* s = upsert_.get();
     for (const auto& [key, i] : last) {
       const Pending& p = batch[i];
       if (p.call) {
         GNOMON_RETURN_IF_ERROR(WriteCall(p));
         continue;
       }
-      Bind(s, 1, p.thing);
-      Bind(s, 2, p.name);
+      sqlite::BindText(s, 1, p.thing);
+      sqlite::BindText(s, 2, p.name);
       // The stored form starts with {"exists":1 or {"exists":0 (StoredJson's first field).
       bool present = p.stored.compare(0, 11, "{\"exists\":1") == 0;
       sqlite3_bind_int(s, 3, present ? 1 : 0);
-      Bind(s, 4, p.stored);
+      sqlite::BindText(s, 4, p.stored);
       GNOMON_RETURN_IF_ERROR(Step(s, "write"));
     }
     Status st = Exec(db_, "COMMIT");
@@ -529,12 +485,12 @@ class ShadowStore::Impl {
     if (n == 0) {
       return {};
     }
-    sqlite3_stmt* s = change_insert_.s;
+    sqlite3_stmt* s = change_insert_.get();
     sqlite3_reset(s);
     sqlite3_bind_int64(s, 1, static_cast<int64_t>(bytes));
     sqlite3_bind_blob(s, 2, log_.data(), static_cast<int>(log_.size()), SQLITE_STATIC);
     GNOMON_RETURN_IF_ERROR(Step(s, "history log"));
-    logged_seq_ = sqlite3_last_insert_rowid(db_);
+    logged_seq_ = sqlite3_last_insert_rowid(db_.get());
     logged_bytes_ = bytes;
     logged_changes_ = n;
     return {};
@@ -542,7 +498,7 @@ class ShadowStore::Impl {
 
   // Inside Commit's transaction; rolls it back on failure.
   Status Prune() {
-    sqlite3_stmt* s = change_prune_.s;
+    sqlite3_stmt* s = change_prune_.get();
     sqlite3_reset(s);
     sqlite3_bind_int64(s, 1, prune_to_);
     GNOMON_RETURN_IF_ERROR(Step(s, "history log"));
@@ -563,13 +519,13 @@ class ShadowStore::Impl {
 
   // The sizes of the changes kept from an earlier run (and those beyond the budget now).
   Status ReadHistoryLogSizes() {
-    Stmt sizes;
+    sqlite::Stmt sizes;
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT seq, bytes FROM shadow_changes ORDER BY seq", sizes));
     int rc;
-    while ((rc = sqlite3_step(sizes.s)) == SQLITE_ROW) {
-      auto bytes = static_cast<size_t>(sqlite3_column_int64(sizes.s, 1));
-      change_sizes_.emplace_back(sqlite3_column_int64(sizes.s, 0), bytes);
+    while ((rc = sqlite3_step(sizes.get())) == SQLITE_ROW) {
+      auto bytes = static_cast<size_t>(sqlite3_column_int64(sizes.get(), 1));
+      change_sizes_.emplace_back(sqlite3_column_int64(sizes.get(), 0), bytes);
       change_bytes_ += bytes;
     }
     if (rc != SQLITE_DONE) {
@@ -586,12 +542,12 @@ class ShadowStore::Impl {
 
   // Inside Commit's transaction; rolls it back on failure.
   Status WriteCall(const Pending& p) {
-    sqlite3_stmt* s = p.stored.empty() ? call_delete_.s : call_upsert_.s;
+    sqlite3_stmt* s = p.stored.empty() ? call_delete_.get() : call_upsert_.get();
     sqlite3_reset(s);
-    Bind(s, 1, p.name);
+    sqlite::BindText(s, 1, p.name);
     if (!p.stored.empty()) {
-      Bind(s, 2, p.thing);
-      Bind(s, 3, p.stored);
+      sqlite::BindText(s, 2, p.thing);
+      sqlite::BindText(s, 3, p.stored);
     }
     return Step(s, "service call");
   }
@@ -599,8 +555,8 @@ class ShadowStore::Impl {
   static constexpr int64_t kPruneRows = 64;  // history log rows (transactions) deleted at a time
 
   StoreOptions options_;
-  sqlite3* db_ = nullptr;
-  Stmt upsert_, call_upsert_, call_delete_, change_insert_, change_prune_;
+  sqlite::Db db_;
+  sqlite::Stmt upsert_, call_upsert_, call_delete_, change_insert_, change_prune_;
   mutable Mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<Pending> queue_ GNOMON_GUARDED_BY(mu_);

@@ -17,10 +17,10 @@
 #include <set>
 #include <thread>
 
-#include "gnomon/connectors/detail/sqlite.h"
 #include "gnomon/core/backoff.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/sqlite/sqlite.h"
 
 namespace gnomon::connectors {
 

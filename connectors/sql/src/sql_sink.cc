@@ -10,16 +10,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <optional>
 #include <filesystem>
+#include <optional>
 #include <regex>
 
-#include "gnomon/connectors/detail/sqlite.h"
 #include "gnomon/connectors/outbox.h"
 #include "gnomon/connectors/record_fields.h"
 #include "gnomon/connectors/sql.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
+#include "gnomon/sqlite/sqlite.h"
 
 namespace gnomon::connectors {
 namespace {
