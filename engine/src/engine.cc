@@ -488,7 +488,7 @@ bool Engine::Impl::Admit(WorkItem&& item, std::unique_ptr<AckHandle> ack) {
   if (auto it = source_counters_.find(*m.source); it != source_counters_.end()) {
     it->second->Inc();
   }
-  size_t w = std::hash<std::string_view>{}(m.device) % workers_.size();
+  size_t w = OwnerOf(m.device);
   if (!workers_[w]->queue.Push(std::move(item))) {
     d->Mark(Delivery::kAbandoned);  // counted once, when the delivery finishes
     d->Release();
@@ -565,7 +565,7 @@ void Engine::Impl::RunWorker(size_t index) {
                      [&](ShadowEviction& e) { DropShadow(w, e); },
                      [&](CallInvoke& c) { InvokeService(w, c); },
                      [&](CallQuery& q) { QueryCall(w, q); },
-                     [&](CallEvent& e) { OnCallEvent(w, e); },
+                     [&](CallEvent& e) { w.calls->On(e); },
                      [&](CallTick&) { w.calls->Tick(); },
                  },
                  item);

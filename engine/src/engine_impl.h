@@ -293,7 +293,6 @@ class Engine::Impl final : public Ingest,
   bool HandleServiceReply(Worker& w, Message& m);
   void InvokeService(Worker& w, CallInvoke& call);
   void QueryCall(Worker& w, CallQuery& query);
-  void OnCallEvent(Worker& w, const CallEvent& e);
   class CallEffects;  // a worker's CallBook::Effects (services.cc)
   // Publishes the request of `c` on the shadow connection.
   void SendCall(const ServiceCall& c);

@@ -255,10 +255,11 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   } else {
     answer = std::move(reply);
   }
-  // Durable first; then answered, and sent by the owner.
+  // Durable first (through the same effect as every later state); then answered, and sent by
+  // the owner.
   std::string body = call.Json();
-  shadow_store_->WriteCall(
-      call.thing, call.id, body,
+  w.call_effects->Store(
+      call, body,
       [this, rest, answer = std::move(answer), delivery = m.delivery, body, thing = call.thing,
        id = call.id](const Status& st) {
         if (!st.ok()) {
@@ -300,8 +301,6 @@ void Engine::Impl::QueryCall(Worker& w, CallQuery& query) {
     d->Release();
   });
 }
-
-void Engine::Impl::OnCallEvent(Worker& w, const CallEvent& e) { w.calls->On(e); }
 
 bool Engine::Impl::HandleServiceReply(Worker& w, Message& m) {
   // {prefix}/{thing}/services/{service}/reply
