@@ -1,27 +1,28 @@
 // SPDX-License-Identifier: Apache-2.0
 // gnomon: run | check | replay | test | restore | version
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cctype>
 #include <chrono>
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <optional>
 
 #include "gnomon/connectors/builtin.h"
 #include "gnomon/connectors/kafka.h"
-#include "gnomon/shadow/document.h"
-#include "gnomon/shadow/store.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/path.h"
 #include "gnomon/engine/engine.h"
 #include "gnomon/rules/testing.h"
+#include "gnomon/shadow/document.h"
+#include "gnomon/shadow/store.h"
 
 namespace {
 

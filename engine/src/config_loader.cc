@@ -1,23 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <fmt/format.h>
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
-#include <regex>
 #include <fstream>
-#include <sstream>
 #include <map>
+#include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 
-#include "gnomon/engine/engine.h"
+#include "gnomon/core/path.h"
 #include "gnomon/core/topic.h"
+#include "gnomon/engine/engine.h"
 #include "gnomon/rules/testing.h"
 
 namespace gnomon::engine {

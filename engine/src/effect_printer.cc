@@ -7,6 +7,8 @@
 
 #include "gnomon/core/json.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
 
 namespace gnomon::engine {
 namespace {

@@ -6,7 +6,8 @@
 #include <memory>
 #include <string>
 
-#include "gnomon/core/plugin.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
 
 namespace gnomon::engine {
 

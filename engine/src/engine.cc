@@ -1,29 +1,31 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/engine/engine.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <pthread.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <deque>
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
 
 #include "effect_printer.h"
+#include "engine_impl.h"
+#include "gnomon/core/api_router.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/mutex.h"
+#include "gnomon/core/plugin_context.h"
 #include "gnomon/core/queue.h"
 #include "gnomon/core/topic.h"
-#include "gnomon/core/mutex.h"
-#include "engine_impl.h"
 #include "http_server.h"
 
 namespace gnomon::engine {

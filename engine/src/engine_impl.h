@@ -23,9 +23,12 @@
 
 #include "breaker.h"
 #include "call_book.h"
+#include "gnomon/core/api_router.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
 #include "gnomon/core/queue.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/source.h"
 #include "gnomon/engine/engine.h"
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/store.h"

@@ -11,8 +11,11 @@
 #include "api_error.h"
 #include "effect_printer.h"
 #include "engine_impl.h"
+#include "gnomon/core/factory.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/source.h"
 #include "gnomon/core/topic.h"
 
 namespace gnomon::engine {

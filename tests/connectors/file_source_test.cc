@@ -6,6 +6,9 @@
 #include <sstream>
 
 #include "gnomon/connectors/file.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/source.h"
 #include "tests/support/test_support.h"
 
 namespace gnomon::connectors {

@@ -15,6 +15,8 @@
 #include <set>
 
 #include "gnomon/connectors/record_fields.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/record.h"
 #include "tests/support/test_support.h"
 
 namespace gnomon::connectors {

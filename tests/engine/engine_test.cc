@@ -11,7 +11,11 @@
 #include <thread>
 
 #include "gnomon/connectors/builtin.h"
+#include "gnomon/core/factory.h"
+#include "gnomon/core/plugin_context.h"
 #include "gnomon/core/queue.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
 #include "tests/support/test_support.h"
 
 namespace gnomon::engine {

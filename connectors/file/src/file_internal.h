@@ -4,7 +4,10 @@
 #include <memory>
 #include <string>
 
-#include "gnomon/core/plugin.h"
+#include "gnomon/core/device_rule.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/sink.h"
+#include "gnomon/core/source.h"
 
 namespace gnomon::connectors {
 

@@ -2,9 +2,9 @@
 // Appends records as JSON lines. Batches: one write (and one fdatasync) per batch, so
 // durability costs one sync per batch rather than per record.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,7 +16,10 @@
 #include "gnomon/core/backoff.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/plugin_context.h"
 #include "gnomon/core/queue.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
 
 namespace gnomon::connectors {
 namespace {

@@ -10,6 +10,8 @@
 
 #include "file_internal.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/source.h"
 #include "gnomon/core/topic.h"
 
 namespace gnomon::connectors {

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "file_internal.h"
 #include "gnomon/connectors/file.h"
+#include "gnomon/core/device_rule.h"
+#include "gnomon/core/factory.h"
+#include "gnomon/core/path.h"
+#include "gnomon/core/plugin_context.h"
 
 namespace gnomon::connectors {
 namespace {

@@ -15,8 +15,11 @@
 #include "gnomon/connectors/http.h"
 #include "gnomon/connectors/outbox.h"
 #include "gnomon/connectors/record_fields.h"
+#include "gnomon/core/factory.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/path.h"
+#include "gnomon/core/plugin_context.h"
 
 namespace gnomon::connectors {
 

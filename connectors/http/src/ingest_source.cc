@@ -11,9 +11,14 @@
 #include <shared_mutex>
 
 #include "gnomon/connectors/http.h"
+#include "gnomon/core/api_router.h"
+#include "gnomon/core/device_rule.h"
+#include "gnomon/core/factory.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/source.h"
 #include "ingest_body.h"
 
 namespace gnomon::connectors {

@@ -14,8 +14,12 @@
 #include <thread>
 
 #include "gnomon/connectors/kafka.h"
+#include "gnomon/core/factory.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
 #include "kafka_common.h"
 
 namespace gnomon::connectors::kafka {

@@ -5,7 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "gnomon/core/plugin.h"
+#include "gnomon/core/device_rule.h"
+#include "gnomon/core/factory.h"
 #include "mqtt_client.h"
 
 namespace gnomon::connectors {

@@ -8,10 +8,14 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "gnomon/core/factory.h"
 #include "gnomon/core/log.h"
-#include "gnomon/core/queue.h"
-#include "gnomon/core/topic.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/queue.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
+#include "gnomon/core/topic.h"
 #include "mqtt_client.h"
 #include "mqtt_internal.h"
 

@@ -9,7 +9,11 @@
 #include <simdjson.h>
 
 #include "gnomon/connectors/mqtt.h"
+#include "gnomon/core/device_rule.h"
+#include "gnomon/core/factory.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/source.h"
 #include "gnomon/core/topic.h"
 #include "mqtt_client.h"
 #include "mqtt_internal.h"

@@ -20,6 +20,9 @@
 #include "gnomon/core/backoff.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
 #include "gnomon/sqlite/sqlite.h"
 
 namespace gnomon::connectors {

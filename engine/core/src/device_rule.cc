@@ -1,19 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
+#include "gnomon/core/device_rule.h"
+
 #include <simdjson.h>
 
 #include <charconv>
 
-#include "gnomon/core/plugin.h"
 #include "gnomon/core/topic.h"
 
 namespace gnomon {
-
-std::string ResolvePath(const std::string& base_dir, const std::string& path) {
-  if (path.empty() || path[0] == '/' || path == "-" || base_dir.empty() || base_dir == ".") {
-    return path;
-  }
-  return base_dir + "/" + path;
-}
 
 Result<DeviceRule> DeviceRule::Parse(std::string_view spec) {
   DeviceRule r;

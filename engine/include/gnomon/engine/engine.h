@@ -11,7 +11,7 @@
 #include "gnomon/core/clock.h"
 #include "gnomon/core/config.h"
 #include "gnomon/core/metrics.h"
-#include "gnomon/core/plugin.h"
+#include "gnomon/core/registry.h"
 #include "gnomon/core/status.h"
 #include "gnomon/rules/rules.h"
 #include "gnomon/shadow/model.h"

@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-#include "gnomon/core/plugin.h"
+#include "gnomon/core/registry.h"
 
 namespace gnomon::connectors {
 

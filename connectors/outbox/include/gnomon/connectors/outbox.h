@@ -21,8 +21,10 @@
 #include <vector>
 
 #include "gnomon/core/config.h"
-#include "gnomon/core/plugin.h"
 #include "gnomon/core/mutex.h"
+#include "gnomon/core/plugin_context.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
 
 namespace gnomon::connectors {
 

@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "gnomon/core/plugin.h"
+#include "gnomon/core/record.h"
 #include "gnomon/core/status.h"
 
 namespace gnomon::connectors {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include "gnomon/core/plugin.h"
+#include "gnomon/core/registry.h"
 
 namespace gnomon::connectors {
 

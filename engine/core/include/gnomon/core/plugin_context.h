@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+// PluginContext: what a connector factory gets besides its own config.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gnomon/core/api_router.h"
+#include "gnomon/core/clock.h"
+#include "gnomon/core/config.h"
+#include "gnomon/core/metrics.h"
+#include "gnomon/core/record.h"
+
+namespace gnomon {
+
+// What a factory gets besides its own config.
+struct PluginContext {
+  MetricsRegistry& metrics;
+  DeliveryReporter& reporter;
+  const Clock& clock;
+  std::string data_dir;
+  std::string base_dir;  // directory of the config file: relative paths start here
+  std::string name;      // the entry's name
+  const ConfigValue* connection = nullptr;  // the named connection's config, if any
+  int connection_users = 1;                 // entries of the same kind sharing that connection
+  // The engine's tag for this sink's records (Record::route). A sink that reports records it
+  // read back from its own storage (an outbox after a restart) sets it on them.
+  int32_t route = -1;
+  ApiRouter* api = nullptr;  // sources only
+  // Topic prefixes that are gnomon's own (shadow requests and answers, presence events): a
+  // source that takes topics from clients (HTTP ingest) refuses them.
+  std::vector<std::string> reserved_topic_prefixes;
+};
+
+}  // namespace gnomon
