@@ -223,25 +223,8 @@ void ParseListener(const ConfigValue& v, std::string_view section, const std::st
   }
 }
 
-}  // namespace
-
-Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registry) {
-  AppConfig app;
-  GNOMON_ASSIGN_OR_RETURN(app.root, LoadYamlFile(path));
-  app.file = path;
-  app.base_dir = std::filesystem::path(path).parent_path().string();
-  if (app.base_dir.empty()) {
-    app.base_dir = ".";
-  }
-  ConfigErrors errors(path);
-  if (!app.root.is_map()) {
-    errors.Add(&app.root, "", "the config must be a map of sections");
-    return errors.ToStatus();
-  }
-  ValidateConfig(app.root, EmbeddedSchema("gnomon.json"), "", errors);
-
-  // Connections: each against the schema of its type.
-  ConfigValue* connections = app.root.GetMutable("connections");
+// Connections: each against the schema of its type.
+void CheckConnections(ConfigValue* connections, const Registry& registry, ConfigErrors& errors) {
   if (connections != nullptr && connections->is_map()) {
     auto& fields =
         const_cast<std::vector<std::pair<std::string, ConfigValue>>&>(connections->fields());
@@ -254,10 +237,10 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       ValidateConfig(conn, EmbeddedSchema(*schema), "connections." + name, errors);
     }
   }
-  CheckEntries(app.root.Get("sources"), "sources", true, registry, connections, app.sources,
-               errors);
-  CheckEntries(app.root.Get("sinks"), "sinks", false, registry, connections, app.sinks, errors);
+}
 
+// data_dir, workers, queues, shutdown and the metrics listener.
+void LoadProcess(AppConfig& app, ConfigErrors& errors) {
   app.data_dir = ResolvePath(app.base_dir, app.root.GetString("data_dir"));  // schema default
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.workers = static_cast<int>(app.root.GetInt("workers", cores));
@@ -271,14 +254,14 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     app.metrics_tokens = m->GetStrings("tokens");
     ParseListener(*m, "metrics", app.base_dir, app.metrics, errors);
   }
-  auto has_sink = [&](const std::string& name) {
-    for (const auto& s : app.sinks) {
-      if (s.name == name) {
-        return true;
-      }
-    }
-    return false;
-  };
+}
+
+bool HasSink(const AppConfig& app, const std::string& name) {
+  return std::any_of(app.sinks.begin(), app.sinks.end(),
+                     [&](const auto& s) { return s.name == name; });
+}
+
+void LoadDeadLetter(AppConfig& app, ConfigErrors& errors) {
   if (const ConfigValue* dl = app.root.Get("dead_letter")) {
     app.dead_letter_sink = dl->GetString("sink");
     AppConfig::DeadLetters& d = app.dead_letters;
@@ -289,14 +272,18 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
         dl->GetInt("payload_max_bytes", static_cast<int64_t>(d.payload_max_bytes)));
     d.per_device_per_s = dl->GetDouble("per_device_per_s", d.per_device_per_s);
     d.burst = dl->GetInt("burst", d.burst);
-    if (!app.dead_letter_sink.empty() && !has_sink(app.dead_letter_sink)) {
+    if (!app.dead_letter_sink.empty() && !HasSink(app, app.dead_letter_sink)) {
       errors.Add(dl->Get("sink"), "dead_letter.sink",
                  fmt::format("no sink named '{}' in `sinks`", app.dead_letter_sink));
     }
   }
+}
+
+// Where ctx.publish goes: the named sink, else the first mqtt sink.
+void LoadPublish(AppConfig& app, ConfigErrors& errors) {
   if (const ConfigValue* p = app.root.Get("publish"); p != nullptr && p->Get("sink") != nullptr) {
     app.publish_sink = p->GetString("sink");
-    if (!has_sink(app.publish_sink)) {
+    if (!HasSink(app, app.publish_sink)) {
       errors.Add(p->Get("sink"), "publish.sink",
                  fmt::format("no sink named '{}' in `sinks`", app.publish_sink));
     }
@@ -308,10 +295,10 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       }
     }
   }
-  if (!errors.empty()) {
-    return errors.ToStatus();
-  }
+}
 
+// The API listener, its tokens and scopes, and the checks that it is not open by accident.
+void LoadApi(AppConfig& app, ConfigErrors& errors) {
   if (const ConfigValue* api = app.root.Get("api")) {
     app.api_listen = api->GetString("listen");
     if (const ConfigValue* tokens = api->Get("tokens")) {
@@ -359,6 +346,9 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
           app.api_listen));
     }
   }
+}
+
+void LoadShadows(AppConfig& app, const ConfigValue* connections, ConfigErrors& errors) {
   if (const ConfigValue* sh = app.root.Get("shadows")) {
     app.shadows.enabled = true;
     app.shadows.topic_prefix = sh->GetString("topic_prefix", app.shadows.topic_prefix);
@@ -416,6 +406,10 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       app.shadows.changelog_connection = conn;
     }
   }
+}
+
+// Thing models: every file parsed, model ids unique.
+void LoadModels(AppConfig& app, ConfigErrors& errors) {
   if (const ConfigValue* models = app.root.Get("models")) {
     auto files = rules::ExpandRulePaths(app.root.GetStrings("models"), app.base_dir);
     if (!files.ok()) {
@@ -440,6 +434,9 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
       }
     }
   }
+}
+
+void LoadEventsAndServices(AppConfig& app, ConfigErrors& errors) {
   if (const ConfigValue* ev = app.root.Get("events")) {
     app.events_from = ev->GetString("from", app.events_from);
     if (Status st = ValidateTopicFilter(app.events_from); !st.ok()) {
@@ -452,6 +449,10 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     app.services.max_queued =
         static_cast<size_t>(sv->GetInt("max_queued", static_cast<int64_t>(app.services.max_queued)));
   }
+}
+
+// Rule-side settings: reload, device ids, umask, rule limits and libraries.
+void LoadRuleSettings(AppConfig& app, ConfigErrors& errors) {
   app.watch_rules = app.root.GetBool("watch_rules", app.watch_rules);
   app.device_id_pattern = app.root.GetString("device_id_pattern", "");
   {
@@ -488,6 +489,43 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
     }
     app.rule_libs.push_back(std::move(resolved));
   }
+}
+
+}  // namespace
+
+Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registry) {
+  AppConfig app;
+  GNOMON_ASSIGN_OR_RETURN(app.root, LoadYamlFile(path));
+  app.file = path;
+  app.base_dir = std::filesystem::path(path).parent_path().string();
+  if (app.base_dir.empty()) {
+    app.base_dir = ".";
+  }
+  ConfigErrors errors(path);
+  if (!app.root.is_map()) {
+    errors.Add(&app.root, "", "the config must be a map of sections");
+    return errors.ToStatus();
+  }
+  ValidateConfig(app.root, EmbeddedSchema("gnomon.json"), "", errors);
+
+  ConfigValue* connections = app.root.GetMutable("connections");
+  CheckConnections(connections, registry, errors);
+  CheckEntries(app.root.Get("sources"), "sources", true, registry, connections, app.sources,
+               errors);
+  CheckEntries(app.root.Get("sinks"), "sinks", false, registry, connections, app.sinks, errors);
+
+  LoadProcess(app, errors);
+  LoadDeadLetter(app, errors);
+  LoadPublish(app, errors);
+  if (!errors.empty()) {
+    return errors.ToStatus();
+  }
+
+  LoadApi(app, errors);
+  LoadShadows(app, connections, errors);
+  LoadModels(app, errors);
+  LoadEventsAndServices(app, errors);
+  LoadRuleSettings(app, errors);
   // gnomon's own topics: shadow requests and answers, and its presence events. HTTP ingest
   // may not publish on them (a client could forge a delta or an offline event).
   app.reserved_topic_prefixes = {app.shadows.topic_prefix, "$aws/events"};
