@@ -562,8 +562,27 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   return d;
 }
 
-std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view request,
-                                                              int64_t now_s) {
+// An update request with steps 1-8 of docs/shadows.md checked. Its pointers point into
+// `value`, so it stays where it was parsed.
+struct ShadowDocument::Request {
+  Value value;
+  std::string token;  // the clientToken when it is a valid one, else empty
+  Value* state = nullptr;
+  Value* desired = nullptr;  // (absent: nullptr)
+  Value* reported = nullptr;
+  const Value* version = nullptr;
+  bool if_changed = false;
+  bool touch_desired = false;  // the update writes the section (a null state writes both)
+  bool touch_reported = false;
+
+  Request() = default;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+};
+
+// Steps 1-8: encoding, JSON, size, the shape of state, version, clientToken, options, keys,
+// depth, nulls in arrays.
+std::optional<ShadowError> ShadowDocument::Parse(std::string_view request, Request& r) const {
   // 1. UTF-8, a JSON object, size.
   if (!json::IsValidUtf8(request)) {
     return Error(415, "UNSUPPORTED_ENCODING",
@@ -580,60 +599,60 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
   if (!parsed.ok() || !parsed->is_object()) {
     return Error(400, "INVALID_JSON", "Invalid JSON", "");
   }
-  Value& req = *parsed;  // the merge moves its values into the sections
-  std::string token;
+  r.value = std::move(parsed).value();
+  Value& req = r.value;  // the merge moves its values into the sections
   const Value* token_v = req.Find("clientToken");
   if (token_v != nullptr && token_v->kind() == Value::Kind::kString &&
       token_v->as_string().size() <= limits_.max_client_token_bytes) {
-    token = token_v->as_string();
+    r.token = token_v->as_string();
   }
+  const std::string& token = r.token;
   if (request.size() > limits_.max_request_bytes) {
     return Error(413, "PAYLOAD_TOO_LARGE", "The payload exceeds the maximum size allowed", token);
   }
   // 2-4. The shape of state.
-  Value* state = req.Find("state");
-  if (state == nullptr) {
+  r.state = req.Find("state");
+  if (r.state == nullptr) {
     return Error(400, "MISSING_STATE", "Missing required node: state", token);
   }
-  if (!state->is_null() && !state->is_object()) {
+  if (!r.state->is_null() && !r.state->is_object()) {
     return Error(400, "STATE_NOT_OBJECT", "State node must be an object", token);
   }
-  Value* desired = nullptr;
-  Value* reported = nullptr;
-  if (state->is_object()) {
-    for (const auto& [k, v] : state->members()) {
+  if (r.state->is_object()) {
+    for (const auto& [k, v] : r.state->members()) {
       if (k != "desired" && k != "reported") {
         return Error(400, "INVALID_NODE", "Invalid node: " + k, token);
       }
     }
-    desired = state->Find("desired");
-    reported = state->Find("reported");
-    if (desired != nullptr && !desired->is_null() && !desired->is_object()) {
+    r.desired = r.state->Find("desired");
+    r.reported = r.state->Find("reported");
+    if (r.desired != nullptr && !r.desired->is_null() && !r.desired->is_object()) {
       return Error(400, "DESIRED_NOT_OBJECT", "Desired node must be an object", token);
     }
-    if (reported != nullptr && !reported->is_null() && !reported->is_object()) {
+    if (r.reported != nullptr && !r.reported->is_null() && !r.reported->is_object()) {
       return Error(400, "REPORTED_NOT_OBJECT", "Reported node must be an object", token);
     }
   }
+  r.touch_desired = r.state->is_null() || r.desired != nullptr;
+  r.touch_reported = r.state->is_null() || r.reported != nullptr;
   // 5. version, clientToken, options.
-  const Value* version = req.Find("version");
-  if (version != nullptr && (version->kind() != Value::Kind::kInt || version->as_int() < 0)) {
+  r.version = req.Find("version");
+  if (r.version != nullptr && (r.version->kind() != Value::Kind::kInt || r.version->as_int() < 0)) {
     return Error(400, "INVALID_VERSION", "Invalid version", token);
   }
   if (token_v != nullptr && (token_v->kind() != Value::Kind::kString ||
                              token_v->as_string().size() > limits_.max_client_token_bytes)) {
     return Error(400, "INVALID_CLIENT_TOKEN", "Invalid clientToken", "");
   }
-  bool if_changed = false;
   if (const Value* options = req.Find("options")) {
     const Value* ic = options->Find("ifChanged");
     if (!options->is_object() || (ic != nullptr && ic->kind() != Value::Kind::kBool)) {
       return Error(400, "INVALID_JSON", "options must be {\"ifChanged\": true|false}", token);
     }
-    if_changed = ic != nullptr && ic->as_bool();
+    r.if_changed = ic != nullptr && ic->as_bool();
   }
   // 6-8. Keys, depth, nulls in arrays.
-  for (const Value* section : {desired, reported}) {
+  for (const Value* section : {r.desired, r.reported}) {
     if (section == nullptr || section->is_null()) {
       continue;
     }
@@ -655,216 +674,264 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     }
   }
   // (9. Thing-model validation belongs to the caller that knows the model.)
+  return std::nullopt;
+}
 
-  // Idempotency (ext): a token seen within the TTL replays or conflicts.
+// Idempotency (ext): a token seen within the TTL replays its response, or conflicts when the
+// request differs. nullopt: the token is new.
+std::optional<std::variant<UpdateResult, ShadowError>> ShadowDocument::Replay(
+    std::string_view request, const std::string& token, int64_t now_s) {
   while (!tokens_.empty() && (now_s - tokens_.front().at_s > limits_.token_ttl_s)) {
     tokens_.pop_front();
   }
-  if (!token.empty()) {
-    for (const Token& t : tokens_) {
-      if (t.token == token) {
-        if (t.request != request) {
-          return Error(409, "CLIENT_TOKEN_REUSED",
-                       "clientToken was already used for a different request", token);
-        }
-        UpdateResult replay;
-        replay.replayed = true;
-        replay.changed = false;
-        replay.accepted = t.response;
-        return replay;
+  if (token.empty()) {
+    return std::nullopt;
+  }
+  for (const Token& t : tokens_) {
+    if (t.token == token) {
+      if (t.request != request) {
+        return Error(409, "CLIENT_TOKEN_REUSED",
+                     "clientToken was already used for a different request", token);
       }
+      UpdateResult replay;
+      replay.replayed = true;
+      replay.changed = false;
+      replay.accepted = t.response;
+      return replay;
     }
   }
+  return std::nullopt;
+}
 
-  // A tombstone older than its window no longer carries the version on.
+// 10. Optimistic locking (after a tombstone older than its window stopped carrying the
+// version on).
+std::optional<ShadowError> ShadowDocument::CheckVersion(const Request& r, int64_t now_s) {
   if (!exists_ && version_ > 0 && now_s - deleted_at_s_ > limits_.tombstone_s) {
     version_ = 0;
   }
-  // 10. Optimistic locking.
-  if (version != nullptr) {
-    int64_t want = version->as_int();
+  if (r.version != nullptr) {
+    int64_t want = r.version->as_int();
     bool conflict = want == 0 ? exists_ : (!exists_ || want != version_);
     if (conflict) {
-      return Error(409, "VERSION_CONFLICT", "Version conflict", token);
+      return Error(409, "VERSION_CONFLICT", "Version conflict", r.token);
     }
   }
+  return std::nullopt;
+}
 
-  bool touch_desired = state->is_null() || desired != nullptr;
-  bool touch_reported = state->is_null() || reported != nullptr;
+// Whether the update would change a section (options.ifChanged).
+bool ShadowDocument::WouldChangeAny(const Request& r) const {
   auto changes = [&](bool touch, const Value* patch, const Value& section) {
     if (!touch) {
       return false;
     }
-    if (state->is_null() || patch->is_null()) {
+    if (r.state->is_null() || patch->is_null()) {
       return !section.is_null();
     }
     return WouldChange(section.is_object() ? section : Value::Object(), *patch);
   };
+  return changes(r.touch_desired, r.desired, desired_) ||
+         changes(r.touch_reported, r.reported, reported_);
+}
+
+// Merges `patch` (a null state or section: removal) into one section in place, appending its
+// operations to `ops`; `next` gets the section's joined JSON and metadata.
+void ShadowDocument::MergeSection(const Request& r, Value* patch, const char* path0, Value& section,
+                                  Parts& parts, int64_t now_s, std::string& ops,
+                                  SectionText& next) {
+  if (r.state->is_null() || patch->is_null()) {
+    if (!section.is_null()) {
+      AppendOp(ops, "remove", path0, nullptr);
+      section = Value();
+      parts = Parts();
+    }
+    return;
+  }
+  bool created = !section.is_object();
+  if (created) {
+    section = Value::Object();
+    parts = Parts();
+  }
+  size_t mark = ops.size();
+  std::string path = path0;
+  for (auto& [k, pv] : patch->members()) {
+    size_t at;
+    switch (MergeMember(section, k, pv, now_s, path, ops, &at)) {
+      case Merged::kNothing:
+        break;
+      case Merged::kErased:
+        parts.json.erase(parts.json.begin() + static_cast<std::ptrdiff_t>(at));
+        parts.meta.erase(parts.meta.begin() + static_cast<std::ptrdiff_t>(at));
+        break;
+      case Merged::kAppended:
+        parts.json.emplace_back();
+        parts.meta.emplace_back();
+        [[fallthrough]];
+      case Merged::kChanged:
+        SerializeMember(section.members()[at], parts.json[at], parts.meta[at]);
+        break;
+    }
+  }
+  GNOMON_DCHECK(parts.json.size() == section.members().size());
+  if (section.members().empty()) {  // a section left empty is removed
+    ops.resize(mark);
+    section = Value();
+    parts = Parts();
+    if (!created) {
+      AppendOp(ops, "remove", path0, nullptr);
+    }
+    return;
+  }
+  if (created) {
+    ops.resize(mark);
+    AppendOp(ops, "add", path0, &section);
+  }
+  JoinParts(parts.json, next.json);
+  JoinParts(parts.meta, next.meta);
+}
+
+// Merge in place; 11. sizes (a refused merge is undone from the serialized sections); then the
+// new version, and the events' payloads.
+std::optional<ShadowError> ShadowDocument::Write(Request& r, int64_t now_s, UpdateResult& result) {
+  const std::string& token = r.token;
+  // update/accepted: the request's state (with its nulls) and the written leaves' metadata,
+  // taken before the merge moves the request's values into the sections.
+  std::string accepted_state = r.state->Json();
+  std::string accepted_meta = "{";
+  for (auto [name, patch] : {std::pair<const char*, const Value*>{"desired", r.desired},
+                             std::pair<const char*, const Value*>{"reported", r.reported}}) {
+    if (patch != nullptr) {
+      accepted_meta += accepted_meta.size() > 1 ? ",\"" : "\"";
+      accepted_meta += name;
+      accepted_meta += "\":";
+      if (patch->is_null()) {
+        accepted_meta += "{}";
+      } else {
+        AppendMeta(*patch, accepted_meta, now_s);
+      }
+    }
+  }
+  accepted_meta += '}';
+
+  result.patch += '[';
+  if (!exists_) {
+    // A new shadow (or one deleted before): the document appears.
+    Value empty = Value::Object();
+    AppendOp(result.patch, "add", "/state", &empty);
+  }
+  SectionText next_desired, next_reported;
+  if (r.touch_desired) {
+    MergeSection(r, r.desired, "/state/desired", desired_, desired_parts_, now_s, result.patch,
+                 next_desired);
+  }
+  if (r.touch_reported) {
+    MergeSection(r, r.reported, "/state/reported", reported_, reported_parts_, now_s, result.patch,
+                 next_reported);
+  }
+  result.patch += ']';
+  for (auto [name, touched, next] : {std::tuple<const char*, bool, const SectionText*>{
+                                         "desired", r.touch_desired, &next_desired},
+                                     std::tuple<const char*, bool, const SectionText*>{
+                                         "reported", r.touch_reported, &next_reported}}) {
+    size_t bytes = next->json.size();
+    if (touched && bytes > limits_.max_section_bytes) {
+      RestoreSections();
+      ShadowError e = Error(413, "PAYLOAD_TOO_LARGE",
+                            fmt::format("The {} section would be {} bytes; the limit is {}", name,
+                                        bytes, limits_.max_section_bytes),
+                            token);
+      e.details = fmt::format(R"({{"section":"{}","bytes":{},"limit":{}}})", name, bytes,
+                              limits_.max_section_bytes);
+      return e;
+    }
+  }
+  if (r.touch_desired) {
+    desired_json_ = std::move(next_desired.json);
+    meta_desired_json_ = std::move(next_desired.meta);
+  }
+  if (r.touch_reported) {
+    reported_json_ = std::move(next_reported.json);
+    meta_reported_json_ = std::move(next_reported.meta);
+  }
+  std::string previous = exists_ ? std::move(doc_json_) : std::string("null");
+  version_ += 1;
+  timestamp_s_ = now_s;
+  exists_ = true;
+  RebuildDocumentJson();
+  Value delta = ComputeDelta(desired_, reported_);
+  Announce(r, accepted_state, accepted_meta, previous, delta, now_s, result);
+  delta_ = std::move(delta);
+  return std::nullopt;
+}
+
+// The events of a written update: accepted, documents, delta (when it changed, or desired was
+// written) and synced (when the delta emptied). delta_ is still the delta before the update.
+void ShadowDocument::Announce(const Request& r, const std::string& accepted_state,
+                              const std::string& accepted_meta, const std::string& previous,
+                              const Value& delta, int64_t now_s, UpdateResult& result) const {
+  const Value& old_delta = delta_;
+  const std::string& token = r.token;
+  {
+    json::ObjectWriter w(result.accepted);
+    w.FieldRaw("state", accepted_state).FieldRaw("metadata", accepted_meta);
+    w.Field("version", version_).Field("timestamp", now_s);
+    AppendToken(w, token);
+    w.Close();
+  }
+  {
+    result.documents.reserve(previous.size() + doc_json_.size() + 96);
+    json::ObjectWriter w(result.documents);
+    w.FieldRaw("previous", previous).FieldRaw("current", doc_json_);
+    w.Field("timestamp", now_s);
+    AppendToken(w, token);
+    w.Close();
+  }
+  std::string delta_json = delta.members().empty() ? std::string() : delta.Json();
+  result.view = WithDelta(doc_json_, delta_json);
+  if (!delta.members().empty() && (r.touch_desired || !(delta == old_delta))) {
+    // The delta's values are copies of desired's, stamps included: its metadata is theirs.
+    std::string delta_meta;
+    AppendMeta(delta, delta_meta);
+    json::ObjectWriter w(result.delta);
+    w.FieldRaw("state", delta_json)
+        .FieldRaw("metadata", delta_meta)
+        .Field("version", version_)
+        .Field("timestamp", now_s);
+    AppendToken(w, token);
+    w.Close();
+  }
+  if (!old_delta.members().empty() && delta.members().empty()) {
+    json::ObjectWriter w(result.synced);
+    w.Field("version", version_).Field("timestamp", now_s);
+    AppendToken(w, token);
+    w.Close();
+  }
+}
+
+std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view request,
+                                                               int64_t now_s) {
+  Request r;
+  if (auto e = Parse(request, r)) {
+    return *std::move(e);
+  }
+  if (auto replay = Replay(request, r.token, now_s)) {
+    return *std::move(replay);
+  }
+  if (auto e = CheckVersion(r, now_s)) {
+    return *std::move(e);
+  }
   UpdateResult result;
-  if (if_changed && exists_ && !changes(touch_desired, desired, desired_) &&
-      !changes(touch_reported, reported, reported_)) {
+  if (r.if_changed && exists_ && !WouldChangeAny(r)) {
     result.changed = false;
     json::ObjectWriter w(result.accepted);
     w.FieldRaw("changed", "false").Field("version", version_).Field("timestamp", now_s);
-    AppendToken(w, token);
+    AppendToken(w, r.token);
     w.Close();
-  } else {
-    const Value& old_delta = delta_;  // (the merge changes the sections, not it)
-    // update/accepted: the request's state (with its nulls) and the written leaves' metadata,
-    // taken before the merge moves the request's values into the sections.
-    std::string accepted_state = state->Json();
-    std::string accepted_meta = "{";
-    for (auto [name, patch] : {std::pair<const char*, const Value*>{"desired", desired},
-                               std::pair<const char*, const Value*>{"reported", reported}}) {
-      if (patch != nullptr) {
-        accepted_meta += accepted_meta.size() > 1 ? ",\"" : "\"";
-        accepted_meta += name;
-        accepted_meta += "\":";
-        if (patch->is_null()) {
-          accepted_meta += "{}";
-        } else {
-          AppendMeta(*patch, accepted_meta, now_s);
-        }
-      }
-    }
-    accepted_meta += '}';
-
-    // Merge in place; 11. sizes (a refused merge is undone from the serialized sections).
-    result.patch += '[';  // (empty so far)
-    if (!exists_) {
-      // A new shadow (or one deleted before): the document appears.
-      Value empty = Value::Object();
-      AppendOp(result.patch, "add", "/state", &empty);
-    }
-    struct Next {
-      std::string json, meta;  // empty when the section is absent
-    } next_desired, next_reported;
-    auto apply = [&](bool touch, Value* patch, const char* path0, Value& section, Parts& parts,
-                     Next& next) {
-      if (!touch) {
-        return;
-      }
-      if (state->is_null() || patch->is_null()) {
-        if (!section.is_null()) {
-          AppendOp(result.patch, "remove", path0, nullptr);
-          section = Value();
-          parts = Parts();
-        }
-        return;
-      }
-      bool created = !section.is_object();
-      if (created) {
-        section = Value::Object();
-        parts = Parts();
-      }
-      size_t mark = result.patch.size();
-      std::string path = path0;
-      for (auto& [k, pv] : patch->members()) {
-        size_t at;
-        switch (MergeMember(section, k, pv, now_s, path, result.patch, &at)) {
-          case Merged::kNothing: break;
-          case Merged::kErased:
-            parts.json.erase(parts.json.begin() + static_cast<std::ptrdiff_t>(at));
-            parts.meta.erase(parts.meta.begin() + static_cast<std::ptrdiff_t>(at));
-            break;
-          case Merged::kAppended:
-            parts.json.emplace_back();
-            parts.meta.emplace_back();
-            [[fallthrough]];
-          case Merged::kChanged:
-            SerializeMember(section.members()[at], parts.json[at], parts.meta[at]);
-            break;
-        }
-      }
-      GNOMON_DCHECK(parts.json.size() == section.members().size());
-      if (section.members().empty()) {  // a section left empty is removed
-        result.patch.resize(mark);
-        section = Value();
-        parts = Parts();
-        if (!created) {
-          AppendOp(result.patch, "remove", path0, nullptr);
-        }
-        return;
-      }
-      if (created) {
-        result.patch.resize(mark);
-        AppendOp(result.patch, "add", path0, &section);
-      }
-      JoinParts(parts.json, next.json);
-      JoinParts(parts.meta, next.meta);
-    };
-    apply(touch_desired, desired, "/state/desired", desired_, desired_parts_, next_desired);
-    apply(touch_reported, reported, "/state/reported", reported_, reported_parts_, next_reported);
-    result.patch += ']';
-    for (auto [name, touched, next] :
-         {std::tuple<const char*, bool, const Next*>{"desired", touch_desired, &next_desired},
-          std::tuple<const char*, bool, const Next*>{"reported", touch_reported, &next_reported}}) {
-      size_t bytes = next->json.size();
-      if (touched && bytes > limits_.max_section_bytes) {
-        RestoreSections();
-        ShadowError e = Error(413, "PAYLOAD_TOO_LARGE",
-                              fmt::format("The {} section would be {} bytes; the limit is {}",
-                                          name, bytes, limits_.max_section_bytes),
-                              token);
-        e.details = fmt::format(R"({{"section":"{}","bytes":{},"limit":{}}})", name, bytes,
-                                limits_.max_section_bytes);
-        return e;
-      }
-    }
-    if (touch_desired) {
-      desired_json_ = std::move(next_desired.json);
-      meta_desired_json_ = std::move(next_desired.meta);
-    }
-    if (touch_reported) {
-      reported_json_ = std::move(next_reported.json);
-      meta_reported_json_ = std::move(next_reported.meta);
-    }
-    std::string previous = exists_ ? std::move(doc_json_) : std::string("null");
-    version_ += 1;
-    timestamp_s_ = now_s;
-    exists_ = true;
-    RebuildDocumentJson();
-
-    {
-      json::ObjectWriter w(result.accepted);
-      w.FieldRaw("state", accepted_state).FieldRaw("metadata", accepted_meta);
-      w.Field("version", version_).Field("timestamp", now_s);
-      AppendToken(w, token);
-      w.Close();
-    }
-    {
-      result.documents.reserve(previous.size() + doc_json_.size() + 96);
-      json::ObjectWriter w(result.documents);
-      w.FieldRaw("previous", previous).FieldRaw("current", doc_json_);
-      w.Field("timestamp", now_s);
-      AppendToken(w, token);
-      w.Close();
-    }
-    Value delta = ComputeDelta(desired_, reported_);
-    std::string delta_json = delta.members().empty() ? std::string() : delta.Json();
-    result.view = WithDelta(doc_json_, delta_json);
-    if (!delta.members().empty() && (touch_desired || !(delta == old_delta))) {
-      // The delta's values are copies of desired's, stamps included: its metadata is theirs.
-      std::string delta_meta;
-      AppendMeta(delta, delta_meta);
-      json::ObjectWriter w(result.delta);
-      w.FieldRaw("state", delta_json)
-          .FieldRaw("metadata", delta_meta)
-          .Field("version", version_)
-          .Field("timestamp", now_s);
-      AppendToken(w, token);
-      w.Close();
-    }
-    if (!old_delta.members().empty() && delta.members().empty()) {
-      json::ObjectWriter w(result.synced);
-      w.Field("version", version_).Field("timestamp", now_s);
-      AppendToken(w, token);
-      w.Close();
-    }
-    delta_ = std::move(delta);
+  } else if (auto e = Write(r, now_s, result)) {
+    return *std::move(e);
   }
-  if (!token.empty()) {
-    tokens_.push_back({token, std::string(request), result.accepted, now_s});
+  if (!r.token.empty()) {
+    tokens_.push_back({r.token, std::string(request), result.accepted, now_s});
     if (tokens_.size() > limits_.max_tokens) {
       tokens_.pop_front();
     }

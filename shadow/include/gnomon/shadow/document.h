@@ -138,6 +138,24 @@ class ShadowDocument {
   int64_t last_seen_ms_ = 0;
   std::string model_;
 
+  // Update's steps, in order (document.cc says which steps of docs/shadows.md each takes).
+  struct Request;
+  struct SectionText {
+    std::string json, meta;  // a section's joined members and metadata (empty: absent)
+  };
+  std::optional<ShadowError> Parse(std::string_view request, Request& r) const;
+  std::optional<std::variant<UpdateResult, ShadowError>> Replay(std::string_view request,
+                                                                const std::string& token,
+                                                                int64_t now_s);
+  std::optional<ShadowError> CheckVersion(const Request& r, int64_t now_s);
+  bool WouldChangeAny(const Request& r) const;
+  std::optional<ShadowError> Write(Request& r, int64_t now_s, UpdateResult& result);
+  static void MergeSection(const Request& r, Value* patch, const char* path0, Value& section,
+                           Parts& parts, int64_t now_s, std::string& ops, SectionText& next);
+  void Announce(const Request& r, const std::string& accepted_state,
+                const std::string& accepted_meta, const std::string& previous, const Value& delta,
+                int64_t now_s, UpdateResult& result) const;
+
   void RebuildDocumentJson();
   // Rebuilds desired_ and reported_ from their serialized forms (undoes a refused merge).
   void RestoreSections();
