@@ -243,6 +243,21 @@ class Engine::Impl final : public Ingest,
   // Parses {prefix}/{thing}/shadow[/name/{name}]/{update|get|delete}; errors are the reply.
   std::variant<ShadowTarget, shadow::ShadowError> ParseShadowTopic(std::string_view topic) const;
   void HandleShadowRequest(Worker& w, ShadowRequest& req);
+  // HandleShadowRequest's verbs, on the owner's thread.
+  void ShadowUpdate(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,
+                    const std::string& payload, ShadowReplyTo to, int64_t now_s);
+  void ShadowChanges(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d, int64_t since,
+                     ShadowReplyTo to, int64_t now_s);
+  void ShadowGet(const ShadowTarget& op, shadow::ShadowDocument& d, ShadowReplyTo to,
+                 int64_t now_s);
+  void ShadowDelete(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d, ShadowReplyTo to,
+                    int64_t now_s);
+  // On the store's writer thread, once a write is durable (or refused: `st`): the events and
+  // the answer.
+  void UpdateDurableOnWriter(const Status& st, const std::string& thing, const std::string& name,
+                             shadow::UpdateResult result, ShadowReplyTo to);
+  void DeleteDurableOnWriter(const Status& st, const std::string& thing, const std::string& name,
+                             std::string body, ShadowReplyTo to);
   // Thing-model validation of an update request for `thing` (spec step 9): the request to apply
   // (weak mode: without the invalid properties, listed in `failed`) or MODEL_VALIDATION.
   std::variant<std::string, shadow::ShadowError> ApplyModel(std::string_view thing,

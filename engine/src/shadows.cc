@@ -479,40 +479,46 @@ void Engine::Impl::PersistAndAnswer(Worker& w, const std::string& thing, const s
     logged = change;
   }
   w.shadows->RecordChange(thing, name, std::move(change));
-  std::string base = ShadowTopic(thing, name);
   StoreShadow(
       w, thing, name, doc.StoredJson(),
-      [this, to = std::move(to), result = std::move(result), base = std::move(base), thing,
+      [this, to = std::move(to), result = std::move(result), thing,
        name](const Status& st) mutable {
-        if (!st.ok()) {
-          shadow::ShadowError err =
-              ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the update");
-          Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
-          return;
-        }
-        committed_.Put(ShadowKey(thing, name), std::move(result.view));
-        // Events first (they hold the request until they are out), then the answer.
-        Delivery* hold = to.delivery;
-        ProduceChangelog(thing, name, &result.documents, hold);
-        NotifyWatchers(thing, name, "update", result.documents);
-        bool mqtt_requester = to.channel == ShadowChannel::kMqtt;
-        if (!mqtt_requester) {
-          // Subscribers see update/accepted whatever channel the update came from.
-          PublishShadowEvent(thing, base + "/update/accepted", result.accepted, hold);
-        } else if (accepting_) {
-          // The requester's own accepted goes out through Answer; rules still see it.
-          PublishShadowEvent(thing, base + "/update/accepted", result.accepted, nullptr);
-        }
-        PublishShadowEvent(thing, base + "/update/documents", std::move(result.documents), hold);
-        if (!result.delta.empty()) {
-          PublishShadowEvent(thing, base + "/update/delta", std::move(result.delta), hold);
-        }
-        if (!result.synced.empty()) {
-          PublishShadowEvent(thing, base + "/update/synced", std::move(result.synced), hold);
-        }
-        Answer(std::move(to), 200, std::move(result.accepted), "/accepted");
+        UpdateDurableOnWriter(st, thing, name, std::move(result), std::move(to));
       },
       std::move(logged));
+}
+
+void Engine::Impl::UpdateDurableOnWriter(const Status& st, const std::string& thing,
+                                         const std::string& name, shadow::UpdateResult result,
+                                         ShadowReplyTo to) {
+  if (!st.ok()) {
+    shadow::ShadowError err =
+        ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the update");
+    Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
+    return;
+  }
+  committed_.Put(ShadowKey(thing, name), std::move(result.view));
+  // Events first (they hold the request until they are out), then the answer.
+  Delivery* hold = to.delivery;
+  std::string base = ShadowTopic(thing, name);
+  ProduceChangelog(thing, name, &result.documents, hold);
+  NotifyWatchers(thing, name, "update", result.documents);
+  bool mqtt_requester = to.channel == ShadowChannel::kMqtt;
+  if (!mqtt_requester) {
+    // Subscribers see update/accepted whatever channel the update came from.
+    PublishShadowEvent(thing, base + "/update/accepted", result.accepted, hold);
+  } else if (accepting_) {
+    // The requester's own accepted goes out through Answer; rules still see it.
+    PublishShadowEvent(thing, base + "/update/accepted", result.accepted, nullptr);
+  }
+  PublishShadowEvent(thing, base + "/update/documents", std::move(result.documents), hold);
+  if (!result.delta.empty()) {
+    PublishShadowEvent(thing, base + "/update/delta", std::move(result.delta), hold);
+  }
+  if (!result.synced.empty()) {
+    PublishShadowEvent(thing, base + "/update/synced", std::move(result.synced), hold);
+  }
+  Answer(std::move(to), 200, std::move(result.accepted), "/accepted");
 }
 
 const shadow::ThingModel* Engine::Impl::BoundModel(std::string_view thing) const {
@@ -629,111 +635,137 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
     return;
   }
   shadow::ShadowDocument& d = **doc;
-  if (op.verb == ShadowVerb::kUpdate) {
-    std::string failed;
-    auto request = ApplyModel(op.thing, m.payload, &failed);
-    if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
-      RejectShadow(std::move(to), *err);
-      return;
-    }
-    if (const shadow::ThingModel* model = BoundModel(op.thing)) {
-      d.SetModel(model->ref());
-    }
-    auto r = d.Update(std::get<std::string>(request), now_s);
-    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
-      RejectShadow(std::move(to), *err);
-      return;
-    }
-    auto result = std::get<shadow::UpdateResult>(std::move(r));
-    AddCheckFailed(result.accepted, failed);
-    to.topic = ShadowTopic(op.thing, op.name) + "/update";
-    PersistAndAnswer(w, op.thing, op.name, d, std::move(result), std::move(to));
-  } else if (op.verb == ShadowVerb::kChanges) {
-    if (to.channel != ShadowChannel::kApi) {
-      RejectShadow(std::move(to), ApiError(400, "INVALID_TOPIC", "changes is a REST request"));
-      return;
-    }
-    if (!d.exists()) {
-      RejectShadow(std::move(to), std::get<shadow::ShadowError>(d.Get(op.name, now_s)));
-      return;
-    }
-    int64_t since = req.since_version;
-    std::string body;
-    json::ObjectWriter out(body);
-    out.Field("version", d.version());
-    const std::deque<ShadowOwner::Change>* kept = w.shadows->History(op.thing, op.name);
-    bool complete = since >= d.version() ||
-                    (kept != nullptr && !kept->empty() && kept->front().version <= since + 1);
-    if (!complete) {
-      // Older than what is kept (or from before a delete): start over from the document.
-      out.FieldRaw("resync", "true")
-          .FieldRaw("document", std::get<std::string>(d.Get(op.name, now_s)));
-    } else {
-      std::string list = "[";
-      if (kept != nullptr) {
-        for (const auto& c : *kept) {
-          if (c.version <= since) {
-            continue;
-          }
-          if (list.size() > 1) {
-            list += ',';
-          }
-          json::ObjectWriter e(list);
-          e.Field("version", c.version).Field("timestamp", c.timestamp).FieldRaw("ops", c.ops);
-          e.Close();
-        }
-      }
-      list += ']';
-      out.Field("sinceVersion", since).FieldRaw("changes", list);
-    }
-    out.Close();
-    shadow_store_->After([this, to = std::move(to), body = std::move(body)](const Status&) mutable {
-      Answer(std::move(to), 200, std::move(body), "");
-    });
-  } else if (op.verb == ShadowVerb::kGet) {
-    auto r = d.Get(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
-    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
-      RejectShadow(std::move(to), *err);
-      return;
-    }
-    shadow_store_->After([this, to = std::move(to), body = std::get<std::string>(std::move(r)),
-                          key = ShadowKey(op.thing, op.name)](const Status&) mutable {
-      // Durable now (every write before this get is): later REST gets need not come here.
-      committed_.Put(key, body);
-      Answer(std::move(to), 200, std::move(body), "/accepted");
-    });
-  } else {
-    auto r = d.Delete(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
-    if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
-      RejectShadow(std::move(to), *err);
-      return;
-    }
-    w.shadows->EraseHistory(op.thing, op.name);
-    std::string base = ShadowTopic(op.thing, op.name);
-    std::optional<shadow::ShadowChange> reset;  // the stored history ends here too
-    if (config_.shadows.history > 0) {
-      reset = shadow::ShadowChange{d.version(), now_s, ""};
-    }
-    StoreShadow(
-        w, op.thing, op.name, d.StoredJson(),
-        [this, to = std::move(to), body = std::get<std::string>(std::move(r)),
-         base = std::move(base), thing = op.thing, name = op.name](const Status& st) mutable {
-          if (!st.ok()) {
-            Answer(std::move(to), 500,
-                   ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
-                       .Json(clock_.NowMs() / 1000),
-                   "/rejected");
-            return;
-          }
-          committed_.Erase(ShadowKey(thing, name));
-          ProduceChangelog(thing, name, nullptr, to.delivery);
-          NotifyWatchers(thing, name, "delete", body);
-          PublishShadowEvent(thing, base + "/delete/accepted", body,
-                             to.channel != ShadowChannel::kMqtt ? to.delivery : nullptr);
-          Answer(std::move(to), 200, std::move(body), "/accepted");
-        },
-        std::move(reset));
+  switch (op.verb) {
+    case ShadowVerb::kUpdate:
+      return ShadowUpdate(w, op, d, m.payload, std::move(to), now_s);
+    case ShadowVerb::kChanges:
+      return ShadowChanges(w, op, d, req.since_version, std::move(to), now_s);
+    case ShadowVerb::kGet:
+      return ShadowGet(op, d, std::move(to), now_s);
+    case ShadowVerb::kDelete:
+      return ShadowDelete(w, op, d, std::move(to), now_s);
   }
+}
+
+void Engine::Impl::ShadowUpdate(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,
+                                const std::string& payload, ShadowReplyTo to, int64_t now_s) {
+  std::string failed;
+  auto request = ApplyModel(op.thing, payload, &failed);
+  if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
+    RejectShadow(std::move(to), *err);
+    return;
+  }
+  if (const shadow::ThingModel* model = BoundModel(op.thing)) {
+    d.SetModel(model->ref());
+  }
+  auto r = d.Update(std::get<std::string>(request), now_s);
+  if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+    RejectShadow(std::move(to), *err);
+    return;
+  }
+  auto result = std::get<shadow::UpdateResult>(std::move(r));
+  AddCheckFailed(result.accepted, failed);
+  to.topic = ShadowTopic(op.thing, op.name) + "/update";
+  PersistAndAnswer(w, op.thing, op.name, d, std::move(result), std::move(to));
+}
+
+// The changes of a shadow since a version (REST only), from its owner's history.
+void Engine::Impl::ShadowChanges(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,
+                                 int64_t since, ShadowReplyTo to, int64_t now_s) {
+  if (to.channel != ShadowChannel::kApi) {
+    RejectShadow(std::move(to), ApiError(400, "INVALID_TOPIC", "changes is a REST request"));
+    return;
+  }
+  if (!d.exists()) {
+    RejectShadow(std::move(to), std::get<shadow::ShadowError>(d.Get(op.name, now_s)));
+    return;
+  }
+  std::string body;
+  json::ObjectWriter out(body);
+  out.Field("version", d.version());
+  const std::deque<ShadowOwner::Change>* kept = w.shadows->History(op.thing, op.name);
+  bool complete = since >= d.version() ||
+                  (kept != nullptr && !kept->empty() && kept->front().version <= since + 1);
+  if (!complete) {
+    // Older than what is kept (or from before a delete): start over from the document.
+    out.FieldRaw("resync", "true")
+        .FieldRaw("document", std::get<std::string>(d.Get(op.name, now_s)));
+  } else {
+    std::string list = "[";
+    if (kept != nullptr) {
+      for (const auto& c : *kept) {
+        if (c.version <= since) {
+          continue;
+        }
+        if (list.size() > 1) {
+          list += ',';
+        }
+        json::ObjectWriter e(list);
+        e.Field("version", c.version).Field("timestamp", c.timestamp).FieldRaw("ops", c.ops);
+        e.Close();
+      }
+    }
+    list += ']';
+    out.Field("sinceVersion", since).FieldRaw("changes", list);
+  }
+  out.Close();
+  shadow_store_->After([this, to = std::move(to), body = std::move(body)](const Status&) mutable {
+    Answer(std::move(to), 200, std::move(body), "");
+  });
+}
+
+void Engine::Impl::ShadowGet(const ShadowTarget& op, shadow::ShadowDocument& d, ShadowReplyTo to,
+                             int64_t now_s) {
+  auto r = d.Get(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
+  if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+    RejectShadow(std::move(to), *err);
+    return;
+  }
+  shadow_store_->After([this, to = std::move(to), body = std::get<std::string>(std::move(r)),
+                        key = ShadowKey(op.thing, op.name)](const Status&) mutable {
+    // Durable now (every write before this get is): later REST gets need not come here.
+    committed_.Put(key, body);
+    Answer(std::move(to), 200, std::move(body), "/accepted");
+  });
+}
+
+void Engine::Impl::ShadowDelete(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,
+                                ShadowReplyTo to, int64_t now_s) {
+  auto r = d.Delete(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
+  if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+    RejectShadow(std::move(to), *err);
+    return;
+  }
+  w.shadows->EraseHistory(op.thing, op.name);
+  std::optional<shadow::ShadowChange> reset;  // the stored history ends here too
+  if (config_.shadows.history > 0) {
+    reset = shadow::ShadowChange{d.version(), now_s, ""};
+  }
+  StoreShadow(
+      w, op.thing, op.name, d.StoredJson(),
+      [this, to = std::move(to), body = std::get<std::string>(std::move(r)), thing = op.thing,
+       name = op.name](const Status& st) mutable {
+        DeleteDurableOnWriter(st, thing, name, std::move(body), std::move(to));
+      },
+      std::move(reset));
+}
+
+void Engine::Impl::DeleteDurableOnWriter(const Status& st, const std::string& thing,
+                                         const std::string& name, std::string body,
+                                         ShadowReplyTo to) {
+  if (!st.ok()) {
+    Answer(std::move(to), 500,
+           ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
+               .Json(clock_.NowMs() / 1000),
+           "/rejected");
+    return;
+  }
+  committed_.Erase(ShadowKey(thing, name));
+  ProduceChangelog(thing, name, nullptr, to.delivery);
+  NotifyWatchers(thing, name, "delete", body);
+  PublishShadowEvent(thing, ShadowTopic(thing, name) + "/delete/accepted", body,
+                     to.channel != ShadowChannel::kMqtt ? to.delivery : nullptr);
+  Answer(std::move(to), 200, std::move(body), "/accepted");
 }
 
 bool Engine::Impl::ApplyPresence(Worker& w, Message& m) {
