@@ -237,6 +237,10 @@ class Engine::Impl final : public Ingest,
 
   // Shadows (shadows.cc).
   Status InitShadows();
+  void InitShadowMetrics();
+  Status OpenShadowStore();
+  Status InitShadowMqtt();
+  Status InitChangelog();
   Status InitWorkerShadows(Worker& w);
   size_t OwnerOf(std::string_view thing) const;
   std::string ShadowTopic(std::string_view thing, std::string_view name) const;
@@ -295,6 +299,12 @@ class Engine::Impl final : public Ingest,
   void ProduceChangelog(const std::string& thing, const std::string& name,
                         const std::string* documents, Delivery* hold);
   std::vector<HttpRoute> ShadowRoutes();
+  // Answers a shadow get from the committed cache (or a bad name's error): false when the
+  // cache does not have it. Runs on the listener's I/O thread.
+  bool CachedShadowGet(const HttpRequest& req, HttpResponse& out);
+  HttpResponse ShadowChangesRoute(const HttpRequest& req);
+  HttpResponse ListShadowNames(const HttpRequest& req);
+  HttpResponse ListThings(const HttpRequest& req);
   // A REST shadow request, answered by the owner of `target.thing`.
   HttpResponse ShadowApiCall(ShadowTarget target, std::string body, int64_t since_version = 0);
   // A status message on `shadows.presence.from`: records the device connected or disconnected

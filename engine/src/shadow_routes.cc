@@ -140,30 +140,34 @@ HttpResponse Engine::Impl::ShadowApiCall(ShadowTarget target, std::string body,
   return ApiCall(std::move(req), kApiWaitMs);
 }
 
+namespace {
+// The shadow a request names: the thing from the path, ?name= (none: the classic shadow).
+// Errors: a name that is not valid.
+std::variant<ShadowTarget, shadow::ShadowError> RequestedShadow(const HttpRequest& req,
+                                                                ShadowVerb verb) {
+  const std::string& thing = req.params.at(0);
+  const std::string* name = req.Query("name");
+  if (auto bad = CheckThingName(thing)) {
+    return *bad;
+  }
+  if (name != nullptr) {
+    if (auto bad = CheckShadowName(*name)) {
+      return *bad;
+    }
+  }
+  return ShadowTarget{thing, name != nullptr ? *name : "", verb};
+}
+}  // namespace
+
 std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
   std::vector<HttpRoute> routes;
   if (!shadow_store_) {
     return routes;
   }
-  // The shadow a request names: the thing from the path, ?name= (none: the classic shadow).
-  // Errors: a name that is not valid.
-  auto target = [](const HttpRequest& req,
-                   ShadowVerb verb) -> std::variant<ShadowTarget, shadow::ShadowError> {
-    const std::string& thing = req.params.at(0);
-    const std::string* name = req.Query("name");
-    if (auto bad = CheckThingName(thing)) {
-      return *bad;
-    }
-    if (name != nullptr) {
-      if (auto bad = CheckShadowName(*name)) {
-        return *bad;
-      }
-    }
-    return ShadowTarget{thing, name != nullptr ? *name : "", verb};
-  };
-  auto call = [this, target](ShadowVerb verb) {
-    return [this, target, verb](const HttpRequest& req) {
-      auto t = target(req, verb);
+  // An update or a delete, for the owner.
+  auto call = [this](ShadowVerb verb) {
+    return [this, verb](const HttpRequest& req) {
+      auto t = RequestedShadow(req, verb);
       if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
         return ErrorResponse(*bad, clock_.NowMs() / 1000);
       }
@@ -171,24 +175,10 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                            verb == ShadowVerb::kUpdate ? req.body : "");
     };
   };
-  routes.push_back(
-      {"GET", "/v1/things/(.+)/shadow/changes", [this, target](const HttpRequest& req) {
-         auto t = target(req, ShadowVerb::kChanges);
-         if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
-           return ErrorResponse(*bad, clock_.NowMs() / 1000);
-         }
-         const std::string* since = req.Query("sinceVersion");
-         char* end = nullptr;
-         long long v = since != nullptr ? std::strtoll(since->c_str(), &end, 10) : -1;
-         if (since == nullptr || end == since->c_str() || *end != '\0' || v < 0) {
-           return ErrorResponse(
-               ApiError(400, "INVALID_VERSION", "sinceVersion must be an integer >= 0"),
-               clock_.NowMs() / 1000);
-         }
-         return ShadowApiCall(std::get<ShadowTarget>(std::move(t)), "", v);
-       }});
-  routes.push_back({"GET", "/v1/things/(.+)/shadow/watch", [this, target](const HttpRequest& req) {
-                      auto t = target(req, ShadowVerb::kGet);
+  routes.push_back({"GET", "/v1/things/(.+)/shadow/changes",
+                    [this](const HttpRequest& req) { return ShadowChangesRoute(req); }});
+  routes.push_back({"GET", "/v1/things/(.+)/shadow/watch", [this](const HttpRequest& req) {
+                      auto t = RequestedShadow(req, ShadowVerb::kGet);
                       if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
                         return ErrorResponse(*bad, clock_.NowMs() / 1000);
                       }
@@ -197,113 +187,137 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                     }});
   // A read the committed cache can answer (or a bad name) is answered on the listener's I/O
   // thread; the rest go to the owner worker from a handler thread.
-  auto cached = [this, target](const HttpRequest& req, HttpResponse& out) {
-    auto t = target(req, ShadowVerb::kGet);
-    if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
-      out = ErrorResponse(*bad, clock_.NowMs() / 1000);
-      return true;
-    }
-    const ShadowTarget& shadow = std::get<ShadowTarget>(t);
-    if (auto view = committed_.Get(ShadowKey(shadow.thing, shadow.name))) {
-      reads_committed_->Inc();
-      out.body = *view;
-      return true;
-    }
-    return false;
-  };
-  HttpRoute get{"GET", "/v1/things/(.+)/shadow", [this, target, cached](const HttpRequest& req) {
+  HttpRoute get{"GET", "/v1/things/(.+)/shadow", [this](const HttpRequest& req) {
                   HttpResponse out;
-                  if (cached(req, out)) {
+                  if (CachedShadowGet(req, out)) {
                     return out;
                   }
                   reads_owner_->Inc();
-                  return ShadowApiCall(std::get<ShadowTarget>(target(req, ShadowVerb::kGet)), "");
+                  return ShadowApiCall(
+                      std::get<ShadowTarget>(RequestedShadow(req, ShadowVerb::kGet)), "");
                 }};
-  get.fast = cached;
+  get.fast = [this](const HttpRequest& req, HttpResponse& out) {
+    return CachedShadowGet(req, out);
+  };
   routes.push_back(std::move(get));
   routes.push_back({"POST", "/v1/things/(.+)/shadow", call(ShadowVerb::kUpdate)});
   routes.push_back({"DELETE", "/v1/things/(.+)/shadow", call(ShadowVerb::kDelete)});
+  routes.push_back({"GET", "/v1/things/(.+)/shadows",
+                    [this](const HttpRequest& req) { return ListShadowNames(req); }});
   routes.push_back(
-      {"GET", "/v1/things/(.+)/shadows", [this](const HttpRequest& req) {
-         HttpResponse out;
-         const std::string& thing = req.params.at(0);
-         if (auto bad = CheckThingName(thing)) {
-           return ErrorResponse(*bad, clock_.NowMs() / 1000);
-         }
-         MutexLock lock(api_reader_mu_);
-         auto names = api_reader_->Names(thing);
-         if (!names.ok()) {
-           out.status = 500;
-           out.body = ApiError(500, "INTERNAL_ERROR", std::string(names.status().message()))
-                          .Json(clock_.NowMs() / 1000);
-           return out;
-         }
-         std::string list = "[";
-         bool classic = false;
-         for (const auto& n : *names) {
-           if (n.empty()) {
-             classic = true;
-             continue;
-           }
-           if (list.size() > 1) {
-             list += ',';
-           }
-           json::AppendQuoted(list, n);
-         }
-         list += ']';
-         json::ObjectWriter w(out.body);
-         w.Field("thing", thing).Field("classic", classic ? 1 : 0).FieldRaw("results", list);
-         w.Close();
-         return out;
-       }});
-  routes.push_back(
-      {"GET", "/v1/things", [this](const HttpRequest& req) {
-         HttpResponse out;
-         const std::string* prefix = req.Query("prefix");
-         const std::string* cursor = req.Query("cursor");
-         const std::string* limit_s = req.Query("limit");
-         size_t limit = 100;
-         if (limit_s != nullptr) {
-           char* end = nullptr;
-           long v = std::strtol(limit_s->c_str(), &end, 10);
-           if (end == limit_s->c_str() || *end != '\0' || v < 1 || v > 1000) {
-             out.status = 400;
-             out.body =
-                 ApiError(400, "INVALID_LIMIT", "limit must be 1-1000").Json(clock_.NowMs() / 1000);
-             return out;
-           }
-           limit = static_cast<size_t>(v);
-         }
-         MutexLock lock(api_reader_mu_);
-         auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
-                                           cursor != nullptr ? *cursor : "", limit + 1);
-         if (!things.ok()) {
-           out.status = 500;
-           out.body = ApiError(500, "INTERNAL_ERROR", std::string(things.status().message()))
-                          .Json(clock_.NowMs() / 1000);
-           return out;
-         }
-         bool more = things->size() > limit;
-         if (more) {
-           things->resize(limit);
-         }
-         std::string list = "[";
-         for (const auto& t : *things) {
-           if (list.size() > 1) {
-             list += ',';
-           }
-           json::AppendQuoted(list, t);
-         }
-         list += ']';
-         json::ObjectWriter w(out.body);
-         w.FieldRaw("things", list);
-         if (more) {
-           w.Field("nextCursor", things->back());
-         }
-         w.Close();
-         return out;
-       }});
+      {"GET", "/v1/things", [this](const HttpRequest& req) { return ListThings(req); }});
   return routes;
+}
+
+bool Engine::Impl::CachedShadowGet(const HttpRequest& req, HttpResponse& out) {
+  auto t = RequestedShadow(req, ShadowVerb::kGet);
+  if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
+    out = ErrorResponse(*bad, clock_.NowMs() / 1000);
+    return true;
+  }
+  const ShadowTarget& shadow = std::get<ShadowTarget>(t);
+  if (auto view = committed_.Get(ShadowKey(shadow.thing, shadow.name))) {
+    reads_committed_->Inc();
+    out.body = *view;
+    return true;
+  }
+  return false;
+}
+
+HttpResponse Engine::Impl::ShadowChangesRoute(const HttpRequest& req) {
+  auto t = RequestedShadow(req, ShadowVerb::kChanges);
+  if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
+    return ErrorResponse(*bad, clock_.NowMs() / 1000);
+  }
+  const std::string* since = req.Query("sinceVersion");
+  char* end = nullptr;
+  long long v = since != nullptr ? std::strtoll(since->c_str(), &end, 10) : -1;
+  if (since == nullptr || end == since->c_str() || *end != '\0' || v < 0) {
+    return ErrorResponse(ApiError(400, "INVALID_VERSION", "sinceVersion must be an integer >= 0"),
+                         clock_.NowMs() / 1000);
+  }
+  return ShadowApiCall(std::get<ShadowTarget>(std::move(t)), "", v);
+}
+
+// The names of a thing's shadows, from the store.
+HttpResponse Engine::Impl::ListShadowNames(const HttpRequest& req) {
+  HttpResponse out;
+  const std::string& thing = req.params.at(0);
+  if (auto bad = CheckThingName(thing)) {
+    return ErrorResponse(*bad, clock_.NowMs() / 1000);
+  }
+  MutexLock lock(api_reader_mu_);
+  auto names = api_reader_->Names(thing);
+  if (!names.ok()) {
+    out.status = 500;
+    out.body = ApiError(500, "INTERNAL_ERROR", std::string(names.status().message()))
+                   .Json(clock_.NowMs() / 1000);
+    return out;
+  }
+  std::string list = "[";
+  bool classic = false;
+  for (const auto& n : *names) {
+    if (n.empty()) {
+      classic = true;
+      continue;
+    }
+    if (list.size() > 1) {
+      list += ',';
+    }
+    json::AppendQuoted(list, n);
+  }
+  list += ']';
+  json::ObjectWriter w(out.body);
+  w.Field("thing", thing).Field("classic", classic ? 1 : 0).FieldRaw("results", list);
+  w.Close();
+  return out;
+}
+
+// Things with shadows, by prefix, a page at a time.
+HttpResponse Engine::Impl::ListThings(const HttpRequest& req) {
+  HttpResponse out;
+  const std::string* prefix = req.Query("prefix");
+  const std::string* cursor = req.Query("cursor");
+  const std::string* limit_s = req.Query("limit");
+  size_t limit = 100;
+  if (limit_s != nullptr) {
+    char* end = nullptr;
+    long v = std::strtol(limit_s->c_str(), &end, 10);
+    if (end == limit_s->c_str() || *end != '\0' || v < 1 || v > 1000) {
+      out.status = 400;
+      out.body = ApiError(400, "INVALID_LIMIT", "limit must be 1-1000").Json(clock_.NowMs() / 1000);
+      return out;
+    }
+    limit = static_cast<size_t>(v);
+  }
+  MutexLock lock(api_reader_mu_);
+  auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
+                                    cursor != nullptr ? *cursor : "", limit + 1);
+  if (!things.ok()) {
+    out.status = 500;
+    out.body = ApiError(500, "INTERNAL_ERROR", std::string(things.status().message()))
+                   .Json(clock_.NowMs() / 1000);
+    return out;
+  }
+  bool more = things->size() > limit;
+  if (more) {
+    things->resize(limit);
+  }
+  std::string list = "[";
+  for (const auto& t : *things) {
+    if (list.size() > 1) {
+      list += ',';
+    }
+    json::AppendQuoted(list, t);
+  }
+  list += ']';
+  json::ObjectWriter w(out.body);
+  w.FieldRaw("things", list);
+  if (more) {
+    w.Field("nextCursor", things->back());
+  }
+  w.Close();
+  return out;
 }
 
 }  // namespace gnomon::engine

@@ -93,7 +93,20 @@ class Engine::Impl::ShadowIngest final : public Ingest {
 };
 
 Status Engine::Impl::InitShadows() {
-  const AppConfig::Shadows& sc = config_.shadows;
+  InitShadowMetrics();
+  if (!config_.shadows.enabled) {
+    return {};
+  }
+  GNOMON_RETURN_IF_ERROR(OpenShadowStore());
+  GNOMON_RETURN_IF_ERROR(InitShadowMqtt());
+  GNOMON_RETURN_IF_ERROR(InitChangelog());
+  if (shadow_sink_) {
+    InitSinkMetrics(*shadow_sink_);
+  }
+  return {};
+}
+
+void Engine::Impl::InitShadowMetrics() {
   auto counter = [&](const char* outcome) {
     return metrics_.GetCounter("gnomon_shadow_updates_total", "Shadow writes by outcome",
                                {{"outcome", outcome}});
@@ -127,9 +140,11 @@ Status Engine::Impl::InitShadows() {
   presence_connected_ = presence("connected");
   presence_disconnected_ = presence("disconnected");
   presence_invalid_ = presence("invalid");
-  if (!sc.enabled) {
-    return {};
-  }
+}
+
+// The store, the REST reader on it, and the store's own metrics.
+Status Engine::Impl::OpenShadowStore() {
+  const AppConfig::Shadows& sc = config_.shadows;
   GNOMON_ASSIGN_OR_RETURN(shadow_store_,
                           shadow::ShadowStore::Open(
                               {.path = config_.data_dir + "/shadows.db",
@@ -162,6 +177,12 @@ Status Engine::Impl::InitShadows() {
                             "by shadows.max_pending_writes, see docs/performance.md)",
                             MetricType::Gauge, static_cast<double>(st.max_pending)));
   });
+  return {};
+}
+
+// Requests in and answers out over MQTT (a printer in dry runs).
+Status Engine::Impl::InitShadowMqtt() {
+  const AppConfig::Shadows& sc = config_.shadows;
   if (sc.connection != nullptr && options_.mode == Mode::kRun) {
     // Requests in: update, get, delete of classic and named shadows.
     ConfigValue src;
@@ -205,6 +226,12 @@ Status Engine::Impl::InitShadows() {
     shadow_sink_->name = "shadows";
     shadow_sink_->sink = NewEffectPrinter("shadow", "shadows", *this);
   }
+  return {};
+}
+
+// Every accepted write produced to the Kafka changelog (shadows.changelog).
+Status Engine::Impl::InitChangelog() {
+  const AppConfig::Shadows& sc = config_.shadows;
   if (!sc.changelog_topic.empty() && options_.mode != Mode::kDryRun) {
     ConfigValue cl;
     cl.SetKind(ConfigValue::Kind::kMap);
@@ -225,9 +252,6 @@ Status Engine::Impl::InitShadows() {
     changelog_sink_->name = "shadow-changelog";
     GNOMON_ASSIGN_OR_RETURN(changelog_sink_->sink, kafka->Create(cl, lctx));
     InitSinkMetrics(*changelog_sink_);
-  }
-  if (shadow_sink_) {
-    InitSinkMetrics(*shadow_sink_);
   }
   return {};
 }
