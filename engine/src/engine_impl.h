@@ -271,6 +271,15 @@ class Engine::Impl final : public Ingest,
   // False: one was rejected; the message was dead-lettered and no effect of the call applies.
   bool CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
                           rules::CallResult& result);
+  // CommitShadowWrites' steps.
+  struct ShadowWriteStep;
+  void PrintShadowWrites(const Message& m, const rules::RuleInfo& rule, rules::CallResult& result);
+  std::optional<std::string> ApplyLocalShadowWrites(Worker& w, const rules::CallResult& result,
+                                                    std::vector<ShadowWriteStep>& steps);
+  void PersistShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
+                           std::vector<ShadowWriteStep>& steps);
+  void RouteShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
+                         rules::CallResult& result);
   // Queues the durable write of an accepted update and, once durable, its events and reply.
   void PersistAndAnswer(Worker& w, const std::string& thing, const std::string& name,
                         shadow::ShadowDocument& doc, shadow::UpdateResult result,

@@ -916,6 +916,15 @@ bool Engine::Impl::CheckPropertyPost(Message& m, const shadow::ThingModel& model
   return true;
 }
 
+// A rule's shadow write to a shadow this worker owns, applied to the owner's copy and waiting
+// to be stored.
+struct Engine::Impl::ShadowWriteStep {
+  std::string thing, name;
+  shadow::UpdateResult result;
+  std::string payload;
+  shadow::ShadowDocument* cached;  // the owner's copy
+};
+
 bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
                                       rules::CallResult& result) {
   size_t writes = 0;
@@ -925,7 +934,6 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
   if (writes == 0) {
     return true;
   }
-  int64_t now_s = clock_.NowMs() / 1000;
   auto reject = [&](const std::string& why) {
     shadow_rejected_->Inc();
     DeadLetter(m.delivery, "shadow_rejected", why, rule.name, m.source, m.topic, m.device,
@@ -936,33 +944,42 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     return reject("ctx.shadow: device shadows are not enabled (see `shadows:` in the config)");
   }
   if (options_.mode == Mode::kDryRun) {
-    // Shown, not applied.
-    for (rules::Effect& e : result.effects) {
-      if (e.kind == rules::Effect::Kind::kShadowUpdate) {
-        Record r;
-        r.payload = std::move(e.payload);
-        r.topic = ShadowTopic(e.thing, e.shadow_name) + "/update";
-        r.device = e.thing;
-        r.rule = rule.name;
-        r.delivery = m.delivery;
-        r.route = kShadowRoute;
-        m.delivery->Hold();
-        shadow_sink_->sink->Send(std::move(r));
-      }
-    }
+    PrintShadowWrites(m, rule, result);  // shown, not applied
     return true;
   }
-  // Local writes are tried first on copies: effects of a call are all-or-nothing, so one
-  // rejected write leaves every shadow as it was.
-  struct Step {
-    std::string thing, name;
-    shadow::UpdateResult result;
-    std::string payload;
-    shadow::ShadowDocument* cached;  // the owner's copy
-  };
+  std::vector<ShadowWriteStep> steps;
+  if (auto rejected = ApplyLocalShadowWrites(w, result, steps)) {
+    return reject(*rejected);
+  }
+  PersistShadowWrites(w, m, rule, steps);
+  RouteShadowWrites(w, m, rule, result);
+  return true;
+}
+
+void Engine::Impl::PrintShadowWrites(const Message& m, const rules::RuleInfo& rule,
+                                     rules::CallResult& result) {
+  for (rules::Effect& e : result.effects) {
+    if (e.kind == rules::Effect::Kind::kShadowUpdate) {
+      Record r;
+      r.payload = std::move(e.payload);
+      r.topic = ShadowTopic(e.thing, e.shadow_name) + "/update";
+      r.device = e.thing;
+      r.rule = rule.name;
+      r.delivery = m.delivery;
+      r.route = kShadowRoute;
+      m.delivery->Hold();
+      shadow_sink_->sink->Send(std::move(r));
+    }
+  }
+}
+
+// Local writes are tried first on copies: effects of a call are all-or-nothing, so one rejected
+// write leaves every shadow as it was. The reason when one is rejected.
+std::optional<std::string> Engine::Impl::ApplyLocalShadowWrites(
+    Worker& w, const rules::CallResult& result, std::vector<ShadowWriteStep>& steps) {
+  int64_t now_s = clock_.NowMs() / 1000;
   // The owner's copy → its new state (the owner's copies stay put until the next Trim).
   std::vector<std::pair<shadow::ShadowDocument*, shadow::ShadowDocument>> staged;
-  std::vector<Step> steps;
   // One local write (the usual case) needs no copy: a rejected update changes nothing.
   size_t local = 0;
   for (const rules::Effect& e : result.effects) {
@@ -974,7 +991,7 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     }
     auto owned = w.shadows->Get(e.thing, e.shadow_name);
     if (!owned.ok()) {
-      return reject(std::string(owned.status().message()));
+      return std::string(owned.status().message());
     }
     shadow::ShadowDocument* doc = nullptr;
     for (auto& [cached, copy] : staged) {
@@ -988,9 +1005,8 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     std::string failed;
     auto request = ApplyModel(e.thing, e.payload, &failed);
     if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
-      return reject(fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
-                                e.shadow_name.empty() ? "" : "/", e.shadow_name,
-                                err->Json(now_s)));
+      return fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
+                         e.shadow_name.empty() ? "" : "/", e.shadow_name, err->Json(now_s));
     }
     std::string model_before = doc->model();
     if (const shadow::ThingModel* model = BoundModel(e.thing)) {
@@ -999,9 +1015,8 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     auto r = doc->Update(std::get<std::string>(request), now_s);
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
       doc->SetModel(model_before);
-      return reject(fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
-                                e.shadow_name.empty() ? "" : "/", e.shadow_name,
-                                err->Json(now_s)));
+      return fmt::format("shadow update of {}{}{} rejected: {}", e.thing,
+                         e.shadow_name.empty() ? "" : "/", e.shadow_name, err->Json(now_s));
     }
     steps.push_back({e.thing, e.shadow_name, std::get<shadow::UpdateResult>(std::move(r)),
                      e.payload, *owned});
@@ -1009,7 +1024,12 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
   for (auto& [cached, copy] : staged) {
     *cached = std::move(copy);
   }
-  for (Step& s : steps) {
+  return std::nullopt;
+}
+
+void Engine::Impl::PersistShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
+                                       std::vector<ShadowWriteStep>& steps) {
+  for (ShadowWriteStep& s : steps) {
     ShadowReplyTo to;
     to.channel = ShadowChannel::kRouted;
     to.topic = ShadowTopic(s.thing, s.name) + "/update";
@@ -1022,7 +1042,11 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
     // the store keeps the last, and events still go out for each write, in order.
     PersistAndAnswer(w, s.thing, s.name, *s.cached, std::move(s.result), std::move(to));
   }
-  // Writes to shadows other workers own: to their owner, applied there in order.
+}
+
+// Writes to shadows other workers own: to their owner, applied there in order.
+void Engine::Impl::RouteShadowWrites(Worker& w, const Message& m, const rules::RuleInfo& rule,
+                                     rules::CallResult& result) {
   for (rules::Effect& e : result.effects) {
     if (e.kind != rules::Effect::Kind::kShadowUpdate || OwnerOf(e.thing) == w.index) {
       continue;
@@ -1044,7 +1068,6 @@ bool Engine::Impl::CommitShadowWrites(Worker& w, const Message& m, const rules::
       m.delivery->Release();
     }
   }
-  return true;
 }
 
 }  // namespace gnomon::engine
