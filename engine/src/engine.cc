@@ -368,7 +368,7 @@ void Engine::Impl::Stop() {
     watcher_.request_stop();
     watcher_.join();
   }
-  CloseWatchers();
+  watchers_.Close();
   if (http_) {
     http_->Stop();
   }
@@ -803,47 +803,11 @@ void Engine::Impl::CountDeadLetter(std::string_view reason) {
   it->second->Inc();
 }
 
-bool Engine::Impl::DeadLetterAllowed(std::string_view device, std::string_view reason) {
-  double rate = config_.dead_letters.per_device_per_s;
-  if (rate <= 0) {
-    return true;
-  }
-  auto burst = static_cast<double>(config_.dead_letters.burst);
-  int64_t now = clock_.NowMs();
-  MutexLock lock(dl_limit_mu_);
-  auto it = dl_buckets_.find(device);
-  if (it == dl_buckets_.end()) {
-    if (dl_buckets_.size() >= kMaxDeadLetterBuckets) {
-      dl_buckets_.clear();  // bounded: every device starts again with a full bucket
-    }
-    it = dl_buckets_.emplace(std::string(device), DlBucket{burst, now}).first;
-  }
-  DlBucket& b = it->second;
-  b.tokens = std::min(burst, b.tokens + static_cast<double>(now - b.last_ms) * rate / 1000.0);
-  b.last_ms = now;
-  if (b.tokens >= 1) {
-    b.tokens -= 1;
-    return true;
-  }
-  auto c = dl_suppressed_.find(reason);
-  if (c == dl_suppressed_.end()) {
-    c = dl_suppressed_
-            .emplace(std::string(reason),
-                     metrics_.GetCounter("gnomon_dead_letters_suppressed_total",
-                                         "Dead letters not written: their device was past "
-                                         "dead_letter.per_device_per_s",
-                                         {{"reason", std::string(reason)}}))
-            .first;
-  }
-  c->second->Inc();
-  return false;
-}
-
 void Engine::Impl::DeadLetter(Delivery* d, std::string_view reason, std::string_view error,
                               std::string_view rule, const std::string* source,
                               std::string_view topic, std::string_view device,
                               std::string_view payload, int attempts, int64_t ts) {
-  if (!DeadLetterAllowed(device, reason)) {
+  if (!dl_limiter_.Allow(device, reason, clock_.NowMs())) {
     // Past the device's rate: the message is finished as dead-lettered and counted, its record
     // is not written (one device cannot flood the dead-letter file).
     d->Mark(Delivery::kDeadLettered);

@@ -23,6 +23,7 @@
 
 #include "breaker.h"
 #include "call_book.h"
+#include "dead_letter_limiter.h"
 #include "gnomon/core/api_router.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
@@ -34,6 +35,7 @@
 #include "gnomon/shadow/store.h"
 #include "http_server.h"
 #include "shadow_owner.h"
+#include "shadow_watchers.h"
 #include "work.h"
 
 namespace gnomon::engine {
@@ -381,16 +383,6 @@ class Engine::Impl final : public Ingest,
   void WatchRules(const std::stop_token& st);
   void Watchdog(const std::stop_token& st);
   void CountDeadLetter(std::string_view reason);
-  // Whether a dead letter of `device` may be written now (dead_letter.per_device_per_s).
-  bool DeadLetterAllowed(std::string_view device, std::string_view reason);
-  struct DlBucket {
-    double tokens;
-    int64_t last_ms;
-  };
-  static constexpr size_t kMaxDeadLetterBuckets = 100000;
-  Mutex dl_limit_mu_;
-  std::map<std::string, DlBucket, std::less<>> dl_buckets_ GNOMON_GUARDED_BY(dl_limit_mu_);
-  std::map<std::string, Counter*, std::less<>> dl_suppressed_ GNOMON_GUARDED_BY(dl_limit_mu_);
   // Whether a source's device id may enter: device_id_pattern, or the thing-name charset.
   bool ValidDevice(std::string_view id) const;
   std::optional<std::regex> device_pattern_;  // set once in Init
@@ -408,6 +400,8 @@ class Engine::Impl final : public Ingest,
   const Clock& clock_;
   EngineOptions options_;
   MetricsRegistry metrics_;
+  DeadLetterLimiter dl_limiter_{config_.dead_letters.per_device_per_s, config_.dead_letters.burst,
+                                metrics_};
 
   std::vector<std::unique_ptr<Source>> sources_;
   std::vector<std::string> source_names_;
@@ -469,21 +463,7 @@ class Engine::Impl final : public Ingest,
   Counter* presence_disconnected_ = nullptr;
   Counter* presence_invalid_ = nullptr;
 
-  // SSE watchers of shadows (GET .../shadow/watch): events are queued here after the write is
-  // durable and written by the watcher's HTTP thread.
-  struct Watcher {
-    Mutex mu;
-    std::condition_variable cv;
-    std::deque<std::string> events GNOMON_GUARDED_BY(mu);  // complete SSE frames
-    bool closed GNOMON_GUARDED_BY(mu) = false;
-  };
-  Mutex watch_mu_;
-  std::unordered_map<std::string, std::vector<std::shared_ptr<Watcher>>> watchers_
-      GNOMON_GUARDED_BY(watch_mu_);
-  size_t watcher_count_ GNOMON_GUARDED_BY(watch_mu_) = 0;
-  void NotifyWatchers(const std::string& thing, const std::string& name, std::string_view event,
-                      const std::string& data);
-  void CloseWatchers();
+  ShadowWatchers watchers_;  // the watch streams (GET .../shadow/watch)
   HttpResponse Watch(const std::string& thing, const std::string& name);
 };
 

@@ -9,121 +9,34 @@
 #include "engine_impl.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/mutex.h"
+#include "shadow_watchers.h"
 
 namespace gnomon::engine {
 
 namespace {
-constexpr size_t kMaxWatchers = 256;         // each holds a thread of its own
-constexpr size_t kMaxPendingEvents = 10000;  // per watcher; beyond, the stream ends with resync
 constexpr auto kKeepAlive = std::chrono::seconds(15);
-
-std::string SseFrame(std::string_view event, std::string_view data) {
-  std::string f;
-  f.reserve(data.size() + event.size() + 16);
-  f.append("event: ").append(event).append("\ndata: ").append(data).append("\n\n");
-  return f;
-}
 }  // namespace
 
-void Engine::Impl::NotifyWatchers(const std::string& thing, const std::string& name,
-                                  std::string_view event, const std::string& data) {
-  std::vector<std::shared_ptr<Watcher>> targets;
-  {
-    MutexLock lock(watch_mu_);
-    if (watchers_.empty()) {
-      return;
-    }
-    auto it = watchers_.find(ShadowKey(thing, name));
-    if (it == watchers_.end()) {
-      return;
-    }
-    targets = it->second;
-  }
-  std::string frame = SseFrame(event, data);
-  for (auto& wt : targets) {
-    {
-      MutexLock lock(wt->mu);
-      if (wt->closed) {
-        continue;
-      }
-      if (wt->events.size() >= kMaxPendingEvents) {
-        // A reader that cannot keep up: tell it to start over rather than buffer without bound.
-        wt->events.push_back(SseFrame("resync", R"({"reason":"the watcher fell behind"})"));
-        wt->closed = true;
-      } else {
-        wt->events.push_back(frame);
-      }
-    }
-    wt->cv.notify_all();
-  }
-}
-
-void Engine::Impl::CloseWatchers() {
-  MutexLock lock(watch_mu_);
-  for (auto& [key, list] : watchers_) {
-    for (auto& wt : list) {
-      {
-        MutexLock l(wt->mu);
-        wt->closed = true;
-      }
-      wt->cv.notify_all();
-    }
-  }
-}
-
 HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& name) {
-  auto wt = std::make_shared<Watcher>();
   std::string key = ShadowKey(thing, name);
-  {
-    MutexLock lock(watch_mu_);
-    if (watcher_count_ >= kMaxWatchers || stopped_) {
-      HttpResponse busy;
-      busy.status = 503;
-      busy.body = ApiError(503, "TOO_MANY_WATCHERS",
-                           fmt::format("At most {} watch streams at a time", kMaxWatchers))
-                      .Json(clock_.NowMs() / 1000);
-      return busy;
-    }
-    watchers_[key].push_back(wt);
-    ++watcher_count_;
+  std::shared_ptr<ShadowWatchers::Watcher> wt = stopped_ ? nullptr : watchers_.Add(key);
+  if (wt == nullptr) {
+    HttpResponse busy;
+    busy.status = 503;
+    busy.body =
+        ApiError(503, "TOO_MANY_WATCHERS",
+                 fmt::format("At most {} watch streams at a time", ShadowWatchers::kMaxWatchers))
+            .Json(clock_.NowMs() / 1000);
+    return busy;
   }
   // Registered first, then the current document: no change falls between the two (events with
   // a version at or below the document's can be ignored by the client).
   HttpResponse now = ShadowApiCall(ShadowTarget{thing, name, ShadowVerb::kGet}, "");
   HttpResponse out;
   out.content_type = "text/event-stream";
-  std::string first =
-      now.status == 200 ? SseFrame("document", now.body) : SseFrame("document", "null");
-  out.stream = [this, wt, key,
-                first = std::move(first)](const std::function<bool(std::string_view)>& write) {
-    bool ok = write(first);
-    while (ok) {
-      MutexLock lock(wt->mu);
-      wt->cv.wait_for(lock.native(), kKeepAlive, [&] {
-        wt->mu.AssertHeld();
-        return !wt->events.empty() || wt->closed;
-      });
-      std::deque<std::string> batch;
-      batch.swap(wt->events);
-      bool closed = wt->closed;
-      lock.Unlock();
-      if (batch.empty() && !closed) {
-        ok = write(": keep-alive\n\n");
-      }
-      for (const auto& f : batch) {
-        ok = ok && write(f);
-      }
-      if (closed) {
-        break;
-      }
-    }
-    MutexLock lock(watch_mu_);
-    auto& list = watchers_[key];
-    list.erase(std::remove(list.begin(), list.end(), wt), list.end());
-    if (list.empty()) {
-      watchers_.erase(key);
-    }
-    --watcher_count_;
+  std::string first = ShadowWatchers::Frame("document", now.status == 200 ? now.body : "null");
+  out.stream = [this, wt, key, first = std::move(first)](const ShadowWatchers::Write& write) {
+    watchers_.Stream(key, wt, first, write, kKeepAlive);
   };
   return out;
 }

@@ -526,7 +526,7 @@ void Engine::Impl::UpdateDurableOnWriter(const Status& st, const std::string& th
   Delivery* hold = to.delivery;
   std::string base = ShadowTopic(thing, name);
   ProduceChangelog(thing, name, &result.documents, hold);
-  NotifyWatchers(thing, name, "update", result.documents);
+  watchers_.Notify(ShadowKey(thing, name), "update", result.documents);
   bool mqtt_requester = to.channel == ShadowChannel::kMqtt;
   if (!mqtt_requester) {
     // Subscribers see update/accepted whatever channel the update came from.
@@ -786,7 +786,7 @@ void Engine::Impl::DeleteDurableOnWriter(const Status& st, const std::string& th
   }
   committed_.Erase(ShadowKey(thing, name));
   ProduceChangelog(thing, name, nullptr, to.delivery);
-  NotifyWatchers(thing, name, "delete", body);
+  watchers_.Notify(ShadowKey(thing, name), "delete", body);
   PublishShadowEvent(thing, ShadowTopic(thing, name) + "/delete/accepted", body,
                      to.channel != ShadowChannel::kMqtt ? to.delivery : nullptr);
   Answer(std::move(to), 200, std::move(body), "/accepted");
