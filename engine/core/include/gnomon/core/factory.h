@@ -14,46 +14,37 @@
 
 namespace gnomon {
 
-class SourceFactory {
+// How entries of one connector type are made; Product is Source or Sink.
+template <typename Product>
+class Factory {
  public:
-  virtual ~SourceFactory() = default;
+  virtual ~Factory() = default;
   // The embedded schema for entries of this type, e.g. "sources/mqtt.json" (or, starting
   // with '{', the schema's JSON text itself).
   virtual std::string_view schema() const = 0;
   // Cross-field checks after schema validation; add problems to `errors` with `path`.
   virtual void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const {}
-  virtual Result<std::unique_ptr<Source>> Create(const ConfigValue& cfg, PluginContext& ctx) = 0;
+  virtual Result<std::unique_ptr<Product>> Create(const ConfigValue& cfg, PluginContext& ctx) = 0;
 };
 
-class SinkFactory {
- public:
-  virtual ~SinkFactory() = default;
-  virtual std::string_view schema() const = 0;
-  virtual void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const {}
-  virtual Result<std::unique_ptr<Sink>> Create(const ConfigValue& cfg, PluginContext& ctx) = 0;
-};
+using SourceFactory = Factory<Source>;
+using SinkFactory = Factory<Sink>;
 
-// Parse a plugin's typed config once, then create from it.
-template <typename Config>
-class TypedSinkFactory : public SinkFactory {
+// Parses a connector's typed config once, then creates from it.
+template <typename Product, typename Config>
+class TypedFactory : public Factory<Product> {
  public:
   virtual Result<Config> Parse(const ConfigValue& cfg, const PluginContext& ctx) const = 0;
-  virtual Result<std::unique_ptr<Sink>> CreateTyped(Config config, PluginContext& ctx) = 0;
-  Result<std::unique_ptr<Sink>> Create(const ConfigValue& cfg, PluginContext& ctx) final {
+  virtual Result<std::unique_ptr<Product>> CreateTyped(Config config, PluginContext& ctx) = 0;
+  Result<std::unique_ptr<Product>> Create(const ConfigValue& cfg, PluginContext& ctx) final {
     GNOMON_ASSIGN_OR_RETURN(Config config, Parse(cfg, ctx));
     return CreateTyped(std::move(config), ctx);
   }
 };
 
 template <typename Config>
-class TypedSourceFactory : public SourceFactory {
- public:
-  virtual Result<Config> Parse(const ConfigValue& cfg, const PluginContext& ctx) const = 0;
-  virtual Result<std::unique_ptr<Source>> CreateTyped(Config config, PluginContext& ctx) = 0;
-  Result<std::unique_ptr<Source>> Create(const ConfigValue& cfg, PluginContext& ctx) final {
-    GNOMON_ASSIGN_OR_RETURN(Config config, Parse(cfg, ctx));
-    return CreateTyped(std::move(config), ctx);
-  }
-};
+using TypedSourceFactory = TypedFactory<Source, Config>;
+template <typename Config>
+using TypedSinkFactory = TypedFactory<Sink, Config>;
 
 }  // namespace gnomon
