@@ -206,7 +206,7 @@ class SqliteReader final : public ShadowStore::Reader {
     std::vector<std::string> out;
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-      out.push_back(std::string(sqlite::ColumnText(s, 0)));
+      out.emplace_back(sqlite::ColumnText(s, 0));
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
