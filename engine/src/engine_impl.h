@@ -246,8 +246,6 @@ class Engine::Impl final : public Ingest,
   Status InitWorkerShadows(Worker& w);
   size_t OwnerOf(std::string_view thing) const;
   std::string ShadowTopic(std::string_view thing, std::string_view name) const;
-  // Parses {prefix}/{thing}/shadow[/name/{name}]/{update|get|delete}; errors are the reply.
-  std::variant<ShadowTarget, shadow::ShadowError> ParseShadowTopic(std::string_view topic) const;
   void HandleShadowRequest(Worker& w, ShadowRequest& req);
   // HandleShadowRequest's verbs, on the owner's thread.
   void ShadowUpdate(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,

@@ -279,60 +279,7 @@ size_t Engine::Impl::OwnerOf(std::string_view thing) const {
 }
 
 std::string Engine::Impl::ShadowTopic(std::string_view thing, std::string_view name) const {
-  if (name.empty()) {
-    return fmt::format("{}/{}/shadow", config_.shadows.topic_prefix, thing);
-  }
-  return fmt::format("{}/{}/shadow/name/{}", config_.shadows.topic_prefix, thing, name);
-}
-
-std::variant<ShadowTarget, shadow::ShadowError> Engine::Impl::ParseShadowTopic(
-    std::string_view topic) const {
-  const std::string& prefix = config_.shadows.topic_prefix;
-  if (topic.size() <= prefix.size() + 1 || topic.substr(0, prefix.size()) != prefix ||
-      topic[prefix.size()] != '/') {
-    return ApiError(400, "INVALID_TOPIC", fmt::format("not a shadow topic: {}", topic));
-  }
-  std::vector<std::string_view> seg;
-  std::string_view rest = topic.substr(prefix.size() + 1);
-  while (true) {
-    size_t slash = rest.find('/');
-    seg.push_back(rest.substr(0, slash));
-    if (slash == std::string_view::npos) {
-      break;
-    }
-    rest.remove_prefix(slash + 1);
-  }
-  ShadowTarget op;
-  bool shape = (seg.size() == 3 && seg[1] == "shadow") ||
-               (seg.size() == 5 && seg[1] == "shadow" && seg[2] == "name");
-  if (!shape) {
-    return ApiError(
-        400, "INVALID_TOPIC",
-        fmt::format("expected {}/{{thing}}/shadow[/name/{{name}}]/{{update|get|delete}}", prefix));
-  }
-  op.thing = seg[0];
-  std::string_view verb = seg.back();
-  if (seg.size() == 5) {
-    op.name = seg[3];
-    if (auto bad = CheckShadowName(op.name)) {
-      return *bad;
-    }
-  }
-  if (auto bad = CheckThingName(op.thing)) {
-    return *bad;
-  }
-  if (verb == "update") {
-    op.verb = ShadowVerb::kUpdate;
-  } else if (verb == "get") {
-    op.verb = ShadowVerb::kGet;
-  } else if (verb == "delete") {
-    op.verb = ShadowVerb::kDelete;
-  } else if (verb == "changes") {
-    op.verb = ShadowVerb::kChanges;
-  } else {
-    return ApiError(400, "INVALID_TOPIC", fmt::format("unknown shadow operation '{}'", verb));
-  }
-  return op;
+  return engine::ShadowTopic(config_.shadows.topic_prefix, thing, name);
 }
 
 Status Engine::Impl::RestoreHistory() {
@@ -644,7 +591,7 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
     return;
   }
   if (!req.target) {  // MQTT: the topic says
-    auto parsed = ParseShadowTopic(m.topic);
+    auto parsed = ParseShadowTopic(config_.shadows.topic_prefix, m.topic);
     if (auto* err = std::get_if<shadow::ShadowError>(&parsed)) {
       RejectShadow(std::move(to), *err);
       return;

@@ -12,6 +12,7 @@
 #include <variant>
 
 #include "gnomon/core/message.h"
+#include "shadow_topic.h"
 
 namespace gnomon::engine {
 
@@ -24,14 +25,6 @@ enum class ShadowChannel : uint8_t {
   kMqtt,    // on {prefix}/{thing}/shadow/...: answered on {topic}/accepted | /rejected
   kRouted,  // a rule's write to a shadow another worker owns: a rejection is dead-lettered
   kApi,     // REST: answered through `reply`
-};
-
-enum class ShadowVerb : uint8_t { kUpdate, kGet, kDelete, kChanges };
-
-// What a shadow request is about: the shadow (name "": the classic one) and what to do.
-struct ShadowTarget {
-  std::string thing, name;
-  ShadowVerb verb = ShadowVerb::kGet;
 };
 
 // A shadow request for the owner of `msg.device`. `msg.payload` is its body (an update's
