@@ -248,6 +248,9 @@ Result<std::shared_ptr<const RuleSet>> RuleSet::FromSources(
     size_t before = errors.size();
     ReadRuleTable(L, file, info, set->options_.max_limits, errors);
     lua_settop(L, 0);
+    if (set->options_.interpreted) {
+      info.jit = false;  // rule tests: bounded by the instruction budget even if they loop
+    }
     if (errors.size() != before) {
       continue;
     }

@@ -572,6 +572,7 @@ Result<TestReport> RunRuleTests(const std::vector<std::string>& paths, const Tes
   opts.sinks = options.sinks;
   opts.any_sink = options.sinks.empty();
   opts.lib_dirs = options.lib_dirs;
+  opts.interpreted = true;
   std::map<std::string, Rule> rules;  // by name
   std::vector<std::string> order;
   std::string errors;

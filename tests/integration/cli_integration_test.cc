@@ -269,6 +269,22 @@ TEST(CliTest, ATopLevelEndlessLoopFailsCheckAndReloadAndSignalsStillWork) {
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 422) << res->body;
   EXPECT_NE(res->body.find("instruction budget"), std::string::npos) << res->body;
+  // A compiled rule whose test loops: its tests run interpreted, so check and reload end with
+  // the limit instead of hanging in a trace no hook can stop.
+  dir.Write("rules/r.lua",
+            "return rule { name = 'r', from = 'a/+', jit = true, handle = function(msg, ctx)\n"
+            "  while msg.payload.loop do end end,\n"
+            "  tests = { { name = 'loops', input = { topic = 'a/b', payload = { loop = true } },"
+            " expect = { drop = false } } } }");
+  testing::Process jit_check({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")});
+  EXPECT_EQ(jit_check.Wait(std::chrono::milliseconds(60000)), 1) << jit_check.Stderr();
+  EXPECT_NE(jit_check.Stderr().find("instruction limit"), std::string::npos)
+      << jit_check.Stderr();
+  res = cli.Post("/v1/rules/reload", auth, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 422) << res->body;
+  EXPECT_NE(res->body.find("instruction limit"), std::string::npos) << res->body;
+  ASSERT_TRUE(cli.Get("/healthz"));
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(), 0) << p.Stderr();
   // check and test take signals: a SIGTERM ends them (the default action), mid-load included.

@@ -73,6 +73,10 @@ struct RuleSetOptions {
   // Folders `require` loads modules from (`rule_libs` in the config).
   std::vector<std::string> lib_dirs;
   RuleLimitCeilings max_limits;
+  // Run every rule interpreted under its instruction budget, whatever its `jit` says. Rule
+  // tests do: code inside a compiled trace cannot be stopped, and a test that loops must end
+  // (with a limit error) or it would hang `check`, start and every reload.
+  bool interpreted = false;
 };
 
 // A validated set of rules and the topic index over their `from` filters. Shared read-only
