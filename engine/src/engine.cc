@@ -40,6 +40,17 @@ Status Engine::Impl::Init() {
     return Unavailable(fmt::format("data_dir {}: {}", config_.data_dir, ec.message()));
   }
   LoadPoison();
+  InitMessageMetrics();
+  GNOMON_RETURN_IF_ERROR(InitSinks());
+  GNOMON_RETURN_IF_ERROR(InitShadows());
+  GNOMON_RETURN_IF_ERROR(InitSources());
+  GNOMON_RETURN_IF_ERROR(InitWorkers());
+  GNOMON_RETURN_IF_ERROR(RestoreHistory());
+  return InitServices();
+}
+
+// The accounting of messages in, done, dead-lettered and abandoned.
+void Engine::Impl::InitMessageMetrics() {
   store_waits_ = metrics_.GetCounter(
       "gnomon_worker_store_waits_total",
       "Times a worker waited for the shadow store (shadows.max_pending_writes reached)");
@@ -58,8 +69,11 @@ Status Engine::Impl::Init() {
       "gnomon_dead_letter_failures_total", "Dead letters the dead-letter sink could not write");
   metrics_.AddCollector(
       [this](std::vector<prometheus::MetricFamily>& out) { CollectAccounting(out); });
+}
 
-  // Sinks, in the order rules know them.
+// Sinks, in the order rules know them, and the dead-letter and publish sinks among them (the
+// default dead-letter file when none is named).
+Status Engine::Impl::InitSinks() {
   for (const Entry& e : config_.sinks) {
     GNOMON_RETURN_IF_ERROR(CreateSink(e));
   }
@@ -100,9 +114,11 @@ Status Engine::Impl::Init() {
     dead_letter_sink_ = dead_letter_.get();
   }
 
-  GNOMON_RETURN_IF_ERROR(InitShadows());
+  return {};
+}
 
-  // Sources.
+// The configured sources (a file of the recorded input when replaying).
+Status Engine::Impl::InitSources() {
   if (options_.mode == Mode::kRun) {
     for (const Entry& e : config_.sources) {
       PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
@@ -140,6 +156,11 @@ Status Engine::Impl::Init() {
                                               "Messages taken in, by source", {{"source", n}});
   }
 
+  return {};
+}
+
+// The rules, and the workers: each with its own Lua state holding every rule.
+Status Engine::Impl::InitWorkers() {
   reloads_ok_ = metrics_.GetCounter("gnomon_rule_reloads_total", "Rule reloads by outcome",
                                    {{"outcome", "ok"}});
   reloads_failed_ = metrics_.GetCounter("gnomon_rule_reloads_total", "Rule reloads by outcome",
@@ -152,7 +173,6 @@ Status Engine::Impl::Init() {
     loaded_ = loaded;
   }
 
-  // Workers: each with its own Lua state holding every rule.
   for (int i = 0; i < config_.workers; ++i) {
     auto w = std::make_unique<Worker>(config_.worker_queue);
     w->index = static_cast<size_t>(i);
@@ -163,8 +183,7 @@ Status Engine::Impl::Init() {
                                  {{"worker", std::to_string(i)}});
     workers_.push_back(std::move(w));
   }
-  GNOMON_RETURN_IF_ERROR(RestoreHistory());
-  return InitServices();
+  return {};
 }
 
 Status Engine::Impl::CreateSink(const Entry& e) {
@@ -584,12 +603,33 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
                            rules::CallResult& result) {
   const LoadedRules& loaded = *w.loaded;
   const rules::RuleSet& set = *loaded.set;
-  bool presence = !config_.shadows.presence_from.empty() && shadow_store_ &&
-                  options_.mode != Mode::kDryRun &&
-                  TopicMatches(config_.shadows.presence_from, m.topic);
+  bool presence = false;
+  bool reply = false;
+  if (!BeforeRules(w, m, presence, reply)) {
+    return;
+  }
+  matches.clear();
+  set.Match(m.topic, matches);
+  if (matches.empty() && !presence && !reply) {
+    unmatched_->Inc();
+    m.delivery->Mark(Delivery::kUnmatched);
+  }
+  rules::MessageView view{m.topic,    m.device, &m.payload,      *m.source,
+                          &m.headers, m.ts_ms,  ++w.message_seq, w.rule_shadows.get()};
+  for (uint32_t idx : matches) {
+    RunRule(w, m, idx, view, result);
+  }
+  m.delivery->Release();  // the processing hold
+}
+
+// Presence reports, thing-model checks and service replies, before any rule sees the message.
+// False when the message went no further (dead-lettered, or handed to the thing's owner).
+bool Engine::Impl::BeforeRules(Worker& w, Message& m, bool& presence, bool& reply) {
+  presence = !config_.shadows.presence_from.empty() && shadow_store_ &&
+             options_.mode != Mode::kDryRun && TopicMatches(config_.shadows.presence_from, m.topic);
   if (presence && !ApplyPresence(w, m)) {
     m.delivery->Release();  // dead-lettered; rules do not see it
-    return;
+    return false;
   }
   if (!config_.models.empty()) {
     const shadow::ThingModel* model = BoundModel(m.device);
@@ -602,132 +642,128 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     }
     if (!ok) {
       m.delivery->Release();  // refused by the thing's model: dead-lettered
-      return;
+      return false;
     }
   }
-  bool reply = !service_reply_filter_.empty() && TopicMatches(service_reply_filter_, m.topic);
+  reply = !service_reply_filter_.empty() && TopicMatches(service_reply_filter_, m.topic);
   if (reply && !HandleServiceReply(w, m)) {
-    return;  // dead-lettered, or handed to the thing's owner
+    return false;  // dead-lettered, or handed to the thing's owner
   }
-  matches.clear();
-  set.Match(m.topic, matches);
-  if (matches.empty() && !presence && !reply) {
-    unmatched_->Inc();
-    m.delivery->Mark(Delivery::kUnmatched);
+  return true;
+}
+
+// One matched rule on one message: poison and quarantine checks, the call (with its retries),
+// then what its outcome means.
+void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::MessageView& view,
+                           rules::CallResult& result) {
+  const LoadedRules& loaded = *w.loaded;
+  const rules::RuleInfo& rule = loaded.set->rules()[idx];
+  const RuleMetrics& rm = loaded.metrics[idx];
+  RuleHealth& health = *loaded.health[idx];
+  rm.matched->Inc();
+  if (!poison_.empty() && IsPoison(rule.name, m)) {
+    rm.dead_lettered->Inc();
+    DeadLetter(m.delivery, "rule_timeout",
+               fmt::format("rule {} was stuck in compiled code on this message past 3 x its "
+                           "wall_ms ({} ms) and gnomon exited (code 70); the message is not "
+                           "run again (data_dir/poison.jsonl)",
+                           rule.name, rule.wall_ms),
+               rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
+    return;
   }
-  rules::MessageView view{m.topic,   m.device,        &m.payload,
-                          *m.source, &m.headers,      m.ts_ms,
-                          ++w.message_seq, w.rule_shadows.get()};
-  for (uint32_t idx : matches) {
-    const rules::RuleInfo& rule = set.rules()[idx];
-    const RuleMetrics& rm = loaded.metrics[idx];
-    RuleHealth& health = *loaded.health[idx];
-    rm.matched->Inc();
-    if (!poison_.empty() && IsPoison(rule.name, m)) {
-      rm.dead_lettered->Inc();
-      DeadLetter(m.delivery, "rule_timeout",
-                 fmt::format("rule {} was stuck in compiled code on this message past 3 x its "
-                             "wall_ms ({} ms) and gnomon exited (code 70); the message is not "
-                             "run again (data_dir/poison.jsonl)",
-                             rule.name, rule.wall_ms),
-                 rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
-      continue;
-    }
-    int64_t now_ms = clock_.NowMs();
-    Breaker::Verdict rule_verdict = health.breaker.Allow(now_ms);
-    Breaker* device_breaker = nullptr;
-    Breaker::Verdict device_verdict = Breaker::Verdict::kRun;
-    if (!w.device_breakers.empty()) {
-      auto it = w.device_breakers.find(DeviceBreakerKey(idx, m.device));
-      if (it != w.device_breakers.end()) {
-        device_breaker = &it->second;
-        device_verdict = device_breaker->Allow(now_ms);
-      }
-    }
-    if (rule_verdict == Breaker::Verdict::kRefuse || device_verdict == Breaker::Verdict::kRefuse) {
-      bool whole = rule_verdict == Breaker::Verdict::kRefuse;
-      const Breaker& b = whole ? health.breaker : *device_breaker;
-      rm.dead_lettered->Inc();
-      DeadLetter(m.delivery, "quarantined",
-                 fmt::format("rule {} is quarantined{} (more than {} failures in {} s that were "
-                             "the rule's own fault); one message probes it again in {} s, a "
-                             "successful reload lifts it now",
-                             rule.name, whole ? "" : " for this device",
-                             whole ? rule.quarantine_failures : rule.quarantine_device_failures,
-                             rule.quarantine_window_s,
-                             std::max<int64_t>(0, (b.open_until_ms() - now_ms + 999) / 1000)),
-                 rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
-      if (rule_verdict == Breaker::Verdict::kProbe) {
-        health.breaker.ReleaseProbe();  // it did not run: the next message probes
-      }
-      if (device_verdict == Breaker::Verdict::kProbe) {
-        device_breaker->ReleaseProbe();
-      }
-      continue;
-    }
-    int attempts = 0;
-    while (true) {
-      ++attempts;
-      auto t0 = std::chrono::steady_clock::now();
-      w.call_rule.store(&rule, std::memory_order_release);
-      w.call_message.store(&m, std::memory_order_release);
-      w.call_started_ns.store(t0.time_since_epoch().count(), std::memory_order_release);
-      w.runtime->Run(idx, view, result);
-      w.call_started_ns.store(0, std::memory_order_release);
-      rm.duration->Observe(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      if (result.outcome != rules::Outcome::kFailed || rule.on_error != rules::OnError::kRetry ||
-          attempts >= rule.max_attempts) {
-        break;
-      }
-    }
-    bool rule_probe = rule_verdict == Breaker::Verdict::kProbe;
-    bool device_probe = device_verdict == Breaker::Verdict::kProbe;
-    bool fault = result.outcome == rules::Outcome::kFailed && !result.input_failure;
-    if (!fault && (rule_probe || device_probe)) {
-      if (rule_probe && health.breaker.RecordSuccess(true)) {
-        health.quarantined_gauge->Set(0);
-        log::Info("rule quarantine lifted: its probe succeeded", {{"rule", rule.name}});
-      }
-      if (device_probe && device_breaker->RecordSuccess(true)) {
-        health.devices_quarantined.fetch_sub(1);
-        w.device_breakers.erase(DeviceBreakerKey(idx, m.device));
-      }
-    }
-    switch (result.outcome) {
-      case rules::Outcome::kOk:
-        if (!result.effects.empty()) {
-          rm.emitted->Inc();
-        }
-        Commit(w, m, rule, result);
-        break;
-      case rules::Outcome::kFiltered:
-        rm.filtered->Inc();
-        break;
-      case rules::Outcome::kFailed:
-        rm.failed->Inc();
-        if (result.state_reset) {
-          rm.state_resets->Inc();
-        }
-        if (fault) {
-          RecordFailure(w, idx, m, rule_probe, device_probe, health, rule, result.reason);
-        }
-        if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
-          log::Warn("rule failed", {{"rule", rule.name},
-                                    {"device", m.device},
-                                    {"topic", m.topic},
-                                    {"error", result.reason.substr(0, result.reason.find('\n'))},
-                                    {"suppressed_before", std::to_string(suppressed)}});
-        }
-        if (rule.on_error != rules::OnError::kDrop) {
-          rm.dead_lettered->Inc();
-          DeadLetter(m.delivery, result.timed_out ? "rule_timeout" : "rule_error", result.reason,
-                     rule.name, m.source, m.topic, m.device, m.payload, attempts, m.ts_ms);
-        }
-        break;
+  int64_t now_ms = clock_.NowMs();
+  Breaker::Verdict rule_verdict = health.breaker.Allow(now_ms);
+  Breaker* device_breaker = nullptr;
+  Breaker::Verdict device_verdict = Breaker::Verdict::kRun;
+  if (!w.device_breakers.empty()) {
+    auto it = w.device_breakers.find(DeviceBreakerKey(idx, m.device));
+    if (it != w.device_breakers.end()) {
+      device_breaker = &it->second;
+      device_verdict = device_breaker->Allow(now_ms);
     }
   }
-  m.delivery->Release();  // the processing hold
+  if (rule_verdict == Breaker::Verdict::kRefuse || device_verdict == Breaker::Verdict::kRefuse) {
+    bool whole = rule_verdict == Breaker::Verdict::kRefuse;
+    const Breaker& b = whole ? health.breaker : *device_breaker;
+    rm.dead_lettered->Inc();
+    DeadLetter(m.delivery, "quarantined",
+               fmt::format("rule {} is quarantined{} (more than {} failures in {} s that were "
+                           "the rule's own fault); one message probes it again in {} s, a "
+                           "successful reload lifts it now",
+                           rule.name, whole ? "" : " for this device",
+                           whole ? rule.quarantine_failures : rule.quarantine_device_failures,
+                           rule.quarantine_window_s,
+                           std::max<int64_t>(0, (b.open_until_ms() - now_ms + 999) / 1000)),
+               rule.name, m.source, m.topic, m.device, m.payload, 0, m.ts_ms);
+    if (rule_verdict == Breaker::Verdict::kProbe) {
+      health.breaker.ReleaseProbe();  // it did not run: the next message probes
+    }
+    if (device_verdict == Breaker::Verdict::kProbe) {
+      device_breaker->ReleaseProbe();
+    }
+    return;
+  }
+  int attempts = 0;
+  while (true) {
+    ++attempts;
+    auto t0 = std::chrono::steady_clock::now();
+    w.call_rule.store(&rule, std::memory_order_release);
+    w.call_message.store(&m, std::memory_order_release);
+    w.call_started_ns.store(t0.time_since_epoch().count(), std::memory_order_release);
+    w.runtime->Run(idx, view, result);
+    w.call_started_ns.store(0, std::memory_order_release);
+    rm.duration->Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (result.outcome != rules::Outcome::kFailed || rule.on_error != rules::OnError::kRetry ||
+        attempts >= rule.max_attempts) {
+      break;
+    }
+  }
+  bool rule_probe = rule_verdict == Breaker::Verdict::kProbe;
+  bool device_probe = device_verdict == Breaker::Verdict::kProbe;
+  bool fault = result.outcome == rules::Outcome::kFailed && !result.input_failure;
+  if (!fault && (rule_probe || device_probe)) {
+    if (rule_probe && health.breaker.RecordSuccess(true)) {
+      health.quarantined_gauge->Set(0);
+      log::Info("rule quarantine lifted: its probe succeeded", {{"rule", rule.name}});
+    }
+    if (device_probe && device_breaker->RecordSuccess(true)) {
+      health.devices_quarantined.fetch_sub(1);
+      w.device_breakers.erase(DeviceBreakerKey(idx, m.device));
+    }
+  }
+  switch (result.outcome) {
+    case rules::Outcome::kOk:
+      if (!result.effects.empty()) {
+        rm.emitted->Inc();
+      }
+      Commit(w, m, rule, result);
+      break;
+    case rules::Outcome::kFiltered:
+      rm.filtered->Inc();
+      break;
+    case rules::Outcome::kFailed:
+      rm.failed->Inc();
+      if (result.state_reset) {
+        rm.state_resets->Inc();
+      }
+      if (fault) {
+        RecordFailure(w, idx, m, rule_probe, device_probe, health, rule, result.reason);
+      }
+      if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
+        log::Warn("rule failed", {{"rule", rule.name},
+                                  {"device", m.device},
+                                  {"topic", m.topic},
+                                  {"error", result.reason.substr(0, result.reason.find('\n'))},
+                                  {"suppressed_before", std::to_string(suppressed)}});
+      }
+      if (rule.on_error != rules::OnError::kDrop) {
+        rm.dead_lettered->Inc();
+        DeadLetter(m.delivery, result.timed_out ? "rule_timeout" : "rule_error", result.reason,
+                   rule.name, m.source, m.topic, m.device, m.payload, attempts, m.ts_ms);
+      }
+      break;
+  }
 }
 
 void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,

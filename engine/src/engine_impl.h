@@ -156,6 +156,10 @@ class Engine::Impl final : public Ingest,
   ~Impl() override { Stop(); }
 
   Status Init();
+  void InitMessageMetrics();
+  Status InitSinks();
+  Status InitSources();
+  Status InitWorkers();
   Status Start();
   void Stop();
   bool Idle() const;
@@ -234,6 +238,9 @@ class Engine::Impl final : public Ingest,
   void InitSinkMetrics(SinkEntry& s);
   void RunWorker(size_t index);
   void Process(Worker& w, Message& m, std::vector<uint32_t>& matches, rules::CallResult& result);
+  bool BeforeRules(Worker& w, Message& m, bool& presence, bool& reply);
+  void RunRule(Worker& w, Message& m, uint32_t idx, const rules::MessageView& view,
+               rules::CallResult& result);
   void Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
               rules::CallResult& result);
 
@@ -329,6 +336,10 @@ class Engine::Impl final : public Ingest,
   // holding the message until then). False when it was dead-lettered instead.
   bool HandleServiceReply(Worker& w, Message& m);
   void InvokeService(Worker& w, CallInvoke& call);
+  std::variant<ServiceCall, shadow::ShadowError> MakeCall(Worker& w, const CallInvoke& call_request,
+                                                          int64_t now_ms);
+  void CallStoredOnWriter(const Status& st, const std::string& thing, const std::string& id,
+                          std::string body, bool rest, Reply answer, Delivery* delivery);
   void QueryCall(Worker& w, CallQuery& query);
   class CallEffects;  // a worker's CallBook::Effects (services.cc)
   // Publishes the request of `c` on the shadow connection.

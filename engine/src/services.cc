@@ -169,8 +169,7 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   Message& m = call_request.msg;
   Reply& reply = call_request.reply;
   int64_t now_ms = clock_.NowMs();
-  const std::string& thing = m.device;
-  const std::string& service = m.topic;
+  auto made = MakeCall(w, call_request, now_ms);
   auto refuse = [&](const shadow::ShadowError& e) {
     service_refused_->Inc();
     std::string body = e.Json(now_ms / 1000);
@@ -178,72 +177,17 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
       reply(e.code, std::move(body));
     } else {
       DeadLetter(m.delivery, "service_rejected",
-                 fmt::format("ctx.invoke of {} on {} refused: {}", service, thing, body),
-                 call_request.rule, m.source, call_request.source_topic, thing, m.payload, 1,
+                 fmt::format("ctx.invoke of {} on {} refused: {}", m.topic, m.device, body),
+                 call_request.rule, m.source, call_request.source_topic, m.device, m.payload, 1,
                  m.ts_ms);
     }
     m.delivery->Release();
   };
-  if (auto bad = CheckThingName(thing)) {
-    return refuse(*bad);
+  if (auto* e = std::get_if<shadow::ShadowError>(&made)) {
+    return refuse(*e);
   }
-  if (!services_enabled() || shadow_sink_ == nullptr) {
-    return refuse(ApiError(503, "SERVICES_UNAVAILABLE",
-                           "Service calls need `shadows:` with a `connection` (the MQTT broker "
-                           "devices listen on) and `models:`"));
-  }
-  const shadow::ThingModel* model = BoundModel(thing);
-  if (model == nullptr) {
-    return refuse(
-        ApiError(404, "TM_MODEL_NOT_FOUND", fmt::format("No thing model is bound to {}", thing)));
-  }
-  const shadow::ServiceInfo* info = model->Service(service);
-  if (info == nullptr) {
-    return refuse(ApiError(404, "TM_UNKNOWN_IDENTIFIER",
-                           fmt::format("{} is not a service of {}", service, model->ref())));
-  }
-  auto params = shadow::Value::Parse(m.payload.empty() ? std::string_view("{}") : m.payload);
-  if (!params.ok()) {
-    return refuse(
-        ApiError(400, "INVALID_JSON",
-                 fmt::format("The params are not valid JSON: {}", params.status().message())));
-  }
-  if (!params->is_object()) {
-    return refuse(ApiError(400, "TM_TYPE_MISMATCH", "The params must be a JSON object"));
-  }
-  // Inputs are checked strictly in weak mode too: a command is never sent with some of its
-  // params silently left out.
-  if (auto problems = model->ValidateService(service, *params, false); !problems.empty()) {
-    model_failures_->Inc(problems.size());
-    return refuse(ApiError(400, "MODEL_VALIDATION",
-                           fmt::format("The params do not match {} of {}", service, model->ref()),
-                           shadow::ProblemsJson(problems)));
-  }
-  if (auto full = w.calls->CheckRoom(thing)) {
-    return refuse(*full);
-  }
-  bool offline = Presence(w, thing) == false;
-  if (info->sync && offline) {
-    return refuse(ApiError(503, "TM_DEVICE_OFFLINE",
-                           fmt::format("{} is offline; {} is a sync service", thing, service)));
-  }
-  ServiceCall c;
-  c.id = m.key.empty() ? NewId() : m.key;
-  c.thing = thing;
-  c.service = service;
-  c.params = params->Json();
-  c.model = model->ref();
-  c.rule = call_request.rule;
-  c.sync = info->sync && reply != nullptr;  // a rule's call never waits
-  c.timeout_ms = info->timeout_ms;
-  c.created_ms = now_ms;
-  int64_t ttl = config_.services.ttl_ms;
-  if (call_request.ttl_ms > 0) {
-    ttl = std::min(ttl, call_request.ttl_ms);
-  }
-  c.expires_ms = now_ms + ttl;
   bool rest = reply != nullptr;
-  auto added = w.calls->Add(std::move(c));
+  auto added = w.calls->Add(std::get<ServiceCall>(std::move(made)));
   if (auto* e = std::get_if<shadow::ShadowError>(&added)) {
     return refuse(*e);
   }
@@ -258,28 +202,102 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   // Durable first (through the same effect as every later state); then answered, and sent by
   // the owner.
   std::string body = call.Json();
-  w.call_effects->Store(
-      call, body,
-      [this, rest, answer = std::move(answer), delivery = m.delivery, body, thing = call.thing,
-       id = call.id](const Status& st) {
-        if (!st.ok()) {
-          shadow_store_failures_->Inc();
-          NoteCall(thing, id, CallEvent::What::kUnstored);
-          if (answer) {
-            answer(500, ApiError(500, "INTERNAL_ERROR", "The call could not be stored")
-                            .Json(clock_.NowMs() / 1000));
-          } else if (!rest) {
-            delivery->Mark(Delivery::kAbandoned);  // a rule's call: the source may deliver again
-          }
-          delivery->Release();
-          return;
-        }
-        NoteCall(thing, id, CallEvent::What::kSend);  // the owner sends it
-        if (answer) {
-          answer(202, body);
-        }
-        delivery->Release();
-      });
+  w.call_effects->Store(call, body,
+                        [this, rest, answer = std::move(answer), delivery = m.delivery, body,
+                         thing = call.thing, id = call.id](const Status& st) mutable {
+                          CallStoredOnWriter(st, thing, id, std::move(body), rest,
+                                             std::move(answer), delivery);
+                        });
+}
+
+// A call as asked for (the thing's model, the service, its params checked; room in the book;
+// a sync call only to a device that is not known to be offline), or why it is refused.
+std::variant<ServiceCall, shadow::ShadowError> Engine::Impl::MakeCall(
+    Worker& w, const CallInvoke& call_request, int64_t now_ms) {
+  const Message& m = call_request.msg;
+  const std::string& thing = m.device;
+  const std::string& service = m.topic;
+  if (auto bad = CheckThingName(thing)) {
+    return *bad;
+  }
+  if (!services_enabled() || shadow_sink_ == nullptr) {
+    return ApiError(503, "SERVICES_UNAVAILABLE",
+                    "Service calls need `shadows:` with a `connection` (the MQTT broker "
+                    "devices listen on) and `models:`");
+  }
+  const shadow::ThingModel* model = BoundModel(thing);
+  if (model == nullptr) {
+    return ApiError(404, "TM_MODEL_NOT_FOUND", fmt::format("No thing model is bound to {}", thing));
+  }
+  const shadow::ServiceInfo* info = model->Service(service);
+  if (info == nullptr) {
+    return ApiError(404, "TM_UNKNOWN_IDENTIFIER",
+                    fmt::format("{} is not a service of {}", service, model->ref()));
+  }
+  auto params = shadow::Value::Parse(m.payload.empty() ? std::string_view("{}") : m.payload);
+  if (!params.ok()) {
+    return ApiError(400, "INVALID_JSON",
+                    fmt::format("The params are not valid JSON: {}", params.status().message()));
+  }
+  if (!params->is_object()) {
+    return ApiError(400, "TM_TYPE_MISMATCH", "The params must be a JSON object");
+  }
+  // Inputs are checked strictly in weak mode too: a command is never sent with some of its
+  // params silently left out.
+  if (auto problems = model->ValidateService(service, *params, false); !problems.empty()) {
+    model_failures_->Inc(problems.size());
+    return ApiError(400, "MODEL_VALIDATION",
+                    fmt::format("The params do not match {} of {}", service, model->ref()),
+                    shadow::ProblemsJson(problems));
+  }
+  if (auto full = w.calls->CheckRoom(thing)) {
+    return *full;
+  }
+  bool offline = Presence(w, thing) == false;
+  if (info->sync && offline) {
+    return ApiError(503, "TM_DEVICE_OFFLINE",
+                    fmt::format("{} is offline; {} is a sync service", thing, service));
+  }
+  ServiceCall c;
+  c.id = m.key.empty() ? NewId() : m.key;
+  c.thing = thing;
+  c.service = service;
+  c.params = params->Json();
+  c.model = model->ref();
+  c.rule = call_request.rule;
+  c.sync = info->sync && call_request.reply != nullptr;  // a rule's call never waits
+  c.timeout_ms = info->timeout_ms;
+  c.created_ms = now_ms;
+  int64_t ttl = config_.services.ttl_ms;
+  if (call_request.ttl_ms > 0) {
+    ttl = std::min(ttl, call_request.ttl_ms);
+  }
+  c.expires_ms = now_ms + ttl;
+  return c;
+}
+
+// On the store's writer thread, once a call's first state is durable (or refused: `st`):
+// answered, and the owner told to send it.
+void Engine::Impl::CallStoredOnWriter(const Status& st, const std::string& thing,
+                                      const std::string& id, std::string body, bool rest,
+                                      Reply answer, Delivery* delivery) {
+  if (!st.ok()) {
+    shadow_store_failures_->Inc();
+    NoteCall(thing, id, CallEvent::What::kUnstored);
+    if (answer) {
+      answer(500, ApiError(500, "INTERNAL_ERROR", "The call could not be stored")
+                      .Json(clock_.NowMs() / 1000));
+    } else if (!rest) {
+      delivery->Mark(Delivery::kAbandoned);  // a rule's call: the source may deliver again
+    }
+    delivery->Release();
+    return;
+  }
+  NoteCall(thing, id, CallEvent::What::kSend);  // the owner sends it
+  if (answer) {
+    answer(202, body);
+  }
+  delivery->Release();
 }
 
 void Engine::Impl::QueryCall(Worker& w, CallQuery& query) {
