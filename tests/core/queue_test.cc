@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/support/test_support.h"
 
@@ -50,6 +52,35 @@ TEST(BoundedQueueTest, CloseWakesBlockedPusher) {
   q.Close();
   t.join();
   EXPECT_EQ(result.load(), 0);
+}
+
+// A consumer that never drains the queue (it takes less than is queued every time) still gets
+// every item once, in order, and the storage stays within about twice what is queued.
+TEST(BoundedQueueTest, PartialBatchesKeepOrderWhenTheQueueNeverDrains) {
+  BoundedQueue<std::string> q(64);
+  int next_in = 0;
+  int next_out = 0;
+  std::vector<std::string> out;
+  for (int round = 0; round < 1000; ++round) {
+    while (q.size() < q.capacity()) {
+      ASSERT_TRUE(q.Push(std::to_string(next_in++)));
+    }
+    out.clear();
+    ASSERT_TRUE(q.PopBatch(out, 1 + round % 7));
+    for (const std::string& s : out) {
+      ASSERT_EQ(s, std::to_string(next_out++));
+    }
+  }
+  while (q.size() < q.capacity()) {
+    ASSERT_TRUE(q.Push(std::to_string(next_in++)));
+  }
+  ASSERT_TRUE(q.PushForce("forced"));  // over capacity
+  out.clear();
+  ASSERT_TRUE(q.PopBatch(out, 1000));
+  ASSERT_EQ(out.size(), 65u);
+  EXPECT_EQ(out.front(), std::to_string(next_out));
+  EXPECT_EQ(out.back(), "forced");
+  EXPECT_EQ(q.size(), 0u);
 }
 
 }  // namespace

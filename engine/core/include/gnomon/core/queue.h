@@ -2,10 +2,10 @@
 // A bounded multi-producer queue with blocking push (back-pressure) and batch pop.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <mutex>
 #include <vector>
 
@@ -23,7 +23,7 @@ class BoundedQueue {
     MutexLock lock(mu_);
     not_full_.wait(lock.native(), [&] {
       mu_.AssertHeld();
-      return closed_ || items_.size() < capacity_;
+      return closed_ || SizeLocked() < capacity_;
     });
     if (closed_) {
       return false;
@@ -54,7 +54,7 @@ class BoundedQueue {
     MutexLock lock(mu_);
     not_empty_.wait(lock.native(), [&] {
       mu_.AssertHeld();
-      return closed_ || !items_.empty();
+      return closed_ || SizeLocked() > 0;
     });
     if (!TakeLocked(out, max)) {
       return false;
@@ -70,9 +70,9 @@ class BoundedQueue {
     MutexLock lock(mu_);
     not_empty_.wait_for(lock.native(), timeout, [&] {
       mu_.AssertHeld();
-      return closed_ || !items_.empty();
+      return closed_ || SizeLocked() > 0;
     });
-    if (items_.empty()) {
+    if (SizeLocked() == 0) {
       return !closed_;
     }
     if (!TakeLocked(out, max)) {
@@ -95,19 +95,30 @@ class BoundedQueue {
 
   size_t size() const {
     MutexLock lock(mu_);
-    return items_.size();
+    return SizeLocked();
   }
   size_t capacity() const { return capacity_; }
 
  private:
+  size_t SizeLocked() const GNOMON_REQUIRES(mu_) { return items_.size() - head_; }
+
   bool TakeLocked(std::vector<T>& out, size_t max) GNOMON_REQUIRES(mu_) {
-    if (items_.empty()) {
+    size_t n = std::min(max, SizeLocked());
+    if (n == 0) {
       return false;
     }
-    size_t n = std::min(max, items_.size());
     for (size_t i = 0; i < n; ++i) {
-      out.push_back(std::move(items_.front()));
-      items_.pop_front();
+      out.push_back(std::move(items_[head_ + i]));
+    }
+    head_ += n;
+    if (head_ == items_.size()) {
+      items_.clear();  // drained: the storage stays for the next items
+      head_ = 0;
+    } else if (head_ >= items_.size() / 2) {
+      // Never drained (a consumer behind its producers): drop the taken half so the storage
+      // stays within twice what is queued. Each item moves here at most once per halving.
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
     }
     return true;
   }
@@ -116,7 +127,10 @@ class BoundedQueue {
   mutable Mutex mu_;
   std::condition_variable not_full_;
   std::condition_variable not_empty_;
-  std::deque<T> items_ GNOMON_GUARDED_BY(mu_);
+  // Items [head_, size) are queued; those before head_ were taken (moved from). A vector, not a
+  // deque: no allocation per item (a deque of items this size allocates a node for each).
+  std::vector<T> items_ GNOMON_GUARDED_BY(mu_);
+  size_t head_ GNOMON_GUARDED_BY(mu_) = 0;
   bool closed_ GNOMON_GUARDED_BY(mu_) = false;
 };
 
