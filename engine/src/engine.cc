@@ -171,6 +171,7 @@ Status Engine::Impl::InitWorkers() {
   {
     MutexLock lock(rules_mu_);
     loaded_ = loaded;
+    rules_version_.store(loaded->version, std::memory_order_release);
   }
 
   for (int i = 0; i < config_.workers; ++i) {
@@ -537,6 +538,27 @@ void Engine::Impl::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::stri
   d->Release();
 }
 
+// Moves worker `w` to the rules loaded last (a reload happened since its last message).
+void Engine::Impl::SwitchRules(Worker& w) {
+  auto cur = CurrentRules();
+  if (cur == w.loaded) {
+    return;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  auto rt = rules::RuleRuntime::Create(cur->set, clock_);
+  switch_seconds_->Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (rt.ok()) {
+    MutexLock lock(w.runtime_mu);
+    w.runtime = std::move(rt).value();
+    w.loaded = std::move(cur);
+    w.device_breakers.clear();  // a reload lifts every quarantine
+  } else {
+    log::Error("worker cannot load the new rules; keeping the old ones",
+               {{"worker", std::to_string(w.index)}, {"error", rt.status().message()}});
+  }
+}
+
 void Engine::Impl::RunWorker(size_t index) {
   pthread_setname_np(pthread_self(), fmt::format("gnomon-w{}", index).c_str());
   Worker& w = *workers_[index];
@@ -565,20 +587,8 @@ void Engine::Impl::RunWorker(size_t index) {
     for (WorkItem& item : batch) {
       // A reload switches this worker between two messages: each message runs wholly on one
       // version, and a worker (so each of its devices) never goes back.
-      if (auto cur = CurrentRules(); cur != w.loaded) {
-        auto t0 = std::chrono::steady_clock::now();
-        auto rt = rules::RuleRuntime::Create(cur->set, clock_);
-        switch_seconds_->Observe(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        if (rt.ok()) {
-          MutexLock lock(w.runtime_mu);
-          w.runtime = std::move(rt).value();
-          w.loaded = std::move(cur);
-          w.device_breakers.clear();  // a reload lifts every quarantine
-        } else {
-          log::Error("worker cannot load the new rules; keeping the old ones",
-                     {{"worker", std::to_string(index)}, {"error", rt.status().message()}});
-        }
+      if (rules_version_.load(std::memory_order_acquire) != w.loaded->version) {
+        SwitchRules(w);
       }
       std::visit(Overloaded{
                      [&](Message& m) { Process(w, m, matches, result); },
@@ -1045,6 +1055,7 @@ Status Engine::Impl::ReloadRules(std::string_view why) {
   {
     MutexLock rl(rules_mu_);
     loaded_ = next;
+    rules_version_.store(next->version, std::memory_order_release);
   }
   reloads_ok_->Inc();
   log::Info("rules reloaded; workers switch at their next message",

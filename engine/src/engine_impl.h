@@ -237,6 +237,7 @@ class Engine::Impl final : public Ingest,
   // gnomon_sink_records_total{sink,outcome} and gnomon_sink_queue_depth{sink} for `s.name`.
   void InitSinkMetrics(SinkEntry& s);
   void RunWorker(size_t index);
+  void SwitchRules(Worker& w);
   void Process(Worker& w, Message& m, std::vector<uint32_t>& matches, rules::CallResult& result);
   bool BeforeRules(Worker& w, Message& m, bool& presence, bool& reply);
   void RunRule(Worker& w, Message& m, uint32_t idx, const rules::MessageView& view,
@@ -425,6 +426,9 @@ class Engine::Impl final : public Ingest,
 
   mutable Mutex rules_mu_;
   std::shared_ptr<const LoadedRules> loaded_ GNOMON_GUARDED_BY(rules_mu_);
+  // loaded_->version, for workers to check per message without the lock (and without a
+  // shared reference count bouncing between their cores).
+  std::atomic<uint64_t> rules_version_{0};
   mutable Mutex reload_mu_;  // one reload at a time
   std::string last_reload_error_ GNOMON_GUARDED_BY(reload_mu_);
   int64_t last_reload_ms_ GNOMON_GUARDED_BY(reload_mu_) = 0;
