@@ -274,12 +274,19 @@ bool QuoteOutOfRangeNumbers(std::string_view text, std::string& out) {
 // Keys live in simdjson's string buffer, which is padded well past its last string: reading 8
 // bytes from a key's start stays inside it (the bytes past the key are masked off).
 inline uint64_t KeyFingerprint(std::string_view k) {
+  static constexpr uint64_t kKeep[9] = {0,
+                                        0xff,
+                                        0xffff,
+                                        0xffffff,
+                                        0xffffffff,
+                                        0xffffffffff,
+                                        0xffffffffffff,
+                                        0xffffffffffffff,
+                                        ~uint64_t{0}};
   uint64_t head;
   std::memcpy(&head, k.data(), 8);
   size_t n = k.size();
-  if (n < 8) {
-    head &= n == 0 ? 0 : ~uint64_t{0} >> (64 - 8 * n);
-  }
+  head &= kKeep[n < 8 ? n : 8];  // the key's own bytes only
   uint64_t tail = 0;
   if (n > 8) {
     std::memcpy(&tail, k.data() + n - 8, 8);
@@ -306,6 +313,7 @@ bool FindDuplicateKey(simdjson::dom::element el, std::string& where) {
   constexpr size_t kInline = 32;
   uint64_t fps[kInline];  // fingerprints of the first kInline keys, in order
   size_t n = 0;
+  uint64_t seen = 0;
   std::vector<std::pair<uint64_t, std::string_view>> more;  // every key, past kInline
   for (auto field : o) {
     T t = field.value.type();
@@ -315,6 +323,14 @@ bool FindDuplicateKey(simdjson::dom::element el, std::string& where) {
     }
     uint64_t fp = KeyFingerprint(field.key);
     if (n < kInline) {
+      // A one-word filter over the fingerprints seen: a key whose bit is clear cannot equal
+      // one before it, and most keys skip the comparisons below.
+      uint64_t bit = uint64_t{1} << (fp >> 58);
+      if ((seen & bit) == 0) {
+        seen |= bit;
+        fps[n++] = fp;
+        continue;
+      }
       for (size_t b = 0; b < n; ++b) {
         if (fps[b] == fp) {
           // Same fingerprint: find that key and compare in full.
