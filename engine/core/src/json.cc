@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -11,33 +12,37 @@ namespace gnomon::json {
 
 bool IsValidUtf8(std::string_view s) { return simdjson::validate_utf8(s.data(), s.size()); }
 
+namespace {
+// The bytes a JSON string cannot hold as they are: control characters, '"' and '\\'.
+constexpr std::array<bool, 256> kEscaped = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 0x20; ++c) {
+    t[c] = true;
+  }
+  t['"'] = true;
+  t['\\'] = true;
+  return t;
+}();
+}  // namespace
+
 void AppendQuoted(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
-  // Most strings (keys, identifiers) need no escape: one resize and one copy.
+  // Most strings (keys, identifiers) need no escape: one copy.
   size_t first = 0;
-  while (first < s.size()) {
-    auto c = static_cast<unsigned char>(s[first]);
-    if (c < 0x20 || c == '"' || c == '\\') {
-      break;
-    }
+  while (first < s.size() && !kEscaped[static_cast<unsigned char>(s[first])]) {
     ++first;
   }
-  size_t at = out.size();
-  out.resize(at + first + 2);
-  char* p = out.data() + at;
-  p[0] = '"';
-  if (first > 0) {
-    std::memcpy(p + 1, s.data(), first);
-  }
+  out.reserve(out.size() + first + 2);
+  out.push_back('"');
+  out.append(s.data(), first);
   if (first == s.size()) {
-    p[first + 1] = '"';
+    out.push_back('"');
     return;
   }
-  out.resize(at + first + 1);
   size_t run = first;  // start of the pending run of bytes that need no escape
   for (size_t i = first; i < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') {
+    if (!kEscaped[c]) {
       continue;
     }
     out.append(s.data() + run, i - run);
