@@ -161,18 +161,11 @@ Status Engine::Impl::InitSources() {
 
 // The rules, and the workers: each with its own Lua state holding every rule.
 Status Engine::Impl::InitWorkers() {
-  reloads_ok_ = metrics_.GetCounter("gnomon_rule_reloads_total", "Rule reloads by outcome",
-                                   {{"outcome", "ok"}});
-  reloads_failed_ = metrics_.GetCounter("gnomon_rule_reloads_total", "Rule reloads by outcome",
-                                       {{"outcome", "failed"}});
   switch_seconds_ = metrics_.GetHistogram(
       "gnomon_rule_switch_seconds", "Pause of a worker loading a reloaded rule set");
-  std::shared_ptr<const LoadedRules> loaded = MakeLoaded(config_.rules, 1);
-  {
-    MutexLock lock(rules_mu_);
-    loaded_ = loaded;
-    rules_version_.store(loaded->version, std::memory_order_release);
-  }
+  rules_ = std::make_unique<RuleVersions>(metrics_, clock_, [this] { return LoadRules(config_, nullptr); });
+  rules_->Start(config_.rules);
+  std::shared_ptr<const LoadedRules> loaded = rules_->Current();
 
   for (int i = 0; i < config_.workers; ++i) {
     auto w = std::make_unique<Worker>(config_.worker_queue);
@@ -304,7 +297,7 @@ Status Engine::Impl::Start() {
   }
   log::Info("gnomon started",
             {{"workers", std::to_string(workers_.size())},
-             {"rules", std::to_string(CurrentRules()->set->rules().size())},
+             {"rules", std::to_string(rules_->Current()->set->rules().size())},
              {"sources", std::to_string(sources_.size())},
              {"sinks", std::to_string(sinks_.size())},
              {"metrics", config_.metrics_listen},
@@ -540,7 +533,7 @@ void Engine::Impl::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::stri
 
 // Moves worker `w` to the rules loaded last (a reload happened since its last message).
 void Engine::Impl::SwitchRules(Worker& w) {
-  auto cur = CurrentRules();
+  auto cur = rules_->Current();
   if (cur == w.loaded) {
     return;
   }
@@ -587,7 +580,7 @@ void Engine::Impl::RunWorker(size_t index) {
     for (WorkItem& item : batch) {
       // A reload switches this worker between two messages: each message runs wholly on one
       // version, and a worker (so each of its devices) never goes back.
-      if (rules_version_.load(std::memory_order_acquire) != w.loaded->version) {
+      if (rules_->version() != w.loaded->version) {
         SwitchRules(w);
       }
       std::visit(Overloaded{
@@ -940,42 +933,6 @@ void Engine::Impl::OnDeliveryFinished(Delivery& d) {
   }
 }
 
-std::shared_ptr<const LoadedRules> Engine::Impl::MakeLoaded(
-    std::shared_ptr<const rules::RuleSet> set, uint64_t version) {
-  auto l = std::make_shared<LoadedRules>();
-  l->set = std::move(set);
-  l->version = version;
-  l->loaded_at_ms = clock_.NowMs();
-  for (const auto& r : l->set->rules()) {
-    auto c = [&](const char* outcome) {
-      return metrics_.GetCounter("gnomon_rule_messages_total", "Rule runs by outcome",
-                                 {{"rule", r.name}, {"outcome", outcome}});
-    };
-    l->metrics.push_back({c("matched"), c("emitted"), c("filtered"), c("failed"),
-                          c("dead_lettered"),
-                          metrics_.GetHistogram("gnomon_rule_duration_seconds",
-                                                "Time in a rule's handle", {{"rule", r.name}}),
-                          metrics_.GetCounter("gnomon_rule_state_resets_total",
-                                              "Rule states rebuilt after going over limits.heap_mb",
-                                              {{"rule", r.name}})});
-    auto h = std::make_unique<RuleHealth>();
-    h->quarantined_gauge = metrics_.GetGauge(
-        "gnomon_rule_quarantined", "1 while the rule is quarantined", {{"rule", r.name}});
-    h->quarantined_gauge->Set(0);  // a reload lifts a quarantine
-    h->options = {r.quarantine_failures, r.quarantine_window_s * 1000,
-                  r.quarantine_cooldown_s * 1000};
-    h->device_options = {r.quarantine_device_failures, r.quarantine_window_s * 1000,
-                         r.quarantine_cooldown_s * 1000};
-    l->health.push_back(std::move(h));
-  }
-  return l;
-}
-
-std::shared_ptr<const LoadedRules> Engine::Impl::CurrentRules() const {
-  MutexLock lock(rules_mu_);
-  return loaded_;
-}
-
 // The rule failed through its own fault on `m`: charge the device's breaker and, while that
 // one is closed, the rule's. One device adds at most quarantine_device_failures to the rule's
 // count before it is quarantined alone.
@@ -1030,42 +987,6 @@ void Engine::Impl::RecordFailure(Worker& w, uint32_t idx, const Message& m, bool
                 {"cooldown_s", std::to_string(rule.quarantine_cooldown_s)},
                 {"last_error", reason.substr(0, reason.find('\n'))}});
   }
-}
-
-Status Engine::Impl::ReloadRules(std::string_view why) {
-  MutexLock lock(reload_mu_);
-  auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::string> files;
-  auto set = LoadRules(config_, &files);
-  last_reload_ms_ = clock_.NowMs();
-  if (!set.ok()) {
-    reloads_failed_->Inc();
-    last_reload_error_ = set.status().message();
-    log::Error("rule reload failed; the running rules stay",
-               {{"trigger", why}, {"error", last_reload_error_}});
-    return set.status();
-  }
-  last_reload_error_.clear();
-  uint64_t version;
-  {
-    MutexLock rl(rules_mu_);
-    version = loaded_->version + 1;
-  }
-  auto next = MakeLoaded(std::move(set).value(), version);
-  {
-    MutexLock rl(rules_mu_);
-    loaded_ = next;
-    rules_version_.store(next->version, std::memory_order_release);
-  }
-  reloads_ok_->Inc();
-  log::Info("rules reloaded; workers switch at their next message",
-            {{"trigger", why},
-             {"version", std::to_string(version)},
-             {"rules", std::to_string(next->set->rules().size())},
-             {"compile_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               std::chrono::steady_clock::now() - t0)
-                                               .count())}});
-  return {};
 }
 
 // A rule call over its `limits.wall_ms` is interrupted (it fails with a wall-clock error at its
@@ -1211,13 +1132,13 @@ void Engine::Impl::WatchRules(const std::stop_token& st) {
     std::string now = RuleFilesSignature(config_);
     if (now != seen) {
       seen = now;
-      ReloadRules("file change").IgnoreError();  // logged and counted; the old rules stay
+      rules_->Reload("file change").IgnoreError();  // logged and counted; the old rules stay
     }
   }
 }
 
 std::string Engine::Impl::RulesJson(std::string_view only) const {
-  auto cur = CurrentRules();
+  auto cur = rules_->Current();
   std::string list = "[";
   std::string one;
   for (size_t i = 0; i < cur->set->rules().size(); ++i) {
@@ -1277,18 +1198,8 @@ std::string Engine::Impl::RulesJson(std::string_view only) const {
   w.Field("ruleset_version", static_cast<int64_t>(cur->version))
       .Field("loaded_at", cur->loaded_at_ms)
       .FieldRaw("rules", list);
-  {
-    MutexLock lock(reload_mu_);
-    if (last_reload_ms_ != 0) {
-      std::string reload;
-      json::ObjectWriter rw(reload);
-      rw.FieldRaw("ok", last_reload_error_.empty() ? "true" : "false").Field("ts", last_reload_ms_);
-      if (!last_reload_error_.empty()) {
-        rw.Field("error", last_reload_error_);
-      }
-      rw.Close();
-      w.FieldRaw("last_reload", reload);
-    }
+  if (std::string reload = rules_->LastReloadJson(); !reload.empty()) {
+    w.FieldRaw("last_reload", reload);
   }
   w.Close();
   return out;
@@ -1398,7 +1309,7 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
                            }}));
   routes.push_back(scoped({"POST", "/v1/rules/reload",
                            [this](const HttpRequest&) {
-                             Status st = ReloadRules("POST /v1/rules/reload");
+                             Status st = rules_->Reload("POST /v1/rules/reload");
                              if (!st.ok()) {
                                return ErrorResponse(422, "RELOAD_FAILED", st.message());
                              }

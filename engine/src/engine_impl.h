@@ -34,6 +34,7 @@
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/store.h"
 #include "http_server.h"
+#include "rule_versions.h"
 #include "shadow_owner.h"
 #include "shadow_watchers.h"
 #include "work.h"
@@ -54,40 +55,6 @@ inline std::string DeviceBreakerKey(uint32_t rule_index, std::string_view device
 inline constexpr int32_t kDeadLetterRoute = -2;
 inline constexpr int32_t kShadowRoute = -3;  // shadow answers and events (the shadows sink)
 inline constexpr int32_t kChangelogRoute = -4;  // the shadow change log (Kafka)
-
-// Per-rule metrics, created once.
-struct RuleMetrics {
-  Counter* matched;
-  Counter* emitted;
-  Counter* filtered;
-  Counter* failed;
-  Counter* dead_lettered;
-  Histogram* duration;
-  Counter* state_resets;  // the rule went over limits.heap_mb and its globals were reset
-};
-
-// A rule's quarantine: its breaker (the whole rule) and how many devices it is quarantined for
-// (each worker keeps the per-device breakers of its devices).
-struct RuleHealth {
-  Breaker breaker;
-  Breaker::Options options;
-  Breaker::Options device_options;
-  std::atomic<int64_t> devices_quarantined{0};
-  Gauge* quarantined_gauge = nullptr;
-  Mutex mu;
-  std::string last_error GNOMON_GUARDED_BY(mu);
-  int64_t last_error_ms GNOMON_GUARDED_BY(mu) = 0;
-};
-
-// One loaded version of the rules with what the engine keeps per rule. Immutable but for the
-// health counters; shared by the workers that run it.
-struct LoadedRules {
-  std::shared_ptr<const rules::RuleSet> set;
-  std::vector<RuleMetrics> metrics;
-  std::vector<std::unique_ptr<RuleHealth>> health;
-  uint64_t version = 0;
-  int64_t loaded_at_ms = 0;
-};
 
 struct SinkEntry {
   std::string name;
@@ -156,6 +123,7 @@ class Engine::Impl final : public Ingest,
   ~Impl() override { Stop(); }
 
   Status Init();
+  Status ReloadRules(std::string_view why) { return rules_->Reload(why); }
   void InitMessageMetrics();
   Status InitSinks();
   Status InitSources();
@@ -166,7 +134,6 @@ class Engine::Impl final : public Ingest,
   bool Ready() const;
   Counts counts() const;
   MetricsRegistry& metrics() { return metrics_; }
-  Status ReloadRules(std::string_view why);
   std::string RulesJson(std::string_view name) const;
   int api_port() const { return api_http_ ? api_http_->port() : (http_ ? http_->port() : 0); }
 
@@ -374,9 +341,6 @@ class Engine::Impl final : public Ingest,
                   std::string_view rule, const std::string* source, std::string_view topic,
                   std::string_view device, std::string_view payload, int attempts, int64_t ts);
   void CollectAccounting(std::vector<prometheus::MetricFamily>& out) const;
-  std::shared_ptr<const LoadedRules> MakeLoaded(std::shared_ptr<const rules::RuleSet> set,
-                                                uint64_t version);
-  std::shared_ptr<const LoadedRules> CurrentRules() const;
   void RecordFailure(Worker& w, uint32_t idx, const Message& m, bool rule_probe, bool device_probe,
                      RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
   std::vector<HttpRoute> OpsRoutes();
@@ -424,16 +388,8 @@ class Engine::Impl final : public Ingest,
   std::unique_ptr<HttpServer> http_;      // metrics.listen (and the API when on the same port)
   std::unique_ptr<HttpServer> api_http_;  // api.listen, when different
 
-  mutable Mutex rules_mu_;
-  std::shared_ptr<const LoadedRules> loaded_ GNOMON_GUARDED_BY(rules_mu_);
-  // loaded_->version, for workers to check per message without the lock (and without a
-  // shared reference count bouncing between their cores).
-  std::atomic<uint64_t> rules_version_{0};
-  mutable Mutex reload_mu_;  // one reload at a time
-  std::string last_reload_error_ GNOMON_GUARDED_BY(reload_mu_);
-  int64_t last_reload_ms_ GNOMON_GUARDED_BY(reload_mu_) = 0;
-  Counter* reloads_ok_ = nullptr;
-  Counter* reloads_failed_ = nullptr;
+  // The rules' versions and reloads; set in InitWorkers.
+  std::unique_ptr<RuleVersions> rules_;
   Histogram* switch_seconds_ = nullptr;  // a worker's pause to load a new rule version
   std::jthread watcher_;
   std::jthread watchdog_;

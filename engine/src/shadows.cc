@@ -376,7 +376,7 @@ void Engine::Impl::PublishShadowEvent(const std::string& thing, const std::strin
                                       std::string payload, Delivery* hold) {
   // Inside gnomon: a message on the event's topic, for the rules that listen to it.
   if (accepting_) {
-    auto rules = CurrentRules();
+    auto rules = rules_->Current();
     std::vector<uint32_t> matches;
     rules->set->Match(topic, matches);
     if (!matches.empty()) {
