@@ -163,7 +163,8 @@ Status Engine::Impl::InitSources() {
 Status Engine::Impl::InitWorkers() {
   switch_seconds_ = metrics_.GetHistogram(
       "gnomon_rule_switch_seconds", "Pause of a worker loading a reloaded rule set");
-  rules_ = std::make_unique<RuleVersions>(metrics_, clock_, [this] { return LoadRules(config_, nullptr); });
+  rules_ = std::make_unique<RuleVersions>(metrics_, clock_,
+                                          [this] { return LoadRules(config_, nullptr); });
   rules_->Start(config_.rules);
   std::shared_ptr<const LoadedRules> loaded = rules_->Current();
 
@@ -295,13 +296,12 @@ Status Engine::Impl::Start() {
       watcher_ = std::jthread([this](const std::stop_token& st) { WatchRules(st); });
     }
   }
-  log::Info("gnomon started",
-            {{"workers", std::to_string(workers_.size())},
-             {"rules", std::to_string(rules_->Current()->set->rules().size())},
-             {"sources", std::to_string(sources_.size())},
-             {"sinks", std::to_string(sinks_.size())},
-             {"metrics", config_.metrics_listen},
-             {"api", config_.api_listen}});
+  log::Info("gnomon started", {{"workers", std::to_string(workers_.size())},
+                               {"rules", std::to_string(rules_->Current()->set->rules().size())},
+                               {"sources", std::to_string(sources_.size())},
+                               {"sinks", std::to_string(sinks_.size())},
+                               {"metrics", config_.metrics_listen},
+                               {"api", config_.api_listen}});
   return {};
 }
 

@@ -49,8 +49,8 @@ std::shared_ptr<const LoadedRules> RuleVersions::Make(std::shared_ptr<const rule
                                               "Rule states rebuilt after going over limits.heap_mb",
                                               {{"rule", r.name}})});
     auto h = std::make_unique<RuleHealth>();
-    h->quarantined_gauge = metrics_.GetGauge(
-        "gnomon_rule_quarantined", "1 while the rule is quarantined", {{"rule", r.name}});
+    h->quarantined_gauge = metrics_.GetGauge("gnomon_rule_quarantined",
+                                             "1 while the rule is quarantined", {{"rule", r.name}});
     h->quarantined_gauge->Set(0);  // a reload lifts a quarantine
     h->options = {r.quarantine_failures, r.quarantine_window_s * 1000,
                   r.quarantine_cooldown_s * 1000};

@@ -50,8 +50,7 @@ std::variant<ShadowTarget, shadow::ShadowError> ParseShadowTopic(std::string_vie
     }
     rest.remove_prefix(slash + 1);
   }
-  bool shape =
-      (n == 3 && seg[1] == "shadow") || (n == 5 && seg[1] == "shadow" && seg[2] == "name");
+  bool shape = (n == 3 && seg[1] == "shadow") || (n == 5 && seg[1] == "shadow" && seg[2] == "name");
   if (!shape) {
     return ApiError(
         400, "INVALID_TOPIC",
@@ -69,8 +68,8 @@ std::variant<ShadowTarget, shadow::ShadowError> ParseShadowTopic(std::string_vie
   if (auto bad = CheckThingName(op.thing)) {
     return *bad;
   }
-  for (ShadowVerb v : {ShadowVerb::kUpdate, ShadowVerb::kGet, ShadowVerb::kDelete,
-                       ShadowVerb::kChanges}) {
+  for (ShadowVerb v :
+       {ShadowVerb::kUpdate, ShadowVerb::kGet, ShadowVerb::kDelete, ShadowVerb::kChanges}) {
     if (verb == VerbName(v)) {
       op.verb = v;
       return op;

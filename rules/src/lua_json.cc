@@ -274,14 +274,8 @@ bool QuoteOutOfRangeNumbers(std::string_view text, std::string& out) {
 // Keys live in simdjson's string buffer, which is padded well past its last string: reading 8
 // bytes from a key's start stays inside it (the bytes past the key are masked off).
 inline uint64_t KeyFingerprint(std::string_view k) {
-  static constexpr uint64_t kKeep[9] = {0,
-                                        0xff,
-                                        0xffff,
-                                        0xffffff,
-                                        0xffffffff,
-                                        0xffffffffff,
-                                        0xffffffffffff,
-                                        0xffffffffffffff,
+  static constexpr uint64_t kKeep[9] = {0,           0xff,         0xffff,         0xffffff,
+                                        0xffffffff,  0xffffffffff, 0xffffffffffff, 0xffffffffffffff,
                                         ~uint64_t{0}};
   uint64_t head;
   std::memcpy(&head, k.data(), 8);

@@ -278,8 +278,7 @@ TEST(CliTest, ATopLevelEndlessLoopFailsCheckAndReloadAndSignalsStillWork) {
             " expect = { drop = false } } } }");
   testing::Process jit_check({GNOMON_BINARY, "check", "-c", dir.File("g.yaml")});
   EXPECT_EQ(jit_check.Wait(std::chrono::milliseconds(60000)), 1) << jit_check.Stderr();
-  EXPECT_NE(jit_check.Stderr().find("instruction limit"), std::string::npos)
-      << jit_check.Stderr();
+  EXPECT_NE(jit_check.Stderr().find("instruction limit"), std::string::npos) << jit_check.Stderr();
   res = cli.Post("/v1/rules/reload", auth, "", "application/json");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 422) << res->body;
