@@ -307,7 +307,7 @@ class Engine::Impl final : public Ingest,
   std::variant<ServiceCall, shadow::ShadowError> MakeCall(Worker& w, const CallInvoke& call_request,
                                                           int64_t now_ms);
   void CallStoredOnWriter(const Status& st, const std::string& thing, const std::string& id,
-                          std::string body, bool rest, Reply answer, Delivery* delivery);
+                          std::string body, bool rest, const Reply& answer, Delivery* delivery);
   void QueryCall(Worker& w, CallQuery& query);
   class CallEffects;  // a worker's CallBook::Effects (services.cc)
   // Publishes the request of `c` on the shadow connection.

@@ -205,8 +205,8 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   w.call_effects->Store(call, body,
                         [this, rest, answer = std::move(answer), delivery = m.delivery, body,
                          thing = call.thing, id = call.id](const Status& st) mutable {
-                          CallStoredOnWriter(st, thing, id, std::move(body), rest,
-                                             std::move(answer), delivery);
+                          CallStoredOnWriter(st, thing, id, std::move(body), rest, answer,
+                                             delivery);
                         });
 }
 
@@ -280,7 +280,7 @@ std::variant<ServiceCall, shadow::ShadowError> Engine::Impl::MakeCall(
 // answered, and the owner told to send it.
 void Engine::Impl::CallStoredOnWriter(const Status& st, const std::string& thing,
                                       const std::string& id, std::string body, bool rest,
-                                      Reply answer, Delivery* delivery) {
+                                      const Reply& answer, Delivery* delivery) {
   if (!st.ok()) {
     shadow_store_failures_->Inc();
     NoteCall(thing, id, CallEvent::What::kUnstored);
@@ -295,7 +295,7 @@ void Engine::Impl::CallStoredOnWriter(const Status& st, const std::string& thing
   }
   NoteCall(thing, id, CallEvent::What::kSend);  // the owner sends it
   if (answer) {
-    answer(202, body);
+    answer(202, std::move(body));
   }
   delivery->Release();
 }
