@@ -39,7 +39,10 @@ Status Engine::Impl::Init() {
   if (ec) {
     return Unavailable(fmt::format("data_dir {}: {}", config_.data_dir, ec.message()));
   }
-  LoadPoison();
+  if (size_t n = poison_.Load(config_.data_dir + "/poison.jsonl"); n > 0) {
+    log::Warn("poison messages recorded before a restart will be dead-lettered (rule_timeout)",
+              {{"file", config_.data_dir + "/poison.jsonl"}, {"entries", std::to_string(n)}});
+  }
   InitMessageMetrics();
   GNOMON_RETURN_IF_ERROR(InitSinks());
   GNOMON_RETURN_IF_ERROR(InitShadows());
@@ -664,7 +667,7 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
   const RuleMetrics& rm = loaded.metrics[idx];
   RuleHealth& health = *loaded.health[idx];
   rm.matched->Inc();
-  if (!poison_.empty() && IsPoison(rule.name, m)) {
+  if (!poison_.empty() && poison_.Contains(rule.name, m)) {
     rm.dead_lettered->Inc();
     DeadLetter(m.delivery, "rule_timeout",
                fmt::format("rule {} was stuck in compiled code on this message past 3 x its "
@@ -995,7 +998,7 @@ void Engine::Impl::RecordFailure(Worker& w, uint32_t idx, const Message& m, bool
 // gnomon never exits for it and only says so if the call is slow to stop. A call still running
 // at three times the limit in a jit = true rule is stuck in LuaJIT-compiled code, where nothing
 // can interrupt it: its worker and every device on it would stall and back-pressure would stop
-// the sources, so gnomon records the message as poison (see RecordPoison) and exits (code 70)
+// the sources, so gnomon records the message as poison (PoisonList) and exits (code 70)
 // for its supervisor to restart it, and says why.
 void Engine::Impl::Watchdog(const std::stop_token& st) {
   pthread_setname_np(pthread_self(), "gnomon-watchdog");
@@ -1040,7 +1043,7 @@ void Engine::Impl::Watchdog(const std::stop_token& st) {
           // end right now, the record would be of a message that finished (harmless: it is
           // dead-lettered only if it comes back), but reading it races its release. We exit
           // either way.
-          RecordPoison(*rule, *m);
+          (void)poison_.Record(rule->name, *m, clock_.NowMs());  // best effort: exiting
         }
         log::Error("a jit = true rule is stuck in compiled code and cannot be interrupted; "
                    "exiting so a supervisor restarts gnomon. The message is recorded in "
@@ -1052,74 +1055,6 @@ void Engine::Impl::Watchdog(const std::stop_token& st) {
       }
     }
   }
-}
-
-namespace {
-
-uint64_t PoisonFingerprint(std::string_view rule, const Message& m) {
-  uint64_t h = 1469598103934665603ULL;  // FNV-1a 64 over the fields, each followed by a 0 byte
-  auto add = [&h](std::string_view v) {
-    for (unsigned char c : v) {
-      h = (h ^ c) * 1099511628211ULL;
-    }
-    h = (h ^ 0) * 1099511628211ULL;
-  };
-  add(rule);
-  add(m.topic);
-  add(m.device);
-  add(m.payload);
-  return h;
-}
-
-constexpr size_t kMaxPoison = 1000;  // entries of poison.jsonl read back (the newest)
-
-}  // namespace
-
-void Engine::Impl::RecordPoison(const rules::RuleInfo& rule, const Message& m) {
-  std::string line;
-  json::ObjectWriter o(line);
-  o.Field("rule", rule.name)
-      .Field("fingerprint", fmt::format("{:016x}", PoisonFingerprint(rule.name, m)))
-      .Field("topic", m.topic)
-      .Field("device", m.device)
-      .Field("ts", clock_.NowMs());
-  o.Close();
-  line += '\n';
-  std::string path = config_.data_dir + "/poison.jsonl";
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return;
-  }
-  [[maybe_unused]] ssize_t n = ::write(fd, line.data(), line.size());
-  ::fsync(fd);
-  ::close(fd);
-}
-
-void Engine::Impl::LoadPoison() {
-  std::ifstream in(config_.data_dir + "/poison.jsonl");
-  std::deque<uint64_t> newest;
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t at = line.find("\"fingerprint\":\"");
-    if (at == std::string::npos) {
-      continue;  // a torn last line
-    }
-    uint64_t fp = std::strtoull(line.c_str() + at + 15, nullptr, 16);
-    newest.push_back(fp);
-    if (newest.size() > kMaxPoison) {
-      newest.pop_front();
-    }
-  }
-  poison_.insert(newest.begin(), newest.end());
-  if (!poison_.empty()) {
-    log::Warn("poison messages recorded before a restart will be dead-lettered (rule_timeout)",
-              {{"file", config_.data_dir + "/poison.jsonl"},
-               {"entries", std::to_string(poison_.size())}});
-  }
-}
-
-bool Engine::Impl::IsPoison(std::string_view rule, const Message& m) const {
-  return poison_.count(PoisonFingerprint(rule, m)) != 0;
 }
 
 void Engine::Impl::WatchRules(const std::stop_token& st) {

@@ -34,6 +34,7 @@
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/store.h"
 #include "http_server.h"
+#include "poison_list.h"
 #include "rule_versions.h"
 #include "shadow_owner.h"
 #include "shadow_watchers.h"
@@ -363,11 +364,8 @@ class Engine::Impl final : public Ingest,
   // Poison messages: a message that kept a compiled (jit) rule stuck past 3 x wall_ms made
   // gnomon exit; it is written to data_dir/poison.jsonl first, and after the restart the same
   // (rule, message) is dead-lettered as rule_timeout instead of run again (a crash loop).
-  void RecordPoison(const rules::RuleInfo& rule, const Message& m);
-  void LoadPoison();
-  bool IsPoison(std::string_view rule, const Message& m) const;
-  std::unordered_set<uint64_t> poison_;
-  Counter* store_waits_ = nullptr;  // PoisonFingerprint()s; read-only once workers run
+  PoisonList poison_;  // loaded in Init; read-only once workers run
+  Counter* store_waits_ = nullptr;
 
   AppConfig config_;
   const Registry& registry_;
