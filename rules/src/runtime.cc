@@ -39,6 +39,10 @@ struct RuleSlot {
   int ctx_ref = LUA_NOREF;
   int msg_meta_ref = LUA_NOREF;
   int traceback_ref = LUA_NOREF;
+  // The msg table's field names, interned once: a lua_setfield per field and call would hash
+  // and look up the name each time.
+  enum MsgKey { kTopic, kDevice, kSource, kTs, kMsgKeys };
+  int msg_key_refs[kMsgKeys] = {LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF};
 
   ~RuleSlot() {
     if (L != nullptr) {
@@ -654,6 +658,12 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
 
   lua_pushcfunction(L, Traceback);
   slot->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  static constexpr const char* kMsgKeyNames[RuleSlot::kMsgKeys] = {"topic", "device", "source",
+                                                                   "ts"};
+  for (int k = 0; k < RuleSlot::kMsgKeys; ++k) {
+    lua_pushstring(L, kMsgKeyNames[k]);
+    slot->msg_key_refs[k] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
 
   lua_createtable(L, 0, 2);
   PushStateClosure(L, s, LuaThunk<MsgIndex>);
@@ -883,14 +893,17 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, slot->handle_ref);
 
   lua_createtable(L, 0, 6);
-  lua_pushlstring(L, msg.topic.data(), msg.topic.size());
-  lua_setfield(L, -2, "topic");
-  lua_pushlstring(L, msg.device.data(), msg.device.size());
-  lua_setfield(L, -2, "device");
-  lua_pushlstring(L, msg.source.data(), msg.source.size());
-  lua_setfield(L, -2, "source");
+  auto set = [L, slot](RuleSlot::MsgKey key, std::string_view value) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_key_refs[key]);
+    lua_pushlstring(L, value.data(), value.size());
+    lua_rawset(L, -3);
+  };
+  set(RuleSlot::kTopic, msg.topic);
+  set(RuleSlot::kDevice, msg.device);
+  set(RuleSlot::kSource, msg.source);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_key_refs[RuleSlot::kTs]);
   lua_pushnumber(L, static_cast<lua_Number>(msg.ts_ms));
-  lua_setfield(L, -2, "ts");
+  lua_rawset(L, -3);
   lua_pushlightuserdata(L, &kGenerationKey);
   lua_pushnumber(L, static_cast<lua_Number>(slot->json.generation));
   lua_rawset(L, -3);
