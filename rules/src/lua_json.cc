@@ -28,9 +28,20 @@ JsonContext* Ctx(lua_State* L) {
   return static_cast<JsonContext*>(lua_touserdata(L, lua_upvalueindex(1)));
 }
 
+// The view at `idx`, or nullptr if it is not one. The metatable is compared by identity, not
+// looked up by name in the registry (a string look-up per call on every payload read).
+View* ToView(lua_State* L, int idx, JsonContext* ctx) {
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) {
+    return nullptr;
+  }
+  bool view = lua_topointer(L, -1) == ctx->view_meta;
+  lua_pop(L, 1);
+  return view ? static_cast<View*>(lua_touserdata(L, idx)) : nullptr;
+}
+
 // The view at `idx` if it is one and still alive; an error otherwise.
 Result<View*> CheckView(lua_State* L, int idx, JsonContext* ctx) {
-  auto* v = static_cast<View*>(luaL_testudata(L, idx, kViewMeta));
+  View* v = ToView(L, idx, ctx);
   if (v == nullptr) {
     return InvalidArgument("expected a JSON view");
   }
@@ -288,7 +299,8 @@ inline uint64_t KeyFingerprint(std::string_view k) {
   return (head * 0x9E3779B97F4A7C15ULL) ^ ((tail + n) * 0xC2B2AE3D27D4EB4FULL);
 }
 
-// The first key an object under `el` holds twice, as "key" after its path; false if none.
+}  // namespace
+
 bool FindDuplicateKey(simdjson::dom::element el, std::string& where) {
   using T = simdjson::dom::element_type;
   if (el.type() == T::ARRAY) {
@@ -371,7 +383,130 @@ bool FindDuplicateKey(simdjson::dom::element el, std::string& where) {
   return false;
 }
 
+namespace {
+
+// One pass over simdjson's tape (its doc/tape.md): one 64-bit word per node, the type character
+// in the top byte. '{' and '[' open a container and '}' and ']' close it; a '"' word holds the
+// offset of a string in the string buffer (a 4-byte length, then the bytes); 'l', 'u' and 'd'
+// are followed by a second word holding the number; 't', 'f' and 'n' are one word. Inside an
+// object, nodes alternate key, value. Word 0 is the root and holds the index past the end.
+class TapeKeyScan {
+ public:
+  explicit TapeKeyScan(const simdjson::dom::document& doc)
+      : tape_(doc.tape.get()), strings_(doc.string_buf.get()) {}
+
+  KeyScan Run() {
+    size_t i = Value(1, 0);
+    return i == kDuplicate ? KeyScan::kDuplicate
+           : i == kUnknown ? KeyScan::kUnknown
+                           : KeyScan::kUnique;
+  }
+
+ private:
+  static constexpr uint64_t kValueMask = 0x00ffffffffffffffULL;
+  static constexpr size_t kMaxDepth = 32;  // open containers
+  static constexpr size_t kMaxKeys = 128;  // keys of the open objects, together
+  static constexpr size_t kDuplicate = SIZE_MAX;
+  static constexpr size_t kUnknown = SIZE_MAX - 1;
+
+  // The value at `i`; returns the index past it, or kDuplicate / kUnknown.
+  size_t Value(size_t i, size_t depth) {
+    switch (static_cast<char>(tape_[i] >> 56)) {
+      case 'l':
+      case 'u':
+      case 'd':
+        return i + 2;
+      case '{':
+        return depth == kMaxDepth ? kUnknown : Object(i + 1, depth + 1);
+      case '[':
+        return depth == kMaxDepth ? kUnknown : Array(i + 1, depth + 1);
+      default:  // a string, true, false, null
+        return i + 1;
+    }
+  }
+
+  // The value at `i`, of type `type`, without a call for scalars (most of a payload).
+  size_t Next(size_t i, char type, size_t depth) {
+    if (type == '{' || type == '[') {
+      return Value(i, depth);
+    }
+    return i + (type == 'l' || type == 'u' || type == 'd' ? 2 : 1);
+  }
+
+  size_t Array(size_t i, size_t depth) {
+    for (;;) {
+      char type = static_cast<char>(tape_[i] >> 56);
+      if (type == ']') {
+        return i + 1;
+      }
+      i = Next(i, type, depth);
+      if (i >= kUnknown) {
+        return i;
+      }
+    }
+  }
+
+  // Keys are told apart by their length and first 8 bytes (`head`), and compared in full only
+  // when those match; a one-word filter over `head` skips the comparisons for most keys.
+  size_t Object(size_t i, size_t depth) {
+    static constexpr uint64_t kKeep[9] = {
+        0,           0xff,         0xffff,         0xffffff,
+        0xffffffff,  0xffffffffff, 0xffffffffffff, 0xffffffffffffff,
+        ~uint64_t{0}};
+    size_t first = keys_;
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t word = tape_[i];
+      if (static_cast<char>(word >> 56) == '}') {
+        keys_ = first;
+        return i + 1;
+      }
+      const uint8_t* at = strings_ + (word & kValueMask);
+      uint32_t len;
+      std::memcpy(&len, at, sizeof(len));
+      uint64_t head;
+      std::memcpy(&head, at + sizeof(len), sizeof(head));  // the buffer is padded past its end
+      head = (head & kKeep[len < 8 ? len : 8]) ^ (uint64_t{len} << 59);
+      uint64_t bit = uint64_t{1} << ((head * 0x9E3779B97F4A7C15ULL) >> 58);
+      if ((seen & bit) != 0) {
+        for (size_t k = first; k < keys_; ++k) {
+          if (heads_[k] == head && (len <= 8 || Name(names_[k]) == Name(at))) {
+            return kDuplicate;
+          }
+        }
+      }
+      if (keys_ == kMaxKeys) {
+        return kUnknown;
+      }
+      seen |= bit;
+      heads_[keys_] = head;
+      names_[keys_++] = at;
+      ++i;
+      i = Next(i, static_cast<char>(tape_[i] >> 56), depth);
+      if (i >= kUnknown) {
+        return i;
+      }
+    }
+  }
+
+  static std::string_view Name(const uint8_t* at) {
+    uint32_t len;
+    std::memcpy(&len, at, sizeof(len));
+    return {reinterpret_cast<const char*>(at + sizeof(len)), len};
+  }
+
+  const uint64_t* tape_;
+  const uint8_t* strings_;
+  uint64_t heads_[kMaxKeys];
+  const uint8_t* names_[kMaxKeys];
+  size_t keys_ = 0;
+};
+
 }  // namespace
+
+KeyScan ScanTapeForDuplicateKeys(const simdjson::dom::document& doc) {
+  return TapeKeyScan(doc).Run();
+}
 
 std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len,
                           bool padded, simdjson::dom::element& out, std::string& scratch) {
@@ -385,8 +520,10 @@ std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_
   }
   std::string where;
   simdjson::dom::element_type t = out.type();
+  // The tape scan settles almost every payload; the DOM walk names the key, and decides the
+  // documents past the scan's fixed bounds.
   if ((t == simdjson::dom::element_type::OBJECT || t == simdjson::dom::element_type::ARRAY) &&
-      FindDuplicateKey(out, where)) {
+      ScanTapeForDuplicateKeys(parser.doc) != KeyScan::kUnique && FindDuplicateKey(out, where)) {
     size_t q = where.find('"');
     std::string path = where.substr(0, q);
     return fmt::format("invalid JSON: duplicate key {} in the object at ${}", where.substr(q),
@@ -398,7 +535,7 @@ std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_
 namespace {
 // json.totable(v): a deep copy of a view as tables; other values unchanged.
 Result<int> JsonToTable(lua_State* L) {
-  if (luaL_testudata(L, 1, kViewMeta) == nullptr) {
+  if (ToView(L, 1, Ctx(L)) == nullptr) {
     lua_settop(L, 1);
     return 1;
   }
@@ -409,7 +546,7 @@ Result<int> JsonToTable(lua_State* L) {
 
 // json.pairs(v): iterate a view (object fields or array items) or a table.
 Result<int> JsonPairs(lua_State* L) {
-  if (luaL_testudata(L, 1, kViewMeta) != nullptr) {
+  if (ToView(L, 1, Ctx(L)) != nullptr) {
     GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
     JsonContext* ctx = Ctx(L);
     lua_getglobal(L, "next");
@@ -622,7 +759,7 @@ struct Encoder {
         }
         break;
       case LUA_TUSERDATA: {
-        if (luaL_testudata(L, idx, kViewMeta) != nullptr) {
+        if (ToView(L, idx, ctx) != nullptr) {
           GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, idx, ctx));
           out += simdjson::minify(v->el);
           return {};
@@ -647,7 +784,7 @@ void PushElement(lua_State* L, JsonContext* ctx, simdjson::dom::element el) {
   if (el.is_object() || el.is_array()) {
     void* mem = lua_newuserdata(L, sizeof(View));
     new (mem) View{ctx->generation, el};
-    luaL_getmetatable(L, kViewMeta);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->view_meta_ref);
     lua_setmetatable(L, -2);
     return;
   }
@@ -673,7 +810,8 @@ void OpenJson(lua_State* L, JsonContext* ctx) {
   lua_setfield(L, -2, "__tostring");
   lua_pushliteral(L, "json view");
   lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
+  ctx->view_meta = lua_topointer(L, -1);
+  ctx->view_meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   luaL_newmetatable(L, kArrayMeta);
   lua_pushliteral(L, "array");

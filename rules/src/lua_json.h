@@ -18,6 +18,8 @@ struct JsonContext {
   simdjson::dom::parser payload_parser;  // the current message's payload
   simdjson::dom::parser decode_parser;   // json.decode
   uint64_t generation = 1;               // bumped after each call: older views are dead
+  const void* view_meta = nullptr;       // the view metatable (set by OpenJson), for identity
+  int view_meta_ref = LUA_NOREF;         // ... and its registry slot, to push it
 };
 
 // Parses `text` the way rules see JSON (msg.payload, json.decode): a number beyond the range
@@ -26,6 +28,15 @@ struct JsonContext {
 // counts). Returns the error text ("" on success); `scratch` holds a rewritten copy if needed.
 std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len,
                           bool padded, simdjson::dom::element& out, std::string& scratch);
+
+// The two ways ParseRuleJson looks for a key an object holds twice, exposed for the test that
+// holds them to each other. ScanTapeForDuplicateKeys reads the parsed document's tape in one
+// pass without allocating; past 32 open containers or 128 keys in the open objects it answers
+// kUnknown. FindDuplicateKey walks the DOM under `el` (an object or an array) and writes the
+// first such key, after its path, to `where` (`.list[1]"k"`).
+enum class KeyScan { kUnique, kDuplicate, kUnknown };
+KeyScan ScanTapeForDuplicateKeys(const simdjson::dom::document& doc);
+bool FindDuplicateKey(simdjson::dom::element el, std::string& where);
 
 // Registers the view and array metatables and returns (pushes) the `json` library table.
 // `ctx` must outlive the state.

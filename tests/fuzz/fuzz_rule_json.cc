@@ -8,6 +8,7 @@
 #include <string>
 
 #include "gnomon/rules/rules.h"
+#include "rules/src/lua_json.h"
 
 namespace {
 
@@ -58,5 +59,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   gnomon::rules::MessageView m{"d/x", "x", &payload, "fuzz", nullptr, 0, ++id};
   gnomon::rules::CallResult r;
   h.rt->Run(0, m, r);
+  // The tape scan for duplicate keys and the DOM walk it stands in front of agree.
+  static simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  if (parser.parse(data, size).get(root) == simdjson::SUCCESS &&
+      (root.is_object() || root.is_array())) {
+    auto fast = gnomon::rules::ScanTapeForDuplicateKeys(parser.doc);
+    std::string where;
+    bool slow = gnomon::rules::FindDuplicateKey(root, where);
+    if (fast != gnomon::rules::KeyScan::kUnknown &&
+        (fast == gnomon::rules::KeyScan::kDuplicate) != slow) {
+      __builtin_trap();
+    }
+  }
   return 0;
 }
