@@ -8,7 +8,7 @@ GNOMON_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libfmt-dev libsimdjson-dev libyaml-cpp-dev libcli11-dev libluajit-5.1-dev
   libmosquitto-dev libcpp-httplib-dev libssl-dev libsqlite3-dev librdkafka-dev kcat
-  libcurl4-openssl-dev libpq-dev postgresql libjemalloc-dev libboost-dev
+  libcurl4-openssl-dev libpq-dev postgresql libmariadb-dev mariadb-server libjemalloc-dev libboost-dev
   zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
   mosquitto mosquitto-clients curl python3 openssl wrk
   clang libclang-rt-14-dev clang-tidy

@@ -128,6 +128,28 @@ class Postgres {
 // The directory with initdb and postgres (/usr/lib/postgresql/N/bin), or "".
 std::string PostgresBinDir();
 
+// A MariaDB server of its own: mariadb-install-db in a temp dir, user `gnomon` (password
+// `s3cret`, all privileges) and database `gnomon`, loopback on a free port. The port and the
+// data stay across Stop()/Kill()/Start(), so a client can reconnect and find its rows.
+class MariaDb {
+ public:
+  // `extra`: more server options (TLS, say).
+  bool Start(std::string* why, const std::vector<std::string>& extra = {});
+  void Stop();  // clean shutdown
+  void Kill();  // SIGKILL: crash recovery on the next Start()
+  ~MariaDb();
+  int port() const { return port_; }
+  const TempDir& dir() const { return dir_; }
+  // mysql://gnomon:s3cret@127.0.0.1:PORT/gnomon
+  std::string url() const;
+
+ private:
+  TempDir dir_;
+  int port_ = 0;
+  bool initialized_ = false;
+  std::unique_ptr<Process> proc_;
+};
+
 }  // namespace gnomon::testing
 
 // Skips locally, fails under CI, when a required server is missing.

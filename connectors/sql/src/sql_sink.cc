@@ -2,8 +2,8 @@
 // SQL sinks: records mapped to table rows by `columns` (record paths), written with prepared
 // statements only, one transaction per batch, optional upsert on `key`, optional CREATE TABLE.
 // A record whose values do not fit (a type mismatch, a constraint violation) is dead-lettered
-// on its own; the rest of its batch is written. SQLite (embedded) and PostgreSQL (libpq, in
-// pipeline mode so a batch costs one round trip).
+// on its own; the rest of its batch is written. SQLite (embedded), PostgreSQL (libpq, in
+// pipeline mode so a batch costs one round trip) and MariaDB / MySQL (mariadb.cc).
 #include <fmt/format.h>
 #include <libpq-fe.h>
 
@@ -23,27 +23,10 @@
 #include "gnomon/core/path.h"
 #include "gnomon/core/plugin_context.h"
 #include "gnomon/sqlite/sqlite.h"
+#include "sql_internal.h"
 
 namespace gnomon::connectors {
-namespace {
-
-enum class ColType { kAuto, kText, kInteger, kReal, kBoolean, kJson };
-
-struct Column {
-  std::string name;
-  FieldPath path;
-  ColType type = ColType::kAuto;
-};
-
-struct SqlSinkConfig {
-  bool postgres = false;
-  std::string target;  // SQLite file path, or the PostgreSQL connection URI
-  std::string table;
-  std::vector<Column> columns;
-  std::vector<std::string> key;
-  bool create = false;
-  OutboxConfig outbox;
-};
+namespace sql {
 
 const char* TypeName(ColType t) {
   switch (t) {
@@ -73,20 +56,14 @@ bool ValidIdentifier(std::string_view s, bool allow_schema) {
   return std::regex_match(s.begin(), s.end(), allow_schema ? qualified : plain);
 }
 
-std::string Quote(std::string_view ident) {
-  std::string out;
+std::string Quote(std::string_view ident, Dialect d) {
   size_t dot = ident.find('.');
   if (dot != std::string_view::npos) {
-    return Quote(ident.substr(0, dot)) + "." + Quote(ident.substr(dot + 1));
+    return Quote(ident.substr(0, dot), d) + "." + Quote(ident.substr(dot + 1), d);
   }
-  return fmt::format("\"{}\"", ident);
+  // Identifiers are checked to be letters, digits and `_`, so neither quote can occur inside.
+  return d == Dialect::kMariaDb ? fmt::format("`{}`", ident) : fmt::format("\"{}\"", ident);
 }
-
-// A record's value for one column, checked against the column's type.
-struct Cell {
-  bool null = true;
-  FieldValue v;
-};
 
 Status Convert(const Column& c, FieldValue v, Cell& out) {
   out.null = v.kind == FieldValue::kMissing || v.kind == FieldValue::kNull;
@@ -151,7 +128,6 @@ Status Convert(const Column& c, FieldValue v, Cell& out) {
   return {};
 }
 
-// Maps every record of a batch to cells; rejects (index, why) those that do not map.
 void MapBatch(const std::vector<Column>& columns, std::span<OutboxEntry* const> batch,
               RecordFields& fields, std::vector<std::vector<Cell>>& rows,
               std::vector<std::pair<size_t, Status>>& rejected) {
@@ -172,51 +148,118 @@ void MapBatch(const std::vector<Column>& columns, std::span<OutboxEntry* const> 
   }
 }
 
-std::string InsertSql(const SqlSinkConfig& c, bool postgres) {
+std::string InsertSql(const SqlSinkConfig& c) {
+  const Dialect d = c.dialect;
+  auto is_key = [&](const std::string& name) {
+    return std::find(c.key.begin(), c.key.end(), name) != c.key.end();
+  };
   std::string cols, params, updates;
   for (size_t i = 0; i < c.columns.size(); ++i) {
-    cols += (i ? ", " : "") + Quote(c.columns[i].name);
-    params += (i ? ", " : "") + (postgres ? fmt::format("${}", i + 1) : std::string("?"));
-    if (std::find(c.key.begin(), c.key.end(), c.columns[i].name) == c.key.end()) {
-      updates += fmt::format("{}{} = excluded.{}", updates.empty() ? "" : ", ",
-                             Quote(c.columns[i].name), Quote(c.columns[i].name));
+    std::string q = Quote(c.columns[i].name, d);
+    cols += (i ? ", " : "") + q;
+    params += (i ? ", " : "") + (d == Dialect::kPostgres ? fmt::format("${}", i + 1) : "?");
+    if (!is_key(c.columns[i].name)) {
+      updates += fmt::format("{}{} = ", updates.empty() ? "" : ", ", q);
+      // VALUES(col) rather than MySQL 8's row alias: MariaDB knows only the former.
+      updates += d == Dialect::kMariaDb ? fmt::format("VALUES({})", q) : "excluded." + q;
     }
   }
-  std::string sql = fmt::format("INSERT INTO {} ({}) VALUES ({})", Quote(c.table), cols, params);
+  std::string sql = fmt::format("INSERT INTO {} ({}) VALUES ({})", Quote(c.table, d), cols, params);
+  if (c.key.empty()) {
+    return sql;
+  }
+  if (d == Dialect::kMariaDb) {
+    // The key's own columns only: a no-op update keeps the row as it is (INSERT IGNORE would
+    // also turn real errors into warnings).
+    std::string first = Quote(c.key[0], d);
+    return sql + " ON DUPLICATE KEY UPDATE " +
+           (updates.empty() ? fmt::format("{} = {}", first, first) : updates);
+  }
+  std::string keys;
+  for (size_t i = 0; i < c.key.size(); ++i) {
+    keys += (i ? ", " : "") + Quote(c.key[i], d);
+  }
+  return sql + (updates.empty() ? fmt::format(" ON CONFLICT ({}) DO NOTHING", keys)
+                                : fmt::format(" ON CONFLICT ({}) DO UPDATE SET {}", keys, updates));
+}
+
+namespace {
+const char* ColumnType(const Column& col, bool in_key, Dialect d) {
+  switch (d) {
+    case Dialect::kSqlite:
+      switch (col.type) {
+        case ColType::kAuto:
+          return "";
+        case ColType::kText:
+        case ColType::kJson:
+          return "text";
+        case ColType::kInteger:
+        case ColType::kBoolean:
+          return "integer";
+        case ColType::kReal:
+          return "real";
+      }
+      break;
+    case Dialect::kPostgres:
+      switch (col.type) {
+        case ColType::kAuto:
+        case ColType::kText:
+          return "text";
+        case ColType::kInteger:
+          return "bigint";
+        case ColType::kReal:
+          return "double precision";
+        case ColType::kBoolean:
+          return "boolean";
+        case ColType::kJson:
+          return "jsonb";
+      }
+      break;
+    case Dialect::kMariaDb:
+      switch (col.type) {
+        // A key column must have a length (InnoDB indexes at most 3072 bytes: three
+        // VARCHAR(255) utf8mb4 columns).
+        case ColType::kAuto:
+        case ColType::kText:
+          return in_key ? "varchar(255)" : "mediumtext";
+        case ColType::kInteger:
+          return "bigint";
+        case ColType::kReal:
+          return "double";
+        case ColType::kBoolean:
+          return "boolean";
+        case ColType::kJson:
+          return "json";
+      }
+      break;
+  }
+  return "";
+}
+}  // namespace
+
+std::string CreateSql(const SqlSinkConfig& c) {
+  const Dialect d = c.dialect;
+  std::string body;
+  for (const Column& col : c.columns) {
+    bool in_key = std::find(c.key.begin(), c.key.end(), col.name) != c.key.end();
+    body += fmt::format("{}{} {}", body.empty() ? "" : ", ", Quote(col.name, d),
+                        ColumnType(col, in_key, d));
+  }
   if (!c.key.empty()) {
     std::string keys;
     for (size_t i = 0; i < c.key.size(); ++i) {
-      keys += (i ? ", " : "") + Quote(c.key[i]);
+      keys += (i ? ", " : "") + Quote(c.key[i], d);
     }
-    sql += updates.empty() ? fmt::format(" ON CONFLICT ({}) DO NOTHING", keys)
-                           : fmt::format(" ON CONFLICT ({}) DO UPDATE SET {}", keys, updates);
+    body += fmt::format(", PRIMARY KEY ({})", keys);
+  }
+  std::string sql = fmt::format("CREATE TABLE IF NOT EXISTS {} ({})", Quote(c.table, d), body);
+  if (d == Dialect::kMariaDb) {
+    sql += " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";  // transactions: a batch is all or nothing
   }
   return sql;
 }
 
-std::string CreateSql(const SqlSinkConfig& c, bool postgres) {
-  std::string body;
-  for (const Column& col : c.columns) {
-    const char* type = "";
-    switch (col.type) {
-      case ColType::kAuto: type = postgres ? "text" : ""; break;
-      case ColType::kText: type = "text"; break;
-      case ColType::kInteger: type = postgres ? "bigint" : "integer"; break;
-      case ColType::kReal: type = postgres ? "double precision" : "real"; break;
-      case ColType::kBoolean: type = postgres ? "boolean" : "integer"; break;
-      case ColType::kJson: type = postgres ? "jsonb" : "text"; break;
-    }
-    body += fmt::format("{}{} {}", body.empty() ? "" : ", ", Quote(col.name), type);
-  }
-  if (!c.key.empty()) {
-    std::string keys;
-    for (size_t i = 0; i < c.key.size(); ++i) {
-      keys += (i ? ", " : "") + Quote(c.key[i]);
-    }
-    body += fmt::format(", PRIMARY KEY ({})", keys);
-  }
-  return fmt::format("CREATE TABLE IF NOT EXISTS {} ({})", Quote(c.table), body);
-}
+namespace {
 
 // ---- SQLite ------------------------------------------------------------------------------
 
@@ -302,9 +345,9 @@ class SqliteDestination final : public SyncDestination {
     GNOMON_RETURN_IF_ERROR(db_.Exec("PRAGMA journal_mode=WAL"));
     GNOMON_RETURN_IF_ERROR(db_.Exec("PRAGMA synchronous=FULL"));
     if (config_.create) {
-      GNOMON_RETURN_IF_ERROR(db_.Exec(CreateSql(config_, false)));
+      GNOMON_RETURN_IF_ERROR(db_.Exec(CreateSql(config_)));
     }
-    return db_.Prepare(InsertSql(config_, false), insert_);
+    return db_.Prepare(InsertSql(config_), insert_);
   }
 
   SqlSinkConfig config_;
@@ -408,7 +451,7 @@ class PostgresDestination final : public SyncDestination {
       return s;
     }
     if (config_.create) {
-      PgResult r(PQexec(conn_, CreateSql(config_, true).c_str()));
+      PgResult r(PQexec(conn_, CreateSql(config_).c_str()));
       if (PQresultStatus(r.r) != PGRES_COMMAND_OK) {
         Status s = Unavailable(fmt::format("create table {}: {}", config_.table,
                                            Trim(PQresultErrorMessage(r.r))));
@@ -416,7 +459,7 @@ class PostgresDestination final : public SyncDestination {
         return s;
       }
     }
-    std::string sql = InsertSql(config_, true);
+    std::string sql = InsertSql(config_);
     PgResult r(PQprepare(conn_, "gnomon_insert", sql.c_str(), static_cast<int>(oids_.size()),
                          oids_.data()));
     if (PQresultStatus(r.r) != PGRES_COMMAND_OK) {
@@ -573,13 +616,20 @@ class SqlSinkFactory final : public TypedSinkFactory<SqlSinkConfig> {
   void Check(const ConfigValue& cfg, const std::string& path, ConfigErrors& errors) const override {
     std::string url = cfg.GetString("url");
     bool pg = url.starts_with("postgresql://") || url.starts_with("postgres://");
-    if (!pg && !url.starts_with("sqlite://")) {
+    bool maria = IsMariaDbUrl(url);
+    if (maria) {
+      if (auto u = ParseMariaDbUrl(url); !u.ok()) {
+        errors.Add(cfg.Get("url"), path + ".url", u.status().message());
+      }
+    } else if (!pg && !url.starts_with("sqlite://")) {
       errors.Add(cfg.Get("url"), path + ".url",
-                 "must start with sqlite:// (a file) or postgresql:// (a libpq URI)");
+                 "must start with sqlite:// (a file), postgresql:// (a libpq URI) or mysql:// "
+                 "(also mariadb://)");
     }
-    if (!ValidIdentifier(cfg.GetString("table"), pg)) {
+    if (!ValidIdentifier(cfg.GetString("table"), pg || maria)) {
       errors.Add(cfg.Get("table"), path + ".table",
-                 "must be a plain SQL identifier (letters, digits, _; `schema.table` for PostgreSQL)");
+                 "must be a plain SQL identifier (letters, digits, _; `schema.table` for "
+                 "PostgreSQL, `database.table` for MySQL and MariaDB)");
     }
     std::vector<std::string> names;
     if (const ConfigValue* cols = cfg.Get("columns"); cols != nullptr && cols->is_map()) {
@@ -605,8 +655,13 @@ class SqlSinkFactory final : public TypedSinkFactory<SqlSinkConfig> {
   Result<SqlSinkConfig> Parse(const ConfigValue& cfg, const PluginContext& ctx) const override {
     SqlSinkConfig c;
     std::string url = cfg.GetString("url");
-    c.postgres = !url.starts_with("sqlite://");
-    c.target = c.postgres ? url : ResolvePath(ctx.base_dir, url.substr(9));
+    c.dialect = url.starts_with("sqlite://") ? Dialect::kSqlite
+                : IsMariaDbUrl(url)          ? Dialect::kMariaDb
+                                             : Dialect::kPostgres;
+    c.target = c.dialect == Dialect::kSqlite ? ResolvePath(ctx.base_dir, url.substr(9)) : url;
+    if (c.dialect == Dialect::kMariaDb) {
+      GNOMON_ASSIGN_OR_RETURN(c.mariadb, ParseMariaDbUrl(url));
+    }
     c.table = cfg.GetString("table");
     if (const ConfigValue* cols = cfg.Get("columns"); cols != nullptr && cols->is_map()) {
       for (const auto& [name, v] : cols->fields()) {
@@ -623,7 +678,8 @@ class SqlSinkFactory final : public TypedSinkFactory<SqlSinkConfig> {
     c.key = cfg.GetStrings("key");
     c.create = cfg.GetBool("create", false);
     OutboxConfig defaults;
-    defaults.durable = c.postgres;  // a local SQLite file needs no outbox in front of it
+    // A local SQLite file needs no outbox in front of it.
+    defaults.durable = c.dialect != Dialect::kSqlite;
     defaults.lanes = 1;             // one connection, rows in record order
     defaults.max_batch = 1000;
     defaults.max_batch_bytes = 16 << 20;
@@ -635,19 +691,26 @@ class SqlSinkFactory final : public TypedSinkFactory<SqlSinkConfig> {
   Result<std::unique_ptr<Sink>> CreateTyped(SqlSinkConfig c, PluginContext& ctx) override {
     OutboxConfig oc = c.outbox;
     std::unique_ptr<Destination> dest;
-    if (c.postgres) {
-      dest = std::make_unique<PostgresDestination>(std::move(c), ctx.name);
-    } else {
-      dest = std::make_unique<SqliteDestination>(std::move(c), ctx.name);
+    switch (c.dialect) {
+      case Dialect::kPostgres:
+        dest = std::make_unique<PostgresDestination>(std::move(c), ctx.name);
+        break;
+      case Dialect::kMariaDb:
+        dest = NewMariaDbDestination(std::move(c), ctx.name);
+        break;
+      case Dialect::kSqlite:
+        dest = std::make_unique<SqliteDestination>(std::move(c), ctx.name);
+        break;
     }
     return NewOutboxSink(oc, std::move(dest), ctx);
   }
 };
 
 }  // namespace
+}  // namespace sql
 
 void RegisterSqlConnector(Registry& registry) {
-  registry.AddSink("sql", std::make_unique<SqlSinkFactory>());
+  registry.AddSink("sql", std::make_unique<sql::SqlSinkFactory>());
 }
 
 }  // namespace gnomon::connectors

@@ -5,7 +5,7 @@
 
 namespace gnomon::connectors {
 
-// Registers sink type "sql" (SQLite files and PostgreSQL).
+// Registers sink type "sql" (SQLite files, PostgreSQL, MariaDB and MySQL).
 void RegisterSqlConnector(Registry& registry);
 
 }  // namespace gnomon::connectors
