@@ -3,8 +3,10 @@
 // config, POSTs NDJSON batches to /v1/ingest from several client threads, and measures until
 // every record has arrived where it goes.
 //
-//   gnomon-sink-bench --gnomon build/gnomon --mode ingest|webhook|webhook-batch|postgres
+//   gnomon-sink-bench --gnomon build/gnomon
+//                     --mode ingest|webhook|webhook-batch|postgres|mariadb
 //                     [--messages N] [--batch B] [--clients C] [--concurrency K] [--pg URL]
+//                     [--mysql URL]
 //                     [--sink-extra "YAML line added to the sink entry"]
 //
 // ingest:        the rule drops every message; messages/s = N / time until all requests got 202
@@ -14,8 +16,11 @@
 // webhook-batch: the same with batch.max_records 500 (bodies are JSON arrays).
 // postgres:      rows/s until `SELECT count(*)` reaches N (run bench/sinks.sh: it starts
 //                PostgreSQL).
+// mariadb:       the same against MariaDB (--mysql mysql://user:password@host:port/db; run
+//                bench/sinks.sh: it starts MariaDB).
 #include <httplib.h>
 #include <libpq-fe.h>
+#include <mysql.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -61,7 +66,7 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string gnomon = "build/gnomon", mode = "webhook", pg_url, sink_extra;
+  std::string gnomon = "build/gnomon", mode = "webhook", pg_url, mysql_url, sink_extra;
   long messages = 200000, batch = 1000, clients = 4, concurrency = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -71,6 +76,7 @@ int main(int argc, char** argv) {
     else if (k == "--batch") batch = std::atol(v.c_str());
     else if (k == "--clients") clients = std::atol(v.c_str());
     else if (k == "--pg") pg_url = v;
+    else if (k == "--mysql") mysql_url = v;
     else if (k == "--concurrency") concurrency = std::atol(v.c_str());
     else if (k == "--sink-extra") sink_extra = v;
     else {
@@ -114,8 +120,8 @@ int main(int argc, char** argv) {
     if (mode == "webhook-batch") {
       sink += "    batch: { max_records: 500 }\n";
     }
-  } else if (mode == "postgres") {
-    sink = "  - name: out\n    type: sql\n    url: \"" + pg_url +
+  } else if (mode == "postgres" || mode == "mariadb") {
+    sink = "  - name: out\n    type: sql\n    url: \"" + (mode == "postgres" ? pg_url : mysql_url) +
            "\"\n    table: bench_rows\n    create: true\n"
            "    columns: { device: \"@device\", seq: { path: \"$.seq\", type: integer }, "
            "temp: { path: \"$.temp\", type: real } }\n"
@@ -184,6 +190,19 @@ int main(int argc, char** argv) {
   long arrived = 0;
   PGconn* pg = nullptr;
   if (mode == "postgres") pg = PQconnectdb(pg_url.c_str());
+  MYSQL* my = nullptr;
+  if (mode == "mariadb") {
+    // mysql://user:password@host:port/db, as the sink reads it (no percent-encoding here).
+    std::string u = mysql_url.substr(mysql_url.find("://") + 3);
+    std::string user = u.substr(0, u.find(':')), pass = u.substr(u.find(':') + 1, u.find('@') - u.find(':') - 1);
+    std::string hostport = u.substr(u.find('@') + 1, u.find('/', u.find('@')) - u.find('@') - 1);
+    std::string db = u.substr(u.find('/', u.find('@')) + 1);
+    my = mysql_init(nullptr);
+    if (!mysql_real_connect(my, hostport.substr(0, hostport.find(':')).c_str(), user.c_str(), pass.c_str(),
+                            db.c_str(), std::atoi(hostport.substr(hostport.find(':') + 1).c_str()), nullptr, 0)) {
+      std::fprintf(stderr, "mariadb: %s\n", mysql_error(my));
+    }
+  }
   for (;;) {
     if (mode == "ingest") {
       arrived = messages;
@@ -191,6 +210,15 @@ int main(int argc, char** argv) {
       PGresult* r = PQexec(pg, "SELECT count(*) FROM bench_rows");
       arrived = PQresultStatus(r) == PGRES_TUPLES_OK ? std::atol(PQgetvalue(r, 0, 0)) : 0;
       PQclear(r);
+    } else if (mode == "mariadb") {
+      arrived = 0;
+      if (mysql_query(my, "SELECT count(*) FROM bench_rows") == 0) {
+        if (MYSQL_RES* r = mysql_store_result(my)) {
+          MYSQL_ROW row = mysql_fetch_row(r);
+          arrived = row && row[0] ? std::atol(row[0]) : 0;
+          mysql_free_result(r);
+        }
+      }
     } else {
       arrived = received.load();
     }
@@ -199,6 +227,7 @@ int main(int argc, char** argv) {
   }
   auto done = Clock::now();
   if (pg) PQfinish(pg);
+  if (my) mysql_close(my);
 
   std::printf("mode=%s messages=%ld batch=%ld clients=%ld failed_requests=%ld\n", mode.c_str(),
               messages, batch, clients, failed.load());
