@@ -138,6 +138,27 @@ int main(int argc, char** argv) {
          "  - { name: ingest, type: http, device: \"topic[2]\", max_in_flight: 1000000 }\n"
          "sinks:\n" << sink << "rules: [rules/*.lua]\napi: { listen: \"127.0.0.1:" << api << "\" }\n";
 
+  // The databases are asked for their row count; the table starts empty.
+  PGconn* pg = nullptr;
+  if (mode == "postgres") {
+    pg = PQconnectdb(pg_url.c_str());
+    PQclear(PQexec(pg, "DROP TABLE IF EXISTS bench_rows"));  // each run counts its own rows
+  }
+  MYSQL* my = nullptr;
+  if (mode == "mariadb") {
+    // mysql://user:password@host:port/db, as the sink reads it (no percent-encoding here).
+    std::string u = mysql_url.substr(mysql_url.find("://") + 3);
+    std::string user = u.substr(0, u.find(':')), pass = u.substr(u.find(':') + 1, u.find('@') - u.find(':') - 1);
+    std::string hostport = u.substr(u.find('@') + 1, u.find('/', u.find('@')) - u.find('@') - 1);
+    std::string db = u.substr(u.find('/', u.find('@')) + 1);
+    db = db.substr(0, db.find('?'));
+    my = mysql_init(nullptr);
+    if (!mysql_real_connect(my, hostport.substr(0, hostport.find(':')).c_str(), user.c_str(), pass.c_str(),
+                            db.c_str(), std::atoi(hostport.substr(hostport.find(':') + 1).c_str()), nullptr, 0)) {
+      std::fprintf(stderr, "mariadb: %s\n", mysql_error(my));
+    }
+    mysql_query(my, "DROP TABLE IF EXISTS bench_rows");  // each run counts its own rows
+  }
   std::string cfg = (dir / "gnomon.yaml").string();
   std::string log = (dir / "gnomon.log").string();
   posix_spawn_file_actions_t fa;
@@ -188,21 +209,6 @@ int main(int argc, char** argv) {
   auto accepted = Clock::now();
 
   long arrived = 0;
-  PGconn* pg = nullptr;
-  if (mode == "postgres") pg = PQconnectdb(pg_url.c_str());
-  MYSQL* my = nullptr;
-  if (mode == "mariadb") {
-    // mysql://user:password@host:port/db, as the sink reads it (no percent-encoding here).
-    std::string u = mysql_url.substr(mysql_url.find("://") + 3);
-    std::string user = u.substr(0, u.find(':')), pass = u.substr(u.find(':') + 1, u.find('@') - u.find(':') - 1);
-    std::string hostport = u.substr(u.find('@') + 1, u.find('/', u.find('@')) - u.find('@') - 1);
-    std::string db = u.substr(u.find('/', u.find('@')) + 1);
-    my = mysql_init(nullptr);
-    if (!mysql_real_connect(my, hostport.substr(0, hostport.find(':')).c_str(), user.c_str(), pass.c_str(),
-                            db.c_str(), std::atoi(hostport.substr(hostport.find(':') + 1).c_str()), nullptr, 0)) {
-      std::fprintf(stderr, "mariadb: %s\n", mysql_error(my));
-    }
-  }
   for (;;) {
     if (mode == "ingest") {
       arrived = messages;

@@ -55,3 +55,6 @@ $BIN --mode postgres --messages "$N" --batch 1000 --clients 4 \
 echo "== MariaDB (batches of up to 2000 rows, bulk executions)"
 $BIN --mode mariadb --messages "$N" --batch 1000 --clients 4 \
   --mysql "mysql://gnomon:bench@127.0.0.1:$MY_PORT/bench"
+echo "== MariaDB without bulk executions (multi-row INSERTs: the path MySQL servers get)"
+$BIN --mode mariadb --messages "$N" --batch 1000 --clients 4 \
+  --mysql "mysql://gnomon:bench@127.0.0.1:$MY_PORT/bench?bulk=off"

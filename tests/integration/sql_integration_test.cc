@@ -70,6 +70,9 @@ class SqlIntegrationTest : public ::testing::Test {
 
   std::string DeadLetters() { return testing::ReadFile(dir_.File("data/dead-letter.jsonl")); }
 
+  void MariaDbBatches(bool bulk);
+  void MariaDbOutages(bool bulk);
+
   TempDir dir_;
   int api_port_ = 0;
 };
@@ -244,7 +247,8 @@ int64_t MyCount(const testing::MariaDb& db, const std::string& sql) {
 
 int64_t Lines(const std::string& s) { return std::count(s.begin(), s.end(), '\n'); }
 
-TEST_F(SqlIntegrationTest, MariaDbWritesBatchesUpsertsEscapesAndDeadLettersRefusedRowsOneByOne) {
+// `bulk`: bulk executions (MariaDB's protocol), or multi-row INSERTs (what MySQL servers get).
+void SqlIntegrationTest::MariaDbBatches(bool bulk) {
   testing::MariaDb db;
   std::string why;
   GNOMON_REQUIRE_SERVER(db.Start(&why), why);
@@ -254,7 +258,7 @@ TEST_F(SqlIntegrationTest, MariaDbWritesBatchesUpsertsEscapesAndDeadLettersRefus
                       "DEFAULT CHARSET=utf8mb4",
                       &why))
       << why;
-  WriteConfig("    url: \"" + db.url() +
+  WriteConfig("    url: \"" + db.url() + (bulk ? "" : "?bulk=off") +
               "\"\n    table: readings\n"
               "    columns: { device: \"@device\", seq: \"$.seq\", temp: \"$.temp\","
               " note: \"$.note\" }\n"
@@ -296,13 +300,21 @@ TEST_F(SqlIntegrationTest, MariaDbWritesBatchesUpsertsEscapesAndDeadLettersRefus
   EXPECT_EQ(g->Wait(), 0);
 }
 
-TEST_F(SqlIntegrationTest, MariaDbDownAtStartAndKilledMidStreamWithGnomonKilledLosesNothing) {
+TEST_F(SqlIntegrationTest, MariaDbWritesBatchesUpsertsEscapesAndDeadLettersRefusedRowsOneByOne) {
+  MariaDbBatches(true);
+}
+
+TEST_F(SqlIntegrationTest, MariaDbWithoutBulkWritesMultiRowInsertsWithTheSameOutcome) {
+  MariaDbBatches(false);
+}
+
+void SqlIntegrationTest::MariaDbOutages(bool bulk) {
   testing::MariaDb db;
   std::string why;
   GNOMON_REQUIRE_SERVER(db.Start(&why), why);
   db.Stop();  // down at start
-  WriteConfig("    url: \"" + db.url() +
-              "?connect-timeout=2\"\n    table: gnomon.readings\n"
+  WriteConfig("    url: \"" + db.url() + "?connect-timeout=2" + (bulk ? "" : "&bulk=off") +
+              "\"\n    table: gnomon.readings\n"
               "    create: true\n"
               "    columns: { device: \"@device\", seq: { path: \"$.seq\", type: integer },"
               " temp: { path: \"$.temp\", type: real }, hot: { path: \"$.hot\", type: boolean },"
@@ -324,9 +336,10 @@ TEST_F(SqlIntegrationTest, MariaDbDownAtStartAndKilledMidStreamWithGnomonKilledL
   ASSERT_TRUE(WaitFor([&] { return MyCount(db, "SELECT count(*) FROM readings") == 601; },
                       std::chrono::milliseconds(30000)))
       << MyCount(db, "SELECT count(*) FROM readings") << g->Stderr();
-  // MariaDB gets a batch as bulk executions (one round trip), not a statement per row.
+  // MariaDB gets a batch as bulk executions (one round trip), unless told otherwise.
   EXPECT_NE(g->Stderr().find(R"("msg":"connected to MariaDB/MySQL")"), std::string::npos);
-  EXPECT_NE(g->Stderr().find(R"("bulk":"yes")"), std::string::npos) << g->Stderr();
+  EXPECT_NE(g->Stderr().find(bulk ? R"("bulk":"yes")" : R"("bulk":"no")"), std::string::npos)
+      << g->Stderr();
   EXPECT_EQ(MyCount(db, "SELECT hot FROM readings WHERE device='b' AND seq=7000"), 1);
   EXPECT_EQ(MyQuery(db, "SELECT JSON_VALUE(raw, '$.seq') FROM readings WHERE device='b' AND seq=5"),
             std::string("5"));
@@ -339,6 +352,12 @@ TEST_F(SqlIntegrationTest, MariaDbDownAtStartAndKilledMidStreamWithGnomonKilledL
   g->Signal(SIGTERM);
   EXPECT_EQ(g->Wait(), 0);
 }
+
+TEST_F(SqlIntegrationTest, MariaDbDownAtStartAndKilledMidStreamWithGnomonKilledLosesNothing) {
+  MariaDbOutages(true);
+}
+
+TEST_F(SqlIntegrationTest, MariaDbWithoutBulkDownAndKilledLosesNothing) { MariaDbOutages(false); }
 
 TEST_F(SqlIntegrationTest, MariaDbWrongCredentialsAndAMissingTableHoldRecordsAndSayWhy) {
   testing::MariaDb db;
@@ -445,6 +464,7 @@ TEST_F(SqlIntegrationTest, BadMariaDbUrlsAreRefusedWithWhatIsWrong) {
            {"mysql://u@h/db?ssl-mode=maybe", "ssl-mode `maybe`"},
            {"mariadb://u@h/db?sslca=x", "unknown option `sslca`"},
            {"mysql://u@h/db?ssl-mode=verify-ca", "verify-ca needs ssl-ca"},
+           {"mysql://u@h/db?bulk=yes", "bulk `yes`: auto or off"},
            {"mysql://u:%zz@h/db", "percent-encoding"},
            {"mysql://u@h/db;drop", "database `db;drop`"}}) {
     WriteConfig("    url: \"" + url + "\"\n    table: t\n    columns: { a: \"$.a\" }\n");

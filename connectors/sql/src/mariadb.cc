@@ -9,6 +9,7 @@
 #include <mysql.h>
 
 #include <algorithm>
+#include <bit>
 #include <cctype>
 #include <charconv>
 #include <cstring>
@@ -152,6 +153,12 @@ Result<MariaDbUrl> ParseMariaDbUrl(std::string_view url) {
       u.ssl_cert = value;
     } else if (key == "ssl-key") {
       u.ssl_key = value;
+    } else if (key == "bulk") {
+      std::string v = Lower(value);
+      if (v != "auto" && v != "off") {
+        return InvalidArgument(fmt::format("bulk `{}`: auto or off", value));
+      }
+      u.bulk = v == "auto";
     } else if (key == "socket") {
       u.socket = value;
     } else if (key == "connect-timeout") {
@@ -164,7 +171,7 @@ Result<MariaDbUrl> ParseMariaDbUrl(std::string_view url) {
     } else {
       return InvalidArgument(
           fmt::format("unknown option `{}` (known: ssl-mode, ssl-ca, ssl-cert, ssl-key, socket, "
-                      "connect-timeout)",
+                      "connect-timeout, bulk)",
                       key));
     }
   }
@@ -262,7 +269,7 @@ class MariaDbDestination final : public SyncDestination {
     BatchResult result;
     MapBatch(config_.columns, batch, fields_, rows_, result.rejected);
     Collect(batch.size(), result.rejected);
-    Status s = bulk_ ? WriteBulk() : InvalidArgument("no bulk protocol");
+    Status s = bulk_ ? WriteBulk() : WriteValues();
     if (s.ok()) {
       s = Commit();
       if (s.ok()) {
@@ -275,10 +282,8 @@ class MariaDbDestination final : public SyncDestination {
       done(BatchResult::Retry(s));
       return;
     }
-    // A refused row (or a MySQL server): again one execution per row in a new transaction.
-    if (bulk_) {
-      mysql_rollback(conn_);
-    }
+    // A refused row: again one execution per row in a new transaction.
+    mysql_rollback(conn_);
     std::vector<std::pair<size_t, Status>> refused;
     if (s = RowByRow(refused); s.ok()) {
       s = Commit();
@@ -304,11 +309,12 @@ class MariaDbDestination final : public SyncDestination {
                                    mysql_error(conn_), mysql_errno(conn_)));
   }
 
-  Status StmtError(std::string_view what) const {
-    unsigned err = mysql_stmt_errno(stmt_);
-    std::string msg = fmt::format("{}: {} (error {})", what, mysql_stmt_error(stmt_), err);
-    return RowError(err, mysql_stmt_sqlstate(stmt_)) ? InvalidArgument(msg) : Unavailable(msg);
+  static Status StmtError(MYSQL_STMT* st, std::string_view what) {
+    unsigned err = mysql_stmt_errno(st);
+    std::string msg = fmt::format("{}: {} (error {})", what, mysql_stmt_error(st), err);
+    return RowError(err, mysql_stmt_sqlstate(st)) ? InvalidArgument(msg) : Unavailable(msg);
   }
+  Status StmtError(std::string_view what) const { return StmtError(stmt_, what); }
 
   Status Query(const std::string& sql) {
     if (mysql_real_query(conn_, sql.data(), sql.size()) != 0) {
@@ -387,24 +393,36 @@ class MariaDbDestination final : public SyncDestination {
         return Unavailable(fmt::format("create table {}: {}", config_.table, s.message()));
       }
     }
-    stmt_ = mysql_stmt_init(conn_);
-    std::string sql = InsertSql(config_);
-    if (stmt_ == nullptr || mysql_stmt_prepare(stmt_, sql.data(), sql.size()) != 0) {
-      return stmt_ == nullptr
-                 ? ConnError("statement")
-                 : Unavailable(fmt::format("prepare `{}`: {} (error {})", sql,
-                                           mysql_stmt_error(stmt_), mysql_stmt_errno(stmt_)));
-    }
+    GNOMON_RETURN_IF_ERROR(Prepare(1, stmt_));
     // MariaDB 10.2+ announces bulk execution; MySQL servers (CLIENT_MYSQL) have none.
     unsigned long caps = 0, ext_caps = 0;
     mariadb_get_infov(conn_, MARIADB_CONNECTION_SERVER_CAPABILITIES, &caps);
     mariadb_get_infov(conn_, MARIADB_CONNECTION_EXTENDED_SERVER_CAPABILITIES, &ext_caps);
-    bulk_ =
-        (caps & CLIENT_MYSQL) == 0 && (ext_caps & (MARIADB_CLIENT_STMT_BULK_OPERATIONS >> 32)) != 0;
+    bulk_ = url_.bulk && (caps & CLIENT_MYSQL) == 0 &&
+            (ext_caps & (MARIADB_CLIENT_STMT_BULK_OPERATIONS >> 32)) != 0;
+    return {};
+  }
+
+  // The INSERT for `rows` rows (VALUES (?, ...), (?, ...), ...), prepared.
+  Status Prepare(size_t rows, MYSQL_STMT*& st) {
+    st = mysql_stmt_init(conn_);
+    std::string sql = InsertSql(config_, rows);
+    if (st == nullptr || mysql_stmt_prepare(st, sql.data(), sql.size()) != 0) {
+      return st == nullptr
+                 ? ConnError("statement")
+                 : Unavailable(fmt::format("prepare `{}`: {} (error {})", sql.substr(0, 200),
+                                           mysql_stmt_error(st), mysql_stmt_errno(st)));
+    }
     return {};
   }
 
   void Disconnect() {
+    for (MYSQL_STMT*& st : multi_) {
+      if (st != nullptr) {
+        mysql_stmt_close(st);
+        st = nullptr;
+      }
+    }
     if (stmt_ != nullptr) {
       mysql_stmt_close(stmt_);
       stmt_ = nullptr;
@@ -537,35 +555,90 @@ class MariaDbDestination final : public SyncDestination {
     return {};
   }
 
+  // Points `b` at live row k's value of column c (a single execution's layout).
+  void BindCell(MYSQL_BIND& b, size_t k, size_t c) {
+    ColumnValues& v = values_[c];
+    std::memset(&b, 0, sizeof(b));
+    b.buffer_type = FieldType(v.bind);
+    b.is_null = reinterpret_cast<my_bool*>(&v.ind[k]);
+    switch (v.bind) {
+      case Bind::kString:
+        b.buffer = const_cast<char*>(v.ptrs[k]);
+        b.buffer_length = v.lens[k];
+        b.length = &v.lens[k];
+        break;
+      case Bind::kLongLong:
+        b.buffer = &v.ints[k];
+        break;
+      case Bind::kDouble:
+        b.buffer = &v.doubles[k];
+        break;
+      case Bind::kTiny:
+        b.buffer = &v.tinys[k];
+        break;
+    }
+  }
+
   // Binds live_[k] alone (a single execution).
   Status BindRow(size_t k) {
     unsigned zero = 0;
     for (size_t c = 0; c < values_.size(); ++c) {
-      ColumnValues& v = values_[c];
-      MYSQL_BIND& b = binds_[c];
-      std::memset(&b, 0, sizeof(b));
-      b.buffer_type = FieldType(v.bind);
-      b.is_null = reinterpret_cast<my_bool*>(&v.ind[k]);
-      switch (v.bind) {
-        case Bind::kString:
-          b.buffer = const_cast<char*>(v.ptrs[k]);
-          b.buffer_length = v.lens[k];
-          b.length = &v.lens[k];
-          break;
-        case Bind::kLongLong:
-          b.buffer = &v.ints[k];
-          break;
-        case Bind::kDouble:
-          b.buffer = &v.doubles[k];
-          break;
-        case Bind::kTiny:
-          b.buffer = &v.tinys[k];
-          break;
-      }
+      BindCell(binds_[c], k, c);
     }
     if (mysql_stmt_attr_set(stmt_, STMT_ATTR_ARRAY_SIZE, &zero) != 0 ||
         mysql_stmt_bind_param(stmt_, binds_.data()) != 0) {
       return StmtError("bind");
+    }
+    return {};
+  }
+
+  // Without bulk execution (MySQL, or `bulk=off`): multi-row INSERTs of 2^j rows (at most
+  // kMaxValuesRows, at most 65535 parameters, at most half a packet), each prepared once.
+  Status WriteValues() {
+    static constexpr size_t kMaxValuesRows = 128;
+    const size_t budget = std::max<size_t>(max_packet_ / 2, 64 << 10);
+    const size_t cols = std::max<size_t>(values_.size(), 1);
+    const size_t max_rows = std::min(kMaxValuesRows, std::bit_floor(65535 / cols));
+    for (size_t k = 0; k < live_.size();) {
+      size_t n = std::bit_floor(std::min(max_rows, live_.size() - k));
+      auto bytes = [&](size_t rows) {
+        size_t sum = 0;
+        for (size_t r = k; r < k + rows; ++r) {
+          sum += row_bytes_[r];
+        }
+        return sum;
+      };
+      while (n > 1 && bytes(n) > budget) {
+        n /= 2;
+      }
+      if (n == 1) {
+        GNOMON_RETURN_IF_ERROR(BindRow(k));
+        if (mysql_stmt_execute(stmt_) != 0) {
+          return StmtError(fmt::format("insert into {}", config_.table));
+        }
+        ++k;
+        continue;
+      }
+      size_t j = std::countr_zero(n);
+      if (multi_.size() <= j) {
+        multi_.resize(j + 1, nullptr);
+      }
+      if (multi_[j] == nullptr) {
+        GNOMON_RETURN_IF_ERROR(Prepare(n, multi_[j]));
+      }
+      multi_binds_.resize(n * values_.size());
+      for (size_t r = 0; r < n; ++r) {
+        for (size_t c = 0; c < values_.size(); ++c) {
+          BindCell(multi_binds_[r * values_.size() + c], k + r, c);
+        }
+      }
+      if (mysql_stmt_bind_param(multi_[j], multi_binds_.data()) != 0) {
+        return StmtError(multi_[j], "bind");
+      }
+      if (mysql_stmt_execute(multi_[j]) != 0) {
+        return StmtError(multi_[j], fmt::format("insert into {}", config_.table));
+      }
+      k += n;
     }
     return {};
   }
@@ -607,7 +680,9 @@ class MariaDbDestination final : public SyncDestination {
   std::string name_;
   MariaDbUrl url_;
   MYSQL* conn_ = nullptr;
-  MYSQL_STMT* stmt_ = nullptr;
+  MYSQL_STMT* stmt_ = nullptr;      // the one-row INSERT
+  std::vector<MYSQL_STMT*> multi_;  // [j]: the INSERT of 2^j rows, once used
+  std::vector<MYSQL_BIND> multi_binds_;
   bool bulk_ = false;
   size_t max_packet_ = 16 << 20;
   RecordFields fields_;

@@ -29,7 +29,8 @@ struct Column {
 
 // mysql://[user[:password]@]host[:port][/database][?option=value&...] (or mariadb://). User and
 // password are percent-decoded. Options: ssl-mode (disabled, required, verify-ca,
-// verify-identity), ssl-ca, ssl-cert, ssl-key, socket, connect-timeout (seconds).
+// verify-identity), ssl-ca, ssl-cert, ssl-key, socket, connect-timeout (seconds), bulk (auto:
+// bulk executions when the server has them; off: multi-row INSERTs, as for MySQL servers).
 struct MariaDbUrl {
   std::string user;
   std::string password;
@@ -40,6 +41,7 @@ struct MariaDbUrl {
   enum class Tls { kDisabled, kRequired, kVerifyCa, kVerifyIdentity } tls = Tls::kDisabled;
   std::string ssl_ca, ssl_cert, ssl_key;
   unsigned connect_timeout_s = 5;
+  bool bulk = true;
 };
 
 struct SqlSinkConfig {
@@ -77,8 +79,9 @@ void MapBatch(const std::vector<Column>& columns, std::span<OutboxEntry* const> 
               RecordFields& fields, std::vector<std::vector<Cell>>& rows,
               std::vector<std::pair<size_t, Status>>& rejected);
 
-// INSERT with one parameter per column; an upsert on `key` when it is set.
-std::string InsertSql(const SqlSinkConfig& c);
+// INSERT with one parameter per column; an upsert on `key` when it is set. `rows` > 1 (MariaDB
+// only): that many parenthesised rows of parameters.
+std::string InsertSql(const SqlSinkConfig& c, size_t rows = 1);
 // CREATE TABLE IF NOT EXISTS from the columns, `key` as the primary key.
 std::string CreateSql(const SqlSinkConfig& c);
 

@@ -148,7 +148,7 @@ void MapBatch(const std::vector<Column>& columns, std::span<OutboxEntry* const> 
   }
 }
 
-std::string InsertSql(const SqlSinkConfig& c) {
+std::string InsertSql(const SqlSinkConfig& c, size_t rows) {
   const Dialect d = c.dialect;
   auto is_key = [&](const std::string& name) {
     return std::find(c.key.begin(), c.key.end(), name) != c.key.end();
@@ -165,6 +165,9 @@ std::string InsertSql(const SqlSinkConfig& c) {
     }
   }
   std::string sql = fmt::format("INSERT INTO {} ({}) VALUES ({})", Quote(c.table, d), cols, params);
+  for (size_t r = 1; r < rows; ++r) {
+    sql += fmt::format(", ({})", params);
+  }
   if (c.key.empty()) {
     return sql;
   }
