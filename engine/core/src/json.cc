@@ -27,18 +27,23 @@ constexpr std::array<bool, 256> kEscaped = [] {
 
 void AppendQuoted(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
-  // Most strings (keys, identifiers) need no escape: one copy.
+  // Most strings (keys, identifiers) need no escape.
   size_t first = 0;
   while (first < s.size() && !kEscaped[static_cast<unsigned char>(s[first])]) {
     ++first;
   }
-  out.reserve(out.size() + first + 2);
-  out.push_back('"');
-  out.append(s.data(), first);
+  // One resize and one copy; std::string's push_back and append each check the capacity and
+  // branch on it, which costs more in a rule call than their instructions suggest.
+  size_t at = out.size();
+  out.resize(at + first + 2);
+  char* p = out.data() + at;
+  p[0] = '"';
+  std::memcpy(p + 1, s.data(), first);
   if (first == s.size()) {
-    out.push_back('"');
+    p[first + 1] = '"';
     return;
   }
+  out.resize(at + first + 1);
   size_t run = first;  // start of the pending run of bytes that need no escape
   for (size_t i = first; i < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
