@@ -7,8 +7,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
 #include <new>
+#include <type_traits>
+#include <vector>
 
 #include "gnomon/core/json.h"
 
@@ -50,6 +51,94 @@ Result<View*> CheckView(lua_State* L, int idx, JsonContext* ctx) {
         "msg.payload used after handle returned (copy values out with json.totable)");
   }
   return v;
+}
+
+// Two elements are the same value of the same document when their bytes are (a document
+// pointer and a tape index): simdjson has no public identity for them.
+static_assert(std::is_trivially_copyable_v<simdjson::dom::element>);
+bool SameElement(const simdjson::dom::element& a, const simdjson::dom::element& b) {
+  return std::memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+// The path of `target` under `el` (".a[2].b"), found by walking the document. For error texts.
+bool PathTo(simdjson::dom::element el, const simdjson::dom::element& target, std::string& path) {
+  using T = simdjson::dom::element_type;
+  if (SameElement(el, target)) {
+    return true;
+  }
+  if (el.type() == T::ARRAY) {
+    size_t i = 0;
+    for (simdjson::dom::element item : simdjson::dom::array(el)) {
+      if (PathTo(item, target, path)) {
+        path = fmt::format("[{}]{}", i, path);
+        return true;
+      }
+      ++i;
+    }
+  } else if (el.type() == T::OBJECT) {
+    for (auto field : simdjson::dom::object(el)) {
+      if (PathTo(field.value, target, path)) {
+        path = fmt::format(".{}{}", field.key.substr(0, 64), path);
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+std::string PathOf(JsonContext* ctx, const simdjson::dom::element& el) {
+  std::string path;
+  PathTo(ctx->payload_root, el, path);
+  return "$" + path;
+}
+
+Status DuplicateKeyError(std::string_view key, const std::string& path) {
+  std::string quoted;
+  json::AppendQuoted(quoted, key.substr(0, 64));
+  return InvalidArgument(fmt::format("duplicate key {} in the object at {}", quoted, path));
+}
+
+// May the payload hold a key twice anywhere? The tape scan answers once per call.
+bool PayloadMayHaveDuplicates(JsonContext* ctx) {
+  if (ctx->payload_duplicates < 0) {
+    ctx->payload_duplicates =
+        ctx->payload_doc == nullptr ||
+                ScanTapeForDuplicateKeys(*ctx->payload_doc) != KeyScan::kUnique
+            ? 1
+            : 0;
+  }
+  return ctx->payload_duplicates != 0;
+}
+
+// An error naming the first key held twice by an object anywhere under `el` (the whole value a
+// rule copies or encodes), or OK.
+Status CheckNoDuplicates(JsonContext* ctx, simdjson::dom::element el) {
+  if (!el.is_object() && !el.is_array()) {
+    return {};
+  }
+  std::string where;
+  if (!PayloadMayHaveDuplicates(ctx) || !FindDuplicateKey(el, where)) {
+    return {};
+  }
+  size_t q = where.find('"');  // where: `.list[1]"k"`, below `el`
+  return InvalidArgument(fmt::format("duplicate key {} in the object at {}{}", where.substr(q),
+                                     PathOf(ctx, el), where.substr(0, q)));
+}
+
+// An error if the object `el` itself holds a key twice (json.pairs and # list its keys).
+Status CheckObjectKeys(JsonContext* ctx, simdjson::dom::object o,
+                       const simdjson::dom::element& el) {
+  if (!PayloadMayHaveDuplicates(ctx)) {
+    return {};
+  }
+  std::vector<std::string_view> keys;
+  keys.reserve(o.size());
+  for (auto field : o) {
+    keys.push_back(field.key);
+  }
+  std::sort(keys.begin(), keys.end());
+  auto dup = std::adjacent_find(keys.begin(), keys.end());
+  return dup == keys.end() ? Status() : DuplicateKeyError(*dup, PathOf(ctx, el));
 }
 
 constexpr int64_t kMaxExact = int64_t{1} << 53;
@@ -127,10 +216,29 @@ Result<int> ViewIndex(lua_State* L) {
     }
     size_t len = 0;
     const char* k = lua_tolstring(L, 2, &len);
-    if (simdjson::dom::object(v->el).at_key(std::string_view(k, len)).get(child) !=
-        simdjson::SUCCESS) {
-      lua_pushnil(L);
-      return 1;
+    std::string_view key(k, len);
+    simdjson::dom::object o(v->el);
+    if (ctx->payload_duplicates == 0) {  // known to hold no key twice: the first match is it
+      if (o.at_key(key).get(child) != simdjson::SUCCESS) {
+        lua_pushnil(L);
+        return 1;
+      }
+    } else {
+      // Every key is looked at: a key the object holds twice is refused when it is read.
+      bool found = false;
+      for (auto field : o) {
+        if (field.key.size() == len && std::memcmp(field.key.data(), k, len) == 0) {
+          if (found) {
+            return DuplicateKeyError(key, PathOf(ctx, v->el));
+          }
+          child = field.value;
+          found = true;
+        }
+      }
+      if (!found) {
+        lua_pushnil(L);
+        return 1;
+      }
     }
   } else {
     if (lua_type(L, 2) != LUA_TNUMBER) {
@@ -151,6 +259,9 @@ Result<int> ViewIndex(lua_State* L) {
 
 Result<int> ViewLen(lua_State* L) {
   GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  if (v->el.is_object()) {
+    GNOMON_RETURN_IF_ERROR(CheckObjectKeys(Ctx(L), simdjson::dom::object(v->el), v->el));
+  }
   size_t n = v->el.is_array() ? simdjson::dom::array(v->el).size()
                               : simdjson::dom::object(v->el).size();
   lua_pushnumber(L, static_cast<lua_Number>(n));
@@ -159,6 +270,7 @@ Result<int> ViewLen(lua_State* L) {
 
 Result<int> ViewToString(lua_State* L) {
   GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  GNOMON_RETURN_IF_ERROR(CheckNoDuplicates(Ctx(L), v->el));
   std::string s = simdjson::minify(v->el);
   lua_pushlstring(L, s.data(), s.size());
   return 1;
@@ -508,8 +620,9 @@ KeyScan ScanTapeForDuplicateKeys(const simdjson::dom::document& doc) {
   return TapeKeyScan(doc).Run();
 }
 
-std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len,
-                          bool padded, simdjson::dom::element& out, std::string& scratch) {
+std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len, bool padded,
+                          simdjson::dom::element& out, std::string& scratch,
+                          bool refuse_duplicates) {
   auto err = parser.parse(data, len, !padded).get(out);
   if (err == simdjson::NUMBER_ERROR && QuoteOutOfRangeNumbers({data, len}, scratch)) {
     err = parser.parse(scratch).get(out);  // big numbers as exact strings
@@ -517,6 +630,9 @@ std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_
   if (err != simdjson::SUCCESS) {
     return len == 0 ? std::string("empty payload")
                     : fmt::format("invalid JSON: {}", simdjson::error_message(err));
+  }
+  if (!refuse_duplicates) {
+    return {};
   }
   std::string where;
   simdjson::dom::element_type t = out.type();
@@ -540,6 +656,7 @@ Result<int> JsonToTable(lua_State* L) {
     return 1;
   }
   GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  GNOMON_RETURN_IF_ERROR(CheckNoDuplicates(Ctx(L), v->el).WithContext("json.totable"));
   PushTable(L, v->el);
   return 1;
 }
@@ -558,6 +675,8 @@ Result<int> JsonPairs(lua_State* L) {
         lua_rawseti(L, -2, i++);
       }
     } else {
+      GNOMON_RETURN_IF_ERROR(
+          CheckObjectKeys(ctx, simdjson::dom::object(v->el), v->el).WithContext("json.pairs"));
       lua_createtable(L, 0, static_cast<int>(simdjson::dom::object(v->el).size()));
       for (auto field : simdjson::dom::object(v->el)) {
         lua_pushlstring(L, field.key.data(), field.key.size());
@@ -761,6 +880,9 @@ struct Encoder {
       case LUA_TUSERDATA: {
         if (ToView(L, idx, ctx) != nullptr) {
           GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, idx, ctx));
+          if (Status s = CheckNoDuplicates(ctx, v->el); !s.ok()) {
+            return Error(s.message());
+          }
           out += simdjson::minify(v->el);
           return {};
         }
@@ -789,6 +911,14 @@ void PushElement(lua_State* L, JsonContext* ctx, simdjson::dom::element el) {
     return;
   }
   PushScalar(L, el);
+}
+
+void PushPayload(lua_State* L, JsonContext* ctx, const simdjson::dom::document& doc,
+                 simdjson::dom::element root) {
+  ctx->payload_doc = &doc;
+  ctx->payload_root = root;
+  ctx->payload_duplicates = -1;
+  PushElement(L, ctx, root);
 }
 
 Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,

@@ -20,14 +20,28 @@ struct JsonContext {
   uint64_t generation = 1;               // bumped after each call: older views are dead
   const void* view_meta = nullptr;       // the view metatable (set by OpenJson), for identity
   int view_meta_ref = LUA_NOREF;         // ... and its registry slot, to push it
+  // The document msg.payload's views read (SetPayload), and whether it holds a key twice
+  // anywhere: -1 not looked yet, 0 no, 1 maybe (the tape scan, once per call at most).
+  const simdjson::dom::document* payload_doc = nullptr;
+  simdjson::dom::element payload_root;
+  int payload_duplicates = -1;
 };
+
+// Makes `root` (of `doc`) the document this call's views read; pushes its view (or scalar).
+// Its objects are not checked for keys they hold twice until they are read: reading such a
+// key, and copying or encoding an object or array that holds one anywhere (json.totable,
+// json.pairs, #, tostring, json.encode, ctx.emit, ...), fails with the key and its path.
+void PushPayload(lua_State* L, JsonContext* ctx, const simdjson::dom::document& doc,
+                 simdjson::dom::element root);
 
 // Parses `text` the way rules see JSON (msg.payload, json.decode): a number beyond the range
 // of a 64-bit integer or a double (123456789012345678901234567890, 1e400) is kept as an exact
-// string, and an object that holds a key twice is refused (readers disagree on which one
-// counts). Returns the error text ("" on success); `scratch` holds a rewritten copy if needed.
-std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len,
-                          bool padded, simdjson::dom::element& out, std::string& scratch);
+// string, and with `refuse_duplicates` an object that holds a key twice is refused (readers
+// disagree on which one counts; msg.payload checks when it is read instead, see PushPayload).
+// Returns the error text ("" on success); `scratch` holds a rewritten copy if needed.
+std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len, bool padded,
+                          simdjson::dom::element& out, std::string& scratch,
+                          bool refuse_duplicates = true);
 
 // The two ways ParseRuleJson looks for a key an object holds twice, exposed for the test that
 // holds them to each other. ScanTapeForDuplicateKeys reads the parsed document's tape in one

@@ -587,11 +587,11 @@ Result<int> MsgIndex(lua_State* L) {
       s->parsed_error =
           ParseRuleJson(s->payload_parser, p.data(), p.size(),
                         p.capacity() - p.size() >= simdjson::SIMDJSON_PADDING, s->parsed_root,
-                        s->parse_scratch);
+                        s->parse_scratch, /*refuse_duplicates=*/false);
       s->parsed_id = s->msg->id;
     }
     if (s->parsed_error.empty()) {
-      PushElement(L, &s->slot->json, s->parsed_root);
+      PushPayload(L, &s->slot->json, s->payload_parser.doc, s->parsed_root);
       lua_pushvalue(L, -1);
       lua_setfield(L, 1, "payload");
       if (!want_payload) {
