@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The payload a device sends, through what a rule does with it: lazy view reads, json.totable,
-// json.pairs, json.decode of the raw bytes, json.encode of the view and of its copy.
+// json.pairs, json.decode of the raw bytes, json.encode of the view and of its copy. Checks that
+// the tape scan for duplicate keys agrees with the DOM walk, and that emitting the payload fails
+// with "duplicate key" exactly when it holds one.
 #include <simdjson.h>
 
 #include <cstdint>
@@ -26,11 +28,12 @@ return rule { name = "f", from = "#", handle = function(msg, ctx)
       local _ = v[1], v.a, v[""]
     end
   end
-  walk(p, 0)
-  ctx.emit("out", p)
-  ctx.emit("out", json.totable(p))
+  -- Each step on its own: a key held twice fails the step that reads it.
+  pcall(walk, p, 0)
+  pcall(function() ctx.emit("out", json.totable(p)) end)
   local ok, t = pcall(json.decode, msg.raw)
   if ok then ctx.emit("out", json.encode(t)) end
+  ctx.emit("out", p)  -- last, unprotected: fails the call exactly when p holds a key twice
 end }
 )lua";
 
@@ -70,6 +73,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (fast != gnomon::rules::KeyScan::kUnknown &&
         (fast == gnomon::rules::KeyScan::kDuplicate) != slow) {
       __builtin_trap();
+    }
+    bool refused = r.outcome == gnomon::rules::Outcome::kFailed &&
+                   r.reason.find("duplicate key") != std::string::npos;
+    // (Filtered: the rule saw no payload, as when the runtime's parse refused it.)
+    if (slow && r.outcome != gnomon::rules::Outcome::kFailed &&
+        r.outcome != gnomon::rules::Outcome::kFiltered) {
+      __builtin_trap();  // a key held twice went out
+    }
+    if (!slow && refused) {
+      __builtin_trap();  // a document without one was refused
     }
   }
   return 0;
