@@ -285,13 +285,8 @@ class MqttTlsAuthTest : public ::testing::Test {
       int rc = testing::RunCommand(argv, &out, &err, d.path());
       ASSERT_EQ(rc, 0) << argv[0] << " " << argv[1] << ": " << err;
     };
-    d.Write("san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-    run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-         "ca.crt", "-days", "2", "-subj", "/CN=gnomon-test-ca"});
-    run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-         "server.csr", "-subj", "/CN=localhost"});
-    run({"openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"});
+    std::string certs_why;
+    ASSERT_TRUE(testing::MakeServerCertificates(d, &certs_why)) << certs_why;
     run({"mosquitto_passwd", "-b", "-c", "passwd", "gnomon", "s3cret"});
     run({"chmod", "0644", "ca.key", "server.key", "passwd"});  // mosquitto drops root
     GNOMON_REQUIRE_SERVER(!testing::MosquittoBinary().empty(), "mosquitto (apt-get install mosquitto)");

@@ -401,17 +401,12 @@ TEST_F(SqlIntegrationTest, MariaDbOverVerifiedTls) {
     std::string out, err;
     ASSERT_EQ(testing::RunCommand(argv, &out, &err, certs.path()), 0) << argv[0] << ": " << err;
   };
-  certs.Write("san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-  run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-       "ca.crt", "-days", "2", "-subj", "/CN=gnomon-test-ca"});
-  run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-       "server.csr", "-subj", "/CN=localhost"});
-  run({"openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-       "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"});
+  std::string why;
+  ASSERT_TRUE(testing::MakeServerCertificates(certs, &why)) << why;
+  // A second, unrelated CA.
   run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out",
        "other.crt", "-days", "2", "-subj", "/CN=someone-else"});
   testing::MariaDb db;
-  std::string why;
   GNOMON_REQUIRE_SERVER(
       db.Start(&why, {"--ssl-cert=" + certs.File("server.crt"),
                       "--ssl-key=" + certs.File("server.key"), "--require-secure-transport=ON"}),

@@ -351,6 +351,25 @@ std::string Postgres::url() const {
   return "postgresql://gnomon@127.0.0.1:" + std::to_string(port_) + "/postgres";
 }
 
+bool MakeServerCertificates(const TempDir& dir, std::string* why) {
+  dir.Write("san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  const std::vector<std::vector<std::string>> steps = {
+      {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+       "ca.crt", "-days", "2", "-subj", "/CN=gnomon-test-ca"},
+      {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+       "server.csr", "-subj", "/CN=localhost"},
+      {"openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+       "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"}};
+  for (const auto& argv : steps) {
+    std::string out, err;
+    if (RunCommand(argv, &out, &err, dir.path()) != 0) {
+      *why = argv[1] + ": " + err;
+      return false;
+    }
+  }
+  return true;
+}
+
 bool MariaDb::Start(std::string* why, const std::vector<std::string>& extra) {
   const std::string server = "/usr/sbin/mariadbd";
   if (::access(server.c_str(), X_OK) != 0) {

@@ -69,6 +69,10 @@ class Process {
 int RunCommand(const std::vector<std::string>& argv, std::string* out = nullptr,
                std::string* err = nullptr, const std::string& dir = "");
 
+// Writes a private CA (ca.crt, ca.key) and a server certificate it signed for 127.0.0.1 and
+// localhost (server.crt, server.key) into `dir` with openssl. False, with `why`, on failure.
+bool MakeServerCertificates(const TempDir& dir, std::string* why);
+
 // A mosquitto broker on a free loopback port, with persistence in a temp dir.
 // A small tmpfs mounted on a directory for the life of the object (the tests run as root in CI).
 class SmallDisk {

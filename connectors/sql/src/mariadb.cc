@@ -293,9 +293,7 @@ class MariaDbDestination final : public SyncDestination {
       done(BatchResult::Retry(s));
       return;
     }
-    result.rejected.insert(result.rejected.end(), refused.begin(), refused.end());
-    std::sort(result.rejected.begin(), result.rejected.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
+    MergeRejected(result.rejected, std::move(refused));
     done(std::move(result));
   }
 
@@ -503,11 +501,7 @@ class MariaDbDestination final : public SyncDestination {
         }
       }
     }
-    if (!too_big.empty()) {
-      rejected.insert(rejected.end(), too_big.begin(), too_big.end());
-      std::sort(rejected.begin(), rejected.end(),
-                [](const auto& a, const auto& b) { return a.first < b.first; });
-    }
+    MergeRejected(rejected, std::move(too_big));
   }
 
   static enum_field_types FieldType(Bind b) {

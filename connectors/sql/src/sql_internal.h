@@ -79,6 +79,10 @@ void MapBatch(const std::vector<Column>& columns, std::span<OutboxEntry* const> 
               RecordFields& fields, std::vector<std::vector<Cell>>& rows,
               std::vector<std::pair<size_t, Status>>& rejected);
 
+// Adds `more` to `into`, keeping (batch index, why) pairs in index order.
+void MergeRejected(std::vector<std::pair<size_t, Status>>& into,
+                   std::vector<std::pair<size_t, Status>> more);
+
 // INSERT with one parameter per column; an upsert on `key` when it is set. `rows` > 1 (MariaDB
 // only): that many parenthesised rows of parameters.
 std::string InsertSql(const SqlSinkConfig& c, size_t rows = 1);

@@ -148,6 +148,17 @@ void MapBatch(const std::vector<Column>& columns, std::span<OutboxEntry* const> 
   }
 }
 
+void MergeRejected(std::vector<std::pair<size_t, Status>>& into,
+                   std::vector<std::pair<size_t, Status>> more) {
+  if (more.empty()) {
+    return;
+  }
+  into.insert(into.end(), std::make_move_iterator(more.begin()),
+              std::make_move_iterator(more.end()));
+  std::sort(into.begin(), into.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+}
+
 std::string InsertSql(const SqlSinkConfig& c, size_t rows) {
   const Dialect d = c.dialect;
   auto is_key = [&](const std::string& name) {
@@ -433,9 +444,7 @@ class PostgresDestination final : public SyncDestination {
       done(BatchResult::Retry(s));
       return;
     }
-    result.rejected.insert(result.rejected.end(), refused.begin(), refused.end());
-    std::sort(result.rejected.begin(), result.rejected.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
+    MergeRejected(result.rejected, std::move(refused));
     done(std::move(result));
   }
 
