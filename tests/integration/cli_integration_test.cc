@@ -311,7 +311,9 @@ TEST(CliTest, DeviceIdsAreValidatedAndFilesArePrivate) {
             "{\"topic\":\"a/b\",\"payload\":{\"id\":\"lock-1/cmd/x\"}}\n"
             "{\"topic\":\"a/b\",\"payload\":{\"id\":\"\"}}\n"
             "{\"topic\":\"a/b\",\"payload\":{\"id\":\"$SYS/x\"}}\n"
-            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"a\\u0001b\"}}\n");
+            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"a\\u0001b\"}}\n"
+            // A key held twice names no device (lock-1 is not reached through it).
+            "{\"topic\":\"a/b\",\"payload\":{\"id\":\"lock-1\",\"id\":\"lock-2\"}}\n");
   std::string out, err;
   EXPECT_EQ(Replay(dir, &out, &err, /*dry_run=*/true),
             0)
@@ -332,6 +334,9 @@ TEST(CliTest, DeviceIdsAreValidatedAndFilesArePrivate) {
   EXPECT_EQ(bad, 4u) << dl;
   EXPECT_NE(dl.find("device id 'lock-1/cmd/x' is not valid"), std::string::npos) << dl;
   EXPECT_NE(dl.find("a\\\\x01b"), std::string::npos) << dl;
+  EXPECT_NE(dl.find(R"(payload holds the key \"id\" of payload.id more than once)"),
+            std::string::npos)
+      << dl;
   // Private by default: data_dir 0700, what is in it 0600.
   struct stat st {};
   ASSERT_EQ(::stat(dir.File("data").c_str(), &st), 0);

@@ -71,8 +71,24 @@ Result<std::string> DeviceRule::Extract(const Message& m) const {
         return InvalidArgument("payload is not JSON; cannot read " + spec_);
       }
       for (const auto& part : path_) {
-        if (e[part].get(e) != simdjson::SUCCESS) {
+        // Every key is looked at: a field the payload holds twice names no device (readers
+        // disagree on which one counts; rules refuse it the same way).
+        simdjson::dom::object o;
+        if (e.get(o) != simdjson::SUCCESS) {
           return InvalidArgument("payload has no field " + spec_.substr(8));
+        }
+        int found = 0;
+        for (auto field : o) {
+          if (field.key == part && found++ == 0) {
+            e = field.value;
+          }
+        }
+        if (found == 0) {
+          return InvalidArgument("payload has no field " + spec_.substr(8));
+        }
+        if (found > 1) {
+          return InvalidArgument("payload holds the key \"" + part + "\" of " + spec_ +
+                                 " more than once");
         }
       }
       if (e.is_string()) {
