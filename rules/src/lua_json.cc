@@ -40,17 +40,22 @@ View* ToView(lua_State* L, int idx, JsonContext* ctx) {
   return view ? static_cast<View*>(lua_touserdata(L, idx)) : nullptr;
 }
 
+// `v` if it belongs to the call in progress; an error otherwise.
+Result<View*> Live(View* v, JsonContext* ctx) {
+  if (v->generation != ctx->generation) {
+    return FailedPrecondition(
+        "msg.payload used after handle returned (copy values out with json.totable)");
+  }
+  return v;
+}
+
 // The view at `idx` if it is one and still alive; an error otherwise.
 Result<View*> CheckView(lua_State* L, int idx, JsonContext* ctx) {
   View* v = ToView(L, idx, ctx);
   if (v == nullptr) {
     return InvalidArgument("expected a JSON view");
   }
-  if (v->generation != ctx->generation) {
-    return FailedPrecondition(
-        "msg.payload used after handle returned (copy values out with json.totable)");
-  }
-  return v;
+  return Live(v, ctx);
 }
 
 // Two elements are the same value of the same document when their bytes are (a document
@@ -651,11 +656,12 @@ std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_
 namespace {
 // json.totable(v): a deep copy of a view as tables; other values unchanged.
 Result<int> JsonToTable(lua_State* L) {
-  if (ToView(L, 1, Ctx(L)) == nullptr) {
+  View* view = ToView(L, 1, Ctx(L));
+  if (view == nullptr) {
     lua_settop(L, 1);
     return 1;
   }
-  GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  GNOMON_ASSIGN_OR_RETURN(View * v, Live(view, Ctx(L)));
   GNOMON_RETURN_IF_ERROR(CheckNoDuplicates(Ctx(L), v->el).WithContext("json.totable"));
   PushTable(L, v->el);
   return 1;
@@ -663,9 +669,9 @@ Result<int> JsonToTable(lua_State* L) {
 
 // json.pairs(v): iterate a view (object fields or array items) or a table.
 Result<int> JsonPairs(lua_State* L) {
-  if (ToView(L, 1, Ctx(L)) != nullptr) {
-    GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, 1, Ctx(L)));
+  if (View* view = ToView(L, 1, Ctx(L)); view != nullptr) {
     JsonContext* ctx = Ctx(L);
+    GNOMON_ASSIGN_OR_RETURN(View * v, Live(view, ctx));
     lua_getglobal(L, "next");
     if (v->el.is_array()) {
       lua_createtable(L, static_cast<int>(simdjson::dom::array(v->el).size()), 0);
@@ -878,8 +884,8 @@ struct Encoder {
         }
         break;
       case LUA_TUSERDATA: {
-        if (ToView(L, idx, ctx) != nullptr) {
-          GNOMON_ASSIGN_OR_RETURN(View * v, CheckView(L, idx, ctx));
+        if (View* view = ToView(L, idx, ctx); view != nullptr) {
+          GNOMON_ASSIGN_OR_RETURN(View * v, Live(view, ctx));
           if (Status s = CheckNoDuplicates(ctx, v->el); !s.ok()) {
             return Error(s.message());
           }
