@@ -222,6 +222,10 @@ TEST_F(SqlIntegrationTest, BadSqlConfigIsRefusedWithThePath) {
 std::optional<std::string> MyQuery(const testing::MariaDb& db, const std::string& sql,
                                    std::string* why = nullptr) {
   MYSQL* c = mysql_init(nullptr);
+  // A server that accepts but does not answer (busy recovering) must not hang the test.
+  unsigned connect_timeout = 2, io_timeout = 10;
+  mysql_optionsv(c, MYSQL_OPT_CONNECT_TIMEOUT, &connect_timeout);
+  mysql_optionsv(c, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
   std::optional<std::string> out;
   if (mysql_real_connect(c, "127.0.0.1", "gnomon", "s3cret", "gnomon", db.port(), nullptr, 0) !=
           nullptr &&
@@ -275,7 +279,8 @@ void SqlIntegrationTest::MariaDbBatches(bool bulk) {
            "{\"seq\":903,\"temp\":2,\"note\":\"" +
            tricky + "\"}\n");
   Post("b", 0, 500);
-  ASSERT_TRUE(WaitFor([&] { return MyCount(db, "SELECT count(*) FROM readings") == 1001; }))
+  ASSERT_TRUE(WaitFor([&] { return MyCount(db, "SELECT count(*) FROM readings") == 1001; },
+                      std::chrono::milliseconds(30000)))
       << MyCount(db, "SELECT count(*) FROM readings") << DeadLetters() << g->Stderr();
   std::string dl;
   ASSERT_TRUE(WaitFor([&] {
@@ -324,7 +329,8 @@ void SqlIntegrationTest::MariaDbOutages(bool bulk) {
   auto g = StartGnomon();
   Post("a", 0, 200);  // 202 while the database is down: durable in the outbox
   ASSERT_TRUE(db.Start(&why)) << why;
-  ASSERT_TRUE(WaitFor([&] { return MyCount(db, "SELECT count(*) FROM readings") == 200; }))
+  ASSERT_TRUE(WaitFor([&] { return MyCount(db, "SELECT count(*) FROM readings") == 200; },
+                      std::chrono::milliseconds(30000)))
       << g->Stderr();
   db.Kill();  // lost mid-stream, without a clean shutdown
   Post("a", 200, 200);
@@ -387,7 +393,8 @@ TEST_F(SqlIntegrationTest, MariaDbWrongCredentialsAndAMissingTableHoldRecordsAnd
     return g->Stderr().find("Table 'gnomon.readings' doesn't exist") != std::string::npos;
   })) << g->Stderr();
   ASSERT_TRUE(MyQuery(db, "CREATE TABLE readings (device text, seq int)", &why)) << why;
-  ASSERT_TRUE(WaitFor([&] { return MyCount(db, "SELECT count(*) FROM readings") == 100; }))
+  ASSERT_TRUE(WaitFor([&] { return MyCount(db, "SELECT count(*) FROM readings") == 100; },
+                      std::chrono::milliseconds(30000)))
       << MyCount(db, "SELECT count(*) FROM readings") << g->Stderr();
   EXPECT_EQ(MyCount(db, "SELECT sum(seq) FROM readings"), 99 * 100 / 2);
   EXPECT_EQ(DeadLetters(), "");
@@ -434,6 +441,9 @@ TEST_F(SqlIntegrationTest, MariaDbOverVerifiedTls) {
   // Reading back needs TLS too.
   auto count = [&] {
     MYSQL* c = mysql_init(nullptr);
+    unsigned connect_timeout = 2, io_timeout = 10;
+    mysql_optionsv(c, MYSQL_OPT_CONNECT_TIMEOUT, &connect_timeout);
+    mysql_optionsv(c, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
     my_bool enforce = 1;
     mysql_optionsv(c, MYSQL_OPT_SSL_ENFORCE, &enforce);
     int64_t n = -1;
