@@ -377,12 +377,19 @@ bool MariaDb::Start(std::string* why, const std::vector<std::string>& extra) {
     return false;
   }
   std::string data = dir_.File("data");
+  // A temp dir of its own: servers started by tests running side by side must not share /tmp
+  // (two bootstraps there removed each other's temporary tables).
+  std::string tmp = dir_.File("tmp");
+  std::filesystem::create_directories(tmp);
   if (!initialized_) {
     std::string out, err;
-    std::vector<std::string> install = {
-        "mariadb-install-db", "--no-defaults",
-        "--datadir=" + data,  "--auth-root-authentication-method=normal",
-        "--skip-test-db",     "--skip-name-resolve"};
+    std::vector<std::string> install = {"mariadb-install-db",
+                                        "--no-defaults",
+                                        "--datadir=" + data,
+                                        "--tmpdir=" + tmp,
+                                        "--auth-root-authentication-method=normal",
+                                        "--skip-test-db",
+                                        "--skip-name-resolve"};
     if (::geteuid() == 0) {
       install.push_back("--user=root");
     }
@@ -400,6 +407,7 @@ bool MariaDb::Start(std::string* why, const std::vector<std::string>& extra) {
   std::vector<std::string> argv = {server,
                                    "--no-defaults",
                                    "--datadir=" + data,
+                                   "--tmpdir=" + tmp,
                                    "--port=" + std::to_string(port_),
                                    "--bind-address=127.0.0.1",
                                    "--socket=" + dir_.File("mysqld.sock"),
