@@ -23,10 +23,10 @@ void RunUpdates(benchmark::State& state, ShadowDocument& d) {
       R"({"state":{"reported":{"temp":21.6,"led":{"g":10}}}})",
       R"({"state":{"desired":{"targetTemp":22.0}}})",
       R"({"state":{"reported":{"targetTemp":22.0,"temp":21.9}}})"};
-  int64_t t = 1700000000;  // (no clientTokens: a repeated token would replay, not update)
+  int64_t t = 1700000000;
   size_t i = 0;
   for (auto _ : state) {
-    auto res = d.Update(updates[i++ & 3], ++t);  // tokens expire per request: new timestamps
+    auto res = d.Update(updates[i++ & 3], ++t);
     benchmark::DoNotOptimize(res);
   }
   state.SetItemsProcessed(state.iterations());

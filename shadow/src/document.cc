@@ -458,18 +458,24 @@ std::string ShadowDocument::StoredJson() const {
   if (!model_.empty()) {
     w.Field("model", model_);
   }
-  std::string tokens = "[";
-  for (const Token& t : tokens_) {
-    if (tokens.size() > 1) {
-      tokens += ',';
+  // (Stored forms written before clientTokens stopped deduplicating hold them as "tokens";
+  // those are ignored when read back.)
+  if (!idempotent_.empty()) {
+    std::string keys = "[";
+    for (const Idempotent& t : idempotent_) {
+      if (keys.size() > 1) {
+        keys += ',';
+      }
+      json::ObjectWriter tw(keys);
+      tw.Field("key", t.key)
+          .Field("request", t.request)
+          .Field("response", t.response)
+          .Field("at", t.at_s);
+      tw.Close();
     }
-    json::ObjectWriter tw(tokens);
-    tw.Field("token", t.token).Field("request", t.request).Field("response", t.response).Field(
-        "at", t.at_s);
-    tw.Close();
+    keys += ']';
+    w.FieldRaw("idempotency", keys);
   }
-  tokens += ']';
-  w.FieldRaw("tokens", tokens);
   w.Close();
   return out;
 }
@@ -543,17 +549,19 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   if (const Value* m = v.Find("model"); m != nullptr && m->kind() == Value::Kind::kString) {
     d.model_ = m->as_string();
   }
-  if (const Value* tokens = v.Find("tokens"); tokens != nullptr && tokens->is_array()) {
-    for (const Value& t : tokens->items()) {
-      const Value* token = t.Find("token");
+  if (const Value* keys = v.Find("idempotency"); keys != nullptr && keys->is_array()) {
+    for (const Value& t : keys->items()) {
+      const Value* key = t.Find("key");
       const Value* request = t.Find("request");
       const Value* response = t.Find("response");
       const Value* at = t.Find("at");
-      if (token == nullptr || request == nullptr || response == nullptr || at == nullptr) {
-        return InvalidArgument("stored shadow: malformed client token entry");
+      auto is = [](const Value* f, Value::Kind k) { return f != nullptr && f->kind() == k; };
+      if (!is(key, Value::Kind::kString) || !is(request, Value::Kind::kString) ||
+          !is(response, Value::Kind::kString) || !is(at, Value::Kind::kInt)) {
+        return InvalidArgument("stored shadow: malformed idempotency key entry");
       }
-      d.tokens_.push_back(
-          {token->as_string(), request->as_string(), response->as_string(), at->as_int()});
+      d.idempotent_.push_back(
+          {key->as_string(), request->as_string(), response->as_string(), at->as_int()});
     }
   }
   if (d.exists_) {
@@ -677,21 +685,21 @@ std::optional<ShadowError> ShadowDocument::Parse(std::string_view request, Reque
   return std::nullopt;
 }
 
-// Idempotency (ext): a token seen within the TTL replays its response, or conflicts when the
-// request differs. nullopt: the token is new.
+// Idempotency (ext, REST's Idempotency-Key): a key accepted within the TTL replays its answer,
+// or conflicts when the request differs. nullopt: no key, or a new one.
 std::optional<std::variant<UpdateResult, ShadowError>> ShadowDocument::Replay(
-    std::string_view request, const std::string& token, int64_t now_s) {
-  while (!tokens_.empty() && (now_s - tokens_.front().at_s > limits_.token_ttl_s)) {
-    tokens_.pop_front();
+    std::string_view request, std::string_view key, const std::string& token, int64_t now_s) {
+  while (!idempotent_.empty() && (now_s - idempotent_.front().at_s > limits_.idempotency_ttl_s)) {
+    idempotent_.pop_front();
   }
-  if (token.empty()) {
+  if (key.empty()) {
     return std::nullopt;
   }
-  for (const Token& t : tokens_) {
-    if (t.token == token) {
+  for (const Idempotent& t : idempotent_) {
+    if (t.key == key) {
       if (t.request != request) {
-        return Error(409, "CLIENT_TOKEN_REUSED",
-                     "clientToken was already used for a different request", token);
+        return Error(409, "IDEMPOTENCY_KEY_REUSED",
+                     "Idempotency-Key was already used for a different request", token);
       }
       UpdateResult replay;
       replay.replayed = true;
@@ -710,8 +718,10 @@ std::optional<ShadowError> ShadowDocument::CheckVersion(const Request& r, int64_
     version_ = 0;
   }
   if (r.version != nullptr) {
+    // 0: "must not exist". A deleted shadow's version (within the tombstone's window) is
+    // accepted too: AWS's SDKs send the last version they saw, and the update continues it.
     int64_t want = r.version->as_int();
-    bool conflict = want == 0 ? exists_ : (!exists_ || want != version_);
+    bool conflict = exists_ ? want != version_ : (want != 0 && want != version_);
     if (conflict) {
       return Error(409, "VERSION_CONFLICT", "Version conflict", r.token);
     }
@@ -909,12 +919,13 @@ void ShadowDocument::Announce(const Request& r, const std::string& accepted_stat
 }
 
 std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view request,
-                                                               int64_t now_s) {
+                                                               int64_t now_s,
+                                                               std::string_view idempotency_key) {
   Request r;
   if (auto e = Parse(request, r)) {
     return *std::move(e);
   }
-  if (auto replay = Replay(request, r.token, now_s)) {
+  if (auto replay = Replay(request, idempotency_key, r.token, now_s)) {
     return *std::move(replay);
   }
   if (auto e = CheckVersion(r, now_s)) {
@@ -930,21 +941,35 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
   } else if (auto e = Write(r, now_s, result)) {
     return *std::move(e);
   }
-  if (!r.token.empty()) {
-    tokens_.push_back({r.token, std::string(request), result.accepted, now_s});
-    if (tokens_.size() > limits_.max_tokens) {
-      tokens_.pop_front();
+  if (!idempotency_key.empty()) {
+    idempotent_.push_back(
+        {std::string(idempotency_key), std::string(request), result.accepted, now_s});
+    if (idempotent_.size() > limits_.max_idempotency_keys) {
+      idempotent_.pop_front();
     }
   }
   return result;
 }
 
-std::variant<std::string, ShadowError> ShadowDocument::Get(std::string_view name,
-                                                           int64_t now_s) const {
+std::variant<std::string, ShadowError> ShadowDocument::Get(std::string_view name, int64_t now_s,
+                                                           std::string_view client_token) const {
   if (!exists_) {
-    return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name), "");
+    return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name),
+                 std::string(client_token));
   }
-  return WithDelta(doc_json_, delta_.members().empty() ? std::string() : delta_.Json());
+  std::string out = WithDelta(doc_json_, delta_.members().empty() ? std::string() : delta_.Json());
+  AddClientToken(out, client_token);
+  return out;
+}
+
+void ShadowDocument::AddClientToken(std::string& answer, std::string_view token) {
+  if (token.empty() || answer.size() < 2 || answer.back() != '}') {
+    return;
+  }
+  answer.pop_back();
+  answer += answer.size() > 1 ? ",\"clientToken\":" : "\"clientToken\":";
+  json::AppendQuoted(answer, token);
+  answer += '}';
 }
 
 std::string ShadowDocument::WithDelta(std::string_view doc, std::string_view delta) {
@@ -962,10 +987,11 @@ std::string ShadowDocument::WithDelta(std::string_view doc, std::string_view del
   return out;
 }
 
-std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view name,
-                                                              int64_t now_s) {
+std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view name, int64_t now_s,
+                                                              std::string_view client_token) {
   if (!exists_) {
-    return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name), "");
+    return Error(404, "SHADOW_NOT_FOUND", fmt::format("No shadow exists with name: {}", name),
+                 std::string(client_token));
   }
   exists_ = false;
   deleted_at_s_ = now_s;
@@ -977,8 +1003,38 @@ std::variant<std::string, ShadowError> ShadowDocument::Delete(std::string_view n
   meta_desired_json_.clear();
   meta_reported_json_.clear();
   doc_json_.clear();
-  tokens_.clear();
-  return fmt::format(R"({{"version":{},"timestamp":{}}})", version_, now_s);
+  // Idempotency keys stay: a retried update that was accepted before the delete must not
+  // recreate the shadow.
+  std::string out;
+  json::ObjectWriter w(out);
+  w.Field("version", version_).Field("timestamp", now_s);
+  AppendToken(w, std::string(client_token));
+  w.Close();
+  return out;
+}
+
+bool ValidIdempotencyKey(std::string_view key, size_t max_bytes) {
+  if (key.empty() || key.size() > max_bytes) {
+    return false;
+  }
+  return std::all_of(key.begin(), key.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+std::string RequestClientToken(std::string_view payload, size_t max_bytes) {
+  // A token is at most max_bytes (escaped: 6 bytes a character) plus the object around it.
+  if (payload.empty() || payload.size() > 64 * 1024 || !json::IsValidUtf8(payload)) {
+    return {};
+  }
+  auto parsed = Value::Parse(payload);
+  if (!parsed.ok() || !parsed->is_object()) {
+    return {};
+  }
+  const Value* token = parsed->Find("clientToken");
+  if (token == nullptr || token->kind() != Value::Kind::kString ||
+      token->as_string().size() > max_bytes) {
+    return {};
+  }
+  return token->as_string();
 }
 
 // What a device status message says: connected (true), disconnected (false), or nothing usable.

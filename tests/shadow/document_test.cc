@@ -254,10 +254,32 @@ TEST(ShadowConformanceTest, V12_UpdateWithin48hOfDeleteContinuesTheVersion) {
   EXPECT_EQ(std::get<ShadowError>(d.Get("t", kT)).message, "No shadow exists with name: t");
   MustUpdate(d, R"({"state":{"reported":{"i":2}}})", kT + 3600);
   EXPECT_EQ(d.version(), 11);
-  // After the 48 h window the version starts over.
+  // With the deleted shadow's version, as AWS's SDKs send it after a delete: accepted too.
+  ShadowDocument v;
+  for (int i = 0; i < 10; ++i) {
+    MustUpdate(v, R"({"state":{"reported":{"i":1}}})");
+  }
+  (void)v.Delete("t", kT);
+  EXPECT_EQ(MustFail(v, R"({"state":{"reported":{"i":2}},"version":9})", kT + 60).error,
+            "VERSION_CONFLICT");
+  EXPECT_EQ(MustFail(v, R"({"state":{"reported":{"i":2}},"version":11})", kT + 60).error,
+            "VERSION_CONFLICT");
+  MustUpdate(v, R"({"state":{"reported":{"i":2}},"version":10})", kT + 60);
+  EXPECT_EQ(v.version(), 11);
+  EXPECT_EQ(MustFail(v, R"({"state":{"reported":{"i":3}},"version":10})", kT + 61).error,
+            "VERSION_CONFLICT");
+  // "Must not exist" (version 0) still holds for a deleted shadow.
+  ShadowDocument z;
+  MustUpdate(z, R"({"state":{"reported":{"i":1}}})");
+  (void)z.Delete("t", kT);
+  MustUpdate(z, R"({"state":{"reported":{"i":2}},"version":0})", kT + 60);
+  EXPECT_EQ(z.version(), 2);
+  // After the 48 h window the version starts over, and the old one conflicts.
   ShadowDocument e;
   MustUpdate(e, R"({"state":{"reported":{"i":1}}})");
   (void)e.Delete("t", kT);
+  EXPECT_EQ(MustFail(e, R"({"state":{"reported":{"i":2}},"version":1})", kT + 49 * 3600).error,
+            "VERSION_CONFLICT");
   MustUpdate(e, R"({"state":{"reported":{"i":2}}})", kT + 49 * 3600);
   EXPECT_EQ(e.version(), 1);
 }
@@ -289,21 +311,107 @@ TEST(ShadowConformanceTest, V15_NullStateClearsBothButKeepsTheShadow) {
   EXPECT_EQ(d.DocumentJson(), R"({"state":{},"metadata":{},"version":2,"timestamp":1700000000})");
 }
 
-TEST(ShadowConformanceTest, V16_RepeatedClientTokenReplaysTheFirstResponse) {
+TEST(ShadowConformanceTest, V16_ARepeatedClientTokenIsAppliedAgainAndEchoed) {
+  // What the AWS IoT Device SDK v1 sends after a restart: its tokens start again from 0.
   ShadowDocument d;
   MustUpdate(d, R"({"state":{"reported":{"a":0}}})");
-  const std::string req = R"({"state":{"reported":{"a":1}},"clientToken":"abc"})";
+  const std::string req = R"({"state":{"reported":{"a":1}},"clientToken":"dev-0"})";
   UpdateResult first = MustUpdate(d, req);
   UpdateResult second = MustUpdate(d, req, kT + 5);
-  EXPECT_EQ(d.version(), 2);
-  EXPECT_TRUE(second.replayed);
-  EXPECT_EQ(second.accepted, first.accepted);
-  EXPECT_TRUE(second.documents.empty());
-  EXPECT_EQ(MustFail(d, R"({"state":{"reported":{"a":2}},"clientToken":"abc"})").error,
-            "CLIENT_TOKEN_REUSED");
-  // After five minutes the token is forgotten.
-  MustUpdate(d, req, kT + 400);
   EXPECT_EQ(d.version(), 3);
+  EXPECT_FALSE(second.replayed);
+  EXPECT_NE(first.accepted.find(R"("version":2)"), std::string::npos) << first.accepted;
+  EXPECT_NE(second.accepted.find(R"("version":3)"), std::string::npos) << second.accepted;
+  for (const UpdateResult* r : {&first, &second}) {
+    EXPECT_NE(r->accepted.find(R"("clientToken":"dev-0")"), std::string::npos) << r->accepted;
+    EXPECT_NE(r->documents.find(R"("clientToken":"dev-0")"), std::string::npos) << r->documents;
+  }
+  // The same token with a different body is a new request, not a conflict.
+  UpdateResult third = MustUpdate(d, R"({"state":{"reported":{"a":2}},"clientToken":"dev-0"})");
+  EXPECT_EQ(d.version(), 4);
+  EXPECT_EQ(J(d.reported().Json()), J(R"({"a":2})"));
+  EXPECT_NE(third.accepted.find(R"("clientToken":"dev-0")"), std::string::npos);
+}
+
+TEST(ShadowConformanceTest, V17_AnIdempotencyKeyReturnsTheFirstAnswerAndChangesNothing) {
+  ShadowDocument d;
+  MustUpdate(d, R"({"state":{"reported":{"a":0}}})");
+  const std::string req = R"({"state":{"reported":{"a":1}},"clientToken":"c"})";
+  auto first = d.Update(req, kT, "key-1");
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(first));
+  auto second = d.Update(req, kT + 5, "key-1");
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(second));
+  EXPECT_EQ(d.version(), 2);
+  EXPECT_TRUE(std::get<UpdateResult>(second).replayed);
+  EXPECT_FALSE(std::get<UpdateResult>(second).changed);
+  EXPECT_EQ(std::get<UpdateResult>(second).accepted, std::get<UpdateResult>(first).accepted);
+  EXPECT_TRUE(std::get<UpdateResult>(second).documents.empty());
+  // The same key with another body: 409, the token echoed, nothing applied.
+  auto reuse = d.Update(R"({"state":{"reported":{"a":2}},"clientToken":"c2"})", kT + 6, "key-1");
+  ASSERT_TRUE(std::holds_alternative<ShadowError>(reuse));
+  EXPECT_EQ(std::get<ShadowError>(reuse).code, 409);
+  EXPECT_EQ(std::get<ShadowError>(reuse).error, "IDEMPOTENCY_KEY_REUSED");
+  EXPECT_EQ(std::get<ShadowError>(reuse).client_token, "c2");
+  EXPECT_EQ(d.version(), 2);
+  // Another key applies; without a key the same body applies too.
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(d.Update(req, kT + 7, "key-2")));
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(d.Update(req, kT + 8)));
+  EXPECT_EQ(d.version(), 4);
+  // A key survives a delete (a retry must not recreate the shadow) ...
+  ASSERT_TRUE(std::holds_alternative<std::string>(d.Delete("", kT + 9)));
+  auto after_delete = d.Update(req, kT + 10, "key-1");
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(after_delete));
+  EXPECT_TRUE(std::get<UpdateResult>(after_delete).replayed);
+  EXPECT_FALSE(d.exists());
+  // ... and is forgotten after five minutes.
+  auto later = d.Update(req, kT + 400, "key-1");
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(later));
+  EXPECT_FALSE(std::get<UpdateResult>(later).replayed);
+  EXPECT_EQ(d.version(), 5);
+}
+
+TEST(ShadowConformanceTest, V18_GetAndDeleteEchoTheirClientTokenAcceptedAndRejected) {
+  ShadowDocument d;
+  auto missing_get = d.Get("Unnamed Shadow", kT, "g-1");
+  ASSERT_TRUE(std::holds_alternative<ShadowError>(missing_get));
+  EXPECT_EQ(J(std::get<ShadowError>(missing_get).Json(kT)),
+            J(R"({"code":404,"error":"SHADOW_NOT_FOUND",
+                  "message":"No shadow exists with name: Unnamed Shadow",
+                  "timestamp":1700000000,"clientToken":"g-1"})"));
+  auto missing_delete = d.Delete("n", kT, "d-1");
+  ASSERT_TRUE(std::holds_alternative<ShadowError>(missing_delete));
+  EXPECT_EQ(std::get<ShadowError>(missing_delete).client_token, "d-1");
+  MustUpdate(d, R"({"state":{"desired":{"a":1}}})");
+  auto got = d.Get("", kT, "g-2");
+  ASSERT_TRUE(std::holds_alternative<std::string>(got));
+  Value doc = J(std::get<std::string>(got));
+  ASSERT_NE(doc.Find("clientToken"), nullptr) << std::get<std::string>(got);
+  EXPECT_EQ(doc.Find("clientToken")->as_string(), "g-2");
+  EXPECT_EQ(J(doc.Find("state")->Json()), J(R"({"desired":{"a":1},"delta":{"a":1}})"));
+  // Without a token the answer has none; a token that needs escaping is escaped.
+  EXPECT_EQ(std::get<std::string>(d.Get("", kT)).find("clientToken"), std::string::npos);
+  EXPECT_EQ(J(std::get<std::string>(d.Get("", kT, "a\"b"))).Find("clientToken")->as_string(),
+            "a\"b");
+  auto del = d.Delete("", kT + 1, "d-2");
+  ASSERT_TRUE(std::holds_alternative<std::string>(del));
+  EXPECT_EQ(J(std::get<std::string>(del)),
+            J(R"({"version":1,"timestamp":1700000001,"clientToken":"d-2"})"));
+}
+
+TEST(ShadowRequestTest, GetAndDeletePayloadsGiveTheirClientToken) {
+  EXPECT_EQ(RequestClientToken(R"({"clientToken":"x-1"})", 64), "x-1");
+  EXPECT_EQ(RequestClientToken("", 64), "");
+  EXPECT_EQ(RequestClientToken("{}", 64), "");
+  EXPECT_EQ(RequestClientToken("not json", 64), "");
+  EXPECT_EQ(RequestClientToken(R"(["clientToken"])", 64), "");
+  EXPECT_EQ(RequestClientToken(R"({"clientToken":7})", 64), "");
+  EXPECT_EQ(RequestClientToken(R"({"clientToken":")" + std::string(65, 'x') + R"("})", 64), "");
+  EXPECT_EQ(RequestClientToken("{\"clientToken\":\"\xff\"}", 64), "");
+  EXPECT_TRUE(ValidIdempotencyKey("a-b_c:1", 128));
+  EXPECT_FALSE(ValidIdempotencyKey("", 128));
+  EXPECT_FALSE(ValidIdempotencyKey("a b", 128));
+  EXPECT_FALSE(ValidIdempotencyKey(std::string(129, 'k'), 128));
+  EXPECT_FALSE(ValidIdempotencyKey("caf\xc3\xa9", 128));
 }
 
 TEST(ShadowErrorsTest, EveryErrorInOrder) {

@@ -31,21 +31,23 @@ std::string Stored(int64_t temp, int64_t now = 100) {
   return d.StoredJson();
 }
 
-TEST(ShadowStoredFormTest, RoundTripsDocumentTombstoneAndTokens) {
+TEST(ShadowStoredFormTest, RoundTripsDocumentTombstoneAndIdempotencyKeys) {
   ShadowDocument d;
-  ASSERT_TRUE(std::holds_alternative<UpdateResult>(
-      d.Update(R"({"state":{"desired":{"a":{"b":1}},"reported":{"a":{"b":2}}},"clientToken":"t1"})",
-               10)));
+  const std::string req =
+      R"({"state":{"desired":{"a":{"b":1}},"reported":{"a":{"b":2}}},"clientToken":"t1"})";
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(d.Update(req, 10, "key-1")));
   auto back = ShadowDocument::FromStored(d.StoredJson());
   ASSERT_TRUE(back.ok()) << back.status().message();
   EXPECT_EQ(back->DocumentJson(), d.DocumentJson());
   EXPECT_EQ(back->Delta(), d.Delta());
-  // The client token survives: the same request replays the original response.
-  auto replay = back->Update(
-      R"({"state":{"desired":{"a":{"b":1}},"reported":{"a":{"b":2}}},"clientToken":"t1"})", 20);
+  // The idempotency key survives: the same request replays the original response ...
+  auto replay = back->Update(req, 20, "key-1");
   ASSERT_TRUE(std::holds_alternative<UpdateResult>(replay));
   EXPECT_TRUE(std::get<UpdateResult>(replay).replayed);
   EXPECT_EQ(back->version(), 1);
+  // ... while the client token alone never replays.
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(back->Update(req, 21)));
+  EXPECT_EQ(back->version(), 2);
 
   // A deleted shadow keeps its version: the next update continues from it.
   ASSERT_TRUE(std::holds_alternative<std::string>(d.Delete("", 30)));
@@ -75,7 +77,26 @@ TEST(ShadowStoredFormTest, DocumentsRestoreTheirStateMetadataAndVersion) {
 TEST(ShadowStoredFormTest, CorruptStoredFormIsAnError) {
   EXPECT_FALSE(ShadowDocument::FromStored("{not json").ok());
   EXPECT_FALSE(ShadowDocument::FromStored("[1]").ok());
-  EXPECT_FALSE(ShadowDocument::FromStored(R"({"exists":1,"tokens":[{"token":"x"}]})").ok());
+  EXPECT_FALSE(ShadowDocument::FromStored(R"({"exists":1,"idempotency":[{"key":"x"}]})").ok());
+  EXPECT_FALSE(ShadowDocument::FromStored(
+                   R"({"exists":1,"idempotency":[{"key":1,"request":"","response":"","at":1}]})")
+                   .ok());
+}
+
+TEST(ShadowStoredFormTest, ClientTokensStoredByEarlierVersionsAreIgnored) {
+  // Stored forms written while clientTokens deduplicated hold them as "tokens": read back,
+  // they must not make a device's first update after a restart a replay.
+  auto d = ShadowDocument::FromStored(
+      R"({"exists":1,"version":1,"timestamp":10,"reported":{"fw":"0.9"},)"
+      R"("meta_reported":{"fw":{"timestamp":10}},"tokens":[{"token":"dev-0",)"
+      R"("request":"{\"state\":{\"reported\":{\"fw\":\"1.0\"}},\"clientToken\":\"dev-0\"}",)"
+      R"("response":"{}","at":10}]})");
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  auto r = d->Update(R"({"state":{"reported":{"fw":"1.0"}},"clientToken":"dev-0"})", 20);
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(r));
+  EXPECT_FALSE(std::get<UpdateResult>(r).replayed);
+  EXPECT_EQ(d->version(), 2);
+  EXPECT_EQ(d->reported().Find("fw")->as_string(), "1.0");
 }
 
 TEST(ShadowStoreTest, WritesAreReadableAfterTheirCallbackAndAfterReopening) {

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // One device shadow (AWS IoT Device Shadow semantics, docs/shadows.md): desired and reported
-// state, per-leaf metadata, version, the computed delta, client-token idempotency, ifChanged,
-// delete with a version tombstone. Pure logic: no I/O, no clock (times are passed in), not
-// thread-safe (a shadow has exactly one writer, the worker that owns its device).
+// state, per-leaf metadata, version, the computed delta, clientToken echoing, opt-in idempotency
+// keys (REST's Idempotency-Key), ifChanged, delete with a version tombstone. Pure logic: no I/O, no
+// clock (times are passed in), not thread-safe (a shadow has exactly one writer, the worker that
+// owns its device).
 #pragma once
 
 #include <cstdint>
@@ -34,7 +35,7 @@ struct UpdateResult {
   std::string documents;      // update/documents payload; empty when !changed
   std::string delta;          // update/delta payload, or empty when no delta event fires
   std::string synced;         // update/synced payload (ext), or empty
-  bool replayed = false;      // a repeated clientToken: `accepted` is the original response
+  bool replayed = false;      // a repeated idempotency key: `accepted` is the original response
   // The change as RFC 6902 operations on the document (paths under /state), a JSON array;
   // empty when !changed.
   std::string patch;
@@ -47,8 +48,9 @@ struct Limits {
   size_t max_section_bytes = 32 * 1024;
   int max_depth = 8;
   size_t max_client_token_bytes = 64;
-  int64_t token_ttl_s = 300;
-  size_t max_tokens = 128;
+  size_t max_idempotency_key_bytes = 128;
+  int64_t idempotency_ttl_s = 300;    // how long an idempotency key's answer is kept
+  size_t max_idempotency_keys = 128;  // per shadow; the oldest go first
   int64_t tombstone_s = 48 * 3600;
 };
 
@@ -58,14 +60,24 @@ class ShadowDocument {
   explicit ShadowDocument(Limits limits) : limits_(limits) {}
 
   // Applies an update request (the raw JSON body), checked in the order of docs/shadows.md.
-  // `now_s` is epoch seconds.
-  std::variant<UpdateResult, ShadowError> Update(std::string_view request, int64_t now_s);
+  // `now_s` is epoch seconds. The request's clientToken is echoed in every answer and never
+  // used to skip or refuse anything (device SDKs reuse tokens after a restart).
+  // `idempotency_key` (ext, REST's Idempotency-Key header; empty: none): when an update with
+  // the same key was accepted within `idempotency_ttl_s`, its answer is returned again and
+  // nothing changes (`replayed`); the same key with a different body is 409
+  // IDEMPOTENCY_KEY_REUSED. The caller checks the key's form (ValidIdempotencyKey).
+  std::variant<UpdateResult, ShadowError> Update(std::string_view request, int64_t now_s,
+                                                 std::string_view idempotency_key = {});
 
-  // The document with its delta (get/accepted), or 404 SHADOW_NOT_FOUND.
-  std::variant<std::string, ShadowError> Get(std::string_view shadow_name, int64_t now_s) const;
+  // The document with its delta (get/accepted), or 404 SHADOW_NOT_FOUND; both carry
+  // `client_token` when it is not empty.
+  std::variant<std::string, ShadowError> Get(std::string_view shadow_name, int64_t now_s,
+                                             std::string_view client_token = {}) const;
 
-  // Deletes the shadow; the version survives for `tombstone_s`. Returns delete/accepted.
-  std::variant<std::string, ShadowError> Delete(std::string_view shadow_name, int64_t now_s);
+  // Deletes the shadow; the version survives for `tombstone_s`. Returns delete/accepted
+  // ({"version","timestamp"} and `client_token` when it is not empty) or 404.
+  std::variant<std::string, ShadowError> Delete(std::string_view shadow_name, int64_t now_s,
+                                                std::string_view client_token = {});
 
   // Presence (docs/thing-models.md): whether the device is connected to its broker and when that
   // was last reported (epoch ms), shown in the document's metadata as "connected" and
@@ -96,18 +108,20 @@ class ShadowDocument {
   // `document` (a DocumentJson()) with `delta` (a JSON object; empty: none) in its state: the
   // form a get returns.
   static std::string WithDelta(std::string_view document, std::string_view delta);
+  // Appends "clientToken": `token` to JSON object `answer` (nothing when `token` is empty).
+  static void AddClientToken(std::string& answer, std::string_view token);
 
-  // The durable form: the document, its tombstone and its recent client tokens, as one JSON
+  // The durable form: the document, its tombstone and its recent idempotency keys, as one JSON
   // object. FromStored() restores exactly this state.
   std::string StoredJson() const;
   static Result<ShadowDocument> FromStored(std::string_view stored, Limits limits = {});
   // From a stored document as published (DocumentJson(), the change log's "current"): state,
-  // metadata, version, timestamp. Client tokens and tombstones are not part of it.
+  // metadata, version, timestamp. Idempotency keys and tombstones are not part of it.
   static Result<ShadowDocument> FromDocument(std::string_view document, Limits limits = {});
 
  private:
-  struct Token {
-    std::string token;
+  struct Idempotent {
+    std::string key;
     std::string request;  // the body, to tell a replay from a reuse
     std::string response;
     int64_t at_s;
@@ -133,7 +147,7 @@ class ShadowDocument {
     void Rebuild(const Value& section, std::string& section_json, std::string& section_meta);
   };
   Parts desired_parts_, reported_parts_;
-  std::deque<Token> tokens_;
+  std::deque<Idempotent> idempotent_;
   int presence_ = -1;  // -1: never reported, 0: disconnected, 1: connected
   int64_t last_seen_ms_ = 0;
   std::string model_;
@@ -145,6 +159,7 @@ class ShadowDocument {
   };
   std::optional<ShadowError> Parse(std::string_view request, Request& r) const;
   std::optional<std::variant<UpdateResult, ShadowError>> Replay(std::string_view request,
+                                                                std::string_view key,
                                                                 const std::string& token,
                                                                 int64_t now_s);
   std::optional<ShadowError> CheckVersion(const Request& r, int64_t now_s);
@@ -162,6 +177,14 @@ class ShadowDocument {
   // After the sections were replaced: their members' serialized forms, and the delta.
   void SectionsLoaded();
 };
+
+// An Idempotency-Key (ext): 1-`max_bytes` bytes of printable ASCII (0x21-0x7e).
+bool ValidIdempotencyKey(std::string_view key, size_t max_bytes);
+
+// The clientToken of a get or delete request's payload (empty, or {"clientToken": "..."}): the
+// token when it is a string of at most `max_bytes`, else empty (a payload that is not such an
+// object is not refused: get and delete take no other input).
+std::string RequestClientToken(std::string_view payload, size_t max_bytes);
 
 // Thing (1-128 bytes) and shadow (1-64 bytes) names of docs/shadows.md: only A-Z a-z 0-9 : _ -.
 bool ValidShadowId(std::string_view id, size_t max_bytes);
