@@ -151,6 +151,7 @@ class Engine::Impl final : public Ingest,
     const std::string* source = nullptr;
     std::string rule;  // kShadowRouted: the rule that wrote, for dead letters
     std::string payload;  // kShadowRouted: the request, for dead letters
+    std::string token;    // a get's or delete's clientToken, echoed in its answer
   };
 
   // Takes a message or a request from outside (a source, the REST API) to the worker that owns
@@ -182,7 +183,8 @@ class Engine::Impl final : public Ingest,
   void HandleShadowRequest(Worker& w, ShadowRequest& req);
   // HandleShadowRequest's verbs, on the owner's thread.
   void ShadowUpdate(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,
-                    const std::string& payload, ShadowReplyTo to, int64_t now_s);
+                    const std::string& payload, const std::string& idempotency_key,
+                    ShadowReplyTo to, int64_t now_s);
   void ShadowChanges(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d, int64_t since,
                      ShadowReplyTo to, int64_t now_s);
   void ShadowGet(const ShadowTarget& op, shadow::ShadowDocument& d, ShadowReplyTo to,
@@ -248,7 +250,8 @@ class Engine::Impl final : public Ingest,
   HttpResponse ListShadowNames(const HttpRequest& req);
   HttpResponse ListThings(const HttpRequest& req);
   // A REST shadow request, answered by the owner of `target.thing`.
-  HttpResponse ShadowApiCall(ShadowTarget target, std::string body, int64_t since_version = 0);
+  HttpResponse ShadowApiCall(ShadowTarget target, std::string body, int64_t since_version = 0,
+                             std::string idempotency_key = {});
   // A status message on `shadows.presence.from`: records the device connected or disconnected
   // in its shadow (durably, holding the message until then) and announces changes. False when
   // the message was dead-lettered instead (not a presence payload, store error).

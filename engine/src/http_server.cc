@@ -346,6 +346,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     in_.authorization = std::string(req[http::field::authorization]);
     in_.content_type = std::string(req[http::field::content_type]);
+    in_.idempotency_key = std::string(req["Idempotency-Key"]);
     if (unsigned need = route_->route.scope; need != kScopeNone) {
       unsigned grants = srv_->Grants(in_.authorization);
       if (grants == 0) {

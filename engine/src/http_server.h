@@ -29,6 +29,7 @@ struct HttpRequest {
   std::vector<std::string> params;  // regex captures of the route
   std::string authorization;        // the Authorization header
   std::string content_type;         // the Content-Type header
+  std::string idempotency_key;      // the Idempotency-Key header (shadow updates)
   std::vector<std::pair<std::string, std::string>> query;  // decoded query parameters
   // The first value of query parameter `name`, or nullptr.
   const std::string* Query(std::string_view name) const {

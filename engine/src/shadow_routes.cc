@@ -42,13 +42,14 @@ HttpResponse Engine::Impl::Watch(const std::string& thing, const std::string& na
 }
 
 HttpResponse Engine::Impl::ShadowApiCall(ShadowTarget target, std::string body,
-                                         int64_t since_version) {
+                                         int64_t since_version, std::string idempotency_key) {
   ShadowRequest req;
   req.channel = ShadowChannel::kApi;
   req.msg.topic = ShadowTopic(target.thing, target.name);  // for logs and dead letters
   req.msg.device = target.thing;
   req.msg.payload = std::move(body);
   req.since_version = since_version;
+  req.idempotency_key = std::move(idempotency_key);
   req.target = std::move(target);
   return ApiCall(std::move(req), kApiWaitMs);
 }
@@ -84,8 +85,19 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
       if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
         return ErrorResponse(*bad, clock_.NowMs() / 1000);
       }
-      return ShadowApiCall(std::get<ShadowTarget>(std::move(t)),
-                           verb == ShadowVerb::kUpdate ? req.body : "");
+      if (verb != ShadowVerb::kUpdate) {
+        return ShadowApiCall(std::get<ShadowTarget>(std::move(t)), "");
+      }
+      if (!req.idempotency_key.empty() &&
+          !shadow::ValidIdempotencyKey(req.idempotency_key,
+                                       shadow::Limits().max_idempotency_key_bytes)) {
+        return ErrorResponse(
+            ApiError(400, "INVALID_IDEMPOTENCY_KEY",
+                     fmt::format("Idempotency-Key must be 1-{} printable ASCII characters",
+                                 shadow::Limits().max_idempotency_key_bytes)),
+            clock_.NowMs() / 1000);
+      }
+      return ShadowApiCall(std::get<ShadowTarget>(std::move(t)), req.body, 0, req.idempotency_key);
     };
   };
   routes.push_back({"GET", "/v1/things/(.+)/shadow/changes",

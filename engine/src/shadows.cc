@@ -599,16 +599,21 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
     req.target = std::get<ShadowTarget>(std::move(parsed));
   }
   const ShadowTarget& op = *req.target;
+  if (op.verb == ShadowVerb::kGet || op.verb == ShadowVerb::kDelete) {
+    to.token = shadow::RequestClientToken(m.payload, shadow::Limits().max_client_token_bytes);
+  }
   auto doc = w.shadows->Get(op.thing, op.name);
   if (!doc.ok()) {
     log::Error("shadow could not be loaded", {{"thing", op.thing}, {"error", doc.status().message()}});
-    RejectShadow(std::move(to), ApiError(500, "INTERNAL_ERROR", "The shadow could not be loaded"));
+    shadow::ShadowError err = ApiError(500, "INTERNAL_ERROR", "The shadow could not be loaded");
+    err.client_token = to.token;
+    RejectShadow(std::move(to), err);
     return;
   }
   shadow::ShadowDocument& d = **doc;
   switch (op.verb) {
     case ShadowVerb::kUpdate:
-      return ShadowUpdate(w, op, d, m.payload, std::move(to), now_s);
+      return ShadowUpdate(w, op, d, m.payload, req.idempotency_key, std::move(to), now_s);
     case ShadowVerb::kChanges:
       return ShadowChanges(w, op, d, req.since_version, std::move(to), now_s);
     case ShadowVerb::kGet:
@@ -619,7 +624,8 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
 }
 
 void Engine::Impl::ShadowUpdate(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,
-                                const std::string& payload, ShadowReplyTo to, int64_t now_s) {
+                                const std::string& payload, const std::string& idempotency_key,
+                                ShadowReplyTo to, int64_t now_s) {
   std::string failed;
   auto request = ApplyModel(op.thing, payload, &failed);
   if (auto* err = std::get_if<shadow::ShadowError>(&request)) {
@@ -629,7 +635,7 @@ void Engine::Impl::ShadowUpdate(Worker& w, const ShadowTarget& op, shadow::Shado
   if (const shadow::ThingModel* model = BoundModel(op.thing)) {
     d.SetModel(model->ref());
   }
-  auto r = d.Update(std::get<std::string>(request), now_s);
+  auto r = d.Update(std::get<std::string>(request), now_s, idempotency_key);
   if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
     RejectShadow(std::move(to), *err);
     return;
@@ -689,6 +695,7 @@ void Engine::Impl::ShadowGet(const ShadowTarget& op, shadow::ShadowDocument& d, 
                              int64_t now_s) {
   auto r = d.Get(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
   if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
+    err->client_token = to.token;
     RejectShadow(std::move(to), *err);
     return;
   }
@@ -696,13 +703,14 @@ void Engine::Impl::ShadowGet(const ShadowTarget& op, shadow::ShadowDocument& d, 
                         key = ShadowKey(op.thing, op.name)](const Status&) mutable {
     // Durable now (every write before this get is): later REST gets need not come here.
     committed_.Put(key, body);
+    shadow::ShadowDocument::AddClientToken(body, to.token);
     Answer(std::move(to), 200, std::move(body), "/accepted");
   });
 }
 
 void Engine::Impl::ShadowDelete(Worker& w, const ShadowTarget& op, shadow::ShadowDocument& d,
                                 ShadowReplyTo to, int64_t now_s) {
-  auto r = d.Delete(op.name.empty() ? "Unnamed Shadow" : op.name, now_s);
+  auto r = d.Delete(op.name.empty() ? "Unnamed Shadow" : op.name, now_s, to.token);
   if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
     RejectShadow(std::move(to), *err);
     return;

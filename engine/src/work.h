@@ -39,6 +39,7 @@ struct ShadowRequest {
   std::string rule;  // kRouted: the rule that wrote, for dead letters
   std::optional<ShadowTarget> target;
   int64_t since_version = 0;  // kChanges: the changes after this version
+  std::string idempotency_key;  // kApi updates: the Idempotency-Key header (empty: none)
 };
 
 // A write of shadow (thing, name) could not be stored: its owner drops its copy of that epoch,

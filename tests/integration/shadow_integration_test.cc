@@ -90,12 +90,11 @@ metrics: { listen: "127.0.0.1:{api}" }
   }
 
   std::pair<int, std::string> Call(const std::string& method, const std::string& path,
-                                   const std::string& body = "",
-                                   const std::string& token = "") {
+                                   const std::string& body = "", const std::string& token = "",
+                                   httplib::Headers h = {}) {
     httplib::Client cli("127.0.0.1", api_port_);
     cli.set_connection_timeout(2);
     cli.set_read_timeout(15);
-    httplib::Headers h;
     if (!token.empty()) {
       h.emplace("Authorization", "Bearer " + token);
     }
@@ -193,6 +192,93 @@ TEST_F(ShadowIntegrationTest, DeviceSdkStyleMqttRequestsGetAwsAnswers) {
   std::string archive = testing::ReadFile(dir_.File("archive.jsonl"));
   EXPECT_NE(archive.find(R"("delta":{"color":"RED"})"), std::string::npos) << archive;
   EXPECT_NE(archive.find(R"("version":2)"), std::string::npos) << archive;
+}
+
+// Vectors 16 and 18 over MQTT: clientTokens only correlate. A device SDK numbers its tokens from
+// 0 again after every restart, so a repeated token (even with the same body) is a new request.
+TEST_F(ShadowIntegrationTest, ClientTokensAreEchoedOnEveryAnswerAndNeverDeduplicated) {
+  auto gnomon = StartGnomon();
+  Client device(broker_.port(), "tok-sdk");
+  device.Subscribe("$aws/things/tok/shadow/#");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const std::string base = "$aws/things/tok/shadow";
+
+  // get and delete of a shadow that does not exist: rejected, token echoed.
+  device.Publish(base + "/get", R"({"clientToken":"tok-0"})");
+  auto get_missing = Await(device, base + "/get/rejected", "\"tok-0\"");
+  ASSERT_TRUE(get_missing) << gnomon->Stderr();
+  EXPECT_NE(get_missing->find("SHADOW_NOT_FOUND"), std::string::npos) << *get_missing;
+  device.Publish(base + "/name/cfg/delete", R"({"clientToken":"tok-1"})");
+  auto delete_missing = Await(device, base + "/name/cfg/delete/rejected", "\"tok-1\"");
+  ASSERT_TRUE(delete_missing);
+  EXPECT_NE(delete_missing->find(R"("code":404)"), std::string::npos) << *delete_missing;
+
+  // The same token and body twice: both applied, versions 1 and 2.
+  const std::string update = R"({"state":{"reported":{"fw":"1.0"}},"clientToken":"tok-2"})";
+  device.Publish(base + "/update", update);
+  ASSERT_TRUE(Await(device, base + "/update/accepted", R"("version":1)"));
+  device.Publish(base + "/update", update);
+  auto second = Await(device, base + "/update/accepted", R"("version":2)");
+  ASSERT_TRUE(second);
+  EXPECT_NE(second->find(R"("clientToken":"tok-2")"), std::string::npos) << *second;
+  // The same token, another body: applied too (no CLIENT_TOKEN_REUSED).
+  device.Publish(base + "/update", R"({"state":{"reported":{"fw":"1.1"}},"clientToken":"tok-2"})");
+  ASSERT_TRUE(Await(device, base + "/update/accepted", R"("version":3)"));
+
+  // get and delete that succeed echo the token too; an empty get payload is answered without.
+  device.Publish(base + "/get", R"({"clientToken":"tok-3"})");
+  auto got = Await(device, base + "/get/accepted", "\"tok-3\"");
+  ASSERT_TRUE(got);
+  EXPECT_NE(got->find(R"("reported":{"fw":"1.1"})"), std::string::npos) << *got;
+  EXPECT_NE(got->find(R"("version":3)"), std::string::npos) << *got;
+  // The REST read (from the cache the MQTT get filled) carries no token.
+  auto rest = Call("GET", "/v1/things/tok/shadow");
+  EXPECT_EQ(rest.first, 200);
+  EXPECT_EQ(rest.second.find("clientToken"), std::string::npos) << rest.second;
+  device.Publish(base + "/delete", R"({"clientToken":"tok-4"})");
+  auto deleted = Await(device, base + "/delete/accepted", "\"tok-4\"");
+  ASSERT_TRUE(deleted);
+  EXPECT_NE(deleted->find(R"("version":3)"), std::string::npos) << *deleted;
+
+  // Recreated with the deleted shadow's version (what the SDK sends): continues at 4.
+  device.Publish(base + "/update",
+                 R"({"state":{"reported":{"fw":"2.0"}},"version":3,"clientToken":"tok-5"})");
+  auto recreated = Await(device, base + "/update/accepted", "\"tok-5\"");
+  ASSERT_TRUE(recreated) << testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+  EXPECT_NE(recreated->find(R"("version":4)"), std::string::npos) << *recreated;
+}
+
+// Vector 17: idempotency is opt-in over REST with an Idempotency-Key header.
+TEST_F(ShadowIntegrationTest, RestIdempotencyKeysReturnTheFirstAnswer) {
+  auto gnomon = StartGnomon();
+  const std::string body = R"({"state":{"desired":{"speed":3}},"clientToken":"c1"})";
+  auto first = Call("POST", "/v1/things/idem/shadow", body, "", {{"Idempotency-Key", "k-1"}});
+  ASSERT_EQ(first.first, 200) << first.second << gnomon->Stderr();
+  auto second = Call("POST", "/v1/things/idem/shadow", body, "", {{"Idempotency-Key", "k-1"}});
+  ASSERT_EQ(second.first, 200) << second.second;
+  EXPECT_EQ(second.second, first.second);
+  auto doc = Call("GET", "/v1/things/idem/shadow");
+  EXPECT_NE(doc.second.find(R"("version":1)"), std::string::npos) << doc.second;
+  auto reused = Call("POST", "/v1/things/idem/shadow", R"({"state":{"desired":{"speed":4}}})", "",
+                     {{"Idempotency-Key", "k-1"}});
+  EXPECT_EQ(reused.first, 409) << reused.second;
+  EXPECT_NE(reused.second.find("IDEMPOTENCY_KEY_REUSED"), std::string::npos) << reused.second;
+  auto bad = Call("POST", "/v1/things/idem/shadow", body, "", {{"Idempotency-Key", "a b"}});
+  EXPECT_EQ(bad.first, 400) << bad.second;
+  EXPECT_NE(bad.second.find("INVALID_IDEMPOTENCY_KEY"), std::string::npos) << bad.second;
+  // Without a key the same body applies again.
+  auto plain = Call("POST", "/v1/things/idem/shadow", body);
+  ASSERT_EQ(plain.first, 200) << plain.second;
+  EXPECT_NE(plain.second.find(R"("version":2)"), std::string::npos) << plain.second;
+  // The key is durable: after a restart the retry still returns the first answer.
+  gnomon->Signal(SIGTERM);
+  ASSERT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  gnomon = StartGnomon();
+  auto after = Call("POST", "/v1/things/idem/shadow", body, "", {{"Idempotency-Key", "k-1"}});
+  EXPECT_EQ(after.first, 200) << after.second;
+  EXPECT_EQ(after.second, first.second);
+  doc = Call("GET", "/v1/things/idem/shadow");
+  EXPECT_NE(doc.second.find(R"("version":2)"), std::string::npos) << doc.second;
 }
 
 TEST_F(ShadowIntegrationTest, RulesReportIntoShadowsAndRoutedWritesReachTheirOwner) {
