@@ -31,6 +31,24 @@ gnomon_install_deps() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# The AWS IoT Device SDK tests (tests/integration/sdk_conformance_test.cc) run the SDKs from npm
+# with Node.js: Debian's nodejs and npm when there is no node yet, then the packages pinned in
+# tests/sdk/package-lock.json (install scripts are not run: the SDK v2's native module ships
+# prebuilt in its package).
+gnomon_install_sdk_deps() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "gnomon: installing nodejs npm" >&2
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends nodejs npm >/dev/null
+  fi
+  local installed=tests/sdk/node_modules/.package-lock.json
+  if [ ! -f "$installed" ] || [ tests/sdk/package-lock.json -nt "$installed" ]; then
+    npm ci --prefix tests/sdk --ignore-scripts --no-audit --no-fund >/dev/null
+  fi
+}
+
 # gnomon_build DIR [cmake args...]: configure (once) and build with two jobs.
 gnomon_build() {
   local dir=$1; shift

@@ -370,6 +370,24 @@ bool MakeServerCertificates(const TempDir& dir, std::string* why) {
   return true;
 }
 
+bool MakeClientCertificate(const TempDir& dir, const std::string& name, std::string* why) {
+  dir.Write(name + ".ext", "extendedKeyUsage=clientAuth\n");
+  const std::vector<std::vector<std::string>> steps = {
+      {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
+       name + ".csr", "-subj", "/CN=" + name},
+      {"openssl", "x509", "-req", "-in", name + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+       "-CAcreateserial", "-out", name + ".crt", "-days", "2", "-extfile", name + ".ext"},
+      {"chmod", "0644", name + ".key"}};
+  for (const auto& argv : steps) {
+    std::string out, err;
+    if (RunCommand(argv, &out, &err, dir.path()) != 0) {
+      *why = argv[0] + " " + argv[1] + ": " + err;
+      return false;
+    }
+  }
+  return true;
+}
+
 bool MariaDb::Start(std::string* why, const std::vector<std::string>& extra) {
   const std::string server = "/usr/sbin/mariadbd";
   if (::access(server.c_str(), X_OK) != 0) {

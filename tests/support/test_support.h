@@ -72,6 +72,9 @@ int RunCommand(const std::vector<std::string>& argv, std::string* out = nullptr,
 // Writes a private CA (ca.crt, ca.key) and a server certificate it signed for 127.0.0.1 and
 // localhost (server.crt, server.key) into `dir` with openssl. False, with `why`, on failure.
 bool MakeServerCertificates(const TempDir& dir, std::string* why);
+// A client certificate for `name` (name.crt, name.key, CN=name) signed by the CA that
+// MakeServerCertificates made in `dir`. False, with `why`, on failure.
+bool MakeClientCertificate(const TempDir& dir, const std::string& name, std::string* why);
 
 // A mosquitto broker on a free loopback port, with persistence in a temp dir.
 // A small tmpfs mounted on a directory for the life of the object (the tests run as root in CI).
