@@ -35,8 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   simdjson::dom::parser parser;
   for (const std::string& m : out) {
-    if (static_cast<int64_t>(m.size()) > limits.max_message_bytes) {
-      __builtin_trap();
+    if (static_cast<int64_t>(m.size()) > limits.max_message_bytes || m.empty()) {
+      __builtin_trap();  // over the bound, or a message from nothing
     }
     simdjson::dom::element e;
     if (type != "application/octet-stream" && parser.parse(m).get(e) != simdjson::SUCCESS) {

@@ -520,6 +520,13 @@ TEST_F(WebhookIntegrationTest, IngestTakesJsonSeqArraysRawBytesAndSingleArrays) 
   EXPECT_EQ(r->body, R"({"accepted":2})");
   r = Post(path, R"({"seq":4})", "application/octet-stream");
   EXPECT_EQ(r->status, 202) << r->body;
+  // An empty body is no message, whatever its type (docs/ingest.md): 400 EMPTY.
+  for (const char* type : {"application/octet-stream", "application/x-ndjson"}) {
+    r = Post(path, "", type);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 400) << type << ": " << r->body;
+    EXPECT_NE(r->body.find("EMPTY"), std::string::npos) << r->body;
+  }
   r = Post(path + "?batch=false", R"([{"seq":5}])", "application/json");  // one message: an array
   EXPECT_EQ(r->status, 202) << r->body;
   EXPECT_EQ(r->body, R"({"accepted":1})");

@@ -25,7 +25,9 @@ std::optional<IngestBodyError> SplitIngestBody(std::string_view content_type,
     if (static_cast<int64_t>(body.size()) > limits.max_message_bytes) {
       return too_big(0, body.size());
     }
-    out.emplace_back(body);
+    if (!body.empty()) {  // an empty body holds no message (400 EMPTY, as for the JSON types)
+      out.emplace_back(body);
+    }
     return std::nullopt;
   }
   thread_local simdjson::dom::parser parser;
