@@ -858,10 +858,17 @@ void Engine::Impl::DeadLetter(Delivery* d, std::string_view reason, std::string_
   }
   size_t cap = config_.dead_letters.payload_max_bytes;
   bool cut = payload.size() > cap;
+  // Where the input is kept (Kafka: topic[partition]@offset), in the error too, whatever the
+  // reason, so a data team can find the record.
+  std::string origin = d->ack() != nullptr ? d->ack()->Origin() : std::string();
+  std::string error_text(error.substr(0, 4096));
+  if (!origin.empty() && error_text.find(origin) == std::string::npos) {
+    error_text += " (" + origin + ")";
+  }
   Record r;
   json::ObjectWriter w(r.payload);
   w.Field("reason", reason)
-      .Field("error", error.substr(0, 4096))
+      .Field("error", error_text)
       .Field("rule", rule)
       .Field("source", source != nullptr ? std::string_view(*source) : std::string_view())
       .Field("topic", topic.substr(0, 4096))
@@ -872,6 +879,9 @@ void Engine::Impl::DeadLetter(Delivery* d, std::string_view reason, std::string_
     w.FieldRaw("payload_truncated", "true").Field("payload_bytes", static_cast<int64_t>(payload.size()));
   }
   w.Field("ts", clock_.NowMs()).Field("message_ts", ts);
+  if (!origin.empty()) {
+    w.Field("origin", origin);
+  }
   w.Close();
   r.key = std::string(device);
   r.device = std::string(device);

@@ -60,6 +60,9 @@ class KafkaAck final : public AckHandle {
       : src_(src), key_(std::move(key)), offset_(offset), generation_(generation) {}
   void Ack() override;
   void Abandon() override;
+  std::string Origin() const override {
+    return fmt::format("{}[{}]@{}", key_.first, key_.second, offset_);
+  }
 
  private:
   KafkaSource* src_;

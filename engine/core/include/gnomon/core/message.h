@@ -31,6 +31,9 @@ class AckHandle {
   virtual void Ack() = 0;
   // The message could not be completed (shutdown mid-flight); the source may redeliver.
   virtual void Abandon() {}
+  // Where the message is kept at its source, for dead letters and logs (Kafka:
+  // "topic[partition]@offset"); empty when the source keeps no position.
+  virtual std::string Origin() const { return {}; }
 };
 
 // Counts the outstanding effects of one source message. Starts with one hold (the processing
