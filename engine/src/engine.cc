@@ -745,9 +745,21 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
       }
       Commit(w, m, rule, result);
       break;
-    case rules::Outcome::kFiltered:
+    case rules::Outcome::kFiltered: {
+      // ctx.drop: counted (outcome="filtered"); its reason is kept as the rule's last drop
+      // (/v1/rules) and logged at debug level.
       rm.filtered->Inc();
+      std::string_view reason = std::string_view(result.reason).substr(0, 256);
+      log::Debug(
+          "rule dropped the message",
+          {{"rule", rule.name}, {"device", m.device}, {"topic", m.topic}, {"reason", reason}});
+      MutexLock lock(health.mu);
+      health.last_drop.assign(reason);
+      health.last_drop_device.assign(m.device);
+      health.last_drop_topic.assign(m.topic, 0, 1024);
+      health.last_drop_ms = clock_.NowMs();
       break;
+    }
     case rules::Outcome::kFailed:
       rm.failed->Inc();
       if (result.state_reset) {
@@ -1099,6 +1111,7 @@ std::string Engine::Impl::RulesJson(std::string_view only) const {
         .Field("dead_lettered", static_cast<int64_t>(m.dead_lettered->value()))
         .Close();
     std::string last_error = "null";
+    std::string last_drop = "null";
     {
       MutexLock lock(h.mu);
       if (!h.last_error.empty()) {
@@ -1106,6 +1119,15 @@ std::string Engine::Impl::RulesJson(std::string_view only) const {
         json::ObjectWriter(last_error)
             .Field("message", h.last_error)
             .Field("ts", h.last_error_ms)
+            .Close();
+      }
+      if (h.last_drop_ms != 0) {
+        last_drop.clear();
+        json::ObjectWriter(last_drop)
+            .Field("reason", h.last_drop)
+            .Field("device", h.last_drop_device)
+            .Field("topic", h.last_drop_topic)
+            .Field("ts", h.last_drop_ms)
             .Close();
       }
     }
@@ -1128,6 +1150,7 @@ std::string Engine::Impl::RulesJson(std::string_view only) const {
         .FieldRaw("jit", r.jit ? "true" : "false")
         .FieldRaw("counters", counters)
         .FieldRaw("last_error", last_error)
+        .FieldRaw("last_drop", last_drop)
         .Close();
     if (!only.empty() && r.name == only) {
       one = rule;

@@ -43,6 +43,11 @@ struct RuleHealth {
   Mutex mu;
   std::string last_error GNOMON_GUARDED_BY(mu);
   int64_t last_error_ms GNOMON_GUARDED_BY(mu) = 0;
+  // The last ctx.drop (its reason, cut to 256 bytes; the device and topic): /v1/rules.
+  std::string last_drop GNOMON_GUARDED_BY(mu);
+  std::string last_drop_device GNOMON_GUARDED_BY(mu);
+  std::string last_drop_topic GNOMON_GUARDED_BY(mu);
+  int64_t last_drop_ms GNOMON_GUARDED_BY(mu) = 0;
 };
 
 // One loaded version of the rules with what the engine keeps per rule. Immutable but for the

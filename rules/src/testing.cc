@@ -297,6 +297,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   }
   Buckets emits, publishes, invokes;
   bool dropped = false;
+  std::string drop_reason;  // the last ctx.drop's
   std::string failed;
   const RuleInfo& info = rule.set->rules()[0];
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -366,6 +367,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
     }
     if (result.outcome == Outcome::kFiltered) {
       dropped = true;
+      drop_reason = result.reason;
       continue;
     }
     for (const Effect& eff : result.effects) {
@@ -393,8 +395,12 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   }
   std::string_view fail_sub;
   bool want_fail = expect["fail"].get_string().get(fail_sub) == simdjson::SUCCESS;
+  // expect.drop: true, or a substring of the reason given to ctx.drop.
   bool want_drop = false;
-  if (expect["drop"].get_bool().get(want_drop) != simdjson::SUCCESS) {
+  std::string_view drop_sub;
+  if (expect["drop"].get_string().get(drop_sub) == simdjson::SUCCESS) {
+    want_drop = true;
+  } else if (expect["drop"].get_bool().get(want_drop) != simdjson::SUCCESS) {
     want_drop = false;
   }
   for (auto f : simdjson::dom::object(expect)) {
@@ -418,15 +424,26 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   if (want_drop && !dropped) {
     return fail("expected ctx.drop, but the message was not dropped");
   }
+  if (want_drop && drop_reason.find(drop_sub) == std::string::npos) {
+    return fail(fmt::format("expected a drop with a reason containing \"{}\", got \"{}\"", drop_sub,
+                            drop_reason));
+  }
+  // What a rule that dropped unexpectedly said, with whatever expectation it missed.
+  auto with_drop = [&](std::string why) {
+    if (dropped && !want_drop) {
+      why += fmt::format(" (the rule dropped the message: \"{}\")", drop_reason);
+    }
+    return why;
+  };
   std::string why;
   if (expect["emit"].get(e) == simdjson::SUCCESS && !MatchBuckets(e, emits, "emit", why)) {
-    return fail(why);
+    return fail(with_drop(why));
   }
   if (expect["publish"].get(e) == simdjson::SUCCESS && !MatchBuckets(e, publishes, "publish", why)) {
-    return fail(why);
+    return fail(with_drop(why));
   }
   if (expect["invoke"].get(e) == simdjson::SUCCESS && !MatchBuckets(e, invokes, "invoke", why)) {
-    return fail(why);
+    return fail(with_drop(why));
   }
   if (expect["shadow"].get(e) == simdjson::SUCCESS) {
     if (e.type() != element_type::OBJECT) {

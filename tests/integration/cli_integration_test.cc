@@ -125,6 +125,45 @@ TEST(CliTest, RunStopsOnSigtermAndExitsZero) {
       << p.Stderr();
 }
 
+TEST(CliTest, DropReasonsAreCountedLoggedAtDebugAndShownByTheRulesApi) {
+  TempDir dir;
+  dir.Write("rules/r.lua", R"(return rule { name = 'r', from = 'a/+',
+    handle = function(msg, ctx)
+      if msg.payload.t < 10 then return ctx.drop("too cold: " .. msg.payload.t) end
+      ctx.emit('out', msg.payload)
+    end })");
+  dir.Write("in.jsonl",
+            "{\"topic\":\"a/d1\",\"payload\":{\"t\":1}}\n"
+            "{\"topic\":\"a/d2\",\"payload\":{\"t\":20}}\n"
+            "{\"topic\":\"a/d3\",\"payload\":{\"t\":3}}\n");
+  int port = testing::FreePort();
+  dir.Write("g.yaml",
+            "data_dir: data\nlog: { level: debug }\n"
+            "sources: [{name: f, type: file, path: in.jsonl}]\n"
+            "sinks: [{name: out, type: file, path: o.jsonl}]\n"
+            "rules: [rules/*.lua]\napi: { listen: \"127.0.0.1:" +
+                std::to_string(port) + "\" }\n");
+  testing::Process p({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")});
+  ASSERT_TRUE(testing::WaitFor([&] {
+    return p.Stderr().find("file source finished") != std::string::npos;
+  })) << p.Stderr();
+  httplib::Client cli("127.0.0.1", port);
+  std::string body;
+  ASSERT_TRUE(testing::WaitFor([&] {
+    auto res = cli.Get("/v1/rules/r");
+    body = res ? res->body : "";
+    return body.find("\"filtered\":2") != std::string::npos;
+  })) << body;
+  EXPECT_NE(body.find(R"("last_drop":{"reason":"too cold: 3","device":"d3","topic":"a/d3","ts":)"),
+            std::string::npos)
+      << body;
+  std::string log = p.Stderr();
+  EXPECT_NE(log.find(R"("msg":"rule dropped the message")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("reason":"too cold: 1")"), std::string::npos) << log;
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0) << p.Stderr();
+}
+
 TEST(CliTest, RulesApiReloadsOnRequestSignalAndFileChange) {
   TempDir dir;
   auto rule = [](int n) {

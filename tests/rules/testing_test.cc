@@ -88,6 +88,28 @@ TEST(RuleTestingTest, FailuresSayWhereAndShowExpectedAndActual) {
       << xml;
 }
 
+TEST(RuleTestingTest, DropReasonsCanBeExpectedAndAreShownWhenUnexpected) {
+  testing::TempDir dir;
+  dir.Write("r.lua", kRule);
+  dir.Write("r.test.lua", R"(return { rule = "r", tests = {
+    { name = "reason matches", input = { topic = "devices/a/telemetry", payload = { skip = 1 } },
+      expect = { drop = "ski" } },
+    { name = "reason differs", input = { topic = "devices/a/telemetry", payload = { skip = 1 } },
+      expect = { drop = "too cold" } },
+    { name = "dropped instead", input = { topic = "devices/a/telemetry", payload = { skip = 1 } },
+      expect = { emit = { out = { { t = 1 } } } } },
+  } })");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  std::string text = report->Text(false);
+  EXPECT_EQ(report->passed(), 6) << text;  // the rule's own 5 and "reason matches"
+  EXPECT_EQ(report->failed(), 2) << text;
+  EXPECT_NE(text.find(R"(expected a drop with a reason containing "too cold", got "skip")"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find(R"((the rule dropped the message: "skip"))"), std::string::npos) << text;
+}
+
 TEST(RuleTestingTest, ConfiguredSinksAreEnforced) {
   testing::TempDir dir;
   dir.Write("r.lua", kRule);
