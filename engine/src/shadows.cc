@@ -465,6 +465,7 @@ void Engine::Impl::UpdateDurableOnWriter(const Status& st, const std::string& th
   if (!st.ok()) {
     shadow::ShadowError err =
         ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the update");
+    err.client_token = std::move(result.client_token);
     Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
     return;
   }
@@ -606,7 +607,11 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
   if (!doc.ok()) {
     log::Error("shadow could not be loaded", {{"thing", op.thing}, {"error", doc.status().message()}});
     shadow::ShadowError err = ApiError(500, "INTERNAL_ERROR", "The shadow could not be loaded");
-    err.client_token = to.token;
+    // (An update's token is read here only: this is rare, and updates parse their payload once.)
+    err.client_token =
+        op.verb == ShadowVerb::kUpdate
+            ? shadow::RequestClientToken(m.payload, shadow::Limits().max_client_token_bytes)
+            : to.token;
     RejectShadow(std::move(to), err);
     return;
   }
@@ -733,10 +738,10 @@ void Engine::Impl::DeleteDurableOnWriter(const Status& st, const std::string& th
                                          const std::string& name, std::string body,
                                          ShadowReplyTo to) {
   if (!st.ok()) {
-    Answer(std::move(to), 500,
-           ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the delete")
-               .Json(clock_.NowMs() / 1000),
-           "/rejected");
+    shadow::ShadowError err =
+        ApiError(500, "INTERNAL_ERROR", "The shadow store could not save the delete");
+    err.client_token = to.token;
+    Answer(std::move(to), 500, err.Json(clock_.NowMs() / 1000), "/rejected");
     return;
   }
   committed_.Erase(ShadowKey(thing, name));

@@ -932,6 +932,7 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     return *std::move(e);
   }
   UpdateResult result;
+  result.client_token = r.token;
   if (r.if_changed && exists_ && !WouldChangeAny(r)) {
     result.changed = false;
     json::ObjectWriter w(result.accepted);

@@ -1527,9 +1527,11 @@ TEST_F(ShadowIntegrationTest, AFullDiskRefusesWritesAndLosesOrAltersNothingAccep
   std::string before = Call("GET", "/v1/things/f1/shadow").second;
 
   disk.Fill();
-  auto [code, body] = Call("POST", "/v1/things/f1/shadow", R"({"state":{"reported":{"n":2}}})");
+  auto [code, body] = Call("POST", "/v1/things/f1/shadow",
+                           R"({"state":{"reported":{"n":2}},"clientToken":"full-1"})");
   EXPECT_EQ(code, 500) << body;
   EXPECT_NE(body.find("INTERNAL_ERROR"), std::string::npos) << body;
+  EXPECT_NE(body.find(R"("clientToken":"full-1")"), std::string::npos) << body;
   EXPECT_EQ(Call("GET", "/v1/things/f1/shadow").second, before) << "the refused write is not shown";
   Client status(broker_.port(), "f1-status");
   status.Publish("devices/f1/status", "online");

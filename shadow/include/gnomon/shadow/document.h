@@ -36,6 +36,7 @@ struct UpdateResult {
   std::string delta;          // update/delta payload, or empty when no delta event fires
   std::string synced;         // update/synced payload (ext), or empty
   bool replayed = false;      // a repeated idempotency key: `accepted` is the original response
+  std::string client_token;   // the request's clientToken (empty: none), for answers made later
   // The change as RFC 6902 operations on the document (paths under /state), a JSON array;
   // empty when !changed.
   std::string patch;
