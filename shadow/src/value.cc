@@ -82,7 +82,9 @@ Value FromElement(simdjson::dom::element e, std::string& duplicate) {
 Result<Value> Value::Parse(std::string_view json) {
   thread_local simdjson::dom::parser parser;
   simdjson::dom::element e;
-  auto err = parser.parse(json.data(), json.size()).get(e);
+  // An empty view may hold no pointer at all (string_view()); simdjson copies from it.
+  const char* data = json.data() != nullptr ? json.data() : "";
+  auto err = parser.parse(data, json.size()).get(e);
   if (err != simdjson::SUCCESS) {
     return InvalidArgument(simdjson::error_message(err));
   }

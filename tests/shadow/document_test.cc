@@ -398,6 +398,16 @@ TEST(ShadowConformanceTest, V18_GetAndDeleteEchoTheirClientTokenAcceptedAndRejec
             J(R"({"version":1,"timestamp":1700000001,"clientToken":"d-2"})"));
 }
 
+TEST(ShadowRequestTest, AnEmptyViewWithoutDataIsInvalidJson) {
+  // std::string_view() holds a null pointer: found by fuzz_shadow (UBSan: memcpy from null).
+  EXPECT_FALSE(Value::Parse(std::string_view()).ok());
+  ShadowDocument d;
+  auto r = d.Update(std::string_view(), kT, "key");
+  ASSERT_TRUE(std::holds_alternative<ShadowError>(r));
+  EXPECT_EQ(std::get<ShadowError>(r).error, "INVALID_JSON");
+  EXPECT_EQ(RequestClientToken(std::string_view(), 64), "");
+}
+
 TEST(ShadowRequestTest, GetAndDeletePayloadsGiveTheirClientToken) {
   EXPECT_EQ(RequestClientToken(R"({"clientToken":"x-1"})", 64), "x-1");
   EXPECT_EQ(RequestClientToken("", 64), "");
