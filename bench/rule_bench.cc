@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // One rule call on a ~200-byte telemetry message: the lazy payload view against decoding the
-// whole payload into a table, and the cost of the call itself.
+// whole payload into a table, the cost of the call itself, and reporting the payload into the
+// shadow.
 #include <benchmark/benchmark.h>
 #include <simdjson.h>
 
@@ -93,6 +94,18 @@ BENCHMARK(BM_PayloadFieldDecodeTable);
 // The floor: calling an empty handle.
 void BM_EmptyRuleCall(benchmark::State& state) { RunRule(state, ""); }
 BENCHMARK(BM_EmptyRuleCall);
+
+// The shadow's core loop: every message reported into the device's shadow. The payload view
+// is written as it came; the workaround it replaces made a Lua table of it first.
+void BM_ShadowReportPayloadView(benchmark::State& state) {
+  RunRule(state, "ctx.shadow:report(msg.payload)");
+}
+BENCHMARK(BM_ShadowReportPayloadView);
+
+void BM_ShadowReportToTable(benchmark::State& state) {
+  RunRule(state, "ctx.shadow:report(json.totable(msg.payload))");
+}
+BENCHMARK(BM_ShadowReportToTable);
 
 }  // namespace
 }  // namespace gnomon::rules

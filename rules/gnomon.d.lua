@@ -53,7 +53,7 @@ local Context = {}
 ---@field ref string "modelId@version"
 local Model = {}
 ---Checks `patch` as a shadow write to `section` (default "reported") would be checked.
----@param patch table
+---@param patch table|gnomon.JsonView A table, or an object of `msg.payload`.
 ---@param section? "reported"|"desired"
 ---@return boolean ok
 ---@return {path: string, error: string, message: string}[]|nil problems
@@ -68,14 +68,16 @@ local Shadow = {}
 ---The whole document (`state`, `metadata`, `version`, `timestamp`), or nil.
 ---@return table|nil
 function Shadow:get() end
----Merge `patch` into `reported` (JSON Merge Patch: `json.null` deletes a key).
----@param patch table
+---Merge `patch` into `reported` (JSON Merge Patch: `json.null` deletes a key). `patch` may be
+---an object of `msg.payload` (`ctx.shadow:report(msg.payload)`): written as it came, without
+---becoming a Lua table.
+---@param patch table|gnomon.JsonView
 function Shadow:report(patch) end
 ---Merge `patch` into `desired`.
----@param patch table
+---@param patch table|gnomon.JsonView
 function Shadow:desire(patch) end
 ---A full update request: `{ state = { desired =, reported = }, version =, clientToken =, options = { ifChanged = } }`.
----@param request table|string
+---@param request table|string|gnomon.JsonView
 function Shadow:update(request) end
 
 ---Another shadow: reads see its last committed state; writes go to its owner, in order.
@@ -97,7 +99,8 @@ function Context.emit(sink, record, options) end
 ---@param options? gnomon.PublishOptions
 function Context.publish(topic, payload, options) end
 
----Stop here: nothing this call did is committed; counted as `filtered`.
+---Stop here: nothing this call did is committed; counted as `filtered`. The reason is logged
+---at debug level and shown as the rule's `last_drop` in `/v1/rules`.
 ---@param reason? string
 function Context.drop(reason) end
 
@@ -105,7 +108,7 @@ function Context.drop(reason) end
 ---the call is made when `handle` returns; a refused call dead-letters the message.
 ---@param thing string
 ---@param service string
----@param params? table
+---@param params? table|gnomon.JsonView A table, or an object of `msg.payload`.
 ---@return string id The call's id (GET /v1/things/{thing}/services/calls/{id}).
 function Context.invoke(thing, service, params) end
 
@@ -128,7 +131,7 @@ function Context.now() end
 ---@class gnomon.TestExpect
 ---@field emit? table<string, table[]> Records by sink, in order (each a subset of the actual).
 ---@field publish? table<string, table[]> Payloads by topic, in order.
----@field drop? boolean
+---@field drop? boolean|string true, or a substring of the reason given to `ctx.drop`.
 ---@field fail? string A substring of the error.
 ---@field invoke? table<string, table[]> Service calls by thing, in order: `{ service =, params = }`, subset match.
 ---@field shadow? table<string, table> Resulting shadows by device: `{ reported =, desired =, delta =, version = }`, subset match.

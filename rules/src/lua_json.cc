@@ -927,6 +927,17 @@ void PushPayload(lua_State* L, JsonContext* ctx, const simdjson::dom::document& 
   PushElement(L, ctx, root);
 }
 
+JsonViewKind ViewKindAt(lua_State* L, int idx, JsonContext* ctx) {
+  View* v = ToView(L, idx, ctx);
+  if (v == nullptr) {
+    return JsonViewKind::kNone;
+  }
+  if (v->generation != ctx->generation) {
+    return JsonViewKind::kDead;
+  }
+  return v->el.is_object() ? JsonViewKind::kObject : JsonViewKind::kArray;
+}
+
 Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,
                    const std::string& path) {
   if (idx < 0) {

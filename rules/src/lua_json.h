@@ -63,6 +63,13 @@ void PushElement(lua_State* L, JsonContext* ctx, simdjson::dom::element el);
 // Parses `text` and pushes it as plain Lua tables (as json.decode does).
 Status PushDecoded(lua_State* L, JsonContext* ctx, std::string_view text);
 
+// What the value at `idx` is, when it is a JSON view (msg.payload or a part of it) of the call
+// in progress: such a view is encoded straight from the parsed payload, never through Lua
+// tables. kDead for a view kept from an earlier call (encoding it fails and says so), kNone
+// for anything else.
+enum class JsonViewKind { kNone, kObject, kArray, kDead };
+JsonViewKind ViewKindAt(lua_State* L, int idx, JsonContext* ctx);
+
 // Appends the JSON encoding of the value at `idx` to `out`. `path` names it in errors
 // ("record.a[2]: cannot encode a function").
 Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,

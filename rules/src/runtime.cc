@@ -212,6 +212,18 @@ Result<int> CtxPublish(lua_State* L) {
 // the device) when handle returns, by the engine; refusals dead-letter the message.
 Result<int> CtxInvoke(lua_State* L);
 
+// Whether argument `idx` can stand for a JSON object: a table, or a view of an object in the
+// call's payload (msg.payload, msg.payload.settings, ...), which is encoded from the parsed
+// payload without becoming a Lua table. (A view kept from an earlier call passes here: encoding
+// it fails with "used after handle returned".)
+bool IsObjectArg(lua_State* L, int idx, State* s) {
+  if (lua_type(L, idx) == LUA_TTABLE) {
+    return true;
+  }
+  JsonViewKind kind = ViewKindAt(L, idx, &s->slot->json);
+  return kind == JsonViewKind::kObject || kind == JsonViewKind::kDead;
+}
+
 // Shadow names and things as docs/shadows.md allows them.
 Status CheckShadowId(std::string_view v, size_t max, const char* what) {
   if (v.empty() || v.size() > max) {
@@ -268,10 +280,10 @@ Result<int> CtxInvoke(lua_State* L) {
   }
   if (lua_isnoneornil(L, 3)) {
     e.payload = "{}";
-  } else if (lua_type(L, 3) == LUA_TTABLE) {
+  } else if (IsObjectArg(L, 3, s)) {
     GNOMON_RETURN_IF_ERROR(EncodeValue(L, 3, &s->slot->json, e.payload, "params"));
   } else {
-    return InvalidArgument("ctx.invoke: params must be a table");
+    return InvalidArgument("ctx.invoke: params must be a table or a JSON object of msg.payload");
   }
   e.key = NewId();
   lua_pushlstring(L, e.key.data(), e.key.size());
@@ -314,8 +326,9 @@ Result<int> ShadowWrite(lua_State* L) {
   e.shadow_name = name;
   if (lua_type(L, 3) == LUA_TSTRING) {
     const char* section = lua_tostring(L, 3);
-    if (lua_type(L, 4) != LUA_TTABLE) {
-      return InvalidArgument(fmt::format("ctx.shadow: {} patch must be a table", section));
+    if (!IsObjectArg(L, 4, s)) {
+      return InvalidArgument(fmt::format(
+          "ctx.shadow: {} patch must be a table or a JSON object of msg.payload", section));
     }
     e.payload = fmt::format("{{\"state\":{{\"{}\":", section);
     GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->slot->json, e.payload, section));
@@ -324,10 +337,12 @@ Result<int> ShadowWrite(lua_State* L) {
     size_t len = 0;
     const char* p = lua_tolstring(L, 4, &len);
     e.payload.assign(p, len);
-  } else if (lua_type(L, 4) == LUA_TTABLE) {
+  } else if (IsObjectArg(L, 4, s)) {
     GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->slot->json, e.payload, "request"));
   } else {
-    return InvalidArgument("ctx.shadow:update: the request must be a table or JSON text");
+    return InvalidArgument(
+        "ctx.shadow:update: the request must be a table, a JSON object of msg.payload or JSON "
+        "text");
   }
   s->result->effects.push_back(std::move(e));
   return 0;
@@ -378,8 +393,9 @@ Result<int> ModelValidate(lua_State* L) {
   if (m == nullptr) {
     return FailedPrecondition("ctx.model:validate: the device has no thing model");
   }
-  if (lua_type(L, 2) != LUA_TTABLE) {
-    return InvalidArgument("ctx.model:validate: the patch must be a table");
+  if (!IsObjectArg(L, 2, s)) {
+    return InvalidArgument(
+        "ctx.model:validate: the patch must be a table or a JSON object of msg.payload");
   }
   shadow::StateSection section = shadow::StateSection::kReported;
   if (!lua_isnoneornil(L, 3)) {

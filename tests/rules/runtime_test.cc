@@ -572,6 +572,51 @@ TEST_F(ShadowRuntimeTest, BadThingNamesAndMissingShadowSupportFailTheCall) {
   EXPECT_NE(r.reason.find("patch must be a table"), std::string::npos) << r.reason;
 }
 
+// A user's first try, ctx.shadow:report(msg.payload), and every other place a table is taken
+// as a JSON object: a view of the payload is encoded from the parsed payload as it is.
+TEST_F(ShadowRuntimeTest, PayloadViewsAreTakenWhereverAnObjectIs) {
+  Load(R"(    ctx.shadow:report(msg.payload)
+    ctx.shadow:desire(msg.payload.settings)
+    ctx.shadow_of("room-1"):update(msg.payload.request)
+    ctx.invoke("d1", "configure", msg.payload.settings))");
+  const std::string payload =
+      R"({"t":21.5,"big":12345678901234567890,"s":"caf\u00e9 \"q\"","settings":{"fan":"on",)"
+      R"("levels":[1,2.5,null]},"request":{"state":{"reported":{"n":1}},"clientToken":"c"}})";
+  CallResult r = RunWithShadows(payload);
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.effects.size(), 4u);
+  // Exactly the payload's values: numbers beyond 2^53 and escapes kept as they were.
+  EXPECT_EQ(r.effects[0].payload,
+            R"({"state":{"reported":{"t":21.5,"big":12345678901234567890,"s":"café \"q\"",)"
+            R"("settings":{"fan":"on","levels":[1,2.5,null]},"request":{"state":{"reported":)"
+            R"({"n":1}},"clientToken":"c"}}}})");
+  EXPECT_EQ(r.effects[1].payload, R"({"state":{"desired":{"fan":"on","levels":[1,2.5,null]}}})");
+  EXPECT_EQ(r.effects[2].thing, "room-1");
+  EXPECT_EQ(r.effects[2].payload, R"({"state":{"reported":{"n":1}},"clientToken":"c"})");
+  EXPECT_EQ(r.effects[3].kind, Effect::Kind::kInvoke);
+  EXPECT_EQ(r.effects[3].payload, R"({"fan":"on","levels":[1,2.5,null]})");
+
+  // An array is not an object: refused, saying what is taken.
+  Load("    ctx.shadow:report(msg.payload.list)");
+  r = RunWithShadows(R"({"list":[1,2]})");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("reported patch must be a table or a JSON object of msg.payload"),
+            std::string::npos)
+      << r.reason;
+  // A view kept from an earlier call is dead.
+  Load("    kept = kept or msg.payload\n    ctx.shadow:report(kept)");
+  EXPECT_EQ(RunWithShadows(R"({"a":1})").outcome, Outcome::kOk);
+  r = RunWithShadows(R"({"a":2})");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("used after handle returned"), std::string::npos) << r.reason;
+  EXPECT_TRUE(r.effects.empty());
+  // A payload holding a key twice is not written anywhere (the key would be ambiguous).
+  Load("    ctx.shadow:report(msg.payload)");
+  r = RunWithShadows(R"({"a":1,"a":2})");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_TRUE(r.effects.empty());
+}
+
 TEST_F(ShadowRuntimeTest, CtxModelIsTheBoundModelAndValidatesPatches) {
   auto m = shadow::ThingModel::Parse(R"({"modelId": "acme:th", "version": "3", "properties": [
       { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float", "specs": { "max": 100 } } },
