@@ -627,10 +627,16 @@ KeyScan ScanTapeForDuplicateKeys(const simdjson::dom::document& doc) {
 
 std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len, bool padded,
                           simdjson::dom::element& out, std::string& scratch,
-                          bool refuse_duplicates) {
+                          bool refuse_duplicates, bool* rewritten) {
   auto err = parser.parse(data, len, !padded).get(out);
+  if (rewritten != nullptr) {
+    *rewritten = false;
+  }
   if (err == simdjson::NUMBER_ERROR && QuoteOutOfRangeNumbers({data, len}, scratch)) {
     err = parser.parse(scratch).get(out);  // big numbers as exact strings
+    if (rewritten != nullptr) {
+      *rewritten = true;
+    }
   }
   if (err != simdjson::SUCCESS) {
     return len == 0 ? std::string("empty payload")
@@ -920,10 +926,11 @@ void PushElement(lua_State* L, JsonContext* ctx, simdjson::dom::element el) {
 }
 
 void PushPayload(lua_State* L, JsonContext* ctx, const simdjson::dom::document& doc,
-                 simdjson::dom::element root) {
+                 simdjson::dom::element root, std::string_view text) {
   ctx->payload_doc = &doc;
   ctx->payload_root = root;
   ctx->payload_duplicates = -1;
+  ctx->payload_text = text;
   PushElement(L, ctx, root);
 }
 
@@ -939,9 +946,18 @@ JsonViewKind ViewKindAt(lua_State* L, int idx, JsonContext* ctx) {
 }
 
 Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,
-                   const std::string& path) {
+                   const std::string& path, bool as_received) {
   if (idx < 0) {
     idx = lua_gettop(L) + idx + 1;
+  }
+  if (as_received && !ctx->payload_text.empty()) {
+    if (View* view = ToView(L, idx, ctx);
+        view != nullptr && view->generation == ctx->generation &&
+        SameElement(view->el, ctx->payload_root)) {
+      GNOMON_RETURN_IF_ERROR(CheckNoDuplicates(ctx, view->el).WithContext(path));
+      out.append(ctx->payload_text);
+      return {};
+    }
   }
   Encoder e{L, ctx, out, path, {}};
   return e.Value(idx, 0);

@@ -25,6 +25,9 @@ struct JsonContext {
   const simdjson::dom::document* payload_doc = nullptr;
   simdjson::dom::element payload_root;
   int payload_duplicates = -1;
+  // The text payload_root was parsed from, byte for byte; empty when the parse rewrote it
+  // (numbers beyond range quoted), so the views do not read that text.
+  std::string_view payload_text;
 };
 
 // Makes `root` (of `doc`) the document this call's views read; pushes its view (or scalar).
@@ -32,16 +35,17 @@ struct JsonContext {
 // key, and copying or encoding an object or array that holds one anywhere (json.totable,
 // json.pairs, #, tostring, json.encode, ctx.emit, ...), fails with the key and its path.
 void PushPayload(lua_State* L, JsonContext* ctx, const simdjson::dom::document& doc,
-                 simdjson::dom::element root);
+                 simdjson::dom::element root, std::string_view text = {});
 
 // Parses `text` the way rules see JSON (msg.payload, json.decode): a number beyond the range
 // of a 64-bit integer or a double (123456789012345678901234567890, 1e400) is kept as an exact
 // string, and with `refuse_duplicates` an object that holds a key twice is refused (readers
 // disagree on which one counts; msg.payload checks when it is read instead, see PushPayload).
-// Returns the error text ("" on success); `scratch` holds a rewritten copy if needed.
+// Returns the error text ("" on success); `scratch` holds a rewritten copy if needed, and
+// `*rewritten` (when given) says whether `out` was parsed from it.
 std::string ParseRuleJson(simdjson::dom::parser& parser, const char* data, size_t len, bool padded,
                           simdjson::dom::element& out, std::string& scratch,
-                          bool refuse_duplicates = true);
+                          bool refuse_duplicates = true, bool* rewritten = nullptr);
 
 // The two ways ParseRuleJson looks for a key an object holds twice, exposed for the test that
 // holds them to each other. ScanTapeForDuplicateKeys reads the parsed document's tape in one
@@ -71,9 +75,11 @@ enum class JsonViewKind { kNone, kObject, kArray, kDead };
 JsonViewKind ViewKindAt(lua_State* L, int idx, JsonContext* ctx);
 
 // Appends the JSON encoding of the value at `idx` to `out`. `path` names it in errors
-// ("record.a[2]: cannot encode a function").
+// ("record.a[2]: cannot encode a function"). With `as_received`, msg.payload itself (the
+// root view) is appended as the text it was parsed from, whitespace and number spelling
+// included, instead of re-serialized: for consumers that parse it again (shadow writes).
 Status EncodeValue(lua_State* L, int idx, JsonContext* ctx, std::string& out,
-                   const std::string& path);
+                   const std::string& path, bool as_received = false);
 
 // Raises a Lua error with `message` after the C++ caller's locals are gone: bindings are
 // written as Result<int>(lua_State*) and wrapped with this thunk.

@@ -64,6 +64,7 @@ struct RuleRuntime::State {
   simdjson::dom::element parsed_root;
   std::string parsed_error;  // empty: parsed_root is valid
   std::string parse_scratch;  // a payload rewritten with its big numbers quoted
+  bool parsed_rewritten = false;  // parsed_root was parsed from parse_scratch
   const Clock* clock = nullptr;
   std::unordered_map<std::string, uint32_t> sink_index;
   std::vector<std::string> sink_names;
@@ -330,15 +331,19 @@ Result<int> ShadowWrite(lua_State* L) {
       return InvalidArgument(fmt::format(
           "ctx.shadow: {} patch must be a table or a JSON object of msg.payload", section));
     }
-    e.payload = fmt::format("{{\"state\":{{\"{}\":", section);
-    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->slot->json, e.payload, section));
+    // (The shadow parses the request again: msg.payload goes as it was received.)
+    e.payload.reserve(64);
+    e.payload.append("{\"state\":{\"").append(section).append("\":");
+    GNOMON_RETURN_IF_ERROR(
+        EncodeValue(L, 4, &s->slot->json, e.payload, section, /*as_received=*/true));
     e.payload += "}}";
   } else if (lua_type(L, 4) == LUA_TSTRING) {
     size_t len = 0;
     const char* p = lua_tolstring(L, 4, &len);
     e.payload.assign(p, len);
   } else if (IsObjectArg(L, 4, s)) {
-    GNOMON_RETURN_IF_ERROR(EncodeValue(L, 4, &s->slot->json, e.payload, "request"));
+    GNOMON_RETURN_IF_ERROR(
+        EncodeValue(L, 4, &s->slot->json, e.payload, "request", /*as_received=*/true));
   } else {
     return InvalidArgument(
         "ctx.shadow:update: the request must be a table, a JSON object of msg.payload or JSON "
@@ -603,11 +608,12 @@ Result<int> MsgIndex(lua_State* L) {
       s->parsed_error =
           ParseRuleJson(s->payload_parser, p.data(), p.size(),
                         p.capacity() - p.size() >= simdjson::SIMDJSON_PADDING, s->parsed_root,
-                        s->parse_scratch, /*refuse_duplicates=*/false);
+                        s->parse_scratch, /*refuse_duplicates=*/false, &s->parsed_rewritten);
       s->parsed_id = s->msg->id;
     }
     if (s->parsed_error.empty()) {
-      PushPayload(L, &s->slot->json, s->payload_parser.doc, s->parsed_root);
+      PushPayload(L, &s->slot->json, s->payload_parser.doc, s->parsed_root,
+                  s->parsed_rewritten ? std::string_view() : std::string_view(*s->msg->payload));
       lua_pushvalue(L, -1);
       lua_setfield(L, 1, "payload");
       if (!want_payload) {
