@@ -194,6 +194,41 @@ TEST_F(ShadowIntegrationTest, DeviceSdkStyleMqttRequestsGetAwsAnswers) {
   EXPECT_NE(archive.find(R"("version":2)"), std::string::npos) << archive;
 }
 
+// ctx.shadow:report(msg.payload): the payload goes into the shadow as received, through the
+// engine and the store; a payload holding a key twice is refused before anything is written.
+TEST_F(ShadowIntegrationTest, ARuleReportsTheWholePayloadIntoTheShadow) {
+  dir_.Write("rules/whole.lua", R"(
+    return rule { name = "whole", from = "sensors/+/state",
+      handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
+  std::string cfg = testing::ReadFile(dir_.File("gnomon.yaml"));
+  cfg.replace(cfg.find("topics: [\"devices/+/telemetry\"]"), 31,
+              "topics: [\"devices/+/telemetry\", \"sensors/+/state\"]");
+  dir_.Write("gnomon.yaml", cfg);
+  auto gnomon = StartGnomon();
+  Client in(broker_.port(), "sensor-pub");
+  in.Publish("sensors/s1/state", "{ \"temp\": 21.50,\n  \"mode\": \"eco\", \"led\": {\"r\": 1} }");
+  std::pair<int, std::string> doc;
+  ASSERT_TRUE(WaitFor([&] {
+    doc = Call("GET", "/v1/things/s1/shadow");
+    return doc.first == 200;
+  })) << doc.second
+      << gnomon->Stderr();
+  EXPECT_NE(doc.second.find(R"("reported":{"temp":21.5,"mode":"eco","led":{"r":1}})"),
+            std::string::npos)
+      << doc.second;
+  EXPECT_NE(doc.second.find(R"("version":1)"), std::string::npos) << doc.second;
+
+  in.Publish("sensors/s1/state", R"({"mode":"a","mode":"b"})");
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return dl.find(R"("rule":"whole")") != std::string::npos;
+  })) << gnomon->Stderr();
+  EXPECT_NE(dl.find("rule_error"), std::string::npos) << dl;
+  EXPECT_NE(dl.find("duplicate key"), std::string::npos) << dl;
+  EXPECT_NE(Call("GET", "/v1/things/s1/shadow").second.find(R"("version":1)"), std::string::npos);
+}
+
 // Vectors 16 and 18 over MQTT: clientTokens only correlate. A device SDK numbers its tokens from
 // 0 again after every restart, so a repeated token (even with the same body) is a new request.
 TEST_F(ShadowIntegrationTest, ClientTokensAreEchoedOnEveryAnswerAndNeverDeduplicated) {
