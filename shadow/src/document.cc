@@ -255,6 +255,17 @@ bool HasArrayNull(const Value& v, bool in_array) {
   return false;
 }
 
+// What an idempotency key remembers of its request's body: 64-bit FNV-1a, in hex. A body that
+// collides with another under the same key gets the first answer instead of 409; only the
+// client that chose both bodies and the key is affected.
+std::string RequestDigest(std::string_view body) {
+  uint64_t h = 14695981039346656037ULL;
+  for (unsigned char c : body) {
+    h = (h ^ c) * 1099511628211ULL;
+  }
+  return fmt::format("{:016x}", h);
+}
+
 void AppendToken(json::ObjectWriter& w, const std::string& token) {
   if (!token.empty()) {
     w.Field("clientToken", token);
@@ -468,7 +479,7 @@ std::string ShadowDocument::StoredJson() const {
       }
       json::ObjectWriter tw(keys);
       tw.Field("key", t.key)
-          .Field("request", t.request)
+          .Field("digest", t.digest)
           .Field("response", t.response)
           .Field("at", t.at_s);
       tw.Close();
@@ -552,16 +563,17 @@ Result<ShadowDocument> ShadowDocument::FromStored(std::string_view stored, Limit
   if (const Value* keys = v.Find("idempotency"); keys != nullptr && keys->is_array()) {
     for (const Value& t : keys->items()) {
       const Value* key = t.Find("key");
-      const Value* request = t.Find("request");
+      const Value* digest = t.Find("digest");
       const Value* response = t.Find("response");
       const Value* at = t.Find("at");
       auto is = [](const Value* f, Value::Kind k) { return f != nullptr && f->kind() == k; };
-      if (!is(key, Value::Kind::kString) || !is(request, Value::Kind::kString) ||
+      if (!is(key, Value::Kind::kString) || !is(digest, Value::Kind::kString) ||
           !is(response, Value::Kind::kString) || !is(at, Value::Kind::kInt)) {
         return InvalidArgument("stored shadow: malformed idempotency key entry");
       }
+      d.idempotent_bytes_ += response->as_string().size();
       d.idempotent_.push_back(
-          {key->as_string(), request->as_string(), response->as_string(), at->as_int()});
+          {key->as_string(), digest->as_string(), response->as_string(), at->as_int()});
     }
   }
   if (d.exists_) {
@@ -690,6 +702,7 @@ std::optional<ShadowError> ShadowDocument::Parse(std::string_view request, Reque
 std::optional<std::variant<UpdateResult, ShadowError>> ShadowDocument::Replay(
     std::string_view request, std::string_view key, const std::string& token, int64_t now_s) {
   while (!idempotent_.empty() && (now_s - idempotent_.front().at_s > limits_.idempotency_ttl_s)) {
+    idempotent_bytes_ -= idempotent_.front().response.size();
     idempotent_.pop_front();
   }
   if (key.empty()) {
@@ -697,7 +710,7 @@ std::optional<std::variant<UpdateResult, ShadowError>> ShadowDocument::Replay(
   }
   for (const Idempotent& t : idempotent_) {
     if (t.key == key) {
-      if (t.request != request) {
+      if (t.digest != RequestDigest(request)) {
         return Error(409, "IDEMPOTENCY_KEY_REUSED",
                      "Idempotency-Key was already used for a different request", token);
       }
@@ -943,9 +956,12 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     return *std::move(e);
   }
   if (!idempotency_key.empty()) {
+    idempotent_bytes_ += result.accepted.size();
     idempotent_.push_back(
-        {std::string(idempotency_key), std::string(request), result.accepted, now_s});
-    if (idempotent_.size() > limits_.max_idempotency_keys) {
+        {std::string(idempotency_key), RequestDigest(request), result.accepted, now_s});
+    while (idempotent_.size() > limits_.max_idempotency_keys ||
+           idempotent_bytes_ > limits_.max_idempotency_bytes) {
+      idempotent_bytes_ -= idempotent_.front().response.size();
       idempotent_.pop_front();
     }
   }

@@ -2,6 +2,7 @@
 // The conformance vectors of docs/shadows.md, one test each, and property tests.
 #include "gnomon/shadow/document.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <random>
@@ -368,6 +369,37 @@ TEST(ShadowConformanceTest, V17_AnIdempotencyKeyReturnsTheFirstAnswerAndChangesN
   ASSERT_TRUE(std::holds_alternative<UpdateResult>(later));
   EXPECT_FALSE(std::get<UpdateResult>(later).replayed);
   EXPECT_EQ(d.version(), 5);
+}
+
+TEST(ShadowIdempotencyTest, KeptKeysAreBoundedInCountAndBytes) {
+  // A client with the write scope cannot make a shadow carry megabytes of old answers: at most
+  // max_idempotency_keys keys and max_idempotency_bytes of answers, the oldest going first.
+  ShadowDocument d;
+  const std::string big(30 * 1024, 'x');
+  for (int i = 0; i < 20; ++i) {  // ~30 KiB answers: 20 of them would be ~600 KiB
+    std::string req = R"({"state":{"reported":{"blob":")" + big + std::to_string(i) + R"("}}})";
+    ASSERT_TRUE(std::holds_alternative<UpdateResult>(d.Update(req, kT + i, fmt::format("k{}", i))));
+  }
+  EXPECT_LT(d.StoredJson().size(), 256u * 1024 + 64u * 1024) << "answers kept beyond the bound";
+  // The newest key still replays; the oldest was let go, so its retry is applied again.
+  std::string last = R"({"state":{"reported":{"blob":")" + big + "19" + R"("}}})";
+  auto replay = d.Update(last, kT + 30, "k19");
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(replay));
+  EXPECT_TRUE(std::get<UpdateResult>(replay).replayed);
+  std::string first = R"({"state":{"reported":{"blob":")" + big + "0" + R"("}}})";
+  auto again = d.Update(first, kT + 31, "k0");
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(again));
+  EXPECT_FALSE(std::get<UpdateResult>(again).replayed);
+  // By count: 200 small answers keep the newest 128.
+  ShadowDocument c;
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(std::holds_alternative<UpdateResult>(
+        c.Update(R"({"state":{"reported":{"a":1}}})", kT, fmt::format("c{}", i))));
+  }
+  EXPECT_TRUE(
+      std::get<UpdateResult>(c.Update(R"({"state":{"reported":{"a":1}}})", kT, "c72")).replayed);
+  EXPECT_FALSE(
+      std::get<UpdateResult>(c.Update(R"({"state":{"reported":{"a":1}}})", kT, "c71")).replayed);
 }
 
 TEST(ShadowConformanceTest, V18_GetAndDeleteEchoTheirClientTokenAcceptedAndRejected) {

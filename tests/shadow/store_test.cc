@@ -79,7 +79,7 @@ TEST(ShadowStoredFormTest, CorruptStoredFormIsAnError) {
   EXPECT_FALSE(ShadowDocument::FromStored("[1]").ok());
   EXPECT_FALSE(ShadowDocument::FromStored(R"({"exists":1,"idempotency":[{"key":"x"}]})").ok());
   EXPECT_FALSE(ShadowDocument::FromStored(
-                   R"({"exists":1,"idempotency":[{"key":1,"request":"","response":"","at":1}]})")
+                   R"({"exists":1,"idempotency":[{"key":1,"digest":"","response":"","at":1}]})")
                    .ok());
 }
 

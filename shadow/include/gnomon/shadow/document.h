@@ -51,7 +51,9 @@ struct Limits {
   size_t max_client_token_bytes = 64;
   size_t max_idempotency_key_bytes = 128;
   int64_t idempotency_ttl_s = 300;    // how long an idempotency key's answer is kept
-  size_t max_idempotency_keys = 128;  // per shadow; the oldest go first
+  // Per shadow, the kept keys and the bytes of their answers; the oldest go first past either.
+  size_t max_idempotency_keys = 128;
+  size_t max_idempotency_bytes = 256 * 1024;
   int64_t tombstone_s = 48 * 3600;
 };
 
@@ -123,7 +125,7 @@ class ShadowDocument {
  private:
   struct Idempotent {
     std::string key;
-    std::string request;  // the body, to tell a replay from a reuse
+    std::string digest;  // of the body (RequestDigest), to tell a replay from a reuse
     std::string response;
     int64_t at_s;
   };
@@ -149,6 +151,7 @@ class ShadowDocument {
   };
   Parts desired_parts_, reported_parts_;
   std::deque<Idempotent> idempotent_;
+  size_t idempotent_bytes_ = 0;  // the answers' bytes in idempotent_
   int presence_ = -1;  // -1: never reported, 0: disconnected, 1: connected
   int64_t last_seen_ms_ = 0;
   std::string model_;
