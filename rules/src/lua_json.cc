@@ -587,7 +587,9 @@ class TapeKeyScan {
       uint64_t bit = uint64_t{1} << ((head * 0x9E3779B97F4A7C15ULL) >> 58);
       if ((seen & bit) != 0) {
         for (size_t k = first; k < keys_; ++k) {
-          if (heads_[k] == head && (len <= 8 || Name(names_[k]) == Name(at))) {
+          // In full every time: keys of different lengths can share a head (the length is
+          // folded into its top bits, over the 8th byte of a longer key).
+          if (heads_[k] == head && Name(names_[k]) == Name(at)) {
             return kDuplicate;
           }
         }
