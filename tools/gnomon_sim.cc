@@ -6,7 +6,8 @@
 //       a recorded file for `gnomon replay` (~200-byte telemetry messages).
 //   gnomon-sim load --url ... --count 100000 --publish devices/{d}/telemetry --expect devices/+/cmd
 //       publishes as fast as the QoS 1 window allows, counts what arrives on --expect, and prints
-//       throughput and latency percentiles as one JSON line.
+//       throughput and latency percentiles as one JSON line. --shape telemetry sends issue 19's
+//       ~200-byte telemetry; --expect-count waits for fewer messages than it sent; --rate paces.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <mosquitto.h>
@@ -306,8 +307,26 @@ struct LoadState {
   std::vector<int64_t> latencies;  // ns, GUARDED_BY(mu)
 };
 
+// The telemetry of issue 19's workload: ~200 bytes, flat, a temperature above 50 for one
+// message in six (i % 6 == 5, so a count that is a multiple of 6 ends on one).
+std::string TelemetryPayload(int64_t i, int d) {
+  uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ static_cast<uint32_t>(d) * 40503u;
+  double temp = i % 6 == 5 ? 50.5 + h % 90 / 10.0 : 20.0 + h % 290 / 10.0;
+  return fmt::format(
+      R"({{"temp":{:.1f},"humidity":{},"battery":{},"rssi":-{},"fw":"1.2.0","status":"ok",)"
+      R"("lat":52.{:06d},"lon":13.{:06d},"seq":{},"sent":{},"note":"{}"}})",
+      temp, 30 + h % 50, 50 + (h >> 8) % 50, 40 + (h >> 4) % 60, h % 1000000, (h >> 3) % 1000000, i,
+      NowNs(), std::string(36, 'x'));
+}
+
+// Publishes `count` messages (as fast as the window allows, or at `rate` per second when it is
+// above 0) and waits for `expect_count` messages on `expect`.
 int RunLoad(const Url& url, int64_t count, int devices, const std::string& publish,
-            const std::string& expect, int qos, int window, double timeout_s) {
+            const std::string& expect, int qos, int window, double timeout_s, double rate,
+            int64_t expect_count, const std::string& shape) {
+  if (expect_count < 0) {
+    expect_count = count;
+  }
   LoadState st;
   st.latencies.reserve(static_cast<size_t>(count));
   Mqtt sub(url, fmt::format("gnomon-load-sub-{}", ::getpid()), &st);
@@ -347,16 +366,24 @@ int RunLoad(const Url& url, int64_t count, int devices, const std::string& publi
       st.cv.wait(lock, [&] { return st.inflight < window; });
       st.inflight++;
     }
+    if (rate > 0) {
+      std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
+                                                std::chrono::duration<double>(i / rate)));
+    }
     int d = static_cast<int>(i % devices);
-    payload = fmt::format(R"({{"temp":{},"sent":{},"seq":{},"pad":"{}"}})", 51 + (i % 10), NowNs(),
-                          i, std::string(100, 'x'));
+    if (shape == "telemetry") {
+      payload = TelemetryPayload(i, d);
+    } else {
+      payload = fmt::format(R"({{"temp":{},"sent":{},"seq":{},"pad":"{}"}})", 51 + (i % 10),
+                            NowNs(), i, std::string(100, 'x'));
+    }
     std::string topic = DeviceTopic(publish, d);
     mosquitto_publish(pub.get(), nullptr, topic.c_str(), static_cast<int>(payload.size()),
                       payload.data(), qos, false);
   }
   auto sent_done = Clock::now();
   auto deadline = sent_done + std::chrono::duration<double>(timeout_s);
-  while (st.received < count && Clock::now() < deadline && !g_stop) {
+  while (st.received < expect_count && Clock::now() < deadline && !g_stop) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   auto end = Clock::now();
@@ -370,12 +397,13 @@ int RunLoad(const Url& url, int64_t count, int devices, const std::string& publi
   auto pct = [&](double q) {
     return lat.empty() ? 0.0 : static_cast<double>(lat[static_cast<size_t>(q * (lat.size() - 1))]) / 1e6;
   };
-  std::printf(
-      R"({"sent":%lld,"received":%lld,"seconds":%.3f,"msgs_per_s":%.0f,"p50_ms":%.2f,"p99_ms":%.2f,"max_ms":%.2f})"
-      "\n",
-      static_cast<long long>(count), static_cast<long long>(st.received.load()), secs,
-      static_cast<double>(st.received.load()) / secs, pct(0.5), pct(0.99), pct(1.0));
-  return st.received >= count ? 0 : 1;
+  std::printf(R"({"sent":%lld,"received":%lld,"seconds":%.3f,"msgs_per_s":%.0f,"sent_per_s":%.0f,)"
+              R"("p50_ms":%.2f,"p99_ms":%.2f,"max_ms":%.2f})"
+              "\n",
+              static_cast<long long>(count), static_cast<long long>(st.received.load()), secs,
+              static_cast<double>(st.received.load()) / secs, static_cast<double>(count) / secs,
+              pct(0.5), pct(0.99), pct(1.0));
+  return st.received >= expect_count ? 0 : 1;
 }
 
 // The least any MQTT-to-MQTT rule engine outside the broker must do: take each message on
@@ -450,6 +478,13 @@ int main(int argc, char** argv) {
   load->add_option("--qos", qos);
   load->add_option("--window", window, "QoS 1 publishes in flight");
   load->add_option("--timeout", timeout, "Seconds to wait for the last messages");
+  double load_rate = 0;
+  int64_t expect_count = -1;
+  std::string shape = "small";
+  load->add_option("--rate", load_rate, "Messages per second in all (0: as fast as possible)");
+  load->add_option("--expect-count", expect_count, "Messages to wait for (default: --count)");
+  load->add_option("--shape", shape, "Payload: small, or telemetry (issue 19's ~200 bytes)")
+      ->check(CLI::IsMember({"small", "telemetry"}));
 
   std::string relay_from = "devices/+/telemetry", relay_to = "devices/{d}/cmd";
   auto* relay = app.add_subcommand(
@@ -472,5 +507,6 @@ int main(int argc, char** argv) {
   if (gen->parsed()) {
     return RunGen(devices, count, start_ts);
   }
-  return RunLoad(ParseUrl(url), count, devices, publish, expect, qos, window, timeout);
+  return RunLoad(ParseUrl(url), count, devices, publish, expect, qos, window, timeout, load_rate,
+                 expect_count, shape);
 }
