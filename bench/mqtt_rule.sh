@@ -9,6 +9,7 @@
 #   gnomon    the rule in Lua, the state in a Lua table
 #   shadow    the same rule keeping the state in the device's durable shadow (SQLite), QoS 1
 #             only (SHADOW=0 leaves it out)
+#   previous  with PREV=path/to/another/gnomon: that build running the gnomon rule (A/B runs)
 # For each QoS (0 and 1) it prints, per system, the median of TRIALS trials of: input messages
 # per second, CPU µs per message of the processing process, its peak RSS, and the alerts'
 # latency percentiles; then p99 at a steady 5k msg/s; then the ratios the issue's targets use.
@@ -97,9 +98,11 @@ YAML
 start() {  # $1 system, $2 qos
   case $1 in
     baseline) build/gnomon-mqtt-baseline --port "$PORT" --qos "$2" 2>"$WORK/proc.log" & PROC=$! ;;
-    gnomon | shadow)
-      write_rules "$2" "$([ "$1" = gnomon ] && echo lua || echo shadow)"
-      (cd "$WORK" && exec "$ROOT/build/gnomon" run -c gnomon.yaml 2>"$WORK/proc.log") & PROC=$! ;;
+    gnomon | shadow | previous)
+      local bin="$ROOT/build/gnomon"
+      [ "$1" = previous ] && bin=$(realpath "$PREV")
+      write_rules "$2" "$([ "$1" = shadow ] && echo shadow || echo lua)"
+      (cd "$WORK" && exec "$bin" run -c gnomon.yaml 2>"$WORK/proc.log") & PROC=$! ;;
   esac
   sleep 1
 }
@@ -138,6 +141,7 @@ RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
 for qos in $QOS_LIST; do
   systems="alone baseline gnomon"
+  [ -n "${PREV:-}" ] && systems="$systems previous"
   [ "$SHADOW" = 1 ] && [ "$qos" = 1 ] && systems="$systems shadow"
   for t in $(seq "$TRIALS"); do
     for sys in $systems; do
@@ -146,7 +150,7 @@ for qos in $QOS_LIST; do
       echo "{\"qos\":$qos,\"sys\":\"$sys\",\"kind\":\"max\",\"r\":$r}" >> "$RESULTS"
     done
   done
-  for sys in baseline gnomon; do
+  for sys in baseline gnomon ${PREV:+previous}; do
     r=$(COUNT=$STEADY_N trial "$sys" "$qos" --rate 5000)
     echo "qos $qos steady 5k msg/s $sys: $r"
     echo "{\"qos\":$qos,\"sys\":\"$sys\",\"kind\":\"steady\",\"r\":$r}" >> "$RESULTS"
@@ -164,7 +168,7 @@ def med(qos, sys_, key, kind="max"):
 for qos in sorted({r["qos"] for r in rows}):
     print(f"\nQoS {qos}, {n} messages, median of the trials:")
     print(f"{'':10} {'msg/s':>9} {'cpu µs/msg':>11} {'peak RSS MB':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99 @5k ms':>11} {'lost':>6}")
-    for s in ("alone", "baseline", "gnomon", "shadow"):
+    for s in ("alone", "baseline", "gnomon", "previous", "shadow"):
         rate = med(qos, s, "sent_per_s")
         if rate is None:
             continue
@@ -180,6 +184,10 @@ for qos in sorted({r["qos"] for r in rows}):
         print(f"gnomon / baseline: throughput {g / b:.2f} (target ≥ 0.9), CPU per message "
               f"{med(qos, 'gnomon', 'cpu_us') / med(qos, 'baseline', 'cpu_us'):.2f}× (target ≤ 1.25), "
               f"peak RSS {med(qos, 'gnomon', 'rss_mb'):.0f} MB (target ≤ 30)")
+    p = med(qos, "previous", "sent_per_s")
+    if p and g:
+        print(f"gnomon / previous: throughput {g / p:.2f}, CPU per message "
+              f"{med(qos, 'gnomon', 'cpu_us') / med(qos, 'previous', 'cpu_us'):.2f}×")
     a = med(qos, "alone", "sent_per_s")
     if a and b:
         print(f"of mosquitto alone: baseline {b / a:.2f}, gnomon {g / a:.2f}")

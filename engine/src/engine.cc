@@ -481,14 +481,7 @@ bool Engine::Impl::ValidDevice(std::string_view id) const {
   return shadow::ValidShadowId(id, 128);
 }
 
-bool Engine::Impl::Admit(WorkItem&& item, std::unique_ptr<AckHandle> ack) {
-  Message& m = *HeadOf(item);  // items from outside all carry one
-  if (!accepting_) {
-    if (ack) {
-      ack->Abandon();
-    }
-    return false;
-  }
+bool Engine::Impl::Enter(Message& m, std::unique_ptr<AckHandle> ack) {
   if (!ValidDevice(m.device)) {
     // A device id from a payload field or a topic level can hold anything: "lock-1/cmd/x"
     // reached another device's command topics through rules. Refused at the door.
@@ -498,21 +491,62 @@ bool Engine::Impl::Admit(WorkItem&& item, std::unique_ptr<AckHandle> ack) {
                         : "1-128 characters of A-Z a-z 0-9 : _ - (like thing names; set "
                           "device_id_pattern to allow others)");
     Reject(std::move(m), std::move(ack), "bad_device", why);
-    return true;
+    return false;
   }
-  auto* d = new Delivery(this, ack.release());
-  m.delivery = d;
+  m.delivery = new Delivery(this, ack.release());
   in_->Inc();
   if (auto it = source_counters_.find(*m.source); it != source_counters_.end()) {
     it->second->Inc();
   }
-  size_t w = OwnerOf(m.device);
-  if (!workers_[w]->queue.Push(std::move(item))) {
+  return true;
+}
+
+bool Engine::Impl::Admit(WorkItem&& item, std::unique_ptr<AckHandle> ack) {
+  Message& m = *HeadOf(item);  // items from outside all carry one
+  if (!accepting_) {
+    if (ack) {
+      ack->Abandon();
+    }
+    return false;
+  }
+  if (!Enter(m, std::move(ack))) {
+    return true;
+  }
+  Delivery* d = m.delivery;
+  if (!workers_[OwnerOf(m.device)]->queue.Push(std::move(item))) {
     d->Mark(Delivery::kAbandoned);  // counted once, when the delivery finishes
     d->Release();
     return false;
   }
   return true;
+}
+
+bool Engine::Impl::SubmitBatch(std::vector<Message>& batch) {
+  if (!accepting_) {
+    return false;
+  }
+  // Grouped by owner, in arrival order within each group (a device's messages stay in order).
+  // Per thread: sources call this from their own threads.
+  thread_local std::vector<std::vector<WorkItem>> groups;
+  groups.resize(workers_.size());
+  for (auto& m : batch) {
+    if (Enter(m, nullptr)) {
+      size_t w = OwnerOf(m.device);
+      groups[w].emplace_back(std::move(m));
+    }
+  }
+  bool all = true;
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    auto& g = groups[w];
+    for (size_t i = workers_[w]->queue.PushMany(g); i < g.size(); ++i) {
+      Delivery* d = HeadOf(g[i])->delivery;  // the queue closed: not taken
+      d->Mark(Delivery::kAbandoned);
+      d->Release();
+      all = false;
+    }
+    g.clear();
+  }
+  return all;
 }
 
 void Engine::Impl::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,

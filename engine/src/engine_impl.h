@@ -105,6 +105,7 @@ class Engine::Impl final : public Ingest,
   bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override {
     return Admit(std::move(m), std::move(ack));
   }
+  bool SubmitBatch(std::vector<Message>& batch) override;
   void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
               std::string_view error) override;
 
@@ -158,6 +159,9 @@ class Engine::Impl final : public Ingest,
   // its device, as Submit describes. `item` is a Message, ShadowRequest, CallInvoke or
   // CallQuery.
   bool Admit(WorkItem&& item, std::unique_ptr<AckHandle> ack);
+  // Admit's door: refuses (dead-letters) a message whose device id is not valid, else counts it
+  // in and gives it its delivery. False when it was refused.
+  bool Enter(Message& m, std::unique_ptr<AckHandle> ack);
   class ShadowIngest;  // the MQTT shadow topics' source submits through it (shadows.cc)
   Status CreateSink(const Entry& e);
   // gnomon_sink_records_total{sink,outcome} and gnomon_sink_queue_depth{sink} for `s.name`.

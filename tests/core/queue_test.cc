@@ -33,6 +33,45 @@ TEST(BoundedQueueTest, PushBlocksWhenFullUntilPopped) {
   EXPECT_EQ(out, (std::vector<int>{1, 2, 3}));
 }
 
+// PushMany takes what fits, waits for the consumer to make room for the rest, and keeps order.
+TEST(BoundedQueueTest, PushManyFillsWaitsForRoomAndKeepsOrder) {
+  BoundedQueue<int> q(3);
+  ASSERT_TRUE(q.Push(0));
+  std::vector<int> items{1, 2, 3, 4, 5};
+  std::atomic<size_t> pushed{0};
+  std::thread t([&] { pushed = q.PushMany(items); });
+  // Two fit; the rest wait: nothing is dropped and the queue holds no more than its capacity.
+  EXPECT_FALSE(testing::WaitFor([&] { return pushed.load() != 0; }, std::chrono::milliseconds(100)));
+  EXPECT_EQ(q.size(), 3u);
+  std::vector<int> out;
+  while (out.size() < 6) {
+    ASSERT_TRUE(q.PopBatch(out, 2));
+  }
+  t.join();
+  EXPECT_EQ(pushed.load(), 5u);
+  EXPECT_EQ(out, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(q.size(), 0u);
+}
+
+// Closed while it waits for room: it reports how many it pushed and leaves the rest untouched.
+TEST(BoundedQueueTest, PushManyStopsWhenClosed) {
+  BoundedQueue<std::string> q(2);
+  std::vector<std::string> items{"a", "b", "c", "d"};
+  std::atomic<size_t> pushed{99};
+  std::thread t([&] { pushed = q.PushMany(items); });
+  ASSERT_TRUE(testing::WaitFor([&] { return q.size() == 2; }));
+  q.Close();
+  t.join();
+  EXPECT_EQ(pushed.load(), 2u);
+  EXPECT_EQ(items[2], "c");  // not moved from
+  EXPECT_EQ(items[3], "d");
+  std::vector<std::string> out;
+  EXPECT_TRUE(q.PopBatch(out, 10));
+  EXPECT_EQ(out, (std::vector<std::string>{"a", "b"}));
+  std::vector<std::string> none;
+  EXPECT_EQ(q.PushMany(none), 0u);
+}
+
 TEST(BoundedQueueTest, CloseDrainsThenEnds) {
   BoundedQueue<int> q(4);
   q.Push(1);

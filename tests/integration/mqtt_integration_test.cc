@@ -123,6 +123,49 @@ TEST_F(MqttIntegrationTest, MessagesFlowThroughRulesInPerDeviceOrder) {
   EXPECT_EQ(testing::ReadLines(dir_.File("archive.jsonl")).size(), 2000u);
 }
 
+// The source hands messages to the workers in batches (what one read of the socket brings). A
+// message in a batch whose device id is refused is dead-lettered on its own; the others of the
+// batch go on, each device's in order.
+TEST_F(MqttIntegrationTest, ARefusedDeviceInABatchLeavesTheRestOfTheBatchInOrder) {
+  auto gnomon = StartGnomon();
+  Client out(broker_.port(), "test-sub");
+  out.Subscribe("devices/+/cmd");
+  Client in(broker_.port(), "test-pub");
+  constexpr int kDevices = 3, kPerDevice = 300;
+  int refused = 0;
+  for (int i = 0; i < kPerDevice; ++i) {
+    for (int d = 0; d < kDevices; ++d) {
+      in.Publish("devices/dev" + std::to_string(d) + "/telemetry",
+                 "{\"n\":" + std::to_string(i) + "}");
+    }
+    if (i % 10 == 0) {
+      in.Publish("devices/not a device!/telemetry", "{\"n\":0}");
+      ++refused;
+    }
+  }
+  ASSERT_TRUE(WaitFor([&] { return out.count() >= kDevices * kPerDevice; },
+                      std::chrono::milliseconds(30000)))
+      << "got " << out.count() << "\n" << gnomon->Stderr();
+  std::map<std::string, int> next;
+  for (const auto& [topic, payload] : out.received()) {
+    EXPECT_EQ(payload, "{\"n\":" + std::to_string(next[topic]++) + "}") << topic;
+  }
+  EXPECT_EQ(next.size(), static_cast<size_t>(kDevices));
+  ASSERT_TRUE(WaitFor([&] {
+    return testing::ReadLines(dir_.File("data/dead-letter.jsonl")).size() >=
+           static_cast<size_t>(refused);
+  })) << gnomon->Stderr();
+  auto dl = testing::ReadLines(dir_.File("data/dead-letter.jsonl"));
+  EXPECT_EQ(dl.size(), static_cast<size_t>(refused));
+  for (const auto& l : dl) {
+    EXPECT_NE(l.find("\"reason\":\"bad_device\""), std::string::npos) << l;
+  }
+  gnomon->Signal(SIGTERM);
+  EXPECT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
+  EXPECT_EQ(testing::ReadLines(dir_.File("archive.jsonl")).size(),
+            static_cast<size_t>(kDevices * kPerDevice));
+}
+
 TEST_F(MqttIntegrationTest, PersistentSessionDeliversWhatWasPublishedWhileDown) {
   {
     auto gnomon = StartGnomon();  // creates the session and its subscription

@@ -200,6 +200,7 @@ void MqttClient::Run(const std::stop_token& st) {
             break;
           }
         }
+        ReadsDone();
         if (rc == MOSQ_ERR_SUCCESS && mosquitto_want_write(mosq_)) {
           rc = mosquitto_loop_write(mosq_, 1);
         }
@@ -212,9 +213,11 @@ void MqttClient::Run(const std::stop_token& st) {
         for (int i = 0; i < 5 && mosquitto_loop(mosq_, 10, 1) == MOSQ_ERR_SUCCESS;) {
           ++i;
         }
+        ReadsDone();
         break;
       }
     }
+    ReadsDone();
     if (connected_.exchange(false) && callbacks_.on_disconnect) {
       callbacks_.on_disconnect();
     }
@@ -232,6 +235,7 @@ void MqttClient::Run(const std::stop_token& st) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
+  ReadsDone();
   if (connected_.exchange(false) && callbacks_.on_disconnect) {
     callbacks_.on_disconnect();
   }

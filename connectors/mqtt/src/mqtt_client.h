@@ -42,6 +42,9 @@ class MqttClient {
     std::function<void()> on_disconnect;  // on the client thread
     std::function<void(const mosquitto_message*, const mosquitto_property*)> on_message;
     std::function<void(int mid, int reason)> on_publish;  // reason >= 128: refused
+    // On the client thread after each run of reads (on_message calls), and before a disconnect
+    // is reported or the thread ends: where a source hands over what it batched.
+    std::function<void()> on_reads_done;
   };
 
   MqttClient(MqttConnectionConfig config, std::string client_id, std::string owner);
@@ -57,6 +60,11 @@ class MqttClient {
 
  private:
   void Run(const std::stop_token& st);
+  void ReadsDone() {
+    if (callbacks_.on_reads_done) {
+      callbacks_.on_reads_done();
+    }
+  }
   static void OnConnect(mosquitto*, void* self, int rc, int flags, const mosquitto_property*);
   static void OnDisconnect(mosquitto*, void* self, int rc, const mosquitto_property*);
   static void OnMessage(mosquitto*, void* self, const mosquitto_message*, const mosquitto_property*);

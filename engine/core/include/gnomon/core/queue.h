@@ -34,6 +34,36 @@ class BoundedQueue {
     return true;
   }
 
+  // Pushes `items` in order (moving from them), waiting for room as Push does, but takes the
+  // lock and wakes the consumer once for as many as fit rather than once per item. Returns how
+  // many were pushed: all of them unless the queue was closed (the rest are left untouched).
+  size_t PushMany(std::vector<T>& items) {
+    size_t done = 0;
+    MutexLock lock(mu_);
+    while (done < items.size()) {
+      not_full_.wait(lock.native(), [&] {
+        mu_.AssertHeld();
+        return closed_ || SizeLocked() < capacity_;
+      });
+      if (closed_) {
+        break;
+      }
+      size_t n = std::min(capacity_ - SizeLocked(), items.size() - done);
+      for (size_t i = 0; i < n; ++i) {
+        items_.push_back(std::move(items[done + i]));
+      }
+      done += n;
+      if (done < items.size()) {
+        not_empty_.notify_one();  // full: let the consumer make room while we wait
+      }
+    }
+    lock.Unlock();
+    if (done > 0) {
+      not_empty_.notify_one();
+    }
+    return done;
+  }
+
   // Pushes even when full. For work the queue's own consumer generates (or that must not wait
   // on it, to avoid a cycle of blocked producers); callers bound it some other way.
   bool PushForce(T&& item) {

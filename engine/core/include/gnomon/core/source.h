@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "gnomon/core/message.h"
 #include "gnomon/core/status.h"
@@ -18,6 +19,17 @@ class Ingest {
   // at capacity. Returns false when the engine is stopping (the message was not taken; the
   // handle was abandoned and deleted).
   virtual bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) = 0;
+  // As Submit for each of `batch` in order (messages without acknowledgement handles), moving
+  // from them; an engine hands them to its workers together, one wake-up per worker rather than
+  // one per message. Returns false when the engine is stopping (what was not taken is dropped).
+  virtual bool SubmitBatch(std::vector<Message>& batch) {
+    for (auto& m : batch) {
+      if (!Submit(std::move(m), nullptr)) {
+        return false;
+      }
+    }
+    return true;
+  }
   // A message the source could not route (no device id, oversize): counted and dead-lettered.
   virtual void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
                       std::string_view error) = 0;
