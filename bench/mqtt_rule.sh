@@ -15,6 +15,8 @@
 # latency percentiles; then p99 at a steady 5k msg/s; then the ratios the issue's targets use.
 #   bench/mqtt_rule.sh [N]       (default 300000; the issue's figures used 1000000)
 #   TRIALS=3 DEVICES=10000 QOS="0 1" SHADOW=1 WORKERS=2 bench/mqtt_rule.sh 1000000
+#   SYSTEMS="baseline shadow" QOS=1 SHADOW_OPTS="history_mb: 8" bench/mqtt_rule.sh   only those
+#   (no 5k msg/s latency runs unless STEADY=1), with options for the shadow system's shadows:
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -92,7 +94,9 @@ sinks:
 rules: ["rules/*.lua"]
 log: { level: warn }
 YAML
-  if [ "$2" = shadow ]; then echo "shadows: { store: sqlite }" >> "$WORK/gnomon.yaml"; fi
+  if [ "$2" = shadow ]; then
+    echo "shadows: { store: sqlite${SHADOW_OPTS:+, $SHADOW_OPTS} }" >> "$WORK/gnomon.yaml"
+  fi
 }
 
 start() {  # $1 system, $2 qos
@@ -142,6 +146,7 @@ RESULTS="$WORK/results.jsonl"
 for qos in $QOS_LIST; do
   systems="alone baseline gnomon"
   [ -n "${PREV:-}" ] && systems="$systems previous"
+  systems=${SYSTEMS:-$systems}
   [ "$SHADOW" = 1 ] && [ "$qos" = 1 ] && systems="$systems shadow"
   for t in $(seq "$TRIALS"); do
     for sys in $systems; do
@@ -150,6 +155,7 @@ for qos in $QOS_LIST; do
       echo "{\"qos\":$qos,\"sys\":\"$sys\",\"kind\":\"max\",\"r\":$r}" >> "$RESULTS"
     done
   done
+  [ -n "${SYSTEMS:-}" ] && [ -z "${STEADY:-}" ] && continue
   for sys in baseline gnomon ${PREV:+previous}; do
     r=$(COUNT=$STEADY_N trial "$sys" "$qos" --rate 5000)
     echo "qos $qos steady 5k msg/s $sys: $r"
