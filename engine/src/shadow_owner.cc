@@ -119,6 +119,7 @@ void ShadowOwner::RecordChange(std::string_view thing, std::string_view name,
   size_t bytes = shadow::ShadowChange::Bytes(thing, name, c.ops);
   std::string key = ShadowKey(thing, name);
   auto& changes = history_[key];
+  c.ops.shrink_to_fit();  // built by appending: up to twice its size otherwise, uncharged
   changes.push_back({c.version, c.timestamp, std::move(c.ops)});
   if (changes.size() > per_shadow) {
     changes.pop_front();

@@ -191,6 +191,23 @@ TEST(ShadowOwnerTest, AfterARefusedWriteOnlyTheReloadedCopyCanWrite) {
   EXPECT_EQ(Temp(*stored), 4);
 }
 
+// A change's operations are built by appending, so their string can hold up to twice its size;
+// the history keeps them at their size, which is what they are charged.
+TEST(ShadowOwnerTest, HistoryKeepsOperationsAtTheirSize) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto owner = MakeOwner(*store, {.history = 3, .history_bytes = 1 << 20});
+  const std::string ops = "[" + std::string(298, ' ') + "]";
+  std::string built = ops;
+  built.reserve(4096);
+  owner->RecordChange("a", "", ShadowChange{1, 100, std::move(built)});
+  const auto* a = owner->History("a", "");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->front().ops, ops);
+  EXPECT_LT(a->front().ops.capacity(), 400u);
+  EXPECT_EQ(owner->history_bytes(), ShadowChange::Bytes("a", "", ops));
+}
+
 TEST(ShadowOwnerTest, HistoryKeepsAtMostNPerShadowAndStaysWithinItsBudget) {
   TempDir dir;
   auto store = OpenStore(dir.File("s.db"));
