@@ -41,7 +41,8 @@ TEST(BoundedQueueTest, PushManyFillsWaitsForRoomAndKeepsOrder) {
   std::atomic<size_t> pushed{0};
   std::thread t([&] { pushed = q.PushMany(items); });
   // Two fit; the rest wait: nothing is dropped and the queue holds no more than its capacity.
-  EXPECT_FALSE(testing::WaitFor([&] { return pushed.load() != 0; }, std::chrono::milliseconds(100)));
+  EXPECT_FALSE(
+      testing::WaitFor([&] { return pushed.load() != 0; }, std::chrono::milliseconds(100)));
   EXPECT_EQ(q.size(), 3u);
   std::vector<int> out;
   while (out.size() < 6) {

@@ -145,7 +145,8 @@ TEST_F(MqttIntegrationTest, ARefusedDeviceInABatchLeavesTheRestOfTheBatchInOrder
   }
   ASSERT_TRUE(WaitFor([&] { return out.count() >= kDevices * kPerDevice; },
                       std::chrono::milliseconds(30000)))
-      << "got " << out.count() << "\n" << gnomon->Stderr();
+      << "got " << out.count() << "\n"
+      << gnomon->Stderr();
   std::map<std::string, int> next;
   for (const auto& [topic, payload] : out.received()) {
     EXPECT_EQ(payload, "{\"n\":" + std::to_string(next[topic]++) + "}") << topic;
