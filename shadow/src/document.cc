@@ -1039,7 +1039,8 @@ bool ValidIdempotencyKey(std::string_view key, size_t max_bytes) {
 
 std::string RequestClientToken(std::string_view payload, size_t max_bytes) {
   // A token is at most max_bytes (escaped: 6 bytes a character) plus the object around it.
-  if (payload.empty() || payload.size() > 64 * 1024 || !json::IsValidUtf8(payload)) {
+  if (payload.empty() || payload.size() > Limits{}.max_request_bytes ||
+      !json::IsValidUtf8(payload)) {
     return {};
   }
   auto parsed = Value::Parse(payload);

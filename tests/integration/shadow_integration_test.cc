@@ -1568,6 +1568,17 @@ TEST_F(ShadowIntegrationTest, AFullDiskRefusesWritesAndLosesOrAltersNothingAccep
   EXPECT_NE(body.find("INTERNAL_ERROR"), std::string::npos) << body;
   EXPECT_NE(body.find(R"("clientToken":"full-1")"), std::string::npos) << body;
   EXPECT_EQ(Call("GET", "/v1/things/f1/shadow").second, before) << "the refused write is not shown";
+  // Over MQTT, a delete the store refuses: delete/rejected with 500 and the request's token.
+  Client device(broker_.port(), "f1-device");
+  device.Subscribe("$aws/things/f1/shadow/delete/#");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  device.Publish("$aws/things/f1/shadow/delete", R"({"clientToken":"full-2"})");
+  auto refused = Await(device, "$aws/things/f1/shadow/delete/rejected", "\"full-2\"");
+  ASSERT_TRUE(refused) << gnomon->Stderr();
+  EXPECT_NE(refused->find(R"("code":500)"), std::string::npos) << *refused;
+  EXPECT_NE(refused->find("INTERNAL_ERROR"), std::string::npos) << *refused;
+  EXPECT_EQ(Call("GET", "/v1/things/f1/shadow").second, before)
+      << "the refused delete is not shown";
   Client status(broker_.port(), "f1-status");
   status.Publish("devices/f1/status", "online");
   std::string dl;
