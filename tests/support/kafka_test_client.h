@@ -109,8 +109,11 @@ class KafkaClient {
   }
   bool Flush() { return rd_kafka_flush(producer_, 30000) == RD_KAFKA_RESP_ERR_NO_ERROR; }
 
-  // Every record of `topic` (all partitions, from the start) until `want` records arrived or
-  // nothing new came for `quiet` (the first record may take up to 30 s: group joins).
+  // Every record of `topic` (all partitions, from the start) until `want` records arrived, or
+  // every partition has been read to its end and nothing new came for `quiet` (for the first
+  // record: 30 s, group joins). The quiet time only runs once every partition reported its end:
+  // a busy machine may fetch one partition well before the next, and a reader that stopped at
+  // the first pause returned a fraction of the topic.
   std::vector<KafkaRecord> ReadAll(const std::string& topic, size_t want,
                                    std::chrono::milliseconds quiet = std::chrono::milliseconds(3000)) {
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
@@ -118,27 +121,44 @@ class KafkaClient {
     rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
     rd_kafka_conf_set(conf, "group.id", "gnomon-test-reader", err, sizeof err);
     rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, sizeof err);
     rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     const rd_kafka_metadata_t* md = nullptr;
     rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
     std::vector<KafkaRecord> out;
     if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1) {
       rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(8);
+      std::map<int32_t, bool> at_end;  // partition -> read to its end (and nothing since)
       for (int i = 0; i < md->topics[0].partition_cnt; ++i) {
         rd_kafka_topic_partition_list_add(parts, topic.c_str(), md->topics[0].partitions[i].id)
             ->offset = RD_KAFKA_OFFSET_BEGINNING;
+        at_end[md->topics[0].partitions[i].id] = false;
       }
       rd_kafka_assign(rk, parts);
       rd_kafka_topic_partition_list_destroy(parts);
+      auto all_at_end = [&] {
+        for (const auto& [partition, done] : at_end) {
+          if (!done) {
+            return false;
+          }
+        }
+        return true;
+      };
+      // Bounds a partition that never reports its end (a broker down for good).
+      const auto give_up = std::chrono::steady_clock::now() + Scaled(std::chrono::milliseconds(90000));
       auto last = std::chrono::steady_clock::now();
       auto first_wait = Scaled(std::chrono::milliseconds(30000));
-      while (out.size() < want &&
-             std::chrono::steady_clock::now() - last < (out.empty() ? first_wait : Scaled(quiet))) {
+      while (out.size() < want && std::chrono::steady_clock::now() < give_up &&
+             (!all_at_end() || std::chrono::steady_clock::now() - last <
+                                   (out.empty() ? first_wait : Scaled(quiet)))) {
         rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 100);
         if (m == nullptr) {
           continue;
         }
-        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+          at_end[m->partition] = true;
+        } else if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+          at_end[m->partition] = false;
           KafkaRecord r;
           r.topic = topic;
           r.partition = m->partition;
