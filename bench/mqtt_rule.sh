@@ -10,6 +10,7 @@
 #   shadow    the same rule keeping the state in the device's durable shadow (SQLite), QoS 1
 #             only (SHADOW=0 leaves it out)
 #   previous  with PREV=path/to/another/gnomon: that build running the gnomon rule (A/B runs)
+#   prevshadow  with PREV: that build running the shadow rule (QoS 1, unless SHADOW=0)
 # For each QoS (0 and 1) it prints, per system, the median of TRIALS trials of: input messages
 # per second, CPU µs per message of the processing process, its peak RSS, and the alerts'
 # latency percentiles; then p99 at a steady 5k msg/s; then the ratios the issue's targets use.
@@ -102,10 +103,10 @@ YAML
 start() {  # $1 system, $2 qos
   case $1 in
     baseline) build/gnomon-mqtt-baseline --port "$PORT" --qos "$2" 2>"$WORK/proc.log" & PROC=$! ;;
-    gnomon | shadow | previous)
+    gnomon | shadow | previous | prevshadow)
       local bin="$ROOT/build/gnomon"
-      [ "$1" = previous ] && bin=$(realpath "$PREV")
-      write_rules "$2" "$([ "$1" = shadow ] && echo shadow || echo lua)"
+      case $1 in previous | prevshadow) bin=$(realpath "$PREV") ;; esac
+      write_rules "$2" "$(case $1 in shadow | prevshadow) echo shadow ;; *) echo lua ;; esac)"
       (cd "$WORK" && exec "$bin" run -c gnomon.yaml 2>"$WORK/proc.log") & PROC=$! ;;
   esac
   sleep 1
@@ -147,7 +148,10 @@ for qos in $QOS_LIST; do
   systems="alone baseline gnomon"
   [ -n "${PREV:-}" ] && systems="$systems previous"
   systems=${SYSTEMS:-$systems}
-  [ "$SHADOW" = 1 ] && [ "$qos" = 1 ] && systems="$systems shadow"
+  if [ "$SHADOW" = 1 ] && [ "$qos" = 1 ]; then
+    case " $systems " in *" shadow "*) ;; *) systems="$systems shadow" ;; esac
+    [ -n "${PREV:-}" ] && case " $systems " in *" prevshadow "*) ;; *) systems="$systems prevshadow" ;; esac
+  fi
   for t in $(seq "$TRIALS"); do
     for sys in $systems; do
       r=$(trial "$sys" "$qos")
@@ -174,7 +178,7 @@ def med(qos, sys_, key, kind="max"):
 for qos in sorted({r["qos"] for r in rows}):
     print(f"\nQoS {qos}, {n} messages, median of the trials:")
     print(f"{'':10} {'msg/s':>9} {'cpu µs/msg':>11} {'peak RSS MB':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99 @5k ms':>11} {'lost':>6}")
-    for s in ("alone", "baseline", "gnomon", "previous", "shadow"):
+    for s in ("alone", "baseline", "gnomon", "previous", "shadow", "prevshadow"):
         rate = med(qos, s, "sent_per_s")
         if rate is None:
             continue
@@ -200,5 +204,10 @@ for qos in sorted({r["qos"] for r in rows}):
     sh = med(qos, "shadow", "sent_per_s")
     if sh:
         print(f"shadow: {sh:.0f} msg/s (target ≥ 45000), peak RSS {med(qos, 'shadow', 'rss_mb'):.0f} MB "
-              f"(target ≤ 150), {sh / b:.2f} of the baseline")
+              f"(target ≤ 150)" + (f", {sh / b:.2f} of the baseline" if b else ""))
+    ps = med(qos, "prevshadow", "sent_per_s")
+    if sh and ps:
+        print(f"shadow / previous shadow: throughput {sh / ps:.2f}, CPU per message "
+              f"{med(qos, 'shadow', 'cpu_us') / med(qos, 'prevshadow', 'cpu_us'):.2f}×, peak RSS "
+              f"{med(qos, 'shadow', 'rss_mb'):.0f} vs {med(qos, 'prevshadow', 'rss_mb'):.0f} MB")
 PY
