@@ -98,6 +98,10 @@ class Engine::Impl final : public Ingest,
   // ctx.shadow reads of the rules on `worker` (a Worker*), see shadows.cc.
   Result<std::optional<std::string>> ReadShadowFor(void* worker, std::string_view thing,
                                                    std::string_view name);
+  // The version of a shadow `worker` owns (from its copy); nullopt: not its own (or no store).
+  std::optional<Result<std::optional<int64_t>>> ReadOwnShadowVersion(void* worker,
+                                                                     std::string_view thing,
+                                                                     std::string_view name);
   // ctx.model: the model `thing` is bound to, or null.
   const shadow::ThingModel* ModelFor(std::string_view thing) const { return BoundModel(thing); }
 
@@ -242,6 +246,11 @@ class Engine::Impl final : public Ingest,
   Status RestoreHistory();
   void PublishShadowEvent(const std::string& thing, const std::string& topic,
                           std::string payload, Delivery* hold);
+  // The event payloads (shadow::UpdateEvents) a write of (thing, name) from `channel` has
+  // consumers for now: the answer, the MQTT shadow topics, rules listening on them, the change
+  // log, watch streams. Rules loaded between the write and its events miss them.
+  unsigned ShadowEventsWanted(const std::string& thing, const std::string& name,
+                              ShadowChannel channel);
   // Produces an accepted write (the documents event; nullptr: a delete, as a tombstone) to the
   // change log, holding `hold` until Kafka has it.
   void ProduceChangelog(const std::string& thing, const std::string& name,

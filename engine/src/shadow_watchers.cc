@@ -65,6 +65,11 @@ void ShadowWatchers::Stream(const std::string& key, const std::shared_ptr<Watche
   --count_;
 }
 
+bool ShadowWatchers::Watching(const std::string& key) const {
+  MutexLock lock(mu_);
+  return !watchers_.empty() && watchers_.find(key) != watchers_.end();
+}
+
 void ShadowWatchers::Notify(const std::string& key, std::string_view event,
                             const std::string& data) {
   std::vector<std::shared_ptr<Watcher>> targets;

@@ -34,6 +34,10 @@ class ShadowWatchers {
   // Close() was called; then unregisters it.
   void Stream(const std::string& key, const std::shared_ptr<Watcher>& watcher,
               const std::string& first, const Write& write, std::chrono::milliseconds keep_alive);
+  // Whether `key` has a watcher now. A write applied while it had none may skip building its
+  // event: a watcher added later gets a first document that holds the write (the owner answers
+  // the watch's get after every write applied before it).
+  bool Watching(const std::string& key) const;
   // Queues an event for every watcher of `key`.
   void Notify(const std::string& key, std::string_view event, const std::string& data);
   // Ends every stream (they finish what is queued); later Adds fail.

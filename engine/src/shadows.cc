@@ -27,6 +27,10 @@ class WorkerShadowReader final : public rules::ShadowReader {
   WorkerShadowReader(Engine::Impl* impl, void* worker) : impl_(impl), worker_(worker) {}
   Result<std::optional<std::string>> ReadShadow(std::string_view thing,
                                                 std::string_view name) override;
+  std::optional<Result<std::optional<int64_t>>> ReadShadowVersion(std::string_view thing,
+                                                                  std::string_view name) override {
+    return impl_->ReadOwnShadowVersion(worker_, thing, name);
+  }
   const shadow::ThingModel* Model(std::string_view thing) override {
     return impl_->ModelFor(thing);
   }
@@ -40,6 +44,20 @@ class WorkerShadowReader final : public rules::ShadowReader {
 Result<std::optional<std::string>> WorkerShadowReader::ReadShadow(std::string_view thing,
                                                                   std::string_view name) {
   return impl_->ReadShadowFor(worker_, thing, name);
+}
+
+std::optional<Result<std::optional<int64_t>>> Engine::Impl::ReadOwnShadowVersion(
+    void* worker, std::string_view thing, std::string_view name) {
+  Worker& w = *static_cast<Worker*>(worker);
+  if (!shadow_store_ || OwnerOf(thing) != w.index) {
+    return std::nullopt;
+  }
+  auto doc = w.shadows->Get(std::string(thing), std::string(name));
+  if (!doc.ok()) {
+    return Result<std::optional<int64_t>>(doc.status());
+  }
+  return Result<std::optional<int64_t>>((*doc)->exists() ? std::optional<int64_t>((*doc)->version())
+                                                         : std::optional<int64_t>());
 }
 
 Result<std::optional<std::string>> Engine::Impl::ReadShadowFor(void* worker,
@@ -411,6 +429,40 @@ void Engine::Impl::PublishShadowEvent(const std::string& thing, const std::strin
   }
 }
 
+unsigned Engine::Impl::ShadowEventsWanted(const std::string& thing, const std::string& name,
+                                          ShadowChannel channel) {
+  if (shadow_sink_) {
+    return shadow::kAllEvents;  // every event goes out on the MQTT shadow topics
+  }
+  unsigned wanted = channel == ShadowChannel::kRouted ? 0 : shadow::kEventAccepted;
+  if (changelog_sink_ || watchers_.Watching(ShadowKey(thing, name))) {
+    wanted |= shadow::kEventDocuments;
+  }
+  if (!accepting_) {
+    return wanted;
+  }
+  auto rules = rules_->Current();
+  std::vector<uint32_t> matches;
+  std::string topic = ShadowTopic(thing, name) + "/update/";
+  size_t base = topic.size();
+  for (auto [suffix, event] : {std::pair<const char*, unsigned>{"accepted", shadow::kEventAccepted},
+                               {"documents", shadow::kEventDocuments},
+                               {"delta", shadow::kEventDelta},
+                               {"synced", shadow::kEventDelta}}) {
+    if ((wanted & event) != 0) {
+      continue;
+    }
+    topic.resize(base);
+    topic += suffix;
+    matches.clear();
+    rules->set->Match(topic, matches);
+    if (!matches.empty()) {
+      wanted |= event;
+    }
+  }
+  return wanted;
+}
+
 void Engine::Impl::ProduceChangelog(const std::string& thing, const std::string& name,
                                     const std::string* documents, Delivery* hold) {
   if (!changelog_sink_) {
@@ -473,17 +525,20 @@ void Engine::Impl::UpdateDurableOnWriter(const Status& st, const std::string& th
   // Events first (they hold the request until they are out), then the answer.
   Delivery* hold = to.delivery;
   std::string base = ShadowTopic(thing, name);
-  ProduceChangelog(thing, name, &result.documents, hold);
-  watchers_.Notify(ShadowKey(thing, name), "update", result.documents);
-  bool mqtt_requester = to.channel == ShadowChannel::kMqtt;
-  if (!mqtt_requester) {
-    // Subscribers see update/accepted whatever channel the update came from.
-    PublishShadowEvent(thing, base + "/update/accepted", result.accepted, hold);
-  } else if (accepting_) {
-    // The requester's own accepted goes out through Answer; rules still see it.
-    PublishShadowEvent(thing, base + "/update/accepted", result.accepted, nullptr);
+  // (Payloads nobody consumed when the write was applied were not built: ShadowEventsWanted.)
+  if (!result.documents.empty()) {
+    ProduceChangelog(thing, name, &result.documents, hold);
+    watchers_.Notify(ShadowKey(thing, name), "update", result.documents);
   }
-  PublishShadowEvent(thing, base + "/update/documents", std::move(result.documents), hold);
+  if (!result.accepted.empty()) {
+    // Subscribers see update/accepted whatever channel the update came from; an MQTT
+    // requester's own goes out through Answer (rules still see it: no hold, no sink).
+    PublishShadowEvent(thing, base + "/update/accepted", result.accepted,
+                       to.channel == ShadowChannel::kMqtt ? nullptr : hold);
+  }
+  if (!result.documents.empty()) {
+    PublishShadowEvent(thing, base + "/update/documents", std::move(result.documents), hold);
+  }
   if (!result.delta.empty()) {
     PublishShadowEvent(thing, base + "/update/delta", std::move(result.delta), hold);
   }
@@ -640,7 +695,8 @@ void Engine::Impl::ShadowUpdate(Worker& w, const ShadowTarget& op, shadow::Shado
   if (const shadow::ThingModel* model = BoundModel(op.thing)) {
     d.SetModel(model->ref());
   }
-  auto r = d.Update(std::get<std::string>(request), now_s, idempotency_key);
+  auto r = d.Update(std::get<std::string>(request), now_s, idempotency_key,
+                    ShadowEventsWanted(op.thing, op.name, to.channel));
   if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
     RejectShadow(std::move(to), *err);
     return;
@@ -972,7 +1028,8 @@ std::optional<std::string> Engine::Impl::ApplyLocalShadowWrites(
     if (const shadow::ThingModel* model = BoundModel(e.thing)) {
       doc->SetModel(model->ref());
     }
-    auto r = doc->Update(std::get<std::string>(request), now_s);
+    auto r = doc->Update(std::get<std::string>(request), now_s, {},
+                         ShadowEventsWanted(e.thing, e.shadow_name, ShadowChannel::kRouted));
     if (auto* err = std::get_if<shadow::ShadowError>(&r)) {
       doc->SetModel(model_before);
       return fmt::format("shadow update of {}{}{} rejected: {}", e.thing,

@@ -313,6 +313,32 @@ Result<int> ShadowRead(lua_State* L) {
   return 1;
 }
 
+// __shadow_version(thing, name) -> the document's version, nil when there is no shadow, or
+// false when the reader has no cheaper way than reading the document (ctx.shadow.version).
+Result<int> ShadowVersion(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.shadow"));
+  std::string_view thing, name;
+  GNOMON_RETURN_IF_ERROR(CheckShadowArgs(L, thing, name, "ctx.shadow"));
+  if (s->msg->shadows == nullptr) {
+    return FailedPrecondition("ctx.shadow: device shadows are not enabled (see `shadows:`)");
+  }
+  auto version = s->msg->shadows->ReadShadowVersion(thing, name);
+  if (!version) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (!version->ok()) {
+    return version->status().WithContext("ctx.shadow");
+  }
+  if (!(*version)->has_value()) {
+    lua_pushnil(L);
+  } else {
+    lua_pushnumber(L, static_cast<lua_Number>(***version));
+  }
+  return 1;
+}
+
 // __shadow_write(thing, name, section, value): section "reported" / "desired" wraps `value`
 // as {"state":{section: value}}; section nil: `value` is the whole update request (a table or
 // JSON text).
@@ -435,18 +461,38 @@ Result<int> ModelValidate(lua_State* L) {
 // Shadow handles, in Lua: reads are fetched once per call and shared by every handle of the
 // same shadow in that call; writes become effects, applied when handle returns.
 constexpr const char* kShadowPrelude = R"lua(
-local read, write, call, device, setmetatable, rawget, model_info, model_validate = ...
-local memo, memo_call = {}, nil
-local function document(thing, name)
+local read, read_version, write, call, device, setmetatable, rawget, model_info,
+      model_validate = ...
+local memo, versions, memo_call = {}, {}, nil
+local function memo_key(thing, name)
   local c = call()
-  if c ~= memo_call then memo, memo_call = {}, c end
-  local key = thing .. "\0" .. (name or "")
+  if c ~= memo_call then memo, versions, memo_call = {}, {}, c end
+  return thing .. "\0" .. (name or "")
+end
+local function document(thing, name)
+  local key = memo_key(thing, name)
   local d = memo[key]
   if d == nil then
     d = read(thing, name) or false
     memo[key] = d
   end
   return d or nil
+end
+-- The version alone, without decoding the document, when the reader can (a shadow this
+-- worker owns); else, or when this call read the document already, the document's.
+local function version_of(thing, name)
+  local key = memo_key(thing, name)
+  if memo[key] == nil then
+    local v = versions[key]
+    if v == nil then
+      v = read_version(thing, name)  -- a number; nil: no shadow; false: read the document
+      if v == nil then v = -1 end
+      versions[key] = v
+    end
+    if v then return v >= 0 and v or nil end
+  end
+  local d = document(thing, name)
+  return d and d.version or nil
 end
 local methods = {
   get = function(self) return document(self.thing, self.name) end,
@@ -460,8 +506,7 @@ local meta = {
     local m = methods[k]
     if m then return m end
     if k == "version" then
-      local d = document(rawget(self, "thing"), rawget(self, "name"))
-      return d and d.version
+      return version_of(rawget(self, "thing"), rawget(self, "name"))
     end
     if k == "reported" or k == "desired" or k == "delta" then
       local d = document(rawget(self, "thing"), rawget(self, "name"))
@@ -722,6 +767,7 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
     return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
   }
   PushStateClosure(L, s, LuaThunk<ShadowRead>);
+  PushStateClosure(L, s, LuaThunk<ShadowVersion>);
   PushStateClosure(L, s, LuaThunk<ShadowWrite>);
   PushStateClosure(L, s, LuaThunk<ShadowCall>);
   PushStateClosure(L, s, LuaThunk<ShadowDevice>);
@@ -729,7 +775,7 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
   lua_getglobal(L, "rawget");
   PushStateClosure(L, s, LuaThunk<ModelInfo>);
   PushStateClosure(L, s, LuaThunk<ModelValidate>);
-  if (lua_pcall(L, 8, 3, 0) != 0) {
+  if (lua_pcall(L, 9, 3, 0) != 0) {
     return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
   }
   // stack: ctx, shadow_of, ctx_index, freeze

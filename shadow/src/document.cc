@@ -815,15 +815,19 @@ void ShadowDocument::MergeSection(const Request& r, Value* patch, const char* pa
 
 // Merge in place; 11. sizes (a refused merge is undone from the serialized sections); then the
 // new version, and the events' payloads.
-std::optional<ShadowError> ShadowDocument::Write(Request& r, int64_t now_s, UpdateResult& result) {
+std::optional<ShadowError> ShadowDocument::Write(Request& r, int64_t now_s, unsigned events,
+                                                 UpdateResult& result) {
   const std::string& token = r.token;
   // update/accepted: the request's state (with its nulls) and the written leaves' metadata,
   // taken before the merge moves the request's values into the sections.
-  std::string accepted_state = r.state->Json();
-  std::string accepted_meta = "{";
+  std::string accepted_state, accepted_meta;
+  if ((events & kEventAccepted) != 0) {
+    accepted_state = r.state->Json();
+    accepted_meta = "{";
+  }
   for (auto [name, patch] : {std::pair<const char*, const Value*>{"desired", r.desired},
                              std::pair<const char*, const Value*>{"reported", r.reported}}) {
-    if (patch != nullptr) {
+    if (patch != nullptr && !accepted_meta.empty()) {
       accepted_meta += accepted_meta.size() > 1 ? ",\"" : "\"";
       accepted_meta += name;
       accepted_meta += "\":";
@@ -834,7 +838,9 @@ std::optional<ShadowError> ShadowDocument::Write(Request& r, int64_t now_s, Upda
       }
     }
   }
-  accepted_meta += '}';
+  if (!accepted_meta.empty()) {
+    accepted_meta += '}';
+  }
 
   result.patch += '[';
   if (!exists_) {
@@ -876,32 +882,35 @@ std::optional<ShadowError> ShadowDocument::Write(Request& r, int64_t now_s, Upda
     reported_json_ = std::move(next_reported.json);
     meta_reported_json_ = std::move(next_reported.meta);
   }
-  std::string previous = exists_ ? std::move(doc_json_) : std::string("null");
+  std::string previous;
+  if ((events & kEventDocuments) != 0) {
+    previous = exists_ ? std::move(doc_json_) : std::string("null");
+  }
   version_ += 1;
   timestamp_s_ = now_s;
   exists_ = true;
   RebuildDocumentJson();
   Value delta = ComputeDelta(desired_, reported_);
-  Announce(r, accepted_state, accepted_meta, previous, delta, now_s, result);
+  Announce(r, events, accepted_state, accepted_meta, previous, delta, now_s, result);
   delta_ = std::move(delta);
   return std::nullopt;
 }
 
 // The events of a written update: accepted, documents, delta (when it changed, or desired was
 // written) and synced (when the delta emptied). delta_ is still the delta before the update.
-void ShadowDocument::Announce(const Request& r, const std::string& accepted_state,
+void ShadowDocument::Announce(const Request& r, unsigned events, const std::string& accepted_state,
                               const std::string& accepted_meta, const std::string& previous,
                               const Value& delta, int64_t now_s, UpdateResult& result) const {
   const Value& old_delta = delta_;
   const std::string& token = r.token;
-  {
+  if ((events & kEventAccepted) != 0) {
     json::ObjectWriter w(result.accepted);
     w.FieldRaw("state", accepted_state).FieldRaw("metadata", accepted_meta);
     w.Field("version", version_).Field("timestamp", now_s);
     AppendToken(w, token);
     w.Close();
   }
-  {
+  if ((events & kEventDocuments) != 0) {
     result.documents.reserve(previous.size() + doc_json_.size() + 96);
     json::ObjectWriter w(result.documents);
     w.FieldRaw("previous", previous).FieldRaw("current", doc_json_);
@@ -911,6 +920,9 @@ void ShadowDocument::Announce(const Request& r, const std::string& accepted_stat
   }
   std::string delta_json = delta.members().empty() ? std::string() : delta.Json();
   result.view = WithDelta(doc_json_, delta_json);
+  if ((events & kEventDelta) == 0) {
+    return;
+  }
   if (!delta.members().empty() && (r.touch_desired || !(delta == old_delta))) {
     // The delta's values are copies of desired's, stamps included: its metadata is theirs.
     std::string delta_meta;
@@ -933,7 +945,11 @@ void ShadowDocument::Announce(const Request& r, const std::string& accepted_stat
 
 std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view request,
                                                                int64_t now_s,
-                                                               std::string_view idempotency_key) {
+                                                               std::string_view idempotency_key,
+                                                               unsigned events) {
+  if (!idempotency_key.empty()) {
+    events |= kEventAccepted;  // what a repeat of the key is answered
+  }
   Request r;
   if (auto e = Parse(request, r)) {
     return *std::move(e);
@@ -952,7 +968,7 @@ std::variant<UpdateResult, ShadowError> ShadowDocument::Update(std::string_view 
     w.FieldRaw("changed", "false").Field("version", version_).Field("timestamp", now_s);
     AppendToken(w, r.token);
     w.Close();
-  } else if (auto e = Write(r, now_s, result)) {
+  } else if (auto e = Write(r, now_s, events, result)) {
     return *std::move(e);
   }
   if (!idempotency_key.empty()) {

@@ -438,6 +438,49 @@ TEST_F(EngineTest, PendingShadowWritesAreBoundedByBackPressure) {
   EXPECT_GT(max_pending, 0u);
 }
 
+// Without a shadow connection, a rule's shadow writes build only the events something consumes
+// (ShadowEventsWanted); rules listening on the event topics get every one of theirs, in order.
+TEST_F(EngineTest, RulesOnShadowEventTopicsSeeEveryEventWithoutAShadowConnection) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "rep", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        if msg.payload.n == 1 then ctx.shadow:desire({ t = 5 }) end
+        ctx.shadow:report({ t = msg.payload.n * 2 - 1 })
+      end })");
+  dir_.Write("rules/events.lua", R"(
+    return rule { name = "events", from = "$aws/things/+/shadow/update/+",
+      handle = function(msg, ctx)
+        local kind = msg.topic:match("update/(%a+)$")
+        local v = msg.payload.version or (msg.payload.current and msg.payload.current.version)
+        ctx.emit("out", { kind = kind, v = v })
+      end })");
+  // Versions: 1 desire t=5 (delta {t:5}), 2 report t=1, 3 report t=3, 4 report t=5 (synced).
+  auto engine = Start(Line("d1", 1) + Line("d1", 2) + Line("d1", 3));
+  ASSERT_NE(engine, nullptr);
+  std::string out;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        out = testing::ReadFile(dir_.File("out.jsonl"));
+        return std::count(out.begin(), out.end(), '\n') >= 10;
+      },
+      std::chrono::seconds(30)))
+      << out;
+  engine->Stop();
+  std::map<std::string, std::vector<int>> seen;
+  for (size_t at = 0; at < out.size();) {
+    size_t end = out.find('\n', at);
+    std::string line = out.substr(at, end - at);
+    at = end + 1;
+    size_t k = line.find("\"kind\":\"") + 8;
+    size_t v = line.find("\"v\":") + 4;
+    seen[line.substr(k, line.find('"', k) - k)].push_back(std::atoi(line.c_str() + v));
+  }
+  EXPECT_EQ(seen["accepted"], (std::vector<int>{1, 2, 3, 4})) << out;
+  EXPECT_EQ(seen["documents"], (std::vector<int>{1, 2, 3, 4})) << out;
+  EXPECT_EQ(seen["delta"], (std::vector<int>{1})) << out;
+  EXPECT_EQ(seen["synced"], (std::vector<int>{4})) << out;
+}
+
 TEST_F(EngineTest, DryRunPrintsEffectsInsteadOfDoingThem) {
   WriteConfig();
   dir_.Write("gnomon.yaml", "data_dir: data\nsinks: [{name: out, type: file, path: out.jsonl}]\n"

@@ -489,11 +489,25 @@ class FakeShadows final : public ShadowReader {
     }
     return std::optional<std::string>(it->second);
   }
+  // With `versions` set: versions without the document (as the engine has its own shadows').
+  std::optional<Result<std::optional<int64_t>>> ReadShadowVersion(std::string_view thing,
+                                                                  std::string_view name) override {
+    if (versions == nullptr) {
+      return std::nullopt;
+    }
+    std::string key = std::string(thing) + "/" + std::string(name);
+    version_reads.push_back(key);
+    auto it = versions->find(key);
+    return Result<std::optional<int64_t>>(
+        it == versions->end() ? std::optional<int64_t>() : std::optional<int64_t>(it->second));
+  }
   const shadow::ThingModel* Model(std::string_view thing) override {
     return thing == "d1" ? model.get() : nullptr;
   }
   std::map<std::string, std::string> docs;
   std::vector<std::string> reads;
+  const std::map<std::string, int64_t>* versions = nullptr;
+  std::vector<std::string> version_reads;
   std::shared_ptr<const shadow::ThingModel> model;
 };
 
@@ -527,6 +541,32 @@ TEST_F(ShadowRuntimeTest, ReadsSeeTheDocumentOncePerCall) {
   shadows_.reads.clear();
   ASSERT_EQ(RunWithShadows().outcome, Outcome::kOk);
   EXPECT_EQ(shadows_.reads.size(), 3u) << "the next call reads again";
+}
+
+// ctx.shadow.version alone asks the reader for the version when it has one without building
+// the document; once the call read the document, the version is the document's.
+TEST_F(ShadowRuntimeTest, TheVersionAloneIsReadWithoutTheDocumentWhenTheReaderCan) {
+  shadows_.docs["d1/"] = R"({"state":{"reported":{"t":3}},"version":7})";
+  std::map<std::string, int64_t> versions = {{"d1/", 7}};
+  shadows_.versions = &versions;
+  Load(R"(    ctx.emit("out", { ctx.shadow.version, ctx.shadow.version,
+                      ctx.shadow_of("none").version == nil }))");
+  CallResult r = RunWithShadows();
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.effects.size(), 1u);
+  EXPECT_EQ(r.effects[0].payload, "[7,7,true]");
+  EXPECT_TRUE(shadows_.reads.empty()) << "no document was read";
+  EXPECT_EQ(shadows_.version_reads, (std::vector<std::string>{"d1/", "none/"})) << "once per call";
+
+  // Document first: the version comes from it, not from a second read.
+  shadows_.reads.clear();
+  shadows_.version_reads.clear();
+  Load(R"(    ctx.emit("out", { ctx.shadow.reported.t, ctx.shadow.version }))");
+  r = RunWithShadows();
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.effects[0].payload, "[3,7]");
+  EXPECT_EQ(shadows_.reads, (std::vector<std::string>{"d1/"}));
+  EXPECT_TRUE(shadows_.version_reads.empty());
 }
 
 TEST_F(ShadowRuntimeTest, WritesAreBufferedEffectsInOrder) {

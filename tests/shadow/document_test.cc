@@ -788,5 +788,49 @@ TEST(ShadowDocTest, UpdatesWithADuplicateKeyAreRefused) {
   EXPECT_TRUE(Value::Parse(R"({"a":{"a":1},"b":{"a":2}})").ok());
 }
 
+// The events a caller leaves out are not built; the change, the document and the view are
+// the same as with every event, and a later update with all of them sees the same state.
+TEST(ShadowEventsTest, EventsLeftOutAreNotBuiltAndChangeNothingElse) {
+  const std::vector<std::string> requests = {
+      R"({"state":{"desired":{"t":5,"mode":"eco"}}})", R"({"state":{"reported":{"t":1}}})",
+      R"({"state":{"reported":{"t":5,"mode":"eco"}},"clientToken":"c1"})",
+      R"({"state":{"reported":{"t":null}}})"};
+  for (unsigned events :
+       {0u, unsigned{kEventAccepted}, unsigned{kEventDocuments}, unsigned{kEventDelta}}) {
+    ShadowDocument all, some;
+    for (const std::string& req : requests) {
+      auto a = all.Update(req, kT);
+      auto s = some.Update(req, kT, {}, events);
+      ASSERT_TRUE(std::holds_alternative<UpdateResult>(a) &&
+                  std::holds_alternative<UpdateResult>(s));
+      const auto& ra = std::get<UpdateResult>(a);
+      const auto& rs = std::get<UpdateResult>(s);
+      SCOPED_TRACE(fmt::format("events {} request {}", events, req));
+      EXPECT_EQ(rs.patch, ra.patch);
+      EXPECT_EQ(rs.view, ra.view);
+      EXPECT_EQ(rs.client_token, ra.client_token);
+      EXPECT_EQ(rs.accepted, (events & kEventAccepted) != 0 ? ra.accepted : "");
+      EXPECT_EQ(rs.documents, (events & kEventDocuments) != 0 ? ra.documents : "");
+      EXPECT_EQ(rs.delta, (events & kEventDelta) != 0 ? ra.delta : "");
+      EXPECT_EQ(rs.synced, (events & kEventDelta) != 0 ? ra.synced : "");
+      EXPECT_EQ(some.DocumentJson(), all.DocumentJson());
+      EXPECT_EQ(some.StoredJson(), all.StoredJson());
+    }
+    // The documents event after updates that skipped it still names the right previous.
+    auto a = all.Update(R"({"state":{"reported":{"x":1}}})", kT + 1);
+    auto s = some.Update(R"({"state":{"reported":{"x":1}}})", kT + 1);
+    EXPECT_EQ(std::get<UpdateResult>(s).documents, std::get<UpdateResult>(a).documents);
+  }
+  // An idempotency key's answer is kept for its repeats: accepted is built whatever was asked.
+  ShadowDocument d;
+  auto r = d.Update(R"({"state":{"reported":{"a":1}}})", kT, "key-1", 0);
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(r));
+  EXPECT_FALSE(std::get<UpdateResult>(r).accepted.empty());
+  auto again = d.Update(R"({"state":{"reported":{"a":1}}})", kT, "key-1", 0);
+  ASSERT_TRUE(std::holds_alternative<UpdateResult>(again));
+  EXPECT_TRUE(std::get<UpdateResult>(again).replayed);
+  EXPECT_EQ(std::get<UpdateResult>(again).accepted, std::get<UpdateResult>(r).accepted);
+}
+
 }  // namespace
 }  // namespace gnomon::shadow

@@ -151,6 +151,15 @@ class ShadowReader {
   // or an error (bad thing name, store failure) that fails the call.
   virtual Result<std::optional<std::string>> ReadShadow(std::string_view thing,
                                                         std::string_view name) = 0;
+  // The version of the same document when the reader has it without building the document
+  // (ctx.shadow.version when nothing else of the shadow was read in the call); the inner
+  // nullopt: there is no shadow. nullopt: not cheaply, the document is read instead (the
+  // default; a version and a document read apart could also disagree when another thread
+  // writes the shadow in between).
+  virtual std::optional<Result<std::optional<int64_t>>> ReadShadowVersion(
+      std::string_view /*thing*/, std::string_view /*name*/) {
+    return std::nullopt;
+  }
   // The thing model bound to `thing` (ctx.model), or null.
   virtual const shadow::ThingModel* Model(std::string_view /*thing*/) { return nullptr; }
 };

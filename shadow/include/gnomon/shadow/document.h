@@ -44,6 +44,16 @@ struct UpdateResult {
   std::string view;
 };
 
+// Which of an update's event payloads to build (UpdateResult's accepted, documents, and delta
+// with synced). A write nobody answers or listens to skips building them: the caller says what
+// it will consume. `patch` and `view` are always built.
+enum UpdateEvents : unsigned {
+  kEventAccepted = 1,
+  kEventDocuments = 2,
+  kEventDelta = 4,  // update/delta and update/synced
+  kAllEvents = 7,
+};
+
 struct Limits {
   size_t max_request_bytes = 64 * 1024;
   size_t max_section_bytes = 32 * 1024;
@@ -69,8 +79,11 @@ class ShadowDocument {
   // the same key was accepted within `idempotency_ttl_s`, its answer is returned again and
   // nothing changes (`replayed`); the same key with a different body is 409
   // IDEMPOTENCY_KEY_REUSED. The caller checks the key's form (ValidIdempotencyKey).
+  // `events` (UpdateEvents): the payloads to build; those left out stay empty (with an
+  // idempotency key, accepted is always built: it is what a repeat gets).
   std::variant<UpdateResult, ShadowError> Update(std::string_view request, int64_t now_s,
-                                                 std::string_view idempotency_key = {});
+                                                 std::string_view idempotency_key = {},
+                                                 unsigned events = kAllEvents);
 
   // The document with its delta (get/accepted), or 404 SHADOW_NOT_FOUND; both carry
   // `client_token` when it is not empty.
@@ -168,10 +181,11 @@ class ShadowDocument {
                                                                 int64_t now_s);
   std::optional<ShadowError> CheckVersion(const Request& r, int64_t now_s);
   bool WouldChangeAny(const Request& r) const;
-  std::optional<ShadowError> Write(Request& r, int64_t now_s, UpdateResult& result);
+  std::optional<ShadowError> Write(Request& r, int64_t now_s, unsigned events,
+                                   UpdateResult& result);
   static void MergeSection(const Request& r, Value* patch, const char* path0, Value& section,
                            Parts& parts, int64_t now_s, std::string& ops, SectionText& next);
-  void Announce(const Request& r, const std::string& accepted_state,
+  void Announce(const Request& r, unsigned events, const std::string& accepted_state,
                 const std::string& accepted_meta, const std::string& previous, const Value& delta,
                 int64_t now_s, UpdateResult& result) const;
 
