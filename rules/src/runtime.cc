@@ -292,16 +292,23 @@ Result<int> CtxInvoke(lua_State* L) {
   return 1;
 }
 
-// __shadow_read(thing, name) -> the document (with delta) as tables, or nil.
-Result<int> ShadowRead(lua_State* L) {
-  State* s = GetState(L);
+// A read's (thing, name) arguments, checked, and the call's shadow reader.
+Result<ShadowReader*> ShadowReadArgs(lua_State* L, State* s, std::string_view& thing,
+                                     std::string_view& name) {
   GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.shadow"));
-  std::string_view thing, name;
   GNOMON_RETURN_IF_ERROR(CheckShadowArgs(L, thing, name, "ctx.shadow"));
   if (s->msg->shadows == nullptr) {
     return FailedPrecondition("ctx.shadow: device shadows are not enabled (see `shadows:`)");
   }
-  auto doc = s->msg->shadows->ReadShadow(thing, name);
+  return s->msg->shadows;
+}
+
+// __shadow_read(thing, name) -> the document (with delta) as tables, or nil.
+Result<int> ShadowRead(lua_State* L) {
+  State* s = GetState(L);
+  std::string_view thing, name;
+  GNOMON_ASSIGN_OR_RETURN(ShadowReader * reader, ShadowReadArgs(L, s, thing, name));
+  auto doc = reader->ReadShadow(thing, name);
   if (!doc.ok()) {
     return doc.status().WithContext("ctx.shadow");
   }
@@ -317,13 +324,9 @@ Result<int> ShadowRead(lua_State* L) {
 // false when the reader has no cheaper way than reading the document (ctx.shadow.version).
 Result<int> ShadowVersion(lua_State* L) {
   State* s = GetState(L);
-  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.shadow"));
   std::string_view thing, name;
-  GNOMON_RETURN_IF_ERROR(CheckShadowArgs(L, thing, name, "ctx.shadow"));
-  if (s->msg->shadows == nullptr) {
-    return FailedPrecondition("ctx.shadow: device shadows are not enabled (see `shadows:`)");
-  }
-  auto version = s->msg->shadows->ReadShadowVersion(thing, name);
+  GNOMON_ASSIGN_OR_RETURN(ShadowReader * reader, ShadowReadArgs(L, s, thing, name));
+  auto version = reader->ReadShadowVersion(thing, name);
   if (!version) {
     lua_pushboolean(L, 0);
     return 1;
