@@ -492,6 +492,9 @@ class FakeShadows final : public ShadowReader {
   // With `versions` set: versions without the document (as the engine has its own shadows').
   std::optional<Result<std::optional<int64_t>>> ReadShadowVersion(std::string_view thing,
                                                                   std::string_view name) override {
+    if (!version_error.empty()) {
+      return Result<std::optional<int64_t>>(Unavailable(version_error));
+    }
     if (versions == nullptr) {
       return std::nullopt;
     }
@@ -507,6 +510,7 @@ class FakeShadows final : public ShadowReader {
   std::map<std::string, std::string> docs;
   std::vector<std::string> reads;
   const std::map<std::string, int64_t>* versions = nullptr;
+  std::string version_error;  // not empty: version reads fail with it
   std::vector<std::string> version_reads;
   std::shared_ptr<const shadow::ThingModel> model;
 };
@@ -567,6 +571,17 @@ TEST_F(ShadowRuntimeTest, TheVersionAloneIsReadWithoutTheDocumentWhenTheReaderCa
   EXPECT_EQ(r.effects[0].payload, "[3,7]");
   EXPECT_EQ(shadows_.reads, (std::vector<std::string>{"d1/"}));
   EXPECT_TRUE(shadows_.version_reads.empty());
+}
+
+// A version read that fails (the store could not load the shadow) fails the call, saying where.
+TEST_F(ShadowRuntimeTest, AFailedVersionReadFailsTheCall) {
+  shadows_.version_error = "the shadow store is unavailable";
+  Load(R"(    ctx.emit("out", { ctx.shadow.version }))");
+  CallResult r = RunWithShadows();
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_TRUE(r.effects.empty());
+  EXPECT_NE(r.reason.find("ctx.shadow"), std::string::npos) << r.reason;
+  EXPECT_NE(r.reason.find("the shadow store is unavailable"), std::string::npos) << r.reason;
 }
 
 TEST_F(ShadowRuntimeTest, WritesAreBufferedEffectsInOrder) {
