@@ -76,15 +76,15 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   std::function<void(const std::string&)> fail = [&](const std::string& what) {
     errors.push_back(fmt::format("{}:{}: {}", file, info.line, what));
   };
-  static const std::set<std::string> kKnown = {"name",   "description", "from",  "on_error",
-                                               "max_attempts", "limits", "jit", "handle",
-                                               "tests", "quarantine"};
+  static const std::set<std::string> kKnown = {
+      "name", "description", "from",  "on_error", "max_attempts", "limits",
+      "jit",  "handle",      "tests", "quarantine", "state",      "migrate"};
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING && kKnown.count(lua_tostring(L, -1)) == 0) {
       fail(fmt::format("rule: unknown field '{}' (known: name, description, from, on_error, "
-                       "max_attempts, limits, jit, quarantine, handle, tests)",
+                       "max_attempts, limits, jit, quarantine, state, migrate, handle, tests)",
                        lua_tostring(L, -1)));
     }
   }
@@ -193,6 +193,20 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   if (info.quarantine_window_s > 86400 * 365 || info.quarantine_cooldown_s > 86400 * 365) {
     fail("rule.quarantine: window_s and cooldown_s must be at most a year");
   }
+
+  ReadNumberTable(L, t, "state", {"version", "max_bytes"}, fail,
+                  [&](const std::string& k, int64_t v) {
+                    (k == "version" ? info.state_version : info.state_max_bytes) = v;
+                  });
+  if (info.state_max_bytes > kMaxStateBytes) {
+    fail(fmt::format("rule.state.max_bytes: at most {} (1 MiB)", kMaxStateBytes));
+  }
+  lua_getfield(L, t, "migrate");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION) {
+    fail("rule.migrate: must be a function(old_state, from_version) returning the new state");
+  }
+  info.has_migrate = lua_type(L, -1) == LUA_TFUNCTION;
+  lua_pop(L, 1);
 
   lua_getfield(L, t, "jit");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN) {

@@ -78,6 +78,12 @@ struct RuleRuntime::State {
   Stop stop = Stop::kNone;
   std::string stop_reason;
   bool stop_timeout = false;  // `stop` came from the instruction or wall-clock limit
+  // ctx.state of the call in progress: its table (LUA_NOREF: not used in this call), the JSON
+  // it was read as ("": none), and whether it is written even if unchanged (it was stored
+  // under another state.version).
+  int state_ref = LUA_NOREF;
+  std::string state_loaded;
+  bool state_rewrite = false;
 };
 
 namespace {
@@ -461,11 +467,103 @@ Result<int> ModelValidate(lua_State* L) {
   return 2;
 }
 
+// __state_load() -> ctx.state's table for this call; or, when it was stored under another
+// state.version and the rule has `migrate`: the stored table, its version and migrate (the
+// prelude runs migrate and hands its result to __state_set).
+Result<int> StateLoad(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.state"));
+  if (s->state_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->state_ref);
+    return 1;
+  }
+  if (s->msg->states == nullptr) {
+    return FailedPrecondition(
+        "ctx.state: rule state is kept in the shadow store, which is off (see `shadows:` in "
+        "the config)");
+  }
+  auto stored = s->msg->states->ReadState(s->rule->name, s->msg->device);
+  if (!stored.ok()) {
+    return stored.status().WithContext("ctx.state");
+  }
+  s->state_loaded.clear();
+  s->state_rewrite = false;
+  if (!stored->has_value()) {
+    lua_newtable(L);
+  } else {
+    GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->slot->json, (*stored)->json)
+                               .WithContext("ctx.state: the stored state"));
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      return Internal("ctx.state: the stored state is not a table");
+    }
+    s->state_loaded = std::move((*stored)->json);
+    if ((*stored)->version != s->rule->state_version) {
+      s->state_rewrite = true;
+      if (s->rule->has_migrate) {
+        lua_pushnumber(L, static_cast<lua_Number>((*stored)->version));
+        lua_rawgeti(L, LUA_REGISTRYINDEX, s->slot->rule_ref);
+        lua_getfield(L, -1, "migrate");
+        lua_remove(L, -2);
+        return 3;
+      }
+    }
+  }
+  lua_pushvalue(L, -1);
+  s->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+// __state_set(t) -> t: what migrate returned becomes ctx.state (written when the call ends).
+Result<int> StateSet(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.state"));
+  if (lua_type(L, 1) != LUA_TTABLE) {
+    return InvalidArgument(fmt::format("rule.migrate must return the new state (a table), got {}",
+                                       luaL_typename(L, 1)));
+  }
+  if (s->state_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, s->state_ref);
+  }
+  lua_settop(L, 1);
+  lua_pushvalue(L, 1);
+  s->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->state_rewrite = true;
+  return 1;
+}
+
+// At the end of a successful call that used ctx.state: its new JSON as the call's last effect
+// when it changed (or must be rewritten under the current state.version). An error fails the
+// call: a value JSON cannot hold, or over state.max_bytes.
+Status FinishState(lua_State* L, State* s, const RuleInfo& rule, CallResult& out) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->state_ref);
+  std::string json;
+  Status st = EncodeValue(L, -1, &s->slot->json, json, "ctx.state");
+  lua_pop(L, 1);
+  GNOMON_RETURN_IF_ERROR(st);
+  if (json == "{}" || json == "[]") {
+    json.clear();  // no state: the device's row goes
+  }
+  if (static_cast<int64_t>(json.size()) > rule.state_max_bytes) {
+    return FailedPrecondition(
+        fmt::format("ctx.state: {} bytes as JSON, over rule.state.max_bytes ({})", json.size(),
+                    rule.state_max_bytes));
+  }
+  if (!s->state_rewrite && json == s->state_loaded) {
+    return {};
+  }
+  Effect e;
+  e.kind = Effect::Kind::kState;
+  e.payload = std::move(json);
+  e.state_version = rule.state_version;
+  out.effects.push_back(std::move(e));
+  return {};
+}
+
 // Shadow handles, in Lua: reads are fetched once per call and shared by every handle of the
 // same shadow in that call; writes become effects, applied when handle returns.
 constexpr const char* kShadowPrelude = R"lua(
 local read, read_version, write, call, device, setmetatable, rawget, model_info,
-      model_validate = ...
+      model_validate, state_load, state_set = ...
 local memo, versions, memo_call = {}, {}, nil
 local function memo_key(thing, name)
   local c = call()
@@ -524,8 +622,15 @@ end
 local model_meta = { __metatable = false, __index = {
   validate = function(self, patch, section) return model_validate(self.thing, patch, section) end,
 } }
+-- ctx.state: read on first use in a call; migrated first when stored under another version.
+local function ctx_state()
+  local t, from, migrate = state_load()
+  if from ~= nil then t = state_set(migrate(t, from)) end
+  return t
+end
 local function ctx_index(_, k)
   if k == "shadow" then return shadow_of(device()) end
+  if k == "state" then return ctx_state() end
   if k == "model" then
     local thing = device()
     local id, version, ref = model_info(thing)
@@ -778,7 +883,9 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
   lua_getglobal(L, "rawget");
   PushStateClosure(L, s, LuaThunk<ModelInfo>);
   PushStateClosure(L, s, LuaThunk<ModelValidate>);
-  if (lua_pcall(L, 9, 3, 0) != 0) {
+  PushStateClosure(L, s, LuaThunk<StateLoad>);
+  PushStateClosure(L, s, LuaThunk<StateSet>);
+  if (lua_pcall(L, 11, 3, 0) != 0) {
     return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
   }
   // stack: ctx, shadow_of, ctx_index, freeze
@@ -1015,6 +1122,17 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
     if (rc == LUA_ERRMEM) {
       out.reason = "out of memory: " + out.reason;
     }
+  }
+  if (s->state_ref != LUA_NOREF) {
+    if (out.outcome == Outcome::kOk) {
+      if (Status st = FinishState(L, s, rule, out); !st.ok()) {
+        out.outcome = Outcome::kFailed;
+        out.reason = std::string(st.message());
+      }
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, s->state_ref);
+    s->state_ref = LUA_NOREF;
+    s->state_loaded.clear();
   }
   if (out.outcome != Outcome::kOk) {
     out.effects.clear();

@@ -40,6 +40,14 @@ constexpr const char* kSchema =
     // (EncodeChange), appended with the shadows and deleted from the oldest end. `bytes` is
     // what its changes are charged (ShadowChange::Bytes). A row per change cost durable
     // updates ~20%, a table keyed by shadow and version ~60% (a page of its own per write).
+    // Rules' durable state per device (ctx.state): the rule's state.version it was written
+    // under and the state as JSON.
+    "CREATE TABLE IF NOT EXISTS rule_state ("
+    "  rule TEXT NOT NULL,"
+    "  device TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  PRIMARY KEY (device, rule));"
     "CREATE TABLE IF NOT EXISTS shadow_changes ("
     "  seq INTEGER PRIMARY KEY,"
     "  bytes INTEGER NOT NULL,"
@@ -109,6 +117,8 @@ class SqliteReader final : public ShadowStore::Reader {
     things_.Reset();
     calls_.Reset();
     changes_.Reset();
+    state_.Reset();
+    states_of_.Reset();
     db_.Close();
   }
 
@@ -127,7 +137,49 @@ class SqliteReader final : public ShadowStore::Reader {
         Prepare(db_, "SELECT thing, stored FROM service_calls ORDER BY seq", calls_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT seq, log FROM shadow_changes ORDER BY seq", changes_));
+    GNOMON_RETURN_IF_ERROR(Prepare(
+        db_, "SELECT version, state FROM rule_state WHERE device = ?1 AND rule = ?2", state_));
+    GNOMON_RETURN_IF_ERROR(Prepare(
+        db_, "SELECT rule, version, state FROM rule_state WHERE device = ?1 ORDER BY rule",
+        states_of_));
     return {};
+  }
+
+  Result<std::optional<RuleState>> LoadState(std::string_view rule,
+                                             std::string_view device) override {
+    sqlite3_stmt* s = state_.get();
+    sqlite3_reset(s);
+    sqlite::BindText(s, 1, device);
+    sqlite::BindText(s, 2, rule);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+      return std::optional<RuleState>();
+    }
+    if (rc != SQLITE_ROW) {
+      return SqlError(db_, "rule state");
+    }
+    std::optional<RuleState> out =
+        RuleState{sqlite3_column_int64(s, 0), std::string(sqlite::ColumnText(s, 1))};
+    sqlite3_reset(s);
+    return out;
+  }
+
+  Result<std::vector<std::pair<std::string, RuleState>>> StatesOf(
+      std::string_view device) override {
+    sqlite3_stmt* s = states_of_.get();
+    sqlite3_reset(s);
+    sqlite::BindText(s, 1, device);
+    std::vector<std::pair<std::string, RuleState>> out;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      out.emplace_back(std::string(sqlite::ColumnText(s, 0)),
+                       RuleState{sqlite3_column_int64(s, 1), std::string(sqlite::ColumnText(s, 2))});
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "rule state");
+    }
+    return out;
   }
 
   Status Changes(const EachChange& each) override {
@@ -216,7 +268,7 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   sqlite::Db db_;
-  sqlite::Stmt load_, names_, things_, calls_, changes_;
+  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_;
 };
 
 }  // namespace
@@ -228,6 +280,9 @@ class ShadowStore::Impl {
     Done done;
     bool barrier = false;  // no write: only `done`, in order
     bool call = false;     // a service call: `name` is its id; empty `stored` deletes it
+    bool state = false;    // a rule's state: `thing` is the device, `name` the rule, `stored`
+                           // the JSON (empty: deleted)
+    int64_t version = 0;   // state: the rule's state.version
     uint64_t epoch = 0;    // of the writer's copy of the shadow (see ShadowStore::Write)
     std::optional<ShadowChange> change{};
   };
@@ -244,6 +299,8 @@ class ShadowStore::Impl {
     upsert_.Reset();
     call_upsert_.Reset();
     call_delete_.Reset();
+    state_upsert_.Reset();
+    state_delete_.Reset();
     change_insert_.Reset();
     change_prune_.Reset();
     db_.Close();
@@ -271,6 +328,13 @@ class ShadowStore::Impl {
                                    call_upsert_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "DELETE FROM service_calls WHERE id = ?1", call_delete_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "INSERT INTO rule_state (rule, device, version, state) VALUES "
+                                   "(?1, ?2, ?3, ?4) ON CONFLICT (device, rule) DO UPDATE SET "
+                                   "version = excluded.version, state = excluded.state",
+                                   state_upsert_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_, "DELETE FROM rule_state WHERE device = ?1 AND rule = ?2",
+                                   state_delete_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "INSERT INTO shadow_changes (bytes, log) VALUES (?1, ?2)", change_insert_));
     GNOMON_RETURN_IF_ERROR(
@@ -362,8 +426,9 @@ class ShadowStore::Impl {
       last.clear();
       stale.assign(batch.size(), false);
       for (size_t i = 0; i < batch.size(); ++i) {
-        keys.push_back(batch[i].call ? '\1' + batch[i].name
-                                     : batch[i].thing + '\0' + batch[i].name);
+        keys.push_back(batch[i].call    ? '\1' + batch[i].name
+                       : batch[i].state ? '\2' + batch[i].name + '\0' + batch[i].thing
+                                        : batch[i].thing + '\0' + batch[i].name);
       }
       for (size_t i = 0; i < batch.size(); ++i) {
         if (batch[i].barrier) {
@@ -404,9 +469,10 @@ class ShadowStore::Impl {
           ++stale_count;
         }
         if (p.done) {
-          p.done(stale[i] ? FailedPrecondition(
-                                "an earlier write of this shadow could not be stored, and this "
-                                "one was made on top of it")
+          p.done(stale[i] ? FailedPrecondition(fmt::format(
+                                "an earlier write of this {} could not be stored, and this "
+                                "one was made on top of it",
+                                p.state ? "rule state" : "shadow"))
                           : st);
         }
       }
@@ -441,6 +507,10 @@ class ShadowStore::Impl {
       const Pending& p = batch[i];
       if (p.call) {
         GNOMON_RETURN_IF_ERROR(WriteCall(p));
+        continue;
+      }
+      if (p.state) {
+        GNOMON_RETURN_IF_ERROR(WriteState(p));
         continue;
       }
       sqlite::BindText(s, 1, p.thing);
@@ -552,11 +622,28 @@ class ShadowStore::Impl {
     return Step(s, "service call");
   }
 
+  // Inside Commit's transaction; rolls it back on failure.
+  Status WriteState(const Pending& p) {
+    sqlite3_stmt* s = p.stored.empty() ? state_delete_.get() : state_upsert_.get();
+    sqlite3_reset(s);
+    if (p.stored.empty()) {
+      sqlite::BindText(s, 1, p.thing);
+      sqlite::BindText(s, 2, p.name);
+    } else {
+      sqlite::BindText(s, 1, p.name);
+      sqlite::BindText(s, 2, p.thing);
+      sqlite3_bind_int64(s, 3, p.version);
+      sqlite::BindText(s, 4, p.stored);
+    }
+    return Step(s, "rule state");
+  }
+
   static constexpr int64_t kPruneRows = 64;  // history log rows (transactions) deleted at a time
 
   StoreOptions options_;
   sqlite::Db db_;
-  sqlite::Stmt upsert_, call_upsert_, call_delete_, change_insert_, change_prune_;
+  sqlite::Stmt upsert_, call_upsert_, call_delete_, state_upsert_, state_delete_, change_insert_,
+      change_prune_;
   mutable Mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<Pending> queue_ GNOMON_GUARDED_BY(mu_);
@@ -605,6 +692,15 @@ void ShadowStore::WriteCall(std::string thing, std::string id, std::string store
   Impl::Pending p{std::move(thing), std::move(id), std::move(stored), std::move(done)};
   p.call = true;
   impl_->Write(std::move(p));
+}
+
+uint64_t ShadowStore::WriteState(std::string rule, std::string device, RuleState state,
+                                 Done done, uint64_t epoch) {
+  Impl::Pending p{std::move(device), std::move(rule), std::move(state.json), std::move(done)};
+  p.state = true;
+  p.version = state.version;
+  p.epoch = epoch;
+  return impl_->Write(std::move(p));
 }
 
 void ShadowStore::After(Done done) {

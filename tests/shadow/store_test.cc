@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include "gnomon/shadow/document.h"
 #include "tests/support/test_support.h"
@@ -287,6 +288,89 @@ TEST(ShadowStoreTest, WritesMadeOnTopOfARefusedOneAreRefusedUntilANewerEpoch) {
     logged += std::string(thing) + c.ops;
   }).ok());
   EXPECT_EQ(logged, "a[1]b[1]b[3]a[4]a[5]");
+}
+
+TEST(ShadowStoreTest, RuleStateWritesMadeOnTopOfARefusedOneAreRefusedUntilANewerEpoch) {
+  if (::geteuid() != 0) {
+    GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");
+  }
+  TempDir dir;
+  testing::SmallDisk disk(dir.File("db"), "8m");
+  GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
+  auto s = ShadowStore::Open({.path = dir.File("db/shadows.db")});
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  auto& store = **s;
+  auto write = [&](const std::string& device, int n, uint64_t epoch) {
+    auto st = std::make_shared<Status>();
+    store.WriteState("r", device, {1, "{\"n\":" + std::to_string(n) + "}"},
+                     [st](const Status& r) { *st = r; }, epoch);
+    store.Flush();
+    return *st;
+  };
+  ASSERT_TRUE(write("a", 1, 0).ok());
+  disk.Fill();
+  Status refused = write("a", 2, 0);
+  ASSERT_FALSE(refused.ok());
+  disk.Free();
+  Status stale = write("a", 3, 0);
+  EXPECT_EQ(stale.code(), StatusCode::kFailedPrecondition) << stale.message();
+  EXPECT_NE(stale.message().find("rule state"), std::string::npos) << stale.message();
+  EXPECT_TRUE(write("b", 1, 0).ok()) << "another device";
+  EXPECT_TRUE(write("a", 4, 1).ok()) << "a newer epoch";
+  auto reader = store.NewReader();
+  ASSERT_TRUE(reader.ok());
+  auto loaded = (*reader)->LoadState("r", "a");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value());
+  EXPECT_EQ((*loaded)->json, R"({"n":4})");
+}
+
+// Rule state (ctx.state) rides the shadows' queue: same order, same transactions, the last
+// write of a (rule, device) in a batch wins, an empty state deletes the row, and a shadow with
+// the device's name is a different thing.
+TEST(ShadowStoreTest, RuleStatesAreStoredPerRuleAndDeviceAndSurviveReopening) {
+  TempDir dir;
+  std::vector<std::string> order;
+  {
+    auto store = OpenStore(dir);
+    auto note = [&order](std::string what) {
+      return [&order, what](const Status& st) { order.push_back(what + (st.ok() ? "" : "!")); };
+    };
+    store->WriteState("counter", "d1", {1, R"({"n":1})"}, note("s1"));
+    store->Write("d1", "", Stored(20), note("shadow"));
+    store->WriteState("counter", "d1", {2, R"({"n":2})"}, note("s2"));
+    store->WriteState("counter", "d2", {1, R"({"n":7})"}, note("s3"));
+    store->WriteState("other", "d1", {1, R"([1,2])"}, note("s4"));
+    store->WriteState("gone", "d1", {1, R"({"x":1})"}, note("s5"));
+    store->Flush();
+    store->WriteState("gone", "d1", {1, ""}, note("s6"));
+    store->Flush();
+    EXPECT_EQ(order, (std::vector<std::string>{"s1", "shadow", "s2", "s3", "s4", "s5", "s6"}));
+  }
+  auto store = OpenStore(dir);
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  auto d1 = (*reader)->LoadState("counter", "d1");
+  ASSERT_TRUE(d1.ok() && d1->has_value());
+  EXPECT_EQ((*d1)->version, 2);
+  EXPECT_EQ((*d1)->json, R"({"n":2})");
+  auto d2 = (*reader)->LoadState("counter", "d2");
+  ASSERT_TRUE(d2.ok() && d2->has_value());
+  EXPECT_EQ((*d2)->json, R"({"n":7})");
+  auto none = (*reader)->LoadState("counter", "d3");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  auto deleted = (*reader)->LoadState("gone", "d1");
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_FALSE(deleted->has_value());
+  auto all = (*reader)->StatesOf("d1");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].first, "counter");
+  EXPECT_EQ((*all)[1].first, "other");
+  EXPECT_EQ((*all)[1].second.json, "[1,2]");
+  auto shadow = (*reader)->Load("d1", "");
+  ASSERT_TRUE(shadow.ok() && shadow->has_value()) << "the shadow of d1 is its own row";
+  EXPECT_NE((*shadow)->find(R"("temp":20)"), std::string::npos);
 }
 
 // Every change goes to the log with its write (coalesced writes too), in order; the oldest

@@ -42,6 +42,11 @@ struct RuleInfo {
   // Wall-clock limit per call, enforced by the engine's watchdog (see RuleRuntime::Interrupt).
   int64_t wall_ms = 5000;
   bool jit = false;
+  // ctx.state (docs/rules.md): the state's version (`migrate` runs on a state stored under
+  // another) and the most its JSON may take per device.
+  int64_t state_version = 1;
+  int64_t state_max_bytes = 65536;
+  bool has_migrate = false;
   // Quarantine (a circuit breaker; only failures that are the rule's own fault count: errors
   // in its code and exceeded limits, not ctx.fail): more than `quarantine_failures` within
   // `quarantine_window_s` stop the rule for `quarantine_cooldown_s`, then one message probes
@@ -54,6 +59,9 @@ struct RuleInfo {
   std::string source;    // the file's text
   std::string version;   // content hash (hex)
 };
+
+// The largest state.max_bytes a rule may declare.
+inline constexpr int64_t kMaxStateBytes = 1 << 20;
 
 // The most a rule may ask for (`rules.max_limits`, `rules.allow_jit` in the config): a rule
 // whose limits are above them fails to load.
@@ -111,13 +119,15 @@ Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>&
 
 // One buffered effect of a rule call.
 struct Effect {
-  enum class Kind { kEmit, kPublish, kShadowUpdate, kInvoke };
+  enum class Kind { kEmit, kPublish, kShadowUpdate, kInvoke, kState };
   Kind kind = Kind::kEmit;
   uint32_t sink = 0;   // kEmit: index into RuleSetOptions::sinks
   std::string topic;   // kPublish: the topic; kEmit: optional topic override; kInvoke: service
   // kEmit, kPublish: the record. kShadowUpdate: the update request (docs/shadows.md) as JSON.
-  // kInvoke: the params (a JSON object).
+  // kInvoke: the params (a JSON object). kState: the rule's new state for the message's
+  // device as JSON (empty: it has none now); one at most per call, the last effect.
   std::string payload;
+  int64_t state_version = 0;  // kState: the rule's state.version
   // kShadowUpdate: the shadow's thing and name ("": classic). kInvoke: the thing.
   std::string thing;
   std::string shadow_name;
@@ -164,6 +174,24 @@ class ShadowReader {
   virtual const shadow::ThingModel* Model(std::string_view /*thing*/) { return nullptr; }
 };
 
+// A rule's durable state for one device (ctx.state) as stored: the rule's state.version it
+// was written under, and the state as JSON.
+struct StoredState {
+  int64_t version = 1;
+  std::string json;
+};
+
+// ctx.state's committed state, provided by the engine (or the test harness). Called on the
+// worker thread during a call, for the message's device only.
+class StateReader {
+ public:
+  virtual ~StateReader() = default;
+  // Rule `rule`'s state for `device`; nullopt when it has none; an error (store failure)
+  // fails the call.
+  virtual Result<std::optional<StoredState>> ReadState(std::string_view rule,
+                                                       std::string_view device) = 0;
+};
+
 // What a rule sees of a message. Views must outlive the call.
 struct MessageView {
   std::string_view topic;
@@ -178,6 +206,8 @@ struct MessageView {
   uint64_t id = 0;
   // Shadow reads; null: ctx.shadow reads fail with "device shadows are not enabled".
   ShadowReader* shadows = nullptr;
+  // ctx.state; null: using it fails the call (no store to keep it in).
+  StateReader* states = nullptr;
 };
 
 // A worker's rules: every rule of a set loaded in a LuaJIT state of its own (so no rule can

@@ -44,6 +44,13 @@ struct ShadowChange {
   }
 };
 
+// A rule's durable state for one device (ctx.state, docs/rules.md): the rule's
+// `state.version` it was written under and the state as JSON.
+struct RuleState {
+  int64_t version = 1;
+  std::string json;
+};
+
 struct StoreStats {
   uint64_t transactions = 0;
   uint64_t writes = 0;     // queued writes committed
@@ -75,6 +82,11 @@ class ShadowStore {
   // Queues the stored form of service call `id` of `thing` (empty `stored`: the call is
   // forgotten). In the same order and transactions as the shadow writes.
   void WriteCall(std::string thing, std::string id, std::string stored, Done done);
+  // Queues rule `rule`'s state for `device` (empty `json`: the state is deleted). In the same
+  // order and transactions as the shadow writes, with the same `epoch` rule: after a refused
+  // write of this (rule, device), writes of the same or an older epoch are refused too.
+  uint64_t WriteState(std::string rule, std::string device, RuleState state, Done done,
+                      uint64_t epoch = 0);
   // Runs `done` (on the writer thread) once every write queued before it is committed: replies
   // that must not overtake earlier writes (a get after an update) go through here.
   void After(Done done);
@@ -93,6 +105,12 @@ class ShadowStore {
     // Things with at least one existing shadow, sorted, starting after `after`, with `prefix`.
     virtual Result<std::vector<std::string>> Things(std::string_view prefix,
                                                     std::string_view after, size_t limit) = 0;
+    // Rule `rule`'s state for `device`, or nullopt when it has none.
+    virtual Result<std::optional<RuleState>> LoadState(std::string_view rule,
+                                                       std::string_view device) = 0;
+    // Every rule's state for `device` as (rule, state), by rule name.
+    virtual Result<std::vector<std::pair<std::string, RuleState>>> StatesOf(
+        std::string_view device) = 0;
     // Every stored service call as (thing, stored form), in the order they were first written.
     virtual Result<std::vector<std::pair<std::string, std::string>>> Calls() = 0;
     // Calls `each` with every change in the history log, oldest first.

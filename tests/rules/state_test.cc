@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: Apache-2.0
+// ctx.state in the rule runtime: read on first use, written back as the call's last effect
+// when it changed, bounded, migrated across state.version, and never written by a failed call.
+#include <gtest/gtest.h>
+#include <simdjson.h>
+
+#include <map>
+#include <string>
+#include <utility>
+
+#include "gnomon/rules/rules.h"
+
+namespace gnomon::rules {
+namespace {
+
+// The committed states, as the engine keeps them: a kState effect replaces (or removes) one.
+class FakeStates final : public StateReader {
+ public:
+  Result<std::optional<StoredState>> ReadState(std::string_view rule,
+                                               std::string_view device) override {
+    ++reads;
+    if (!error.ok()) {
+      return error;
+    }
+    auto it = states.find({std::string(rule), std::string(device)});
+    if (it == states.end()) {
+      return std::optional<StoredState>();
+    }
+    return std::optional<StoredState>(it->second);
+  }
+  void Apply(const std::string& rule, const std::string& device, const CallResult& r) {
+    for (const Effect& e : r.effects) {
+      if (e.kind != Effect::Kind::kState) {
+        continue;
+      }
+      if (e.payload.empty()) {
+        states.erase({rule, device});
+      } else {
+        states[{rule, device}] = StoredState{e.state_version, e.payload};
+      }
+    }
+  }
+  std::map<std::pair<std::string, std::string>, StoredState> states;
+  int reads = 0;
+  Status error;
+};
+
+class StateTest : public ::testing::Test {
+ protected:
+  void Load(const std::string& body, const std::string& extra = "") {
+    std::string src = "return rule {\n  name = \"st\",\n  from = { \"devices/+/telemetry\" },\n" +
+                      extra + "  handle = function(msg, ctx)\n" + body + "\n  end,\n}\n";
+    auto set = RuleSet::FromSources({{"st.lua", src}}, RuleSetOptions{.sinks = {"out"}});
+    ASSERT_TRUE(set.ok()) << set.status().message();
+    auto rt = RuleRuntime::Create(*set, clock_);
+    ASSERT_TRUE(rt.ok()) << rt.status().message();
+    rt_ = std::move(rt).value();
+  }
+
+  // Runs the rule on `payload` from `device` and applies its state as the engine would.
+  CallResult Run(const std::string& payload, const std::string& device = "d1",
+                 bool with_states = true) {
+    payload_ = payload;
+    payload_.reserve(payload_.size() + simdjson::SIMDJSON_PADDING);
+    std::string topic = "devices/" + device + "/telemetry";
+    MessageView m{topic, device, &payload_, "src", &headers_, 1234};
+    m.states = with_states ? &states_ : nullptr;
+    CallResult r;
+    rt_->Run(0, m, r);
+    if (r.outcome == Outcome::kOk) {
+      states_.Apply("st", device, r);
+    }
+    return r;
+  }
+
+  static const Effect* StateEffect(const CallResult& r) {
+    const Effect* found = nullptr;
+    for (const Effect& e : r.effects) {
+      if (e.kind == Effect::Kind::kState) {
+        EXPECT_EQ(found, nullptr) << "one state effect per call at most";
+        found = &e;
+      }
+    }
+    return found;
+  }
+
+  std::string Stored(const std::string& device = "d1") {
+    auto it = states_.states.find({"st", device});
+    return it == states_.states.end() ? "<none>" : it->second.json;
+  }
+
+  FixedClock clock_{1700000000123};
+  std::unique_ptr<RuleRuntime> rt_;
+  FakeStates states_;
+  std::string payload_;
+  Headers headers_;
+};
+
+constexpr const char* kCounter = R"lua(
+    if msg.payload.temp > 50 then
+      ctx.state.hot = (ctx.state.hot or 0) + 1
+    end
+    ctx.emit("out", { hot = ctx.state.hot or 0 }))lua";
+
+TEST_F(StateTest, StateIsPerDeviceSurvivesCallsAndIsWrittenOnlyWhenItChanges) {
+  Load(kCounter);
+  CallResult r = Run(R"({"temp":60})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  const Effect* e = StateEffect(r);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->payload, R"({"hot":1})");
+  EXPECT_EQ(e->state_version, 1);
+  EXPECT_EQ(r.effects.back().kind, Effect::Kind::kState) << "the state is the last effect";
+
+  r = Run(R"({"temp":20})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(StateEffect(r), nullptr) << "read, not changed: nothing to write";
+  EXPECT_EQ(r.effects[0].payload, R"({"hot":1})");
+
+  ASSERT_EQ(Run(R"({"temp":70})").outcome, Outcome::kOk);
+  EXPECT_EQ(Stored(), R"({"hot":2})");
+  ASSERT_EQ(Run(R"({"temp":70})", "d2").outcome, Outcome::kOk);
+  EXPECT_EQ(Stored("d2"), R"({"hot":1})") << "each device has its own";
+  EXPECT_EQ(Stored(), R"({"hot":2})");
+  EXPECT_EQ(states_.reads, 4) << "read once per call that uses it";
+}
+
+TEST_F(StateTest, ARuleThatDoesNotUseTheStateNeverReadsIt) {
+  Load("    ctx.emit('out', { t = msg.payload.temp })");
+  CallResult r = Run(R"({"temp":1})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(StateEffect(r), nullptr);
+  EXPECT_EQ(states_.reads, 0);
+}
+
+TEST_F(StateTest, AFailedOrDroppedCallWritesNoState) {
+  Load(R"lua(
+    ctx.state.n = (ctx.state.n or 0) + 1
+    if msg.payload.bad then error("boom") end
+    if msg.payload.drop then ctx.drop("no") end
+    if msg.payload.fail then ctx.fail("bad input") end)lua");
+  ASSERT_EQ(Run(R"({})").outcome, Outcome::kOk);
+  EXPECT_EQ(Run(R"({"bad":true})").outcome, Outcome::kFailed);
+  EXPECT_EQ(Run(R"({"drop":true})").outcome, Outcome::kFiltered);
+  EXPECT_EQ(Run(R"({"fail":true})").outcome, Outcome::kFailed);
+  EXPECT_EQ(Stored(), R"({"n":1})");
+  ASSERT_EQ(Run(R"({})").outcome, Outcome::kOk);
+  EXPECT_EQ(Stored(), R"({"n":2})");
+}
+
+TEST_F(StateTest, AStateOverMaxBytesFailsTheCallAndSaysSo) {
+  Load("    ctx.state.s = string.rep('x', msg.payload.n)", "  state = { max_bytes = 100 },\n");
+  ASSERT_EQ(Run(R"({"n":50})").outcome, Outcome::kOk);
+  CallResult r = Run(R"({"n":200})");
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("over rule.state.max_bytes (100)"), std::string::npos) << r.reason;
+  EXPECT_TRUE(r.effects.empty());
+  EXPECT_EQ(Stored().size(), 58u) << "the last state that fit stays";
+}
+
+TEST_F(StateTest, AValueJsonCannotHoldFailsTheCallAndNamesWhere) {
+  Load("    ctx.state.cb = function() end");
+  CallResult r = Run("{}");
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("ctx.state.cb"), std::string::npos) << r.reason;
+  EXPECT_EQ(Stored(), "<none>");
+}
+
+TEST_F(StateTest, AnEmptiedStateIsDeletedAndPayloadViewsAreStoredAsJson) {
+  Load(R"lua(
+    if msg.payload.clear then ctx.state.last = nil else ctx.state.last = msg.payload end)lua");
+  ASSERT_EQ(Run(R"({"a":[1,2],"s":"x"})").outcome, Outcome::kOk);
+  EXPECT_EQ(Stored(), R"({"last":{"a":[1,2],"s":"x"}})");
+  CallResult r = Run(R"({"clear":true})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  const Effect* e = StateEffect(r);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->payload, "") << "an empty state removes the device's row";
+  EXPECT_EQ(Stored(), "<none>");
+}
+
+TEST_F(StateTest, MigrateRunsOnceOnAStateOfAnotherVersion) {
+  states_.states[{"st", "d1"}] = StoredState{1, R"({"c":3})"};
+  Load("    ctx.state.count = ctx.state.count + 1",
+       "  state = { version = 2 },\n"
+       "  migrate = function(old, from) return { count = old.c, from = from } end,\n");
+  CallResult r = Run("{}");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  const Effect* e = StateEffect(r);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->state_version, 2);
+  simdjson::dom::parser p;
+  simdjson::dom::element got = p.parse(e->payload);
+  EXPECT_EQ(int64_t(got["count"]), 4);
+  EXPECT_EQ(int64_t(got["from"]), 1);
+  ASSERT_EQ(Run("{}").outcome, Outcome::kOk) << "stored under version 2 now: no migrate";
+  got = p.parse(Stored());
+  EXPECT_EQ(int64_t(got["count"]), 5);
+}
+
+TEST_F(StateTest, AMigrateThatFailsFailsTheCallAndLeavesTheOldState) {
+  states_.states[{"st", "d1"}] = StoredState{1, R"({"c":3})"};
+  Load("    ctx.state.x = 1", "  state = { version = 2 },\n"
+                            "  migrate = function(old) error('cannot migrate ' .. old.c) end,\n");
+  CallResult r = Run("{}");
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("cannot migrate 3"), std::string::npos) << r.reason;
+  EXPECT_EQ((states_.states[{"st", "d1"}].version), 1);
+  EXPECT_EQ(Stored(), R"({"c":3})");
+
+  Load("    ctx.state.x = 1",
+       "  state = { version = 2 },\n  migrate = function(old) return 42 end,\n");
+  r = Run("{}");
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("rule.migrate must return the new state (a table), got number"),
+            std::string::npos)
+      << r.reason;
+}
+
+TEST_F(StateTest, WithoutMigrateAStateOfAnotherVersionIsKeptAndRewrittenUnderTheNewOne) {
+  states_.states[{"st", "d1"}] = StoredState{1, R"({"c":3})"};
+  Load("    ctx.emit('out', { c = ctx.state.c })", "  state = { version = 3 },\n");
+  CallResult r = Run("{}");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.effects[0].payload, R"({"c":3})");
+  const Effect* e = StateEffect(r);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->state_version, 3);
+  EXPECT_EQ(e->payload, R"({"c":3})");
+}
+
+TEST_F(StateTest, WithoutAStoreOrWhenItFailsTheCallFailsAndSaysWhy) {
+  Load("    ctx.state.n = 1");
+  CallResult r = Run("{}", "d1", /*with_states=*/false);
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("ctx.state: rule state is kept in the shadow store"), std::string::npos)
+      << r.reason;
+  states_.error = Unavailable("disk on fire");
+  r = Run("{}");
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("ctx.state: disk on fire"), std::string::npos) << r.reason;
+}
+
+TEST_F(StateTest, StateDeclarationsAreChecked) {
+  auto load = [](const std::string& extra) {
+    std::string src = "return rule { name = 'x', from = 'a/#', " + extra +
+                      " handle = function(msg, ctx) end }";
+    auto set = RuleSet::FromSources({{"x.lua", src}}, RuleSetOptions{.sinks = {"out"}});
+    return set.ok() ? std::string("ok") : std::string(set.status().message());
+  };
+  EXPECT_EQ(load("state = { version = 3, max_bytes = 1000 },"), "ok");
+  EXPECT_NE(load("state = { version = 0 },").find("rule.state.version"), std::string::npos);
+  EXPECT_NE(load("state = { max_bytes = 2000000 },").find("rule.state.max_bytes: at most"),
+            std::string::npos);
+  EXPECT_NE(load("state = { versoin = 2 },").find("rule.state"), std::string::npos);
+  EXPECT_NE(load("migrate = 3,").find("rule.migrate: must be a function"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace gnomon::rules
