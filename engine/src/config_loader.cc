@@ -356,6 +356,8 @@ void LoadShadows(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
         sh->GetString("sync", app.shadows.sync_full ? "full" : "normal") == "full";
     app.shadows.cache_shadows = static_cast<size_t>(
         sh->GetInt("cache_shadows", static_cast<int64_t>(app.shadows.cache_shadows)));
+    app.shadows.state_cache_mb = static_cast<size_t>(
+        sh->GetInt("state_cache_mb", static_cast<int64_t>(app.shadows.state_cache_mb)));
     app.shadows.max_pending_writes = static_cast<size_t>(sh->GetInt(
         "max_pending_writes", static_cast<int64_t>(app.shadows.max_pending_writes)));
     app.shadows.history =

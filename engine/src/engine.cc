@@ -54,6 +54,7 @@ Status Engine::Impl::Init() {
 
 // The accounting of messages in, done, dead-lettered and abandoned.
 void Engine::Impl::InitMessageMetrics() {
+  InitStateMetrics();
   store_waits_ = metrics_.GetCounter(
       "gnomon_worker_store_waits_total",
       "Times a worker waited for the shadow store (shadows.max_pending_writes reached)");
@@ -175,6 +176,7 @@ Status Engine::Impl::InitWorkers() {
     auto w = std::make_unique<Worker>(config_.worker_queue);
     w->index = static_cast<size_t>(i);
     GNOMON_RETURN_IF_ERROR(InitWorkerShadows(*w));
+    GNOMON_RETURN_IF_ERROR(InitWorkerStates(*w));
     GNOMON_ASSIGN_OR_RETURN(w->runtime, rules::RuleRuntime::Create(loaded->set, clock_));
     w->loaded = loaded;
     w->depth = metrics_.GetGauge("gnomon_worker_queue_depth", "Messages waiting per worker",
@@ -623,7 +625,7 @@ void Engine::Impl::RunWorker(size_t index) {
       std::visit(Overloaded{
                      [&](Message& m) { Process(w, m, matches, result); },
                      [&](ShadowRequest& r) { HandleShadowRequest(w, r); },
-                     [&](ShadowEviction& e) { DropShadow(w, e); },
+                     [&](ShadowEviction& e) { e.state ? DropState(w, e) : DropShadow(w, e); },
                      [&](CallInvoke& c) { InvokeService(w, c); },
                      [&](CallQuery& q) { QueryCall(w, q); },
                      [&](CallEvent& e) { w.calls->On(e); },
@@ -634,6 +636,9 @@ void Engine::Impl::RunWorker(size_t index) {
     batch.clear();
     if (w.shadows) {
       w.shadows->Trim();
+    }
+    if (w.states) {
+      w.states->Trim();
     }
   }
   w.exited = true;
@@ -655,7 +660,8 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     m.delivery->Mark(Delivery::kUnmatched);
   }
   rules::MessageView view{m.topic,    m.device, &m.payload,      *m.source,
-                          &m.headers, m.ts_ms,  ++w.message_seq, w.rule_shadows.get()};
+                          &m.headers, m.ts_ms,  ++w.message_seq, w.rule_shadows.get(),
+                          w.rule_states.get()};
   for (uint32_t idx : matches) {
     RunRule(w, m, idx, view, result);
   }
@@ -822,6 +828,12 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
                           rules::CallResult& result) {
   if (!CommitShadowWrites(w, m, rule, result)) {
     return;  // a shadow write was rejected: the message is dead-lettered, nothing applies
+  }
+  // The state first (it is the last effect): the owner's copy holds it before the next
+  // message of the device runs, whatever becomes of the records below.
+  if (!result.effects.empty() && result.effects.back().kind == rules::Effect::Kind::kState) {
+    CommitState(w, m, rule, result.effects.back());
+    result.effects.pop_back();
   }
   for (rules::Effect& e : result.effects) {
     if (e.kind == rules::Effect::Kind::kShadowUpdate) {
@@ -1279,6 +1291,10 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
   }
   for (HttpRoute& r : ServiceRoutes()) {
     routes.push_back(scoped(std::move(r)));
+  }
+  if (shadow_store_) {
+    routes.push_back(scoped({"GET", "/v1/things/(.+)/state",
+                             [this](const HttpRequest& req) { return RuleStateRoute(req); }}));
   }
   for (const SourceRoute& sr : source_routes_) {
     routes.push_back(scoped({"POST", sr.prefix + "(.*)", [h = sr.handler](const HttpRequest& req) {

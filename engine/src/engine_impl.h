@@ -39,6 +39,7 @@
 #include "rule_versions.h"
 #include "shadow_owner.h"
 #include "shadow_watchers.h"
+#include "state_owner.h"
 #include "work.h"
 
 namespace gnomon::engine {
@@ -102,6 +103,9 @@ class Engine::Impl final : public Ingest,
   std::optional<Result<std::optional<int64_t>>> ReadOwnShadowVersion(void* worker,
                                                                      std::string_view thing,
                                                                      std::string_view name);
+  // ctx.state reads of the rules on `worker` (a Worker*), see states.cc.
+  Result<std::optional<rules::StoredState>> ReadStateFor(void* worker, std::string_view rule,
+                                                         std::string_view device);
   // ctx.model: the model `thing` is bound to, or null.
   const shadow::ThingModel* ModelFor(std::string_view thing) const { return BoundModel(thing); }
 
@@ -144,6 +148,9 @@ class Engine::Impl final : public Ingest,
     std::unique_ptr<CallBook::Effects> call_effects;
     std::unique_ptr<CallBook> calls;
     std::unique_ptr<rules::ShadowReader> rule_shadows;          // what ctx.shadow reads
+    // Rule states (ctx.state) of the devices this worker owns (null without a store).
+    std::unique_ptr<StateOwner> states;
+    std::unique_ptr<rules::StateReader> rule_states;  // what ctx.state reads
   };
 
   // Where the answer to a shadow request goes.
@@ -178,6 +185,18 @@ class Engine::Impl final : public Ingest,
                rules::CallResult& result);
   void Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
               rules::CallResult& result);
+
+  // Rule state (states.cc).
+  void InitStateMetrics();
+  Status InitWorkerStates(Worker& w);
+  // A call's new state (its kState effect): the owner's copy now, durable before the message
+  // is finished; a failed write dead-letters the message.
+  void CommitState(Worker& w, const Message& m, const rules::RuleInfo& rule, rules::Effect& e);
+  void DropState(Worker& w, const ShadowEviction& evict);
+  HttpResponse RuleStateRoute(const HttpRequest& req);
+  Counter* state_stored_ = nullptr;
+  Counter* state_failed_ = nullptr;
+  Counter* state_loads_ = nullptr;
 
   // Shadows (shadows.cc).
   Status InitShadows();

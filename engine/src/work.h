@@ -43,10 +43,12 @@ struct ShadowRequest {
 };
 
 // A write of shadow (thing, name) could not be stored: its owner drops its copy of that epoch,
-// so the next use reads the store again (Engine::Impl::EvictShadow).
+// so the next use reads the store again (Engine::Impl::EvictShadow, DropState).
+// With `state`: a rule state's write (thing: the device, name: the rule), for its StateOwner.
 struct ShadowEviction {
   std::string thing, name;
   uint64_t epoch = 0;
+  bool state = false;
 };
 
 // A new thing-model service call for the owner of `msg.device`: `msg.topic` is the service,

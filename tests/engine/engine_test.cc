@@ -16,6 +16,7 @@
 #include "gnomon/core/queue.h"
 #include "gnomon/core/record.h"
 #include "gnomon/core/sink.h"
+#include "gnomon/shadow/store.h"
 #include "tests/support/test_support.h"
 
 namespace gnomon::engine {
@@ -479,6 +480,77 @@ TEST_F(EngineTest, RulesOnShadowEventTopicsSeeEveryEventWithoutAShadowConnection
   EXPECT_EQ(seen["documents"], (std::vector<int>{1, 2, 3, 4})) << out;
   EXPECT_EQ(seen["delta"], (std::vector<int>{1})) << out;
   EXPECT_EQ(seen["synced"], (std::vector<int>{4})) << out;
+}
+
+// ctx.state: per (rule, device), committed with the call (a failed call changes nothing),
+// durable in the store, and there after a restart.
+TEST_F(EngineTest, RuleStateIsPerDeviceCommittedWithTheCallAndSurvivesARestart) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "count", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        ctx.state.n = (ctx.state.n or 0) + 1
+        if msg.payload.fail then error("asked to fail") end
+        ctx.emit("out", { d = msg.device, n = ctx.state.n })
+      end })");
+  auto read_out = [&] {
+    std::map<std::string, std::vector<int>> seen;
+    std::string out = testing::ReadFile(dir_.File("out.jsonl"));
+    for (size_t at = 0; at < out.size();) {
+      size_t end = out.find('\n', at);
+      std::string line = out.substr(at, end - at);
+      at = end + 1;
+      simdjson::dom::parser p;
+      simdjson::dom::element e = p.parse(line);
+      seen[std::string(std::string_view(e["d"]))].push_back(int(int64_t(e["n"])));
+    }
+    return seen;
+  };
+  {
+    auto engine = Start(Line("d1", 1) + Line("d2", 1) + Line("d1", 2, ",\"fail\":true") +
+                        Line("d1", 3) + Line("d2", 2) + Line("d1", 4));
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+    std::string metrics = engine->metrics().Render();
+    engine->Stop();
+    EXPECT_EQ(engine->counts().dead_lettered, 1u);
+    EXPECT_NE(metrics.find("gnomon_rule_state_writes_total{outcome=\"stored\"} 5"),
+              std::string::npos)
+        << metrics;
+  }
+  auto seen = read_out();
+  EXPECT_EQ(seen["d1"], (std::vector<int>{1, 2, 3})) << "the failed call's increment is gone";
+  EXPECT_EQ(seen["d2"], (std::vector<int>{1, 2}));
+  {
+    auto engine = Start(Line("d1", 5) + Line("d2", 3));
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+    engine->Stop();
+  }
+  seen = read_out();
+  EXPECT_EQ(seen["d1"], (std::vector<int>{1, 2, 3, 4})) << "went on from the stored state";
+  EXPECT_EQ(seen["d2"], (std::vector<int>{1, 2, 3}));
+  auto store = shadow::ShadowStore::Open({.path = dir_.File("data/shadows.db")});
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  auto reader = (*store)->NewReader();
+  ASSERT_TRUE(reader.ok());
+  auto d1 = (*reader)->LoadState("count", "d1");
+  ASSERT_TRUE(d1.ok() && d1->has_value());
+  EXPECT_EQ((*d1)->json, R"({"n":4})");
+  EXPECT_EQ((*d1)->version, 1);
+}
+
+// Without a store ctx.state cannot be kept: the call fails and says what to configure.
+TEST_F(EngineTest, RuleStateWithoutAStoreFailsTheCallAndSaysWhy) {
+  WriteConfig("", R"(
+    return rule { name = "count", from = "devices/+/telemetry",
+      handle = function(msg, ctx) ctx.state.n = 1 end })");
+  auto engine = Start(Line("d1", 1));
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+  engine->Stop();
+  EXPECT_EQ(engine->counts().dead_lettered, 1u);
+  std::string dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+  EXPECT_NE(dl.find("rule state is kept in the shadow store"), std::string::npos) << dl;
 }
 
 TEST_F(EngineTest, DryRunPrintsEffectsInsteadOfDoingThem) {
