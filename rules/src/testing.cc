@@ -221,6 +221,35 @@ class TestShadows final : public ShadowReader {
   std::map<std::pair<std::string, std::string>, shadow::ShadowDocument> docs_;
 };
 
+// The rule's states (ctx.state) of one test by device, in memory; the test's calls see what
+// earlier ones committed.
+class TestStates final : public StateReader {
+ public:
+  Result<std::optional<StoredState>> ReadState(std::string_view /*rule*/,
+                                               std::string_view device) override {
+    auto it = states_.find(std::string(device));
+    if (it == states_.end()) {
+      return std::optional<StoredState>();
+    }
+    return std::optional<StoredState>(it->second);
+  }
+  void Set(const std::string& device, StoredState s) { states_[device] = std::move(s); }
+  void Apply(const std::string& device, const Effect& e) {
+    if (e.payload.empty()) {
+      states_.erase(device);
+    } else {
+      states_[device] = StoredState{e.state_version, e.payload};
+    }
+  }
+  const StoredState* Find(const std::string& device) const {
+    auto it = states_.find(device);
+    return it == states_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  std::map<std::string, StoredState> states_;
+};
+
 struct Rule {
   std::string file;
   std::string text;
@@ -251,9 +280,9 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   element e;
   for (auto f : simdjson::dom::object(test)) {
     if (f.key != "name" && f.key != "input" && f.key != "expect" && f.key != "now" &&
-        f.key != "shadow") {
-      return fail(fmt::format("unknown test field '{}' (known: name, input, now, shadow, expect)",
-                              f.key));
+        f.key != "shadow" && f.key != "state") {
+      return fail(fmt::format(
+          "unknown test field '{}' (known: name, input, now, shadow, state, expect)", f.key));
     }
   }
   int64_t now = 0;
@@ -276,6 +305,20 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       if (!st.ok()) {
         return fail(fmt::format("test.shadow.{}: {}", f.key, st.message()));
       }
+    }
+  }
+  TestStates states;
+  if (test["state"].get(e) == simdjson::SUCCESS) {
+    if (e.type() != element_type::OBJECT) {
+      return fail("test.state: a table of the rule's initial state by device, "
+                  "{ d1 = { count = 3 } }");
+    }
+    for (auto f : simdjson::dom::object(e)) {
+      if (f.value.type() != element_type::OBJECT && f.value.type() != element_type::ARRAY) {
+        return fail(fmt::format("test.state.{}: a table (the device's ctx.state)", f.key));
+      }
+      states.Set(std::string(f.key),
+                 StoredState{rule.set->rules()[0].state_version, simdjson::minify(f.value)});
     }
   }
   FixedClock clock(now);
@@ -343,7 +386,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       ts = static_cast<int64_t>(ts_d);
     }
     std::string topic_s(topic);
-    MessageView view{topic_s, device, &payload, "test", &headers, ts, 0, &shadows};
+    MessageView view{topic_s, device, &payload, "test", &headers, ts, 0, &shadows, &states};
     CallResult result;
     (*rt)->Run(0, view, result);
     // Shadow writes apply when handle returns, as in the engine; a rejected one fails the
@@ -360,6 +403,10 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
           break;
         }
       }
+    }
+    if (result.outcome == Outcome::kOk && !result.effects.empty() &&
+        result.effects.back().kind == Effect::Kind::kState) {
+      states.Apply(device, result.effects.back());
     }
     if (result.outcome == Outcome::kFailed) {
       failed = result.reason;
@@ -405,9 +452,10 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   }
   for (auto f : simdjson::dom::object(expect)) {
     if (f.key != "emit" && f.key != "publish" && f.key != "drop" && f.key != "fail" &&
-        f.key != "shadow" && f.key != "invoke") {
+        f.key != "shadow" && f.key != "invoke" && f.key != "state") {
       return fail(fmt::format(
-          "unknown expect field '{}' (known: emit, publish, shadow, invoke, drop, fail)", f.key));
+          "unknown expect field '{}' (known: emit, publish, shadow, state, invoke, drop, fail)",
+          f.key));
     }
   }
   if (want_fail) {
@@ -462,6 +510,34 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       if (!SubsetMatch(f.value, a, "shadow." + thing, sub)) {
         return fail(fmt::format("{}\n  expected: {}\n  actual:   {}", sub,
                                 simdjson::minify(f.value), *actual));
+      }
+    }
+  }
+  if (expect["state"].get(e) == simdjson::SUCCESS) {
+    if (e.type() != element_type::OBJECT) {
+      return fail("expect.state: a table of the rule's expected state by device "
+                  "(false: the device has none)");
+    }
+    for (auto f : simdjson::dom::object(e)) {
+      std::string device(f.key);
+      const StoredState* actual = states.Find(device);
+      bool want_none = f.value.type() == element_type::BOOL && !bool(f.value);
+      if (want_none) {
+        if (actual != nullptr) {
+          return fail(fmt::format("state.{}: expected none, got {}", device, actual->json));
+        }
+        continue;
+      }
+      if (actual == nullptr) {
+        return fail(fmt::format("state.{}: expected {}, but the device has no state", device,
+                                simdjson::minify(f.value)));
+      }
+      simdjson::dom::parser ap;
+      element a = ap.parse(actual->json);
+      std::string sub;
+      if (!SubsetMatch(f.value, a, "state." + device, sub)) {
+        return fail(fmt::format("{}\n  expected: {}\n  actual:   {}", sub,
+                                simdjson::minify(f.value), actual->json));
       }
     }
   }

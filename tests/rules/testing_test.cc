@@ -231,6 +231,50 @@ TEST(RuleTestingShadowTest, ShadowMismatchShowsExpectedAndActual) {
   EXPECT_NE(text.find("INVALID_NODE"), std::string::npos) << text;
 }
 
+// Rule tests see ctx.state: initial states by device, what earlier inputs of the test wrote,
+// and expectations on what the rule left (false: none).
+TEST(RuleTestingStateTest, InitialStatesWritesAndExpectationsWork) {
+  testing::TempDir dir;
+  dir.Write("hot.lua", R"(return rule {
+    name = "hot", from = "devices/+/telemetry",
+    handle = function(msg, ctx)
+      if msg.payload.temp > 50 then ctx.state.hot = (ctx.state.hot or 0) + 1 end
+      if msg.payload.reset then ctx.state.hot = nil end
+      if msg.payload.bad then error("bad") end
+      ctx.emit("out", { hot = ctx.state.hot or 0 })
+    end,
+    tests = {
+      { name = "counts on", state = { d1 = { hot = 2 } },
+        input = { { topic = "devices/d1/telemetry", payload = { temp = 60 } },
+                  { topic = "devices/d1/telemetry", payload = { temp = 60, bad = true } },
+                  { topic = "devices/d2/telemetry", payload = { temp = 70 } } },
+        expect = { fail = "bad", emit = { out = { { hot = 3 }, { hot = 1 } } },
+                   state = { d1 = { hot = 3 }, d2 = { hot = 1 } } } },
+      { name = "reset", state = { d1 = { hot = 2 } },
+        input = { topic = "devices/d1/telemetry", payload = { temp = 1, reset = true } },
+        expect = { state = { d1 = false } } },
+    },
+  })");
+  dir.Write("hot.test.lua", R"(return { rule = "hot", tests = {
+    { name = "wrong", input = { topic = "devices/d1/telemetry", payload = { temp = 60 } },
+      expect = { state = { d1 = { hot = 2 } } } },
+    { name = "none expected", input = { topic = "devices/d1/telemetry", payload = { temp = 60 } },
+      expect = { state = { d1 = false } } },
+    { name = "missing", input = { topic = "devices/d1/telemetry", payload = { temp = 1 } },
+      expect = { state = { d1 = { hot = 1 } } } },
+  } })");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  std::string text = report->Text(true);
+  EXPECT_EQ(report->passed(), 2) << text;
+  EXPECT_EQ(report->failed(), 3) << text;
+  EXPECT_NE(text.find("state.d1.hot: expected 2, got 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("state.d1: expected none, got {\"hot\":1}"), std::string::npos) << text;
+  EXPECT_NE(text.find("state.d1: expected {\"hot\":1}, but the device has no state"),
+            std::string::npos)
+      << text;
+}
+
 TEST(RuleTestingInvokeTest, ServiceCallsAreExpectedByThing) {
   testing::TempDir dir;
   dir.Write("r.lua", R"(return rule {
