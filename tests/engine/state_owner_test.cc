@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: Apache-2.0
+// StateOwner against a real store in a temporary directory.
+#include "state_owner.h"
+
+#include <gtest/gtest.h>
+
+#include <future>
+#include <string>
+
+#include "gnomon/core/metrics.h"
+#include "tests/support/test_support.h"
+
+namespace gnomon::engine {
+namespace {
+
+using shadow::RuleState;
+using shadow::ShadowStore;
+using testing::TempDir;
+
+std::unique_ptr<ShadowStore> OpenStore(const std::string& path) {
+  auto s = ShadowStore::Open({.path = path});
+  EXPECT_TRUE(s.ok()) << s.status().message();
+  return std::move(s).value();
+}
+
+// (rule, device)'s state as the owner has it: its JSON, "<none>", or the error.
+std::string Json(StateOwner& owner, ShadowStore::Reader& reader, const std::string& rule,
+                 const std::string& device) {
+  auto s = owner.Get(rule, device, reader);
+  if (!s.ok()) {
+    return std::string(s.status().message());
+  }
+  return **s ? (**s)->json : "<none>";
+}
+
+// States are read from the store once, then served from the owner; a write is the owner's copy
+// at once and the store's once durable; an empty state is deleted from both.
+TEST(StateOwnerTest, ReadsOnceWritesThroughAndDeletes) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  MetricsRegistry metrics;
+  Counter* loads = metrics.GetCounter("loads", "");
+  StateOwner owner(1 << 20, *store, loads);
+  EXPECT_EQ(Json(owner, **reader, "r", "d1"), "<none>");
+  EXPECT_EQ(Json(owner, **reader, "r", "d1"), "<none>");
+  EXPECT_EQ(loads->value(), 1u) << "a state that does not exist is cached too";
+  std::promise<Status> durable;
+  owner.Put("r", "d1", RuleState{2, R"({"n":1})"},
+            [&durable](const Status& st) { durable.set_value(st); });
+  EXPECT_EQ(Json(owner, **reader, "r", "d1"), R"({"n":1})") << "the owner's copy at once";
+  ASSERT_TRUE(durable.get_future().get().ok());
+  auto stored = (*reader)->LoadState("r", "d1");
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  EXPECT_EQ((*stored)->version, 2);
+  owner.Put("r", "d1", std::nullopt, nullptr);
+  store->Flush();
+  EXPECT_EQ(Json(owner, **reader, "r", "d1"), "<none>");
+  stored = (*reader)->LoadState("r", "d1");
+  ASSERT_TRUE(stored.ok());
+  EXPECT_FALSE(stored->has_value());
+  EXPECT_EQ(loads->value(), 1u);
+}
+
+// Beyond its byte budget Trim drops the least recently used states whose writes are done,
+// never one with a write in flight; a dropped state is read again from the store.
+TEST(StateOwnerTest, TrimKeepsTheBudgetAndNeverDropsAPendingWrite) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  MetricsRegistry metrics;
+  Counter* loads = metrics.GetCounter("loads", "");
+  const std::string big(1000, 'x');
+  StateOwner owner(2500, *store, loads);  // two states of ~1.2 KB fit, three do not
+  for (const char* d : {"a", "b", "c"}) {
+    owner.Put("r", d, RuleState{1, "{\"s\":\"" + big + "\"}"}, nullptr);
+  }
+  store->Flush();
+  EXPECT_EQ(owner.Trim(), 1u) << "a, the least recently used";
+  EXPECT_LE(owner.bytes(), 2500u);
+  EXPECT_EQ(owner.cached(), 2u);
+  uint64_t before = loads->value();
+  EXPECT_NE(Json(owner, **reader, "r", "a").find(big), std::string::npos);
+  EXPECT_EQ(loads->value(), before + 1) << "a was read again from the store";
+
+  // Hold the store's writer so that a write stays pending.
+  std::promise<void> entered, release;
+  auto released = release.get_future().share();
+  store->After([&entered, released](const Status&) {
+    entered.set_value();
+    released.wait();
+  });
+  entered.get_future().wait();
+  owner.Put("r", "a", RuleState{1, "{\"s\":\"" + big + "y\"}"}, nullptr);
+  EXPECT_NE(Json(owner, **reader, "r", "b").find(big), std::string::npos);
+  EXPECT_NE(Json(owner, **reader, "r", "c").find(big), std::string::npos);
+  // a is the least recently used now, with its write in flight: b goes instead.
+  owner.Trim();
+  release.set_value();
+  store->Flush();
+  before = loads->value();
+  EXPECT_NE(Json(owner, **reader, "r", "a").find(big + "y"), std::string::npos);
+  EXPECT_EQ(loads->value(), before) << "a (pending) was kept";
+  EXPECT_NE(Json(owner, **reader, "r", "b").find(big), std::string::npos);
+  EXPECT_EQ(loads->value(), before + 1) << "b went instead";
+}
+
+// After a refused write the copy of that epoch is dropped once; the next Get reads the store
+// and writes go on with the next epoch, which the store takes.
+TEST(StateOwnerTest, EvictDropsTheCopyOfThatEpochOnceAndWritesOnWithTheNext) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  StateOwner owner(1 << 20, *store);
+  owner.Put("r", "d", RuleState{1, R"({"n":1})"}, nullptr);
+  store->Flush();
+  EXPECT_EQ(owner.epoch("r", "d"), 0u);
+  owner.Put("r", "d", RuleState{1, R"({"n":2})"}, nullptr);  // as if it was refused
+  store->Flush();
+  EXPECT_TRUE(owner.Evict("r", "d", 0));
+  EXPECT_FALSE(owner.Evict("r", "d", 0)) << "that copy is gone already";
+  EXPECT_EQ(owner.epoch("r", "d"), 1u);
+  EXPECT_EQ(owner.epoch("r", "other"), 0u);
+  EXPECT_EQ(Json(owner, **reader, "r", "d"), R"({"n":2})") << "read again from the store";
+  std::promise<Status> durable;
+  owner.Put("r", "d", RuleState{1, R"({"n":3})"},
+            [&durable](const Status& st) { durable.set_value(st); });
+  EXPECT_TRUE(durable.get_future().get().ok());
+}
+
+}  // namespace
+}  // namespace gnomon::engine
