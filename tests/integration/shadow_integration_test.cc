@@ -1670,5 +1670,52 @@ TEST_F(ShadowIntegrationTest, AFullDiskRefusesWritesAndLosesOrAltersNothingAccep
   EXPECT_EQ(Call("GET", "/v1/things/f1/shadow").second, after);
 }
 
+// A state the store cannot take: the message is dead-lettered (state_not_stored), the state
+// stays the last durable one, and once there is room counting goes on from it.
+TEST_F(ShadowIntegrationTest, ARuleStateTheDiskCannotTakeDeadLettersTheMessageAndChangesNothing) {
+  if (::geteuid() != 0) {
+    GNOMON_REQUIRE_SERVER(false, "mounting a small tmpfs needs root");
+  }
+  testing::SmallDisk disk(dir_.File("data"), "16m");
+  GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
+  dir_.Write("rules/report.lua", R"(
+    return rule { name = "count", from = "devices/+/telemetry",
+      handle = function(msg, ctx) ctx.state.n = (ctx.state.n or 0) + 1 end })");
+  std::filesystem::remove(dir_.File("rules/on_delta.lua"));
+  dir_.Write("gnomon.yaml", Fill(R"(workers: 2
+data_dir: data
+sources:
+  - { name: ingest, type: http, device: "topic[2]" }
+dead_letter: { sink: dl }
+sinks:
+  - { name: dl, type: file, path: dl.jsonl, linger_ms: 0 }
+shadows: {}
+rules: [rules/*.lua]
+api: { listen: "127.0.0.1:{api}" }
+metrics: { listen: "127.0.0.1:{api}" }
+)"));
+  auto gnomon = StartGnomon();
+  auto post = [&] { return Call("POST", "/v1/ingest/devices/f1/telemetry", R"({"t":1})").first; };
+  auto n = [&] { return Call("GET", "/v1/things/f1/state?rule=count").second; };
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(post(), 202);
+  }
+  EXPECT_NE(n().find(R"("state":{"n":3})"), std::string::npos) << n();
+  disk.Fill();
+  EXPECT_EQ(post(), 202) << "finished: dead-lettered";
+  std::string dl = testing::ReadFile(dir_.File("dl.jsonl"));
+  EXPECT_NE(dl.find("state_not_stored"), std::string::npos) << dl;
+  EXPECT_NE(dl.find("ctx.state of rule count could not be stored"), std::string::npos) << dl;
+  EXPECT_NE(n().find(R"("state":{"n":3})"), std::string::npos) << n();
+  std::string metrics = Call("GET", "/metrics").second;
+  EXPECT_NE(metrics.find("gnomon_rule_state_writes_total{outcome=\"failed\"} 1"),
+            std::string::npos)
+      << metrics;
+  disk.Free();
+  ASSERT_EQ(post(), 202);
+  EXPECT_NE(n().find(R"("state":{"n":4})"), std::string::npos)
+      << "on from the durable state: " << n();
+}
+
 }  // namespace
 }  // namespace gnomon
