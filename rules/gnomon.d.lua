@@ -42,6 +42,7 @@
 ---@field log gnomon.Log Structured log lines carrying the rule and device.
 ---@field shadow gnomon.Shadow The classic shadow of `msg.device` (needs `shadows:` in the config).
 ---@field model gnomon.Model|nil The thing model bound to `msg.device`, or nil.
+---@field state table This rule's durable state for `msg.device` (docs/rules.md#state; needs `shadows:`). Read on first use in a call; written back when `handle` returns, only if it changed and only if the call succeeds. Must stay JSON (tables, strings, numbers, booleans) within `state.max_bytes`.
 local Context = {}
 
 ---A device shadow (docs/shadows.md). Reads happen once per call and show the state from before
@@ -135,12 +136,14 @@ function Context.now() end
 ---@field fail? string A substring of the error.
 ---@field invoke? table<string, table[]> Service calls by thing, in order: `{ service =, params = }`, subset match.
 ---@field shadow? table<string, table> Resulting shadows by device: `{ reported =, desired =, delta =, version = }`, subset match.
+---@field state? table<string, table|false> The rule's resulting `ctx.state` by device (subset match); false: the device has none.
 
 ---@class gnomon.Test
 ---@field name string
 ---@field input gnomon.TestInput|gnomon.TestInput[]
 ---@field now? number
 ---@field shadow? table<string, table> Initial shadows by device: `{ reported =, desired = }`.
+---@field state? table<string, table> The rule's initial `ctx.state` by device.
 ---@field expect gnomon.TestExpect
 
 ---@class gnomon.Limits
@@ -155,6 +158,10 @@ function Context.now() end
 ---@field device_failures? number The same, from one device, before the rule stops for that device only (default 10).
 ---@field cooldown_s? number How long a quarantine lasts before one message probes the rule again (default 60).
 
+---@class gnomon.StateOptions
+---@field version? integer The state's version (default 1); a state stored under another one goes through `migrate` first.
+---@field max_bytes? integer The most the state may take as JSON per device (default 65536, at most 1048576); a call that leaves more fails.
+
 ---@class gnomon.Rule
 ---@field name string Unique, [a-z0-9_-]+.
 ---@field description? string
@@ -164,6 +171,8 @@ function Context.now() end
 ---@field limits? gnomon.Limits
 ---@field jit? boolean Compile with LuaJIT; the instruction limit no longer applies.
 ---@field quarantine? gnomon.Quarantine
+---@field state? gnomon.StateOptions
+---@field migrate? fun(old: table, from_version: integer): table Turns a state stored under another `state.version` into this one's; runs once per device, on first use.
 ---@field handle fun(msg: gnomon.Message, ctx: gnomon.Context)
 ---@field tests? gnomon.Test[]
 
