@@ -233,6 +233,7 @@ metrics: { listen: "127.0.0.1:0", limits: {} }
         {"shadows.sync", sh.sync_full ? "full" : "normal"},
         {"shadows.max_pending_writes", n(sh.max_pending_writes)},
         {"shadows.cache_shadows", n(sh.cache_shadows)},
+        {"shadows.state_cache_mb", n(sh.state_cache_mb)},
         {"shadows.history", n(sh.history)},
         {"shadows.history_mb", n(sh.history_mb)},
     };
