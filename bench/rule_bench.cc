@@ -26,17 +26,36 @@ std::unique_ptr<RuleRuntime> Runtime(const std::string& body, bool jit = false) 
   return std::move(RuleRuntime::Create(*set, clock)).value();
 }
 
-void RunRule(benchmark::State& state, const std::string& body, bool jit = false) {
+// ctx.state as the engine keeps it for one device: the committed JSON, replaced by each
+// call's state effect.
+class OneState final : public StateReader {
+ public:
+  Result<std::optional<StoredState>> ReadState(std::string_view, std::string_view) override {
+    if (json.empty()) {
+      return std::optional<StoredState>();
+    }
+    return std::optional<StoredState>(StoredState{1, json});
+  }
+  std::string json;
+};
+
+void RunRule(benchmark::State& state, const std::string& body, bool jit = false,
+             OneState* states = nullptr) {
   auto rt = Runtime(body, jit);
   std::string payload = kPayload;
   payload.reserve(payload.size() + simdjson::SIMDJSON_PADDING);
   MessageView m{"devices/dev00042/telemetry", "dev00042", &payload, "bench", nullptr, 1};
+  m.states = states;
   CallResult r;
   for (auto _ : state) {
+    m.ts_ms += 1000;
     rt->Run(0, m, r);
     if (r.outcome == Outcome::kFailed) {
       state.SkipWithError(r.reason.c_str());
       break;
+    }
+    if (states != nullptr && !r.effects.empty() && r.effects.back().kind == Effect::Kind::kState) {
+      states->json = std::move(r.effects.back().payload);
     }
   }
   state.SetItemsProcessed(state.iterations());
@@ -106,6 +125,48 @@ void BM_ShadowReportToTable(benchmark::State& state) {
   RunRule(state, "ctx.shadow:report(json.totable(msg.payload))");
 }
 BENCHMARK(BM_ShadowReportToTable);
+
+}  // namespace
+}  // namespace gnomon::rules
+
+namespace gnomon::rules {
+namespace {
+
+// bench/rules/stateful.lua's window update: kept in ctx.state (decoded, changed and encoded on
+// every call) against the same update on a Lua table the rule keeps itself (no durability).
+constexpr const char* kWindowBody = R"(
+    local t = msg.payload.temp
+    local start = msg.ts - msg.ts % 300000
+    if s.start ~= start then
+      if s.start then
+        ctx.emit("alerts", { device = msg.device, start = s.start, count = s.count,
+                             avg = s.sum / s.count, min = s.min, max = s.max })
+      end
+      s.start, s.count, s.sum, s.min, s.max = start, 0, 0, t, t
+    end
+    s.count, s.sum = s.count + 1, s.sum + t
+    if t < s.min then s.min = t end
+    if t > s.max then s.max = t end)";
+
+void BM_WindowInCtxState(benchmark::State& state) {
+  OneState states;
+  RunRule(state, std::string("local s = ctx.state\n") + kWindowBody, false, &states);
+}
+BENCHMARK(BM_WindowInCtxState);
+
+void BM_WindowInLuaGlobal(benchmark::State& state) {
+  RunRule(state, std::string("W = W or {}; local s = W[msg.device] or {}; W[msg.device] = s\n") +
+                     kWindowBody);
+}
+BENCHMARK(BM_WindowInLuaGlobal);
+
+// The state read only (nothing changes, nothing is encoded... but the table is).
+void BM_CtxStateReadOnly(benchmark::State& state) {
+  OneState states;
+  states.json = R"({"start":1700000000000,"count":12,"sum":612.5,"min":40.25,"max":57.25})";
+  RunRule(state, "local s = ctx.state; if s.count > 1e9 then ctx.drop('x') end", false, &states);
+}
+BENCHMARK(BM_CtxStateReadOnly);
 
 }  // namespace
 }  // namespace gnomon::rules

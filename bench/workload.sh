@@ -3,13 +3,16 @@
 # telemetry messages (~200 bytes, 10k devices), the quickstart's overheat rule, and the common part
 # of a config (workers, file sinks for alerts and recorded publishes, rules) to WORK/base.yaml.
 # SHADOWS=1: the quickstart's rule, which also reports every reading to the device's shadow,
-# with the SQLite shadow store on.
+# with the SQLite shadow store on. STATE=1: bench/rules/stateful.lua (ctx.state read and written
+# per message: a 5-minute window per device), with the store on.
 bench_workload() {
   local work=$1 n=$2
   build/gnomon-sim gen --devices 10000 --count "$n" > "$work/capture.jsonl"
   mkdir -p "$work/rules"
   if [ "${SHADOWS:-0}" = 1 ]; then
     cp examples/quickstart/rules/overheat.lua "$work/rules/"   # + ctx.shadow:report per message
+  elif [ "${STATE:-0}" = 1 ]; then
+    cp bench/rules/stateful.lua "$work/rules/"
   else
     cp bench/rules/overheat.lua "$work/rules/"
   fi
@@ -25,5 +28,7 @@ rules: ["rules/*.lua"]
 YAML
   if [ "${SHADOWS:-0}" = 1 ]; then
     echo "shadows: { store: sqlite }" >> "$work/base.yaml"
+  elif [ "${STATE:-0}" = 1 ]; then
+    echo "shadows: {}" >> "$work/base.yaml"
   fi
 }

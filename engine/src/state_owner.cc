@@ -39,6 +39,8 @@ Result<const std::optional<shadow::RuleState>*> StateOwner::Get(
   std::string key = Key(rule, device);
   if (auto it = states_.find(key); it != states_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second.lru);
+    last_key_ = &it->first;
+    last_ = &it->second;
     return &it->second.state;
   }
   GNOMON_ASSIGN_OR_RETURN(std::optional<shadow::RuleState> stored,
@@ -46,7 +48,10 @@ Result<const std::optional<shadow::RuleState>*> StateOwner::Get(
   if (loads_ != nullptr) {
     loads_->Inc();
   }
-  return &Insert(std::move(key), std::move(stored)).state;
+  Entry& e = Insert(std::move(key), std::move(stored));
+  last_key_ = *e.lru;
+  last_ = &e;
+  return &e.state;
 }
 
 uint64_t StateOwner::epoch(const std::string& rule, const std::string& device) const {
@@ -66,14 +71,22 @@ void StateOwner::Put(const std::string& rule, const std::string& device,
     row.json.clear();  // deleted
   }
   uint64_t seq = store_.WriteState(rule, device, std::move(row), std::move(done), ep);
-  auto it = states_.find(key);
-  Entry& e = it != states_.end() ? it->second : Insert(key, std::nullopt);
-  if (it != states_.end()) {
-    lru_.splice(lru_.begin(), lru_, e.lru);
+  Entry* e = last_ != nullptr && *last_key_ == key ? last_ : nullptr;
+  const std::string* k = last_key_;
+  if (e == nullptr) {
+    auto it = states_.find(key);
+    if (it == states_.end()) {
+      it = states_.emplace(key, Entry{}).first;
+      lru_.push_front(&it->first);
+      it->second.lru = lru_.begin();
+    }
+    e = &it->second;
+    k = &it->first;
   }
-  e.state = std::move(state);
-  e.written = seq;
-  Charge(e, it != states_.end() ? it->first : key);
+  lru_.splice(lru_.begin(), lru_, e->lru);
+  e->state = std::move(state);
+  e->written = seq;
+  Charge(*e, *k);
 }
 
 bool StateOwner::Evict(const std::string& rule, const std::string& device, uint64_t epoch) {
@@ -88,6 +101,8 @@ bool StateOwner::Evict(const std::string& rule, const std::string& device, uint6
 }
 
 void StateOwner::Forget(const std::string& key) {
+  last_ = nullptr;
+  last_key_ = nullptr;
   if (auto it = states_.find(key); it != states_.end()) {
     bytes_ -= it->second.charged;
     lru_.erase(it->second.lru);

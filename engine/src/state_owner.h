@@ -66,6 +66,10 @@ class StateOwner {
   std::list<const std::string*> lru_;              // most recently used first
   std::unordered_map<std::string, uint64_t> epochs_;  // copies dropped after a refused write
   size_t bytes_ = 0;
+  // The entry the last Get returned (a call reads its state, then writes it): Put finds it
+  // without a second lookup. Null after anything that may move or drop entries.
+  const std::string* last_key_ = nullptr;
+  Entry* last_ = nullptr;
 };
 
 }  // namespace gnomon::engine

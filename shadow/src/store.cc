@@ -41,13 +41,14 @@ constexpr const char* kSchema =
     // what its changes are charged (ShadowChange::Bytes). A row per change cost durable
     // updates ~20%, a table keyed by shadow and version ~60% (a page of its own per write).
     // Rules' durable state per device (ctx.state): the rule's state.version it was written
-    // under and the state as JSON.
+    // under and the state as JSON. WITHOUT ROWID: one b-tree to update per write, not a table
+    // and its key's index (states are small: 64 KiB at most by default).
     "CREATE TABLE IF NOT EXISTS rule_state ("
-    "  rule TEXT NOT NULL,"
     "  device TEXT NOT NULL,"
+    "  rule TEXT NOT NULL,"
     "  version INTEGER NOT NULL,"
     "  state TEXT NOT NULL,"
-    "  PRIMARY KEY (device, rule));"
+    "  PRIMARY KEY (device, rule)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS shadow_changes ("
     "  seq INTEGER PRIMARY KEY,"
     "  bytes INTEGER NOT NULL,"
