@@ -14,6 +14,7 @@
 
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
+#include "gnomon/rules/windows.h"
 #include "sandbox.h"
 
 namespace gnomon::rules {
@@ -78,13 +79,15 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   };
   static const std::set<std::string> kKnown = {
       "name", "description", "from",  "on_error", "max_attempts", "limits",
-      "jit",  "handle",      "tests", "quarantine", "state",      "migrate"};
+      "jit",  "handle",      "tests", "quarantine", "state",      "migrate",
+      "inactivity", "on_timer", "on_inactive"};
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING && kKnown.count(lua_tostring(L, -1)) == 0) {
       fail(fmt::format("rule: unknown field '{}' (known: name, description, from, on_error, "
-                       "max_attempts, limits, jit, quarantine, state, migrate, handle, tests)",
+                       "max_attempts, limits, jit, quarantine, state, migrate, inactivity, handle, on_timer, "
+                       "on_inactive, tests)",
                        lua_tostring(L, -1)));
     }
   }
@@ -207,6 +210,36 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   }
   info.has_migrate = lua_type(L, -1) == LUA_TFUNCTION;
   lua_pop(L, 1);
+  for (const char* f : {"on_timer", "on_inactive"}) {
+    lua_getfield(L, t, f);
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION) {
+      fail(fmt::format("rule.{}: must be a function({}, ctx)", f,
+                       std::string_view(f) == "on_timer" ? "t" : "ev"));
+    }
+    (std::string_view(f) == "on_timer" ? info.has_on_timer : info.has_on_inactive) =
+        lua_type(L, -1) == LUA_TFUNCTION;
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, t, "inactivity");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    auto ms = ParseDurationMs(lua_tostring(L, -1));
+    if (!ms.ok()) {
+      fail(fmt::format("rule.inactivity: {}", ms.status().message()));
+    } else if (*ms < 1000) {
+      fail("rule.inactivity: at least 1s");
+    } else {
+      info.inactivity_ms = *ms;
+    }
+  } else if (!lua_isnil(L, -1)) {
+    fail("rule.inactivity: a duration such as \"10m\"");
+  }
+  lua_pop(L, 1);
+  if (info.inactivity_ms > 0 && !info.has_on_inactive) {
+    fail("rule.inactivity: needs on_inactive = function(ev, ctx), which runs when it passes");
+  }
+  if (info.inactivity_ms == 0 && info.has_on_inactive) {
+    fail("rule.on_inactive: needs inactivity = \"10m\" (how long a silence is)");
+  }
 
   lua_getfield(L, t, "jit");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TBOOLEAN) {

@@ -10,6 +10,7 @@
 #include "gnomon/core/log.h"
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
+#include "gnomon/rules/windows.h"
 #include "gnomon/shadow/document.h"
 #include "gnomon/shadow/model.h"
 #include "lua_json.h"
@@ -35,6 +36,8 @@ struct RuleSlot {
   JsonContext json;
   MemoryBudget memory;
   int handle_ref = LUA_NOREF;  // the rule's handle function
+  int on_timer_ref = LUA_NOREF;     // on_timer, on_inactive (LUA_REFNIL: none)
+  int on_inactive_ref = LUA_NOREF;
   int rule_ref = LUA_NOREF;    // the rule's table
   int ctx_ref = LUA_NOREF;
   int msg_meta_ref = LUA_NOREF;
@@ -84,6 +87,13 @@ struct RuleRuntime::State {
   int state_ref = LUA_NOREF;
   std::string state_loaded;
   bool state_rewrite = false;
+  // The stored row of the call's (rule, device), read on the first ctx.state or ctx.timer, and
+  // the call's timers (copied from it on the first ctx.timer).
+  bool stored_read = false;
+  std::optional<StoredState> stored;
+  bool timers_used = false;
+  bool timers_changed = false;
+  std::vector<RuleTimer> timers;
 };
 
 namespace {
@@ -470,6 +480,26 @@ Result<int> ModelValidate(lua_State* L) {
 // __state_load() -> ctx.state's table for this call; or, when it was stored under another
 // state.version and the rule has `migrate`: the stored table, its version and migrate (the
 // prelude runs migrate and hands its result to __state_set).
+// The stored row of the call's (rule, device), read once per call. `what` names the caller in
+// errors.
+Result<const StoredState*> StoredRow(State* s, const char* what) {
+  if (!s->stored_read) {
+    if (s->msg->states == nullptr) {
+      return FailedPrecondition(fmt::format(
+          "{}: rule state is kept in the shadow store, which is off (see `shadows:` in the "
+          "config)",
+          what));
+    }
+    auto stored = s->msg->states->ReadState(s->rule->name, s->msg->device);
+    if (!stored.ok()) {
+      return stored.status().WithContext(what);
+    }
+    s->stored = std::move(stored).value();
+    s->stored_read = true;
+  }
+  return s->stored ? &*s->stored : nullptr;
+}
+
 Result<int> StateLoad(lua_State* L) {
   State* s = GetState(L);
   GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.state"));
@@ -477,30 +507,22 @@ Result<int> StateLoad(lua_State* L) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->state_ref);
     return 1;
   }
-  if (s->msg->states == nullptr) {
-    return FailedPrecondition(
-        "ctx.state: rule state is kept in the shadow store, which is off (see `shadows:` in "
-        "the config)");
-  }
-  auto stored = s->msg->states->ReadState(s->rule->name, s->msg->device);
-  if (!stored.ok()) {
-    return stored.status().WithContext("ctx.state");
-  }
+  GNOMON_ASSIGN_OR_RETURN(const StoredState* stored, StoredRow(s, "ctx.state"));
   s->state_loaded.clear();
   s->state_rewrite = false;
-  if (!stored->has_value()) {
+  if (stored == nullptr || stored->json.empty()) {
     lua_newtable(L);
   } else {
-    GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->slot->json, (*stored)->json)
+    GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->slot->json, stored->json)
                                .WithContext("ctx.state: the stored state"));
     if (lua_type(L, -1) != LUA_TTABLE) {
       return Internal("ctx.state: the stored state is not a table");
     }
-    s->state_loaded = std::move((*stored)->json);
-    if ((*stored)->version != s->rule->state_version) {
+    s->state_loaded = stored->json;
+    if (stored->version != s->rule->state_version) {
       s->state_rewrite = true;
       if (s->rule->has_migrate) {
-        lua_pushnumber(L, static_cast<lua_Number>((*stored)->version));
+        lua_pushnumber(L, static_cast<lua_Number>(stored->version));
         lua_rawgeti(L, LUA_REGISTRYINDEX, s->slot->rule_ref);
         lua_getfield(L, -1, "migrate");
         lua_remove(L, -2);
@@ -531,32 +553,183 @@ Result<int> StateSet(lua_State* L) {
   return 1;
 }
 
-// At the end of a successful call that used ctx.state: its new JSON as the call's last effect
-// when it changed (or must be rewritten under the current state.version). An error fails the
-// call: a value JSON cannot hold, or over state.max_bytes.
+// At the end of a successful call that used ctx.state or ctx.timer: the row's new state and
+// timers as the call's last effect when either changed (or the state must be rewritten under
+// the current state.version). An error fails the call: a value JSON cannot hold, or over
+// state.max_bytes.
 Status FinishState(lua_State* L, State* s, const RuleInfo& rule, CallResult& out) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->state_ref);
   std::string json;
-  Status st = EncodeValue(L, -1, &s->slot->json, json, "ctx.state");
-  lua_pop(L, 1);
-  GNOMON_RETURN_IF_ERROR(st);
-  if (json == "{}" || json == "[]") {
-    json.clear();  // no state: the device's row goes
+  bool state_changed = false;
+  if (s->state_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->state_ref);
+    Status st = EncodeValue(L, -1, &s->slot->json, json, "ctx.state");
+    lua_pop(L, 1);
+    GNOMON_RETURN_IF_ERROR(st);
+    if (json == "{}" || json == "[]") {
+      json.clear();  // no state
+    }
+    if (static_cast<int64_t>(json.size()) > rule.state_max_bytes) {
+      return FailedPrecondition(
+          fmt::format("ctx.state: {} bytes as JSON, over rule.state.max_bytes ({})", json.size(),
+                      rule.state_max_bytes));
+    }
+    state_changed = s->state_rewrite || json != s->state_loaded;
   }
-  if (static_cast<int64_t>(json.size()) > rule.state_max_bytes) {
-    return FailedPrecondition(
-        fmt::format("ctx.state: {} bytes as JSON, over rule.state.max_bytes ({})", json.size(),
-                    rule.state_max_bytes));
-  }
-  if (!s->state_rewrite && json == s->state_loaded) {
+  if (!state_changed && !s->timers_changed) {
     return {};
   }
   Effect e;
   e.kind = Effect::Kind::kState;
-  e.payload = std::move(json);
-  e.state_version = rule.state_version;
+  if (s->state_ref != LUA_NOREF) {
+    e.payload = std::move(json);
+    e.state_version = rule.state_version;
+  } else {  // only the timers changed
+    e.payload = s->stored ? s->stored->json : std::string();
+    e.state_version = s->stored ? s->stored->version : rule.state_version;
+  }
+  if (s->timers_used) {
+    e.timers = std::move(s->timers);
+  } else if (s->stored) {
+    e.timers = s->stored->timers;
+  }
   out.effects.push_back(std::move(e));
   return {};
+}
+
+// ctx.timer: the call's timers, copied from the stored row on first use.
+Result<std::vector<RuleTimer>*> CallTimers(State* s) {
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.timer"));
+  if (!s->timers_used) {
+    GNOMON_ASSIGN_OR_RETURN(const StoredState* stored, StoredRow(s, "ctx.timer"));
+    if (stored != nullptr) {
+      s->timers = stored->timers;
+    }
+    s->timers_used = true;
+  }
+  return &s->timers;
+}
+
+Result<std::string> TimerName(lua_State* L, int idx) {
+  if (lua_type(L, idx) != LUA_TSTRING) {
+    return InvalidArgument("ctx.timer: the first argument must be the timer's name (a string)");
+  }
+  size_t len = 0;
+  const char* p = lua_tolstring(L, idx, &len);
+  std::string_view name(p, len);
+  bool ok = !name.empty() && name.size() <= kMaxTimerNameBytes;
+  for (char c : name) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '_' || c == '-' || c == '.' || c == ':');
+  }
+  if (!ok) {
+    return InvalidArgument(fmt::format(
+        "ctx.timer: a timer's name is 1-{} characters of [A-Za-z0-9_.:-] (got '{}')",
+        kMaxTimerNameBytes, name.substr(0, 80)));
+  }
+  return std::string(name);
+}
+
+// Sets timer `name` (replacing one of that name) to fire at `due` with the data at `data_idx`.
+Status SetTimer(lua_State* L, State* s, std::string name, int64_t due, int data_idx) {
+  std::string data;
+  if (!lua_isnoneornil(L, data_idx)) {
+    GNOMON_RETURN_IF_ERROR(EncodeValue(L, data_idx, &s->slot->json, data, "ctx.timer data"));
+    if (data.size() > kMaxTimerDataBytes) {
+      return InvalidArgument(fmt::format("ctx.timer: data of {} bytes as JSON, over {}",
+                                         data.size(), kMaxTimerDataBytes));
+    }
+  }
+  GNOMON_ASSIGN_OR_RETURN(std::vector<RuleTimer> * timers, CallTimers(s));
+  for (RuleTimer& t : *timers) {
+    if (t.name == name) {
+      t.due_ms = due;
+      t.data = std::move(data);
+      s->timers_changed = true;
+      return {};
+    }
+  }
+  if (timers->size() >= kMaxTimers) {
+    return FailedPrecondition(fmt::format(
+        "ctx.timer: {} timers are pending for this device already (at most {} per rule and "
+        "device); cancel one first",
+        timers->size(), kMaxTimers));
+  }
+  timers->push_back(RuleTimer{std::move(name), due, std::move(data)});
+  s->timers_changed = true;
+  return {};
+}
+
+// ctx.timer.after(name, duration [, data]): fires on_timer `duration` from now.
+Result<int> TimerAfter(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.timer"));
+  GNOMON_ASSIGN_OR_RETURN(std::string name, TimerName(L, 1));
+  int64_t ms = 0;
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    double d = lua_tonumber(L, 2);
+    if (!(d >= 0 && d <= static_cast<double>(kMaxTimerAheadMs))) {
+      return InvalidArgument("ctx.timer.after: the delay must be 0 to 10 years (in ms)");
+    }
+    ms = static_cast<int64_t>(d);
+  } else if (lua_type(L, 2) == LUA_TSTRING) {
+    auto parsed = ParseDurationMs(lua_tostring(L, 2));
+    if (!parsed.ok()) {
+      return parsed.status().WithContext("ctx.timer.after");
+    }
+    ms = *parsed;
+  } else {
+    return InvalidArgument("ctx.timer.after: the delay must be a duration (\"1m\") or ms");
+  }
+  if (ms > kMaxTimerAheadMs) {
+    return InvalidArgument("ctx.timer.after: at most 10 years ahead");
+  }
+  GNOMON_RETURN_IF_ERROR(SetTimer(L, s, std::move(name), s->clock->NowMs() + ms, 3));
+  return 0;
+}
+
+// ctx.timer.at(name, epoch_ms [, data]): fires on_timer at that time (at once if it passed).
+Result<int> TimerAt(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.timer"));
+  GNOMON_ASSIGN_OR_RETURN(std::string name, TimerName(L, 1));
+  double at = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : -1;
+  int64_t now = s->clock->NowMs();
+  if (!(at >= 0 && at <= static_cast<double>(now + kMaxTimerAheadMs))) {
+    return InvalidArgument(
+        "ctx.timer.at: the time must be epoch ms, from 0 to 10 years from now");
+  }
+  GNOMON_RETURN_IF_ERROR(SetTimer(L, s, std::move(name), static_cast<int64_t>(at), 3));
+  return 0;
+}
+
+// ctx.timer.cancel(name) -> whether a timer of that name was pending.
+Result<int> TimerCancel(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_ASSIGN_OR_RETURN(std::string name, TimerName(L, 1));
+  GNOMON_ASSIGN_OR_RETURN(std::vector<RuleTimer> * timers, CallTimers(s));
+  auto it = std::find_if(timers->begin(), timers->end(),
+                         [&](const RuleTimer& t) { return t.name == name; });
+  lua_pushboolean(L, it != timers->end() ? 1 : 0);
+  if (it != timers->end()) {
+    timers->erase(it);
+    s->timers_changed = true;
+  }
+  return 1;
+}
+
+// ctx.timer.due(name) -> the epoch ms timer `name` fires at, or nil.
+Result<int> TimerDue(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_ASSIGN_OR_RETURN(std::string name, TimerName(L, 1));
+  GNOMON_ASSIGN_OR_RETURN(std::vector<RuleTimer> * timers, CallTimers(s));
+  for (const RuleTimer& t : *timers) {
+    if (t.name == name) {
+      lua_pushnumber(L, static_cast<lua_Number>(t.due_ms));
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
 }
 
 // Shadow handles, in Lua: reads are fetched once per call and shared by every handle of the
@@ -821,6 +994,27 @@ void PushStateClosure(lua_State* L, State* s, lua_CFunction f) {
 
 namespace {
 
+// Pushes handle's msg table for `msg`.
+void PushMsg(lua_State* L, RuleSlot* slot, const MessageView& msg) {
+  lua_createtable(L, 0, 6);
+  auto set = [L, slot](RuleSlot::MsgKey key, std::string_view value) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_key_refs[key]);
+    lua_pushlstring(L, value.data(), value.size());
+    lua_rawset(L, -3);
+  };
+  set(RuleSlot::kTopic, msg.topic);
+  set(RuleSlot::kDevice, msg.device);
+  set(RuleSlot::kSource, msg.source);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_key_refs[RuleSlot::kTs]);
+  lua_pushnumber(L, static_cast<lua_Number>(msg.ts_ms));
+  lua_rawset(L, -3);
+  lua_pushlightuserdata(L, &kGenerationKey);
+  lua_pushnumber(L, static_cast<lua_Number>(slot->json.generation));
+  lua_rawset(L, -3);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_meta_ref);
+  lua_setmetatable(L, -2);
+}
+
 // Builds rule `info`'s state: the sandbox, ctx (frozen), and the rule file loaded in it.
 Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& options,
                                             const RuleInfo& info) {
@@ -861,6 +1055,16 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
   PushStateClosure(L, s, LuaThunk<CtxInvoke>);
   lua_setfield(L, -2, "invoke");
   lua_createtable(L, 0, 4);
+  PushStateClosure(L, s, LuaThunk<TimerAfter>);
+  lua_setfield(L, -2, "after");
+  PushStateClosure(L, s, LuaThunk<TimerAt>);
+  lua_setfield(L, -2, "at");
+  PushStateClosure(L, s, LuaThunk<TimerCancel>);
+  lua_setfield(L, -2, "cancel");
+  PushStateClosure(L, s, LuaThunk<TimerDue>);
+  lua_setfield(L, -2, "due");
+  lua_setfield(L, -2, "timer");
+  lua_createtable(L, 0, 4);
   PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kDebug>>);
   lua_setfield(L, -2, "debug");
   PushStateClosure(L, s, LuaThunk<CtxLog<log::Level::kInfo>>);
@@ -899,6 +1103,12 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
   lua_pushliteral(L, "ctx.log");
   lua_call(L, 2, 1);
   lua_setfield(L, ctx, "log");
+  lua_getfield(L, ctx, "timer");
+  lua_pushvalue(L, freeze);
+  lua_insert(L, -2);
+  lua_pushliteral(L, "ctx.timer");
+  lua_call(L, 2, 1);
+  lua_setfield(L, ctx, "timer");
   lua_createtable(L, 0, 2);  // ctx's own metatable: shadow and model are made on use
   lua_pushvalue(L, freeze - 1);
   lua_setfield(L, -2, "__index");
@@ -916,6 +1126,10 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
   GNOMON_RETURN_IF_ERROR(LoadRuleChunk(L, info.file, info.source, /*interpreted=*/!info.jit));
   lua_getfield(L, -1, "handle");
   slot->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, -1, "on_timer");
+  slot->on_timer_ref = luaL_ref(L, LUA_REGISTRYINDEX);  // LUA_REFNIL when there is none
+  lua_getfield(L, -1, "on_inactive");
+  slot->on_inactive_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   slot->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
   lua_gc(L, LUA_GCCOLLECT, 0);
@@ -1068,29 +1282,27 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, slot->traceback_ref);
   int errfunc = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->handle_ref);
-
-  lua_createtable(L, 0, 6);
-  auto set = [L, slot](RuleSlot::MsgKey key, std::string_view value) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_key_refs[key]);
-    lua_pushlstring(L, value.data(), value.size());
-    lua_rawset(L, -3);
-  };
-  set(RuleSlot::kTopic, msg.topic);
-  set(RuleSlot::kDevice, msg.device);
-  set(RuleSlot::kSource, msg.source);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_key_refs[RuleSlot::kTs]);
-  lua_pushnumber(L, static_cast<lua_Number>(msg.ts_ms));
-  lua_rawset(L, -3);
-  lua_pushlightuserdata(L, &kGenerationKey);
-  lua_pushnumber(L, static_cast<lua_Number>(slot->json.generation));
-  lua_rawset(L, -3);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->msg_meta_ref);
-  lua_setmetatable(L, -2);
-
-  lua_rawgeti(L, LUA_REGISTRYINDEX, slot->ctx_ref);
-
-  int rc = lua_pcall(L, 2, 0, errfunc);
+  int rc = 0;
+  if (msg.call == MessageView::Call::kHandle) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, slot->handle_ref);
+    PushMsg(L, slot, msg);
+  } else {
+    int ref = msg.call == MessageView::Call::kTimer ? slot->on_timer_ref : slot->on_inactive_ref;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    Status st = lua_isfunction(L, -1)
+                    ? PushDecoded(L, &slot->json, msg.event)
+                    : FailedPrecondition(fmt::format(
+                          "rule {} has no {}", rule.name,
+                          msg.call == MessageView::Call::kTimer ? "on_timer" : "on_inactive"));
+    if (!st.ok()) {
+      lua_pushlstring(L, st.message().data(), st.message().size());
+      rc = LUA_ERRRUN;
+    }
+  }
+  if (rc == 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, slot->ctx_ref);
+    rc = lua_pcall(L, 2, 0, errfunc);
+  }
   memory.limit = memory.cap;
   CurrentMatchBudget() = nullptr;
   t_current = nullptr;
@@ -1123,17 +1335,24 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
       out.reason = "out of memory: " + out.reason;
     }
   }
-  if (s->state_ref != LUA_NOREF) {
+  if (s->state_ref != LUA_NOREF || s->timers_used) {
     if (out.outcome == Outcome::kOk) {
       if (Status st = FinishState(L, s, rule, out); !st.ok()) {
         out.outcome = Outcome::kFailed;
         out.reason = std::string(st.message());
       }
     }
-    luaL_unref(L, LUA_REGISTRYINDEX, s->state_ref);
+    if (s->state_ref != LUA_NOREF) {
+      luaL_unref(L, LUA_REGISTRYINDEX, s->state_ref);
+    }
     s->state_ref = LUA_NOREF;
     s->state_loaded.clear();
   }
+  s->stored_read = false;
+  s->stored.reset();
+  s->timers_used = false;
+  s->timers_changed = false;
+  s->timers.clear();
   if (out.outcome != Outcome::kOk) {
     out.effects.clear();
   }

@@ -12,6 +12,34 @@
 
 namespace gnomon::rules {
 
+Result<int64_t> ParseDurationMs(std::string_view text) {
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') {
+    ++digits;
+  }
+  std::string_view unit = text.substr(digits);
+  int64_t scale = unit == "ms"  ? 1
+                  : unit == "s" ? 1000
+                  : unit == "m" ? 60'000
+                  : unit == "h" ? 3'600'000
+                  : unit == "d" ? 86'400'000
+                                : 0;
+  if (digits == 0 || digits > 12 || scale == 0) {
+    return InvalidArgument(fmt::format(
+        "'{}' is not a duration (an integer and a unit: ms, s, m, h or d, as in \"10m\")",
+        text.substr(0, 64)));
+  }
+  int64_t n = 0;
+  for (size_t i = 0; i < digits; ++i) {
+    n = n * 10 + (text[i] - '0');
+  }
+  if (n <= 0 || n > kMaxWindowSpan / scale) {
+    return InvalidArgument(
+        fmt::format("duration '{}' must be above 0 and at most 2^40 ms (about 35 years)", text));
+  }
+  return n * scale;
+}
+
 namespace {
 
 constexpr std::array<std::string_view, 8> kAggNames = {"count", "sum",   "avg",  "min",

@@ -33,10 +33,10 @@ class FakeStates final : public StateReader {
       if (e.kind != Effect::Kind::kState) {
         continue;
       }
-      if (e.payload.empty()) {
+      if (e.payload.empty() && e.timers.empty()) {
         states.erase({rule, device});
       } else {
-        states[{rule, device}] = StoredState{e.state_version, e.payload};
+        states[{rule, device}] = StoredState{e.state_version, e.payload, e.timers};
       }
     }
   }
@@ -57,14 +57,18 @@ class StateTest : public ::testing::Test {
     rt_ = std::move(rt).value();
   }
 
-  // Runs the rule on `payload` from `device` and applies its state as the engine would.
+  // Runs the rule on `payload` from `device` (or its on_timer / on_inactive on `event`) and
+  // applies its state as the engine would.
   CallResult Run(const std::string& payload, const std::string& device = "d1",
-                 bool with_states = true) {
+                 bool with_states = true, MessageView::Call call = MessageView::Call::kHandle,
+                 const std::string& event = "") {
     payload_ = payload;
     payload_.reserve(payload_.size() + simdjson::SIMDJSON_PADDING);
     std::string topic = "devices/" + device + "/telemetry";
     MessageView m{topic, device, &payload_, "src", &headers_, 1234};
     m.states = with_states ? &states_ : nullptr;
+    m.call = call;
+    m.event = event;
     CallResult r;
     rt_->Run(0, m, r);
     if (r.outcome == Outcome::kOk) {
@@ -95,6 +99,24 @@ class StateTest : public ::testing::Test {
   std::string payload_;
   Headers headers_;
 };
+
+// A flat JSON object with its keys sorted (Lua tables keep no order).
+std::string Sorted(const std::string& text) {
+  simdjson::dom::parser p;
+  simdjson::dom::element e;
+  if (p.parse(text).get(e) != simdjson::SUCCESS || !e.is_object()) {
+    return text;
+  }
+  std::map<std::string, std::string> fields;
+  for (auto f : simdjson::dom::object(e)) {
+    fields[std::string(f.key)] = simdjson::minify(f.value);
+  }
+  std::string out = "{";
+  for (const auto& [k, v] : fields) {
+    out += (out.size() > 1 ? ",\"" : "\"") + k + "\":" + v;
+  }
+  return out + "}";
+}
 
 constexpr const char* kCounter = R"lua(
     if msg.payload.temp > 50 then
@@ -241,6 +263,113 @@ TEST_F(StateTest, WithoutAStoreOrWhenItFailsTheCallFailsAndSaysWhy) {
   EXPECT_NE(r.reason.find("ctx.state: disk on fire"), std::string::npos) << r.reason;
 }
 
+TEST_F(StateTest, TimersAreSetReplacedCancelledAndWrittenWithTheRow) {
+  Load(R"lua(
+    if msg.payload.set then ctx.timer.after("recheck", "1m", { why = msg.payload.set }) end
+    if msg.payload.at then ctx.timer.at("wake", msg.payload.at) end
+    if msg.payload.cancel then ctx.emit("out", { had = ctx.timer.cancel("recheck") }) end
+    ctx.emit("out", { due = ctx.timer.due("recheck") or false }))lua");
+  CallResult r = Run(R"({"set":"hot"})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  const Effect* e = StateEffect(r);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->payload, "") << "no ctx.state: the row holds timers only";
+  ASSERT_EQ(e->timers.size(), 1u);
+  EXPECT_EQ(e->timers[0], (RuleTimer{"recheck", 1700000000123 + 60000, R"({"why":"hot"})"}));
+  EXPECT_EQ(r.effects[0].payload, R"({"due":1700000060123})");
+
+  r = Run(R"({"set":"again","at":5})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_NE(StateEffect(r), nullptr);
+  auto timers = states_.states[{"st", "d1"}].timers;
+  ASSERT_EQ(timers.size(), 2u) << "a timer of the same name is replaced";
+  EXPECT_EQ(timers[0].data, R"({"why":"again"})");
+  EXPECT_EQ(timers[1], (RuleTimer{"wake", 5, ""}));
+
+  r = Run(R"({})");
+  EXPECT_EQ(StateEffect(r), nullptr) << "read, not changed";
+  r = Run(R"({"cancel":true})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.effects[0].payload, R"({"had":true})");
+  EXPECT_EQ(r.effects[1].payload, R"({"due":false})");
+  EXPECT_EQ((states_.states[{"st", "d1"}].timers.size()), 1u);
+  r = Run(R"({"cancel":true})");
+  EXPECT_EQ(r.effects[0].payload, R"({"had":false})");
+  EXPECT_EQ(StateEffect(r), nullptr);
+}
+
+TEST_F(StateTest, TimersKeepTheStateAndAFailedCallSetsNone) {
+  states_.states[{"st", "d1"}] = StoredState{1, R"({"n":5})", {}};
+  Load(R"lua(
+    ctx.timer.after("t", 1000)
+    if msg.payload.bad then error("no") end)lua");
+  ASSERT_EQ(Run(R"({"bad":true})").outcome, Outcome::kFailed);
+  EXPECT_TRUE((states_.states[{"st", "d1"}].timers.empty()));
+  CallResult r = Run("{}");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  const Effect* e = StateEffect(r);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->payload, R"({"n":5})") << "the state it did not touch stays";
+  EXPECT_EQ(e->timers.size(), 1u);
+}
+
+TEST_F(StateTest, TimerBoundsAndBadArgumentsFailTheCallAndSayWhy) {
+  auto fails = [&](const std::string& body) {
+    Load(body);
+    CallResult r = Run("{}");
+    return r.outcome == Outcome::kFailed ? r.reason : std::string("<ok>");
+  };
+  EXPECT_NE(fails("for i = 1, 33 do ctx.timer.after('t' .. i, 1000) end")
+                .find("32 timers are pending for this device already (at most 32"),
+            std::string::npos);
+  EXPECT_EQ(fails("for i = 1, 32 do ctx.timer.after('t' .. i, 1000) end"), "<ok>");
+  EXPECT_NE(fails("ctx.timer.after('a b', 1000)").find("a timer's name is 1-64 characters"),
+            std::string::npos);
+  EXPECT_NE(fails("ctx.timer.after('t', '5 minutes')").find("is not a duration"),
+            std::string::npos);
+  EXPECT_NE(fails("ctx.timer.after('t', -1)").find("the delay must be 0 to 10 years"),
+            std::string::npos);
+  EXPECT_NE(fails("ctx.timer.at('t', 1e300)").find("from 0 to 10 years from now"),
+            std::string::npos);
+  EXPECT_NE(fails("ctx.timer.after('t', 1, string.rep('x', 5000))").find("over 4096"),
+            std::string::npos);
+  EXPECT_NE(fails("ctx.timer.after('t', 1, { f = function() end })").find("ctx.timer data.f"),
+            std::string::npos);
+  Load("ctx.timer.after('t', 1000)");
+  CallResult r = Run("{}", "d1", /*with_states=*/false);
+  EXPECT_NE(r.reason.find("ctx.timer: rule state is kept in the shadow store"),
+            std::string::npos)
+      << r.reason;
+}
+
+TEST_F(StateTest, OnTimerAndOnInactiveRunWithTheirEventAndTheDevicesState) {
+  states_.states[{"st", "d1"}] = StoredState{1, R"({"n":2})", {}};
+  Load("", R"(  on_timer = function(t, ctx)
+    ctx.state.n = ctx.state.n + 1
+    ctx.emit("out", { name = t.name, due = t.due, why = t.data.why, n = ctx.state.n })
+    ctx.timer.after("again", "1s")
+  end,
+  inactivity = "10m",
+  on_inactive = function(ev, ctx)
+    ctx.emit("out", { silent_since = ev.last_seen, shadow_device = ctx.shadow.thing })
+  end,
+)");
+  CallResult r = Run("", "d1", true, MessageView::Call::kTimer,
+                     R"({"name":"recheck","due":99,"data":{"why":"hot"}})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(Sorted(r.effects[0].payload), R"({"due":99,"n":3,"name":"recheck","why":"hot"})");
+  EXPECT_EQ(Stored(), R"({"n":3})");
+  EXPECT_EQ((states_.states[{"st", "d1"}].timers.size()), 1u);
+  r = Run("", "d1", true, MessageView::Call::kInactive, R"({"last_seen":42})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(Sorted(r.effects[0].payload), R"({"shadow_device":"d1","silent_since":42})");
+
+  Load("");  // no on_timer
+  r = Run("", "d1", true, MessageView::Call::kTimer, R"({"name":"x","due":1})");
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("rule st has no on_timer"), std::string::npos) << r.reason;
+}
+
 TEST_F(StateTest, StateDeclarationsAreChecked) {
   auto load = [](const std::string& extra) {
     std::string src = "return rule { name = 'x', from = 'a/#', " + extra +
@@ -254,6 +383,18 @@ TEST_F(StateTest, StateDeclarationsAreChecked) {
             std::string::npos);
   EXPECT_NE(load("state = { versoin = 2 },").find("rule.state"), std::string::npos);
   EXPECT_NE(load("migrate = 3,").find("rule.migrate: must be a function"), std::string::npos);
+  EXPECT_EQ(load("inactivity = '10m', on_inactive = function() end,"), "ok");
+  EXPECT_NE(load("inactivity = '10m',").find("rule.inactivity: needs on_inactive"),
+            std::string::npos);
+  EXPECT_NE(load("on_inactive = function() end,").find("rule.on_inactive: needs inactivity"),
+            std::string::npos);
+  EXPECT_NE(load("inactivity = '10 min', on_inactive = function() end,")
+                .find("rule.inactivity: '10 min' is not a duration"),
+            std::string::npos);
+  EXPECT_NE(load("inactivity = '500ms', on_inactive = function() end,")
+                .find("rule.inactivity: at least 1s"),
+            std::string::npos);
+  EXPECT_NE(load("on_timer = 'x',").find("rule.on_timer: must be a function"), std::string::npos);
 }
 
 }  // namespace

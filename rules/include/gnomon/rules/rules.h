@@ -47,6 +47,11 @@ struct RuleInfo {
   int64_t state_version = 1;
   int64_t state_max_bytes = 65536;
   bool has_migrate = false;
+  // `inactivity` (ms; 0: none): on_inactive runs once a device that reached this rule has sent
+  // it nothing for so long. on_timer runs the rule's ctx.timer timers.
+  int64_t inactivity_ms = 0;
+  bool has_on_timer = false;
+  bool has_on_inactive = false;
   // Quarantine (a circuit breaker; only failures that are the rule's own fault count: errors
   // in its code and exceeded limits, not ctx.fail): more than `quarantine_failures` within
   // `quarantine_window_s` stop the rule for `quarantine_cooldown_s`, then one message probes
@@ -62,6 +67,20 @@ struct RuleInfo {
 
 // The largest state.max_bytes a rule may declare.
 inline constexpr int64_t kMaxStateBytes = 1 << 20;
+// ctx.timer: timers one rule may have pending per device, the JSON of a timer's data, how far
+// ahead one may be set (10 years), and a timer name's bytes ([A-Za-z0-9_.:-]).
+inline constexpr size_t kMaxTimers = 32;
+inline constexpr size_t kMaxTimerDataBytes = 4096;
+inline constexpr int64_t kMaxTimerAheadMs = int64_t{10} * 366 * 86'400'000;
+inline constexpr size_t kMaxTimerNameBytes = 64;
+
+// A pending ctx.timer timer of one (rule, device).
+struct RuleTimer {
+  std::string name;
+  int64_t due_ms = 0;  // epoch ms
+  std::string data;    // JSON ("": none)
+  bool operator==(const RuleTimer&) const = default;
+};
 
 // The most a rule may ask for (`rules.max_limits`, `rules.allow_jit` in the config): a rule
 // whose limits are above them fails to load.
@@ -125,9 +144,11 @@ struct Effect {
   std::string topic;   // kPublish: the topic; kEmit: optional topic override; kInvoke: service
   // kEmit, kPublish: the record. kShadowUpdate: the update request (docs/shadows.md) as JSON.
   // kInvoke: the params (a JSON object). kState: the rule's new state for the message's
-  // device as JSON (empty: it has none now); one at most per call, the last effect.
+  // device as JSON (empty: it has none now), when it or the timers changed; one at most per
+  // call, the last effect.
   std::string payload;
   int64_t state_version = 0;  // kState: the rule's state.version
+  std::vector<RuleTimer> timers;  // kState: the (rule, device)'s pending timers, all of them
   // kShadowUpdate: the shadow's thing and name ("": classic). kInvoke: the thing.
   std::string thing;
   std::string shadow_name;
@@ -178,7 +199,8 @@ class ShadowReader {
 // was written under, and the state as JSON.
 struct StoredState {
   int64_t version = 1;
-  std::string json;
+  std::string json;               // "": no state (the row may hold timers only)
+  std::vector<RuleTimer> timers;  // pending, by name
 };
 
 // ctx.state's committed state, provided by the engine (or the test harness). Called on the
@@ -194,6 +216,9 @@ class StateReader {
 
 // What a rule sees of a message. Views must outlive the call.
 struct MessageView {
+  // Which of the rule's functions runs: handle(msg, ctx), or on_timer(t, ctx) /
+  // on_inactive(ev, ctx) with `event` (a JSON object) as their first argument.
+  enum class Call : uint8_t { kHandle, kTimer, kInactive };
   std::string_view topic;
   std::string_view device;
   // The payload; if its std::string has SIMDJSON_PADDING spare capacity it is parsed in place.
@@ -206,8 +231,10 @@ struct MessageView {
   uint64_t id = 0;
   // Shadow reads; null: ctx.shadow reads fail with "device shadows are not enabled".
   ShadowReader* shadows = nullptr;
-  // ctx.state; null: using it fails the call (no store to keep it in).
+  // ctx.state and ctx.timer; null: using them fails the call (no store to keep them in).
   StateReader* states = nullptr;
+  Call call = Call::kHandle;
+  std::string_view event;  // kTimer, kInactive
 };
 
 // A worker's rules: every rule of a set loaded in a LuaJIT state of its own (so no rule can

@@ -53,6 +53,10 @@ struct Aggregates {
   bool operator==(const Aggregates&) const = default;
 };
 
+// A duration as rules write it: a number of ms, or a string "250ms", "30s", "10m", "2h", "1d"
+// (an integer and one unit). Errors name the text. At most kMaxWindowSpan.
+Result<int64_t> ParseDurationMs(std::string_view text);
+
 // Times an event may carry (ms; about ±146 million years, so the sums below cannot overflow),
 // and the longest length, hop or grace (2^40 ms, about 35 years).
 constexpr int64_t kMaxWindowTime = int64_t{1} << 62;
