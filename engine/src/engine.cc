@@ -49,6 +49,7 @@ Status Engine::Impl::Init() {
   GNOMON_RETURN_IF_ERROR(InitSources());
   GNOMON_RETURN_IF_ERROR(InitWorkers());
   GNOMON_RETURN_IF_ERROR(RestoreHistory());
+  GNOMON_RETURN_IF_ERROR(RestoreStates());
   return InitServices();
 }
 
@@ -234,6 +235,9 @@ Status Engine::Impl::Start() {
   if (services_enabled()) {
     service_timer_ = std::jthread([this](const std::stop_token& st) { ServiceTimer(st); });
   }
+  if (shadow_store_ && options_.mode != Mode::kDryRun) {
+    state_timer_ = std::jthread([this](const std::stop_token& st) { StateTimer(st); });
+  }
   accepting_ = true;
   started_ = true;
   for (size_t i = 0; i < sources_.size(); ++i) {
@@ -317,6 +321,10 @@ void Engine::Impl::Stop() {
   if (watcher_.joinable()) {
     watcher_.request_stop();
     watcher_.join();
+  }
+  if (state_timer_.joinable()) {
+    state_timer_.request_stop();
+    state_timer_.join();
   }
   if (service_timer_.joinable()) {
     service_timer_.request_stop();
@@ -630,6 +638,7 @@ void Engine::Impl::RunWorker(size_t index) {
                      [&](CallQuery& q) { QueryCall(w, q); },
                      [&](CallEvent& e) { w.calls->On(e); },
                      [&](CallTick&) { w.calls->Tick(); },
+                     [&](StateTick&) { FireDue(w); },
                  },
                  item);
     }
@@ -765,6 +774,15 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
       break;
     }
   }
+  // The row (ctx.state, timers) is the call's last effect; it is applied after the others
+  // (UpdateRow), and only if they were.
+  std::optional<rules::Effect> row;
+  if (result.outcome == rules::Outcome::kOk && !result.effects.empty() &&
+      result.effects.back().kind == rules::Effect::Kind::kState) {
+    row = std::move(result.effects.back());
+    result.effects.pop_back();
+  }
+  bool applied = false;
   bool rule_probe = rule_verdict == Breaker::Verdict::kProbe;
   bool device_probe = device_verdict == Breaker::Verdict::kProbe;
   bool fault = result.outcome == rules::Outcome::kFailed && !result.input_failure;
@@ -780,10 +798,10 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
   }
   switch (result.outcome) {
     case rules::Outcome::kOk:
-      if (!result.effects.empty()) {
+      if (!result.effects.empty() || row) {
         rm.emitted->Inc();
       }
-      Commit(w, m, rule, result);
+      applied = Commit(w, m, rule, result);
       break;
     case rules::Outcome::kFiltered: {
       // ctx.drop: counted (outcome="filtered"); its reason is kept as the rule's last drop
@@ -822,18 +840,16 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
       }
       break;
   }
+  if (w.states && ((row && applied) || view.call != rules::MessageView::Call::kHandle ||
+                   rule.inactivity_ms > 0)) {
+    UpdateRow(w, m, rule, row && applied ? &*row : nullptr, view.call);
+  }
 }
 
-void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
+bool Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
                           rules::CallResult& result) {
   if (!CommitShadowWrites(w, m, rule, result)) {
-    return;  // a shadow write was rejected: the message is dead-lettered, nothing applies
-  }
-  // The state first (it is the last effect): the owner's copy holds it before the next
-  // message of the device runs, whatever becomes of the records below.
-  if (!result.effects.empty() && result.effects.back().kind == rules::Effect::Kind::kState) {
-    CommitState(w, m, rule, result.effects.back());
-    result.effects.pop_back();
+    return false;  // a shadow write was rejected: the message is dead-lettered, nothing applies
   }
   for (rules::Effect& e : result.effects) {
     if (e.kind == rules::Effect::Kind::kShadowUpdate) {
@@ -888,6 +904,7 @@ void Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& ru
     }
     target->sink->Send(std::move(r));
   }
+  return true;
 }
 
 void Engine::Impl::CountDeadLetter(std::string_view reason) {

@@ -151,6 +151,8 @@ class Engine::Impl final : public Ingest,
     // Rule states (ctx.state) of the devices this worker owns (null without a store).
     std::unique_ptr<StateOwner> states;
     std::unique_ptr<rules::StateReader> rule_states;  // what ctx.state reads
+    std::atomic<bool> tick_queued{false};  // a StateTick is in `queue`
+    bool row_written = false;              // UpdateRow wrote a row (Fire looks)
   };
 
   // Where the answer to a shadow request goes.
@@ -183,7 +185,9 @@ class Engine::Impl final : public Ingest,
   bool BeforeRules(Worker& w, Message& m, bool& presence, bool& reply);
   void RunRule(Worker& w, Message& m, uint32_t idx, const rules::MessageView& view,
                rules::CallResult& result);
-  void Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
+  // The call's effects but its row (see UpdateRow); false when a shadow write was rejected
+  // (the message was dead-lettered and nothing applied).
+  bool Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
               rules::CallResult& result);
 
   // Rule state (states.cc).
@@ -191,12 +195,28 @@ class Engine::Impl final : public Ingest,
   Status InitWorkerStates(Worker& w);
   // A call's new state (its kState effect): the owner's copy now, durable before the message
   // is finished; a failed write dead-letters the message.
-  void CommitState(Worker& w, const Message& m, const rules::RuleInfo& rule, rules::Effect& e);
+  // At start, before the workers run: the rows with something due, to their owners' schedule.
+  Status RestoreStates();
+  // After a call of `rule` on `m.device`: the row takes the call's kState effect (`e`, null:
+  // none), a handle call moves the inactivity deadline, and the row is scheduled for what is
+  // due next. A changed row is written, holding the message until it is durable (a refused
+  // write dead-letters it as state_not_stored); a firing (`call` not kHandle) always writes.
+  void UpdateRow(Worker& w, const Message& m, const rules::RuleInfo& rule, rules::Effect* e,
+                 rules::MessageView::Call call);
   void DropState(Worker& w, const ShadowEviction& evict);
+  void StateTimer(const std::stop_token& st);
+  // On a StateTick: the due timers and silences of the worker's rows, each a call of its own.
+  void FireDue(Worker& w);
+  void Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule, const std::string& device,
+            rules::MessageView::Call call, std::string event);
   HttpResponse RuleStateRoute(const HttpRequest& req);
   Counter* state_stored_ = nullptr;
   Counter* state_failed_ = nullptr;
   Counter* state_loads_ = nullptr;
+  Counter* timers_fired_ = nullptr;
+  Counter* inactive_fired_ = nullptr;
+  std::string timer_source_name_ = "timer";
+  std::jthread state_timer_;
 
   // Shadows (shadows.cc).
   Status InitShadows();

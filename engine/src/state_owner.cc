@@ -1,96 +1,169 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "state_owner.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <iterator>
+
+#include "gnomon/core/json.h"
+#include "gnomon/shadow/value.h"
 
 namespace gnomon::engine {
 namespace {
-// What an entry costs beyond its key and JSON: the map node, the LRU node, the optional.
-constexpr size_t kEntryOverhead = 160;
+// What an entry costs beyond its key, JSON and timers: the map node, the LRU node, the row.
+constexpr size_t kEntryOverhead = 200;
 }  // namespace
+
+std::string EncodeTimers(const std::vector<rules::RuleTimer>& timers) {
+  if (timers.empty()) {
+    return {};
+  }
+  std::string out = "[";
+  for (const rules::RuleTimer& t : timers) {
+    if (out.size() > 1) {
+      out += ',';
+    }
+    json::ObjectWriter w(out);
+    w.Field("name", t.name).Field("due", t.due_ms);
+    if (!t.data.empty()) {
+      w.FieldRaw("data", t.data);
+    }
+    w.Close();
+  }
+  out += ']';
+  return out;
+}
+
+Result<std::vector<rules::RuleTimer>> DecodeTimers(std::string_view text) {
+  std::vector<rules::RuleTimer> out;
+  if (text.empty()) {
+    return out;
+  }
+  GNOMON_ASSIGN_OR_RETURN(shadow::Value v, shadow::Value::Parse(text));
+  if (!v.is_array()) {
+    return Internal("stored timers are not a JSON array");
+  }
+  for (const shadow::Value& t : v.items()) {
+    const shadow::Value* name = t.is_object() ? t.Find("name") : nullptr;
+    const shadow::Value* due = t.is_object() ? t.Find("due") : nullptr;
+    if (name == nullptr || name->kind() != shadow::Value::Kind::kString || due == nullptr ||
+        due->kind() != shadow::Value::Kind::kInt) {
+      return Internal("a stored timer is not {\"name\", \"due\"}");
+    }
+    const shadow::Value* data = t.Find("data");
+    out.push_back({name->as_string(), due->as_int(), data != nullptr ? data->Json() : ""});
+  }
+  return out;
+}
+
+int64_t StateOwner::Row::next_timer() const {
+  int64_t next = 0;
+  for (const rules::RuleTimer& t : state.timers) {
+    next = next == 0 ? t.due_ms : std::min(next, t.due_ms);
+  }
+  return next;
+}
 
 StateOwner::StateOwner(size_t budget_bytes, shadow::ShadowStore& store, Counter* loads)
     : budget_(budget_bytes), store_(store), loads_(loads) {}
 
-std::string StateOwner::Key(std::string_view rule, std::string_view device) {
-  std::string k;
-  k.reserve(rule.size() + device.size() + 1);
-  k.append(rule).push_back('\0');
-  k.append(device);
-  return k;
-}
-
 void StateOwner::Charge(Entry& e, const std::string& key) {
   bytes_ -= e.charged;
-  e.charged = key.size() + (e.state ? e.state->json.size() : 0) + kEntryOverhead;
+  size_t timers = 0;
+  for (const rules::RuleTimer& t : e.row.state.timers) {
+    timers += t.name.size() + t.data.size() + sizeof(rules::RuleTimer);
+  }
+  e.charged = key.size() + e.row.state.json.size() + timers + kEntryOverhead;
   bytes_ += e.charged;
 }
 
-StateOwner::Entry& StateOwner::Insert(std::string key, std::optional<shadow::RuleState> state) {
-  auto it = states_.emplace(std::move(key), Entry{std::move(state)}).first;
-  lru_.push_front(&it->first);
-  it->second.lru = lru_.begin();
-  Charge(it->second, it->first);
-  return it->second;
-}
-
-Result<const std::optional<shadow::RuleState>*> StateOwner::Get(
-    const std::string& rule, const std::string& device, shadow::ShadowStore::Reader& reader) {
-  std::string key = Key(rule, device);
-  if (auto it = states_.find(key); it != states_.end()) {
+Result<StateOwner::Row*> StateOwner::Get(const std::string& rule, const std::string& device,
+                                         shadow::ShadowStore::Reader& reader) {
+  std::string key = StateKey(rule, device);
+  if (auto it = rows_.find(key); it != rows_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second.lru);
     last_key_ = &it->first;
     last_ = &it->second;
-    return &it->second.state;
+    return &it->second.row;
   }
   GNOMON_ASSIGN_OR_RETURN(std::optional<shadow::RuleState> stored,
                           reader.LoadState(rule, device));
   if (loads_ != nullptr) {
     loads_->Inc();
   }
-  Entry& e = Insert(std::move(key), std::move(stored));
-  last_key_ = *e.lru;
-  last_ = &e;
-  return &e.state;
+  Row row;
+  if (stored) {
+    auto timers = DecodeTimers(stored->timers);
+    if (!timers.ok()) {
+      return timers.status().WithContext(
+          fmt::format("the state of rule {} for {} in the store", rule, device));
+    }
+    if (stored->json == "{}") {
+      stored->json.clear();  // a row with timers only
+    }
+    row.state = rules::StoredState{stored->version, std::move(stored->json),
+                                   std::move(timers).value()};
+    row.inactive_due = stored->inactive_due;
+  }
+  auto it = rows_.emplace(std::move(key), Entry{std::move(row)}).first;
+  lru_.push_front(&it->first);
+  it->second.lru = lru_.begin();
+  Charge(it->second, it->first);
+  last_key_ = &it->first;
+  last_ = &it->second;
+  if (stored && stored->next_due > 0) {
+    Schedule(it->first, stored->next_due);  // (rows read again after a Trim keep their timers)
+  }
+  return &it->second.row;
 }
 
 uint64_t StateOwner::epoch(const std::string& rule, const std::string& device) const {
   if (epochs_.empty()) {
     return 0;
   }
-  auto e = epochs_.find(Key(rule, device));
+  auto e = epochs_.find(StateKey(rule, device));
   return e != epochs_.end() ? e->second : 0;
 }
 
 void StateOwner::Put(const std::string& rule, const std::string& device,
-                     std::optional<shadow::RuleState> state, shadow::ShadowStore::Done done) {
-  std::string key = Key(rule, device);
-  uint64_t ep = epoch(rule, device);
-  shadow::RuleState row = state ? *state : shadow::RuleState{};
-  if (!state) {
-    row.json.clear();  // deleted
-  }
-  uint64_t seq = store_.WriteState(rule, device, std::move(row), std::move(done), ep);
+                     shadow::ShadowStore::Done done) {
+  std::string key = StateKey(rule, device);
   Entry* e = last_ != nullptr && *last_key_ == key ? last_ : nullptr;
   const std::string* k = last_key_;
   if (e == nullptr) {
-    auto it = states_.find(key);
-    if (it == states_.end()) {
-      it = states_.emplace(key, Entry{}).first;
+    auto it = rows_.find(key);
+    if (it == rows_.end()) {
+      it = rows_.emplace(key, Entry{}).first;
       lru_.push_front(&it->first);
       it->second.lru = lru_.begin();
     }
     e = &it->second;
     k = &it->first;
   }
+  const Row& row = e->row;
+  shadow::RuleState stored;
+  if (row.exists()) {
+    stored.version = row.state.version;
+    stored.json = row.state.json;
+    stored.timers = EncodeTimers(row.state.timers);
+    stored.inactive_due = row.inactive_due;
+    int64_t next = row.next_timer();
+    stored.next_due = next == 0 ? row.inactive_due
+                      : row.inactive_due == 0 ? next
+                                              : std::min(next, row.inactive_due);
+    if (stored.json.empty()) {
+      stored.json = "{}";  // (a row with timers only; an empty text would delete it)
+    }
+  }
+  e->written = store_.WriteState(rule, device, std::move(stored), std::move(done),
+                                 epoch(rule, device));
   lru_.splice(lru_.begin(), lru_, e->lru);
-  e->state = std::move(state);
-  e->written = seq;
   Charge(*e, *k);
 }
 
 bool StateOwner::Evict(const std::string& rule, const std::string& device, uint64_t epoch) {
-  std::string key = Key(rule, device);
+  std::string key = StateKey(rule, device);
   uint64_t& current = epochs_[key];
   if (current != epoch) {
     return false;
@@ -103,10 +176,10 @@ bool StateOwner::Evict(const std::string& rule, const std::string& device, uint6
 void StateOwner::Forget(const std::string& key) {
   last_ = nullptr;
   last_key_ = nullptr;
-  if (auto it = states_.find(key); it != states_.end()) {
+  if (auto it = rows_.find(key); it != rows_.end()) {
     bytes_ -= it->second.charged;
     lru_.erase(it->second.lru);
-    states_.erase(it);
+    rows_.erase(it);
   }
 }
 
@@ -119,7 +192,7 @@ size_t StateOwner::Trim() {
   size_t looked = 0;
   for (auto it = lru_.end(); bytes_ > budget_ && it != lru_.begin() && looked < 4096; ++looked) {
     --it;
-    if (states_.find(**it)->second.written > done) {
+    if (rows_.find(**it)->second.written > done) {
       continue;  // a reload must see its write
     }
     auto older = std::next(it);
@@ -128,6 +201,33 @@ size_t StateOwner::Trim() {
     it = older;
   }
   return dropped;
+}
+
+void StateOwner::Schedule(const std::string& key, int64_t due) {
+  if (due <= 0) {
+    return;
+  }
+  auto [it, added] = indexed_.try_emplace(key, due);
+  if (!added) {
+    if (it->second <= due) {
+      return;
+    }
+    due_.erase({it->second, key});
+    it->second = due;
+  }
+  due_.emplace(due, key);
+  pending_.store(due_.size(), std::memory_order_relaxed);
+}
+
+std::vector<std::string> StateOwner::TakeDue(int64_t now, size_t max) {
+  std::vector<std::string> out;
+  while (!due_.empty() && out.size() < max && due_.begin()->first <= now) {
+    auto node = due_.extract(due_.begin());
+    indexed_.erase(node.value().second);
+    out.push_back(std::move(node.value().second));
+  }
+  pending_.store(due_.size(), std::memory_order_relaxed);
+  return out;
 }
 
 }  // namespace gnomon::engine

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// The rules' durable state per device (ctx.state, docs/rules.md#state): what a rule reads, how
-// a call's new state is committed with its other effects, and GET /v1/things/{device}/state.
-// A device's states belong to the worker that owns the device (its messages run there), kept
-// by that worker's StateOwner and written in the shadow store's group commits.
+// The rules' durable rows per device (docs/rules.md#state): ctx.state, ctx.timer timers and the
+// inactivity deadline. What a rule reads, how a call's new row is committed with its other
+// effects, how due timers and silences become calls of their own (on_timer, on_inactive) on
+// the device's worker, and GET /v1/things/{device}/state. A device's rows belong to the worker
+// that owns the device (its messages run there), kept by that worker's StateOwner and written
+// in the shadow store's group commits.
+#include <algorithm>
+
 #include "api_error.h"
 #include "engine_impl.h"
 #include "gnomon/core/json.h"
@@ -10,7 +14,32 @@
 
 namespace gnomon::engine {
 
-// ctx.state for the rules of one worker: the states of the devices it owns, from its owner.
+namespace {
+// Rows a worker fires per tick at most (the rest on the next tick, 20 ms later).
+constexpr size_t kFiresPerTick = 1024;
+constexpr auto kStateTick = std::chrono::milliseconds(20);
+
+// How much later than the device's last message the durable inactivity deadline may be: it is
+// pushed only once per this much time, not on every message (after a restart on_inactive can
+// come this late; while gnomon runs it comes on time).
+int64_t InactivitySlack(int64_t inactivity_ms) {
+  return std::max<int64_t>(1000, inactivity_ms / 10);
+}
+
+// When the row's next timer or silence is due (0: nothing).
+int64_t NextDue(const StateOwner::Row& row, const rules::RuleInfo* rule) {
+  int64_t next = row.next_timer();
+  if (row.inactive_due > 0 && rule != nullptr && rule->inactivity_ms > 0) {
+    int64_t exact = row.last_seen > 0 ? row.last_seen + rule->inactivity_ms : row.inactive_due;
+    next = next == 0 ? exact : std::min(next, exact);
+  } else if (row.inactive_due > 0) {
+    next = next == 0 ? row.inactive_due : std::min(next, row.inactive_due);
+  }
+  return next;
+}
+}  // namespace
+
+// ctx.state and ctx.timer for the rules of one worker: the rows of the devices it owns.
 class WorkerStateReader final : public rules::StateReader {
  public:
   WorkerStateReader(Engine::Impl* impl, void* worker) : impl_(impl), worker_(worker) {}
@@ -27,12 +56,28 @@ class WorkerStateReader final : public rules::StateReader {
 void Engine::Impl::InitStateMetrics() {
   auto writes = [&](const char* outcome) {
     return metrics_.GetCounter("gnomon_rule_state_writes_total",
-                               "Rule state (ctx.state) writes by outcome", {{"outcome", outcome}});
+                               "Rule state rows (ctx.state, timers, inactivity) written, by outcome",
+                               {{"outcome", outcome}});
   };
   state_stored_ = writes("stored");
   state_failed_ = writes("failed");
   state_loads_ = metrics_.GetCounter("gnomon_rule_state_loads_total",
-                                     "Rule states read from the store into their worker's cache");
+                                     "Rule state rows read from the store into their worker's cache");
+  auto fired = [&](const char* kind) {
+    return metrics_.GetCounter("gnomon_rule_timer_firings_total",
+                               "on_timer and on_inactive calls made", {{"kind", kind}});
+  };
+  timers_fired_ = fired("timer");
+  inactive_fired_ = fired("inactive");
+  metrics_.AddCollector([this](std::vector<prometheus::MetricFamily>& out) {
+    double pending = 0;
+    for (const auto& w : workers_) {
+      pending += w->states ? static_cast<double>(w->states->pending()) : 0;
+    }
+    out.push_back(OneSample("gnomon_rule_timers_pending",
+                            "Rule state rows with a timer or an inactivity deadline scheduled",
+                            prometheus::MetricType::Gauge, pending));
+  });
 }
 
 Status Engine::Impl::InitWorkerStates(Worker& w) {
@@ -45,39 +90,82 @@ Status Engine::Impl::InitWorkerStates(Worker& w) {
   return {};
 }
 
+Status Engine::Impl::RestoreStates() {
+  if (!shadow_store_) {
+    return {};
+  }
+  GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
+  size_t n = 0;
+  GNOMON_RETURN_IF_ERROR(reader->Due([&](std::string_view device, std::string_view rule,
+                                         int64_t due) {
+    workers_[OwnerOf(device)]->states->Schedule(StateKey(rule, device), due);
+    ++n;
+  }));
+  if (n > 0) {
+    log::Info("rule timers restored", {{"rows", std::to_string(n)}});
+  }
+  return {};
+}
+
 Result<std::optional<rules::StoredState>> Engine::Impl::ReadStateFor(void* worker,
                                                                      std::string_view rule,
                                                                      std::string_view device) {
   Worker& w = *static_cast<Worker*>(worker);
-  GNOMON_ASSIGN_OR_RETURN(const std::optional<shadow::RuleState>* state,
-                          w.states->Get(std::string(rule), std::string(device),
-                                        w.shadows->reader()));
-  if (!*state) {
+  GNOMON_ASSIGN_OR_RETURN(StateOwner::Row * row, w.states->Get(std::string(rule),
+                                                                std::string(device),
+                                                                w.shadows->reader()));
+  if (row->state.json.empty() && row->state.timers.empty()) {
     return std::optional<rules::StoredState>();
   }
-  return std::optional<rules::StoredState>(rules::StoredState{(*state)->version, (*state)->json});
+  return std::optional<rules::StoredState>(row->state);
 }
 
-void Engine::Impl::CommitState(Worker& w, const Message& m, const rules::RuleInfo& rule,
-                               rules::Effect& e) {
+void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo& rule,
+                             rules::Effect* e, rules::MessageView::Call call) {
   if (options_.mode == Mode::kDryRun || !w.states) {
     return;  // a dry run applies nothing (and without a store no call gets this far)
   }
-  std::optional<shadow::RuleState> state;
-  if (!e.payload.empty()) {
-    state = shadow::RuleState{e.state_version, std::move(e.payload)};
+  bool handle = call == rules::MessageView::Call::kHandle;
+  auto got = w.states->Get(rule.name, m.device, w.shadows->reader());
+  if (!got.ok()) {
+    // Only an inactivity update can get here without the row read already (a call that used
+    // ctx.state read it): the deadline is not moved; the next message tries again.
+    log::Error("rule state could not be read",
+               {{"rule", rule.name}, {"device", m.device}, {"error", got.status().message()}});
+    return;
   }
+  StateOwner::Row& row = **got;
+  bool write = !handle;  // a firing always writes: its timer or deadline is gone
+  if (e != nullptr) {
+    row.state.version = e->state_version;
+    row.state.json = std::move(e->payload);
+    row.state.timers = std::move(e->timers);
+    write = true;
+  }
+  if (handle && rule.inactivity_ms > 0) {
+    int64_t now = clock_.NowMs();
+    row.last_seen = now;
+    if (row.inactive_due < now + rule.inactivity_ms) {
+      row.inactive_due = now + rule.inactivity_ms + InactivitySlack(rule.inactivity_ms);
+      write = true;
+    }
+  }
+  w.states->Schedule(StateKey(rule.name, m.device), NextDue(row, &rule));
+  if (!write) {
+    return;
+  }
+  w.row_written = true;
   uint64_t epoch = w.states->epoch(rule.name, m.device);
-  m.delivery->Hold();  // until the state is durable
+  m.delivery->Hold();  // until the row is durable
   w.states->Put(
-      rule.name, m.device, std::move(state),
+      rule.name, m.device,
       [this, d = m.delivery, rule = rule.name, device = m.device, epoch, source = m.source,
        topic = m.topic, payload = m.payload, ts = m.ts_ms](const Status& st) {
         if (st.ok()) {
           state_stored_->Inc();
         } else {
-          // The message's other effects went out; its state did not: it is dead-lettered (a
-          // replay runs it again) and the worker reads the state from the store again.
+          // The message's other effects went out; its row did not: it is dead-lettered (a
+          // replay runs it again) and the worker reads the row from the store again.
           state_failed_->Inc();
           log::Error("rule state could not be stored",
                      {{"rule", rule}, {"device", device}, {"error", st.message()}});
@@ -98,8 +186,123 @@ void Engine::Impl::DropState(Worker& w, const ShadowEviction& evict) {
   }
 }
 
-// GET /v1/things/{device}/state[?rule=NAME]: the committed state of one rule for the device,
-// or of every rule that keeps one.
+void Engine::Impl::StateTimer(const std::stop_token& st) {
+  pthread_setname_np(pthread_self(), "gnomon-timers");
+  while (!st.stop_requested()) {
+    std::this_thread::sleep_for(kStateTick);
+    for (auto& w : workers_) {
+      // One tick in a queue at a time; behind messages, which it must not overtake anyway.
+      if (w->states && w->states->pending() > 0 && !w->tick_queued.exchange(true)) {
+        (void)w->queue.PushForce(StateTick{});
+      }
+    }
+  }
+}
+
+void Engine::Impl::FireDue(Worker& w) {
+  w.tick_queued = false;
+  if (!w.states || !accepting_) {
+    return;
+  }
+  int64_t now = clock_.NowMs();
+  const rules::RuleSet& set = *w.loaded->set;
+  for (const std::string& key : w.states->TakeDue(now, kFiresPerTick)) {
+    size_t zero = key.find('\0');
+    std::string rule_name = key.substr(0, zero);
+    std::string device = key.substr(zero + 1);
+    const auto& rules = set.rules();
+    auto it = std::find_if(rules.begin(), rules.end(),
+                           [&](const rules::RuleInfo& r) { return r.name == rule_name; });
+    if (it == rules.end()) {
+      continue;  // the rule is gone: its row waits (it is scheduled again if the rule returns
+                 // and the device's next message reaches it, or at the next start)
+    }
+    const rules::RuleInfo& rule = *it;
+    auto idx = static_cast<uint32_t>(it - rules.begin());
+    auto got = w.states->Get(rule_name, device, w.shadows->reader());
+    if (!got.ok()) {
+      log::Error("rule state could not be read for its timers",
+                 {{"rule", rule_name}, {"device", device}, {"error", got.status().message()}});
+      w.states->Schedule(key, now + 1000);  // try again in a second
+      continue;
+    }
+    while (true) {
+      StateOwner::Row& row = **got;
+      auto t = std::min_element(row.state.timers.begin(), row.state.timers.end(),
+                                [](const rules::RuleTimer& a, const rules::RuleTimer& b) {
+                                  return a.due_ms < b.due_ms;
+                                });
+      bool timer = t != row.state.timers.end() && t->due_ms <= now;
+      int64_t silent_since = 0;
+      bool inactive = false;
+      if (!timer && row.inactive_due > 0 && rule.inactivity_ms > 0) {
+        int64_t exact = row.last_seen > 0 ? row.last_seen + rule.inactivity_ms : row.inactive_due;
+        inactive = exact <= now;
+        silent_since = row.last_seen > 0
+                           ? row.last_seen
+                           : row.inactive_due - rule.inactivity_ms -
+                                 InactivitySlack(rule.inactivity_ms);
+      }
+      if (!timer && !inactive) {
+        w.states->Schedule(key, NextDue(row, &rule));
+        break;
+      }
+      std::string event;
+      json::ObjectWriter ev(event);
+      rules::MessageView::Call call;
+      if (timer) {
+        ev.Field("name", t->name).Field("due", t->due_ms);
+        if (!t->data.empty()) {
+          ev.FieldRaw("data", t->data);
+        }
+        row.state.timers.erase(t);  // gone with this call, whatever becomes of it
+        call = rules::MessageView::Call::kTimer;
+        timers_fired_->Inc();
+      } else {
+        ev.Field("last_seen", silent_since).Field("inactivity_ms", rule.inactivity_ms);
+        row.inactive_due = 0;  // until the device's next message
+        call = rules::MessageView::Call::kInactive;
+        inactive_fired_->Inc();
+      }
+      ev.Close();
+      Fire(w, idx, rule, device, call, std::move(event));
+      got = w.states->Get(rule_name, device, w.shadows->reader());  // (a refused write evicts)
+      if (!got.ok()) {
+        break;
+      }
+    }
+  }
+}
+
+void Engine::Impl::Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule,
+                        const std::string& device, rules::MessageView::Call call,
+                        std::string event) {
+  Message m;
+  m.topic = "$gnomon/rules/" + rule.name +
+            (call == rules::MessageView::Call::kTimer ? "/timer" : "/inactive");
+  m.device = device;
+  m.payload = std::move(event);
+  m.source = &timer_source_name_;
+  m.ts_ms = clock_.NowMs();
+  m.delivery = new Delivery(this, nullptr);
+  in_->Inc();
+  rules::MessageView view{m.topic,    m.device, &m.payload,      *m.source,
+                          &m.headers, m.ts_ms,  ++w.message_seq, w.rule_shadows.get(),
+                          w.rule_states.get()};
+  view.call = call;
+  view.event = m.payload;
+  rules::CallResult result;
+  w.row_written = false;
+  RunRule(w, m, idx, view, result);
+  if (!w.row_written) {
+    UpdateRow(w, m, rule, nullptr, call);  // the timer or deadline is gone even if the call
+                                           // failed (it was dead-lettered) or did not run
+  }
+  m.delivery->Release();  // the processing hold
+}
+
+// GET /v1/things/{device}/state[?rule=NAME]: the committed row of one rule for the device, or
+// of every rule that keeps one.
 HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
   const std::string& device = req.params.at(0);
   int64_t now_s = clock_.NowMs() / 1000;
@@ -108,7 +311,11 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
   }
   const std::string* rule = req.Query("rule");
   auto entry = [](json::ObjectWriter& w, const shadow::RuleState& s) {
-    w.Field("version", s.version).FieldRaw("state", s.json);
+    w.Field("version", s.version).FieldRaw("state", s.json.empty() ? "{}" : s.json);
+    w.FieldRaw("timers", s.timers.empty() ? "[]" : s.timers);
+    if (s.inactive_due > 0) {
+      w.Field("inactive_by", s.inactive_due);
+    }
   };
   HttpResponse out;
   MutexLock lock(api_reader_mu_);

@@ -84,8 +84,11 @@ struct CallEvent {
 // The service timer: look at timeouts, expiry and calls waiting to be sent.
 struct CallTick {};
 
-using WorkItem =
-    std::variant<Message, ShadowRequest, ShadowEviction, CallInvoke, CallQuery, CallEvent, CallTick>;
+// The rule timer: fire the rows whose timers or inactivity are due (Engine::Impl::FireDue).
+struct StateTick {};
+
+using WorkItem = std::variant<Message, ShadowRequest, ShadowEviction, CallInvoke, CallQuery,
+                              CallEvent, CallTick, StateTick>;
 
 // The message an item from outside carries (its device, source and delivery); null for the
 // engine's own items (evictions, call events, ticks).

@@ -48,7 +48,12 @@ constexpr const char* kSchema =
     "  rule TEXT NOT NULL,"
     "  version INTEGER NOT NULL,"
     "  state TEXT NOT NULL,"
+    "  timers TEXT NOT NULL,"
+    "  inactive_due INTEGER NOT NULL,"
+    "  next_due INTEGER NOT NULL,"
     "  PRIMARY KEY (device, rule)) WITHOUT ROWID;"
+    // The rows with something due, read at start to schedule them.
+    "CREATE INDEX IF NOT EXISTS rule_state_due ON rule_state (next_due) WHERE next_due > 0;"
     "CREATE TABLE IF NOT EXISTS shadow_changes ("
     "  seq INTEGER PRIMARY KEY,"
     "  bytes INTEGER NOT NULL,"
@@ -120,6 +125,7 @@ class SqliteReader final : public ShadowStore::Reader {
     changes_.Reset();
     state_.Reset();
     states_of_.Reset();
+    due_.Reset();
     db_.Close();
   }
 
@@ -138,11 +144,16 @@ class SqliteReader final : public ShadowStore::Reader {
         Prepare(db_, "SELECT thing, stored FROM service_calls ORDER BY seq", calls_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT seq, log FROM shadow_changes ORDER BY seq", changes_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "SELECT version, state, timers, inactive_due, next_due FROM "
+                                   "rule_state WHERE device = ?1 AND rule = ?2",
+                                   state_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "SELECT rule, version, state, timers, inactive_due, next_due "
+                                   "FROM rule_state WHERE device = ?1 ORDER BY rule",
+                                   states_of_));
     GNOMON_RETURN_IF_ERROR(Prepare(
-        db_, "SELECT version, state FROM rule_state WHERE device = ?1 AND rule = ?2", state_));
-    GNOMON_RETURN_IF_ERROR(Prepare(
-        db_, "SELECT rule, version, state FROM rule_state WHERE device = ?1 ORDER BY rule",
-        states_of_));
+        db_, "SELECT device, rule, next_due FROM rule_state WHERE next_due > 0", due_));
     return {};
   }
 
@@ -159,10 +170,30 @@ class SqliteReader final : public ShadowStore::Reader {
     if (rc != SQLITE_ROW) {
       return SqlError(db_, "rule state");
     }
-    std::optional<RuleState> out =
-        RuleState{sqlite3_column_int64(s, 0), std::string(sqlite::ColumnText(s, 1))};
+    std::optional<RuleState> out = Row(s, 0);
     sqlite3_reset(s);
     return out;
+  }
+
+  // The row at column `c` on: version, state, timers, inactive_due, next_due.
+  static RuleState Row(sqlite3_stmt* s, int c) {
+    return RuleState{sqlite3_column_int64(s, c), std::string(sqlite::ColumnText(s, c + 1)),
+                     std::string(sqlite::ColumnText(s, c + 2)), sqlite3_column_int64(s, c + 3),
+                     sqlite3_column_int64(s, c + 4)};
+  }
+
+  Status Due(const EachDue& each) override {
+    sqlite3_stmt* s = due_.get();
+    sqlite3_reset(s);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      each(sqlite::ColumnText(s, 0), sqlite::ColumnText(s, 1), sqlite3_column_int64(s, 2));
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "rule state");
+    }
+    return {};
   }
 
   Result<std::vector<std::pair<std::string, RuleState>>> StatesOf(
@@ -173,8 +204,7 @@ class SqliteReader final : public ShadowStore::Reader {
     std::vector<std::pair<std::string, RuleState>> out;
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-      out.emplace_back(std::string(sqlite::ColumnText(s, 0)),
-                       RuleState{sqlite3_column_int64(s, 1), std::string(sqlite::ColumnText(s, 2))});
+      out.emplace_back(std::string(sqlite::ColumnText(s, 0)), Row(s, 1));
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
@@ -269,7 +299,7 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   sqlite::Db db_;
-  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_;
+  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_, due_;
 };
 
 }  // namespace
@@ -281,9 +311,9 @@ class ShadowStore::Impl {
     Done done;
     bool barrier = false;  // no write: only `done`, in order
     bool call = false;     // a service call: `name` is its id; empty `stored` deletes it
-    bool state = false;    // a rule's state: `thing` is the device, `name` the rule, `stored`
-                           // the JSON (empty: deleted)
-    int64_t version = 0;   // state: the rule's state.version
+    bool state = false;    // a rule's row: `thing` is the device, `name` the rule, `stored`
+                           // the state's JSON (empty: the row is deleted), the rest in `row`
+    RuleState row{};       // state: version, timers, inactive_due, next_due (json unused)
     uint64_t epoch = 0;    // of the writer's copy of the shadow (see ShadowStore::Write)
     std::optional<ShadowChange> change{};
   };
@@ -330,9 +360,12 @@ class ShadowStore::Impl {
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "DELETE FROM service_calls WHERE id = ?1", call_delete_));
     GNOMON_RETURN_IF_ERROR(Prepare(db_,
-                                   "INSERT INTO rule_state (rule, device, version, state) VALUES "
-                                   "(?1, ?2, ?3, ?4) ON CONFLICT (device, rule) DO UPDATE SET "
-                                   "version = excluded.version, state = excluded.state",
+                                   "INSERT INTO rule_state (rule, device, version, state, timers, "
+                                   "inactive_due, next_due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+                                   "ON CONFLICT (device, rule) DO UPDATE SET version = "
+                                   "excluded.version, state = excluded.state, timers = "
+                                   "excluded.timers, inactive_due = excluded.inactive_due, "
+                                   "next_due = excluded.next_due",
                                    state_upsert_));
     GNOMON_RETURN_IF_ERROR(Prepare(db_, "DELETE FROM rule_state WHERE device = ?1 AND rule = ?2",
                                    state_delete_));
@@ -633,8 +666,11 @@ class ShadowStore::Impl {
     } else {
       sqlite::BindText(s, 1, p.name);
       sqlite::BindText(s, 2, p.thing);
-      sqlite3_bind_int64(s, 3, p.version);
+      sqlite3_bind_int64(s, 3, p.row.version);
       sqlite::BindText(s, 4, p.stored);
+      sqlite::BindText(s, 5, p.row.timers);
+      sqlite3_bind_int64(s, 6, p.row.inactive_due);
+      sqlite3_bind_int64(s, 7, p.row.next_due);
     }
     return Step(s, "rule state");
   }
@@ -699,7 +735,7 @@ uint64_t ShadowStore::WriteState(std::string rule, std::string device, RuleState
                                  Done done, uint64_t epoch) {
   Impl::Pending p{std::move(device), std::move(rule), std::move(state.json), std::move(done)};
   p.state = true;
-  p.version = state.version;
+  p.row = std::move(state);
   p.epoch = epoch;
   return impl_->Write(std::move(p));
 }

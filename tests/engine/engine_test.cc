@@ -539,6 +539,116 @@ TEST_F(EngineTest, RuleStateIsPerDeviceCommittedWithTheCallAndSurvivesARestart) 
   EXPECT_EQ((*d1)->version, 1);
 }
 
+// ctx.timer: a timer fires on_timer on the device's worker with its data and the device's
+// state; it is gone once fired, and one due while gnomon was down fires when it is back.
+TEST_F(EngineTest, TimersFireOnceWithTheirDataAndOneDueDuringAStopFiresAtTheNextStart) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "later", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        ctx.state.seen = (ctx.state.seen or 0) + 1
+        ctx.timer.after("t", msg.payload.after, { n = msg.payload.n })
+      end,
+      on_timer = function(t, ctx)
+        ctx.state.fired = (ctx.state.fired or 0) + 1
+        ctx.emit("out", { d = ctx.shadow.thing, name = t.name, n = t.data.n,
+                          seen = ctx.state.seen, fired = ctx.state.fired })
+      end })");
+  auto lines = [&] {
+    std::string out = testing::ReadFile(dir_.File("out.jsonl"));
+    return static_cast<size_t>(std::count(out.begin(), out.end(), '\n'));
+  };
+  {
+    auto engine = Start(Line("d1", 1, ",\"after\":200") + Line("d2", 2, ",\"after\":200"));
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return lines() >= 2; }, std::chrono::seconds(30)))
+        << testing::ReadFile(dir_.File("out.jsonl"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    std::string metrics = engine->metrics().Render();
+    engine->Stop();
+    EXPECT_NE(metrics.find("gnomon_rule_timer_firings_total{kind=\"timer\"} 2"),
+              std::string::npos)
+        << metrics;
+    EXPECT_NE(metrics.find("gnomon_rule_timers_pending 0"), std::string::npos) << metrics;
+  }
+  std::string out = testing::ReadFile(dir_.File("out.jsonl"));
+  EXPECT_EQ(lines(), 2u) << "each fired once: " << out;
+  EXPECT_NE(Canonical(out.substr(0, out.find('\n'))).find("\"name\":\"t\",\"seen\":1"),
+            std::string::npos)
+      << out;
+  for (const char* d : {"\"d\":\"d1\",\"fired\":1,", "\"d\":\"d2\",\"fired\":1,"}) {
+    bool found = false;
+    for (size_t at = 0; at < out.size();) {
+      size_t end = out.find('\n', at);
+      found = found || Canonical(out.substr(at, end - at)).find(d) != std::string::npos;
+      at = end + 1;
+    }
+    EXPECT_TRUE(found) << d << " in " << out;
+  }
+  // A timer 1 s ahead, and gnomon stopped at once: it fires when gnomon runs again.
+  {
+    auto engine = Start(Line("d3", 3, ",\"after\":1000"));
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+    engine->Stop();
+  }
+  EXPECT_EQ(lines(), 2u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  {
+    auto engine = Start("");
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return lines() >= 3; }, std::chrono::seconds(30)));
+    engine->Stop();
+  }
+  out = testing::ReadFile(dir_.File("out.jsonl"));
+  EXPECT_NE(out.find("\"d\":\"d3\""), std::string::npos) << out;
+  EXPECT_EQ(lines(), 3u) << out;
+}
+
+// inactivity: on_inactive once a device has been silent that long, once until it is heard
+// from again; a failing firing is dead-lettered and not repeated.
+TEST_F(EngineTest, InactivityFiresOnceAfterTheSilenceAndAFailingFiringIsDeadLetteredOnce) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "offline", from = "devices/+/telemetry",
+      inactivity = "1s",
+      handle = function(msg, ctx) end,
+      on_inactive = function(ev, ctx)
+        if ctx.shadow.thing == "bad" then error("cannot") end
+        ctx.emit("out", { d = ctx.shadow.thing, last_seen = ev.last_seen,
+                          inactivity_ms = ev.inactivity_ms })
+      end })");
+  int64_t before = clock_.NowMs();
+  auto engine = Start(Line("d1", 1) + Line("bad", 2));
+  ASSERT_NE(engine, nullptr);
+  std::string out;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        out = testing::ReadFile(dir_.File("out.jsonl"));
+        return !out.empty();
+      },
+      std::chrono::seconds(30)));
+  int64_t fired_at = clock_.NowMs();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  Engine::Counts c = engine->counts();
+  std::string metrics = engine->metrics().Render();
+  engine->Stop();
+  out = testing::ReadFile(dir_.File("out.jsonl"));
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << "once: " << out;
+  simdjson::dom::parser p;
+  simdjson::dom::element e = p.parse(out.substr(0, out.find('\n')));
+  EXPECT_EQ(std::string_view(e["d"]), "d1");
+  EXPECT_EQ(int64_t(e["inactivity_ms"]), 1000);
+  int64_t last_seen = e["last_seen"];
+  EXPECT_GE(last_seen, before);
+  EXPECT_GE(fired_at - last_seen, 1000) << "not before the silence";
+  EXPECT_EQ(c.dead_lettered, 1u) << "the failing firing, once";
+  std::string dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+  EXPECT_NE(dl.find("cannot"), std::string::npos) << dl;
+  EXPECT_NE(dl.find("$gnomon/rules/offline/inactive"), std::string::npos) << dl;
+  EXPECT_NE(metrics.find("gnomon_rule_timer_firings_total{kind=\"inactive\"} 2"),
+            std::string::npos)
+      << metrics;
+}
+
 // Without a store ctx.state cannot be kept: the call fails and says what to configure.
 TEST_F(EngineTest, RuleStateWithoutAStoreFailsTheCallAndSaysWhy) {
   WriteConfig("", R"(

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <future>
 #include <string>
 
@@ -30,7 +31,18 @@ std::string Json(StateOwner& owner, ShadowStore::Reader& reader, const std::stri
   if (!s.ok()) {
     return std::string(s.status().message());
   }
-  return **s ? (**s)->json : "<none>";
+  return (*s)->exists() ? (*s)->state.json : "<none>";
+}
+
+// Sets (rule, device)'s state to `json` (version `version`; "" : none) and writes it.
+void Put(StateOwner& owner, ShadowStore::Reader& reader, const std::string& rule,
+         const std::string& device, const std::string& json, ShadowStore::Done done,
+         int64_t version = 1) {
+  auto row = owner.Get(rule, device, reader);
+  ASSERT_TRUE(row.ok()) << row.status().message();
+  (*row)->state.json = json;
+  (*row)->state.version = version;
+  owner.Put(rule, device, std::move(done));
 }
 
 // States are read from the store once, then served from the owner; a write is the owner's copy
@@ -47,14 +59,14 @@ TEST(StateOwnerTest, ReadsOnceWritesThroughAndDeletes) {
   EXPECT_EQ(Json(owner, **reader, "r", "d1"), "<none>");
   EXPECT_EQ(loads->value(), 1u) << "a state that does not exist is cached too";
   std::promise<Status> durable;
-  owner.Put("r", "d1", RuleState{2, R"({"n":1})"},
-            [&durable](const Status& st) { durable.set_value(st); });
+  Put(owner, **reader, "r", "d1", R"({"n":1})",
+      [&durable](const Status& st) { durable.set_value(st); }, 2);
   EXPECT_EQ(Json(owner, **reader, "r", "d1"), R"({"n":1})") << "the owner's copy at once";
   ASSERT_TRUE(durable.get_future().get().ok());
   auto stored = (*reader)->LoadState("r", "d1");
   ASSERT_TRUE(stored.ok() && stored->has_value());
   EXPECT_EQ((*stored)->version, 2);
-  owner.Put("r", "d1", std::nullopt, nullptr);
+  Put(owner, **reader, "r", "d1", "", nullptr);
   store->Flush();
   EXPECT_EQ(Json(owner, **reader, "r", "d1"), "<none>");
   stored = (*reader)->LoadState("r", "d1");
@@ -75,7 +87,7 @@ TEST(StateOwnerTest, TrimKeepsTheBudgetAndNeverDropsAPendingWrite) {
   const std::string big(1000, 'x');
   StateOwner owner(2500, *store, loads);  // two states of ~1.2 KB fit, three do not
   for (const char* d : {"a", "b", "c"}) {
-    owner.Put("r", d, RuleState{1, "{\"s\":\"" + big + "\"}"}, nullptr);
+    Put(owner, **reader, "r", d, "{\"s\":\"" + big + "\"}", nullptr);
   }
   store->Flush();
   EXPECT_EQ(owner.Trim(), 1u) << "a, the least recently used";
@@ -93,7 +105,7 @@ TEST(StateOwnerTest, TrimKeepsTheBudgetAndNeverDropsAPendingWrite) {
     released.wait();
   });
   entered.get_future().wait();
-  owner.Put("r", "a", RuleState{1, "{\"s\":\"" + big + "y\"}"}, nullptr);
+  Put(owner, **reader, "r", "a", "{\"s\":\"" + big + "y\"}", nullptr);
   EXPECT_NE(Json(owner, **reader, "r", "b").find(big), std::string::npos);
   EXPECT_NE(Json(owner, **reader, "r", "c").find(big), std::string::npos);
   // a is the least recently used now, with its write in flight: b goes instead.
@@ -115,10 +127,10 @@ TEST(StateOwnerTest, EvictDropsTheCopyOfThatEpochOnceAndWritesOnWithTheNext) {
   auto reader = store->NewReader();
   ASSERT_TRUE(reader.ok());
   StateOwner owner(1 << 20, *store);
-  owner.Put("r", "d", RuleState{1, R"({"n":1})"}, nullptr);
+  Put(owner, **reader, "r", "d", R"({"n":1})", nullptr);
   store->Flush();
   EXPECT_EQ(owner.epoch("r", "d"), 0u);
-  owner.Put("r", "d", RuleState{1, R"({"n":2})"}, nullptr);  // as if it was refused
+  Put(owner, **reader, "r", "d", R"({"n":2})", nullptr);  // as if it was refused
   store->Flush();
   EXPECT_TRUE(owner.Evict("r", "d", 0));
   EXPECT_FALSE(owner.Evict("r", "d", 0)) << "that copy is gone already";
@@ -126,9 +138,85 @@ TEST(StateOwnerTest, EvictDropsTheCopyOfThatEpochOnceAndWritesOnWithTheNext) {
   EXPECT_EQ(owner.epoch("r", "other"), 0u);
   EXPECT_EQ(Json(owner, **reader, "r", "d"), R"({"n":2})") << "read again from the store";
   std::promise<Status> durable;
-  owner.Put("r", "d", RuleState{1, R"({"n":3})"},
-            [&durable](const Status& st) { durable.set_value(st); });
+  Put(owner, **reader, "r", "d", R"({"n":3})",
+      [&durable](const Status& st) { durable.set_value(st); });
   EXPECT_TRUE(durable.get_future().get().ok());
+}
+
+// Timers and the inactivity deadline go to the store with the state; the store's due rows are
+// what a restart schedules, and a row read again brings its schedule back.
+TEST(StateOwnerTest, TimersAndDeadlinesAreStoredAndScheduledEarliestFirst) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  StateOwner owner(1 << 20, *store);
+  auto row = owner.Get("r", "d1", **reader);
+  ASSERT_TRUE(row.ok());
+  (*row)->state.timers = {{"b", 300, R"({"x":[1,2]})"}, {"a", 200, ""}};
+  (*row)->inactive_due = 250;
+  owner.Put("r", "d1", nullptr);
+  row = owner.Get("r", "d2", **reader);
+  ASSERT_TRUE(row.ok());
+  (*row)->inactive_due = 100;
+  owner.Put("r", "d2", nullptr);
+  store->Flush();
+  auto stored = (*reader)->LoadState("r", "d1");
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  EXPECT_EQ((*stored)->next_due, 200);
+  EXPECT_EQ((*stored)->inactive_due, 250);
+  EXPECT_EQ((*stored)->json, "{}") << "a row with timers only";
+  auto timers = DecodeTimers((*stored)->timers);
+  ASSERT_TRUE(timers.ok()) << timers.status().message();
+  EXPECT_EQ(*timers, (std::vector<rules::RuleTimer>{{"b", 300, R"({"x":[1,2]})"}, {"a", 200, ""}}));
+
+  std::vector<std::string> due;
+  ASSERT_TRUE((*reader)->Due([&](std::string_view device, std::string_view rule, int64_t at) {
+    due.push_back(std::string(device) + "/" + std::string(rule) + "@" + std::to_string(at));
+  }).ok());
+  std::sort(due.begin(), due.end());
+  EXPECT_EQ(due, (std::vector<std::string>{"d1/r@200", "d2/r@100"}));
+
+  // A fresh owner (a restart) schedules what the store says and hands out the earliest first.
+  StateOwner after(1 << 20, *store);
+  after.Schedule(StateKey("r", "d1"), 200);
+  after.Schedule(StateKey("r", "d2"), 100);
+  after.Schedule(StateKey("r", "d1"), 900);  // later than what is scheduled: no change
+  EXPECT_EQ(after.pending(), 2u);
+  EXPECT_TRUE(after.TakeDue(99, 10).empty());
+  EXPECT_EQ(after.TakeDue(1000, 1), std::vector<std::string>{StateKey("r", "d2")});
+  EXPECT_EQ(after.TakeDue(1000, 10), std::vector<std::string>{StateKey("r", "d1")});
+  EXPECT_EQ(after.pending(), 0u);
+  auto back = after.Get("r", "d1", **reader);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ((*back)->state.json, "") << "a timers-only row has no state";
+  EXPECT_EQ((*back)->state.timers.size(), 2u);
+  EXPECT_EQ(after.pending(), 1u) << "a row read with something due is scheduled again";
+  EXPECT_EQ(after.TakeDue(1000, 10), std::vector<std::string>{StateKey("r", "d1")});
+
+  // Nothing left: the row goes.
+  (*back)->state.timers.clear();
+  (*back)->inactive_due = 0;
+  after.Put("r", "d1", nullptr);
+  store->Flush();
+  stored = (*reader)->LoadState("r", "d1");
+  ASSERT_TRUE(stored.ok());
+  EXPECT_FALSE(stored->has_value());
+}
+
+TEST(StateOwnerTest, DamagedStoredTimersAreAnErrorNamingTheRow) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  store->WriteState("r", "d1", RuleState{1, "{}", "[{\"nom\":1}]", 0, 5}, nullptr);
+  store->Flush();
+  StateOwner owner(1 << 20, *store);
+  auto row = owner.Get("r", "d1", **reader);
+  ASSERT_FALSE(row.ok());
+  EXPECT_NE(row.status().message().find("the state of rule r for d1 in the store"),
+            std::string::npos)
+      << row.status().message();
 }
 
 }  // namespace

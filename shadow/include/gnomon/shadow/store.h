@@ -44,11 +44,16 @@ struct ShadowChange {
   }
 };
 
-// A rule's durable state for one device (ctx.state, docs/rules.md): the rule's
-// `state.version` it was written under and the state as JSON.
+// A rule's durable row for one device (docs/rules.md#state): the rule's `state.version` it
+// was written under, the state as JSON (ctx.state), its pending timers (ctx.timer, a JSON array,
+// "" for none), when on_inactive is due at the latest (0: not armed), and the earliest of
+// those two (0: nothing due), which the store indexes.
 struct RuleState {
   int64_t version = 1;
   std::string json;
+  std::string timers;
+  int64_t inactive_due = 0;
+  int64_t next_due = 0;
 };
 
 struct StoreStats {
@@ -82,7 +87,7 @@ class ShadowStore {
   // Queues the stored form of service call `id` of `thing` (empty `stored`: the call is
   // forgotten). In the same order and transactions as the shadow writes.
   void WriteCall(std::string thing, std::string id, std::string stored, Done done);
-  // Queues rule `rule`'s state for `device` (empty `json`: the state is deleted). In the same
+  // Queues rule `rule`'s row for `device` (empty `json`: the row is deleted). In the same
   // order and transactions as the shadow writes, with the same `epoch` rule: after a refused
   // write of this (rule, device), writes of the same or an older epoch are refused too.
   uint64_t WriteState(std::string rule, std::string device, RuleState state, Done done,
@@ -111,6 +116,10 @@ class ShadowStore {
     // Every rule's state for `device` as (rule, state), by rule name.
     virtual Result<std::vector<std::pair<std::string, RuleState>>> StatesOf(
         std::string_view device) = 0;
+    // Calls `each` with every row that has something due (device, rule, next_due).
+    using EachDue = std::function<void(std::string_view device, std::string_view rule,
+                                       int64_t next_due)>;
+    virtual Status Due(const EachDue& each) = 0;
     // Every stored service call as (thing, stored form), in the order they were first written.
     virtual Result<std::vector<std::pair<std::string, std::string>>> Calls() = 0;
     // Calls `each` with every change in the history log, oldest first.
