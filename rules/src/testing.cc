@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/rules/testing.h"
+#include "gnomon/rules/windows.h"
 
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "gnomon/core/json.h"
 #include "gnomon/core/topic.h"
@@ -235,15 +239,36 @@ class TestStates final : public StateReader {
   }
   void Set(const std::string& device, StoredState s) { states_[device] = std::move(s); }
   void Apply(const std::string& device, const Effect& e) {
-    if (e.payload.empty()) {
+    if (e.payload.empty() && e.timers.empty()) {
       states_.erase(device);
     } else {
-      states_[device] = StoredState{e.state_version, e.payload};
+      states_[device] = StoredState{e.state_version, e.payload, e.timers};
     }
   }
   const StoredState* Find(const std::string& device) const {
     auto it = states_.find(device);
-    return it == states_.end() ? nullptr : &it->second;
+    return it == states_.end() || it->second.json.empty() ? nullptr : &it->second;
+  }
+  // The earliest pending timer of any device: (due, device, name); nullopt when none.
+  std::optional<std::tuple<int64_t, std::string, std::string>> NextTimer() const {
+    std::optional<std::tuple<int64_t, std::string, std::string>> next;
+    for (const auto& [device, s] : states_) {
+      for (const RuleTimer& t : s.timers) {
+        if (!next || t.due_ms < std::get<0>(*next)) {
+          next = std::make_tuple(t.due_ms, device, t.name);
+        }
+      }
+    }
+    return next;
+  }
+  // Removes timer `name` of `device` (it fires) and returns it.
+  RuleTimer Take(const std::string& device, const std::string& name) {
+    auto& timers = states_[device].timers;
+    auto it = std::find_if(timers.begin(), timers.end(),
+                           [&](const RuleTimer& t) { return t.name == name; });
+    RuleTimer t = *it;
+    timers.erase(it);
+    return t;
   }
 
  private:
@@ -343,9 +368,123 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   std::string drop_reason;  // the last ctx.drop's
   std::string failed;
   const RuleInfo& info = rule.set->rules()[0];
+  // A call's outcome and effects, as the engine would apply them: shadow writes (a rejected
+  // one fails the call), the row, then what the test compares.
+  auto settle = [&](const std::string& device, CallResult& result) {
+    if (result.outcome == Outcome::kOk) {
+      for (const Effect& eff : result.effects) {
+        if (eff.kind != Effect::Kind::kShadowUpdate) {
+          continue;
+        }
+        Status st = shadows.Update(eff.thing, eff.shadow_name, eff.payload);
+        if (!st.ok()) {
+          result.outcome = Outcome::kFailed;
+          result.reason = st.message();
+          break;
+        }
+      }
+    }
+    if (result.outcome == Outcome::kOk && !result.effects.empty() &&
+        result.effects.back().kind == Effect::Kind::kState) {
+      states.Apply(device, result.effects.back());
+    }
+    if (result.outcome == Outcome::kFailed) {
+      failed = result.reason;
+      return;
+    }
+    if (result.outcome == Outcome::kFiltered) {
+      dropped = true;
+      drop_reason = result.reason;
+      return;
+    }
+    for (const Effect& eff : result.effects) {
+      std::string record;
+      if (eff.json) {
+        record = eff.payload;
+      } else {
+        json::AppendQuoted(record, json::IsValidUtf8(eff.payload) ? eff.payload : "<binary>");
+      }
+      if (eff.kind == Effect::Kind::kEmit) {
+        emits[(*rt)->sink_name(eff.sink)].push_back(record);
+      } else if (eff.kind == Effect::Kind::kPublish) {
+        publishes[eff.topic].push_back(record);
+      } else if (eff.kind == Effect::Kind::kInvoke) {
+        std::string call;
+        json::ObjectWriter(call).Field("service", eff.topic).FieldRaw("params", eff.payload).Close();
+        invokes[eff.thing].push_back(std::move(call));
+      }
+    }
+  };
+  // Virtual time: the timers and silences due up to `until` fire, earliest first, each with
+  // the clock at its due time (as gnomon would run them); then the clock is `until`.
+  std::map<std::string, int64_t> last_seen;  // devices whose silence is armed (inactivity)
+  auto fire_until = [&](int64_t until) {
+    while (true) {
+      auto timer = states.NextTimer();
+      std::optional<std::pair<int64_t, std::string>> silence;
+      for (const auto& [device, seen] : last_seen) {
+        if (!silence || seen + info.inactivity_ms < silence->first) {
+          silence = std::make_pair(seen + info.inactivity_ms, device);
+        }
+      }
+      bool fire_timer = timer && std::get<0>(*timer) <= until &&
+                        (!silence || std::get<0>(*timer) <= silence->first);
+      bool fire_silence = !fire_timer && silence && silence->first <= until;
+      if (!fire_timer && !fire_silence) {
+        break;
+      }
+      std::string device, event;
+      json::ObjectWriter ev(event);
+      MessageView::Call call;
+      if (fire_timer) {
+        device = std::get<1>(*timer);
+        RuleTimer t = states.Take(device, std::get<2>(*timer));
+        clock.Set(std::max(clock.NowMs(), t.due_ms));
+        ev.Field("name", t.name).Field("due", t.due_ms);
+        if (!t.data.empty()) {
+          ev.FieldRaw("data", t.data);
+        }
+        call = MessageView::Call::kTimer;
+      } else {
+        device = silence->second;
+        clock.Set(std::max(clock.NowMs(), silence->first));
+        ev.Field("last_seen", last_seen[device]).Field("inactivity_ms", info.inactivity_ms);
+        last_seen.erase(device);
+        call = MessageView::Call::kInactive;
+      }
+      ev.Close();
+      std::string topic = "$gnomon/rules/" + info.name +
+                          (call == MessageView::Call::kTimer ? "/timer" : "/inactive");
+      std::string payload = event;
+      Headers none;
+      MessageView view{topic,  device, &payload, "timer", &none, clock.NowMs(), 0, &shadows,
+                       &states};
+      view.call = call;
+      view.event = event;
+      CallResult result;
+      (*rt)->Run(0, view, result);
+      settle(device, result);
+    }
+    clock.Set(std::max(clock.NowMs(), until));
+  };
   for (size_t i = 0; i < inputs.size(); ++i) {
     element m = inputs[i];
     std::string where = inputs.size() > 1 ? fmt::format("test.input[{}]", i + 1) : "test.input";
+    element adv;
+    if (m.type() == element_type::OBJECT && m["advance"].get(adv) == simdjson::SUCCESS) {
+      std::string_view text;
+      double ms_d = 0;
+      Result<int64_t> ms = adv.get_string().get(text) == simdjson::SUCCESS
+                               ? ParseDurationMs(text)
+                           : adv.get_double().get(ms_d) == simdjson::SUCCESS && ms_d >= 0
+                               ? Result<int64_t>(static_cast<int64_t>(ms_d))
+                               : Result<int64_t>(InvalidArgument("a duration (\"5m\") or ms"));
+      if (!ms.ok()) {
+        return fail(fmt::format("{}.advance: {}", where, ms.status().message()));
+      }
+      fire_until(clock.NowMs() + *ms);
+      continue;
+    }
     std::string_view topic;
     if (m.type() != element_type::OBJECT || m["topic"].get_string().get(topic) != simdjson::SUCCESS) {
       return fail(where + ".topic: required, a string");
@@ -380,7 +519,18 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
         }
       }
     }
-    int64_t ts = now;
+    double at_d = 0;
+    if (m["at"].get_double().get(at_d) == simdjson::SUCCESS) {
+      if (at_d < static_cast<double>(clock.NowMs())) {
+        return fail(fmt::format("{}.at: {} is before the test's clock ({}): time only goes "
+                                "forward",
+                                where, static_cast<int64_t>(at_d), clock.NowMs()));
+      }
+      fire_until(static_cast<int64_t>(at_d));
+    } else {
+      fire_until(clock.NowMs());
+    }
+    int64_t ts = clock.NowMs();
     double ts_d = 0;
     if (m["ts"].get_double().get(ts_d) == simdjson::SUCCESS) {
       ts = static_cast<int64_t>(ts_d);
@@ -389,51 +539,10 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
     MessageView view{topic_s, device, &payload, "test", &headers, ts, 0, &shadows, &states};
     CallResult result;
     (*rt)->Run(0, view, result);
-    // Shadow writes apply when handle returns, as in the engine; a rejected one fails the
-    // message.
-    if (result.outcome == Outcome::kOk) {
-      for (const Effect& eff : result.effects) {
-        if (eff.kind != Effect::Kind::kShadowUpdate) {
-          continue;
-        }
-        Status st = shadows.Update(eff.thing, eff.shadow_name, eff.payload);
-        if (!st.ok()) {
-          result.outcome = Outcome::kFailed;
-          result.reason = st.message();
-          break;
-        }
-      }
+    if (info.inactivity_ms > 0) {
+      last_seen[device] = clock.NowMs();
     }
-    if (result.outcome == Outcome::kOk && !result.effects.empty() &&
-        result.effects.back().kind == Effect::Kind::kState) {
-      states.Apply(device, result.effects.back());
-    }
-    if (result.outcome == Outcome::kFailed) {
-      failed = result.reason;
-      continue;
-    }
-    if (result.outcome == Outcome::kFiltered) {
-      dropped = true;
-      drop_reason = result.reason;
-      continue;
-    }
-    for (const Effect& eff : result.effects) {
-      std::string record;
-      if (eff.json) {
-        record = eff.payload;
-      } else {
-        json::AppendQuoted(record, json::IsValidUtf8(eff.payload) ? eff.payload : "<binary>");
-      }
-      if (eff.kind == Effect::Kind::kEmit) {
-        emits[(*rt)->sink_name(eff.sink)].push_back(record);
-      } else if (eff.kind == Effect::Kind::kPublish) {
-        publishes[eff.topic].push_back(record);
-      } else if (eff.kind == Effect::Kind::kInvoke) {
-        std::string call;
-        json::ObjectWriter(call).Field("service", eff.topic).FieldRaw("params", eff.payload).Close();
-        invokes[eff.thing].push_back(std::move(call));
-      }
-    }
+    settle(device, result);
   }
 
   element expect;

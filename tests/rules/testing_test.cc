@@ -275,6 +275,56 @@ TEST(RuleTestingStateTest, InitialStatesWritesAndExpectationsWork) {
       << text;
 }
 
+// Virtual time: `at` on a message and `advance` steps move the test's clock; the timers and
+// silences due on the way fire (earliest first, each at its due time) and what they emit is
+// expected like the rest.
+TEST(RuleTestingTimeTest, TimersAndInactivityFireInVirtualTime) {
+  testing::TempDir dir;
+  dir.Write("offline.lua", R"(return rule {
+    name = "offline", from = "devices/+/telemetry",
+    inactivity = "10m",
+    handle = function(msg, ctx)
+      if msg.payload.remind then ctx.timer.after("remind", "1m", { text = msg.payload.remind }) end
+    end,
+    on_timer = function(t, ctx) ctx.emit("out", { remind = t.data.text, at = ctx.now() }) end,
+    on_inactive = function(ev, ctx)
+      ctx.emit("out", { offline = ctx.shadow.thing, since = ev.last_seen, at = ctx.now() })
+    end,
+    tests = {
+      { name = "offline after ten minutes of silence, once", now = 0,
+        input = { { topic = "devices/d1/telemetry", payload = {} },
+                  { advance = "9m" },
+                  { topic = "devices/d1/telemetry", payload = {} },
+                  { topic = "devices/d2/telemetry", payload = {}, at = 600000 },
+                  { advance = "1h" } },
+        expect = { emit = { out = { { offline = "d1", since = 540000, at = 1140000 },
+                                    { offline = "d2", since = 600000, at = 1200000 } } } } },
+      { name = "a reminder a minute later, before the silence", now = 1000,
+        input = { { topic = "devices/d1/telemetry", payload = { remind = "check" } },
+                  { advance = "15m" } },
+        expect = { emit = { out = { { remind = "check", at = 61000 },
+                                    { offline = "d1", at = 601000 } } } } },
+      { name = "nothing fires without time passing",
+        input = { topic = "devices/d1/telemetry", payload = { remind = "x" } },
+        expect = { emit = {} } },
+    },
+  })");
+  dir.Write("offline.test.lua", R"(return { rule = "offline", tests = {
+    { name = "back in time", now = 100,
+      input = { { topic = "devices/d1/telemetry", payload = {}, at = 50 } }, expect = {} },
+    { name = "bad advance", input = { { advance = "soon" } }, expect = {} },
+  } })");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  std::string text = report->Text(true);
+  EXPECT_EQ(report->passed(), 3) << text;
+  EXPECT_EQ(report->failed(), 2) << text;
+  EXPECT_NE(text.find("test.input.at: 50 is before the test's clock (100)"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("test.input.advance: 'soon' is not a duration"), std::string::npos)
+      << text;
+}
+
 TEST(RuleTestingInvokeTest, ServiceCallsAreExpectedByThing) {
   testing::TempDir dir;
   dir.Write("r.lua", R"(return rule {
