@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <httplib.h>
+#include <simdjson.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <unistd.h>
@@ -1668,6 +1669,81 @@ TEST_F(ShadowIntegrationTest, AFullDiskRefusesWritesAndLosesOrAltersNothingAccep
   ASSERT_EQ(gnomon->Wait(), 0) << gnomon->Stderr();
   gnomon = StartGnomon();
   EXPECT_EQ(Call("GET", "/v1/things/f1/shadow").second, after);
+}
+
+// Timers and inactivity over kill -9: a timer set by an answered message and a device's
+// silence both fire after the restart, once each; REST shows them pending before.
+TEST_F(ShadowIntegrationTest, TimersAndSilencesDueDuringAKill9FireOnceWhenGnomonIsBack) {
+  dir_.Write("rules/report.lua", R"(
+    return rule { name = "watch", from = "devices/+/telemetry",
+      inactivity = "2s",
+      handle = function(msg, ctx)
+        ctx.timer.after("check", 1500, { n = msg.payload.n })
+      end,
+      on_timer = function(t, ctx)
+        ctx.emit("archive", { kind = "timer", d = ctx.shadow.thing, n = t.data.n })
+      end,
+      on_inactive = function(ev, ctx)
+        ctx.emit("archive", { kind = "silent", d = ctx.shadow.thing })
+      end })");
+  std::filesystem::remove(dir_.File("rules/on_delta.lua"));
+  dir_.Write("gnomon.yaml", Fill(R"(workers: 2
+data_dir: data
+sources:
+  - { name: ingest, type: http, device: "topic[2]" }
+sinks:
+  - { name: archive, type: file, path: archive.jsonl, linger_ms: 0 }
+shadows: {}
+rules: [rules/*.lua]
+api: { listen: "127.0.0.1:{api}" }
+metrics: { listen: "127.0.0.1:{api}" }
+)"));
+  auto gnomon = StartGnomon();
+  for (int k = 0; k < 4; ++k) {
+    auto r = Call("POST", "/v1/ingest/devices/t" + std::to_string(k) + "/telemetry",
+                  R"({"n":)" + std::to_string(k) + "}");
+    ASSERT_EQ(r.first, 202) << r.second;
+  }
+  auto pending = Call("GET", "/v1/things/t1/state?rule=watch");
+  EXPECT_NE(pending.second.find(R"("timers":[{"name":"check","due":)"), std::string::npos)
+      << pending.second;
+  EXPECT_NE(pending.second.find(R"("inactive_by":)"), std::string::npos) << pending.second;
+  ::kill(gnomon->pid(), SIGKILL);
+  gnomon->Wait();
+  EXPECT_EQ(testing::ReadFile(dir_.File("archive.jsonl")), "") << "nothing was due yet";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1600));
+  gnomon = StartGnomon();
+  auto count = [&](const std::string& needle) {
+    std::string a = testing::ReadFile(dir_.File("archive.jsonl"));
+    size_t n = 0;
+    for (size_t at = a.find(needle); at != std::string::npos; at = a.find(needle, at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  ASSERT_TRUE(WaitFor([&] { return count(R"("kind":"silent")") >= 4; },
+                      std::chrono::milliseconds(20000)))
+      << testing::ReadFile(dir_.File("archive.jsonl"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(count(R"("kind":"timer")"), 4u) << testing::ReadFile(dir_.File("archive.jsonl"));
+  EXPECT_EQ(count(R"("kind":"silent")"), 4u) << testing::ReadFile(dir_.File("archive.jsonl"));
+  std::string archive = testing::ReadFile(dir_.File("archive.jsonl"));
+  for (size_t at = 0; at < archive.size();) {
+    size_t end = archive.find('\n', at);
+    std::string line = archive.substr(at, end - at);
+    at = end + 1;
+    if (line.find(R"("kind":"timer")") == std::string::npos) {
+      continue;
+    }
+    simdjson::dom::parser p;
+    simdjson::dom::element e = p.parse(line);
+    EXPECT_EQ(std::string(std::string_view(e["d"])), "t" + std::to_string(int64_t(e["n"])))
+        << "each device's timer has its own data: " << line;
+  }
+  auto after = Call("GET", "/v1/things/t1/state?rule=watch");
+  EXPECT_EQ(after.first, 404) << "nothing left pending: " << after.second;
+  std::string metrics = Call("GET", "/metrics").second;
+  EXPECT_NE(metrics.find("gnomon_rule_timers_pending 0"), std::string::npos) << metrics;
 }
 
 // A state the store cannot take: the message is dead-lettered (state_not_stored), the state
