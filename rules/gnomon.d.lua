@@ -42,12 +42,44 @@
 ---@field log gnomon.Log Structured log lines carrying the rule and device.
 ---@field shadow gnomon.Shadow The classic shadow of `msg.device` (needs `shadows:` in the config).
 ---@field model gnomon.Model|nil The thing model bound to `msg.device`, or nil.
+---@field device string The device the call is for (msg.device; in on_timer / on_inactive the timer's device).
+---@field timer gnomon.Timers Durable timers of this rule and device (on_timer runs when one is due).
 ---@field state table This rule's durable state for `msg.device` (docs/rules.md#state; needs `shadows:`). Read on first use in a call; written back when `handle` returns, only if it changed and only if the call succeeds. Must stay JSON (tables, strings, numbers, booleans) within `state.max_bytes`.
 local Context = {}
 
 ---A device shadow (docs/shadows.md). Reads happen once per call and show the state from before
 ---this call's writes; writes are buffered effects applied when `handle` returns.
 ---A thing model (docs/thing-models.md).
+---@class gnomon.Timers
+local Timers = {}
+---Fire on_timer `delay` from now (a duration such as "90s", "10m", "1h", or ms); replaces a pending timer of that name.
+---@param name string 1-64 characters of [A-Za-z0-9_.:-]
+---@param delay string|number
+---@param data? any JSON-encodable, up to 4 KiB; given to on_timer as t.data
+function Timers.after(name, delay, data) end
+---Fire on_timer at `epoch_ms` (at once if it has passed).
+---@param name string
+---@param epoch_ms number
+---@param data? any
+function Timers.at(name, epoch_ms, data) end
+---Cancel a pending timer.
+---@param name string
+---@return boolean was_pending
+function Timers.cancel(name) end
+---When a pending timer fires (epoch ms), or nil.
+---@param name string
+---@return number|nil
+function Timers.due(name) end
+
+---@class gnomon.TimerEvent
+---@field name string
+---@field due number Epoch ms it was due at.
+---@field data any What ctx.timer.after/at was given, or nil.
+
+---@class gnomon.InactiveEvent
+---@field last_seen number The device's last message to the rule, epoch ms (after a restart: at most a tenth of `inactivity` early).
+---@field inactivity_ms number
+
 ---@class gnomon.Model
 ---@field id string modelId
 ---@field version string
@@ -128,6 +160,8 @@ function Context.now() end
 ---@field device? string Default: the topic's second level.
 ---@field headers? table<string, string>
 ---@field ts? number
+---@field at? number Virtual time: the test's clock moves to this epoch ms first (timers and silences due on the way fire).
+---@field advance? string|number A step, not a message: moves the test's clock on by this duration.
 
 ---@class gnomon.TestExpect
 ---@field emit? table<string, table[]> Records by sink, in order (each a subset of the actual).
@@ -172,6 +206,9 @@ function Context.now() end
 ---@field jit? boolean Compile with LuaJIT; the instruction limit no longer applies.
 ---@field quarantine? gnomon.Quarantine
 ---@field state? gnomon.StateOptions
+---@field inactivity? string A duration ("10m", at least "1s"): on_inactive runs once a device has sent the rule nothing for that long.
+---@field on_timer? fun(t: gnomon.TimerEvent, ctx: gnomon.Context)
+---@field on_inactive? fun(ev: gnomon.InactiveEvent, ctx: gnomon.Context)
 ---@field migrate? fun(old: table, from_version: integer): table Turns a state stored under another `state.version` into this one's; runs once per device, on first use.
 ---@field handle fun(msg: gnomon.Message, ctx: gnomon.Context)
 ---@field tests? gnomon.Test[]

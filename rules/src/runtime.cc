@@ -804,6 +804,7 @@ end
 local function ctx_index(_, k)
   if k == "shadow" then return shadow_of(device()) end
   if k == "state" then return ctx_state() end
+  if k == "device" then return device() end
   if k == "model" then
     local thing = device()
     local id, version, ref = model_info(thing)

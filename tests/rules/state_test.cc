@@ -351,7 +351,8 @@ TEST_F(StateTest, OnTimerAndOnInactiveRunWithTheirEventAndTheDevicesState) {
   end,
   inactivity = "10m",
   on_inactive = function(ev, ctx)
-    ctx.emit("out", { silent_since = ev.last_seen, shadow_device = ctx.shadow.thing })
+    ctx.emit("out", { silent_since = ev.last_seen, shadow_device = ctx.shadow.thing,
+                      device = ctx.device })
   end,
 )");
   CallResult r = Run("", "d1", true, MessageView::Call::kTimer,
@@ -362,7 +363,8 @@ TEST_F(StateTest, OnTimerAndOnInactiveRunWithTheirEventAndTheDevicesState) {
   EXPECT_EQ((states_.states[{"st", "d1"}].timers.size()), 1u);
   r = Run("", "d1", true, MessageView::Call::kInactive, R"({"last_seen":42})");
   ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
-  EXPECT_EQ(Sorted(r.effects[0].payload), R"({"shadow_device":"d1","silent_since":42})");
+  EXPECT_EQ(Sorted(r.effects[0].payload),
+            R"({"device":"d1","shadow_device":"d1","silent_since":42})");
 
   Load("");  // no on_timer
   r = Run("", "d1", true, MessageView::Call::kTimer, R"({"name":"x","due":1})");
