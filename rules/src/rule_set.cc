@@ -69,6 +69,175 @@ void ReadNumberTable(lua_State* L, int t, const char* field, std::vector<std::st
   lua_pop(L, 1);
 }
 
+// A field path in the payload ("temp", "a.b", or "payload.temp"), split; empty on a bad path.
+std::vector<std::string> PayloadPath(std::string_view text) {
+  if (text.substr(0, 8) == "payload.") {
+    text.remove_prefix(8);
+  }
+  std::vector<std::string> out;
+  while (!text.empty()) {
+    size_t dot = text.find('.');
+    std::string_view part = text.substr(0, dot);
+    if (part.empty()) {
+      return {};
+    }
+    out.emplace_back(part);
+    if (dot == std::string_view::npos) {
+      break;
+    }
+    text.remove_prefix(dot + 1);
+    if (text.empty()) {
+      return {};
+    }
+  }
+  return out;
+}
+
+// rule.windows: NAME = { tumbling | hopping | sliding | session = DURATION, hop =, of =,
+// agg = { ... }, time =, grace =, max_open =, max_events = }.
+void ReadWindows(lua_State* L, int t, RuleInfo& info,
+                 const std::function<void(const std::string&)>& fail) {
+  lua_getfield(L, t, "windows");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (info.has_on_window || info.has_on_late) {
+      fail("rule.on_window and rule.on_late need windows = { ... }");
+    }
+    return;
+  }
+  if (lua_type(L, -1) != LUA_TTABLE) {
+    fail("rule.windows: a table of windows by name, { t5m = { tumbling = \"5m\", of = \"temp\" } }");
+    lua_pop(L, 1);
+    return;
+  }
+  static const std::regex kWindowName("^[a-z][a-z0-9_]{0,63}$");
+  static const std::set<std::string> kFields = {"tumbling", "hopping", "sliding", "session",
+                                                "hop",      "of",      "agg",     "time",
+                                                "grace",    "max_open", "max_events"};
+  int wt = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, wt) != 0) {
+    std::string name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    std::string where = "rule.windows." + name;
+    auto bad = [&](const std::string& what) { fail(where + ": " + what); };
+    if (!std::regex_match(name, kWindowName)) {
+      bad("a window's name is [a-z][a-z0-9_]* (up to 64)");
+      lua_pop(L, 1);
+      continue;
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      bad("a table { tumbling = \"5m\", of = \"temp\", agg = { \"avg\" } }");
+      lua_pop(L, 1);
+      continue;
+    }
+    int w = lua_gettop(L);
+    WindowDecl decl;
+    decl.name = name;
+    int kinds = 0;
+    lua_pushnil(L);
+    while (lua_next(L, w) != 0) {
+      std::string k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+      auto duration = [&](int64_t& out) {
+        Result<int64_t> ms = lua_type(L, -1) == LUA_TSTRING
+                                 ? ParseDurationMs(lua_tostring(L, -1))
+                                 : Result<int64_t>(InvalidArgument("a duration such as \"5m\""));
+        if (!ms.ok()) {
+          bad(fmt::format("{}: {}", k, ms.status().message()));
+        } else {
+          out = *ms;
+        }
+      };
+      if (kFields.count(k) == 0) {
+        bad(fmt::format("unknown field '{}' (known: tumbling, hopping, sliding, session, hop, of, "
+                        "agg, time, grace, max_open, max_events)",
+                        k));
+      } else if (k == "tumbling" || k == "hopping" || k == "sliding" || k == "session") {
+        ++kinds;
+        decl.spec.kind = k == "tumbling"  ? WindowSpec::Kind::kTumbling
+                         : k == "hopping" ? WindowSpec::Kind::kHopping
+                         : k == "sliding" ? WindowSpec::Kind::kSliding
+                                          : WindowSpec::Kind::kSession;
+        duration(decl.spec.size_ms);
+      } else if (k == "hop") {
+        duration(decl.spec.hop_ms);
+      } else if (k == "grace") {
+        duration(decl.spec.grace_ms);
+      } else if (k == "of" || k == "time") {
+        std::vector<std::string> path =
+            lua_type(L, -1) == LUA_TSTRING ? PayloadPath(lua_tostring(L, -1))
+                                           : std::vector<std::string>();
+        if (path.empty()) {
+          bad(fmt::format("{}: a field of the payload, \"temp\" or \"payload.a.b\"", k));
+        }
+        (k == "of" ? decl.of : decl.time) = std::move(path);
+      } else if (k == "agg") {
+        if (lua_type(L, -1) == LUA_TSTRING) {
+          lua_createtable(L, 1, 0);
+          lua_insert(L, -2);
+          lua_rawseti(L, -2, 1);
+        }
+        size_t n = lua_type(L, -1) == LUA_TTABLE ? lua_objlen(L, -1) : 0;
+        if (n == 0) {
+          bad("agg: a list of count, sum, avg, min, max, first, last, stddev");
+        }
+        for (size_t i = 1; i <= n; ++i) {
+          lua_rawgeti(L, -1, static_cast<int>(i));
+          auto agg = lua_type(L, -1) == LUA_TSTRING ? ParseAgg(lua_tostring(L, -1)) : std::nullopt;
+          if (!agg) {
+            bad(fmt::format("agg[{}]: one of count, sum, avg, min, max, first, last, stddev", i));
+          } else if (std::find(decl.aggs.begin(), decl.aggs.end(), *agg) == decl.aggs.end()) {
+            decl.aggs.push_back(*agg);
+          }
+          lua_pop(L, 1);
+        }
+      } else {  // max_open, max_events
+        lua_Number v = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+        if (v < 1 || v > 1000000 || v != static_cast<int64_t>(v)) {
+          bad(fmt::format("{}: an integer from 1 to 1000000", k));
+        } else {
+          (k == "max_open" ? decl.spec.max_open : decl.spec.max_events) =
+              static_cast<size_t>(v);
+        }
+      }
+      lua_pop(L, 1);
+    }
+    if (kinds != 1) {
+      bad("needs exactly one of tumbling, hopping, sliding or session = DURATION");
+    } else if (decl.spec.size_ms > 0) {
+      if (decl.spec.kind != WindowSpec::Kind::kHopping && decl.spec.hop_ms != 0) {
+        bad("hop is for hopping windows");
+      }
+      if (std::string p = decl.spec.Problem(); !p.empty()) {
+        bad(p);
+      }
+    }
+    if (decl.aggs.empty()) {
+      decl.aggs.push_back(Agg::kCount);
+    }
+    for (Agg a : decl.aggs) {
+      if (a != Agg::kCount && decl.of.empty()) {
+        bad(fmt::format("agg {} needs of = \"field\" (what to aggregate)", AggName(a)));
+        break;
+      }
+    }
+    info.windows.push_back(std::move(decl));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  std::sort(info.windows.begin(), info.windows.end(),
+            [](const WindowDecl& a, const WindowDecl& b) { return a.name < b.name; });
+  bool closing = std::any_of(info.windows.begin(), info.windows.end(), [](const WindowDecl& d) {
+    return d.spec.kind != WindowSpec::Kind::kSliding;
+  });
+  if (closing && !info.has_on_window) {
+    fail("rule.windows: tumbling, hopping and session windows need on_window = function(w, "
+         "ctx), which runs as each closes");
+  }
+  if (info.windows.empty()) {
+    fail("rule.windows: declare at least one window (or leave windows out)");
+  }
+}
+
 // Reads the rule table at the top of the stack into `info`; adds problems to `errors`.
 void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
                    const RuleLimitCeilings& ceilings, std::vector<std::string>& errors) {
@@ -80,14 +249,14 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   static const std::set<std::string> kKnown = {
       "name", "description", "from",  "on_error", "max_attempts", "limits",
       "jit",  "handle",      "tests", "quarantine", "state",      "migrate",
-      "inactivity", "on_timer", "on_inactive"};
+      "inactivity", "on_timer", "on_inactive", "windows", "on_window", "on_late"};
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING && kKnown.count(lua_tostring(L, -1)) == 0) {
       fail(fmt::format("rule: unknown field '{}' (known: name, description, from, on_error, "
-                       "max_attempts, limits, jit, quarantine, state, migrate, inactivity, handle, on_timer, "
-                       "on_inactive, tests)",
+                       "max_attempts, limits, jit, quarantine, state, migrate, inactivity, windows, handle, "
+                       "on_timer, on_inactive, on_window, on_late, tests)",
                        lua_tostring(L, -1)));
     }
   }
@@ -210,16 +379,21 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
   }
   info.has_migrate = lua_type(L, -1) == LUA_TFUNCTION;
   lua_pop(L, 1);
-  for (const char* f : {"on_timer", "on_inactive"}) {
+  for (const char* f : {"on_timer", "on_inactive", "on_window", "on_late"}) {
+    std::string_view n(f);
     lua_getfield(L, t, f);
     if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION) {
-      fail(fmt::format("rule.{}: must be a function({}, ctx)", f,
-                       std::string_view(f) == "on_timer" ? "t" : "ev"));
+      fail(fmt::format("rule.{}: must be a function({}ctx)", f,
+                       n == "on_timer" ? "t, " : n == "on_inactive" ? "ev, "
+                                             : n == "on_window" ? "w, " : "msg, w, "));
     }
-    (std::string_view(f) == "on_timer" ? info.has_on_timer : info.has_on_inactive) =
-        lua_type(L, -1) == LUA_TFUNCTION;
+    bool has = lua_type(L, -1) == LUA_TFUNCTION;
+    (n == "on_timer" ? info.has_on_timer : n == "on_inactive" ? info.has_on_inactive
+                                         : n == "on_window"   ? info.has_on_window
+                                                              : info.has_on_late) = has;
     lua_pop(L, 1);
   }
+  ReadWindows(L, t, info, fail);
   lua_getfield(L, t, "inactivity");
   if (lua_type(L, -1) == LUA_TSTRING) {
     auto ms = ParseDurationMs(lua_tostring(L, -1));

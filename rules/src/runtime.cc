@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <unordered_map>
 
 #include "gnomon/core/id.h"
+#include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
@@ -36,8 +38,10 @@ struct RuleSlot {
   JsonContext json;
   MemoryBudget memory;
   int handle_ref = LUA_NOREF;  // the rule's handle function
-  int on_timer_ref = LUA_NOREF;     // on_timer, on_inactive (LUA_REFNIL: none)
-  int on_inactive_ref = LUA_NOREF;
+  int on_timer_ref = LUA_NOREF;     // on_timer, on_inactive, on_window, on_late (LUA_REFNIL:
+  int on_inactive_ref = LUA_NOREF;  // none)
+  int on_window_ref = LUA_NOREF;
+  int on_late_ref = LUA_NOREF;
   int rule_ref = LUA_NOREF;    // the rule's table
   int ctx_ref = LUA_NOREF;
   int msg_meta_ref = LUA_NOREF;
@@ -94,6 +98,14 @@ struct RuleRuntime::State {
   bool timers_used = false;
   bool timers_changed = false;
   std::vector<RuleTimer> timers;
+  // The call's windows (rule.windows order), read from the row on first use; what the message
+  // closed and was late for.
+  bool windows_loaded = false;
+  bool windows_changed = false;
+  std::vector<WindowState> windows;
+  std::vector<std::string> closed;
+  std::vector<std::string> late;
+  int64_t window_skips = 0;
 };
 
 namespace {
@@ -102,6 +114,18 @@ using State = RuleRuntime::State;
 
 State* GetState(lua_State* L) {
   return static_cast<State*>(lua_touserdata(L, lua_upvalueindex(1)));
+}
+
+// The call's payload parsed (once per message id): s->parsed_root, or s->parsed_error.
+void EnsureParsed(State* s) {
+  if (s->msg->id == 0 || s->msg->id != s->parsed_id) {
+    const std::string& p = *s->msg->payload;
+    s->parsed_error =
+        ParseRuleJson(s->payload_parser, p.data(), p.size(),
+                      p.capacity() - p.size() >= simdjson::SIMDJSON_PADDING, s->parsed_root,
+                      s->parse_scratch, /*refuse_duplicates=*/false, &s->parsed_rewritten);
+    s->parsed_id = s->msg->id;
+  }
 }
 
 Status CheckInCall(State* s, const char* what) {
@@ -553,6 +577,173 @@ Result<int> StateSet(lua_State* L) {
   return 1;
 }
 
+// The windows of the call's (rule, device), from the row (a window stored under another spec,
+// or not stored, starts empty).
+Status LoadWindows(State* s, const RuleInfo& rule) {
+  if (s->windows_loaded) {
+    return {};
+  }
+  GNOMON_ASSIGN_OR_RETURN(const StoredState* stored, StoredRow(s, "rule.windows"));
+  simdjson::dom::object saved;
+  simdjson::dom::parser parser;
+  bool have = false;
+  if (stored != nullptr && !stored->windows.empty()) {
+    have = parser.parse(stored->windows).get_object().get(saved) == simdjson::SUCCESS;
+  }
+  s->windows.clear();
+  for (const WindowDecl& d : rule.windows) {
+    std::string_view bytes;
+    std::optional<WindowState> w;
+    if (have && saved[d.name].get_string().get(bytes) == simdjson::SUCCESS) {
+      if (auto decoded = WindowState::Decode(d.spec, bytes); decoded.ok()) {
+        w = std::move(decoded).value();
+      }
+    }
+    s->windows.push_back(w ? std::move(*w) : WindowState(d.spec));
+  }
+  s->windows_loaded = true;
+  return {};
+}
+
+// A number at `path` in the payload, or nullopt.
+std::optional<double> PayloadNumber(simdjson::dom::element root,
+                                    const std::vector<std::string>& path) {
+  simdjson::dom::element e = root;
+  for (const std::string& k : path) {
+    if (e.at_key(k).get(e) != simdjson::SUCCESS) {
+      return std::nullopt;
+    }
+  }
+  double d = 0;
+  int64_t i = 0;
+  uint64_t u = 0;
+  if (e.get_int64().get(i) == simdjson::SUCCESS) {
+    return static_cast<double>(i);
+  }
+  if (e.get_uint64().get(u) == simdjson::SUCCESS) {
+    return static_cast<double>(u);
+  }
+  if (e.get_double().get(d) == simdjson::SUCCESS) {
+    return d;
+  }
+  return std::nullopt;
+}
+
+// The aggregates `d` shows, as fields of `w`.
+void WriteAggregates(json::ObjectWriter& w, const WindowDecl& d, const Aggregates& agg) {
+  bool count = false;
+  for (Agg a : d.aggs) {
+    count = count || a == Agg::kCount;
+    std::optional<double> v = agg.Value(a);
+    if (a == Agg::kCount) {
+      w.Field("count", agg.count);
+    } else if (v && std::isfinite(*v)) {
+      std::string num;
+      json::AppendNumber(num, *v);
+      w.FieldRaw(AggName(a), num);
+    } else {
+      w.FieldNull(AggName(a));
+    }
+  }
+  if (!count) {
+    w.Field("count", agg.count);
+  }
+}
+
+// on_window's event for a closed window.
+std::string ClosedEvent(const WindowDecl& d, const ClosedWindow& c) {
+  std::string out;
+  json::ObjectWriter w(out);
+  w.Field("name", d.name).Field("start", c.start).Field("end", c.end);
+  WriteAggregates(w, d, c.agg);
+  w.Close();
+  return out;
+}
+
+// The message's event into each window (before handle runs, so ctx.window sees it). A window
+// whose time or value is missing or not a number skips the message (counted); one the message
+// is late for is noted; a bound passed fails the call.
+Status AddToWindows(State* s, const RuleInfo& rule, const MessageView& msg) {
+  GNOMON_RETURN_IF_ERROR(LoadWindows(s, rule));
+  EnsureParsed(s);
+  bool parsed = s->parsed_error.empty();
+  std::vector<ClosedWindow> closed;
+  for (size_t i = 0; i < rule.windows.size(); ++i) {
+    const WindowDecl& d = rule.windows[i];
+    std::optional<double> t = static_cast<double>(msg.ts_ms);
+    if (!d.time.empty()) {
+      t = parsed ? PayloadNumber(s->parsed_root, d.time) : std::nullopt;
+    }
+    std::optional<double> v = 0.0;
+    if (!d.of.empty()) {
+      v = parsed ? PayloadNumber(s->parsed_root, d.of) : std::nullopt;
+    }
+    if (!t || !v || !std::isfinite(*t) || !std::isfinite(*v) ||
+        std::abs(*t) > static_cast<double>(kMaxWindowTime)) {
+      ++s->window_skips;
+      continue;
+    }
+    closed.clear();
+    auto took = s->windows[i].Add(static_cast<int64_t>(*t), *v, closed);
+    if (!took.ok()) {
+      return took.status().WithContext("windows." + d.name);
+    }
+    if (*took == WindowState::Took::kLate) {
+      s->late.push_back(d.name);
+      continue;
+    }
+    s->windows_changed = true;
+    for (const ClosedWindow& c : closed) {
+      s->closed.push_back(ClosedEvent(d, c));
+    }
+  }
+  return {};
+}
+
+// kAdvance: the ingest-time windows move to the clock; what closes goes to on_window.
+Status AdvanceWindows(State* s, const RuleInfo& rule) {
+  GNOMON_RETURN_IF_ERROR(LoadWindows(s, rule));
+  std::vector<ClosedWindow> closed;
+  int64_t now = s->clock->NowMs();
+  for (size_t i = 0; i < rule.windows.size(); ++i) {
+    const WindowDecl& d = rule.windows[i];
+    if (!d.time.empty()) {
+      continue;  // event time moves with events only
+    }
+    closed.clear();
+    s->windows[i].Advance(now, closed);
+    for (const ClosedWindow& c : closed) {
+      s->closed.push_back(ClosedEvent(d, c));
+      s->windows_changed = true;
+    }
+  }
+  return {};
+}
+
+// ctx.window: { NAME = { count =, avg =, ... } } for the sliding windows, as of this call.
+Result<int> WindowView(lua_State* L) {
+  State* s = GetState(L);
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.window"));
+  const RuleInfo& rule = *s->rule;
+  GNOMON_RETURN_IF_ERROR(LoadWindows(s, rule));
+  std::string out;
+  json::ObjectWriter w(out);
+  for (size_t i = 0; i < rule.windows.size(); ++i) {
+    const WindowDecl& d = rule.windows[i];
+    if (d.spec.kind != WindowSpec::Kind::kSliding) {
+      continue;
+    }
+    std::string one;
+    json::ObjectWriter ow(one);
+    WriteAggregates(ow, d, s->windows[i].Current());
+    ow.Close();
+    w.FieldRaw(d.name, one);
+  }
+  w.Close();
+  GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->slot->json, out));
+  return 1;
+}
+
 // At the end of a successful call that used ctx.state or ctx.timer: the row's new state and
 // timers as the call's last effect when either changed (or the state must be rewritten under
 // the current state.version). An error fails the call: a value JSON cannot hold, or over
@@ -575,7 +766,7 @@ Status FinishState(lua_State* L, State* s, const RuleInfo& rule, CallResult& out
     }
     state_changed = s->state_rewrite || json != s->state_loaded;
   }
-  if (!state_changed && !s->timers_changed) {
+  if (!state_changed && !s->timers_changed && !s->windows_changed) {
     return {};
   }
   Effect e;
@@ -591,6 +782,20 @@ Status FinishState(lua_State* L, State* s, const RuleInfo& rule, CallResult& out
     e.timers = std::move(s->timers);
   } else if (s->stored) {
     e.timers = s->stored->timers;
+  }
+  if (s->windows_loaded) {
+    json::ObjectWriter w(e.windows);
+    for (size_t i = 0; i < rule.windows.size(); ++i) {
+      w.Field(rule.windows[i].name, s->windows[i].Encode());
+      if (rule.windows[i].time.empty()) {
+        if (std::optional<int64_t> next = s->windows[i].NextClose()) {
+          e.window_due = e.window_due == 0 ? *next : std::min(e.window_due, *next);
+        }
+      }
+    }
+    w.Close();
+  } else if (s->stored) {
+    e.windows = s->stored->windows;
   }
   out.effects.push_back(std::move(e));
   return {};
@@ -736,7 +941,7 @@ Result<int> TimerDue(lua_State* L) {
 // same shadow in that call; writes become effects, applied when handle returns.
 constexpr const char* kShadowPrelude = R"lua(
 local read, read_version, write, call, device, setmetatable, rawget, model_info,
-      model_validate, state_load, state_set = ...
+      model_validate, state_load, state_set, window_view = ...
 local memo, versions, memo_call = {}, {}, nil
 local function memo_key(thing, name)
   local c = call()
@@ -805,6 +1010,7 @@ local function ctx_index(_, k)
   if k == "shadow" then return shadow_of(device()) end
   if k == "state" then return ctx_state() end
   if k == "device" then return device() end
+  if k == "window" then return window_view() end
   if k == "model" then
     local thing = device()
     local id, version, ref = model_info(thing)
@@ -930,14 +1136,7 @@ Result<int> MsgIndex(lua_State* L) {
       return 1;
     }
     lua_pop(L, 1);
-    if (s->msg->id == 0 || s->msg->id != s->parsed_id) {
-      const std::string& p = *s->msg->payload;
-      s->parsed_error =
-          ParseRuleJson(s->payload_parser, p.data(), p.size(),
-                        p.capacity() - p.size() >= simdjson::SIMDJSON_PADDING, s->parsed_root,
-                        s->parse_scratch, /*refuse_duplicates=*/false, &s->parsed_rewritten);
-      s->parsed_id = s->msg->id;
-    }
+    EnsureParsed(s);
     if (s->parsed_error.empty()) {
       PushPayload(L, &s->slot->json, s->payload_parser.doc, s->parsed_root,
                   s->parsed_rewritten ? std::string_view() : std::string_view(*s->msg->payload));
@@ -1090,7 +1289,8 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
   PushStateClosure(L, s, LuaThunk<ModelValidate>);
   PushStateClosure(L, s, LuaThunk<StateLoad>);
   PushStateClosure(L, s, LuaThunk<StateSet>);
-  if (lua_pcall(L, 11, 3, 0) != 0) {
+  PushStateClosure(L, s, LuaThunk<WindowView>);
+  if (lua_pcall(L, 12, 3, 0) != 0) {
     return Internal(fmt::format("shadow prelude: {}", lua_tostring(L, -1)));
   }
   // stack: ctx, shadow_of, ctx_index, freeze
@@ -1131,6 +1331,10 @@ Result<std::unique_ptr<RuleSlot>> BuildSlot(State* s, const RuleSetOptions& opti
   slot->on_timer_ref = luaL_ref(L, LUA_REGISTRYINDEX);  // LUA_REFNIL when there is none
   lua_getfield(L, -1, "on_inactive");
   slot->on_inactive_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, -1, "on_window");
+  slot->on_window_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, -1, "on_late");
+  slot->on_late_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   slot->rule_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
   lua_gc(L, LUA_GCCOLLECT, 0);
@@ -1246,6 +1450,9 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   out.state_reset = false;
   out.timed_out = false;
   out.input_failure = false;
+  out.closed_windows.clear();
+  out.late_windows.clear();
+  out.window_skips = 0;
   const RuleInfo& rule = set_->rules()[index];
   RuleSlot* slot = s->slots[index].get();
   if (slot == nullptr) {
@@ -1284,25 +1491,51 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, slot->traceback_ref);
   int errfunc = lua_gettop(L);
   int rc = 0;
-  if (msg.call == MessageView::Call::kHandle) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, slot->handle_ref);
-    PushMsg(L, slot, msg);
+  int nargs = 2;
+  using Call = MessageView::Call;
+  if (msg.call == Call::kAdvance) {
+    nargs = -1;  // no Lua: the windows move to the clock
+    if (Status st = AdvanceWindows(s, rule); !st.ok()) {
+      lua_pushlstring(L, st.message().data(), st.message().size());
+      rc = LUA_ERRRUN;
+    }
+  } else if (msg.call == Call::kHandle) {
+    Status st = rule.windows.empty() ? Status() : AddToWindows(s, rule, msg);
+    if (!st.ok()) {
+      lua_pushlstring(L, st.message().data(), st.message().size());
+      rc = LUA_ERRRUN;
+    } else {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, slot->handle_ref);
+      PushMsg(L, slot, msg);
+    }
   } else {
-    int ref = msg.call == MessageView::Call::kTimer ? slot->on_timer_ref : slot->on_inactive_ref;
+    int ref = msg.call == Call::kTimer    ? slot->on_timer_ref
+              : msg.call == Call::kInactive ? slot->on_inactive_ref
+              : msg.call == Call::kWindow   ? slot->on_window_ref
+                                            : slot->on_late_ref;
+    const char* fn = msg.call == Call::kTimer    ? "on_timer"
+                     : msg.call == Call::kInactive ? "on_inactive"
+                     : msg.call == Call::kWindow   ? "on_window"
+                                                   : "on_late";
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    Status st = lua_isfunction(L, -1)
-                    ? PushDecoded(L, &slot->json, msg.event)
-                    : FailedPrecondition(fmt::format(
-                          "rule {} has no {}", rule.name,
-                          msg.call == MessageView::Call::kTimer ? "on_timer" : "on_inactive"));
+    Status st;
+    if (!lua_isfunction(L, -1)) {
+      st = FailedPrecondition(fmt::format("rule {} has no {}", rule.name, fn));
+    } else {
+      if (msg.call == Call::kLate) {
+        PushMsg(L, slot, msg);
+        nargs = 3;
+      }
+      st = PushDecoded(L, &slot->json, msg.event);
+    }
     if (!st.ok()) {
       lua_pushlstring(L, st.message().data(), st.message().size());
       rc = LUA_ERRRUN;
     }
   }
-  if (rc == 0) {
+  if (rc == 0 && nargs > 0) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, slot->ctx_ref);
-    rc = lua_pcall(L, 2, 0, errfunc);
+    rc = lua_pcall(L, nargs, 0, errfunc);
   }
   memory.limit = memory.cap;
   CurrentMatchBudget() = nullptr;
@@ -1336,7 +1569,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
       out.reason = "out of memory: " + out.reason;
     }
   }
-  if (s->state_ref != LUA_NOREF || s->timers_used) {
+  if (s->state_ref != LUA_NOREF || s->timers_used || s->windows_loaded) {
     if (out.outcome == Outcome::kOk) {
       if (Status st = FinishState(L, s, rule, out); !st.ok()) {
         out.outcome = Outcome::kFailed;
@@ -1349,11 +1582,22 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
     s->state_ref = LUA_NOREF;
     s->state_loaded.clear();
   }
+  if (out.outcome == Outcome::kOk) {
+    out.closed_windows = std::move(s->closed);
+    out.late_windows = std::move(s->late);
+  }
+  out.window_skips = s->window_skips;
   s->stored_read = false;
   s->stored.reset();
   s->timers_used = false;
   s->timers_changed = false;
   s->timers.clear();
+  s->windows_loaded = false;
+  s->windows_changed = false;
+  s->windows.clear();
+  s->closed.clear();
+  s->late.clear();
+  s->window_skips = 0;
   if (out.outcome != Outcome::kOk) {
     out.effects.clear();
   }

@@ -33,10 +33,10 @@ class FakeStates final : public StateReader {
       if (e.kind != Effect::Kind::kState) {
         continue;
       }
-      if (e.payload.empty() && e.timers.empty()) {
+      if (e.payload.empty() && e.timers.empty() && e.windows.empty()) {
         states.erase({rule, device});
       } else {
-        states[{rule, device}] = StoredState{e.state_version, e.payload, e.timers};
+        states[{rule, device}] = StoredState{e.state_version, e.payload, e.timers, e.windows};
       }
     }
   }
@@ -372,6 +372,114 @@ TEST_F(StateTest, OnTimerAndOnInactiveRunWithTheirEventAndTheDevicesState) {
   EXPECT_NE(r.reason.find("rule st has no on_timer"), std::string::npos) << r.reason;
 }
 
+// Windows: each message goes into the rule's windows natively before handle runs; what closes
+// comes back as on_window events, late messages are named, and the windows' state is stored in
+// the row with the call's other effects.
+TEST_F(StateTest, TumblingEventTimeWindowsCloseAsEventsMoveTimeOn) {
+  Load("    ctx.emit('out', { seen = msg.payload.ts })",
+       "  windows = { t = { tumbling = '1m', of = 'temp', agg = { 'avg', 'min', 'max' },\n"
+       "                    time = 'payload.ts', grace = '10s' } },\n"
+       "  on_window = function(w, ctx) ctx.emit('out', w) end,\n");
+  ASSERT_EQ(Run(R"({"ts":1000,"temp":10})").outcome, Outcome::kOk);
+  CallResult r = Run(R"({"ts":50000,"temp":20})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_TRUE(r.closed_windows.empty());
+  ASSERT_NE(StateEffect(r), nullptr) << "the windows changed";
+  EXPECT_NE(StateEffect(r)->windows.find("\"t\":"), std::string::npos);
+  r = Run(R"({"ts":65000,"temp":30})");
+  EXPECT_TRUE(r.closed_windows.empty()) << "within grace";
+  r = Run(R"({"ts":59000,"temp":40})");  // late for nothing yet: [0, 60s) is open until 70s
+  EXPECT_TRUE(r.late_windows.empty());
+  r = Run(R"({"ts":71000,"temp":0})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.closed_windows.size(), 1u);
+  EXPECT_EQ(Sorted(r.closed_windows[0]),
+            R"({"avg":23.333333333333332,"count":3,"end":60000,"max":40,"min":10,"name":"t","start":0})");
+  r = Run(R"({"ts":2000,"temp":99})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(r.late_windows, std::vector<std::string>{"t"});
+  EXPECT_EQ(r.effects.size(), 1u) << "handle ran: " << r.reason;
+  r = Run(R"({"temp":5})");
+  EXPECT_EQ(r.window_skips, 1) << "no time: skipped, not a failure";
+  EXPECT_EQ(r.outcome, Outcome::kOk);
+
+  // on_window: the event as its argument.
+  r = Run("", "d1", true, MessageView::Call::kWindow,
+          R"({"name":"t","start":0,"end":60000,"avg":2.5,"count":2})");
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  EXPECT_EQ(Sorted(r.effects[0].payload), R"({"avg":2.5,"count":2,"end":60000,"name":"t","start":0})");
+}
+
+TEST_F(StateTest, SlidingWindowsShowTheirCurrentValueAndAFailedCallLeavesThemAsTheyWere) {
+  Load("    if msg.payload.bad then error('no') end\n"
+       "    ctx.emit('out', { avg = ctx.window.recent.avg, n = ctx.window.recent.count })",
+       "  windows = { recent = { sliding = '10s', of = 'v', agg = { 'avg' } } },\n");
+  auto run_at = [&](int64_t ts, const std::string& payload) {
+    payload_ = payload;
+    payload_.reserve(payload_.size() + simdjson::SIMDJSON_PADDING);
+    std::string topic = "devices/d1/telemetry";
+    MessageView m{topic, "d1", &payload_, "src", &headers_, ts};
+    m.states = &states_;
+    CallResult r;
+    rt_->Run(0, m, r);
+    if (r.outcome == Outcome::kOk) {
+      states_.Apply("st", "d1", r);
+    }
+    return r;
+  };
+  ASSERT_EQ(Sorted(run_at(1000, R"({"v":10})").effects[0].payload), R"({"avg":10,"n":1})");
+  ASSERT_EQ(Sorted(run_at(5000, R"({"v":20})").effects[0].payload), R"({"avg":15,"n":2})");
+  EXPECT_EQ(run_at(6000, R"({"v":1000,"bad":true})").outcome, Outcome::kFailed);
+  EXPECT_EQ(Sorted(run_at(12000, R"({"v":30})").effects[0].payload), R"({"avg":25,"n":2})")
+      << "the failed call's value is not in the window, and 1000 has left it";
+}
+
+TEST_F(StateTest, IngestTimeWindowsCloseWhenTheClockMovesThemOn) {
+  Load("", "  windows = { w = { tumbling = '1m' } },\n"
+           "  on_window = function(w, ctx) end,\n");
+  auto run_at = [&](int64_t ts, MessageView::Call call) {
+    payload_ = "{}";
+    payload_.reserve(64);
+    std::string topic = "devices/d1/telemetry";
+    MessageView m{topic, "d1", &payload_, "src", &headers_, ts};
+    m.states = &states_;
+    m.call = call;
+    CallResult r;
+    rt_->Run(0, m, r);
+    if (r.outcome == Outcome::kOk) {
+      states_.Apply("st", "d1", r);
+    }
+    return r;
+  };
+  CallResult r = run_at(1700000000123, MessageView::Call::kHandle);  // = the clock
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  const Effect* e = StateEffect(r);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->window_due, 1700000040000) << "the window [..., :40.000) closes then";
+  r = run_at(0, MessageView::Call::kAdvance);
+  EXPECT_TRUE(r.closed_windows.empty()) << "not yet";
+  clock_.Set(1700000040000);
+  r = run_at(0, MessageView::Call::kAdvance);
+  ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
+  ASSERT_EQ(r.closed_windows.size(), 1u);
+  EXPECT_EQ(Sorted(r.closed_windows[0]),
+            R"({"count":1,"end":1700000040000,"name":"w","start":1699999980000})");
+  ASSERT_NE(StateEffect(r), nullptr);
+  EXPECT_EQ(StateEffect(r)->window_due, 0) << "nothing open";
+}
+
+TEST_F(StateTest, AWindowPastItsBoundFailsTheCall) {
+  Load("", "  windows = { t = { tumbling = '1s', time = 'ts', max_open = 2, grace = '1h' } },\n"
+           "  on_window = function(w, ctx) end,\n");
+  ASSERT_EQ(Run(R"({"ts":0})").outcome, Outcome::kOk);
+  ASSERT_EQ(Run(R"({"ts":1000})").outcome, Outcome::kOk);
+  CallResult r = Run(R"({"ts":2000})");
+  ASSERT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("windows.t: the event at 2000 would open a window past the bound of 2"),
+            std::string::npos)
+      << r.reason;
+}
+
 TEST_F(StateTest, StateDeclarationsAreChecked) {
   auto load = [](const std::string& extra) {
     std::string src = "return rule { name = 'x', from = 'a/#', " + extra +
@@ -397,6 +505,25 @@ TEST_F(StateTest, StateDeclarationsAreChecked) {
                 .find("rule.inactivity: at least 1s"),
             std::string::npos);
   EXPECT_NE(load("on_timer = 'x',").find("rule.on_timer: must be a function"), std::string::npos);
+  EXPECT_EQ(load("windows = { a = { sliding = '5m', of = 'temp', agg = { 'avg', 'stddev' } } },"),
+            "ok");
+  EXPECT_NE(load("windows = { a = { tumbling = '5m' } },").find("need on_window"),
+            std::string::npos);
+  EXPECT_NE(load("windows = { a = { tumbling = '5m', sliding = '1m' } }, on_window = print,")
+                .find("needs exactly one of"),
+            std::string::npos);
+  EXPECT_NE(load("windows = { a = { sliding = '5m', agg = { 'avg' } } },")
+                .find("agg avg needs of = \"field\""),
+            std::string::npos);
+  EXPECT_NE(load("windows = { a = { sliding = '5m', of = 'x', agg = { 'median' } } },")
+                .find("agg[1]: one of count"),
+            std::string::npos);
+  EXPECT_NE(load("windows = { a = { hopping = '5m', hop = '5m' } }, on_window = function() end,")
+                .find("hop must be positive and shorter"),
+            std::string::npos);
+  EXPECT_NE(load("windows = { A = { sliding = '5m' } },").find("a window's name is"),
+            std::string::npos);
+  EXPECT_NE(load("on_window = function() end,").find("need windows"), std::string::npos);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "gnomon/core/clock.h"
 #include "gnomon/core/message.h"
 #include "gnomon/core/status.h"
+#include "gnomon/rules/windows.h"
 
 namespace gnomon::shadow {
 class ThingModel;
@@ -22,6 +23,17 @@ class ThingModel;
 namespace gnomon::rules {
 
 enum class OnError { kDeadLetter, kDrop, kRetry };
+
+// A declared window (`windows = { NAME = { tumbling = "5m", of = "temp", ... } }`).
+struct WindowDecl {
+  std::string name;
+  WindowSpec spec;
+  std::vector<std::string> of;    // the aggregated field's path in the payload (empty: none,
+                                  // the window counts events)
+  std::vector<std::string> time;  // the event time's path in the payload (epoch ms; empty:
+                                  // ingest time, msg.ts)
+  std::vector<Agg> aggs;          // what on_window and ctx.window show (default: count)
+};
 
 // One rule as loaded from its file. Immutable.
 struct RuleInfo {
@@ -52,6 +64,10 @@ struct RuleInfo {
   int64_t inactivity_ms = 0;
   bool has_on_timer = false;
   bool has_on_inactive = false;
+  // `windows`, in name order; on_window runs as each closes, on_late for a late event.
+  std::vector<WindowDecl> windows;
+  bool has_on_window = false;
+  bool has_on_late = false;
   // Quarantine (a circuit breaker; only failures that are the rule's own fault count: errors
   // in its code and exceeded limits, not ctx.fail): more than `quarantine_failures` within
   // `quarantine_window_s` stop the rule for `quarantine_cooldown_s`, then one message probes
@@ -149,6 +165,8 @@ struct Effect {
   std::string payload;
   int64_t state_version = 0;  // kState: the rule's state.version
   std::vector<RuleTimer> timers;  // kState: the (rule, device)'s pending timers, all of them
+  std::string windows;            // kState: the windows' states
+  int64_t window_due = 0;         // kState: when an ingest-time window closes next (0: none)
   // kShadowUpdate: the shadow's thing and name ("": classic). kInvoke: the thing.
   std::string thing;
   std::string shadow_name;
@@ -171,6 +189,12 @@ struct CallResult {
   bool timed_out = false;
   // The rule failed the message itself (ctx.fail): bad input, not the rule's fault.
   bool input_failure = false;
+  // kOk: the windows that closed (each an on_window event, a JSON object), and the names of
+  // the windows the message was late for, both to be handled after the call's effects.
+  std::vector<std::string> closed_windows;
+  std::vector<std::string> late_windows;
+  // Messages skipped by a window (no time or value where it looked, or not a number).
+  int64_t window_skips = 0;
 };
 
 // Committed shadow state for ctx.shadow and ctx.shadow_of, provided by the engine (or the
@@ -201,6 +225,7 @@ struct StoredState {
   int64_t version = 1;
   std::string json;               // "": no state (the row may hold timers only)
   std::vector<RuleTimer> timers;  // pending, by name
+  std::string windows;            // the windows' states, as FinishState encodes them ("": none)
 };
 
 // ctx.state's committed state, provided by the engine (or the test harness). Called on the
@@ -216,9 +241,11 @@ class StateReader {
 
 // What a rule sees of a message. Views must outlive the call.
 struct MessageView {
-  // Which of the rule's functions runs: handle(msg, ctx), or on_timer(t, ctx) /
-  // on_inactive(ev, ctx) with `event` (a JSON object) as their first argument.
-  enum class Call : uint8_t { kHandle, kTimer, kInactive };
+  // Which of the rule's functions runs: handle(msg, ctx); on_timer(t, ctx), on_inactive(ev,
+  // ctx) or on_window(w, ctx) with `event` (a JSON object) as their first argument; on_late(msg,
+  // w, ctx); or none: kAdvance moves the ingest-time windows to the clock (what closes is in
+  // CallResult::closed_windows).
+  enum class Call : uint8_t { kHandle, kTimer, kInactive, kWindow, kLate, kAdvance };
   std::string_view topic;
   std::string_view device;
   // The payload; if its std::string has SIMDJSON_PADDING spare capacity it is parsed in place.
