@@ -844,6 +844,14 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
                    rule.inactivity_ms > 0)) {
     UpdateRow(w, m, rule, row && applied ? &*row : nullptr, view.call);
   }
+  if (result.window_skips > 0) {
+    window_skipped_->Inc(static_cast<double>(result.window_skips));
+  }
+  if (applied && w.states &&
+      (!result.closed_windows.empty() || !result.late_windows.empty())) {
+    WindowsClosed(w, m, idx, rule, view, std::move(result.closed_windows),
+                  std::move(result.late_windows));
+  }
 }
 
 bool Engine::Impl::Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,

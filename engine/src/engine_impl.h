@@ -215,6 +215,14 @@ class Engine::Impl final : public Ingest,
   Counter* state_loads_ = nullptr;
   Counter* timers_fired_ = nullptr;
   Counter* inactive_fired_ = nullptr;
+  Counter* windows_closed_ = nullptr;
+  Counter* window_late_ = nullptr;
+  Counter* window_skipped_ = nullptr;
+  // After a call that moved windows on: on_window for each closed one, and on_late (or a
+  // late_event dead letter) for the windows `m` was late for.
+  void WindowsClosed(Worker& w, Message& m, uint32_t idx, const rules::RuleInfo& rule,
+                     const rules::MessageView& view, std::vector<std::string> closed,
+                     std::vector<std::string> late);
   std::string timer_source_name_ = "timer";
   std::jthread state_timer_;
 

@@ -74,7 +74,8 @@ void StateOwner::Charge(Entry& e, const std::string& key) {
   for (const rules::RuleTimer& t : e.row.state.timers) {
     timers += t.name.size() + t.data.size() + sizeof(rules::RuleTimer);
   }
-  e.charged = key.size() + e.row.state.json.size() + timers + kEntryOverhead;
+  e.charged = key.size() + e.row.state.json.size() + e.row.state.windows.size() + timers +
+              kEntryOverhead;
   bytes_ += e.charged;
 }
 
@@ -103,8 +104,9 @@ Result<StateOwner::Row*> StateOwner::Get(const std::string& rule, const std::str
       stored->json.clear();  // a row with timers only
     }
     row.state = rules::StoredState{stored->version, std::move(stored->json),
-                                   std::move(timers).value()};
+                                   std::move(timers).value(), std::move(stored->windows)};
     row.inactive_due = stored->inactive_due;
+    row.window_due = stored->window_due;
   }
   auto it = rows_.emplace(std::move(key), Entry{std::move(row)}).first;
   lru_.push_front(&it->first);
@@ -148,10 +150,13 @@ void StateOwner::Put(const std::string& rule, const std::string& device,
     stored.json = row.state.json;
     stored.timers = EncodeTimers(row.state.timers);
     stored.inactive_due = row.inactive_due;
-    int64_t next = row.next_timer();
-    stored.next_due = next == 0 ? row.inactive_due
-                      : row.inactive_due == 0 ? next
-                                              : std::min(next, row.inactive_due);
+    stored.windows = row.state.windows;
+    stored.window_due = row.window_due;
+    int64_t next = 0;
+    for (int64_t due : {row.next_timer(), row.inactive_due, row.window_due}) {
+      next = due == 0 ? next : next == 0 ? due : std::min(next, due);
+    }
+    stored.next_due = next;
     if (stored.json.empty()) {
       stored.json = "{}";  // (a row with timers only; an empty text would delete it)
     }

@@ -51,7 +51,11 @@ class StateOwner {
     rules::StoredState state;  // version, JSON ("": none) and pending timers
     int64_t inactive_due = 0;  // durable: on_inactive is due by then at the latest (0: none)
     int64_t last_seen = 0;     // memory only: the device's last message to the rule (0: unknown)
-    bool exists() const { return !state.json.empty() || !state.timers.empty() || inactive_due; }
+    int64_t window_due = 0;    // when an ingest-time window closes next (0: none)
+    bool exists() const {
+      return !state.json.empty() || !state.timers.empty() || inactive_due ||
+             !state.windows.empty();
+    }
     int64_t next_timer() const;  // the earliest timer's due, or 0
   };
 

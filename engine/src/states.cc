@@ -26,9 +26,12 @@ int64_t InactivitySlack(int64_t inactivity_ms) {
   return std::max<int64_t>(1000, inactivity_ms / 10);
 }
 
-// When the row's next timer or silence is due (0: nothing).
+// When the row's next timer, silence or window close is due (0: nothing).
 int64_t NextDue(const StateOwner::Row& row, const rules::RuleInfo* rule) {
   int64_t next = row.next_timer();
+  if (row.window_due > 0) {
+    next = next == 0 ? row.window_due : std::min(next, row.window_due);
+  }
   if (row.inactive_due > 0 && rule != nullptr && rule->inactivity_ms > 0) {
     int64_t exact = row.last_seen > 0 ? row.last_seen + rule->inactivity_ms : row.inactive_due;
     next = next == 0 ? exact : std::min(next, exact);
@@ -69,6 +72,14 @@ void Engine::Impl::InitStateMetrics() {
   };
   timers_fired_ = fired("timer");
   inactive_fired_ = fired("inactive");
+  windows_closed_ = metrics_.GetCounter("gnomon_rule_windows_closed_total",
+                                        "Windows closed (each an on_window call)");
+  auto events = [&](const char* outcome) {
+    return metrics_.GetCounter("gnomon_rule_window_events_total",
+                               "Messages a window did not take, by why", {{"outcome", outcome}});
+  };
+  window_late_ = events("late");
+  window_skipped_ = events("skipped");
   metrics_.AddCollector([this](std::vector<prometheus::MetricFamily>& out) {
     double pending = 0;
     for (const auto& w : workers_) {
@@ -114,7 +125,7 @@ Result<std::optional<rules::StoredState>> Engine::Impl::ReadStateFor(void* worke
   GNOMON_ASSIGN_OR_RETURN(StateOwner::Row * row, w.states->Get(std::string(rule),
                                                                 std::string(device),
                                                                 w.shadows->reader()));
-  if (row->state.json.empty() && row->state.timers.empty()) {
+  if (row->state.json.empty() && row->state.timers.empty() && row->state.windows.empty()) {
     return std::optional<rules::StoredState>();
   }
   return std::optional<rules::StoredState>(row->state);
@@ -125,7 +136,8 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
   if (options_.mode == Mode::kDryRun || !w.states) {
     return;  // a dry run applies nothing (and without a store no call gets this far)
   }
-  bool handle = call == rules::MessageView::Call::kHandle;
+  using Call = rules::MessageView::Call;
+  bool handle = call == Call::kHandle;
   auto got = w.states->Get(rule.name, m.device, w.shadows->reader());
   if (!got.ok()) {
     // Only an inactivity update can get here without the row read already (a call that used
@@ -135,11 +147,14 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
     return;
   }
   StateOwner::Row& row = **got;
-  bool write = !handle;  // a firing always writes: its timer or deadline is gone
+  // A firing always writes: its timer, deadline or window close is gone.
+  bool write = call == Call::kTimer || call == Call::kInactive || call == Call::kAdvance;
   if (e != nullptr) {
     row.state.version = e->state_version;
     row.state.json = std::move(e->payload);
     row.state.timers = std::move(e->timers);
+    row.state.windows = std::move(e->windows);
+    row.window_due = e->window_due;
     write = true;
   }
   if (handle && rule.inactivity_ms > 0) {
@@ -226,8 +241,19 @@ void Engine::Impl::FireDue(Worker& w) {
       w.states->Schedule(key, now + 1000);  // try again in a second
       continue;
     }
+    bool ingest_windows = std::any_of(rule.windows.begin(), rule.windows.end(),
+                                      [](const rules::WindowDecl& d) { return d.time.empty(); });
     while (true) {
       StateOwner::Row& row = **got;
+      if (row.window_due > 0 && row.window_due <= now && ingest_windows) {
+        row.window_due = 0;  // (set again by the call from what is still open)
+        Fire(w, idx, rule, device, rules::MessageView::Call::kAdvance, "{}");
+        got = w.states->Get(rule_name, device, w.shadows->reader());
+        if (!got.ok()) {
+          break;
+        }
+        continue;
+      }
       auto t = std::min_element(row.state.timers.begin(), row.state.timers.end(),
                                 [](const rules::RuleTimer& a, const rules::RuleTimer& b) {
                                   return a.due_ms < b.due_ms;
@@ -277,9 +303,13 @@ void Engine::Impl::FireDue(Worker& w) {
 void Engine::Impl::Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule,
                         const std::string& device, rules::MessageView::Call call,
                         std::string event) {
+  using Call = rules::MessageView::Call;
   Message m;
   m.topic = "$gnomon/rules/" + rule.name +
-            (call == rules::MessageView::Call::kTimer ? "/timer" : "/inactive");
+            (call == Call::kTimer      ? "/timer"
+             : call == Call::kInactive ? "/inactive"
+             : call == Call::kWindow   ? "/window"
+                                       : "/advance");
   m.device = device;
   m.payload = std::move(event);
   m.source = &timer_source_name_;
@@ -294,11 +324,45 @@ void Engine::Impl::Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule,
   rules::CallResult result;
   w.row_written = false;
   RunRule(w, m, idx, view, result);
-  if (!w.row_written) {
-    UpdateRow(w, m, rule, nullptr, call);  // the timer or deadline is gone even if the call
-                                           // failed (it was dead-lettered) or did not run
+  if (!w.row_written && call != Call::kWindow) {
+    UpdateRow(w, m, rule, nullptr, call);  // the timer, deadline or close is gone even if the
+                                           // call failed (it was dead-lettered) or did not run
   }
   m.delivery->Release();  // the processing hold
+}
+
+void Engine::Impl::WindowsClosed(Worker& w, Message& m, uint32_t idx, const rules::RuleInfo& rule,
+                                 const rules::MessageView& view, std::vector<std::string> closed,
+                                 std::vector<std::string> late) {
+  for (std::string& event : closed) {
+    windows_closed_->Inc();
+    Fire(w, idx, rule, m.device, rules::MessageView::Call::kWindow, std::move(event));
+  }
+  if (late.empty()) {
+    return;
+  }
+  window_late_->Inc(static_cast<double>(late.size()));
+  if (rule.has_on_late) {
+    for (const std::string& name : late) {
+      std::string event;
+      json::ObjectWriter(event).Field("name", name).Close();
+      rules::MessageView v = view;
+      v.call = rules::MessageView::Call::kLate;
+      v.event = event;
+      rules::CallResult result;
+      RunRule(w, m, idx, v, result);
+    }
+    return;
+  }
+  std::string names;
+  for (const std::string& name : late) {
+    names += (names.empty() ? "" : ", ") + name;
+  }
+  DeadLetter(m.delivery, "late_event",
+             fmt::format("rule {}: the message is late for window(s) {} (they closed: its time "
+                         "is before their end plus grace); the rest of the call applied",
+                         rule.name, names),
+             rule.name, m.source, m.topic, m.device, m.payload, 1, m.ts_ms);
 }
 
 // GET /v1/things/{device}/state[?rule=NAME]: the committed row of one rule for the device, or
@@ -315,6 +379,9 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
     w.FieldRaw("timers", s.timers.empty() ? "[]" : s.timers);
     if (s.inactive_due > 0) {
       w.Field("inactive_by", s.inactive_due);
+    }
+    if (!s.windows.empty()) {
+      w.FieldRaw("windows", s.windows);
     }
   };
   HttpResponse out;

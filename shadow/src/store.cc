@@ -51,6 +51,8 @@ constexpr const char* kSchema =
     "  timers TEXT NOT NULL,"
     "  inactive_due INTEGER NOT NULL,"
     "  next_due INTEGER NOT NULL,"
+    "  windows TEXT NOT NULL,"
+    "  window_due INTEGER NOT NULL,"
     "  PRIMARY KEY (device, rule)) WITHOUT ROWID;"
     // The rows with something due, read at start to schedule them.
     "CREATE INDEX IF NOT EXISTS rule_state_due ON rule_state (next_due) WHERE next_due > 0;"
@@ -145,12 +147,14 @@ class SqliteReader final : public ShadowStore::Reader {
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT seq, log FROM shadow_changes ORDER BY seq", changes_));
     GNOMON_RETURN_IF_ERROR(Prepare(db_,
-                                   "SELECT version, state, timers, inactive_due, next_due FROM "
-                                   "rule_state WHERE device = ?1 AND rule = ?2",
+                                   "SELECT version, state, timers, inactive_due, next_due, "
+                                   "windows, window_due FROM rule_state WHERE device = ?1 AND "
+                                   "rule = ?2",
                                    state_));
     GNOMON_RETURN_IF_ERROR(Prepare(db_,
-                                   "SELECT rule, version, state, timers, inactive_due, next_due "
-                                   "FROM rule_state WHERE device = ?1 ORDER BY rule",
+                                   "SELECT rule, version, state, timers, inactive_due, next_due, "
+                                   "windows, window_due FROM rule_state WHERE device = ?1 ORDER "
+                                   "BY rule",
                                    states_of_));
     GNOMON_RETURN_IF_ERROR(Prepare(
         db_, "SELECT device, rule, next_due FROM rule_state WHERE next_due > 0", due_));
@@ -175,11 +179,13 @@ class SqliteReader final : public ShadowStore::Reader {
     return out;
   }
 
-  // The row at column `c` on: version, state, timers, inactive_due, next_due.
+  // The row at column `c` on: version, state, timers, inactive_due, next_due, windows,
+  // window_due.
   static RuleState Row(sqlite3_stmt* s, int c) {
-    return RuleState{sqlite3_column_int64(s, c), std::string(sqlite::ColumnText(s, c + 1)),
+    return RuleState{sqlite3_column_int64(s, c),        std::string(sqlite::ColumnText(s, c + 1)),
                      std::string(sqlite::ColumnText(s, c + 2)), sqlite3_column_int64(s, c + 3),
-                     sqlite3_column_int64(s, c + 4)};
+                     sqlite3_column_int64(s, c + 4),    std::string(sqlite::ColumnText(s, c + 5)),
+                     sqlite3_column_int64(s, c + 6)};
   }
 
   Status Due(const EachDue& each) override {
@@ -361,11 +367,12 @@ class ShadowStore::Impl {
         Prepare(db_, "DELETE FROM service_calls WHERE id = ?1", call_delete_));
     GNOMON_RETURN_IF_ERROR(Prepare(db_,
                                    "INSERT INTO rule_state (rule, device, version, state, timers, "
-                                   "inactive_due, next_due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
-                                   "ON CONFLICT (device, rule) DO UPDATE SET version = "
-                                   "excluded.version, state = excluded.state, timers = "
-                                   "excluded.timers, inactive_due = excluded.inactive_due, "
-                                   "next_due = excluded.next_due",
+                                   "inactive_due, next_due, windows, window_due) VALUES (?1, ?2, "
+                                   "?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (device, rule) DO "
+                                   "UPDATE SET version = excluded.version, state = "
+                                   "excluded.state, timers = excluded.timers, inactive_due = "
+                                   "excluded.inactive_due, next_due = excluded.next_due, windows "
+                                   "= excluded.windows, window_due = excluded.window_due",
                                    state_upsert_));
     GNOMON_RETURN_IF_ERROR(Prepare(db_, "DELETE FROM rule_state WHERE device = ?1 AND rule = ?2",
                                    state_delete_));
@@ -671,6 +678,8 @@ class ShadowStore::Impl {
       sqlite::BindText(s, 5, p.row.timers);
       sqlite3_bind_int64(s, 6, p.row.inactive_due);
       sqlite3_bind_int64(s, 7, p.row.next_due);
+      sqlite::BindText(s, 8, p.row.windows);
+      sqlite3_bind_int64(s, 9, p.row.window_due);
     }
     return Step(s, "rule state");
   }

@@ -649,6 +649,82 @@ TEST_F(EngineTest, InactivityFiresOnceAfterTheSilenceAndAFailingFiringIsDeadLett
       << metrics;
 }
 
+// Windows: per device, event time from the payload, aggregates computed natively; a window
+// open across a restart keeps what it took; a late message is dead-lettered as late_event once
+// its call has applied.
+TEST_F(EngineTest, EventTimeWindowsPerDeviceSurviveARestartAndLateMessagesAreDeadLettered) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "avg", from = "devices/+/telemetry",
+      windows = { m = { tumbling = "1m", of = "temp", agg = { "avg", "max" }, time = "at" } },
+      handle = function(msg, ctx) end,
+      on_window = function(w, ctx)
+        ctx.emit("out", { d = ctx.device, start = w.start, avg = w.avg, max = w.max, n = w.count })
+      end })");
+  auto at = [](const std::string& d, int64_t t, double temp) {
+    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" +
+           std::to_string(t) + ",\"temp\":" + std::to_string(temp) + "}}\n";
+  };
+  {
+    auto engine = Start(at("d1", 1000, 10) + at("d2", 2000, 100) + at("d1", 30000, 20));
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+    engine->Stop();
+  }
+  EXPECT_EQ(testing::ReadFile(dir_.File("out.jsonl")), "") << "nothing closed yet";
+  {
+    auto engine = Start(at("d1", 45000, 30) + at("d1", 61000, 0) + at("d2", 70000, 0) +
+                        at("d1", 5000, 99));
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+    Engine::Counts c = engine->counts();
+    std::string metrics = engine->metrics().Render();
+    engine->Stop();
+    EXPECT_EQ(c.dead_lettered, 1u) << "the late one";
+    EXPECT_NE(metrics.find("gnomon_rule_window_events_total{outcome=\"late\"} 1"),
+              std::string::npos)
+        << metrics;
+    EXPECT_NE(metrics.find("gnomon_rule_windows_closed_total 2"), std::string::npos) << metrics;
+  }
+  std::string out = testing::ReadFile(dir_.File("out.jsonl"));
+  std::map<std::string, std::string> by_device;
+  for (size_t at_ = 0; at_ < out.size();) {
+    size_t end = out.find('\n', at_);
+    std::string line = Canonical(out.substr(at_, end - at_));
+    at_ = end + 1;
+    simdjson::dom::parser p;
+    by_device[std::string(std::string_view(p.parse(line)["d"]))] = line;
+  }
+  ASSERT_EQ(by_device.size(), 2u) << out;
+  EXPECT_EQ(by_device["d1"], R"({"avg":20,"d":"d1","max":30,"n":3,"start":0})") << out;
+  EXPECT_EQ(by_device["d2"], R"({"avg":100,"d":"d2","max":100,"n":1,"start":0})") << out;
+  std::string dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+  EXPECT_NE(dl.find("late_event"), std::string::npos) << dl;
+  EXPECT_NE(dl.find("late for window(s) m"), std::string::npos) << dl;
+}
+
+// An ingest-time window (no `time`) closes by the clock, with nothing else arriving.
+TEST_F(EngineTest, IngestTimeWindowsCloseByTheClock) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "per-second", from = "devices/+/telemetry",
+      windows = { s = { tumbling = "1s", of = "n", agg = { "sum" } } },
+      handle = function(msg, ctx) end,
+      on_window = function(w, ctx)
+        ctx.emit("out", { d = ctx.device, sum = w.sum, n = w.count, len = w["end"] - w.start })
+      end })");
+  auto engine = Start(Line("d1", 2) + Line("d1", 3));
+  ASSERT_NE(engine, nullptr);
+  std::string out;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        out = testing::ReadFile(dir_.File("out.jsonl"));
+        return !out.empty();
+      },
+      std::chrono::seconds(30)));
+  engine->Stop();
+  EXPECT_EQ(Canonical(out.substr(0, out.find('\n'))), R"({"d":"d1","len":1000,"n":2,"sum":5})")
+      << out;
+}
+
 // Without a store ctx.state cannot be kept: the call fails and says what to configure.
 TEST_F(EngineTest, RuleStateWithoutAStoreFailsTheCallAndSaysWhy) {
   WriteConfig("", R"(

@@ -46,14 +46,16 @@ struct ShadowChange {
 
 // A rule's durable row for one device (docs/rules.md#state): the rule's `state.version` it
 // was written under, the state as JSON (ctx.state), its pending timers (ctx.timer, a JSON array,
-// "" for none), when on_inactive is due at the latest (0: not armed), and the earliest of
-// those two (0: nothing due), which the store indexes.
+// "" for none), when on_inactive is due at the latest (0: not armed), the windows' states and
+// when one closes next, and the earliest of what is due (0: nothing), which the store indexes.
 struct RuleState {
   int64_t version = 1;
   std::string json;
   std::string timers;
   int64_t inactive_due = 0;
   int64_t next_due = 0;
+  std::string windows;      // the rule's windows' states ("": none)
+  int64_t window_due = 0;   // when an ingest-time window closes next (0: none)
 };
 
 struct StoreStats {
