@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -239,12 +240,28 @@ class TestStates final : public StateReader {
   }
   void Set(const std::string& device, StoredState s) { states_[device] = std::move(s); }
   void Apply(const std::string& device, const Effect& e) {
-    if (e.payload.empty() && e.timers.empty()) {
+    if (e.payload.empty() && e.timers.empty() && e.windows.empty()) {
       states_.erase(device);
     } else {
-      states_[device] = StoredState{e.state_version, e.payload, e.timers};
+      states_[device] = StoredState{e.state_version, e.payload, e.timers, e.windows};
+    }
+    if (e.window_due > 0) {
+      window_due_[device] = e.window_due;
+    } else {
+      window_due_.erase(device);
     }
   }
+  // The earliest ingest-time window close of any device: (due, device); nullopt when none.
+  std::optional<std::pair<int64_t, std::string>> NextClose() const {
+    std::optional<std::pair<int64_t, std::string>> next;
+    for (const auto& [device, due] : window_due_) {
+      if (!next || due < next->first) {
+        next = std::make_pair(due, device);
+      }
+    }
+    return next;
+  }
+  void Closing(const std::string& device) { window_due_.erase(device); }
   const StoredState* Find(const std::string& device) const {
     auto it = states_.find(device);
     return it == states_.end() || it->second.json.empty() ? nullptr : &it->second;
@@ -273,6 +290,7 @@ class TestStates final : public StateReader {
 
  private:
   std::map<std::string, StoredState> states_;
+  std::map<std::string, int64_t> window_due_;
 };
 
 struct Rule {
@@ -370,7 +388,37 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   const RuleInfo& info = rule.set->rules()[0];
   // A call's outcome and effects, as the engine would apply them: shadow writes (a rejected
   // one fails the call), the row, then what the test compares.
-  auto settle = [&](const std::string& device, CallResult& result) {
+  // on_window for what a call closed, on_late for what it was late for (run after it, as in
+  // the engine); `view` is the call's message.
+  std::function<void(const std::string&, CallResult&, const MessageView&)> settle;
+  auto after_windows = [&](const std::string& device, CallResult& result,
+                           const MessageView& view) {
+    std::vector<std::string> closed = std::move(result.closed_windows);
+    std::vector<std::string> late = std::move(result.late_windows);
+    for (std::string& event : closed) {
+      std::string topic = "$gnomon/rules/" + info.name + "/window";
+      Headers none;
+      MessageView v{topic, device, &event, "timer", &none, clock.NowMs(), 0, &shadows, &states};
+      v.call = MessageView::Call::kWindow;
+      v.event = event;
+      CallResult r;
+      (*rt)->Run(0, v, r);
+      settle(device, r, v);
+    }
+    if (info.has_on_late) {
+      for (const std::string& name : late) {
+        std::string event;
+        json::ObjectWriter(event).Field("name", name).Close();
+        MessageView v = view;
+        v.call = MessageView::Call::kLate;
+        v.event = event;
+        CallResult r;
+        (*rt)->Run(0, v, r);
+        settle(device, r, v);
+      }
+    }
+  };
+  settle = [&](const std::string& device, CallResult& result, const MessageView& view) {
     if (result.outcome == Outcome::kOk) {
       for (const Effect& eff : result.effects) {
         if (eff.kind != Effect::Kind::kShadowUpdate) {
@@ -392,6 +440,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       failed = result.reason;
       return;
     }
+    after_windows(device, result, view);
     if (result.outcome == Outcome::kFiltered) {
       dropped = true;
       drop_reason = result.reason;
@@ -420,6 +469,22 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   std::map<std::string, int64_t> last_seen;  // devices whose silence is armed (inactivity)
   auto fire_until = [&](int64_t until) {
     while (true) {
+      if (auto close = states.NextClose(); close && close->first <= until &&
+          (!states.NextTimer() || close->first <= std::get<0>(*states.NextTimer()))) {
+        clock.Set(std::max(clock.NowMs(), close->first));
+        states.Closing(close->second);
+        std::string topic = "$gnomon/rules/" + info.name + "/advance";
+        std::string payload = "{}";
+        Headers none;
+        MessageView v{topic, close->second, &payload, "timer", &none, clock.NowMs(), 0,
+                      &shadows, &states};
+        v.call = MessageView::Call::kAdvance;
+        v.event = payload;
+        CallResult r;
+        (*rt)->Run(0, v, r);
+        settle(close->second, r, v);
+        continue;
+      }
       auto timer = states.NextTimer();
       std::optional<std::pair<int64_t, std::string>> silence;
       for (const auto& [device, seen] : last_seen) {
@@ -463,7 +528,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       view.event = event;
       CallResult result;
       (*rt)->Run(0, view, result);
-      settle(device, result);
+      settle(device, result, view);
     }
     clock.Set(std::max(clock.NowMs(), until));
   };
@@ -542,7 +607,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
     if (info.inactivity_ms > 0) {
       last_seen[device] = clock.NowMs();
     }
-    settle(device, result);
+    settle(device, result, view);
   }
 
   element expect;

@@ -325,6 +325,40 @@ TEST(RuleTestingTimeTest, TimersAndInactivityFireInVirtualTime) {
       << text;
 }
 
+// Windows in rule tests: what on_window and on_late emit is expected with the rest; ingest-time
+// windows close as virtual time moves on.
+TEST(RuleTestingTimeTest, WindowsCloseInTestsAndTheirCallbacksAreExpected) {
+  testing::TempDir dir;
+  dir.Write("avg.lua", R"(return rule {
+    name = "avg", from = "devices/+/telemetry",
+    windows = {
+      five = { tumbling = "5m", of = "temp", agg = { "avg", "max" }, time = "at" },
+      recent = { sliding = "1m", of = "temp", agg = { "avg" } },
+      per_minute = { tumbling = "1m" },
+    },
+    handle = function(msg, ctx) ctx.emit("now", { recent = ctx.window.recent.avg }) end,
+    on_window = function(w, ctx) ctx.emit("closed", w) end,
+    on_late = function(msg, w, ctx) ctx.emit("late", { window = w.name, at = msg.payload.at }) end,
+    tests = {
+      { name = "five minutes of averages", now = 0,
+        input = { { topic = "devices/d1/telemetry", payload = { at = 1000, temp = 10 } },
+                  { topic = "devices/d1/telemetry", payload = { at = 2000, temp = 30 }, at = 20000 },
+                  { topic = "devices/d1/telemetry", payload = { at = 300000, temp = 0 }, at = 40000 },
+                  { topic = "devices/d1/telemetry", payload = { at = 3000, temp = 5 }, at = 50000 },
+                  { advance = "30s" } },
+        expect = { emit = {
+          now = { { recent = 10 }, { recent = 20 }, { recent = 40 / 3 }, { recent = 45 / 4 } },
+          closed = { { name = "five", start = 0, ["end"] = 300000, avg = 20, max = 30, count = 2 },
+                     { name = "per_minute", start = 0, ["end"] = 60000, count = 4 } },
+          late = { { window = "five", at = 3000 } } } } },
+    },
+  })");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(report->failed(), 0) << report->Text(true);
+  EXPECT_EQ(report->passed(), 1) << report->Text(true);
+}
+
 TEST(RuleTestingInvokeTest, ServiceCallsAreExpectedByThing) {
   testing::TempDir dir;
   dir.Write("r.lua", R"(return rule {
