@@ -43,6 +43,7 @@
 ---@field shadow gnomon.Shadow The classic shadow of `msg.device` (needs `shadows:` in the config).
 ---@field model gnomon.Model|nil The thing model bound to `msg.device`, or nil.
 ---@field device string The device the call is for (msg.device; in on_timer / on_inactive the timer's device).
+---@field window table<string, gnomon.WindowValues> The rule's sliding windows as of this message.
 ---@field timer gnomon.Timers Durable timers of this rule and device (on_timer runs when one is due).
 ---@field state table This rule's durable state for `msg.device` (docs/rules.md#state; needs `shadows:`). Read on first use in a call; written back when `handle` returns, only if it changed and only if the call succeeds. Must stay JSON (tables, strings, numbers, booleans) within `state.max_bytes`.
 local Context = {}
@@ -192,6 +193,34 @@ function Context.now() end
 ---@field device_failures? number The same, from one device, before the rule stops for that device only (default 10).
 ---@field cooldown_s? number How long a quarantine lasts before one message probes the rule again (default 60).
 
+---@class gnomon.WindowValues
+---@field count integer
+---@field sum? number
+---@field avg? number
+---@field min? number
+---@field max? number
+---@field first? number
+---@field last? number
+---@field stddev? number
+
+---@class gnomon.ClosedWindow: gnomon.WindowValues
+---@field name string
+---@field start number Epoch ms.
+---@field end number Epoch ms, exclusive (w["end"] in Lua).
+
+---@class gnomon.Window
+---@field tumbling? string Length ("5m"): back-to-back windows.
+---@field hopping? string Length of overlapping windows, one starting every `hop`.
+---@field hop? string
+---@field sliding? string The last so long, as of each message (read with ctx.window.NAME).
+---@field session? string The gap that ends a run of messages.
+---@field of? string The payload field aggregated ("temp", "a.b"); none: messages are counted.
+---@field agg? ("count"|"sum"|"avg"|"min"|"max"|"first"|"last"|"stddev")[] Default { "count" }.
+---@field time? string Event time (epoch ms) in the payload ("payload.ts"); none: ingest time.
+---@field grace? string How long after its end a window still takes late messages.
+---@field max_open? integer Windows open at once (default 64).
+---@field max_events? integer Messages a sliding window holds (default 10000).
+
 ---@class gnomon.StateOptions
 ---@field version? integer The state's version (default 1); a state stored under another one goes through `migrate` first.
 ---@field max_bytes? integer The most the state may take as JSON per device (default 65536, at most 1048576); a call that leaves more fails.
@@ -207,6 +236,9 @@ function Context.now() end
 ---@field quarantine? gnomon.Quarantine
 ---@field state? gnomon.StateOptions
 ---@field inactivity? string A duration ("10m", at least "1s"): on_inactive runs once a device has sent the rule nothing for that long.
+---@field windows? table<string, gnomon.Window> Windows computed natively per device (docs/rules.md#windows).
+---@field on_window? fun(w: gnomon.ClosedWindow, ctx: gnomon.Context) Runs as each tumbling, hopping or session window closes.
+---@field on_late? fun(msg: gnomon.Message, w: {name: string}, ctx: gnomon.Context) A message too late for window w.name.
 ---@field on_timer? fun(t: gnomon.TimerEvent, ctx: gnomon.Context)
 ---@field on_inactive? fun(ev: gnomon.InactiveEvent, ctx: gnomon.Context)
 ---@field migrate? fun(old: table, from_version: integer): table Turns a state stored under another `state.version` into this one's; runs once per device, on first use.
