@@ -4,7 +4,7 @@
 # of a config (workers, file sinks for alerts and recorded publishes, rules) to WORK/base.yaml.
 # SHADOWS=1: the quickstart's rule, which also reports every reading to the device's shadow,
 # with the SQLite shadow store on. STATE=1: bench/rules/stateful.lua (ctx.state read and written
-# per message: a 5-minute window per device), with the store on.
+# per message and a 5-minute tumbling window per device), with the store on.
 bench_workload() {
   local work=$1 n=$2
   build/gnomon-sim gen --devices 10000 --count "$n" > "$work/capture.jsonl"

@@ -216,7 +216,7 @@ function Context.now() end
 ---@field session? string The gap that ends a run of messages.
 ---@field of? string The payload field aggregated ("temp", "a.b"); none: messages are counted.
 ---@field agg? ("count"|"sum"|"avg"|"min"|"max"|"first"|"last"|"stddev")[] Default { "count" }.
----@field time? string Event time (epoch ms) in the payload ("payload.ts"); none: ingest time.
+---@field time? string Event time: a payload field in epoch ms ("payload.ts"), or "msg.ts" (the message's timestamp); none: processing time (closes by the clock).
 ---@field grace? string How long after its end a window still takes late messages.
 ---@field max_open? integer Windows open at once (default 64).
 ---@field max_events? integer Messages a sliding window holds (default 10000).

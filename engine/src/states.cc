@@ -242,7 +242,7 @@ void Engine::Impl::FireDue(Worker& w) {
       continue;
     }
     bool ingest_windows = std::any_of(rule.windows.begin(), rule.windows.end(),
-                                      [](const rules::WindowDecl& d) { return d.time.empty(); });
+                                      [](const rules::WindowDecl& d) { return d.by_clock(); });
     while (true) {
       StateOwner::Row& row = **got;
       if (row.window_due > 0 && row.window_due <= now && ingest_windows) {

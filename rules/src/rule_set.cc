@@ -162,6 +162,9 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
         duration(decl.spec.hop_ms);
       } else if (k == "grace") {
         duration(decl.spec.grace_ms);
+      } else if (k == "time" && lua_type(L, -1) == LUA_TSTRING &&
+                 std::string_view(lua_tostring(L, -1)) == "msg.ts") {
+        decl.msg_ts = true;
       } else if (k == "of" || k == "time") {
         std::vector<std::string> path =
             lua_type(L, -1) == LUA_TSTRING ? PayloadPath(lua_tostring(L, -1))

@@ -670,7 +670,7 @@ Status AddToWindows(State* s, const RuleInfo& rule, const MessageView& msg) {
   std::vector<ClosedWindow> closed;
   for (size_t i = 0; i < rule.windows.size(); ++i) {
     const WindowDecl& d = rule.windows[i];
-    std::optional<double> t = static_cast<double>(msg.ts_ms);
+    std::optional<double> t = static_cast<double>(d.msg_ts ? msg.ts_ms : s->clock->NowMs());
     if (!d.time.empty()) {
       t = parsed ? PayloadNumber(s->parsed_root, d.time) : std::nullopt;
     }
@@ -707,7 +707,7 @@ Status AdvanceWindows(State* s, const RuleInfo& rule) {
   int64_t now = s->clock->NowMs();
   for (size_t i = 0; i < rule.windows.size(); ++i) {
     const WindowDecl& d = rule.windows[i];
-    if (!d.time.empty()) {
+    if (!d.by_clock()) {
       continue;  // event time moves with events only
     }
     closed.clear();
@@ -787,7 +787,7 @@ Status FinishState(lua_State* L, State* s, const RuleInfo& rule, CallResult& out
     json::ObjectWriter w(e.windows);
     for (size_t i = 0; i < rule.windows.size(); ++i) {
       w.Field(rule.windows[i].name, s->windows[i].Encode());
-      if (rule.windows[i].time.empty()) {
+      if (rule.windows[i].by_clock()) {
         if (std::optional<int64_t> next = s->windows[i].NextClose()) {
           e.window_due = e.window_due == 0 ? *next : std::min(e.window_due, *next);
         }

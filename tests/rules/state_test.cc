@@ -413,7 +413,7 @@ TEST_F(StateTest, TumblingEventTimeWindowsCloseAsEventsMoveTimeOn) {
 TEST_F(StateTest, SlidingWindowsShowTheirCurrentValueAndAFailedCallLeavesThemAsTheyWere) {
   Load("    if msg.payload.bad then error('no') end\n"
        "    ctx.emit('out', { avg = ctx.window.recent.avg, n = ctx.window.recent.count })",
-       "  windows = { recent = { sliding = '10s', of = 'v', agg = { 'avg' } } },\n");
+       "  windows = { recent = { sliding = '10s', of = 'v', agg = { 'avg' }, time = 'msg.ts' } },\n");
   auto run_at = [&](int64_t ts, const std::string& payload) {
     payload_ = payload;
     payload_.reserve(payload_.size() + simdjson::SIMDJSON_PADDING);

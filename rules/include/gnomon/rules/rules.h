@@ -30,8 +30,11 @@ struct WindowDecl {
   WindowSpec spec;
   std::vector<std::string> of;    // the aggregated field's path in the payload (empty: none,
                                   // the window counts events)
-  std::vector<std::string> time;  // the event time's path in the payload (epoch ms; empty:
-                                  // ingest time, msg.ts)
+  std::vector<std::string> time;  // the event time's path in the payload (epoch ms)
+  bool msg_ts = false;            // `time = "msg.ts"`: the message's timestamp is the event time
+  // Neither: processing time (the clock when the message is handled), and the window also
+  // closes by the clock.
+  bool by_clock() const { return time.empty() && !msg_ts; }
   std::vector<Agg> aggs;          // what on_window and ctx.window show (default: count)
 };
 
