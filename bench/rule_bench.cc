@@ -31,12 +31,13 @@ std::unique_ptr<RuleRuntime> Runtime(const std::string& body, bool jit = false) 
 class OneState final : public StateReader {
  public:
   Result<std::optional<StoredState>> ReadState(std::string_view, std::string_view) override {
-    if (json.empty()) {
+    if (json.empty() && windows.empty()) {
       return std::optional<StoredState>();
     }
-    return std::optional<StoredState>(StoredState{1, json});
+    return std::optional<StoredState>(StoredState{1, json, {}, windows});
   }
   std::string json;
+  std::string windows;
 };
 
 void RunRule(benchmark::State& state, const std::string& body, bool jit = false,
@@ -159,6 +160,41 @@ void BM_WindowInLuaGlobal(benchmark::State& state) {
                      kWindowBody);
 }
 BENCHMARK(BM_WindowInLuaGlobal);
+
+// bench/rules/stateful.lua's call: a declared 5-minute window of temp (avg, min, max, count)
+// and a ctx.state counter, both read and written back on every call.
+void BM_DeclaredWindowAndState(benchmark::State& state) {
+  static FixedClock clock(0);
+  std::string src = R"(return rule { name = 'b', from = 'devices/+/telemetry',
+    windows = { t5m = { tumbling = '5m', of = 'temp', agg = { 'avg', 'min', 'max', 'count' },
+                        time = 'msg.ts' } },
+    on_window = function(w, ctx) end,
+    handle = function(msg, ctx) ctx.state.n = (ctx.state.n or 0) + 1 end })";
+  auto set = RuleSet::FromSources({{"b.lua", src}}, RuleSetOptions{{"alerts"}});
+  auto rt = std::move(RuleRuntime::Create(*set, clock)).value();
+  std::string payload = kPayload;
+  payload.reserve(payload.size() + simdjson::SIMDJSON_PADDING);
+  MessageView m{"devices/dev00042/telemetry", "dev00042", &payload, "bench", nullptr, 1};
+  OneState states;
+  StoredState row;
+  m.states = &states;
+  CallResult r;
+  for (auto _ : state) {
+    m.ts_ms += 1000;
+    ++m.id;
+    rt->Run(0, m, r);
+    if (r.outcome == Outcome::kFailed) {
+      state.SkipWithError(r.reason.c_str());
+      break;
+    }
+    if (!r.effects.empty() && r.effects.back().kind == Effect::Kind::kState) {
+      states.json = std::move(r.effects.back().payload);
+      states.windows = std::move(r.effects.back().windows);
+    }
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_DeclaredWindowAndState);
 
 // The state read only (nothing changes, nothing is encoded... but the table is).
 void BM_CtxStateReadOnly(benchmark::State& state) {

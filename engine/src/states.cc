@@ -374,14 +374,21 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
     return ErrorResponse(*bad, now_s);
   }
   const std::string* rule = req.Query("rule");
-  auto entry = [](json::ObjectWriter& w, const shadow::RuleState& s) {
+  auto rules_now = rules_->Current();
+  auto entry = [&](json::ObjectWriter& w, const std::string& rule_name,
+                   const shadow::RuleState& s) {
     w.Field("version", s.version).FieldRaw("state", s.json.empty() ? "{}" : s.json);
     w.FieldRaw("timers", s.timers.empty() ? "[]" : s.timers);
     if (s.inactive_due > 0) {
       w.Field("inactive_by", s.inactive_due);
     }
     if (!s.windows.empty()) {
-      w.FieldRaw("windows", s.windows);
+      const auto& all = rules_now->set->rules();
+      auto it = std::find_if(all.begin(), all.end(),
+                             [&](const rules::RuleInfo& r) { return r.name == rule_name; });
+      if (it != all.end()) {
+        w.FieldRaw("windows", rules::DescribeWindows(*it, s.windows));
+      }
     }
   };
   HttpResponse out;
@@ -399,7 +406,7 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
     }
     json::ObjectWriter w(out.body);
     w.Field("device", device).Field("rule", *rule);
-    entry(w, **s);
+    entry(w, *rule, **s);
     w.Close();
     return out;
   }
@@ -416,7 +423,7 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
     json::AppendQuoted(rules, name);
     rules += ':';
     json::ObjectWriter w(rules);
-    entry(w, s);
+    entry(w, name, s);
     w.Close();
   }
   rules += '}';

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <unordered_map>
@@ -577,6 +578,35 @@ Result<int> StateSet(lua_State* L) {
   return 1;
 }
 
+// The windows' states in a row: for each window, "NAME LENGTH\n" and its encoded state.
+void AppendWindow(std::string& out, std::string_view name, std::string_view bytes) {
+  out.append(name);
+  out += ' ';
+  char buf[24];
+  out.append(buf, std::to_chars(buf, buf + sizeof(buf), bytes.size()).ptr);
+  out += '\n';
+  out.append(bytes);
+}
+
+// The encoded state of window `name` in `row`, or nullopt (absent or damaged).
+std::optional<std::string_view> FindWindow(std::string_view row, std::string_view name) {
+  while (!row.empty()) {
+    size_t sp = row.find(' ');
+    size_t nl = row.find('\n');
+    size_t len = 0;
+    if (sp == std::string_view::npos || nl == std::string_view::npos || nl < sp ||
+        std::from_chars(row.data() + sp + 1, row.data() + nl, len).ec != std::errc() ||
+        row.size() - nl - 1 < len) {
+      return std::nullopt;
+    }
+    if (row.substr(0, sp) == name) {
+      return row.substr(nl + 1, len);
+    }
+    row.remove_prefix(nl + 1 + len);
+  }
+  return std::nullopt;
+}
+
 // The windows of the call's (rule, device), from the row (a window stored under another spec,
 // or not stored, starts empty).
 Status LoadWindows(State* s, const RuleInfo& rule) {
@@ -584,19 +614,14 @@ Status LoadWindows(State* s, const RuleInfo& rule) {
     return {};
   }
   GNOMON_ASSIGN_OR_RETURN(const StoredState* stored, StoredRow(s, "rule.windows"));
-  simdjson::dom::object saved;
-  simdjson::dom::parser parser;
-  bool have = false;
-  if (stored != nullptr && !stored->windows.empty()) {
-    have = parser.parse(stored->windows).get_object().get(saved) == simdjson::SUCCESS;
-  }
   s->windows.clear();
   for (const WindowDecl& d : rule.windows) {
-    std::string_view bytes;
     std::optional<WindowState> w;
-    if (have && saved[d.name].get_string().get(bytes) == simdjson::SUCCESS) {
-      if (auto decoded = WindowState::Decode(d.spec, bytes); decoded.ok()) {
-        w = std::move(decoded).value();
+    if (stored != nullptr) {
+      if (auto bytes = FindWindow(stored->windows, d.name)) {
+        if (auto decoded = WindowState::Decode(d.spec, *bytes); decoded.ok()) {
+          w = std::move(decoded).value();
+        }
       }
     }
     s->windows.push_back(w ? std::move(*w) : WindowState(d.spec));
@@ -720,6 +745,36 @@ Status AdvanceWindows(State* s, const RuleInfo& rule) {
   return {};
 }
 
+}  // namespace
+
+std::string DescribeWindows(const RuleInfo& rule, std::string_view stored) {
+  std::string out;
+  json::ObjectWriter w(out);
+  for (const WindowDecl& d : rule.windows) {
+    auto bytes = FindWindow(stored, d.name);
+    auto state = bytes ? WindowState::Decode(d.spec, *bytes) : Result<WindowState>(WindowState(d.spec));
+    if (!state.ok()) {
+      continue;
+    }
+    std::string list = "[";
+    for (const ClosedWindow& c : state->Open()) {
+      if (list.size() > 1) {
+        list += ',';
+      }
+      json::ObjectWriter ow(list);
+      ow.Field("start", c.start).Field("end", c.end);
+      WriteAggregates(ow, d, c.agg);
+      ow.Close();
+    }
+    list += ']';
+    w.FieldRaw(d.name, list);
+  }
+  w.Close();
+  return out;
+}
+
+namespace {
+
 // ctx.window: { NAME = { count =, avg =, ... } } for the sliding windows, as of this call.
 Result<int> WindowView(lua_State* L) {
   State* s = GetState(L);
@@ -784,16 +839,14 @@ Status FinishState(lua_State* L, State* s, const RuleInfo& rule, CallResult& out
     e.timers = s->stored->timers;
   }
   if (s->windows_loaded) {
-    json::ObjectWriter w(e.windows);
     for (size_t i = 0; i < rule.windows.size(); ++i) {
-      w.Field(rule.windows[i].name, s->windows[i].Encode());
+      AppendWindow(e.windows, rule.windows[i].name, s->windows[i].Encode());
       if (rule.windows[i].by_clock()) {
         if (std::optional<int64_t> next = s->windows[i].NextClose()) {
           e.window_due = e.window_due == 0 ? *next : std::min(e.window_due, *next);
         }
       }
     }
-    w.Close();
   } else if (s->stored) {
     e.windows = s->stored->windows;
   }

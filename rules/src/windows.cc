@@ -88,9 +88,24 @@ class Reader {
   size_t at_ = 0;
 };
 
+// Appends `sep` and `v` (integers exactly, doubles in their shortest round-trip form).
+template <typename T>
+void Put(std::string& out, char sep, T v) {
+  char buf[32];
+  buf[0] = sep;
+  auto r = std::to_chars(buf + 1, buf + sizeof(buf), v);
+  out.append(buf, r.ptr);
+}
+
 void AppendAggregates(std::string& out, const Aggregates& a) {
-  fmt::format_to(std::back_inserter(out), " {} {} {} {} {} {} {} {} {} {}", a.count, a.sum, a.min,
-                 a.max, a.first, a.last, a.first_t, a.last_t, a.mean, a.m2);
+  Put(out, ' ', a.count);
+  for (double d : {a.sum, a.min, a.max, a.first, a.last}) {
+    Put(out, ' ', d);
+  }
+  Put(out, ' ', a.first_t);
+  Put(out, ' ', a.last_t);
+  Put(out, ' ', a.mean);
+  Put(out, ' ', a.m2);
 }
 
 bool ReadAggregates(Reader& r, Aggregates& a) {
@@ -421,27 +436,55 @@ size_t WindowState::open() const {
 
 // "w1 <kind> <seen> <watermark> <closed_until> <n>", then one line per window, session or
 // event.
-std::string WindowState::Encode() const {
-  std::string out;
-  fmt::format_to(std::back_inserter(out), "w1 {} {} {} {} {}", static_cast<int>(spec_.kind),
-                 seen_ ? 1 : 0, watermark_, closed_until_, open());
+std::vector<ClosedWindow> WindowState::Open() const {
+  std::vector<ClosedWindow> out;
   switch (spec_.kind) {
     case WindowSpec::Kind::kTumbling:
     case WindowSpec::Kind::kHopping:
       for (const auto& [start, agg] : windows_) {
-        fmt::format_to(std::back_inserter(out), "\n{}", start);
+        out.push_back({start, start + spec_.size_ms, agg});
+      }
+      break;
+    case WindowSpec::Kind::kSession:
+      for (const Session& s : sessions_) {
+        out.push_back({s.start, s.last + spec_.size_ms, s.agg});
+      }
+      break;
+    case WindowSpec::Kind::kSliding:
+      if (seen_) {
+        out.push_back({watermark_ - spec_.size_ms, watermark_, Current()});
+      }
+      break;
+  }
+  return out;
+}
+
+std::string WindowState::Encode() const {
+  std::string out = "w1";
+  Put(out, ' ', static_cast<int>(spec_.kind));
+  Put(out, ' ', seen_ ? 1 : 0);
+  Put(out, ' ', watermark_);
+  Put(out, ' ', closed_until_);
+  Put(out, ' ', open());
+  switch (spec_.kind) {
+    case WindowSpec::Kind::kTumbling:
+    case WindowSpec::Kind::kHopping:
+      for (const auto& [start, agg] : windows_) {
+        Put(out, '\n', start);
         AppendAggregates(out, agg);
       }
       break;
     case WindowSpec::Kind::kSession:
       for (const Session& s : sessions_) {
-        fmt::format_to(std::back_inserter(out), "\n{} {}", s.start, s.last);
+        Put(out, '\n', s.start);
+        Put(out, ' ', s.last);
         AppendAggregates(out, s.agg);
       }
       break;
     case WindowSpec::Kind::kSliding:
       for (const auto& [t, v] : events_) {
-        fmt::format_to(std::back_inserter(out), "\n{} {}", t, v);
+        Put(out, '\n', t);
+        Put(out, ' ', v);
       }
       break;
   }

@@ -1746,6 +1746,43 @@ metrics: { listen: "127.0.0.1:{api}" }
   EXPECT_NE(metrics.find("gnomon_rule_timers_pending 0"), std::string::npos) << metrics;
 }
 
+// GET .../state shows a rule's open windows with what they hold so far.
+TEST_F(ShadowIntegrationTest, RestShowsTheOpenWindowsOfARule) {
+  dir_.Write("rules/report.lua", R"(
+    return rule { name = "hourly", from = "devices/+/telemetry",
+      windows = { h = { tumbling = "1h", of = "temp", agg = { "avg", "max" } } },
+      handle = function(msg, ctx) end,
+      on_window = function(w, ctx) end })");
+  std::filesystem::remove(dir_.File("rules/on_delta.lua"));
+  dir_.Write("gnomon.yaml", Fill(R"(workers: 2
+data_dir: data
+sources:
+  - { name: ingest, type: http, device: "topic[2]" }
+sinks:
+  - { name: archive, type: file, path: archive.jsonl, linger_ms: 0 }
+shadows: {}
+rules: [rules/*.lua]
+api: { listen: "127.0.0.1:{api}" }
+)"));
+  auto gnomon = StartGnomon();
+  for (const char* t : {"10", "20.5"}) {
+    ASSERT_EQ(Call("POST", "/v1/ingest/devices/w1/telemetry", std::string(R"({"temp":)") + t + "}")
+                  .first,
+              202);
+  }
+  auto r = Call("GET", "/v1/things/w1/state?rule=hourly");
+  ASSERT_EQ(r.first, 200) << r.second;
+  simdjson::dom::parser p;
+  simdjson::dom::element e = p.parse(r.second);
+  simdjson::dom::array open = e["windows"]["h"];
+  ASSERT_EQ(open.size(), 1u) << r.second;
+  simdjson::dom::element w = open.at(0);
+  EXPECT_EQ(int64_t(w["count"]), 2) << r.second;
+  EXPECT_EQ(double(w["avg"]), 15.25) << r.second;
+  EXPECT_EQ(double(w["max"]), 20.5) << r.second;
+  EXPECT_EQ(int64_t(w["end"]) - int64_t(w["start"]), 3600000) << r.second;
+}
+
 // A state the store cannot take: the message is dead-lettered (state_not_stored), the state
 // stays the last durable one, and once there is room counting goes on from it.
 TEST_F(ShadowIntegrationTest, ARuleStateTheDiskCannotTakeDeadLettersTheMessageAndChangesNothing) {

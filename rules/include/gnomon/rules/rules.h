@@ -155,6 +155,10 @@ class RuleSet {
 Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>& patterns,
                                                  const std::string& base_dir);
 
+// The open windows of `rule` in a stored row's windows (StoredState::windows) as JSON:
+// { NAME: [ { "start", "end", "count", aggregates... } ] } (for GET .../state).
+std::string DescribeWindows(const RuleInfo& rule, std::string_view stored);
+
 // One buffered effect of a rule call.
 struct Effect {
   enum class Kind { kEmit, kPublish, kShadowUpdate, kInvoke, kState };

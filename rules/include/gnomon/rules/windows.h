@@ -101,6 +101,9 @@ class WindowState {
   std::optional<int64_t> NextClose() const;
   // A sliding window's aggregates over (watermark - size, watermark].
   Aggregates Current() const;
+  // The windows open now, by start: [start, end) with what they took (a session's end is its
+  // last event + the gap; a sliding window is one, (watermark - size, watermark]).
+  std::vector<ClosedWindow> Open() const;
 
   int64_t watermark() const { return watermark_; }
   size_t open() const;
