@@ -209,8 +209,8 @@ size_t StateOwner::Trim() {
 }
 
 void StateOwner::Schedule(const std::string& key, int64_t due) {
-  if (due <= 0) {
-    return;
+  if (due <= 0 || due >= covered_ + kMarginMs) {
+    return;  // (beyond the margin: the store's index keeps it until Extend)
   }
   auto [it, added] = indexed_.try_emplace(key, due);
   if (!added) {
@@ -222,6 +222,26 @@ void StateOwner::Schedule(const std::string& key, int64_t due) {
   }
   due_.emplace(due, key);
   pending_.store(due_.size(), std::memory_order_relaxed);
+}
+
+Result<size_t> StateOwner::Extend(int64_t now, shadow::ShadowStore::Reader& reader,
+                                  const std::function<bool(std::string_view)>& mine) {
+  if (covered_ - now >= kMarginMs || store_.committed() < extend_seq_) {
+    return size_t{0};
+  }
+  int64_t from = covered_;
+  int64_t to = std::min(now + 2 * kMarginMs, covered_ + kMarginMs / 2);
+  extend_seq_ = store_.queued_seq();
+  covered_ = to;
+  size_t added = 0;
+  GNOMON_RETURN_IF_ERROR(reader.Due(from, to, [&](std::string_view device, std::string_view rule,
+                                                  int64_t due) {
+    if (mine(device)) {
+      Schedule(StateKey(rule, device), due);
+      ++added;
+    }
+  }));
+  return added;
 }
 
 std::vector<std::string> StateOwner::TakeDue(int64_t now, size_t max) {

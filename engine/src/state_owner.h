@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <optional>
 #include <set>
@@ -79,8 +80,22 @@ class StateOwner {
   size_t Trim();
 
   // Due index. Schedule: row `key` has something due at `due` (0: nothing); an entry already
-  // earlier stays (taking it early is harmless: the worker looks and schedules again).
+  // earlier stays (taking it early is harmless: the worker looks and schedules again). Only
+  // rows due before covered() + kMarginMs are kept: later ones wait in the store's index of
+  // next_due until Extend brings them in, so memory holds what is due soon, not every timer.
   void Schedule(const std::string& key, int64_t due);
+  static constexpr int64_t kMarginMs = 10'000;
+  // Every row due before this is in the index (or fired).
+  int64_t covered() const { return covered_; }
+  // At start: the rows due before `until` were loaded (Schedule'd after this).
+  void Cover(int64_t until) { covered_ = until; }
+  // Once `now` is within kMarginMs of covered(): brings in the rows due in the next stretch
+  // (at most kMarginMs / 2 further) from the store, those `mine` says this worker owns. Waits
+  // (returns 0) until the writes queued before the previous extension are durable: a row
+  // written since then and due in the new stretch is found by the next one (Schedule kept any
+  // due sooner). Returns how many rows were added.
+  Result<size_t> Extend(int64_t now, shadow::ShadowStore::Reader& reader,
+                        const std::function<bool(std::string_view)>& mine);
   // Takes (removes) up to `max` rows due at or before `now`, earliest first.
   std::vector<std::string> TakeDue(int64_t now, size_t max);
   // Rows in the due index; safe from any thread.
@@ -114,6 +129,8 @@ class StateOwner {
   std::set<std::pair<int64_t, std::string>> due_;
   std::unordered_map<std::string, int64_t> indexed_;
   std::atomic<size_t> pending_{0};
+  int64_t covered_ = 0;
+  uint64_t extend_seq_ = 0;  // the store's queued sequence at the previous extension
 };
 
 }  // namespace gnomon::engine

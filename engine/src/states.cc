@@ -86,7 +86,7 @@ void Engine::Impl::InitStateMetrics() {
       pending += w->states ? static_cast<double>(w->states->pending()) : 0;
     }
     out.push_back(OneSample("gnomon_rule_timers_pending",
-                            "Rule state rows with a timer or an inactivity deadline scheduled",
+                            "Rule state rows with a timer, silence or window close due in the next 10-20 s (in memory)",
                             prometheus::MetricType::Gauge, pending));
   });
 }
@@ -106,9 +106,14 @@ Status Engine::Impl::RestoreStates() {
     return {};
   }
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
+  // What is due soon (or overdue) now; the rest comes in as time moves on (StateOwner::Extend).
+  int64_t until = clock_.NowMs() + StateOwner::kMarginMs;
+  for (auto& w : workers_) {
+    w->states->Cover(until);
+  }
   size_t n = 0;
-  GNOMON_RETURN_IF_ERROR(reader->Due([&](std::string_view device, std::string_view rule,
-                                         int64_t due) {
+  GNOMON_RETURN_IF_ERROR(reader->Due(1, until, [&](std::string_view device,
+                                                   std::string_view rule, int64_t due) {
     workers_[OwnerOf(device)]->states->Schedule(StateKey(rule, device), due);
     ++n;
   }));
@@ -203,11 +208,15 @@ void Engine::Impl::DropState(Worker& w, const ShadowEviction& evict) {
 
 void Engine::Impl::StateTimer(const std::stop_token& st) {
   pthread_setname_np(pthread_self(), "gnomon-timers");
+  uint64_t n = 0;
   while (!st.stop_requested()) {
     std::this_thread::sleep_for(kStateTick);
+    // Every second a tick for every worker: rows due later than its horizon come in from the
+    // store as time moves on (StateOwner::Extend), whether or not something is due now.
+    bool all = ++n % 50 == 0;
     for (auto& w : workers_) {
       // One tick in a queue at a time; behind messages, which it must not overtake anyway.
-      if (w->states && w->states->pending() > 0 && !w->tick_queued.exchange(true)) {
+      if (w->states && (all || w->states->pending() > 0) && !w->tick_queued.exchange(true)) {
         (void)w->queue.PushForce(StateTick{});
       }
     }
@@ -220,6 +229,13 @@ void Engine::Impl::FireDue(Worker& w) {
     return;
   }
   int64_t now = clock_.NowMs();
+  auto extended = w.states->Extend(now, w.shadows->reader(), [&](std::string_view device) {
+    return OwnerOf(device) == w.index;
+  });
+  if (!extended.ok()) {
+    log::Error("rule timers due soon could not be read from the store",
+               {{"error", extended.status().message()}});
+  }
   const rules::RuleSet& set = *w.loaded->set;
   for (const std::string& key : w.states->TakeDue(now, kFiresPerTick)) {
     size_t zero = key.find('\0');

@@ -157,7 +157,10 @@ class SqliteReader final : public ShadowStore::Reader {
                                    "BY rule",
                                    states_of_));
     GNOMON_RETURN_IF_ERROR(Prepare(
-        db_, "SELECT device, rule, next_due FROM rule_state WHERE next_due > 0", due_));
+        db_,
+        "SELECT device, rule, next_due FROM rule_state WHERE next_due >= ?1 AND next_due < ?2 "
+        "AND next_due > 0",
+        due_));
     return {};
   }
 
@@ -188,9 +191,11 @@ class SqliteReader final : public ShadowStore::Reader {
                      sqlite3_column_int64(s, c + 6)};
   }
 
-  Status Due(const EachDue& each) override {
+  Status Due(int64_t from, int64_t to, const EachDue& each) override {
     sqlite3_stmt* s = due_.get();
     sqlite3_reset(s);
+    sqlite3_bind_int64(s, 1, std::max<int64_t>(from, 1));
+    sqlite3_bind_int64(s, 2, to);
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
       each(sqlite::ColumnText(s, 0), sqlite::ColumnText(s, 1), sqlite3_column_int64(s, 2));
@@ -404,6 +409,10 @@ class ShadowStore::Impl {
   uint64_t committed() const {
     MutexLock lock(mu_);
     return committed_seq_;
+  }
+  uint64_t queued_seq() const {
+    MutexLock lock(mu_);
+    return queued_seq_;
   }
 
   void Flush() {
@@ -733,6 +742,7 @@ uint64_t ShadowStore::Write(std::string thing, std::string name, std::string sto
 }
 
 uint64_t ShadowStore::committed() const { return impl_->committed(); }
+uint64_t ShadowStore::queued_seq() const { return impl_->queued_seq(); }
 
 void ShadowStore::WriteCall(std::string thing, std::string id, std::string stored, Done done) {
   Impl::Pending p{std::move(thing), std::move(id), std::move(stored), std::move(done)};

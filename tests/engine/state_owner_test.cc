@@ -171,7 +171,7 @@ TEST(StateOwnerTest, TimersAndDeadlinesAreStoredAndScheduledEarliestFirst) {
   EXPECT_EQ(*timers, (std::vector<rules::RuleTimer>{{"b", 300, R"({"x":[1,2]})"}, {"a", 200, ""}}));
 
   std::vector<std::string> due;
-  ASSERT_TRUE((*reader)->Due([&](std::string_view device, std::string_view rule, int64_t at) {
+  ASSERT_TRUE((*reader)->Due(1, 1000, [&](std::string_view device, std::string_view rule, int64_t at) {
     due.push_back(std::string(device) + "/" + std::string(rule) + "@" + std::to_string(at));
   }).ok());
   std::sort(due.begin(), due.end());
@@ -202,6 +202,64 @@ TEST(StateOwnerTest, TimersAndDeadlinesAreStoredAndScheduledEarliestFirst) {
   stored = (*reader)->LoadState("r", "d1");
   ASSERT_TRUE(stored.ok());
   EXPECT_FALSE(stored->has_value());
+}
+
+// Only rows due soon are kept in memory: the rest wait in the store's index and come in as time
+// moves on, never before the writes that could have scheduled them are durable.
+TEST(StateOwnerTest, RowsDueLaterThanTheHorizonComeInFromTheStoreAsTimeMovesOn) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  StateOwner owner(1 << 20, *store);
+  owner.Cover(1000);
+  owner.Schedule(StateKey("r", "soon"), 5000);
+  owner.Schedule(StateKey("r", "later"), 50000);
+  EXPECT_EQ(owner.pending(), 1u) << "50000 is beyond the horizon and its margin";
+  store->WriteState("r", "later", RuleState{1, "{}", "", 0, 50000}, nullptr);
+  store->WriteState("r", "theirs", RuleState{1, "{}", "", 0, 50000}, nullptr);
+  store->Flush();
+  auto mine = [](std::string_view device) { return device != "theirs"; };
+  int64_t now = 0;
+  size_t added = 0;
+  while (owner.covered() <= 50000) {
+    auto n = owner.Extend(now, **reader, mine);
+    ASSERT_TRUE(n.ok()) << n.status().message();
+    added += *n;
+    EXPECT_LE(owner.covered(), now + 2 * StateOwner::kMarginMs);
+    now += 1000;
+  }
+  EXPECT_EQ(added, 1u) << "its own row, once";
+  EXPECT_EQ(owner.pending(), 2u);
+  EXPECT_EQ(owner.TakeDue(60000, 10),
+            (std::vector<std::string>{StateKey("r", "soon"), StateKey("r", "later")}));
+
+  // A write still in flight holds the next extension back (it could be due in its stretch).
+  std::promise<void> entered, release;
+  auto released = release.get_future().share();
+  store->After([&entered, released](const Status&) {
+    entered.set_value();
+    released.wait();
+  });
+  entered.get_future().wait();
+  store->WriteState("r", "late-write", RuleState{1, "{}", "", 0, now + 25000}, nullptr);
+  int64_t before = owner.covered();
+  auto n = owner.Extend(before, **reader, mine);  // (moves: nothing was queued before the last)
+  ASSERT_TRUE(n.ok());
+  int64_t moved = owner.covered();
+  EXPECT_GT(moved, before);
+  n = owner.Extend(moved, **reader, mine);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(owner.covered(), moved) << "waits for the write queued before the last extension";
+  release.set_value();
+  store->Flush();
+  size_t found = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto more = owner.Extend(owner.covered(), **reader, mine);
+    ASSERT_TRUE(more.ok());
+    found += *more;
+  }
+  EXPECT_EQ(found, 1u) << "the write's row came in once durable";
 }
 
 TEST(StateOwnerTest, DamagedStoredTimersAreAnErrorNamingTheRow) {

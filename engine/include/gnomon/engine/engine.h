@@ -67,7 +67,7 @@ struct AppConfig {
     std::string connection_name;
     bool sync_full = true;
     size_t cache_shadows = 100'000;  // per worker (see Worker::shadows)
-    size_t state_cache_mb = 64;      // rule states (ctx.state) cached, per worker
+    size_t state_cache_mb = 32;      // rule rows (ctx.state, timers, windows) cached, per worker
     size_t max_pending_writes = 8192;  // store writes not yet durable before workers wait
     size_t history = 1000;           // versions of change history kept per shadow (0: none)
     size_t history_mb = 64;          // change history, per worker (memory, and its history log)

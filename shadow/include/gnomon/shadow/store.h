@@ -118,10 +118,11 @@ class ShadowStore {
     // Every rule's state for `device` as (rule, state), by rule name.
     virtual Result<std::vector<std::pair<std::string, RuleState>>> StatesOf(
         std::string_view device) = 0;
-    // Calls `each` with every row that has something due (device, rule, next_due).
+    // Calls `each` with every row that has something due in [from, to) (device, rule,
+    // next_due).
     using EachDue = std::function<void(std::string_view device, std::string_view rule,
                                        int64_t next_due)>;
-    virtual Status Due(const EachDue& each) = 0;
+    virtual Status Due(int64_t from, int64_t to, const EachDue& each) = 0;
     // Every stored service call as (thing, stored form), in the order they were first written.
     virtual Result<std::vector<std::pair<std::string, std::string>>> Calls() = 0;
     // Calls `each` with every change in the history log, oldest first.
@@ -139,6 +140,8 @@ class ShadowStore {
   bool WaitPendingAtMost(size_t n, std::chrono::milliseconds timeout);
   // Every write whose sequence number is at most this is done (durable, or refused).
   uint64_t committed() const;
+  // The sequence number of the last write queued.
+  uint64_t queued_seq() const;
 
   class Impl;
 
