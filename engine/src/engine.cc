@@ -639,6 +639,7 @@ void Engine::Impl::RunWorker(size_t index) {
                      [&](CallEvent& e) { w.calls->On(e); },
                      [&](CallTick&) { w.calls->Tick(); },
                      [&](StateTick&) { FireDue(w); },
+                     [&](WindowEvent& e) { ApplyWindowEvent(w, e); },
                  },
                  item);
     }
@@ -846,6 +847,9 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
   }
   if (result.window_skips > 0) {
     window_skipped_->Inc(static_cast<double>(result.window_skips));
+  }
+  if (applied && w.states && !result.keyed_events.empty()) {
+    RouteKeyedEvents(m, rule, std::move(result.keyed_events));
   }
   if (applied && w.states &&
       (!result.closed_windows.empty() || !result.late_windows.empty())) {

@@ -218,6 +218,12 @@ class Engine::Impl final : public Ingest,
   Counter* windows_closed_ = nullptr;
   Counter* window_late_ = nullptr;
   Counter* window_skipped_ = nullptr;
+  // A call's events for keyed windows, to the owners of their keys (holding `m` until each
+  // is durable there).
+  void RouteKeyedEvents(const Message& m, const rules::RuleInfo& rule,
+                        std::vector<rules::KeyedEvent> events);
+  // On the key's owner: a keyed window takes the event.
+  void ApplyWindowEvent(Worker& w, WindowEvent& e);
   // After a call that moved windows on: on_window for each closed one, and on_late (or a
   // late_event dead letter) for the windows `m` was late for.
   void WindowsClosed(Worker& w, Message& m, uint32_t idx, const rules::RuleInfo& rule,

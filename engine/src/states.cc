@@ -347,6 +347,50 @@ void Engine::Impl::Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule,
   m.delivery->Release();  // the processing hold
 }
 
+void Engine::Impl::RouteKeyedEvents(const Message& m, const rules::RuleInfo& rule,
+                                    std::vector<rules::KeyedEvent> events) {
+  if (options_.mode == Mode::kDryRun) {
+    return;
+  }
+  for (rules::KeyedEvent& k : events) {
+    WindowEvent e;
+    e.rule = rule.name;
+    e.msg.topic = "$gnomon/rules/" + rule.name + "/keyed";
+    json::ObjectWriter w(e.msg.payload);
+    w.Field("window", k.window).Field("t", k.t);
+    std::string v;
+    json::AppendNumber(v, k.value);
+    w.FieldRaw("v", v).Close();
+    e.msg.device = std::move(k.key);
+    e.msg.source = m.source;
+    e.msg.ts_ms = m.ts_ms;
+    e.msg.delivery = m.delivery;
+    m.delivery->Hold();
+    size_t owner = OwnerOf(e.msg.device);
+    if (!workers_[owner]->queue.PushForce(std::move(e))) {
+      m.delivery->Mark(Delivery::kAbandoned);
+      m.delivery->Release();
+    }
+  }
+}
+
+void Engine::Impl::ApplyWindowEvent(Worker& w, WindowEvent& e) {
+  const auto& rules = w.loaded->set->rules();
+  auto it = std::find_if(rules.begin(), rules.end(),
+                         [&](const rules::RuleInfo& r) { return r.name == e.rule; });
+  if (it != rules.end() && w.states) {
+    auto idx = static_cast<uint32_t>(it - rules.begin());
+    rules::MessageView view{e.msg.topic,    e.msg.device, &e.msg.payload,      *e.msg.source,
+                            &e.msg.headers, e.msg.ts_ms,  ++w.message_seq, w.rule_shadows.get(),
+                            w.rule_states.get()};
+    view.call = rules::MessageView::Call::kKeyed;
+    view.event = e.msg.payload;
+    rules::CallResult result;
+    RunRule(w, e.msg, idx, view, result);
+  }
+  e.msg.delivery->Release();  // the hold RouteKeyedEvents took
+}
+
 void Engine::Impl::WindowsClosed(Worker& w, Message& m, uint32_t idx, const rules::RuleInfo& rule,
                                  const rules::MessageView& view, std::vector<std::string> closed,
                                  std::vector<std::string> late) {

@@ -87,8 +87,16 @@ struct CallTick {};
 // The rule timer: fire the rows whose timers or inactivity are due (Engine::Impl::FireDue).
 struct StateTick {};
 
+// A message's event for a keyed window of `rule`, for the owner of the key: `msg.device` is the
+// key, `msg.payload` the event ({"window", "t", "v"}); `msg.delivery` is the message's, held
+// until the window has it durably.
+struct WindowEvent {
+  Message msg;
+  std::string rule;
+};
+
 using WorkItem = std::variant<Message, ShadowRequest, ShadowEviction, CallInvoke, CallQuery,
-                              CallEvent, CallTick, StateTick>;
+                              CallEvent, CallTick, StateTick, WindowEvent>;
 
 // The message an item from outside carries (its device, source and delivery); null for the
 // engine's own items (evictions, call events, ticks).

@@ -111,9 +111,9 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
     return;
   }
   static const std::regex kWindowName("^[a-z][a-z0-9_]{0,63}$");
-  static const std::set<std::string> kFields = {"tumbling", "hopping", "sliding", "session",
-                                                "hop",      "of",      "agg",     "time",
-                                                "grace",    "max_open", "max_events"};
+  static const std::set<std::string> kFields = {
+      "tumbling", "hopping", "sliding", "session",  "hop", "of",
+      "agg",      "time",    "grace",   "max_open", "max_events", "key"};
   int wt = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, wt) != 0) {
@@ -149,7 +149,7 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
       };
       if (kFields.count(k) == 0) {
         bad(fmt::format("unknown field '{}' (known: tumbling, hopping, sliding, session, hop, of, "
-                        "agg, time, grace, max_open, max_events)",
+                        "agg, time, grace, key, max_open, max_events)",
                         k));
       } else if (k == "tumbling" || k == "hopping" || k == "sliding" || k == "session") {
         ++kinds;
@@ -165,14 +165,14 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
       } else if (k == "time" && lua_type(L, -1) == LUA_TSTRING &&
                  std::string_view(lua_tostring(L, -1)) == "msg.ts") {
         decl.msg_ts = true;
-      } else if (k == "of" || k == "time") {
+      } else if (k == "of" || k == "time" || k == "key") {
         std::vector<std::string> path =
             lua_type(L, -1) == LUA_TSTRING ? PayloadPath(lua_tostring(L, -1))
                                            : std::vector<std::string>();
         if (path.empty()) {
           bad(fmt::format("{}: a field of the payload, \"temp\" or \"payload.a.b\"", k));
         }
-        (k == "of" ? decl.of : decl.time) = std::move(path);
+        (k == "of" ? decl.of : k == "time" ? decl.time : decl.key) = std::move(path);
       } else if (k == "agg") {
         if (lua_type(L, -1) == LUA_TSTRING) {
           lua_createtable(L, 1, 0);

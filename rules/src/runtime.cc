@@ -106,6 +106,7 @@ struct RuleRuntime::State {
   std::vector<WindowState> windows;
   std::vector<std::string> closed;
   std::vector<std::string> late;
+  std::vector<KeyedEvent> keyed;
   int64_t window_skips = 0;
 };
 
@@ -654,6 +655,34 @@ std::optional<double> PayloadNumber(simdjson::dom::element root,
   return std::nullopt;
 }
 
+// A keyed window's key at `path` in the payload: a string (or an integer) of 1-128 characters
+// of [A-Za-z0-9_.:-]; nullopt otherwise.
+std::optional<std::string> PayloadKey(simdjson::dom::element root,
+                                      const std::vector<std::string>& path) {
+  simdjson::dom::element e = root;
+  for (const std::string& k : path) {
+    if (e.at_key(k).get(e) != simdjson::SUCCESS) {
+      return std::nullopt;
+    }
+  }
+  std::string key;
+  std::string_view sv;
+  int64_t i = 0;
+  if (e.get_string().get(sv) == simdjson::SUCCESS) {
+    key = sv;
+  } else if (e.get_int64().get(i) == simdjson::SUCCESS) {
+    key = std::to_string(i);
+  } else {
+    return std::nullopt;
+  }
+  bool ok = !key.empty() && key.size() <= 128;
+  for (char c : key) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '_' || c == '-' || c == '.' || c == ':');
+  }
+  return ok ? std::optional<std::string>(std::move(key)) : std::nullopt;
+}
+
 // The aggregates `d` shows, as fields of `w`.
 void WriteAggregates(json::ObjectWriter& w, const WindowDecl& d, const Aggregates& agg) {
   bool count = false;
@@ -685,14 +714,34 @@ std::string ClosedEvent(const WindowDecl& d, const ClosedWindow& c) {
   return out;
 }
 
+// Adds an event to window `i` of the call's windows: what closes goes to on_window, a late one
+// is noted; a bound passed is the error.
+Status AddEvent(State* s, const RuleInfo& rule, size_t i, int64_t t, double v) {
+  const WindowDecl& d = rule.windows[i];
+  std::vector<ClosedWindow> closed;
+  auto took = s->windows[i].Add(t, v, closed);
+  if (!took.ok()) {
+    return took.status().WithContext("windows." + d.name);
+  }
+  if (*took == WindowState::Took::kLate) {
+    s->late.push_back(d.name);
+    return {};
+  }
+  s->windows_changed = true;
+  for (const ClosedWindow& c : closed) {
+    s->closed.push_back(ClosedEvent(d, c));
+  }
+  return {};
+}
+
 // The message's event into each window (before handle runs, so ctx.window sees it). A window
-// whose time or value is missing or not a number skips the message (counted); one the message
-// is late for is noted; a bound passed fails the call.
+// whose time, value or key is missing or not usable skips the message (counted); one the
+// message is late for is noted; a bound passed fails the call. A keyed window's event is handed
+// back (CallResult::keyed_events) for its key's owner.
 Status AddToWindows(State* s, const RuleInfo& rule, const MessageView& msg) {
   GNOMON_RETURN_IF_ERROR(LoadWindows(s, rule));
   EnsureParsed(s);
   bool parsed = s->parsed_error.empty();
-  std::vector<ClosedWindow> closed;
   for (size_t i = 0; i < rule.windows.size(); ++i) {
     const WindowDecl& d = rule.windows[i];
     std::optional<double> t = static_cast<double>(d.msg_ts ? msg.ts_ms : s->clock->NowMs());
@@ -703,26 +752,44 @@ Status AddToWindows(State* s, const RuleInfo& rule, const MessageView& msg) {
     if (!d.of.empty()) {
       v = parsed ? PayloadNumber(s->parsed_root, d.of) : std::nullopt;
     }
+    std::optional<std::string> key;
+    if (!d.key.empty()) {
+      key = parsed ? PayloadKey(s->parsed_root, d.key) : std::nullopt;
+    }
     if (!t || !v || !std::isfinite(*t) || !std::isfinite(*v) ||
-        std::abs(*t) > static_cast<double>(kMaxWindowTime)) {
+        std::abs(*t) > static_cast<double>(kMaxWindowTime) || (!d.key.empty() && !key)) {
       ++s->window_skips;
       continue;
     }
-    closed.clear();
-    auto took = s->windows[i].Add(static_cast<int64_t>(*t), *v, closed);
-    if (!took.ok()) {
-      return took.status().WithContext("windows." + d.name);
-    }
-    if (*took == WindowState::Took::kLate) {
-      s->late.push_back(d.name);
+    if (key) {
+      s->keyed.push_back(KeyedEvent{d.name, std::move(*key), static_cast<int64_t>(*t), *v});
       continue;
     }
-    s->windows_changed = true;
-    for (const ClosedWindow& c : closed) {
-      s->closed.push_back(ClosedEvent(d, c));
-    }
+    GNOMON_RETURN_IF_ERROR(AddEvent(s, rule, i, static_cast<int64_t>(*t), *v));
   }
   return {};
+}
+
+// kKeyed: a keyed window's event ({"window", "t", "v"}) into the key's row.
+Status AddKeyedEvent(State* s, const RuleInfo& rule, std::string_view event) {
+  GNOMON_RETURN_IF_ERROR(LoadWindows(s, rule));
+  simdjson::dom::parser parser;
+  simdjson::dom::element e;
+  std::string_view name;
+  int64_t t = 0;
+  double v = 0;
+  if (parser.parse(event).get(e) != simdjson::SUCCESS ||
+      e["window"].get_string().get(name) != simdjson::SUCCESS ||
+      e["t"].get_int64().get(t) != simdjson::SUCCESS ||
+      e["v"].get_double().get(v) != simdjson::SUCCESS) {
+    return InvalidArgument("a keyed window event is {\"window\", \"t\", \"v\"}");
+  }
+  for (size_t i = 0; i < rule.windows.size(); ++i) {
+    if (rule.windows[i].name == name) {
+      return AddEvent(s, rule, i, t, v);
+    }
+  }
+  return FailedPrecondition(fmt::format("rule {} has no window {}", rule.name, name));
 }
 
 // kAdvance: the ingest-time windows move to the clock; what closes goes to on_window.
@@ -785,8 +852,8 @@ Result<int> WindowView(lua_State* L) {
   json::ObjectWriter w(out);
   for (size_t i = 0; i < rule.windows.size(); ++i) {
     const WindowDecl& d = rule.windows[i];
-    if (d.spec.kind != WindowSpec::Kind::kSliding) {
-      continue;
+    if (d.spec.kind != WindowSpec::Kind::kSliding || !d.key.empty()) {
+      continue;  // (a keyed window lives with its key's owner)
     }
     std::string one;
     json::ObjectWriter ow(one);
@@ -1505,6 +1572,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   out.input_failure = false;
   out.closed_windows.clear();
   out.late_windows.clear();
+  out.keyed_events.clear();
   out.window_skips = 0;
   const RuleInfo& rule = set_->rules()[index];
   RuleSlot* slot = s->slots[index].get();
@@ -1546,9 +1614,11 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   int rc = 0;
   int nargs = 2;
   using Call = MessageView::Call;
-  if (msg.call == Call::kAdvance) {
-    nargs = -1;  // no Lua: the windows move to the clock
-    if (Status st = AdvanceWindows(s, rule); !st.ok()) {
+  if (msg.call == Call::kAdvance || msg.call == Call::kKeyed) {
+    nargs = -1;  // no Lua: the windows move to the clock, or take a keyed event
+    Status st = msg.call == Call::kAdvance ? AdvanceWindows(s, rule)
+                                           : AddKeyedEvent(s, rule, msg.event);
+    if (!st.ok()) {
       lua_pushlstring(L, st.message().data(), st.message().size());
       rc = LUA_ERRRUN;
     }
@@ -1638,6 +1708,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   if (out.outcome == Outcome::kOk) {
     out.closed_windows = std::move(s->closed);
     out.late_windows = std::move(s->late);
+    out.keyed_events = std::move(s->keyed);
   }
   out.window_skips = s->window_skips;
   s->stored_read = false;
@@ -1650,6 +1721,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   s->windows.clear();
   s->closed.clear();
   s->late.clear();
+  s->keyed.clear();
   s->window_skips = 0;
   if (out.outcome != Outcome::kOk) {
     out.effects.clear();

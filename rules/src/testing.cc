@@ -395,6 +395,23 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
                            const MessageView& view) {
     std::vector<std::string> closed = std::move(result.closed_windows);
     std::vector<std::string> late = std::move(result.late_windows);
+    std::vector<KeyedEvent> keyed = std::move(result.keyed_events);
+    for (KeyedEvent& k : keyed) {  // to the key's row, as its owner would
+      std::string event;
+      json::ObjectWriter ew(event);
+      ew.Field("window", k.window).Field("t", k.t);
+      std::string v;
+      json::AppendNumber(v, k.value);
+      ew.FieldRaw("v", v).Close();
+      std::string topic = "$gnomon/rules/" + info.name + "/keyed";
+      Headers none;
+      MessageView kv{topic, k.key, &event, "timer", &none, clock.NowMs(), 0, &shadows, &states};
+      kv.call = MessageView::Call::kKeyed;
+      kv.event = event;
+      CallResult r;
+      (*rt)->Run(0, kv, r);
+      settle(k.key, r, kv);
+    }
     for (std::string& event : closed) {
       std::string topic = "$gnomon/rules/" + info.name + "/window";
       Headers none;

@@ -36,6 +36,17 @@ struct WindowDecl {
   // closes by the clock.
   bool by_clock() const { return time.empty() && !msg_ts; }
   std::vector<Agg> aggs;          // what on_window and ctx.window show (default: count)
+  // `key = "payload.room"`: the window is per value of this payload field, not per device;
+  // its events go to the key's owner (CallResult::keyed_events).
+  std::vector<std::string> key;
+};
+
+// A message's event for a keyed window, for the owner of its key.
+struct KeyedEvent {
+  std::string window;
+  std::string key;
+  int64_t t = 0;
+  double value = 0;
 };
 
 // One rule as loaded from its file. Immutable.
@@ -200,6 +211,8 @@ struct CallResult {
   // the windows the message was late for, both to be handled after the call's effects.
   std::vector<std::string> closed_windows;
   std::vector<std::string> late_windows;
+  // kOk: events for keyed windows, to be added by their keys' owners (Call::kKeyed).
+  std::vector<KeyedEvent> keyed_events;
   // Messages skipped by a window (no time or value where it looked, or not a number).
   int64_t window_skips = 0;
 };
@@ -250,9 +263,10 @@ class StateReader {
 struct MessageView {
   // Which of the rule's functions runs: handle(msg, ctx); on_timer(t, ctx), on_inactive(ev,
   // ctx) or on_window(w, ctx) with `event` (a JSON object) as their first argument; on_late(msg,
-  // w, ctx); or none: kAdvance moves the ingest-time windows to the clock (what closes is in
-  // CallResult::closed_windows).
-  enum class Call : uint8_t { kHandle, kTimer, kInactive, kWindow, kLate, kAdvance };
+  // w, ctx); or none: kAdvance moves the ingest-time windows to the clock, kKeyed adds a
+  // keyed window's event (`event`: {"window", "t", "v"}) to the row of `device` (the key) —
+  // what closes is in CallResult::closed_windows.
+  enum class Call : uint8_t { kHandle, kTimer, kInactive, kWindow, kLate, kAdvance, kKeyed };
   std::string_view topic;
   std::string_view device;
   // The payload; if its std::string has SIMDJSON_PADDING spare capacity it is parsed in place.
