@@ -46,6 +46,7 @@ Status Engine::Impl::Init() {
   InitMessageMetrics();
   GNOMON_RETURN_IF_ERROR(InitSinks());
   GNOMON_RETURN_IF_ERROR(InitShadows());
+  GNOMON_RETURN_IF_ERROR(CheckMigrations(config_.rules));
   GNOMON_RETURN_IF_ERROR(InitSources());
   GNOMON_RETURN_IF_ERROR(InitWorkers());
   GNOMON_RETURN_IF_ERROR(RestoreHistory());
@@ -168,8 +169,12 @@ Status Engine::Impl::InitSources() {
 Status Engine::Impl::InitWorkers() {
   switch_seconds_ = metrics_.GetHistogram(
       "gnomon_rule_switch_seconds", "Pause of a worker loading a reloaded rule set");
-  rules_ = std::make_unique<RuleVersions>(metrics_, clock_,
-                                          [this] { return LoadRules(config_, nullptr); });
+  rules_ = std::make_unique<RuleVersions>(
+      metrics_, clock_, [this]() -> Result<std::shared_ptr<const rules::RuleSet>> {
+        GNOMON_ASSIGN_OR_RETURN(auto set, LoadRules(config_, nullptr));
+        GNOMON_RETURN_IF_ERROR(CheckMigrations(set));  // a failing migrate refuses the reload
+        return set;
+      });
   rules_->Start(config_.rules);
   std::shared_ptr<const LoadedRules> loaded = rules_->Current();
 

@@ -197,6 +197,11 @@ class Engine::Impl final : public Ingest,
   // is finished; a failed write dead-letters the message.
   // At start, before the workers run: the rows with something due, to their owners' schedule.
   Status RestoreStates();
+  // Before a rule set runs (at start, on a reload): each rule with `migrate` is tried on up to
+  // kMigrateSample states stored under another version; an error names the rule, the device
+  // and what migrate said, and refuses the set (on a reload the running version stays).
+  Status CheckMigrations(const std::shared_ptr<const rules::RuleSet>& set);
+  static constexpr size_t kMigrateSample = 100;
   // After a call of `rule` on `m.device`: the row takes the call's kState effect (`e`, null:
   // none), a handle call moves the inactivity deadline, and the row is scheduled for what is
   // due next. A changed row is written, holding the message until it is durable (a refused

@@ -123,6 +123,64 @@ Status Engine::Impl::RestoreStates() {
   return {};
 }
 
+namespace {
+// One stored state, for a migrate check.
+class OneStoredState final : public rules::StateReader {
+ public:
+  Result<std::optional<rules::StoredState>> ReadState(std::string_view,
+                                                      std::string_view) override {
+    return std::optional<rules::StoredState>(state);
+  }
+  rules::StoredState state;
+};
+}  // namespace
+
+Status Engine::Impl::CheckMigrations(const std::shared_ptr<const rules::RuleSet>& set) {
+  if (!shadow_store_ || set == nullptr ||
+      std::none_of(set->rules().begin(), set->rules().end(),
+                   [](const rules::RuleInfo& r) { return r.has_migrate; })) {
+    return {};
+  }
+  GNOMON_ASSIGN_OR_RETURN(auto rt, rules::RuleRuntime::Create(set, clock_));
+  for (uint32_t idx = 0; idx < set->rules().size(); ++idx) {
+    const rules::RuleInfo& rule = set->rules()[idx];
+    if (!rule.has_migrate) {
+      continue;
+    }
+    std::vector<std::pair<std::string, rules::StoredState>> rows;
+    {
+      MutexLock lock(api_reader_mu_);
+      GNOMON_RETURN_IF_ERROR(api_reader_->StatesToMigrate(
+          rule.name, rule.state_version, kMigrateSample,
+          [&](std::string_view device, const shadow::RuleState& row) {
+            rows.emplace_back(std::string(device),
+                              rules::StoredState{row.version, row.json, {}, {}});
+          }));
+    }
+    for (auto& [device, stored] : rows) {
+      OneStoredState reader;
+      int64_t from = stored.version;
+      reader.state = std::move(stored);
+      std::string topic = "$gnomon/rules/" + rule.name + "/migrate";
+      std::string payload = "{}";
+      Headers none;
+      rules::MessageView view{topic, device, &payload, "migrate", &none, clock_.NowMs(), 0,
+                              nullptr, &reader};
+      view.call = rules::MessageView::Call::kMigrate;
+      rules::CallResult result;
+      rt->Run(idx, view, result);
+      if (result.outcome == rules::Outcome::kFailed) {
+        return FailedPrecondition(fmt::format(
+            "rule {}: migrate fails on the state of device {} stored under version {} (checked "
+            "on up to {} stored states before the rule runs): {}",
+            rule.name, device, from, kMigrateSample,
+            std::string_view(result.reason).substr(0, result.reason.find('\n'))));
+      }
+    }
+  }
+  return {};
+}
+
 Result<std::optional<rules::StoredState>> Engine::Impl::ReadStateFor(void* worker,
                                                                      std::string_view rule,
                                                                      std::string_view device) {

@@ -1614,7 +1614,16 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   int rc = 0;
   int nargs = 2;
   using Call = MessageView::Call;
-  if (msg.call == Call::kAdvance || msg.call == Call::kKeyed) {
+  if (msg.call == Call::kMigrate) {
+    // ctx.state, read as a rule would (migrate runs in the prelude's ctx_state).
+    lua_pushcfunction(L, [](lua_State* l) -> int {
+      lua_getfield(l, 1, "state");
+      return 0;
+    });
+    lua_rawgeti(L, LUA_REGISTRYINDEX, slot->ctx_ref);
+    rc = lua_pcall(L, 1, 0, errfunc);
+    nargs = -1;
+  } else if (msg.call == Call::kAdvance || msg.call == Call::kKeyed) {
     nargs = -1;  // no Lua: the windows move to the clock, or take a keyed event
     Status st = msg.call == Call::kAdvance ? AdvanceWindows(s, rule)
                                            : AddKeyedEvent(s, rule, msg.event);

@@ -128,6 +128,7 @@ class SqliteReader final : public ShadowStore::Reader {
     state_.Reset();
     states_of_.Reset();
     due_.Reset();
+    to_migrate_.Reset();
     db_.Close();
   }
 
@@ -161,6 +162,11 @@ class SqliteReader final : public ShadowStore::Reader {
         "SELECT device, rule, next_due FROM rule_state WHERE next_due >= ?1 AND next_due < ?2 "
         "AND next_due > 0",
         due_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "SELECT device, version, state, timers, inactive_due, next_due, "
+                                   "windows, window_due FROM rule_state WHERE rule = ?1 AND "
+                                   "version != ?2 AND state != '{}' LIMIT ?3",
+                                   to_migrate_));
     return {};
   }
 
@@ -189,6 +195,24 @@ class SqliteReader final : public ShadowStore::Reader {
                      std::string(sqlite::ColumnText(s, c + 2)), sqlite3_column_int64(s, c + 3),
                      sqlite3_column_int64(s, c + 4),    std::string(sqlite::ColumnText(s, c + 5)),
                      sqlite3_column_int64(s, c + 6)};
+  }
+
+  Status StatesToMigrate(std::string_view rule, int64_t version, size_t limit,
+                         const EachRow& each) override {
+    sqlite3_stmt* s = to_migrate_.get();
+    sqlite3_reset(s);
+    sqlite::BindText(s, 1, rule);
+    sqlite3_bind_int64(s, 2, version);
+    sqlite3_bind_int64(s, 3, static_cast<int64_t>(limit));
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      each(sqlite::ColumnText(s, 0), Row(s, 1));
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "rule state");
+    }
+    return {};
   }
 
   Status Due(int64_t from, int64_t to, const EachDue& each) override {
@@ -310,7 +334,7 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   sqlite::Db db_;
-  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_, due_;
+  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_, due_, to_migrate_;
 };
 
 }  // namespace

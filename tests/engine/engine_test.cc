@@ -781,6 +781,63 @@ TEST_F(EngineTest, IngestTimeWindowsCloseByTheClock) {
       << out;
 }
 
+// A new state.version whose migrate fails on a stored state is refused before it runs: a
+// reload fails naming the device (the running version stays), and so does a start; one that
+// works takes every state over on first use.
+TEST_F(EngineTest, AMigrateThatFailsOnAStoredStateRefusesTheRuleSet) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "count", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        ctx.state.n = (ctx.state.n or 0) + 1
+        ctx.emit("out", { d = msg.device, n = ctx.state.n })
+      end })");
+  auto engine = Start(Line("d1", 1) + Line("bad", 2));
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+  const std::string v2 = R"(
+    return rule { name = "count", from = "devices/+/telemetry",
+      state = { version = 2 },
+      migrate = function(old, from)
+        if old.n == 1 and MIGRATE_FAILS then error("cannot take n = 1") end
+        return { count = old.n }
+      end,
+      handle = function(msg, ctx)
+        ctx.state.count = ctx.state.count + 1
+        ctx.emit("out", { d = msg.device, count = ctx.state.count })
+      end })";
+  dir_.Write("rules/r.lua", "MIGRATE_FAILS = true\n" + v2);
+  Status st = engine->ReloadRules("test");
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("rule count: migrate fails on the state of device "),
+            std::string::npos)
+      << st.message();
+  EXPECT_NE(st.message().find("stored under version 1"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("cannot take n = 1"), std::string::npos) << st.message();
+  EXPECT_NE(engine->RulesJson("").find("\"ruleset_version\":1"), std::string::npos);
+  engine->Stop();
+
+  // A start with it fails the same way.
+  auto app = LoadAppConfig(dir_.File("gnomon.yaml"), registry_);
+  ASSERT_TRUE(app.ok()) << app.status().message();
+  EngineOptions opts;
+  opts.mode = Mode::kReplay;
+  opts.replay_input = dir_.File("in.jsonl");
+  auto refused = Engine::Create(std::move(app).value(), registry_, clock_, opts);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("migrate fails"), std::string::npos)
+      << refused.status().message();
+
+  // One that works: each device's state is migrated when the device is next seen.
+  dir_.Write("rules/r.lua", v2);
+  auto next = Start(Line("d1", 3) + Line("bad", 4));
+  ASSERT_NE(next, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return next->Idle(); }, std::chrono::seconds(30)));
+  next->Stop();
+  std::string out = testing::ReadFile(dir_.File("out.jsonl"));
+  EXPECT_NE(out.find(R"({"d":"d1","count":2})"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"({"d":"bad","count":2})"), std::string::npos) << out;
+}
+
 // Without a store ctx.state cannot be kept: the call fails and says what to configure.
 TEST_F(EngineTest, RuleStateWithoutAStoreFailsTheCallAndSaysWhy) {
   WriteConfig("", R"(

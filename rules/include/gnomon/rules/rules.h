@@ -266,7 +266,11 @@ struct MessageView {
   // w, ctx); or none: kAdvance moves the ingest-time windows to the clock, kKeyed adds a
   // keyed window's event (`event`: {"window", "t", "v"}) to the row of `device` (the key) —
   // what closes is in CallResult::closed_windows.
-  enum class Call : uint8_t { kHandle, kTimer, kInactive, kWindow, kLate, kAdvance, kKeyed };
+  // kMigrate only reads ctx.state (running migrate when the stored state is of another
+  // version): a check that migrate takes a stored state.
+  enum class Call : uint8_t {
+    kHandle, kTimer, kInactive, kWindow, kLate, kAdvance, kKeyed, kMigrate
+  };
   std::string_view topic;
   std::string_view device;
   // The payload; if its std::string has SIMDJSON_PADDING spare capacity it is parsed in place.

@@ -123,6 +123,11 @@ class ShadowStore {
     using EachDue = std::function<void(std::string_view device, std::string_view rule,
                                        int64_t next_due)>;
     virtual Status Due(int64_t from, int64_t to, const EachDue& each) = 0;
+    // Calls `each` with up to `limit` rows of `rule` holding a state stored under another
+    // version than `version` (device, row): what a new version's migrate would see.
+    using EachRow = std::function<void(std::string_view device, const RuleState& row)>;
+    virtual Status StatesToMigrate(std::string_view rule, int64_t version, size_t limit,
+                                   const EachRow& each) = 0;
     // Every stored service call as (thing, stored form), in the order they were first written.
     virtual Result<std::vector<std::pair<std::string, std::string>>> Calls() = 0;
     // Calls `each` with every change in the history log, oldest first.
