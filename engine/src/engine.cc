@@ -674,9 +674,9 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
     unmatched_->Inc();
     m.delivery->Mark(Delivery::kUnmatched);
   }
-  rules::MessageView view{m.topic,    m.device, &m.payload,      *m.source,
-                          &m.headers, m.ts_ms,  ++w.message_seq, w.rule_shadows.get(),
-                          w.rule_states.get()};
+  rules::MessageView view{
+      m.topic, m.device,        &m.payload,           *m.source,          &m.headers,
+      m.ts_ms, ++w.message_seq, w.rule_shadows.get(), w.rule_states.get()};
   for (uint32_t idx : matches) {
     RunRule(w, m, idx, view, result);
   }
@@ -856,8 +856,7 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
   if (applied && w.states && !result.keyed_events.empty()) {
     RouteKeyedEvents(m, rule, std::move(result.keyed_events));
   }
-  if (applied && w.states &&
-      (!result.closed_windows.empty() || !result.late_windows.empty())) {
+  if (applied && w.states && (!result.closed_windows.empty() || !result.late_windows.empty())) {
     WindowsClosed(w, m, idx, rule, view, std::move(result.closed_windows),
                   std::move(result.late_windows));
   }

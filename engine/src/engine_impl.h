@@ -151,8 +151,8 @@ class Engine::Impl final : public Ingest,
     // Rule states (ctx.state) of the devices this worker owns (null without a store).
     std::unique_ptr<StateOwner> states;
     std::unique_ptr<rules::StateReader> rule_states;  // what ctx.state reads
-    std::atomic<bool> tick_queued{false};  // a StateTick is in `queue`
-    bool row_written = false;              // UpdateRow wrote a row (Fire looks)
+    std::atomic<bool> tick_queued{false};             // a StateTick is in `queue`
+    bool row_written = false;                         // UpdateRow wrote a row (Fire looks)
   };
 
   // Where the answer to a shadow request goes.
@@ -187,8 +187,7 @@ class Engine::Impl final : public Ingest,
                rules::CallResult& result);
   // The call's effects but its row (see UpdateRow); false when a shadow write was rejected
   // (the message was dead-lettered and nothing applied).
-  bool Commit(Worker& w, const Message& m, const rules::RuleInfo& rule,
-              rules::CallResult& result);
+  bool Commit(Worker& w, const Message& m, const rules::RuleInfo& rule, rules::CallResult& result);
 
   // Rule state (states.cc).
   void InitStateMetrics();

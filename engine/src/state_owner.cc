@@ -74,8 +74,8 @@ void StateOwner::Charge(Entry& e, const std::string& key) {
   for (const rules::RuleTimer& t : e.row.state.timers) {
     timers += t.name.size() + t.data.size() + sizeof(rules::RuleTimer);
   }
-  e.charged = key.size() + e.row.state.json.size() + e.row.state.windows.size() + timers +
-              kEntryOverhead;
+  e.charged =
+      key.size() + e.row.state.json.size() + e.row.state.windows.size() + timers + kEntryOverhead;
   bytes_ += e.charged;
 }
 
@@ -88,8 +88,7 @@ Result<StateOwner::Row*> StateOwner::Get(const std::string& rule, const std::str
     last_ = &it->second;
     return &it->second.row;
   }
-  GNOMON_ASSIGN_OR_RETURN(std::optional<shadow::RuleState> stored,
-                          reader.LoadState(rule, device));
+  GNOMON_ASSIGN_OR_RETURN(std::optional<shadow::RuleState> stored, reader.LoadState(rule, device));
   if (loads_ != nullptr) {
     loads_->Inc();
   }
@@ -161,8 +160,8 @@ void StateOwner::Put(const std::string& rule, const std::string& device,
       stored.json = "{}";  // (a row with timers only; an empty text would delete it)
     }
   }
-  e->written = store_.WriteState(rule, device, std::move(stored), std::move(done),
-                                 epoch(rule, device));
+  e->written =
+      store_.WriteState(rule, device, std::move(stored), std::move(done), epoch(rule, device));
   lru_.splice(lru_.begin(), lru_, e->lru);
   Charge(*e, *k);
 }
@@ -234,13 +233,13 @@ Result<size_t> StateOwner::Extend(int64_t now, shadow::ShadowStore::Reader& read
   extend_seq_ = store_.queued_seq();
   covered_ = to;
   size_t added = 0;
-  GNOMON_RETURN_IF_ERROR(reader.Due(from, to, [&](std::string_view device, std::string_view rule,
-                                                  int64_t due) {
-    if (mine(device)) {
-      Schedule(StateKey(rule, device), due);
-      ++added;
-    }
-  }));
+  GNOMON_RETURN_IF_ERROR(
+      reader.Due(from, to, [&](std::string_view device, std::string_view rule, int64_t due) {
+        if (mine(device)) {
+          Schedule(StateKey(rule, device), due);
+          ++added;
+        }
+      }));
   return added;
 }
 

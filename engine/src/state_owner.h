@@ -54,8 +54,7 @@ class StateOwner {
     int64_t last_seen = 0;     // memory only: the device's last message to the rule (0: unknown)
     int64_t window_due = 0;    // when an ingest-time window closes next (0: none)
     bool exists() const {
-      return !state.json.empty() || !state.timers.empty() || inactive_due ||
-             !state.windows.empty();
+      return !state.json.empty() || !state.timers.empty() || inactive_due || !state.windows.empty();
     }
     int64_t next_timer() const;  // the earliest timer's due, or 0
   };
@@ -117,8 +116,8 @@ class StateOwner {
   const size_t budget_;
   shadow::ShadowStore& store_;
   Counter* loads_;
-  std::unordered_map<std::string, Entry> rows_;  // by StateKey
-  std::list<const std::string*> lru_;            // most recently used first
+  std::unordered_map<std::string, Entry> rows_;       // by StateKey
+  std::list<const std::string*> lru_;                 // most recently used first
   std::unordered_map<std::string, uint64_t> epochs_;  // copies dropped after a refused write
   size_t bytes_ = 0;
   // The entry the last Get returned (a call reads its row, then writes it): Put finds it

@@ -58,14 +58,16 @@ class WorkerStateReader final : public rules::StateReader {
 
 void Engine::Impl::InitStateMetrics() {
   auto writes = [&](const char* outcome) {
-    return metrics_.GetCounter("gnomon_rule_state_writes_total",
-                               "Rule state rows (ctx.state, timers, inactivity) written, by outcome",
-                               {{"outcome", outcome}});
+    return metrics_.GetCounter(
+        "gnomon_rule_state_writes_total",
+        "Rule state rows (ctx.state, timers, inactivity) written, by outcome",
+        {{"outcome", outcome}});
   };
   state_stored_ = writes("stored");
   state_failed_ = writes("failed");
-  state_loads_ = metrics_.GetCounter("gnomon_rule_state_loads_total",
-                                     "Rule state rows read from the store into their worker's cache");
+  state_loads_ =
+      metrics_.GetCounter("gnomon_rule_state_loads_total",
+                          "Rule state rows read from the store into their worker's cache");
   auto fired = [&](const char* kind) {
     return metrics_.GetCounter("gnomon_rule_timer_firings_total",
                                "on_timer and on_inactive calls made", {{"kind", kind}});
@@ -85,9 +87,10 @@ void Engine::Impl::InitStateMetrics() {
     for (const auto& w : workers_) {
       pending += w->states ? static_cast<double>(w->states->pending()) : 0;
     }
-    out.push_back(OneSample("gnomon_rule_timers_pending",
-                            "Rule state rows with a timer, silence or window close due in the next 10-20 s (in memory)",
-                            prometheus::MetricType::Gauge, pending));
+    out.push_back(OneSample(
+        "gnomon_rule_timers_pending",
+        "Rule state rows with a timer, silence or window close due in the next 10-20 s (in memory)",
+        prometheus::MetricType::Gauge, pending));
   });
 }
 
@@ -112,11 +115,11 @@ Status Engine::Impl::RestoreStates() {
     w->states->Cover(until);
   }
   size_t n = 0;
-  GNOMON_RETURN_IF_ERROR(reader->Due(1, until, [&](std::string_view device,
-                                                   std::string_view rule, int64_t due) {
-    workers_[OwnerOf(device)]->states->Schedule(StateKey(rule, device), due);
-    ++n;
-  }));
+  GNOMON_RETURN_IF_ERROR(
+      reader->Due(1, until, [&](std::string_view device, std::string_view rule, int64_t due) {
+        workers_[OwnerOf(device)]->states->Schedule(StateKey(rule, device), due);
+        ++n;
+      }));
   if (n > 0) {
     log::Info("rule timers restored", {{"rows", std::to_string(n)}});
   }
@@ -127,8 +130,7 @@ namespace {
 // One stored state, for a migrate check.
 class OneStoredState final : public rules::StateReader {
  public:
-  Result<std::optional<rules::StoredState>> ReadState(std::string_view,
-                                                      std::string_view) override {
+  Result<std::optional<rules::StoredState>> ReadState(std::string_view, std::string_view) override {
     return std::optional<rules::StoredState>(state);
   }
   rules::StoredState state;
@@ -164,8 +166,8 @@ Status Engine::Impl::CheckMigrations(const std::shared_ptr<const rules::RuleSet>
       std::string topic = "$gnomon/rules/" + rule.name + "/migrate";
       std::string payload = "{}";
       Headers none;
-      rules::MessageView view{topic, device, &payload, "migrate", &none, clock_.NowMs(), 0,
-                              nullptr, &reader};
+      rules::MessageView view{topic,          device, &payload, "migrate", &none,
+                              clock_.NowMs(), 0,      nullptr,  &reader};
       view.call = rules::MessageView::Call::kMigrate;
       rules::CallResult result;
       rt->Run(idx, view, result);
@@ -185,9 +187,9 @@ Result<std::optional<rules::StoredState>> Engine::Impl::ReadStateFor(void* worke
                                                                      std::string_view rule,
                                                                      std::string_view device) {
   Worker& w = *static_cast<Worker*>(worker);
-  GNOMON_ASSIGN_OR_RETURN(StateOwner::Row * row, w.states->Get(std::string(rule),
-                                                                std::string(device),
-                                                                w.shadows->reader()));
+  GNOMON_ASSIGN_OR_RETURN(
+      StateOwner::Row * row,
+      w.states->Get(std::string(rule), std::string(device), w.shadows->reader()));
   if (row->state.json.empty() && row->state.timers.empty() && row->state.windows.empty()) {
     return std::optional<rules::StoredState>();
   }
@@ -249,10 +251,10 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
                      {{"rule", rule}, {"device", device}, {"error", st.message()}});
           (void)workers_[OwnerOf(device)]->queue.PushForce(
               ShadowEviction{device, rule, epoch, /*state=*/true});
-          DeadLetter(d, "state_not_stored",
-                     fmt::format("ctx.state of rule {} could not be stored: {}", rule,
-                                 st.message()),
-                     rule, source, topic, device, payload, 1, ts);
+          DeadLetter(
+              d, "state_not_stored",
+              fmt::format("ctx.state of rule {} could not be stored: {}", rule, st.message()), rule,
+              source, topic, device, payload, 1, ts);
         }
         d->Release();
       });
@@ -328,20 +330,18 @@ void Engine::Impl::FireDue(Worker& w) {
         }
         continue;
       }
-      auto t = std::min_element(row.state.timers.begin(), row.state.timers.end(),
-                                [](const rules::RuleTimer& a, const rules::RuleTimer& b) {
-                                  return a.due_ms < b.due_ms;
-                                });
+      auto t = std::min_element(
+          row.state.timers.begin(), row.state.timers.end(),
+          [](const rules::RuleTimer& a, const rules::RuleTimer& b) { return a.due_ms < b.due_ms; });
       bool timer = t != row.state.timers.end() && t->due_ms <= now;
       int64_t silent_since = 0;
       bool inactive = false;
       if (!timer && row.inactive_due > 0 && rule.inactivity_ms > 0) {
         int64_t exact = row.last_seen > 0 ? row.last_seen + rule.inactivity_ms : row.inactive_due;
         inactive = exact <= now;
-        silent_since = row.last_seen > 0
-                           ? row.last_seen
-                           : row.inactive_due - rule.inactivity_ms -
-                                 InactivitySlack(rule.inactivity_ms);
+        silent_since = row.last_seen > 0 ? row.last_seen
+                                         : row.inactive_due - rule.inactivity_ms -
+                                               InactivitySlack(rule.inactivity_ms);
       }
       if (!timer && !inactive) {
         w.states->Schedule(key, NextDue(row, &rule));
@@ -390,9 +390,9 @@ void Engine::Impl::Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule,
   m.ts_ms = clock_.NowMs();
   m.delivery = new Delivery(this, nullptr);
   in_->Inc();
-  rules::MessageView view{m.topic,    m.device, &m.payload,      *m.source,
-                          &m.headers, m.ts_ms,  ++w.message_seq, w.rule_shadows.get(),
-                          w.rule_states.get()};
+  rules::MessageView view{
+      m.topic, m.device,        &m.payload,           *m.source,          &m.headers,
+      m.ts_ms, ++w.message_seq, w.rule_shadows.get(), w.rule_states.get()};
   view.call = call;
   view.event = m.payload;
   rules::CallResult result;
@@ -438,9 +438,9 @@ void Engine::Impl::ApplyWindowEvent(Worker& w, WindowEvent& e) {
                          [&](const rules::RuleInfo& r) { return r.name == e.rule; });
   if (it != rules.end() && w.states) {
     auto idx = static_cast<uint32_t>(it - rules.begin());
-    rules::MessageView view{e.msg.topic,    e.msg.device, &e.msg.payload,      *e.msg.source,
-                            &e.msg.headers, e.msg.ts_ms,  ++w.message_seq, w.rule_shadows.get(),
-                            w.rule_states.get()};
+    rules::MessageView view{e.msg.topic,     e.msg.device,         &e.msg.payload,
+                            *e.msg.source,   &e.msg.headers,       e.msg.ts_ms,
+                            ++w.message_seq, w.rule_shadows.get(), w.rule_states.get()};
     view.call = rules::MessageView::Call::kKeyed;
     view.event = e.msg.payload;
     rules::CallResult result;

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <regex>
@@ -106,14 +106,15 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
     return;
   }
   if (lua_type(L, -1) != LUA_TTABLE) {
-    fail("rule.windows: a table of windows by name, { t5m = { tumbling = \"5m\", of = \"temp\" } }");
+    fail(
+        "rule.windows: a table of windows by name, { t5m = { tumbling = \"5m\", of = \"temp\" } }");
     lua_pop(L, 1);
     return;
   }
   static const std::regex kWindowName("^[a-z][a-z0-9_]{0,63}$");
-  static const std::set<std::string> kFields = {
-      "tumbling", "hopping", "sliding", "session",  "hop", "of",
-      "agg",      "time",    "grace",   "max_open", "max_events", "key"};
+  static const std::set<std::string> kFields = {"tumbling", "hopping",  "sliding",    "session",
+                                                "hop",      "of",       "agg",        "time",
+                                                "grace",    "max_open", "max_events", "key"};
   int wt = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, wt) != 0) {
@@ -148,7 +149,8 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
         }
       };
       if (kFields.count(k) == 0) {
-        bad(fmt::format("unknown field '{}' (known: tumbling, hopping, sliding, session, hop, of, "
+        bad(
+            fmt::format("unknown field '{}' (known: tumbling, hopping, sliding, session, hop, of, "
                         "agg, time, grace, key, max_open, max_events)",
                         k));
       } else if (k == "tumbling" || k == "hopping" || k == "sliding" || k == "session") {
@@ -166,9 +168,9 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
                  std::string_view(lua_tostring(L, -1)) == "msg.ts") {
         decl.msg_ts = true;
       } else if (k == "of" || k == "time" || k == "key") {
-        std::vector<std::string> path =
-            lua_type(L, -1) == LUA_TSTRING ? PayloadPath(lua_tostring(L, -1))
-                                           : std::vector<std::string>();
+        std::vector<std::string> path = lua_type(L, -1) == LUA_TSTRING
+                                            ? PayloadPath(lua_tostring(L, -1))
+                                            : std::vector<std::string>();
         if (path.empty()) {
           bad(fmt::format("{}: a field of the payload, \"temp\" or \"payload.a.b\"", k));
         }
@@ -198,8 +200,7 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
         if (v < 1 || v > 1000000 || v != static_cast<int64_t>(v)) {
           bad(fmt::format("{}: an integer from 1 to 1000000", k));
         } else {
-          (k == "max_open" ? decl.spec.max_open : decl.spec.max_events) =
-              static_cast<size_t>(v);
+          (k == "max_open" ? decl.spec.max_open : decl.spec.max_events) = static_cast<size_t>(v);
         }
       }
       lua_pop(L, 1);
@@ -233,8 +234,9 @@ void ReadWindows(lua_State* L, int t, RuleInfo& info,
     return d.spec.kind != WindowSpec::Kind::kSliding;
   });
   if (closing && !info.has_on_window) {
-    fail("rule.windows: tumbling, hopping and session windows need on_window = function(w, "
-         "ctx), which runs as each closes");
+    fail(
+        "rule.windows: tumbling, hopping and session windows need on_window = function(w, "
+        "ctx), which runs as each closes");
   }
   if (info.windows.empty()) {
     fail("rule.windows: declare at least one window (or leave windows out)");
@@ -250,17 +252,18 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
     errors.push_back(fmt::format("{}:{}: {}", file, info.line, what));
   };
   static const std::set<std::string> kKnown = {
-      "name", "description", "from",  "on_error", "max_attempts", "limits",
-      "jit",  "handle",      "tests", "quarantine", "state",      "migrate",
-      "inactivity", "on_timer", "on_inactive", "windows", "on_window", "on_late"};
+      "name",       "description", "from",        "on_error",   "max_attempts", "limits",
+      "jit",        "handle",      "tests",       "quarantine", "state",        "migrate",
+      "inactivity", "on_timer",    "on_inactive", "windows",    "on_window",    "on_late"};
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
     lua_pop(L, 1);
     if (lua_type(L, -1) == LUA_TSTRING && kKnown.count(lua_tostring(L, -1)) == 0) {
-      fail(fmt::format("rule: unknown field '{}' (known: name, description, from, on_error, "
-                       "max_attempts, limits, jit, quarantine, state, migrate, inactivity, windows, handle, "
-                       "on_timer, on_inactive, on_window, on_late, tests)",
-                       lua_tostring(L, -1)));
+      fail(fmt::format(
+          "rule: unknown field '{}' (known: name, description, from, on_error, "
+          "max_attempts, limits, jit, quarantine, state, migrate, inactivity, windows, handle, "
+          "on_timer, on_inactive, on_window, on_late, tests)",
+          lua_tostring(L, -1)));
     }
   }
 
@@ -387,13 +390,16 @@ void ReadRuleTable(lua_State* L, const std::string& file, RuleInfo& info,
     lua_getfield(L, t, f);
     if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION) {
       fail(fmt::format("rule.{}: must be a function({}ctx)", f,
-                       n == "on_timer" ? "t, " : n == "on_inactive" ? "ev, "
-                                             : n == "on_window" ? "w, " : "msg, w, "));
+                       n == "on_timer"      ? "t, "
+                       : n == "on_inactive" ? "ev, "
+                       : n == "on_window"   ? "w, "
+                                            : "msg, w, "));
     }
     bool has = lua_type(L, -1) == LUA_TFUNCTION;
-    (n == "on_timer" ? info.has_on_timer : n == "on_inactive" ? info.has_on_inactive
-                                         : n == "on_window"   ? info.has_on_window
-                                                              : info.has_on_late) = has;
+    (n == "on_timer"      ? info.has_on_timer
+     : n == "on_inactive" ? info.has_on_inactive
+     : n == "on_window"   ? info.has_on_window
+                          : info.has_on_late) = has;
     lua_pop(L, 1);
   }
   ReadWindows(L, t, info, fail);

@@ -539,8 +539,8 @@ Result<int> StateLoad(lua_State* L) {
   if (stored == nullptr || stored->json.empty()) {
     lua_newtable(L);
   } else {
-    GNOMON_RETURN_IF_ERROR(PushDecoded(L, &s->slot->json, stored->json)
-                               .WithContext("ctx.state: the stored state"));
+    GNOMON_RETURN_IF_ERROR(
+        PushDecoded(L, &s->slot->json, stored->json).WithContext("ctx.state: the stored state"));
     if (lua_type(L, -1) != LUA_TTABLE) {
       return Internal("ctx.state: the stored state is not a table");
     }
@@ -819,7 +819,8 @@ std::string DescribeWindows(const RuleInfo& rule, std::string_view stored) {
   json::ObjectWriter w(out);
   for (const WindowDecl& d : rule.windows) {
     auto bytes = FindWindow(stored, d.name);
-    auto state = bytes ? WindowState::Decode(d.spec, *bytes) : Result<WindowState>(WindowState(d.spec));
+    auto state =
+        bytes ? WindowState::Decode(d.spec, *bytes) : Result<WindowState>(WindowState(d.spec));
     if (!state.ok()) {
       continue;
     }
@@ -947,9 +948,9 @@ Result<std::string> TimerName(lua_State* L, int idx) {
                 c == '_' || c == '-' || c == '.' || c == ':');
   }
   if (!ok) {
-    return InvalidArgument(fmt::format(
-        "ctx.timer: a timer's name is 1-{} characters of [A-Za-z0-9_.:-] (got '{}')",
-        kMaxTimerNameBytes, name.substr(0, 80)));
+    return InvalidArgument(
+        fmt::format("ctx.timer: a timer's name is 1-{} characters of [A-Za-z0-9_.:-] (got '{}')",
+                    kMaxTimerNameBytes, name.substr(0, 80)));
   }
   return std::string(name);
 }
@@ -1020,8 +1021,7 @@ Result<int> TimerAt(lua_State* L) {
   double at = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : -1;
   int64_t now = s->clock->NowMs();
   if (!(at >= 0 && at <= static_cast<double>(now + kMaxTimerAheadMs))) {
-    return InvalidArgument(
-        "ctx.timer.at: the time must be epoch ms, from 0 to 10 years from now");
+    return InvalidArgument("ctx.timer.at: the time must be epoch ms, from 0 to 10 years from now");
   }
   GNOMON_RETURN_IF_ERROR(SetTimer(L, s, std::move(name), static_cast<int64_t>(at), 3));
   return 0;
@@ -1625,8 +1625,8 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
     nargs = -1;
   } else if (msg.call == Call::kAdvance || msg.call == Call::kKeyed) {
     nargs = -1;  // no Lua: the windows move to the clock, or take a keyed event
-    Status st = msg.call == Call::kAdvance ? AdvanceWindows(s, rule)
-                                           : AddKeyedEvent(s, rule, msg.event);
+    Status st =
+        msg.call == Call::kAdvance ? AdvanceWindows(s, rule) : AddKeyedEvent(s, rule, msg.event);
     if (!st.ok()) {
       lua_pushlstring(L, st.message().data(), st.message().size());
       rc = LUA_ERRRUN;
@@ -1641,11 +1641,11 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
       PushMsg(L, slot, msg);
     }
   } else {
-    int ref = msg.call == Call::kTimer    ? slot->on_timer_ref
+    int ref = msg.call == Call::kTimer      ? slot->on_timer_ref
               : msg.call == Call::kInactive ? slot->on_inactive_ref
               : msg.call == Call::kWindow   ? slot->on_window_ref
                                             : slot->on_late_ref;
-    const char* fn = msg.call == Call::kTimer    ? "on_timer"
+    const char* fn = msg.call == Call::kTimer      ? "on_timer"
                      : msg.call == Call::kInactive ? "on_inactive"
                      : msg.call == Call::kWindow   ? "on_window"
                                                    : "on_late";

@@ -1,6 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gnomon/rules/testing.h"
-#include "gnomon/rules/windows.h"
 
 #include <fmt/format.h>
 #include <simdjson.h>
@@ -19,6 +18,7 @@
 #include "gnomon/core/json.h"
 #include "gnomon/core/topic.h"
 #include "gnomon/rules/rules.h"
+#include "gnomon/rules/windows.h"
 #include "gnomon/shadow/document.h"
 #include "sandbox.h"
 
@@ -353,8 +353,9 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   TestStates states;
   if (test["state"].get(e) == simdjson::SUCCESS) {
     if (e.type() != element_type::OBJECT) {
-      return fail("test.state: a table of the rule's initial state by device, "
-                  "{ d1 = { count = 3 } }");
+      return fail(
+          "test.state: a table of the rule's initial state by device, "
+          "{ d1 = { count = 3 } }");
     }
     for (auto f : simdjson::dom::object(e)) {
       if (f.value.type() != element_type::OBJECT && f.value.type() != element_type::ARRAY) {
@@ -391,8 +392,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   // on_window for what a call closed, on_late for what it was late for (run after it, as in
   // the engine); `view` is the call's message.
   std::function<void(const std::string&, CallResult&, const MessageView&)> settle;
-  auto after_windows = [&](const std::string& device, CallResult& result,
-                           const MessageView& view) {
+  auto after_windows = [&](const std::string& device, CallResult& result, const MessageView& view) {
     std::vector<std::string> closed = std::move(result.closed_windows);
     std::vector<std::string> late = std::move(result.late_windows);
     std::vector<KeyedEvent> keyed = std::move(result.keyed_events);
@@ -476,7 +476,10 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
         publishes[eff.topic].push_back(record);
       } else if (eff.kind == Effect::Kind::kInvoke) {
         std::string call;
-        json::ObjectWriter(call).Field("service", eff.topic).FieldRaw("params", eff.payload).Close();
+        json::ObjectWriter(call)
+            .Field("service", eff.topic)
+            .FieldRaw("params", eff.payload)
+            .Close();
         invokes[eff.thing].push_back(std::move(call));
       }
     }
@@ -486,15 +489,16 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   std::map<std::string, int64_t> last_seen;  // devices whose silence is armed (inactivity)
   auto fire_until = [&](int64_t until) {
     while (true) {
-      if (auto close = states.NextClose(); close && close->first <= until &&
+      if (auto close = states.NextClose();
+          close && close->first <= until &&
           (!states.NextTimer() || close->first <= std::get<0>(*states.NextTimer()))) {
         clock.Set(std::max(clock.NowMs(), close->first));
         states.Closing(close->second);
         std::string topic = "$gnomon/rules/" + info.name + "/advance";
         std::string payload = "{}";
         Headers none;
-        MessageView v{topic, close->second, &payload, "timer", &none, clock.NowMs(), 0,
-                      &shadows, &states};
+        MessageView v{topic, close->second, &payload, "timer", &none, clock.NowMs(),
+                      0,     &shadows,      &states};
         v.call = MessageView::Call::kAdvance;
         v.event = payload;
         CallResult r;
@@ -539,8 +543,8 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
                           (call == MessageView::Call::kTimer ? "/timer" : "/inactive");
       std::string payload = event;
       Headers none;
-      MessageView view{topic,  device, &payload, "timer", &none, clock.NowMs(), 0, &shadows,
-                       &states};
+      MessageView view{topic,         device, &payload, "timer", &none,
+                       clock.NowMs(), 0,      &shadows, &states};
       view.call = call;
       view.event = event;
       CallResult result;
@@ -556,8 +560,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
     if (m.type() == element_type::OBJECT && m["advance"].get(adv) == simdjson::SUCCESS) {
       std::string_view text;
       double ms_d = 0;
-      Result<int64_t> ms = adv.get_string().get(text) == simdjson::SUCCESS
-                               ? ParseDurationMs(text)
+      Result<int64_t> ms = adv.get_string().get(text) == simdjson::SUCCESS ? ParseDurationMs(text)
                            : adv.get_double().get(ms_d) == simdjson::SUCCESS && ms_d >= 0
                                ? Result<int64_t>(static_cast<int64_t>(ms_d))
                                : Result<int64_t>(InvalidArgument("a duration (\"5m\") or ms"));
@@ -604,9 +607,10 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
     double at_d = 0;
     if (m["at"].get_double().get(at_d) == simdjson::SUCCESS) {
       if (at_d < static_cast<double>(clock.NowMs())) {
-        return fail(fmt::format("{}.at: {} is before the test's clock ({}): time only goes "
-                                "forward",
-                                where, static_cast<int64_t>(at_d), clock.NowMs()));
+        return fail(
+            fmt::format("{}.at: {} is before the test's clock ({}): time only goes "
+                        "forward",
+                        where, static_cast<int64_t>(at_d), clock.NowMs()));
       }
       fire_until(static_cast<int64_t>(at_d));
     } else {
@@ -706,8 +710,9 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
   }
   if (expect["state"].get(e) == simdjson::SUCCESS) {
     if (e.type() != element_type::OBJECT) {
-      return fail("expect.state: a table of the rule's expected state by device "
-                  "(false: the device has none)");
+      return fail(
+          "expect.state: a table of the rule's expected state by device "
+          "(false: the device has none)");
     }
     for (auto f : simdjson::dom::object(e)) {
       std::string device(f.key);

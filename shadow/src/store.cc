@@ -191,9 +191,12 @@ class SqliteReader final : public ShadowStore::Reader {
   // The row at column `c` on: version, state, timers, inactive_due, next_due, windows,
   // window_due.
   static RuleState Row(sqlite3_stmt* s, int c) {
-    return RuleState{sqlite3_column_int64(s, c),        std::string(sqlite::ColumnText(s, c + 1)),
-                     std::string(sqlite::ColumnText(s, c + 2)), sqlite3_column_int64(s, c + 3),
-                     sqlite3_column_int64(s, c + 4),    std::string(sqlite::ColumnText(s, c + 5)),
+    return RuleState{sqlite3_column_int64(s, c),
+                     std::string(sqlite::ColumnText(s, c + 1)),
+                     std::string(sqlite::ColumnText(s, c + 2)),
+                     sqlite3_column_int64(s, c + 3),
+                     sqlite3_column_int64(s, c + 4),
+                     std::string(sqlite::ColumnText(s, c + 5)),
                      sqlite3_column_int64(s, c + 6)};
   }
 
@@ -403,8 +406,8 @@ class ShadowStore::Impl {
                                    "excluded.inactive_due, next_due = excluded.next_due, windows "
                                    "= excluded.windows, window_due = excluded.window_due",
                                    state_upsert_));
-    GNOMON_RETURN_IF_ERROR(Prepare(db_, "DELETE FROM rule_state WHERE device = ?1 AND rule = ?2",
-                                   state_delete_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "DELETE FROM rule_state WHERE device = ?1 AND rule = ?2", state_delete_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "INSERT INTO shadow_changes (bytes, log) VALUES (?1, ?2)", change_insert_));
     GNOMON_RETURN_IF_ERROR(
@@ -774,8 +777,8 @@ void ShadowStore::WriteCall(std::string thing, std::string id, std::string store
   impl_->Write(std::move(p));
 }
 
-uint64_t ShadowStore::WriteState(std::string rule, std::string device, RuleState state,
-                                 Done done, uint64_t epoch) {
+uint64_t ShadowStore::WriteState(std::string rule, std::string device, RuleState state, Done done,
+                                 uint64_t epoch) {
   Impl::Pending p{std::move(device), std::move(rule), std::move(state.json), std::move(done)};
   p.state = true;
   p.row = std::move(state);

@@ -565,8 +565,7 @@ TEST_F(EngineTest, TimersFireOnceWithTheirDataAndOneDueDuringAStopFiresAtTheNext
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     std::string metrics = engine->metrics().Render();
     engine->Stop();
-    EXPECT_NE(metrics.find("gnomon_rule_timer_firings_total{kind=\"timer\"} 2"),
-              std::string::npos)
+    EXPECT_NE(metrics.find("gnomon_rule_timer_firings_total{kind=\"timer\"} 2"), std::string::npos)
         << metrics;
     EXPECT_NE(metrics.find("gnomon_rule_timers_pending 0"), std::string::npos) << metrics;
   }
@@ -644,8 +643,7 @@ TEST_F(EngineTest, InactivityFiresOnceAfterTheSilenceAndAFailingFiringIsDeadLett
   std::string dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
   EXPECT_NE(dl.find("cannot"), std::string::npos) << dl;
   EXPECT_NE(dl.find("$gnomon/rules/offline/inactive"), std::string::npos) << dl;
-  EXPECT_NE(metrics.find("gnomon_rule_timer_firings_total{kind=\"inactive\"} 2"),
-            std::string::npos)
+  EXPECT_NE(metrics.find("gnomon_rule_timer_firings_total{kind=\"inactive\"} 2"), std::string::npos)
       << metrics;
 }
 
@@ -661,8 +659,8 @@ TEST_F(EngineTest, EventTimeWindowsPerDeviceSurviveARestartAndLateMessagesAreDea
         ctx.emit("out", { d = ctx.device, start = w.start, avg = w.avg, max = w.max, n = w.count })
       end })");
   auto at = [](const std::string& d, int64_t t, double temp) {
-    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" +
-           std::to_string(t) + ",\"temp\":" + std::to_string(temp) + "}}\n";
+    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" + std::to_string(t) +
+           ",\"temp\":" + std::to_string(temp) + "}}\n";
   };
   {
     auto engine = Start(at("d1", 1000, 10) + at("d2", 2000, 100) + at("d1", 30000, 20));
@@ -672,8 +670,8 @@ TEST_F(EngineTest, EventTimeWindowsPerDeviceSurviveARestartAndLateMessagesAreDea
   }
   EXPECT_EQ(testing::ReadFile(dir_.File("out.jsonl")), "") << "nothing closed yet";
   {
-    auto engine = Start(at("d1", 45000, 30) + at("d1", 61000, 0) + at("d2", 70000, 0) +
-                        at("d1", 5000, 99));
+    auto engine =
+        Start(at("d1", 45000, 30) + at("d1", 61000, 0) + at("d2", 70000, 0) + at("d1", 5000, 99));
     ASSERT_NE(engine, nullptr);
     ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
     Engine::Counts c = engine->counts();
@@ -715,16 +713,16 @@ TEST_F(EngineTest, KeyedWindowsAggregateAcrossDevicesAtTheKeysOwner) {
         ctx.emit("out", { room = ctx.device, avg = w.avg, n = w.count, start = w.start })
       end })");
   auto at = [](const std::string& d, const std::string& room, int64_t t, double temp) {
-    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" +
-           std::to_string(t) + ",\"temp\":" + std::to_string(temp) + room + "}}\n";
+    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" + std::to_string(t) +
+           ",\"temp\":" + std::to_string(temp) + room + "}}\n";
   };
   std::string input;
   for (int i = 0; i < 10; ++i) {
-    input += at("d" + std::to_string(i), ",\"room\":\"r" + std::to_string(i % 2) + "\"",
-                1000 + i, i);
+    input +=
+        at("d" + std::to_string(i), ",\"room\":\"r" + std::to_string(i % 2) + "\"", 1000 + i, i);
   }
-  input += at("d9", "", 2000, 0);                          // no room: skipped
-  input += at("d9", ",\"room\":\"a b\"", 2000, 0);      // not a usable key: skipped
+  input += at("d9", "", 2000, 0);                   // no room: skipped
+  input += at("d9", ",\"room\":\"a b\"", 2000, 0);  // not a usable key: skipped
   {
     auto engine = Start(input);
     ASSERT_NE(engine, nullptr);
@@ -738,8 +736,8 @@ TEST_F(EngineTest, KeyedWindowsAggregateAcrossDevicesAtTheKeysOwner) {
   }
   // Devices are ordered each on its own, not against each other: the messages that close the
   // rooms' first minute come after (a second run), or they would make the others late.
-  auto engine = Start(at("x1", ",\"room\":\"r0\"", 70000, 100) +
-                      at("x2", ",\"room\":\"r1\"", 70000, 100));
+  auto engine =
+      Start(at("x1", ",\"room\":\"r0\"", 70000, 100) + at("x2", ",\"room\":\"r1\"", 70000, 100));
   ASSERT_NE(engine, nullptr);
   ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
   engine->Stop();

@@ -59,7 +59,8 @@ TEST(StateOwnerTest, ReadsOnceWritesThroughAndDeletes) {
   EXPECT_EQ(Json(owner, **reader, "r", "d1"), "<none>");
   EXPECT_EQ(loads->value(), 1u) << "a state that does not exist is cached too";
   std::promise<Status> durable;
-  Put(owner, **reader, "r", "d1", R"({"n":1})",
+  Put(
+      owner, **reader, "r", "d1", R"({"n":1})",
       [&durable](const Status& st) { durable.set_value(st); }, 2);
   EXPECT_EQ(Json(owner, **reader, "r", "d1"), R"({"n":1})") << "the owner's copy at once";
   ASSERT_TRUE(durable.get_future().get().ok());
@@ -171,9 +172,13 @@ TEST(StateOwnerTest, TimersAndDeadlinesAreStoredAndScheduledEarliestFirst) {
   EXPECT_EQ(*timers, (std::vector<rules::RuleTimer>{{"b", 300, R"({"x":[1,2]})"}, {"a", 200, ""}}));
 
   std::vector<std::string> due;
-  ASSERT_TRUE((*reader)->Due(1, 1000, [&](std::string_view device, std::string_view rule, int64_t at) {
-    due.push_back(std::string(device) + "/" + std::string(rule) + "@" + std::to_string(at));
-  }).ok());
+  ASSERT_TRUE((*reader)
+                  ->Due(1, 1000,
+                        [&](std::string_view device, std::string_view rule, int64_t at) {
+                          due.push_back(std::string(device) + "/" + std::string(rule) + "@" +
+                                        std::to_string(at));
+                        })
+                  .ok());
   std::sort(due.begin(), due.end());
   EXPECT_EQ(due, (std::vector<std::string>{"d1/r@200", "d2/r@100"}));
 

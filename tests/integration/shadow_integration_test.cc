@@ -3,19 +3,18 @@
 // layout), the REST API through a real HTTP client, rules reading and writing shadows, and
 // durability across kill -9.
 #include <gtest/gtest.h>
-
-#include <filesystem>
 #include <httplib.h>
-#include <simdjson.h>
 #include <signal.h>
+#include <simdjson.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <mutex>
 #include <optional>
-#include <thread>
 #include <string>
+#include <thread>
 
 #include "tests/support/mqtt_test_client.h"
 #include "tests/support/test_support.h"
@@ -816,10 +815,10 @@ api: { listen: "127.0.0.1:{api}" }
     auto r = Call("GET", "/v1/things/k" + std::to_string(k) + "/state?rule=count");
     ASSERT_EQ(r.first, 200) << r.second;
     // (The state's keys come in the order Lua's table has them.)
-    EXPECT_EQ(r.second.rfind("{\"device\":\"k" + std::to_string(k) +
-                                 R"(","rule":"count","version":2,"state":{)",
-                             0),
-              0u)
+    EXPECT_EQ(
+        r.second.rfind(
+            "{\"device\":\"k" + std::to_string(k) + R"(","rule":"count","version":2,"state":{)", 0),
+        0u)
         << r.second;
     EXPECT_NE(r.second.find(R"("n":40)"), std::string::npos) << r.second;
     EXPECT_NE(r.second.find(R"("last":39)"), std::string::npos) << r.second;
@@ -1721,8 +1720,8 @@ metrics: { listen: "127.0.0.1:{api}" }
     }
     return n;
   };
-  ASSERT_TRUE(WaitFor([&] { return count(R"("kind":"silent")") >= 4; },
-                      std::chrono::milliseconds(20000)))
+  ASSERT_TRUE(
+      WaitFor([&] { return count(R"("kind":"silent")") >= 4; }, std::chrono::milliseconds(20000)))
       << testing::ReadFile(dir_.File("archive.jsonl"));
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(count(R"("kind":"timer")"), 4u) << testing::ReadFile(dir_.File("archive.jsonl"));
@@ -1766,9 +1765,9 @@ api: { listen: "127.0.0.1:{api}" }
 )"));
   auto gnomon = StartGnomon();
   for (const char* t : {"10", "20.5"}) {
-    ASSERT_EQ(Call("POST", "/v1/ingest/devices/w1/telemetry", std::string(R"({"temp":)") + t + "}")
-                  .first,
-              202);
+    ASSERT_EQ(
+        Call("POST", "/v1/ingest/devices/w1/telemetry", std::string(R"({"temp":)") + t + "}").first,
+        202);
   }
   auto r = Call("GET", "/v1/things/w1/state?rule=hourly");
   ASSERT_EQ(r.first, 200) << r.second;
@@ -1821,8 +1820,7 @@ metrics: { listen: "127.0.0.1:{api}" }
   EXPECT_NE(dl.find("ctx.state of rule count could not be stored"), std::string::npos) << dl;
   EXPECT_NE(n().find(R"("state":{"n":3})"), std::string::npos) << n();
   std::string metrics = Call("GET", "/metrics").second;
-  EXPECT_NE(metrics.find("gnomon_rule_state_writes_total{outcome=\"failed\"} 1"),
-            std::string::npos)
+  EXPECT_NE(metrics.find("gnomon_rule_state_writes_total{outcome=\"failed\"} 1"), std::string::npos)
       << metrics;
   disk.Free();
   ASSERT_EQ(post(), 202);

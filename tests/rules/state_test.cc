@@ -222,8 +222,9 @@ TEST_F(StateTest, MigrateRunsOnceOnAStateOfAnotherVersion) {
 
 TEST_F(StateTest, AMigrateThatFailsFailsTheCallAndLeavesTheOldState) {
   states_.states[{"st", "d1"}] = StoredState{1, R"({"c":3})"};
-  Load("    ctx.state.x = 1", "  state = { version = 2 },\n"
-                            "  migrate = function(old) error('cannot migrate ' .. old.c) end,\n");
+  Load("    ctx.state.x = 1",
+       "  state = { version = 2 },\n"
+       "  migrate = function(old) error('cannot migrate ' .. old.c) end,\n");
   CallResult r = Run("{}");
   ASSERT_EQ(r.outcome, Outcome::kFailed);
   EXPECT_NE(r.reason.find("cannot migrate 3"), std::string::npos) << r.reason;
@@ -337,8 +338,7 @@ TEST_F(StateTest, TimerBoundsAndBadArgumentsFailTheCallAndSayWhy) {
             std::string::npos);
   Load("ctx.timer.after('t', 1000)");
   CallResult r = Run("{}", "d1", /*with_states=*/false);
-  EXPECT_NE(r.reason.find("ctx.timer: rule state is kept in the shadow store"),
-            std::string::npos)
+  EXPECT_NE(r.reason.find("ctx.timer: rule state is kept in the shadow store"), std::string::npos)
       << r.reason;
 }
 
@@ -393,8 +393,9 @@ TEST_F(StateTest, TumblingEventTimeWindowsCloseAsEventsMoveTimeOn) {
   r = Run(R"({"ts":71000,"temp":0})");
   ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
   ASSERT_EQ(r.closed_windows.size(), 1u);
-  EXPECT_EQ(Sorted(r.closed_windows[0]),
-            R"({"avg":23.333333333333332,"count":3,"end":60000,"max":40,"min":10,"name":"t","start":0})");
+  EXPECT_EQ(
+      Sorted(r.closed_windows[0]),
+      R"({"avg":23.333333333333332,"count":3,"end":60000,"max":40,"min":10,"name":"t","start":0})");
   r = Run(R"({"ts":2000,"temp":99})");
   ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
   EXPECT_EQ(r.late_windows, std::vector<std::string>{"t"});
@@ -407,13 +408,16 @@ TEST_F(StateTest, TumblingEventTimeWindowsCloseAsEventsMoveTimeOn) {
   r = Run("", "d1", true, MessageView::Call::kWindow,
           R"({"name":"t","start":0,"end":60000,"avg":2.5,"count":2})");
   ASSERT_EQ(r.outcome, Outcome::kOk) << r.reason;
-  EXPECT_EQ(Sorted(r.effects[0].payload), R"({"avg":2.5,"count":2,"end":60000,"name":"t","start":0})");
+  EXPECT_EQ(Sorted(r.effects[0].payload),
+            R"({"avg":2.5,"count":2,"end":60000,"name":"t","start":0})");
 }
 
 TEST_F(StateTest, SlidingWindowsShowTheirCurrentValueAndAFailedCallLeavesThemAsTheyWere) {
-  Load("    if msg.payload.bad then error('no') end\n"
-       "    ctx.emit('out', { avg = ctx.window.recent.avg, n = ctx.window.recent.count })",
-       "  windows = { recent = { sliding = '10s', of = 'v', agg = { 'avg' }, time = 'msg.ts' } },\n");
+  Load(
+      "    if msg.payload.bad then error('no') end\n"
+      "    ctx.emit('out', { avg = ctx.window.recent.avg, n = ctx.window.recent.count })",
+      "  windows = { recent = { sliding = '10s', of = 'v', agg = { 'avg' }, time = 'msg.ts' } "
+      "},\n");
   auto run_at = [&](int64_t ts, const std::string& payload) {
     payload_ = payload;
     payload_.reserve(payload_.size() + simdjson::SIMDJSON_PADDING);
@@ -435,8 +439,9 @@ TEST_F(StateTest, SlidingWindowsShowTheirCurrentValueAndAFailedCallLeavesThemAsT
 }
 
 TEST_F(StateTest, IngestTimeWindowsCloseWhenTheClockMovesThemOn) {
-  Load("", "  windows = { w = { tumbling = '1m' } },\n"
-           "  on_window = function(w, ctx) end,\n");
+  Load("",
+       "  windows = { w = { tumbling = '1m' } },\n"
+       "  on_window = function(w, ctx) end,\n");
   auto run_at = [&](int64_t ts, MessageView::Call call) {
     payload_ = "{}";
     payload_.reserve(64);
@@ -469,8 +474,9 @@ TEST_F(StateTest, IngestTimeWindowsCloseWhenTheClockMovesThemOn) {
 }
 
 TEST_F(StateTest, AWindowPastItsBoundFailsTheCall) {
-  Load("", "  windows = { t = { tumbling = '1s', time = 'ts', max_open = 2, grace = '1h' } },\n"
-           "  on_window = function(w, ctx) end,\n");
+  Load("",
+       "  windows = { t = { tumbling = '1s', time = 'ts', max_open = 2, grace = '1h' } },\n"
+       "  on_window = function(w, ctx) end,\n");
   ASSERT_EQ(Run(R"({"ts":0})").outcome, Outcome::kOk);
   ASSERT_EQ(Run(R"({"ts":1000})").outcome, Outcome::kOk);
   CallResult r = Run(R"({"ts":2000})");
@@ -482,8 +488,8 @@ TEST_F(StateTest, AWindowPastItsBoundFailsTheCall) {
 
 TEST_F(StateTest, StateDeclarationsAreChecked) {
   auto load = [](const std::string& extra) {
-    std::string src = "return rule { name = 'x', from = 'a/#', " + extra +
-                      " handle = function(msg, ctx) end }";
+    std::string src =
+        "return rule { name = 'x', from = 'a/#', " + extra + " handle = function(msg, ctx) end }";
     auto set = RuleSet::FromSources({{"x.lua", src}}, RuleSetOptions{.sinks = {"out"}});
     return set.ok() ? std::string("ok") : std::string(set.status().message());
   };

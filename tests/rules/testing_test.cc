@@ -321,8 +321,7 @@ TEST(RuleTestingTimeTest, TimersAndInactivityFireInVirtualTime) {
   EXPECT_EQ(report->failed(), 2) << text;
   EXPECT_NE(text.find("test.input.at: 50 is before the test's clock (100)"), std::string::npos)
       << text;
-  EXPECT_NE(text.find("test.input.advance: 'soon' is not a duration"), std::string::npos)
-      << text;
+  EXPECT_NE(text.find("test.input.advance: 'soon' is not a duration"), std::string::npos) << text;
 }
 
 // Windows in rule tests: what on_window and on_late emit is expected with the rest; ingest-time

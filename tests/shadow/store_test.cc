@@ -302,8 +302,9 @@ TEST(ShadowStoreTest, RuleStateWritesMadeOnTopOfARefusedOneAreRefusedUntilANewer
   auto& store = **s;
   auto write = [&](const std::string& device, int n, uint64_t epoch) {
     auto st = std::make_shared<Status>();
-    store.WriteState("r", device, {1, "{\"n\":" + std::to_string(n) + "}"},
-                     [st](const Status& r) { *st = r; }, epoch);
+    store.WriteState(
+        "r", device, {1, "{\"n\":" + std::to_string(n) + "}"}, [st](const Status& r) { *st = r; },
+        epoch);
     store.Flush();
     return *st;
   };

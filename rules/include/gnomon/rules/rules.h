@@ -35,7 +35,7 @@ struct WindowDecl {
   // Neither: processing time (the clock when the message is handled), and the window also
   // closes by the clock.
   bool by_clock() const { return time.empty() && !msg_ts; }
-  std::vector<Agg> aggs;          // what on_window and ctx.window show (default: count)
+  std::vector<Agg> aggs;  // what on_window and ctx.window show (default: count)
   // `key = "payload.room"`: the window is per value of this payload field, not per device;
   // its events go to the key's owner (CallResult::keyed_events).
   std::vector<std::string> key;
@@ -181,7 +181,7 @@ struct Effect {
   // device as JSON (empty: it has none now), when it or the timers changed; one at most per
   // call, the last effect.
   std::string payload;
-  int64_t state_version = 0;  // kState: the rule's state.version
+  int64_t state_version = 0;      // kState: the rule's state.version
   std::vector<RuleTimer> timers;  // kState: the (rule, device)'s pending timers, all of them
   std::string windows;            // kState: the windows' states
   int64_t window_due = 0;         // kState: when an ingest-time window closes next (0: none)
@@ -269,7 +269,14 @@ struct MessageView {
   // kMigrate only reads ctx.state (running migrate when the stored state is of another
   // version): a check that migrate takes a stored state.
   enum class Call : uint8_t {
-    kHandle, kTimer, kInactive, kWindow, kLate, kAdvance, kKeyed, kMigrate
+    kHandle,
+    kTimer,
+    kInactive,
+    kWindow,
+    kLate,
+    kAdvance,
+    kKeyed,
+    kMigrate
   };
   std::string_view topic;
   std::string_view device;

@@ -54,8 +54,8 @@ struct RuleState {
   std::string timers;
   int64_t inactive_due = 0;
   int64_t next_due = 0;
-  std::string windows;      // the rule's windows' states ("": none)
-  int64_t window_due = 0;   // when an ingest-time window closes next (0: none)
+  std::string windows;     // the rule's windows' states ("": none)
+  int64_t window_due = 0;  // when an ingest-time window closes next (0: none)
 };
 
 struct StoreStats {
@@ -120,8 +120,8 @@ class ShadowStore {
         std::string_view device) = 0;
     // Calls `each` with every row that has something due in [from, to) (device, rule,
     // next_due).
-    using EachDue = std::function<void(std::string_view device, std::string_view rule,
-                                       int64_t next_due)>;
+    using EachDue =
+        std::function<void(std::string_view device, std::string_view rule, int64_t next_due)>;
     virtual Status Due(int64_t from, int64_t to, const EachDue& each) = 0;
     // Calls `each` with up to `limit` rows of `rule` holding a state stored under another
     // version than `version` (device, row): what a new version's migrate would see.
