@@ -857,8 +857,8 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
     RouteKeyedEvents(m, rule, std::move(result.keyed_events));
   }
   if (applied && w.states && (!result.closed_windows.empty() || !result.late_windows.empty())) {
-    WindowsClosed(w, m, idx, rule, view, std::move(result.closed_windows),
-                  std::move(result.late_windows));
+    std::vector<std::string> late = std::move(result.late_windows);
+    WindowsClosed(w, m, idx, rule, view, std::move(result.closed_windows), late);
   }
 }
 

@@ -232,7 +232,7 @@ class Engine::Impl final : public Ingest,
   // late_event dead letter) for the windows `m` was late for.
   void WindowsClosed(Worker& w, Message& m, uint32_t idx, const rules::RuleInfo& rule,
                      const rules::MessageView& view, std::vector<std::string> closed,
-                     std::vector<std::string> late);
+                     const std::vector<std::string>& late);
   std::string timer_source_name_ = "timer";
   std::jthread state_timer_;
 

@@ -451,7 +451,7 @@ void Engine::Impl::ApplyWindowEvent(Worker& w, WindowEvent& e) {
 
 void Engine::Impl::WindowsClosed(Worker& w, Message& m, uint32_t idx, const rules::RuleInfo& rule,
                                  const rules::MessageView& view, std::vector<std::string> closed,
-                                 std::vector<std::string> late) {
+                                 const std::vector<std::string>& late) {
   for (std::string& event : closed) {
     windows_closed_->Inc();
     Fire(w, idx, rule, m.device, rules::MessageView::Call::kWindow, std::move(event));
