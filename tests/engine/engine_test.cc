@@ -126,21 +126,21 @@ class EngineTest : public ::testing::Test {
 };
 
 // The JSON object `text` with its keys sorted (flat objects), for comparisons.
-std::string Canonical(const std::string& text) {
-  simdjson::dom::parser p;
-  simdjson::dom::element e;
-  if (p.parse(text).get(e) != simdjson::SUCCESS || !e.is_object()) {
-    return text;
+std::string Canonical(const std::string& text) { return testing::SortedJson(text); }
+
+// The JSON lines of `file`, keys sorted, by the value of their string field `field` (the
+// last line of each value wins).
+std::map<std::string, std::string> LinesBy(const std::string& file, const char* field) {
+  std::map<std::string, std::string> out;
+  for (const std::string& line : testing::ReadLines(file)) {
+    std::string sorted = Canonical(line);
+    simdjson::dom::parser p;
+    std::string_view v;
+    if (p.parse(sorted)[field].get_string().get(v) == simdjson::SUCCESS) {
+      out[std::string(v)] = sorted;
+    }
   }
-  std::map<std::string, std::string> fields;
-  for (auto f : simdjson::dom::object(e)) {
-    fields[std::string(f.key)] = simdjson::minify(f.value);
-  }
-  std::string out = "{";
-  for (const auto& [k, v] : fields) {
-    out += (out.size() > 1 ? ",\"" : "\"") + k + "\":" + v;
-  }
-  return out + "}";
+  return out;
 }
 
 std::string Line(const std::string& device, int n, const std::string& extra = "") {
@@ -684,14 +684,7 @@ TEST_F(EngineTest, EventTimeWindowsPerDeviceSurviveARestartAndLateMessagesAreDea
     EXPECT_NE(metrics.find("gnomon_rule_windows_closed_total 2"), std::string::npos) << metrics;
   }
   std::string out = testing::ReadFile(dir_.File("out.jsonl"));
-  std::map<std::string, std::string> by_device;
-  for (size_t at_ = 0; at_ < out.size();) {
-    size_t end = out.find('\n', at_);
-    std::string line = Canonical(out.substr(at_, end - at_));
-    at_ = end + 1;
-    simdjson::dom::parser p;
-    by_device[std::string(std::string_view(p.parse(line)["d"]))] = line;
-  }
+  std::map<std::string, std::string> by_device = LinesBy(dir_.File("out.jsonl"), "d");
   ASSERT_EQ(by_device.size(), 2u) << out;
   EXPECT_EQ(by_device["d1"], R"({"avg":20,"d":"d1","max":30,"n":3,"start":0})") << out;
   EXPECT_EQ(by_device["d2"], R"({"avg":100,"d":"d2","max":100,"n":1,"start":0})") << out;
@@ -743,14 +736,7 @@ TEST_F(EngineTest, KeyedWindowsAggregateAcrossDevicesAtTheKeysOwner) {
   engine->Stop();
   EXPECT_EQ(engine->counts().dead_lettered, 0u);
   std::string out = testing::ReadFile(dir_.File("out.jsonl"));
-  std::map<std::string, std::string> by_room;
-  for (size_t a = 0; a < out.size();) {
-    size_t end = out.find('\n', a);
-    std::string line = Canonical(out.substr(a, end - a));
-    a = end + 1;
-    simdjson::dom::parser p;
-    by_room[std::string(std::string_view(p.parse(line)["room"]))] = line;
-  }
+  std::map<std::string, std::string> by_room = LinesBy(dir_.File("out.jsonl"), "room");
   ASSERT_EQ(by_room.size(), 2u) << out;
   EXPECT_EQ(by_room["r0"], R"({"avg":4,"n":5,"room":"r0","start":0})") << out;  // 0 2 4 6 8
   EXPECT_EQ(by_room["r1"], R"({"avg":5,"n":5,"room":"r1","start":0})") << out;  // 1 3 5 7 9

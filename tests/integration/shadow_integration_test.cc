@@ -125,6 +125,22 @@ metrics: { listen: "127.0.0.1:{api}" }
     return found;
   }
 
+  // The stateful-rule tests' setup: `rule` as the only rule, HTTP ingest ("devices/{d}/..."),
+  // the store on, and `sinks` (YAML list items).
+  void UseIngestRule(const std::string& rule,
+                     const std::string& sinks =
+                         "  - { name: archive, type: file, path: archive.jsonl, linger_ms: 0 }\n",
+                     const std::string& extra = "") {
+    dir_.Write("rules/report.lua", rule);
+    std::filesystem::remove(dir_.File("rules/on_delta.lua"));
+    dir_.Write("gnomon.yaml", Fill("workers: 2\ndata_dir: data\nsources:\n"
+                                   "  - { name: ingest, type: http, device: \"topic[2]\" }\n" +
+                                   extra + "sinks:\n" + sinks +
+                                   "shadows: {}\nrules: [rules/*.lua]\n"
+                                   "api: { listen: \"127.0.0.1:{api}\" }\n"
+                                   "metrics: { listen: \"127.0.0.1:{api}\" }\n"));
+  }
+
   Mosquitto broker_;
   TempDir dir_;
   int api_port_ = 0;
@@ -777,25 +793,13 @@ TEST_F(ShadowIntegrationTest, EveryAcceptedWriteSurvivesKill9) {
 // ctx.state over real HTTP ingest: every message answered 202 has its state durable, so a
 // kill -9 right after the last answer loses none of it; REST shows it, and counting goes on.
 TEST_F(ShadowIntegrationTest, RuleStateOfEveryAnsweredMessageSurvivesKill9AndIsReadOverRest) {
-  dir_.Write("rules/report.lua", R"(
+  UseIngestRule(R"(
     return rule { name = "count", from = "devices/+/telemetry",
       state = { version = 2 },
       handle = function(msg, ctx)
         ctx.state.n = (ctx.state.n or 0) + 1
         ctx.state.last = msg.payload.i
       end })");
-  dir_.Write("rules/on_delta.lua", "");
-  std::filesystem::remove(dir_.File("rules/on_delta.lua"));
-  dir_.Write("gnomon.yaml", Fill(R"(workers: 2
-data_dir: data
-sources:
-  - { name: ingest, type: http, device: "topic[2]" }
-sinks:
-  - { name: archive, type: file, path: archive.jsonl, linger_ms: 0 }
-shadows: {}
-rules: [rules/*.lua]
-api: { listen: "127.0.0.1:{api}" }
-)"));
   auto gnomon = StartGnomon();
   for (int round = 0; round < 4; ++round) {
     for (int k = 0; k < 5; ++k) {
@@ -1673,7 +1677,7 @@ TEST_F(ShadowIntegrationTest, AFullDiskRefusesWritesAndLosesOrAltersNothingAccep
 // Timers and inactivity over kill -9: a timer set by an answered message and a device's
 // silence both fire after the restart, once each; REST shows them pending before.
 TEST_F(ShadowIntegrationTest, TimersAndSilencesDueDuringAKill9FireOnceWhenGnomonIsBack) {
-  dir_.Write("rules/report.lua", R"(
+  UseIngestRule(R"(
     return rule { name = "watch", from = "devices/+/telemetry",
       inactivity = "2s",
       handle = function(msg, ctx)
@@ -1685,18 +1689,6 @@ TEST_F(ShadowIntegrationTest, TimersAndSilencesDueDuringAKill9FireOnceWhenGnomon
       on_inactive = function(ev, ctx)
         ctx.emit("archive", { kind = "silent", d = ctx.shadow.thing })
       end })");
-  std::filesystem::remove(dir_.File("rules/on_delta.lua"));
-  dir_.Write("gnomon.yaml", Fill(R"(workers: 2
-data_dir: data
-sources:
-  - { name: ingest, type: http, device: "topic[2]" }
-sinks:
-  - { name: archive, type: file, path: archive.jsonl, linger_ms: 0 }
-shadows: {}
-rules: [rules/*.lua]
-api: { listen: "127.0.0.1:{api}" }
-metrics: { listen: "127.0.0.1:{api}" }
-)"));
   auto gnomon = StartGnomon();
   for (int k = 0; k < 4; ++k) {
     auto r = Call("POST", "/v1/ingest/devices/t" + std::to_string(k) + "/telemetry",
@@ -1747,22 +1739,11 @@ metrics: { listen: "127.0.0.1:{api}" }
 
 // GET .../state shows a rule's open windows with what they hold so far.
 TEST_F(ShadowIntegrationTest, RestShowsTheOpenWindowsOfARule) {
-  dir_.Write("rules/report.lua", R"(
+  UseIngestRule(R"(
     return rule { name = "hourly", from = "devices/+/telemetry",
       windows = { h = { tumbling = "1h", of = "temp", agg = { "avg", "max" } } },
       handle = function(msg, ctx) end,
       on_window = function(w, ctx) end })");
-  std::filesystem::remove(dir_.File("rules/on_delta.lua"));
-  dir_.Write("gnomon.yaml", Fill(R"(workers: 2
-data_dir: data
-sources:
-  - { name: ingest, type: http, device: "topic[2]" }
-sinks:
-  - { name: archive, type: file, path: archive.jsonl, linger_ms: 0 }
-shadows: {}
-rules: [rules/*.lua]
-api: { listen: "127.0.0.1:{api}" }
-)"));
   auto gnomon = StartGnomon();
   for (const char* t : {"10", "20.5"}) {
     ASSERT_EQ(
@@ -1790,22 +1771,11 @@ TEST_F(ShadowIntegrationTest, ARuleStateTheDiskCannotTakeDeadLettersTheMessageAn
   }
   testing::SmallDisk disk(dir_.File("data"), "16m");
   GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
-  dir_.Write("rules/report.lua", R"(
+  UseIngestRule(R"(
     return rule { name = "count", from = "devices/+/telemetry",
-      handle = function(msg, ctx) ctx.state.n = (ctx.state.n or 0) + 1 end })");
-  std::filesystem::remove(dir_.File("rules/on_delta.lua"));
-  dir_.Write("gnomon.yaml", Fill(R"(workers: 2
-data_dir: data
-sources:
-  - { name: ingest, type: http, device: "topic[2]" }
-dead_letter: { sink: dl }
-sinks:
-  - { name: dl, type: file, path: dl.jsonl, linger_ms: 0 }
-shadows: {}
-rules: [rules/*.lua]
-api: { listen: "127.0.0.1:{api}" }
-metrics: { listen: "127.0.0.1:{api}" }
-)"));
+      handle = function(msg, ctx) ctx.state.n = (ctx.state.n or 0) + 1 end })",
+                "  - { name: dl, type: file, path: dl.jsonl, linger_ms: 0 }\n",
+                "dead_letter: { sink: dl }\n");
   auto gnomon = StartGnomon();
   auto post = [&] { return Call("POST", "/v1/ingest/devices/f1/telemetry", R"({"t":1})").first; };
   auto n = [&] { return Call("GET", "/v1/things/f1/state?rule=count").second; };

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "gnomon/rules/rules.h"
+#include "tests/support/test_support.h"
 
 namespace gnomon::rules {
 namespace {
@@ -100,23 +101,7 @@ class StateTest : public ::testing::Test {
   Headers headers_;
 };
 
-// A flat JSON object with its keys sorted (Lua tables keep no order).
-std::string Sorted(const std::string& text) {
-  simdjson::dom::parser p;
-  simdjson::dom::element e;
-  if (p.parse(text).get(e) != simdjson::SUCCESS || !e.is_object()) {
-    return text;
-  }
-  std::map<std::string, std::string> fields;
-  for (auto f : simdjson::dom::object(e)) {
-    fields[std::string(f.key)] = simdjson::minify(f.value);
-  }
-  std::string out = "{";
-  for (const auto& [k, v] : fields) {
-    out += (out.size() > 1 ? ",\"" : "\"") + k + "\":" + v;
-  }
-  return out + "}";
-}
+std::string Sorted(const std::string& text) { return testing::SortedJson(text); }
 
 constexpr const char* kCounter = R"lua(
     if msg.payload.temp > 50 then

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "tests/support/test_support.h"
 
+#include <simdjson.h>
+
+#include <map>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -493,5 +497,22 @@ SmallDisk::~SmallDisk() {
 void SmallDisk::Fill() { RunCommand({"dd", "if=/dev/zero", "of=" + dir_ + "/ballast", "bs=4096"}); }
 
 void SmallDisk::Free() { std::filesystem::remove(dir_ + "/ballast"); }
+
+std::string SortedJson(const std::string& text) {
+  simdjson::dom::parser p;
+  simdjson::dom::element e;
+  if (p.parse(text).get(e) != simdjson::SUCCESS || !e.is_object()) {
+    return text;
+  }
+  std::map<std::string, std::string> fields;
+  for (auto f : simdjson::dom::object(e)) {
+    fields[std::string(f.key)] = simdjson::minify(f.value);
+  }
+  std::string out = "{";
+  for (const auto& [k, v] : fields) {
+    out += (out.size() > 1 ? ",\"" : "\"") + k + "\":" + v;
+  }
+  return out + "}";
+}
 
 }  // namespace gnomon::testing

@@ -34,6 +34,9 @@ class TempDir {
 
 std::string ReadFile(const std::string& path);
 std::vector<std::string> ReadLines(const std::string& path);
+// A flat JSON object with its keys sorted (Lua tables keep no order), for comparisons; `text`
+// itself when it is not an object.
+std::string SortedJson(const std::string& text);
 
 // A TCP port free on 127.0.0.1 right now.
 int FreePort();
