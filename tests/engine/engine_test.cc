@@ -110,6 +110,18 @@ class EngineTest : public ::testing::Test {
     return std::move(e).value();
   }
 
+  // out.jsonl once it holds at least `lines` lines (waiting up to 30 s), or what it holds then.
+  std::string AwaitOut(size_t lines = 1) {
+    std::string out;
+    WaitFor(
+        [&] {
+          out = testing::ReadFile(dir_.File("out.jsonl"));
+          return static_cast<size_t>(std::count(out.begin(), out.end(), '\n')) >= lines;
+        },
+        std::chrono::seconds(30));
+    return out;
+  }
+
   static constexpr const char* kSeqRule = R"(
     return rule { name = "seq", from = "devices/+/telemetry",
       handle = function(msg, ctx)
@@ -618,13 +630,8 @@ TEST_F(EngineTest, InactivityFiresOnceAfterTheSilenceAndAFailingFiringIsDeadLett
   int64_t before = clock_.NowMs();
   auto engine = Start(Line("d1", 1) + Line("bad", 2));
   ASSERT_NE(engine, nullptr);
-  std::string out;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        out = testing::ReadFile(dir_.File("out.jsonl"));
-        return !out.empty();
-      },
-      std::chrono::seconds(30)));
+  std::string out = AwaitOut();
+  ASSERT_FALSE(out.empty());
   int64_t fired_at = clock_.NowMs();
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   Engine::Counts c = engine->counts();
@@ -753,13 +760,8 @@ TEST_F(EngineTest, IngestTimeWindowsCloseByTheClock) {
       end })");
   auto engine = Start(Line("d1", 2) + Line("d1", 3));
   ASSERT_NE(engine, nullptr);
-  std::string out;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        out = testing::ReadFile(dir_.File("out.jsonl"));
-        return !out.empty();
-      },
-      std::chrono::seconds(30)));
+  std::string out = AwaitOut();
+  ASSERT_FALSE(out.empty());
   engine->Stop();
   EXPECT_EQ(Canonical(out.substr(0, out.find('\n'))), R"({"d":"d1","len":1000,"n":2,"sum":5})")
       << out;
