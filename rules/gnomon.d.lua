@@ -218,7 +218,7 @@ function Context.now() end
 ---@field agg? ("count"|"sum"|"avg"|"min"|"max"|"first"|"last"|"stddev")[] Default { "count" }.
 ---@field time? string Event time: a payload field in epoch ms ("payload.ts"), or "msg.ts" (the message's timestamp); none: processing time (closes by the clock).
 ---@field grace? string How long after its end a window still takes late messages.
----@field key? string A payload field ("payload.room"): one window per its value instead of per device; on_window runs with ctx.device = the key.
+---@field key? string A payload field ("payload.room"): one window per its value instead of per device; on_window runs with ctx.device = the key, in a row of the key's own (never the state of a device of that name; ctx.shadow and ctx.model fail there).
 ---@field max_open? integer Windows open at once (default 64).
 ---@field max_events? integer Messages a sliding window holds (default 10000).
 

@@ -737,7 +737,7 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
   Breaker* device_breaker = nullptr;
   Breaker::Verdict device_verdict = Breaker::Verdict::kRun;
   if (!w.device_breakers.empty()) {
-    auto it = w.device_breakers.find(DeviceBreakerKey(idx, m.device));
+    auto it = w.device_breakers.find(DeviceBreakerKey(idx, m.device, view.keyed));
     if (it != w.device_breakers.end()) {
       device_breaker = &it->second;
       device_verdict = device_breaker->Allow(now_ms);
@@ -799,7 +799,7 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
     }
     if (device_probe && device_breaker->RecordSuccess(true)) {
       health.devices_quarantined.fetch_sub(1);
-      w.device_breakers.erase(DeviceBreakerKey(idx, m.device));
+      w.device_breakers.erase(DeviceBreakerKey(idx, m.device, view.keyed));
     }
   }
   switch (result.outcome) {
@@ -830,7 +830,7 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
         rm.state_resets->Inc();
       }
       if (fault) {
-        RecordFailure(w, idx, m, rule_probe, device_probe, health, rule, result.reason);
+        RecordFailure(w, idx, m, view.keyed, rule_probe, device_probe, health, rule, result.reason);
       }
       if (uint64_t suppressed = 0; rule_failure_log_.Allow(&suppressed)) {
         log::Warn("rule failed", {{"rule", rule.name},
@@ -848,7 +848,7 @@ void Engine::Impl::RunRule(Worker& w, Message& m, uint32_t idx, const rules::Mes
   }
   if (w.states && ((row && applied) || view.call != rules::MessageView::Call::kHandle ||
                    rule.inactivity_ms > 0)) {
-    UpdateRow(w, m, rule, row && applied ? &*row : nullptr, view.call);
+    UpdateRow(w, m, rule, row && applied ? &*row : nullptr, view.call, view.keyed);
   }
   if (result.window_skips > 0) {
     window_skipped_->Inc(static_cast<double>(result.window_skips));
@@ -1040,16 +1040,16 @@ void Engine::Impl::OnDeliveryFinished(Delivery& d) {
 // The rule failed through its own fault on `m`: charge the device's breaker and, while that
 // one is closed, the rule's. One device adds at most quarantine_device_failures to the rule's
 // count before it is quarantined alone.
-void Engine::Impl::RecordFailure(Worker& w, uint32_t idx, const Message& m, bool rule_probe,
-                                 bool device_probe, RuleHealth& h, const rules::RuleInfo& rule,
-                                 const std::string& reason) {
+void Engine::Impl::RecordFailure(Worker& w, uint32_t idx, const Message& m, bool keyed,
+                                 bool rule_probe, bool device_probe, RuleHealth& h,
+                                 const rules::RuleInfo& rule, const std::string& reason) {
   int64_t now = clock_.NowMs();
   {
     MutexLock lock(h.mu);
     h.last_error = reason.substr(0, reason.find('\n'));
     h.last_error_ms = now;
   }
-  std::string key = DeviceBreakerKey(idx, m.device);
+  std::string key = DeviceBreakerKey(idx, m.device, keyed);
   auto it = w.device_breakers.find(key);
   if (it == w.device_breakers.end()) {
     if (w.device_breakers.size() >= kMaxDeviceBreakers) {
@@ -1326,8 +1326,12 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
     routes.push_back(scoped(std::move(r)));
   }
   if (shadow_store_) {
-    routes.push_back(scoped({"GET", "/v1/things/(.+)/state",
-                             [this](const HttpRequest& req) { return RuleStateRoute(req); }}));
+    routes.push_back(scoped({"GET", "/v1/things/(.+)/state", [this](const HttpRequest& req) {
+                               return RuleStateRoute(req, /*keyed=*/false);
+                             }}));
+    routes.push_back(
+        scoped({"GET", "/v1/rules/([a-z0-9_-]+)/keys/([^/]+)/state",
+                [this](const HttpRequest& req) { return RuleStateRoute(req, /*keyed=*/true); }}));
   }
   for (const SourceRoute& sr : source_routes_) {
     routes.push_back(scoped({"POST", sr.prefix + "(.*)", [h = sr.handler](const HttpRequest& req) {

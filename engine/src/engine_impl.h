@@ -49,9 +49,11 @@ inline constexpr size_t kWorkerBatch = 256;
 // rule fail get one).
 inline constexpr size_t kMaxDeviceBreakers = 10000;
 
-inline std::string DeviceBreakerKey(uint32_t rule_index, std::string_view device) {
+// `keyed`: the breaker of a keyed window's key, apart from the device of the same name (a
+// device that names another's id as a key must not quarantine that device).
+inline std::string DeviceBreakerKey(uint32_t rule_index, std::string_view device, bool keyed) {
   std::string key = std::to_string(rule_index);
-  key += '\0';
+  key += keyed ? '\1' : '\0';
   key += device;
   return key;
 }
@@ -205,15 +207,17 @@ class Engine::Impl final : public Ingest,
   // none), a handle call moves the inactivity deadline, and the row is scheduled for what is
   // due next. A changed row is written, holding the message until it is durable (a refused
   // write dead-letters it as state_not_stored); a firing (`call` not kHandle) always writes.
+  // `keyed`: the row is a keyed window's key's (m.device is the key), not the device's.
   void UpdateRow(Worker& w, const Message& m, const rules::RuleInfo& rule, rules::Effect* e,
-                 rules::MessageView::Call call);
+                 rules::MessageView::Call call, bool keyed);
   void DropState(Worker& w, const ShadowEviction& evict);
   void StateTimer(const std::stop_token& st);
   // On a StateTick: the due timers and silences of the worker's rows, each a call of its own.
   void FireDue(Worker& w);
   void Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule, const std::string& device,
-            rules::MessageView::Call call, std::string event);
-  HttpResponse RuleStateRoute(const HttpRequest& req);
+            rules::MessageView::Call call, std::string event, bool keyed);
+  // GET /v1/things/{device}/state; `keyed`: GET /v1/rules/{rule}/keys/{key}/state.
+  HttpResponse RuleStateRoute(const HttpRequest& req, bool keyed);
   Counter* state_stored_ = nullptr;
   Counter* state_failed_ = nullptr;
   Counter* state_loads_ = nullptr;
@@ -372,8 +376,9 @@ class Engine::Impl final : public Ingest,
                   std::string_view rule, const std::string* source, std::string_view topic,
                   std::string_view device, std::string_view payload, int attempts, int64_t ts);
   void CollectAccounting(std::vector<prometheus::MetricFamily>& out) const;
-  void RecordFailure(Worker& w, uint32_t idx, const Message& m, bool rule_probe, bool device_probe,
-                     RuleHealth& h, const rules::RuleInfo& rule, const std::string& reason);
+  void RecordFailure(Worker& w, uint32_t idx, const Message& m, bool keyed, bool rule_probe,
+                     bool device_probe, RuleHealth& h, const rules::RuleInfo& rule,
+                     const std::string& reason);
   std::vector<HttpRoute> OpsRoutes();
   std::vector<HttpRoute> ApiRoutes();
   // ApiRouter: sources' routes on the API listener (HTTP ingest).

@@ -149,17 +149,18 @@ Status Engine::Impl::CheckMigrations(const std::shared_ptr<const rules::RuleSet>
     if (!rule.has_migrate) {
       continue;
     }
-    std::vector<std::pair<std::string, rules::StoredState>> rows;
-    {
+    // The devices' rows, then the keys' (keyed windows' on_window may keep ctx.state too).
+    std::vector<std::tuple<std::string, rules::StoredState, bool>> rows;
+    for (bool keyed : {false, true}) {
       MutexLock lock(api_reader_mu_);
       GNOMON_RETURN_IF_ERROR(api_reader_->StatesToMigrate(
-          rule.name, rule.state_version, kMigrateSample,
+          rules::StateRowName(rule.name, keyed), rule.state_version, kMigrateSample,
           [&](std::string_view device, const shadow::RuleState& row) {
             rows.emplace_back(std::string(device),
-                              rules::StoredState{row.version, row.json, {}, {}});
+                              rules::StoredState{row.version, row.json, {}, {}}, keyed);
           }));
     }
-    for (auto& [device, stored] : rows) {
+    for (auto& [device, stored, keyed] : rows) {
       OneStoredState reader;
       int64_t from = stored.version;
       reader.state = std::move(stored);
@@ -169,13 +170,14 @@ Status Engine::Impl::CheckMigrations(const std::shared_ptr<const rules::RuleSet>
       rules::MessageView view{topic,          device, &payload, "migrate", &none,
                               clock_.NowMs(), 0,      nullptr,  &reader};
       view.call = rules::MessageView::Call::kMigrate;
+      view.keyed = keyed;
       rules::CallResult result;
       rt->Run(idx, view, result);
       if (result.outcome == rules::Outcome::kFailed) {
         return FailedPrecondition(fmt::format(
-            "rule {}: migrate fails on the state of device {} stored under version {} (checked "
+            "rule {}: migrate fails on the state of {} {} stored under version {} (checked "
             "on up to {} stored states before the rule runs): {}",
-            rule.name, device, from, kMigrateSample,
+            rule.name, keyed ? "key" : "device", device, from, kMigrateSample,
             std::string_view(result.reason).substr(0, result.reason.find('\n'))));
       }
     }
@@ -197,13 +199,14 @@ Result<std::optional<rules::StoredState>> Engine::Impl::ReadStateFor(void* worke
 }
 
 void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo& rule,
-                             rules::Effect* e, rules::MessageView::Call call) {
+                             rules::Effect* e, rules::MessageView::Call call, bool keyed) {
   if (options_.mode == Mode::kDryRun || !w.states) {
     return;  // a dry run applies nothing (and without a store no call gets this far)
   }
   using Call = rules::MessageView::Call;
   bool handle = call == Call::kHandle;
-  auto got = w.states->Get(rule.name, m.device, w.shadows->reader());
+  std::string row_name = rules::StateRowName(rule.name, keyed);
+  auto got = w.states->Get(row_name, m.device, w.shadows->reader());
   if (!got.ok()) {
     // Only an inactivity update can get here without the row read already (a call that used
     // ctx.state read it): the deadline is not moved; the next message tries again.
@@ -230,17 +233,17 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
       write = true;
     }
   }
-  w.states->Schedule(StateKey(rule.name, m.device), NextDue(row, &rule));
+  w.states->Schedule(StateKey(row_name, m.device), NextDue(row, &rule));
   if (!write) {
     return;
   }
   w.row_written = true;
-  uint64_t epoch = w.states->epoch(rule.name, m.device);
+  uint64_t epoch = w.states->epoch(row_name, m.device);
   m.delivery->Hold();  // until the row is durable
   w.states->Put(
-      rule.name, m.device,
-      [this, d = m.delivery, rule = rule.name, device = m.device, epoch, source = m.source,
-       topic = m.topic, payload = m.payload, ts = m.ts_ms](const Status& st) {
+      row_name, m.device,
+      [this, d = m.delivery, row = row_name, rule = rule.name, device = m.device, epoch,
+       source = m.source, topic = m.topic, payload = m.payload, ts = m.ts_ms](const Status& st) {
         if (st.ok()) {
           state_stored_->Inc();
         } else {
@@ -250,7 +253,7 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
           log::Error("rule state could not be stored",
                      {{"rule", rule}, {"device", device}, {"error", st.message()}});
           (void)workers_[OwnerOf(device)]->queue.PushForce(
-              ShadowEviction{device, rule, epoch, /*state=*/true});
+              ShadowEviction{device, row, epoch, /*state=*/true});
           DeadLetter(
               d, "state_not_stored",
               fmt::format("ctx.state of rule {} could not be stored: {}", rule, st.message()), rule,
@@ -299,8 +302,11 @@ void Engine::Impl::FireDue(Worker& w) {
   const rules::RuleSet& set = *w.loaded->set;
   for (const std::string& key : w.states->TakeDue(now, kFiresPerTick)) {
     size_t zero = key.find('\0');
-    std::string rule_name = key.substr(0, zero);
+    std::string row_name = key.substr(0, zero);  // the rule's, or its keyed windows' (StateRowName)
     std::string device = key.substr(zero + 1);
+    std::pair<std::string_view, bool> parsed = rules::ParseStateRowName(row_name);
+    std::string_view rule_name = parsed.first;
+    bool keyed = parsed.second;
     const auto& rules = set.rules();
     auto it = std::find_if(rules.begin(), rules.end(),
                            [&](const rules::RuleInfo& r) { return r.name == rule_name; });
@@ -310,10 +316,10 @@ void Engine::Impl::FireDue(Worker& w) {
     }
     const rules::RuleInfo& rule = *it;
     auto idx = static_cast<uint32_t>(it - rules.begin());
-    auto got = w.states->Get(rule_name, device, w.shadows->reader());
+    auto got = w.states->Get(row_name, device, w.shadows->reader());
     if (!got.ok()) {
       log::Error("rule state could not be read for its timers",
-                 {{"rule", rule_name}, {"device", device}, {"error", got.status().message()}});
+                 {{"rule", row_name}, {"device", device}, {"error", got.status().message()}});
       w.states->Schedule(key, now + 1000);  // try again in a second
       continue;
     }
@@ -323,8 +329,8 @@ void Engine::Impl::FireDue(Worker& w) {
       StateOwner::Row& row = **got;
       if (row.window_due > 0 && row.window_due <= now && ingest_windows) {
         row.window_due = 0;  // (set again by the call from what is still open)
-        Fire(w, idx, rule, device, rules::MessageView::Call::kAdvance, "{}");
-        got = w.states->Get(rule_name, device, w.shadows->reader());
+        Fire(w, idx, rule, device, rules::MessageView::Call::kAdvance, "{}", keyed);
+        got = w.states->Get(row_name, device, w.shadows->reader());
         if (!got.ok()) {
           break;
         }
@@ -365,8 +371,8 @@ void Engine::Impl::FireDue(Worker& w) {
         inactive_fired_->Inc();
       }
       ev.Close();
-      Fire(w, idx, rule, device, call, std::move(event));
-      got = w.states->Get(rule_name, device, w.shadows->reader());  // (a refused write evicts)
+      Fire(w, idx, rule, device, call, std::move(event), keyed);
+      got = w.states->Get(row_name, device, w.shadows->reader());  // (a refused write evicts)
       if (!got.ok()) {
         break;
       }
@@ -375,8 +381,8 @@ void Engine::Impl::FireDue(Worker& w) {
 }
 
 void Engine::Impl::Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule,
-                        const std::string& device, rules::MessageView::Call call,
-                        std::string event) {
+                        const std::string& device, rules::MessageView::Call call, std::string event,
+                        bool keyed) {
   using Call = rules::MessageView::Call;
   Message m;
   m.topic = "$gnomon/rules/" + rule.name +
@@ -395,12 +401,14 @@ void Engine::Impl::Fire(Worker& w, uint32_t idx, const rules::RuleInfo& rule,
       m.ts_ms, ++w.message_seq, w.rule_shadows.get(), w.rule_states.get()};
   view.call = call;
   view.event = m.payload;
+  view.keyed = keyed;
   rules::CallResult result;
   w.row_written = false;
   RunRule(w, m, idx, view, result);
   if (!w.row_written && call != Call::kWindow) {
-    UpdateRow(w, m, rule, nullptr, call);  // the timer, deadline or close is gone even if the
-                                           // call failed (it was dead-lettered) or did not run
+    UpdateRow(w, m, rule, nullptr, call,
+              keyed);  // the timer, deadline or close is gone even if the
+                       // call failed (it was dead-lettered) or did not run
   }
   m.delivery->Release();  // the processing hold
 }
@@ -443,6 +451,7 @@ void Engine::Impl::ApplyWindowEvent(Worker& w, WindowEvent& e) {
                             ++w.message_seq, w.rule_shadows.get(), w.rule_states.get()};
     view.call = rules::MessageView::Call::kKeyed;
     view.event = e.msg.payload;
+    view.keyed = true;
     rules::CallResult result;
     RunRule(w, e.msg, idx, view, result);
   }
@@ -454,7 +463,7 @@ void Engine::Impl::WindowsClosed(Worker& w, Message& m, uint32_t idx, const rule
                                  const std::vector<std::string>& late) {
   for (std::string& event : closed) {
     windows_closed_->Inc();
-    Fire(w, idx, rule, m.device, rules::MessageView::Call::kWindow, std::move(event));
+    Fire(w, idx, rule, m.device, rules::MessageView::Call::kWindow, std::move(event), view.keyed);
   }
   if (late.empty()) {
     return;
@@ -484,14 +493,21 @@ void Engine::Impl::WindowsClosed(Worker& w, Message& m, uint32_t idx, const rule
 }
 
 // GET /v1/things/{device}/state[?rule=NAME]: the committed row of one rule for the device, or
-// of every rule that keeps one.
-HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
-  const std::string& device = req.params.at(0);
+// of every rule that keeps one. GET /v1/rules/{rule}/keys/{key}/state (`keyed`): the row of
+// one key of the rule's keyed windows.
+HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req, bool keyed) {
+  const std::string& device = req.params.at(keyed ? 1 : 0);
   int64_t now_s = clock_.NowMs() / 1000;
-  if (auto bad = CheckThingName(device)) {
+  if (keyed) {
+    if (!rules::ValidWindowKey(device)) {
+      return ErrorResponse(
+          ApiError(400, "INVALID_KEY", "Window keys are 1-128 bytes of A-Z a-z 0-9 . : _ -"),
+          now_s);
+    }
+  } else if (auto bad = CheckThingName(device)) {
     return ErrorResponse(*bad, now_s);
   }
-  const std::string* rule = req.Query("rule");
+  const std::string* rule = keyed ? &req.params.at(0) : req.Query("rule");
   auto rules_now = rules_->Current();
   auto entry = [&](json::ObjectWriter& w, const std::string& rule_name,
                    const shadow::RuleState& s) {
@@ -512,18 +528,19 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
   HttpResponse out;
   MutexLock lock(api_reader_mu_);
   if (rule != nullptr) {
-    auto s = api_reader_->LoadState(*rule, device);
+    auto s = api_reader_->LoadState(rules::StateRowName(*rule, keyed), device);
     if (!s.ok()) {
       return ErrorResponse(ApiError(500, "INTERNAL_ERROR", std::string(s.status().message())),
                            now_s);
     }
     if (!*s) {
-      return ErrorResponse(
-          ApiError(404, "NOT_FOUND", fmt::format("No state of rule '{}' for '{}'", *rule, device)),
-          now_s);
+      return ErrorResponse(ApiError(404, "NOT_FOUND",
+                                    fmt::format("No state of rule '{}' for {} '{}'", *rule,
+                                                keyed ? "key" : "device", device)),
+                           now_s);
     }
     json::ObjectWriter w(out.body);
-    w.Field("device", device).Field("rule", *rule);
+    w.Field(keyed ? "key" : "device", device).Field("rule", *rule);
     entry(w, *rule, **s);
     w.Close();
     return out;
@@ -535,6 +552,9 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req) {
   }
   std::string rules = "{";
   for (const auto& [name, s] : *all) {
+    if (rules::ParseStateRowName(name).second) {
+      continue;  // a key's row: a key of that name, not this device
+    }
     if (rules.size() > 1) {
       rules += ',';
     }

@@ -430,10 +430,19 @@ Result<int> ShadowCall(lua_State* L) {
   return 1;
 }
 
-// __shadow_device() -> msg.device of the call in progress.
+// __shadow_device([what]) -> msg.device of the call in progress. With `what` (ctx.shadow,
+// ctx.model): the device whose own shadow or model is wanted, which a key's call has not.
 Result<int> ShadowDevice(lua_State* L) {
   State* s = GetState(L);
-  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.shadow"));
+  GNOMON_RETURN_IF_ERROR(CheckInCall(s, "ctx.device"));
+  if (s->msg->keyed && lua_type(L, 1) == LUA_TSTRING) {
+    // The call is a key's (a keyed window's), fed by whichever devices named the key: it has
+    // no device of its own whose shadow it could read or write.
+    return FailedPrecondition(fmt::format(
+        "{}: this call is for key '{}' of a keyed window, not for a device; name the thing "
+        "with ctx.shadow_of",
+        lua_tostring(L, 1), s->msg->device));
+  }
   lua_pushlstring(L, s->msg->device.data(), s->msg->device.size());
   return 1;
 }
@@ -516,7 +525,8 @@ Result<const StoredState*> StoredRow(State* s, const char* what) {
           "config)",
           what));
     }
-    auto stored = s->msg->states->ReadState(s->rule->name, s->msg->device);
+    auto stored =
+        s->msg->states->ReadState(StateRowName(s->rule->name, s->msg->keyed), s->msg->device);
     if (!stored.ok()) {
       return stored.status().WithContext(what);
     }
@@ -675,12 +685,7 @@ std::optional<std::string> PayloadKey(simdjson::dom::element root,
   } else {
     return std::nullopt;
   }
-  bool ok = !key.empty() && key.size() <= 128;
-  for (char c : key) {
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                c == '_' || c == '-' || c == '.' || c == ':');
-  }
-  return ok ? std::optional<std::string>(std::move(key)) : std::nullopt;
+  return ValidWindowKey(key) ? std::optional<std::string>(std::move(key)) : std::nullopt;
 }
 
 // The aggregates `d` shows, as fields of `w`.
@@ -813,6 +818,31 @@ Status AdvanceWindows(State* s, const RuleInfo& rule) {
 }
 
 }  // namespace
+
+bool ValidWindowKey(std::string_view key) {
+  bool ok = !key.empty() && key.size() <= 128;
+  for (char c : key) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '_' || c == '-' || c == '.' || c == ':');
+  }
+  return ok;
+}
+
+std::string StateRowName(std::string_view rule, bool keyed) {
+  std::string row(rule);
+  if (keyed) {
+    row += "/key";
+  }
+  return row;
+}
+
+std::pair<std::string_view, bool> ParseStateRowName(std::string_view row) {
+  constexpr std::string_view kKeyed = "/key";
+  if (row.size() > kKeyed.size() && row.substr(row.size() - kKeyed.size()) == kKeyed) {
+    return {row.substr(0, row.size() - kKeyed.size()), true};
+  }
+  return {row, false};
+}
 
 std::string DescribeWindows(const RuleInfo& rule, std::string_view stored) {
   std::string out;
@@ -1127,12 +1157,12 @@ local function ctx_state()
   return t
 end
 local function ctx_index(_, k)
-  if k == "shadow" then return shadow_of(device()) end
+  if k == "shadow" then return shadow_of(device("ctx.shadow")) end
   if k == "state" then return ctx_state() end
   if k == "device" then return device() end
   if k == "window" then return window_view() end
   if k == "model" then
-    local thing = device()
+    local thing = device("ctx.model")
     local id, version, ref = model_info(thing)
     if id == nil then return nil end
     return setmetatable({ thing = thing, id = id, version = version, ref = ref }, model_meta)

@@ -226,13 +226,26 @@ class TestShadows final : public ShadowReader {
   std::map<std::pair<std::string, std::string>, shadow::ShadowDocument> docs_;
 };
 
-// The rule's states (ctx.state) of one test by device, in memory; the test's calls see what
-// earlier ones committed.
+// A row of TestStates: a device's by its name, a keyed window's key's by "\1" and the key
+// (apart, as in the engine: see StateRowName).
+std::string RowId(bool keyed, std::string_view device) {
+  return keyed ? "\1" + std::string(device) : std::string(device);
+}
+// The device (or key) of a row id, and whether it is a key.
+std::pair<std::string, bool> ParseRowId(const std::string& id) {
+  if (!id.empty() && id[0] == '\1') {
+    return {id.substr(1), true};
+  }
+  return {id, false};
+}
+
+// The rule's states (ctx.state) of one test by row (RowId), in memory; the test's calls see
+// what earlier ones committed.
 class TestStates final : public StateReader {
  public:
-  Result<std::optional<StoredState>> ReadState(std::string_view /*rule*/,
+  Result<std::optional<StoredState>> ReadState(std::string_view rule,
                                                std::string_view device) override {
-    auto it = states_.find(std::string(device));
+    auto it = states_.find(RowId(ParseStateRowName(rule).second, device));
     if (it == states_.end()) {
       return std::optional<StoredState>();
     }
@@ -251,7 +264,7 @@ class TestStates final : public StateReader {
       window_due_.erase(device);
     }
   }
-  // The earliest ingest-time window close of any device: (due, device); nullopt when none.
+  // The earliest ingest-time window close of any row: (due, row id); nullopt when none.
   std::optional<std::pair<int64_t, std::string>> NextClose() const {
     std::optional<std::pair<int64_t, std::string>> next;
     for (const auto& [device, due] : window_due_) {
@@ -262,11 +275,12 @@ class TestStates final : public StateReader {
     return next;
   }
   void Closing(const std::string& device) { window_due_.erase(device); }
+  // A device's state (not a key's).
   const StoredState* Find(const std::string& device) const {
     auto it = states_.find(device);
     return it == states_.end() || it->second.json.empty() ? nullptr : &it->second;
   }
-  // The earliest pending timer of any device: (due, device, name); nullopt when none.
+  // The earliest pending timer of any row: (due, row id, name); nullopt when none.
   std::optional<std::tuple<int64_t, std::string, std::string>> NextTimer() const {
     std::optional<std::tuple<int64_t, std::string, std::string>> next;
     for (const auto& [device, s] : states_) {
@@ -408,6 +422,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       MessageView kv{topic, k.key, &event, "timer", &none, clock.NowMs(), 0, &shadows, &states};
       kv.call = MessageView::Call::kKeyed;
       kv.event = event;
+      kv.keyed = true;
       CallResult r;
       (*rt)->Run(0, kv, r);
       settle(k.key, r, kv);
@@ -418,6 +433,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
       MessageView v{topic, device, &event, "timer", &none, clock.NowMs(), 0, &shadows, &states};
       v.call = MessageView::Call::kWindow;
       v.event = event;
+      v.keyed = view.keyed;
       CallResult r;
       (*rt)->Run(0, v, r);
       settle(device, r, v);
@@ -451,7 +467,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
     }
     if (result.outcome == Outcome::kOk && !result.effects.empty() &&
         result.effects.back().kind == Effect::Kind::kState) {
-      states.Apply(device, result.effects.back());
+      states.Apply(RowId(view.keyed, device), result.effects.back());
     }
     if (result.outcome == Outcome::kFailed) {
       failed = result.reason;
@@ -494,16 +510,17 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
           (!states.NextTimer() || close->first <= std::get<0>(*states.NextTimer()))) {
         clock.Set(std::max(clock.NowMs(), close->first));
         states.Closing(close->second);
+        auto [device, keyed] = ParseRowId(close->second);
         std::string topic = "$gnomon/rules/" + info.name + "/advance";
         std::string payload = "{}";
         Headers none;
-        MessageView v{topic, close->second, &payload, "timer", &none, clock.NowMs(),
-                      0,     &shadows,      &states};
+        MessageView v{topic, device, &payload, "timer", &none, clock.NowMs(), 0, &shadows, &states};
         v.call = MessageView::Call::kAdvance;
         v.event = payload;
+        v.keyed = keyed;
         CallResult r;
         (*rt)->Run(0, v, r);
-        settle(close->second, r, v);
+        settle(device, r, v);
         continue;
       }
       auto timer = states.NextTimer();
@@ -520,11 +537,12 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
         break;
       }
       std::string device, event;
+      bool keyed = false;
       json::ObjectWriter ev(event);
       MessageView::Call call;
       if (fire_timer) {
-        device = std::get<1>(*timer);
-        RuleTimer t = states.Take(device, std::get<2>(*timer));
+        RuleTimer t = states.Take(std::get<1>(*timer), std::get<2>(*timer));
+        std::tie(device, keyed) = ParseRowId(std::get<1>(*timer));
         clock.Set(std::max(clock.NowMs(), t.due_ms));
         ev.Field("name", t.name).Field("due", t.due_ms);
         if (!t.data.empty()) {
@@ -547,6 +565,7 @@ TestCaseResult RunOne(const Rule& rule, element test, const std::string& file,
                        clock.NowMs(), 0,      &shadows, &states};
       view.call = call;
       view.event = event;
+      view.keyed = keyed;
       CallResult result;
       (*rt)->Run(0, view, result);
       settle(device, result, view);

@@ -749,6 +749,88 @@ TEST_F(EngineTest, KeyedWindowsAggregateAcrossDevicesAtTheKeysOwner) {
   EXPECT_EQ(by_room["r1"], R"({"avg":5,"n":5,"room":"r1","start":0})") << out;  // 1 3 5 7 9
 }
 
+// A key is not a device: a device that names another device's id as its room reaches the
+// window of that key, never that device's ctx.state, and a key's call has no shadow of its own.
+TEST_F(EngineTest, AKeyNamedLikeADeviceNeverReachesThatDevicesState) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "rooms", from = "devices/+/telemetry",
+      windows = { room = { tumbling = "1m", of = "temp", agg = { "avg" }, time = "at",
+                           key = "room" } },
+      handle = function(msg, ctx)
+        ctx.state.n = (ctx.state.n or 0) + 1
+        ctx.emit("out", { d = ctx.device, n = ctx.state.n, closes = ctx.state.closes })
+      end,
+      on_window = function(w, ctx)
+        ctx.state.closes = (ctx.state.closes or 0) + 1
+        local ok, err = pcall(function() return ctx.shadow.reported end)
+        ctx.emit("out", { room = ctx.device, n = ctx.state.n, closes = ctx.state.closes,
+                          avg = w.avg, shadow = ok and "read" or tostring(err):match("not for a device") })
+      end })");
+  auto at = [](const std::string& d, const std::string& room, int64_t t, double temp) {
+    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" + std::to_string(t) +
+           ",\"temp\":" + std::to_string(temp) + room + "}}\n";
+  };
+  for (const std::string& input :
+       {at("victim", "", 1000, 1) + at("attacker", ",\"room\":\"victim\"", 1000, 50),
+        at("attacker", ",\"room\":\"victim\"", 70000, 60), at("victim", "", 80000, 1)}) {
+    auto engine = Start(input);
+    ASSERT_NE(engine, nullptr);
+    ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+    engine->Stop();
+    EXPECT_EQ(engine->counts().dead_lettered, 0u);
+  }
+  std::string out = testing::ReadFile(dir_.File("out.jsonl"));
+  std::vector<std::string> lines;
+  for (const std::string& line : testing::ReadLines(dir_.File("out.jsonl"))) {
+    lines.push_back(Canonical(line));
+  }
+  std::sort(lines.begin(), lines.end());
+  // The key's on_window kept its own state (closes = 1, no n); the device counted on
+  // undisturbed (n = 2, no closes); the attacker has its own count.
+  EXPECT_EQ(lines, (std::vector<std::string>{
+                       R"({"avg":50,"closes":1,"room":"victim","shadow":"not for a device"})",
+                       R"({"d":"attacker","n":1})", R"({"d":"attacker","n":2})",
+                       R"({"d":"victim","n":1})", R"({"d":"victim","n":2})"}))
+      << out;
+}
+
+// A key's failing on_window quarantines the rule for that key, not for the device of the
+// same name: a device cannot get another quarantined by naming it as a key.
+TEST_F(EngineTest, AFailingKeyDoesNotQuarantineTheDeviceOfThatName) {
+  WriteConfig("dead_letter: { per_device_per_s: 0 }\nshadows: {}\n", R"(
+    return rule { name = "rooms", from = "devices/+/telemetry",
+      quarantine = { device_failures = 1 },
+      windows = { room = { tumbling = "1m", of = "temp", agg = { "avg" }, time = "at",
+                           key = "room" } },
+      handle = function(msg, ctx) ctx.emit("out", { d = ctx.device, n = msg.payload.at }) end,
+      on_window = function(w, ctx) error("cannot close " .. ctx.device) end })");
+  auto at = [](const std::string& d, const std::string& room, int64_t t) {
+    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" + std::to_string(t) +
+           ",\"temp\":1" + room + "}}\n";
+  };
+  std::string input;
+  for (int i = 0; i < 40; ++i) {
+    input += at("attacker", ",\"room\":\"victim\"", i * 60000);  // each closes a window
+  }
+  for (int i = 0; i < 40; ++i) {
+    input += at("victim", "", i);
+  }
+  auto engine = Start(input);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+  std::string one = engine->RulesJson("rooms");
+  engine->Stop();
+  EXPECT_NE(one.find("\"devices_quarantined\":1"), std::string::npos) << one;
+  size_t victim = 0;
+  for (const std::string& line : testing::ReadLines(dir_.File("out.jsonl"))) {
+    victim += line.find("\"victim\"") != std::string::npos ? 1 : 0;
+  }
+  EXPECT_EQ(victim, 40u) << "every message of device victim ran";
+  std::string dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+  EXPECT_NE(dl.find("cannot close victim"), std::string::npos) << dl;
+  EXPECT_EQ(dl.find("devices/victim/telemetry"), std::string::npos) << dl;
+}
+
 // An ingest-time window (no `time`) closes by the clock, with nothing else arriving.
 TEST_F(EngineTest, IngestTimeWindowsCloseByTheClock) {
   WriteConfig("shadows: {}\n", R"(

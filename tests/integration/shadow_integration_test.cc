@@ -834,7 +834,7 @@ TEST_F(ShadowIntegrationTest, RuleStateOfEveryAnsweredMessageSurvivesKill9AndIsR
   EXPECT_NE(all.second.find(R"("n":40)"), std::string::npos) << all.second;
   auto none = Call("GET", "/v1/things/k1/state?rule=other");
   EXPECT_EQ(none.first, 404) << none.second;
-  EXPECT_NE(none.second.find("No state of rule 'other' for 'k1'"), std::string::npos);
+  EXPECT_NE(none.second.find("No state of rule 'other' for device 'k1'"), std::string::npos);
   EXPECT_EQ(Call("GET", "/v1/things/k9/state").second, R"({"device":"k9","rules":{}})");
   EXPECT_EQ(Call("GET", "/v1/things/a%2Fb/state").first, 400);
   auto more = Call("POST", "/v1/ingest/devices/k1/telemetry", R"({"i":100})");
@@ -1761,6 +1761,46 @@ TEST_F(ShadowIntegrationTest, RestShowsTheOpenWindowsOfARule) {
   EXPECT_EQ(double(w["avg"]), 15.25) << r.second;
   EXPECT_EQ(double(w["max"]), 20.5) << r.second;
   EXPECT_EQ(int64_t(w["end"]) - int64_t(w["start"]), 3600000) << r.second;
+}
+
+// A keyed window's key has a row of its own, shown at /v1/rules/{rule}/keys/{key}/state; the
+// device of the same name keeps its own row, untouched and listed without the key's.
+TEST_F(ShadowIntegrationTest, RestShowsAKeysWindowsApartFromTheDeviceOfThatName) {
+  UseIngestRule(R"(
+    return rule { name = "rooms", from = "devices/+/telemetry",
+      windows = { room = { tumbling = "1h", of = "temp", agg = { "avg" }, key = "room" } },
+      handle = function(msg, ctx) ctx.state.n = (ctx.state.n or 0) + 1 end,
+      on_window = function(w, ctx) end })");
+  auto gnomon = StartGnomon();
+  ASSERT_EQ(Call("POST", "/v1/ingest/devices/v1/telemetry", R"({"temp":1})").first, 202);
+  for (const char* t : {"50", "60"}) {
+    ASSERT_EQ(Call("POST", "/v1/ingest/devices/a1/telemetry",
+                   std::string(R"({"room":"v1","temp":)") + t + "}")
+                  .first,
+              202);
+  }
+  auto key = Call("GET", "/v1/rules/rooms/keys/v1/state");
+  ASSERT_EQ(key.first, 200) << key.second;
+  simdjson::dom::parser p;
+  simdjson::dom::element e = p.parse(key.second);
+  EXPECT_EQ(std::string_view(e["key"]), "v1") << key.second;
+  EXPECT_EQ(simdjson::minify(e["state"]), "{}") << key.second;
+  simdjson::dom::array open = e["windows"]["room"];
+  ASSERT_EQ(open.size(), 1u) << key.second;
+  EXPECT_EQ(int64_t(open.at(0)["count"]), 2) << key.second;
+  EXPECT_EQ(double(open.at(0)["avg"]), 55) << key.second;
+  // The device v1: its count, no window of the key's.
+  auto device = Call("GET", "/v1/things/v1/state?rule=rooms");
+  ASSERT_EQ(device.first, 200) << device.second;
+  EXPECT_NE(device.second.find(R"("state":{"n":1})"), std::string::npos) << device.second;
+  EXPECT_NE(device.second.find(R"("windows":{"room":[]})"), std::string::npos) << device.second;
+  auto all = Call("GET", "/v1/things/v1/state");
+  ASSERT_EQ(all.first, 200) << all.second;
+  EXPECT_EQ(all.second.find("rooms/key"), std::string::npos) << all.second;
+  EXPECT_NE(all.second.find(R"("rooms":{)"), std::string::npos) << all.second;
+  EXPECT_EQ(Call("GET", "/v1/rules/rooms/keys/a%20b/state").first, 400);
+  EXPECT_EQ(Call("GET", "/v1/rules/rooms/keys/nobody/state").first, 404);
+  EXPECT_EQ(Call("GET", "/v1/rules/rooms/keys/a1/state").first, 404) << "a device is not a key";
 }
 
 // A state the store cannot take: the message is dead-lettered (state_not_stored), the state

@@ -358,6 +358,33 @@ TEST(RuleTestingTimeTest, WindowsCloseInTestsAndTheirCallbacksAreExpected) {
   EXPECT_EQ(report->passed(), 1) << report->Text(true);
 }
 
+// Keyed windows in rule tests as in gnomon: a key's row is its own, apart from the device of
+// the same name (on_window's ctx.state is the key's; the device's state is untouched).
+TEST(RuleTestingTimeTest, AKeysRowIsApartFromTheDeviceOfThatName) {
+  testing::TempDir dir;
+  dir.Write("rooms.lua", R"(return rule {
+    name = "rooms", from = "devices/+/telemetry",
+    windows = { room = { tumbling = "1m", of = "temp", agg = { "avg" }, time = "at", key = "room" } },
+    handle = function(msg, ctx) ctx.state.n = (ctx.state.n or 0) + 1 end,
+    on_window = function(w, ctx)
+      ctx.state.closes = (ctx.state.closes or 0) + 1
+      ctx.emit("out", { key = ctx.device, n = ctx.state.n, closes = ctx.state.closes, avg = w.avg })
+    end,
+    tests = {
+      { name = "a device named like a key", now = 0, state = { r1 = { n = 5 } },
+        input = { { topic = "devices/a/telemetry", payload = { room = "r1", at = 1000, temp = 10 } },
+                  { topic = "devices/a/telemetry", payload = { room = "r1", at = 61000, temp = 20 } },
+                  { topic = "devices/r1/telemetry", payload = { at = 62000, temp = 1 } } },
+        expect = { emit = { out = { { key = "r1", closes = 1, avg = 10 } } },
+                   state = { r1 = { n = 6 }, a = { n = 2 } } } },
+    },
+  })");
+  auto report = RunRuleTests({dir.path()}, {});
+  ASSERT_TRUE(report.ok()) << report.status().message();
+  EXPECT_EQ(report->failed(), 0) << report->Text(true);
+  EXPECT_EQ(report->passed(), 1) << report->Text(true);
+}
+
 TEST(RuleTestingInvokeTest, ServiceCallsAreExpectedByThing) {
   testing::TempDir dir;
   dir.Write("r.lua", R"(return rule {

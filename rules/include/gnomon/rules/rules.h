@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "gnomon/core/clock.h"
@@ -248,13 +249,23 @@ struct StoredState {
   std::string windows;            // the windows' states, as FinishState encodes them ("": none)
 };
 
+// The name a rule's rows are kept under: the rule's own for a device's row, the rule's with
+// "/key" after it for the row of a keyed window's key. Rule names have no '/', so a key's row
+// and a device's row never meet, whatever the key and the device are called: a device that
+// sends key = "d2" reaches the window of key d2, never device d2's ctx.state or timers.
+std::string StateRowName(std::string_view rule, bool keyed);
+// The rule of a row name, and whether the row is a key's.
+std::pair<std::string_view, bool> ParseStateRowName(std::string_view row);
+// A keyed window's key: 1-128 characters of [A-Za-z0-9_.:-].
+bool ValidWindowKey(std::string_view key);
+
 // ctx.state's committed state, provided by the engine (or the test harness). Called on the
-// worker thread during a call, for the message's device only.
+// worker thread during a call, for the message's device (or key) only.
 class StateReader {
  public:
   virtual ~StateReader() = default;
-  // Rule `rule`'s state for `device`; nullopt when it has none; an error (store failure)
-  // fails the call.
+  // The state of row `rule` (StateRowName: a device's or a key's) for `device`; nullopt when
+  // it has none; an error (store failure) fails the call.
   virtual Result<std::optional<StoredState>> ReadState(std::string_view rule,
                                                        std::string_view device) = 0;
 };
@@ -294,6 +305,10 @@ struct MessageView {
   StateReader* states = nullptr;
   Call call = Call::kHandle;
   std::string_view event;  // kTimer, kInactive
+  // The call is for a keyed window's key (`device` is the key; its row is the key's, see
+  // StateRowName), not for a device: kKeyed always, kWindow, kLate, kAdvance and kTimer when
+  // the row is a key's. ctx.shadow (the device's own shadow) fails in such a call.
+  bool keyed = false;
 };
 
 // A worker's rules: every rule of a set loaded in a LuaJIT state of its own (so no rule can
