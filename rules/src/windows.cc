@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <iterator>
 #include <limits>
 
@@ -88,27 +90,60 @@ class Reader {
   size_t at_ = 0;
 };
 
-// Appends `sep` and `v` (integers exactly, doubles in their shortest round-trip form).
-template <typename T>
-void Put(std::string& out, char sep, T v) {
-  char buf[32];
-  buf[0] = sep;
-  auto r = std::to_chars(buf + 1, buf + sizeof(buf), v);
-  out.append(buf, r.ptr);
-}
+// The state's binary form (what Encode writes): "w2", then every number as 8 bytes in the
+// machine's order (little-endian on every machine gnomon builds for), integers as int64 and
+// values as doubles. Read back with the same checks as the text form.
+static_assert(std::endian::native == std::endian::little, "window states are little-endian");
+class BinaryReader {
+ public:
+  explicit BinaryReader(std::string_view s) : s_(s) {}
+  bool Int(int64_t& v) { return Take(&v); }
+  bool Double(double& v) { return Take(&v); }
+  bool AtEnd() const { return at_ == s_.size(); }
 
-void AppendAggregates(std::string& out, const Aggregates& a) {
-  Put(out, ' ', a.count);
-  for (double d : {a.sum, a.min, a.max, a.first, a.last}) {
-    Put(out, ' ', d);
+ private:
+  template <typename T>
+  bool Take(T* v) {
+    if (s_.size() - at_ < sizeof(T)) {
+      return false;
+    }
+    std::memcpy(v, s_.data() + at_, sizeof(T));
+    at_ += sizeof(T);
+    return true;
   }
-  Put(out, ' ', a.first_t);
-  Put(out, ' ', a.last_t);
-  Put(out, ' ', a.mean);
-  Put(out, ' ', a.m2);
+  std::string_view s_;
+  size_t at_ = 0;
+};
+
+class BinaryWriter {
+ public:
+  explicit BinaryWriter(std::string& out) : out_(out) {}
+  void Int(int64_t v) { Put(v); }
+  void Double(double v) { Put(v); }
+
+ private:
+  template <typename T>
+  void Put(T v) {
+    char buf[sizeof(T)];
+    std::memcpy(buf, &v, sizeof(T));
+    out_.append(buf, sizeof(T));
+  }
+  std::string& out_;
+};
+
+void WriteAggregates(BinaryWriter& w, const Aggregates& a) {
+  w.Int(a.count);
+  for (double d : {a.sum, a.min, a.max, a.first, a.last}) {
+    w.Double(d);
+  }
+  w.Int(a.first_t);
+  w.Int(a.last_t);
+  w.Double(a.mean);
+  w.Double(a.m2);
 }
 
-bool ReadAggregates(Reader& r, Aggregates& a) {
+template <typename R>
+bool ReadAggregates(R& r, Aggregates& a) {
   return r.Int(a.count) && a.count >= 0 && a.count <= kMaxWindowTime && r.Double(a.sum) &&
          r.Double(a.min) && r.Double(a.max) && r.Double(a.first) && r.Double(a.last) &&
          r.Int(a.first_t) && r.Int(a.last_t) && r.Double(a.mean) && r.Double(a.m2);
@@ -434,8 +469,6 @@ size_t WindowState::open() const {
   return 0;
 }
 
-// "w1 <kind> <seen> <watermark> <closed_until> <n>", then one line per window, session or
-// event.
 std::vector<ClosedWindow> WindowState::Open() const {
   std::vector<ClosedWindow> out;
   switch (spec_.kind) {
@@ -460,31 +493,37 @@ std::vector<ClosedWindow> WindowState::Open() const {
 }
 
 std::string WindowState::Encode() const {
-  std::string out = "w1";
-  Put(out, ' ', static_cast<int>(spec_.kind));
-  Put(out, ' ', seen_ ? 1 : 0);
-  Put(out, ' ', watermark_);
-  Put(out, ' ', closed_until_);
-  Put(out, ' ', open());
+  std::string out = "w2";
+  size_t n = open();
+  size_t each = spec_.kind == WindowSpec::Kind::kSliding  ? 16
+                : spec_.kind == WindowSpec::Kind::kSession ? 96
+                                                           : 88;
+  out.reserve(2 + 5 * 8 + n * each);
+  BinaryWriter w(out);
+  w.Int(static_cast<int>(spec_.kind));
+  w.Int(seen_ ? 1 : 0);
+  w.Int(watermark_);
+  w.Int(closed_until_);
+  w.Int(static_cast<int64_t>(n));
   switch (spec_.kind) {
     case WindowSpec::Kind::kTumbling:
     case WindowSpec::Kind::kHopping:
       for (const auto& [start, agg] : windows_) {
-        Put(out, '\n', start);
-        AppendAggregates(out, agg);
+        w.Int(start);
+        WriteAggregates(w, agg);
       }
       break;
     case WindowSpec::Kind::kSession:
       for (const Session& s : sessions_) {
-        Put(out, '\n', s.start);
-        Put(out, ' ', s.last);
-        AppendAggregates(out, s.agg);
+        w.Int(s.start);
+        w.Int(s.last);
+        WriteAggregates(w, s.agg);
       }
       break;
     case WindowSpec::Kind::kSliding:
       for (const auto& [t, v] : events_) {
-        Put(out, '\n', t);
-        Put(out, ' ', v);
+        w.Int(t);
+        w.Double(v);
       }
       break;
   }
@@ -492,16 +531,27 @@ std::string WindowState::Encode() const {
 }
 
 Result<WindowState> WindowState::Decode(const WindowSpec& spec, std::string_view bytes) {
+  if (bytes.substr(0, 2) == "w2") {
+    BinaryReader r(bytes.substr(2));
+    return DecodeFrom(spec, r);
+  }
+  // The text form of earlier builds: "w1 <kind> <seen> <watermark> <closed_until> <n>", then
+  // one line per window, session or event.
+  Reader r(bytes);
+  std::string_view magic;
+  if (!r.Word(magic) || magic != "w1") {
+    return InvalidArgument("window state: not a window state of this version");
+  }
+  return DecodeFrom(spec, r);
+}
+
+template <typename R>
+Result<WindowState> WindowState::DecodeFrom(const WindowSpec& spec, R& r) {
   auto bad = [](std::string_view why) {
     return InvalidArgument(fmt::format("window state: {}", why));
   };
-  Reader r(bytes);
-  std::string_view magic;
   int64_t kind = 0, seen = 0, n = 0;
   WindowState w(spec);
-  if (!r.Word(magic) || magic != "w1") {
-    return bad("not a window state of this version");
-  }
   if (!r.Int(kind) || !r.Int(seen) || !r.Int(w.watermark_) || !r.Int(w.closed_until_) ||
       !r.Int(n) || n < 0 || (seen != 0 && seen != 1)) {
     return bad("a damaged header");

@@ -714,7 +714,7 @@ class ShadowStore::Impl {
       sqlite::BindText(s, 5, p.row.timers);
       sqlite3_bind_int64(s, 6, p.row.inactive_due);
       sqlite3_bind_int64(s, 7, p.row.next_due);
-      sqlite::BindText(s, 8, p.row.windows);
+      sqlite::BindBlob(s, 8, p.row.windows);  // binary window states
       sqlite3_bind_int64(s, 9, p.row.window_due);
     }
     return Step(s, "rule state");

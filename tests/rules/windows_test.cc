@@ -493,11 +493,26 @@ TEST(WindowTest, SpecsAndStatesThatCannotBeUsedAreRefusedWithWhy) {
                    {.kind = Kind::kSession, .size_ms = 10, .grace_ms = 100, .max_open = 1}, good)
                    .ok())
       << "over the bound";
+  EXPECT_EQ(good.substr(0, 2), "w2") << "binary";
   auto wrong_order = WindowState::Decode(
       spec, "w1 3 1 60 0 2\n50 50 1 1 1 1 1 1 50 50 1 0\n0 0 1 1 1 1 1 1 0 0 1 0");
   ASSERT_FALSE(wrong_order.ok());
   EXPECT_NE(wrong_order.status().message().find("entry 2"), std::string::npos)
       << wrong_order.status().message();
+}
+
+// Rows written by earlier builds hold the text form ("w1"): it still reads, as the same state.
+TEST(WindowStateTest, TheTextFormOfEarlierBuildsStillReads) {
+  WindowSpec spec{.kind = Kind::kTumbling, .size_ms = 10};
+  WindowState now(spec);
+  std::vector<ClosedWindow> closed;
+  ASSERT_TRUE(now.Add(1, 2.0, closed).ok());
+  ASSERT_TRUE(now.Add(3, 4.0, closed).ok());
+  auto old = WindowState::Decode(
+      spec, "w1 0 1 3 -9223372036854775808 1\n0 2 6 2 4 2 4 1 3 3 2");
+  ASSERT_TRUE(old.ok()) << old.status().message();
+  EXPECT_EQ(old->Encode(), now.Encode());
+  EXPECT_EQ(old->Open(), now.Open());
 }
 
 }  // namespace

@@ -108,8 +108,9 @@ class WindowState {
   int64_t watermark() const { return watermark_; }
   size_t open() const;
 
-  // The state as bytes (for the store), and back. Decode refuses bytes it did not write for
-  // this kind of window.
+  // The state as bytes (for the store: a binary form, "w2"), and back. Decode also reads the
+  // text form of earlier builds ("w1"), and refuses bytes it did not write for this kind of
+  // window.
   std::string Encode() const;
   static Result<WindowState> Decode(const WindowSpec& spec, std::string_view bytes);
 
@@ -121,6 +122,8 @@ class WindowState {
   };
   void CloseUntil(int64_t watermark, std::vector<ClosedWindow>& closed);
   bool Late(int64_t t) const;
+  template <typename R>
+  static Result<WindowState> DecodeFrom(const WindowSpec& spec, R& r);
 
   WindowSpec spec_;
   bool seen_ = false;  // whether any time was observed (the watermark means something)
