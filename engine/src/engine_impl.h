@@ -106,8 +106,8 @@ class Engine::Impl final : public Ingest,
                                                                      std::string_view thing,
                                                                      std::string_view name);
   // ctx.state reads of the rules on `worker` (a Worker*), see states.cc.
-  Result<std::optional<rules::StoredState>> ReadStateFor(void* worker, std::string_view rule,
-                                                         std::string_view device);
+  Result<const rules::StoredState*> ReadStateFor(void* worker, std::string_view rule,
+                                                 std::string_view device);
   // ctx.model: the model `thing` is bound to, or null.
   const shadow::ThingModel* ModelFor(std::string_view thing) const { return BoundModel(thing); }
 

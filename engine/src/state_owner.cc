@@ -79,8 +79,20 @@ void StateOwner::Charge(Entry& e, const std::string& key) {
   bytes_ += e.charged;
 }
 
+bool StateOwner::IsLast(std::string_view rule, std::string_view device) const {
+  if (last_ == nullptr) {
+    return false;
+  }
+  std::string_view k = *last_key_;
+  return k.size() == rule.size() + 1 + device.size() && k.substr(0, rule.size()) == rule &&
+         k[rule.size()] == '\0' && k.substr(rule.size() + 1) == device;
+}
+
 Result<StateOwner::Row*> StateOwner::Get(const std::string& rule, const std::string& device,
                                          shadow::ShadowStore::Reader& reader) {
+  if (IsLast(rule, device)) {
+    return &last_->row;  // a call reads its row, then the engine updates it: one lookup
+  }
   std::string key = StateKey(rule, device);
   if (auto it = rows_.find(key); it != rows_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second.lru);
@@ -129,10 +141,10 @@ uint64_t StateOwner::epoch(const std::string& rule, const std::string& device) c
 
 void StateOwner::Put(const std::string& rule, const std::string& device,
                      shadow::ShadowStore::Done done) {
-  std::string key = StateKey(rule, device);
-  Entry* e = last_ != nullptr && *last_key_ == key ? last_ : nullptr;
+  Entry* e = IsLast(rule, device) ? last_ : nullptr;
   const std::string* k = last_key_;
   if (e == nullptr) {
+    std::string key = StateKey(rule, device);
     auto it = rows_.find(key);
     if (it == rows_.end()) {
       it = rows_.emplace(key, Entry{}).first;

@@ -111,6 +111,8 @@ class StateOwner {
     std::list<const std::string*>::iterator lru{};
   };
   void Charge(Entry& e, const std::string& key);
+  // Whether (rule, device) is the entry the last Get returned (last_).
+  bool IsLast(std::string_view rule, std::string_view device) const;
   void Forget(const std::string& key);
 
   const size_t budget_;

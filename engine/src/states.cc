@@ -46,8 +46,8 @@ int64_t NextDue(const StateOwner::Row& row, const rules::RuleInfo* rule) {
 class WorkerStateReader final : public rules::StateReader {
  public:
   WorkerStateReader(Engine::Impl* impl, void* worker) : impl_(impl), worker_(worker) {}
-  Result<std::optional<rules::StoredState>> ReadState(std::string_view rule,
-                                                      std::string_view device) override {
+  Result<const rules::StoredState*> ReadState(std::string_view rule,
+                                              std::string_view device) override {
     return impl_->ReadStateFor(worker_, rule, device);
   }
 
@@ -130,8 +130,8 @@ namespace {
 // One stored state, for a migrate check.
 class OneStoredState final : public rules::StateReader {
  public:
-  Result<std::optional<rules::StoredState>> ReadState(std::string_view, std::string_view) override {
-    return std::optional<rules::StoredState>(state);
+  Result<const rules::StoredState*> ReadState(std::string_view, std::string_view) override {
+    return &state;
   }
   rules::StoredState state;
 };
@@ -185,17 +185,18 @@ Status Engine::Impl::CheckMigrations(const std::shared_ptr<const rules::RuleSet>
   return {};
 }
 
-Result<std::optional<rules::StoredState>> Engine::Impl::ReadStateFor(void* worker,
-                                                                     std::string_view rule,
-                                                                     std::string_view device) {
+// The row stays in the owner's cache, unchanged, until the call ends: rows change and are
+// dropped only between calls (UpdateRow, Evict, Trim).
+Result<const rules::StoredState*> Engine::Impl::ReadStateFor(void* worker, std::string_view rule,
+                                                             std::string_view device) {
   Worker& w = *static_cast<Worker*>(worker);
   GNOMON_ASSIGN_OR_RETURN(
       StateOwner::Row * row,
       w.states->Get(std::string(rule), std::string(device), w.shadows->reader()));
   if (row->state.json.empty() && row->state.timers.empty() && row->state.windows.empty()) {
-    return std::optional<rules::StoredState>();
+    return nullptr;
   }
-  return std::optional<rules::StoredState>(row->state);
+  return &row->state;
 }
 
 void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo& rule,

@@ -95,7 +95,7 @@ struct RuleRuntime::State {
   // The stored row of the call's (rule, device), read on the first ctx.state or ctx.timer, and
   // the call's timers (copied from it on the first ctx.timer).
   bool stored_read = false;
-  std::optional<StoredState> stored;
+  const StoredState* stored = nullptr;  // the reader's, as it is until the call ends
   bool timers_used = false;
   bool timers_changed = false;
   std::vector<RuleTimer> timers;
@@ -530,10 +530,10 @@ Result<const StoredState*> StoredRow(State* s, const char* what) {
     if (!stored.ok()) {
       return stored.status().WithContext(what);
     }
-    s->stored = std::move(stored).value();
+    s->stored = *stored;
     s->stored_read = true;
   }
-  return s->stored ? &*s->stored : nullptr;
+  return s->stored;
 }
 
 Result<int> StateLoad(lua_State* L) {
@@ -1751,7 +1751,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   }
   out.window_skips = s->window_skips;
   s->stored_read = false;
-  s->stored.reset();
+  s->stored = nullptr;
   s->timers_used = false;
   s->timers_changed = false;
   s->timers.clear();

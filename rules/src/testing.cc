@@ -243,13 +243,12 @@ std::pair<std::string, bool> ParseRowId(const std::string& id) {
 // what earlier ones committed.
 class TestStates final : public StateReader {
  public:
-  Result<std::optional<StoredState>> ReadState(std::string_view rule,
-                                               std::string_view device) override {
+  Result<const StoredState*> ReadState(std::string_view rule, std::string_view device) override {
     auto it = states_.find(RowId(ParseStateRowName(rule).second, device));
     if (it == states_.end()) {
-      return std::optional<StoredState>();
+      return nullptr;
     }
-    return std::optional<StoredState>(it->second);
+    return &it->second;
   }
   void Set(const std::string& device, StoredState s) { states_[device] = std::move(s); }
   void Apply(const std::string& device, const Effect& e) {

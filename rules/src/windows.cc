@@ -495,7 +495,7 @@ std::vector<ClosedWindow> WindowState::Open() const {
 std::string WindowState::Encode() const {
   std::string out = "w2";
   size_t n = open();
-  size_t each = spec_.kind == WindowSpec::Kind::kSliding  ? 16
+  size_t each = spec_.kind == WindowSpec::Kind::kSliding   ? 16
                 : spec_.kind == WindowSpec::Kind::kSession ? 96
                                                            : 88;
   out.reserve(2 + 5 * 8 + n * each);

@@ -17,17 +17,16 @@ namespace {
 // The committed states, as the engine keeps them: a kState effect replaces (or removes) one.
 class FakeStates final : public StateReader {
  public:
-  Result<std::optional<StoredState>> ReadState(std::string_view rule,
-                                               std::string_view device) override {
+  Result<const StoredState*> ReadState(std::string_view rule, std::string_view device) override {
     ++reads;
     if (!error.ok()) {
       return error;
     }
     auto it = states.find({std::string(rule), std::string(device)});
     if (it == states.end()) {
-      return std::optional<StoredState>();
+      return nullptr;
     }
-    return std::optional<StoredState>(it->second);
+    return &it->second;
   }
   void Apply(const std::string& rule, const std::string& device, const CallResult& r) {
     for (const Effect& e : r.effects) {

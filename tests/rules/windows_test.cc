@@ -508,8 +508,7 @@ TEST(WindowStateTest, TheTextFormOfEarlierBuildsStillReads) {
   std::vector<ClosedWindow> closed;
   ASSERT_TRUE(now.Add(1, 2.0, closed).ok());
   ASSERT_TRUE(now.Add(3, 4.0, closed).ok());
-  auto old = WindowState::Decode(
-      spec, "w1 0 1 3 -9223372036854775808 1\n0 2 6 2 4 2 4 1 3 3 2");
+  auto old = WindowState::Decode(spec, "w1 0 1 3 -9223372036854775808 1\n0 2 6 2 4 2 4 1 3 3 2");
   ASSERT_TRUE(old.ok()) << old.status().message();
   EXPECT_EQ(old->Encode(), now.Encode());
   EXPECT_EQ(old->Open(), now.Open());

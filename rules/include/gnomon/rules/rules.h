@@ -264,10 +264,10 @@ bool ValidWindowKey(std::string_view key);
 class StateReader {
  public:
   virtual ~StateReader() = default;
-  // The state of row `rule` (StateRowName: a device's or a key's) for `device`; nullopt when
-  // it has none; an error (store failure) fails the call.
-  virtual Result<std::optional<StoredState>> ReadState(std::string_view rule,
-                                                       std::string_view device) = 0;
+  // The state of row `rule` (StateRowName: a device's or a key's) for `device`; null when it
+  // has none; an error (store failure) fails the call. What it points to stays as it is until
+  // the call ends (the runtime reads it in place, without a copy).
+  virtual Result<const StoredState*> ReadState(std::string_view rule, std::string_view device) = 0;
 };
 
 // What a rule sees of a message. Views must outlive the call.
