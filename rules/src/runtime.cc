@@ -90,7 +90,6 @@ struct RuleRuntime::State {
   // it was read as ("": none), and whether it is written even if unchanged (it was stored
   // under another state.version).
   int state_ref = LUA_NOREF;
-  std::string state_loaded;
   bool state_rewrite = false;
   // The stored row of the call's (rule, device), read on the first ctx.state or ctx.timer, and
   // the call's timers (copied from it on the first ctx.timer).
@@ -544,7 +543,6 @@ Result<int> StateLoad(lua_State* L) {
     return 1;
   }
   GNOMON_ASSIGN_OR_RETURN(const StoredState* stored, StoredRow(s, "ctx.state"));
-  s->state_loaded.clear();
   s->state_rewrite = false;
   if (stored == nullptr || stored->json.empty()) {
     lua_newtable(L);
@@ -554,7 +552,6 @@ Result<int> StateLoad(lua_State* L) {
     if (lua_type(L, -1) != LUA_TTABLE) {
       return Internal("ctx.state: the stored state is not a table");
     }
-    s->state_loaded = stored->json;
     if (stored->version != s->rule->state_version) {
       s->state_rewrite = true;
       if (s->rule->has_migrate) {
@@ -917,7 +914,9 @@ Status FinishState(lua_State* L, State* s, const RuleInfo& rule, CallResult& out
           fmt::format("ctx.state: {} bytes as JSON, over rule.state.max_bytes ({})", json.size(),
                       rule.state_max_bytes));
     }
-    state_changed = s->state_rewrite || json != s->state_loaded;
+    // (s->stored is what ctx.state was decoded from: the reader keeps it as it is for the call)
+    std::string_view loaded = s->stored != nullptr ? std::string_view(s->stored->json) : "";
+    state_changed = s->state_rewrite || json != loaded;
   }
   if (!state_changed && !s->timers_changed && !s->windows_changed) {
     return {};
@@ -1742,7 +1741,6 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
       luaL_unref(L, LUA_REGISTRYINDEX, s->state_ref);
     }
     s->state_ref = LUA_NOREF;
-    s->state_loaded.clear();
   }
   if (out.outcome == Outcome::kOk) {
     out.closed_windows = std::move(s->closed);
