@@ -226,6 +226,7 @@ class Engine::Impl final : public Ingest,
   Counter* windows_closed_ = nullptr;
   Counter* window_late_ = nullptr;
   Counter* window_skipped_ = nullptr;
+  std::atomic<int64_t> windows_open_at_start_{0};  // in the store at start (RestoreStates)
   // A call's events for keyed windows, to the owners of their keys (holding `m` until each
   // is durable there).
   void RouteKeyedEvents(const Message& m, const rules::RuleInfo& rule,

@@ -118,6 +118,10 @@ Result<StateOwner::Row*> StateOwner::Get(const std::string& rule, const std::str
                                    std::move(timers).value(), std::move(stored->windows)};
     row.inactive_due = stored->inactive_due;
     row.window_due = stored->window_due;
+    row.open_windows = rules::OpenWindows(row.state.windows);
+  }
+  if (!recount_.empty() && recount_.erase(key) > 0) {
+    open_windows_.fetch_add(row.open_windows, std::memory_order_relaxed);
   }
   auto it = rows_.emplace(std::move(key), Entry{std::move(row)}).first;
   lru_.push_front(&it->first);
@@ -185,8 +189,21 @@ bool StateOwner::Evict(const std::string& rule, const std::string& device, uint6
     return false;
   }
   ++current;
+  if (auto it = rows_.find(key); it != rows_.end()) {
+    // The copy's windows were counted; the store's are counted again when read back. (A row
+    // no longer in memory when its refusal comes back keeps its count: off until restart.)
+    open_windows_.fetch_sub(it->second.row.open_windows, std::memory_order_relaxed);
+    recount_.insert(key);
+  }
   Forget(key);
   return true;
+}
+
+void StateOwner::SetWindows(Row& row, std::string windows) {
+  int64_t open = windows.empty() ? 0 : rules::OpenWindows(windows);
+  open_windows_.fetch_add(open - row.open_windows, std::memory_order_relaxed);
+  row.open_windows = open;
+  row.state.windows = std::move(windows);
 }
 
 void StateOwner::Forget(const std::string& key) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -53,6 +54,7 @@ class StateOwner {
     int64_t inactive_due = 0;  // durable: on_inactive is due by then at the latest (0: none)
     int64_t last_seen = 0;     // memory only: the device's last message to the rule (0: unknown)
     int64_t window_due = 0;    // when an ingest-time window closes next (0: none)
+    int64_t open_windows = 0;  // memory only: windows open in state.windows (SetWindows)
     bool exists() const {
       return !state.json.empty() || !state.timers.empty() || inactive_due || !state.windows.empty();
     }
@@ -100,6 +102,11 @@ class StateOwner {
   // Rows in the due index; safe from any thread.
   size_t pending() const { return pending_.load(std::memory_order_relaxed); }
 
+  // Windows open in the rows this owner wrote since start (a delta on what the store held
+  // then; the engine adds that). SetWindows: `row` (from the last Get) now holds `windows`.
+  void SetWindows(Row& row, std::string windows);
+  int64_t open_windows() const { return open_windows_.load(std::memory_order_relaxed); }
+
   size_t cached() const { return rows_.size(); }
   size_t bytes() const { return bytes_; }
 
@@ -121,6 +128,9 @@ class StateOwner {
   std::unordered_map<std::string, Entry> rows_;       // by StateKey
   std::list<const std::string*> lru_;                 // most recently used first
   std::unordered_map<std::string, uint64_t> epochs_;  // copies dropped after a refused write
+  // Rows dropped after a refused write, whose windows are counted again when read back.
+  std::unordered_set<std::string> recount_;
+  std::atomic<int64_t> open_windows_{0};
   size_t bytes_ = 0;
   // The entry the last Get returned (a call reads its row, then writes it): Put finds it
   // without a second lookup. Null after anything that may drop entries.

@@ -91,6 +91,14 @@ void Engine::Impl::InitStateMetrics() {
         "gnomon_rule_timers_pending",
         "Rule state rows with a timer, silence or window close due in the next 10-20 s (in memory)",
         prometheus::MetricType::Gauge, pending));
+    double open = static_cast<double>(windows_open_at_start_.load(std::memory_order_relaxed));
+    for (const auto& w : workers_) {
+      open += w->states ? static_cast<double>(w->states->open_windows()) : 0;
+    }
+    out.push_back(OneSample("gnomon_rule_windows_open",
+                            "Windows open in the rules' rows (a sliding window holding events "
+                            "is one), devices' and keys'",
+                            prometheus::MetricType::Gauge, open));
   });
 }
 
@@ -109,6 +117,10 @@ Status Engine::Impl::RestoreStates() {
     return {};
   }
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
+  int64_t open = 0;
+  GNOMON_RETURN_IF_ERROR(
+      reader->Windows([&](std::string_view windows) { open += rules::OpenWindows(windows); }));
+  windows_open_at_start_ = open;
   // What is due soon (or overdue) now; the rest comes in as time moves on (StateOwner::Extend).
   int64_t until = clock_.NowMs() + StateOwner::kMarginMs;
   for (auto& w : workers_) {
@@ -222,7 +234,7 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
     row.state.version = e->state_version;
     row.state.json = std::move(e->payload);
     row.state.timers = std::move(e->timers);
-    row.state.windows = std::move(e->windows);
+    w.states->SetWindows(row, std::move(e->windows));
     row.window_due = e->window_due;
     write = true;
   }
@@ -265,8 +277,10 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
 }
 
 void Engine::Impl::DropState(Worker& w, const ShadowEviction& evict) {
-  if (w.states) {
-    w.states->Evict(evict.name, evict.thing, evict.epoch);
+  if (w.states && w.states->Evict(evict.name, evict.thing, evict.epoch)) {
+    // Read back now, so the windows the store holds count again at once (not at the row's
+    // next use); a failed read leaves that to the next use.
+    (void)w.states->Get(evict.name, evict.thing, w.shadows->reader());
   }
 }
 

@@ -596,8 +596,10 @@ void AppendWindow(std::string& out, std::string_view name, std::string_view byte
   out.append(bytes);
 }
 
-// The encoded state of window `name` in `row`, or nullopt (absent or damaged).
-std::optional<std::string_view> FindWindow(std::string_view row, std::string_view name) {
+// Calls each(name, bytes) for the windows in `row` ("NAME LEN\n" and LEN bytes each, see
+// AppendWindow) until it returns false or the row ends (or is damaged).
+template <typename F>
+void ForEachWindow(std::string_view row, F each) {
   while (!row.empty()) {
     size_t sp = row.find(' ');
     size_t nl = row.find('\n');
@@ -605,14 +607,25 @@ std::optional<std::string_view> FindWindow(std::string_view row, std::string_vie
     if (sp == std::string_view::npos || nl == std::string_view::npos || nl < sp ||
         std::from_chars(row.data() + sp + 1, row.data() + nl, len).ec != std::errc() ||
         row.size() - nl - 1 < len) {
-      return std::nullopt;
+      return;
     }
-    if (row.substr(0, sp) == name) {
-      return row.substr(nl + 1, len);
+    if (!each(row.substr(0, sp), row.substr(nl + 1, len))) {
+      return;
     }
     row.remove_prefix(nl + 1 + len);
   }
-  return std::nullopt;
+}
+
+// The encoded state of window `name` in `row`, or nullopt (absent or damaged).
+std::optional<std::string_view> FindWindow(std::string_view row, std::string_view name) {
+  std::optional<std::string_view> found;
+  ForEachWindow(row, [&](std::string_view n, std::string_view bytes) {
+    if (n == name) {
+      found = bytes;
+    }
+    return !found;
+  });
+  return found;
 }
 
 // The windows of the call's (rule, device), from the row (a window stored under another spec,
@@ -839,6 +852,15 @@ std::pair<std::string_view, bool> ParseStateRowName(std::string_view row) {
     return {row.substr(0, row.size() - kKeyed.size()), true};
   }
   return {row, false};
+}
+
+int64_t OpenWindows(std::string_view row) {
+  int64_t open = 0;
+  ForEachWindow(row, [&](std::string_view, std::string_view bytes) {
+    open += WindowState::OpenIn(bytes);
+    return true;
+  });
+  return open;
 }
 
 std::string DescribeWindows(const RuleInfo& rule, std::string_view stored) {

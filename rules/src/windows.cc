@@ -545,6 +545,27 @@ Result<WindowState> WindowState::Decode(const WindowSpec& spec, std::string_view
   return DecodeFrom(spec, r);
 }
 
+int64_t WindowState::OpenIn(std::string_view bytes) {
+  int64_t kind = 0, seen = 0, watermark = 0, closed_until = 0, n = 0;
+  auto read = [&](auto& r) {
+    return r.Int(kind) && r.Int(seen) && r.Int(watermark) && r.Int(closed_until) && r.Int(n) &&
+           n >= 0;
+  };
+  bool ok = false;
+  if (bytes.substr(0, 2) == "w2") {
+    BinaryReader r(bytes.substr(2));
+    ok = read(r);
+  } else {
+    Reader r(bytes);
+    std::string_view magic;
+    ok = r.Word(magic) && magic == "w1" && read(r);
+  }
+  if (!ok) {
+    return 0;
+  }
+  return kind == static_cast<int64_t>(WindowSpec::Kind::kSliding) ? (n > 0 ? 1 : 0) : n;
+}
+
 template <typename R>
 Result<WindowState> WindowState::DecodeFrom(const WindowSpec& spec, R& r) {
   auto bad = [](std::string_view why) {

@@ -167,6 +167,22 @@ class SqliteReader final : public ShadowStore::Reader {
                                    "windows, window_due FROM rule_state WHERE rule = ?1 AND "
                                    "version != ?2 AND state != '{}' LIMIT ?3",
                                    to_migrate_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "SELECT windows FROM rule_state WHERE length(windows) > 0", windows_));
+    return {};
+  }
+
+  Status Windows(const std::function<void(std::string_view windows)>& each) override {
+    sqlite3_stmt* s = windows_.get();
+    sqlite3_reset(s);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      each(sqlite::ColumnText(s, 0));
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "rule state");
+    }
     return {};
   }
 
@@ -337,7 +353,8 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   sqlite::Db db_;
-  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_, due_, to_migrate_;
+  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_, due_, to_migrate_,
+      windows_;
 };
 
 }  // namespace

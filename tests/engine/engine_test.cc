@@ -831,6 +831,39 @@ TEST_F(EngineTest, AFailingKeyDoesNotQuarantineTheDeviceOfThatName) {
   EXPECT_EQ(dl.find("devices/victim/telemetry"), std::string::npos) << dl;
 }
 
+// gnomon_rule_windows_open: the windows open in the rules' rows, counted across a restart
+// (what the store holds at start, then what each write changes).
+TEST_F(EngineTest, TheOpenWindowsGaugeCountsTheStoresWindowsAcrossARestart) {
+  WriteConfig("shadows: {}\n", R"(
+    return rule { name = "five", from = "devices/+/telemetry",
+      windows = { m = { tumbling = "1m", of = "temp", agg = { "avg" }, time = "at" } },
+      handle = function(msg, ctx) end,
+      on_window = function(w, ctx) ctx.emit("out", { d = ctx.device, start = w.start }) end })");
+  auto at = [](const std::string& d, int64_t t) {
+    return "{\"topic\":\"devices/" + d + "/telemetry\",\"payload\":{\"at\":" +
+           std::to_string(t) + ",\"temp\":1}}\n";
+  };
+  auto open_after = [&](const std::string& input) {
+    auto engine = Start(input);
+    EXPECT_NE(engine, nullptr);
+    if (engine == nullptr) {
+      return std::string();
+    }
+    EXPECT_TRUE(WaitFor([&] { return engine->Idle(); }, std::chrono::seconds(30)));
+    std::string metrics = engine->metrics().Render();
+    engine->Stop();
+    size_t at = metrics.find("\ngnomon_rule_windows_open ");
+    return at == std::string::npos ? metrics
+                                   : metrics.substr(at + 1, metrics.find('\n', at + 1) - at - 1);
+  };
+  // d3's second message closes its first minute and opens the next: one each.
+  EXPECT_EQ(open_after(at("d1", 1000) + at("d2", 1000) + at("d3", 1000) + at("d3", 61000)),
+            "gnomon_rule_windows_open 3");
+  // Back from the store: d1 moves to its next minute (still one), d4 opens one.
+  EXPECT_EQ(open_after(at("d1", 61000) + at("d4", 1000)), "gnomon_rule_windows_open 4");
+  EXPECT_EQ(testing::ReadLines(dir_.File("out.jsonl")).size(), 2u) << "d3's and d1's first minute";
+}
+
 // An ingest-time window (no `time`) closes by the clock, with nothing else arriving.
 TEST_F(EngineTest, IngestTimeWindowsCloseByTheClock) {
   WriteConfig("shadows: {}\n", R"(

@@ -1813,18 +1813,23 @@ TEST_F(ShadowIntegrationTest, ARuleStateTheDiskCannotTakeDeadLettersTheMessageAn
   GNOMON_REQUIRE_SERVER(disk.mounted(), "mount -t tmpfs failed: " + disk.why());
   UseIngestRule(R"(
     return rule { name = "count", from = "devices/+/telemetry",
+      windows = { h = { tumbling = "1h", time = "t", grace = "10h" } },
+      on_window = function(w, ctx) end,
       handle = function(msg, ctx) ctx.state.n = (ctx.state.n or 0) + 1 end })",
                 "  - { name: dl, type: file, path: dl.jsonl, linger_ms: 0 }\n",
                 "dead_letter: { sink: dl }\n");
   auto gnomon = StartGnomon();
-  auto post = [&] { return Call("POST", "/v1/ingest/devices/f1/telemetry", R"({"t":1})").first; };
+  auto post = [&](const char* t = "1") {
+    return Call("POST", "/v1/ingest/devices/f1/telemetry", std::string(R"({"t":)") + t + "}")
+        .first;
+  };
   auto n = [&] { return Call("GET", "/v1/things/f1/state?rule=count").second; };
   for (int i = 0; i < 3; ++i) {
     ASSERT_EQ(post(), 202);
   }
   EXPECT_NE(n().find(R"("state":{"n":3})"), std::string::npos) << n();
   disk.Fill();
-  EXPECT_EQ(post(), 202) << "finished: dead-lettered";
+  EXPECT_EQ(post("3600001"), 202) << "finished: dead-lettered (it would open a second hour)";
   std::string dl = testing::ReadFile(dir_.File("dl.jsonl"));
   EXPECT_NE(dl.find("state_not_stored"), std::string::npos) << dl;
   EXPECT_NE(dl.find("ctx.state of rule count could not be stored"), std::string::npos) << dl;
@@ -1832,6 +1837,8 @@ TEST_F(ShadowIntegrationTest, ARuleStateTheDiskCannotTakeDeadLettersTheMessageAn
   std::string metrics = Call("GET", "/metrics").second;
   EXPECT_NE(metrics.find("gnomon_rule_state_writes_total{outcome=\"failed\"} 1"), std::string::npos)
       << metrics;
+  // The refused copy's second window is not counted; the store's one is.
+  EXPECT_NE(metrics.find("\ngnomon_rule_windows_open 1\n"), std::string::npos) << metrics;
   disk.Free();
   ASSERT_EQ(post(), 202);
   EXPECT_NE(n().find(R"("state":{"n":4})"), std::string::npos)

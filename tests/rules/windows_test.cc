@@ -514,5 +514,21 @@ TEST(WindowStateTest, TheTextFormOfEarlierBuildsStillReads) {
   EXPECT_EQ(old->Open(), now.Open());
 }
 
+// The open windows read off encoded bytes, without decoding them.
+TEST(WindowStateTest, OpenWindowsAreReadOffTheEncodedHeader) {
+  std::vector<ClosedWindow> closed;
+  WindowState hopping({.kind = Kind::kHopping, .size_ms = 10, .hop_ms = 5});
+  ASSERT_TRUE(hopping.Add(7, 1, closed).ok());  // in [0, 10) and [5, 15)
+  EXPECT_EQ(WindowState::OpenIn(hopping.Encode()), 2);
+  WindowState sliding({.kind = Kind::kSliding, .size_ms = 10});
+  EXPECT_EQ(WindowState::OpenIn(sliding.Encode()), 0);
+  ASSERT_TRUE(sliding.Add(1, 1, closed).ok());
+  ASSERT_TRUE(sliding.Add(2, 1, closed).ok());
+  EXPECT_EQ(WindowState::OpenIn(sliding.Encode()), 1) << "a sliding window is one";
+  EXPECT_EQ(WindowState::OpenIn("w1 0 1 3 -9223372036854775808 1\n0 2 6 2 4 2 4 1 3 3 2"), 1);
+  EXPECT_EQ(WindowState::OpenIn("w2"), 0);
+  EXPECT_EQ(WindowState::OpenIn("junk"), 0);
+}
+
 }  // namespace
 }  // namespace gnomon::rules

@@ -170,6 +170,9 @@ Result<std::vector<std::string>> ExpandRulePaths(const std::vector<std::string>&
 // The open windows of `rule` in a stored row's windows (StoredState::windows) as JSON:
 // { NAME: [ { "start", "end", "count", aggregates... } ] } (for GET .../state).
 std::string DescribeWindows(const RuleInfo& rule, std::string_view stored);
+// The windows open in a row's windows (StoredState::windows), every window of it counted
+// (WindowState::OpenIn); without decoding them.
+int64_t OpenWindows(std::string_view stored);
 
 // One buffered effect of a rule call.
 struct Effect {

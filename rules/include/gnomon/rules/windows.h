@@ -113,6 +113,9 @@ class WindowState {
   // window.
   std::string Encode() const;
   static Result<WindowState> Decode(const WindowSpec& spec, std::string_view bytes);
+  // The windows open in encoded bytes, read off their header without decoding them (a
+  // sliding window that holds events is one); 0 for bytes that are not a window state.
+  static int64_t OpenIn(std::string_view bytes);
 
  private:
   struct Session {

@@ -128,6 +128,8 @@ class ShadowStore {
     using EachRow = std::function<void(std::string_view device, const RuleState& row)>;
     virtual Status StatesToMigrate(std::string_view rule, int64_t version, size_t limit,
                                    const EachRow& each) = 0;
+    // Calls `each` with the windows of every row that has some (a scan of the table).
+    virtual Status Windows(const std::function<void(std::string_view windows)>& each) = 0;
     // Every stored service call as (thing, stored form), in the order they were first written.
     virtual Result<std::vector<std::pair<std::string, std::string>>> Calls() = 0;
     // Calls `each` with every change in the history log, oldest first.
