@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Kafka test broker (tools/test_broker) against librdkafka's own producer and consumer,
+// and against hand-built requests for what a client would never send.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/crc.hpp>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "broker.h"
+#include "tests/support/kafka_test_client.h"
+#include "tests/support/test_support.h"
+
+namespace gnomon {
+namespace {
+
+using testing::KafkaTestBroker;
+
+// A plain (not idempotent: that needs InitProducerId, not offered yet) librdkafka producer.
+class Producer {
+ public:
+  explicit Producer(const std::string& bootstrap) {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char err[256];
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+    rd_kafka_conf_set(conf, "linger.ms", "5", err, sizeof err);
+    rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  }
+  ~Producer() { rd_kafka_destroy(rk_); }
+  void Send(const std::string& topic, const std::string& key, const std::string& value) {
+    while (rd_kafka_producev(rk_, RD_KAFKA_V_TOPIC(topic.c_str()),
+                             RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+                             RD_KAFKA_V_KEY(key.data(), key.size()),
+                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                             RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+      rd_kafka_poll(rk_, 10);
+    }
+  }
+  bool Flush() { return rd_kafka_flush(rk_, 30000) == RD_KAFKA_RESP_ERR_NO_ERROR; }
+
+ private:
+  rd_kafka_t* rk_;
+};
+
+// A consumer assigned every partition of `topic` from `offset` (no group is joined).
+class Consumer {
+ public:
+  Consumer(const std::string& bootstrap, const std::string& topic, int partitions,
+           int64_t offset = RD_KAFKA_OFFSET_BEGINNING) {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char err[256];
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+    // (librdkafka's consumer wants a group id even for assigned partitions; nothing is
+    // committed and no group is joined)
+    rd_kafka_conf_set(conf, "group.id", "test-broker-reader", err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
+    rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(partitions);
+    for (int p = 0; p < partitions; ++p) {
+      rd_kafka_topic_partition_list_add(parts, topic.c_str(), p)->offset = offset;
+    }
+    rd_kafka_assign(rk_, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+  }
+  ~Consumer() {
+    rd_kafka_assign(rk_, nullptr);
+    rd_kafka_destroy(rk_);
+  }
+  // Up to `want` records, waiting at most `timeout` for them.
+  std::vector<testing::KafkaRecord> Read(size_t want, std::chrono::milliseconds timeout) {
+    std::vector<testing::KafkaRecord> out;
+    auto until = std::chrono::steady_clock::now() + testing::Scaled(timeout);
+    while (out.size() < want && std::chrono::steady_clock::now() < until) {
+      rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, 100);
+      if (m == nullptr) {
+        continue;
+      }
+      if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        testing::KafkaRecord r;
+        r.partition = m->partition;
+        r.offset = m->offset;
+        r.key.assign(static_cast<const char*>(m->key), m->key_len);
+        r.value.assign(static_cast<const char*>(m->payload), m->len);
+        out.push_back(std::move(r));
+      } else {
+        errors.push_back(rd_kafka_err2name(m->err));
+      }
+      rd_kafka_message_destroy(m);
+    }
+    return out;
+  }
+  std::vector<std::string> errors;
+
+ private:
+  rd_kafka_t* rk_;
+};
+
+class TestBrokerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_EQ(broker_.Start(), ""); }
+  KafkaTestBroker broker_{{.port = 0, .partitions = 3}};
+};
+
+// What librdkafka produces comes back to its consumer: every record once, each partition in
+// the order produced, a key always in the same partition (the producer's partitioner), offsets
+// from 0 with no gaps.
+TEST_F(TestBrokerTest, ProducedRecordsComeBackInOrderPerPartition) {
+  Producer producer(broker_.bootstrap());
+  constexpr int kRecords = 3000;
+  for (int i = 0; i < kRecords; ++i) {
+    producer.Send("telemetry", "d" + std::to_string(i % 17), std::to_string(i));
+  }
+  ASSERT_TRUE(producer.Flush());
+  Consumer consumer(broker_.bootstrap(), "telemetry", 3);
+  std::vector<testing::KafkaRecord> got = consumer.Read(kRecords, std::chrono::seconds(30));
+  ASSERT_EQ(got.size(), static_cast<size_t>(kRecords)) << ::testing::PrintToString(consumer.errors);
+  std::map<std::string, int32_t> partition_of;
+  std::map<std::string, int> last_of;
+  std::map<int32_t, int64_t> next_offset;
+  for (const testing::KafkaRecord& r : got) {
+    auto [p, added] = partition_of.emplace(r.key, r.partition);
+    EXPECT_EQ(p->second, r.partition) << r.key << " moved partition";
+    int value = std::stoi(r.value);
+    auto [l, first] = last_of.emplace(r.key, value);
+    if (!first) {
+      EXPECT_GT(value, l->second) << r.key << " out of order";
+      l->second = value;
+    }
+    EXPECT_EQ(r.offset, next_offset[r.partition]++) << "partition " << r.partition;
+  }
+  EXPECT_EQ(last_of.size(), 17u);
+  std::set<int32_t> used;
+  for (const auto& [key, partition] : partition_of) {
+    used.insert(partition);
+  }
+  EXPECT_EQ(used.size(), 3u) << "17 keys over 3 partitions";
+}
+
+// A consumer at the end of a partition waits (the fetch's max wait) and gets what is produced
+// afterwards.
+TEST_F(TestBrokerTest, AConsumerAtTheEndGetsWhatComesLater) {
+  broker_.CreateTopic("later", 1);
+  Consumer consumer(broker_.bootstrap(), "later", 1, RD_KAFKA_OFFSET_END);
+  EXPECT_TRUE(consumer.Read(1, std::chrono::milliseconds(1500)).empty());
+  Producer producer(broker_.bootstrap());
+  producer.Send("later", "k", "after");
+  ASSERT_TRUE(producer.Flush());
+  std::vector<testing::KafkaRecord> got = consumer.Read(1, std::chrono::seconds(20));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].value, "after");
+  EXPECT_EQ(got[0].offset, 0);
+}
+
+// Raw requests: what librdkafka never sends.
+class RawClient {
+ public:
+  explicit RawClient(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    timeval tv{10, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~RawClient() { ::close(fd_); }
+  bool connected() const { return connected_; }
+  // Sends a request (header v1) and returns the response's body after the correlation id;
+  // nullopt when the broker closed the connection instead.
+  std::optional<std::string> Call(int16_t key, int16_t version, const std::string& body) {
+    std::string req;
+    Put(req, key);
+    Put(req, version);
+    Put(req, int32_t{7});
+    Put(req, int16_t{4});
+    req += "test";
+    req += body;
+    std::string framed;
+    Put(framed, static_cast<int32_t>(req.size()));
+    framed += req;
+    if (::send(fd_, framed.data(), framed.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(framed.size())) {
+      return std::nullopt;
+    }
+    std::string size = Recv(4);
+    if (size.size() != 4) {
+      return std::nullopt;
+    }
+    int32_t n = (static_cast<uint8_t>(size[0]) << 24) | (static_cast<uint8_t>(size[1]) << 16) |
+                (static_cast<uint8_t>(size[2]) << 8) | static_cast<uint8_t>(size[3]);
+    std::string resp = Recv(static_cast<size_t>(n));
+    if (resp.size() != static_cast<size_t>(n) || n < 4) {
+      return std::nullopt;
+    }
+    return resp.substr(4);
+  }
+  template <typename T>
+  static void Put(std::string& out, T v) {
+    for (int i = sizeof(T) - 1; i >= 0; --i) {
+      out.push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff));
+    }
+  }
+
+ private:
+  std::string Recv(size_t n) {
+    std::string out(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      ssize_t r = ::recv(fd_, out.data() + got, n - got, 0);
+      if (r <= 0) {
+        break;
+      }
+      got += static_cast<size_t>(r);
+    }
+    out.resize(got);
+    return out;
+  }
+  int fd_;
+  bool connected_ = false;
+};
+
+// A record batch v2 holding one record with `value` (no key), its CRC right or not.
+std::string Batch(const std::string& value, bool good_crc) {
+  std::string record;
+  record.push_back(0);  // attributes
+  record.push_back(0);  // timestamp delta (zigzag varint 0)
+  record.push_back(0);  // offset delta
+  record.push_back(1);  // key length -1 (zigzag)
+  record.push_back(static_cast<char>(value.size() * 2));  // value length (zigzag, < 64)
+  record += value;
+  record.push_back(0);  // headers
+  std::string body;  // from attributes on: what the CRC covers
+  RawClient::Put(body, int16_t{0});      // attributes
+  RawClient::Put(body, int32_t{0});      // last offset delta
+  RawClient::Put(body, int64_t{1000});   // base timestamp
+  RawClient::Put(body, int64_t{1000});   // max timestamp
+  RawClient::Put(body, int64_t{-1});     // producer id
+  RawClient::Put(body, int16_t{-1});     // producer epoch
+  RawClient::Put(body, int32_t{-1});     // base sequence
+  RawClient::Put(body, int32_t{1});      // records
+  body.push_back(static_cast<char>(record.size() * 2));  // record length (zigzag, < 64)
+  body += record;
+  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+  crc.process_bytes(body.data(), body.size());
+  std::string batch;
+  RawClient::Put(batch, int64_t{0});  // base offset
+  RawClient::Put(batch, static_cast<int32_t>(4 + 1 + 4 + body.size()));
+  RawClient::Put(batch, int32_t{0});  // partition leader epoch
+  batch.push_back(2);                 // magic
+  RawClient::Put(batch, static_cast<uint32_t>(good_crc ? crc.checksum() : crc.checksum() ^ 1));
+  return batch + body;
+}
+
+// A Produce v3 request for partition 0 of `topic` with `records`.
+std::string ProduceBody(const std::string& topic, const std::string& records) {
+  std::string b;
+  RawClient::Put(b, int16_t{-1});  // transactional id: null
+  RawClient::Put(b, int16_t{1});   // acks
+  RawClient::Put(b, int32_t{1000});
+  RawClient::Put(b, int32_t{1});
+  RawClient::Put(b, static_cast<int16_t>(topic.size()));
+  b += topic;
+  RawClient::Put(b, int32_t{1});
+  RawClient::Put(b, int32_t{0});
+  RawClient::Put(b, static_cast<int32_t>(records.size()));
+  b += records;
+  return b;
+}
+
+// The error code in a Produce v3 response with one topic and one partition.
+int16_t ProduceError(const std::string& resp, const std::string& topic) {
+  size_t at = 4 + 2 + topic.size() + 4 + 4;  // topics, name, partitions, index
+  return static_cast<int16_t>((static_cast<uint8_t>(resp.at(at)) << 8) |
+                              static_cast<uint8_t>(resp.at(at + 1)));
+}
+
+// A batch whose CRC does not match is refused (CORRUPT_MESSAGE) and nothing of it is kept; a
+// good one is kept with the broker's offset; a request for an API not offered closes the
+// connection, as Kafka does.
+TEST_F(TestBrokerTest, BadBatchesAreRefusedAndUnknownApisClose) {
+  broker_.CreateTopic("raw", 1);
+  RawClient c(broker_.port());
+  ASSERT_TRUE(c.connected());
+  auto bad = c.Call(0, 3, ProduceBody("raw", Batch("x", false)));
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_EQ(ProduceError(*bad, "raw"), 2);
+  EXPECT_TRUE(broker_.Batches("raw", 0).empty());
+  auto good = c.Call(0, 3, ProduceBody("raw", Batch("hello", true)));
+  ASSERT_TRUE(good.has_value());
+  EXPECT_EQ(ProduceError(*good, "raw"), 0);
+  ASSERT_EQ(broker_.Batches("raw", 0).size(), 1u);
+  EXPECT_NE(broker_.Batches("raw", 0)[0].find("hello"), std::string::npos);
+  EXPECT_FALSE(c.Call(22, 0, "").has_value()) << "InitProducerId is not offered yet: closed";
+  RawClient again(broker_.port());
+  EXPECT_TRUE(again.Call(18, 0, "").has_value()) << "the broker serves on";
+}
+
+}  // namespace
+}  // namespace gnomon

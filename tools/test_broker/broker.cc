@@ -1,0 +1,739 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "broker.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <thread>
+#include <utility>  // (before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it)
+
+#include <boost/asio.hpp>
+#include <boost/crc.hpp>
+
+namespace gnomon::testing {
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+// Kafka's error codes used here.
+constexpr int16_t kNone = 0;
+constexpr int16_t kOffsetOutOfRange = 1;
+constexpr int16_t kCorruptMessage = 2;
+constexpr int16_t kUnknownTopicOrPartition = 3;
+constexpr int16_t kUnsupportedVersion = 35;
+constexpr int16_t kInvalidRequest = 42;
+
+// API keys.
+constexpr int16_t kProduce = 0;
+constexpr int16_t kFetch = 1;
+constexpr int16_t kListOffsets = 2;
+constexpr int16_t kMetadata = 3;
+constexpr int16_t kApiVersions = 18;
+
+struct ApiRange {
+  int16_t key, min, max;
+};
+// The versions offered: the non-flexible ones (no compact encodings), ApiVersions' v3 aside.
+constexpr std::array<ApiRange, 5> kApis{{
+    {kProduce, 3, 7},
+    {kFetch, 4, 11},
+    {kListOffsets, 1, 5},
+    {kMetadata, 1, 8},
+    {kApiVersions, 0, 3},
+}};
+
+constexpr int32_t kNodeId = 1;
+constexpr size_t kMaxRequestBytes = 100 << 20;
+// Record batch v2: where its fields are.
+constexpr size_t kBatchLengthAt = 8;
+constexpr size_t kMagicAt = 16;
+constexpr size_t kCrcAt = 17;
+constexpr size_t kAttributesAt = 21;
+constexpr size_t kLastOffsetDeltaAt = 23;
+constexpr size_t kBatchHeaderBytes = 61;
+
+template <typename T>
+T LoadBig(const char* p) {
+  T v = 0;
+  for (size_t i = 0; i < sizeof(T); ++i) {
+    v = static_cast<T>((static_cast<uint64_t>(v) << 8) | static_cast<uint8_t>(p[i]));
+  }
+  return v;
+}
+
+template <typename T>
+void StoreBig(char* p, T v) {
+  auto u = static_cast<uint64_t>(v);
+  for (size_t i = 0; i < sizeof(T); ++i) {
+    p[sizeof(T) - 1 - i] = static_cast<char>(u & 0xff);
+    u >>= 8;
+  }
+}
+
+uint32_t Crc32c(std::string_view bytes) {
+  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+  crc.process_bytes(bytes.data(), bytes.size());
+  return crc.checksum();
+}
+
+// Reads Kafka's big-endian primitives; a read past the end marks it bad (and reads zeros).
+class Reader {
+ public:
+  explicit Reader(std::string_view s) : s_(s) {}
+  bool ok() const { return ok_; }
+  template <typename T>
+  T Int() {
+    if (!Need(sizeof(T))) {
+      return 0;
+    }
+    T v = LoadBig<T>(s_.data() + at_);
+    at_ += sizeof(T);
+    return v;
+  }
+  int8_t I8() { return Int<int8_t>(); }
+  int16_t I16() { return Int<int16_t>(); }
+  int32_t I32() { return Int<int32_t>(); }
+  int64_t I64() { return Int<int64_t>(); }
+  // STRING / NULLABLE_STRING (null reads as empty).
+  std::string_view String() {
+    int16_t n = I16();
+    return n < 0 ? std::string_view() : Take(static_cast<size_t>(n));
+  }
+  // NULLABLE_BYTES / RECORDS.
+  std::optional<std::string_view> Bytes() {
+    int32_t n = I32();
+    if (n < 0) {
+      return std::nullopt;
+    }
+    return Take(static_cast<size_t>(n));
+  }
+  // An ARRAY's length (-1: null), refused when it cannot fit in what is left.
+  int32_t ArrayLength() {
+    int32_t n = I32();
+    if (n > static_cast<int32_t>(s_.size() - at_)) {
+      ok_ = false;
+      return 0;
+    }
+    return n;
+  }
+  uint64_t UVarint() {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      uint8_t b = static_cast<uint8_t>(I8());
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0 || !ok_) {
+        return v;
+      }
+    }
+    ok_ = false;
+    return 0;
+  }
+  void SkipTaggedFields() {
+    uint64_t n = UVarint();
+    for (uint64_t i = 0; i < n && ok_; ++i) {
+      (void)UVarint();
+      Take(UVarint());
+    }
+  }
+  std::string_view Take(size_t n) {
+    if (!Need(n)) {
+      return {};
+    }
+    std::string_view v = s_.substr(at_, n);
+    at_ += n;
+    return v;
+  }
+
+ private:
+  bool Need(size_t n) {
+    if (!ok_ || s_.size() - at_ < n) {
+      ok_ = false;
+      return false;
+    }
+    return true;
+  }
+  std::string_view s_;
+  size_t at_ = 0;
+  bool ok_ = true;
+};
+
+class Writer {
+ public:
+  template <typename T>
+  Writer& Int(T v) {
+    char buf[sizeof(T)];
+    StoreBig(buf, v);
+    out_.append(buf, sizeof(T));
+    return *this;
+  }
+  Writer& I8(int8_t v) { return Int(v); }
+  Writer& I16(int16_t v) { return Int(v); }
+  Writer& I32(int32_t v) { return Int(v); }
+  Writer& I64(int64_t v) { return Int(v); }
+  Writer& Bool(bool v) { return I8(v ? 1 : 0); }
+  Writer& String(std::string_view s) {
+    I16(static_cast<int16_t>(s.size()));
+    out_.append(s);
+    return *this;
+  }
+  Writer& NullString() { return I16(-1); }
+  Writer& Bytes(std::string_view s) {
+    I32(static_cast<int32_t>(s.size()));
+    out_.append(s);
+    return *this;
+  }
+  Writer& Array(size_t n) { return I32(static_cast<int32_t>(n)); }
+  Writer& UVarint(uint64_t v) {
+    while (v >= 0x80) {
+      out_.push_back(static_cast<char>((v & 0x7f) | 0x80));
+      v >>= 7;
+    }
+    out_.push_back(static_cast<char>(v));
+    return *this;
+  }
+  std::string& out() { return out_; }
+
+ private:
+  std::string out_;
+};
+
+struct Batch {
+  int64_t base = 0;
+  int64_t last = 0;
+  std::string bytes;  // as stored: baseOffset set
+};
+
+struct Partition {
+  std::vector<Batch> batches;
+  int64_t next = 0;  // the high watermark: the next offset to assign
+};
+
+}  // namespace
+
+struct KafkaTestBroker::Impl {
+  explicit Impl(Options o) : options(o), acceptor(io) {}
+
+  Options options;
+  asio::io_context io;
+  tcp::acceptor acceptor;
+  std::thread thread;
+  uint16_t port = 0;
+
+  mutable std::mutex mu;
+  std::map<std::string, std::vector<Partition>, std::less<>> topics;
+
+  std::vector<Partition>& Topic(std::string_view name) {
+    auto it = topics.find(name);
+    if (it == topics.end()) {
+      it = topics
+               .emplace(std::string(name),
+                        std::vector<Partition>(static_cast<size_t>(std::max(options.partitions, 1))))
+               .first;
+    }
+    return it->second;
+  }
+
+  void Accept();
+
+  // One request: the response's body, or nullopt when the connection is to close (a request
+  // this broker cannot read). A fetch with nothing to return sets `wait_ms`: answer it again
+  // after that long (then with whatever there is).
+  std::optional<std::string> Handle(int16_t key, int16_t version, Reader& r, bool may_wait,
+                                    int32_t* wait_ms);
+  std::string ApiVersions(int16_t version);
+  std::string Metadata(int16_t version, Reader& r);
+  std::string Produce(int16_t version, Reader& r);
+  std::string ListOffsets(int16_t version, Reader& r);
+  std::string Fetch(int16_t version, Reader& r, bool may_wait, int32_t* wait_ms);
+};
+
+namespace {
+
+// One client connection: requests are read and answered in order.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, KafkaTestBroker::Impl& broker)
+      : socket_(std::move(socket)), broker_(broker), timer_(socket_.get_executor()) {}
+
+  void Start() { ReadSize(); }
+
+ private:
+  void ReadSize() {
+    auto self = shared_from_this();
+    asio::async_read(socket_, asio::buffer(size_), [self](boost::system::error_code ec, size_t) {
+      if (ec) {
+        return;
+      }
+      auto n = LoadBig<int32_t>(self->size_.data());
+      if (n < 8 || static_cast<size_t>(n) > kMaxRequestBytes) {
+        return;  // not a Kafka request: close
+      }
+      self->request_.resize(static_cast<size_t>(n));
+      asio::async_read(self->socket_, asio::buffer(self->request_),
+                       [self](boost::system::error_code ec2, size_t) {
+                         if (!ec2) {
+                           self->Answer(/*may_wait=*/true);
+                         }
+                       });
+    });
+  }
+
+  void Answer(bool may_wait) {
+    Reader r(request_);
+    int16_t key = r.I16();
+    int16_t version = r.I16();
+    int32_t correlation = r.I32();
+    (void)r.String();  // client_id
+    if (key == kApiVersions && version >= 3) {
+      r.SkipTaggedFields();  // request header v2
+    }
+    if (!r.ok()) {
+      return;
+    }
+    int32_t wait_ms = 0;
+    std::optional<std::string> body = broker_.Handle(key, version, r, may_wait, &wait_ms);
+    if (!body) {
+      if (wait_ms > 0) {
+        auto self = shared_from_this();
+        timer_.expires_after(std::chrono::milliseconds(wait_ms));
+        timer_.async_wait([self](boost::system::error_code ec) {
+          if (!ec) {
+            self->Answer(/*may_wait=*/false);
+          }
+        });
+      }
+      return;  // (no body and no wait: close)
+    }
+    Writer w;
+    w.I32(static_cast<int32_t>(4 + body->size())).I32(correlation);
+    response_ = std::move(w.out());
+    response_ += *body;
+    auto self = shared_from_this();
+    asio::async_write(socket_, asio::buffer(response_),
+                      [self](boost::system::error_code ec, size_t) {
+                        if (!ec) {
+                          self->ReadSize();
+                        }
+                      });
+  }
+
+  tcp::socket socket_;
+  KafkaTestBroker::Impl& broker_;
+  asio::steady_timer timer_;
+  std::array<char, 4> size_{};
+  std::string request_;
+  std::string response_;
+};
+
+}  // namespace
+
+void KafkaTestBroker::Impl::Accept() {
+  acceptor.async_accept([this](boost::system::error_code ec, tcp::socket socket) {
+    if (ec) {
+      return;  // stopped
+    }
+    socket.set_option(tcp::no_delay(true));
+    std::make_shared<Session>(std::move(socket), *this)->Start();
+    Accept();
+  });
+}
+
+std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t version, Reader& r,
+                                                         bool may_wait, int32_t* wait_ms) {
+  if (key == kApiVersions) {
+    return ApiVersions(version);
+  }
+  auto api = std::find_if(kApis.begin(), kApis.end(), [&](const ApiRange& a) { return a.key == key; });
+  if (api == kApis.end() || version < api->min || version > api->max) {
+    return std::nullopt;  // as Kafka does with what it does not offer: close
+  }
+  std::optional<std::string> body;
+  switch (key) {
+    case kMetadata:
+      body = Metadata(version, r);
+      break;
+    case kProduce:
+      body = Produce(version, r);
+      break;
+    case kListOffsets:
+      body = ListOffsets(version, r);
+      break;
+    case kFetch: {
+      std::string out = Fetch(version, r, may_wait, wait_ms);
+      if (*wait_ms > 0) {
+        return std::nullopt;
+      }
+      body = std::move(out);
+      break;
+    }
+    default:
+      break;
+  }
+  if (!r.ok()) {
+    return std::nullopt;  // a request cut short or malformed: close
+  }
+  return body;
+}
+
+std::string KafkaTestBroker::Impl::ApiVersions(int16_t version) {
+  Writer w;
+  if (version > 3) {
+    // Answered in v0's form with the versions offered, so the client can retry with one.
+    w.I16(kUnsupportedVersion).Array(kApis.size());
+    for (const ApiRange& a : kApis) {
+      w.I16(a.key).I16(a.min).I16(a.max);
+    }
+    return std::move(w.out());
+  }
+  w.I16(kNone);
+  if (version >= 3) {
+    w.UVarint(kApis.size() + 1);
+    for (const ApiRange& a : kApis) {
+      w.I16(a.key).I16(a.min).I16(a.max).UVarint(0);
+    }
+    w.I32(0).UVarint(0);  // throttle_time_ms, tagged fields
+    return std::move(w.out());
+  }
+  w.Array(kApis.size());
+  for (const ApiRange& a : kApis) {
+    w.I16(a.key).I16(a.min).I16(a.max);
+  }
+  if (version >= 1) {
+    w.I32(0);
+  }
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::Metadata(int16_t version, Reader& r) {
+  std::vector<std::string> wanted;
+  int32_t n = r.ArrayLength();
+  bool all = n < 0;
+  for (int32_t i = 0; i < n && r.ok(); ++i) {
+    wanted.emplace_back(r.String());
+  }
+  bool create = version < 4 || r.I8() != 0;
+  std::lock_guard lock(mu);
+  if (all) {
+    for (const auto& [name, parts] : topics) {
+      wanted.push_back(name);
+    }
+  }
+  Writer w;
+  if (version >= 3) {
+    w.I32(0);
+  }
+  w.Array(1).I32(kNodeId).String("127.0.0.1").I32(port).NullString();
+  if (version >= 2) {
+    w.String("gnomon-test-broker");
+  }
+  w.I32(kNodeId);  // controller
+  w.Array(wanted.size());
+  for (const std::string& name : wanted) {
+    auto it = topics.find(name);
+    if (it == topics.end() && create && !name.empty()) {
+      Topic(name);
+      it = topics.find(name);
+    }
+    if (it == topics.end()) {
+      w.I16(kUnknownTopicOrPartition).String(name).Bool(false).Array(0);
+    } else {
+      w.I16(kNone).String(name).Bool(false).Array(it->second.size());
+      for (size_t p = 0; p < it->second.size(); ++p) {
+        w.I16(kNone).I32(static_cast<int32_t>(p)).I32(kNodeId);
+        if (version >= 7) {
+          w.I32(0);  // leader epoch
+        }
+        w.Array(1).I32(kNodeId).Array(1).I32(kNodeId);
+        if (version >= 5) {
+          w.Array(0);  // offline replicas
+        }
+      }
+    }
+    if (version >= 8) {
+      w.I32(INT32_MIN);  // authorized operations: not asked
+    }
+  }
+  if (version >= 8) {
+    w.I32(INT32_MIN);
+  }
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::Produce(int16_t version, Reader& r) {
+  (void)r.String();  // transactional_id
+  (void)r.I16();     // acks
+  (void)r.I32();     // timeout_ms
+  Writer w;
+  int32_t topics_n = r.ArrayLength();
+  w.Array(std::max(topics_n, 0));
+  std::lock_guard lock(mu);
+  for (int32_t t = 0; t < topics_n && r.ok(); ++t) {
+    std::string_view name = r.String();
+    w.String(name);
+    int32_t parts_n = r.ArrayLength();
+    w.Array(std::max(parts_n, 0));
+    for (int32_t i = 0; i < parts_n && r.ok(); ++i) {
+      int32_t index = r.I32();
+      std::optional<std::string_view> records = r.Bytes();
+      std::vector<Partition>& parts = Topic(name);
+      int16_t error = kNone;
+      int64_t base = -1;
+      if (index < 0 || static_cast<size_t>(index) >= parts.size()) {
+        error = kUnknownTopicOrPartition;
+      } else if (!records) {
+        error = kInvalidRequest;
+      } else {
+        // Every batch is checked before any is appended: a request is taken whole or not.
+        std::vector<std::string_view> batches;
+        std::string_view rest = *records;
+        while (!rest.empty() && error == kNone) {
+          if (rest.size() < kBatchHeaderBytes) {
+            error = kCorruptMessage;
+            break;
+          }
+          auto length = LoadBig<int32_t>(rest.data() + kBatchLengthAt);
+          size_t total = 12 + static_cast<size_t>(std::max(length, 0));
+          if (length < static_cast<int32_t>(kBatchHeaderBytes - 12) || total > rest.size() ||
+              rest[kMagicAt] != 2 ||
+              LoadBig<uint32_t>(rest.data() + kCrcAt) !=
+                  Crc32c(rest.substr(kAttributesAt, total - kAttributesAt)) ||
+              LoadBig<int32_t>(rest.data() + kLastOffsetDeltaAt) < 0) {
+            error = kCorruptMessage;
+            break;
+          }
+          batches.push_back(rest.substr(0, total));
+          rest.remove_prefix(total);
+        }
+        if (error == kNone && batches.empty()) {
+          error = kInvalidRequest;
+        }
+        Partition& p = parts[static_cast<size_t>(index)];
+        for (size_t b = 0; error == kNone && b < batches.size(); ++b) {
+          Batch stored;
+          stored.bytes = std::string(batches[b]);
+          stored.base = p.next;
+          stored.last = p.next + LoadBig<int32_t>(stored.bytes.data() + kLastOffsetDeltaAt);
+          StoreBig(stored.bytes.data(), stored.base);  // (not covered by the CRC)
+          if (b == 0) {
+            base = stored.base;
+          }
+          p.next = stored.last + 1;
+          p.batches.push_back(std::move(stored));
+        }
+      }
+      w.I32(index).I16(error).I64(base);
+      w.I64(-1);  // log_append_time_ms: create time is used
+      if (version >= 5) {
+        w.I64(0);  // log_start_offset
+      }
+    }
+  }
+  w.I32(0);  // throttle_time_ms
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::ListOffsets(int16_t version, Reader& r) {
+  (void)r.I32();  // replica_id
+  if (version >= 2) {
+    (void)r.I8();  // isolation_level
+  }
+  Writer w;
+  if (version >= 2) {
+    w.I32(0);
+  }
+  int32_t topics_n = r.ArrayLength();
+  w.Array(std::max(topics_n, 0));
+  std::lock_guard lock(mu);
+  for (int32_t t = 0; t < topics_n && r.ok(); ++t) {
+    std::string_view name = r.String();
+    w.String(name);
+    int32_t parts_n = r.ArrayLength();
+    w.Array(std::max(parts_n, 0));
+    for (int32_t i = 0; i < parts_n && r.ok(); ++i) {
+      int32_t index = r.I32();
+      if (version >= 4) {
+        (void)r.I32();  // current_leader_epoch
+      }
+      int64_t timestamp = r.I64();
+      auto it = topics.find(name);
+      int16_t error = kNone;
+      int64_t offset = -1;
+      if (it == topics.end() || index < 0 || static_cast<size_t>(index) >= it->second.size()) {
+        error = kUnknownTopicOrPartition;
+      } else {
+        // -1: latest (the high watermark); -2 and anything else: earliest (timestamps are
+        // not indexed: every record is at or after its partition's start).
+        offset = timestamp == -1 ? it->second[static_cast<size_t>(index)].next : 0;
+      }
+      w.I32(index).I16(error).I64(-1).I64(offset);
+      if (version >= 4) {
+        w.I32(0);  // leader_epoch
+      }
+    }
+  }
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::Fetch(int16_t version, Reader& r, bool may_wait,
+                                         int32_t* wait_ms) {
+  (void)r.I32();  // replica_id
+  int32_t max_wait = r.I32();
+  (void)r.I32();  // min_bytes
+  (void)r.I32();  // max_bytes
+  (void)r.I8();   // isolation_level (everything is committed so far)
+  if (version >= 7) {
+    (void)r.I32();  // session_id
+    (void)r.I32();  // session_epoch
+  }
+  struct Want {
+    int32_t index;
+    int64_t offset;
+    int32_t max_bytes;
+  };
+  std::vector<std::pair<std::string, std::vector<Want>>> wanted;
+  int32_t topics_n = r.ArrayLength();
+  for (int32_t t = 0; t < topics_n && r.ok(); ++t) {
+    wanted.emplace_back(std::string(r.String()), std::vector<Want>());
+    int32_t parts_n = r.ArrayLength();
+    for (int32_t i = 0; i < parts_n && r.ok(); ++i) {
+      Want want{};
+      want.index = r.I32();
+      if (version >= 9) {
+        (void)r.I32();  // current_leader_epoch
+      }
+      want.offset = r.I64();
+      if (version >= 5) {
+        (void)r.I64();  // log_start_offset
+      }
+      want.max_bytes = r.I32();
+      wanted.back().second.push_back(want);
+    }
+  }
+  // (Forgotten topics and rack id, v7+ and v11: fetch sessions are not kept.)
+  Writer w;
+  w.I32(0);  // throttle_time_ms
+  if (version >= 7) {
+    w.I16(kNone).I32(0);  // error_code, session_id
+  }
+  w.Array(wanted.size());
+  size_t data = 0;
+  std::lock_guard lock(mu);
+  for (const auto& [name, parts] : wanted) {
+    w.String(name).Array(parts.size());
+    auto it = topics.find(name);
+    for (const Want& want : parts) {
+      w.I32(want.index);
+      if (it == topics.end() || want.index < 0 ||
+          static_cast<size_t>(want.index) >= it->second.size()) {
+        w.I16(kUnknownTopicOrPartition).I64(-1).I64(-1);
+        if (version >= 5) {
+          w.I64(-1);
+        }
+        w.Array(0);
+        if (version >= 11) {
+          w.I32(-1);
+        }
+        w.Bytes("");
+        continue;
+      }
+      const Partition& p = it->second[static_cast<size_t>(want.index)];
+      std::string records;
+      int16_t error = kNone;
+      if (want.offset < 0 || want.offset > p.next) {
+        error = kOffsetOutOfRange;
+      } else {
+        auto first = std::lower_bound(p.batches.begin(), p.batches.end(), want.offset,
+                                      [](const Batch& b, int64_t o) { return b.last < o; });
+        for (auto b = first; b != p.batches.end(); ++b) {
+          if (!records.empty() &&
+              records.size() + b->bytes.size() > static_cast<size_t>(std::max(want.max_bytes, 0))) {
+            break;  // (the first batch goes whatever its size, so a consumer always progresses)
+          }
+          records += b->bytes;
+        }
+      }
+      data += records.size();
+      w.I16(error).I64(p.next).I64(p.next);  // high watermark, last stable offset
+      if (version >= 5) {
+        w.I64(0);  // log_start_offset
+      }
+      w.Array(0);  // aborted transactions
+      if (version >= 11) {
+        w.I32(-1);  // preferred_read_replica
+      }
+      w.Bytes(records);
+    }
+  }
+  if (data == 0 && may_wait && max_wait > 0) {
+    *wait_ms = std::min(max_wait, 500);
+    return {};
+  }
+  return std::move(w.out());
+}
+
+KafkaTestBroker::KafkaTestBroker(Options options) : impl_(std::make_unique<Impl>(options)) {}
+
+KafkaTestBroker::~KafkaTestBroker() { Stop(); }
+
+std::string KafkaTestBroker::Start() {
+  boost::system::error_code ec;
+  tcp::endpoint at(asio::ip::make_address("127.0.0.1"), impl_->options.port);
+  impl_->acceptor.open(at.protocol(), ec);
+  if (!ec) {
+    impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  }
+  if (!ec) {
+    impl_->acceptor.bind(at, ec);
+  }
+  if (!ec) {
+    impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  }
+  if (ec) {
+    return "cannot listen on 127.0.0.1:" + std::to_string(impl_->options.port) + ": " +
+           ec.message();
+  }
+  impl_->port = impl_->acceptor.local_endpoint().port();
+  impl_->Accept();
+  impl_->thread = std::thread([this] { impl_->io.run(); });
+  return {};
+}
+
+void KafkaTestBroker::Stop() {
+  if (impl_->thread.joinable()) {
+    impl_->io.stop();
+    impl_->thread.join();
+  }
+}
+
+uint16_t KafkaTestBroker::port() const { return impl_->port; }
+
+std::string KafkaTestBroker::bootstrap() const {
+  return "127.0.0.1:" + std::to_string(impl_->port);
+}
+
+void KafkaTestBroker::CreateTopic(const std::string& name, int32_t partitions) {
+  std::lock_guard lock(impl_->mu);
+  impl_->topics[name] = std::vector<Partition>(static_cast<size_t>(std::max(partitions, 1)));
+}
+
+std::vector<std::string> KafkaTestBroker::Batches(const std::string& topic,
+                                                  int32_t partition) const {
+  std::lock_guard lock(impl_->mu);
+  std::vector<std::string> out;
+  auto it = impl_->topics.find(topic);
+  if (it != impl_->topics.end() && partition >= 0 &&
+      static_cast<size_t>(partition) < it->second.size()) {
+    for (const Batch& b : it->second[static_cast<size_t>(partition)].batches) {
+      out.push_back(b.bytes);
+    }
+  }
+  return out;
+}
+
+}  // namespace gnomon::testing
