@@ -187,7 +187,8 @@ class RawClient {
     std::string framed;
     Put(framed, static_cast<int32_t>(req.size()));
     framed += req;
-    if (::send(fd_, framed.data(), framed.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(framed.size())) {
+    if (::send(fd_, framed.data(), framed.size(), MSG_NOSIGNAL) !=
+        static_cast<ssize_t>(framed.size())) {
       return std::nullopt;
     }
     std::string size = Recv(4);
@@ -230,22 +231,22 @@ class RawClient {
 // A record batch v2 holding one record with `value` (no key), its CRC right or not.
 std::string Batch(const std::string& value, bool good_crc) {
   std::string record;
-  record.push_back(0);  // attributes
-  record.push_back(0);  // timestamp delta (zigzag varint 0)
-  record.push_back(0);  // offset delta
-  record.push_back(1);  // key length -1 (zigzag)
+  record.push_back(0);                                    // attributes
+  record.push_back(0);                                    // timestamp delta (zigzag varint 0)
+  record.push_back(0);                                    // offset delta
+  record.push_back(1);                                    // key length -1 (zigzag)
   record.push_back(static_cast<char>(value.size() * 2));  // value length (zigzag, < 64)
   record += value;
-  record.push_back(0);  // headers
-  std::string body;  // from attributes on: what the CRC covers
-  RawClient::Put(body, int16_t{0});      // attributes
-  RawClient::Put(body, int32_t{0});      // last offset delta
-  RawClient::Put(body, int64_t{1000});   // base timestamp
-  RawClient::Put(body, int64_t{1000});   // max timestamp
-  RawClient::Put(body, int64_t{-1});     // producer id
-  RawClient::Put(body, int16_t{-1});     // producer epoch
-  RawClient::Put(body, int32_t{-1});     // base sequence
-  RawClient::Put(body, int32_t{1});      // records
+  record.push_back(0);                                   // headers
+  std::string body;                                      // from attributes on: what the CRC covers
+  RawClient::Put(body, int16_t{0});                      // attributes
+  RawClient::Put(body, int32_t{0});                      // last offset delta
+  RawClient::Put(body, int64_t{1000});                   // base timestamp
+  RawClient::Put(body, int64_t{1000});                   // max timestamp
+  RawClient::Put(body, int64_t{-1});                     // producer id
+  RawClient::Put(body, int16_t{-1});                     // producer epoch
+  RawClient::Put(body, int32_t{-1});                     // base sequence
+  RawClient::Put(body, int32_t{1});                      // records
   body.push_back(static_cast<char>(record.size() * 2));  // record length (zigzag, < 64)
   body += record;
   boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;

@@ -1,8 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "broker.h"
 
+// clang-format off
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it
+// clang-format on
+
 #include <algorithm>
 #include <array>
+#include <boost/asio.hpp>
+#include <boost/crc.hpp>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -10,10 +16,7 @@
 #include <optional>
 #include <string_view>
 #include <thread>
-#include <utility>  // (before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it)
-
-#include <boost/asio.hpp>
-#include <boost/crc.hpp>
+#include <utility>
 
 namespace gnomon::testing {
 namespace {
@@ -231,10 +234,11 @@ struct KafkaTestBroker::Impl {
   std::vector<Partition>& Topic(std::string_view name) {
     auto it = topics.find(name);
     if (it == topics.end()) {
-      it = topics
-               .emplace(std::string(name),
-                        std::vector<Partition>(static_cast<size_t>(std::max(options.partitions, 1))))
-               .first;
+      it =
+          topics
+              .emplace(std::string(name),
+                       std::vector<Partition>(static_cast<size_t>(std::max(options.partitions, 1))))
+              .first;
     }
     return it->second;
   }
@@ -349,7 +353,8 @@ std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t ve
   if (key == kApiVersions) {
     return ApiVersions(version);
   }
-  auto api = std::find_if(kApis.begin(), kApis.end(), [&](const ApiRange& a) { return a.key == key; });
+  auto api =
+      std::find_if(kApis.begin(), kApis.end(), [&](const ApiRange& a) { return a.key == key; });
   if (api == kApis.end() || version < api->min || version > api->max) {
     return std::nullopt;  // as Kafka does with what it does not offer: close
   }

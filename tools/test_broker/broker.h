@@ -23,8 +23,8 @@ namespace gnomon::testing {
 class KafkaTestBroker {
  public:
   struct Options {
-    uint16_t port = 0;        // 0: any free port
-    int32_t partitions = 1;   // of a topic created on first use
+    uint16_t port = 0;       // 0: any free port
+    int32_t partitions = 1;  // of a topic created on first use
   };
   explicit KafkaTestBroker(Options options);
   ~KafkaTestBroker();

@@ -2,7 +2,6 @@
 // gnomon-test-broker: the Kafka test broker (tools/test_broker/broker.h) in its own process on
 // 127.0.0.1, until SIGTERM/SIGINT; prints its bootstrap address. Data lives in memory.
 #include <CLI/CLI.hpp>
-
 #include <csignal>
 #include <cstdio>
 
@@ -12,7 +11,8 @@ int main(int argc, char** argv) {
   CLI::App app{"gnomon-test-broker: a one-node Kafka broker in memory, for tests"};
   int port = 0;
   int partitions = 1;
-  app.add_option("--port", port, "port on 127.0.0.1 (0: any free one)")->check(CLI::Range(0, 65535));
+  app.add_option("--port", port, "port on 127.0.0.1 (0: any free one)")
+      ->check(CLI::Range(0, 65535));
   app.add_option("--partitions", partitions, "partitions of a topic created on first use")
       ->check(CLI::Range(1, 10000));
   CLI11_PARSE(app, argc, argv);
