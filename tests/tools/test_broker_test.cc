@@ -24,15 +24,38 @@ namespace {
 
 using testing::KafkaTestBroker;
 
-// A plain (not idempotent: that needs InitProducerId, not offered yet) librdkafka producer.
+// A librdkafka producer: plain, idempotent, or transactional (with a transactional id).
 class Producer {
  public:
-  explicit Producer(const std::string& bootstrap) {
+  explicit Producer(const std::string& bootstrap, const std::string& mode = "plain",
+                    const std::string& transactional_id = "", int timeout_ms = 60000) {
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
     char err[256];
     rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
     rd_kafka_conf_set(conf, "linger.ms", "5", err, sizeof err);
+    if (mode != "plain") {
+      rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err);
+    }
+    if (!transactional_id.empty()) {
+      rd_kafka_conf_set(conf, "transactional.id", transactional_id.c_str(), err, sizeof err);
+      rd_kafka_conf_set(conf, "transaction.timeout.ms", std::to_string(timeout_ms).c_str(), err,
+                        sizeof err);
+    }
     rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  }
+  // The transactional API: empty string on success, else the error's text.
+  std::string Init() { return Text(rd_kafka_init_transactions(rk_, 30000)); }
+  std::string Begin() { return Text(rd_kafka_begin_transaction(rk_)); }
+  std::string Commit() { return Text(rd_kafka_commit_transaction(rk_, 30000)); }
+  std::string Abort() { return Text(rd_kafka_abort_transaction(rk_, 30000)); }
+  static std::string Text(rd_kafka_error_t* e) {
+    if (e == nullptr) {
+      return "";
+    }
+    std::string out = std::string(rd_kafka_error_name(e)) + ": " + rd_kafka_error_string(e) +
+                      (rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
+    rd_kafka_error_destroy(e);
+    return out;
   }
   ~Producer() { rd_kafka_destroy(rk_); }
   void Send(const std::string& topic, const std::string& key, const std::string& value) {
@@ -54,7 +77,8 @@ class Producer {
 class Consumer {
  public:
   Consumer(const std::string& bootstrap, const std::string& topic, int partitions,
-           int64_t offset = RD_KAFKA_OFFSET_BEGINNING) {
+           int64_t offset = RD_KAFKA_OFFSET_BEGINNING,
+           const std::string& isolation = "read_committed") {
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
     char err[256];
     rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
@@ -62,6 +86,7 @@ class Consumer {
     // committed and no group is joined)
     rd_kafka_conf_set(conf, "group.id", "test-broker-reader", err, sizeof err);
     rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_conf_set(conf, "isolation.level", isolation.c_str(), err, sizeof err);
     rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(partitions);
     for (int p = 0; p < partitions; ++p) {
@@ -157,6 +182,128 @@ TEST_F(TestBrokerTest, AConsumerAtTheEndGetsWhatComesLater) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].value, "after");
   EXPECT_EQ(got[0].offset, 0);
+}
+
+std::vector<std::string> Values(const std::vector<testing::KafkaRecord>& records) {
+  std::vector<std::string> out;
+  for (const testing::KafkaRecord& r : records) {
+    out.push_back(r.value);
+  }
+  return out;
+}
+
+// An idempotent producer's records arrive once each, in order (sequence numbers checked).
+TEST_F(TestBrokerTest, AnIdempotentProducersRecordsArriveOnceInOrder) {
+  broker_.CreateTopic("idem", 1);
+  Producer producer(broker_.bootstrap(), "idempotent");
+  for (int i = 0; i < 2000; ++i) {
+    producer.Send("idem", "k", std::to_string(i));
+  }
+  ASSERT_TRUE(producer.Flush());
+  Consumer consumer(broker_.bootstrap(), "idem", 1);
+  std::vector<testing::KafkaRecord> got = consumer.Read(2000, std::chrono::seconds(20));
+  ASSERT_EQ(got.size(), 2000u) << ::testing::PrintToString(consumer.errors);
+  for (int i = 0; i < 2000; ++i) {
+    ASSERT_EQ(got[static_cast<size_t>(i)].value, std::to_string(i));
+  }
+  EXPECT_TRUE(consumer.Read(1, std::chrono::milliseconds(500)).empty()) << "nothing twice";
+}
+
+// read_committed sees committed transactions only; read_uncommitted sees every record.
+TEST_F(TestBrokerTest, ReadCommittedSeesCommittedTransactionsOnly) {
+  broker_.CreateTopic("txn", 1);
+  Producer producer(broker_.bootstrap(), "transactional", "t1");
+  ASSERT_EQ(producer.Init(), "");
+  for (const char* outcome : {"commit", "abort", "commit"}) {
+    ASSERT_EQ(producer.Begin(), "");
+    for (int i = 0; i < 3; ++i) {
+      producer.Send("txn", "k", std::string(outcome) + std::to_string(i));
+    }
+    ASSERT_TRUE(producer.Flush());  // (an abort drops what the client has not sent yet)
+    ASSERT_EQ(std::string(outcome) == "commit" ? producer.Commit() : producer.Abort(), "");
+  }
+  Consumer committed(broker_.bootstrap(), "txn", 1);
+  std::vector<testing::KafkaRecord> got = committed.Read(6, std::chrono::seconds(10));
+  EXPECT_EQ(Values(got), (std::vector<std::string>{"commit0", "commit1", "commit2", "commit0",
+                                                   "commit1", "commit2"}))
+      << ::testing::PrintToString(committed.errors);
+  EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(500)).empty());
+  Consumer everything(broker_.bootstrap(), "txn", 1, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
+  EXPECT_EQ(Values(everything.Read(9, std::chrono::seconds(10))),
+            (std::vector<std::string>{"commit0", "commit1", "commit2", "abort0", "abort1", "abort2",
+                                      "commit0", "commit1", "commit2"}))
+      << "markers are not records";
+}
+
+// An open transaction holds read_committed consumers at its first record (the last stable
+// offset), records produced after it by others included, until it ends.
+TEST_F(TestBrokerTest, AnOpenTransactionHoldsReadCommittedConsumersBack) {
+  broker_.CreateTopic("lso", 1);
+  Producer txn(broker_.bootstrap(), "transactional", "t-lso");
+  ASSERT_EQ(txn.Init(), "");
+  ASSERT_EQ(txn.Begin(), "");
+  txn.Send("lso", "k", "in-txn");
+  ASSERT_TRUE(txn.Flush());
+  Producer plain(broker_.bootstrap());
+  plain.Send("lso", "k", "after");
+  ASSERT_TRUE(plain.Flush());
+  Consumer committed(broker_.bootstrap(), "lso", 1);
+  EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(1500)).empty());
+  Consumer uncommitted(broker_.bootstrap(), "lso", 1, RD_KAFKA_OFFSET_BEGINNING,
+                       "read_uncommitted");
+  EXPECT_EQ(Values(uncommitted.Read(2, std::chrono::seconds(5))),
+            (std::vector<std::string>{"in-txn", "after"}));
+  ASSERT_EQ(txn.Commit(), "");
+  EXPECT_EQ(Values(committed.Read(2, std::chrono::seconds(5))),
+            (std::vector<std::string>{"in-txn", "after"}));
+}
+
+// A second producer with the same transactional id fences the first: the first's open
+// transaction is aborted and it can commit nothing more.
+TEST_F(TestBrokerTest, ASecondProducerWithTheSameIdFencesTheFirst) {
+  broker_.CreateTopic("fence", 1);
+  Producer zombie(broker_.bootstrap(), "transactional", "t-fence");
+  ASSERT_EQ(zombie.Init(), "");
+  ASSERT_EQ(zombie.Begin(), "");
+  zombie.Send("fence", "k", "zombie");
+  ASSERT_TRUE(zombie.Flush());
+  Producer next(broker_.bootstrap(), "transactional", "t-fence");
+  ASSERT_EQ(next.Init(), "");
+  ASSERT_EQ(next.Begin(), "");
+  next.Send("fence", "k", "next");
+  ASSERT_EQ(next.Commit(), "");
+  std::string refused = zombie.Commit();
+  EXPECT_NE(refused, "") << "the fenced producer's commit";
+  Consumer committed(broker_.bootstrap(), "fence", 1);
+  EXPECT_EQ(Values(committed.Read(1, std::chrono::seconds(10))),
+            (std::vector<std::string>{"next"}));
+  EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(500)).empty()) << "not the zombie's";
+  Consumer uncommitted(broker_.bootstrap(), "fence", 1, RD_KAFKA_OFFSET_BEGINNING,
+                       "read_uncommitted");
+  EXPECT_EQ(Values(uncommitted.Read(2, std::chrono::seconds(10))),
+            (std::vector<std::string>{"zombie", "next"}))
+      << "the zombie's record was written, then aborted";
+}
+
+// A transaction left open past its timeout is aborted by the broker, and the consumers move on.
+TEST_F(TestBrokerTest, ATransactionPastItsTimeoutIsAborted) {
+  broker_.CreateTopic("slow", 1);
+  Producer slow(broker_.bootstrap(), "transactional", "t-slow", /*timeout_ms=*/1000);
+  ASSERT_EQ(slow.Init(), "");
+  ASSERT_EQ(slow.Begin(), "");
+  slow.Send("slow", "k", "forgotten");
+  ASSERT_TRUE(slow.Flush());
+  Producer plain(broker_.bootstrap());
+  plain.Send("slow", "k", "later");
+  ASSERT_TRUE(plain.Flush());
+  Consumer uncommitted(broker_.bootstrap(), "slow", 1, RD_KAFKA_OFFSET_BEGINNING,
+                       "read_uncommitted");
+  EXPECT_EQ(Values(uncommitted.Read(2, std::chrono::seconds(10))),
+            (std::vector<std::string>{"forgotten", "later"}));
+  Consumer committed(broker_.bootstrap(), "slow", 1);
+  EXPECT_EQ(Values(committed.Read(1, std::chrono::seconds(10))),
+            (std::vector<std::string>{"later"}));
+  EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(500)).empty());
 }
 
 // Raw requests: what librdkafka never sends.
@@ -299,7 +446,7 @@ TEST_F(TestBrokerTest, BadBatchesAreRefusedAndUnknownApisClose) {
   EXPECT_EQ(ProduceError(*good, "raw"), 0);
   ASSERT_EQ(broker_.Batches("raw", 0).size(), 1u);
   EXPECT_NE(broker_.Batches("raw", 0)[0].find("hello"), std::string::npos);
-  EXPECT_FALSE(c.Call(22, 0, "").has_value()) << "InitProducerId is not offered yet: closed";
+  EXPECT_FALSE(c.Call(11, 0, "").has_value()) << "JoinGroup is not offered yet: closed";
   RawClient again(broker_.port());
   EXPECT_TRUE(again.Call(18, 0, "").has_value()) << "the broker serves on";
 }

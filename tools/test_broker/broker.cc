@@ -14,8 +14,10 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 namespace gnomon::testing {
@@ -31,24 +33,41 @@ constexpr int16_t kCorruptMessage = 2;
 constexpr int16_t kUnknownTopicOrPartition = 3;
 constexpr int16_t kUnsupportedVersion = 35;
 constexpr int16_t kInvalidRequest = 42;
+constexpr int16_t kOutOfOrderSequence = 45;
+constexpr int16_t kInvalidProducerEpoch = 47;
+constexpr int16_t kInvalidTxnState = 48;
+constexpr int16_t kInvalidProducerIdMapping = 49;
+constexpr int16_t kUnknownProducerId = 59;
 
 // API keys.
 constexpr int16_t kProduce = 0;
 constexpr int16_t kFetch = 1;
 constexpr int16_t kListOffsets = 2;
 constexpr int16_t kMetadata = 3;
+constexpr int16_t kFindCoordinator = 10;
 constexpr int16_t kApiVersions = 18;
+constexpr int16_t kInitProducerId = 22;
+constexpr int16_t kAddPartitionsToTxn = 24;
+constexpr int16_t kAddOffsetsToTxn = 25;
+constexpr int16_t kEndTxn = 26;
+constexpr int16_t kTxnOffsetCommit = 28;
 
 struct ApiRange {
   int16_t key, min, max;
 };
 // The versions offered: the non-flexible ones (no compact encodings), ApiVersions' v3 aside.
-constexpr std::array<ApiRange, 5> kApis{{
+constexpr std::array<ApiRange, 11> kApis{{
     {kProduce, 3, 7},
     {kFetch, 4, 11},
     {kListOffsets, 1, 5},
     {kMetadata, 1, 8},
+    {kFindCoordinator, 0, 2},
     {kApiVersions, 0, 3},
+    {kInitProducerId, 0, 1},
+    {kAddPartitionsToTxn, 0, 2},
+    {kAddOffsetsToTxn, 0, 2},
+    {kEndTxn, 0, 2},
+    {kTxnOffsetCommit, 0, 2},
 }};
 
 constexpr int32_t kNodeId = 1;
@@ -59,7 +78,14 @@ constexpr size_t kMagicAt = 16;
 constexpr size_t kCrcAt = 17;
 constexpr size_t kAttributesAt = 21;
 constexpr size_t kLastOffsetDeltaAt = 23;
+constexpr size_t kProducerIdAt = 43;
+constexpr size_t kProducerEpochAt = 51;
+constexpr size_t kBaseSequenceAt = 53;
 constexpr size_t kBatchHeaderBytes = 61;
+constexpr int16_t kTransactionalBit = 0x10;
+constexpr int16_t kControlBit = 0x20;
+// Batches of a producer remembered per partition to answer a retried one (as Kafka: 5).
+constexpr size_t kRecentBatches = 5;
 
 template <typename T>
 T LoadBig(const char* p) {
@@ -212,10 +238,67 @@ struct Batch {
   std::string bytes;  // as stored: baseOffset set
 };
 
+// An idempotent producer's place in one partition: the epoch and sequence expected next,
+// and its last batches (base sequence, base offset) to answer a retry of one.
+struct Sequences {
+  int16_t epoch = 0;
+  int32_t next = 0;
+  std::vector<std::pair<int32_t, int64_t>> recent;
+};
+
+// An aborted transaction's span in a partition: from its first record to its abort marker.
+struct Aborted {
+  int64_t producer_id;
+  int64_t first;
+  int64_t marker;
+};
+
 struct Partition {
   std::vector<Batch> batches;
   int64_t next = 0;  // the high watermark: the next offset to assign
+  std::map<int64_t, Sequences> producers;
+  std::map<int64_t, int64_t> open;  // producer id -> first offset of its open transaction here
+  std::vector<Aborted> aborted;
+  // The last stable offset: the first offset of the earliest open transaction, or the end.
+  int64_t stable() const {
+    int64_t lso = next;
+    for (const auto& [pid, first] : open) {
+      lso = std::min(lso, first);
+    }
+    return lso;
+  }
 };
+
+// A transactional id's producer and its transaction, if one is open.
+struct Transaction {
+  int64_t producer_id = -1;
+  int16_t epoch = 0;
+  int32_t timeout_ms = 60000;
+  bool open = false;
+  std::chrono::steady_clock::time_point started;
+  std::set<std::pair<std::string, int32_t>> partitions;
+  // Offsets sent with the transaction (group, topic, partition): committed with it.
+  std::map<std::tuple<std::string, std::string, int32_t>, int64_t> offsets;
+};
+
+// A control batch (a transaction's commit or abort marker) at `base`.
+std::string ControlBatch(int64_t producer_id, int16_t epoch, bool commit, int64_t base,
+                         int64_t now_ms) {
+  Writer rec;             // one record: key (version, type), value (version, coordinator epoch)
+  rec.I8(0).I8(0).I8(0);  // attributes, timestamp delta, offset delta (zigzag varints of 0)
+  rec.I8(8).I16(0).I16(commit ? 1 : 0);  // key: 4 bytes
+  rec.I8(12).I16(0).I32(0);              // value: 6 bytes
+  rec.I8(0);                             // headers
+  Writer body;
+  body.I16(kTransactionalBit | kControlBit).I32(0).I64(now_ms).I64(now_ms);
+  body.I64(producer_id).I16(epoch).I32(-1).I32(1);
+  body.I8(static_cast<int8_t>(rec.out().size() * 2));  // record length (zigzag varint, < 64)
+  body.out() += rec.out();
+  Writer batch;
+  batch.I64(base).I32(static_cast<int32_t>(4 + 1 + 4 + body.out().size())).I32(0).I8(2);
+  batch.Int(Crc32c(body.out()));
+  return std::move(batch.out()) + body.out();
+}
 
 }  // namespace
 
@@ -230,6 +313,28 @@ struct KafkaTestBroker::Impl {
 
   mutable std::mutex mu;
   std::map<std::string, std::vector<Partition>, std::less<>> topics;
+  std::map<std::string, Transaction, std::less<>> transactions;  // by transactional id
+  std::map<int64_t, int16_t> epochs;  // every producer id given out: its current epoch
+  int64_t next_producer_id = 1000;
+  // Committed offsets by group, (topic, partition).
+  std::map<std::string, std::map<std::pair<std::string, int32_t>, int64_t>, std::less<>> offsets;
+
+  Partition* Find(std::string_view topic, int32_t index) {
+    auto it = topics.find(topic);
+    if (it == topics.end() || index < 0 || static_cast<size_t>(index) >= it->second.size()) {
+      return nullptr;
+    }
+    return &it->second[static_cast<size_t>(index)];
+  }
+  static int64_t NowMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+  // Ends `t`'s open transaction: a marker in each of its partitions; on commit, its offsets.
+  void EndLocked(Transaction& t, bool commit);
+  // Aborts the transactions open longer than their timeout.
+  void ExpireLocked();
 
   std::vector<Partition>& Topic(std::string_view name) {
     auto it = topics.find(name);
@@ -255,6 +360,15 @@ struct KafkaTestBroker::Impl {
   std::string Produce(int16_t version, Reader& r);
   std::string ListOffsets(int16_t version, Reader& r);
   std::string Fetch(int16_t version, Reader& r, bool may_wait, int32_t* wait_ms);
+  std::string FindCoordinator(int16_t version, Reader& r);
+  std::string InitProducerId(int16_t version, Reader& r);
+  std::string AddPartitionsToTxn(int16_t version, Reader& r);
+  std::string AddOffsetsToTxn(int16_t version, Reader& r);
+  std::string EndTxn(int16_t version, Reader& r);
+  std::string TxnOffsetCommit(int16_t version, Reader& r);
+  // The error (or kNone) for a transactional request naming `id`, `producer_id`, `epoch`.
+  int16_t CheckTransactional(std::string_view id, int64_t producer_id, int16_t epoch,
+                             Transaction** out);
 };
 
 namespace {
@@ -358,8 +472,30 @@ std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t ve
   if (api == kApis.end() || version < api->min || version > api->max) {
     return std::nullopt;  // as Kafka does with what it does not offer: close
   }
+  {
+    std::lock_guard lock(mu);
+    ExpireLocked();
+  }
   std::optional<std::string> body;
   switch (key) {
+    case kFindCoordinator:
+      body = FindCoordinator(version, r);
+      break;
+    case kInitProducerId:
+      body = InitProducerId(version, r);
+      break;
+    case kAddPartitionsToTxn:
+      body = AddPartitionsToTxn(version, r);
+      break;
+    case kAddOffsetsToTxn:
+      body = AddOffsetsToTxn(version, r);
+      break;
+    case kEndTxn:
+      body = EndTxn(version, r);
+      break;
+    case kTxnOffsetCommit:
+      body = TxnOffsetCommit(version, r);
+      break;
     case kMetadata:
       body = Metadata(version, r);
       break;
@@ -519,7 +655,63 @@ std::string KafkaTestBroker::Impl::Produce(int16_t version, Reader& r) {
           error = kInvalidRequest;
         }
         Partition& p = parts[static_cast<size_t>(index)];
+        // The producers' checks first, on copies of their sequences (idempotence: each batch
+        // the one expected next, or a retry of a recent one; transactions: a partition added
+        // to the producer's open transaction, by its current epoch).
+        std::map<int64_t, Sequences> seqs;
+        std::vector<std::optional<int64_t>> retried(batches.size());
         for (size_t b = 0; error == kNone && b < batches.size(); ++b) {
+          const char* h = batches[b].data();
+          auto pid = LoadBig<int64_t>(h + kProducerIdAt);
+          if (pid < 0) {
+            continue;
+          }
+          auto epoch = LoadBig<int16_t>(h + kProducerEpochAt);
+          auto seq = LoadBig<int32_t>(h + kBaseSequenceAt);
+          int32_t count = LoadBig<int32_t>(h + kLastOffsetDeltaAt) + 1;
+          auto current = epochs.find(pid);
+          if (current == epochs.end()) {
+            error = kUnknownProducerId;
+            break;
+          }
+          if (epoch < current->second) {
+            error = kInvalidProducerEpoch;  // fenced: a newer epoch has been given out
+            break;
+          }
+          if ((LoadBig<int16_t>(h + kAttributesAt) & kTransactionalBit) != 0) {
+            auto t = std::find_if(transactions.begin(), transactions.end(),
+                                  [&](const auto& e) { return e.second.producer_id == pid; });
+            if (t == transactions.end() || !t->second.open || t->second.epoch != epoch ||
+                t->second.partitions.count({std::string(name), index}) == 0) {
+              error = kInvalidTxnState;
+              break;
+            }
+          }
+          auto [it, fresh] = seqs.try_emplace(pid);
+          if (fresh) {
+            auto known = p.producers.find(pid);
+            it->second = known != p.producers.end() ? known->second : Sequences{epoch, 0, {}};
+          }
+          Sequences& sq = it->second;
+          if (epoch > sq.epoch) {
+            sq = Sequences{epoch, 0, {}};
+          }
+          if (seq == sq.next) {
+            sq.recent.emplace_back(seq, -1);
+            sq.next += count;
+          } else if (auto r = std::find_if(sq.recent.begin(), sq.recent.end(),
+                                           [&](const auto& e) { return e.first == seq; });
+                     r != sq.recent.end() && r->second >= 0) {
+            retried[b] = r->second;  // a retry of a batch stored already: its offset again
+          } else {
+            error = kOutOfOrderSequence;
+          }
+        }
+        for (size_t b = 0; error == kNone && b < batches.size(); ++b) {
+          if (retried[b]) {
+            base = b == 0 ? *retried[b] : base;
+            continue;
+          }
           Batch stored;
           stored.bytes = std::string(batches[b]);
           stored.base = p.next;
@@ -527,6 +719,26 @@ std::string KafkaTestBroker::Impl::Produce(int16_t version, Reader& r) {
           StoreBig(stored.bytes.data(), stored.base);  // (not covered by the CRC)
           if (b == 0) {
             base = stored.base;
+          }
+          const char* h = stored.bytes.data();
+          auto pid = LoadBig<int64_t>(h + kProducerIdAt);
+          if (pid >= 0) {
+            Sequences& sq = p.producers[pid];
+            Sequences& checked = seqs[pid];
+            for (auto& [seq, offset] : checked.recent) {
+              if (seq == LoadBig<int32_t>(h + kBaseSequenceAt) && offset < 0) {
+                offset = stored.base;
+              }
+            }
+            if (checked.recent.size() > kRecentBatches) {
+              checked.recent.erase(
+                  checked.recent.begin(),
+                  checked.recent.end() - static_cast<std::ptrdiff_t>(kRecentBatches));
+            }
+            sq = checked;
+            if ((LoadBig<int16_t>(h + kAttributesAt) & kTransactionalBit) != 0) {
+              p.open.try_emplace(pid, stored.base);
+            }
           }
           p.next = stored.last + 1;
           p.batches.push_back(std::move(stored));
@@ -545,9 +757,7 @@ std::string KafkaTestBroker::Impl::Produce(int16_t version, Reader& r) {
 
 std::string KafkaTestBroker::Impl::ListOffsets(int16_t version, Reader& r) {
   (void)r.I32();  // replica_id
-  if (version >= 2) {
-    (void)r.I8();  // isolation_level
-  }
+  bool committed_only = version >= 2 && r.I8() == 1;
   Writer w;
   if (version >= 2) {
     w.I32(0);
@@ -574,7 +784,8 @@ std::string KafkaTestBroker::Impl::ListOffsets(int16_t version, Reader& r) {
       } else {
         // -1: latest (the high watermark); -2 and anything else: earliest (timestamps are
         // not indexed: every record is at or after its partition's start).
-        offset = timestamp == -1 ? it->second[static_cast<size_t>(index)].next : 0;
+        const Partition& p = it->second[static_cast<size_t>(index)];
+        offset = timestamp == -1 ? (committed_only ? p.stable() : p.next) : 0;
       }
       w.I32(index).I16(error).I64(-1).I64(offset);
       if (version >= 4) {
@@ -591,7 +802,7 @@ std::string KafkaTestBroker::Impl::Fetch(int16_t version, Reader& r, bool may_wa
   int32_t max_wait = r.I32();
   (void)r.I32();  // min_bytes
   (void)r.I32();  // max_bytes
-  (void)r.I8();   // isolation_level (everything is committed so far)
+  bool committed_only = r.I8() == 1;  // read_committed
   if (version >= 7) {
     (void)r.I32();  // session_id
     (void)r.I32();  // session_epoch
@@ -650,25 +861,46 @@ std::string KafkaTestBroker::Impl::Fetch(int16_t version, Reader& r, bool may_wa
       const Partition& p = it->second[static_cast<size_t>(want.index)];
       std::string records;
       int16_t error = kNone;
+      // read_committed: nothing at or after the last stable offset (an open transaction's
+      // records, and what follows them, wait for its end).
+      int64_t stable = p.stable();
+      int64_t end = committed_only ? stable : p.next;
+      int64_t fetched_last = -1;
       if (want.offset < 0 || want.offset > p.next) {
         error = kOffsetOutOfRange;
       } else {
         auto first = std::lower_bound(p.batches.begin(), p.batches.end(), want.offset,
                                       [](const Batch& b, int64_t o) { return b.last < o; });
-        for (auto b = first; b != p.batches.end(); ++b) {
+        for (auto b = first; b != p.batches.end() && b->last < end; ++b) {
           if (!records.empty() &&
               records.size() + b->bytes.size() > static_cast<size_t>(std::max(want.max_bytes, 0))) {
             break;  // (the first batch goes whatever its size, so a consumer always progresses)
           }
           records += b->bytes;
+          fetched_last = b->last;
         }
       }
       data += records.size();
-      w.I16(error).I64(p.next).I64(p.next);  // high watermark, last stable offset
+      w.I16(error).I64(p.next).I64(stable);  // high watermark, last stable offset
       if (version >= 5) {
         w.I64(0);  // log_start_offset
       }
-      w.Array(0);  // aborted transactions
+      // The aborted transactions in what is returned, for read_committed consumers to drop
+      // their records (null for read_uncommitted, as Kafka).
+      if (!committed_only) {
+        w.I32(-1);
+      } else {
+        std::vector<const Aborted*> in_range;
+        for (const Aborted& a : p.aborted) {
+          if (a.first <= fetched_last && a.marker >= want.offset) {
+            in_range.push_back(&a);
+          }
+        }
+        w.Array(in_range.size());
+        for (const Aborted* a : in_range) {
+          w.I64(a->producer_id).I64(a->first);
+        }
+      }
       if (version >= 11) {
         w.I32(-1);  // preferred_read_replica
       }
@@ -680,6 +912,210 @@ std::string KafkaTestBroker::Impl::Fetch(int16_t version, Reader& r, bool may_wa
     return {};
   }
   return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::FindCoordinator(int16_t version, Reader& r) {
+  (void)r.String();  // key: this broker coordinates every group and transaction
+  if (version >= 1) {
+    (void)r.I8();  // key type
+  }
+  Writer w;
+  if (version >= 1) {
+    w.I32(0);
+  }
+  w.I16(kNone);
+  if (version >= 1) {
+    w.NullString();  // error message
+  }
+  w.I32(kNodeId).String("127.0.0.1").I32(port);
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::InitProducerId(int16_t /*version*/, Reader& r) {
+  std::string_view id = r.String();  // null (idempotent only) reads as ""
+  int32_t timeout = r.I32();
+  Writer w;
+  w.I32(0);
+  std::lock_guard lock(mu);
+  if (id.empty()) {
+    int64_t pid = next_producer_id++;
+    epochs[pid] = 0;
+    w.I16(kNone).I64(pid).I16(0);
+    return std::move(w.out());
+  }
+  auto [it, fresh] = transactions.try_emplace(std::string(id));
+  Transaction& t = it->second;
+  if (fresh) {
+    t.producer_id = next_producer_id++;
+    t.epoch = 0;
+  } else {
+    if (t.open) {
+      EndLocked(t, /*commit=*/false);  // the previous producer's transaction is aborted
+    }
+    ++t.epoch;  // and that producer fenced
+  }
+  t.timeout_ms = timeout;
+  epochs[t.producer_id] = t.epoch;
+  w.I16(kNone).I64(t.producer_id).I16(t.epoch);
+  return std::move(w.out());
+}
+
+int16_t KafkaTestBroker::Impl::CheckTransactional(std::string_view id, int64_t producer_id,
+                                                  int16_t epoch, Transaction** out) {
+  auto it = transactions.find(id);
+  if (it == transactions.end() || it->second.producer_id != producer_id) {
+    return kInvalidProducerIdMapping;
+  }
+  if (epoch != it->second.epoch) {
+    return kInvalidProducerEpoch;
+  }
+  *out = &it->second;
+  return kNone;
+}
+
+std::string KafkaTestBroker::Impl::AddPartitionsToTxn(int16_t /*version*/, Reader& r) {
+  std::string_view id = r.String();
+  int64_t pid = r.I64();
+  int16_t epoch = r.I16();
+  Writer w;
+  w.I32(0);
+  std::lock_guard lock(mu);
+  Transaction* t = nullptr;
+  int16_t error = CheckTransactional(id, pid, epoch, &t);
+  int32_t topics_n = r.ArrayLength();
+  w.Array(std::max(topics_n, 0));
+  for (int32_t i = 0; i < topics_n && r.ok(); ++i) {
+    std::string name(r.String());
+    int32_t parts_n = r.ArrayLength();
+    w.String(name).Array(std::max(parts_n, 0));
+    for (int32_t j = 0; j < parts_n && r.ok(); ++j) {
+      int32_t index = r.I32();
+      int16_t e = error;
+      if (e == kNone && Find(name, index) == nullptr) {
+        e = kUnknownTopicOrPartition;
+      }
+      if (e == kNone) {
+        if (!t->open) {
+          t->open = true;
+          t->started = std::chrono::steady_clock::now();
+        }
+        t->partitions.emplace(name, index);
+      }
+      w.I32(index).I16(e);
+    }
+  }
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::AddOffsetsToTxn(int16_t /*version*/, Reader& r) {
+  std::string_view id = r.String();
+  int64_t pid = r.I64();
+  int16_t epoch = r.I16();
+  (void)r.String();  // group id: its offsets come with TxnOffsetCommit
+  std::lock_guard lock(mu);
+  Transaction* t = nullptr;
+  int16_t error = CheckTransactional(id, pid, epoch, &t);
+  if (error == kNone && !t->open) {
+    t->open = true;
+    t->started = std::chrono::steady_clock::now();
+  }
+  Writer w;
+  w.I32(0).I16(error);
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::TxnOffsetCommit(int16_t version, Reader& r) {
+  std::string_view id = r.String();
+  std::string group(r.String());
+  int64_t pid = r.I64();
+  int16_t epoch = r.I16();
+  Writer w;
+  w.I32(0);
+  std::lock_guard lock(mu);
+  Transaction* t = nullptr;
+  int16_t error = CheckTransactional(id, pid, epoch, &t);
+  if (error == kNone && !t->open) {
+    error = kInvalidTxnState;
+  }
+  int32_t topics_n = r.ArrayLength();
+  w.Array(std::max(topics_n, 0));
+  for (int32_t i = 0; i < topics_n && r.ok(); ++i) {
+    std::string name(r.String());
+    int32_t parts_n = r.ArrayLength();
+    w.String(name).Array(std::max(parts_n, 0));
+    for (int32_t j = 0; j < parts_n && r.ok(); ++j) {
+      int32_t index = r.I32();
+      int64_t offset = r.I64();
+      if (version >= 2) {
+        (void)r.I32();  // committed leader epoch
+      }
+      (void)r.String();  // metadata
+      if (error == kNone) {
+        t->offsets[{group, name, index}] = offset;  // visible once the transaction commits
+      }
+      w.I32(index).I16(error);
+    }
+  }
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::EndTxn(int16_t /*version*/, Reader& r) {
+  std::string_view id = r.String();
+  int64_t pid = r.I64();
+  int16_t epoch = r.I16();
+  bool commit = r.I8() != 0;
+  std::lock_guard lock(mu);
+  Transaction* t = nullptr;
+  int16_t error = CheckTransactional(id, pid, epoch, &t);
+  if (error == kNone && t->open) {
+    EndLocked(*t, commit);
+  }
+  // (Ending a transaction with nothing in it is accepted: clients commit empty ones.)
+  Writer w;
+  w.I32(0).I16(error);
+  return std::move(w.out());
+}
+
+void KafkaTestBroker::Impl::EndLocked(Transaction& t, bool commit) {
+  int64_t now = NowMs();
+  for (const auto& [topic, index] : t.partitions) {
+    Partition* p = Find(topic, index);
+    if (p == nullptr) {
+      continue;
+    }
+    Batch marker;
+    marker.base = marker.last = p->next;
+    marker.bytes = ControlBatch(t.producer_id, t.epoch, commit, p->next, now);
+    ++p->next;
+    auto first = p->open.find(t.producer_id);
+    if (first != p->open.end()) {
+      if (!commit) {
+        p->aborted.push_back({t.producer_id, first->second, marker.base});
+      }
+      p->open.erase(first);
+    }
+    p->batches.push_back(std::move(marker));
+  }
+  if (commit) {
+    for (const auto& [key, offset] : t.offsets) {
+      const auto& [group, topic, index] = key;
+      offsets[group][{topic, index}] = offset;
+    }
+  }
+  t.open = false;
+  t.partitions.clear();
+  t.offsets.clear();
+}
+
+void KafkaTestBroker::Impl::ExpireLocked() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto& [id, t] : transactions) {
+    if (t.open && now - t.started > std::chrono::milliseconds(t.timeout_ms)) {
+      EndLocked(t, /*commit=*/false);
+      ++t.epoch;  // as Kafka: the producer that let it time out is fenced
+      epochs[t.producer_id] = t.epoch;
+    }
+  }
 }
 
 KafkaTestBroker::KafkaTestBroker(Options options) : impl_(std::make_unique<Impl>(options)) {}

@@ -8,9 +8,13 @@
 //
 // Built so far: ApiVersions, Metadata (topics are created on first use with
 // Options::partitions partitions), Produce (record batches v2, offsets assigned by the broker),
-// ListOffsets (earliest, latest) and Fetch (read_uncommitted; a fetch with nothing to return
-// waits up to its max_wait_ms for records). Only the non-flexible versions of each API are
-// offered (ApiVersions v3 excepted: clients ask for it first), so no compact encodings.
+// ListOffsets (earliest, latest) and Fetch (a fetch with nothing to return waits up to its
+// max_wait_ms for records); the idempotent producer (InitProducerId, sequence numbers per
+// partition); transactions (FindCoordinator, AddPartitionsToTxn, AddOffsetsToTxn,
+// TxnOffsetCommit, EndTxn with control batches, fencing by epoch, timeouts), and
+// read_committed fetches (the last stable offset, the aborted transactions). Not yet: consumer
+// groups. Only the non-flexible versions of each API are offered (ApiVersions v3 excepted:
+// clients ask for it first), so no compact encodings.
 #pragma once
 
 #include <cstdint>
