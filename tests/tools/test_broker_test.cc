@@ -443,7 +443,9 @@ int16_t ProduceError(const std::string& resp, const std::string& topic) {
 // A batch whose CRC does not match is refused (CORRUPT_MESSAGE) and nothing of it is kept; a
 // good one is kept with the broker's offset; a request for an API not offered closes the
 // connection, as Kafka does.
-TEST_F(TestBrokerTest, BadBatchesAreRefusedAndUnknownApisClose) {
+TEST(TestBrokerRawTest, BadBatchesAreRefusedAndUnknownApisClose) {
+  KafkaTestBroker broker_({.port = 0, .partitions = 1});
+  ASSERT_EQ(broker_.Start(), "");
   broker_.CreateTopic("raw", 1);
   RawClient c(broker_.port());
   ASSERT_TRUE(c.connected());
