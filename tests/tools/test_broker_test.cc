@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <boost/crc.hpp>
+#include <csignal>
 #include <map>
 #include <optional>
 #include <set>
@@ -130,6 +131,58 @@ class Consumer {
     return out;
   }
   std::vector<std::string> errors;
+
+ private:
+  rd_kafka_t* rk_;
+};
+
+// A librdkafka consumer in group `group`, subscribed to `topic`.
+class GroupConsumer {
+ public:
+  GroupConsumer(const std::string& bootstrap, const std::string& group, const std::string& topic) {
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char err[256];
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+    rd_kafka_conf_set(conf, "group.id", group.c_str(), err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof err);
+    rd_kafka_conf_set(conf, "session.timeout.ms", "6000", err, sizeof err);
+    rd_kafka_conf_set(conf, "heartbeat.interval.ms", "200", err, sizeof err);
+    rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    rd_kafka_poll_set_consumer(rk_);
+    rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, topic.c_str(), RD_KAFKA_PARTITION_UA);
+    rd_kafka_subscribe(rk_, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+  }
+  ~GroupConsumer() {
+    rd_kafka_consumer_close(rk_);
+    rd_kafka_destroy(rk_);
+  }
+  // Polls once (up to 100 ms); a record is added to `got`.
+  void Poll() {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, 100);
+    if (m == nullptr) {
+      return;
+    }
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      got.emplace_back(static_cast<const char*>(m->payload), m->len);
+      partitions.insert(m->partition);
+    }
+    rd_kafka_message_destroy(m);
+  }
+  bool Commit() { return rd_kafka_commit(rk_, nullptr, /*async=*/0) == RD_KAFKA_RESP_ERR_NO_ERROR; }
+  int Assigned() {
+    rd_kafka_topic_partition_list_t* parts = nullptr;
+    if (rd_kafka_assignment(rk_, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      return -1;
+    }
+    int n = parts->cnt;
+    rd_kafka_topic_partition_list_destroy(parts);
+    return n;
+  }
+  std::vector<std::string> got;
+  std::set<int32_t> partitions;
 
  private:
   rd_kafka_t* rk_;
@@ -316,6 +369,95 @@ TEST_F(TestBrokerTest, ATransactionPastItsTimeoutIsAborted) {
   EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(500)).empty());
 }
 
+// Two consumers of one group share a topic's partitions (join, sync, the leader's assignment,
+// heartbeats): together they read every record once. Offsets they commit are where the group
+// starts again.
+TEST_F(TestBrokerTest, AGroupSharesPartitionsAndResumesFromItsCommits) {
+  broker_.CreateTopic("shared", 4);
+  Producer producer(broker_.bootstrap());
+  {
+    GroupConsumer a(broker_.bootstrap(), "g", "shared");
+    GroupConsumer b(broker_.bootstrap(), "g", "shared");
+    // The group settles first (both joined, two partitions each), so no partition moves while
+    // the records are read (a move before a commit reads records again: at-least-once).
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          a.Poll();
+          b.Poll();
+          return a.Assigned() == 2 && b.Assigned() == 2;
+        },
+        std::chrono::seconds(60)))
+        << "assigned " << a.Assigned() << " + " << b.Assigned();
+    for (int i = 0; i < 400; ++i) {
+      producer.Send("shared", "k" + std::to_string(i), std::to_string(i));
+    }
+    ASSERT_TRUE(producer.Flush());
+    std::set<std::string> all;
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          a.Poll();
+          b.Poll();
+          all = std::set<std::string>(a.got.begin(), a.got.end());
+          all.insert(b.got.begin(), b.got.end());
+          return all.size() >= 400;
+        },
+        std::chrono::seconds(60)))
+        << a.got.size() << " + " << b.got.size();
+    EXPECT_EQ(a.got.size() + b.got.size(), 400u) << "each record once";
+    EXPECT_FALSE(a.got.empty());
+    EXPECT_FALSE(b.got.empty());
+    for (int32_t p : a.partitions) {
+      EXPECT_EQ(b.partitions.count(p), 0u) << "partition " << p << " read by both";
+    }
+    EXPECT_TRUE(a.Commit());
+    EXPECT_TRUE(b.Commit());
+  }
+  for (int i = 400; i < 410; ++i) {
+    producer.Send("shared", "k" + std::to_string(i), std::to_string(i));
+  }
+  ASSERT_TRUE(producer.Flush());
+  GroupConsumer again(broker_.bootstrap(), "g", "shared");
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        again.Poll();
+        return again.got.size() >= 10;
+      },
+      std::chrono::seconds(60)));
+  for (int i = 0; i < 10; ++i) {
+    again.Poll();
+  }
+  std::set<std::string> resumed(again.got.begin(), again.got.end());
+  EXPECT_EQ(again.got.size(), 10u) << "only what came after the commits";
+  EXPECT_EQ(resumed.count("400"), 1u);
+  EXPECT_EQ(resumed.count("409"), 1u);
+}
+
+// A member that dies (kill -9: no LeaveGroup) is removed when its session runs out, and the
+// group rebalances its partitions to the members left.
+TEST_F(TestBrokerTest, AMemberWhoseSessionRunsOutLosesItsPartitions) {
+  broker_.CreateTopic("crash", 4);
+  GroupConsumer a(broker_.bootstrap(), "gc", "crash");
+  testing::Process other({"kcat", "-b", broker_.bootstrap(), "-G", "gc", "-X",
+                          "session.timeout.ms=1500", "-X", "heartbeat.interval.ms=200", "-q",
+                          "crash"});
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        a.Poll();
+        return a.Assigned() == 2;
+      },
+      std::chrono::seconds(60)))
+      << "a has " << a.Assigned() << "; kcat: " << other.Stderr();
+  other.Signal(SIGKILL);
+  (void)other.Wait();
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        a.Poll();
+        return a.Assigned() == 4;
+      },
+      std::chrono::seconds(60)))
+      << "a has " << a.Assigned();
+}
+
 // Raw requests: what librdkafka never sends.
 class RawClient {
  public:
@@ -458,7 +600,7 @@ TEST(TestBrokerRawTest, BadBatchesAreRefusedAndUnknownApisClose) {
   EXPECT_EQ(ProduceError(*good, "raw"), 0);
   ASSERT_EQ(broker_.Batches("raw", 0).size(), 1u);
   EXPECT_NE(broker_.Batches("raw", 0)[0].find("hello"), std::string::npos);
-  EXPECT_FALSE(c.Call(11, 0, "").has_value()) << "JoinGroup is not offered yet: closed";
+  EXPECT_FALSE(c.Call(29, 0, "").has_value()) << "DescribeAcls is not offered: closed";
   RawClient again(broker_.port());
   EXPECT_TRUE(again.Call(18, 0, "").has_value()) << "the broker serves on";
 }

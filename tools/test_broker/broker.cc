@@ -11,6 +11,7 @@
 #include <boost/crc.hpp>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -38,13 +39,23 @@ constexpr int16_t kInvalidProducerEpoch = 47;
 constexpr int16_t kInvalidTxnState = 48;
 constexpr int16_t kInvalidProducerIdMapping = 49;
 constexpr int16_t kUnknownProducerId = 59;
+constexpr int16_t kIllegalGeneration = 22;
+constexpr int16_t kUnknownMemberId = 25;
+constexpr int16_t kRebalanceInProgress = 27;
+constexpr int16_t kMemberIdRequired = 79;
 
 // API keys.
 constexpr int16_t kProduce = 0;
 constexpr int16_t kFetch = 1;
 constexpr int16_t kListOffsets = 2;
 constexpr int16_t kMetadata = 3;
+constexpr int16_t kOffsetCommit = 8;
+constexpr int16_t kOffsetFetch = 9;
 constexpr int16_t kFindCoordinator = 10;
+constexpr int16_t kJoinGroup = 11;
+constexpr int16_t kHeartbeat = 12;
+constexpr int16_t kLeaveGroup = 13;
+constexpr int16_t kSyncGroup = 14;
 constexpr int16_t kApiVersions = 18;
 constexpr int16_t kInitProducerId = 22;
 constexpr int16_t kAddPartitionsToTxn = 24;
@@ -56,12 +67,18 @@ struct ApiRange {
   int16_t key, min, max;
 };
 // The versions offered: the non-flexible ones (no compact encodings), ApiVersions' v3 aside.
-constexpr std::array<ApiRange, 11> kApis{{
+constexpr std::array<ApiRange, 17> kApis{{
     {kProduce, 3, 7},
     {kFetch, 4, 11},
     {kListOffsets, 1, 5},
     {kMetadata, 1, 8},
+    {kOffsetCommit, 2, 7},
+    {kOffsetFetch, 1, 5},
     {kFindCoordinator, 0, 2},
+    {kJoinGroup, 0, 5},
+    {kHeartbeat, 0, 3},
+    {kLeaveGroup, 0, 2},
+    {kSyncGroup, 0, 3},
     {kApiVersions, 0, 3},
     {kInitProducerId, 0, 1},
     {kAddPartitionsToTxn, 0, 2},
@@ -281,6 +298,36 @@ struct Transaction {
   std::map<std::tuple<std::string, std::string, int32_t>, int64_t> offsets;
 };
 
+// Answers a request that was parked (a JoinGroup or SyncGroup waiting for the rest of the
+// group) with its response's body.
+using Reply = std::function<void(std::string)>;
+
+struct Member {
+  int32_t session_timeout_ms = 10000;
+  int32_t rebalance_timeout_ms = 60000;
+  std::vector<std::pair<std::string, std::string>> protocols;  // name, metadata
+  std::chrono::steady_clock::time_point seen;
+  Reply join;  // its JoinGroup, parked until the group has rejoined
+  int16_t join_version = 0;
+  Reply sync;  // its SyncGroup, parked until the leader's assignment
+  int16_t sync_version = 0;
+  std::string assignment;
+};
+
+// A consumer group, as Kafka's coordinator keeps one: a rebalance (every member rejoins, the
+// leader assigns) whenever a member joins, leaves or times out.
+struct Group {
+  enum class State { kEmpty, kPreparing, kCompleting, kStable };
+  State state = State::kEmpty;
+  int32_t generation = 0;
+  std::string protocol_type;
+  std::string protocol;
+  std::string leader;
+  std::map<std::string, Member> members;
+  std::set<std::string> pending;  // ids handed out with MEMBER_ID_REQUIRED, not joined yet
+  std::chrono::steady_clock::time_point rebalance_started;
+};
+
 // A control batch (a transaction's commit or abort marker) at `base`.
 std::string ControlBatch(int64_t producer_id, int16_t epoch, bool commit, int64_t base,
                          int64_t now_ms) {
@@ -318,6 +365,16 @@ struct KafkaTestBroker::Impl {
   int64_t next_producer_id = 1000;
   // Committed offsets by group, (topic, partition).
   std::map<std::string, std::map<std::pair<std::string, int32_t>, int64_t>, std::less<>> offsets;
+  std::map<std::string, Group, std::less<>> groups;
+  int64_t next_member = 1;
+  asio::steady_timer ticker{io};
+
+  // Every 100 ms: members whose session ran out leave their group; rebalances past their
+  // timeout go on without the members that did not rejoin.
+  void Tick();
+  void Rebalance(Group& g);
+  void MaybeCompleteJoin(Group& g);
+  void CompleteSyncs(Group& g);
 
   Partition* Find(std::string_view topic, int32_t index) {
     auto it = topics.find(topic);
@@ -352,9 +409,18 @@ struct KafkaTestBroker::Impl {
 
   // One request: the response's body, or nullopt when the connection is to close (a request
   // this broker cannot read). A fetch with nothing to return sets `wait_ms`: answer it again
-  // after that long (then with whatever there is).
+  // after that long (then with whatever there is). A request the group parks sets `parked`:
+  // `reply` answers it later.
   std::optional<std::string> Handle(int16_t key, int16_t version, Reader& r, bool may_wait,
-                                    int32_t* wait_ms);
+                                    int32_t* wait_ms, const Reply& reply, bool* parked);
+  std::optional<std::string> JoinGroup(int16_t version, Reader& r, const Reply& reply,
+                                       bool* parked);
+  std::optional<std::string> SyncGroup(int16_t version, Reader& r, const Reply& reply,
+                                       bool* parked);
+  std::string Heartbeat(int16_t version, Reader& r);
+  std::string LeaveGroup(int16_t version, Reader& r);
+  std::string OffsetCommit(int16_t version, Reader& r);
+  std::string OffsetFetch(int16_t version, Reader& r);
   std::string ApiVersions(int16_t version);
   std::string Metadata(int16_t version, Reader& r);
   std::string Produce(int16_t version, Reader& r);
@@ -415,7 +481,16 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     int32_t wait_ms = 0;
-    std::optional<std::string> body = broker_.Handle(key, version, r, may_wait, &wait_ms);
+    bool parked = false;
+    auto self = shared_from_this();
+    Reply reply = [self, correlation](std::string body) {
+      self->Respond(correlation, std::move(body));
+    };
+    std::optional<std::string> body =
+        broker_.Handle(key, version, r, may_wait, &wait_ms, reply, &parked);
+    if (parked) {
+      return;  // answered through `reply`
+    }
     if (!body) {
       if (wait_ms > 0) {
         auto self = shared_from_this();
@@ -428,10 +503,14 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       return;  // (no body and no wait: close)
     }
+    Respond(correlation, std::move(*body));
+  }
+
+  void Respond(int32_t correlation, std::string body) {
     Writer w;
-    w.I32(static_cast<int32_t>(4 + body->size())).I32(correlation);
+    w.I32(static_cast<int32_t>(4 + body.size())).I32(correlation);
     response_ = std::move(w.out());
-    response_ += *body;
+    response_ += body;
     auto self = shared_from_this();
     asio::async_write(socket_, asio::buffer(response_),
                       [self](boost::system::error_code ec, size_t) {
@@ -463,7 +542,8 @@ void KafkaTestBroker::Impl::Accept() {
 }
 
 std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t version, Reader& r,
-                                                         bool may_wait, int32_t* wait_ms) {
+                                                         bool may_wait, int32_t* wait_ms,
+                                                         const Reply& reply, bool* parked) {
   if (key == kApiVersions) {
     return ApiVersions(version);
   }
@@ -478,6 +558,24 @@ std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t ve
   }
   std::optional<std::string> body;
   switch (key) {
+    case kJoinGroup:
+      body = JoinGroup(version, r, reply, parked);
+      break;
+    case kSyncGroup:
+      body = SyncGroup(version, r, reply, parked);
+      break;
+    case kHeartbeat:
+      body = Heartbeat(version, r);
+      break;
+    case kLeaveGroup:
+      body = LeaveGroup(version, r);
+      break;
+    case kOffsetCommit:
+      body = OffsetCommit(version, r);
+      break;
+    case kOffsetFetch:
+      body = OffsetFetch(version, r);
+      break;
     case kFindCoordinator:
       body = FindCoordinator(version, r);
       break;
@@ -515,6 +613,9 @@ std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t ve
     }
     default:
       break;
+  }
+  if (*parked) {
+    return std::nullopt;
   }
   if (!r.ok()) {
     return std::nullopt;  // a request cut short or malformed: close
@@ -1118,6 +1219,377 @@ void KafkaTestBroker::Impl::ExpireLocked() {
   }
 }
 
+// JoinGroup's response body (`members`: the leader's list, empty for the others).
+std::string JoinResponse(int16_t version, int16_t error, int32_t generation,
+                         const std::string& protocol, const std::string& leader,
+                         const std::string& member,
+                         const std::vector<std::pair<std::string, std::string>>& members) {
+  Writer w;
+  if (version >= 2) {
+    w.I32(0);
+  }
+  w.I16(error).I32(generation).String(protocol).String(leader).String(member);
+  w.Array(members.size());
+  for (const auto& [id, metadata] : members) {
+    w.String(id);
+    if (version >= 5) {
+      w.NullString();  // group instance id
+    }
+    w.Bytes(metadata);
+  }
+  return std::move(w.out());
+}
+
+std::string SyncResponse(int16_t version, int16_t error, const std::string& assignment) {
+  Writer w;
+  if (version >= 1) {
+    w.I32(0);
+  }
+  w.I16(error).Bytes(assignment);
+  return std::move(w.out());
+}
+
+std::optional<std::string> KafkaTestBroker::Impl::JoinGroup(int16_t version, Reader& r,
+                                                            const Reply& reply, bool* parked) {
+  std::string group_id(r.String());
+  int32_t session_timeout = r.I32();
+  int32_t rebalance_timeout = version >= 1 ? r.I32() : session_timeout;
+  std::string member_id(r.String());
+  if (version >= 5) {
+    (void)r.String();  // group instance id (static membership is not kept apart)
+  }
+  std::string protocol_type(r.String());
+  std::vector<std::pair<std::string, std::string>> protocols;
+  int32_t n = r.ArrayLength();
+  for (int32_t i = 0; i < n && r.ok(); ++i) {
+    std::string name(r.String());
+    std::optional<std::string_view> metadata = r.Bytes();
+    protocols.emplace_back(std::move(name), std::string(metadata.value_or("")));
+  }
+  if (!r.ok() || protocols.empty()) {
+    return std::nullopt;
+  }
+  std::lock_guard lock(mu);
+  Group& g = groups[group_id];
+  if (member_id.empty()) {
+    member_id = "member-" + std::to_string(next_member++);
+    if (version >= 4) {
+      g.pending.insert(member_id);  // (KIP-394: the client joins again with this id)
+      return JoinResponse(version, kMemberIdRequired, -1, "", "", member_id, {});
+    }
+  } else if (g.members.count(member_id) == 0 && g.pending.count(member_id) == 0) {
+    return JoinResponse(version, kUnknownMemberId, -1, "", "", member_id, {});
+  }
+  g.pending.erase(member_id);
+  if (g.members.empty()) {
+    g.protocol_type = protocol_type;
+  }
+  Member& m = g.members[member_id];
+  m.session_timeout_ms = session_timeout;
+  m.rebalance_timeout_ms = rebalance_timeout;
+  m.protocols = std::move(protocols);
+  m.seen = std::chrono::steady_clock::now();
+  m.join = reply;
+  m.join_version = version;
+  *parked = true;
+  if (g.state != Group::State::kPreparing) {
+    Rebalance(g);
+  }
+  MaybeCompleteJoin(g);
+  return std::nullopt;
+}
+
+void KafkaTestBroker::Impl::Rebalance(Group& g) {
+  g.state = g.members.empty() ? Group::State::kEmpty : Group::State::kPreparing;
+  g.rebalance_started = std::chrono::steady_clock::now();
+  for (auto& [id, m] : g.members) {
+    if (m.sync) {  // a member waiting for an assignment of the old generation: join again
+      m.sync(SyncResponse(m.sync_version, kRebalanceInProgress, ""));
+      m.sync = nullptr;
+    }
+  }
+}
+
+void KafkaTestBroker::Impl::MaybeCompleteJoin(Group& g) {
+  if (g.state != Group::State::kPreparing || g.members.empty() ||
+      std::any_of(g.members.begin(), g.members.end(),
+                  [](const auto& e) { return !e.second.join; })) {
+    return;
+  }
+  ++g.generation;
+  if (g.members.count(g.leader) == 0) {
+    g.leader = g.members.begin()->first;
+  }
+  // The first of the leader's protocols every member has.
+  g.protocol.clear();
+  for (const auto& [name, metadata] : g.members[g.leader].protocols) {
+    if (std::all_of(g.members.begin(), g.members.end(), [&](const auto& e) {
+          return std::any_of(e.second.protocols.begin(), e.second.protocols.end(),
+                             [&](const auto& p) { return p.first == name; });
+        })) {
+      g.protocol = name;
+      break;
+    }
+  }
+  std::vector<std::pair<std::string, std::string>> all;
+  for (const auto& [id, m] : g.members) {
+    for (const auto& [name, metadata] : m.protocols) {
+      if (name == g.protocol) {
+        all.emplace_back(id, metadata);
+      }
+    }
+  }
+  g.state = Group::State::kCompleting;
+  for (auto& [id, m] : g.members) {
+    m.assignment.clear();
+    Reply join = std::move(m.join);
+    m.join = nullptr;
+    m.seen = std::chrono::steady_clock::now();
+    join(JoinResponse(m.join_version, kNone, g.generation, g.protocol, g.leader, id,
+                      id == g.leader ? all : std::vector<std::pair<std::string, std::string>>{}));
+  }
+}
+
+void KafkaTestBroker::Impl::CompleteSyncs(Group& g) {
+  for (auto& [id, m] : g.members) {
+    if (m.sync) {
+      Reply sync = std::move(m.sync);
+      m.sync = nullptr;
+      sync(SyncResponse(m.sync_version, kNone, m.assignment));
+    }
+  }
+}
+
+std::optional<std::string> KafkaTestBroker::Impl::SyncGroup(int16_t version, Reader& r,
+                                                            const Reply& reply, bool* parked) {
+  std::string group_id(r.String());
+  int32_t generation = r.I32();
+  std::string member_id(r.String());
+  if (version >= 3) {
+    (void)r.String();  // group instance id
+  }
+  std::map<std::string, std::string> assignments;
+  int32_t n = r.ArrayLength();
+  for (int32_t i = 0; i < n && r.ok(); ++i) {
+    std::string id(r.String());
+    assignments[id] = std::string(r.Bytes().value_or(""));
+  }
+  if (!r.ok()) {
+    return std::nullopt;
+  }
+  std::lock_guard lock(mu);
+  auto g = groups.find(group_id);
+  if (g == groups.end() || g->second.members.count(member_id) == 0) {
+    return SyncResponse(version, kUnknownMemberId, "");
+  }
+  Group& group = g->second;
+  if (generation != group.generation) {
+    return SyncResponse(version, kIllegalGeneration, "");
+  }
+  if (group.state == Group::State::kPreparing) {
+    return SyncResponse(version, kRebalanceInProgress, "");
+  }
+  Member& m = group.members[member_id];
+  m.seen = std::chrono::steady_clock::now();
+  if (group.state == Group::State::kStable) {
+    return SyncResponse(version, kNone, m.assignment);
+  }
+  m.sync = reply;
+  m.sync_version = version;
+  *parked = true;
+  if (member_id == group.leader) {
+    for (auto& [id, member] : group.members) {
+      auto a = assignments.find(id);
+      member.assignment = a != assignments.end() ? a->second : "";
+    }
+    group.state = Group::State::kStable;
+    CompleteSyncs(group);
+  }
+  return std::nullopt;
+}
+
+std::string KafkaTestBroker::Impl::Heartbeat(int16_t version, Reader& r) {
+  std::string group_id(r.String());
+  int32_t generation = r.I32();
+  std::string member_id(r.String());
+  if (version >= 3) {
+    (void)r.String();
+  }
+  int16_t error = kNone;
+  {
+    std::lock_guard lock(mu);
+    auto g = groups.find(group_id);
+    if (g == groups.end() || g->second.members.count(member_id) == 0) {
+      error = kUnknownMemberId;
+    } else if (g->second.state == Group::State::kPreparing) {
+      error = kRebalanceInProgress;  // join again
+    } else if (generation != g->second.generation) {
+      error = kIllegalGeneration;
+    } else {
+      g->second.members[member_id].seen = std::chrono::steady_clock::now();
+    }
+  }
+  Writer w;
+  if (version >= 1) {
+    w.I32(0);
+  }
+  w.I16(error);
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::LeaveGroup(int16_t version, Reader& r) {
+  std::string group_id(r.String());
+  std::string member_id(r.String());
+  int16_t error = kNone;
+  {
+    std::lock_guard lock(mu);
+    auto g = groups.find(group_id);
+    if (g == groups.end() || g->second.members.erase(member_id) == 0) {
+      error = kUnknownMemberId;
+    } else {
+      Rebalance(g->second);
+      MaybeCompleteJoin(g->second);
+    }
+  }
+  Writer w;
+  if (version >= 1) {
+    w.I32(0);
+  }
+  w.I16(error);
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::OffsetCommit(int16_t version, Reader& r) {
+  std::string group_id(r.String());
+  int32_t generation = r.I32();
+  std::string member_id(r.String());
+  if (version >= 7) {
+    (void)r.String();  // group instance id
+  }
+  if (version >= 2 && version <= 4) {
+    (void)r.I64();  // retention time
+  }
+  Writer w;
+  if (version >= 3) {
+    w.I32(0);
+  }
+  std::lock_guard lock(mu);
+  // A commit by a member (generation >= 0) must be of the group's current generation.
+  int16_t error = kNone;
+  if (generation >= 0) {
+    auto g = groups.find(group_id);
+    if (g == groups.end() || g->second.members.count(member_id) == 0) {
+      error = kUnknownMemberId;
+    } else if (g->second.generation != generation) {
+      error = kIllegalGeneration;
+    } else if (g->second.state == Group::State::kPreparing) {
+      error = kRebalanceInProgress;
+    }
+  }
+  int32_t topics_n = r.ArrayLength();
+  w.Array(std::max(topics_n, 0));
+  for (int32_t t = 0; t < topics_n && r.ok(); ++t) {
+    std::string name(r.String());
+    int32_t parts_n = r.ArrayLength();
+    w.String(name).Array(std::max(parts_n, 0));
+    for (int32_t i = 0; i < parts_n && r.ok(); ++i) {
+      int32_t index = r.I32();
+      int64_t offset = r.I64();
+      if (version >= 6) {
+        (void)r.I32();  // committed leader epoch
+      }
+      (void)r.String();  // metadata
+      if (error == kNone && r.ok()) {
+        offsets[group_id][{name, index}] = offset;
+      }
+      w.I32(index).I16(error);
+    }
+  }
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::OffsetFetch(int16_t version, Reader& r) {
+  std::string group_id(r.String());
+  std::vector<std::pair<std::string, std::vector<int32_t>>> wanted;
+  int32_t topics_n = r.ArrayLength();
+  for (int32_t t = 0; t < topics_n && r.ok(); ++t) {
+    wanted.emplace_back(std::string(r.String()), std::vector<int32_t>());
+    int32_t parts_n = r.ArrayLength();
+    for (int32_t i = 0; i < parts_n && r.ok(); ++i) {
+      wanted.back().second.push_back(r.I32());
+    }
+  }
+  std::lock_guard lock(mu);
+  const auto& committed = offsets[group_id];
+  if (topics_n < 0) {  // every committed offset of the group
+    for (const auto& [tp, offset] : committed) {
+      if (wanted.empty() || wanted.back().first != tp.first) {
+        wanted.emplace_back(tp.first, std::vector<int32_t>());
+      }
+      wanted.back().second.push_back(tp.second);
+    }
+  }
+  Writer w;
+  if (version >= 3) {
+    w.I32(0);
+  }
+  w.Array(wanted.size());
+  for (const auto& [name, parts] : wanted) {
+    w.String(name).Array(parts.size());
+    for (int32_t index : parts) {
+      auto it = committed.find({name, index});
+      w.I32(index).I64(it != committed.end() ? it->second : -1);
+      if (version >= 5) {
+        w.I32(-1);  // leader epoch
+      }
+      w.String("").I16(kNone);
+    }
+  }
+  if (version >= 2) {
+    w.I16(kNone);
+  }
+  return std::move(w.out());
+}
+
+void KafkaTestBroker::Impl::Tick() {
+  ticker.expires_after(std::chrono::milliseconds(100));
+  ticker.async_wait([this](boost::system::error_code ec) {
+    if (ec) {
+      return;
+    }
+    {
+      std::lock_guard lock(mu);
+      ExpireLocked();
+      auto now = std::chrono::steady_clock::now();
+      for (auto& [id, g] : groups) {
+        bool changed = false;
+        for (auto m = g.members.begin(); m != g.members.end();) {
+          const Member& member = m->second;
+          bool gone =
+              g.state == Group::State::kPreparing
+                  ? !member.join && now - g.rebalance_started >
+                                        std::chrono::milliseconds(member.rebalance_timeout_ms)
+                  : !member.join && !member.sync &&
+                        now - member.seen > std::chrono::milliseconds(member.session_timeout_ms);
+          if (gone) {
+            m = g.members.erase(m);
+            changed = true;
+          } else {
+            ++m;
+          }
+        }
+        if (changed) {
+          if (g.state != Group::State::kPreparing) {
+            Rebalance(g);
+          }
+          MaybeCompleteJoin(g);
+        }
+      }
+    }
+    Tick();
+  });
+}
+
 KafkaTestBroker::KafkaTestBroker(Options options) : impl_(std::make_unique<Impl>(options)) {}
 
 KafkaTestBroker::~KafkaTestBroker() { Stop(); }
@@ -1141,6 +1613,7 @@ std::string KafkaTestBroker::Start() {
   }
   impl_->port = impl_->acceptor.local_endpoint().port();
   impl_->Accept();
+  impl_->Tick();
   impl_->thread = std::thread([this] { impl_->io.run(); });
   return {};
 }

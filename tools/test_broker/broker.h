@@ -12,9 +12,10 @@
 // max_wait_ms for records); the idempotent producer (InitProducerId, sequence numbers per
 // partition); transactions (FindCoordinator, AddPartitionsToTxn, AddOffsetsToTxn,
 // TxnOffsetCommit, EndTxn with control batches, fencing by epoch, timeouts), and
-// read_committed fetches (the last stable offset, the aborted transactions). Not yet: consumer
-// groups. Only the non-flexible versions of each API are offered (ApiVersions v3 excepted:
-// clients ask for it first), so no compact encodings.
+// read_committed fetches (the last stable offset, the aborted transactions); consumer groups
+// (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, session expiry, OffsetCommit, OffsetFetch).
+// Only the non-flexible versions of each API are offered (ApiVersions v3 excepted: clients ask
+// for it first), so no compact encodings.
 #pragma once
 
 #include <cstdint>
