@@ -458,6 +458,56 @@ TEST_F(TestBrokerTest, AMemberWhoseSessionRunsOutLosesItsPartitions) {
       << "a has " << a.Assigned();
 }
 
+// gnomon's own Kafka source (a consumer group, offsets committed after effects) and sink run
+// against the broker: every record becomes one alert, and a restart resumes after what was
+// committed. (The base the exactly-once tests of issue 18 will stand on.)
+TEST_F(TestBrokerTest, GnomonRunsAKafkaPipelineAgainstIt) {
+  broker_.CreateTopic("telemetry", 2);
+  broker_.CreateTopic("alerts", 1);
+  testing::TempDir dir;
+  dir.Write("r.lua", R"(return rule { name = "fwd", from = "telemetry",
+    handle = function(msg, ctx) ctx.emit("out", { d = msg.device, n = msg.payload.n }) end })");
+  dir.Write("g.yaml", "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" +
+                          broker_.bootstrap() +
+                          "\" }\nsources:\n  - { name: in, connection: bus, topics: [telemetry], "
+                          "group: gnomon, device: key }\nsinks:\n  - { name: out, connection: "
+                          "bus, topic: alerts }\nrules: [r.lua]\n");
+  Producer producer(broker_.bootstrap());
+  auto produce = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      producer.Send("telemetry", "d" + std::to_string(i % 7), "{\"n\":" + std::to_string(i) + "}");
+    }
+    ASSERT_TRUE(producer.Flush());
+  };
+  Consumer alerts(broker_.bootstrap(), "alerts", 1);
+  std::vector<testing::KafkaRecord> got;
+  auto read = [&](size_t want) {
+    std::vector<testing::KafkaRecord> more =
+        alerts.Read(want - got.size(), std::chrono::seconds(60));
+    got.insert(got.end(), more.begin(), more.end());
+    return got.size();
+  };
+  {
+    testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
+    produce(0, 200);
+    ASSERT_EQ(read(200), 200u);
+    gnomon.Signal(SIGTERM);
+    EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+  }
+  produce(200, 250);
+  testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
+  ASSERT_EQ(read(250), 250u) << gnomon.Stderr();
+  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty())
+      << "nothing twice after a clean stop";
+  std::set<std::string> values;
+  for (const testing::KafkaRecord& r : got) {
+    values.insert(r.value);
+  }
+  EXPECT_EQ(values.size(), 250u);
+  gnomon.Signal(SIGTERM);
+  EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+}
+
 // Raw requests: what librdkafka never sends.
 class RawClient {
  public:
