@@ -8,8 +8,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/crc.hpp>
+#include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <map>
 #include <optional>
 #include <set>
@@ -188,23 +191,66 @@ class GroupConsumer {
   rd_kafka_t* rk_;
 };
 
+// Runs on the test broker, or on a real Kafka when GNOMON_TEST_KAFKA=host:port names one (so
+// anyone with a cluster can confirm the broker's semantics are Kafka's). On a real Kafka the
+// test's topics, transactional ids and groups get a suffix of their own (reruns start fresh).
 class TestBrokerTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_EQ(broker_.Start(), ""); }
+  void SetUp() override {
+    if (const char* real = std::getenv("GNOMON_TEST_KAFKA"); real != nullptr && *real != '\0') {
+      bootstrap_ = real;
+      suffix_ = "-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
+      return;
+    }
+    ASSERT_EQ(broker_.Start(), "");
+    bootstrap_ = broker_.bootstrap();
+  }
+  bool real() const { return !suffix_.empty(); }
+  const std::string& bootstrap() const { return bootstrap_; }
+  std::string Id(const std::string& name) const { return name + suffix_; }
+  // Creates topic `name` (with the suffix) with `partitions`; returns its name.
+  std::string Topic(const std::string& name, int partitions) {
+    std::string topic = Id(name);
+    if (!real()) {
+      broker_.CreateTopic(topic, partitions);
+      return topic;
+    }
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    char err[256];
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    rd_kafka_NewTopic_t* t = rd_kafka_NewTopic_new(topic.c_str(), partitions, -1, err, sizeof err);
+    rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, &t, 1, nullptr, q);
+    rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 30000);
+    EXPECT_NE(ev, nullptr);
+    if (ev != nullptr) {
+      EXPECT_EQ(rd_kafka_event_error(ev), RD_KAFKA_RESP_ERR_NO_ERROR)
+          << rd_kafka_event_error_string(ev);
+      rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(t);
+    rd_kafka_destroy(rk);
+    return topic;
+  }
   KafkaTestBroker broker_{{.port = 0, .partitions = 3}};
+  std::string bootstrap_;
+  std::string suffix_;
 };
 
 // What librdkafka produces comes back to its consumer: every record once, each partition in
 // the order produced, a key always in the same partition (the producer's partitioner), offsets
 // from 0 with no gaps.
 TEST_F(TestBrokerTest, ProducedRecordsComeBackInOrderPerPartition) {
-  Producer producer(broker_.bootstrap());
+  const std::string telemetry = Topic("telemetry", 3);
+  Producer producer(bootstrap());
   constexpr int kRecords = 3000;
   for (int i = 0; i < kRecords; ++i) {
-    producer.Send("telemetry", "d" + std::to_string(i % 17), std::to_string(i));
+    producer.Send(telemetry, "d" + std::to_string(i % 17), std::to_string(i));
   }
   ASSERT_TRUE(producer.Flush());
-  Consumer consumer(broker_.bootstrap(), "telemetry", 3);
+  Consumer consumer(bootstrap(), telemetry, 3);
   std::vector<testing::KafkaRecord> got = consumer.Read(kRecords, std::chrono::seconds(30));
   ASSERT_EQ(got.size(), static_cast<size_t>(kRecords)) << ::testing::PrintToString(consumer.errors);
   std::map<std::string, int32_t> partition_of;
@@ -232,11 +278,11 @@ TEST_F(TestBrokerTest, ProducedRecordsComeBackInOrderPerPartition) {
 // A consumer at the end of a partition waits (the fetch's max wait) and gets what is produced
 // afterwards.
 TEST_F(TestBrokerTest, AConsumerAtTheEndGetsWhatComesLater) {
-  broker_.CreateTopic("later", 1);
-  Consumer consumer(broker_.bootstrap(), "later", 1, RD_KAFKA_OFFSET_END);
+  const std::string later = Topic("later", 1);
+  Consumer consumer(bootstrap(), later, 1, RD_KAFKA_OFFSET_END);
   EXPECT_TRUE(consumer.Read(1, std::chrono::milliseconds(1500)).empty());
-  Producer producer(broker_.bootstrap());
-  producer.Send("later", "k", "after");
+  Producer producer(bootstrap());
+  producer.Send(later, "k", "after");
   ASSERT_TRUE(producer.Flush());
   std::vector<testing::KafkaRecord> got = consumer.Read(1, std::chrono::seconds(20));
   ASSERT_EQ(got.size(), 1u);
@@ -254,13 +300,13 @@ std::vector<std::string> Values(const std::vector<testing::KafkaRecord>& records
 
 // An idempotent producer's records arrive once each, in order (sequence numbers checked).
 TEST_F(TestBrokerTest, AnIdempotentProducersRecordsArriveOnceInOrder) {
-  broker_.CreateTopic("idem", 1);
-  Producer producer(broker_.bootstrap(), "idempotent");
+  const std::string idem = Topic("idem", 1);
+  Producer producer(bootstrap(), "idempotent");
   for (int i = 0; i < 2000; ++i) {
-    producer.Send("idem", "k", std::to_string(i));
+    producer.Send(idem, "k", std::to_string(i));
   }
   ASSERT_TRUE(producer.Flush());
-  Consumer consumer(broker_.bootstrap(), "idem", 1);
+  Consumer consumer(bootstrap(), idem, 1);
   std::vector<testing::KafkaRecord> got = consumer.Read(2000, std::chrono::seconds(20));
   ASSERT_EQ(got.size(), 2000u) << ::testing::PrintToString(consumer.errors);
   for (int i = 0; i < 2000; ++i) {
@@ -271,24 +317,24 @@ TEST_F(TestBrokerTest, AnIdempotentProducersRecordsArriveOnceInOrder) {
 
 // read_committed sees committed transactions only; read_uncommitted sees every record.
 TEST_F(TestBrokerTest, ReadCommittedSeesCommittedTransactionsOnly) {
-  broker_.CreateTopic("txn", 1);
-  Producer producer(broker_.bootstrap(), "transactional", "t1");
+  const std::string txn = Topic("txn", 1);
+  Producer producer(bootstrap(), "transactional", Id("t1"));
   ASSERT_EQ(producer.Init(), "");
   for (const char* outcome : {"commit", "abort", "commit"}) {
     ASSERT_EQ(producer.Begin(), "");
     for (int i = 0; i < 3; ++i) {
-      producer.Send("txn", "k", std::string(outcome) + std::to_string(i));
+      producer.Send(txn, "k", std::string(outcome) + std::to_string(i));
     }
     ASSERT_TRUE(producer.Flush());  // (an abort drops what the client has not sent yet)
     ASSERT_EQ(std::string(outcome) == "commit" ? producer.Commit() : producer.Abort(), "");
   }
-  Consumer committed(broker_.bootstrap(), "txn", 1);
+  Consumer committed(bootstrap(), txn, 1);
   std::vector<testing::KafkaRecord> got = committed.Read(6, std::chrono::seconds(10));
   EXPECT_EQ(Values(got), (std::vector<std::string>{"commit0", "commit1", "commit2", "commit0",
                                                    "commit1", "commit2"}))
       << ::testing::PrintToString(committed.errors);
   EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(500)).empty());
-  Consumer everything(broker_.bootstrap(), "txn", 1, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
+  Consumer everything(bootstrap(), txn, 1, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
   EXPECT_EQ(Values(everything.Read(9, std::chrono::seconds(10))),
             (std::vector<std::string>{"commit0", "commit1", "commit2", "abort0", "abort1", "abort2",
                                       "commit0", "commit1", "commit2"}))
@@ -298,19 +344,18 @@ TEST_F(TestBrokerTest, ReadCommittedSeesCommittedTransactionsOnly) {
 // An open transaction holds read_committed consumers at its first record (the last stable
 // offset), records produced after it by others included, until it ends.
 TEST_F(TestBrokerTest, AnOpenTransactionHoldsReadCommittedConsumersBack) {
-  broker_.CreateTopic("lso", 1);
-  Producer txn(broker_.bootstrap(), "transactional", "t-lso");
+  const std::string lso = Topic("lso", 1);
+  Producer txn(bootstrap(), "transactional", Id("t-lso"));
   ASSERT_EQ(txn.Init(), "");
   ASSERT_EQ(txn.Begin(), "");
-  txn.Send("lso", "k", "in-txn");
+  txn.Send(lso, "k", "in-txn");
   ASSERT_TRUE(txn.Flush());
-  Producer plain(broker_.bootstrap());
-  plain.Send("lso", "k", "after");
+  Producer plain(bootstrap());
+  plain.Send(lso, "k", "after");
   ASSERT_TRUE(plain.Flush());
-  Consumer committed(broker_.bootstrap(), "lso", 1);
+  Consumer committed(bootstrap(), lso, 1);
   EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(1500)).empty());
-  Consumer uncommitted(broker_.bootstrap(), "lso", 1, RD_KAFKA_OFFSET_BEGINNING,
-                       "read_uncommitted");
+  Consumer uncommitted(bootstrap(), lso, 1, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
   EXPECT_EQ(Values(uncommitted.Read(2, std::chrono::seconds(5))),
             (std::vector<std::string>{"in-txn", "after"}));
   ASSERT_EQ(txn.Commit(), "");
@@ -321,25 +366,24 @@ TEST_F(TestBrokerTest, AnOpenTransactionHoldsReadCommittedConsumersBack) {
 // A second producer with the same transactional id fences the first: the first's open
 // transaction is aborted and it can commit nothing more.
 TEST_F(TestBrokerTest, ASecondProducerWithTheSameIdFencesTheFirst) {
-  broker_.CreateTopic("fence", 1);
-  Producer zombie(broker_.bootstrap(), "transactional", "t-fence");
+  const std::string fence = Topic("fence", 1);
+  Producer zombie(bootstrap(), "transactional", Id("t-fence"));
   ASSERT_EQ(zombie.Init(), "");
   ASSERT_EQ(zombie.Begin(), "");
-  zombie.Send("fence", "k", "zombie");
+  zombie.Send(fence, "k", "zombie");
   ASSERT_TRUE(zombie.Flush());
-  Producer next(broker_.bootstrap(), "transactional", "t-fence");
+  Producer next(bootstrap(), "transactional", Id("t-fence"));
   ASSERT_EQ(next.Init(), "");
   ASSERT_EQ(next.Begin(), "");
-  next.Send("fence", "k", "next");
+  next.Send(fence, "k", "next");
   ASSERT_EQ(next.Commit(), "");
   std::string refused = zombie.Commit();
   EXPECT_NE(refused, "") << "the fenced producer's commit";
-  Consumer committed(broker_.bootstrap(), "fence", 1);
+  Consumer committed(bootstrap(), fence, 1);
   EXPECT_EQ(Values(committed.Read(1, std::chrono::seconds(10))),
             (std::vector<std::string>{"next"}));
   EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(500)).empty()) << "not the zombie's";
-  Consumer uncommitted(broker_.bootstrap(), "fence", 1, RD_KAFKA_OFFSET_BEGINNING,
-                       "read_uncommitted");
+  Consumer uncommitted(bootstrap(), fence, 1, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
   EXPECT_EQ(Values(uncommitted.Read(2, std::chrono::seconds(10))),
             (std::vector<std::string>{"zombie", "next"}))
       << "the zombie's record was written, then aborted";
@@ -347,23 +391,22 @@ TEST_F(TestBrokerTest, ASecondProducerWithTheSameIdFencesTheFirst) {
 
 // A transaction left open past its timeout is aborted by the broker, and the consumers move on.
 TEST_F(TestBrokerTest, ATransactionPastItsTimeoutIsAborted) {
-  broker_.CreateTopic("slow", 1);
+  const std::string topic = Topic("slow", 1);
   // (Long enough for the record to reach the broker first: the client gives up on a record
   // it could not send within the transaction's timeout.)
-  Producer slow(broker_.bootstrap(), "transactional", "t-slow", /*timeout_ms=*/4000);
+  Producer slow(bootstrap(), "transactional", Id("t-slow"), /*timeout_ms=*/4000);
   ASSERT_EQ(slow.Init(), "");
   ASSERT_EQ(slow.Begin(), "");
-  slow.Send("slow", "k", "forgotten");
+  slow.Send(topic, "k", "forgotten");
   ASSERT_TRUE(slow.Flush());
   ASSERT_EQ(slow.delivered, 1) << "the record is in the broker, in the open transaction";
-  Producer plain(broker_.bootstrap());
-  plain.Send("slow", "k", "later");
+  Producer plain(bootstrap());
+  plain.Send(topic, "k", "later");
   ASSERT_TRUE(plain.Flush());
-  Consumer uncommitted(broker_.bootstrap(), "slow", 1, RD_KAFKA_OFFSET_BEGINNING,
-                       "read_uncommitted");
+  Consumer uncommitted(bootstrap(), topic, 1, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
   EXPECT_EQ(Values(uncommitted.Read(2, std::chrono::seconds(10))),
             (std::vector<std::string>{"forgotten", "later"}));
-  Consumer committed(broker_.bootstrap(), "slow", 1);
+  Consumer committed(bootstrap(), topic, 1);
   EXPECT_EQ(Values(committed.Read(1, std::chrono::seconds(20))),
             (std::vector<std::string>{"later"}));
   EXPECT_TRUE(committed.Read(1, std::chrono::milliseconds(500)).empty());
@@ -373,11 +416,11 @@ TEST_F(TestBrokerTest, ATransactionPastItsTimeoutIsAborted) {
 // heartbeats): together they read every record once. Offsets they commit are where the group
 // starts again.
 TEST_F(TestBrokerTest, AGroupSharesPartitionsAndResumesFromItsCommits) {
-  broker_.CreateTopic("shared", 4);
-  Producer producer(broker_.bootstrap());
+  const std::string shared = Topic("shared", 4);
+  Producer producer(bootstrap());
   {
-    GroupConsumer a(broker_.bootstrap(), "g", "shared");
-    GroupConsumer b(broker_.bootstrap(), "g", "shared");
+    GroupConsumer a(bootstrap(), Id("g"), shared);
+    GroupConsumer b(bootstrap(), Id("g"), shared);
     // The group settles first (both joined, two partitions each), so no partition moves while
     // the records are read (a move before a commit reads records again: at-least-once).
     ASSERT_TRUE(testing::WaitFor(
@@ -389,7 +432,7 @@ TEST_F(TestBrokerTest, AGroupSharesPartitionsAndResumesFromItsCommits) {
         std::chrono::seconds(60)))
         << "assigned " << a.Assigned() << " + " << b.Assigned();
     for (int i = 0; i < 400; ++i) {
-      producer.Send("shared", "k" + std::to_string(i), std::to_string(i));
+      producer.Send(shared, "k" + std::to_string(i), std::to_string(i));
     }
     ASSERT_TRUE(producer.Flush());
     std::set<std::string> all;
@@ -413,10 +456,10 @@ TEST_F(TestBrokerTest, AGroupSharesPartitionsAndResumesFromItsCommits) {
     EXPECT_TRUE(b.Commit());
   }
   for (int i = 400; i < 410; ++i) {
-    producer.Send("shared", "k" + std::to_string(i), std::to_string(i));
+    producer.Send(shared, "k" + std::to_string(i), std::to_string(i));
   }
   ASSERT_TRUE(producer.Flush());
-  GroupConsumer again(broker_.bootstrap(), "g", "shared");
+  GroupConsumer again(bootstrap(), Id("g"), shared);
   ASSERT_TRUE(testing::WaitFor(
       [&] {
         again.Poll();
@@ -435,11 +478,11 @@ TEST_F(TestBrokerTest, AGroupSharesPartitionsAndResumesFromItsCommits) {
 // A member that dies (kill -9: no LeaveGroup) is removed when its session runs out, and the
 // group rebalances its partitions to the members left.
 TEST_F(TestBrokerTest, AMemberWhoseSessionRunsOutLosesItsPartitions) {
-  broker_.CreateTopic("crash", 4);
-  GroupConsumer a(broker_.bootstrap(), "gc", "crash");
-  testing::Process other({"kcat", "-b", broker_.bootstrap(), "-G", "gc", "-X",
+  const std::string crash = Topic("crash", 4);
+  GroupConsumer a(bootstrap(), Id("gc"), crash);
+  testing::Process other({"kcat", "-b", bootstrap(), "-G", Id("gc"), "-X",
                           "session.timeout.ms=1500", "-X", "heartbeat.interval.ms=200", "-q",
-                          "crash"});
+                          crash});
   ASSERT_TRUE(testing::WaitFor(
       [&] {
         a.Poll();
@@ -462,24 +505,27 @@ TEST_F(TestBrokerTest, AMemberWhoseSessionRunsOutLosesItsPartitions) {
 // against the broker: every record becomes one alert, and a restart resumes after what was
 // committed. (The base the exactly-once tests of issue 18 will stand on.)
 TEST_F(TestBrokerTest, GnomonRunsAKafkaPipelineAgainstIt) {
-  broker_.CreateTopic("telemetry", 2);
-  broker_.CreateTopic("alerts", 1);
+  const std::string telemetry = Topic("telemetry", 2);
+  const std::string alerts_topic = Topic("alerts", 1);
   testing::TempDir dir;
-  dir.Write("r.lua", R"(return rule { name = "fwd", from = "telemetry",
-    handle = function(msg, ctx) ctx.emit("out", { d = msg.device, n = msg.payload.n }) end })");
+  dir.Write("r.lua",
+            "return rule { name = \"fwd\", from = \"" + telemetry +
+                "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { d = msg.device, n = "
+                "msg.payload.n }) end }");
   dir.Write("g.yaml", "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" +
-                          broker_.bootstrap() +
-                          "\" }\nsources:\n  - { name: in, connection: bus, topics: [telemetry], "
-                          "group: gnomon, device: key }\nsinks:\n  - { name: out, connection: "
-                          "bus, topic: alerts }\nrules: [r.lua]\n");
-  Producer producer(broker_.bootstrap());
+                          bootstrap() +
+                          "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + telemetry +
+                          "], group: " + Id("gnomon") +
+                          ", device: key }\nsinks:\n  - { name: out, connection: bus, topic: " +
+                          alerts_topic + " }\nrules: [r.lua]\n");
+  Producer producer(bootstrap());
   auto produce = [&](int from, int to) {
     for (int i = from; i < to; ++i) {
-      producer.Send("telemetry", "d" + std::to_string(i % 7), "{\"n\":" + std::to_string(i) + "}");
+      producer.Send(telemetry, "d" + std::to_string(i % 7), "{\"n\":" + std::to_string(i) + "}");
     }
     ASSERT_TRUE(producer.Flush());
   };
-  Consumer alerts(broker_.bootstrap(), "alerts", 1);
+  Consumer alerts(bootstrap(), alerts_topic, 1);
   std::vector<testing::KafkaRecord> got;
   auto read = [&](size_t want) {
     std::vector<testing::KafkaRecord> more =
@@ -506,6 +552,38 @@ TEST_F(TestBrokerTest, GnomonRunsAKafkaPipelineAgainstIt) {
   EXPECT_EQ(values.size(), 250u);
   gnomon.Signal(SIGTERM);
   EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+}
+
+// The tool: the same broker in its own process, as a developer runs it (and as a
+// GNOMON_TEST_KAFKA target for this suite): it prints its address, kcat creates a topic by
+// producing to it and reads it back, SIGTERM stops it cleanly.
+TEST(TestBrokerToolTest, ServesUntilSigterm) {
+  testing::Process tool({GNOMON_TEST_BROKER, "--partitions", "2"});
+  ASSERT_TRUE(testing::WaitFor([&] { return tool.Stdout().find('\n') != std::string::npos; }))
+      << tool.Stderr();
+  std::string bootstrap = tool.Stdout().substr(0, tool.Stdout().find('\n'));
+  ASSERT_EQ(bootstrap.rfind("127.0.0.1:", 0), 0u) << bootstrap;
+  testing::TempDir dir;
+  dir.Write("in.txt", "a:1\nb:2\nc:3\n");
+  ASSERT_EQ(testing::RunCommand(
+                {"kcat", "-b", bootstrap, "-t", "demo", "-P", "-K:", "-l", dir.File("in.txt")}),
+            0);
+  std::string out, err;
+  ASSERT_EQ(
+      testing::RunCommand(
+          {"kcat", "-b", bootstrap, "-t", "demo", "-C", "-e", "-q", "-f", "%k=%s\n"}, &out, &err),
+      0)
+      << err;
+  std::vector<std::string> lines;
+  for (size_t at = 0, nl; (nl = out.find('\n', at)) != std::string::npos; at = nl + 1) {
+    lines.push_back(out.substr(at, nl - at));
+  }
+  std::sort(lines.begin(), lines.end());
+  EXPECT_EQ(lines, (std::vector<std::string>{"a=1", "b=2", "c=3"}));
+  ASSERT_EQ(testing::RunCommand({"kcat", "-b", bootstrap, "-L", "-t", "demo"}, &out), 0);
+  EXPECT_NE(out.find("topic \"demo\" with 2 partitions"), std::string::npos) << out;
+  tool.Signal(SIGTERM);
+  EXPECT_EQ(tool.Wait(), 0) << tool.Stderr();
 }
 
 // Raw requests: what librdkafka never sends.

@@ -43,6 +43,8 @@ constexpr int16_t kIllegalGeneration = 22;
 constexpr int16_t kUnknownMemberId = 25;
 constexpr int16_t kRebalanceInProgress = 27;
 constexpr int16_t kMemberIdRequired = 79;
+constexpr int16_t kTopicAlreadyExists = 36;
+constexpr int16_t kInvalidPartitions = 37;
 
 // API keys.
 constexpr int16_t kProduce = 0;
@@ -57,6 +59,7 @@ constexpr int16_t kHeartbeat = 12;
 constexpr int16_t kLeaveGroup = 13;
 constexpr int16_t kSyncGroup = 14;
 constexpr int16_t kApiVersions = 18;
+constexpr int16_t kCreateTopics = 19;
 constexpr int16_t kInitProducerId = 22;
 constexpr int16_t kAddPartitionsToTxn = 24;
 constexpr int16_t kAddOffsetsToTxn = 25;
@@ -67,7 +70,8 @@ struct ApiRange {
   int16_t key, min, max;
 };
 // The versions offered: the non-flexible ones (no compact encodings), ApiVersions' v3 aside.
-constexpr std::array<ApiRange, 17> kApis{{
+constexpr std::array<ApiRange, 18> kApis{{
+    {kCreateTopics, 0, 4},
     {kProduce, 3, 7},
     {kFetch, 4, 11},
     {kListOffsets, 1, 5},
@@ -421,6 +425,7 @@ struct KafkaTestBroker::Impl {
   std::string LeaveGroup(int16_t version, Reader& r);
   std::string OffsetCommit(int16_t version, Reader& r);
   std::string OffsetFetch(int16_t version, Reader& r);
+  std::string CreateTopics(int16_t version, Reader& r);
   std::string ApiVersions(int16_t version);
   std::string Metadata(int16_t version, Reader& r);
   std::string Produce(int16_t version, Reader& r);
@@ -575,6 +580,9 @@ std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t ve
       break;
     case kOffsetFetch:
       body = OffsetFetch(version, r);
+      break;
+    case kCreateTopics:
+      body = CreateTopics(version, r);
       break;
     case kFindCoordinator:
       body = FindCoordinator(version, r);
@@ -1547,6 +1555,58 @@ std::string KafkaTestBroker::Impl::OffsetFetch(int16_t version, Reader& r) {
   }
   if (version >= 2) {
     w.I16(kNone);
+  }
+  return std::move(w.out());
+}
+
+std::string KafkaTestBroker::Impl::CreateTopics(int16_t version, Reader& r) {
+  struct Want {
+    std::string name;
+    int32_t partitions;
+  };
+  std::vector<Want> wanted;
+  int32_t n = r.ArrayLength();
+  for (int32_t i = 0; i < n && r.ok(); ++i) {
+    Want want{std::string(r.String()), r.I32()};
+    (void)r.I16();  // replication factor: one node
+    int32_t assignments = r.ArrayLength();
+    for (int32_t a = 0; a < assignments && r.ok(); ++a) {
+      (void)r.I32();
+      int32_t brokers = r.ArrayLength();
+      for (int32_t b = 0; b < brokers && r.ok(); ++b) {
+        (void)r.I32();
+      }
+      want.partitions = std::max(want.partitions, assignments);
+    }
+    int32_t configs = r.ArrayLength();
+    for (int32_t c = 0; c < configs && r.ok(); ++c) {
+      (void)r.String();
+      (void)r.String();
+    }
+    wanted.push_back(std::move(want));
+  }
+  (void)r.I32();  // timeout
+  bool validate_only = version >= 1 && r.I8() != 0;
+  Writer w;
+  if (version >= 2) {
+    w.I32(0);
+  }
+  w.Array(wanted.size());
+  std::lock_guard lock(mu);
+  for (const Want& want : wanted) {
+    int16_t error = kNone;
+    int32_t partitions = want.partitions == -1 ? options.partitions : want.partitions;
+    if (topics.count(want.name) > 0) {
+      error = kTopicAlreadyExists;
+    } else if (partitions < 1 || partitions > 10000) {
+      error = kInvalidPartitions;
+    } else if (!validate_only) {
+      topics.emplace(want.name, std::vector<Partition>(static_cast<size_t>(partitions)));
+    }
+    w.String(want.name).I16(error);
+    if (version >= 1) {
+      w.NullString();  // error message
+    }
   }
   return std::move(w.out());
 }
