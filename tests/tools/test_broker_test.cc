@@ -501,6 +501,35 @@ TEST_F(TestBrokerTest, AMemberWhoseSessionRunsOutLosesItsPartitions) {
       << "a has " << a.Assigned();
 }
 
+// A member that dies while another is joining holds the rebalance up for its session timeout,
+// not its (much longer) rebalance timeout: a restarted instance takes over from its killed
+// predecessor within seconds, as with Kafka.
+TEST_F(TestBrokerTest, ACrashedMemberHoldsARebalanceOnlyForItsSession) {
+  const std::string topic = Topic("takeover", 4);
+  GroupConsumer a(bootstrap(), Id("gt"), topic);
+  testing::Process dead({"kcat", "-b", bootstrap(), "-G", Id("gt"), "-X",
+                         "session.timeout.ms=1500", "-X", "heartbeat.interval.ms=200", "-X",
+                         "max.poll.interval.ms=300000", "-q", topic});
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        a.Poll();
+        return a.Assigned() == 2;
+      },
+      std::chrono::seconds(60)))
+      << "a has " << a.Assigned() << "; kcat: " << dead.Stderr();
+  dead.Signal(SIGKILL);
+  (void)dead.Wait();
+  GroupConsumer b(bootstrap(), Id("gt"), topic);  // joins at once: a rebalance starts
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        a.Poll();
+        b.Poll();
+        return a.Assigned() + b.Assigned() == 4 && b.Assigned() > 0;
+      },
+      std::chrono::seconds(30)))
+      << "a has " << a.Assigned() << ", b " << b.Assigned();
+}
+
 // gnomon's own Kafka source (a consumer group, offsets committed after effects) and sink run
 // against the broker: every record becomes one alert, and a restart resumes after what was
 // committed. (The base the exactly-once tests of issue 18 will stand on.)

@@ -1625,12 +1625,17 @@ void KafkaTestBroker::Impl::Tick() {
         bool changed = false;
         for (auto m = g.members.begin(); m != g.members.end();) {
           const Member& member = m->second;
+          // A member neither waiting in a join nor in a sync must heartbeat within its
+          // session, rebalancing or not (a crashed member holds a rebalance up for its session
+          // timeout, as in Kafka); in a rebalance, one that has not rejoined within its
+          // rebalance timeout is dropped too.
+          bool waiting = member.join || member.sync;
           bool gone =
-              g.state == Group::State::kPreparing
-                  ? !member.join && now - g.rebalance_started >
-                                        std::chrono::milliseconds(member.rebalance_timeout_ms)
-                  : !member.join && !member.sync &&
-                        now - member.seen > std::chrono::milliseconds(member.session_timeout_ms);
+              (!waiting &&
+               now - member.seen > std::chrono::milliseconds(member.session_timeout_ms)) ||
+              (g.state == Group::State::kPreparing && !member.join &&
+               now - g.rebalance_started >
+                   std::chrono::milliseconds(member.rebalance_timeout_ms));
           if (gone) {
             m = g.members.erase(m);
             changed = true;
