@@ -410,6 +410,67 @@ void LoadShadows(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
   }
 }
 
+// Exactly-once Kafka sources: at most one per connection; what takes part in their
+// transactions and what stays at-least-once (warnings: `gnomon check` prints them, `run` logs
+// them).
+void LoadDelivery(AppConfig& app, ConfigErrors& errors) {
+  std::map<const ConfigValue*, std::string> transactional;  // connection -> its source
+  for (size_t i = 0; i < app.sources.size(); ++i) {
+    const Entry& s = app.sources[i];
+    if (s.type != "kafka" || s.config->GetString("delivery", "") != "exactly_once") {
+      continue;
+    }
+    auto [it, fresh] = transactional.emplace(s.connection, s.name);
+    if (!fresh) {
+      errors.Add(s.config->Get("delivery"), fmt::format("sources[{}].delivery", i),
+                 fmt::format("source '{}' already runs exactly-once on this connection; one "
+                             "exactly_once source per connection",
+                             it->second));
+    }
+  }
+  if (transactional.empty()) {
+    return;
+  }
+  auto joins = [&](const Entry& e) {
+    return e.type == "kafka" && transactional.count(e.connection) > 0;
+  };
+  for (const Entry& k : app.sinks) {
+    if (!joins(k)) {
+      app.warnings.push_back(fmt::format(
+          "sink '{}' ({}) stays at-least-once: only kafka sinks on an exactly_once source's "
+          "connection take part in its transactions",
+          k.name, k.type));
+    }
+  }
+  for (const Entry& s : app.sources) {
+    if (!joins(s) || s.config->GetString("delivery", "") != "exactly_once") {
+      app.warnings.push_back(fmt::format(
+          "source '{}' ({}) is at-least-once: its records on the transactional kafka sinks are "
+          "acknowledged once their transaction commits, and may be written twice if it "
+          "redelivers",
+          s.name, s.type));
+    }
+  }
+  if (app.dead_letter_sink.empty()) {
+    app.warnings.push_back(
+        "dead letters go to data_dir/dead-letter.jsonl, at-least-once: a message processed "
+        "again after a crash may be dead-lettered twice (set dead_letter.sink to a kafka sink on "
+        "the exactly_once source's connection to put them in its transactions)");
+  }
+  if (!app.shadows.changelog_topic.empty() &&
+      transactional.count(app.shadows.changelog_connection) == 0) {
+    app.warnings.push_back(
+        "shadows.changelog is on another connection than the exactly_once source: it stays "
+        "at-least-once");
+  }
+  if (app.root.Get("shadows") != nullptr) {
+    app.warnings.push_back(
+        "shadows and rule state (ctx.state) live in data_dir, outside Kafka's transactions: the "
+        "messages of a transaction open at a crash are applied to them again when processed "
+        "again (their Kafka output is still written once)");
+  }
+}
+
 // Thing models: every file parsed, model ids unique.
 void LoadModels(AppConfig& app, ConfigErrors& errors) {
   if (const ConfigValue* models = app.root.Get("models")) {
@@ -525,6 +586,7 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
 
   LoadApi(app, errors);
   LoadShadows(app, connections, errors);
+  LoadDelivery(app, errors);
   LoadModels(app, errors);
   LoadEventsAndServices(app, errors);
   LoadRuleSettings(app, errors);

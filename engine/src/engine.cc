@@ -130,6 +130,7 @@ Status Engine::Impl::InitSources() {
       PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
                         e.connection, e.connection_users};
       ctx.api = this;
+      ctx.shared = &shared_;
       ctx.reserved_topic_prefixes = config_.reserved_topic_prefixes;
       GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source(e.type)->Create(*e.config, ctx));
       sources_.push_back(std::move(src));
@@ -201,6 +202,7 @@ Status Engine::Impl::CreateSink(const Entry& e) {
     PluginContext ctx{metrics_,     *this, clock_, config_.data_dir, config_.base_dir, e.name,
                       e.connection, e.connection_users};
     ctx.route = static_cast<int32_t>(sinks_.size());
+    ctx.shared = &shared_;
     GNOMON_ASSIGN_OR_RETURN(s.sink, registry_.sink(e.type)->Create(*e.config, ctx));
   }
   InitSinkMetrics(s);

@@ -30,6 +30,7 @@
 #include "gnomon/core/mutex.h"
 #include "gnomon/core/queue.h"
 #include "gnomon/core/record.h"
+#include "gnomon/core/shared_objects.h"
 #include "gnomon/core/source.h"
 #include "gnomon/engine/engine.h"
 #include "gnomon/shadow/document.h"
@@ -411,6 +412,8 @@ class Engine::Impl final : public Ingest,
   DeadLetterLimiter dl_limiter_{config_.dead_letters.per_device_per_s, config_.dead_letters.burst,
                                 metrics_};
 
+  // Shared by the connectors below (one Kafka connection's transactional producer).
+  SharedObjects shared_;
   std::vector<std::unique_ptr<Source>> sources_;
   std::vector<std::string> source_names_;
   std::map<std::string, Counter*> source_counters_;

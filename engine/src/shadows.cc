@@ -262,6 +262,7 @@ Status Engine::Impl::InitChangelog() {
     cl.AddField("create", std::move(create));
     PluginContext lctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir,
                        "shadow-changelog", sc.changelog_connection, 1};
+    lctx.shared = &shared_;
     SinkFactory* kafka = registry_.sink("kafka");
     if (kafka == nullptr) {
       return FailedPrecondition("shadows.changelog: this build has no kafka connector");

@@ -149,6 +149,51 @@ TEST_F(ConfigLoaderTest, BrokenRuleStopsTheLoadWithFileAndLine) {
       << app.status().message();
 }
 
+// `delivery: exactly_once`: what takes part in the Kafka transactions and what does not is
+// said (a warning each); two exactly-once sources on one connection are refused.
+TEST_F(ConfigLoaderTest, ExactlyOnceSaysWhatStaysAtLeastOnce) {
+  const std::string base = R"(connections:
+  bus: { type: kafka, brokers: "127.0.0.1:9092" }
+  other: { type: kafka, brokers: "127.0.0.1:9093" }
+sources:
+  - { name: in, connection: bus, topics: [t], group: g, delivery: exactly_once }
+sinks:
+  - { name: out, connection: bus, topic: o }
+  - { name: far, connection: other, topic: o }
+  - { name: hook, type: http, url: "http://127.0.0.1:1/x" }
+rules: ["rules/*.lua"]
+)";
+  AppConfig app;
+  ASSERT_TRUE(Load(base, &app).ok()) << Load(base).message();
+  std::string all;
+  for (const std::string& w : app.warnings) {
+    all += w + "\n";
+  }
+  EXPECT_NE(all.find("sink 'hook' (http) stays at-least-once"), std::string::npos) << all;
+  EXPECT_NE(all.find("sink 'far' (kafka) stays at-least-once"), std::string::npos) << all;
+  EXPECT_EQ(all.find("sink 'out'"), std::string::npos) << all;
+  EXPECT_NE(all.find("dead letters go to data_dir/dead-letter.jsonl, at-least-once"),
+            std::string::npos)
+      << all;
+
+  AppConfig plain;
+  std::string at_least_once = base;
+  at_least_once.replace(at_least_once.find(", delivery: exactly_once"), 24, "");
+  ASSERT_TRUE(Load(at_least_once, &plain).ok());
+  EXPECT_TRUE(plain.warnings.empty());
+
+  std::string two = base;
+  two.insert(
+      two.find("sinks:"),
+      "  - { name: in2, connection: bus, topics: [u], group: g2, delivery: exactly_once }\n");
+  Status st = Load(two);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("sources[1].delivery: source 'in' already runs exactly-once on "
+                              "this connection"),
+            std::string::npos)
+      << st.message();
+}
+
 TEST_F(ConfigLoaderTest, MissingFileAndNotAMap) {
   EXPECT_FALSE(LoadAppConfig(dir_.File("nope.yaml"), registry_).ok());
   EXPECT_FALSE(Load("- just\n- a list\n").ok());

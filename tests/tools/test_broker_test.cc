@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "broker.h"
@@ -581,6 +582,208 @@ TEST_F(TestBrokerTest, GnomonRunsAKafkaPipelineAgainstIt) {
   EXPECT_EQ(values.size(), 250u);
   gnomon.Signal(SIGTERM);
   EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+}
+
+// The number after "n": in a record's JSON value; -1 if none.
+int64_t FieldN(const std::string& value) {
+  size_t at = value.find("\"n\":");
+  return at == std::string::npos ? -1 : std::strtoll(value.c_str() + at + 4, nullptr, 10);
+}
+
+std::string Base64Decode(const std::string& in) {
+  static const std::string kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  uint32_t bits = 0;
+  int n = 0;
+  for (char c : in) {
+    size_t v = kAlphabet.find(c);
+    if (v == std::string::npos) {
+      continue;  // padding
+    }
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    if ((n += 6) >= 8) {
+      n -= 8;
+      out.push_back(static_cast<char>((bits >> n) & 0xff));
+    }
+  }
+  return out;
+}
+
+// Exactly-once (issue 18): gnomon is killed with SIGKILL again and again while it turns 100k
+// inputs into alerts inside Kafka transactions; a read_committed consumer then finds every
+// input's alert exactly once, each device's in input order, and the dead letters (a Kafka sink
+// in the same transactions) are exactly the inputs the rule failed on. The read_uncommitted
+// view shows the kills did cut transactions: it holds the aborted duplicates.
+TEST_F(TestBrokerTest, ExactlyOnceThroughKill9) {
+  const std::string telemetry = Topic("telemetry", 4);
+  const std::string alerts_topic = Topic("alerts", 3);
+  const std::string dlq_topic = Topic("dlq", 1);
+  constexpr int kInputs = 100000;
+  constexpr int kDevices = 50;
+  auto fails = [](int64_t n) { return n % 1000 == 13; };
+  testing::TempDir dir;
+  dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
+                         "\",\n  quarantine = { failures = 1000000, device_failures = 1000000 },"
+                         "\n  handle = function(msg, ctx)\n"
+                         "    if msg.payload.n % 1000 == 13 then error(\"unlucky \" .. "
+                         "msg.payload.n) end\n"
+                         "    ctx.emit(\"out\", { d = msg.device, n = msg.payload.n })\n  end }");
+  dir.Write("g.yaml",
+            "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" + bootstrap() +
+                "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + telemetry +
+                "], group: " + Id("eos") + ", transactional_id: " + Id("eos-1") +
+                ", device: key, delivery: exactly_once,\n      properties: { session.timeout.ms: " +
+                (real() ? "6000" : "2000") +  // (Kafka's least by default: 6 s)
+                ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: "
+                "bus, topic: " +
+                alerts_topic + " }\n  - { name: dlq, connection: bus, topic: " + dlq_topic +
+                " }\ndead_letter: { sink: dlq, per_device_per_s: 0 }\nrules: [r.lua]\n");
+  int expected = 0;
+  for (int i = 0; i < kInputs; ++i) {
+    expected += fails(i) ? 0 : 1;
+  }
+  // The input arrives over several seconds while gnomon is killed and restarted.
+  std::thread feed([&] {
+    Producer producer(bootstrap());
+    for (int i = 0; i < kInputs; ++i) {
+      producer.Send(telemetry, "d" + std::to_string(i % kDevices),
+                    "{\"n\":" + std::to_string(i) + "}");
+      if (i % 1000 == 999) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(60));
+      }
+    }
+    EXPECT_TRUE(producer.Flush());
+  });
+  // Each run waits for its output to grow, then is killed a moment later (mid-transaction,
+  // mostly: one commits every 100 ms).
+  Consumer progress(bootstrap(), alerts_topic, 3);
+  size_t seen = 0;
+  int mid_run_kills = 0;
+  for (int round = 0; round < 5; ++round) {
+    testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
+    size_t target = seen + 2000;
+    auto until = std::chrono::steady_clock::now() + testing::Scaled(std::chrono::seconds(30));
+    while (seen < target && seen < static_cast<size_t>(expected) && gnomon.Running() &&
+           std::chrono::steady_clock::now() < until) {
+      seen += progress.Read(target - seen, std::chrono::milliseconds(100)).size();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 + 61 * round));
+    gnomon.Signal(SIGKILL);
+    EXPECT_EQ(gnomon.Wait(), 128 + SIGKILL) << gnomon.Stderr();
+    seen += progress.Read(expected, std::chrono::milliseconds(300)).size();
+    mid_run_kills += seen < static_cast<size_t>(expected) ? 1 : 0;
+  }
+  feed.join();
+  EXPECT_GE(mid_run_kills, 3) << "the kills should land mid-run (outputs so far: " << seen << ")";
+  testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
+  Consumer alerts(bootstrap(), alerts_topic, 3);
+  std::vector<testing::KafkaRecord> got = alerts.Read(expected, std::chrono::seconds(120));
+  ASSERT_EQ(got.size(), static_cast<size_t>(expected)) << gnomon.Stderr();
+  std::vector<testing::KafkaRecord> more = alerts.Read(1, std::chrono::seconds(2));
+  EXPECT_TRUE(more.empty()) << "more than one alert per input: " << more[0].value;
+  Consumer dlq(bootstrap(), dlq_topic, 1);
+  std::vector<testing::KafkaRecord> dead = dlq.Read(kInputs, std::chrono::seconds(3));
+  gnomon.Signal(SIGTERM);
+  EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+
+  // Every input once, each device's alerts in input order (one key, one partition).
+  std::set<int64_t> ns;
+  std::map<std::string, int64_t> last;
+  std::vector<std::string> twice, wrong, out_of_order;
+  for (const testing::KafkaRecord& r : got) {
+    int64_t n = FieldN(r.value);
+    if (!ns.insert(n).second) {
+      twice.push_back(r.value);
+    }
+    if (n < 0 || fails(n) || r.key != "d" + std::to_string(n % kDevices)) {
+      wrong.push_back(r.key + " " + r.value);
+    }
+    auto [it, fresh] = last.emplace(r.key, n);
+    if (!fresh && it->second >= n) {
+      out_of_order.push_back(r.key + " " + r.value);
+    }
+    it->second = n;
+  }
+  EXPECT_EQ(twice.size(), 0u) << "alerts twice, e.g. " << (twice.empty() ? "" : twice[0]);
+  EXPECT_EQ(wrong.size(), 0u) << "wrong alerts, e.g. " << (wrong.empty() ? "" : wrong[0]);
+  EXPECT_EQ(out_of_order.size(), 0u)
+      << "out of device order, e.g. " << (out_of_order.empty() ? "" : out_of_order[0]);
+  EXPECT_EQ(ns.size(), static_cast<size_t>(expected));
+  // The dead letters: exactly the inputs the rule failed on, each once.
+  std::set<int64_t> dead_ns;
+  for (const testing::KafkaRecord& r : dead) {
+    size_t at = r.value.find("\"payload_base64\":\"");
+    ASSERT_NE(at, std::string::npos) << r.value;
+    at += 18;
+    int64_t n = FieldN(Base64Decode(r.value.substr(at, r.value.find('"', at) - at)));
+    EXPECT_TRUE(fails(n)) << r.value;
+    EXPECT_TRUE(dead_ns.insert(n).second) << "dead-lettered twice: " << r.value;
+  }
+  EXPECT_EQ(dead_ns.size(), static_cast<size_t>(kInputs - expected));
+  // The kills cut transactions: their records are in the log, hidden from read_committed.
+  Consumer raw(bootstrap(), alerts_topic, 3, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
+  EXPECT_GT(raw.Read(kInputs * 2, std::chrono::seconds(5)).size(), static_cast<size_t>(expected));
+}
+
+// Exactly-once: a second instance started with the first one's transactional id fences it.
+// The fenced one aborts what it held, leaves the group (its partitions move to the other) and
+// stays up, not processing; every input's alert is still there exactly once.
+TEST_F(TestBrokerTest, ExactlyOnceAFencedInstanceLeavesItsPartitions) {
+  const std::string telemetry = Topic("fence-in", 4);
+  const std::string alerts_topic = Topic("fence-out", 2);
+  constexpr int kInputs = 20000;
+  testing::TempDir a_dir, b_dir;
+  for (testing::TempDir* dir : {&a_dir, &b_dir}) {
+    dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
+                            "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
+                            "msg.payload.n }) end }");
+    dir->Write("g.yaml",
+               "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" + bootstrap() +
+                   "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + telemetry +
+                   "], group: " + Id("fence") + ", transactional_id: " + Id("fence-shared") +
+                   ", device: key, delivery: exactly_once,\n      properties: { "
+                   "session.timeout.ms: " +
+                   (real() ? "6000" : "2000") +
+                   ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: "
+                   "bus, topic: " +
+                   alerts_topic + " }\nrules: [r.lua]\n");
+  }
+  std::thread feed([&] {
+    Producer producer(bootstrap());
+    for (int i = 0; i < kInputs; ++i) {
+      producer.Send(telemetry, "d" + std::to_string(i % 20), "{\"n\":" + std::to_string(i) + "}");
+      if (i % 1000 == 999) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    EXPECT_TRUE(producer.Flush());
+  });
+  testing::Process a({GNOMON_BINARY, "run", "-c", a_dir.File("g.yaml")}, a_dir.path());
+  Consumer alerts(bootstrap(), alerts_topic, 2);
+  std::vector<testing::KafkaRecord> got = alerts.Read(500, std::chrono::seconds(30));
+  ASSERT_EQ(got.size(), 500u) << a.Stderr();
+  testing::Process b({GNOMON_BINARY, "run", "-c", b_dir.File("g.yaml")}, b_dir.path());
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return a.Stderr().find("kafka transactional producer fenced") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << a.Stderr();
+  std::vector<testing::KafkaRecord> rest =
+      alerts.Read(kInputs - got.size(), std::chrono::seconds(60));
+  got.insert(got.end(), rest.begin(), rest.end());
+  feed.join();
+  ASSERT_EQ(got.size(), static_cast<size_t>(kInputs)) << b.Stderr();
+  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
+  std::set<int64_t> ns;
+  for (const testing::KafkaRecord& r : got) {
+    ns.insert(FieldN(r.value));
+  }
+  EXPECT_EQ(ns.size(), static_cast<size_t>(kInputs));
+  EXPECT_TRUE(a.Running()) << "the fenced instance stays up (not ready) for its operator";
+  a.Signal(SIGTERM);
+  b.Signal(SIGTERM);
+  EXPECT_EQ(a.Wait(), 0) << a.Stderr();
+  EXPECT_EQ(b.Wait(), 0) << b.Stderr();
 }
 
 // The tool: the same broker in its own process, as a developer runs it (and as a

@@ -145,4 +145,22 @@ void LogCallback(const rd_kafka_t* rk, int level, const char* fac, const char* b
   }
 }
 
+rd_kafka_headers_t* RecordHeaders(const Record& r) {
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(4 + r.headers.size());
+  auto header = [&](std::string_view k, std::string_view v) {
+    rd_kafka_header_add(headers, k.data(), static_cast<ssize_t>(k.size()), v.data(),
+                        static_cast<ssize_t>(v.size()));
+  };
+  header("gnomon-rule", r.rule);
+  header("gnomon-device", r.device);
+  header("gnomon-source-topic", r.source_topic);
+  if (r.json && !r.null_value) {
+    header("content-type", "application/json");
+  }
+  for (const auto& [k, v] : r.headers) {
+    header(k, v);
+  }
+  return headers;
+}
+
 }  // namespace gnomon::connectors::kafka

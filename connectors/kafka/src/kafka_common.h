@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "gnomon/core/config.h"
+#include "gnomon/core/record.h"
 #include "gnomon/core/status.h"
 
 namespace gnomon::connectors::kafka {
@@ -55,6 +56,10 @@ class ReachabilityProbe {
  private:
   std::chrono::steady_clock::time_point next_{};
 };
+
+// A record's Kafka headers: gnomon's provenance (gnomon-rule, gnomon-device,
+// gnomon-source-topic, content-type for JSON) and the emit's own.
+rd_kafka_headers_t* RecordHeaders(const Record& r);
 
 // Logs librdkafka's log lines as gnomon JSON log lines.
 void LogCallback(const rd_kafka_t* rk, int level, const char* fac, const char* buf);

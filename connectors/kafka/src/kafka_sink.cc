@@ -2,7 +2,8 @@
 // Kafka sink: an idempotent producer (acks=all, ordered retries), one message per record, key =
 // device id unless the emit gave one, gnomon's provenance headers. A record is reported
 // delivered from librdkafka's delivery report, so a source message is finished only when the
-// cluster has its output.
+// cluster has its output. On the connection of a Kafka source running exactly-once, records go
+// through that source's transactional producer (kafka_txn.h) while it runs.
 #include <fmt/format.h>
 #include <pthread.h>
 
@@ -21,6 +22,7 @@
 #include "gnomon/core/record.h"
 #include "gnomon/core/sink.h"
 #include "kafka_common.h"
+#include "kafka_txn.h"
 
 namespace gnomon::connectors::kafka {
 namespace {
@@ -41,6 +43,10 @@ class KafkaSink final : public Sink {
     queue_full_ = ctx.metrics.GetCounter("gnomon_kafka_producer_queue_full_total",
                                          "Sends that waited because the producer queue was full",
                                          {{"sink", name_}});
+    if (ctx.shared != nullptr && ctx.connection != nullptr) {
+      txn_ = ctx.shared->Get<TxnProducer>(
+          ctx.connection, [&] { return new TxnProducer(ctx.reporter, ctx.metrics); });
+    }
   }
   ~KafkaSink() override { Stop(std::chrono::steady_clock::now()); }
 
@@ -82,6 +88,16 @@ class KafkaSink final : public Sink {
   }
 
   void Send(Record&& record) override {
+    if (txn_ != nullptr && txn_->Active()) {
+      auto t = std::make_unique<Record>(std::move(record));
+      if (t->topic.empty()) {
+        t->topic = config_.topic;
+      }
+      if (txn_->Produce(t)) {
+        return;
+      }
+      record = std::move(*t);  // the transactions ended meanwhile
+    }
     auto* r = new Record(std::move(record));
     ReaderLock alive(alive_mu_);  // Stop() destroys the producer under the unique lock
     if (rk_ == nullptr) {
@@ -89,20 +105,7 @@ class KafkaSink final : public Sink {
       return;
     }
     const std::string& topic = r->topic.empty() ? config_.topic : r->topic;
-    rd_kafka_headers_t* headers = rd_kafka_headers_new(4 + r->headers.size());
-    auto header = [&](const std::string& k, std::string_view v) {
-      rd_kafka_header_add(headers, k.data(), static_cast<ssize_t>(k.size()), v.data(),
-                          static_cast<ssize_t>(v.size()));
-    };
-    header("gnomon-rule", r->rule);
-    header("gnomon-device", r->device);
-    header("gnomon-source-topic", r->source_topic);
-    if (r->json && !r->null_value) {
-      header("content-type", "application/json");
-    }
-    for (const auto& [k, v] : r->headers) {
-      header(k, v);
-    }
+    rd_kafka_headers_t* headers = RecordHeaders(*r);
     while (true) {
       if (stopping_.load(std::memory_order_acquire)) {
         rd_kafka_headers_destroy(headers);
@@ -135,6 +138,9 @@ class KafkaSink final : public Sink {
   void Stop(Deadline deadline) override {
     if (rk_ == nullptr || stopped_.exchange(true)) {
       return;
+    }
+    if (txn_ != nullptr) {
+      txn_->Finish(deadline);  // the last transaction commits before this sink goes
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                   deadline - std::chrono::steady_clock::now())
@@ -292,6 +298,7 @@ class KafkaSink final : public Sink {
   std::atomic<bool> brokers_down_{false};
   Mutex failed_mu_;
   std::set<std::string> failed_topics_ GNOMON_GUARDED_BY(failed_mu_);
+  std::shared_ptr<TxnProducer> txn_;  // the connection's, when a source runs exactly-once
 };
 
 class KafkaSinkFactory final : public TypedSinkFactory<KafkaSinkConfig> {

@@ -5,8 +5,11 @@
 // loses nothing: consumption restarts at the first unfinished message (at-least-once).
 // On revocation the source waits for the partition's in-flight messages and commits before it
 // lets go, so two owners never process the same message at once.
+// With `delivery: exactly_once` the offsets are not committed on their own but sent in the
+// Kafka transaction that holds the messages' records (kafka_txn.h).
 #include <fmt/format.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -25,6 +28,7 @@
 #include "gnomon/core/plugin_context.h"
 #include "gnomon/core/source.h"
 #include "kafka_common.h"
+#include "kafka_txn.h"
 
 namespace gnomon::connectors::kafka {
 namespace {
@@ -40,6 +44,13 @@ struct KafkaSourceConfig {
   int64_t max_inflight = 5000;
   int64_t commit_interval_ms = 1000;
   size_t max_payload_bytes = 1 << 20;
+  // Exactly-once: transactions through the connection's shared producer.
+  bool exactly_once = false;
+  ClientSettings producer_settings;  // the connection's, for the transactional producer
+  std::string transactional_id;
+  int64_t transaction_ms = 100;
+  int64_t transaction_messages = 10000;
+  int64_t transaction_timeout_ms = 10000;
 };
 
 using PartitionKey = std::pair<std::string, int32_t>;
@@ -63,6 +74,7 @@ class KafkaAck final : public AckHandle {
   std::string Origin() const override {
     return fmt::format("{}[{}]@{}", key_.first, key_.second, offset_);
   }
+  const void* Scope() const override;
 
  private:
   KafkaSource* src_;
@@ -85,11 +97,27 @@ class KafkaSource final : public Source {
     lag_gauge_ = ctx.metrics.GetGauge("gnomon_kafka_inflight",
                                       "Messages taken from Kafka and not yet finished",
                                       {{"source", name_}});
+    if (config_.exactly_once) {
+      // Shared with the Kafka sinks of this connection (they send through it while it runs).
+      auto make = [&] { return new TxnProducer(ctx.reporter, ctx.metrics); };
+      txn_ = ctx.shared != nullptr ? ctx.shared->Get<TxnProducer>(ctx.connection, make)
+                                   : std::shared_ptr<TxnProducer>(make());
+    }
   }
+
+  const void* scope() const { return txn_.get(); }
 
   ~KafkaSource() override {
     Stop();
-    if (rk_ != nullptr) {
+    if (txn_ != nullptr) {
+      txn_->Finish(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+      txn_->Close();
+    }
+    if (rk_ != nullptr && txn_ != nullptr) {
+      closing_ = true;
+      rd_kafka_consumer_close(rk_);  // (the revocation commits nothing: Finish did)
+      rd_kafka_destroy(rk_);
+    } else if (rk_ != nullptr) {
       // Everything acknowledged by now is committed; what is not (abandoned at shutdown) is
       // consumed again by the next owner.
       CommitDone(/*sync=*/true);
@@ -101,13 +129,20 @@ class KafkaSource final : public Source {
 
   Status Start(Ingest& ingest) override {
     ingest_ = &ingest;
+    Properties fixed = {{"group.id", config_.group},
+                        {"enable.auto.commit", "false"},
+                        {"enable.auto.offset.store", "false"},
+                        {"auto.offset.reset", config_.start},
+                        {"client.id", "gnomon-" + name_}};
+    if (txn_ != nullptr) {
+      // Exactly-once reads only committed input, and revokes all partitions at once (a
+      // transaction holds records of all of them: it commits or aborts as a whole).
+      fixed["isolation.level"] = "read_committed";
+      fixed["partition.assignment.strategy"] = "range,roundrobin";
+    }
     GNOMON_ASSIGN_OR_RETURN(
         rd_kafka_conf_t * conf,
-        MakeConf(config_.settings, {{"group.id", config_.group},
-                                    {"enable.auto.commit", "false"},
-                                    {"enable.auto.offset.store", "false"},
-                                    {"auto.offset.reset", config_.start},
-                                    {"client.id", "gnomon-" + name_}},
+        MakeConf(config_.settings, fixed,
                  // A crashed member's partitions move on within seconds, not librdkafka's 45 s;
                  // the poll loop never stops polling for long (it pauses instead).
                  {{"session.timeout.ms", "10000"},
@@ -130,6 +165,11 @@ class KafkaSource final : public Source {
       return Unavailable(fmt::format("kafka source {}: {}", name_, err));
     }
     rd_kafka_poll_set_consumer(rk_);
+    if (txn_ != nullptr) {
+      GNOMON_RETURN_IF_ERROR(txn_->Start(config_.producer_settings, config_.transactional_id,
+                                         config_.transaction_timeout_ms, name_,
+                                         [this](Deadline d) { FinishTransactions(d); }));
+    }
     rd_kafka_topic_partition_list_t* topics =
         rd_kafka_topic_partition_list_new(static_cast<int>(config_.topics.size()));
     for (const auto& t : config_.topics) {
@@ -152,7 +192,8 @@ class KafkaSource final : public Source {
   }
 
   bool Ready() const override {
-    return rk_ != nullptr && !brokers_down_.load(std::memory_order_relaxed);
+    return rk_ != nullptr && !brokers_down_.load(std::memory_order_relaxed) &&
+           (txn_ == nullptr || txn_->Active());
   }
 
   void Done(const PartitionKey& key, int64_t offset, uint64_t generation, bool done) {
@@ -166,6 +207,8 @@ class KafkaSource final : public Source {
                                     [](const auto& a, const auto& b) { return a.first < b.first; });
         if (pos != t.pending.end() && pos->first == offset && done) {
           pos->second = true;
+        } else if (!done) {
+          abandoned_ = true;
         }
         while (!t.pending.empty() && t.pending.front().second) {
           t.next_commit = t.pending.front().first + 1;
@@ -182,12 +225,28 @@ class KafkaSource final : public Source {
     pthread_setname_np(pthread_self(), "gnomon-kafka-c");
     auto last_commit = std::chrono::steady_clock::now();
     bool paused = false;
+    bool stopped_consuming = false;
     ReachabilityProbe probe;
     const std::string who = "source " + name_;
     while (!st.stop_requested()) {
       probe.Check(rk_, brokers_down_, who);
       auto now = std::chrono::steady_clock::now();
-      if (now - last_commit >= std::chrono::milliseconds(config_.commit_interval_ms)) {
+      if (txn_ != nullptr) {
+        if (!txn_->Active()) {
+          if (!stopped_consuming) {
+            // Fenced: another instance owns this transactional id. Leave the group so the
+            // partitions move on; this instance reports not ready until restarted.
+            stopped_consuming = true;
+            rd_kafka_unsubscribe(rk_);
+          }
+        } else if (taken_ >= config_.transaction_messages ||
+                   (now - last_commit >= std::chrono::milliseconds(config_.transaction_ms) &&
+                    (taken_ > 0 || txn_->Open() > 0))) {
+          CommitTransaction([&] { return st.stop_requested(); });
+          last_commit = std::chrono::steady_clock::now();
+          continue;
+        }
+      } else if (now - last_commit >= std::chrono::milliseconds(config_.commit_interval_ms)) {
         CommitDone(/*sync=*/false);
         last_commit = now;
       }
@@ -257,6 +316,7 @@ class KafkaSource final : public Source {
       generation = it->second.generation;
       inflight_++;
     }
+    taken_++;
     auto ack = std::make_unique<KafkaAck>(this, key, msg->offset, generation);
     Message m;
     m.topic = key.first;
@@ -295,6 +355,89 @@ class KafkaSource final : public Source {
     }
     m.device = std::move(device).value();
     ingest_->Submit(std::move(m), std::move(ack));  // blocks while the engine is full
+  }
+
+  // Exactly-once: takes no more messages until every one handed out is finished (their records
+  // are in the open transaction), then commits the transaction with their offsets. On the poll
+  // thread, or as the last step once it has stopped.
+  void CommitTransaction(const TxnProducer::GiveUp& give_up) {
+    bool abandoned = false;
+    {
+      MutexLock lock(mu_);
+      while (inflight_ > 0) {
+        if (give_up()) {
+          return;
+        }
+        if (txn_->NeedsAbort()) {
+          lock.Unlock();
+          TxnProducer::Outcome o = txn_->Redo(give_up);
+          lock.Lock();
+          if (o != TxnProducer::Outcome::kRedone) {
+            return;
+          }
+          continue;
+        }
+        cv_.wait_for(lock.native(), std::chrono::milliseconds(20));
+      }
+      abandoned = abandoned_;
+      abandoned_ = false;
+    }
+    if (abandoned) {
+      // A message given up half-way (shutdown) may have some of its records in the
+      // transaction but its offset cannot commit: abort, and let its partition's next owner
+      // process the transaction's messages again.
+      txn_->AbortScoped(give_up);
+      taken_ = 0;
+      return;
+    }
+    rd_kafka_topic_partition_list_t* offsets = rd_kafka_topic_partition_list_new(8);
+    {
+      MutexLock lock(mu_);
+      for (auto& [key, t] : tracks_) {
+        if (t.next_commit > t.committed) {
+          rd_kafka_topic_partition_list_add(offsets, key.first.c_str(), key.second)->offset =
+              t.next_commit;
+        }
+      }
+    }
+    rd_kafka_consumer_group_metadata_t* group = rd_kafka_consumer_group_metadata(rk_);
+    TxnProducer::Outcome o = txn_->Commit(offsets, group, give_up);
+    rd_kafka_consumer_group_metadata_destroy(group);
+    if (o == TxnProducer::Outcome::kCommitted) {
+      taken_ = 0;
+      if (offsets->cnt > 0) {
+        commits_->Inc();
+      }
+      MutexLock lock(mu_);
+      for (int i = 0; i < offsets->cnt; ++i) {
+        auto it = tracks_.find({offsets->elems[i].topic, offsets->elems[i].partition});
+        if (it != tracks_.end()) {
+          it->second.committed = std::max(it->second.committed, offsets->elems[i].offset);
+        }
+      }
+    }
+    rd_kafka_topic_partition_list_destroy(offsets);
+  }
+
+  // Exactly-once, the last step (the engine stopping, its workers done): commits what is
+  // finished, or aborts if something is still in flight (those messages are processed again by
+  // the next owner of their partitions).
+  void FinishTransactions(Deadline deadline) {
+    deadline = std::max(deadline, std::chrono::steady_clock::now() + std::chrono::seconds(2));
+    auto give_up = [deadline] { return std::chrono::steady_clock::now() >= deadline; };
+    bool idle = false;
+    {
+      MutexLock lock(mu_);
+      idle = cv_.wait_until(lock.native(), deadline, [&] {
+        mu_.AssertHeld();
+        return inflight_ == 0;
+      });
+    }
+    if (idle) {
+      CommitTransaction(give_up);
+    } else {
+      txn_->AbortScoped(give_up);
+    }
   }
 
   int64_t Inflight() {
@@ -407,18 +550,35 @@ class KafkaSource final : public Source {
       }
       return n;
     };
-    if (!closing_) {
+    // Exactly-once: a lost assignment (this member was thrown out of the group) may already
+    // belong to another instance, so nothing of it may commit.
+    bool transactional = txn_ != nullptr && txn_->Active() && !closing_;
+    bool lost = transactional && rd_kafka_assignment_lost(rk) != 0;
+    bool drained = true;
+    if (!closing_ && !lost) {
       MutexLock lock(mu_);
       if (!cv_.wait_for(lock.native(), kRevokeWait, [&] {
             mu_.AssertHeld();
             return in_flight() == 0;
           })) {
+        drained = false;
         log::Warn("kafka partitions revoked with messages still in flight; the next owner may "
                   "process them again",
                   {{"source", name_}, {"in_flight", std::to_string(in_flight())}});
       }
     }
-    CommitDone(/*sync=*/true, parts);
+    if (txn_ == nullptr) {
+      CommitDone(/*sync=*/true, parts);
+    } else if (transactional) {
+      auto until = std::chrono::steady_clock::now() + kRevokeWait;
+      auto give_up = [until] { return std::chrono::steady_clock::now() >= until; };
+      if (lost || !drained) {
+        txn_->AbortScoped(give_up);
+        taken_ = 0;
+      } else {
+        CommitTransaction(give_up);
+      }
+    }
     {
       MutexLock lock(mu_);
       for (int i = 0; i < parts->cnt; ++i) {
@@ -463,8 +623,11 @@ class KafkaSource final : public Source {
   std::map<PartitionKey, Track> tracks_ GNOMON_GUARDED_BY(mu_);
   int64_t inflight_ GNOMON_GUARDED_BY(mu_) = 0;
   uint64_t generation_ GNOMON_GUARDED_BY(mu_) = 0;
+  bool abandoned_ GNOMON_GUARDED_BY(mu_) = false;  // a message was given up since the last commit
   std::atomic<bool> brokers_down_{false};
   std::atomic<bool> closing_{false};
+  std::shared_ptr<TxnProducer> txn_;  // exactly-once only
+  int64_t taken_ = 0;                 // messages taken since the last commit (poll thread)
   std::chrono::steady_clock::time_point full_since_{};  // poll thread only
   Counter* commits_;
   Counter* commit_failures_;
@@ -475,6 +638,7 @@ class KafkaSource final : public Source {
 
 void KafkaAck::Ack() { src_->Done(key_, offset_, generation_, true); }
 void KafkaAck::Abandon() { src_->Done(key_, offset_, generation_, false); }
+const void* KafkaAck::Scope() const { return src_->scope(); }
 
 class KafkaSourceFactory final : public TypedSourceFactory<KafkaSourceConfig> {
  public:
@@ -496,6 +660,21 @@ class KafkaSourceFactory final : public TypedSourceFactory<KafkaSourceConfig> {
     c.max_inflight = cfg.GetInt("max_inflight", 5000);
     c.commit_interval_ms = cfg.GetInt("commit_interval_ms", 1000);
     c.max_payload_bytes = static_cast<size_t>(cfg.GetInt("max_payload_bytes", 1 << 20));
+    c.exactly_once = cfg.GetString("delivery", "at_least_once") == "exactly_once";
+    if (c.exactly_once) {
+      ConfigValue none;
+      none.SetKind(ConfigValue::Kind::kMap);
+      GNOMON_ASSIGN_OR_RETURN(c.producer_settings, Settings(*ctx.connection, none));
+      c.transaction_ms = cfg.GetInt("transaction_ms", 100);
+      c.transaction_messages = cfg.GetInt("transaction_messages", 10000);
+      c.transaction_timeout_ms = cfg.GetInt("transaction_timeout_ms", 10000);
+      c.transactional_id = cfg.GetString("transactional_id", "");
+      if (c.transactional_id.empty()) {
+        char host[256] = {};
+        gethostname(host, sizeof host - 1);
+        c.transactional_id = fmt::format("gnomon-{}-{}-{}", c.group, ctx.name, host);
+      }
+    }
     return c;
   }
   Result<std::unique_ptr<Source>> CreateTyped(KafkaSourceConfig c, PluginContext& ctx) override {

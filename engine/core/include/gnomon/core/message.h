@@ -34,6 +34,9 @@ class AckHandle {
   // Where the message is kept at its source, for dead letters and logs (Kafka:
   // "topic[partition]@offset"); empty when the source keeps no position.
   virtual std::string Origin() const { return {}; }
+  // Acknowledgements that complete inside one transaction share a scope (the Kafka source
+  // running exactly-once: its transaction). Null: none.
+  virtual const void* Scope() const { return nullptr; }
 };
 
 // Counts the outstanding effects of one source message. Starts with one hold (the processing

@@ -11,6 +11,7 @@
 #include "gnomon/core/config.h"
 #include "gnomon/core/metrics.h"
 #include "gnomon/core/record.h"
+#include "gnomon/core/shared_objects.h"
 
 namespace gnomon {
 
@@ -31,6 +32,8 @@ struct PluginContext {
   // Topic prefixes that are gnomon's own (shadow requests and answers, presence events): a
   // source that takes topics from clients (HTTP ingest) refuses them.
   std::vector<std::string> reserved_topic_prefixes;
+  // Objects shared with the engine's other connectors (keyed by `connection`, say).
+  SharedObjects* shared = nullptr;
 };
 
 }  // namespace gnomon
