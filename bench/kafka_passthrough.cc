@@ -5,6 +5,11 @@
 // report, commits, and prints {"records", "seconds", "records_per_s"}. Also a loader:
 //   gnomon-kafka-bench load BOOTSTRAP TOPIC COUNT DEVICES
 //   gnomon-kafka-bench pass BOOTSTRAP IN OUT GROUP COUNT
+// and the exactly-once baseline for bench/kafka_eos.sh: the same loop in transactions
+// committed every 100 ms with the consumed offsets (send_offsets_to_transaction):
+//   gnomon-kafka-bench txpass BOOTSTRAP IN OUT GROUP COUNT
+// and what a group has committed on a topic (the sum over its partitions):
+//   gnomon-kafka-bench committed BOOTSTRAP GROUP TOPIC PARTITIONS
 #include <librdkafka/rdkafka.h>
 
 #include <atomic>
@@ -116,6 +121,94 @@ int Pass(const std::string& bootstrap, const std::string& in, const std::string&
   return 0;
 }
 
+void Check(rd_kafka_error_t* e, const char* what) {
+  if (e != nullptr) {
+    std::fprintf(stderr, "%s: %s\n", what, rd_kafka_error_string(e));
+    std::exit(1);
+  }
+}
+
+int TxPass(const std::string& bootstrap, const std::string& in, const std::string& out,
+           const std::string& group, long count) {
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  char err[256];
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+  rd_kafka_conf_set(conf, "linger.ms", "5", err, sizeof err);
+  rd_kafka_conf_set(conf, "transactional.id", ("bench-" + group).c_str(), err, sizeof err);
+  rd_kafka_t* p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  rd_kafka_t* c = Client(RD_KAFKA_CONSUMER, bootstrap, group);
+  Check(rd_kafka_init_transactions(p, 30000), "init_transactions");
+  Check(rd_kafka_begin_transaction(p), "begin_transaction");
+  rd_kafka_poll_set_consumer(c);
+  rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(topics, in.c_str(), RD_KAFKA_PARTITION_UA);
+  rd_kafka_subscribe(c, topics);
+  rd_kafka_topic_partition_list_destroy(topics);
+  auto commit = [&] {
+    rd_kafka_topic_partition_list_t* offsets = nullptr;
+    rd_kafka_assignment(c, &offsets);
+    rd_kafka_position(c, offsets);
+    rd_kafka_consumer_group_metadata_t* meta = rd_kafka_consumer_group_metadata(c);
+    Check(rd_kafka_send_offsets_to_transaction(p, offsets, meta, 30000), "send_offsets");
+    rd_kafka_consumer_group_metadata_destroy(meta);
+    rd_kafka_topic_partition_list_destroy(offsets);
+    Check(rd_kafka_commit_transaction(p, 30000), "commit_transaction");
+  };
+  long consumed = 0;
+  std::chrono::steady_clock::time_point t0, last;
+  while (consumed < count) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(c, 100);
+    if (m != nullptr && m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      if (consumed++ == 0) {
+        t0 = last = std::chrono::steady_clock::now();
+      }
+      while (rd_kafka_producev(p, RD_KAFKA_V_TOPIC(out.c_str()),
+                               RD_KAFKA_V_VALUE(m->payload, m->len),
+                               RD_KAFKA_V_KEY(m->key, m->key_len),
+                               RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                               RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        rd_kafka_poll(p, 5);
+      }
+      rd_kafka_poll(p, 0);
+    }
+    if (m != nullptr) {
+      rd_kafka_message_destroy(m);
+    }
+    if (consumed > 0 && std::chrono::steady_clock::now() - last >= std::chrono::milliseconds(100)) {
+      commit();
+      Check(rd_kafka_begin_transaction(p), "begin_transaction");
+      last = std::chrono::steady_clock::now();
+    }
+  }
+  commit();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf(R"({"records":%ld,"seconds":%.3f,"records_per_s":%.0f})" "\n", count, secs,
+              static_cast<double>(count) / secs);
+  rd_kafka_consumer_close(c);
+  rd_kafka_destroy(c);
+  rd_kafka_destroy(p);
+  return 0;
+}
+
+int Committed(const std::string& bootstrap, const std::string& group, const std::string& topic,
+              int partitions) {
+  rd_kafka_t* c = Client(RD_KAFKA_CONSUMER, bootstrap, group);
+  rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(partitions);
+  for (int i = 0; i < partitions; ++i) {
+    rd_kafka_topic_partition_list_add(parts, topic.c_str(), i);
+  }
+  long sum = 0;
+  if (rd_kafka_committed(c, parts, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    for (int i = 0; i < parts->cnt; ++i) {
+      sum += parts->elems[i].offset > 0 ? parts->elems[i].offset : 0;
+    }
+  }
+  std::printf("%ld\n", sum);
+  rd_kafka_topic_partition_list_destroy(parts);
+  rd_kafka_destroy(c);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -126,8 +219,16 @@ int main(int argc, char** argv) {
   if (mode == "pass" && argc == 7) {
     return Pass(argv[2], argv[3], argv[4], argv[5], std::atol(argv[6]));
   }
+  if (mode == "committed" && argc == 6) {
+    return Committed(argv[2], argv[3], argv[4], std::atoi(argv[5]));
+  }
+  if (mode == "txpass" && argc == 7) {
+    return TxPass(argv[2], argv[3], argv[4], argv[5], std::atol(argv[6]));
+  }
   std::fprintf(stderr,
                "usage: gnomon-kafka-bench load BOOTSTRAP TOPIC COUNT DEVICES\n"
-               "       gnomon-kafka-bench pass BOOTSTRAP IN OUT GROUP COUNT\n");
+               "       gnomon-kafka-bench pass BOOTSTRAP IN OUT GROUP COUNT\n"
+               "       gnomon-kafka-bench txpass BOOTSTRAP IN OUT GROUP COUNT\n"
+               "       gnomon-kafka-bench committed BOOTSTRAP GROUP TOPIC PARTITIONS\n");
   return 2;
 }
