@@ -786,6 +786,71 @@ TEST_F(TestBrokerTest, ExactlyOnceAFencedInstanceLeavesItsPartitions) {
   EXPECT_EQ(b.Wait(), 0) << b.Stderr();
 }
 
+// Exactly-once through rebalances: a second instance (its own transactional id) joins the group
+// mid-stream, then the first stops mid-stream; each revocation commits the open transaction
+// before letting go. Every input's alert is there exactly once, each device's in order.
+TEST_F(TestBrokerTest, ExactlyOnceThroughRebalances) {
+  const std::string telemetry = Topic("rebal-in", 4);
+  const std::string alerts_topic = Topic("rebal-out", 2);
+  constexpr int kInputs = 30000;
+  testing::TempDir a_dir, b_dir;
+  for (auto [dir, id] : {std::pair{&a_dir, "a"}, std::pair{&b_dir, "b"}}) {
+    dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
+                            "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
+                            "msg.payload.n }) end }");
+    dir->Write("g.yaml",
+               "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" + bootstrap() +
+                   "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + telemetry +
+                   "], group: " + Id("rebal") +
+                   ", transactional_id: " + Id(std::string("rebal-") + id) +
+                   ", device: key, delivery: exactly_once,\n      properties: { "
+                   "session.timeout.ms: " +
+                   (real() ? "6000" : "2000") +
+                   ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: "
+                   "bus, topic: " +
+                   alerts_topic + " }\nrules: [r.lua]\n");
+  }
+  std::thread feed([&] {
+    Producer producer(bootstrap());
+    for (int i = 0; i < kInputs; ++i) {
+      producer.Send(telemetry, "d" + std::to_string(i % 20), "{\"n\":" + std::to_string(i) + "}");
+      if (i % 1000 == 999) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      }
+    }
+    EXPECT_TRUE(producer.Flush());
+  });
+  Consumer alerts(bootstrap(), alerts_topic, 2);
+  std::vector<testing::KafkaRecord> got;
+  auto read = [&](size_t want) {
+    std::vector<testing::KafkaRecord> more =
+        alerts.Read(want - got.size(), std::chrono::seconds(60));
+    got.insert(got.end(), more.begin(), more.end());
+    return got.size();
+  };
+  testing::Process a({GNOMON_BINARY, "run", "-c", a_dir.File("g.yaml")}, a_dir.path());
+  ASSERT_EQ(read(3000), 3000u) << a.Stderr();
+  testing::Process b({GNOMON_BINARY, "run", "-c", b_dir.File("g.yaml")}, b_dir.path());
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return b.Stderr().find("kafka partitions assigned") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << b.Stderr();
+  ASSERT_EQ(read(12000), 12000u) << b.Stderr();
+  a.Signal(SIGTERM);  // leaves mid-stream: its partitions move to b
+  EXPECT_EQ(a.Wait(), 0) << a.Stderr();
+  ASSERT_EQ(read(kInputs), static_cast<size_t>(kInputs)) << b.Stderr();
+  feed.join();
+  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
+  std::set<int64_t> ns;
+  for (const testing::KafkaRecord& r : got) {
+    ns.insert(FieldN(r.value));
+  }
+  EXPECT_EQ(ns.size(), static_cast<size_t>(kInputs));
+  EXPECT_NE(a.Stderr().find("kafka partitions revoked"), std::string::npos) << a.Stderr();
+  b.Signal(SIGTERM);
+  EXPECT_EQ(b.Wait(), 0) << b.Stderr();
+}
+
 // The tool: the same broker in its own process, as a developer runs it (and as a
 // GNOMON_TEST_KAFKA target for this suite): it prints its address, kcat creates a topic by
 // producing to it and reads it back, SIGTERM stops it cleanly.
