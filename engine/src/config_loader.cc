@@ -452,19 +452,19 @@ void LoadDelivery(AppConfig& app, ConfigErrors& errors) {
     }
   }
   if (app.dead_letter_sink.empty()) {
-    app.warnings.push_back(
+    app.warnings.emplace_back(
         "dead letters go to data_dir/dead-letter.jsonl, at-least-once: a message processed "
         "again after a crash may be dead-lettered twice (set dead_letter.sink to a kafka sink on "
         "the exactly_once source's connection to put them in its transactions)");
   }
   if (!app.shadows.changelog_topic.empty() &&
       transactional.count(app.shadows.changelog_connection) == 0) {
-    app.warnings.push_back(
+    app.warnings.emplace_back(
         "shadows.changelog is on another connection than the exactly_once source: it stays "
         "at-least-once");
   }
   if (app.root.Get("shadows") != nullptr) {
-    app.warnings.push_back(
+    app.warnings.emplace_back(
         "shadows and rule state (ctx.state) live in data_dir, outside Kafka's transactions: the "
         "messages of a transaction open at a crash are applied to them again when processed "
         "again (their Kafka output is still written once)");
