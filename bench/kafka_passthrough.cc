@@ -70,6 +70,17 @@ int Load(const std::string& bootstrap, const std::string& topic, long count, lon
   return 0;
 }
 
+// Produces a copy of `m` (key and value) to `out`, waiting while the producer queue is full.
+void Forward(rd_kafka_t* p, const rd_kafka_message_t* m, const std::string& out) {
+  while (rd_kafka_producev(p, RD_KAFKA_V_TOPIC(out.c_str()), RD_KAFKA_V_VALUE(m->payload, m->len),
+                           RD_KAFKA_V_KEY(m->key, m->key_len),
+                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                           RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+    rd_kafka_poll(p, 5);
+  }
+  rd_kafka_poll(p, 0);
+}
+
 int Pass(const std::string& bootstrap, const std::string& in, const std::string& out,
          const std::string& group, long count) {
   rd_kafka_t* c = Client(RD_KAFKA_CONSUMER, bootstrap, group);
@@ -94,14 +105,7 @@ int Pass(const std::string& bootstrap, const std::string& in, const std::string&
       if (consumed++ == 0) {
         t0 = std::chrono::steady_clock::now();
       }
-      while (rd_kafka_producev(p, RD_KAFKA_V_TOPIC(out.c_str()),
-                               RD_KAFKA_V_VALUE(m->payload, m->len),
-                               RD_KAFKA_V_KEY(m->key, m->key_len),
-                               RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                               RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-        rd_kafka_poll(p, 5);
-      }
-      rd_kafka_poll(p, 0);
+      Forward(p, m, out);
     }
     rd_kafka_message_destroy(m);
     if (consumed % 10000 == 0) {
@@ -162,14 +166,7 @@ int TxPass(const std::string& bootstrap, const std::string& in, const std::strin
       if (consumed++ == 0) {
         t0 = last = std::chrono::steady_clock::now();
       }
-      while (rd_kafka_producev(p, RD_KAFKA_V_TOPIC(out.c_str()),
-                               RD_KAFKA_V_VALUE(m->payload, m->len),
-                               RD_KAFKA_V_KEY(m->key, m->key_len),
-                               RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                               RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-        rd_kafka_poll(p, 5);
-      }
-      rd_kafka_poll(p, 0);
+      Forward(p, m, out);
     }
     if (m != nullptr) {
       rd_kafka_message_destroy(m);

@@ -235,6 +235,35 @@ class TestBrokerTest : public ::testing::Test {
     rd_kafka_destroy(rk);
     return topic;
   }
+  // A gnomon config for the exactly-once tests: source `in` on `input` (group and transactional
+  // id of their own, a short session so a restart takes over quickly), sink `out` to `output`;
+  // `more` is appended (more sinks' entries start with "  - ", then top-level keys).
+  std::string EosConfig(const std::string& input, const std::string& output,
+                        const std::string& group, const std::string& transactional_id,
+                        const std::string& more_sinks = "", const std::string& more = "") {
+    return "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" + bootstrap_ +
+           "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + input +
+           "], group: " + Id(group) + ", transactional_id: " + Id(transactional_id) +
+           ", device: key, delivery: exactly_once,\n      properties: { session.timeout.ms: " +
+           (real() ? "6000" : "2000") +  // (Kafka's least by default: 6 s)
+           ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: bus, topic: " +
+           output + " }\n" + more_sinks + more + "rules: [r.lua]\n";
+  }
+  // Produces `n` records {"n":i} keyed d{i % devices} to `topic` on a thread, pausing `pause`
+  // after every 1000 (so the input arrives over a while).
+  std::thread Feed(const std::string& topic, int n, int devices, std::chrono::milliseconds pause) {
+    return std::thread([this, topic, n, devices, pause] {
+      Producer producer(bootstrap_);
+      for (int i = 0; i < n; ++i) {
+        producer.Send(topic, "d" + std::to_string(i % devices),
+                      "{\"n\":" + std::to_string(i) + "}");
+        if (i % 1000 == 999) {
+          std::this_thread::sleep_for(pause);
+        }
+      }
+      EXPECT_TRUE(producer.Flush());
+    });
+  }
   KafkaTestBroker broker_{{.port = 0, .partitions = 3}};
   std::string bootstrap_;
   std::string suffix_;
@@ -629,32 +658,15 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughKill9) {
                          "    if msg.payload.n % 1000 == 13 then error(\"unlucky \" .. "
                          "msg.payload.n) end\n"
                          "    ctx.emit(\"out\", { d = msg.device, n = msg.payload.n })\n  end }");
-  dir.Write("g.yaml",
-            "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" + bootstrap() +
-                "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + telemetry +
-                "], group: " + Id("eos") + ", transactional_id: " + Id("eos-1") +
-                ", device: key, delivery: exactly_once,\n      properties: { session.timeout.ms: " +
-                (real() ? "6000" : "2000") +  // (Kafka's least by default: 6 s)
-                ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: "
-                "bus, topic: " +
-                alerts_topic + " }\n  - { name: dlq, connection: bus, topic: " + dlq_topic +
-                " }\ndead_letter: { sink: dlq, per_device_per_s: 0 }\nrules: [r.lua]\n");
+  dir.Write("g.yaml", EosConfig(telemetry, alerts_topic, "eos", "eos-1",
+                                "  - { name: dlq, connection: bus, topic: " + dlq_topic + " }\n",
+                                "dead_letter: { sink: dlq, per_device_per_s: 0 }\n"));
   int expected = 0;
   for (int i = 0; i < kInputs; ++i) {
     expected += fails(i) ? 0 : 1;
   }
   // The input arrives over several seconds while gnomon is killed and restarted.
-  std::thread feed([&] {
-    Producer producer(bootstrap());
-    for (int i = 0; i < kInputs; ++i) {
-      producer.Send(telemetry, "d" + std::to_string(i % kDevices),
-                    "{\"n\":" + std::to_string(i) + "}");
-      if (i % 1000 == 999) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(60));
-      }
-    }
-    EXPECT_TRUE(producer.Flush());
-  });
+  std::thread feed = Feed(telemetry, kInputs, kDevices, std::chrono::milliseconds(60));
   // Each run waits for its output to grow, then is killed a moment later (mid-transaction,
   // mostly: one commits every 100 ms).
   Consumer progress(bootstrap(), alerts_topic, 3);
@@ -738,27 +750,9 @@ TEST_F(TestBrokerTest, ExactlyOnceAFencedInstanceLeavesItsPartitions) {
     dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
                             "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
                             "msg.payload.n }) end }");
-    dir->Write("g.yaml",
-               "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" + bootstrap() +
-                   "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + telemetry +
-                   "], group: " + Id("fence") + ", transactional_id: " + Id("fence-shared") +
-                   ", device: key, delivery: exactly_once,\n      properties: { "
-                   "session.timeout.ms: " +
-                   (real() ? "6000" : "2000") +
-                   ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: "
-                   "bus, topic: " +
-                   alerts_topic + " }\nrules: [r.lua]\n");
+    dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "fence", "fence-shared"));
   }
-  std::thread feed([&] {
-    Producer producer(bootstrap());
-    for (int i = 0; i < kInputs; ++i) {
-      producer.Send(telemetry, "d" + std::to_string(i % 20), "{\"n\":" + std::to_string(i) + "}");
-      if (i % 1000 == 999) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-    }
-    EXPECT_TRUE(producer.Flush());
-  });
+  std::thread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(100));
   testing::Process a({GNOMON_BINARY, "run", "-c", a_dir.File("g.yaml")}, a_dir.path());
   Consumer alerts(bootstrap(), alerts_topic, 2);
   std::vector<testing::KafkaRecord> got = alerts.Read(500, std::chrono::seconds(30));
@@ -798,28 +792,9 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughRebalances) {
     dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
                             "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
                             "msg.payload.n }) end }");
-    dir->Write("g.yaml",
-               "data_dir: data\nconnections:\n  bus: { type: kafka, brokers: \"" + bootstrap() +
-                   "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + telemetry +
-                   "], group: " + Id("rebal") +
-                   ", transactional_id: " + Id(std::string("rebal-") + id) +
-                   ", device: key, delivery: exactly_once,\n      properties: { "
-                   "session.timeout.ms: " +
-                   (real() ? "6000" : "2000") +
-                   ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: "
-                   "bus, topic: " +
-                   alerts_topic + " }\nrules: [r.lua]\n");
+    dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "rebal", std::string("rebal-") + id));
   }
-  std::thread feed([&] {
-    Producer producer(bootstrap());
-    for (int i = 0; i < kInputs; ++i) {
-      producer.Send(telemetry, "d" + std::to_string(i % 20), "{\"n\":" + std::to_string(i) + "}");
-      if (i % 1000 == 999) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(150));
-      }
-    }
-    EXPECT_TRUE(producer.Flush());
-  });
+  std::thread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(150));
   Consumer alerts(bootstrap(), alerts_topic, 2);
   std::vector<testing::KafkaRecord> got;
   auto read = [&](size_t want) {

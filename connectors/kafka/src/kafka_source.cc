@@ -370,7 +370,7 @@ class KafkaSource final : public Source {
         }
         if (txn_->NeedsAbort()) {
           lock.Unlock();
-          TxnProducer::Outcome o = txn_->Redo(give_up);
+          TxnProducer::Outcome o = txn_->Abort(/*drop_scoped=*/false, give_up);
           lock.Lock();
           if (o != TxnProducer::Outcome::kRedone) {
             return;
@@ -386,7 +386,7 @@ class KafkaSource final : public Source {
       // A message given up half-way (shutdown) may have some of its records in the
       // transaction but its offset cannot commit: abort, and let its partition's next owner
       // process the transaction's messages again.
-      txn_->AbortScoped(give_up);
+      txn_->Abort(/*drop_scoped=*/true, give_up);
       taken_ = 0;
       return;
     }
@@ -436,7 +436,7 @@ class KafkaSource final : public Source {
     if (idle) {
       CommitTransaction(give_up);
     } else {
-      txn_->AbortScoped(give_up);
+      txn_->Abort(/*drop_scoped=*/true, give_up);
     }
   }
 
@@ -573,7 +573,7 @@ class KafkaSource final : public Source {
       auto until = std::chrono::steady_clock::now() + kRevokeWait;
       auto give_up = [until] { return std::chrono::steady_clock::now() >= until; };
       if (lost || !drained) {
-        txn_->AbortScoped(give_up);
+        txn_->Abort(/*drop_scoped=*/true, give_up);
         taken_ = 0;
       } else {
         CommitTransaction(give_up);

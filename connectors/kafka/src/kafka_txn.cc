@@ -439,26 +439,13 @@ TxnProducer::Outcome TxnProducer::AbortAndRedo(bool drop_scoped, const GiveUp& g
   return Outcome::kRedone;
 }
 
-TxnProducer::Outcome TxnProducer::Redo(const GiveUp& give_up) {
+TxnProducer::Outcome TxnProducer::Abort(bool drop_scoped, const GiveUp& give_up) {
   Reports reports;
   Outcome o = Outcome::kGaveUp;
   {
     WriterLock lock(txn_mu_);
     if (Active()) {
-      o = AbortAndRedo(false, give_up, reports);
-    }
-  }
-  MakeReports(reports);
-  return o;
-}
-
-TxnProducer::Outcome TxnProducer::AbortScoped(const GiveUp& give_up) {
-  Reports reports;
-  Outcome o = Outcome::kGaveUp;
-  {
-    WriterLock lock(txn_mu_);
-    if (Active()) {
-      o = AbortAndRedo(true, give_up, reports);
+      o = AbortAndRedo(drop_scoped, give_up, reports);
     }
   }
   MakeReports(reports);

@@ -54,7 +54,7 @@ class TxnProducer {
   // A sink: `r` (topic set) into the open transaction; the producer owns it. False (and `r`
   // untouched) when not active: the sink sends it its own way.
   bool Produce(std::unique_ptr<Record>& r);
-  // The open transaction hit an error that needs an abort: the source calls Redo.
+  // The open transaction hit an error that needs an abort: the source calls Abort(false).
   bool NeedsAbort() const { return needs_abort_.load(std::memory_order_acquire); }
 
   enum class Outcome { kCommitted, kRedone, kFenced, kGaveUp };
@@ -65,11 +65,10 @@ class TxnProducer {
   // producer is fenced or `give_up()`.
   Outcome Commit(const rd_kafka_topic_partition_list_t* offsets,
                  const rd_kafka_consumer_group_metadata_t* group, const GiveUp& give_up);
-  // Aborts the open transaction and begins it again with its records.
-  Outcome Redo(const GiveUp& give_up);
-  // Aborts the open transaction and drops the records of the source's messages (their
-  // partitions are gone: the next owner processes them again); the others are begun again.
-  Outcome AbortScoped(const GiveUp& give_up);
+  // Aborts the open transaction and begins it again with its records. With `drop_scoped`, the
+  // records of the source's messages are dropped instead (their partitions are gone, or a
+  // message was given up: they are processed again), the others begun again.
+  Outcome Abort(bool drop_scoped, const GiveUp& give_up);
   // Runs the source's finish step once (sinks call it as they stop, the source as it goes).
   void Finish(Deadline deadline);
   // No more transactions: what is still held is cancelled, the producer destroyed.
