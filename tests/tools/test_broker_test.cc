@@ -826,6 +826,57 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughRebalances) {
   EXPECT_EQ(b.Wait(), 0) << b.Stderr();
 }
 
+// Exactly-once through broker errors at commit: a retriable one (the group coordinator
+// loading) is retried; one that makes the transaction abortable (a group authorization
+// failure on the offsets) aborts it and begins it again with the same records, so no message
+// runs twice and every alert is still there once. The aborted records stay in the log, hidden
+// from read_committed.
+TEST_F(TestBrokerTest, ExactlyOnceAnAbortedTransactionIsRedoneWithItsRecords) {
+  if (real()) {
+    GTEST_SKIP() << "needs the test broker's error injection";
+  }
+  const std::string telemetry = Topic("redo-in", 2);
+  const std::string alerts_topic = Topic("redo-out", 2);
+  constexpr int kInputs = 6000;
+  testing::TempDir dir;
+  dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
+                         "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
+                         "msg.payload.n }) end }");
+  dir.Write("g.yaml", EosConfig(telemetry, alerts_topic, "redo", "redo-1"));
+  constexpr int16_t kTxnOffsetCommit = 28;
+  std::thread feed = Feed(telemetry, kInputs / 2, 20, std::chrono::milliseconds(100));
+  testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
+  Consumer alerts(bootstrap(), alerts_topic, 2);
+  std::vector<testing::KafkaRecord> got = alerts.Read(1000, std::chrono::seconds(30));
+  ASSERT_EQ(got.size(), 1000u) << gnomon.Stderr();
+  broker_.InjectError(kTxnOffsetCommit, 14, 3);  // COORDINATOR_LOAD_IN_PROGRESS: retried
+  broker_.InjectError(kTxnOffsetCommit, 30, 2);  // GROUP_AUTHORIZATION_FAILED: abortable
+  feed.join();
+  feed = Feed(telemetry, kInputs / 2, 20, std::chrono::milliseconds(100));  // n repeats: fine
+  std::vector<testing::KafkaRecord> rest =
+      alerts.Read(kInputs - got.size(), std::chrono::seconds(60));
+  got.insert(got.end(), rest.begin(), rest.end());
+  feed.join();
+  ASSERT_EQ(got.size(), static_cast<size_t>(kInputs)) << gnomon.Stderr();
+  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
+  std::map<int64_t, int> count;
+  for (const testing::KafkaRecord& r : got) {
+    count[FieldN(r.value)]++;
+  }
+  EXPECT_EQ(count.size(), static_cast<size_t>(kInputs / 2));
+  for (const auto& [n, c] : count) {
+    ASSERT_EQ(c, 2) << "input " << n << " (each n is sent twice)";
+  }
+  EXPECT_NE(gnomon.Stderr().find("kafka transaction could not commit; aborting it"),
+            std::string::npos)
+      << gnomon.Stderr();
+  Consumer raw(bootstrap(), alerts_topic, 2, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
+  EXPECT_GT(raw.Read(kInputs * 2, std::chrono::seconds(5)).size(), static_cast<size_t>(kInputs))
+      << "the aborted transactions' records are in the log";
+  gnomon.Signal(SIGTERM);
+  EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+}
+
 // The tool: the same broker in its own process, as a developer runs it (and as a
 // GNOMON_TEST_KAFKA target for this suite): it prints its address, kcat creates a topic by
 // producing to it and reads it back, SIGTERM stops it cleanly.

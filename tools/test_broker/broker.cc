@@ -11,6 +11,7 @@
 #include <boost/crc.hpp>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -363,6 +364,17 @@ struct KafkaTestBroker::Impl {
   uint16_t port = 0;
 
   mutable std::mutex mu;
+  // Errors to answer instead, by API key, the next requests of it (InjectError). Under mu.
+  std::map<int16_t, std::deque<int16_t>> injected;
+  int16_t TakeInjected(int16_t api) {
+    auto it = injected.find(api);
+    if (it == injected.end() || it->second.empty()) {
+      return 0;
+    }
+    int16_t e = it->second.front();
+    it->second.pop_front();
+    return e;
+  }
   std::map<std::string, std::vector<Partition>, std::less<>> topics;
   std::map<std::string, Transaction, std::less<>> transactions;  // by transactional id
   std::map<int64_t, int16_t> epochs;  // every producer id given out: its current epoch
@@ -1146,6 +1158,9 @@ std::string KafkaTestBroker::Impl::TxnOffsetCommit(int16_t version, Reader& r) {
   if (error == kNone && !t->open) {
     error = kInvalidTxnState;
   }
+  if (error == kNone) {
+    error = TakeInjected(kTxnOffsetCommit);
+  }
   int32_t topics_n = r.ArrayLength();
   w.Array(std::max(topics_n, 0));
   for (int32_t i = 0; i < topics_n && r.ok(); ++i) {
@@ -1694,6 +1709,13 @@ uint16_t KafkaTestBroker::port() const { return impl_->port; }
 
 std::string KafkaTestBroker::bootstrap() const {
   return "127.0.0.1:" + std::to_string(impl_->port);
+}
+
+void KafkaTestBroker::InjectError(int16_t api_key, int16_t error, int times) {
+  std::lock_guard lock(impl_->mu);
+  for (int i = 0; i < times; ++i) {
+    impl_->injected[api_key].push_back(error);
+  }
 }
 
 void KafkaTestBroker::CreateTopic(const std::string& name, int32_t partitions) {

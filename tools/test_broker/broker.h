@@ -43,6 +43,10 @@ class KafkaTestBroker {
   std::string bootstrap() const;  // "127.0.0.1:PORT"
 
   void CreateTopic(const std::string& name, int32_t partitions);
+  // The next `times` requests of API `api_key` are answered with `error` (Kafka's code) where
+  // the request can fail (for tests of clients' error handling). So far: TxnOffsetCommit (28),
+  // every partition of it.
+  void InjectError(int16_t api_key, int16_t error, int times = 1);
   // The record batches (v2, as stored: offsets assigned) of a partition, for tests.
   std::vector<std::string> Batches(const std::string& topic, int32_t partition) const;
 
