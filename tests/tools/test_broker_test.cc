@@ -251,8 +251,9 @@ class TestBrokerTest : public ::testing::Test {
   }
   // Produces `n` records {"n":i} keyed d{i % devices} to `topic` on a thread, pausing `pause`
   // after every 1000 (so the input arrives over a while).
-  std::thread Feed(const std::string& topic, int n, int devices, std::chrono::milliseconds pause) {
-    return std::thread([this, topic, n, devices, pause] {
+  // (A std::jthread: a failed assertion leaves the test with it joined, not terminated.)
+  std::jthread Feed(const std::string& topic, int n, int devices, std::chrono::milliseconds pause) {
+    return std::jthread([this, topic, n, devices, pause] {
       Producer producer(bootstrap_);
       for (int i = 0; i < n; ++i) {
         producer.Send(topic, "d" + std::to_string(i % devices),
@@ -666,7 +667,7 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughKill9) {
     expected += fails(i) ? 0 : 1;
   }
   // The input arrives over several seconds while gnomon is killed and restarted.
-  std::thread feed = Feed(telemetry, kInputs, kDevices, std::chrono::milliseconds(60));
+  std::jthread feed = Feed(telemetry, kInputs, kDevices, std::chrono::milliseconds(60));
   // Each run waits for its output to grow, then is killed a moment later (mid-transaction,
   // mostly: one commits every 100 ms).
   Consumer progress(bootstrap(), alerts_topic, 3);
@@ -752,7 +753,7 @@ TEST_F(TestBrokerTest, ExactlyOnceAFencedInstanceLeavesItsPartitions) {
                             "msg.payload.n }) end }");
     dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "fence", "fence-shared"));
   }
-  std::thread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(100));
+  std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(100));
   testing::Process a({GNOMON_BINARY, "run", "-c", a_dir.File("g.yaml")}, a_dir.path());
   Consumer alerts(bootstrap(), alerts_topic, 2);
   std::vector<testing::KafkaRecord> got = alerts.Read(500, std::chrono::seconds(30));
@@ -794,7 +795,7 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughRebalances) {
                             "msg.payload.n }) end }");
     dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "rebal", std::string("rebal-") + id));
   }
-  std::thread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(150));
+  std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(150));
   Consumer alerts(bootstrap(), alerts_topic, 2);
   std::vector<testing::KafkaRecord> got;
   auto read = [&](size_t want) {
@@ -844,7 +845,7 @@ TEST_F(TestBrokerTest, ExactlyOnceAnAbortedTransactionIsRedoneWithItsRecords) {
                          "msg.payload.n }) end }");
   dir.Write("g.yaml", EosConfig(telemetry, alerts_topic, "redo", "redo-1"));
   constexpr int16_t kTxnOffsetCommit = 28;
-  std::thread feed = Feed(telemetry, kInputs / 2, 20, std::chrono::milliseconds(100));
+  std::jthread feed = Feed(telemetry, kInputs / 2, 20, std::chrono::milliseconds(100));
   testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
   Consumer alerts(bootstrap(), alerts_topic, 2);
   std::vector<testing::KafkaRecord> got = alerts.Read(1000, std::chrono::seconds(30));
@@ -875,6 +876,67 @@ TEST_F(TestBrokerTest, ExactlyOnceAnAbortedTransactionIsRedoneWithItsRecords) {
       << "the aborted transactions' records are in the log";
   gnomon.Signal(SIGTERM);
   EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+}
+
+// Exactly-once against a zombie: an instance stopped (SIGSTOP) past its session loses its
+// partitions to another; when it resumes (SIGCONT) it may try to commit the transaction it had
+// open, but the broker refuses offsets from an old generation of the group (KIP-447), so it
+// aborts, rejoins, and every input's alert is still there exactly once.
+TEST_F(TestBrokerTest, ExactlyOnceAZombieCommitsNothing) {
+  const std::string telemetry = Topic("zombie-in", 4);
+  const std::string alerts_topic = Topic("zombie-out", 2);
+  constexpr int kInputs = 30000;
+  testing::TempDir a_dir, b_dir;
+  for (auto [dir, id] : {std::pair{&a_dir, "a"}, std::pair{&b_dir, "b"}}) {
+    dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
+                            "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
+                            "msg.payload.n }) end }");
+    dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "zombie", std::string("zombie-") + id));
+  }
+  std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(300));
+  Consumer alerts(bootstrap(), alerts_topic, 2);
+  std::vector<testing::KafkaRecord> got;
+  auto read = [&](size_t want) {
+    std::vector<testing::KafkaRecord> more =
+        alerts.Read(want - got.size(), std::chrono::seconds(60));
+    got.insert(got.end(), more.begin(), more.end());
+    return got.size();
+  };
+  testing::Process a({GNOMON_BINARY, "run", "-c", a_dir.File("g.yaml")}, a_dir.path());
+  ASSERT_EQ(read(2000), 2000u) << a.Stderr();
+  a.Signal(SIGSTOP);
+  testing::Process b({GNOMON_BINARY, "run", "-c", b_dir.File("g.yaml")}, b_dir.path());
+  // b gets partitions once a's session has run out (the group waits for a until then), and
+  // makes progress with them; only then does a wake up.
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return b.Stderr().find("kafka partitions assigned") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << b.Stderr();
+  std::vector<testing::KafkaRecord> more = alerts.Read(kInputs, std::chrono::seconds(1));
+  got.insert(got.end(), more.begin(), more.end());
+  size_t target = got.size() + 2000;
+  ASSERT_LT(target, static_cast<size_t>(kInputs)) << "the input should still be coming";
+  ASSERT_EQ(read(target), target) << b.Stderr();
+  a.Signal(SIGCONT);
+  ASSERT_EQ(read(kInputs), static_cast<size_t>(kInputs)) << a.Stderr() << b.Stderr();
+  feed.join();
+  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
+  std::set<int64_t> ns;
+  for (const testing::KafkaRecord& r : got) {
+    ns.insert(FieldN(r.value));
+  }
+  EXPECT_EQ(ns.size(), static_cast<size_t>(kInputs));
+  // The zombie had a transaction open when it stopped (the input flows, commits are 100 ms
+  // apart): on resuming it found its partitions lost and aborted it, or the broker refused it.
+  bool lost = a.Stderr().find("kafka partitions lost") != std::string::npos;
+  bool refused = a.Stderr().find("kafka transaction refused") != std::string::npos;
+  EXPECT_TRUE(lost || refused) << a.Stderr();
+  std::printf("the zombie %s\n", refused ? "had its offsets refused by the broker (KIP-447)"
+                                         : "found its partitions lost and aborted");
+  a.Signal(SIGTERM);
+  b.Signal(SIGTERM);
+  EXPECT_EQ(a.Wait(), 0) << a.Stderr();
+  EXPECT_EQ(b.Wait(), 0) << b.Stderr();
 }
 
 // The tool: the same broker in its own process, as a developer runs it (and as a

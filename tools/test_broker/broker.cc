@@ -70,7 +70,9 @@ constexpr int16_t kTxnOffsetCommit = 28;
 struct ApiRange {
   int16_t key, min, max;
 };
-// The versions offered: the non-flexible ones (no compact encodings), ApiVersions' v3 aside.
+// The versions offered: the non-flexible ones (no compact encodings), but for ApiVersions v3
+// and TxnOffsetCommit v3 (KIP-447: the offsets carry the consumer group's generation, so a
+// member that lost its partitions cannot commit for them).
 constexpr std::array<ApiRange, 18> kApis{{
     {kCreateTopics, 0, 4},
     {kProduce, 3, 7},
@@ -89,7 +91,7 @@ constexpr std::array<ApiRange, 18> kApis{{
     {kAddPartitionsToTxn, 0, 2},
     {kAddOffsetsToTxn, 0, 2},
     {kEndTxn, 0, 2},
-    {kTxnOffsetCommit, 0, 2},
+    {kTxnOffsetCommit, 0, 3},
 }};
 
 constexpr int32_t kNodeId = 1;
@@ -185,6 +187,20 @@ class Reader {
     ok_ = false;
     return 0;
   }
+  // COMPACT_STRING / COMPACT_NULLABLE_STRING (null reads as empty).
+  std::string_view CompactString() {
+    uint64_t n = UVarint();
+    return n == 0 ? std::string_view() : Take(static_cast<size_t>(n - 1));
+  }
+  // A COMPACT_ARRAY's length (-1: null), refused when it cannot fit in what is left.
+  int32_t CompactArrayLength() {
+    uint64_t n = UVarint();
+    if (n > s_.size() - at_ + 1) {
+      ok_ = false;
+      return 0;
+    }
+    return static_cast<int32_t>(n) - 1;
+  }
   void SkipTaggedFields() {
     uint64_t n = UVarint();
     for (uint64_t i = 0; i < n && ok_; ++i) {
@@ -240,6 +256,12 @@ class Writer {
     return *this;
   }
   Writer& Array(size_t n) { return I32(static_cast<int32_t>(n)); }
+  Writer& CompactString(std::string_view s) {
+    UVarint(s.size() + 1);
+    out_.append(s);
+    return *this;
+  }
+  Writer& CompactArray(size_t n) { return UVarint(n + 1); }
   Writer& UVarint(uint64_t v) {
     while (v >= 0x80) {
       out_.push_back(static_cast<char>((v & 0x7f) | 0x80));
@@ -491,8 +513,8 @@ class Session : public std::enable_shared_from_this<Session> {
     int16_t version = r.I16();
     int32_t correlation = r.I32();
     (void)r.String();  // client_id
-    if (key == kApiVersions && version >= 3) {
-      r.SkipTaggedFields();  // request header v2
+    if ((key == kApiVersions || key == kTxnOffsetCommit) && version >= 3) {
+      r.SkipTaggedFields();  // request header v2 (flexible versions)
     }
     if (!r.ok()) {
       return;
@@ -1146,11 +1168,24 @@ std::string KafkaTestBroker::Impl::AddOffsetsToTxn(int16_t /*version*/, Reader& 
 }
 
 std::string KafkaTestBroker::Impl::TxnOffsetCommit(int16_t version, Reader& r) {
-  std::string_view id = r.String();
-  std::string group(r.String());
+  const bool flexible = version >= 3;
+  auto str = [&] { return flexible ? r.CompactString() : r.String(); };
+  auto array = [&] { return flexible ? r.CompactArrayLength() : r.ArrayLength(); };
+  std::string_view id = str();
+  std::string group(str());
   int64_t pid = r.I64();
   int16_t epoch = r.I16();
+  int32_t generation = -1;
+  std::string member;
+  if (flexible) {
+    generation = r.I32();
+    member = std::string(r.CompactString());
+    (void)r.CompactString();  // group instance id
+  }
   Writer w;
+  if (flexible) {
+    w.UVarint(0);  // the response header's tagged fields (header v1 follows the correlation id)
+  }
   w.I32(0);
   std::lock_guard lock(mu);
   Transaction* t = nullptr;
@@ -1158,27 +1193,51 @@ std::string KafkaTestBroker::Impl::TxnOffsetCommit(int16_t version, Reader& r) {
   if (error == kNone && !t->open) {
     error = kInvalidTxnState;
   }
+  if (error == kNone && flexible && (generation >= 0 || !member.empty())) {
+    // KIP-447: only a member of the group's current generation commits for it.
+    auto g = groups.find(group);
+    if (g == groups.end() || g->second.members.count(member) == 0) {
+      error = kUnknownMemberId;
+    } else if (generation != g->second.generation) {
+      error = kIllegalGeneration;
+    }
+  }
   if (error == kNone) {
     error = TakeInjected(kTxnOffsetCommit);
   }
-  int32_t topics_n = r.ArrayLength();
-  w.Array(std::max(topics_n, 0));
+  int32_t topics_n = array();
+  flexible ? w.CompactArray(std::max(topics_n, 0)) : w.Array(std::max(topics_n, 0));
   for (int32_t i = 0; i < topics_n && r.ok(); ++i) {
-    std::string name(r.String());
-    int32_t parts_n = r.ArrayLength();
-    w.String(name).Array(std::max(parts_n, 0));
+    std::string name(str());
+    int32_t parts_n = array();
+    flexible ? w.CompactString(name).CompactArray(std::max(parts_n, 0))
+             : w.String(name).Array(std::max(parts_n, 0));
     for (int32_t j = 0; j < parts_n && r.ok(); ++j) {
       int32_t index = r.I32();
       int64_t offset = r.I64();
       if (version >= 2) {
         (void)r.I32();  // committed leader epoch
       }
-      (void)r.String();  // metadata
+      (void)str();  // metadata
+      if (flexible) {
+        r.SkipTaggedFields();
+      }
       if (error == kNone) {
         t->offsets[{group, name, index}] = offset;  // visible once the transaction commits
       }
       w.I32(index).I16(error);
+      if (flexible) {
+        w.UVarint(0);
+      }
     }
+    if (flexible) {
+      r.SkipTaggedFields();
+      w.UVarint(0);
+    }
+  }
+  if (flexible) {
+    r.SkipTaggedFields();
+    w.UVarint(0);
   }
   return std::move(w.out());
 }

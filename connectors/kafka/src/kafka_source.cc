@@ -382,6 +382,18 @@ class KafkaSource final : public Source {
       abandoned = abandoned_;
       abandoned_ = false;
     }
+    if (rd_kafka_assignment_lost(rk_) != 0) {
+      // This member stalled past its session (a zombie): its partitions may be another
+      // member's already, so nothing of this transaction may commit. (A broker with KIP-447
+      // would refuse the offsets anyway; this also covers a commit without a generation.)
+      log::Warn(
+          "kafka partitions lost before the transaction committed; aborting it, its "
+          "messages are left to their partitions' new owner",
+          {{"source", name_}});
+      txn_->Abort(/*drop_scoped=*/true, give_up);
+      taken_ = 0;
+      return;
+    }
     if (abandoned) {
       // A message given up half-way (shutdown) may have some of its records in the
       // transaction but its offset cannot commit: abort, and let its partition's next owner
@@ -403,6 +415,9 @@ class KafkaSource final : public Source {
     rd_kafka_consumer_group_metadata_t* group = rd_kafka_consumer_group_metadata(rk_);
     TxnProducer::Outcome o = txn_->Commit(offsets, group, give_up);
     rd_kafka_consumer_group_metadata_destroy(group);
+    if (o == TxnProducer::Outcome::kLost) {
+      taken_ = 0;  // (the revocation that follows forgets the partitions' positions)
+    }
     if (o == TxnProducer::Outcome::kCommitted) {
       taken_ = 0;
       if (offsets->cnt > 0) {
@@ -573,6 +588,12 @@ class KafkaSource final : public Source {
       auto until = std::chrono::steady_clock::now() + kRevokeWait;
       auto give_up = [until] { return std::chrono::steady_clock::now() >= until; };
       if (lost || !drained) {
+        if (lost) {
+          log::Warn(
+              "kafka partitions lost (this member was dropped from the group); aborting "
+              "the open transaction, its messages are left to their partitions' new owner",
+              {{"source", name_}});
+        }
         txn_->Abort(/*drop_scoped=*/true, give_up);
         taken_ = 0;
       } else {

@@ -349,10 +349,25 @@ TxnProducer::Outcome TxnProducer::Commit(const rd_kafka_topic_partition_list_t* 
       std::string text = Text(e);
       bool fatal = rd_kafka_error_is_fatal(e);
       bool abort = rd_kafka_error_txn_requires_abort(e);
+      rd_kafka_resp_err_t code = rd_kafka_error_code(e);
       rd_kafka_error_destroy(e);
       if (fatal) {
         Fence(text, reports);
         outcome = Outcome::kFenced;
+        break;
+      }
+      if (code == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION ||
+          code == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID ||
+          code == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID) {
+        log::Warn(
+            "kafka transaction refused: this member is no longer in the group's current "
+            "generation (it stalled past its session); aborting it, its messages are left "
+            "to their partitions' new owner",
+            {{"source", source_}, {"error", text}});
+        outcome = AbortAndRedo(/*drop_scoped=*/true, give_up, reports);
+        if (outcome == Outcome::kRedone) {
+          outcome = Outcome::kLost;
+        }
         break;
       }
       if (!abort && give_up()) {

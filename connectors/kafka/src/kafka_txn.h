@@ -57,7 +57,10 @@ class TxnProducer {
   // The open transaction hit an error that needs an abort: the source calls Abort(false).
   bool NeedsAbort() const { return needs_abort_.load(std::memory_order_acquire); }
 
-  enum class Outcome { kCommitted, kRedone, kFenced, kGaveUp };
+  // kLost: the group has a newer generation without this member (it stalled past its session,
+  // a zombie): the broker refused its offsets, the transaction was aborted and the source's
+  // records dropped; their partitions belong to another member now.
+  enum class Outcome { kCommitted, kRedone, kFenced, kLost, kGaveUp };
   using GiveUp = std::function<bool()>;
   // The source, with every message it handed out finished: commits the open transaction with
   // `offsets` (may be empty) and begins the next. Retriable errors are retried and a
