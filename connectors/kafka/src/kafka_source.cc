@@ -395,11 +395,12 @@ class KafkaSource final : public Source {
       return;
     }
     if (abandoned) {
-      // A message given up half-way (shutdown) may have some of its records in the
-      // transaction but its offset cannot commit: abort, and let its partition's next owner
-      // process the transaction's messages again.
+      // A message given up half-way (shutdown, mostly) may have some of its records in the
+      // transaction but its offset cannot commit: abort, and go back to the committed offsets
+      // so the transaction's messages are processed again.
       txn_->Abort(/*drop_scoped=*/true, give_up);
       taken_ = 0;
+      Rewind();
       return;
     }
     rd_kafka_topic_partition_list_t* offsets = rd_kafka_topic_partition_list_new(8);
@@ -432,6 +433,43 @@ class KafkaSource final : public Source {
       }
     }
     rd_kafka_topic_partition_list_destroy(offsets);
+  }
+
+  // Exactly-once, after an abort that dropped the records of messages already finished: their
+  // offsets must not commit, so every partition goes back to the group's committed offset and
+  // its messages are processed again (into the next transaction).
+  void Rewind() {
+    rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(8);
+    {
+      MutexLock lock(mu_);
+      for (auto& [key, t] : tracks_) {
+        rd_kafka_topic_partition_list_add(parts, key.first.c_str(), key.second);
+      }
+    }
+    rd_kafka_resp_err_t err =
+        parts->cnt > 0 ? rd_kafka_committed(rk_, parts, 5000) : RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->cnt > 0) {
+      for (int i = 0; i < parts->cnt; ++i) {
+        if (parts->elems[i].offset < 0) {  // nothing committed: where the group starts
+          parts->elems[i].offset =
+              config_.start == "latest" ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+        }
+      }
+      if (rd_kafka_error_t* e = rd_kafka_seek_partitions(rk_, parts, 5000); e != nullptr) {
+        err = rd_kafka_error_code(e);
+        rd_kafka_error_destroy(e);
+      }
+      MutexLock lock(mu_);
+      for (auto& [key, t] : tracks_) {
+        t = Track();
+        t.generation = ++generation_;  // what is still reported for the old positions is ignored
+      }
+    }
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      log::Error("kafka source could not go back to its committed offsets after an abort",
+                 {{"source", name_}, {"error", rd_kafka_err2str(err)}});
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
   }
 
   // Exactly-once, the last step (the engine stopping, its workers done): commits what is
@@ -572,10 +610,14 @@ class KafkaSource final : public Source {
     bool drained = true;
     if (!closing_ && !lost) {
       MutexLock lock(mu_);
-      if (!cv_.wait_for(lock.native(), kRevokeWait, [&] {
-            mu_.AssertHeld();
-            return in_flight() == 0;
-          })) {
+      auto until = std::chrono::steady_clock::now() + kRevokeWait;
+      // (Exactly-once: a transaction that needs an abort, or whose producer was fenced, will
+      // not finish its messages; the abort below cancels them.)
+      while (in_flight() > 0 && !(transactional && txn_->NeedsAbort()) &&
+             std::chrono::steady_clock::now() < until) {
+        cv_.wait_for(lock.native(), std::chrono::milliseconds(20));
+      }
+      if (in_flight() > 0) {
         drained = false;
         log::Warn("kafka partitions revoked with messages still in flight; the next owner may "
                   "process them again",
@@ -605,6 +647,9 @@ class KafkaSource final : public Source {
       for (int i = 0; i < parts->cnt; ++i) {
         tracks_.erase({parts->elems[i].topic, parts->elems[i].partition});
       }
+      // A message given up with them (cancelled by the abort of a lost assignment) concerns
+      // only these partitions (eager assignment: all of them), not the next assignment's.
+      abandoned_ = false;
     }
     log::Info("kafka partitions revoked",
               {{"source", name_}, {"partitions", std::to_string(parts->cnt)}});
