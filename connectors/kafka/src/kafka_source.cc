@@ -532,6 +532,13 @@ class KafkaSource final : public Source {
     if (list->cnt > 0) {
       commits_->Inc();
       rd_kafka_resp_err_t err = rd_kafka_commit(rk_, list, sync ? 0 : 1);
+      // A synchronous commit is the last one (revocation, shutdown): there is no next commit
+      // to catch up, so a failed one (the coordinator moving, say) is tried again a few times.
+      for (int attempt = 1; sync && err != RD_KAFKA_RESP_ERR_NO_ERROR && attempt < 5; ++attempt) {
+        commit_failures_->Inc();
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+        err = rd_kafka_commit(rk_, list, 0);
+      }
       if (sync && err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         commit_failures_->Inc();
         log::Warn("kafka offset commit failed",
