@@ -40,6 +40,7 @@ constexpr int16_t kInvalidProducerEpoch = 47;
 constexpr int16_t kInvalidTxnState = 48;
 constexpr int16_t kInvalidProducerIdMapping = 49;
 constexpr int16_t kUnknownProducerId = 59;
+constexpr int16_t kProducerFenced = 90;
 constexpr int16_t kIllegalGeneration = 22;
 constexpr int16_t kUnknownMemberId = 25;
 constexpr int16_t kRebalanceInProgress = 27;
@@ -87,7 +88,7 @@ constexpr std::array<ApiRange, 18> kApis{{
     {kLeaveGroup, 0, 2},
     {kSyncGroup, 0, 3},
     {kApiVersions, 0, 3},
-    {kInitProducerId, 0, 1},
+    {kInitProducerId, 0, 4},
     {kAddPartitionsToTxn, 0, 2},
     {kAddOffsetsToTxn, 0, 2},
     {kEndTxn, 0, 2},
@@ -318,6 +319,7 @@ struct Transaction {
   int64_t producer_id = -1;
   int16_t epoch = 0;
   int32_t timeout_ms = 60000;
+  int16_t timed_out_epoch = -1;  // the epoch a transaction timeout fenced (KIP-360 may bump it)
   bool open = false;
   std::chrono::steady_clock::time_point started;
   std::set<std::pair<std::string, int32_t>> partitions;
@@ -386,16 +388,22 @@ struct KafkaTestBroker::Impl {
   uint16_t port = 0;
 
   mutable std::mutex mu;
-  // Errors to answer instead, by API key, the next requests of it (InjectError). Under mu.
-  std::map<int16_t, std::deque<int16_t>> injected;
-  int16_t TakeInjected(int16_t api) {
-    auto it = injected.find(api);
-    if (it == injected.end() || it->second.empty()) {
-      return 0;
+  // Errors to answer instead, by API key and topic ("": any), the next requests of it
+  // (InjectError). Under mu.
+  std::map<std::pair<int16_t, std::string>, std::deque<int16_t>, std::less<>> injected;
+  int16_t TakeInjected(int16_t api, std::string_view topic = "") {
+    for (std::string_view t : {topic, std::string_view()}) {
+      auto it = injected.find(std::make_pair(api, std::string(t)));
+      if (it != injected.end() && !it->second.empty()) {
+        int16_t e = it->second.front();
+        it->second.pop_front();
+        return e;
+      }
+      if (topic.empty()) {
+        break;
+      }
     }
-    int16_t e = it->second.front();
-    it->second.pop_front();
-    return e;
+    return 0;
   }
   std::map<std::string, std::vector<Partition>, std::less<>> topics;
   std::map<std::string, Transaction, std::less<>> transactions;  // by transactional id
@@ -428,8 +436,8 @@ struct KafkaTestBroker::Impl {
   }
   // Ends `t`'s open transaction: a marker in each of its partitions; on commit, its offsets.
   void EndLocked(Transaction& t, bool commit);
-  // Aborts the transactions open longer than their timeout.
-  void ExpireLocked();
+  // Aborts the transactions open longer than their timeout; true when it aborted one.
+  bool ExpireLocked();
 
   std::vector<Partition>& Topic(std::string_view name) {
     auto it = topics.find(name);
@@ -444,6 +452,19 @@ struct KafkaTestBroker::Impl {
   }
 
   void Accept();
+
+  // Fetches waiting for records (io thread only): each entry wakes one, which then answers
+  // with what there is. Woken when records arrive or a transaction ends (the last stable
+  // offset moves), as Kafka answers a waiting fetch once it has data rather than at its
+  // max_wait_ms.
+  std::vector<std::function<void()>> fetch_waiters;
+  void WakeFetchers() {
+    std::vector<std::function<void()>> waiters;
+    waiters.swap(fetch_waiters);
+    for (const auto& wake : waiters) {
+      wake();
+    }
+  }
 
   // One request: the response's body, or nullopt when the connection is to close (a request
   // this broker cannot read). A fetch with nothing to return sets `wait_ms`: answer it again
@@ -513,7 +534,8 @@ class Session : public std::enable_shared_from_this<Session> {
     int16_t version = r.I16();
     int32_t correlation = r.I32();
     (void)r.String();  // client_id
-    if ((key == kApiVersions || key == kTxnOffsetCommit) && version >= 3) {
+    if (((key == kApiVersions || key == kTxnOffsetCommit) && version >= 3) ||
+        (key == kInitProducerId && version >= 2)) {
       r.SkipTaggedFields();  // request header v2 (flexible versions)
     }
     if (!r.ok()) {
@@ -535,8 +557,13 @@ class Session : public std::enable_shared_from_this<Session> {
         auto self = shared_from_this();
         timer_.expires_after(std::chrono::milliseconds(wait_ms));
         timer_.async_wait([self](boost::system::error_code ec) {
-          if (!ec) {
+          if (!ec || ec == asio::error::operation_aborted) {  // (aborted: woken by records)
             self->Answer(/*may_wait=*/false);
+          }
+        });
+        broker_.fetch_waiters.push_back([weak = weak_from_this()] {
+          if (auto s = weak.lock()) {
+            s->timer_.cancel();
           }
         });
       }
@@ -591,9 +618,13 @@ std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t ve
   if (api == kApis.end() || version < api->min || version > api->max) {
     return std::nullopt;  // as Kafka does with what it does not offer: close
   }
+  bool expired = false;
   {
     std::lock_guard lock(mu);
-    ExpireLocked();
+    expired = ExpireLocked();
+  }
+  if (expired) {
+    WakeFetchers();
   }
   std::optional<std::string> body;
   switch (key) {
@@ -655,6 +686,9 @@ std::optional<std::string> KafkaTestBroker::Impl::Handle(int16_t key, int16_t ve
     }
     default:
       break;
+  }
+  if (key == kProduce || key == kEndTxn) {
+    WakeFetchers();  // (records to read, or a moved last stable offset)
   }
   if (*parked) {
     return std::nullopt;
@@ -766,9 +800,11 @@ std::string KafkaTestBroker::Impl::Produce(int16_t version, Reader& r) {
       int32_t index = r.I32();
       std::optional<std::string_view> records = r.Bytes();
       std::vector<Partition>& parts = Topic(name);
-      int16_t error = kNone;
+      int16_t error = TakeInjected(kProduce, name);
       int64_t base = -1;
-      if (index < 0 || static_cast<size_t>(index) >= parts.size()) {
+      if (error != kNone) {
+        // (injected)
+      } else if (index < 0 || static_cast<size_t>(index) >= parts.size()) {
         error = kUnknownTopicOrPartition;
       } else if (!records) {
         error = kInvalidRequest;
@@ -1074,33 +1110,69 @@ std::string KafkaTestBroker::Impl::FindCoordinator(int16_t version, Reader& r) {
   return std::move(w.out());
 }
 
-std::string KafkaTestBroker::Impl::InitProducerId(int16_t /*version*/, Reader& r) {
-  std::string_view id = r.String();  // null (idempotent only) reads as ""
+// v2 on is flexible; v3 on names the producer's current id and epoch (KIP-360): an epoch
+// bump for a producer recovering from an error (its open transaction aborted), accepted only
+// from the current epoch or the one a transaction timeout fenced, else the producer is fenced.
+std::string KafkaTestBroker::Impl::InitProducerId(int16_t version, Reader& r) {
+  const bool flexible = version >= 2;
+  std::string_view id = flexible ? r.CompactString() : r.String();  // null reads as ""
   int32_t timeout = r.I32();
+  int64_t given_pid = -1;
+  int16_t given_epoch = -1;
+  if (version >= 3) {
+    given_pid = r.I64();
+    given_epoch = r.I16();
+  }
   Writer w;
+  if (flexible) {
+    w.UVarint(0);  // the response header's tagged fields
+  }
   w.I32(0);
+  auto answer = [&](int16_t error, int64_t pid, int16_t epoch) {
+    w.I16(error).I64(pid).I16(epoch);
+    if (flexible) {
+      w.UVarint(0);
+    }
+    return std::move(w.out());
+  };
+  const int16_t fenced = version >= 4 ? kProducerFenced : kInvalidProducerEpoch;
   std::lock_guard lock(mu);
   if (id.empty()) {
+    if (given_pid >= 0) {
+      auto e = epochs.find(given_pid);
+      if (e == epochs.end() || e->second != given_epoch) {
+        return answer(fenced, -1, -1);
+      }
+      return answer(kNone, given_pid, ++e->second);
+    }
     int64_t pid = next_producer_id++;
     epochs[pid] = 0;
-    w.I16(kNone).I64(pid).I16(0);
-    return std::move(w.out());
+    return answer(kNone, pid, 0);
   }
   auto [it, fresh] = transactions.try_emplace(std::string(id));
   Transaction& t = it->second;
+  if (given_pid >= 0 && (fresh || given_pid != t.producer_id ||
+                         (given_epoch != t.epoch && given_epoch != t.timed_out_epoch))) {
+    if (fresh) {
+      transactions.erase(it);
+    }
+    return answer(fenced, -1, -1);
+  }
   if (fresh) {
     t.producer_id = next_producer_id++;
     t.epoch = 0;
+  } else if (given_pid >= 0 && given_epoch == t.timed_out_epoch) {
+    // The producer whose transaction timed out, recovering: the timeout bumped its epoch.
   } else {
     if (t.open) {
       EndLocked(t, /*commit=*/false);  // the previous producer's transaction is aborted
     }
     ++t.epoch;  // and that producer fenced
   }
+  t.timed_out_epoch = -1;
   t.timeout_ms = timeout;
   epochs[t.producer_id] = t.epoch;
-  w.I16(kNone).I64(t.producer_id).I16(t.epoch);
-  return std::move(w.out());
+  return answer(kNone, t.producer_id, t.epoch);
 }
 
 int16_t KafkaTestBroker::Impl::CheckTransactional(std::string_view id, int64_t producer_id,
@@ -1250,6 +1322,9 @@ std::string KafkaTestBroker::Impl::EndTxn(int16_t /*version*/, Reader& r) {
   std::lock_guard lock(mu);
   Transaction* t = nullptr;
   int16_t error = CheckTransactional(id, pid, epoch, &t);
+  if (int16_t injected_error = TakeInjected(kEndTxn); error == kNone && injected_error != kNone) {
+    error = injected_error;
+  }
   if (error == kNone && t->open) {
     EndLocked(*t, commit);
   }
@@ -1290,15 +1365,19 @@ void KafkaTestBroker::Impl::EndLocked(Transaction& t, bool commit) {
   t.offsets.clear();
 }
 
-void KafkaTestBroker::Impl::ExpireLocked() {
+bool KafkaTestBroker::Impl::ExpireLocked() {
   auto now = std::chrono::steady_clock::now();
+  bool expired = false;
   for (auto& [id, t] : transactions) {
     if (t.open && now - t.started > std::chrono::milliseconds(t.timeout_ms)) {
       EndLocked(t, /*commit=*/false);
+      t.timed_out_epoch = t.epoch;
       ++t.epoch;  // as Kafka: the producer that let it time out is fenced
       epochs[t.producer_id] = t.epoch;
+      expired = true;
     }
   }
+  return expired;
 }
 
 // JoinGroup's response body (`members`: the leader's list, empty for the others).
@@ -1691,9 +1770,10 @@ void KafkaTestBroker::Impl::Tick() {
     if (ec) {
       return;
     }
+    bool expired = false;
     {
       std::lock_guard lock(mu);
-      ExpireLocked();
+      expired = ExpireLocked();
       auto now = std::chrono::steady_clock::now();
       for (auto& [id, g] : groups) {
         bool changed = false;
@@ -1724,6 +1804,9 @@ void KafkaTestBroker::Impl::Tick() {
           MaybeCompleteJoin(g);
         }
       }
+    }
+    if (expired) {
+      WakeFetchers();
     }
     Tick();
   });
@@ -1770,10 +1853,11 @@ std::string KafkaTestBroker::bootstrap() const {
   return "127.0.0.1:" + std::to_string(impl_->port);
 }
 
-void KafkaTestBroker::InjectError(int16_t api_key, int16_t error, int times) {
+void KafkaTestBroker::InjectError(int16_t api_key, int16_t error, int times,
+                                  const std::string& topic) {
   std::lock_guard lock(impl_->mu);
   for (int i = 0; i < times; ++i) {
-    impl_->injected[api_key].push_back(error);
+    impl_->injected[{api_key, topic}].push_back(error);
   }
 }
 

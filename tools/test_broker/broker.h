@@ -14,8 +14,9 @@
 // TxnOffsetCommit, EndTxn with control batches, fencing by epoch, timeouts), and
 // read_committed fetches (the last stable offset, the aborted transactions); consumer groups
 // (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, session expiry, OffsetCommit, OffsetFetch).
-// Only the non-flexible versions of each API are offered (ApiVersions v3 excepted: clients ask
-// for it first), so no compact encodings.
+// Only the non-flexible versions of each API are offered but for ApiVersions v3 (clients ask
+// for it first), TxnOffsetCommit v3 (KIP-447's generation check) and InitProducerId v2-v4
+// (KIP-360's epoch bump, which librdkafka needs to recover from an abortable error).
 #pragma once
 
 #include <cstdint>
@@ -44,9 +45,10 @@ class KafkaTestBroker {
 
   void CreateTopic(const std::string& name, int32_t partitions);
   // The next `times` requests of API `api_key` are answered with `error` (Kafka's code) where
-  // the request can fail (for tests of clients' error handling). So far: TxnOffsetCommit (28),
-  // every partition of it.
-  void InjectError(int16_t api_key, int16_t error, int times = 1);
+  // the request can fail (for tests of clients' error handling): TxnOffsetCommit (28), every
+  // partition of it; EndTxn (26), the transaction left as it was; Produce (0), each partition
+  // of `topic` (empty: of any topic) counting as one, nothing of it appended.
+  void InjectError(int16_t api_key, int16_t error, int times = 1, const std::string& topic = "");
   // The record batches (v2, as stored: offsets assigned) of a partition, for tests.
   std::vector<std::string> Batches(const std::string& topic, int32_t partition) const;
 
