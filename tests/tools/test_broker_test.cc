@@ -80,6 +80,16 @@ class Producer {
     }
   }
   bool Flush() { return rd_kafka_flush(rk_, 30000) == RD_KAFKA_RESP_ERR_NO_ERROR; }
+  // send_offsets_to_transaction: `offset` for `topic`'s partition `partition`, as a member of
+  // the group `group` describes (empty string on success).
+  std::string SendOffsets(const std::string& topic, int32_t partition, int64_t offset,
+                          const rd_kafka_consumer_group_metadata_t* group) {
+    rd_kafka_topic_partition_list_t* offsets = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(offsets, topic.c_str(), partition)->offset = offset;
+    std::string out = Text(rd_kafka_send_offsets_to_transaction(rk_, offsets, group, 30000));
+    rd_kafka_topic_partition_list_destroy(offsets);
+    return out;
+  }
 
  private:
   rd_kafka_t* rk_;
@@ -176,6 +186,19 @@ class GroupConsumer {
     rd_kafka_message_destroy(m);
   }
   bool Commit() { return rd_kafka_commit(rk_, nullptr, /*async=*/0) == RD_KAFKA_RESP_ERR_NO_ERROR; }
+  // The member's group metadata (generation, member id) now, for transactions; the caller
+  // destroys it.
+  rd_kafka_consumer_group_metadata_t* Metadata() { return rd_kafka_consumer_group_metadata(rk_); }
+  // The group's committed offset of `topic`'s partition `partition` (-1001: none).
+  int64_t Committed(const std::string& topic, int32_t partition) {
+    rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic.c_str(), partition);
+    int64_t out = rd_kafka_committed(rk_, parts, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR
+                      ? parts->elems[0].offset
+                      : -2;
+    rd_kafka_topic_partition_list_destroy(parts);
+    return out;
+  }
   int Assigned() {
     rd_kafka_topic_partition_list_t* parts = nullptr;
     if (rd_kafka_assignment(rk_, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -245,9 +268,21 @@ class TestBrokerTest : public ::testing::Test {
            "\" }\nsources:\n  - { name: in, connection: bus, topics: [" + input +
            "], group: " + Id(group) + ", transactional_id: " + Id(transactional_id) +
            ", device: key, delivery: exactly_once,\n      properties: { session.timeout.ms: " +
-           (real() ? "6000" : "2000") +  // (Kafka's least by default: 6 s)
+           (session_ms_ > 0 ? std::to_string(session_ms_)
+            : real()        ? "6000"  // (Kafka's least by default: 6 s)
+                            : "2000") +
            ", heartbeat.interval.ms: 300 } }\nsinks:\n  - { name: out, connection: bus, topic: " +
            output + " }\n" + more_sinks + more + "rules: [r.lua]\n";
+  }
+  // An exactly-once instance's directory: a rule forwarding every input of `input` as
+  // {"n": n} to sink `out`, and EosConfig(input, output, group, transactional_id).
+  void WriteForwarder(const testing::TempDir& dir, const std::string& input,
+                      const std::string& output, const std::string& group,
+                      const std::string& transactional_id) {
+    dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + input +
+                           "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
+                           "msg.payload.n }) end }");
+    dir.Write("g.yaml", EosConfig(input, output, group, transactional_id));
   }
   // Produces `n` records {"n":i} keyed d{i % devices} to `topic` on a thread, pausing `pause`
   // after every 1000 (so the input arrives over a while).
@@ -266,6 +301,7 @@ class TestBrokerTest : public ::testing::Test {
     });
   }
   KafkaTestBroker broker_{{.port = 0, .partitions = 3}};
+  int session_ms_ = 0;  // the sources' session timeout in EosConfig; 0: the default above
   std::string bootstrap_;
   std::string suffix_;
 };
@@ -561,6 +597,46 @@ TEST_F(TestBrokerTest, ACrashedMemberHoldsARebalanceOnlyForItsSession) {
       << "a has " << a.Assigned() << ", b " << b.Assigned();
 }
 
+// Offsets sent with a transaction name the consumer group member and its generation
+// (KIP-447): once the group has moved on to a newer generation (a member joined), offsets
+// described by the old generation are refused (ILLEGAL_GENERATION, the transaction must be
+// aborted), so a member that stalled through a rebalance cannot commit progress for
+// partitions it may no longer own. The current generation's are taken, and commit with the
+// transaction.
+TEST_F(TestBrokerTest, TransactionalOffsetsFromAnOldGenerationAreRefused) {
+  const std::string topic = Topic("kip447", 2);
+  GroupConsumer first(bootstrap(), Id("kip447"), topic);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        first.Poll();
+        return first.Assigned() == 2;
+      },
+      std::chrono::seconds(30)));
+  rd_kafka_consumer_group_metadata_t* old_generation = first.Metadata();
+  GroupConsumer second(bootstrap(), Id("kip447"), topic);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        first.Poll();
+        second.Poll();
+        return first.Assigned() == 1 && second.Assigned() == 1;
+      },
+      std::chrono::seconds(30)))
+      << "the second member joins: a new generation";
+  Producer producer(bootstrap(), "transactional", Id("t-kip447"));
+  ASSERT_EQ(producer.Init(), "");
+  ASSERT_EQ(producer.Begin(), "");
+  std::string refused = producer.SendOffsets(topic, 0, 5, old_generation);
+  rd_kafka_consumer_group_metadata_destroy(old_generation);
+  EXPECT_NE(refused.find("ILLEGAL_GENERATION"), std::string::npos) << refused;
+  EXPECT_EQ(producer.Abort(), "");
+  ASSERT_EQ(producer.Begin(), "");
+  rd_kafka_consumer_group_metadata_t* current = first.Metadata();
+  EXPECT_EQ(producer.SendOffsets(topic, 0, 5, current), "");
+  rd_kafka_consumer_group_metadata_destroy(current);
+  ASSERT_EQ(producer.Commit(), "");
+  EXPECT_EQ(first.Committed(topic, 0), 5);
+}
+
 // gnomon's own Kafka source (a consumer group, offsets committed after effects) and sink run
 // against the broker: every record becomes one alert, and a restart resumes after what was
 // committed. (The base the exactly-once tests of issue 18 will stand on.)
@@ -618,6 +694,18 @@ TEST_F(TestBrokerTest, GnomonRunsAKafkaPipelineAgainstIt) {
 int64_t FieldN(const std::string& value) {
   size_t at = value.find("\"n\":");
   return at == std::string::npos ? -1 : std::strtoll(value.c_str() + at + 4, nullptr, 10);
+}
+
+// The alerts read (`got`) hold inputs 0..n-1 once each, and nothing more comes.
+void ExpectEachOnce(Consumer& alerts, const std::vector<testing::KafkaRecord>& got, int n) {
+  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
+  std::set<int64_t> ns;
+  for (const testing::KafkaRecord& r : got) {
+    int64_t value = FieldN(r.value);
+    EXPECT_TRUE(value >= 0 && value < n) << r.value;
+    ns.insert(value);
+  }
+  EXPECT_EQ(ns.size(), static_cast<size_t>(n)) << "distinct inputs";
 }
 
 std::string Base64Decode(const std::string& in) {
@@ -747,12 +835,8 @@ TEST_F(TestBrokerTest, ExactlyOnceAFencedInstanceLeavesItsPartitions) {
   const std::string alerts_topic = Topic("fence-out", 2);
   constexpr int kInputs = 20000;
   testing::TempDir a_dir, b_dir;
-  for (testing::TempDir* dir : {&a_dir, &b_dir}) {
-    dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
-                            "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
-                            "msg.payload.n }) end }");
-    dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "fence", "fence-shared"));
-  }
+  WriteForwarder(a_dir, telemetry, alerts_topic, "fence", "fence-shared");
+  WriteForwarder(b_dir, telemetry, alerts_topic, "fence", "fence-shared");
   std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(100));
   testing::Process a({GNOMON_BINARY, "run", "-c", a_dir.File("g.yaml")}, a_dir.path());
   Consumer alerts(bootstrap(), alerts_topic, 2);
@@ -768,12 +852,18 @@ TEST_F(TestBrokerTest, ExactlyOnceAFencedInstanceLeavesItsPartitions) {
   got.insert(got.end(), rest.begin(), rest.end());
   feed.join();
   ASSERT_EQ(got.size(), static_cast<size_t>(kInputs)) << b.Stderr();
-  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
-  std::set<int64_t> ns;
-  for (const testing::KafkaRecord& r : got) {
-    ns.insert(FieldN(r.value));
+  ExpectEachOnce(alerts, got, kInputs);
+  if (!real()) {
+    // Every batch of the output is transactional (or a transaction's marker): no record of an
+    // input went out of the fenced instance some other way (its sink's own producer did, once,
+    // for records made after the fencing: a duplicate when the new owner processed them).
+    for (int32_t p = 0; p < 2; ++p) {
+      for (const std::string& batch : broker_.Batches(alerts_topic, p)) {
+        ASSERT_GE(batch.size(), 23u);
+        EXPECT_NE(static_cast<uint8_t>(batch[22]) & 0x10, 0) << "a batch outside transactions";
+      }
+    }
   }
-  EXPECT_EQ(ns.size(), static_cast<size_t>(kInputs));
   EXPECT_TRUE(a.Running()) << "the fenced instance stays up (not ready) for its operator";
   a.Signal(SIGTERM);
   b.Signal(SIGTERM);
@@ -789,12 +879,8 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughRebalances) {
   const std::string alerts_topic = Topic("rebal-out", 2);
   constexpr int kInputs = 30000;
   testing::TempDir a_dir, b_dir;
-  for (auto [dir, id] : {std::pair{&a_dir, "a"}, std::pair{&b_dir, "b"}}) {
-    dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
-                            "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
-                            "msg.payload.n }) end }");
-    dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "rebal", std::string("rebal-") + id));
-  }
+  WriteForwarder(a_dir, telemetry, alerts_topic, "rebal", "rebal-a");
+  WriteForwarder(b_dir, telemetry, alerts_topic, "rebal", "rebal-b");
   std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(150));
   Consumer alerts(bootstrap(), alerts_topic, 2);
   std::vector<testing::KafkaRecord> got;
@@ -816,22 +902,17 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughRebalances) {
   EXPECT_EQ(a.Wait(), 0) << a.Stderr();
   ASSERT_EQ(read(kInputs), static_cast<size_t>(kInputs)) << b.Stderr();
   feed.join();
-  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
-  std::set<int64_t> ns;
-  for (const testing::KafkaRecord& r : got) {
-    ns.insert(FieldN(r.value));
-  }
-  EXPECT_EQ(ns.size(), static_cast<size_t>(kInputs));
+  ExpectEachOnce(alerts, got, kInputs);
   EXPECT_NE(a.Stderr().find("kafka partitions revoked"), std::string::npos) << a.Stderr();
   b.Signal(SIGTERM);
   EXPECT_EQ(b.Wait(), 0) << b.Stderr();
 }
 
-// Exactly-once through broker errors at commit: a retriable one (the group coordinator
-// loading) is retried; one that makes the transaction abortable (a group authorization
-// failure on the offsets) aborts it and begins it again with the same records, so no message
-// runs twice and every alert is still there once. The aborted records stay in the log, hidden
-// from read_committed.
+// Exactly-once through broker errors at commit: retriable ones (the group coordinator
+// loading, a transaction still ending) are retried; one that makes the transaction abortable (a
+// group authorization failure on the offsets) aborts it and begins it again with the same records,
+// so no message runs twice and every alert is still there once. The aborted records stay in the
+// log, hidden from read_committed.
 TEST_F(TestBrokerTest, ExactlyOnceAnAbortedTransactionIsRedoneWithItsRecords) {
   if (real()) {
     GTEST_SKIP() << "needs the test broker's error injection";
@@ -840,11 +921,9 @@ TEST_F(TestBrokerTest, ExactlyOnceAnAbortedTransactionIsRedoneWithItsRecords) {
   const std::string alerts_topic = Topic("redo-out", 2);
   constexpr int kInputs = 6000;
   testing::TempDir dir;
-  dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
-                         "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
-                         "msg.payload.n }) end }");
-  dir.Write("g.yaml", EosConfig(telemetry, alerts_topic, "redo", "redo-1"));
+  WriteForwarder(dir, telemetry, alerts_topic, "redo", "redo-1");
   constexpr int16_t kTxnOffsetCommit = 28;
+  constexpr int16_t kEndTxn = 26;
   std::jthread feed = Feed(telemetry, kInputs / 2, 20, std::chrono::milliseconds(100));
   testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
   Consumer alerts(bootstrap(), alerts_topic, 2);
@@ -852,6 +931,7 @@ TEST_F(TestBrokerTest, ExactlyOnceAnAbortedTransactionIsRedoneWithItsRecords) {
   ASSERT_EQ(got.size(), 1000u) << gnomon.Stderr();
   broker_.InjectError(kTxnOffsetCommit, 14, 3);  // COORDINATOR_LOAD_IN_PROGRESS: retried
   broker_.InjectError(kTxnOffsetCommit, 30, 2);  // GROUP_AUTHORIZATION_FAILED: abortable
+  broker_.InjectError(kEndTxn, 51, 2);           // CONCURRENT_TRANSACTIONS: retried
   feed.join();
   feed = Feed(telemetry, kInputs / 2, 20, std::chrono::milliseconds(100));  // n repeats: fine
   std::vector<testing::KafkaRecord> rest =
@@ -878,6 +958,125 @@ TEST_F(TestBrokerTest, ExactlyOnceAnAbortedTransactionIsRedoneWithItsRecords) {
   EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
 }
 
+// Exactly-once through a transaction the broker aborted for its timeout: gnomon stalls
+// (SIGSTOP) longer than transaction_timeout_ms but well within its group session, so it keeps
+// its partitions while the broker aborts its open transaction and fences the producer's epoch.
+// Resumed, it finds its transaction gone, takes a new producer epoch and redoes the transaction
+// with its records: every input's alert is there exactly once, and the same instance goes on
+// (before, it stayed fenced, processing nothing until restarted).
+TEST_F(TestBrokerTest, ExactlyOnceATransactionTheBrokerTimedOutIsRedone) {
+  const std::string telemetry = Topic("timeout-in", 2);
+  const std::string alerts_topic = Topic("timeout-out", 2);
+  constexpr int kInputs = 60000;
+  session_ms_ = 30000;
+  testing::TempDir dir;
+  WriteForwarder(dir, telemetry, alerts_topic, "timeout", "timeout-1");
+  {  // (the source's line in the config: its transactions time out after 2 s)
+    std::string config = testing::ReadFile(dir.File("g.yaml"));
+    config.replace(config.find("delivery: exactly_once,"), 23,
+                   "delivery: exactly_once, transaction_timeout_ms: 2000,");
+    dir.Write("g.yaml", config);
+  }
+  testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return gnomon.Stderr().find("kafka partitions assigned") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << gnomon.Stderr();
+  // (Steady input, so a transaction is open on the broker whenever gnomon stops.)
+  std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(50));
+  Consumer alerts(bootstrap(), alerts_topic, 2);
+  std::vector<testing::KafkaRecord> got = alerts.Read(1000, std::chrono::seconds(30));
+  ASSERT_EQ(got.size(), 1000u) << gnomon.Stderr();
+  gnomon.Signal(SIGSTOP);  // mid-transaction: the input flows and commits are 100 ms apart
+  std::this_thread::sleep_for(std::chrono::milliseconds(4500));
+  gnomon.Signal(SIGCONT);
+  std::vector<testing::KafkaRecord> rest =
+      alerts.Read(kInputs - got.size(), std::chrono::seconds(60));
+  got.insert(got.end(), rest.begin(), rest.end());
+  feed.join();
+  ASSERT_EQ(got.size(), static_cast<size_t>(kInputs)) << gnomon.Stderr();
+  ExpectEachOnce(alerts, got, kInputs);
+  // Either librdkafka found the records it held past the timeout first (an abortable error:
+  // the abort bumps the epoch, KIP-360, which the broker grants the producer a timeout
+  // fenced) or the broker's refusal of the old epoch (fatal: a new producer is started).
+  EXPECT_TRUE(gnomon.Stderr().find("kafka transaction timed out") != std::string::npos ||
+              gnomon.Stderr().find("kafka transaction aborted and begun again") !=
+                  std::string::npos)
+      << gnomon.Stderr();
+  EXPECT_EQ(gnomon.Stderr().find("kafka transactional producer fenced"), std::string::npos)
+      << gnomon.Stderr();
+  // Records that waited out the stall in the producer's queue failed the transaction, not
+  // themselves: none was dead-lettered.
+  EXPECT_EQ(testing::ReadLines(dir.File("data/dead-letter.jsonl")).size(), 0u);
+  gnomon.Signal(SIGTERM);
+  EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+}
+
+// Exactly-once when a message is given up half-way: the broker refuses its dead letter (the
+// producer may not write the dead-letter topic, for a while). Its other records may be in the
+// transaction while its offset cannot commit, so the transaction is aborted and the partitions
+// go back to their committed offsets: every finished message of it is processed again. Once
+// the dead letters are taken, every input's alert is there once and the dead letters are
+// exactly the failing inputs, once each.
+TEST_F(TestBrokerTest, ExactlyOnceAMessageGivenUpHalfWayIsProcessedAgain) {
+  if (real()) {
+    GTEST_SKIP() << "needs the test broker's error injection";
+  }
+  const std::string telemetry = Topic("given-up-in", 2);
+  const std::string alerts_topic = Topic("given-up-out", 2);
+  const std::string dlq_topic = Topic("given-up-dlq", 1);
+  constexpr int kInputs = 6000;
+  auto fails = [](int64_t n) { return n % 500 == 13; };
+  testing::TempDir dir;
+  dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
+                         "\",\n  quarantine = { failures = 1000000, device_failures = 1000000 },"
+                         "\n  handle = function(msg, ctx)\n"
+                         "    if msg.payload.n % 500 == 13 then error(\"unlucky\") end\n"
+                         "    ctx.emit(\"out\", { n = msg.payload.n })\n  end }");
+  dir.Write("g.yaml", EosConfig(telemetry, alerts_topic, "given-up", "given-up-1",
+                                "  - { name: dlq, connection: bus, topic: " + dlq_topic + " }\n",
+                                "dead_letter: { sink: dlq, per_device_per_s: 0 }\n"));
+  testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return gnomon.Stderr().find("kafka partitions assigned") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << gnomon.Stderr();
+  constexpr int16_t kProduce = 0;
+  broker_.InjectError(kProduce, 29, 3, dlq_topic);  // TOPIC_AUTHORIZATION_FAILED
+  std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(100));
+  int expected = 0;
+  for (int i = 0; i < kInputs; ++i) {
+    expected += fails(i) ? 0 : 1;
+  }
+  Consumer alerts(bootstrap(), alerts_topic, 2);
+  std::vector<testing::KafkaRecord> got = alerts.Read(expected, std::chrono::seconds(60));
+  feed.join();
+  ASSERT_EQ(got.size(), static_cast<size_t>(expected)) << gnomon.Stderr();
+  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
+  std::set<int64_t> ns;
+  for (const testing::KafkaRecord& r : got) {
+    int64_t n = FieldN(r.value);
+    EXPECT_FALSE(fails(n)) << r.value;
+    ns.insert(n);
+  }
+  EXPECT_EQ(ns.size(), static_cast<size_t>(expected));
+  Consumer dlq(bootstrap(), dlq_topic, 1);
+  std::vector<testing::KafkaRecord> dead = dlq.Read(kInputs, std::chrono::seconds(3));
+  std::set<int64_t> dead_ns;
+  for (const testing::KafkaRecord& r : dead) {
+    size_t at = r.value.find("\"payload_base64\":\"");
+    ASSERT_NE(at, std::string::npos) << r.value;
+    at += 18;
+    int64_t n = FieldN(Base64Decode(r.value.substr(at, r.value.find('"', at) - at)));
+    EXPECT_TRUE(fails(n)) << r.value;
+    EXPECT_TRUE(dead_ns.insert(n).second) << "dead-lettered twice: " << r.value;
+  }
+  EXPECT_EQ(dead_ns.size(), static_cast<size_t>(kInputs - expected));
+  EXPECT_NE(gnomon.Stderr().find("a message was given up"), std::string::npos) << gnomon.Stderr();
+  gnomon.Signal(SIGTERM);
+  EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
+}
+
 // Exactly-once against a zombie: an instance stopped (SIGSTOP) past its session loses its
 // partitions to another; when it resumes (SIGCONT) it may try to commit the transaction it had
 // open, but the broker refuses offsets from an old generation of the group (KIP-447), so it
@@ -887,12 +1086,8 @@ TEST_F(TestBrokerTest, ExactlyOnceAZombieCommitsNothing) {
   const std::string alerts_topic = Topic("zombie-out", 2);
   constexpr int kInputs = 30000;
   testing::TempDir a_dir, b_dir;
-  for (auto [dir, id] : {std::pair{&a_dir, "a"}, std::pair{&b_dir, "b"}}) {
-    dir->Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
-                            "\",\n  handle = function(msg, ctx) ctx.emit(\"out\", { n = "
-                            "msg.payload.n }) end }");
-    dir->Write("g.yaml", EosConfig(telemetry, alerts_topic, "zombie", std::string("zombie-") + id));
-  }
+  WriteForwarder(a_dir, telemetry, alerts_topic, "zombie", "zombie-a");
+  WriteForwarder(b_dir, telemetry, alerts_topic, "zombie", "zombie-b");
   std::jthread feed = Feed(telemetry, kInputs, 20, std::chrono::milliseconds(300));
   Consumer alerts(bootstrap(), alerts_topic, 2);
   std::vector<testing::KafkaRecord> got;
@@ -920,12 +1115,7 @@ TEST_F(TestBrokerTest, ExactlyOnceAZombieCommitsNothing) {
   a.Signal(SIGCONT);
   ASSERT_EQ(read(kInputs), static_cast<size_t>(kInputs)) << a.Stderr() << b.Stderr();
   feed.join();
-  EXPECT_TRUE(alerts.Read(1, std::chrono::seconds(2)).empty()) << "an alert twice";
-  std::set<int64_t> ns;
-  for (const testing::KafkaRecord& r : got) {
-    ns.insert(FieldN(r.value));
-  }
-  EXPECT_EQ(ns.size(), static_cast<size_t>(kInputs));
+  ExpectEachOnce(alerts, got, kInputs);
   // The zombie had a transaction open when it stopped (the input flows, commits are 100 ms
   // apart): on resuming it found its partitions lost and aborted it, or the broker refused it.
   bool lost = a.Stderr().find("kafka partitions lost") != std::string::npos;
@@ -1116,6 +1306,80 @@ TEST(TestBrokerRawTest, BadBatchesAreRefusedAndUnknownApisClose) {
   EXPECT_FALSE(c.Call(29, 0, "").has_value()) << "DescribeAcls is not offered: closed";
   RawClient again(broker_.port());
   EXPECT_TRUE(again.Call(18, 0, "").has_value()) << "the broker serves on";
+}
+
+// InitProducerId v3/v4 (KIP-360, flexible encodings): a producer naming its current id and
+// epoch gets the epoch bumped (how librdkafka recovers from an abortable error that needs one);
+// naming an older epoch is refused as fenced (PRODUCER_FENCED from v4, INVALID_PRODUCER_EPOCH
+// before), but for the epoch a transaction timeout fenced: that producer may recover, once.
+TEST(TestBrokerRawTest, AnEpochBumpIsForTheCurrentProducerOrTheOneATimeoutFenced) {
+  KafkaTestBroker broker_({.port = 0, .partitions = 1});
+  ASSERT_EQ(broker_.Start(), "");
+  broker_.CreateTopic("bump", 1);
+  RawClient c(broker_.port());
+  ASSERT_TRUE(c.connected());
+  struct Answer {
+    int16_t error;
+    int64_t pid;
+    int16_t epoch;
+  };
+  auto init = [&](int16_t version, int32_t timeout_ms, int64_t pid, int16_t epoch) {
+    std::string b;
+    b.push_back(0);  // request header v2: tagged fields
+    b.push_back(2);  // transactional id "t" (compact: length + 1)
+    b += "t";
+    RawClient::Put(b, timeout_ms);
+    if (version >= 3) {
+      RawClient::Put(b, pid);
+      RawClient::Put(b, epoch);
+    }
+    b.push_back(0);  // tagged fields
+    std::optional<std::string> r = c.Call(22, version, b);
+    EXPECT_TRUE(r.has_value() && r->size() == 1 + 4 + 2 + 8 + 2 + 1);
+    if (!r.has_value() || r->size() < 17) {
+      return Answer{-1, -1, -1};
+    }
+    auto big = [&](size_t at, int n) {
+      uint64_t v = 0;
+      for (int i = 0; i < n; ++i) {
+        v = (v << 8) | static_cast<uint8_t>((*r)[at + static_cast<size_t>(i)]);
+      }
+      return v;
+    };
+    // (after the response header's tagged fields and throttle_time_ms)
+    return Answer{static_cast<int16_t>(big(5, 2)), static_cast<int64_t>(big(7, 8)),
+                  static_cast<int16_t>(big(15, 2))};
+  };
+  Answer first = init(4, 60000, -1, -1);
+  ASSERT_EQ(first.error, 0);
+  EXPECT_EQ(first.epoch, 0);
+  Answer bumped = init(4, 60000, first.pid, 0);
+  EXPECT_EQ(bumped.error, 0);
+  EXPECT_EQ(bumped.pid, first.pid);
+  EXPECT_EQ(bumped.epoch, 1);
+  EXPECT_EQ(init(4, 60000, first.pid, 0).error, 90) << "an old epoch: PRODUCER_FENCED";
+  EXPECT_EQ(init(3, 60000, first.pid, 0).error, 47) << "v3: INVALID_PRODUCER_EPOCH";
+  EXPECT_EQ(init(4, 60000, first.pid + 1, 1).error, 90) << "another producer id";
+
+  // A transaction left open past its timeout (200 ms) is aborted and its epoch (1) fenced;
+  // that producer, naming epoch 1, gets the new epoch (2) without another bump, once.
+  ASSERT_EQ(init(4, 200, first.pid, 1).epoch, 2);
+  std::string add;
+  RawClient::Put(add, int16_t{1});
+  add += "t";
+  RawClient::Put(add, first.pid);
+  RawClient::Put(add, int16_t{2});
+  RawClient::Put(add, int32_t{1});  // topics
+  RawClient::Put(add, int16_t{4});
+  add += "bump";
+  RawClient::Put(add, int32_t{1});  // partitions
+  RawClient::Put(add, int32_t{0});
+  ASSERT_TRUE(c.Call(24, 0, add).has_value());  // AddPartitionsToTxn: the transaction is open
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  Answer recovered = init(4, 200, first.pid, 2);
+  EXPECT_EQ(recovered.error, 0);
+  EXPECT_EQ(recovered.epoch, 3) << "the timeout's bump";
+  EXPECT_EQ(init(4, 200, first.pid, 2).error, 90) << "once";
 }
 
 }  // namespace

@@ -145,6 +145,39 @@ void LogCallback(const rd_kafka_t* rk, int level, const char* fac, const char* b
   }
 }
 
+void FailedTopics::Note(const std::string& topic, rd_kafka_resp_err_t err) {
+  if (err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+      err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
+    MutexLock lock(mu_);
+    topics_.insert(topic);
+  }
+}
+
+void FailedTopics::Refresh(rd_kafka_t* rk, const std::pair<std::string, std::string>& who) {
+  auto now = std::chrono::steady_clock::now();
+  if (now < next_) {
+    return;
+  }
+  next_ = now + std::chrono::seconds(5);
+  std::set<std::string> topics;
+  {
+    MutexLock lock(mu_);
+    topics.swap(topics_);
+  }
+  for (const std::string& t : topics) {
+    rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, t.c_str(), nullptr);
+    const rd_kafka_metadata_t* md = nullptr;
+    bool ok = rd_kafka_metadata(rk, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+              md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (md != nullptr) {
+      rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_topic_destroy(rkt);
+    log::Info(ok ? "kafka topic usable again" : "kafka topic still failing",
+              {{who.first, who.second}, {"topic", t}});
+  }
+}
+
 rd_kafka_headers_t* RecordHeaders(const Record& r) {
   rd_kafka_headers_t* headers = rd_kafka_headers_new(4 + r.headers.size());
   auto header = [&](std::string_view k, std::string_view v) {

@@ -8,10 +8,12 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 
 #include "gnomon/core/config.h"
+#include "gnomon/core/mutex.h"
 #include "gnomon/core/record.h"
 #include "gnomon/core/status.h"
 
@@ -55,6 +57,23 @@ class ReachabilityProbe {
 
  private:
   std::chrono::steady_clock::time_point next_{};
+};
+
+// librdkafka keeps a topic's authorization or existence error until its next metadata refresh
+// (topic.metadata.refresh.interval.ms, 5 minutes by default) and fails every record for it
+// meanwhile. Failed topics are asked about every 5 s instead, so fixing an ACL or creating the
+// topic takes effect within seconds. Thread-safe.
+class FailedTopics {
+ public:
+  void Note(const std::string& topic, rd_kafka_resp_err_t err);
+  // At most every 5 s (one thread): asks the broker about each noted topic through `rk`, which
+  // clears librdkafka's error once the topic is fine. `who` labels the log line.
+  void Refresh(rd_kafka_t* rk, const std::pair<std::string, std::string>& who);
+
+ private:
+  Mutex mu_;
+  std::set<std::string> topics_ GNOMON_GUARDED_BY(mu_);
+  std::chrono::steady_clock::time_point next_{};  // (the refreshing thread's)
 };
 
 // A record's Kafka headers: gnomon's provenance (gnomon-rule, gnomon-device,

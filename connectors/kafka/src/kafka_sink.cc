@@ -74,21 +74,19 @@ class KafkaSink final : public Sink {
       }
       ReachabilityProbe probe;
       const std::string who = "sink " + name_;
-      auto next_refresh = std::chrono::steady_clock::now();
       while (!st.stop_requested()) {
         rd_kafka_poll(rk_, 100);
         probe.Check(rk_, brokers_down_, who);
-        if (auto now = std::chrono::steady_clock::now(); now >= next_refresh) {
-          next_refresh = now + std::chrono::seconds(5);
-          RefreshFailedTopics();
-        }
+        failed_topics_.Refresh(rk_, {"sink", name_});
       }
     });
     return {};
   }
 
   void Send(Record&& record) override {
-    if (txn_ != nullptr && txn_->Active()) {
+    // (A record of an exactly-once source's message goes to the transactions even once they
+    // ended: it is cancelled there, never sent outside them.)
+    if (txn_ != nullptr && (txn_->Active() || txn_->Scopes(record))) {
       auto t = std::make_unique<Record>(std::move(record));
       if (t->topic.empty()) {
         t->topic = config_.topic;
@@ -129,7 +127,7 @@ class KafkaSink final : public Sink {
         continue;
       }
       rd_kafka_headers_destroy(headers);
-      NoteTopicError(topic.c_str(), err);
+      failed_topics_.Note(topic, err);
       Finish(r, InvalidArgument(fmt::format("kafka produce to {}: {}", topic, rd_kafka_err2str(err))));
       return;
     }
@@ -228,41 +226,9 @@ class KafkaSink final : public Sink {
       Finish(r, Cancelled("kafka sink stopped before the record was delivered"));
     } else {
       // The idempotent producer retried what can be retried; this is final.
-      NoteTopicError(rd_kafka_topic_name(m->rkt), m->err);
+      failed_topics_.Note(rd_kafka_topic_name(m->rkt), m->err);
       Finish(r, Unavailable(fmt::format("kafka delivery to {}: {}", rd_kafka_topic_name(m->rkt),
                                         rd_kafka_err2str(m->err))));
-    }
-  }
-
-  // librdkafka keeps a topic's authorization or existence error until its next metadata
-  // refresh (topic.metadata.refresh.interval.ms, 5 minutes by default) and fails every record
-  // for it meanwhile. Failed topics are asked about every 5 s instead, so fixing an ACL or
-  // creating the topic takes effect within seconds.
-  void NoteTopicError(const char* topic, rd_kafka_resp_err_t err) {
-    if (err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
-        err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
-      MutexLock lock(failed_mu_);
-      failed_topics_.insert(topic);
-    }
-  }
-
-  void RefreshFailedTopics() {
-    std::set<std::string> topics;
-    {
-      MutexLock lock(failed_mu_);
-      topics.swap(failed_topics_);
-    }
-    for (const std::string& t : topics) {
-      rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, t.c_str(), nullptr);
-      const rd_kafka_metadata_t* md = nullptr;
-      bool ok = rd_kafka_metadata(rk_, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-                md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR;
-      if (md != nullptr) {
-        rd_kafka_metadata_destroy(md);
-      }
-      rd_kafka_topic_destroy(rkt);
-      log::Info(ok ? "kafka topic usable again" : "kafka topic still failing",
-                {{"sink", name_}, {"topic", t}});
     }
   }
 
@@ -296,8 +262,7 @@ class KafkaSink final : public Sink {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
   std::atomic<bool> brokers_down_{false};
-  Mutex failed_mu_;
-  std::set<std::string> failed_topics_ GNOMON_GUARDED_BY(failed_mu_);
+  FailedTopics failed_topics_;
   std::shared_ptr<TxnProducer> txn_;  // the connection's, when a source runs exactly-once
 };
 

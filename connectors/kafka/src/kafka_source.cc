@@ -34,6 +34,9 @@ namespace gnomon::connectors::kafka {
 namespace {
 
 constexpr auto kRevokeWait = std::chrono::seconds(20);
+// Exactly-once: how long a commit waits with no message finishing before it asks whether the
+// transaction failed unannounced.
+constexpr auto kStalledTransaction = std::chrono::milliseconds(500);
 
 struct KafkaSourceConfig {
   ClientSettings settings;
@@ -94,6 +97,9 @@ class KafkaSource final : public Source {
     commit_failures_ = c("gnomon_kafka_commit_failures_total", "Offset commits that failed");
     pauses_ = c("gnomon_kafka_pauses_total", "Times the source paused its partitions (back-pressure)");
     rebalances_ = c("gnomon_kafka_rebalances_total", "Partition assignments and revocations");
+    rewinds_total_ = c("gnomon_kafka_rewinds_total",
+                       "Exactly-once: transactions aborted because a message was given up, and "
+                       "the partitions taken back to their committed offsets");
     lag_gauge_ = ctx.metrics.GetGauge("gnomon_kafka_inflight",
                                       "Messages taken from Kafka and not yet finished",
                                       {{"source", name_}});
@@ -193,7 +199,7 @@ class KafkaSource final : public Source {
 
   bool Ready() const override {
     return rk_ != nullptr && !brokers_down_.load(std::memory_order_relaxed) &&
-           (txn_ == nullptr || txn_->Active());
+           (txn_ == nullptr || txn_->Active()) && !rewinding_.load(std::memory_order_relaxed);
   }
 
   void Done(const PartitionKey& key, int64_t offset, uint64_t generation, bool done) {
@@ -280,6 +286,13 @@ class KafkaSource final : public Source {
         paused = false;
         full_since_ = {};
       }
+      // (After a rewind: the partitions wait a while before they are processed again.)
+      if (bool wait = now < rewind_until_; wait != rewind_paused_) {
+        rewind_paused_ = wait;
+        if (wait || !paused) {
+          SetPaused(wait);
+        }
+      }
       rd_kafka_message_t* msg = rd_kafka_consumer_poll(rk_, 100);
       if (msg == nullptr) {
         continue;
@@ -364,6 +377,8 @@ class KafkaSource final : public Source {
     bool abandoned = false;
     {
       MutexLock lock(mu_);
+      int64_t last = inflight_;
+      auto moved = std::chrono::steady_clock::now();
       while (inflight_ > 0) {
         if (give_up()) {
           return;
@@ -378,6 +393,17 @@ class KafkaSource final : public Source {
           continue;
         }
         cv_.wait_for(lock.native(), std::chrono::milliseconds(20));
+        if (auto now = std::chrono::steady_clock::now(); inflight_ != last) {
+          last = inflight_;
+          moved = now;
+        } else if (now - moved >= kStalledTransaction) {
+          // Nothing finished for a while: the transaction may have failed without telling
+          // any record.
+          moved = now;
+          lock.Unlock();
+          txn_->CheckAbortable();
+          lock.Lock();
+        }
       }
       abandoned = abandoned_;
       abandoned_ = false;
@@ -395,12 +421,32 @@ class KafkaSource final : public Source {
       return;
     }
     if (abandoned) {
-      // A message given up half-way (shutdown, mostly) may have some of its records in the
-      // transaction but its offset cannot commit: abort, and go back to the committed offsets
-      // so the transaction's messages are processed again.
+      // A message given up half-way (its dead letter could not be written, say) may have some
+      // of its records in the transaction but its offset cannot commit: abort, and go back to
+      // the committed offsets so the transaction's messages are processed again. Again and
+      // again if the cause stays (a dead-letter topic the producer may not write): the
+      // partitions wait, longer each time (0.1 s doubling to 30 s), and from the third time
+      // in a row the source reports not ready; nothing is skipped.
       txn_->Abort(/*drop_scoped=*/true, give_up);
       taken_ = 0;
       Rewind();
+      rewinds_total_->Inc();
+      ++rewinds_;
+      auto wait = std::min<std::chrono::milliseconds>(
+          std::chrono::milliseconds(100) * (int64_t{1} << std::min(rewinds_ - 1, 9)),
+          std::chrono::seconds(30));
+      rewind_until_ = std::chrono::steady_clock::now() + wait;
+      rewinding_.store(rewinds_ >= 3, std::memory_order_relaxed);
+      static log::RateLimiter limiter(2);
+      if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+        log::Error(
+            "kafka transaction aborted: a message was given up (see the error before this); "
+            "its partitions go back to their committed offsets and are processed again",
+            {{"source", name_},
+             {"times_in_a_row", std::to_string(rewinds_)},
+             {"waiting_ms", std::to_string(wait.count())},
+             {"suppressed_before", std::to_string(suppressed)}});
+      }
       return;
     }
     rd_kafka_topic_partition_list_t* offsets = rd_kafka_topic_partition_list_new(8);
@@ -423,6 +469,8 @@ class KafkaSource final : public Source {
       taken_ = 0;
       if (offsets->cnt > 0) {
         commits_->Inc();
+        rewinds_ = 0;  // progress
+        rewinding_.store(false, std::memory_order_relaxed);
       }
       MutexLock lock(mu_);
       for (int i = 0; i < offsets->cnt; ++i) {
@@ -614,15 +662,29 @@ class KafkaSource final : public Source {
     // belong to another instance, so nothing of it may commit.
     bool transactional = txn_ != nullptr && txn_->Active() && !closing_;
     bool lost = transactional && rd_kafka_assignment_lost(rk) != 0;
+    // (Fenced: nothing of these partitions can commit here any more, and the messages in
+    // flight were cancelled, left to the next owner: nothing to wait for.)
+    bool fenced = txn_ != nullptr && !txn_->Active();
     bool drained = true;
-    if (!closing_ && !lost) {
+    if (!closing_ && !lost && !fenced) {
       MutexLock lock(mu_);
       auto until = std::chrono::steady_clock::now() + kRevokeWait;
       // (Exactly-once: a transaction that needs an abort, or whose producer was fenced, will
       // not finish its messages; the abort below cancels them.)
+      size_t last = in_flight();
+      auto moved = std::chrono::steady_clock::now();
       while (in_flight() > 0 && !(transactional && txn_->NeedsAbort()) &&
              std::chrono::steady_clock::now() < until) {
         cv_.wait_for(lock.native(), std::chrono::milliseconds(20));
+        if (auto now = std::chrono::steady_clock::now(); in_flight() != last) {
+          last = in_flight();
+          moved = now;
+        } else if (transactional && now - moved >= kStalledTransaction) {
+          moved = now;  // (as in CommitTransaction)
+          lock.Unlock();
+          txn_->CheckAbortable();
+          lock.Lock();
+        }
       }
       if (in_flight() > 0) {
         drained = false;
@@ -701,11 +763,18 @@ class KafkaSource final : public Source {
   std::atomic<bool> closing_{false};
   std::shared_ptr<TxnProducer> txn_;  // exactly-once only
   int64_t taken_ = 0;                 // messages taken since the last commit (poll thread)
+  // Exactly-once rewinds (CommitTransaction) in a row, and until when the partitions wait
+  // (poll thread); rewinding_: three or more in a row, not ready.
+  int rewinds_ = 0;
+  std::chrono::steady_clock::time_point rewind_until_{};
+  bool rewind_paused_ = false;
+  std::atomic<bool> rewinding_{false};
   std::chrono::steady_clock::time_point full_since_{};  // poll thread only
   Counter* commits_;
   Counter* commit_failures_;
   Counter* pauses_;
   Counter* rebalances_;
+  Counter* rewinds_total_;
   Gauge* lag_gauge_;
 };
 

@@ -28,8 +28,9 @@ bool RecordError(rd_kafka_resp_err_t err) {
     case RD_KAFKA_RESP_ERR_INVALID_MSG:
     case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
-    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
       return true;
+    // (A record that timed out waiting to be sent, _MSG_TIMED_OUT, is not one: the
+    // transaction could not finish in time — a stall, the broker away — and is redone.)
     default:
       return false;
   }
@@ -75,12 +76,41 @@ Status TxnProducer::Start(const ClientSettings& settings, const std::string& tra
       "gnomon_kafka_transaction_commit_seconds",
       "Time to commit a Kafka transaction (sending the offsets and committing)",
       {{"source", source_}});
+  timed_out_ = outcome("timed_out");
+  settings_ = settings;
+  timeout_ms_ = transaction_timeout_ms;
+  poller_ = std::jthread([this](const std::stop_token& st) {
+    pthread_setname_np(pthread_self(), "gnomon-kafka-t");
+    while (!st.stop_requested()) {
+      {
+        MutexLock lock(rk_mu_);
+        if (rk_ != nullptr) {
+          rd_kafka_poll(rk_, 50);
+          failed_topics_.Refresh(rk_, {"source", source_});
+        }
+      }
+      ReportFailures();
+    }
+  });
+  {
+    MutexLock lock(rk_mu_);
+    GNOMON_RETURN_IF_ERROR(Connect());
+  }
+  txn_.store(1, std::memory_order_release);
+  active_.store(true, std::memory_order_release);
+  log::Info("kafka transactions started",
+            {{"source", source_}, {"transactional_id", transactional_id_}});
+  return {};
+}
+
+// A new producer with the same transactional id, its first transaction begun.
+Status TxnProducer::Connect() {
   GNOMON_ASSIGN_OR_RETURN(
       rd_kafka_conf_t * conf,
-      MakeConf(settings, {{"transactional.id", transactional_id},
-                          {"enable.idempotence", "true"},
-                          {"transaction.timeout.ms", std::to_string(transaction_timeout_ms)},
-                          {"client.id", "gnomon-" + source + "-txn"}}));
+      MakeConf(settings_, {{"transactional.id", transactional_id_},
+                           {"enable.idempotence", "true"},
+                           {"transaction.timeout.ms", std::to_string(timeout_ms_)},
+                           {"client.id", "gnomon-" + source_ + "-txn"}}));
   rd_kafka_conf_set_opaque(conf, this);
   rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* self) {
     static_cast<TxnProducer*>(self)->OnDelivery(m);
@@ -94,13 +124,6 @@ Status TxnProducer::Start(const ClientSettings& settings, const std::string& tra
     rd_kafka_conf_destroy(conf);
     return Unavailable(fmt::format("kafka source {}: transactional producer: {}", source_, err));
   }
-  poller_ = std::jthread([this](const std::stop_token& st) {
-    pthread_setname_np(pthread_self(), "gnomon-kafka-t");
-    while (!st.stop_requested()) {
-      rd_kafka_poll(rk_, 50);
-      ReportFailures();
-    }
-  });
   // Fences an earlier producer with this id and aborts what it left open.
   if (rd_kafka_error_t* e = rd_kafka_init_transactions(rk_, 30000); e != nullptr) {
     std::string text = Text(e);
@@ -114,10 +137,6 @@ Status TxnProducer::Start(const ClientSettings& settings, const std::string& tra
     rd_kafka_error_destroy(e);
     return Unavailable(fmt::format("kafka source {}: beginning a transaction: {}", source_, text));
   }
-  txn_.store(1, std::memory_order_release);
-  active_.store(true, std::memory_order_release);
-  log::Info("kafka transactions started",
-            {{"source", source_}, {"transactional_id", transactional_id_}});
   return {};
 }
 
@@ -146,41 +165,57 @@ rd_kafka_resp_err_t TxnProducer::ProduceHeld(Held* h) {
   }
 }
 
+bool TxnProducer::Scopes(const Record& r) const {
+  return r.delivery != nullptr && r.delivery->ack() != nullptr &&
+         r.delivery->ack()->Scope() == this;
+}
+
 bool TxnProducer::Produce(std::unique_ptr<Record>& r) {
   std::unique_ptr<Held> refused;
-  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+  Status why;
   {
     ReaderLock lock(txn_mu_);
     if (!Active()) {
-      return false;
-    }
-    auto h = std::make_unique<Held>();
-    h->scoped = r->delivery != nullptr && r->delivery->ack() != nullptr &&
-                r->delivery->ack()->Scope() == this;
-    h->record = std::move(r);
-    Held* held = h.get();
-    {
+      if (!Scopes(*r)) {
+        return false;
+      }
+      // Fenced or closed: its message is left to the partition's next owner (sent outside
+      // the transactions, its record would be there twice).
+      refused = std::make_unique<Held>();
+      refused->record = std::move(r);
+      why = Cancelled("the Kafka transactions ended before the record was sent");
+    } else {
+      auto h = std::make_unique<Held>();
+      h->scoped = Scopes(*r);
+      h->record = std::move(r);
+      Held* held = h.get();
+      {
+        MutexLock l(mu_);
+        if (held_.empty()) {
+          first_record_ = std::chrono::steady_clock::now();
+        }
+        held_.push_back(std::move(h));
+      }
+      rd_kafka_resp_err_t err = ProduceHeld(held);
+      if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        return true;
+      }
+      if (!RecordError(err) && err != RD_KAFKA_RESP_ERR__INVALID_ARG) {
+        // The transaction cannot take records now (it needs an abort): the redo produces it.
+        needs_abort_.store(true, std::memory_order_release);
+        return true;
+      }
+      failed_topics_.Note(held->record->topic, err);
       MutexLock l(mu_);
-      held_.push_back(std::move(h));
+      auto it =
+          std::find_if(held_.begin(), held_.end(), [&](const auto& p) { return p.get() == held; });
+      refused = std::move(*it);
+      held_.erase(it);
+      why = InvalidArgument(
+          fmt::format("kafka produce to {}: {}", refused->record->topic, rd_kafka_err2str(err)));
     }
-    err = ProduceHeld(held);
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      return true;
-    }
-    if (!RecordError(err) && err != RD_KAFKA_RESP_ERR__INVALID_ARG) {
-      // The transaction cannot take records now (it needs an abort): the redo produces it.
-      needs_abort_.store(true, std::memory_order_release);
-      return true;
-    }
-    MutexLock l(mu_);
-    auto it =
-        std::find_if(held_.begin(), held_.end(), [&](const auto& p) { return p.get() == held; });
-    refused = std::move(*it);
-    held_.erase(it);
   }
-  reporter_.Report(*refused->record,
-                   InvalidArgument(fmt::format("kafka produce to {}: {}", refused->record->topic,
-                                               rd_kafka_err2str(err))));
+  reporter_.Report(*refused->record, why);
   return true;
 }
 
@@ -215,6 +250,7 @@ void TxnProducer::OnDelivery(const rd_kafka_message_t* m) {
   if (!RecordError(m->err)) {
     return;  // the transaction's error, not the record's: redone with it
   }
+  failed_topics_.Note(rd_kafka_topic_name(m->rkt), m->err);
   Status st = Unavailable(fmt::format("kafka delivery to {}: {}", rd_kafka_topic_name(m->rkt),
                                       rd_kafka_err2str(m->err)));
   MutexLock lock(mu_);
@@ -335,6 +371,7 @@ TxnProducer::Outcome TxnProducer::Commit(const rd_kafka_topic_partition_list_t* 
             }
           }
           held_.clear();
+          first_record_ = {};
         }
         txn_.fetch_add(1, std::memory_order_acq_rel);
         if (rd_kafka_error_t* b = rd_kafka_begin_transaction(rk_); b != nullptr) {
@@ -351,6 +388,10 @@ TxnProducer::Outcome TxnProducer::Commit(const rd_kafka_topic_partition_list_t* 
       bool abort = rd_kafka_error_txn_requires_abort(e);
       rd_kafka_resp_err_t code = rd_kafka_error_code(e);
       rd_kafka_error_destroy(e);
+      if (fatal && TimedOut()) {
+        needs_abort_.store(true, std::memory_order_release);  // (the abort renews the producer)
+        continue;
+      }
       if (fatal) {
         Fence(text, reports);
         outcome = Outcome::kFenced;
@@ -400,16 +441,26 @@ TxnProducer::Outcome TxnProducer::AbortAndRedo(bool drop_scoped, const GiveUp& g
     std::string text = Text(e);
     bool fatal = rd_kafka_error_is_fatal(e);
     rd_kafka_error_destroy(e);
-    if (fatal) {
+    if (fatal && !(TimedOut() && Renew(text))) {
       Fence(text, reports);
       return Outcome::kFenced;
     }
-    needs_abort_.store(true, std::memory_order_release);
-    return Outcome::kGaveUp;
+    if (!fatal) {
+      needs_abort_.store(true, std::memory_order_release);
+      return Outcome::kGaveUp;
+    }
   }
   std::vector<Held*> redo;
   {
     MutexLock l(mu_);
+    static log::RateLimiter limiter(2);
+    if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+      log::Warn(drop_scoped ? "kafka transaction aborted; its messages are processed again"
+                            : "kafka transaction aborted and begun again with its records",
+                {{"source", source_},
+                 {"records", std::to_string(held_.size())},
+                 {"suppressed_before", std::to_string(suppressed)}});
+    }
     std::vector<std::unique_ptr<Held>> keep;
     for (auto& h : held_) {
       if (drop_scoped && h->scoped) {
@@ -437,6 +488,7 @@ TxnProducer::Outcome TxnProducer::AbortAndRedo(bool drop_scoped, const GiveUp& g
     if (!RecordError(err)) {
       break;  // the next round aborts and redoes again
     }
+    failed_topics_.Note(h->record->topic, err);
     MutexLock l(mu_);
     auto it = std::find_if(held_.begin(), held_.end(), [&](const auto& p) { return p.get() == h; });
     h->failed = true;
@@ -451,7 +503,62 @@ TxnProducer::Outcome TxnProducer::AbortAndRedo(bool drop_scoped, const GiveUp& g
     }
     held_.erase(it);
   }
+  MutexLock l(mu_);
+  first_record_ =
+      held_.empty() ? std::chrono::steady_clock::time_point{} : std::chrono::steady_clock::now();
   return Outcome::kRedone;
+}
+
+bool TxnProducer::TimedOut() const {
+  MutexLock l(mu_);
+  return first_record_ != std::chrono::steady_clock::time_point{} &&
+         std::chrono::steady_clock::now() - first_record_ >= std::chrono::milliseconds(timeout_ms_);
+}
+
+bool TxnProducer::Renew(const std::string& why) {
+  timed_out_->Inc();
+  log::Warn(
+      "kafka transaction timed out on the broker (open longer than transaction_timeout_ms: "
+      "this process stalled, or the broker was away); starting a new producer and redoing "
+      "the transaction with its records",
+      {{"source", source_},
+       {"transactional_id", transactional_id_},
+       {"transaction_timeout_ms", std::to_string(timeout_ms_)},
+       {"error", why}});
+  txn_.fetch_add(1, std::memory_order_acq_rel);  // the old producer's reports are stale
+  MutexLock lock(rk_mu_);  // (the poller waits; its failure reports, which may produce, do not)
+  // Its records are the aborted transaction's: purged, their reports served (and ignored).
+  rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+  rd_kafka_flush(rk_, 2000);
+  rd_kafka_destroy(rk_);
+  rk_ = nullptr;
+  needs_abort_.store(false, std::memory_order_release);
+  if (Status st = Connect(); !st.ok()) {
+    log::Error("kafka transactional producer could not be started again",
+               {{"source", source_}, {"error", st.message()}});
+    return false;
+  }
+  return true;
+}
+
+bool TxnProducer::CheckAbortable() {
+  ReaderLock lock(txn_mu_);
+  if (!Active()) {
+    return false;
+  }
+  // Refused inside a transaction; the refusal carries the transaction's state.
+  rd_kafka_error_t* e = rd_kafka_begin_transaction(rk_);
+  if (e == nullptr) {
+    return false;  // (no transaction was open: now one is)
+  }
+  bool failed = rd_kafka_error_txn_requires_abort(e) || rd_kafka_error_is_fatal(e);
+  if (failed) {
+    log::Warn("kafka transaction failed without a record's error; aborting it",
+              {{"source", source_}, {"error", Text(e)}});
+    needs_abort_.store(true, std::memory_order_release);
+  }
+  rd_kafka_error_destroy(e);
+  return failed;
 }
 
 TxnProducer::Outcome TxnProducer::Abort(bool drop_scoped, const GiveUp& give_up) {
@@ -488,6 +595,7 @@ void TxnProducer::ReapHeld(const Status& status, Reports& reports) {
     }
   }
   held_.clear();
+  first_record_ = {};
 }
 
 void TxnProducer::Finish(Deadline deadline) {
@@ -509,11 +617,8 @@ void TxnProducer::Close() {
   Reports reports;
   {
     WriterLock lock(txn_mu_);
-    if (rk_ == nullptr) {
-      return;
-    }
     active_.store(false, std::memory_order_release);
-    if (Open() > 0) {
+    if (rk_ != nullptr && Open() > 0) {
       // Not committed: abort now rather than leave read_committed consumers waiting for the
       // broker's transaction timeout.
       if (rd_kafka_error_t* e = rd_kafka_abort_transaction(rk_, 5000); e != nullptr) {
@@ -527,9 +632,14 @@ void TxnProducer::Close() {
   if (poller_.joinable()) {
     poller_.join();
   }
-  rd_kafka_flush(rk_, 1000);
-  rd_kafka_destroy(rk_);
-  rk_ = nullptr;
+  {
+    MutexLock lock(rk_mu_);
+    if (rk_ != nullptr) {
+      rd_kafka_flush(rk_, 1000);
+      rd_kafka_destroy(rk_);
+      rk_ = nullptr;
+    }
+  }
   ReportFailures();
   MutexLock lock(mu_);
   retired_.clear();

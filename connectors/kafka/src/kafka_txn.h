@@ -22,6 +22,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -52,10 +53,17 @@ class TxnProducer {
   // Started, not fenced and not closed: the connection's sinks send through Produce.
   bool Active() const { return active_.load(std::memory_order_acquire); }
   // A sink: `r` (topic set) into the open transaction; the producer owns it. False (and `r`
-  // untouched) when not active: the sink sends it its own way.
+  // untouched) when not active: the sink sends it its own way; but a record of the source's
+  // messages is then reported cancelled (true), never sent outside the transactions.
   bool Produce(std::unique_ptr<Record>& r);
+  // `r` was caused by one of the source's messages (its ack's Scope() is this producer).
+  bool Scopes(const Record& r) const;
   // The open transaction hit an error that needs an abort: the source calls Abort(false).
   bool NeedsAbort() const { return needs_abort_.load(std::memory_order_acquire); }
+  // Asks librdkafka whether the open transaction failed with no record told (a partition's
+  // sequence that needs an epoch bump keeps its records queued, reporting nothing): then
+  // NeedsAbort() and true. For the source when its messages stop finishing.
+  bool CheckAbortable();
 
   // kLost: the group has a newer generation without this member (it stalled past its session,
   // a zombie): the broker refused its offsets, the transaction was aborted and the source's
@@ -90,7 +98,16 @@ class TxnProducer {
     Held* held;
     uint64_t txn;
   };
+  Status Connect() GNOMON_REQUIRES(rk_mu_);
   rd_kafka_resp_err_t ProduceHeld(Held* h) GNOMON_REQUIRES_SHARED(txn_mu_);
+  // The open transaction's first record is older than the transaction timeout: a fatal
+  // "fenced" error is then the broker having aborted it for its timeout (and bumped the
+  // producer's epoch), not another instance with our transactional id, whose fencing comes
+  // within a transaction's usual lifetime.
+  bool TimedOut() const;
+  // After a timeout: the producer is replaced by a new one (same transactional id, a new epoch)
+  // with a transaction begun; false if that failed. The caller redoes the held records.
+  bool Renew(const std::string& why) GNOMON_REQUIRES(txn_mu_);
   void OnDelivery(const rd_kafka_message_t* m);
   void OnError(rd_kafka_resp_err_t err, const char* reason);
   // Aborts and begins again; records of the source are dropped with `drop_scoped`. Reports to
@@ -111,6 +128,8 @@ class TxnProducer {
   DeliveryReporter& reporter_;
   std::string source_;
   std::string transactional_id_;
+  ClientSettings settings_;
+  int64_t timeout_ms_ = 0;
   std::function<void(Deadline)> finish_ GNOMON_GUARDED_BY(mu_);
   std::atomic<bool> active_{false};
   std::atomic<bool> needs_abort_{false};
@@ -118,18 +137,25 @@ class TxnProducer {
   // Produce holds it shared; commit, abort and close exclusively (librdkafka takes no record
   // while a transaction ends).
   SharedMutex txn_mu_;
+  // Replacing the producer (Renew, Close) holds it, and so does the poller around
+  // rd_kafka_poll; others use rk_ under txn_mu_, which Renew holds exclusively.
+  Mutex rk_mu_;
   rd_kafka_t* rk_ = nullptr;
   std::jthread poller_;
   mutable Mutex mu_;
   std::vector<std::unique_ptr<Held>> held_ GNOMON_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Held>> retired_ GNOMON_GUARDED_BY(mu_);  // freed a commit later
   bool finished_ GNOMON_GUARDED_BY(mu_) = false;
+  // When the open transaction got its first record ({} while it has none).
+  std::chrono::steady_clock::time_point first_record_ GNOMON_GUARDED_BY(mu_);
   // Records the broker refused, to be reported failed by the poller thread.
   std::vector<std::pair<std::unique_ptr<Held>, Status>> failures_ GNOMON_GUARDED_BY(mu_);
+  FailedTopics failed_topics_;  // refreshed by the poller
   MetricsRegistry& metrics_;
   Counter* committed_ = nullptr;
   Counter* aborted_ = nullptr;
   Counter* fenced_ = nullptr;
+  Counter* timed_out_ = nullptr;
   Counter* record_failures_ = nullptr;
   Histogram* records_ = nullptr;
   Histogram* commit_seconds_ = nullptr;
