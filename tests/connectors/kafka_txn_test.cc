@@ -82,6 +82,15 @@ class TxnProducerTest : public ::testing::Test {
   Status Start(TxnProducer& p, const std::string& id, int64_t timeout_ms = 10000) {
     return p.Start(settings_, id, timeout_ms, "in", [](Deadline) {});
   }
+  // What a read_committed consumer finds in "out" (it reads until 500 ms pass with nothing new).
+  std::vector<std::string> Committed() {
+    std::vector<std::string> values;
+    for (const auto& r : gnomon::testing::KafkaClient(broker_.bootstrap())
+                             .ReadAll("out", 100, std::chrono::milliseconds(500))) {
+      values.push_back(r.value);
+    }
+    return values;
+  }
   uint64_t Transactions(const std::string& outcome) {
     return metrics_
         .GetCounter("gnomon_kafka_transactions_total", "", {{"source", "in"}, {"outcome", outcome}})
@@ -139,12 +148,7 @@ TEST_F(TxnProducerTest, AfterItIsFencedARecordOfTheSourcesMessagesIsCancelledNot
   ASSERT_TRUE(second.Produce(after));
   ASSERT_EQ(second.Commit(nullptr, nullptr, [] { return false; }),
             TxnProducer::Outcome::kCommitted);
-  std::vector<std::string> committed;
-  for (const auto& r : gnomon::testing::KafkaClient(broker_.bootstrap())
-                           .ReadAll("out", 2, std::chrono::milliseconds(500))) {
-    committed.push_back(r.value);
-  }
-  EXPECT_EQ(committed, std::vector<std::string>{"after"});
+  EXPECT_EQ(Committed(), std::vector<std::string>{"after"});
 }
 
 // A transaction the broker aborted for its timeout (this process stalled) fences the
@@ -164,12 +168,7 @@ TEST_F(TxnProducerTest, ATransactionTheBrokerTimedOutIsRedoneByANewProducer) {
   EXPECT_TRUE(p.Active());
   EXPECT_EQ(Transactions("timed_out"), 1u);
   EXPECT_EQ(Transactions("fenced"), 0u);
-  std::vector<std::string> committed;
-  for (const auto& rec : gnomon::testing::KafkaClient(broker_.bootstrap())
-                             .ReadAll("out", 2, std::chrono::milliseconds(500))) {
-    committed.push_back(rec.value);
-  }
-  EXPECT_EQ(committed, std::vector<std::string>{"kept"});
+  EXPECT_EQ(Committed(), std::vector<std::string>{"kept"});
 }
 
 // A transaction can fail with no record told. After a batch the broker refused for its topic
@@ -199,12 +198,7 @@ TEST_F(TxnProducerTest, ATransactionThatFailedWithNoRecordToldIsFoundAndRedone) 
   EXPECT_TRUE(p.CheckAbortable());
   EXPECT_TRUE(p.NeedsAbort());
   EXPECT_EQ(p.Commit(nullptr, nullptr, [] { return false; }), TxnProducer::Outcome::kCommitted);
-  std::vector<std::string> committed;
-  for (const auto& rec : gnomon::testing::KafkaClient(broker_.bootstrap())
-                             .ReadAll("out", 2, std::chrono::milliseconds(500))) {
-    committed.push_back(rec.value);
-  }
-  EXPECT_EQ(committed, std::vector<std::string>{"once"});
+  EXPECT_EQ(Committed(), std::vector<std::string>{"once"});
 }
 
 // A close with a transaction open aborts it at once (read_committed consumers need not wait
@@ -246,10 +240,7 @@ TEST_F(TxnProducerTest, ARecordRefusedForItselfFailsAloneAndTheRestCommits) {
   EXPECT_EQ(reports[0].second.code(), StatusCode::kInvalidArgument) << reports[0].second.message();
   EXPECT_EQ(reports[1].first, "fine");
   EXPECT_TRUE(reports[1].second.ok()) << reports[1].second.message();
-  auto got = gnomon::testing::KafkaClient(broker_.bootstrap())
-                 .ReadAll("out", 2, std::chrono::milliseconds(500));
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].value, "fine");
+  EXPECT_EQ(Committed(), std::vector<std::string>{"fine"});
 }
 
 }  // namespace

@@ -284,6 +284,23 @@ class TestBrokerTest : public ::testing::Test {
                            "msg.payload.n }) end }");
     dir.Write("g.yaml", EosConfig(input, output, group, transactional_id));
   }
+  // As WriteForwarder, but the rule fails (error()) on every input whose n % `modulo` is 13,
+  // and dead letters go to a Kafka sink `dlq` on topic `dlq_topic` (in the transactions).
+  void WriteFailingForwarder(const testing::TempDir& dir, const std::string& input,
+                             const std::string& output, const std::string& dlq_topic,
+                             const std::string& group, const std::string& transactional_id,
+                             int modulo) {
+    dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + input +
+                           "\",\n  quarantine = { failures = 1000000, device_failures = 1000000 },"
+                           "\n  handle = function(msg, ctx)\n"
+                           "    if msg.payload.n % " +
+                           std::to_string(modulo) +
+                           " == 13 then error(\"unlucky \" .. msg.payload.n) end\n"
+                           "    ctx.emit(\"out\", { d = msg.device, n = msg.payload.n })\n  end }");
+    dir.Write("g.yaml", EosConfig(input, output, group, transactional_id,
+                                  "  - { name: dlq, connection: bus, topic: " + dlq_topic + " }\n",
+                                  "dead_letter: { sink: dlq, per_device_per_s: 0 }\n"));
+  }
   // Produces `n` records {"n":i} keyed d{i % devices} to `topic` on a thread, pausing `pause`
   // after every 1000 (so the input arrives over a while).
   // (A std::jthread: a failed assertion leaves the test with it joined, not terminated.)
@@ -728,6 +745,21 @@ std::string Base64Decode(const std::string& in) {
   return out;
 }
 
+// The dead letters (`dead`, gnomon's JSON) are of inputs that `fails`, each once, `count` of them.
+template <typename Fails>
+void ExpectDeadLetters(const std::vector<testing::KafkaRecord>& dead, Fails fails, int count) {
+  std::set<int64_t> ns;
+  for (const testing::KafkaRecord& r : dead) {
+    size_t at = r.value.find("\"payload_base64\":\"");
+    ASSERT_NE(at, std::string::npos) << r.value;
+    at += 18;
+    int64_t n = FieldN(Base64Decode(r.value.substr(at, r.value.find('"', at) - at)));
+    EXPECT_TRUE(fails(n)) << r.value;
+    EXPECT_TRUE(ns.insert(n).second) << "dead-lettered twice: " << r.value;
+  }
+  EXPECT_EQ(ns.size(), static_cast<size_t>(count));
+}
+
 // Exactly-once (issue 18): gnomon is killed with SIGKILL again and again while it turns 100k
 // inputs into alerts inside Kafka transactions; a read_committed consumer then finds every
 // input's alert exactly once, each device's in input order, and the dead letters (a Kafka sink
@@ -741,15 +773,7 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughKill9) {
   constexpr int kDevices = 50;
   auto fails = [](int64_t n) { return n % 1000 == 13; };
   testing::TempDir dir;
-  dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
-                         "\",\n  quarantine = { failures = 1000000, device_failures = 1000000 },"
-                         "\n  handle = function(msg, ctx)\n"
-                         "    if msg.payload.n % 1000 == 13 then error(\"unlucky \" .. "
-                         "msg.payload.n) end\n"
-                         "    ctx.emit(\"out\", { d = msg.device, n = msg.payload.n })\n  end }");
-  dir.Write("g.yaml", EosConfig(telemetry, alerts_topic, "eos", "eos-1",
-                                "  - { name: dlq, connection: bus, topic: " + dlq_topic + " }\n",
-                                "dead_letter: { sink: dlq, per_device_per_s: 0 }\n"));
+  WriteFailingForwarder(dir, telemetry, alerts_topic, dlq_topic, "eos", "eos-1", 1000);
   int expected = 0;
   for (int i = 0; i < kInputs; ++i) {
     expected += fails(i) ? 0 : 1;
@@ -812,16 +836,7 @@ TEST_F(TestBrokerTest, ExactlyOnceThroughKill9) {
       << "out of device order, e.g. " << (out_of_order.empty() ? "" : out_of_order[0]);
   EXPECT_EQ(ns.size(), static_cast<size_t>(expected));
   // The dead letters: exactly the inputs the rule failed on, each once.
-  std::set<int64_t> dead_ns;
-  for (const testing::KafkaRecord& r : dead) {
-    size_t at = r.value.find("\"payload_base64\":\"");
-    ASSERT_NE(at, std::string::npos) << r.value;
-    at += 18;
-    int64_t n = FieldN(Base64Decode(r.value.substr(at, r.value.find('"', at) - at)));
-    EXPECT_TRUE(fails(n)) << r.value;
-    EXPECT_TRUE(dead_ns.insert(n).second) << "dead-lettered twice: " << r.value;
-  }
-  EXPECT_EQ(dead_ns.size(), static_cast<size_t>(kInputs - expected));
+  ExpectDeadLetters(dead, fails, kInputs - expected);
   // The kills cut transactions: their records are in the log, hidden from read_committed.
   Consumer raw(bootstrap(), alerts_topic, 3, RD_KAFKA_OFFSET_BEGINNING, "read_uncommitted");
   EXPECT_GT(raw.Read(kInputs * 2, std::chrono::seconds(5)).size(), static_cast<size_t>(expected));
@@ -1028,14 +1043,7 @@ TEST_F(TestBrokerTest, ExactlyOnceAMessageGivenUpHalfWayIsProcessedAgain) {
   constexpr int kInputs = 6000;
   auto fails = [](int64_t n) { return n % 500 == 13; };
   testing::TempDir dir;
-  dir.Write("r.lua", "return rule { name = \"fwd\", from = \"" + telemetry +
-                         "\",\n  quarantine = { failures = 1000000, device_failures = 1000000 },"
-                         "\n  handle = function(msg, ctx)\n"
-                         "    if msg.payload.n % 500 == 13 then error(\"unlucky\") end\n"
-                         "    ctx.emit(\"out\", { n = msg.payload.n })\n  end }");
-  dir.Write("g.yaml", EosConfig(telemetry, alerts_topic, "given-up", "given-up-1",
-                                "  - { name: dlq, connection: bus, topic: " + dlq_topic + " }\n",
-                                "dead_letter: { sink: dlq, per_device_per_s: 0 }\n"));
+  WriteFailingForwarder(dir, telemetry, alerts_topic, dlq_topic, "given-up", "given-up-1", 500);
   testing::Process gnomon({GNOMON_BINARY, "run", "-c", dir.File("g.yaml")}, dir.path());
   ASSERT_TRUE(testing::WaitFor(
       [&] { return gnomon.Stderr().find("kafka partitions assigned") != std::string::npos; },
@@ -1062,16 +1070,7 @@ TEST_F(TestBrokerTest, ExactlyOnceAMessageGivenUpHalfWayIsProcessedAgain) {
   EXPECT_EQ(ns.size(), static_cast<size_t>(expected));
   Consumer dlq(bootstrap(), dlq_topic, 1);
   std::vector<testing::KafkaRecord> dead = dlq.Read(kInputs, std::chrono::seconds(3));
-  std::set<int64_t> dead_ns;
-  for (const testing::KafkaRecord& r : dead) {
-    size_t at = r.value.find("\"payload_base64\":\"");
-    ASSERT_NE(at, std::string::npos) << r.value;
-    at += 18;
-    int64_t n = FieldN(Base64Decode(r.value.substr(at, r.value.find('"', at) - at)));
-    EXPECT_TRUE(fails(n)) << r.value;
-    EXPECT_TRUE(dead_ns.insert(n).second) << "dead-lettered twice: " << r.value;
-  }
-  EXPECT_EQ(dead_ns.size(), static_cast<size_t>(kInputs - expected));
+  ExpectDeadLetters(dead, fails, kInputs - expected);
   EXPECT_NE(gnomon.Stderr().find("a message was given up"), std::string::npos) << gnomon.Stderr();
   gnomon.Signal(SIGTERM);
   EXPECT_EQ(gnomon.Wait(), 0) << gnomon.Stderr();
