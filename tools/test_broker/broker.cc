@@ -561,11 +561,15 @@ class Session : public std::enable_shared_from_this<Session> {
             self->Answer(/*may_wait=*/false);
           }
         });
-        broker_.fetch_waiters.push_back([weak = weak_from_this()] {
-          if (auto s = weak.lock()) {
-            s->timer_.cancel();
-          }
-        });
+        if (!waker_registered_) {  // (one entry per session: an idle broker does not grow)
+          waker_registered_ = true;
+          broker_.fetch_waiters.push_back([weak = weak_from_this()] {
+            if (auto s = weak.lock()) {
+              s->waker_registered_ = false;
+              s->timer_.cancel();
+            }
+          });
+        }
       }
       return;  // (no body and no wait: close)
     }
@@ -589,6 +593,7 @@ class Session : public std::enable_shared_from_this<Session> {
   tcp::socket socket_;
   KafkaTestBroker::Impl& broker_;
   asio::steady_timer timer_;
+  bool waker_registered_ = false;  // in broker_.fetch_waiters (io thread only)
   std::array<char, 4> size_{};
   std::string request_;
   std::string response_;

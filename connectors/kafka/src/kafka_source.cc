@@ -720,6 +720,12 @@ class KafkaSource final : public Source {
       // only these partitions (eager assignment: all of them), not the next assignment's.
       abandoned_ = false;
     }
+    if (txn_ != nullptr) {  // (so do rewinds: the next assignment starts afresh)
+      rewinds_ = 0;
+      rewind_until_ = {};
+      rewind_paused_ = false;
+      rewinding_.store(false, std::memory_order_relaxed);
+    }
     log::Info("kafka partitions revoked",
               {{"source", name_}, {"partitions", std::to_string(parts->cnt)}});
     if (cooperative) {
