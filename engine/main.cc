@@ -45,6 +45,26 @@ void ApplyLogLevel(const AppConfig& app) {
                                            : Level::kInfo);
 }
 
+// A cluster's ingress topic must have the cluster's partition count, or devices would be
+// consumed from other partitions than the ones they are routed to. A missing topic is created
+// with the right count. kUnavailable: the cluster could not be asked.
+gnomon::Status CheckClusterTopics(const AppConfig& app) {
+  if (!app.cluster.enabled || app.cluster.connection == nullptr) {
+    return {};
+  }
+  const std::string topic = app.cluster.IngressTopic();
+  GNOMON_ASSIGN_OR_RETURN(int32_t n,
+                          gnomon::connectors::KafkaTopicPartitions(*app.cluster.connection, topic));
+  if (n != 0 && n != app.cluster.partitions) {
+    return gnomon::FailedPrecondition(fmt::format(
+        "cluster.partitions is {} but topic {} has {} partitions: devices would be routed to "
+        "partitions other instances do not read them from. Set cluster.partitions to {}, or "
+        "give the cluster another name (a partition count is fixed for a cluster's life)",
+        app.cluster.partitions, topic, n, n));
+  }
+  return {};
+}
+
 int Check(const std::string& config, const gnomon::Registry& registry,
           const std::string& emit_schemas) {
   auto app = gnomon::engine::LoadAppConfig(config, registry);
@@ -70,6 +90,14 @@ int Check(const std::string& config, const gnomon::Registry& registry,
       std::fclose(f);
       std::printf("wrote %s\n", path.c_str());
     }
+  }
+  if (gnomon::Status st = CheckClusterTopics(*app); !st.ok()) {
+    if (st.code() != gnomon::StatusCode::kUnavailable) {
+      std::fprintf(stderr, "%s: cluster: %s\n", config.c_str(), st.message().c_str());
+      return kExitFailed;
+    }
+    app->warnings.push_back("cluster: the ingress topic's partitions were not checked: " +
+                            st.message());
   }
   for (const auto& w : app->warnings) {
     std::fprintf(stderr, "%s: warning: %s\n", config.c_str(), w.c_str());
@@ -206,6 +234,16 @@ int Run(const std::string& config, const gnomon::Registry& registry, const Engin
     gnomon::log::Warn("config", {{"warning", w}});
   }
   ::umask(app->umask);  // before anything is created in data_dir
+  if (options.mode == Mode::kRun) {
+    if (gnomon::Status st = CheckClusterTopics(*app); !st.ok()) {
+      if (st.code() != gnomon::StatusCode::kUnavailable) {
+        gnomon::log::Error("cannot start", {{"error", st.message()}});
+        return kExitFailed;
+      }
+      gnomon::log::Warn("cluster: the ingress topic's partitions were not checked",
+                        {{"error", st.message()}});
+    }
+  }
   if (app->shadows.enabled && app->shadows.changelog_connection != nullptr &&
       options.mode != Mode::kDryRun) {
     // An empty store with a change log: start from the change log.

@@ -410,6 +410,42 @@ void LoadShadows(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
   }
 }
 
+// `cluster:`: the names, the connection (kafka), and what cannot run in a cluster yet.
+void LoadCluster(AppConfig& app, const ConfigValue* connections, ConfigErrors& errors) {
+  const ConfigValue* c = app.root.Get("cluster");
+  if (c == nullptr) {
+    return;
+  }
+  AppConfig::Cluster& cl = app.cluster;
+  cl.enabled = true;
+  cl.name = c->GetString("name");
+  cl.group = c->GetString("group", cl.name);
+  cl.partitions = static_cast<int32_t>(c->GetInt("partitions", 1));
+  cl.instance_id = c->GetString("instance_id");
+  cl.connection_name = c->GetString("connection");
+  const ConfigValue* conn = connections != nullptr ? connections->Get(cl.connection_name) : nullptr;
+  if (conn == nullptr || conn->GetString("type") != "kafka") {
+    errors.Add(c->Get("connection"), "cluster.connection",
+               fmt::format("no kafka connection named '{}' in `connections`", cl.connection_name));
+  } else {
+    cl.connection = conn;
+  }
+  if (const ConfigValue* s = app.root.Get("shadows")) {
+    errors.Add(s, "shadows",
+               "shadows cannot run in a cluster yet: a device's shadow would stay with the "
+               "instance that wrote it when its partition moves (docs/cluster.md says what is "
+               "built)");
+  }
+  for (size_t i = 0; i < app.sources.size(); ++i) {
+    const Entry& s = app.sources[i];
+    if (s.type == "kafka" && s.config->GetString("delivery", "") == "exactly_once") {
+      errors.Add(s.config->Get("delivery"), fmt::format("sources[{}].delivery", i),
+                 "exactly_once cannot run in a cluster yet: the source's messages go through "
+                 "the ingress topic, outside its transactions");
+    }
+  }
+}
+
 // Exactly-once Kafka sources: at most one per connection; what takes part in their
 // transactions and what stays at-least-once (warnings: `gnomon check` prints them, `run` logs
 // them).
@@ -587,6 +623,7 @@ Result<AppConfig> LoadAppConfig(const std::string& path, const Registry& registr
   LoadApi(app, errors);
   LoadShadows(app, connections, errors);
   LoadDelivery(app, errors);
+  LoadCluster(app, connections, errors);
   LoadModels(app, errors);
   LoadEventsAndServices(app, errors);
   LoadRuleSettings(app, errors);

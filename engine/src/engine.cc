@@ -48,6 +48,7 @@ Status Engine::Impl::Init() {
   GNOMON_RETURN_IF_ERROR(InitShadows());
   GNOMON_RETURN_IF_ERROR(CheckMigrations(config_.rules));
   GNOMON_RETURN_IF_ERROR(InitSources());
+  GNOMON_RETURN_IF_ERROR(InitCluster());
   GNOMON_RETURN_IF_ERROR(InitWorkers());
   GNOMON_RETURN_IF_ERROR(RestoreHistory());
   GNOMON_RETURN_IF_ERROR(RestoreStates());
@@ -132,6 +133,7 @@ Status Engine::Impl::InitSources() {
       ctx.api = this;
       ctx.shared = &shared_;
       ctx.reserved_topic_prefixes = config_.reserved_topic_prefixes;
+      SetClusterContext(ctx);
       GNOMON_ASSIGN_OR_RETURN(auto src, registry_.source(e.type)->Create(*e.config, ctx));
       sources_.push_back(std::move(src));
       source_names_.push_back(e.name);
@@ -203,6 +205,7 @@ Status Engine::Impl::CreateSink(const Entry& e) {
                       e.connection, e.connection_users};
     ctx.route = static_cast<int32_t>(sinks_.size());
     ctx.shared = &shared_;
+    SetClusterContext(ctx);
     GNOMON_ASSIGN_OR_RETURN(s.sink, registry_.sink(e.type)->Create(*e.config, ctx));
   }
   InitSinkMetrics(s);
@@ -247,8 +250,12 @@ Status Engine::Impl::Start() {
   }
   accepting_ = true;
   started_ = true;
+  if (cluster_sink_) {
+    GNOMON_RETURN_IF_ERROR(cluster_sink_->Start().WithContext("cluster ingress"));
+  }
   for (size_t i = 0; i < sources_.size(); ++i) {
-    GNOMON_RETURN_IF_ERROR(sources_[i]->Start(*this).WithContext("source " + source_names_[i]));
+    GNOMON_RETURN_IF_ERROR(
+        sources_[i]->Start(IngestFor(i)).WithContext("source " + source_names_[i]));
   }
   if (shadow_source_) {
     GNOMON_RETURN_IF_ERROR(shadow_source_->Start(*shadow_ingest_).WithContext("shadow service"));
@@ -346,6 +353,9 @@ void Engine::Impl::Stop() {
   if (shadow_source_) {
     shadow_source_->Stop();
   }
+  if (cluster_sink_) {
+    cluster_sink_->Stop(deadline);  // what the sources forwarded reaches Kafka, or is abandoned
+  }
   accepting_ = false;
   // 2. Workers: finish what is queued. A worker blocked on a full sink (its destination down)
   // would never finish; at the deadline the sinks stop taking records, so it can.
@@ -432,6 +442,9 @@ bool Engine::Impl::Ready() const {
     }
   }
   if (shadow_source_ && !shadow_source_->Ready()) {
+    return false;
+  }
+  if (cluster_sink_ && !cluster_sink_->Ready()) {
     return false;
   }
   return started_ && !stopped_;

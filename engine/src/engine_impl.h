@@ -23,6 +23,7 @@
 
 #include "breaker.h"
 #include "call_book.h"
+#include "cluster_ingress.h"
 #include "committed_shadows.h"
 #include "dead_letter_limiter.h"
 #include "gnomon/core/api_router.h"
@@ -90,6 +91,10 @@ class Engine::Impl final : public Ingest,
   Status InitSinks();
   Status InitSources();
   Status InitWorkers();
+  // In a cluster (cluster.cc): the ingress producer and consumer; which Ingest a source feeds.
+  Status InitCluster();
+  Ingest& IngestFor(size_t source);
+  void SetClusterContext(PluginContext& ctx) const;
   Status Start();
   void Stop();
   bool Idle() const;
@@ -416,6 +421,11 @@ class Engine::Impl final : public Ingest,
   SharedObjects shared_;
   std::vector<std::unique_ptr<Source>> sources_;
   std::vector<std::string> source_names_;
+  // Cluster: this instance's sources forward through cluster_ingress_ (its producer is
+  // cluster_sink_); sources_[cluster_source_] consumes this instance's ingress partitions.
+  std::unique_ptr<ClusterIngress> cluster_ingress_;
+  std::unique_ptr<Sink> cluster_sink_;
+  size_t cluster_source_ = SIZE_MAX;
   std::map<std::string, Counter*> source_counters_;
   std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
   std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured

@@ -19,6 +19,7 @@
 #include "gnomon/core/mutex.h"
 #include "gnomon/core/plugin_context.h"
 #include "gnomon/core/source.h"
+#include "gnomon/core/topic.h"
 #include "ingest_body.h"
 
 namespace gnomon::connectors {
@@ -37,12 +38,6 @@ struct IngestConfig {
   bool allow_dollar_topics = false;
   std::vector<std::string> reserved;  // from PluginContext::reserved_topic_prefixes
 };
-
-// True if `topic` is `prefix` or under it.
-bool Under(std::string_view topic, std::string_view prefix) {
-  return topic.substr(0, prefix.size()) == prefix &&
-         (topic.size() == prefix.size() || topic[prefix.size()] == '/');
-}
 
 // One request's messages, waited for by its handler.
 struct RequestWait {
@@ -126,7 +121,7 @@ class IngestSource final : public Source {
                    "the topic after /v1/ingest/ must be 1-1024 bytes of UTF-8 without + or #");
     }
     for (const std::string& prefix : config_.reserved) {
-      if (Under(topic, prefix)) {
+      if (TopicUnder(topic, prefix)) {
         requests_bad_->Inc();
         return Error(400, "RESERVED_TOPIC",
                      fmt::format("{} is under {}, which is gnomon's own (shadow and presence "

@@ -102,3 +102,38 @@ Result<size_t> ReadTopicToEnd(
 }
 
 }  // namespace gnomon::connectors
+
+namespace gnomon::connectors {
+
+Result<int32_t> KafkaTopicPartitions(const ConfigValue& connection, const std::string& topic) {
+  ConfigValue none;
+  GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
+  // A consumer: its metadata requests never auto-create the topic they ask about.
+  GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
+                          kafka::MakeConf(settings, {{"group.id", "gnomon-metadata"},
+                                                     {"allow.auto.create.topics", "false"}}));
+  char err[512];
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return Unavailable(fmt::format("kafka metadata: {}", err));
+  }
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* md = nullptr;
+  rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 15000);
+  rd_kafka_topic_destroy(rkt);
+  int32_t n = 0;
+  if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      n = md->topics[0].partition_cnt;
+    }
+    rd_kafka_metadata_destroy(md);
+  }
+  rd_kafka_destroy(rk);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return Unavailable(fmt::format("kafka metadata of {}: {}", topic, rd_kafka_err2str(e)));
+  }
+  return n;
+}
+
+}  // namespace gnomon::connectors

@@ -112,6 +112,7 @@ class KafkaSink final : public Sink {
       }
       rd_kafka_resp_err_t err = rd_kafka_producev(
           rk_, RD_KAFKA_V_TOPIC(topic.c_str()),
+          RD_KAFKA_V_PARTITION(r->partition >= 0 ? r->partition : RD_KAFKA_PARTITION_UA),
           RD_KAFKA_V_VALUE(r->null_value ? nullptr : r->payload.data(),
                            r->null_value ? 0 : r->payload.size()),
           RD_KAFKA_V_KEY(r->key.data(), r->key.size()), RD_KAFKA_V_HEADERS(headers),

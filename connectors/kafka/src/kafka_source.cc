@@ -23,10 +23,12 @@
 #include "gnomon/connectors/kafka.h"
 #include "gnomon/core/device_rule.h"
 #include "gnomon/core/factory.h"
+#include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
 #include "gnomon/core/plugin_context.h"
 #include "gnomon/core/source.h"
+#include "gnomon/core/topic.h"
 #include "kafka_common.h"
 #include "kafka_txn.h"
 
@@ -47,6 +49,10 @@ struct KafkaSourceConfig {
   int64_t max_inflight = 5000;
   int64_t commit_interval_ms = 1000;
   size_t max_payload_bytes = 1 << 20;
+  // The record's topic for the rules is this header's value (when the record has it): MQTT
+  // bridged into Kafka, and gnomon's own cluster ingress. Empty: the Kafka topic.
+  std::string topic_header;
+  std::vector<std::string> reserved;  // topic prefixes a header may not name (gnomon's own)
   // Exactly-once: transactions through the connection's shared producer.
   bool exactly_once = false;
   ClientSettings producer_settings;  // the connection's, for the transactional producer
@@ -100,6 +106,9 @@ class KafkaSource final : public Source {
     rewinds_total_ = c("gnomon_kafka_rewinds_total",
                        "Exactly-once: transactions aborted because a message was given up, and "
                        "the partitions taken back to their committed offsets");
+    partitions_gauge_ = ctx.metrics.GetGauge(
+        "gnomon_kafka_partitions", "Partitions assigned to this instance's source right now",
+        {{"source", name_}});
     lag_gauge_ = ctx.metrics.GetGauge("gnomon_kafka_inflight",
                                       "Messages taken from Kafka and not yet finished",
                                       {{"source", name_}});
@@ -351,6 +360,14 @@ class KafkaSource final : public Source {
                                          : std::string());
       }
     }
+    if (!config_.topic_header.empty()) {
+      if (Status bad = TopicFromHeader(m); !bad.ok()) {
+        ingest_->Reject(
+            std::move(m), std::move(ack), "bad_topic",
+            fmt::format("{} ({}[{}]@{})", bad.message(), key.first, key.second, msg->offset));
+        return;
+      }
+    }
     if (msg->len > config_.max_payload_bytes) {
       ingest_->Reject(std::move(m), std::move(ack), "oversize",
                       fmt::format("{} bytes (max_payload_bytes {}), {}[{}]@{}", msg->len,
@@ -368,6 +385,40 @@ class KafkaSource final : public Source {
     }
     m.device = std::move(device).value();
     ingest_->Submit(std::move(m), std::move(ack));  // blocks while the engine is full
+  }
+
+  // Moves the `topic_header` header's value (if any) into m.topic. A topic that is not a topic
+  // name, or is under one of gnomon's own prefixes (shadow and presence topics), is refused:
+  // whoever writes the Kafka topic does not thereby speak for a device's shadow.
+  Status TopicFromHeader(Message& m) const {
+    auto it = std::find_if(m.headers.begin(), m.headers.end(),
+                           [&](const auto& h) { return h.first == config_.topic_header; });
+    if (it == m.headers.end()) {
+      return {};
+    }
+    std::string topic = std::move(it->second);
+    m.headers.erase(it);
+    if (config_.topic_header == "gnomon-source-topic") {
+      // A record gnomon wrote (the cluster's ingress): its other provenance headers are not
+      // the message's either.
+      std::erase_if(m.headers, [](const auto& h) {
+        return h.first == "gnomon-rule" || h.first == "gnomon-device";
+      });
+    }
+    if (topic.size() > 1024 || !ValidateTopicName(topic).ok() || !json::IsValidUtf8(topic)) {
+      return InvalidArgument(
+          fmt::format("header {} is not a topic name (1-1024 bytes of UTF-8, "
+                      "no + or #)",
+                      config_.topic_header));
+    }
+    for (const std::string& prefix : config_.reserved) {
+      if (TopicUnder(topic, prefix)) {
+        return InvalidArgument(fmt::format("header {} names {}, under {} (gnomon's own topics)",
+                                           config_.topic_header, topic, prefix));
+      }
+    }
+    m.topic = std::move(topic);
+    return {};
   }
 
   // Exactly-once: takes no more messages until every one handed out is finished (their records
@@ -632,6 +683,7 @@ class KafkaSource final : public Source {
           t = Track();
           t.generation = ++generation_;
         }
+        partitions_gauge_->Set(static_cast<double>(tracks_.size()));
       }
       log::Info("kafka partitions assigned",
                 {{"source", name_}, {"partitions", std::to_string(parts->cnt)}});
@@ -716,6 +768,7 @@ class KafkaSource final : public Source {
       for (int i = 0; i < parts->cnt; ++i) {
         tracks_.erase({parts->elems[i].topic, parts->elems[i].partition});
       }
+      partitions_gauge_->Set(static_cast<double>(tracks_.size()));
       // A message given up with them (cancelled by the abort of a lost assignment) concerns
       // only these partitions (eager assignment: all of them), not the next assignment's.
       abandoned_ = false;
@@ -782,6 +835,7 @@ class KafkaSource final : public Source {
   Counter* rebalances_;
   Counter* rewinds_total_;
   Gauge* lag_gauge_;
+  Gauge* partitions_gauge_;
 };
 
 void KafkaAck::Ack() { src_->Done(key_, offset_, generation_, true); }
@@ -808,6 +862,8 @@ class KafkaSourceFactory final : public TypedSourceFactory<KafkaSourceConfig> {
     c.max_inflight = cfg.GetInt("max_inflight", 5000);
     c.commit_interval_ms = cfg.GetInt("commit_interval_ms", 1000);
     c.max_payload_bytes = static_cast<size_t>(cfg.GetInt("max_payload_bytes", 1 << 20));
+    c.topic_header = cfg.GetString("topic_header", "");
+    c.reserved = ctx.reserved_topic_prefixes;
     c.exactly_once = cfg.GetString("delivery", "at_least_once") == "exactly_once";
     if (c.exactly_once) {
       ConfigValue none;

@@ -147,6 +147,7 @@ rd_kafka_resp_err_t TxnProducer::ProduceHeld(Held* h) {
   while (true) {
     rd_kafka_resp_err_t err = rd_kafka_producev(
         rk_, RD_KAFKA_V_TOPIC(r.topic.c_str()),
+        RD_KAFKA_V_PARTITION(r.partition >= 0 ? r.partition : RD_KAFKA_PARTITION_UA),
         RD_KAFKA_V_VALUE(r.null_value ? nullptr : const_cast<char*>(r.payload.data()),
                          r.null_value ? 0 : r.payload.size()),
         RD_KAFKA_V_KEY(r.key.data(), r.key.size()), RD_KAFKA_V_HEADERS(headers),

@@ -223,7 +223,8 @@ class MqttSinkFactory final : public TypedSinkFactory<MqttSinkConfig> {
     MqttSinkConfig c;
     GNOMON_ASSIGN_OR_RETURN(c.connection, MqttConnectionConfig::Parse(*ctx.connection));
     c.client_id = c.connection.client_id + "-pub" +
-                  (ctx.connection_users > 1 ? "-" + ctx.name : std::string());
+                  (ctx.connection_users > 1 ? "-" + ctx.name : std::string()) +
+                  (ctx.instance_id.empty() ? std::string() : "-" + ctx.instance_id);
     c.topic = cfg.GetString("topic");
     c.qos = static_cast<int>(cfg.GetInt("qos", 1));
     c.retain = cfg.GetBool("retain", false);

@@ -158,6 +158,15 @@ class MqttSourceFactory final : public TypedSourceFactory<MqttSourceConfig> {
     c.client_id = ctx.connection_users > 1 ? c.connection.client_id + "-" + ctx.name
                                            : c.connection.client_id;
     c.topics = cfg.GetStrings("topics");
+    if (!ctx.instance_id.empty()) {
+      // A cluster: each instance its own session (a restarted one takes its queue back), and
+      // each message to one instance of the group (MQTT 5 shared subscriptions; mosquitto
+      // takes the same form from 3.1.1 clients).
+      c.client_id += "-" + ctx.instance_id;
+      for (auto& t : c.topics) {
+        t = fmt::format("$share/{}/{}", ctx.share_group, t);
+      }
+    }
     c.qos = static_cast<int>(cfg.GetInt("qos", 1));
     GNOMON_ASSIGN_OR_RETURN(c.device, DeviceRule::Parse(cfg.GetString("device", "topic[2]")));
     c.max_payload_bytes = static_cast<size_t>(cfg.GetInt("max_payload_bytes", 1 << 20));

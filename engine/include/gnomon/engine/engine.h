@@ -116,6 +116,17 @@ struct AppConfig {
   std::vector<std::string> metrics_tokens;  // `metrics.tokens`: when set, /metrics needs one
   // Topics HTTP ingest refuses (the shadow service's and `$aws/events`): filled at load.
   std::vector<std::string> reserved_topic_prefixes;
+  // `cluster:` (docs/cluster.md); enabled when the section is present.
+  struct Cluster {
+    bool enabled = false;
+    std::string name;
+    std::string group;
+    int32_t partitions = 0;
+    std::string instance_id;
+    std::string connection_name;
+    const ConfigValue* connection = nullptr;  // the kafka connection
+    std::string IngressTopic() const { return name + ".ingress"; }
+  } cluster;
   // Things that work but are risky (`gnomon check` prints them, `run` logs them).
   std::vector<std::string> warnings;
   bool watch_rules = true;

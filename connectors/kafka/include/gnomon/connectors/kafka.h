@@ -19,4 +19,8 @@ Result<size_t> ReadTopicToEnd(
     const ConfigValue& connection, const std::string& topic,
     const std::function<void(std::string_view key, const std::string* value)>& fn);
 
+// The number of partitions `topic` has on the cluster of `connection`; 0 when it does not exist
+// (it is not created by asking). An error when the cluster cannot be reached within 15 s.
+Result<int32_t> KafkaTopicPartitions(const ConfigValue& connection, const std::string& topic);
+
 }  // namespace gnomon::connectors

@@ -32,6 +32,11 @@ struct PluginContext {
   // Topic prefixes that are gnomon's own (shadow requests and answers, presence events): a
   // source that takes topics from clients (HTTP ingest) refuses them.
   std::vector<std::string> reserved_topic_prefixes;
+  // In a cluster (docs/cluster.md): this instance's id, from which client ids that must differ
+  // between instances derive (MQTT), and the group instances share work in (MQTT shared
+  // subscriptions). Empty when gnomon runs alone.
+  std::string instance_id;
+  std::string share_group;
   // Objects shared with the engine's other connectors (keyed by `connection`, say).
   SharedObjects* shared = nullptr;
 };

@@ -18,7 +18,8 @@ struct Record {
   std::string key;          // record key (Kafka); device id unless the emit gives one
   std::string topic;        // destination topic (MQTT publish, Kafka override); empty: sink default
   Headers headers;
-  int qos = -1;  // -1: the sink's default
+  int32_t partition = -1;  // Kafka: the record's partition; -1: the producer's partitioner
+  int qos = -1;            // -1: the sink's default
   bool retain = false;
 
   // Provenance, for headers and dead letters.

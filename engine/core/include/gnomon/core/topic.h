@@ -23,6 +23,12 @@ Status ValidateTopicName(std::string_view topic);
 // with `$` are not matched by a filter whose first level is a wildcard.
 bool TopicMatches(std::string_view filter, std::string_view topic);
 
+// True if `topic` is `prefix` or a topic under it (`prefix/...`).
+inline bool TopicUnder(std::string_view topic, std::string_view prefix) {
+  return topic.substr(0, prefix.size()) == prefix &&
+         (topic.size() == prefix.size() || topic[prefix.size()] == '/');
+}
+
 // Returns level `index` (1-based) of `topic`, or an empty view when there is no such level.
 std::string_view TopicLevel(std::string_view topic, int index);
 

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: Apache-2.0
+// ClusterIngress: in a cluster, what sources that do not partition by device take (MQTT, HTTP,
+// files) goes to the cluster's ingress topic instead of the workers: one record per message,
+// keyed by device id, in the device's partition (murmur2, as Kafka's producers), the original
+// topic in its `gnomon-source-topic` header. The instance that owns the partition consumes it
+// like any Kafka source. A message is acknowledged to its source once Kafka has its record.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "gnomon/core/message.h"
+#include "gnomon/core/metrics.h"
+#include "gnomon/core/record.h"
+#include "gnomon/core/sink.h"
+#include "gnomon/core/source.h"
+
+namespace gnomon::engine {
+
+class ClusterIngress final : public Ingest, public DeliveryReporter {
+ public:
+  // `engine` takes what cannot be forwarded (Reject: dead letters). The producing sink is set
+  // with SetSink before the first Submit; it reports its records to this object.
+  ClusterIngress(Ingest& engine, std::string topic, int32_t partitions, MetricsRegistry& metrics);
+
+  void SetSink(Sink* sink) { sink_ = sink; }
+
+  // Ingest: forwards to the ingress topic. Blocks while the producer's queue is full (the
+  // back-pressure a worker queue gives on one instance).
+  bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;
+  void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
+              std::string_view error) override;
+
+  // DeliveryReporter: a record Kafka has acknowledges its message; one Kafka gave up on is
+  // dead-lettered (reason `ingress`), and the message acknowledged once the dead letter is
+  // durable; a cancelled one (shutdown) abandons its message.
+  void Report(Record& record, const Status& status) override;
+
+  const std::string& topic() const { return topic_; }
+
+ private:
+  Ingest& engine_;
+  std::string topic_;
+  int32_t partitions_;
+  Sink* sink_ = nullptr;
+  Counter* forwarded_;
+  Counter* failed_;
+  Counter* cancelled_;
+};
+
+}  // namespace gnomon::engine
