@@ -422,6 +422,7 @@ void LoadCluster(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
   cl.group = c->GetString("group", cl.name);
   cl.partitions = static_cast<int32_t>(c->GetInt("partitions", 1));
   cl.instance_id = c->GetString("instance_id");
+  cl.standby_replicas = static_cast<int>(c->GetInt("standby_replicas", cl.standby_replicas));
   cl.connection_name = c->GetString("connection");
   const ConfigValue* conn = connections != nullptr ? connections->Get(cl.connection_name) : nullptr;
   if (conn == nullptr || conn->GetString("type") != "kafka") {

@@ -194,6 +194,53 @@ rules: ["rules/*.lua"]
       << st.message();
 }
 
+TEST_F(ConfigLoaderTest, AClusterNeedsAKafkaConnectionAndRefusesWhatCannotMoveYet) {
+  const std::string base = R"(connections:
+  bus: { type: kafka, brokers: "127.0.0.1:9092" }
+  broker: { type: mqtt, url: "mqtt://127.0.0.1:1883" }
+cluster: { name: fleet, partitions: 12, instance_id: gw-1, connection: bus }
+sources:
+  - { name: in, connection: broker, topics: ["devices/+/telemetry"] }
+rules: ["rules/*.lua"]
+)";
+  AppConfig app;
+  ASSERT_TRUE(Load(base, &app).ok()) << Load(base).message();
+  EXPECT_TRUE(app.cluster.enabled);
+  EXPECT_EQ(app.cluster.name, "fleet");
+  EXPECT_EQ(app.cluster.group, "fleet");  // the default
+  EXPECT_EQ(app.cluster.partitions, 12);
+  EXPECT_EQ(app.cluster.instance_id, "gw-1");
+  EXPECT_EQ(app.cluster.IngressTopic(), "fleet.ingress");
+  EXPECT_NE(app.cluster.connection, nullptr);
+
+  AppConfig alone;
+  std::string no_cluster = base;
+  no_cluster.erase(no_cluster.find("cluster:"),
+                   no_cluster.find("sources:") - no_cluster.find("cluster:"));
+  ASSERT_TRUE(Load(no_cluster, &alone).ok());
+  EXPECT_FALSE(alone.cluster.enabled);
+
+  auto refused = [&](const std::string& from, const std::string& to, const std::string& why) {
+    std::string yaml = base;
+    yaml.replace(yaml.find(from), from.size(), to);
+    Status st = Load(yaml);
+    EXPECT_FALSE(st.ok()) << to;
+    EXPECT_NE(st.message().find(why), std::string::npos) << st.message();
+  };
+  refused("connection: bus }", "connection: broker }",
+          "cluster.connection: no kafka connection named 'broker'");
+  refused("instance_id: gw-1", "instance_id: \"gw/1\"", "cluster.instance_id");
+  refused("name: fleet,", "name: fleet, group: \"a/b\",", "cluster.group");
+  refused("partitions: 12", "partitions: 0", "cluster.partitions");
+  refused("connection: bus }", "connection: bus, standby_replicas: 1 }",
+          "cluster.standby_replicas");
+  refused("rules:", "shadows: {}\nrules:", "shadows cannot run in a cluster yet");
+  refused("sources:\n",
+          "sources:\n  - { name: k, connection: bus, topics: [t], group: g, "
+          "delivery: exactly_once }\n",
+          "exactly_once cannot run in a cluster yet");
+}
+
 TEST_F(ConfigLoaderTest, MissingFileAndNotAMap) {
   EXPECT_FALSE(LoadAppConfig(dir_.File("nope.yaml"), registry_).ok());
   EXPECT_FALSE(Load("- just\n- a list\n").ok());
@@ -281,6 +328,7 @@ metrics: { listen: "127.0.0.1:0", limits: {} }
         {"shadows.state_cache_mb", n(sh.state_cache_mb)},
         {"shadows.history", n(sh.history)},
         {"shadows.history_mb", n(sh.history_mb)},
+        {"cluster.standby_replicas", n(app.cluster.standby_replicas)},
     };
     for (auto [name, l] : {std::pair{"api", &app.api}, std::pair{"metrics", &app.metrics}}) {
       std::string p = std::string(name) + ".";

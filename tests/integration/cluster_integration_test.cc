@@ -55,34 +55,32 @@ class ClusterTest : public ::testing::Test {
   struct Instance {
     std::string id;
     int port = 0;
+    int api_port = 0;
     std::unique_ptr<Process> proc;
   };
 
   std::string Config(const Instance& i, int partitions, bool kafka_source) {
-    std::string c = "workers: 2\ndata_dir: data-" + i.id +
-                    "\nconnections:\n"
-                    "  broker: { type: mqtt, url: \"mqtt://127.0.0.1:" +
-                    std::to_string(broker_.port()) +
-                    "\", client_id: gnomon-it, reconnect: { initial_ms: 50, max_ms: 500 } }\n"
-                    "  bus: { type: kafka, brokers: \"" +
-                    kafka_.bootstrap() +
-                    "\", properties: { session.timeout.ms: 6000, heartbeat.interval.ms: 300 } }\n"
-                    "cluster: { name: fleet, partitions: " +
-                    std::to_string(partitions) + ", instance_id: " + i.id +
-                    ", connection: bus }\n"
-                    "sources:\n";
+    auto n = [](int v) { return std::to_string(v); };
+    std::string c = "workers: 2\ndata_dir: data-" + i.id + "\n";
+    c += "connections:\n";
+    c += "  broker: { type: mqtt, url: \"mqtt://127.0.0.1:" + n(broker_.port()) +
+         "\", client_id: gnomon-it, reconnect: { initial_ms: 50, max_ms: 500 } }\n";
+    c += "  bus: { type: kafka, brokers: \"" + kafka_.bootstrap() +
+         "\", properties: { session.timeout.ms: 6000, heartbeat.interval.ms: 300 } }\n";
+    c += "cluster: { name: fleet, partitions: " + n(partitions) + ", instance_id: " + i.id +
+         ", connection: bus }\n";
+    c += "sources:\n";
     if (kafka_source) {
       c += "  - { name: raw, connection: bus, topics: [telemetry], group: raw-it, "
            "device: payload.d, commit_interval_ms: 100 }\n";
     } else {
-      c += "  - { name: telemetry, connection: broker, topics: [\"devices/+/telemetry\"], qos: 1 "
-           "}\n";
+      c += "  - { name: telemetry, connection: broker, topics: [\"devices/+/telemetry\"] }\n";
+      c += "  - { name: ingest, type: http, device: \"topic[2]\" }\n";
     }
-    c += "sinks:\n  - { name: out, type: file, path: out-" + i.id +
-         ".jsonl }\n"
-         "rules: [rules/*.lua]\n"
-         "metrics: { listen: \"127.0.0.1:" +
-         std::to_string(i.port) + "\" }\n";
+    c += "sinks:\n  - { name: out, type: file, path: out-" + i.id + ".jsonl }\n";
+    c += "rules: [rules/*.lua]\n";
+    c += "metrics: { listen: \"127.0.0.1:" + n(i.port) + "\" }\n";
+    c += "api: { listen: \"127.0.0.1:" + n(i.api_port) + "\" }\n";
     return c;
   }
 
@@ -91,6 +89,7 @@ class ClusterTest : public ::testing::Test {
     i.id = id;
     if (i.port == 0) {
       i.port = testing::FreePort();
+      i.api_port = testing::FreePort();
     }
     dir_.Write(id + ".yaml", Config(i, partitions, kafka_source));
     i.proc = std::make_unique<Process>(
@@ -164,7 +163,7 @@ class ClusterTest : public ::testing::Test {
   std::map<std::string, Instance> instances_;
 };
 
-TEST_F(ClusterTest, TwoInstancesShareAnMqttFleetAndEachDeviceRunsOnItsPartitionsOwner) {
+TEST_F(ClusterTest, TwoInstancesShareMqttAndHttpInputAndEachDeviceRunsOnItsPartitionsOwner) {
   Start("a");
   Start("b");
   ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
@@ -178,15 +177,28 @@ TEST_F(ClusterTest, TwoInstancesShareAnMqttFleetAndEachDeviceRunsOnItsPartitions
     }
   }
   std::vector<Output> a, b;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        a = Outputs("a");
-        b = Outputs("b");
-        return a.size() + b.size() >= kDevices * kPerDevice;
-      },
-      std::chrono::milliseconds(60000)))
-      << a.size() << " + " << b.size() << "\n"
-      << Stderr();
+  auto await_outputs = [&](size_t want) {
+    return WaitFor(
+        [&] {
+          a = Outputs("a");
+          b = Outputs("b");
+          return a.size() + b.size() >= want;
+        },
+        std::chrono::milliseconds(60000));
+  };
+  ASSERT_TRUE(await_outputs(kDevices * kPerDevice)) << a.size() << " + " << b.size() << "\n"
+                                                    << Stderr();
+  // Then one more message per device over HTTP ingest, all to instance b: answered 202 once
+  // Kafka has them, processed by each device's owner.
+  httplib::Client api("127.0.0.1", instances_["b"].api_port);
+  for (int d = 0; d < kDevices; ++d) {
+    auto res = api.Post("/v1/ingest/devices/dev" + std::to_string(d) + "/telemetry",
+                        "{\"n\":" + std::to_string(kPerDevice) + "}", "application/json");
+    ASSERT_TRUE(res) << httplib::to_string(res.error()) << "\n" << Stderr();
+    ASSERT_EQ(res->status, 202) << res->body;
+  }
+  ASSERT_TRUE(await_outputs(kDevices * (kPerDevice + 1))) << a.size() << " + " << b.size() << "\n"
+                                                          << Stderr();
 
   // Every message once, in order per device, all of a device's on one instance: the one
   // holding the device's partition (murmur2 of its id, as Kafka's producers).
@@ -205,8 +217,8 @@ TEST_F(ClusterTest, TwoInstancesShareAnMqttFleetAndEachDeviceRunsOnItsPartitions
   }
   ASSERT_EQ(seqs.size(), static_cast<size_t>(kDevices));
   for (const auto& [device, s] : seqs) {
-    ASSERT_EQ(s.size(), static_cast<size_t>(kPerDevice)) << device;
-    for (int n = 0; n < kPerDevice; ++n) {
+    ASSERT_EQ(s.size(), static_cast<size_t>(kPerDevice + 1)) << device;
+    for (int n = 0; n <= kPerDevice; ++n) {
       ASSERT_EQ(s[n], n) << device << " out of order";
     }
   }
@@ -219,11 +231,11 @@ TEST_F(ClusterTest, TwoInstancesShareAnMqttFleetAndEachDeviceRunsOnItsPartitions
   EXPECT_TRUE(WaitFor([&] {  // (counted from the producer's delivery reports)
     fa = Metric(instances_["a"], "gnomon_cluster_ingress_total{outcome=\"forwarded\"}");
     fb = Metric(instances_["b"], "gnomon_cluster_ingress_total{outcome=\"forwarded\"}");
-    return fa + fb >= kDevices * kPerDevice;
+    return fa + fb >= kDevices * (kPerDevice + 1);
   }));
   EXPECT_GT(fa, 0);
-  EXPECT_GT(fb, 0);
-  EXPECT_EQ(fa + fb, kDevices * kPerDevice);
+  EXPECT_GT(fb, kDevices);  // b forwarded every HTTP message and its share of MQTT's
+  EXPECT_EQ(fa + fb, kDevices * (kPerDevice + 1));
   std::string line = testing::ReadLines(dir_.File("out-a.jsonl")).at(0);
   EXPECT_NE(line.find("\"t\":\"devices/dev"), std::string::npos) << line;
 }

@@ -260,6 +260,58 @@ TEST_F(KafkaIntegrationTest, BadRecordsAreDeadLetteredAndTheRestFlows) {
 
 // Faults injected with the mock cluster's error injection (gnomon-kafka-dev --control).
 
+TEST_F(KafkaIntegrationTest, ATopicHeaderGivesRulesTheBridgedTopicAndNeverGnomonsOwn) {
+  dir_.Write("rules/bridged.lua", R"(
+    return rule { name = "bridged", from = "devices/+/telemetry",
+      handle = function(msg, ctx)
+        ctx.emit("out", { device = msg.device, seq = msg.payload.seq, topic = msg.topic,
+                          bridge = msg.headers["mqtt-topic"] or "gone", x = msg.headers.x })
+      end })");
+  std::string config = testing::ReadFile(dir_.File("gnomon.yaml"));
+  config.replace(config.find("device: key, "), 13, "device: key, topic_header: mqtt-topic, ");
+  dir_.Write("gnomon.yaml", config);
+  KafkaClient client(cluster_.bootstrap());
+  client.Produce("telemetry", "d1", R"({"seq":1})",
+                 {{"mqtt-topic", "devices/d1/telemetry"}, {"x", "kept"}});
+  client.Produce("telemetry", "d2", R"({"seq":2})");  // no header: the Kafka topic
+  // gnomon's own topics (a forged shadow request) and things that are not topic names.
+  client.Produce("telemetry", "d3", R"({"seq":3})",
+                 {{"mqtt-topic", "$aws/things/d3/shadow/update"}});
+  client.Produce("telemetry", "d4", R"({"seq":4})", {{"mqtt-topic", "devices/+/telemetry"}});
+  client.Produce("telemetry", "d5", R"({"seq":5})", {{"mqtt-topic", ""}});
+  client.Produce("telemetry", "d6", R"({"seq":6})", {{"mqtt-topic", "a\xff\xfe"}});
+  ASSERT_TRUE(client.Flush());
+  auto gnomon = StartGnomon();
+  auto out = client.ReadAll("out", 2);
+  ASSERT_EQ(out.size(), 2u) << gnomon->Stderr();
+  std::map<std::string, std::string> by_key;
+  for (const auto& r : out) {
+    by_key[r.key] = r.value;
+  }
+  EXPECT_NE(by_key["d1"].find(R"("topic":"devices/d1/telemetry")"), std::string::npos)
+      << by_key["d1"];
+  EXPECT_NE(by_key["d1"].find(R"("bridge":"gone")"), std::string::npos) << by_key["d1"];
+  EXPECT_NE(by_key["d1"].find(R"("x":"kept")"), std::string::npos) << by_key["d1"];
+  EXPECT_NE(by_key["d2"].find(R"("seq":2)"), std::string::npos) << by_key["d2"];  // rule "pass"
+  std::string dl;
+  ASSERT_TRUE(WaitFor([&] {
+    dl = testing::ReadFile(dir_.File("data/dead-letter.jsonl"));
+    return std::count(dl.begin(), dl.end(), '\n') >= 4;
+  })) << dl
+      << gnomon->Stderr();
+  EXPECT_EQ(std::count(dl.begin(), dl.end(), '\n'), 4) << dl;
+  for (const char* device : {"d3", "d4", "d5", "d6"}) {
+    size_t at = dl.find(std::string(R"("device":")") + device + "\"");
+    EXPECT_NE(at, std::string::npos) << device << "\n" << dl;
+  }
+  size_t bad = 0;
+  for (size_t at = 0; (at = dl.find(R"("reason":"bad_topic")", at)) != std::string::npos; ++at) {
+    ++bad;
+  }
+  EXPECT_EQ(bad, 4u) << dl;
+  EXPECT_NE(dl.find("under $aws/things (gnomon's own topics)"), std::string::npos) << dl;
+}
+
 TEST_F(KafkaIntegrationTest, InjectedProduceErrorsAreRetriedWithoutLossDuplicatesOrReordering) {
   KafkaClient client(cluster_.bootstrap());
   ProduceTelemetry(client, 20, 50);  // before the faults: the test's own producer is not hit

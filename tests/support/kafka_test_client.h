@@ -86,7 +86,8 @@ class KafkaClient {
     }
   }
 
-  void Produce(const std::string& topic, const std::string& key, const std::string& value) {
+  void Produce(const std::string& topic, const std::string& key, const std::string& value,
+               const std::vector<std::pair<std::string, std::string>>& headers = {}) {
     if (producer_ == nullptr) {
       rd_kafka_conf_t* conf = rd_kafka_conf_new();
       char err[256];
@@ -95,11 +96,20 @@ class KafkaClient {
       producer_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
     }
     while (true) {
+      rd_kafka_headers_t* hs = rd_kafka_headers_new(headers.size());
+      for (const auto& [k, v] : headers) {
+        rd_kafka_header_add(hs, k.data(), static_cast<ssize_t>(k.size()), v.data(),
+                            static_cast<ssize_t>(v.size()));
+      }
       rd_kafka_resp_err_t e = rd_kafka_producev(
           producer_, RD_KAFKA_V_TOPIC(topic.c_str()),
           RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
-          RD_KAFKA_V_KEY(key.empty() ? nullptr : key.data(), key.size()),
+          RD_KAFKA_V_KEY(key.empty() ? nullptr : key.data(), key.size()), RD_KAFKA_V_HEADERS(hs),
           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        break;  // the producer owns the headers
+      }
+      rd_kafka_headers_destroy(hs);
       if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
         break;
       }

@@ -362,6 +362,9 @@ class KafkaSource final : public Source {
     }
     if (!config_.topic_header.empty()) {
       if (Status bad = TopicFromHeader(m); !bad.ok()) {
+        if (auto device = config_.device.Extract(m); device.ok()) {
+          m.device = std::move(device).value();  // for the dead letter, when it can be told
+        }
         ingest_->Reject(
             std::move(m), std::move(ack), "bad_topic",
             fmt::format("{} ({}[{}]@{})", bad.message(), key.first, key.second, msg->offset));

@@ -122,6 +122,7 @@ struct AppConfig {
     std::string name;
     std::string group;
     int32_t partitions = 0;
+    int standby_replicas = 0;  // not built yet: 0
     std::string instance_id;
     std::string connection_name;
     const ConfigValue* connection = nullptr;  // the kafka connection
