@@ -11,6 +11,10 @@
 #             only (SHADOW=0 leaves it out)
 #   previous  with PREV=path/to/another/gnomon: that build running the gnomon rule (A/B runs)
 #   prevshadow  with PREV: that build running the shadow rule (QoS 1, unless SHADOW=0)
+#   cluster   with CLUSTER=1: the gnomon rule on a one-instance cluster (docs/cluster.md): every
+#             message goes MQTT → the ingress topic on a local Kafka (add_cluster below; its CPU
+#             is not counted) → the owner → MQTT (issue 16's ingress hop, against `gnomon` in
+#             the same run)
 # For each QoS (0 and 1) it prints, per system, the median of TRIALS trials of: input messages
 # per second, CPU µs per message of the processing process, its peak RSS, and the alerts'
 # latency percentiles; then p99 at a steady 5k msg/s; then the ratios the issue's targets use.
@@ -32,11 +36,14 @@ STEADY_N=${STEADY_N:-30000}  # messages of the 5k msg/s latency run (6 s)
 PORT=${PORT:-18831}
 WORK=$(mktemp -d /tmp/gnomon-bench-XXXXXX)
 PROC=""
+KAFKA=""
 cleanup() {
   [ -n "$PROC" ] && kill -TERM "$PROC" 2>/dev/null || true
+  [ -n "$KAFKA" ] && kill -TERM "$KAFKA" 2>/dev/null || true
   kill -TERM "$BROKER" 2>/dev/null || true
   wait 2>/dev/null || true
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"; [ -n "${KEEP:-}" ] && echo "kept $WORK"
+  return 0
 }
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n' "$PORT" > "$WORK/m.conf"
 /usr/sbin/mosquitto -c "$WORK/m.conf" 2>/dev/null &
@@ -100,16 +107,43 @@ YAML
   fi
 }
 
+# A one-instance cluster, a fresh cluster name per run, on a local Kafka: gnomon's test broker
+# (tools/test_broker: one node in memory; like Kafka, a waiting fetch returns as soon as records
+# arrive), or with CLUSTER_KAFKA=mock librdkafka's mock cluster (gnomon-kafka-dev), whose fetches
+# wait their whole fetch.wait.max.ms (500 ms) when empty, which adds ~300 ms of latency no real
+# Kafka has. KAFKA_PROPS="k: v, ..." adds librdkafka properties to the connection.
+add_cluster() {
+  if [ -z "$KAFKA" ]; then
+    if [ "${CLUSTER_KAFKA:-test}" = mock ]; then
+      build/gnomon-kafka-dev --brokers 1 > "$WORK/kafka.out" 2>&1 & KAFKA=$!
+    else
+      build/gnomon-test-broker --port 0 --partitions 4 > "$WORK/kafka.out" 2>&1 & KAFKA=$!
+    fi
+    for _ in $(seq 50); do grep -q '127.0.0.1:' "$WORK/kafka.out" && break; sleep 0.1; done
+  fi
+  local bs
+  bs=$(head -1 "$WORK/kafka.out" | sed 's/^bootstrap: //')
+  sed -i 's/^connections:$/connections:\n  bus: { type: kafka, brokers: "'"$bs"'"'"${KAFKA_PROPS:+, properties: { $KAFKA_PROPS \}}"' }/' "$WORK/gnomon.yaml"
+  echo "cluster: { name: bench$RANDOM, partitions: 4, instance_id: i1, connection: bus }" >> "$WORK/gnomon.yaml"
+}
+
 start() {  # $1 system, $2 qos
   case $1 in
     baseline) build/gnomon-mqtt-baseline --port "$PORT" --qos "$2" 2>"$WORK/proc.log" & PROC=$! ;;
-    gnomon | shadow | previous | prevshadow)
+    gnomon | shadow | previous | prevshadow | cluster)
       local bin="$ROOT/build/gnomon"
       case $1 in previous | prevshadow) bin=$(realpath "$PREV") ;; esac
       write_rules "$2" "$(case $1 in shadow | prevshadow) echo shadow ;; *) echo lua ;; esac)"
+      [ "$1" = cluster ] && add_cluster
       (cd "$WORK" && exec "$bin" run -c gnomon.yaml 2>"$WORK/proc.log") & PROC=$! ;;
   esac
   sleep 1
+  if [ "$1" = cluster ]; then  # until the instance holds the ingress partitions
+    for _ in $(seq 100); do
+      grep -q '"kafka partitions assigned"' "$WORK/proc.log" && break
+      sleep 0.1
+    done
+  fi
 }
 
 stop() {
@@ -147,6 +181,7 @@ RESULTS="$WORK/results.jsonl"
 for qos in $QOS_LIST; do
   systems="alone baseline gnomon"
   [ -n "${PREV:-}" ] && systems="$systems previous"
+  [ -n "${CLUSTER:-}" ] && systems="$systems cluster"
   systems=${SYSTEMS:-$systems}
   if [ "$SHADOW" = 1 ] && [ "$qos" = 1 ]; then
     case " $systems " in *" shadow "*) ;; *) systems="$systems shadow" ;; esac
@@ -160,7 +195,7 @@ for qos in $QOS_LIST; do
     done
   done
   [ -n "${SYSTEMS:-}" ] && [ -z "${STEADY:-}" ] && continue
-  for sys in baseline gnomon ${PREV:+previous}; do
+  for sys in baseline gnomon ${PREV:+previous} ${CLUSTER:+cluster}; do
     r=$(COUNT=$STEADY_N trial "$sys" "$qos" --rate 5000)
     echo "qos $qos steady 5k msg/s $sys: $r"
     echo "{\"qos\":$qos,\"sys\":\"$sys\",\"kind\":\"steady\",\"r\":$r}" >> "$RESULTS"
@@ -178,7 +213,7 @@ def med(qos, sys_, key, kind="max"):
 for qos in sorted({r["qos"] for r in rows}):
     print(f"\nQoS {qos}, {n} messages, median of the trials:")
     print(f"{'':10} {'msg/s':>9} {'cpu µs/msg':>11} {'peak RSS MB':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99 @5k ms':>11} {'lost':>6}")
-    for s in ("alone", "baseline", "gnomon", "previous", "shadow", "prevshadow"):
+    for s in ("alone", "baseline", "gnomon", "previous", "cluster", "shadow", "prevshadow"):
         rate = med(qos, s, "sent_per_s")
         if rate is None:
             continue
@@ -198,6 +233,10 @@ for qos in sorted({r["qos"] for r in rows}):
     if p and g:
         print(f"gnomon / previous: throughput {g / p:.2f}, CPU per message "
               f"{med(qos, 'gnomon', 'cpu_us') / med(qos, 'previous', 'cpu_us'):.2f}×")
+    c = med(qos, "cluster", "sent_per_s")
+    if c and g:
+        print(f"cluster / gnomon (the ingress hop): throughput {c / g:.2f} (target ≥ 0.7), CPU per "
+              f"message {med(qos, 'cluster', 'cpu_us') / med(qos, 'gnomon', 'cpu_us'):.2f}×")
     a = med(qos, "alone", "sent_per_s")
     if a and b:
         print(f"of mosquitto alone: baseline {b / a:.2f}, gnomon {g / a:.2f}")

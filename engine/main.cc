@@ -48,13 +48,13 @@ void ApplyLogLevel(const AppConfig& app) {
 // A cluster's ingress topic must have the cluster's partition count, or devices would be
 // consumed from other partitions than the ones they are routed to. A missing topic is created
 // with the right count. kUnavailable: the cluster could not be asked.
-gnomon::Status CheckClusterTopics(const AppConfig& app) {
+gnomon::Status CheckClusterTopics(const AppConfig& app, int timeout_ms) {
   if (!app.cluster.enabled || app.cluster.connection == nullptr) {
     return {};
   }
   const std::string topic = app.cluster.IngressTopic();
-  GNOMON_ASSIGN_OR_RETURN(int32_t n,
-                          gnomon::connectors::KafkaTopicPartitions(*app.cluster.connection, topic));
+  GNOMON_ASSIGN_OR_RETURN(int32_t n, gnomon::connectors::KafkaTopicPartitions(
+                                         *app.cluster.connection, topic, timeout_ms));
   if (n != 0 && n != app.cluster.partitions) {
     return gnomon::FailedPrecondition(fmt::format(
         "cluster.partitions is {} but topic {} has {} partitions: devices would be routed to "
@@ -91,7 +91,7 @@ int Check(const std::string& config, const gnomon::Registry& registry,
       std::printf("wrote %s\n", path.c_str());
     }
   }
-  if (gnomon::Status st = CheckClusterTopics(*app); !st.ok()) {
+  if (gnomon::Status st = CheckClusterTopics(*app, 5000); !st.ok()) {
     if (st.code() != gnomon::StatusCode::kUnavailable) {
       std::fprintf(stderr, "%s: cluster: %s\n", config.c_str(), st.message().c_str());
       return kExitFailed;
@@ -235,7 +235,7 @@ int Run(const std::string& config, const gnomon::Registry& registry, const Engin
   }
   ::umask(app->umask);  // before anything is created in data_dir
   if (options.mode == Mode::kRun) {
-    if (gnomon::Status st = CheckClusterTopics(*app); !st.ok()) {
+    if (gnomon::Status st = CheckClusterTopics(*app, 15000); !st.ok()) {
       if (st.code() != gnomon::StatusCode::kUnavailable) {
         gnomon::log::Error("cannot start", {{"error", st.message()}});
         return kExitFailed;

@@ -318,6 +318,19 @@ TEST_F(ClusterTest, APartitionCountThatDisagreesWithTheIngressTopicIsRefused) {
   EXPECT_NE(err.find("cluster.partitions is 8 but topic fleet.ingress has 4 partitions"),
             std::string::npos)
       << out << err;
+  // A cluster that cannot be asked: `gnomon check` says so and passes (the topic is checked
+  // again at start).
+  std::string unreachable = Config(i, 8, false);
+  unreachable.replace(unreachable.find(kafka_.bootstrap()), kafka_.bootstrap().size(),
+                      "127.0.0.1:" + std::to_string(testing::FreePort()));
+  dir_.Write("y.yaml", unreachable);
+  out.clear();
+  err.clear();
+  EXPECT_EQ(testing::RunCommand({GNOMON_BINARY, "check", "-c", dir_.File("y.yaml")}, &out, &err), 0)
+      << out << err;
+  EXPECT_NE(err.find("warning: cluster: the ingress topic's partitions were not checked"),
+            std::string::npos)
+      << err;
   Process run({GNOMON_BINARY, "run", "-c", dir_.File("x.yaml")});
   EXPECT_EQ(run.Wait(std::chrono::milliseconds(30000)), 1) << run.Stderr();
   EXPECT_NE(run.Stderr().find("cluster.partitions is 8 but topic fleet.ingress has 4 partitions"),

@@ -105,7 +105,8 @@ Result<size_t> ReadTopicToEnd(
 
 namespace gnomon::connectors {
 
-Result<int32_t> KafkaTopicPartitions(const ConfigValue& connection, const std::string& topic) {
+Result<int32_t> KafkaTopicPartitions(const ConfigValue& connection, const std::string& topic,
+                                     int timeout_ms) {
   ConfigValue none;
   GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
   // A consumer: its metadata requests never auto-create the topic they ask about.
@@ -120,7 +121,7 @@ Result<int32_t> KafkaTopicPartitions(const ConfigValue& connection, const std::s
   }
   rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
   const rd_kafka_metadata_t* md = nullptr;
-  rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 15000);
+  rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
   rd_kafka_topic_destroy(rkt);
   int32_t n = 0;
   if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {

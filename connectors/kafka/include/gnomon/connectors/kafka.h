@@ -20,7 +20,9 @@ Result<size_t> ReadTopicToEnd(
     const std::function<void(std::string_view key, const std::string* value)>& fn);
 
 // The number of partitions `topic` has on the cluster of `connection`; 0 when it does not exist
-// (it is not created by asking). An error when the cluster cannot be reached within 15 s.
-Result<int32_t> KafkaTopicPartitions(const ConfigValue& connection, const std::string& topic);
+// (it is not created by asking). kUnavailable when the cluster does not answer within
+// `timeout_ms`.
+Result<int32_t> KafkaTopicPartitions(const ConfigValue& connection, const std::string& topic,
+                                     int timeout_ms = 15000);
 
 }  // namespace gnomon::connectors
