@@ -47,6 +47,14 @@ Status Engine::Impl::InitCluster() {
   in.AddField("group", ConfigValue::Scalar(cl.group));
   in.AddField("device", ConfigValue::Scalar("key"));
   in.AddField("topic_header", ConfigValue::Scalar("gnomon-source-topic"));
+  // Static membership: a restarted instance (same id, back within the session timeout) takes
+  // its partitions back without moving anyone else's. Cooperative-sticky: a rebalance moves
+  // only the partitions that change owner; the others keep running.
+  ConfigValue props;
+  props.SetKind(ConfigValue::Kind::kMap);
+  props.AddField("group.instance.id", ConfigValue::Scalar(cl.instance_id));
+  props.AddField("partition.assignment.strategy", ConfigValue::Scalar("cooperative-sticky"));
+  in.AddField("properties", std::move(props));
   PluginContext ictx{metrics_,         *this,     clock_,        config_.data_dir,
                      config_.base_dir, "cluster", cl.connection, 1};
   ictx.shared = &shared_;

@@ -307,6 +307,37 @@ TEST_F(ClusterTest, AKilledInstancesPartitionsMoveToTheOtherAndNothingAcceptedIs
               seen.size(), total - seen.size());
 }
 
+TEST_F(ClusterTest, ARestartedInstanceTakesItsPartitionsBackWithoutMovingOthers) {
+  // Cooperative-sticky assignment and static membership (group.instance.id = instance_id): an
+  // instance back within its session timeout rejoins as itself, and the other instance keeps
+  // its partitions throughout (with eager assignment b is revoked and reassigned: this fails,
+  // checked). librdkafka's mock cluster does not rebalance promptly when a member leaves, so on
+  // it this test cannot tell static from dynamic membership; it checks the outcome.
+  Start("a");
+  Start("b");
+  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  const std::string rebalances = "gnomon_kafka_rebalances_total{source=\"cluster\"}";
+  double before = Metric(instances_["b"], rebalances);
+  ASSERT_GT(before, 0);
+  instances_["a"].proc->Signal(SIGTERM);
+  ASSERT_EQ(instances_["a"].proc->Wait(), 0) << Stderr();
+  // Down for 4 s of its 6 s session: a static member stays in the group (its partitions wait
+  // for it); a dynamic one would have left, and b would have taken its partitions by now.
+  const std::string partitions = "gnomon_kafka_partitions{source=\"cluster\"}";
+  EXPECT_FALSE(WaitFor([&] { return Metric(instances_["b"], partitions) != kPartitions / 2; },
+                       std::chrono::milliseconds(4000)))
+      << Stderr();
+  Start("a");
+  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  // Messages flow to both again.
+  testing::Client pub(broker_.port(), "test-pub");
+  for (int d = 0; d < 40; ++d) {
+    pub.Publish("devices/dev" + std::to_string(d) + "/telemetry", "{\"n\":0}");
+  }
+  ASSERT_TRUE(WaitFor([&] { return Outputs("a").size() + Outputs("b").size() >= 40; })) << Stderr();
+  EXPECT_EQ(Metric(instances_["b"], rebalances), before) << Stderr();
+}
+
 TEST_F(ClusterTest, APartitionCountThatDisagreesWithTheIngressTopicIsRefused) {
   Instance i;
   i.id = "x";

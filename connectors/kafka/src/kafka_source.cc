@@ -676,8 +676,19 @@ class KafkaSource final : public Source {
 
   void OnRebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
                    rd_kafka_topic_partition_list_t* parts) {
-    rebalances_->Inc();
     bool cooperative = std::string_view(rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE";
+    if (cooperative && parts->cnt == 0) {
+      // A cooperative rebalance that changes nothing here (another member's partitions moved):
+      // not counted, and nothing to drain.
+      rd_kafka_error_t* e = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
+                                ? rd_kafka_incremental_assign(rk, parts)
+                                : rd_kafka_incremental_unassign(rk, parts);
+      if (e != nullptr) {
+        rd_kafka_error_destroy(e);
+      }
+      return;
+    }
+    rebalances_->Inc();
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       {
         MutexLock lock(mu_);
