@@ -22,7 +22,8 @@ Status Engine::Impl::InitCluster() {
     return FailedPrecondition("cluster: this build has no kafka connector");
   }
   const std::string topic = cl.IngressTopic();
-  cluster_ingress_ = std::make_unique<ClusterIngress>(*this, topic, cl.partitions, metrics_);
+  cluster_ingress_ =
+      std::make_unique<ClusterIngress>(*this, topic, cl.partitions, source_names_, metrics_);
 
   // The producer of the ingress records (created with P partitions if missing; main() refused
   // to start if it exists with another count).

@@ -31,16 +31,26 @@ class ReleaseOnAck final : public AckHandle {
 }  // namespace
 
 ClusterIngress::ClusterIngress(Ingest& engine, std::string topic, int32_t partitions,
-                               MetricsRegistry& metrics)
+                               const std::vector<std::string>& sources, MetricsRegistry& metrics)
     : engine_(engine), topic_(std::move(topic)), partitions_(partitions) {
-  auto c = [&](const char* outcome) {
-    return metrics.GetCounter("gnomon_cluster_ingress_total",
-                              "Messages forwarded to the cluster's ingress topic, by outcome",
-                              {{"outcome", outcome}});
-  };
-  forwarded_ = c("forwarded");
-  failed_ = c("dead_lettered");
-  cancelled_ = c("cancelled");
+  for (const std::string& source : sources) {
+    auto c = [&](const char* outcome) {
+      return metrics.GetCounter(
+          "gnomon_cluster_ingress_total",
+          "Messages a source forwarded to the cluster's ingress topic, by outcome",
+          {{"source", source}, {"outcome", outcome}});
+    };
+    counters_[source] = {c("forwarded"), c("dead_lettered"), c("cancelled")};
+  }
+}
+
+void ClusterIngress::Count(const std::string* source, Outcome o) {
+  if (source == nullptr) {
+    return;
+  }
+  if (auto it = counters_.find(*source); it != counters_.end()) {
+    it->second[o]->Inc();
+  }
 }
 
 bool ClusterIngress::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
@@ -68,17 +78,17 @@ void ClusterIngress::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::st
 void ClusterIngress::Report(Record& record, const Status& status) {
   Delivery* d = std::exchange(record.delivery, nullptr);
   if (status.ok()) {
-    forwarded_->Inc();
+    Count(record.source, kForwarded);
     d->Release();
     return;
   }
   if (status.code() == StatusCode::kCancelled) {
-    cancelled_->Inc();
+    Count(record.source, kCancelled);
     d->Mark(Delivery::kAbandoned);
     d->Release();
     return;
   }
-  failed_->Inc();
+  Count(record.source, kDeadLettered);
   Message m;
   m.topic = std::move(record.source_topic);
   m.device = std::move(record.device);

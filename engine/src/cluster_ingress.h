@@ -6,8 +6,11 @@
 // like any Kafka source. A message is acknowledged to its source once Kafka has its record.
 #pragma once
 
+#include <array>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gnomon/core/message.h"
 #include "gnomon/core/metrics.h"
@@ -20,8 +23,10 @@ namespace gnomon::engine {
 class ClusterIngress final : public Ingest, public DeliveryReporter {
  public:
   // `engine` takes what cannot be forwarded (Reject: dead letters). The producing sink is set
-  // with SetSink before the first Submit; it reports its records to this object.
-  ClusterIngress(Ingest& engine, std::string topic, int32_t partitions, MetricsRegistry& metrics);
+  // with SetSink before the first Submit; it reports its records to this object. `sources`:
+  // the names of the sources that forward (their messages are counted by source).
+  ClusterIngress(Ingest& engine, std::string topic, int32_t partitions,
+                 const std::vector<std::string>& sources, MetricsRegistry& metrics);
 
   void SetSink(Sink* sink) { sink_ = sink; }
 
@@ -43,9 +48,10 @@ class ClusterIngress final : public Ingest, public DeliveryReporter {
   std::string topic_;
   int32_t partitions_;
   Sink* sink_ = nullptr;
-  Counter* forwarded_;
-  Counter* failed_;
-  Counter* cancelled_;
+  enum Outcome { kForwarded, kDeadLettered, kCancelled };
+  // gnomon_cluster_ingress_total{source, outcome}; fixed after construction (read unlocked).
+  std::map<std::string, std::array<Counter*, 3>, std::less<>> counters_;
+  void Count(const std::string* source, Outcome o);
 };
 
 }  // namespace gnomon::engine

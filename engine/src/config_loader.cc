@@ -431,6 +431,18 @@ void LoadCluster(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
   } else {
     cl.connection = conn;
   }
+  // The names of the cluster's own source and sink (in logs, metrics and dead letters).
+  for (auto [list, kind] : {std::pair{&app.sources, "sources"}, std::pair{&app.sinks, "sinks"}}) {
+    for (size_t i = 0; i < list->size(); ++i) {
+      const std::string& name = (*list)[i].name;
+      if (name == "cluster" || name == "cluster-ingress") {
+        errors.Add((*list)[i].config->Get("name"), fmt::format("{}[{}].name", kind, i),
+                   fmt::format("'{}' is a name of the cluster's own (its ingress producer and "
+                               "consumer); choose another",
+                               name));
+      }
+    }
+  }
   if (const ConfigValue* s = app.root.Get("shadows")) {
     errors.Add(s, "shadows",
                "shadows cannot run in a cluster yet: a device's shadow would stay with the "

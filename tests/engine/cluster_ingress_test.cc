@@ -74,8 +74,15 @@ class ClusterIngressTest : public ::testing::Test {
   MetricsRegistry metrics_;
   KeepingSink sink_;
   KeepingEngine engine_;
-  ClusterIngress ingress_{engine_, "fleet.ingress", 12, metrics_};
+  ClusterIngress ingress_{engine_, "fleet.ingress", 12, {"mqtt-in"}, metrics_};
   Acks acks_;
+
+  double Counted(const char* outcome) {
+    return metrics_
+        .GetCounter("gnomon_cluster_ingress_total", "",
+                    {{"source", "mqtt-in"}, {"outcome", outcome}})
+        ->value();
+  }
 };
 
 TEST_F(ClusterIngressTest, ARecordIsKeyedByDeviceInItsPartitionWithTheTopicAndPayloadAsTheyCame) {
@@ -96,6 +103,7 @@ TEST_F(ClusterIngressTest, ARecordIsKeyedByDeviceInItsPartitionWithTheTopicAndPa
   ingress_.Report(sink_.records[0], {});
   EXPECT_EQ(acks_.acked, 1);
   EXPECT_EQ(acks_.abandoned, 0);
+  EXPECT_EQ(Counted("forwarded"), 1);
 }
 
 TEST_F(ClusterIngressTest, ARecordKafkaGaveUpOnIsDeadLetteredAndAckedOnceTheDeadLetterIsDurable) {
@@ -113,6 +121,8 @@ TEST_F(ClusterIngressTest, ARecordKafkaGaveUpOnIsDeadLetteredAndAckedOnceTheDead
   r.ack->Ack();
   EXPECT_EQ(acks_.acked, 1);
   EXPECT_EQ(acks_.abandoned, 0);
+  EXPECT_EQ(Counted("dead_lettered"), 1);
+  EXPECT_EQ(Counted("forwarded"), 0);
 }
 
 TEST_F(ClusterIngressTest, ACancelledRecordOrALostDeadLetterAbandonsTheMessage) {
@@ -125,6 +135,7 @@ TEST_F(ClusterIngressTest, ACancelledRecordOrALostDeadLetterAbandonsTheMessage) 
   engine_.rejected.clear();  // the engine dropped the dead letter (stopping) without acking
   EXPECT_EQ(acks_.abandoned, 2);
   EXPECT_EQ(acks_.acked, 0);
+  EXPECT_EQ(Counted("cancelled"), 1);
 }
 
 }  // namespace

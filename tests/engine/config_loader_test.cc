@@ -235,6 +235,10 @@ rules: ["rules/*.lua"]
   refused("connection: bus }", "connection: bus, standby_replicas: 1 }",
           "cluster.standby_replicas");
   refused("rules:", "shadows: {}\nrules:", "shadows cannot run in a cluster yet");
+  refused("name: in,", "name: cluster,",
+          "sources[0].name: 'cluster' is a name of the cluster's own");
+  refused("rules:", "sinks: [{ name: cluster-ingress, type: file, path: x.jsonl }]\nrules:",
+          "sinks[0].name: 'cluster-ingress' is a name of the cluster's own");
   refused("sources:\n",
           "sources:\n  - { name: k, connection: bus, topics: [t], group: g, "
           "delivery: exactly_once }\n",

@@ -229,8 +229,13 @@ TEST_F(ClusterTest, TwoInstancesShareMqttAndHttpInputAndEachDeviceRunsOnItsParti
   // the rules saw the MQTT topic, not the ingress topic.
   double fa = 0, fb = 0;
   EXPECT_TRUE(WaitFor([&] {  // (counted from the producer's delivery reports)
-    fa = Metric(instances_["a"], "gnomon_cluster_ingress_total{outcome=\"forwarded\"}");
-    fb = Metric(instances_["b"], "gnomon_cluster_ingress_total{outcome=\"forwarded\"}");
+    auto forwarded = [&](const char* id) {
+      Instance& i = instances_[id];
+      return Metric(i, "gnomon_cluster_ingress_total{source=\"telemetry\",outcome=\"forwarded\"}") +
+             Metric(i, "gnomon_cluster_ingress_total{source=\"ingest\",outcome=\"forwarded\"}");
+    };
+    fa = forwarded("a");
+    fb = forwarded("b");
     return fa + fb >= kDevices * (kPerDevice + 1);
   }));
   EXPECT_GT(fa, 0);
