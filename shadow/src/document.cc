@@ -491,8 +491,21 @@ std::string ShadowDocument::StoredJson() const {
   return out;
 }
 
+Result<ShadowDocument> ShadowDocument::FromChangelog(std::string_view event, Limits limits) {
+  GNOMON_ASSIGN_OR_RETURN(Value v, Value::Parse(event));
+  Value* current = v.Find("current");
+  if (current == nullptr) {
+    return InvalidArgument("no \"current\" document");
+  }
+  return FromDocumentValue(std::move(*current), limits);
+}
+
 Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, Limits limits) {
   GNOMON_ASSIGN_OR_RETURN(Value v, Value::Parse(document));
+  return FromDocumentValue(std::move(v), limits);
+}
+
+Result<ShadowDocument> ShadowDocument::FromDocumentValue(Value v, Limits limits) {
   Value* state = v.Find("state");
   const Value* version = v.Find("version");
   if (!v.is_object() || state == nullptr || !state->is_object() || version == nullptr ||

@@ -123,6 +123,7 @@ class SqliteReader final : public ShadowStore::Reader {
     load_.Reset();
     names_.Reset();
     things_.Reset();
+    shadows_.Reset();
     calls_.Reset();
     changes_.Reset();
     state_.Reset();
@@ -143,6 +144,11 @@ class SqliteReader final : public ShadowStore::Reader {
                                    "thing > ?1 AND substr(thing, 1, length(?2)) = ?2 "
                                    "ORDER BY thing LIMIT ?3",
                                    things_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_,
+                                   "SELECT thing, name FROM shadows WHERE present = 1 AND "
+                                   "(thing > ?1 OR (thing = ?1 AND name > ?2)) "
+                                   "ORDER BY thing, name LIMIT ?3",
+                                   shadows_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT thing, stored FROM service_calls ORDER BY seq", calls_));
     GNOMON_RETURN_IF_ERROR(
@@ -338,6 +344,26 @@ class SqliteReader final : public ShadowStore::Reader {
     return Rows(s);
   }
 
+  Result<std::vector<std::pair<std::string, std::string>>> Shadows(std::string_view after_thing,
+                                                                   std::string_view after_name,
+                                                                   size_t limit) override {
+    sqlite3_stmt* s = shadows_.get();
+    sqlite3_reset(s);
+    sqlite::BindText(s, 1, after_thing);
+    sqlite::BindText(s, 2, after_name);
+    sqlite3_bind_int64(s, 3, static_cast<int64_t>(limit));
+    std::vector<std::pair<std::string, std::string>> out;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      out.emplace_back(sqlite::ColumnText(s, 0), sqlite::ColumnText(s, 1));
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "query");
+    }
+    return out;
+  }
+
  private:
   Result<std::vector<std::string>> Rows(sqlite3_stmt* s) {
     std::vector<std::string> out;
@@ -353,8 +379,8 @@ class SqliteReader final : public ShadowStore::Reader {
   }
 
   sqlite::Db db_;
-  sqlite::Stmt load_, names_, things_, calls_, changes_, state_, states_of_, due_, to_migrate_,
-      windows_;
+  sqlite::Stmt load_, names_, things_, shadows_, calls_, changes_, state_, states_of_, due_,
+      to_migrate_, windows_;
 };
 
 }  // namespace

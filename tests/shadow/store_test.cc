@@ -133,6 +133,17 @@ TEST(ShadowStoreTest, WritesAreReadableAfterTheirCallbackAndAfterReopening) {
   ASSERT_TRUE(page2.ok());
   EXPECT_EQ(*page2, (std::vector<std::string>{"dev-2"}));
   EXPECT_TRUE((*reader)->Things("x", "", 10)->empty());
+  // Every shadow as (thing, name), paged from the last one seen (a thing's named shadows may
+  // span pages).
+  using Keys = std::vector<std::pair<std::string, std::string>>;
+  auto first = (*reader)->Shadows("", "", 2);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(*first, (Keys{{"dev-1", ""}, {"dev-1", "cfg"}}));
+  auto rest = (*reader)->Shadows("dev-1", "", 2);
+  ASSERT_TRUE(rest.ok());
+  EXPECT_EQ(*rest, (Keys{{"dev-1", "cfg"}, {"dev-2", ""}}));
+  EXPECT_EQ(*(*reader)->Shadows("dev-1", "cfg", 10), (Keys{{"dev-2", ""}}));
+  EXPECT_TRUE((*reader)->Shadows("dev-2", "", 10)->empty());
 }
 
 TEST(ShadowStoreTest, DeletedShadowsKeepTheirTombstoneButAreNotListed) {
@@ -147,6 +158,7 @@ TEST(ShadowStoreTest, DeletedShadowsKeepTheirTombstoneButAreNotListed) {
   ASSERT_TRUE(reader.ok());
   EXPECT_TRUE((*reader)->Things("", "", 10)->empty());
   EXPECT_TRUE((*reader)->Names("gone")->empty());
+  EXPECT_TRUE((*reader)->Shadows("", "", 10)->empty());
   auto loaded = (*reader)->Load("gone", "");
   ASSERT_TRUE(loaded.ok() && loaded->has_value());
   auto doc = ShadowDocument::FromStored(**loaded);

@@ -134,8 +134,11 @@ class ShadowDocument {
   // From a stored document as published (DocumentJson(), the change log's "current"): state,
   // metadata, version, timestamp. Idempotency keys and tombstones are not part of it.
   static Result<ShadowDocument> FromDocument(std::string_view document, Limits limits = {});
+  // From a change-log record's value (the documents event: its "current").
+  static Result<ShadowDocument> FromChangelog(std::string_view event, Limits limits = {});
 
  private:
+  static Result<ShadowDocument> FromDocumentValue(Value v, Limits limits);
   struct Idempotent {
     std::string key;
     std::string digest;  // of the body (RequestDigest), to tell a replay from a reuse

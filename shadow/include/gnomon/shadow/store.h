@@ -112,6 +112,9 @@ class ShadowStore {
     // Things with at least one existing shadow, sorted, starting after `after`, with `prefix`.
     virtual Result<std::vector<std::string>> Things(std::string_view prefix,
                                                     std::string_view after, size_t limit) = 0;
+    // Existing shadows as (thing, name), sorted, starting after (after_thing, after_name).
+    virtual Result<std::vector<std::pair<std::string, std::string>>> Shadows(
+        std::string_view after_thing, std::string_view after_name, size_t limit) = 0;
     // Rule `rule`'s state for `device`, or nullopt when it has none.
     virtual Result<std::optional<RuleState>> LoadState(std::string_view rule,
                                                        std::string_view device) = 0;
