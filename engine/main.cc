@@ -52,15 +52,22 @@ gnomon::Status CheckClusterTopics(const AppConfig& app, int timeout_ms) {
   if (!app.cluster.enabled || app.cluster.connection == nullptr) {
     return {};
   }
-  const std::string topic = app.cluster.IngressTopic();
-  GNOMON_ASSIGN_OR_RETURN(int32_t n, gnomon::connectors::KafkaTopicPartitions(
-                                         *app.cluster.connection, topic, timeout_ms));
-  if (n != 0 && n != app.cluster.partitions) {
-    return gnomon::FailedPrecondition(fmt::format(
-        "cluster.partitions is {} but topic {} has {} partitions: devices would be routed to "
-        "partitions other instances do not read them from. Set cluster.partitions to {}, or "
-        "give the cluster another name (a partition count is fixed for a cluster's life)",
-        app.cluster.partitions, topic, n, n));
+  // The change log is checked as ingress is: a device's shadow must be in the partition of the
+  // same number (created by the first instance with shadows).
+  std::vector<std::string> topics = {app.cluster.IngressTopic()};
+  if (app.shadows.enabled) {
+    topics.push_back(app.cluster.ChangelogTopic());
+  }
+  for (const std::string& topic : topics) {
+    GNOMON_ASSIGN_OR_RETURN(int32_t n, gnomon::connectors::KafkaTopicPartitions(
+                                           *app.cluster.connection, topic, timeout_ms));
+    if (n != 0 && n != app.cluster.partitions) {
+      return gnomon::FailedPrecondition(fmt::format(
+          "cluster.partitions is {} but topic {} has {} partitions: devices would be routed to "
+          "partitions other instances do not read them from. Set cluster.partitions to {}, or "
+          "give the cluster another name (a partition count is fixed for a cluster's life)",
+          app.cluster.partitions, topic, n, n));
+    }
   }
   return {};
 }
@@ -171,7 +178,7 @@ gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) 
       size_t records,
       gnomon::connectors::ReadTopicToEnd(
           *app.shadows.changelog_connection, app.shadows.changelog_topic,
-          [&](std::string_view key, const std::string* value) {
+          [&](int32_t, std::string_view key, const std::string* value) {
             latest[std::string(key)] = value != nullptr ? std::optional<std::string>(*value)
                                                         : std::nullopt;
           }));
@@ -183,11 +190,7 @@ gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) 
     size_t slash = key.find('/');
     std::string thing = key.substr(0, slash);
     std::string name = slash == std::string::npos ? "" : key.substr(slash + 1);
-    auto event = sh::Value::Parse(*value);
-    const sh::Value* current = event.ok() ? event->Find("current") : nullptr;
-    auto doc = current != nullptr ? sh::ShadowDocument::FromDocument(current->Json())
-                                  : gnomon::Result<sh::ShadowDocument>(
-                                        gnomon::InvalidArgument("no \"current\" document"));
+    auto doc = sh::ShadowDocument::FromChangelog(*value);
     if (!doc.ok()) {
       gnomon::log::Warn("change log record skipped",
                         {{"key", key}, {"error", doc.status().message()}});
@@ -245,7 +248,8 @@ int Run(const std::string& config, const gnomon::Registry& registry, const Engin
     }
   }
   if (app->shadows.enabled && app->shadows.changelog_connection != nullptr &&
-      options.mode != Mode::kDryRun) {
+      options.mode != Mode::kDryRun && !app->cluster.enabled) {
+    // (In a cluster, each partition is restored when this instance is given it.)
     // An empty store with a change log: start from the change log.
     auto n = RestoreShadows(*app, /*only_if_empty=*/true);
     if (!n.ok()) {
@@ -396,6 +400,12 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   EngineOptions options;
+  options.read_topic = [](const gnomon::ConfigValue& connection, const std::string& topic,
+                          const std::function<void(int32_t, std::string_view, const std::string*)>&
+                              each,
+                          const std::vector<int32_t>* only) {
+    return gnomon::connectors::ReadTopicToEnd(connection, topic, each, only);
+  };
   if (app.got_subcommand("replay")) {
     options.mode = dry_run ? Mode::kDryRun : Mode::kReplay;
     options.replay_input = input;

@@ -5,9 +5,15 @@
 // workers as any Kafka source does (offsets committed after the effects are durable).
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <thread>
+
+#include "api_error.h"
 #include "cluster_ingress.h"
 #include "engine_impl.h"
 #include "gnomon/core/log.h"
+#include "gnomon/core/partition.h"
+#include "shadow_owner.h"
 
 namespace gnomon::engine {
 
@@ -59,6 +65,30 @@ Status Engine::Impl::InitCluster() {
   PluginContext ictx{metrics_,         *this,     clock_,        config_.data_dir,
                      config_.base_dir, "cluster", cl.connection, 1};
   ictx.shared = &shared_;
+  // Ownership follows the ingress partitions this instance is given.
+  owned_ = std::make_unique<std::atomic<uint8_t>[]>(static_cast<size_t>(cl.partitions));
+  for (int32_t p = 0; p < cl.partitions; ++p) {
+    owned_[static_cast<size_t>(p)].store(kNotOwned, std::memory_order_relaxed);
+  }
+  class Listener final : public PartitionListener {
+   public:
+    explicit Listener(Impl& e) : e_(e) {}
+    void Assigned(const std::vector<int32_t>& partitions) override {
+      e_.AssignPartitions(partitions);
+    }
+    void Revoked(const std::vector<int32_t>& partitions, bool lost) override {
+      e_.RevokePartitions(partitions, lost);
+    }
+
+   private:
+    Impl& e_;
+  };
+  partition_listener_ = std::make_unique<Listener>(*this);
+  ictx.partitions = partition_listener_.get();
+  InitClusterMetrics();
+  if (shadow_store_ && !options_.read_topic) {
+    return FailedPrecondition("cluster: shadows need a change-log reader (EngineOptions)");
+  }
   ictx.reserved_topic_prefixes = config_.reserved_topic_prefixes;
   GNOMON_ASSIGN_OR_RETURN(auto src, source_factory->Create(in, ictx));
   cluster_source_ = sources_.size();
@@ -71,6 +101,241 @@ Status Engine::Impl::InitCluster() {
                                {"group", cl.group},
                                {"partitions", std::to_string(cl.partitions)},
                                {"ingress", topic}});
+  return {};
+}
+
+void Engine::Impl::InitClusterMetrics() {
+  cluster_owned_ =
+      metrics_.GetGauge("gnomon_cluster_partitions_owned",
+                        "Ingress partitions this instance owns (restored and processing)");
+  auto restored = [&](const char* what) {
+    return metrics_.GetCounter("gnomon_cluster_restored_total",
+                               "Change-log records read and shadows restored for partitions this "
+                               "instance was given",
+                               {{"what", what}});
+  };
+  cluster_restored_records_ = restored("records");
+  cluster_restored_shadows_ = restored("shadows");
+  cluster_restore_corrupt_ = metrics_.GetCounter(
+      "gnomon_cluster_changelog_corrupt_total",
+      "Change-log records skipped at a restore (not a shadow document, or in the wrong "
+      "partition)");
+  cluster_restore_failures_ = metrics_.GetCounter(
+      "gnomon_cluster_restore_failures_total",
+      "Restores of a partition that failed (Kafka or the store); each is tried again");
+  cluster_refused_ = metrics_.GetCounter(
+      "gnomon_cluster_not_owner_total",
+      "Shadow requests refused (503) because another instance owns the device or its partition "
+      "is moving");
+}
+
+int32_t Engine::Impl::PartitionOf(std::string_view device) const {
+  return KafkaPartitionOf(device, config_.cluster.partitions);
+}
+
+bool Engine::Impl::OwnsDevice(std::string_view device) const {
+  if (!owned_) {
+    return true;
+  }
+  return owned_[static_cast<size_t>(PartitionOf(device))].load(std::memory_order_acquire) == kOwned;
+}
+
+HttpResponse Engine::Impl::NotOwnedResponse(std::string_view device) const {
+  cluster_refused_->Inc();
+  int32_t p = PartitionOf(device);
+  bool restoring = owned_[static_cast<size_t>(p)].load(std::memory_order_acquire) == kRestoring;
+  HttpResponse out = ErrorResponse(
+      ApiError(503, restoring ? "PARTITION_MOVING" : "NOT_OWNER",
+               restoring
+                   ? fmt::format("partition {} of {} is being restored here; try again", p, device)
+                   : fmt::format("{} (partition {}) is owned by another instance of cluster "
+                                 "{}; ask that one (forwarding is not built yet)",
+                                 device, p, config_.cluster.name)),
+      clock_.NowMs() / 1000);
+  out.headers.emplace_back("Retry-After", "1");
+  return out;
+}
+
+void Engine::Impl::DropPartitionsOnWorkers(const std::vector<int32_t>& partitions) {
+  auto done = std::make_shared<std::latch>(static_cast<std::ptrdiff_t>(workers_.size()));
+  for (auto& w : workers_) {
+    if (!w->queue.PushForce(PartitionDrop{partitions, done})) {
+      done->count_down();  // stopped: nothing runs there any more
+    }
+  }
+  done->wait();
+  committed_.EraseIf([&](const std::string& key) {
+    return std::ranges::find(partitions, PartitionOf(std::string_view(
+                                             key.data(), key.find('\0')))) != partitions.end();
+  });
+}
+
+void Engine::Impl::DropPartitions(Worker& w, PartitionDrop& d) {
+  if (w.shadows) {
+    w.shadows->DropThings([&](std::string_view thing) {
+      return std::ranges::find(d.partitions, PartitionOf(thing)) != d.partitions.end();
+    });
+  }
+  d.done->count_down();
+}
+
+void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
+  for (int32_t p : partitions) {
+    owned_[static_cast<size_t>(p)].store(kRestoring, std::memory_order_release);
+  }
+  if (shadow_store_) {
+    DropPartitionsOnWorkers(partitions);  // (nothing should be there; a rule may have read one)
+    auto started = std::chrono::steady_clock::now();
+    auto wait = std::chrono::milliseconds(500);
+    while (true) {
+      size_t records = 0;
+      size_t shadows = 0;
+      Status st = RestorePartitions(partitions, &records, &shadows);
+      if (st.ok()) {
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - started)
+                      .count();
+        log::Info("cluster partitions restored",
+                  {{"partitions", fmt::format("{}", fmt::join(partitions, ","))},
+                   {"records", std::to_string(records)},
+                   {"shadows", std::to_string(shadows)},
+                   {"ms", std::to_string(ms)}});
+        break;
+      }
+      cluster_restore_failures_->Inc();
+      log::Error(
+          "cluster partitions could not be restored; trying again",
+          {{"partitions", fmt::format("{}", fmt::join(partitions, ","))}, {"error", st.message()}});
+      if (stopped_.load()) {
+        return;  // stopping: they stay not owned (nothing of them is processed here)
+      }
+      std::this_thread::sleep_for(wait);
+      wait = std::min(wait * 2, std::chrono::milliseconds(5000));
+    }
+  }
+  for (int32_t p : partitions) {
+    owned_[static_cast<size_t>(p)].store(kOwned, std::memory_order_release);
+  }
+  cluster_owned_->Increment(static_cast<double>(partitions.size()));
+}
+
+void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool lost) {
+  size_t were_owned = 0;
+  for (int32_t p : partitions) {
+    if (owned_[static_cast<size_t>(p)].exchange(kNotOwned, std::memory_order_acq_rel) == kOwned) {
+      ++were_owned;
+    }
+  }
+  cluster_owned_->Decrement(static_cast<double>(were_owned));
+  if (!shadow_store_) {
+    return;
+  }
+  // Requests already on a worker finish first; whatever reaches a worker after this is refused.
+  DropPartitionsOnWorkers(partitions);
+  // Their change-log records out before the next owner restores (the messages' own records
+  // are, since their offsets were committed only after them).
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (changelog_sink_ && changelog_sink_->sink->QueueDepth() > 0 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  shadow_store_->Flush();
+  if (Status st = PurgePartitions(partitions, {}); !st.ok()) {
+    log::Warn(
+        "cluster: the store kept shadows of partitions given away (reset at their next "
+        "restore)",
+        {{"error", st.message()}});
+  }
+  if (lost) {
+    log::Warn(
+        "cluster partitions lost (this instance was dropped from the group): their "
+        "devices are another instance's now",
+        {{"partitions", fmt::format("{}", fmt::join(partitions, ","))}});
+  }
+}
+
+Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions, size_t* records,
+                                       size_t* shadows) {
+  std::unordered_set<std::string> seen;
+  const uint64_t failures = shadow_store_->stats().failures;
+  const std::string reset = shadow::ShadowDocument().StoredJson();
+  const size_t max_pending = config_.shadows.max_pending_writes;
+  auto read = options_.read_topic(
+      *config_.shadows.changelog_connection, config_.shadows.changelog_topic,
+      [&](int32_t partition, std::string_view key, const std::string* value) {
+        ++*records;
+        cluster_restored_records_->Inc();
+        size_t slash = key.find('/');
+        std::string thing(key.substr(0, slash));
+        std::string name(slash == std::string_view::npos ? "" : key.substr(slash + 1));
+        if (thing.empty() || PartitionOf(thing) != partition) {
+          cluster_restore_corrupt_->Inc();
+          static log::RateLimiter limiter(5);
+          if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+            log::Warn("change-log record skipped: its key is not a device of the partition",
+                      {{"topic", config_.shadows.changelog_topic},
+                       {"key", std::string(key)},
+                       {"suppressed_before", std::to_string(suppressed)}});
+          }
+          return;
+        }
+        std::string stored;
+        if (value == nullptr) {
+          stored = reset;  // deleted
+        } else if (auto doc = shadow::ShadowDocument::FromChangelog(*value); doc.ok()) {
+          stored = doc->StoredJson();
+        } else {
+          cluster_restore_corrupt_->Inc();
+          static log::RateLimiter limiter(5);
+          if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+            log::Warn("change-log record skipped",
+                      {{"topic", config_.shadows.changelog_topic},
+                       {"key", std::string(key)},
+                       {"error", doc.status().message()},
+                       {"suppressed_before", std::to_string(suppressed)}});
+          }
+          return;
+        }
+        seen.insert(ShadowKey(thing, name));
+        shadow_store_->Write(std::move(thing), std::move(name), std::move(stored), nullptr);
+        if ((*records & 1023) == 0) {
+          (void)shadow_store_->WaitPendingAtMost(max_pending, std::chrono::seconds(60));
+        }
+      },
+      &partitions);
+  if (!read.ok()) {
+    return read.status();
+  }
+  GNOMON_RETURN_IF_ERROR(PurgePartitions(partitions, seen));
+  shadow_store_->Flush();
+  if (shadow_store_->stats().failures != failures) {
+    return Unavailable("the shadow store could not save the restored shadows");
+  }
+  *shadows = seen.size();
+  cluster_restored_shadows_->Inc(seen.size());
+  return {};
+}
+
+Status Engine::Impl::PurgePartitions(const std::vector<int32_t>& partitions,
+                                     const std::unordered_set<std::string>& keep) {
+  shadow_store_->Flush();
+  GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
+  const std::string reset = shadow::ShadowDocument().StoredJson();
+  std::string after_thing, after_name;
+  while (true) {
+    GNOMON_ASSIGN_OR_RETURN(auto shadows, reader->Shadows(after_thing, after_name, 4096));
+    if (shadows.empty()) {
+      break;
+    }
+    after_thing = shadows.back().first;
+    after_name = shadows.back().second;
+    for (auto& [thing, name] : shadows) {
+      if (std::ranges::find(partitions, PartitionOf(thing)) != partitions.end() &&
+          !keep.contains(ShadowKey(thing, name))) {
+        shadow_store_->Write(std::move(thing), std::move(name), reset, nullptr);
+      }
+    }
+  }
   return {};
 }
 

@@ -40,6 +40,13 @@ class CommittedShadows {
     MutexLock lock(s.mu);
     s.map.erase(key);
   }
+  // Drops every entry whose key `drop` names.
+  void EraseIf(const std::function<bool(const std::string& key)>& drop) {
+    for (Shard& s : shards_) {
+      MutexLock lock(s.mu);
+      std::erase_if(s.map, [&](const auto& kv) { return drop(kv.first); });
+    }
+  }
   std::shared_ptr<const std::string> Get(const std::string& key) {
     Shard& s = shard(key);
     MutexLock lock(s.mu);

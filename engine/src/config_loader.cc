@@ -443,11 +443,25 @@ void LoadCluster(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
       }
     }
   }
+  // Shadows move with their device's partition (docs/cluster.md#shadows): each accepted write
+  // goes to the cluster's change log, from which an instance restores a partition it is given.
   if (const ConfigValue* s = app.root.Get("shadows")) {
-    errors.Add(s, "shadows",
-               "shadows cannot run in a cluster yet: a device's shadow would stay with the "
-               "instance that wrote it when its partition moves (docs/cluster.md says what is "
-               "built)");
+    if (const ConfigValue* own = s->Get("changelog")) {
+      errors.Add(own, "shadows.changelog",
+                 fmt::format("in a cluster shadows go to the cluster's own change log ('{}', "
+                             "{} partitions, like the ingress topic); remove shadows.changelog",
+                             cl.ChangelogTopic(), cl.partitions));
+    }
+    if (const ConfigValue* mq = s->Get("connection")) {
+      errors.Add(mq, "shadows.connection",
+                 "shadow requests over MQTT cannot run in a cluster yet: a request would be "
+                 "served by whichever instance took it, not by its device's owner; use the REST "
+                 "API (docs/cluster.md#shadows)");
+    }
+    app.shadows.changelog_connection_name = cl.connection_name;
+    app.shadows.changelog_connection = cl.connection;
+    app.shadows.changelog_topic = cl.ChangelogTopic();
+    app.shadows.changelog_partitions = cl.partitions;
   }
   for (size_t i = 0; i < app.sources.size(); ++i) {
     const Entry& s = app.sources[i];

@@ -660,6 +660,7 @@ void Engine::Impl::RunWorker(size_t index) {
                      [&](CallTick&) { w.calls->Tick(); },
                      [&](StateTick&) { FireDue(w); },
                      [&](WindowEvent& e) { ApplyWindowEvent(w, e); },
+                     [&](PartitionDrop& d) { DropPartitions(w, d); },
                  },
                  item);
     }

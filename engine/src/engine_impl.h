@@ -95,6 +95,26 @@ class Engine::Impl final : public Ingest,
   Status InitCluster();
   Ingest& IngestFor(size_t source);
   void SetClusterContext(PluginContext& ctx) const;
+  // Cluster ownership (cluster.cc, docs/cluster.md#shadows). The ingress consumer's rebalances:
+  // a partition given is restored from the change log before any of its messages runs; one
+  // taken away is dropped from the workers' caches and the store once its messages finished.
+  void AssignPartitions(const std::vector<int32_t>& partitions);
+  void RevokePartitions(const std::vector<int32_t>& partitions, bool lost);
+  // The shadows of `partitions` from the change log into the store; the store's shadows of
+  // them that the log does not have are reset. Counts into *records and *shadows.
+  Status RestorePartitions(const std::vector<int32_t>& partitions, size_t* records,
+                           size_t* shadows);
+  // Resets the store's shadows of `partitions` except those named in `keep` (ShadowKey).
+  Status PurgePartitions(const std::vector<int32_t>& partitions,
+                         const std::unordered_set<std::string>& keep);
+  // Every worker drops what it keeps of the devices of `partitions`; returns once all did.
+  void DropPartitionsOnWorkers(const std::vector<int32_t>& partitions);
+  void InitClusterMetrics();
+  int32_t PartitionOf(std::string_view device) const;
+  // This instance may write `device`'s shadow now (always true outside a cluster).
+  bool OwnsDevice(std::string_view device) const;
+  // The 503 for a request about a device this instance does not own (moving, or another's).
+  HttpResponse NotOwnedResponse(std::string_view device) const;
   Status Start();
   void Stop();
   bool Idle() const;
@@ -200,6 +220,7 @@ class Engine::Impl final : public Ingest,
   // Rule state (states.cc).
   void InitStateMetrics();
   Status InitWorkerStates(Worker& w);
+  void DropPartitions(Worker& w, PartitionDrop& d);  // cluster.cc, on the worker's thread
   // A call's new state (its kState effect): the owner's copy now, durable before the message
   // is finished; a failed write dead-letters the message.
   // At start, before the workers run: the rows with something due, to their owners' schedule.
@@ -426,6 +447,16 @@ class Engine::Impl final : public Ingest,
   std::unique_ptr<ClusterIngress> cluster_ingress_;
   std::unique_ptr<Sink> cluster_sink_;
   size_t cluster_source_ = SIZE_MAX;
+  // By ingress partition: kNotOwned, kRestoring or kOwned (cluster.cc).
+  static constexpr uint8_t kNotOwned = 0, kRestoring = 1, kOwned = 2;
+  std::unique_ptr<std::atomic<uint8_t>[]> owned_;
+  std::unique_ptr<PartitionListener> partition_listener_;
+  Gauge* cluster_owned_ = nullptr;
+  Counter* cluster_restored_records_ = nullptr;
+  Counter* cluster_restored_shadows_ = nullptr;
+  Counter* cluster_restore_corrupt_ = nullptr;
+  Counter* cluster_restore_failures_ = nullptr;
+  Counter* cluster_refused_ = nullptr;
   std::map<std::string, Counter*> source_counters_;
   std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
   std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured

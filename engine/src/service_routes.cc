@@ -50,6 +50,9 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
                       if (auto bad = CheckThingName(req.params.at(0))) {
                         return ErrorResponse(*bad, clock_.NowMs() / 1000);
                       }
+                      if (!OwnsDevice(req.params.at(0))) {
+                        return NotOwnedResponse(req.params.at(0));
+                      }
                       CallQuery query;
                       query.msg.device = req.params.at(0);
                       query.msg.key = req.params.at(1);
@@ -62,6 +65,9 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
          const std::string& thing = req.params.at(0);
          if (auto bad = CheckThingName(thing)) {
            return ErrorResponse(*bad, clock_.NowMs() / 1000);
+         }
+         if (!OwnsDevice(thing)) {
+           return NotOwnedResponse(thing);
          }
          CallInvoke call;
          Message& m = call.msg;

@@ -80,6 +80,25 @@ void ShadowOwner::Forget(const std::string& key) {
   }
 }
 
+size_t ShadowOwner::DropThings(const std::function<bool(std::string_view thing)>& drop) {
+  auto thing_of = [](const std::string& key) {
+    return std::string_view(key.data(), key.find('\0'));
+  };
+  size_t dropped = 0;
+  for (auto it = docs_.begin(); it != docs_.end();) {
+    if (drop(thing_of(it->first))) {
+      lru_.erase(it->second.lru);
+      it = docs_.erase(it);
+      ++dropped;
+    } else {
+      ++it;
+    }
+  }
+  // (Their changes stay counted in history_order_ until they leave it, as after EraseHistory.)
+  std::erase_if(history_, [&](const auto& kv) { return drop(thing_of(kv.first)); });
+  return dropped;
+}
+
 size_t ShadowOwner::Trim() {
   size_t cap = options_.cache_shadows;
   if (docs_.size() <= cap) {

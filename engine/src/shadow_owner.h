@@ -80,6 +80,10 @@ class ShadowOwner {
   // (looking at most 256 past the excess). Returns how many were dropped.
   size_t Trim();
 
+  // Drops the documents and histories of the things `drop` names (their partition moved to
+  // another cluster member: docs/cluster.md). Returns how many documents were dropped.
+  size_t DropThings(const std::function<bool(std::string_view thing)>& drop);
+
   // Adds an accepted write's change, within the per-shadow count and the byte budget (the
   // oldest changes of any shadow go first).
   void RecordChange(std::string_view thing, std::string_view name, shadow::ShadowChange c);

@@ -85,6 +85,9 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
       if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
         return ErrorResponse(*bad, clock_.NowMs() / 1000);
       }
+      if (!OwnsDevice(req.params.at(0))) {
+        return NotOwnedResponse(req.params.at(0));
+      }
       if (verb != ShadowVerb::kUpdate) {
         return ShadowApiCall(std::get<ShadowTarget>(std::move(t)), "");
       }
@@ -108,6 +111,9 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                         return ErrorResponse(*bad, clock_.NowMs() / 1000);
                       }
                       const ShadowTarget& shadow = std::get<ShadowTarget>(t);
+                      if (!OwnsDevice(shadow.thing)) {
+                        return NotOwnedResponse(shadow.thing);
+                      }
                       return Watch(shadow.thing, shadow.name);
                     }});
   // A read the committed cache can answer (or a bad name) is answered on the listener's I/O
@@ -141,6 +147,10 @@ bool Engine::Impl::CachedShadowGet(const HttpRequest& req, HttpResponse& out) {
     return true;
   }
   const ShadowTarget& shadow = std::get<ShadowTarget>(t);
+  if (!OwnsDevice(shadow.thing)) {
+    out = NotOwnedResponse(shadow.thing);
+    return true;
+  }
   if (auto view = committed_.Get(ShadowKey(shadow.thing, shadow.name))) {
     reads_committed_->Inc();
     out.body = *view;
@@ -153,6 +163,9 @@ HttpResponse Engine::Impl::ShadowChangesRoute(const HttpRequest& req) {
   auto t = RequestedShadow(req, ShadowVerb::kChanges);
   if (auto* bad = std::get_if<shadow::ShadowError>(&t)) {
     return ErrorResponse(*bad, clock_.NowMs() / 1000);
+  }
+  if (!OwnsDevice(req.params.at(0))) {
+    return NotOwnedResponse(req.params.at(0));
   }
   const std::string* since = req.Query("sinceVersion");
   char* end = nullptr;
@@ -170,6 +183,9 @@ HttpResponse Engine::Impl::ListShadowNames(const HttpRequest& req) {
   const std::string& thing = req.params.at(0);
   if (auto bad = CheckThingName(thing)) {
     return ErrorResponse(*bad, clock_.NowMs() / 1000);
+  }
+  if (!OwnsDevice(thing)) {
+    return NotOwnedResponse(thing);
   }
   MutexLock lock(api_reader_mu_);
   auto names = api_reader_->Names(thing);
@@ -218,6 +234,27 @@ HttpResponse Engine::Impl::ListThings(const HttpRequest& req) {
   MutexLock lock(api_reader_mu_);
   auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
                                     cursor != nullptr ? *cursor : "", limit + 1);
+  if (owned_ && things.ok()) {
+    // In a cluster: the things this instance owns (its store may still hold others' from
+    // before a crash; they are reset when their partition comes back).
+    std::vector<std::string> mine;
+    while (things.ok() && !things->empty()) {
+      bool last_page = things->size() < limit + 1;
+      std::string after = things->back();
+      for (std::string& t : *things) {
+        if (mine.size() < limit + 1 && OwnsDevice(t)) {
+          mine.push_back(std::move(t));
+        }
+      }
+      if (mine.size() > limit || last_page) {
+        break;
+      }
+      things = api_reader_->Things(prefix != nullptr ? *prefix : "", after, limit + 1);
+    }
+    if (things.ok()) {
+      things = std::move(mine);
+    }
+  }
   if (!things.ok()) {
     out.status = 500;
     out.body = ApiError(500, "INTERNAL_ERROR", std::string(things.status().message()))

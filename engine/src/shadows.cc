@@ -477,6 +477,9 @@ void Engine::Impl::ProduceChangelog(const std::string& thing, const std::string&
     r.null_value = true;
   }
   r.device = thing;
+  if (owned_) {
+    r.partition = PartitionOf(thing);  // co-partitioned with ingress (docs/cluster.md)
+  }
   r.rule = "shadows";
   r.source_topic = ShadowTopic(thing, name);
   r.delivery = hold;
@@ -656,6 +659,12 @@ void Engine::Impl::HandleShadowRequest(Worker& w, ShadowRequest& req) {
     req.target = std::get<ShadowTarget>(std::move(parsed));
   }
   const ShadowTarget& op = *req.target;
+  if (!OwnsDevice(op.thing)) {
+    // (A request that reached the worker as its partition moved away: the route checked.)
+    HttpResponse refused = NotOwnedResponse(op.thing);
+    Answer(std::move(to), refused.status, std::move(refused.body), "/rejected");
+    return;
+  }
   if (op.verb == ShadowVerb::kGet || op.verb == ShadowVerb::kDelete) {
     to.token = shadow::RequestClientToken(m.payload, shadow::Limits().max_client_token_bytes);
   }

@@ -103,8 +103,10 @@ void Engine::Impl::InitStateMetrics() {
 }
 
 Status Engine::Impl::InitWorkerStates(Worker& w) {
-  if (!shadow_store_) {
-    return {};  // ctx.state fails the call: there is no store to keep it in
+  if (!shadow_store_ || config_.cluster.enabled) {
+    // ctx.state fails the call: there is no store to keep it in (in a cluster: the state would
+    // not move with its device's partition yet, docs/cluster.md).
+    return {};
   }
   w.states = std::make_unique<StateOwner>(config_.shadows.state_cache_mb << 20, *shadow_store_,
                                           state_loads_);
@@ -113,7 +115,7 @@ Status Engine::Impl::InitWorkerStates(Worker& w) {
 }
 
 Status Engine::Impl::RestoreStates() {
-  if (!shadow_store_) {
+  if (!shadow_store_ || config_.cluster.enabled) {
     return {};
   }
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());

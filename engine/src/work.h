@@ -6,10 +6,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <latch>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
 #include <variant>
+#include <vector>
 
 #include "gnomon/core/message.h"
 #include "shadow_topic.h"
@@ -95,8 +98,15 @@ struct WindowEvent {
   std::string rule;
 };
 
+// Cluster: these partitions moved (or are being restored); drop what the worker keeps of their
+// devices, then count `done` down. Queued behind everything the worker has already taken.
+struct PartitionDrop {
+  std::vector<int32_t> partitions;
+  std::shared_ptr<std::latch> done;
+};
+
 using WorkItem = std::variant<Message, ShadowRequest, ShadowEviction, CallInvoke, CallQuery,
-                              CallEvent, CallTick, StateTick, WindowEvent>;
+                              CallEvent, CallTick, StateTick, WindowEvent, PartitionDrop>;
 
 // The message an item from outside carries (its device, source and delivery); null for the
 // engine's own items (evictions, call events, ticks).

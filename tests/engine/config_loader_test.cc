@@ -213,6 +213,16 @@ rules: ["rules/*.lua"]
   EXPECT_EQ(app.cluster.IngressTopic(), "fleet.ingress");
   EXPECT_NE(app.cluster.connection, nullptr);
 
+  // Shadows go to the cluster's change log, co-partitioned with ingress.
+  AppConfig with_shadows;
+  std::string shadows_yaml = base;
+  shadows_yaml.replace(shadows_yaml.find("rules:"), 6, "shadows: {}\nrules:");
+  ASSERT_TRUE(Load(shadows_yaml, &with_shadows).ok()) << Load(shadows_yaml).message();
+  EXPECT_TRUE(with_shadows.shadows.enabled);
+  EXPECT_EQ(with_shadows.shadows.changelog_topic, "fleet.changelog");
+  EXPECT_EQ(with_shadows.shadows.changelog_partitions, 12);
+  EXPECT_EQ(with_shadows.shadows.changelog_connection, with_shadows.cluster.connection);
+
   AppConfig alone;
   std::string no_cluster = base;
   no_cluster.erase(no_cluster.find("cluster:"),
@@ -234,7 +244,11 @@ rules: ["rules/*.lua"]
   refused("partitions: 12", "partitions: 0", "cluster.partitions");
   refused("connection: bus }", "connection: bus, standby_replicas: 1 }",
           "cluster.standby_replicas");
-  refused("rules:", "shadows: {}\nrules:", "shadows cannot run in a cluster yet");
+  refused("rules:", "shadows: { changelog: { connection: bus, topic: mine } }\nrules:",
+          "shadows.changelog: in a cluster shadows go to the cluster's own change log "
+          "('fleet.changelog', 12 partitions");
+  refused("rules:", "shadows: { connection: broker }\nrules:",
+          "shadows.connection: shadow requests over MQTT cannot run in a cluster yet");
   refused("name: in,", "name: cluster,",
           "sources[0].name: 'cluster' is a name of the cluster's own");
   refused("rules:", "sinks: [{ name: cluster-ingress, type: file, path: x.jsonl }]\nrules:",

@@ -91,6 +91,40 @@ TEST(ShadowOwnerTest, AStoredFormThatIsNotAShadowIsAnErrorNamingIt) {
   EXPECT_TRUE(owner->Get("good", "").ok()) << "other shadows are not affected";
 }
 
+// A partition moved away (cluster): the copies of its things are dropped, the others kept,
+// and a dropped thing is read from the store again on its next use (what a restore put there).
+TEST(ShadowOwnerTest, DropThingsForgetsTheirCopiesAndTheNextGetReadsTheStore) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  MetricsRegistry metrics;
+  Counter* loads = metrics.GetCounter("loads", "");
+  auto owner = MakeOwner(*store, {.history = 4, .history_bytes = 1 << 20}, {.loads = loads});
+  ASSERT_TRUE(Report(*owner, *store, "keep", 1).ok());
+  ASSERT_TRUE(Report(*owner, *store, "drop1", 2).ok());
+  ASSERT_TRUE(Report(*owner, *store, "drop2", 3).ok());
+  owner->RecordChange("drop1", "", {1, 100, "[]"});
+  owner->RecordChange("keep", "", {1, 100, "[]"});
+  EXPECT_EQ(owner->DropThings([](std::string_view t) { return t.starts_with("drop"); }), 2u);
+  EXPECT_EQ(owner->cached(), 1u);
+  EXPECT_EQ(owner->History("drop1", ""), nullptr);
+  EXPECT_NE(owner->History("keep", ""), nullptr);
+  // Another instance's restore wrote drop1 meanwhile: the next Get sees that, not the old copy.
+  auto other = ShadowDocument();
+  ASSERT_TRUE(std::holds_alternative<shadow::UpdateResult>(
+      other.Update(R"({"state":{"reported":{"temp":42}}})", 100)));
+  store->Write("drop1", "", other.StoredJson(), nullptr);
+  store->Flush();
+  uint64_t before = loads->value();
+  auto doc = owner->Get("drop1", "");
+  ASSERT_TRUE(doc.ok());
+  EXPECT_EQ(Temp(*doc), 42);
+  EXPECT_EQ(loads->value(), before + 1);
+  auto kept = owner->Get("keep", "");
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(Temp(*kept), 1);
+  EXPECT_EQ(loads->value(), before + 1) << "kept: no reload";
+}
+
 // Beyond cache_shadows, Trim drops the least recently used copies whose writes are done, and
 // never one with a write still pending (a reload would miss it).
 TEST(ShadowOwnerTest, TrimDropsOnlyDurableCopiesLeastRecentlyUsedFirst) {

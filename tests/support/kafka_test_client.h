@@ -87,7 +87,8 @@ class KafkaClient {
   }
 
   void Produce(const std::string& topic, const std::string& key, const std::string& value,
-               const std::vector<std::pair<std::string, std::string>>& headers = {}) {
+               const std::vector<std::pair<std::string, std::string>>& headers = {},
+               int32_t partition = RD_KAFKA_PARTITION_UA) {
     if (producer_ == nullptr) {
       rd_kafka_conf_t* conf = rd_kafka_conf_new();
       char err[256];
@@ -105,6 +106,7 @@ class KafkaClient {
           producer_, RD_KAFKA_V_TOPIC(topic.c_str()),
           RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
           RD_KAFKA_V_KEY(key.empty() ? nullptr : key.data(), key.size()), RD_KAFKA_V_HEADERS(hs),
+          RD_KAFKA_V_PARTITION(partition),
           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
       if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
         break;  // the producer owns the headers

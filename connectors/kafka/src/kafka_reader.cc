@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 
@@ -11,7 +12,9 @@ namespace gnomon::connectors {
 
 Result<size_t> ReadTopicToEnd(
     const ConfigValue& connection, const std::string& topic,
-    const std::function<void(std::string_view key, const std::string* value)>& fn) {
+    const std::function<void(int32_t partition, std::string_view key, const std::string* value)>&
+        fn,
+    const std::vector<int32_t>* only) {
   ConfigValue none;
   GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
   GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
@@ -42,6 +45,9 @@ Result<size_t> ReadTopicToEnd(
   if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
     for (int i = 0; i < md->topics[0].partition_cnt; ++i) {
       int32_t p = md->topics[0].partitions[i].id;
+      if (only != nullptr && std::find(only->begin(), only->end(), p) == only->end()) {
+        continue;
+      }
       int64_t lo = 0, hi = 0;
       e = rd_kafka_query_watermark_offsets(rk, topic.c_str(), p, &lo, &hi, 15000);
       if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -85,10 +91,10 @@ Result<size_t> ReadTopicToEnd(
                                  ? std::string_view(static_cast<const char*>(m->key), m->key_len)
                                  : std::string_view();
       if (m->payload == nullptr) {
-        fn(key, nullptr);
+        fn(m->partition, key, nullptr);
       } else {
         std::string value(static_cast<const char*>(m->payload), m->len);
-        fn(key, &value);
+        fn(m->partition, key, &value);
       }
       ++n;
       auto it = ends.find(m->partition);

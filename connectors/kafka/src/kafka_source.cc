@@ -95,7 +95,7 @@ class KafkaAck final : public AckHandle {
 class KafkaSource final : public Source {
  public:
   KafkaSource(KafkaSourceConfig config, PluginContext& ctx)
-      : config_(std::move(config)), name_(ctx.name), clock_(ctx.clock) {
+      : config_(std::move(config)), name_(ctx.name), clock_(ctx.clock), listener_(ctx.partitions) {
     auto c = [&](const char* name, const char* help) {
       return ctx.metrics.GetCounter(name, help, {{"source", name_}});
     };
@@ -674,6 +674,15 @@ class KafkaSource final : public Source {
     }
   }
 
+  static std::vector<int32_t> PartitionsOf(const rd_kafka_topic_partition_list_t* parts) {
+    std::vector<int32_t> out;
+    out.reserve(static_cast<size_t>(parts->cnt));
+    for (int i = 0; i < parts->cnt; ++i) {
+      out.push_back(parts->elems[i].partition);
+    }
+    return out;
+  }
+
   void OnRebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
                    rd_kafka_topic_partition_list_t* parts) {
     bool cooperative = std::string_view(rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE";
@@ -701,6 +710,9 @@ class KafkaSource final : public Source {
       }
       log::Info("kafka partitions assigned",
                 {{"source", name_}, {"partitions", std::to_string(parts->cnt)}});
+      if (listener_ != nullptr) {
+        listener_->Assigned(PartitionsOf(parts));
+      }
       if (cooperative) {
         rd_kafka_error_t* e = rd_kafka_incremental_assign(rk, parts);
         if (e != nullptr) {
@@ -795,6 +807,9 @@ class KafkaSource final : public Source {
     }
     log::Info("kafka partitions revoked",
               {{"source", name_}, {"partitions", std::to_string(parts->cnt)}});
+    if (listener_ != nullptr) {
+      listener_->Revoked(PartitionsOf(parts), rd_kafka_assignment_lost(rk) != 0);
+    }
     if (cooperative) {
       rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, parts);
       if (e != nullptr) {
@@ -823,6 +838,7 @@ class KafkaSource final : public Source {
   KafkaSourceConfig config_;
   std::string name_;
   const Clock& clock_;
+  PartitionListener* listener_;  // (the cluster's ingress source only)
   Ingest* ingest_ = nullptr;
   rd_kafka_t* rk_ = nullptr;
   std::jthread thread_;

@@ -4,8 +4,11 @@
 // serves /metrics, /healthz and /readyz.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gnomon/core/clock.h"
@@ -127,6 +130,8 @@ struct AppConfig {
     std::string connection_name;
     const ConfigValue* connection = nullptr;  // the kafka connection
     std::string IngressTopic() const { return name + ".ingress"; }
+    // Shadows' change log: co-partitioned with ingress (same P, same hash of the device).
+    std::string ChangelogTopic() const { return name + ".changelog"; }
   } cluster;
   // Things that work but are risky (`gnomon check` prints them, `run` logs them).
   std::vector<std::string> warnings;
@@ -155,6 +160,16 @@ struct EngineOptions {
   std::string replay_input;   // kReplay, kDryRun
   std::string replay_device;  // device rule for the replay source; default: first source's
   bool progress = false;      // replay progress on stderr
+  // Reads `topic` of a kafka connection from its beginning to where it ends now, only the
+  // partitions `only` names (connectors::ReadTopicToEnd; `value` null for tombstones). How a
+  // cluster member restores the shadows of the partitions it is given; needed with `cluster`
+  // and `shadows`.
+  using TopicReader = std::function<Result<size_t>(
+      const ConfigValue& connection, const std::string& topic,
+      const std::function<void(int32_t partition, std::string_view key, const std::string* value)>&
+          each,
+      const std::vector<int32_t>* only)>;
+  TopicReader read_topic;
 };
 
 class Engine {

@@ -15,6 +15,20 @@
 
 namespace gnomon {
 
+// Told when a Kafka source's partitions are assigned and revoked: how the cluster's ingress
+// consumer moves device ownership (docs/cluster.md). Called on the consumer's thread, inside the
+// rebalance, so nothing of the partitions is fetched or processed meanwhile.
+class PartitionListener {
+ public:
+  virtual ~PartitionListener() = default;
+  // Before the source fetches from `partitions`; returns once their state is ready here.
+  virtual void Assigned(const std::vector<int32_t>& partitions) = 0;
+  // After their messages in flight finished (or were given up) and their offsets were
+  // committed. `lost`: this member was dropped from the group (a session timeout), so the
+  // partitions may have a new owner already.
+  virtual void Revoked(const std::vector<int32_t>& partitions, bool lost) = 0;
+};
+
 // What a factory gets besides its own config.
 struct PluginContext {
   MetricsRegistry& metrics;
@@ -37,6 +51,8 @@ struct PluginContext {
   // subscriptions). Empty when gnomon runs alone.
   std::string instance_id;
   std::string share_group;
+  // Kafka sources only: told of partition assignments and revocations (the cluster's ingress).
+  PartitionListener* partitions = nullptr;
   // Objects shared with the engine's other connectors (keyed by `connection`, say).
   SharedObjects* shared = nullptr;
 };
