@@ -4,6 +4,9 @@
 // Consumes COUNT records of IN in group GROUP, produces each to OUT, waits for every delivery
 // report, commits, and prints {"records", "seconds", "records_per_s"}. Also a loader:
 //   gnomon-kafka-bench load BOOTSTRAP TOPIC COUNT DEVICES
+// a shadow change-log loader and a plain reader (bench/cluster_restore.sh):
+//   gnomon-kafka-bench changelog BOOTSTRAP TOPIC COUNT
+//   gnomon-kafka-bench read BOOTSTRAP TOPIC PARTITIONS COUNT
 //   gnomon-kafka-bench pass BOOTSTRAP IN OUT GROUP COUNT
 // and the exactly-once baseline for bench/kafka_eos.sh: the same loop in transactions
 // committed every 100 ms with the consumed offsets (send_offsets_to_transaction):
@@ -12,6 +15,7 @@
 //   gnomon-kafka-bench committed BOOTSTRAP GROUP TOPIC PARTITIONS
 #include <librdkafka/rdkafka.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -67,6 +71,99 @@ int Load(const std::string& bootstrap, const std::string& topic, long count, lon
   }
   rd_kafka_flush(p, 60000);
   rd_kafka_destroy(p);
+  return 0;
+}
+
+// COUNT shadow change-log records (the documents event of a ~1 KB reported state with its
+// metadata), keyed dev0..dev{COUNT-1}, partitioned by murmur2 as a gnomon cluster's change log.
+int LoadChangelog(const std::string& bootstrap, const std::string& topic, long count) {
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  char err[256];
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+  rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err);
+  rd_kafka_conf_set(conf, "linger.ms", "20", err, sizeof err);
+  rd_kafka_conf_set(conf, "partitioner", "murmur2_random", err, sizeof err);
+  static std::atomic<long> failed{0};
+  static std::string first_error;
+  rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void*) {
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR && failed++ == 0) {
+      first_error = rd_kafka_err2str(m->err);
+    }
+  });
+  rd_kafka_t* p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (p == nullptr) {
+    std::fprintf(stderr, "%s\n", err);
+    return 1;
+  }
+  std::string reported, metadata;
+  for (int f = 0; f < 16; ++f) {
+    reported += (f == 0 ? "" : ",") + std::string("\"field") + std::to_string(f) + "\":\"value-" +
+                std::to_string(f) + "-abcdefghijklmnop\"";
+    metadata += (f == 0 ? "" : ",") + std::string("\"field") + std::to_string(f) +
+                "\":{\"timestamp\":1796550000}";
+  }
+  size_t bytes = 0;
+  for (long i = 0; i < count; ++i) {
+    std::string key = "dev" + std::to_string(i);
+    std::string doc = "{\"state\":{\"reported\":{\"seq\":" + std::to_string(i) + "," + reported +
+                      "}},\"metadata\":{\"reported\":{\"seq\":{\"timestamp\":1796550000}," +
+                      metadata + "}},\"version\":7,\"timestamp\":1796550000}";
+    std::string value = "{\"previous\":null,\"current\":" + doc + ",\"timestamp\":1796550000}";
+    bytes += value.size();
+    while (rd_kafka_producev(
+               p, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_VALUE(value.data(), value.size()),
+               RD_KAFKA_V_KEY(key.data(), key.size()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+               RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+      rd_kafka_poll(p, 10);
+    }
+    rd_kafka_poll(p, 0);
+  }
+  if (rd_kafka_flush(p, 120000) != RD_KAFKA_RESP_ERR_NO_ERROR || failed > 0) {
+    std::fprintf(stderr, "changelog: %ld records not delivered (%s)\n",
+                 failed.load() + rd_kafka_outq_len(p), first_error.c_str());
+    rd_kafka_destroy(p);
+    return 1;
+  }
+  rd_kafka_destroy(p);
+  std::printf("{\"records\":%ld,\"value_bytes_avg\":%zu}\n", count,
+              bytes / static_cast<size_t>(std::max(1L, count)));
+  return 0;
+}
+
+// Reads TOPIC from its beginning until COUNT records came (no group, no commits): what
+// reading a change log costs without doing anything with it.
+int Read(const std::string& bootstrap, const std::string& topic, int partitions, long count) {
+  rd_kafka_t* c = Client(RD_KAFKA_CONSUMER, bootstrap, "bench-read");
+  rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(partitions);
+  for (int i = 0; i < partitions; ++i) {
+    rd_kafka_topic_partition_list_add(parts, topic.c_str(), i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(c, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  long n = 0;
+  size_t bytes = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  int idle = 0;
+  while (n < count) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(c, 100);
+    if (m == nullptr) {
+      if (++idle == 100) {  // 10 s without a record: the topic holds fewer
+        std::fprintf(stderr, "read: only %ld of %ld records\n", n, count);
+        return 1;
+      }
+      continue;
+    }
+    idle = 0;
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      ++n;
+      bytes += m->len;
+    }
+    rd_kafka_message_destroy(m);
+  }
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("{\"records\":%ld,\"seconds\":%.3f,\"records_per_s\":%.0f}\n", n, s, n / s);
+  rd_kafka_consumer_close(c);
+  rd_kafka_destroy(c);
   return 0;
 }
 
@@ -213,6 +310,12 @@ int main(int argc, char** argv) {
   if (mode == "load" && argc == 6) {
     return Load(argv[2], argv[3], std::atol(argv[4]), std::atol(argv[5]));
   }
+  if (mode == "changelog" && argc == 5) {
+    return LoadChangelog(argv[2], argv[3], std::atol(argv[4]));
+  }
+  if (mode == "read" && argc == 6) {
+    return Read(argv[2], argv[3], std::atoi(argv[4]), std::atol(argv[5]));
+  }
   if (mode == "pass" && argc == 7) {
     return Pass(argv[2], argv[3], argv[4], argv[5], std::atol(argv[6]));
   }
@@ -224,6 +327,8 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "usage: gnomon-kafka-bench load BOOTSTRAP TOPIC COUNT DEVICES\n"
+               "       gnomon-kafka-bench changelog BOOTSTRAP TOPIC COUNT\n"
+               "       gnomon-kafka-bench read BOOTSTRAP TOPIC PARTITIONS COUNT\n"
                "       gnomon-kafka-bench pass BOOTSTRAP IN OUT GROUP COUNT\n"
                "       gnomon-kafka-bench txpass BOOTSTRAP IN OUT GROUP COUNT\n"
                "       gnomon-kafka-bench committed BOOTSTRAP GROUP TOPIC PARTITIONS\n");
