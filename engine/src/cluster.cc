@@ -11,6 +11,7 @@
 #include "api_error.h"
 #include "cluster_ingress.h"
 #include "engine_impl.h"
+#include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/partition.h"
 #include "shadow_owner.h"
@@ -191,10 +192,17 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
       size_t records = 0;
       size_t shadows = 0;
       Status st = RestorePartitions(partitions, &records, &shadows);
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - started)
+                    .count();
+      {
+        MutexLock lock(cluster_mu_);
+        last_restore_ = RestoreInfo{partitions, records,        shadows,
+                                    ms,         clock_.NowMs(), st.ok() ? "" : st.message()};
+        restores_ += st.ok() ? 1 : 0;
+      }
+      restore_failing_.store(!st.ok());
       if (st.ok()) {
-        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::steady_clock::now() - started)
-                      .count();
         log::Info("cluster partitions restored",
                   {{"partitions", fmt::format("{}", fmt::join(partitions, ","))},
                    {"records", std::to_string(records)},
@@ -268,15 +276,21 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions, s
         size_t slash = key.find('/');
         std::string thing(key.substr(0, slash));
         std::string name(slash == std::string_view::npos ? "" : key.substr(slash + 1));
-        if (thing.empty() || PartitionOf(thing) != partition) {
+        // A record that is not a shadow of this partition: skipped, counted, named.
+        auto skip = [&](std::string_view why) {
           cluster_restore_corrupt_->Inc();
           static log::RateLimiter limiter(5);
           if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
-            log::Warn("change-log record skipped: its key is not a device of the partition",
+            log::Warn("change-log record skipped",
                       {{"topic", config_.shadows.changelog_topic},
+                       {"partition", std::to_string(partition)},
                        {"key", std::string(key)},
+                       {"error", std::string(why)},
                        {"suppressed_before", std::to_string(suppressed)}});
           }
+        };
+        if (thing.empty() || PartitionOf(thing) != partition) {
+          skip("its key is not a device of the partition");
           return;
         }
         std::string stored;
@@ -285,15 +299,7 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions, s
         } else if (auto doc = shadow::ShadowDocument::FromChangelog(*value); doc.ok()) {
           stored = doc->StoredJson();
         } else {
-          cluster_restore_corrupt_->Inc();
-          static log::RateLimiter limiter(5);
-          if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
-            log::Warn("change-log record skipped",
-                      {{"topic", config_.shadows.changelog_topic},
-                       {"key", std::string(key)},
-                       {"error", doc.status().message()},
-                       {"suppressed_before", std::to_string(suppressed)}});
-          }
+          skip(doc.status().message());
           return;
         }
         seen.insert(ShadowKey(thing, name));
@@ -302,7 +308,7 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions, s
           (void)shadow_store_->WaitPendingAtMost(max_pending, std::chrono::seconds(60));
         }
       },
-      &partitions);
+      &partitions, [this] { return stopped_.load(); });
   if (!read.ok()) {
     return read.status();
   }
@@ -337,6 +343,71 @@ Status Engine::Impl::PurgePartitions(const std::vector<int32_t>& partitions,
     }
   }
   return {};
+}
+
+std::string Engine::Impl::ClusterNotReady() const {
+  if (!restore_failing_.load()) {
+    return "";
+  }
+  MutexLock lock(cluster_mu_);
+  return fmt::format("cluster: partitions {} not restored: {}",
+                     fmt::join(last_restore_.partitions, ","), last_restore_.error);
+}
+
+std::string Engine::Impl::ClusterJson() const {
+  const AppConfig::Cluster& cl = config_.cluster;
+  std::vector<int32_t> owned, restoring;
+  for (int32_t p = 0; p < cl.partitions; ++p) {
+    uint8_t st = owned_[static_cast<size_t>(p)].load(std::memory_order_acquire);
+    if (st == kOwned) {
+      owned.push_back(p);
+    } else if (st == kRestoring) {
+      restoring.push_back(p);
+    }
+  }
+  auto list = [](const std::vector<int32_t>& v) { return fmt::format("[{}]", fmt::join(v, ",")); };
+  std::string restore = "null";
+  {
+    MutexLock lock(cluster_mu_);
+    if (last_restore_.at_ms != 0) {
+      restore.clear();
+      json::ObjectWriter w(restore);
+      w.FieldRaw("partitions", list(last_restore_.partitions))
+          .Field("records", static_cast<int64_t>(last_restore_.records))
+          .Field("shadows", static_cast<int64_t>(last_restore_.shadows))
+          .Field("ms", last_restore_.ms)
+          .Field("at", last_restore_.at_ms);
+      if (!last_restore_.error.empty()) {
+        w.Field("error", last_restore_.error);
+      }
+      w.Close();
+    }
+  }
+  // The rule versions this instance runs: a rollout half done shows as instances that differ.
+  auto cur = rules_->Current();
+  std::string rules = "[";
+  for (const rules::RuleInfo& r : cur->set->rules()) {
+    rules += rules.size() > 1 ? "," : "";
+    json::ObjectWriter(rules).Field("name", r.name).Field("version", r.version).Close();
+  }
+  rules += "]";
+  std::string out;
+  json::ObjectWriter w(out);
+  w.Field("cluster", cl.name)
+      .Field("instance", cl.instance_id)
+      .Field("group", cl.group)
+      .Field("partitions", static_cast<int64_t>(cl.partitions))
+      .Field("ingress", cl.IngressTopic());
+  if (shadow_store_) {
+    w.Field("changelog", config_.shadows.changelog_topic);
+  }
+  w.FieldRaw("owned", list(owned))
+      .FieldRaw("restoring", list(restoring))
+      .FieldRaw("last_restore", restore)
+      .Field("ruleset_version", static_cast<int64_t>(cur->version))
+      .FieldRaw("rules", rules);
+  w.Close();
+  return out;
 }
 
 void Engine::Impl::SetClusterContext(PluginContext& ctx) const {

@@ -447,6 +447,9 @@ bool Engine::Impl::Ready() const {
   if (cluster_sink_ && !cluster_sink_->Ready()) {
     return false;
   }
+  if (restore_failing_.load()) {
+    return false;
+  }
   return started_ && !stopped_;
 }
 
@@ -1309,6 +1312,10 @@ std::vector<HttpRoute> Engine::Impl::OpsRoutes() {
                           ok = false;
                         }
                       }
+                      if (std::string cluster = ClusterNotReady(); !cluster.empty()) {
+                        why += cluster + "; ";
+                        ok = false;
+                      }
                       HttpResponse r;
                       r.status = ok ? 200 : 503;
                       json::ObjectWriter w(r.body);
@@ -1361,6 +1368,13 @@ std::vector<HttpRoute> Engine::Impl::ApiRoutes() {
                                r.status = a.status;
                                r.body = std::move(a.body);
                                r.headers = std::move(a.headers);
+                               return r;
+                             }}));
+  }
+  if (owned_) {
+    routes.push_back(scoped({"GET", "/v1/cluster", [this](const HttpRequest&) {
+                               HttpResponse r;
+                               r.body = ClusterJson();
                                return r;
                              }}));
   }

@@ -115,6 +115,10 @@ class Engine::Impl final : public Ingest,
   bool OwnsDevice(std::string_view device) const;
   // The 503 for a request about a device this instance does not own (moving, or another's).
   HttpResponse NotOwnedResponse(std::string_view device) const;
+  // GET /v1/cluster: this instance's view (its partitions, restores, rule versions).
+  std::string ClusterJson() const;
+  // Why this instance is not ready as a cluster member ("" when it is).
+  std::string ClusterNotReady() const;
   Status Start();
   void Stop();
   bool Idle() const;
@@ -457,6 +461,19 @@ class Engine::Impl final : public Ingest,
   Counter* cluster_restore_corrupt_ = nullptr;
   Counter* cluster_restore_failures_ = nullptr;
   Counter* cluster_refused_ = nullptr;
+  // The restores of this instance's partitions, for /readyz and GET /v1/cluster.
+  std::atomic<bool> restore_failing_{false};
+  mutable Mutex cluster_mu_;
+  struct RestoreInfo {
+    std::vector<int32_t> partitions;
+    size_t records = 0;
+    size_t shadows = 0;
+    int64_t ms = 0;     // how long it took
+    int64_t at_ms = 0;  // when it finished (or failed)
+    std::string error;  // the last failure ("" once one succeeded)
+  };
+  RestoreInfo last_restore_ GNOMON_GUARDED_BY(cluster_mu_);
+  uint64_t restores_ GNOMON_GUARDED_BY(cluster_mu_) = 0;
   std::map<std::string, Counter*> source_counters_;
   std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
   std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured

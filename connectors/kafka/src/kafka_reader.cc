@@ -10,11 +10,10 @@
 
 namespace gnomon::connectors {
 
-Result<size_t> ReadTopicToEnd(
-    const ConfigValue& connection, const std::string& topic,
-    const std::function<void(int32_t partition, std::string_view key, const std::string* value)>&
-        fn,
-    const std::vector<int32_t>* only) {
+Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& topic,
+                              const std::function<void(int32_t partition, std::string_view key,
+                                                       const std::string* value)>& fn,
+                              const std::vector<int32_t>* only, const std::function<bool()>& stop) {
   ConfigValue none;
   GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
   GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
@@ -73,6 +72,9 @@ Result<size_t> ReadTopicToEnd(
   size_t n = 0;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
   while (!ends.empty()) {
+    if (stop && stop()) {
+      return Status(StatusCode::kCancelled, fmt::format("kafka restore: {}: stopped", topic));
+    }
     if (std::chrono::steady_clock::now() > deadline) {
       return Unavailable(fmt::format("kafka restore: {} did not reach its end in 10 minutes", topic));
     }

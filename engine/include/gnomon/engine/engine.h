@@ -163,12 +163,12 @@ struct EngineOptions {
   // Reads `topic` of a kafka connection from its beginning to where it ends now, only the
   // partitions `only` names (connectors::ReadTopicToEnd; `value` null for tombstones). How a
   // cluster member restores the shadows of the partitions it is given; needed with `cluster`
-  // and `shadows`.
+  // and `shadows`. Gives up once `stop` returns true.
   using TopicReader = std::function<Result<size_t>(
       const ConfigValue& connection, const std::string& topic,
       const std::function<void(int32_t partition, std::string_view key, const std::string* value)>&
           each,
-      const std::vector<int32_t>* only)>;
+      const std::vector<int32_t>* only, const std::function<bool()>& stop)>;
   TopicReader read_topic;
 };
 

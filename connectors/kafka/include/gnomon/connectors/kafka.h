@@ -16,12 +16,12 @@ void RegisterKafkaConnector(Registry& registry);
 // Reads every record of `topic` (all partitions) from the beginning to where it ends now, in
 // partition order; `value` is null for tombstones. For restoring state from a compacted topic.
 // Returns how many records were read; a missing topic is an empty one. With `only`, just those
-// partitions.
-Result<size_t> ReadTopicToEnd(
-    const ConfigValue& connection, const std::string& topic,
-    const std::function<void(int32_t partition, std::string_view key, const std::string* value)>&
-        fn,
-    const std::vector<int32_t>* only = nullptr);
+// partitions. With `stop`, gives up (kCancelled) once it returns true.
+Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& topic,
+                              const std::function<void(int32_t partition, std::string_view key,
+                                                       const std::string* value)>& fn,
+                              const std::vector<int32_t>* only = nullptr,
+                              const std::function<bool()>& stop = nullptr);
 
 // The number of partitions `topic` has on the cluster of `connection`; 0 when it does not exist
 // (it is not created by asking). kUnavailable when the cluster does not answer within
