@@ -15,6 +15,8 @@
 #             message goes MQTT → the ingress topic on a local Kafka (add_cluster below; its CPU
 #             is not counted) → the owner → MQTT (issue 16's ingress hop, against `gnomon` in
 #             the same run)
+#   clustershadow  with CLUSTER=1 and the shadow system: the shadow rule on a one-instance
+#             cluster (every accepted write also goes to the change log {name}.changelog), QoS 1
 # For each QoS (0 and 1) it prints, per system, the median of TRIALS trials of: input messages
 # per second, CPU µs per message of the processing process, its peak RSS, and the alerts'
 # latency percentiles; then p99 at a steady 5k msg/s; then the ratios the issue's targets use.
@@ -130,15 +132,15 @@ add_cluster() {
 start() {  # $1 system, $2 qos
   case $1 in
     baseline) build/gnomon-mqtt-baseline --port "$PORT" --qos "$2" 2>"$WORK/proc.log" & PROC=$! ;;
-    gnomon | shadow | previous | prevshadow | cluster)
+    gnomon | shadow | previous | prevshadow | cluster | clustershadow)
       local bin="$ROOT/build/gnomon"
       case $1 in previous | prevshadow) bin=$(realpath "$PREV") ;; esac
-      write_rules "$2" "$(case $1 in shadow | prevshadow) echo shadow ;; *) echo lua ;; esac)"
-      [ "$1" = cluster ] && add_cluster
+      write_rules "$2" "$(case $1 in shadow | prevshadow | clustershadow) echo shadow ;; *) echo lua ;; esac)"
+      case $1 in cluster | clustershadow) add_cluster ;; esac
       (cd "$WORK" && exec "$bin" run -c gnomon.yaml 2>"$WORK/proc.log") & PROC=$! ;;
   esac
   sleep 1
-  if [ "$1" = cluster ]; then  # until the instance holds the ingress partitions
+  if [ "$1" = cluster ] || [ "$1" = clustershadow ]; then  # until it owns the partitions
     for _ in $(seq 100); do
       grep -q '"kafka partitions assigned"' "$WORK/proc.log" && break
       sleep 0.1
@@ -185,6 +187,7 @@ for qos in $QOS_LIST; do
   systems=${SYSTEMS:-$systems}
   if [ "$SHADOW" = 1 ] && [ "$qos" = 1 ]; then
     case " $systems " in *" shadow "*) ;; *) systems="$systems shadow" ;; esac
+    [ -n "${CLUSTER:-}" ] && case " $systems " in *" clustershadow "*) ;; *) systems="$systems clustershadow" ;; esac
     [ -n "${PREV:-}" ] && case " $systems " in *" prevshadow "*) ;; *) systems="$systems prevshadow" ;; esac
   fi
   for t in $(seq "$TRIALS"); do
@@ -213,7 +216,8 @@ def med(qos, sys_, key, kind="max"):
 for qos in sorted({r["qos"] for r in rows}):
     print(f"\nQoS {qos}, {n} messages, median of the trials:")
     print(f"{'':10} {'msg/s':>9} {'cpu µs/msg':>11} {'peak RSS MB':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99 @5k ms':>11} {'lost':>6}")
-    for s in ("alone", "baseline", "gnomon", "previous", "cluster", "shadow", "prevshadow"):
+    for s in ("alone", "baseline", "gnomon", "previous", "cluster", "shadow", "prevshadow",
+              "clustershadow"):
         rate = med(qos, s, "sent_per_s")
         if rate is None:
             continue
@@ -244,6 +248,10 @@ for qos in sorted({r["qos"] for r in rows}):
     if sh:
         print(f"shadow: {sh:.0f} msg/s (target ≥ 45000), peak RSS {med(qos, 'shadow', 'rss_mb'):.0f} MB "
               f"(target ≤ 150)" + (f", {sh / b:.2f} of the baseline" if b else ""))
+    cs = med(qos, "clustershadow", "sent_per_s")
+    if sh and cs:
+        print(f"clustershadow / shadow (ingress hop + change log): throughput {cs / sh:.2f}, CPU per "
+              f"message {med(qos, 'clustershadow', 'cpu_us') / med(qos, 'shadow', 'cpu_us'):.2f}×")
     ps = med(qos, "prevshadow", "sent_per_s")
     if sh and ps:
         print(f"shadow / previous shadow: throughput {sh / ps:.2f}, CPU per message "
