@@ -11,6 +11,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <future>
 #include <map>
 #include <set>
 #include <string>
@@ -639,6 +640,77 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
   if (HasFailure()) {
     ADD_FAILURE() << Stderr();
   }
+}
+
+// Kafka unreachable for a while: ingress and the change log wait, the instances say they are not
+// ready, HTTP ingest answers 202 only once Kafka has a message, and when Kafka is back every
+// message sent before and during the outage is in its device's shadow.
+TEST_F(ClusterTest, KafkaDownForAWhileHoldsInputBackAndLosesNothing) {
+  shadows_ = true;
+  dir_.Write("rules/report.lua", R"(
+    return rule { name = "report", from = "devices/+/telemetry",
+      handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
+  Start("a");
+  Start("b");
+  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  constexpr int kDevices = 20;
+  auto device = [](int d) { return "dev" + std::to_string(d); };
+  auto post = [&](const std::string& id, int n) {
+    httplib::Client at("127.0.0.1", instances_[id].api_port);
+    at.set_read_timeout(120);
+    for (int d = 0; d < kDevices; ++d) {
+      auto res = at.Post(("/v1/ingest/devices/" + device(d) + "/telemetry").c_str(),
+                         "{\"n\":" + std::to_string(n) + "}", "application/json");
+      if (!res || res->status != 202) {
+        return false;
+      }
+    }
+    return true;
+  };
+  ASSERT_TRUE(post("a", 0));
+  for (int b = 1; b <= 3; ++b) {
+    ASSERT_TRUE(kafka_.Inject("broker-down " + std::to_string(b)));
+  }
+  EXPECT_TRUE(WaitFor([&] { return Get(instances_["a"], "/readyz").first == 503; },
+                      std::chrono::milliseconds(20000)))
+      << Get(instances_["a"], "/readyz").second;
+  // Sent during the outage, to both instances: answered only once Kafka is back.
+  auto during_a = std::async(std::launch::async, [&] { return post("a", 1); });
+  auto during_b = std::async(std::launch::async, [&] { return post("b", 2); });
+  EXPECT_EQ(during_a.wait_for(std::chrono::seconds(3)), std::future_status::timeout)
+      << "a 202 while Kafka is down";
+  for (int b = 1; b <= 3; ++b) {
+    ASSERT_TRUE(kafka_.Inject("broker-up " + std::to_string(b)));
+  }
+  ASSERT_TRUE(during_a.get()) << Stderr();
+  ASSERT_TRUE(during_b.get()) << Stderr();
+  ASSERT_TRUE(post("b", 3));
+  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  // Every device's shadow holds its last message, wherever it is owned now.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (int d = 0; d < kDevices; ++d) {
+          Shadow got;
+          bool found = false;
+          for (const char* id : {"a", "b"}) {
+            Shadow s = GetShadow(instances_[id], device(d));
+            if (s.status == 200) {
+              got = s;
+              found = true;
+            }
+          }
+          if (!found || got.n != 3 || got.version < 4) {
+            return false;
+          }
+        }
+        return true;
+      },
+      std::chrono::milliseconds(90000)))
+      << Stderr();
+  EXPECT_TRUE(WaitFor([&] {
+    return Get(instances_["a"], "/readyz").first == 200 &&
+           Get(instances_["b"], "/readyz").first == 200;
+  })) << Stderr();
 }
 
 TEST_F(ClusterTest, APartitionCountThatDisagreesWithTheIngressTopicIsRefused) {
