@@ -235,7 +235,9 @@ void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool
     }
   }
   cluster_owned_->Decrement(static_cast<double>(were_owned));
-  if (!shadow_store_) {
+  if (!shadow_store_ || stopped_.load()) {
+    // (Stopping: the workers are done and the store keeps its shadows; whoever is given these
+    // partitions next restores them from the change log, this instance too.)
     return;
   }
   // Requests already on a worker finish first; whatever reaches a worker after this is refused.

@@ -83,7 +83,13 @@ class Engine::Impl final : public Ingest,
         clock_(clock),
         options_(std::move(options)) {}
 
-  ~Impl() override { Stop(); }
+  ~Impl() override {
+    Stop();
+    // The sources first, while everything they may call back into is alive: a Kafka source
+    // closes its consumer here, and the cluster's revokes its partitions through
+    // partition_listener_ (RevokePartitions, which reads owned_).
+    sources_.clear();
+  }
 
   Status Init();
   Status ReloadRules(std::string_view why) { return rules_->Reload(why); }

@@ -11,6 +11,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <atomic>
 #include <future>
 #include <map>
 #include <set>
@@ -711,6 +712,140 @@ TEST_F(ClusterTest, KafkaDownForAWhileHoldsInputBackAndLosesNothing) {
     return Get(instances_["a"], "/readyz").first == 200 &&
            Get(instances_["b"], "/readyz").first == 200;
   })) << Stderr();
+}
+
+// A third instance joins mid-stream (cooperative rebalance: the partitions it is given are
+// revoked from the others once their messages finished, then restored at the newcomer), then all
+// three are restarted at once: every device's shadow ends with its last message, every message
+// reported once per device at least, none lost.
+TEST_F(ClusterTest, ANewInstanceMidStreamAndAllRestartedAtOnceKeepEveryShadow) {
+  shadows_ = true;
+  dir_.Write("rules/report.lua", R"(
+    return rule { name = "report", from = "devices/+/telemetry",
+      handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
+  Start("a");
+  Start("b");
+  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  constexpr int kDevices = 40;
+  auto device = [](int d) { return "dev" + std::to_string(d); };
+  std::atomic<int> sent{0};
+  // Over HTTP ingest, round-robin over the instances that run (no MQTT session to wait for).
+  auto post = [&](const std::vector<std::string>& ids, int from, int to) {
+    for (int n = from; n < to; ++n) {
+      httplib::Client at("127.0.0.1", instances_[ids[n % ids.size()]].api_port);
+      at.set_read_timeout(60);
+      for (int d = 0; d < kDevices; ++d) {
+        auto res = at.Post(("/v1/ingest/devices/" + device(d) + "/telemetry").c_str(),
+                           "{\"n\":" + std::to_string(n) + "}", "application/json");
+        if (!res || res->status != 202) {
+          return false;
+        }
+        ++sent;
+      }
+    }
+    return true;
+  };
+  ASSERT_TRUE(post({"a", "b"}, 0, 5));
+  // c joins while messages flow.
+  auto flowing = std::async(std::launch::async, [&] { return post({"a", "b"}, 5, 15); });
+  Start("c");
+  ASSERT_TRUE(flowing.get()) << Stderr();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        double sum = 0;
+        for (const char* id : {"a", "b", "c"}) {
+          double owned = Metric(instances_[id], "gnomon_cluster_partitions_owned");
+          if (owned <= 0) {
+            return false;  // every instance owns some
+          }
+          sum += owned;
+        }
+        return sum == kPartitions;
+      },
+      std::chrono::milliseconds(60000)))
+      << Stderr();
+  ASSERT_TRUE(post({"a", "b", "c"}, 15, 20));
+  auto all_at = [&](int want) {
+    return WaitFor(
+        [&] {
+          for (int d = 0; d < kDevices; ++d) {
+            bool found = false;
+            for (const char* id : {"a", "b", "c"}) {
+              Shadow s = GetShadow(instances_[id], device(d));
+              if (s.status == 200) {
+                if (found || s.n != want) {
+                  return false;  // not there yet, or two owners
+                }
+                found = true;
+              }
+            }
+            if (!found) {
+              return false;
+            }
+          }
+          return true;
+        },
+        std::chrono::milliseconds(90000));
+  };
+  ASSERT_TRUE(all_at(19)) << Stderr();
+
+  // All three restarted at once (SIGTERM: each finishes and commits what it has).
+  for (const char* id : {"a", "b", "c"}) {
+    instances_[id].proc->Signal(SIGTERM);
+  }
+  for (const char* id : {"a", "b", "c"}) {
+    EXPECT_EQ(instances_[id].proc->Wait(), 0) << Stderr();
+  }
+  for (const char* id : {"a", "b", "c"}) {
+    Start(id);
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        double sum = 0;
+        for (const char* id : {"a", "b", "c"}) {
+          sum += Metric(instances_[id], "gnomon_cluster_partitions_owned");
+        }
+        return sum == kPartitions;
+      },
+      std::chrono::milliseconds(90000)))
+      << Stderr();
+  ASSERT_TRUE(all_at(19)) << "after the restart\n" << Stderr();
+  ASSERT_TRUE(post({"a", "b", "c"}, 20, 21));
+  ASSERT_TRUE(all_at(20)) << "after the restart\n" << Stderr();
+  for (int d = 0; d < kDevices; ++d) {
+    for (const char* id : {"a", "b", "c"}) {
+      Shadow s = GetShadow(instances_[id], device(d));
+      if (s.status == 200) {
+        EXPECT_GE(s.version, 21) << id << " " << device(d) << " " << s.body;
+      }
+    }
+  }
+}
+
+// A change log whose partition count is not the cluster's stops gnomon at start (its shadows
+// would be restored by the wrong instances), as a wrong ingress topic does.
+TEST_F(ClusterTest, AChangeLogWithAnotherPartitionCountIsRefused) {
+  KafkaDevCluster other;
+  std::string why;
+  ASSERT_TRUE(other.Start({"fleet.ingress:4", "fleet.changelog:8"}, &why)) << why;
+  Instance i;
+  i.id = "x";
+  i.port = testing::FreePort();
+  i.api_port = testing::FreePort();
+  shadows_ = true;
+  std::string cfg = Config(i, kPartitions, false);
+  cfg.replace(cfg.find(kafka_.bootstrap()), kafka_.bootstrap().size(), other.bootstrap());
+  dir_.Write("x.yaml", cfg);
+  std::string out, err;
+  EXPECT_EQ(testing::RunCommand({GNOMON_BINARY, "check", "-c", dir_.File("x.yaml")}, &out, &err),
+            1);
+  EXPECT_NE(err.find("cluster.partitions is 4 but topic fleet.changelog has 8 partitions"),
+            std::string::npos)
+      << out << err;
+  Process run({GNOMON_BINARY, "run", "-c", dir_.File("x.yaml")});
+  EXPECT_EQ(run.Wait(std::chrono::milliseconds(30000)), 1) << run.Stderr();
+  EXPECT_NE(run.Stderr().find("topic fleet.changelog has 8 partitions"), std::string::npos)
+      << run.Stderr();
 }
 
 TEST_F(ClusterTest, APartitionCountThatDisagreesWithTheIngressTopicIsRefused) {
