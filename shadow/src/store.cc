@@ -352,24 +352,22 @@ class SqliteReader final : public ShadowStore::Reader {
     sqlite::BindText(s, 1, after_thing);
     sqlite::BindText(s, 2, after_name);
     sqlite3_bind_int64(s, 3, static_cast<int64_t>(limit));
-    std::vector<std::pair<std::string, std::string>> out;
-    int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-      out.emplace_back(sqlite::ColumnText(s, 0), sqlite::ColumnText(s, 1));
-    }
-    sqlite3_reset(s);
-    if (rc != SQLITE_DONE) {
-      return SqlError(db_, "query");
-    }
-    return out;
+    return Rows<std::pair<std::string, std::string>>(s, [](sqlite3_stmt* row) {
+      return std::pair<std::string, std::string>(sqlite::ColumnText(row, 0),
+                                                 sqlite::ColumnText(row, 1));
+    });
   }
 
  private:
-  Result<std::vector<std::string>> Rows(sqlite3_stmt* s) {
-    std::vector<std::string> out;
+  // Every row of `s`, each made by `make` (default: its first column as text).
+  template <class T = std::string, class F = std::string (*)(sqlite3_stmt*)>
+  Result<std::vector<T>> Rows(
+      sqlite3_stmt* s,
+      F make = [](sqlite3_stmt* row) { return std::string(sqlite::ColumnText(row, 0)); }) {
+    std::vector<T> out;
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-      out.emplace_back(sqlite::ColumnText(s, 0));
+      out.push_back(make(s));
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {

@@ -232,6 +232,21 @@ class ClusterTest : public ::testing::Test {
     return out;
   }
 
+  // Shadows on, and a rule that reports each telemetry payload into its device's shadow.
+  void UseShadows() {
+    shadows_ = true;
+    dir_.Write("rules/report.lua", R"(
+      return rule { name = "report", from = "devices/+/telemetry",
+        handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
+  }
+
+  // Instances a and b; true once each owns half of the partitions.
+  bool StartTwo() {
+    Start("a");
+    Start("b");
+    return AwaitBalanced({"a", "b"}, kPartitions / 2);
+  }
+
   bool shadows_ = false;
   Mosquitto broker_;
   KafkaDevCluster kafka_;
@@ -428,10 +443,7 @@ TEST_F(ClusterTest, ARestartedInstanceTakesItsPartitionsBackWithoutMovingOthers)
 // are all kept) before it processes their messages; a restarted instance given partitions back
 // restores them afresh, with what the other wrote meanwhile (a delete included).
 TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
-  shadows_ = true;
-  dir_.Write("rules/report.lua", R"(
-    return rule { name = "report", from = "devices/+/telemetry",
-      handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
+  UseShadows();
   // Two corrupt change-log records, skipped and counted by the restore of their partitions:
   // one is not a documents event, one is a device's shadow in another device's partition.
   {
@@ -647,13 +659,8 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
 // ready, HTTP ingest answers 202 only once Kafka has a message, and when Kafka is back every
 // message sent before and during the outage is in its device's shadow.
 TEST_F(ClusterTest, KafkaDownForAWhileHoldsInputBackAndLosesNothing) {
-  shadows_ = true;
-  dir_.Write("rules/report.lua", R"(
-    return rule { name = "report", from = "devices/+/telemetry",
-      handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
-  Start("a");
-  Start("b");
-  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  UseShadows();
+  ASSERT_TRUE(StartTwo()) << Stderr();
   constexpr int kDevices = 20;
   auto device = [](int d) { return "dev" + std::to_string(d); };
   auto post = [&](const std::string& id, int n) {
@@ -719,13 +726,8 @@ TEST_F(ClusterTest, KafkaDownForAWhileHoldsInputBackAndLosesNothing) {
 // three are restarted at once: every device's shadow ends with its last message, every message
 // reported once per device at least, none lost.
 TEST_F(ClusterTest, ANewInstanceMidStreamAndAllRestartedAtOnceKeepEveryShadow) {
-  shadows_ = true;
-  dir_.Write("rules/report.lua", R"(
-    return rule { name = "report", from = "devices/+/telemetry",
-      handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
-  Start("a");
-  Start("b");
-  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  UseShadows();
+  ASSERT_TRUE(StartTwo()) << Stderr();
   constexpr int kDevices = 40;
   auto device = [](int d) { return "dev" + std::to_string(d); };
   std::atomic<int> sent{0};
