@@ -406,6 +406,7 @@ int main(int argc, char** argv) {
          const std::vector<int32_t>* only, const std::function<bool()>& stop) {
         return gnomon::connectors::ReadTopicToEnd(connection, topic, each, only, stop);
       };
+  options.follow_topic = &gnomon::connectors::FollowTopic;
   if (app.got_subcommand("replay")) {
     options.mode = dry_run ? Mode::kDryRun : Mode::kReplay;
     options.replay_input = input;

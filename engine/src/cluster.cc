@@ -4,6 +4,9 @@
 // group, takes the partitions Kafka assigns this instance and feeds their messages to the
 // workers as any Kafka source does (offsets committed after the effects are durable).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <thread>
@@ -11,12 +14,20 @@
 #include "api_error.h"
 #include "cluster_ingress.h"
 #include "engine_impl.h"
+#include "forward.h"
 #include "gnomon/core/json.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/partition.h"
 #include "shadow_owner.h"
 
 namespace gnomon::engine {
+
+namespace {
+// Members announce themselves this often (and at once when their partitions change); one not
+// heard of for kMemberStaleMs is not forwarded to.
+constexpr int64_t kAnnounceMs = 5000;
+constexpr int64_t kMemberStaleMs = 15000;
+}  // namespace
 
 Status Engine::Impl::InitCluster() {
   const AppConfig::Cluster& cl = config_.cluster;
@@ -46,6 +57,39 @@ Status Engine::Impl::InitCluster() {
                      config_.base_dir, "cluster-ingress", cl.connection, 1};
   GNOMON_ASSIGN_OR_RETURN(cluster_sink_, sink_factory->Create(out, octx));
   cluster_ingress_->SetSink(cluster_sink_.get());
+
+  // The members topic: this instance's announcements go out through a producer of its own.
+  class MembersReporter final : public DeliveryReporter {
+   public:
+    void Report(Record& r, const Status& st) override {
+      if (!st.ok() && st.code() != StatusCode::kCancelled) {
+        static log::RateLimiter limiter(2);
+        if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+          log::Warn("cluster: an announcement to the members topic failed (sent again soon)",
+                    {{"topic", r.topic},
+                     {"error", st.message()},
+                     {"suppressed_before", std::to_string(suppressed)}});
+        }
+      }
+    }
+  };
+  members_ = std::make_unique<ClusterMembers>(cl.instance_id, kMemberStaleMs);
+  members_reporter_ = std::make_unique<MembersReporter>();
+  ConfigValue mout;
+  mout.SetKind(ConfigValue::Kind::kMap);
+  mout.AddField("name", ConfigValue::Scalar("cluster-members"));
+  mout.AddField("topic", ConfigValue::Scalar(cl.MembersTopic()));
+  ConfigValue mcreate;
+  mcreate.SetKind(ConfigValue::Kind::kMap);
+  mcreate.AddField("partitions", ConfigValue::Scalar("1"));
+  mcreate.AddField("compact", ConfigValue::Scalar("true"));
+  mout.AddField("create", std::move(mcreate));
+  PluginContext mctx{metrics_,         *members_reporter_, clock_,        config_.data_dir,
+                     config_.base_dir, "cluster-members",  cl.connection, 1};
+  GNOMON_ASSIGN_OR_RETURN(members_sink_, sink_factory->Create(mout, mctx));
+  if (!options_.follow_topic) {
+    return FailedPrecondition("cluster: members need a topic follower (EngineOptions)");
+  }
 
   // The consumer of this instance's partitions of it.
   ConfigValue in;
@@ -124,6 +168,14 @@ void Engine::Impl::InitClusterMetrics() {
   cluster_restore_failures_ = metrics_.GetCounter(
       "gnomon_cluster_restore_failures_total",
       "Restores of a partition that failed (Kafka or the store); each is tried again");
+  cluster_forwarded_ =
+      metrics_.GetCounter("gnomon_cluster_forwarded_total",
+                          "API requests for another instance's device, forwarded to it, by outcome",
+                          {{"outcome", "answered"}});
+  cluster_forward_failed_ =
+      metrics_.GetCounter("gnomon_cluster_forwarded_total",
+                          "API requests for another instance's device, forwarded to it, by outcome",
+                          {{"outcome", "unreachable"}});
   cluster_refused_ = metrics_.GetCounter(
       "gnomon_cluster_not_owner_total",
       "Shadow requests refused (503) because another instance owns the device or its partition "
@@ -134,6 +186,11 @@ int32_t Engine::Impl::PartitionOf(std::string_view device) const {
   return KafkaPartitionOf(device, config_.cluster.partitions);
 }
 
+bool Engine::Impl::InPartitions(const std::vector<int32_t>& partitions,
+                                std::string_view device) const {
+  return std::ranges::find(partitions, PartitionOf(device)) != partitions.end();
+}
+
 bool Engine::Impl::OwnsDevice(std::string_view device) const {
   if (!owned_) {
     return true;
@@ -141,20 +198,65 @@ bool Engine::Impl::OwnsDevice(std::string_view device) const {
   return owned_[static_cast<size_t>(PartitionOf(device))].load(std::memory_order_acquire) == kOwned;
 }
 
-HttpResponse Engine::Impl::NotOwnedResponse(std::string_view device) const {
+HttpResponse Engine::Impl::NotOwnedResponse(std::string_view device, std::string why,
+                                            std::string_view owner) const {
   cluster_refused_->Inc();
   int32_t p = PartitionOf(device);
   bool restoring = owned_[static_cast<size_t>(p)].load(std::memory_order_acquire) == kRestoring;
-  HttpResponse out = ErrorResponse(
-      ApiError(503, restoring ? "PARTITION_MOVING" : "NOT_OWNER",
-               restoring
-                   ? fmt::format("partition {} of {} is being restored here; try again", p, device)
-                   : fmt::format("{} (partition {}) is owned by another instance of cluster "
-                                 "{}; ask that one (forwarding is not built yet)",
-                                 device, p, config_.cluster.name)),
-      clock_.NowMs() / 1000);
+  if (why.empty()) {
+    why = restoring ? fmt::format("partition {} of {} is being restored here; try again", p, device)
+                    : fmt::format(
+                          "{} (partition {}) is owned by another instance of cluster {}, "
+                          "and none is known to own it now; try again",
+                          device, p, config_.cluster.name);
+  }
+  HttpResponse out = ErrorResponse(ApiError(503, restoring ? "PARTITION_MOVING" : "NOT_OWNER", why),
+                                   clock_.NowMs() / 1000);
   out.headers.emplace_back("Retry-After", "1");
+  if (!owner.empty()) {
+    out.headers.emplace_back("X-Gnomon-Owner", std::string(owner));
+  }
   return out;
+}
+
+HttpResponse Engine::Impl::ForwardToOwner(const HttpRequest& req, std::string_view device) {
+  int32_t p = PartitionOf(device);
+  if (owned_[static_cast<size_t>(p)].load(std::memory_order_acquire) == kRestoring) {
+    return NotOwnedResponse(device);
+  }
+  std::optional<ClusterMember> owner =
+      members_ ? members_->OwnerOf(p, clock_.NowMs()) : std::nullopt;
+  if (!req.forwarded_by.empty()) {
+    // (Never forwarded twice: the two instances disagree on who owns it while it moves.)
+    return NotOwnedResponse(
+        device,
+        fmt::format("{} (partition {}) is not owned here either ({} forwarded the request to "
+                    "{}); it is moving, try again",
+                    device, p, req.forwarded_by, config_.cluster.instance_id));
+  }
+  if (!owner || owner->api.empty()) {
+    return NotOwnedResponse(device);
+  }
+  auto answer = ForwardRequest(owner->api, req, config_.cluster.instance_id);
+  if (!answer.ok()) {
+    cluster_forward_failed_->Inc();
+    static log::RateLimiter limiter(5);
+    if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+      log::Warn("cluster: a request could not be forwarded to its owner",
+                {{"device", std::string(device)},
+                 {"owner", owner->instance},
+                 {"error", answer.status().message()},
+                 {"suppressed_before", std::to_string(suppressed)}});
+    }
+    return NotOwnedResponse(
+        device,
+        fmt::format("{} (partition {}) is owned by instance {}, which could not be reached: {}",
+                    device, p, owner->instance, answer.status().message()),
+        owner->api);
+  }
+  cluster_forwarded_->Inc();
+  answer->headers.emplace_back("X-Gnomon-Served-By", owner->instance);
+  return std::move(*answer);
 }
 
 void Engine::Impl::DropPartitionsOnWorkers(const std::vector<int32_t>& partitions) {
@@ -166,16 +268,14 @@ void Engine::Impl::DropPartitionsOnWorkers(const std::vector<int32_t>& partition
   }
   done->wait();
   committed_.EraseIf([&](const std::string& key) {
-    return std::ranges::find(partitions, PartitionOf(std::string_view(
-                                             key.data(), key.find('\0')))) != partitions.end();
+    return InPartitions(partitions, std::string_view(key.data(), key.find('\0')));
   });
 }
 
 void Engine::Impl::DropPartitions(Worker& w, PartitionDrop& d) {
   if (w.shadows) {
-    w.shadows->DropThings([&](std::string_view thing) {
-      return std::ranges::find(d.partitions, PartitionOf(thing)) != d.partitions.end();
-    });
+    w.shadows->DropThings(
+        [&](std::string_view thing) { return InPartitions(d.partitions, thing); });
   }
   d.done->count_down();
 }
@@ -199,7 +299,6 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
         MutexLock lock(cluster_mu_);
         last_restore_ = RestoreInfo{partitions, records,        shadows,
                                     ms,         clock_.NowMs(), st.ok() ? "" : st.message()};
-        restores_ += st.ok() ? 1 : 0;
       }
       restore_failing_.store(!st.ok());
       if (st.ok()) {
@@ -225,6 +324,7 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
     owned_[static_cast<size_t>(p)].store(kOwned, std::memory_order_release);
   }
   cluster_owned_->Increment(static_cast<double>(partitions.size()));
+  announce_now_.store(true);
 }
 
 void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool lost) {
@@ -235,6 +335,7 @@ void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool
     }
   }
   cluster_owned_->Decrement(static_cast<double>(were_owned));
+  announce_now_.store(true);
   if (!shadow_store_ || stopped_.load()) {
     // (Stopping: the workers are done and the store keeps its shadows; whoever is given these
     // partitions next restores them from the change log, this instance too.)
@@ -338,13 +439,108 @@ Status Engine::Impl::PurgePartitions(const std::vector<int32_t>& partitions,
     after_thing = shadows.back().first;
     after_name = shadows.back().second;
     for (auto& [thing, name] : shadows) {
-      if (std::ranges::find(partitions, PartitionOf(thing)) != partitions.end() &&
-          !keep.contains(ShadowKey(thing, name))) {
+      if (InPartitions(partitions, thing) && !keep.contains(ShadowKey(thing, name))) {
         shadow_store_->Write(std::move(thing), std::move(name), reset, nullptr);
       }
     }
   }
   return {};
+}
+
+void Engine::Impl::StartMembers() {
+  if (!members_) {
+    return;
+  }
+  const AppConfig::Cluster& cl = config_.cluster;
+  advertise_ = cl.advertise;
+  if (advertise_.empty() && !config_.api_listen.empty() && config_.api.tls_cert.empty() &&
+      api_port() != 0) {
+    // http:// and api.listen's host (a wildcard: this machine's name), the port it got.
+    std::string host = config_.api_listen.substr(0, config_.api_listen.rfind(':'));
+    if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]") {
+      char name[256] = {};
+      host = gethostname(name, sizeof name - 1) == 0 ? name : "localhost";
+    }
+    advertise_ = fmt::format("http://{}:{}", host, api_port());
+  }
+  if (Status st = members_sink_->Start(); !st.ok()) {
+    log::Error(
+        "cluster: the members producer did not start; requests for other instances' "
+        "devices are answered 503",
+        {{"error", st.message()}});
+  }
+  members_follower_ = std::jthread([this](const std::stop_token& st) {
+    pthread_setname_np(pthread_self(), "gnomon-members");
+    while (!st.stop_requested()) {
+      Status s = options_.follow_topic(
+          *config_.cluster.connection, config_.cluster.MembersTopic(),
+          [&](std::string_view key, const std::string* value) {
+            if (!members_->Apply(key, value)) {
+              log::Warn("cluster: a members record skipped (not a member's announcement)",
+                        {{"topic", config_.cluster.MembersTopic()}, {"key", std::string(key)}});
+            }
+          },
+          [&] { return st.stop_requested(); });
+      if (!s.ok()) {
+        log::Error("cluster: the members topic cannot be read; trying again",
+                   {{"error", s.message()}});
+        for (int i = 0; i < 20 && !st.stop_requested(); ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+      }
+    }
+  });
+  members_announcer_ = std::jthread([this](const std::stop_token& st) {
+    pthread_setname_np(pthread_self(), "gnomon-announce");
+    auto last = std::chrono::steady_clock::now() - std::chrono::hours(1);
+    while (!st.stop_requested()) {
+      auto now = std::chrono::steady_clock::now();
+      if (announce_now_.exchange(false) || now - last >= std::chrono::milliseconds(kAnnounceMs)) {
+        Announce(false);
+        last = now;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+}
+
+void Engine::Impl::Announce(bool leaving) {
+  const AppConfig::Cluster& cl = config_.cluster;
+  Record r;
+  r.topic = cl.MembersTopic();
+  r.partition = 0;
+  r.key = cl.instance_id;
+  r.json = true;
+  if (leaving) {
+    r.null_value = true;
+  } else {
+    ClusterMember me;
+    me.instance = cl.instance_id;
+    me.api = advertise_;
+    for (int32_t p = 0; p < cl.partitions; ++p) {
+      uint8_t st = owned_[static_cast<size_t>(p)].load(std::memory_order_acquire);
+      if (st == kOwned) {
+        me.owned.push_back(p);
+      } else if (st == kRestoring) {
+        me.restoring.push_back(p);
+      }
+    }
+    me.at_ms = clock_.NowMs();
+    r.payload = me.Json();
+  }
+  members_sink_->Send(std::move(r));
+}
+
+void Engine::Impl::StopMembers(Deadline deadline) {
+  if (!members_ || !members_announcer_.joinable()) {
+    return;
+  }
+  members_announcer_.request_stop();
+  members_announcer_.join();
+  Announce(true);  // the others stop forwarding here at once
+  members_sink_->Stop(deadline);
+  members_follower_.request_stop();
+  members_follower_.join();
 }
 
 std::string Engine::Impl::ClusterNotReady() const {
@@ -403,11 +599,30 @@ std::string Engine::Impl::ClusterJson() const {
   if (shadow_store_) {
     w.Field("changelog", config_.shadows.changelog_topic);
   }
-  w.FieldRaw("owned", list(owned))
+  std::string members = "[";
+  if (members_) {
+    int64_t now = clock_.NowMs();
+    for (const ClusterMember& m : members_->Members()) {
+      members += members.size() > 1 ? "," : "";
+      json::ObjectWriter(members)
+          .Field("instance", m.instance)
+          .Field("api", m.api)
+          .FieldRaw("owned", list(m.owned))
+          .FieldRaw("restoring", list(m.restoring))
+          .Field("at", m.at_ms)
+          .Field("age_ms", now - m.at_ms)
+          .FieldRaw("fresh", now - m.at_ms <= members_->stale_ms() ? "true" : "false")
+          .Close();
+    }
+  }
+  members += "]";
+  w.Field("api", advertise_)
+      .FieldRaw("owned", list(owned))
       .FieldRaw("restoring", list(restoring))
       .FieldRaw("last_restore", restore)
       .Field("ruleset_version", static_cast<int64_t>(cur->version))
-      .FieldRaw("rules", rules);
+      .FieldRaw("rules", rules)
+      .FieldRaw("members", members);
   w.Close();
   return out;
 }

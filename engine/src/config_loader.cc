@@ -424,6 +424,12 @@ void LoadCluster(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
   cl.instance_id = c->GetString("instance_id");
   cl.standby_replicas = static_cast<int>(c->GetInt("standby_replicas", cl.standby_replicas));
   cl.connection_name = c->GetString("connection");
+  cl.advertise = c->GetString("advertise", "");
+  if (!cl.advertise.empty() && !cl.advertise.starts_with("http://")) {
+    errors.Add(c->Get("advertise"), "cluster.advertise",
+               "must be http://host:port: forwarding to another instance over TLS is not built "
+               "yet (docs/cluster.md#rest-anywhere)");
+  }
   const ConfigValue* conn = connections != nullptr ? connections->Get(cl.connection_name) : nullptr;
   if (conn == nullptr || conn->GetString("type") != "kafka") {
     errors.Add(c->Get("connection"), "cluster.connection",

@@ -318,6 +318,7 @@ Status Engine::Impl::Start() {
     if (config_.watch_rules && !config_.rule_patterns.empty()) {
       watcher_ = std::jthread([this](const std::stop_token& st) { WatchRules(st); });
     }
+    StartMembers();  // (once the API listens: its address goes out)
   }
   log::Info("gnomon started", {{"workers", std::to_string(workers_.size())},
                                {"rules", std::to_string(rules_->Current()->set->rules().size())},
@@ -346,6 +347,7 @@ void Engine::Impl::Stop() {
   }
   auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.shutdown_timeout_ms);
+  StopMembers(std::min(deadline, std::chrono::steady_clock::now() + std::chrono::seconds(2)));
   // 1. Sources: no new messages.
   for (auto& s : sources_) {
     s->Stop();

@@ -24,6 +24,7 @@
 #include "breaker.h"
 #include "call_book.h"
 #include "cluster_ingress.h"
+#include "cluster_members.h"
 #include "committed_shadows.h"
 #include "dead_letter_limiter.h"
 #include "gnomon/core/api_router.h"
@@ -117,10 +118,22 @@ class Engine::Impl final : public Ingest,
   void DropPartitionsOnWorkers(const std::vector<int32_t>& partitions);
   void InitClusterMetrics();
   int32_t PartitionOf(std::string_view device) const;
+  bool InPartitions(const std::vector<int32_t>& partitions, std::string_view device) const;
   // This instance may write `device`'s shadow now (always true outside a cluster).
   bool OwnsDevice(std::string_view device) const;
-  // The 503 for a request about a device this instance does not own (moving, or another's).
-  HttpResponse NotOwnedResponse(std::string_view device) const;
+  // The 503 for a request about a device this instance does not own (moving, or another's);
+  // `why` replaces the reason, `owner` (an API address) goes into X-Gnomon-Owner.
+  HttpResponse NotOwnedResponse(std::string_view device, std::string why = "",
+                                std::string_view owner = "") const;
+  // A request about a device this instance does not own: forwarded to its owner (the freshest
+  // member announcing its partition), unless it was forwarded here already, the partition is
+  // being restored here, no owner is known or the owner cannot be reached (then the 503).
+  HttpResponse ForwardToOwner(const HttpRequest& req, std::string_view device);
+  // The members topic (cluster.cc): this instance's announcements (at start, whenever its
+  // partitions change, every kAnnounceMs; a tombstone when it stops) and the others'.
+  void StartMembers();
+  void StopMembers(Deadline deadline);
+  void Announce(bool leaving);
   // GET /v1/cluster: this instance's view (its partitions, restores, rule versions).
   std::string ClusterJson() const;
   // Why this instance is not ready as a cluster member ("" when it is).
@@ -479,7 +492,16 @@ class Engine::Impl final : public Ingest,
     std::string error;  // the last failure ("" once one succeeded)
   };
   RestoreInfo last_restore_ GNOMON_GUARDED_BY(cluster_mu_);
-  uint64_t restores_ GNOMON_GUARDED_BY(cluster_mu_) = 0;
+  // Members: who owns which partition, where their API is (cluster_members.h).
+  std::unique_ptr<ClusterMembers> members_;
+  std::unique_ptr<DeliveryReporter> members_reporter_;
+  std::unique_ptr<Sink> members_sink_;
+  std::string advertise_;  // this instance's API for the others (set at Start)
+  std::jthread members_follower_;
+  std::jthread members_announcer_;
+  std::atomic<bool> announce_now_{false};
+  Counter* cluster_forwarded_ = nullptr;
+  Counter* cluster_forward_failed_ = nullptr;
   std::map<std::string, Counter*> source_counters_;
   std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
   std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Beast's string_view is std::string_view in this file (set before any Beast header).
-#define BOOST_BEAST_USE_STD_STRING_VIEW 1
-
+// (Beast's string_view is std::string_view in every file of this library: the target's
+// BOOST_BEAST_USE_STD_STRING_VIEW. Two files that differ in it break each other's templates.)
 #include "http_server.h"
 #include "http_body.h"
 
@@ -309,6 +308,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                     fmt::format("The request URI is {} bytes; at most {} are taken", target.size(),
                                 kMaxTarget));
     }
+    in_.target = std::string(target);
     size_t q = target.find('?');
     if (!Decode(target.substr(0, q), false, in_.path) || in_.path.empty() || in_.path[0] != '/') {
       return Refuse(400, "BAD_REQUEST", "The request path is not a valid absolute path");
@@ -347,6 +347,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     in_.authorization = std::string(req[http::field::authorization]);
     in_.content_type = std::string(req[http::field::content_type]);
     in_.idempotency_key = std::string(req["Idempotency-Key"]);
+    in_.forwarded_by = std::string(req["X-Gnomon-Forwarded-By"]);
     if (unsigned need = route_->route.scope; need != kScopeNone) {
       unsigned grants = srv_->Grants(in_.authorization);
       if (grants == 0) {

@@ -25,11 +25,13 @@ namespace gnomon::engine {
 struct HttpRequest {
   std::string method;
   std::string path;
+  std::string target;  // the request target as sent (path and query, still escaped)
   std::string body;
   std::vector<std::string> params;  // regex captures of the route
   std::string authorization;        // the Authorization header
   std::string content_type;         // the Content-Type header
   std::string idempotency_key;      // the Idempotency-Key header (shadow updates)
+  std::string forwarded_by;         // X-Gnomon-Forwarded-By: another instance sent it (cluster)
   std::vector<std::pair<std::string, std::string>> query;  // decoded query parameters
   // The first value of query parameter `name`, or nullptr.
   const std::string* Query(std::string_view name) const {

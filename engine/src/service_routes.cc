@@ -51,7 +51,7 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
                         return ErrorResponse(*bad, clock_.NowMs() / 1000);
                       }
                       if (!OwnsDevice(req.params.at(0))) {
-                        return NotOwnedResponse(req.params.at(0));
+                        return ForwardToOwner(req, req.params.at(0));
                       }
                       CallQuery query;
                       query.msg.device = req.params.at(0);
@@ -67,7 +67,7 @@ std::vector<HttpRoute> Engine::Impl::ServiceRoutes() {
            return ErrorResponse(*bad, clock_.NowMs() / 1000);
          }
          if (!OwnsDevice(thing)) {
-           return NotOwnedResponse(thing);
+           return ForwardToOwner(req, thing);
          }
          CallInvoke call;
          Message& m = call.msg;

@@ -86,7 +86,7 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
         return ErrorResponse(*bad, clock_.NowMs() / 1000);
       }
       if (!OwnsDevice(req.params.at(0))) {
-        return NotOwnedResponse(req.params.at(0));
+        return ForwardToOwner(req, req.params.at(0));
       }
       if (verb != ShadowVerb::kUpdate) {
         return ShadowApiCall(std::get<ShadowTarget>(std::move(t)), "");
@@ -112,7 +112,12 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                       }
                       const ShadowTarget& shadow = std::get<ShadowTarget>(t);
                       if (!OwnsDevice(shadow.thing)) {
-                        return NotOwnedResponse(shadow.thing);
+                        // (A stream is not forwarded: the owner is named for the client.)
+                        std::optional<ClusterMember> owner =
+                            members_ ? members_->OwnerOf(PartitionOf(shadow.thing), clock_.NowMs())
+                                     : std::nullopt;
+                        return NotOwnedResponse(shadow.thing, "",
+                                                owner ? std::string_view(owner->api) : "");
                       }
                       return Watch(shadow.thing, shadow.name);
                     }});
@@ -122,6 +127,9 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                   HttpResponse out;
                   if (CachedShadowGet(req, out)) {
                     return out;
+                  }
+                  if (!OwnsDevice(req.params.at(0))) {
+                    return ForwardToOwner(req, req.params.at(0));
                   }
                   reads_owner_->Inc();
                   return ShadowApiCall(
@@ -148,8 +156,7 @@ bool Engine::Impl::CachedShadowGet(const HttpRequest& req, HttpResponse& out) {
   }
   const ShadowTarget& shadow = std::get<ShadowTarget>(t);
   if (!OwnsDevice(shadow.thing)) {
-    out = NotOwnedResponse(shadow.thing);
-    return true;
+    return false;  // forwarded from a handler thread
   }
   if (auto view = committed_.Get(ShadowKey(shadow.thing, shadow.name))) {
     reads_committed_->Inc();
@@ -165,7 +172,7 @@ HttpResponse Engine::Impl::ShadowChangesRoute(const HttpRequest& req) {
     return ErrorResponse(*bad, clock_.NowMs() / 1000);
   }
   if (!OwnsDevice(req.params.at(0))) {
-    return NotOwnedResponse(req.params.at(0));
+    return ForwardToOwner(req, req.params.at(0));
   }
   const std::string* since = req.Query("sinceVersion");
   char* end = nullptr;
@@ -185,7 +192,7 @@ HttpResponse Engine::Impl::ListShadowNames(const HttpRequest& req) {
     return ErrorResponse(*bad, clock_.NowMs() / 1000);
   }
   if (!OwnsDevice(thing)) {
-    return NotOwnedResponse(thing);
+    return ForwardToOwner(req, thing);
   }
   MutexLock lock(api_reader_mu_);
   auto names = api_reader_->Names(thing);
@@ -234,19 +241,29 @@ HttpResponse Engine::Impl::ListThings(const HttpRequest& req) {
   MutexLock lock(api_reader_mu_);
   auto things = api_reader_->Things(prefix != nullptr ? *prefix : "",
                                     cursor != nullptr ? *cursor : "", limit + 1);
+  std::string next_cursor;  // where the next page starts when this one stopped scanning early
   if (owned_ && things.ok()) {
     // In a cluster: the things this instance owns (its store may still hold others' from
-    // before a crash; they are reset when their partition comes back).
+    // before a crash; they are reset when their partition comes back). A page scans at most
+    // kMaxScanned things of the store (the lock is held meanwhile): one that found fewer than
+    // `limit` then still has a nextCursor, where the scan stopped.
+    constexpr size_t kMaxScanned = 20000;
+    size_t scanned = 0;
     std::vector<std::string> mine;
     while (things.ok() && !things->empty()) {
       bool last_page = things->size() < limit + 1;
       std::string after = things->back();
+      scanned += things->size();
       for (std::string& t : *things) {
         if (mine.size() < limit + 1 && OwnsDevice(t)) {
           mine.push_back(std::move(t));
         }
       }
       if (mine.size() > limit || last_page) {
+        break;
+      }
+      if (scanned >= kMaxScanned) {
+        next_cursor = after;
         break;
       }
       things = api_reader_->Things(prefix != nullptr ? *prefix : "", after, limit + 1);
@@ -261,9 +278,9 @@ HttpResponse Engine::Impl::ListThings(const HttpRequest& req) {
                    .Json(clock_.NowMs() / 1000);
     return out;
   }
-  bool more = things->size() > limit;
-  if (more) {
+  if (things->size() > limit) {
     things->resize(limit);
+    next_cursor = things->back();
   }
   std::string list = "[";
   for (const auto& t : *things) {
@@ -275,8 +292,8 @@ HttpResponse Engine::Impl::ListThings(const HttpRequest& req) {
   list += ']';
   json::ObjectWriter w(out.body);
   w.FieldRaw("things", list);
-  if (more) {
-    w.Field("nextCursor", things->back());
+  if (!next_cursor.empty()) {
+    w.Field("nextCursor", next_cursor);
   }
   w.Close();
   return out;

@@ -190,26 +190,30 @@ class ClusterTest : public ::testing::Test {
   }
 
   // A device's shadow as one instance answers a GET: status, reported.n, desired.mode, version
-  // (-1 / "" where absent), and Retry-After.
+  // (-1 / "" where absent), Retry-After, and the instance that served it when it was forwarded
+  // (X-Gnomon-Served-By; "" when the instance asked is the owner).
   struct Shadow {
     int status = 0;
     int64_t n = -1;
     std::string mode;
     int64_t version = -1;
     std::string retry_after;
+    std::string served_by;
     std::string body;
   };
-  Shadow GetShadow(const Instance& i, const std::string& device) {
+  Shadow GetShadow(const Instance& i, const std::string& device,
+                   const httplib::Headers& headers = {}) {
     httplib::Client cli("127.0.0.1", i.api_port);
     cli.set_connection_timeout(2);
     Shadow out;
-    auto res = cli.Get(("/v1/things/" + device + "/shadow").c_str());
+    auto res = cli.Get(("/v1/things/" + device + "/shadow").c_str(), headers);
     if (!res) {
       return out;
     }
     out.status = res->status;
     out.body = res->body;
     out.retry_after = res->get_header_value("Retry-After");
+    out.served_by = res->get_header_value("X-Gnomon-Served-By");
     if (res->status != 200) {
       return out;
     }
@@ -438,7 +442,8 @@ TEST_F(ClusterTest, ARestartedInstanceTakesItsPartitionsBackWithoutMovingOthers)
 }
 
 // Shadows move with their partition: each instance serves (and writes) the shadows of the
-// devices it owns and refuses the others' with 503 + Retry-After; after a kill -9 the survivor
+// devices it owns and forwards requests for the others' to their owner (a request forwarded
+// once is never forwarded again: 503 + Retry-After); after a kill -9 the survivor
 // restores the dead one's partitions from the change log (reports and REST writes made there
 // are all kept) before it processes their messages; a restarted instance given partitions back
 // restores them afresh, with what the other wrote meanwhile (a delete included).
@@ -472,7 +477,7 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
       }
     }
   };
-  // The owner of each device: the instance that answers 200 (the other answers 503).
+  // The owner of each device: the instance that answers 200 itself (the other forwards).
   auto owner_of = [&](const std::string& dev, Shadow* got) -> std::string {
     for (const char* id : {"a", "b"}) {
       Instance& i = instances_[id];
@@ -480,7 +485,7 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
         continue;
       }
       Shadow s = GetShadow(i, dev);
-      if (s.status == 200) {
+      if (s.status == 200 && s.served_by.empty()) {
         *got = s;
         return id;
       }
@@ -531,17 +536,70 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
     }
     EXPECT_EQ(listed, owned) << id;
   }
+  // Any instance answers for any device: the other forwards to the owner, and its answer is
+  // the owner's document. Writes through the other reach the owner.
+  auto api_of = [&](const std::string& id) {
+    return "http://127.0.0.1:" + std::to_string(instances_[id].api_port);
+  };
+  ASSERT_TRUE(WaitFor([&] {
+    for (int d = 0; d < kDevices; ++d) {
+      const std::string& o = owner[device(d)];
+      Shadow other = GetShadow(instances_[o == "a" ? "b" : "a"], device(d));
+      if (other.status != 200 || other.served_by != o) {
+        return false;  // (the owner's announcement may not have reached the other yet)
+      }
+    }
+    return true;
+  })) << Stderr();
   for (int d = 0; d < kDevices; ++d) {
     const std::string& o = owner[device(d)];
-    Shadow other = GetShadow(instances_[o == "a" ? "b" : "a"], device(d));
-    ASSERT_EQ(other.status, 503) << device(d) << " " << other.body;
-    EXPECT_EQ(other.retry_after, "1");
-    EXPECT_NE(other.body.find("NOT_OWNER"), std::string::npos) << other.body;
-    // A desired state written over REST at the owner (the other refuses it).
-    httplib::Client at("127.0.0.1", instances_[o].api_port);
+    const std::string other_id = o == "a" ? "b" : "a";
+    Shadow mine = GetShadow(instances_[o], device(d));
+    Shadow other = GetShadow(instances_[other_id], device(d));
+    ASSERT_EQ(other.status, 200) << device(d) << " " << other.body;
+    EXPECT_EQ(other.served_by, o);
+    EXPECT_EQ(other.body, mine.body) << device(d);
+    // A request another instance forwarded already is not forwarded again.
+    Shadow again = GetShadow(instances_[other_id], device(d), {{"X-Gnomon-Forwarded-By", "x"}});
+    ASSERT_EQ(again.status, 503) << device(d) << " " << again.body;
+    EXPECT_EQ(again.retry_after, "1");
+    EXPECT_NE(again.body.find("NOT_OWNER"), std::string::npos) << again.body;
+    // A desired state written over REST at the other instance: forwarded to the owner.
+    httplib::Client at("127.0.0.1", instances_[other_id].api_port);
     auto res = at.Post(("/v1/things/" + device(d) + "/shadow").c_str(),
                        "{\"state\":{\"desired\":{\"mode\":\"eco\"}}}", "application/json");
     ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no answer");
+    EXPECT_EQ(res->get_header_value("X-Gnomon-Served-By"), o);
+    // A watch stream is not forwarded: 503 naming the owner's API.
+    if (d < 4) {
+      auto watch = at.Get(("/v1/things/" + device(d) + "/shadow/watch").c_str());
+      ASSERT_TRUE(watch && watch->status == 503) << (watch ? watch->body : "no answer");
+      EXPECT_EQ(watch->get_header_value("X-Gnomon-Owner"), api_of(o));
+    }
+  }
+  for (int d = 0; d < kDevices; ++d) {
+    Shadow s = GetShadow(instances_[owner[device(d)]], device(d));
+    EXPECT_EQ(s.mode, "eco") << device(d) << " " << s.body;
+    EXPECT_TRUE(s.served_by.empty());
+  }
+  // Each knows both members, their APIs and partitions (GET /v1/cluster).
+  for (const char* id : {"a", "b"}) {
+    httplib::Client at("127.0.0.1", instances_[id].api_port);
+    auto res = at.Get("/v1/cluster");
+    ASSERT_TRUE(res && res->status == 200);
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc = parser.parse(res->body);
+    EXPECT_EQ(std::string(doc["api"].get_string().value()), api_of(id));
+    std::map<std::string, std::string> apis;
+    size_t owned = 0;
+    for (simdjson::dom::element m : doc["members"].get_array()) {
+      apis[std::string(m["instance"].get_string().value())] =
+          std::string(m["api"].get_string().value());
+      owned += m["owned"].get_array().size();
+    }
+    EXPECT_EQ(apis, (std::map<std::string, std::string>{{"a", api_of("a")}, {"b", api_of("b")}}))
+        << res->body;
+    EXPECT_EQ(owned, static_cast<size_t>(kPartitions)) << res->body;
   }
 
   // kill -9 a mid-stream: b restores a's partitions, then processes their messages. (Over HTTP
@@ -639,7 +697,7 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
         Shadow x = GetShadow(instances_[id], device(d));
         EXPECT_TRUE(x.status == 404 || x.status == 503) << id << " " << device(d) << x.body;
         found = found || x.status == 404;
-        at_a += x.status == 404 && std::string(id) == "a" ? 1 : 0;
+        at_a += x.status == 404 && x.served_by.empty() && std::string(id) == "a" ? 1 : 0;
       }
       EXPECT_TRUE(found) << device(d);
       continue;
@@ -702,7 +760,7 @@ TEST_F(ClusterTest, KafkaDownForAWhileHoldsInputBackAndLosesNothing) {
           bool found = false;
           for (const char* id : {"a", "b"}) {
             Shadow s = GetShadow(instances_[id], device(d));
-            if (s.status == 200) {
+            if (s.status == 200 && s.served_by.empty()) {
               got = s;
               found = true;
             }
@@ -773,10 +831,14 @@ TEST_F(ClusterTest, ANewInstanceMidStreamAndAllRestartedAtOnceKeepEveryShadow) {
           for (int d = 0; d < kDevices; ++d) {
             bool found = false;
             for (const char* id : {"a", "b", "c"}) {
+              // Every instance answers with the same document: its own, or the owner's.
               Shadow s = GetShadow(instances_[id], device(d));
-              if (s.status == 200) {
-                if (found || s.n != want) {
-                  return false;  // not there yet, or two owners
+              if (s.status != 200 || s.n != want) {
+                return false;
+              }
+              if (s.served_by.empty()) {
+                if (found) {
+                  return false;  // two owners
                 }
                 found = true;
               }
@@ -817,9 +879,8 @@ TEST_F(ClusterTest, ANewInstanceMidStreamAndAllRestartedAtOnceKeepEveryShadow) {
   for (int d = 0; d < kDevices; ++d) {
     for (const char* id : {"a", "b", "c"}) {
       Shadow s = GetShadow(instances_[id], device(d));
-      if (s.status == 200) {
-        EXPECT_GE(s.version, 21) << id << " " << device(d) << " " << s.body;
-      }
+      EXPECT_EQ(s.status, 200) << id << " " << device(d) << " " << s.body;
+      EXPECT_GE(s.version, 21) << id << " " << device(d) << " " << s.body;
     }
   }
 }

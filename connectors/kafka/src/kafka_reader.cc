@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <thread>
 
 #include "gnomon/connectors/kafka.h"
 #include "kafka_common.h"
@@ -107,6 +108,76 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
     rd_kafka_message_destroy(m);
   }
   return n;
+}
+
+Status FollowTopic(const ConfigValue& connection, const std::string& topic,
+                   const std::function<void(std::string_view key, const std::string* value)>& fn,
+                   const std::function<bool()>& stop) {
+  ConfigValue none;
+  GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
+  GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
+                          kafka::MakeConf(settings, {{"group.id", "gnomon-follow"},
+                                                     {"enable.auto.commit", "false"},
+                                                     {"allow.auto.create.topics", "false"}}));
+  char err[512];
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return Unavailable(fmt::format("kafka follow {}: {}", topic, err));
+  }
+  struct Closer {
+    rd_kafka_t* rk;
+    ~Closer() {
+      rd_kafka_consumer_close(rk);
+      rd_kafka_destroy(rk);
+    }
+  } closer{rk};
+  // Its partitions, once it exists.
+  int partitions = 0;
+  while (partitions == 0) {
+    if (stop()) {
+      return {};
+    }
+    rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+    const rd_kafka_metadata_t* md = nullptr;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 2000);
+    rd_kafka_topic_destroy(rkt);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        partitions = md->topics[0].partition_cnt;
+      }
+      rd_kafka_metadata_destroy(md);
+    }
+    if (partitions == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  }
+  rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(partitions);
+  for (int p = 0; p < partitions; ++p) {
+    rd_kafka_topic_partition_list_add(parts, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(rk, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  while (!stop()) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 500);
+    if (m == nullptr) {
+      continue;
+    }
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      std::string_view key = m->key != nullptr
+                                 ? std::string_view(static_cast<const char*>(m->key), m->key_len)
+                                 : std::string_view();
+      if (m->payload == nullptr) {
+        fn(key, nullptr);
+      } else {
+        std::string value(static_cast<const char*>(m->payload), m->len);
+        fn(key, &value);
+      }
+    }
+    // (Other errors are transient here: librdkafka keeps fetching.)
+    rd_kafka_message_destroy(m);
+  }
+  return {};
 }
 
 }  // namespace gnomon::connectors

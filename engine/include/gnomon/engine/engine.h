@@ -127,11 +127,16 @@ struct AppConfig {
     int32_t partitions = 0;
     int standby_replicas = 0;  // not built yet: 0
     std::string instance_id;
+    // This instance's API as the others reach it (`http://host:port`), for the requests they
+    // forward to it; empty: no API, or TLS (not forwarded).
+    std::string advertise;
     std::string connection_name;
     const ConfigValue* connection = nullptr;  // the kafka connection
     std::string IngressTopic() const { return name + ".ingress"; }
     // Shadows' change log: co-partitioned with ingress (same P, same hash of the device).
     std::string ChangelogTopic() const { return name + ".changelog"; }
+    // The members' API addresses and partitions (docs/cluster.md#rest-anywhere).
+    std::string MembersTopic() const { return name + ".members"; }
   } cluster;
   // Things that work but are risky (`gnomon check` prints them, `run` logs them).
   std::vector<std::string> warnings;
@@ -170,6 +175,13 @@ struct EngineOptions {
           each,
       const std::vector<int32_t>* only, const std::function<bool()>& stop)>;
   TopicReader read_topic;
+  // Follows `topic` from its beginning until `stop` (connectors::FollowTopic): how a cluster
+  // member learns the others' API addresses and partitions; needed with `cluster`.
+  using TopicFollower = std::function<Status(
+      const ConfigValue& connection, const std::string& topic,
+      const std::function<void(std::string_view key, const std::string* value)>& each,
+      const std::function<bool()>& stop)>;
+  TopicFollower follow_topic;
 };
 
 class Engine {

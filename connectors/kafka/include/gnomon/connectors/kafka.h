@@ -23,6 +23,14 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
                               const std::vector<int32_t>* only = nullptr,
                               const std::function<bool()>& stop = nullptr);
 
+// Reads `topic` (every partition it has when first found) from the beginning and follows it
+// until `stop()` returns true (checked at least every 500 ms): `fn` for each record, `value`
+// null for tombstones. A topic that does not exist yet is waited for. Errors only when the
+// client cannot be made.
+Status FollowTopic(const ConfigValue& connection, const std::string& topic,
+                   const std::function<void(std::string_view key, const std::string* value)>& fn,
+                   const std::function<bool()>& stop);
+
 // The number of partitions `topic` has on the cluster of `connection`; 0 when it does not exist
 // (it is not created by asking). kUnavailable when the cluster does not answer within
 // `timeout_ms`.

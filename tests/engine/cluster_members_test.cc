@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cluster_members.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "forward.h"
+#include "http_server.h"
+
+namespace gnomon::engine {
+namespace {
+
+std::string Announce(const std::string& instance, std::vector<int32_t> owned, int64_t at,
+                     const std::string& api = "http://127.0.0.1:1") {
+  ClusterMember m;
+  m.instance = instance;
+  m.api = api;
+  m.owned = std::move(owned);
+  m.at_ms = at;
+  return m.Json();
+}
+
+TEST(ClusterMembersTest, TheFreshestOtherMemberClaimingAPartitionOwnsIt) {
+  ClusterMembers members("a", 15000);
+  std::string a = Announce("a", {0, 1}, 1000);
+  std::string b = Announce("b", {2, 3}, 1000, "http://b:8080");
+  ASSERT_TRUE(members.Apply("a", &a));
+  ASSERT_TRUE(members.Apply("b", &b));
+  EXPECT_FALSE(members.OwnerOf(0, 2000).has_value());  // its own: never forwarded to itself
+  ASSERT_TRUE(members.OwnerOf(2, 2000).has_value());
+  EXPECT_EQ(members.OwnerOf(2, 2000)->api, "http://b:8080");
+  EXPECT_FALSE(members.OwnerOf(4, 2000).has_value());  // nobody's (moving)
+
+  // b was killed; c took partition 2 and says so later: c wins; b's word goes stale.
+  std::string c = Announce("c", {2}, 5000, "http://c:8080");
+  ASSERT_TRUE(members.Apply("c", &c));
+  EXPECT_EQ(members.OwnerOf(2, 6000)->instance, "c");
+  EXPECT_EQ(members.OwnerOf(3, 6000)->instance, "b");
+  EXPECT_FALSE(members.OwnerOf(3, 1000 + 15001).has_value());  // b not heard of for too long
+
+  // An older announcement (replayed, or a clock that went back) does not undo a newer one.
+  std::string old_c = Announce("c", {}, 4000);
+  ASSERT_TRUE(members.Apply("c", &old_c));
+  EXPECT_EQ(members.OwnerOf(2, 6000)->instance, "c");
+
+  // A tombstone: c left.
+  ASSERT_TRUE(members.Apply("c", nullptr));
+  EXPECT_EQ(members.OwnerOf(2, 6000)->instance, "b");
+  ASSERT_EQ(members.Members().size(), 2u);
+  EXPECT_EQ(members.Members()[0].instance, "a");
+}
+
+TEST(ClusterMembersTest, RecordsThatAreNotAnnouncementsAreRefused) {
+  ClusterMembers members("a", 15000);
+  std::string junk = "not json";
+  std::string wrong_key = Announce("b", {1}, 1);
+  std::string no_lists = R"({"instance":"b","api":"","at":1})";
+  std::string bad_partition = R"({"instance":"b","api":"","owned":[-1],"restoring":[],"at":1})";
+  EXPECT_FALSE(members.Apply("b", &junk));
+  EXPECT_FALSE(members.Apply("c", &wrong_key));  // the key must be the instance it names
+  EXPECT_FALSE(members.Apply("b", &no_lists));
+  EXPECT_FALSE(members.Apply("b", &bad_partition));
+  EXPECT_TRUE(members.Members().empty());
+  ClusterMember m;
+  m.instance = "b";
+  m.api = "http://x:1";
+  m.owned = {1, 7};
+  m.restoring = {3};
+  m.at_ms = 42;
+  auto back = ClusterMember::FromJson(m.Json());
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->owned, m.owned);
+  EXPECT_EQ(back->restoring, m.restoring);
+  EXPECT_EQ(back->at_ms, 42);
+  EXPECT_EQ(back->api, "http://x:1");
+}
+
+TEST(ForwardRequestTest, TheOwnerGetsTheSameRequestAndItsAnswerComesBack) {
+  HttpRequest seen;
+  std::atomic<int> calls{0};
+  std::vector<HttpRoute> routes;
+  routes.push_back({"POST", "/v1/things/([^/]+)/shadow",
+                    [&](const HttpRequest& req) {
+                      seen = req;
+                      ++calls;
+                      HttpResponse out;
+                      out.status = 409;
+                      out.body = R"({"code":409})";
+                      out.headers.emplace_back("Retry-After", "3");
+                      return out;
+                    },
+                    kScopeWrite});
+  HttpServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.tokens.push_back({"secret", kScopeWrite});
+  auto server = HttpServer::Start(o, std::move(routes));
+  ASSERT_TRUE(server.ok()) << server.status().message();
+  std::string base = "http://127.0.0.1:" + std::to_string((*server)->port());
+
+  HttpRequest req;
+  req.method = "POST";
+  req.path = "/v1/things/dev 1/shadow";
+  req.target = "/v1/things/dev%201/shadow?name=cfg";
+  req.body = R"({"state":{"desired":{"on":true}}})";
+  req.authorization = "Bearer secret";
+  req.content_type = "application/json";
+  req.idempotency_key = "k-1";
+  auto answer = ForwardRequest(base, req, "inst-a");
+  ASSERT_TRUE(answer.ok()) << answer.status().message();
+  EXPECT_EQ(answer->status, 409);
+  EXPECT_EQ(answer->body, R"({"code":409})");
+  ASSERT_EQ(answer->headers.size(), 1u);
+  EXPECT_EQ(answer->headers[0].second, "3");
+  ASSERT_EQ(calls.load(), 1);
+  EXPECT_EQ(seen.path, "/v1/things/dev 1/shadow");
+  ASSERT_NE(seen.Query("name"), nullptr);
+  EXPECT_EQ(*seen.Query("name"), "cfg");
+  EXPECT_EQ(seen.body, req.body);
+  EXPECT_EQ(seen.idempotency_key, "k-1");
+  EXPECT_EQ(seen.forwarded_by, "inst-a");
+
+  // The owner checks the token itself.
+  req.authorization = "Bearer wrong";
+  answer = ForwardRequest(base, req, "inst-a");
+  ASSERT_TRUE(answer.ok());
+  EXPECT_EQ(answer->status, 401);
+  EXPECT_EQ(calls.load(), 1);
+  (*server)->Stop();
+}
+
+TEST(ForwardRequestTest, AnOwnerThatCannotBeReachedOrDoesNotAnswerIsAnError) {
+  HttpRequest req;
+  req.method = "GET";
+  req.path = "/v1/things/d/shadow";
+  // Nothing listens there (a port just closed).
+  int port = 0;
+  {
+    HttpServerOptions o;
+    o.listen = "127.0.0.1:0";
+    auto s = HttpServer::Start(o, {});
+    ASSERT_TRUE(s.ok());
+    port = (*s)->port();
+    (*s)->Stop();
+  }
+  auto refused = ForwardRequest("http://127.0.0.1:" + std::to_string(port), req, "a");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("connecting"), std::string::npos)
+      << refused.status().message();
+
+  // An owner that hangs: the answer's time is bounded.
+  std::vector<HttpRoute> routes;
+  std::atomic<bool> release{false};
+  routes.push_back({"GET", "/v1/things/([^/]+)/shadow", [&](const HttpRequest&) {
+                      while (!release.load()) {
+                        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                      }
+                      return HttpResponse{};
+                    }});
+  HttpServerOptions o;
+  o.listen = "127.0.0.1:0";
+  auto server = HttpServer::Start(o, std::move(routes));
+  ASSERT_TRUE(server.ok());
+  ForwardLimits limits;
+  limits.timeout = std::chrono::milliseconds(300);
+  auto slow =
+      ForwardRequest("http://127.0.0.1:" + std::to_string((*server)->port()), req, "a", limits);
+  release = true;
+  ASSERT_FALSE(slow.ok());
+  EXPECT_EQ(slow.status().code(), StatusCode::kUnavailable);
+  (*server)->Stop();
+
+  EXPECT_EQ(ForwardRequest("https://x:1", req, "a").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ForwardRequest("http://x", req, "a").status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace gnomon::engine
