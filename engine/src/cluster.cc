@@ -291,7 +291,13 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
     while (true) {
       size_t records = 0;
       size_t shadows = 0;
-      Status st = RestorePartitions(partitions, &records, &shadows);
+      // First the change log's partitions are taken over: whoever wrote them before (an owner
+      // that stalled past its session, say) is fenced and what it left open aborted, so the
+      // log read next is final for them.
+      Status st = changelog_writer_ != nullptr ? changelog_writer_->Acquire(partitions) : Status();
+      if (st.ok()) {
+        st = RestorePartitions(partitions, &records, &shadows);
+      }
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::steady_clock::now() - started)
                     .count();
@@ -344,13 +350,11 @@ void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool
   // Requests already on a worker finish first; whatever reaches a worker after this is refused.
   DropPartitionsOnWorkers(partitions);
   // Their change-log records out before the next owner restores (the messages' own records
-  // are, since their offsets were committed only after them).
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (changelog_sink_ && changelog_sink_->sink->QueueDepth() > 0 &&
-         std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // are, since their offsets were committed only after them): Release commits what their
+  // writers hold (lost: throws it away; the next owner fenced them already).
+  if (changelog_writer_ != nullptr) {
+    changelog_writer_->Release(partitions, lost);
   }
-  shadow_store_->Flush();
   if (Status st = PurgePartitions(partitions, {}); !st.ok()) {
     log::Warn(
         "cluster: the store kept shadows of partitions given away (reset at their next "

@@ -474,6 +474,9 @@ class Engine::Impl final : public Ingest,
   static constexpr uint8_t kNotOwned = 0, kRestoring = 1, kOwned = 2;
   std::unique_ptr<std::atomic<uint8_t>[]> owned_;
   std::unique_ptr<PartitionListener> partition_listener_;
+  // The change log's writer per partition (fencing): taken before a restore, let go after a
+  // revocation. Null outside a cluster or without shadows.
+  PartitionedWriter* changelog_writer_ = nullptr;
   Gauge* cluster_owned_ = nullptr;
   Counter* cluster_restored_records_ = nullptr;
   Counter* cluster_restored_shadows_ = nullptr;

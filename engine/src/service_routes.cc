@@ -3,6 +3,7 @@
 // CallInvoke or CallQuery for the owner of the thing and wait for its answer (ApiCall).
 #include <cstdlib>
 #include <future>
+#include <optional>
 
 #include "api_error.h"
 #include "engine_impl.h"
@@ -18,11 +19,65 @@ HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
   if (reply == nullptr || head == nullptr) {
     std::abort();  // not a REST request: a bug
   }
-  *reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
+  std::unique_ptr<AckHandle> ack;
+  if (owned_ && std::holds_alternative<ShadowRequest>(item)) {
+    // In a cluster a shadow write lives in the change log (whoever owns the device next
+    // restores it from there): the answer waits until the request's delivery finishes, its
+    // change-log record durable; a write whose record the log did not take (the partition
+    // moved, the instance was fenced) is answered 503, never 200.
+    struct Durable {
+      Mutex mu;
+      std::optional<std::pair<int, std::string>> answer GNOMON_GUARDED_BY(mu);
+      bool finished GNOMON_GUARDED_BY(mu) = false;
+      bool abandoned GNOMON_GUARDED_BY(mu) = false;
+      std::string not_durable;  // the 503's body
+      std::shared_ptr<std::promise<std::pair<int, std::string>>> done;
+      void Settle() GNOMON_REQUIRES(mu) {  // once both are known
+        if (!finished || !answer) {
+          return;
+        }
+        if (abandoned && answer->first < 300) {
+          answer = {503, std::move(not_durable)};
+        }
+        done->set_value(std::move(*answer));
+        finished = false;  // (settled)
+        answer.reset();
+      }
+    };
+    auto state = std::make_shared<Durable>();
+    state->done = done;
+    state->not_durable = ApiError(503, "NOT_DURABLE",
+                                  "the write could not be made durable in the cluster's change "
+                                  "log (its partition moved, or this instance lost it); retry")
+                             .Json(clock_.NowMs() / 1000);
+    *reply = [state](int status, std::string b) {
+      MutexLock lock(state->mu);
+      state->answer.emplace(status, std::move(b));
+      state->Settle();
+    };
+    class AnswerWhenDurable final : public AckHandle {
+     public:
+      explicit AnswerWhenDurable(std::shared_ptr<Durable> s) : s_(std::move(s)) {}
+      void Ack() override { Finish(false); }
+      void Abandon() override { Finish(true); }
+
+     private:
+      void Finish(bool abandoned) {
+        MutexLock lock(s_->mu);
+        s_->finished = true;
+        s_->abandoned = abandoned;
+        s_->Settle();
+      }
+      std::shared_ptr<Durable> s_;
+    };
+    ack = std::make_unique<AnswerWhenDurable>(state);
+  } else {
+    *reply = [done](int status, std::string b) { done->set_value({status, std::move(b)}); };
+  }
   head->source = &api_source_name_;
   head->ts_ms = clock_.NowMs();
   HttpResponse out;
-  if (!Admit(std::move(item), nullptr)) {
+  if (!Admit(std::move(item), std::move(ack))) {
     out.status = 503;
     out.body = ApiError(503, "UNAVAILABLE", "gnomon is stopping").Json(clock_.NowMs() / 1000);
     return out;

@@ -260,6 +260,10 @@ Status Engine::Impl::InitChangelog() {
     create.AddField("partitions", ConfigValue::Scalar(std::to_string(sc.changelog_partitions)));
     create.AddField("compact", ConfigValue::Scalar("true"));
     cl.AddField("create", std::move(create));
+    if (config_.cluster.enabled && options_.mode == Mode::kRun) {
+      // Each partition written by its owner only (docs/cluster.md#fencing).
+      cl.AddField("fence_transactional_id", ConfigValue::Scalar(sc.changelog_topic));
+    }
     PluginContext lctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir,
                        "shadow-changelog", sc.changelog_connection, 1};
     lctx.shared = &shared_;
@@ -271,6 +275,12 @@ Status Engine::Impl::InitChangelog() {
     changelog_sink_->name = "shadow-changelog";
     GNOMON_ASSIGN_OR_RETURN(changelog_sink_->sink, kafka->Create(cl, lctx));
     InitSinkMetrics(*changelog_sink_);
+    if (config_.cluster.enabled && options_.mode == Mode::kRun) {
+      changelog_writer_ = dynamic_cast<PartitionedWriter*>(changelog_sink_->sink.get());
+      if (changelog_writer_ == nullptr) {
+        return FailedPrecondition("cluster: the change-log sink cannot be fenced by partition");
+      }
+    }
   }
   return {};
 }

@@ -3,12 +3,16 @@
 // and against hand-built requests for what a client would never send.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <librdkafka/rdkafka.h>
 #include <netinet/in.h>
+#include <simdjson.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <boost/crc.hpp>
 #include <chrono>
 #include <csignal>
@@ -1126,6 +1130,203 @@ TEST_F(TestBrokerTest, ExactlyOnceAZombieCommitsNothing) {
   b.Signal(SIGTERM);
   EXPECT_EQ(a.Wait(), 0) << a.Stderr();
   EXPECT_EQ(b.Wait(), 0) << b.Stderr();
+}
+
+// Fencing in a cluster (docs/cluster.md#fencing): an owner paused (SIGSTOP) past its session
+// loses its partitions to the other instance, which takes the change log's partitions over
+// (their transactional ids: the paused one's producers are fenced and what they left open
+// aborted) before it restores them. When the paused one wakes up (SIGCONT) it may still
+// process what it had fetched, but nothing it writes reaches the change log: every device's
+// records there keep strictly rising versions, the writes the other made meanwhile stay, and
+// every device ends at its last report.
+TEST_F(TestBrokerTest, AClusterOwnerPausedPastItsSessionWritesNothingOnceItsPartitionsMoved) {
+  constexpr int kPartitions = 4, kDevices = 20;
+  const std::string name = Id("fence");
+  const std::string changelog = Topic(name + ".changelog", kPartitions);
+  Topic(name + ".ingress", kPartitions);
+  Topic(name + ".members", 1);
+  struct Instance {
+    std::string id;
+    int metrics = testing::FreePort(), api = testing::FreePort();
+    std::unique_ptr<testing::Process> proc;
+  };
+  testing::TempDir dir;
+  dir.Write("r.lua", R"(return rule { name = "report", from = "devices/+/telemetry",
+    handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
+  auto start = [&](Instance& i) {
+    dir.Write(i.id + ".yaml",
+              "workers: 2\ndata_dir: data-" + i.id + "\nconnections:\n  bus: { type: kafka, " +
+                  "brokers: \"" + bootstrap() +
+                  "\", properties: { session.timeout.ms: 2000, heartbeat.interval.ms: 300 } }\n" +
+                  "cluster: { name: " + name + ", partitions: " + std::to_string(kPartitions) +
+                  ", instance_id: " + i.id + ", connection: bus }\n" +
+                  "sources:\n  - { name: ingest, type: http, device: \"topic[2]\" }\n" +
+                  "sinks:\n  - { name: out, type: file, path: out-" + i.id + ".jsonl }\n" +
+                  "shadows: {}\nrules: [r.lua]\n" +
+                  "metrics: { listen: \"127.0.0.1:" + std::to_string(i.metrics) + "\" }\n" +
+                  "api: { listen: \"127.0.0.1:" + std::to_string(i.api) + "\" }\n");
+    i.proc = std::make_unique<testing::Process>(
+        std::vector<std::string>{GNOMON_BINARY, "run", "-c", dir.File(i.id + ".yaml")}, dir.path());
+  };
+  auto metric = [](const Instance& i, const std::string& series) {
+    httplib::Client cli("127.0.0.1", i.metrics);
+    cli.set_connection_timeout(1);
+    cli.set_read_timeout(2);
+    auto res = cli.Get("/metrics");
+    size_t p = res ? res->body.find("\n" + series + " ") : std::string::npos;
+    return p == std::string::npos ? -1.0 : std::atof(res->body.c_str() + p + series.size() + 2);
+  };
+  const std::string owned = "gnomon_cluster_partitions_owned";
+  Instance a{"a"}, b{"b"};
+  start(a);
+  start(b);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return metric(a, owned) == kPartitions / 2 && metric(b, owned) == kPartitions / 2; },
+      std::chrono::seconds(60)))
+      << a.proc->Stderr() << b.proc->Stderr();
+
+  // Reports for every device through b's HTTP ingest, one at a time (each is in Kafka when
+  // answered, so each device's reports are in order), until told to stop.
+  std::atomic<bool> stop{false};
+  std::atomic<int> sent{0};
+  std::jthread feed([&] {
+    httplib::Client cli("127.0.0.1", b.api);
+    cli.set_read_timeout(10);
+    for (int i = 0; !stop.load(); ++i) {
+      std::string path = "/v1/ingest/devices/d" + std::to_string(i % kDevices) + "/telemetry";
+      std::string body = "{\"n\":" + std::to_string(i / kDevices) + "}";
+      while (true) {
+        auto res = cli.Post(path.c_str(), body, "application/json");
+        if (res && res->status == 202) {
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      sent = i + 1;
+    }
+  });
+  ASSERT_TRUE(testing::WaitFor([&] { return sent.load() > 2000; }, std::chrono::seconds(60)));
+  a.proc->Signal(SIGSTOP);
+  // b takes a's partitions over once a's session has run out: it fences the change log's
+  // partitions, restores them and processes them; then desired writes for every device at b.
+  ASSERT_TRUE(
+      testing::WaitFor([&] { return metric(b, owned) == kPartitions; }, std::chrono::seconds(60)))
+      << b.proc->Stderr();
+  for (int d = 0; d < kDevices; ++d) {
+    httplib::Client cli("127.0.0.1", b.api);
+    auto res = cli.Post(("/v1/things/d" + std::to_string(d) + "/shadow").c_str(),
+                        R"({"state":{"desired":{"mode":"b"}}})", "application/json");
+    ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no answer") << b.proc->Stderr();
+  }
+  int at_resume = sent.load();
+  ASSERT_TRUE(
+      testing::WaitFor([&] { return sent.load() > at_resume + 1000; }, std::chrono::seconds(60)));
+  // Desired writes at a from four clients, sent while it is still stopped: a serves them as it
+  // wakes up, believing it still owns its devices until its consumer hears otherwise. Each
+  // client writes its devices' `zombie` in rising order and notes the last one answered 200.
+  std::array<int, kDevices> acked;
+  acked.fill(-1);
+  std::atomic<bool> stop_zombie{false};
+  std::vector<std::jthread> zombie;
+  for (int c = 0; c < 4; ++c) {
+    zombie.emplace_back([&, c] {
+      httplib::Client cli("127.0.0.1", a.api);
+      cli.set_read_timeout(20);
+      for (int k = 0; !stop_zombie.load(); ++k) {
+        for (int d = c; d < kDevices; d += 4) {
+          auto res = cli.Post(("/v1/things/d" + std::to_string(d) + "/shadow").c_str(),
+                              "{\"state\":{\"desired\":{\"zombie\":" + std::to_string(k) + "}}}",
+                              "application/json");
+          if (res && res->status == 200) {
+            acked[d] = k;
+          }
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  a.proc->Signal(SIGCONT);
+  // a learns it lost its partitions; the group settles (a may be given some back, restoring
+  // them from the change log as b left them).
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return metric(a, owned) >= 0 && metric(a, owned) + metric(b, owned) == kPartitions; },
+      std::chrono::seconds(60)));
+  at_resume = sent.load();
+  ASSERT_TRUE(
+      testing::WaitFor([&] { return sent.load() > at_resume + 500; }, std::chrono::seconds(60)));
+  stop_zombie = true;
+  zombie.clear();
+  stop = true;
+  feed.join();
+  const int total = sent.load();
+  auto last_n = [&](int d) { return (total - 1 - d) / kDevices; };
+
+  // Every device at its last report, with b's desired write, asked at either instance.
+  auto shadow_is = [&](const Instance& i, int d, std::string* body) {
+    httplib::Client cli("127.0.0.1", i.api);
+    cli.set_read_timeout(15);
+    auto res = cli.Get(("/v1/things/d" + std::to_string(d) + "/shadow").c_str());
+    *body = res ? std::to_string(res->status) + " " + res->body : "no answer";
+    if (!res || res->status != 200 ||
+        res->body.find("\"n\":" + std::to_string(last_n(d)) + "}") == std::string::npos ||
+        res->body.find("\"mode\":\"b\"") == std::string::npos) {
+      return false;
+    }
+    // Every write answered 200 is there (a later one of the same client may have replaced it).
+    if (acked[d] < 0) {
+      return true;
+    }
+    simdjson::dom::parser parser;
+    int64_t z = -1;
+    (void)parser.parse(res->body).at_pointer("/state/desired/zombie").get_int64().get(z);
+    *body += " (zombie write " + std::to_string(acked[d]) + " was answered 200)";
+    return z >= acked[d];
+  };
+  std::string body;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        for (int d = 0; d < kDevices; ++d) {
+          if (!shadow_is(a, d, &body) || !shadow_is(b, d, &body)) {
+            return false;
+          }
+        }
+        return true;
+      },
+      std::chrono::seconds(90)))
+      << body << a.proc->Stderr() << b.proc->Stderr();
+
+  // The committed change log: each device's versions rise strictly, record after record (a
+  // write of the fenced owner's landing after the new owner's would break that).
+  Consumer log(bootstrap(), changelog, kPartitions);
+  std::map<std::string, int64_t> version;
+  size_t records = 0;
+  for (std::vector<testing::KafkaRecord> got;
+       !(got = log.Read(100000, std::chrono::seconds(3))).empty();) {
+    for (const auto& r : got) {
+      ++records;
+      simdjson::dom::parser parser;
+      int64_t v = -1;
+      ASSERT_EQ(parser.parse(r.value).at_pointer("/current/version").get_int64().get(v),
+                simdjson::SUCCESS)
+          << r.value;
+      auto [it, fresh] = version.emplace(r.key, v);
+      if (!fresh) {
+        EXPECT_GT(v, it->second) << r.key << " at offset " << r.offset << " of partition "
+                                 << r.partition;
+        it->second = v;
+      }
+    }
+  }
+  EXPECT_EQ(version.size(), static_cast<size_t>(kDevices));
+  EXPECT_GT(records, static_cast<size_t>(total / 2));
+  // a wrote (it had transactions open when it stopped) and was refused.
+  EXPECT_GE(metric(a, "gnomon_kafka_partition_writers_fenced_total{sink=\"shadow-changelog\"}"), 1)
+      << a.proc->Stderr();
+  std::printf("%d reports, %zu change-log records\n", total, records);
+  a.proc->Signal(SIGTERM);
+  b.proc->Signal(SIGTERM);
+  EXPECT_EQ(a.proc->Wait(), 0) << a.proc->Stderr();
+  EXPECT_EQ(b.proc->Wait(), 0) << b.proc->Stderr();
 }
 
 // The tool: the same broker in its own process, as a developer runs it (and as a

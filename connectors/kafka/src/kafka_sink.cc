@@ -4,11 +4,19 @@
 // delivered from librdkafka's delivery report, so a source message is finished only when the
 // cluster has its output. On the connection of a Kafka source running exactly-once, records go
 // through that source's transactional producer (kafka_txn.h) while it runs.
+//
+// Fenced by partition (internal: the cluster's change log, docs/cluster.md#fencing): each
+// partition's records go through a transactional producer of its own, transactional id
+// `{fence_transactional_id}.{partition}`, created when the engine Acquire()s the partition
+// (which fences the id's previous holder and aborts what it left open) and committed every
+// fence_commit_ms; a record is reported delivered once its transaction commits. Records of a
+// partition this instance does not hold (any more) are cancelled.
 #include <fmt/format.h>
 #include <pthread.h>
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
@@ -34,16 +42,28 @@ struct KafkaSinkConfig {
   int partitions = 4;
   int replication_factor = -1;
   bool compact = false;
+  std::string fence_prefix;           // fenced by partition (see above); empty: not
+  int64_t fence_timeout_ms = 120000;  // transaction.timeout.ms of the partitions' producers
+  int64_t fence_commit_ms = 100;      // how often their transactions commit
 };
 
-class KafkaSink final : public Sink {
+class KafkaSink final : public Sink, public PartitionedWriter {
  public:
   KafkaSink(KafkaSinkConfig config, PluginContext& ctx)
-      : config_(std::move(config)), name_(ctx.name), reporter_(ctx.reporter) {
+      : config_(std::move(config)),
+        name_(ctx.name),
+        reporter_(ctx.reporter),
+        metrics_(ctx.metrics) {
     queue_full_ = ctx.metrics.GetCounter("gnomon_kafka_producer_queue_full_total",
                                          "Sends that waited because the producer queue was full",
                                          {{"sink", name_}});
-    if (ctx.shared != nullptr && ctx.connection != nullptr) {
+    if (fenced()) {
+      fenced_partitions_ = ctx.metrics.GetCounter(
+          "gnomon_kafka_partition_writers_fenced_total",
+          "Partitions whose transactional writer was fenced: another instance took them over "
+          "(their pending records were thrown away)",
+          {{"sink", name_}});
+    } else if (ctx.shared != nullptr && ctx.connection != nullptr) {
       txn_ = ctx.shared->Get<TxnProducer>(
           ctx.connection, [&] { return new TxnProducer(ctx.reporter, ctx.metrics); });
     }
@@ -67,6 +87,9 @@ class KafkaSink final : public Sink {
       rd_kafka_conf_destroy(conf);
       return Unavailable(fmt::format("kafka sink {}: {}", name_, err));
     }
+    if (fenced()) {
+      committer_ = std::jthread([this](const std::stop_token& st) { CommitPartitions(st); });
+    }
     poller_ = std::jthread([this](const std::stop_token& st) {
       pthread_setname_np(pthread_self(), "gnomon-kafka-p");
       if (config_.create) {
@@ -84,6 +107,10 @@ class KafkaSink final : public Sink {
   }
 
   void Send(Record&& record) override {
+    if (fenced()) {
+      SendFenced(std::move(record));
+      return;
+    }
     // (A record of an exactly-once source's message goes to the transactions even once they
     // ended: it is cancelled there, never sent outside them.)
     if (txn_ != nullptr && (txn_->Active() || txn_->Scopes(record))) {
@@ -140,6 +167,24 @@ class KafkaSink final : public Sink {
     }
     if (txn_ != nullptr) {
       txn_->Finish(deadline);  // the last transaction commits before this sink goes
+    }
+    if (fenced()) {
+      committer_.request_stop();
+      if (committer_.joinable()) {
+        committer_.join();
+      }
+      std::map<int32_t, std::shared_ptr<TxnProducer>> parts;
+      {
+        MutexLock lock(parts_mu_);
+        parts.swap(parts_);
+      }
+      auto give_up = [deadline] { return std::chrono::steady_clock::now() >= deadline; };
+      for (auto& [p, t] : parts) {
+        if (t->Active() && t->Open() > 0) {
+          t->Commit(nullptr, nullptr, give_up);
+        }
+        t->Close();  // (what did not commit in time is cancelled)
+      }
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                   deadline - std::chrono::steady_clock::now())
@@ -207,13 +252,123 @@ class KafkaSink final : public Sink {
 
   bool Ready() const override { return !brokers_down_.load(std::memory_order_relaxed); }
   size_t QueueDepth() const override {
-    return static_cast<size_t>(std::max<int64_t>(0, inflight_.load(std::memory_order_relaxed)));
+    size_t open = 0;
+    if (fenced()) {
+      MutexLock lock(parts_mu_);
+      for (const auto& [p, t] : parts_) {
+        open += t->Open();
+      }
+    }
+    return open +
+           static_cast<size_t>(std::max<int64_t>(0, inflight_.load(std::memory_order_relaxed)));
+  }
+
+  // PartitionedWriter (fenced by partition only).
+  Status Acquire(const std::vector<int32_t>& partitions) override {
+    if (!fenced()) {
+      return {};
+    }
+    for (int32_t p : partitions) {
+      {
+        MutexLock lock(parts_mu_);
+        if (parts_.contains(p)) {
+          continue;
+        }
+      }
+      auto t = std::make_shared<TxnProducer>(reporter_, metrics_);
+      t->NoRenewal();
+      // (Fences the id's previous holder: what it left open is aborted.)
+      GNOMON_RETURN_IF_ERROR(t->Start(config_.settings,
+                                      fmt::format("{}.{}", config_.fence_prefix, p),
+                                      config_.fence_timeout_ms, name_, [](Deadline) {}));
+      MutexLock lock(parts_mu_);
+      parts_[p] = std::move(t);
+    }
+    return {};
+  }
+
+  void Release(const std::vector<int32_t>& partitions, bool lost) override {
+    for (int32_t p : partitions) {
+      std::shared_ptr<TxnProducer> t;
+      {
+        MutexLock lock(parts_mu_);
+        auto it = parts_.find(p);
+        if (it == parts_.end()) {
+          continue;
+        }
+        t = std::move(it->second);
+        parts_.erase(it);
+      }
+      if (!lost && t->Active() && t->Open() > 0) {
+        auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        t->Commit(nullptr, nullptr, [until] { return std::chrono::steady_clock::now() >= until; });
+      }
+      t->Close();  // (lost: what is pending is thrown away; the next holder aborted it already)
+    }
   }
 
  private:
   void Finish(Record* r, const Status& st) {
     reporter_.Report(*r, st);
     delete r;
+  }
+
+  bool fenced() const { return !config_.fence_prefix.empty(); }
+
+  void SendFenced(Record&& record) {
+    auto r = std::make_unique<Record>(std::move(record));
+    if (r->topic.empty()) {
+      r->topic = config_.topic;
+    }
+    std::shared_ptr<TxnProducer> t;
+    {
+      MutexLock lock(parts_mu_);
+      if (auto it = parts_.find(r->partition); it != parts_.end()) {
+        t = it->second;
+      }
+    }
+    if (t != nullptr && t->Produce(r)) {
+      return;
+    }
+    reporter_.Report(*r, Cancelled(fmt::format("{} partition {} is not written by this instance "
+                                               "(any more): another owns it",
+                                               r->topic, r->partition)));
+  }
+
+  // Commits each partition's open transaction every fence_commit_ms; a partition whose
+  // producer was fenced (another instance took it over) is dropped.
+  void CommitPartitions(const std::stop_token& st) {
+    pthread_setname_np(pthread_self(), "gnomon-kafka-c");
+    auto give_up = [&st, this] {
+      return st.stop_requested() || stopping_.load(std::memory_order_acquire);
+    };
+    while (!st.stop_requested()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(config_.fence_commit_ms));
+      std::vector<std::pair<int32_t, std::shared_ptr<TxnProducer>>> parts;
+      {
+        MutexLock lock(parts_mu_);
+        parts.assign(parts_.begin(), parts_.end());
+      }
+      for (auto& [p, t] : parts) {
+        if (st.stop_requested()) {
+          break;
+        }
+        if (t->Active() && t->Open() > 0) {
+          t->Commit(nullptr, nullptr, give_up);
+        }
+        if (!t->Active()) {
+          MutexLock lock(parts_mu_);
+          if (auto it = parts_.find(p); it != parts_.end() && it->second == t) {
+            parts_.erase(it);
+            fenced_partitions_->Inc();
+            log::Error(
+                "kafka partition writer fenced: another instance took the partition over; "
+                "its pending records were thrown away",
+                {{"sink", name_}, {"partition", std::to_string(p)}});
+          }
+        }
+      }
+    }
   }
 
   void OnDelivery(const rd_kafka_message_t* m) {
@@ -255,7 +410,12 @@ class KafkaSink final : public Sink {
   KafkaSinkConfig config_;
   std::string name_;
   DeliveryReporter& reporter_;
+  MetricsRegistry& metrics_;
   Counter* queue_full_;
+  Counter* fenced_partitions_ = nullptr;
+  mutable Mutex parts_mu_;
+  std::map<int32_t, std::shared_ptr<TxnProducer>> parts_ GNOMON_GUARDED_BY(parts_mu_);
+  std::jthread committer_;
   rd_kafka_t* rk_ = nullptr;
   SharedMutex alive_mu_;
   std::jthread poller_;
@@ -283,6 +443,10 @@ class KafkaSinkFactory final : public TypedSinkFactory<KafkaSinkConfig> {
       c.replication_factor = static_cast<int>(create->GetInt("replication_factor", -1));
       c.compact = create->GetBool("compact", false);
     }
+    // (Internal, set by the engine for the cluster's change log; not in the sink's schema.)
+    c.fence_prefix = cfg.GetString("fence_transactional_id", "");
+    c.fence_timeout_ms = cfg.GetInt("fence_transaction_timeout_ms", c.fence_timeout_ms);
+    c.fence_commit_ms = cfg.GetInt("fence_commit_ms", c.fence_commit_ms);
     return c;
   }
   Result<std::unique_ptr<Sink>> CreateTyped(KafkaSinkConfig c, PluginContext& ctx) override {

@@ -511,6 +511,9 @@ TxnProducer::Outcome TxnProducer::AbortAndRedo(bool drop_scoped, const GiveUp& g
 }
 
 bool TxnProducer::TimedOut() const {
+  if (!renew_) {
+    return false;  // (a fatal error is then always a fence)
+  }
   MutexLock l(mu_);
   return first_record_ != std::chrono::steady_clock::time_point{} &&
          std::chrono::steady_clock::now() - first_record_ >= std::chrono::milliseconds(timeout_ms_);

@@ -50,6 +50,11 @@ class TxnProducer {
   Status Start(const ClientSettings& settings, const std::string& transactional_id,
                int64_t transaction_timeout_ms, const std::string& source,
                std::function<void(Deadline)> finish);
+  // Before Start: a transaction the broker timed out fences this producer like another
+  // instance taking its transactional id would, instead of renewing it (a new epoch for the
+  // same id). For ids that move between instances (a cluster's change-log partitions), where
+  // renewing could fence the id's new holder.
+  void NoRenewal() { renew_ = false; }
   // Started, not fenced and not closed: the connection's sinks send through Produce.
   bool Active() const { return active_.load(std::memory_order_acquire); }
   // A sink: `r` (topic set) into the open transaction; the producer owns it. False (and `r`
@@ -130,6 +135,7 @@ class TxnProducer {
   std::string transactional_id_;
   ClientSettings settings_;
   int64_t timeout_ms_ = 0;
+  bool renew_ = true;
   std::function<void(Deadline)> finish_ GNOMON_GUARDED_BY(mu_);
   std::atomic<bool> active_{false};
   std::atomic<bool> needs_abort_{false};

@@ -12,6 +12,7 @@
 #include "gnomon/core/metrics.h"
 #include "gnomon/core/record.h"
 #include "gnomon/core/shared_objects.h"
+#include "gnomon/core/status.h"
 
 namespace gnomon {
 
@@ -27,6 +28,21 @@ class PartitionListener {
   // committed. `lost`: this member was dropped from the group (a session timeout), so the
   // partitions may have a new owner already.
   virtual void Revoked(const std::vector<int32_t>& partitions, bool lost) = 0;
+};
+
+// A sink whose records for each partition go out through a writer only that partition's
+// current owner may use (the cluster's change log: a Kafka transactional producer per
+// partition, docs/cluster.md#fencing). Whoever takes a partition over fences the writer of its
+// previous owner, so an owner that stalled past its session and wakes up cannot write any more.
+class PartitionedWriter {
+ public:
+  virtual ~PartitionedWriter() = default;
+  // Takes `partitions` over (fencing their previous writer, whose unfinished records are thrown
+  // away); records for them are taken from now on. An error: not all could be taken (try again).
+  virtual Status Acquire(const std::vector<int32_t>& partitions) = 0;
+  // Lets `partitions` go: what is pending for them is finished first, or with `lost` (another
+  // instance may hold them already) thrown away; records for them are refused (cancelled) after.
+  virtual void Release(const std::vector<int32_t>& partitions, bool lost) = 0;
 };
 
 // What a factory gets besides its own config.
