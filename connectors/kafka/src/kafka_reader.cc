@@ -11,29 +11,49 @@
 
 namespace gnomon::connectors {
 
+namespace {
+
+// A consumer that joins no group (partitions are assigned by hand), closed and destroyed with
+// its owner.
+struct Reader {
+  rd_kafka_t* rk = nullptr;
+  Reader() = default;
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+  ~Reader() {
+    if (rk != nullptr) {
+      rd_kafka_consumer_close(rk);
+      rd_kafka_destroy(rk);
+    }
+  }
+};
+
+Status OpenReader(const ConfigValue& connection, const std::string& what, kafka::Properties fixed,
+                  Reader& out) {
+  ConfigValue none;
+  GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
+  fixed["enable.auto.commit"] = "false";
+  GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf, kafka::MakeConf(settings, fixed));
+  char err[512];
+  out.rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (out.rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return Unavailable(fmt::format("kafka {}: {}", what, err));
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& topic,
                               const std::function<void(int32_t partition, std::string_view key,
                                                        const std::string* value)>& fn,
                               const std::vector<int32_t>* only, const std::function<bool()>& stop) {
-  ConfigValue none;
-  GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
-  GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
-                          kafka::MakeConf(settings, {{"group.id", "gnomon-restore"},
-                                                     {"enable.auto.commit", "false"},
-                                                     {"enable.partition.eof", "true"}}));
-  char err[512];
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
-  if (rk == nullptr) {
-    rd_kafka_conf_destroy(conf);
-    return Unavailable(fmt::format("kafka restore: {}", err));
-  }
-  struct Closer {
-    rd_kafka_t* rk;
-    ~Closer() {
-      rd_kafka_consumer_close(rk);
-      rd_kafka_destroy(rk);
-    }
-  } closer{rk};
+  Reader reader;
+  GNOMON_RETURN_IF_ERROR(
+      OpenReader(connection, "restore",
+                 {{"group.id", "gnomon-restore"}, {"enable.partition.eof", "true"}}, reader));
+  rd_kafka_t* rk = reader.rk;
   rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
   const rd_kafka_metadata_t* md = nullptr;
   rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 15000);
@@ -113,25 +133,11 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
 Status FollowTopic(const ConfigValue& connection, const std::string& topic,
                    const std::function<void(std::string_view key, const std::string* value)>& fn,
                    const std::function<bool()>& stop) {
-  ConfigValue none;
-  GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
-  GNOMON_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
-                          kafka::MakeConf(settings, {{"group.id", "gnomon-follow"},
-                                                     {"enable.auto.commit", "false"},
-                                                     {"allow.auto.create.topics", "false"}}));
-  char err[512];
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
-  if (rk == nullptr) {
-    rd_kafka_conf_destroy(conf);
-    return Unavailable(fmt::format("kafka follow {}: {}", topic, err));
-  }
-  struct Closer {
-    rd_kafka_t* rk;
-    ~Closer() {
-      rd_kafka_consumer_close(rk);
-      rd_kafka_destroy(rk);
-    }
-  } closer{rk};
+  Reader reader;
+  GNOMON_RETURN_IF_ERROR(
+      OpenReader(connection, "follow " + topic,
+                 {{"group.id", "gnomon-follow"}, {"allow.auto.create.topics", "false"}}, reader));
+  rd_kafka_t* rk = reader.rk;
   // Its partitions, once it exists.
   int partitions = 0;
   while (partitions == 0) {
