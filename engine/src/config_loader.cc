@@ -458,12 +458,6 @@ void LoadCluster(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
                              "{} partitions, like the ingress topic); remove shadows.changelog",
                              cl.ChangelogTopic(), cl.partitions));
     }
-    if (const ConfigValue* mq = s->Get("connection")) {
-      errors.Add(mq, "shadows.connection",
-                 "shadow requests over MQTT cannot run in a cluster yet: a request would be "
-                 "served by whichever instance took it, not by its device's owner; use the REST "
-                 "API (docs/cluster.md#shadows)");
-    }
     app.shadows.changelog_connection_name = cl.connection_name;
     app.shadows.changelog_connection = cl.connection;
     app.shadows.changelog_topic = cl.ChangelogTopic();

@@ -538,6 +538,7 @@ class Engine::Impl final : public Ingest,
   std::unique_ptr<shadow::ShadowStore> shadow_store_;
   std::unique_ptr<Source> shadow_source_;
   std::unique_ptr<Ingest> shadow_ingest_;
+  Counter* cluster_shadow_ignored_ = nullptr;  // requests another instance answers
   std::unique_ptr<SinkEntry> shadow_sink_;
   std::unique_ptr<SinkEntry> changelog_sink_;
   std::string shadow_source_name_ = "shadows";

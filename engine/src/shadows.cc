@@ -93,6 +93,16 @@ class Engine::Impl::ShadowIngest final : public Ingest {
  public:
   explicit ShadowIngest(Impl& engine) : engine_(engine) {}
   bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override {
+    if (!engine_.OwnsDevice(m.device)) {
+      // In a cluster every instance gets every request (brokers do not share `$` topics, so
+      // no shared subscription): the device's owner answers it, the others let it go
+      // (docs/cluster.md#shadows-over-mqtt).
+      engine_.cluster_shadow_ignored_->Inc();
+      if (ack) {
+        ack->Ack();
+      }
+      return true;
+    }
     bool reply = m.topic.size() > 6 && m.topic.compare(m.topic.size() - 6, 6, "/reply") == 0 &&
                  m.topic.find("/services/") != std::string::npos;
     if (reply) {
@@ -223,8 +233,17 @@ Status Engine::Impl::InitShadowMqtt() {
     src.AddField("device", ConfigValue::Scalar(fmt::format("topic[{}]", levels + 1)));
     PluginContext sctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir,
                        shadow_source_name_, sc.connection, 2};
+    // In a cluster: a client id of this instance's own, and no shared subscription (every
+    // instance takes every request; the owner answers).
+    if (config_.cluster.enabled) {
+      sctx.instance_id = config_.cluster.instance_id;
+    }
     GNOMON_ASSIGN_OR_RETURN(shadow_source_, registry_.source("mqtt")->Create(src, sctx));
     shadow_ingest_ = std::make_unique<ShadowIngest>(*this);
+    cluster_shadow_ignored_ = metrics_.GetCounter(
+        "gnomon_cluster_shadow_requests_ignored_total",
+        "MQTT shadow requests and service replies for devices another instance owns (that one "
+        "answers them), or whose partition was moving (nobody did)");
     source_counters_[shadow_source_name_] = metrics_.GetCounter(
         "gnomon_source_messages_total", "Messages taken in, by source",
         {{"source", shadow_source_name_}});
@@ -236,6 +255,7 @@ Status Engine::Impl::InitShadowMqtt() {
     snk.AddField("qos", ConfigValue::Scalar("1"));
     PluginContext kctx{metrics_, *this, clock_, config_.data_dir, config_.base_dir, "shadows",
                        sc.connection, 2};
+    SetClusterContext(kctx);  // (a client id of this instance's own)
     shadow_sink_ = std::make_unique<SinkEntry>();
     shadow_sink_->name = "shadows";
     GNOMON_ASSIGN_OR_RETURN(shadow_sink_->sink, registry_.sink("mqtt")->Create(snk, kctx));

@@ -247,8 +247,6 @@ rules: ["rules/*.lua"]
   refused("rules:", "shadows: { changelog: { connection: bus, topic: mine } }\nrules:",
           "shadows.changelog: in a cluster shadows go to the cluster's own change log "
           "('fleet.changelog', 12 partitions");
-  refused("rules:", "shadows: { connection: broker }\nrules:",
-          "shadows.connection: shadow requests over MQTT cannot run in a cluster yet");
   refused("name: in,", "name: cluster,",
           "sources[0].name: 'cluster' is a name of the cluster's own");
   refused("rules:", "sinks: [{ name: cluster-ingress, type: file, path: x.jsonl }]\nrules:",

@@ -85,7 +85,7 @@ class ClusterTest : public ::testing::Test {
     }
     c += "sinks:\n  - { name: out, type: file, path: out-" + i.id + ".jsonl }\n";
     if (shadows_) {
-      c += "shadows: {}\n";
+      c += "shadows: " + shadows_config_ + "\n";
     }
     c += "rules: [rules/*.lua]\n";
     c += "metrics: { listen: \"127.0.0.1:" + n(i.port) + "\" }\n";
@@ -252,6 +252,7 @@ class ClusterTest : public ::testing::Test {
   }
 
   bool shadows_ = false;
+  std::string shadows_config_ = "{}";
   Mosquitto broker_;
   KafkaDevCluster kafka_;
   TempDir dir_;
@@ -711,6 +712,57 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
   if (HasFailure()) {
     ADD_FAILURE() << Stderr();
   }
+}
+
+// Shadow requests over MQTT in a cluster: every instance takes every request off the broker
+// (mosquitto does not deliver `$` topics to shared subscriptions), the device's owner answers
+// it and the others let it go: one answer per request, the shadow the same at every instance.
+TEST_F(ClusterTest, ShadowRequestsOverMqttAreAnsweredByTheOwnerOnly) {
+  UseShadows();
+  shadows_config_ = "{ connection: broker }";
+  ASSERT_TRUE(StartTwo()) << Stderr();
+  constexpr int kDevices = 20;
+  testing::Client app(broker_.port(), "test-app");
+  ASSERT_EQ(app.Subscribe("$aws/things/+/shadow/update/accepted"), 1);
+  ASSERT_EQ(app.Subscribe("$aws/things/+/shadow/update/rejected"), 1);
+  ASSERT_EQ(app.Subscribe("$aws/things/+/shadow/get/accepted"), 1);
+  // (The instances' shared subscriptions are in place once they are ready; a request sent
+  // before would be lost with no subscriber, as on any broker.)
+  for (int d = 0; d < kDevices; ++d) {
+    app.Publish(
+        "$aws/things/dev" + std::to_string(d) + "/shadow/update",
+        R"({"state":{"desired":{"mode":"mqtt"}},"clientToken":"t)" + std::to_string(d) + "\"}");
+  }
+  ASSERT_TRUE(WaitFor([&] { return app.count() >= kDevices; }, std::chrono::milliseconds(30000)))
+      << app.count() << Stderr();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // (a second answer would be here)
+  std::map<std::string, int> accepted;
+  for (const auto& [topic, payload] : app.received()) {
+    ASSERT_NE(topic.find("/update/accepted"), std::string::npos) << topic << " " << payload;
+    accepted[topic]++;
+  }
+  EXPECT_EQ(accepted.size(), static_cast<size_t>(kDevices));
+  for (const auto& [topic, n] : accepted) {
+    EXPECT_EQ(n, 1) << topic;
+  }
+  // The owner applied them: both instances answer with the same document.
+  for (int d = 0; d < kDevices; ++d) {
+    Shadow at_a = GetShadow(instances_["a"], "dev" + std::to_string(d));
+    Shadow at_b = GetShadow(instances_["b"], "dev" + std::to_string(d));
+    EXPECT_EQ(at_a.mode, "mqtt") << at_a.body;
+    EXPECT_EQ(at_b.mode, "mqtt") << at_b.body;
+    EXPECT_EQ(at_a.version, at_b.version);
+    EXPECT_TRUE(at_a.served_by.empty() != at_b.served_by.empty()) << "one owner";
+  }
+  // A get over MQTT: answered once, by the owner, with the document.
+  app.Publish("$aws/things/dev3/shadow/get", R"({"clientToken":"g"})");
+  ASSERT_TRUE(WaitFor([&] { return app.count() >= kDevices + 1; })) << Stderr();
+  auto got = app.received();
+  EXPECT_NE(got.back().first.find("dev3/shadow/get/accepted"), std::string::npos);
+  // Each request reached both; the one that does not own its device let it go.
+  const std::string ignored = "gnomon_cluster_shadow_requests_ignored_total";
+  EXPECT_EQ(Metric(instances_["a"], ignored) + Metric(instances_["b"], ignored), kDevices + 1);
+  EXPECT_NE(got.back().second.find("\"mode\":\"mqtt\""), std::string::npos) << got.back().second;
 }
 
 // Kafka unreachable for a while: ingress and the change log wait, the instances say they are not

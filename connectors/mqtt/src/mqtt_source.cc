@@ -164,7 +164,9 @@ class MqttSourceFactory final : public TypedSourceFactory<MqttSourceConfig> {
       // takes the same form from 3.1.1 clients).
       c.client_id += "-" + ctx.instance_id;
       for (auto& t : c.topics) {
-        t = fmt::format("$share/{}/{}", ctx.share_group, t);
+        if (!ctx.share_group.empty()) {  // (the shadow service's requests are not shared)
+          t = fmt::format("$share/{}/{}", ctx.share_group, t);
+        }
       }
     }
     c.qos = static_cast<int>(cfg.GetInt("qos", 1));
