@@ -74,6 +74,9 @@ Status Engine::Impl::InitCluster() {
     }
   };
   members_ = std::make_unique<ClusterMembers>(cl.instance_id, kMemberStaleMs);
+  // (A quarter of the API's waiting threads per owner, half in all: docs/cluster.md.)
+  int threads = static_cast<int>(std::max<int64_t>(1, config_.api.handler_threads));
+  forward_gate_ = std::make_unique<ForwardGate>(std::max(1, threads / 4), std::max(1, threads / 2));
   members_reporter_ = std::make_unique<MembersReporter>();
   ConfigValue mout;
   mout.SetKind(ConfigValue::Kind::kMap);
@@ -176,6 +179,10 @@ void Engine::Impl::InitClusterMetrics() {
       metrics_.GetCounter("gnomon_cluster_forwarded_total",
                           "API requests for another instance's device, forwarded to it, by outcome",
                           {{"outcome", "unreachable"}});
+  cluster_forward_busy_ =
+      metrics_.GetCounter("gnomon_cluster_forwarded_total",
+                          "API requests for another instance's device, forwarded to it, by outcome",
+                          {{"outcome", "busy"}});
   cluster_refused_ = metrics_.GetCounter(
       "gnomon_cluster_not_owner_total",
       "Shadow requests refused (503) because another instance owns the device or its partition "
@@ -236,6 +243,16 @@ HttpResponse Engine::Impl::ForwardToOwner(const HttpRequest& req, std::string_vi
   }
   if (!owner || owner->api.empty()) {
     return NotOwnedResponse(device);
+  }
+  auto ticket = forward_gate_->Enter(owner->instance);
+  if (!ticket) {
+    cluster_forward_busy_->Inc();
+    return NotOwnedResponse(
+        device,
+        fmt::format("{} (partition {}) is owned by instance {}, which has not answered the "
+                    "requests already forwarded to it; try again",
+                    device, p, owner->instance),
+        owner->api);
   }
   auto answer = ForwardRequest(owner->api, req, config_.cluster.instance_id);
   if (!answer.ok()) {

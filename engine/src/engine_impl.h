@@ -27,6 +27,7 @@
 #include "cluster_members.h"
 #include "committed_shadows.h"
 #include "dead_letter_limiter.h"
+#include "forward.h"
 #include "gnomon/core/api_router.h"
 #include "gnomon/core/log.h"
 #include "gnomon/core/mutex.h"
@@ -505,6 +506,8 @@ class Engine::Impl final : public Ingest,
   std::atomic<bool> announce_now_{false};
   Counter* cluster_forwarded_ = nullptr;
   Counter* cluster_forward_failed_ = nullptr;
+  Counter* cluster_forward_busy_ = nullptr;
+  std::unique_ptr<ForwardGate> forward_gate_;  // set with members_
   std::map<std::string, Counter*> source_counters_;
   std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
   std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -10,6 +12,28 @@
 #include <boost/beast/http.hpp>
 
 namespace gnomon::engine {
+
+std::optional<ForwardGate::Ticket> ForwardGate::Enter(const std::string& owner) {
+  MutexLock lock(mu_);
+  auto it = waiting_.find(owner);
+  if (all_ >= total_ || (it != waiting_.end() && it->second >= per_owner_)) {
+    return std::nullopt;
+  }
+  if (it == waiting_.end()) {
+    it = waiting_.emplace(owner, 0).first;
+  }
+  ++it->second;
+  ++all_;
+  return Ticket(this, owner);
+}
+
+void ForwardGate::Leave(const std::string& owner) {
+  MutexLock lock(mu_);
+  --all_;
+  if (auto it = waiting_.find(owner); it != waiting_.end() && --it->second == 0) {
+    waiting_.erase(it);  // (owners come and go: no entry outlives its last forward)
+  }
+}
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -62,7 +86,8 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
     failed = ec;
     step = what;
   };
-  stream.expires_after(limits.timeout);
+  auto started = std::chrono::steady_clock::now();
+  stream.expires_after(std::min(limits.connect_timeout, limits.timeout));
   resolver.async_resolve(host, port, [&](beast::error_code ec, auto results) {
     if (ec) {
       return fail(ec, "resolving");
@@ -71,6 +96,9 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
       if (ec) {
         return fail(ec, "connecting");
       }
+      // The rest of the budget for sending and the answer.
+      stream.expires_after(limits.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::steady_clock::now() - started));
       http::async_write(stream, out, [&](beast::error_code ec, size_t) {
         if (ec) {
           return fail(ec, "sending");

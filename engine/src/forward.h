@@ -6,8 +6,12 @@
 #pragma once
 
 #include <chrono>
+#include <map>
+#include <optional>
 #include <string>
+#include <utility>
 
+#include "gnomon/core/mutex.h"
 #include "gnomon/core/status.h"
 #include "http_server.h"
 
@@ -16,8 +20,47 @@ namespace gnomon::engine {
 inline constexpr std::string_view kForwardedByHeader = "X-Gnomon-Forwarded-By";
 
 struct ForwardLimits {
-  std::chrono::milliseconds timeout{10000};  // connect, send and the whole answer
+  std::chrono::milliseconds connect_timeout{2000};  // resolving and connecting
+  std::chrono::milliseconds timeout{10000};         // connect, send and the whole answer
   size_t max_body_bytes = 64u << 20;
+};
+
+// Bounds the forwards waiting at once, per owner and in all, so that an owner that hangs
+// (paused, overloaded, a network that drops packets) holds a few API threads for a while and
+// never all of them: requests this instance answers itself keep being answered.
+class ForwardGate {
+ public:
+  ForwardGate(int per_owner, int total) : per_owner_(per_owner), total_(total) {}
+
+  // Held while a forward waits; lets go of its place when destroyed.
+  class Ticket {
+   public:
+    Ticket(Ticket&& other) noexcept : gate_(std::exchange(other.gate_, nullptr)), owner_(std::move(other.owner_)) {}
+    Ticket& operator=(Ticket&&) = delete;
+    ~Ticket() {
+      if (gate_ != nullptr) {
+        gate_->Leave(owner_);
+      }
+    }
+
+   private:
+    friend class ForwardGate;
+    Ticket(ForwardGate* gate, std::string owner) : gate_(gate), owner_(std::move(owner)) {}
+    ForwardGate* gate_;
+    std::string owner_;
+  };
+
+  // A place for one more forward to `owner`, or nothing when its share or the total is taken.
+  std::optional<Ticket> Enter(const std::string& owner);
+
+ private:
+  void Leave(const std::string& owner);
+
+  const int per_owner_;
+  const int total_;
+  Mutex mu_;
+  std::map<std::string, int, std::less<>> waiting_ GNOMON_GUARDED_BY(mu_);
+  int all_ GNOMON_GUARDED_BY(mu_) = 0;
 };
 
 // Sends `req` to `base` (http://host:port) and returns the owner's answer (its status, body,

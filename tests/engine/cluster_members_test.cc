@@ -176,5 +176,37 @@ TEST(ForwardRequestTest, AnOwnerThatCannotBeReachedOrDoesNotAnswerIsAnError) {
   EXPECT_EQ(ForwardRequest("http://x", req, "a").status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST(ForwardGateTest, AnOwnerGetsItsShareAndAllOwnersTogetherTheTotal) {
+  ForwardGate gate(/*per_owner=*/2, /*total=*/3);
+  auto a1 = gate.Enter("a");
+  auto a2 = gate.Enter("a");
+  ASSERT_TRUE(a1 && a2);
+  EXPECT_FALSE(gate.Enter("a"));  // a's share is taken
+  auto b1 = gate.Enter("b");
+  ASSERT_TRUE(b1);
+  EXPECT_FALSE(gate.Enter("c"));  // the total is taken
+  a1.reset();                     // one of a's came back
+  auto c1 = gate.Enter("c");
+  ASSERT_TRUE(c1);
+  EXPECT_FALSE(gate.Enter("a"));
+  {
+    auto moved = std::move(*c1);  // (a ticket moved lets go once)
+    c1.reset();
+  }
+  auto a3 = gate.Enter("a");
+  ASSERT_TRUE(a3);
+  EXPECT_FALSE(gate.Enter("b"));
+  a2.reset();
+  a3.reset();
+  b1.reset();
+  std::vector<ForwardGate::Ticket> all;
+  for (int i = 0; i < 3; ++i) {  // nothing is left held: the whole total again
+    auto t = gate.Enter(std::to_string(i));
+    ASSERT_TRUE(t);
+    all.push_back(std::move(*t));
+  }
+  EXPECT_FALSE(gate.Enter("x"));
+}
+
 }  // namespace
 }  // namespace gnomon::engine

@@ -89,7 +89,8 @@ class ClusterTest : public ::testing::Test {
     }
     c += "rules: [rules/*.lua]\n";
     c += "metrics: { listen: \"127.0.0.1:" + n(i.port) + "\" }\n";
-    c += "api: { listen: \"127.0.0.1:" + n(i.api_port) + "\" }\n";
+    c += "api: { listen: \"127.0.0.1:" + n(i.api_port) + "\"" +
+         (api_limits_.empty() ? "" : ", limits: " + api_limits_) + " }\n";
     return c;
   }
 
@@ -253,6 +254,7 @@ class ClusterTest : public ::testing::Test {
 
   bool shadows_ = false;
   std::string shadows_config_ = "{}";
+  std::string api_limits_;  // api.limits, when set
   Mosquitto broker_;
   KafkaDevCluster kafka_;
   TempDir dir_;
@@ -772,6 +774,61 @@ TEST_F(ClusterTest, ShadowRequestsOverMqttAreAnsweredByTheOwnerOnly) {
   })) << Metric(instances_["a"], ignored)
       << " + " << Metric(instances_["b"], ignored);
   EXPECT_NE(got.back().second.find("\"mode\":\"mqtt\""), std::string::npos) << got.back().second;
+}
+
+// An owner that hangs (paused) holds a few of another instance's API threads, never all of
+// them: forwards beyond its share are answered 503 at once, naming the owner, the one that
+// waited ends in 503 too, and the instance keeps answering for its own devices meanwhile.
+TEST_F(ClusterTest, AHangingOwnerDoesNotStarveTheOtherInstancesApi) {
+  UseShadows();
+  api_limits_ = "{ handler_threads: 4 }";  // a share of 1 forward per owner, 2 in all
+  ASSERT_TRUE(StartTwo()) << Stderr();
+  Instance& a = instances_["a"];
+  std::string mine;
+  std::vector<std::string> theirs;
+  ASSERT_TRUE(WaitFor([&] {  // (b's devices once b's announcement reached a)
+    mine.clear();
+    theirs.clear();
+    for (int d = 0; d < 40; ++d) {
+      std::string device = "dev" + std::to_string(d);
+      Shadow s = GetShadow(a, device);
+      if (s.status == 404 && s.served_by.empty()) {
+        mine = device;
+      } else if (s.status == 404 && s.served_by == "b") {
+        theirs.push_back(device);
+      }
+    }
+    return !mine.empty() && theirs.size() >= 6;
+  })) << Stderr();
+  theirs.resize(6);
+  const std::string b_api = "http://127.0.0.1:" + std::to_string(instances_["b"].api_port);
+
+  instances_["b"].proc->Signal(SIGSTOP);
+  std::vector<std::future<std::pair<int, std::string>>> forwarded;
+  for (const auto& device : theirs) {
+    forwarded.push_back(std::async(std::launch::async, [&, device] {
+      httplib::Client cli("127.0.0.1", a.api_port);
+      cli.set_read_timeout(60);
+      auto res = cli.Get(("/v1/things/" + device + "/shadow").c_str());
+      return res ? std::pair{res->status, res->get_header_value("X-Gnomon-Owner")}
+                 : std::pair{0, std::string()};
+    }));
+  }
+  // Five of the six are refused at once; a's own devices are answered as ever (httplib gives up
+  // after 5 s: all four API threads waiting on b would take 10).
+  EXPECT_TRUE(WaitFor([&] {
+    return Metric(a, "gnomon_cluster_forwarded_total{outcome=\"busy\"}") == 5;
+  })) << Metric(a, "gnomon_cluster_forwarded_total{outcome=\"busy\"}");
+  Shadow own = GetShadow(a, mine);
+  EXPECT_EQ(own.status, 404) << own.body;
+  EXPECT_TRUE(own.served_by.empty());
+  for (auto& f : forwarded) {
+    auto [status, owner] = f.get();
+    EXPECT_EQ(status, 503);
+    EXPECT_EQ(owner, b_api);
+  }
+  EXPECT_EQ(Metric(a, "gnomon_cluster_forwarded_total{outcome=\"unreachable\"}"), 1);
+  instances_["b"].proc->Signal(SIGCONT);
 }
 
 // Kafka unreachable for a while: ingress and the change log wait, the instances say they are not
