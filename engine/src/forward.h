@@ -35,7 +35,8 @@ class ForwardGate {
   // Held while a forward waits; lets go of its place when destroyed.
   class Ticket {
    public:
-    Ticket(Ticket&& other) noexcept : gate_(std::exchange(other.gate_, nullptr)), owner_(std::move(other.owner_)) {}
+    Ticket(Ticket&& other) noexcept
+        : gate_(std::exchange(other.gate_, nullptr)), owner_(std::move(other.owner_)) {}
     Ticket& operator=(Ticket&&) = delete;
     ~Ticket() {
       if (gate_ != nullptr) {
