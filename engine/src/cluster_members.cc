@@ -5,6 +5,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <map>
 
 #include "gnomon/core/json.h"
 
@@ -36,6 +37,7 @@ std::string ClusterMember::Json() const {
       .Field("api", api)
       .FieldRaw("owned", List(owned))
       .FieldRaw("restoring", List(restoring))
+      .FieldRaw("standby", List(standby))
       .Field("at", at_ms)
       .Close();
   return out;
@@ -55,9 +57,18 @@ Result<ClusterMember> ClusterMember::FromJson(std::string_view json) {
       !ReadList(o, "restoring", m.restoring)) {
     return InvalidArgument("a member needs instance, api, owned, restoring and at");
   }
+  if (o["standby"].error() != simdjson::NO_SUCH_FIELD && !ReadList(o, "standby", m.standby)) {
+    return InvalidArgument("a member's standby is a list of partitions");
+  }
   m.instance = instance;
   m.api = api;
   return m;
+}
+
+bool ClusterMembers::Fresh(int64_t now_ms) const {
+  MutexLock lock(mu_);
+  auto it = std::ranges::find(members_, self_, &ClusterMember::instance);
+  return it != members_.end() && now_ms - it->at_ms <= stale_ms_;
 }
 
 bool ClusterMembers::Apply(std::string_view key, const std::string* value) {
@@ -81,7 +92,52 @@ bool ClusterMembers::Apply(std::string_view key, const std::string* value) {
   } else {
     members_.insert(it, std::move(*m));
   }
+  const int64_t newest = std::ranges::max(members_, {}, &ClusterMember::at_ms).at_ms;
+  std::erase_if(members_, [&](const ClusterMember& x) { return newest - x.at_ms > kForgetMs; });
   return true;
+}
+
+std::vector<int32_t> ClusterMembers::StandbyPartitions(int replicas, int64_t now_ms,
+                                                       std::vector<int32_t>* claimed) const {
+  MutexLock lock(mu_);
+  std::vector<const ClusterMember*> ring;  // fresh, by id
+  for (const ClusterMember& m : members_) {
+    if (now_ms - m.at_ms <= stale_ms_) {
+      ring.push_back(&m);
+    }
+  }
+  auto self = std::ranges::find(ring, self_, &ClusterMember::instance);
+  const size_t k = ring.size();
+  const size_t me = static_cast<size_t>(self - ring.begin());
+  // Each partition's owner: the freshest claim.
+  std::map<int32_t, size_t> owner;
+  for (size_t i = 0; i < k; ++i) {
+    for (const auto* list : {&ring[i]->owned, &ring[i]->restoring}) {
+      for (int32_t p : *list) {
+        auto [it, fresh] = owner.emplace(p, i);
+        if (!fresh && ring[i]->at_ms > ring[it->second]->at_ms) {
+          it->second = i;
+        }
+      }
+    }
+  }
+  if (claimed != nullptr) {
+    claimed->clear();
+    for (const auto& [p, o] : owner) {
+      claimed->push_back(p);
+    }
+  }
+  std::vector<int32_t> out;
+  if (replicas <= 0 || self == ring.end()) {
+    return out;
+  }
+  for (const auto& [p, o] : owner) {
+    size_t distance = (me + k - o) % k;  // how far after the owner this instance is
+    if (distance >= 1 && distance <= static_cast<size_t>(replicas)) {
+      out.push_back(p);
+    }
+  }
+  return out;
 }
 
 std::optional<ClusterMember> ClusterMembers::OwnerOf(int32_t partition, int64_t now_ms) const {

@@ -68,13 +68,83 @@ TEST(ClusterMembersTest, RecordsThatAreNotAnnouncementsAreRefused) {
   m.api = "http://x:1";
   m.owned = {1, 7};
   m.restoring = {3};
+  m.standby = {5, 6};
   m.at_ms = 42;
   auto back = ClusterMember::FromJson(m.Json());
   ASSERT_TRUE(back.ok()) << back.status().message();
   EXPECT_EQ(back->owned, m.owned);
   EXPECT_EQ(back->restoring, m.restoring);
+  EXPECT_EQ(back->standby, m.standby);
+  // (An announcement of an instance from before standbys has none.)
+  auto older =
+      ClusterMember::FromJson(R"({"instance":"b","api":"","owned":[],"restoring":[],"at":1})");
+  ASSERT_TRUE(older.ok());
+  EXPECT_TRUE(older->standby.empty());
+  EXPECT_FALSE(ClusterMember::FromJson(
+                   R"({"instance":"b","api":"","owned":[],"restoring":[],"standby":[-2],"at":1})")
+                   .ok());
   EXPECT_EQ(back->at_ms, 42);
   EXPECT_EQ(back->api, "http://x:1");
+}
+
+TEST(ClusterMembersTest, StandbysAreTheMembersAfterAPartitionsOwnerInTheRingOfIds) {
+  auto at = [](const std::string& self, int replicas, int64_t now) {
+    ClusterMembers members(self, 15000);
+    std::string a = Announce("a", {0, 1}, 1000);
+    std::string b = Announce("b", {2, 3}, 1000);
+    std::string c = Announce("c", {4}, 1000);
+    members.Apply("c", &c);
+    members.Apply("a", &a);
+    members.Apply("b", &b);
+    return members.StandbyPartitions(replicas, now);
+  };
+  using V = std::vector<int32_t>;
+  // Ring a → b → c → a: one standby each, the member after the owner.
+  EXPECT_EQ(at("a", 1, 2000), (V{4}));
+  EXPECT_EQ(at("b", 1, 2000), (V{0, 1}));
+  EXPECT_EQ(at("c", 1, 2000), (V{2, 3}));
+  // Two: everyone stands by for every partition it does not own.
+  EXPECT_EQ(at("a", 2, 2000), (V{2, 3, 4}));
+  // More than there are others: still never its own.
+  EXPECT_EQ(at("a", 5, 2000), (V{2, 3, 4}));
+  EXPECT_TRUE(at("a", 0, 2000).empty());
+  EXPECT_TRUE(at("d", 1, 2000).empty());          // not announced (yet): none
+  EXPECT_TRUE(at("a", 1, 1000 + 15001).empty());  // everyone stale, itself too
+
+  // A member gone stale leaves the ring: its partitions' claims with it.
+  ClusterMembers members("a", 15000);
+  std::string a = Announce("a", {0, 1}, 20000);
+  std::string b = Announce("b", {2, 3}, 1000);      // killed long ago
+  std::string c = Announce("c", {2, 3, 4}, 20000);  // took b's partitions
+  members.Apply("a", &a);
+  members.Apply("b", &b);
+  members.Apply("c", &c);
+  EXPECT_EQ(members.StandbyPartitions(1, 21000), (V{2, 3, 4}));  // ring a → c → a
+  V claimed;
+  members.StandbyPartitions(1, 21000, &claimed);
+  EXPECT_EQ(claimed, (V{0, 1, 2, 3, 4}));
+  EXPECT_TRUE(members.Fresh(21000));
+  std::string a_later = Announce("a", {0, 1}, 30000);
+  members.Apply("a", &a_later);
+  members.StandbyPartitions(1, 36000, &claimed);  // c stale as well: only a's own
+  EXPECT_EQ(claimed, (V{0, 1}));
+  EXPECT_FALSE(members.Fresh(30000 + 15001));
+  ClusterMembers for_c("c", 15000);
+  for_c.Apply("a", &a);
+  for_c.Apply("b", &b);
+  for_c.Apply("c", &c);
+  EXPECT_EQ(for_c.StandbyPartitions(1, 21000), (V{0, 1}));
+}
+
+TEST(ClusterMembersTest, AMemberNotHeardOfForADayIsForgotten) {
+  ClusterMembers members("a", 15000);
+  std::string b = Announce("b", {1}, 1000);
+  std::string a = Announce("a", {0}, 1000 + 24 * 3600 * 1000 + 1);
+  members.Apply("b", &b);
+  ASSERT_EQ(members.Members().size(), 1u);
+  members.Apply("a", &a);
+  ASSERT_EQ(members.Members().size(), 1u);
+  EXPECT_EQ(members.Members()[0].instance, "a");
 }
 
 TEST(ForwardRequestTest, TheOwnerGetsTheSameRequestAndItsAnswerComesBack) {
