@@ -400,12 +400,7 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   EngineOptions options;
-  options.read_topic =
-      [](const gnomon::ConfigValue& connection, const std::string& topic,
-         const std::function<void(int32_t, std::string_view, const std::string*)>& each,
-         const std::vector<int32_t>* only, const std::function<bool()>& stop) {
-        return gnomon::connectors::ReadTopicToEnd(connection, topic, each, only, stop);
-      };
+  options.read_topic = &gnomon::connectors::ReadTopicToEnd;
   options.follow_topic = &gnomon::connectors::FollowTopic;
   if (app.got_subcommand("replay")) {
     options.mode = dry_run ? Mode::kDryRun : Mode::kReplay;

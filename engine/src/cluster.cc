@@ -27,6 +27,8 @@ namespace {
 // heard of for kMemberStaleMs is not forwarded to.
 constexpr int64_t kAnnounceMs = 5000;
 constexpr int64_t kMemberStaleMs = 15000;
+// A standby reads the change log's tail of its partitions this often.
+constexpr int64_t kStandbyRoundMs = 1000;
 }  // namespace
 
 Status Engine::Impl::InitCluster() {
@@ -183,6 +185,12 @@ void Engine::Impl::InitClusterMetrics() {
       metrics_.GetCounter("gnomon_cluster_forwarded_total",
                           "API requests for another instance's device, forwarded to it, by outcome",
                           {{"outcome", "busy"}});
+  cluster_standby_partitions_ = metrics_.GetGauge(
+      "gnomon_cluster_standby_partitions",
+      "Partitions this instance keeps a standby copy of (cluster.standby_replicas)");
+  cluster_standby_records_ = metrics_.GetCounter(
+      "gnomon_cluster_standby_records_total",
+      "Change-log records read into standby copies of other instances' partitions");
   cluster_refused_ = metrics_.GetCounter(
       "gnomon_cluster_not_owner_total",
       "Shadow requests refused (503) because another instance owns the device or its partition "
@@ -304,6 +312,22 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
   if (shadow_store_) {
     DropPartitionsOnWorkers(partitions);  // (nothing should be there; a rule may have read one)
     auto started = std::chrono::steady_clock::now();
+    // The standby copies of these partitions are theirs now: read from where they are.
+    std::map<int32_t, int64_t> positions;
+    size_t from_standby = 0;
+    {
+      MutexLock lock(standby_mu_);  // (after a round in flight)
+      for (int32_t p : partitions) {
+        if (auto it = standby_.find(p); it != standby_.end()) {
+          positions[p] = it->second.position;
+          standby_.erase(it);
+          ++from_standby;
+        }
+      }
+      cluster_standby_partitions_->Set(static_cast<double>(standby_.size()));
+      MutexLock view(cluster_mu_);
+      standby_view_ = standby_;
+    }
     auto wait = std::chrono::milliseconds(500);
     while (true) {
       size_t records = 0;
@@ -313,15 +337,21 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
       // log read next is final for them.
       Status st = changelog_writer_ != nullptr ? changelog_writer_->Acquire(partitions) : Status();
       if (st.ok()) {
-        st = RestorePartitions(partitions, &records, &shadows);
+        // (A failed read leaves `positions` as it was: the next try reads the same again.)
+        st = RestorePartitions(partitions, &positions, &records, &shadows);
       }
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::steady_clock::now() - started)
                     .count();
       {
         MutexLock lock(cluster_mu_);
-        last_restore_ = RestoreInfo{partitions, records,        shadows,
-                                    ms,         clock_.NowMs(), st.ok() ? "" : st.message()};
+        last_restore_ = RestoreInfo{partitions,
+                                    records,
+                                    shadows,
+                                    from_standby,
+                                    ms,
+                                    clock_.NowMs(),
+                                    st.ok() ? "" : st.message()};
       }
       restore_failing_.store(!st.ok());
       if (st.ok()) {
@@ -329,6 +359,7 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
                   {{"partitions", fmt::format("{}", fmt::join(partitions, ","))},
                    {"records", std::to_string(records)},
                    {"shadows", std::to_string(shadows)},
+                   {"from_standby", std::to_string(from_standby)},
                    {"ms", std::to_string(ms)}});
         break;
       }
@@ -372,6 +403,13 @@ void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool
   if (changelog_writer_ != nullptr) {
     changelog_writer_->Release(partitions, lost);
   }
+  // (Under the standby lock: a standby round may have started copying them the moment they
+  // were not owned here, while the workers still wrote them; such a copy is reset with the
+  // rest and read again from the beginning.)
+  MutexLock standby_lock(standby_mu_);
+  for (int32_t p : partitions) {
+    standby_.erase(p);
+  }
   if (Status st = PurgePartitions(partitions, {}); !st.ok()) {
     log::Warn(
         "cluster: the store kept shadows of partitions given away (reset at their next "
@@ -386,8 +424,17 @@ void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool
   }
 }
 
-Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions, size_t* records,
-                                       size_t* shadows) {
+Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions,
+                                       std::map<int32_t, int64_t>* positions, size_t* records,
+                                       size_t* shadows, bool standby) {
+  // Read from the beginning: the store's shadows of them the log does not have are reset.
+  std::vector<int32_t> whole;
+  for (int32_t p : partitions) {
+    if (!positions->contains(p)) {
+      whole.push_back(p);
+    }
+  }
+  Counter* counted = standby ? cluster_standby_records_ : cluster_restored_records_;
   std::unordered_set<std::string> seen;
   const uint64_t failures = shadow_store_->stats().failures;
   const std::string reset = shadow::ShadowDocument().StoredJson();
@@ -396,7 +443,7 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions, s
       *config_.shadows.changelog_connection, config_.shadows.changelog_topic,
       [&](int32_t partition, std::string_view key, const std::string* value) {
         ++*records;
-        cluster_restored_records_->Inc();
+        counted->Inc();
         size_t slash = key.find('/');
         std::string thing(key.substr(0, slash));
         std::string name(slash == std::string_view::npos ? "" : key.substr(slash + 1));
@@ -432,18 +479,98 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions, s
           (void)shadow_store_->WaitPendingAtMost(max_pending, std::chrono::seconds(60));
         }
       },
-      &partitions, [this] { return stopped_.load(); });
+      &partitions,
+      [this, standby] { return stopped_.load() || (standby && standby_stopping_.load()); },
+      positions);
   if (!read.ok()) {
     return read.status();
   }
-  GNOMON_RETURN_IF_ERROR(PurgePartitions(partitions, seen));
+  if (!whole.empty()) {
+    GNOMON_RETURN_IF_ERROR(PurgePartitions(whole, seen));
+  }
   shadow_store_->Flush();
   if (shadow_store_->stats().failures != failures) {
     return Unavailable("the shadow store could not save the restored shadows");
   }
   *shadows = seen.size();
-  cluster_restored_shadows_->Inc(seen.size());
+  if (!standby) {
+    cluster_restored_shadows_->Inc(seen.size());
+  }
   return {};
+}
+
+void Engine::Impl::StandbyRound() {
+  const int64_t now = clock_.NowMs();
+  if (!members_->Fresh(now)) {
+    return;  // (its own announcements do not come back: Kafka is away; the copies stay)
+  }
+  std::vector<int32_t> claimed;
+  std::vector<int32_t> mine =
+      members_->StandbyPartitions(config_.cluster.standby_replicas, now, &claimed);
+  MutexLock lock(standby_mu_);
+  // The copies of partitions no fresh member claims are kept and followed: their owner is gone
+  // (killed, its last word gone stale before Kafka gave the partition away), and the copy is
+  // what its next owner, maybe this instance, needs.
+  std::vector<int32_t> want;
+  for (int32_t p = 0; p < config_.cluster.partitions; ++p) {
+    bool keep = std::ranges::binary_search(mine, p) ||
+                (standby_.contains(p) && !std::ranges::binary_search(claimed, p));
+    if (keep && owned_[static_cast<size_t>(p)].load(std::memory_order_acquire) == kNotOwned) {
+      want.push_back(p);
+    }
+  }
+  // Copies no longer wanted (the ring changed) are reset in the store; one of a partition just
+  // given here is left to its restore.
+  std::vector<int32_t> dropped;
+  for (const auto& [p, copy] : standby_) {
+    if (!std::ranges::binary_search(want, p) &&
+        owned_[static_cast<size_t>(p)].load(std::memory_order_acquire) == kNotOwned) {
+      dropped.push_back(p);
+    }
+  }
+  for (int32_t p : dropped) {
+    standby_.erase(p);
+  }
+  if (!dropped.empty()) {
+    if (Status st = PurgePartitions(dropped, {}); !st.ok()) {
+      log::Warn("cluster: the store kept standby copies no longer wanted (reset later)",
+                {{"error", st.message()}});
+    }
+  }
+  std::vector<int32_t> read;
+  std::map<int32_t, int64_t> positions;
+  for (int32_t p : want) {
+    // (Given here since the ring was read: the restore has it.)
+    if (owned_[static_cast<size_t>(p)].load(std::memory_order_acquire) != kNotOwned) {
+      continue;
+    }
+    read.push_back(p);
+    if (auto it = standby_.find(p); it != standby_.end()) {
+      positions[p] = it->second.position;
+    }
+  }
+  if (!read.empty()) {
+    size_t records = 0;
+    size_t shadows = 0;
+    Status st = RestorePartitions(read, &positions, &records, &shadows, /*standby=*/true);
+    if (!st.ok()) {
+      static log::RateLimiter limiter(1);
+      if (uint64_t suppressed = 0; limiter.Allow(&suppressed)) {
+        log::Warn("cluster: standby copies could not be brought up to date; trying again",
+                  {{"partitions", fmt::format("{}", fmt::join(read, ","))},
+                   {"error", st.message()},
+                   {"suppressed_before", std::to_string(suppressed)}});
+      }
+    } else {
+      for (int32_t p : read) {
+        auto at = positions.find(p);  // (none: the topic has no such partition yet)
+        standby_[p] = StandbyCopy{at != positions.end() ? at->second : 0, clock_.NowMs()};
+      }
+    }
+  }
+  cluster_standby_partitions_->Set(static_cast<double>(standby_.size()));
+  MutexLock view(cluster_mu_);
+  standby_view_ = standby_;
 }
 
 Status Engine::Impl::PurgePartitions(const std::vector<int32_t>& partitions,
@@ -511,6 +638,17 @@ void Engine::Impl::StartMembers() {
       }
     }
   });
+  if (config_.cluster.standby_replicas > 0 && shadow_store_) {
+    standby_follower_ = std::jthread([this](const std::stop_token& st) {
+      pthread_setname_np(pthread_self(), "gnomon-standby");
+      while (!st.stop_requested()) {
+        StandbyRound();
+        for (int64_t i = 0; i < kStandbyRoundMs / 50 && !st.stop_requested(); ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+      }
+    });
+  }
   members_announcer_ = std::jthread([this](const std::stop_token& st) {
     pthread_setname_np(pthread_self(), "gnomon-announce");
     auto last = std::chrono::steady_clock::now() - std::chrono::hours(1);
@@ -538,12 +676,11 @@ void Engine::Impl::Announce(bool leaving) {
     ClusterMember me;
     me.instance = cl.instance_id;
     me.api = advertise_;
-    for (int32_t p = 0; p < cl.partitions; ++p) {
-      uint8_t st = owned_[static_cast<size_t>(p)].load(std::memory_order_acquire);
-      if (st == kOwned) {
-        me.owned.push_back(p);
-      } else if (st == kRestoring) {
-        me.restoring.push_back(p);
+    OwnedPartitions(&me.owned, &me.restoring);
+    {
+      MutexLock lock(cluster_mu_);
+      for (const auto& [p, copy] : standby_view_) {
+        me.standby.push_back(p);
       }
     }
     me.at_ms = clock_.NowMs();
@@ -556,12 +693,29 @@ void Engine::Impl::StopMembers(Deadline deadline) {
   if (!members_ || !members_announcer_.joinable()) {
     return;
   }
+  if (standby_follower_.joinable()) {
+    standby_stopping_.store(true);
+    standby_follower_.request_stop();
+    standby_follower_.join();
+  }
   members_announcer_.request_stop();
   members_announcer_.join();
   Announce(true);  // the others stop forwarding here at once
   members_sink_->Stop(deadline);
   members_follower_.request_stop();
   members_follower_.join();
+}
+
+void Engine::Impl::OwnedPartitions(std::vector<int32_t>* owned,
+                                   std::vector<int32_t>* restoring) const {
+  for (int32_t p = 0; p < config_.cluster.partitions; ++p) {
+    uint8_t st = owned_[static_cast<size_t>(p)].load(std::memory_order_acquire);
+    if (st == kOwned) {
+      owned->push_back(p);
+    } else if (st == kRestoring) {
+      restoring->push_back(p);
+    }
+  }
 }
 
 std::string Engine::Impl::ClusterNotReady() const {
@@ -576,14 +730,7 @@ std::string Engine::Impl::ClusterNotReady() const {
 std::string Engine::Impl::ClusterJson() const {
   const AppConfig::Cluster& cl = config_.cluster;
   std::vector<int32_t> owned, restoring;
-  for (int32_t p = 0; p < cl.partitions; ++p) {
-    uint8_t st = owned_[static_cast<size_t>(p)].load(std::memory_order_acquire);
-    if (st == kOwned) {
-      owned.push_back(p);
-    } else if (st == kRestoring) {
-      restoring.push_back(p);
-    }
-  }
+  OwnedPartitions(&owned, &restoring);
   auto list = [](const std::vector<int32_t>& v) { return fmt::format("[{}]", fmt::join(v, ",")); };
   std::string restore = "null";
   {
@@ -594,6 +741,7 @@ std::string Engine::Impl::ClusterJson() const {
       w.FieldRaw("partitions", list(last_restore_.partitions))
           .Field("records", static_cast<int64_t>(last_restore_.records))
           .Field("shadows", static_cast<int64_t>(last_restore_.shadows))
+          .Field("from_standby", static_cast<int64_t>(last_restore_.from_standby))
           .Field("ms", last_restore_.ms)
           .Field("at", last_restore_.at_ms);
       if (!last_restore_.error.empty()) {
@@ -625,21 +773,34 @@ std::string Engine::Impl::ClusterJson() const {
     int64_t now = clock_.NowMs();
     for (const ClusterMember& m : members_->Members()) {
       members += members.size() > 1 ? "," : "";
-      json::ObjectWriter(members)
-          .Field("instance", m.instance)
-          .Field("api", m.api)
-          .FieldRaw("owned", list(m.owned))
-          .FieldRaw("restoring", list(m.restoring))
-          .Field("at", m.at_ms)
-          .Field("age_ms", now - m.at_ms)
-          .FieldRaw("fresh", now - m.at_ms <= members_->stale_ms() ? "true" : "false")
-          .Close();
+      // Its announcement, and how old it is here.
+      std::string j = m.Json();
+      j.pop_back();
+      members += fmt::format("{},\"age_ms\":{},\"fresh\":{}}}", j, now - m.at_ms,
+                             now - m.at_ms <= members_->stale_ms());
     }
   }
   members += "]";
+  // This instance's standby copies: how far each is read and how long since it caught up.
+  std::string standby = "[";
+  {
+    int64_t now = clock_.NowMs();
+    MutexLock lock(cluster_mu_);
+    for (const auto& [p, copy] : standby_view_) {
+      standby += standby.size() > 1 ? "," : "";
+      json::ObjectWriter(standby)
+          .Field("partition", static_cast<int64_t>(p))
+          .Field("position", copy.position)
+          .Field("lag_ms", now - copy.caught_up_ms)
+          .Close();
+    }
+  }
+  standby += "]";
   w.Field("api", advertise_)
       .FieldRaw("owned", list(owned))
       .FieldRaw("restoring", list(restoring))
+      .Field("standby_replicas", static_cast<int64_t>(cl.standby_replicas))
+      .FieldRaw("standby", standby)
       .FieldRaw("last_restore", restore)
       .Field("ruleset_version", static_cast<int64_t>(cur->version))
       .FieldRaw("rules", rules)

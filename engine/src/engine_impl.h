@@ -109,9 +109,17 @@ class Engine::Impl final : public Ingest,
   void AssignPartitions(const std::vector<int32_t>& partitions);
   void RevokePartitions(const std::vector<int32_t>& partitions, bool lost);
   // The shadows of `partitions` from the change log into the store; the store's shadows of
-  // them that the log does not have are reset. Counts into *records and *shadows.
-  Status RestorePartitions(const std::vector<int32_t>& partitions, size_t* records,
-                           size_t* shadows);
+  // them that the log does not have are reset. Counts into *records and *shadows. A partition
+  // with a place in `positions` (a standby copy, read up to there) is only read from there on
+  // (its tail); every partition read leaves its new place there. `standby`: counted as a
+  // standby's reads, not a restore's.
+  Status RestorePartitions(const std::vector<int32_t>& partitions,
+                           std::map<int32_t, int64_t>* positions, size_t* records, size_t* shadows,
+                           bool standby = false);
+  // Standbys (docs/cluster.md#standbys): the partitions the members' ring gives this instance
+  // are followed into the store, a round every kStandbyRoundMs; the copy a partition has when
+  // it is given here makes its restore a tail.
+  void StandbyRound();
   // Resets the store's shadows of `partitions` except those named in `keep` (ShadowKey).
   Status PurgePartitions(const std::vector<int32_t>& partitions,
                          const std::unordered_set<std::string>& keep);
@@ -135,6 +143,8 @@ class Engine::Impl final : public Ingest,
   void StartMembers();
   void StopMembers(Deadline deadline);
   void Announce(bool leaving);
+  // The partitions this instance owns and those it restores now, in order.
+  void OwnedPartitions(std::vector<int32_t>* owned, std::vector<int32_t>* restoring) const;
   // GET /v1/cluster: this instance's view (its partitions, restores, rule versions).
   std::string ClusterJson() const;
   // Why this instance is not ready as a cluster member ("" when it is).
@@ -491,11 +501,27 @@ class Engine::Impl final : public Ingest,
     std::vector<int32_t> partitions;
     size_t records = 0;
     size_t shadows = 0;
+    size_t from_standby = 0;  // partitions whose standby copy made it a tail
     int64_t ms = 0;     // how long it took
     int64_t at_ms = 0;  // when it finished (or failed)
     std::string error;  // the last failure ("" once one succeeded)
   };
   RestoreInfo last_restore_ GNOMON_GUARDED_BY(cluster_mu_);
+  // The standby copies: partition → the change-log offset the copy is read up to, and when
+  // it last caught up (this instance's clock); taken over by AssignPartitions.
+  struct StandbyCopy {
+    int64_t position = 0;
+    int64_t caught_up_ms = 0;
+  };
+  mutable Mutex standby_mu_;
+  std::map<int32_t, StandbyCopy> standby_ GNOMON_GUARDED_BY(standby_mu_);
+  std::jthread standby_follower_;
+  std::atomic<bool> standby_stopping_{false};
+  // What standby_ held after the last round, for announcements and /v1/cluster (a round may
+  // hold standby_mu_ for a while).
+  std::map<int32_t, StandbyCopy> standby_view_ GNOMON_GUARDED_BY(cluster_mu_);
+  Gauge* cluster_standby_partitions_ = nullptr;
+  Counter* cluster_standby_records_ = nullptr;
   // Members: who owns which partition, where their API is (cluster_members.h).
   std::unique_ptr<ClusterMembers> members_;
   std::unique_ptr<DeliveryReporter> members_reporter_;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "broker.h"
+#include "gnomon/connectors/kafka.h"
 #include "tests/support/kafka_test_client.h"
 #include "tests/support/test_support.h"
 
@@ -241,6 +242,71 @@ TEST_F(TxnProducerTest, ARecordRefusedForItselfFailsAloneAndTheRestCommits) {
   EXPECT_EQ(reports[1].first, "fine");
   EXPECT_TRUE(reports[1].second.ok()) << reports[1].second.message();
   EXPECT_EQ(Committed(), std::vector<std::string>{"fine"});
+}
+
+// A standby's reads of a change log (ReadTopicToEnd with positions): each read starts where
+// the last one ended and leaves where it ended; an open transaction's records are not read
+// (read committed) and the position stops before them, so that the next read gets them once
+// they are committed — never skipped.
+TEST_F(TxnProducerTest, ReadingOnFromAPositionGetsTheTailAndWaitsForOpenTransactions) {
+  ConfigValue connection;
+  connection.SetKind(ConfigValue::Kind::kMap);
+  connection.AddField("type", ConfigValue::Scalar("kafka"));
+  connection.AddField("brokers", ConfigValue::Scalar(broker_.bootstrap()));
+  std::vector<std::string> got;
+  auto read = [&](std::map<int32_t, int64_t>* positions) {
+    got.clear();
+    return ReadTopicToEnd(
+        connection, "out",
+        [&](int32_t, std::string_view, const std::string* value) {
+          got.push_back(value != nullptr ? *value : "<tombstone>");
+        },
+        nullptr, nullptr, positions);
+  };
+  TxnProducer p(reporter_, metrics_);
+  ASSERT_TRUE(Start(p, "t").ok());
+  auto give_up = [] { return false; };
+  for (const char* v : {"a", "b", "c"}) {
+    auto r = MakeRecord(v);
+    ASSERT_TRUE(p.Produce(r));
+  }
+  ASSERT_EQ(p.Commit(nullptr, nullptr, give_up), TxnProducer::Outcome::kCommitted);
+  std::map<int32_t, int64_t> positions;
+  auto n = read(&positions);
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_EQ(got, (std::vector<std::string>{"a", "b", "c"}));
+  ASSERT_TRUE(positions.contains(0));
+  const int64_t after_abc = positions[0];
+  EXPECT_GE(after_abc, 3);
+
+  // Nothing new: nothing read, the position stays.
+  ASSERT_TRUE(read(&positions).ok());
+  EXPECT_TRUE(got.empty());
+  EXPECT_EQ(positions[0], after_abc);
+
+  // An open transaction: not read, and the position does not move past it.
+  for (const char* v : {"d", "e"}) {
+    auto r = MakeRecord(v);
+    ASSERT_TRUE(p.Produce(r));
+  }
+  ASSERT_TRUE(gnomon::testing::WaitFor([&] { return Batches().transactional >= 2; },
+                                       std::chrono::seconds(10)));
+  ASSERT_TRUE(read(&positions).ok());
+  EXPECT_TRUE(got.empty());
+  EXPECT_EQ(positions[0], after_abc);
+
+  // Committed: the next read from there gets exactly them.
+  ASSERT_EQ(p.Commit(nullptr, nullptr, give_up), TxnProducer::Outcome::kCommitted);
+  ASSERT_TRUE(read(&positions).ok());
+  EXPECT_EQ(got, (std::vector<std::string>{"d", "e"}));
+  EXPECT_GT(positions[0], after_abc);
+
+  // Without a position: the whole partition.
+  std::map<int32_t, int64_t> fresh;
+  ASSERT_TRUE(read(&fresh).ok());
+  EXPECT_EQ(got, (std::vector<std::string>{"a", "b", "c", "d", "e"}));
+  EXPECT_EQ(fresh[0], positions[0]);
+  p.Close();
 }
 
 }  // namespace

@@ -222,6 +222,12 @@ rules: ["rules/*.lua"]
   EXPECT_EQ(with_shadows.shadows.changelog_topic, "fleet.changelog");
   EXPECT_EQ(with_shadows.shadows.changelog_partitions, 12);
   EXPECT_EQ(with_shadows.shadows.changelog_connection, with_shadows.cluster.connection);
+  AppConfig standbys;
+  std::string standby_yaml = shadows_yaml;
+  standby_yaml.replace(standby_yaml.find("connection: bus }"), 17,
+                       "connection: bus, standby_replicas: 2 }");
+  ASSERT_TRUE(Load(standby_yaml, &standbys).ok()) << Load(standby_yaml).message();
+  EXPECT_EQ(standbys.cluster.standby_replicas, 2);
 
   AppConfig alone;
   std::string no_cluster = base;
@@ -242,7 +248,7 @@ rules: ["rules/*.lua"]
   refused("instance_id: gw-1", "instance_id: \"gw/1\"", "cluster.instance_id");
   refused("name: fleet,", "name: fleet, group: \"a/b\",", "cluster.group");
   refused("partitions: 12", "partitions: 0", "cluster.partitions");
-  refused("connection: bus }", "connection: bus, standby_replicas: 1 }",
+  refused("connection: bus }", "connection: bus, standby_replicas: 9 }",
           "cluster.standby_replicas");
   refused("rules:", "shadows: { changelog: { connection: bus, topic: mine } }\nrules:",
           "shadows.changelog: in a cluster shadows go to the cluster's own change log "

@@ -74,7 +74,7 @@ class ClusterTest : public ::testing::Test {
          "\", properties: { session.timeout.ms: " + n(session_ms) +
          ", heartbeat.interval.ms: 300 } }\n";
     c += "cluster: { name: fleet, partitions: " + n(partitions) + ", instance_id: " + i.id +
-         ", connection: bus }\n";
+         ", connection: bus, standby_replicas: " + n(standby_replicas_) + " }\n";
     c += "sources:\n";
     if (kafka_source) {
       c += "  - { name: raw, connection: bus, topics: [telemetry], group: raw-it, "
@@ -255,6 +255,7 @@ class ClusterTest : public ::testing::Test {
   bool shadows_ = false;
   std::string shadows_config_ = "{}";
   std::string api_limits_;  // api.limits, when set
+  int standby_replicas_ = 0;
   Mosquitto broker_;
   KafkaDevCluster kafka_;
   TempDir dir_;
@@ -829,6 +830,119 @@ TEST_F(ClusterTest, AHangingOwnerDoesNotStarveTheOtherInstancesApi) {
   }
   EXPECT_EQ(Metric(a, "gnomon_cluster_forwarded_total{outcome=\"unreachable\"}"), 1);
   instances_["b"].proc->Signal(SIGCONT);
+}
+
+// Standbys: with standby_replicas 1 each of two instances keeps a warm copy of the other's
+// partitions (read from the change log every second). When one is killed, the survivor's
+// takeover starts from its copies and reads only the tail the copy had not seen — here
+// nothing — and every shadow is there and goes on being updated.
+TEST_F(ClusterTest, AStandbyTakesOverFromItsWarmCopyReadingOnlyTheTail) {
+  UseShadows();
+  standby_replicas_ = 1;
+  ASSERT_TRUE(StartTwo()) << Stderr();
+  constexpr int kDevices = 40, kRounds = 5;
+  auto device = [](int d) { return "dev" + std::to_string(d); };
+  testing::Client pub(broker_.port(), "test-pub");
+  auto publish = [&](int from, int to) {
+    for (int n = from; n < to; ++n) {
+      for (int d = 0; d < kDevices; ++d) {
+        pub.Publish("devices/" + device(d) + "/telemetry", "{\"n\":" + std::to_string(n) + "}");
+      }
+    }
+  };
+  publish(0, kRounds);
+  std::set<std::string> at_b;  // b's devices
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        at_b.clear();
+        for (int d = 0; d < kDevices; ++d) {
+          Shadow s = GetShadow(instances_["a"], device(d));
+          if (s.n != kRounds - 1) {
+            return false;
+          }
+          if (s.served_by == "b") {
+            at_b.insert(device(d));
+          }
+        }
+        return true;
+      },
+      std::chrono::milliseconds(60000)))
+      << Stderr();
+  ASSERT_FALSE(at_b.empty());
+  // Each follows the other's two partitions, caught up within the last round.
+  auto cluster_of = [&](const std::string& id) {
+    httplib::Client at("127.0.0.1", instances_[id].api_port);
+    auto res = at.Get("/v1/cluster");
+    return res && res->status == 200 ? res->body : std::string();
+  };
+  const std::string standby_records = "gnomon_cluster_standby_records_total";
+  EXPECT_TRUE(WaitFor([&] {
+    for (const char* id : {"a", "b"}) {
+      simdjson::dom::parser parser;
+      simdjson::dom::element doc;
+      if (parser.parse(cluster_of(id)).get(doc) != simdjson::SUCCESS ||
+          doc["standby"].get_array().size() != kPartitions / 2 ||
+          Metric(instances_[id], "gnomon_cluster_standby_partitions") != kPartitions / 2) {
+        return false;
+      }
+      for (simdjson::dom::element copy : doc["standby"].get_array()) {
+        if (copy["lag_ms"].get_int64().value() > 1500) {
+          return false;
+        }
+      }
+    }
+    return true;
+  })) << cluster_of("a")
+      << cluster_of("b");
+  // Every report of b's devices reaches a's copy: at least one record each.
+  EXPECT_TRUE(WaitFor(
+      [&] { return Metric(instances_["a"], standby_records) >= static_cast<double>(at_b.size()); },
+      std::chrono::milliseconds(30000)))
+      << Metric(instances_["a"], standby_records) << " " << Stderr();
+  // The others see it too: b's announcement names the partitions it stands by for.
+  EXPECT_TRUE(WaitFor([&] {
+    return cluster_of("a").find(R"("instance":"b","api")") != std::string::npos &&
+           cluster_of("a").find(R"("standby":[)") != std::string::npos;
+  }));
+
+  instances_["b"].proc->Signal(SIGKILL);
+  instances_["b"].proc->Wait();
+  ASSERT_TRUE(AwaitBalanced({"a"}, kPartitions)) << Stderr();
+  {
+    simdjson::dom::parser parser;
+    std::string body = cluster_of("a");
+    simdjson::dom::element doc = parser.parse(body);
+    simdjson::dom::element last = doc["last_restore"];
+    // b's partitions, each from its standby copy: a tail of (nearly) nothing, far fewer
+    // records than the kRounds reports of each of b's devices a full restore reads.
+    EXPECT_EQ(last["from_standby"].get_int64().value(),
+              static_cast<int64_t>(last["partitions"].get_array().size()))
+        << body;
+    EXPECT_LT(last["records"].get_int64().value(), static_cast<int64_t>(at_b.size())) << body;
+    RecordProperty("takeover_ms", std::to_string(last["ms"].get_int64().value()));
+  }
+  for (int d = 0; d < kDevices; ++d) {
+    Shadow s = GetShadow(instances_["a"], device(d));
+    EXPECT_EQ(s.n, kRounds - 1) << device(d) << " " << s.body << Stderr();
+    EXPECT_TRUE(s.served_by.empty());
+    EXPECT_GE(s.version, kRounds) << device(d) << " " << s.body;
+  }
+  // And they go on from there. (Over HTTP ingest: MQTT messages the broker keeps for b's
+  // session would wait for b.)
+  httplib::Client ingest("127.0.0.1", instances_["a"].api_port);
+  for (const auto& dev : at_b) {
+    auto res = ingest.Post(("/v1/ingest/devices/" + dev + "/telemetry").c_str(),
+                           "{\"n\":" + std::to_string(kRounds) + "}", "application/json");
+    ASSERT_TRUE(res && res->status == 202) << (res ? res->body : "no answer");
+  }
+  EXPECT_TRUE(WaitFor([&] {
+    for (const auto& dev : at_b) {
+      if (GetShadow(instances_["a"], dev).n != kRounds) {
+        return false;
+      }
+    }
+    return true;
+  })) << Stderr();
 }
 
 // Kafka unreachable for a while: ingress and the change log wait, the instances say they are not

@@ -48,7 +48,8 @@ Status OpenReader(const ConfigValue& connection, const std::string& what, kafka:
 Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& topic,
                               const std::function<void(int32_t partition, std::string_view key,
                                                        const std::string* value)>& fn,
-                              const std::vector<int32_t>* only, const std::function<bool()>& stop) {
+                              const std::vector<int32_t>* only, const std::function<bool()>& stop,
+                              std::map<int32_t, int64_t>* positions) {
   Reader reader;
   GNOMON_RETURN_IF_ERROR(
       OpenReader(connection, "restore",
@@ -62,6 +63,8 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
     return Unavailable(fmt::format("kafka restore: metadata of {}: {}", topic, rd_kafka_err2str(e)));
   }
   std::map<int32_t, int64_t> ends;  // partition → high watermark now
+  std::map<int32_t, int64_t> from;  // partition → where its read starts
+  std::map<int32_t, int64_t> reached;  // partition → where the next read starts
   if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
     for (int i = 0; i < md->topics[0].partition_cnt; ++i) {
       int32_t p = md->topics[0].partitions[i].id;
@@ -75,18 +78,35 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
         return Unavailable(fmt::format("kafka restore: offsets of {}[{}]: {}", topic, p,
                                        rd_kafka_err2str(e)));
       }
-      if (hi > lo) {
+      int64_t start = lo;
+      if (positions != nullptr) {
+        if (auto it = positions->find(p); it != positions->end()) {
+          // (Below the first offset kept: from there.)
+          start = std::clamp(it->second, lo, std::max(lo, hi));
+        }
+      }
+      reached[p] = start;
+      if (hi > start) {
         ends[p] = hi;
+        from[p] = start;
       }
     }
   }
   rd_kafka_metadata_destroy(md);
+  auto done = [&](size_t n) -> Result<size_t> {
+    if (positions != nullptr) {
+      for (const auto& [p, at] : reached) {
+        (*positions)[p] = at;
+      }
+    }
+    return n;
+  };
   if (ends.empty()) {
-    return size_t{0};
+    return done(0);
   }
   rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(static_cast<int>(ends.size()));
   for (const auto& [p, hi] : ends) {
-    rd_kafka_topic_partition_list_add(parts, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_topic_partition_list_add(parts, topic.c_str(), p)->offset = from.at(p);
   }
   rd_kafka_assign(rk, parts);
   rd_kafka_topic_partition_list_destroy(parts);
@@ -104,6 +124,9 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
       continue;
     }
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      // (Read committed: the end is the last stable offset, below an open transaction, whose
+      // records the next read gets once it is committed.)
+      reached[m->partition] = std::max(reached[m->partition], m->offset);
       ends.erase(m->partition);
     } else if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       std::string why = rd_kafka_message_errstr(m);
@@ -120,6 +143,7 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
         fn(m->partition, key, &value);
       }
       ++n;
+      reached[m->partition] = m->offset + 1;
       auto it = ends.find(m->partition);
       if (it != ends.end() && m->offset + 1 >= it->second) {
         ends.erase(it);
@@ -127,7 +151,7 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
     }
     rd_kafka_message_destroy(m);
   }
-  return n;
+  return done(n);
 }
 
 Status FollowTopic(const ConfigValue& connection, const std::string& topic,

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -125,7 +126,7 @@ struct AppConfig {
     std::string name;
     std::string group;
     int32_t partitions = 0;
-    int standby_replicas = 0;  // not built yet: 0
+    int standby_replicas = 0;  // instances following each partition into a warm copy
     std::string instance_id;
     // This instance's API as the others reach it (`http://host:port`), for the requests they
     // forward to it; empty: no API, or TLS (not forwarded).
@@ -167,13 +168,15 @@ struct EngineOptions {
   bool progress = false;      // replay progress on stderr
   // Reads `topic` of a kafka connection from its beginning to where it ends now, only the
   // partitions `only` names (connectors::ReadTopicToEnd; `value` null for tombstones). How a
-  // cluster member restores the shadows of the partitions it is given; needed with `cluster`
-  // and `shadows`. Gives up once `stop` returns true.
+  // cluster member restores the shadows of the partitions it is given, and a standby follows
+  // them; needed with `cluster` and `shadows`. Gives up once `stop` returns true. With
+  // `positions`, reads the partitions it names from there and leaves where each read ended.
   using TopicReader = std::function<Result<size_t>(
       const ConfigValue& connection, const std::string& topic,
       const std::function<void(int32_t partition, std::string_view key, const std::string* value)>&
           each,
-      const std::vector<int32_t>* only, const std::function<bool()>& stop)>;
+      const std::vector<int32_t>* only, const std::function<bool()>& stop,
+      std::map<int32_t, int64_t>* positions)>;
   TopicReader read_topic;
   // Follows `topic` from its beginning until `stop` (connectors::FollowTopic): how a cluster
   // member learns the others' API addresses and partitions; needed with `cluster`.
