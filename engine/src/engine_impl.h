@@ -383,6 +383,10 @@ class Engine::Impl final : public Ingest,
   // cache does not have it. Runs on the listener's I/O thread.
   bool CachedShadowGet(const HttpRequest& req, HttpResponse& out);
   HttpResponse ShadowChangesRoute(const HttpRequest& req);
+  // A get with `?read=standby` at an instance that keeps a standby copy of the device's
+  // partition: answered from the copy, with its lag (docs/cluster.md#standbys); nothing when
+  // there is no copy here (the owner answers).
+  std::optional<HttpResponse> StandbyShadowGet(const ShadowTarget& target);
   HttpResponse ListShadowNames(const HttpRequest& req);
   HttpResponse ListThings(const HttpRequest& req);
   // A REST shadow request, answered by the owner of `target.thing`.
@@ -577,6 +581,7 @@ class Engine::Impl final : public Ingest,
   CommittedShadows committed_;
   Counter* reads_committed_ = nullptr;  // REST gets answered from committed_
   Counter* reads_owner_ = nullptr;      // ... and by the owner (first read after a start)
+  Counter* reads_standby_ = nullptr;    // ... from a standby copy (?read=standby)
   Counter* shadow_accepted_ = nullptr;
   Counter* shadow_rejected_ = nullptr;
   Counter* shadow_unchanged_ = nullptr;

@@ -128,7 +128,19 @@ std::vector<HttpRoute> Engine::Impl::ShadowRoutes() {
                   if (CachedShadowGet(req, out)) {
                     return out;
                   }
+                  const std::string* read = req.Query("read");
+                  if (read != nullptr && *read != "owner" && *read != "standby") {
+                    return ErrorResponse(ApiError(400, "INVALID_READ",
+                                                  "read must be owner (the default) or standby"),
+                                         clock_.NowMs() / 1000);
+                  }
                   if (!OwnsDevice(req.params.at(0))) {
+                    if (read != nullptr && *read == "standby") {
+                      auto t = RequestedShadow(req, ShadowVerb::kGet);
+                      if (auto local = StandbyShadowGet(std::get<ShadowTarget>(t))) {
+                        return std::move(*local);
+                      }
+                    }
                     return ForwardToOwner(req, req.params.at(0));
                   }
                   reads_owner_->Inc();
@@ -164,6 +176,49 @@ bool Engine::Impl::CachedShadowGet(const HttpRequest& req, HttpResponse& out) {
     return true;
   }
   return false;
+}
+
+std::optional<HttpResponse> Engine::Impl::StandbyShadowGet(const ShadowTarget& target) {
+  const int32_t p = PartitionOf(target.thing);
+  StandbyCopy copy;
+  {
+    MutexLock lock(cluster_mu_);
+    auto it = standby_view_.find(p);
+    if (it == standby_view_.end()) {
+      return std::nullopt;
+    }
+    copy = it->second;
+  }
+  Result<std::optional<std::string>> stored = std::optional<std::string>();
+  {
+    MutexLock lock(api_reader_mu_);
+    stored = api_reader_->Load(target.thing, target.name);
+  }
+  if (!stored.ok()) {
+    return std::nullopt;  // (the owner answers)
+  }
+  const int64_t now = clock_.NowMs();
+  shadow::ShadowDocument doc;
+  if (stored->has_value()) {
+    auto restored = shadow::ShadowDocument::FromStored(**stored);
+    if (!restored.ok()) {
+      return std::nullopt;
+    }
+    doc = std::move(*restored);
+  }
+  HttpResponse out;
+  auto answer = doc.Get(target.name, now / 1000);
+  if (auto* err = std::get_if<shadow::ShadowError>(&answer)) {
+    out = ErrorResponse(*err, now / 1000);
+  } else {
+    out.body = std::move(std::get<std::string>(answer));
+  }
+  reads_standby_->Inc();
+  out.headers.emplace_back("X-Gnomon-Read", "standby");
+  out.headers.emplace_back("X-Gnomon-Lag-Ms",
+                           std::to_string(std::max<int64_t>(0, now - copy.caught_up_ms)));
+  out.headers.emplace_back("X-Gnomon-Standby-Position", std::to_string(copy.position));
+  return out;
 }
 
 HttpResponse Engine::Impl::ShadowChangesRoute(const HttpRequest& req) {

@@ -147,6 +147,7 @@ void Engine::Impl::InitShadowMetrics() {
   };
   reads_committed_ = reads("committed");
   reads_owner_ = reads("owner");
+  reads_standby_ = reads("standby");
   shadow_rejected_ = counter("rejected");
   shadow_unchanged_ = counter("unchanged");
   model_failures_ = metrics_.GetCounter(

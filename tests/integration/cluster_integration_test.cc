@@ -899,6 +899,37 @@ TEST_F(ClusterTest, AStandbyTakesOverFromItsWarmCopyReadingOnlyTheTail) {
       [&] { return Metric(instances_["a"], standby_records) >= static_cast<double>(at_b.size()); },
       std::chrono::milliseconds(30000)))
       << Metric(instances_["a"], standby_records) << " " << Stderr();
+  // A read may ask for the local standby copy: answered by a itself, with the copy's lag; once
+  // a round read b's last writes, every one of b's devices is there as b has it.
+  {
+    httplib::Client at("127.0.0.1", instances_["a"].api_port);
+    std::string last;
+    EXPECT_TRUE(WaitFor([&] {
+      for (const auto& dev : at_b) {
+        auto res = at.Get(("/v1/things/" + dev + "/shadow?read=standby").c_str());
+        if (!res) {
+          return false;
+        }
+        last = dev + " " + std::to_string(res->status) + " " + res->body;
+        if (res->status != 200 || res->get_header_value("X-Gnomon-Read") != "standby" ||
+            !res->get_header_value("X-Gnomon-Served-By").empty() ||
+            res->get_header_value("X-Gnomon-Lag-Ms").empty() ||
+            res->body.find("\"n\":" + std::to_string(kRounds - 1)) == std::string::npos) {
+          return false;
+        }
+      }
+      return true;
+    })) << last;
+    EXPECT_GE(Metric(instances_["a"], "gnomon_shadow_api_reads_total{path=\"standby\"}"),
+              static_cast<double>(at_b.size()));
+    // A thing never written: 404 from the copy too; a bad read mode: 400.
+    auto res = at.Get("/v1/things/never-written-0/shadow?read=standby");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 404) << res->body;
+    res = at.Get(("/v1/things/" + *at_b.begin() + "/shadow?read=maybe").c_str());
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << res->body;
+  }
   // The others see it too: b's announcement names the partitions it stands by for.
   EXPECT_TRUE(WaitFor([&] {
     return cluster_of("a").find(R"("instance":"b","api")") != std::string::npos &&
