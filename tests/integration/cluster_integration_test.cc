@@ -237,6 +237,16 @@ class ClusterTest : public ::testing::Test {
     return out;
   }
 
+  // Telemetry {"n": round} of devices dev0 .. dev{devices-1}, for rounds [from, to).
+  static void PublishRounds(testing::Client& pub, int devices, int from, int to) {
+    for (int n = from; n < to; ++n) {
+      for (int d = 0; d < devices; ++d) {
+        pub.Publish("devices/dev" + std::to_string(d) + "/telemetry",
+                    "{\"n\":" + std::to_string(n) + "}");
+      }
+    }
+  }
+
   // Shadows on, and a rule that reports each telemetry payload into its device's shadow.
   void UseShadows() {
     shadows_ = true;
@@ -474,13 +484,7 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
   constexpr int kDevices = 60, kRounds = 10;
   auto device = [](int d) { return "dev" + std::to_string(d); };
   testing::Client pub(broker_.port(), "test-pub");
-  auto publish = [&](int from, int to) {
-    for (int n = from; n < to; ++n) {
-      for (int d = 0; d < kDevices; ++d) {
-        pub.Publish("devices/" + device(d) + "/telemetry", "{\"n\":" + std::to_string(n) + "}");
-      }
-    }
-  };
+  auto publish = [&](int from, int to) { PublishRounds(pub, kDevices, from, to); };
   // The owner of each device: the instance that answers 200 itself (the other forwards).
   auto owner_of = [&](const std::string& dev, Shadow* got) -> std::string {
     for (const char* id : {"a", "b"}) {
@@ -843,13 +847,7 @@ TEST_F(ClusterTest, AStandbyTakesOverFromItsWarmCopyReadingOnlyTheTail) {
   constexpr int kDevices = 40, kRounds = 5;
   auto device = [](int d) { return "dev" + std::to_string(d); };
   testing::Client pub(broker_.port(), "test-pub");
-  auto publish = [&](int from, int to) {
-    for (int n = from; n < to; ++n) {
-      for (int d = 0; d < kDevices; ++d) {
-        pub.Publish("devices/" + device(d) + "/telemetry", "{\"n\":" + std::to_string(n) + "}");
-      }
-    }
-  };
+  auto publish = [&](int from, int to) { PublishRounds(pub, kDevices, from, to); };
   publish(0, kRounds);
   std::set<std::string> at_b;  // b's devices
   ASSERT_TRUE(WaitFor(
