@@ -46,6 +46,21 @@ TEST(JsonTest, Base64) {
   EXPECT_EQ(Base64("foobar"), "Zm9vYmFy");
 }
 
+TEST(JsonTest, FromBase64ReadsWhatBase64WritesAndRefusesTheRest) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) {
+    bytes += static_cast<char>(i);
+  }
+  std::string out;
+  for (size_t n = 0; n <= bytes.size(); n += 37) {
+    ASSERT_TRUE(FromBase64(Base64(bytes.substr(0, n)), out)) << n;
+    EXPECT_EQ(out, bytes.substr(0, n));
+  }
+  for (const char* bad : {"Zg=", "Z===", "Zm9v!A==", "=Zg=", "Zg==Zg==", "Zm 9"}) {
+    EXPECT_FALSE(FromBase64(bad, out)) << bad;
+  }
+}
+
 TEST(JsonTest, ObjectWriterNeverWritesInvalidUtf8) {
   std::string out;
   ObjectWriter(out).Field("a", "x\xff").Field("n", 3).FieldNull("z").Close();

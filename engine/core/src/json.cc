@@ -119,6 +119,47 @@ std::string Base64(std::string_view in) {
   return out;
 }
 
+bool FromBase64(std::string_view text, std::string& out) {
+  out.clear();
+  if (text.size() % 4 != 0) {
+    return false;
+  }
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') {
+      return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+      return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+      return c - '0' + 52;
+    }
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+  };
+  out.reserve(text.size() / 4 * 3);
+  for (size_t i = 0; i < text.size(); i += 4) {
+    bool last = i + 4 == text.size();
+    // Padding only at the end: "xx==" or "xxx=".
+    int pad = last && text[i + 3] == '=' ? (text[i + 2] == '=' ? 2 : 1) : 0;
+    uint32_t n = 0;
+    for (int k = 0; k < 4; ++k) {
+      int v = k >= 4 - pad ? 0 : value(text[i + static_cast<size_t>(k)]);
+      if (v < 0) {
+        return false;
+      }
+      n = (n << 6) | static_cast<uint32_t>(v);
+    }
+    out += static_cast<char>(n >> 16);
+    if (pad < 2) {
+      out += static_cast<char>((n >> 8) & 0xff);
+    }
+    if (pad < 1) {
+      out += static_cast<char>(n & 0xff);
+    }
+  }
+  return true;
+}
+
 void ObjectWriter::Key(std::string_view key) {
   if (!first_) {
     out_ += ',';

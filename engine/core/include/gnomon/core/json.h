@@ -20,6 +20,8 @@ void AppendNumber(std::string& out, double v);
 void AppendInt(std::string& out, int64_t v);
 
 std::string Base64(std::string_view bytes);
+// Decodes standard base64 (with its `=` padding) into `out`; false when `text` is not that.
+bool FromBase64(std::string_view text, std::string& out);
 
 // Builds a flat JSON object: w.Field("a", "x").Field("n", 1).Close().
 class ObjectWriter {
