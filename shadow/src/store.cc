@@ -175,6 +175,21 @@ class SqliteReader final : public ShadowStore::Reader {
                                    to_migrate_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT windows FROM rule_state WHERE length(windows) > 0", windows_));
+    GNOMON_RETURN_IF_ERROR(Prepare(db_, "SELECT device, rule, windows FROM rule_state", state_rows_));
+    return {};
+  }
+
+  Status StateRows(const EachStateRow& each) override {
+    sqlite3_stmt* s = state_rows_.get();
+    sqlite3_reset(s);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      each(sqlite::ColumnText(s, 0), sqlite::ColumnText(s, 1), sqlite::ColumnText(s, 2));
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+      return SqlError(db_, "rule state");
+    }
     return {};
   }
 
@@ -378,7 +393,7 @@ class SqliteReader final : public ShadowStore::Reader {
 
   sqlite::Db db_;
   sqlite::Stmt load_, names_, things_, shadows_, calls_, changes_, state_, states_of_, due_,
-      to_migrate_, windows_;
+      to_migrate_, windows_, state_rows_;
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -384,6 +385,63 @@ TEST(ShadowStoreTest, RuleStatesAreStoredPerRuleAndDeviceAndSurviveReopening) {
   auto shadow = (*reader)->Load("d1", "");
   ASSERT_TRUE(shadow.ok() && shadow->has_value()) << "the shadow of d1 is its own row";
   EXPECT_NE((*shadow)->find(R"("temp":20)"), std::string::npos);
+  std::set<std::string> rows;
+  ASSERT_TRUE((*reader)
+                  ->StateRows([&](std::string_view device, std::string_view rule,
+                                  std::string_view) {
+                    rows.insert(std::string(device) + ":" + std::string(rule));
+                  })
+                  .ok());
+  EXPECT_EQ(rows, (std::set<std::string>{"d1:counter", "d1:other", "d2:counter"}));
+}
+
+// How a rule row travels in a cluster's change log: every field as stored (the windows' bytes
+// too), and a record that is not such a row refused with what is wrong.
+TEST(RuleStateChangelogTest, ARowRoundTripsAndAnythingElseIsRefused) {
+  std::string windows("w2\0\x01\xff\x80 binary", 13);
+  RuleState row{3, R"({"n":2,"s":"x\"y","f":1.5,"a":[1,{"b":null}]})",
+                R"([{"name":"idle","due":1700000000123,"data":{"k":1}}])",
+                1700000000999, 1700000000123, windows, 1700000000500};
+  std::string record = row.ChangelogJson("count/key");
+  auto back = RuleState::FromChangelog(record);
+  ASSERT_TRUE(back.ok()) << back.status().message() << "\n" << record;
+  EXPECT_EQ(back->version, 3);
+  EXPECT_EQ(back->json, row.json);
+  EXPECT_EQ(back->timers, row.timers);
+  EXPECT_EQ(back->inactive_due, row.inactive_due);
+  EXPECT_EQ(back->next_due, row.next_due);
+  EXPECT_EQ(back->windows, windows);
+  EXPECT_EQ(back->window_due, row.window_due);
+  // A row with timers only: "{}" state; none: no timers.
+  auto bare = RuleState::FromChangelog(RuleState{1, "", "", 0, 0, "", 0}.ChangelogJson("r"));
+  ASSERT_TRUE(bare.ok()) << bare.status().message();
+  EXPECT_EQ(bare->json, "{}");
+  EXPECT_EQ(bare->timers, "");
+  EXPECT_EQ(bare->windows, "");
+
+  for (const char* bad : {
+           "{not json",
+           "[]",
+           R"({"version":1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0})",
+           R"({"version":-1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
+           R"({"version":1,"state":[1],"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
+           R"({"version":1,"state":{},"timers":[{"name":"t"}],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
+           R"({"version":1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":"!!"})",
+       }) {
+    EXPECT_FALSE(RuleState::FromChangelog(bad).ok()) << bad;
+  }
+  auto named = RuleState::FromChangelog(R"({"version":1,"state":{},"timers":{}})");
+  ASSERT_FALSE(named.ok());
+  EXPECT_NE(named.status().message().find("inactive_due"), std::string::npos)
+      << named.status().message();
+
+  EXPECT_EQ(StateChangelogKey("dev-1", "count/key"), "dev-1/$state/count/key");
+  auto key = ParseStateChangelogKey("dev-1/$state/count/key");
+  ASSERT_TRUE(key.has_value());
+  EXPECT_EQ(key->first, "dev-1");
+  EXPECT_EQ(key->second, "count/key");
+  EXPECT_FALSE(ParseStateChangelogKey("dev-1/main").has_value());
+  EXPECT_FALSE(ParseStateChangelogKey("dev-1").has_value());
 }
 
 // Every change goes to the log with its write (coalesced writes too), in order; the oldest

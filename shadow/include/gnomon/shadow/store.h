@@ -56,7 +56,19 @@ struct RuleState {
   int64_t next_due = 0;
   std::string windows;     // the rule's windows' states ("": none)
   int64_t window_due = 0;  // when an ingest-time window closes next (0: none)
+
+  // The row as a change-log record (docs/cluster.md#rule-state-timers-and-windows): a JSON
+  // object with `rule`, `version`, `state` and `timers` as stored, the due times, and the
+  // windows' bytes in base64. FromChangelog refuses anything else, naming what is wrong.
+  std::string ChangelogJson(std::string_view rule) const;
+  static Result<RuleState> FromChangelog(std::string_view record);
 };
+
+// A rule row's change-log key, "{device}/$state/{rule}" ("$" is in no shadow name, so it never
+// names a shadow), and back: the (device, rule) a key names, or nullopt for a shadow's key.
+std::string StateChangelogKey(std::string_view device, std::string_view rule);
+std::optional<std::pair<std::string_view, std::string_view>> ParseStateChangelogKey(
+    std::string_view key);
 
 struct StoreStats {
   uint64_t transactions = 0;
@@ -131,6 +143,10 @@ class ShadowStore {
     using EachRow = std::function<void(std::string_view device, const RuleState& row)>;
     virtual Status StatesToMigrate(std::string_view rule, int64_t version, size_t limit,
                                    const EachRow& each) = 0;
+    // Calls `each` with the device, rule and windows of every rule row (a scan of the table).
+    using EachStateRow = std::function<void(std::string_view device, std::string_view rule,
+                                            std::string_view windows)>;
+    virtual Status StateRows(const EachStateRow& each) = 0;
     // Calls `each` with the windows of every row that has some (a scan of the table).
     virtual Status Windows(const std::function<void(std::string_view windows)>& each) = 0;
     // Every stored service call as (thing, stored form), in the order they were first written.
