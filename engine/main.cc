@@ -183,9 +183,23 @@ gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) 
                                                         : std::nullopt;
           }));
   size_t restored = 0;
+  size_t rows = 0;
   for (const auto& [key, value] : latest) {
     if (!value) {
       continue;  // deleted
+    }
+    if (auto row = sh::ParseStateChangelogKey(key)) {
+      // A rule's row of a device (a cluster's change log carries them: docs/cluster.md).
+      auto state = sh::RuleState::FromChangelog(*value);
+      if (!state.ok()) {
+        gnomon::log::Warn("change log record skipped",
+                          {{"key", key}, {"error", state.status().message()}});
+        continue;
+      }
+      store->WriteState(std::string(row->second), std::string(row->first), std::move(state).value(),
+                        nullptr);
+      ++rows;
+      continue;
     }
     size_t slash = key.find('/');
     std::string thing = key.substr(0, slash);
@@ -203,10 +217,10 @@ gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) 
   if (store->stats().failures > 0) {
     return gnomon::Unavailable("the shadow store could not save the restored shadows");
   }
-  gnomon::log::Info("shadows restored from the change log",
-                    {{"topic", app.shadows.changelog_topic},
-                     {"records", std::to_string(records)},
-                     {"shadows", std::to_string(restored)}});
+  gnomon::log::Info("shadows restored from the change log", {{"topic", app.shadows.changelog_topic},
+                                                             {"records", std::to_string(records)},
+                                                             {"shadows", std::to_string(restored)},
+                                                             {"rule_rows", std::to_string(rows)}});
   return restored;
 }
 

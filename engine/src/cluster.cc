@@ -19,6 +19,7 @@
 #include "gnomon/core/log.h"
 #include "gnomon/core/partition.h"
 #include "shadow_owner.h"
+#include "state_owner.h"
 
 namespace gnomon::engine {
 
@@ -284,25 +285,69 @@ HttpResponse Engine::Impl::ForwardToOwner(const HttpRequest& req, std::string_vi
   return std::move(*answer);
 }
 
-void Engine::Impl::DropPartitionsOnWorkers(const std::vector<int32_t>& partitions) {
+void Engine::Impl::DropPartitionsOnWorkers(const std::vector<int32_t>& partitions, bool schedule) {
   auto done = std::make_shared<std::latch>(static_cast<std::ptrdiff_t>(workers_.size()));
   for (auto& w : workers_) {
-    if (!w->queue.PushForce(PartitionDrop{partitions, done})) {
+    if (!w->queue.PushForce(PartitionDrop{partitions, done, schedule})) {
       done->count_down();  // stopped: nothing runs there any more
     }
   }
   done->wait();
+  if (schedule) {
+    return;
+  }
   committed_.EraseIf([&](const std::string& key) {
     return InPartitions(partitions, std::string_view(key.data(), key.find('\0')));
   });
 }
 
 void Engine::Impl::DropPartitions(Worker& w, PartitionDrop& d) {
+  auto mine = [&](std::string_view device) { return InPartitions(d.partitions, device); };
+  if (d.schedule) {
+    // Restored and owned: their rows due before the worker's horizon into its index (later
+    // ones come in with StateOwner::Extend as time moves on).
+    if (w.states) {
+      Status st = w.shadows->reader().Due(
+          1, w.states->covered(), [&](std::string_view device, std::string_view rule, int64_t due) {
+            if (mine(device) && OwnerOf(device) == w.index) {
+              w.states->Schedule(StateKey(rule, device), due);
+            }
+          });
+      if (!st.ok()) {
+        // (Their rows are scheduled again when a message of their device uses them.)
+        log::Error("cluster: the rule timers of restored partitions could not be read",
+                   {{"partitions", fmt::format("{}", fmt::join(d.partitions, ","))},
+                    {"error", st.message()}});
+      }
+    }
+    d.done->count_down();
+    return;
+  }
   if (w.shadows) {
-    w.shadows->DropThings(
-        [&](std::string_view thing) { return InPartitions(d.partitions, thing); });
+    w.shadows->DropThings(mine);
+  }
+  if (w.states) {
+    w.states->DropDevices(mine);
   }
   d.done->count_down();
+}
+
+int64_t Engine::Impl::OpenWindowsIn(const std::vector<int32_t>& partitions) {
+  shadow_store_->Flush();
+  int64_t open = 0;
+  auto reader = shadow_store_->NewReader();
+  Status st = reader.ok() ? (*reader)->StateRows([&](std::string_view device, std::string_view,
+                                                     std::string_view windows) {
+    if (!windows.empty() && InPartitions(partitions, device)) {
+      open += rules::OpenWindows(windows);
+    }
+  })
+                          : reader.status();
+  if (!st.ok()) {
+    log::Warn("cluster: the windows of moved partitions could not be counted",
+              {{"error", st.message()}});
+  }
+  return open;
 }
 
 void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
@@ -374,8 +419,15 @@ void Engine::Impl::AssignPartitions(const std::vector<int32_t>& partitions) {
       wait = std::min(wait * 2, std::chrono::milliseconds(5000));
     }
   }
+  if (shadow_store_) {
+    windows_open_at_start_ += OpenWindowsIn(partitions);
+  }
   for (int32_t p : partitions) {
     owned_[static_cast<size_t>(p)].store(kOwned, std::memory_order_release);
+  }
+  if (shadow_store_) {
+    // (Owned first: a timer tick in between would skip their rows as not owned.)
+    DropPartitionsOnWorkers(partitions, /*schedule=*/true);
   }
   cluster_owned_->Increment(static_cast<double>(partitions.size()));
   announce_now_.store(true);
@@ -397,6 +449,9 @@ void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool
   }
   // Requests already on a worker finish first; whatever reaches a worker after this is refused.
   DropPartitionsOnWorkers(partitions);
+  // Writes no ingress message waits for (a timer's firing, a REST write) durable, so their
+  // change-log records are sent before the writers are released.
+  shadow_store_->Flush();
   // Their change-log records out before the next owner restores (the messages' own records
   // are, since their offsets were committed only after them): Release commits what their
   // writers hold (lost: throws it away; the next owner fenced them already).
@@ -410,6 +465,7 @@ void Engine::Impl::RevokePartitions(const std::vector<int32_t>& partitions, bool
   for (int32_t p : partitions) {
     standby_.erase(p);
   }
+  windows_open_at_start_ -= OpenWindowsIn(partitions);
   if (Status st = PurgePartitions(partitions, {}); !st.ok()) {
     log::Warn(
         "cluster: the store kept shadows of partitions given away (reset at their next "
@@ -435,6 +491,7 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions,
     }
   }
   Counter* counted = standby ? cluster_standby_records_ : cluster_restored_records_;
+  // The shadows (ShadowKey) and rule rows (their change-log keys) read.
   std::unordered_set<std::string> seen;
   const uint64_t failures = shadow_store_->stats().failures;
   const std::string reset = shadow::ShadowDocument().StoredJson();
@@ -462,6 +519,29 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions,
         };
         if (thing.empty() || PartitionOf(thing) != partition) {
           skip("its key is not a device of the partition");
+          return;
+        }
+        if (auto row = shadow::ParseStateChangelogKey(key)) {
+          // A rule's row of the device (ctx.state, timers, windows).
+          shadow::RuleState state;  // (empty: deleted)
+          if (value != nullptr) {
+            auto got = shadow::RuleState::FromChangelog(*value);
+            if (!got.ok()) {
+              skip(got.status().message());
+              return;
+            }
+            state = std::move(got).value();
+          }
+          if (row->first != thing || row->second.empty()) {
+            skip("its key is not a rule row of a device");
+            return;
+          }
+          seen.insert(std::string(key));
+          shadow_store_->WriteState(std::string(row->second), std::move(thing), std::move(state),
+                                    nullptr);
+          if ((*records & 1023) == 0) {
+            (void)shadow_store_->WaitPendingAtMost(max_pending, std::chrono::seconds(60));
+          }
           return;
         }
         std::string stored;
@@ -492,9 +572,10 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions,
   if (shadow_store_->stats().failures != failures) {
     return Unavailable("the shadow store could not save the restored shadows");
   }
-  *shadows = seen.size();
+  *shadows = static_cast<size_t>(std::ranges::count_if(
+      seen, [](const std::string& k) { return k.find('\0') != std::string::npos; }));
   if (!standby) {
-    cluster_restored_shadows_->Inc(seen.size());
+    cluster_restored_shadows_->Inc(static_cast<double>(*shadows));
   }
   return {};
 }
@@ -591,6 +672,18 @@ Status Engine::Impl::PurgePartitions(const std::vector<int32_t>& partitions,
         shadow_store_->Write(std::move(thing), std::move(name), reset, nullptr);
       }
     }
+  }
+  // The rule rows likewise (deleted).
+  std::vector<std::pair<std::string, std::string>> rows;
+  GNOMON_RETURN_IF_ERROR(
+      reader->StateRows([&](std::string_view device, std::string_view rule, std::string_view) {
+        if (InPartitions(partitions, device) &&
+            !keep.contains(shadow::StateChangelogKey(device, rule))) {
+          rows.emplace_back(device, rule);
+        }
+      }));
+  for (auto& [device, rule] : rows) {
+    shadow_store_->WriteState(std::move(rule), std::move(device), {}, nullptr);
   }
   return {};
 }

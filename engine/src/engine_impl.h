@@ -120,11 +120,15 @@ class Engine::Impl final : public Ingest,
   // are followed into the store, a round every kStandbyRoundMs; the copy a partition has when
   // it is given here makes its restore a tail.
   void StandbyRound();
-  // Resets the store's shadows of `partitions` except those named in `keep` (ShadowKey).
+  // Resets the store's shadows of `partitions` except those named in `keep` (ShadowKey), and
+  // deletes their rule rows except those named there (shadow::StateChangelogKey).
   Status PurgePartitions(const std::vector<int32_t>& partitions,
                          const std::unordered_set<std::string>& keep);
   // Every worker drops what it keeps of the devices of `partitions`; returns once all did.
-  void DropPartitionsOnWorkers(const std::vector<int32_t>& partitions);
+  // `schedule` (after their restore): each then schedules their rule rows due soon.
+  void DropPartitionsOnWorkers(const std::vector<int32_t>& partitions, bool schedule = false);
+  // Windows open in the store's rule rows of `partitions` (for gnomon_rule_windows_open).
+  int64_t OpenWindowsIn(const std::vector<int32_t>& partitions);
   void InitClusterMetrics();
   int32_t PartitionOf(std::string_view device) const;
   bool InPartitions(const std::vector<int32_t>& partitions, std::string_view device) const;
@@ -378,6 +382,12 @@ class Engine::Impl final : public Ingest,
   // change log, holding `hold` until Kafka has it.
   void ProduceChangelog(const std::string& thing, const std::string& name,
                         const std::string* documents, Delivery* hold);
+  // In a cluster: a rule row written (its RuleState::ChangelogJson; empty: deleted) to the
+  // change log, under StateChangelogKey, holding `hold` until Kafka has it.
+  void ProduceStateChangelog(const std::string& device, const std::string& row, std::string record,
+                             Delivery* hold);
+  void SendChangelog(std::string key, const std::string& device, std::string source_topic,
+                     std::optional<std::string> payload, Delivery* hold);
   std::vector<HttpRoute> ShadowRoutes();
   // Answers a shadow get from the committed cache (or a bad name's error): false when the
   // cache does not have it. Runs on the listener's I/O thread.

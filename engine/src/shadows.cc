@@ -500,19 +500,33 @@ void Engine::Impl::ProduceChangelog(const std::string& thing, const std::string&
   if (!changelog_sink_) {
     return;
   }
+  SendChangelog(name.empty() ? thing : thing + "/" + name, thing, ShadowTopic(thing, name),
+                documents != nullptr ? std::optional<std::string>(*documents) : std::nullopt, hold);
+}
+
+void Engine::Impl::ProduceStateChangelog(const std::string& device, const std::string& row,
+                                         std::string record, Delivery* hold) {
+  SendChangelog(shadow::StateChangelogKey(device, row), device, "$gnomon/rules/" + row + "/state",
+                record.empty() ? std::nullopt : std::optional<std::string>(std::move(record)),
+                hold);
+}
+
+void Engine::Impl::SendChangelog(std::string key, const std::string& device,
+                                 std::string source_topic, std::optional<std::string> payload,
+                                 Delivery* hold) {
   Record r;
-  r.key = name.empty() ? thing : thing + "/" + name;
-  if (documents != nullptr) {
-    r.payload = *documents;
+  r.key = std::move(key);
+  if (payload) {
+    r.payload = std::move(*payload);
   } else {
     r.null_value = true;
   }
-  r.device = thing;
+  r.device = device;
   if (owned_) {
-    r.partition = PartitionOf(thing);  // co-partitioned with ingress (docs/cluster.md)
+    r.partition = PartitionOf(device);  // co-partitioned with ingress (docs/cluster.md)
   }
   r.rule = "shadows";
-  r.source_topic = ShadowTopic(thing, name);
+  r.source_topic = std::move(source_topic);
   r.delivery = hold;
   r.route = kChangelogRoute;
   hold->Hold();

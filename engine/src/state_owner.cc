@@ -144,7 +144,7 @@ uint64_t StateOwner::epoch(const std::string& rule, const std::string& device) c
 }
 
 void StateOwner::Put(const std::string& rule, const std::string& device,
-                     shadow::ShadowStore::Done done) {
+                     shadow::ShadowStore::Done done, std::string* record) {
   Entry* e = IsLast(rule, device) ? last_ : nullptr;
   const std::string* k = last_key_;
   if (e == nullptr) {
@@ -175,6 +175,9 @@ void StateOwner::Put(const std::string& rule, const std::string& device,
     if (stored.json.empty()) {
       stored.json = "{}";  // (a row with timers only; an empty text would delete it)
     }
+  }
+  if (record != nullptr) {
+    *record = row.exists() ? stored.ChangelogJson(rule) : std::string();
   }
   e->written =
       store_.WriteState(rule, device, std::move(stored), std::move(done), epoch(rule, device));
@@ -233,6 +236,36 @@ size_t StateOwner::Trim() {
     ++dropped;
     it = older;
   }
+  return dropped;
+}
+
+size_t StateOwner::DropDevices(const std::function<bool(std::string_view device)>& drop) {
+  auto device_of = [](std::string_view key) { return key.substr(key.find('\0') + 1); };
+  size_t dropped = 0;
+  std::vector<std::string> rows;
+  for (const auto& [key, entry] : rows_) {
+    if (drop(device_of(key))) {
+      rows.push_back(key);
+    }
+  }
+  for (const std::string& key : rows) {
+    Forget(
+        key);  // (their windows stay counted: the engine counts the partition's, docs/cluster.md)
+    ++dropped;
+  }
+  for (auto it = indexed_.begin(); it != indexed_.end();) {
+    if (drop(device_of(it->first))) {
+      due_.erase({it->second, it->first});
+      it = indexed_.erase(it);
+      ++dropped;
+    } else {
+      ++it;
+    }
+  }
+  // (epochs_ stay: the store refuses writes of a refused copy's epoch whoever makes them.)
+  pending_.store(due_.size(), std::memory_order_relaxed);
+  last_ = nullptr;
+  last_key_ = nullptr;
   return dropped;
 }
 

@@ -71,14 +71,20 @@ class StateOwner {
   Result<Row*> Get(const std::string& rule, const std::string& device,
                    shadow::ShadowStore::Reader& reader);
   // Queues the row as it is now (after Get and changes) for the store with the copy's epoch;
-  // `done` runs on the writer thread once it is durable or refused.
-  void Put(const std::string& rule, const std::string& device, shadow::ShadowStore::Done done);
+  // `done` runs on the writer thread once it is durable or refused. With `record`, that gets
+  // the row's change-log record (RuleState::ChangelogJson; empty: the row is deleted).
+  void Put(const std::string& rule, const std::string& device, shadow::ShadowStore::Done done,
+           std::string* record = nullptr);
   // A write of (rule, device) made by the copy of `epoch` was refused: drops that copy. False
   // when it was dropped already.
   bool Evict(const std::string& rule, const std::string& device, uint64_t epoch);
   uint64_t epoch(const std::string& rule, const std::string& device) const;
   // Drops least recently used rows beyond the budget whose writes are done. Returns how many.
   size_t Trim();
+  // Forgets every row of the devices `drop` names, cached or due (their partition moved away,
+  // or is being restored from the change log: the store has them as they are now). Returns
+  // how many rows and due entries were forgotten.
+  size_t DropDevices(const std::function<bool(std::string_view device)>& drop);
 
   // Due index. Schedule: row `key` has something due at `due` (0: nothing); an entry already
   // earlier stays (taking it early is harmless: the worker looks and schedules again). Only

@@ -103,10 +103,8 @@ void Engine::Impl::InitStateMetrics() {
 }
 
 Status Engine::Impl::InitWorkerStates(Worker& w) {
-  if (!shadow_store_ || config_.cluster.enabled) {
-    // ctx.state fails the call: there is no store to keep it in (in a cluster: the state would
-    // not move with its device's partition yet, docs/cluster.md).
-    return {};
+  if (!shadow_store_) {
+    return {};  // ctx.state fails the call: there is no store to keep it in
   }
   w.states = std::make_unique<StateOwner>(config_.shadows.state_cache_mb << 20, *shadow_store_,
                                           state_loads_);
@@ -115,7 +113,15 @@ Status Engine::Impl::InitWorkerStates(Worker& w) {
 }
 
 Status Engine::Impl::RestoreStates() {
-  if (!shadow_store_ || config_.cluster.enabled) {
+  if (!shadow_store_) {
+    return {};
+  }
+  if (owned_) {
+    // A cluster: nothing is owned yet; each partition's rows are scheduled (and their windows
+    // counted) when it is given here and restored (AssignPartitions).
+    for (auto& w : workers_) {
+      w->states->Cover(clock_.NowMs() + StateOwner::kMarginMs);
+    }
     return {};
   }
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
@@ -255,12 +261,23 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
   w.row_written = true;
   uint64_t epoch = w.states->epoch(row_name, m.device);
   m.delivery->Hold();  // until the row is durable
+  // In a cluster the row goes to the change log too, once durable here (as a shadow's write
+  // does): it moves with its device's partition (docs/cluster.md).
+  std::shared_ptr<std::string> record;  // (filled by Put, read once durable)
+  if (owned_ && changelog_sink_) {
+    record = std::make_shared<std::string>();
+  }
+  std::string* record_out = record.get();
   w.states->Put(
       row_name, m.device,
       [this, d = m.delivery, row = row_name, rule = rule.name, device = m.device, epoch,
-       source = m.source, topic = m.topic, payload = m.payload, ts = m.ts_ms](const Status& st) {
+       source = m.source, topic = m.topic, payload = m.payload, ts = m.ts_ms,
+       record = std::move(record)](const Status& st) {
         if (st.ok()) {
           state_stored_->Inc();
+          if (record) {
+            ProduceStateChangelog(device, row, std::move(*record), d);
+          }
         } else {
           // The message's other effects went out; its row did not: it is dead-lettered (a
           // replay runs it again) and the worker reads the row from the store again.
@@ -275,7 +292,8 @@ void Engine::Impl::UpdateRow(Worker& w, const Message& m, const rules::RuleInfo&
               source, topic, device, payload, 1, ts);
         }
         d->Release();
-      });
+      },
+      record_out);
 }
 
 void Engine::Impl::DropState(Worker& w, const ShadowEviction& evict) {
@@ -310,7 +328,8 @@ void Engine::Impl::FireDue(Worker& w) {
   }
   int64_t now = clock_.NowMs();
   auto extended = w.states->Extend(now, w.shadows->reader(), [&](std::string_view device) {
-    return OwnerOf(device) == w.index;
+    // (In a cluster the store holds other instances' rows too: standby copies.)
+    return OwnerOf(device) == w.index && OwnsDevice(device);
   });
   if (!extended.ok()) {
     log::Error("rule timers due soon could not be read from the store",
@@ -321,6 +340,9 @@ void Engine::Impl::FireDue(Worker& w) {
     size_t zero = key.find('\0');
     std::string row_name = key.substr(0, zero);  // the rule's, or its keyed windows' (StateRowName)
     std::string device = key.substr(zero + 1);
+    if (!OwnsDevice(device)) {
+      continue;  // its partition moved (or is being restored: scheduled again after)
+    }
     std::pair<std::string_view, bool> parsed = rules::ParseStateRowName(row_name);
     std::string_view rule_name = parsed.first;
     bool keyed = parsed.second;
@@ -523,6 +545,9 @@ HttpResponse Engine::Impl::RuleStateRoute(const HttpRequest& req, bool keyed) {
     }
   } else if (auto bad = CheckThingName(device)) {
     return ErrorResponse(*bad, now_s);
+  }
+  if (!keyed && !OwnsDevice(device)) {
+    return ForwardToOwner(req, device);  // (a cluster: the device's owner has its rows)
   }
   const std::string* rule = keyed ? &req.params.at(0) : req.Query("rule");
   auto rules_now = rules_->Current();

@@ -103,6 +103,7 @@ struct WindowEvent {
 struct PartitionDrop {
   std::vector<int32_t> partitions;
   std::shared_ptr<std::latch> done;
+  bool schedule = false;  // restored: schedule their rule rows due soon (timers, silences, windows)
 };
 
 using WorkItem = std::variant<Message, ShadowRequest, ShadowEviction, CallInvoke, CallQuery,

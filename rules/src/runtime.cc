@@ -521,7 +521,7 @@ Result<const StoredState*> StoredRow(State* s, const char* what) {
     if (s->msg->states == nullptr) {
       return FailedPrecondition(fmt::format(
           "{}: rule state is kept in the shadow store, which is off (see `shadows:` in the "
-          "config; in a cluster it does not run yet, docs/cluster.md)",
+          "config)",
           what));
     }
     auto stored =

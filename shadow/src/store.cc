@@ -175,7 +175,8 @@ class SqliteReader final : public ShadowStore::Reader {
                                    to_migrate_));
     GNOMON_RETURN_IF_ERROR(
         Prepare(db_, "SELECT windows FROM rule_state WHERE length(windows) > 0", windows_));
-    GNOMON_RETURN_IF_ERROR(Prepare(db_, "SELECT device, rule, windows FROM rule_state", state_rows_));
+    GNOMON_RETURN_IF_ERROR(
+        Prepare(db_, "SELECT device, rule, windows FROM rule_state", state_rows_));
     return {};
   }
 

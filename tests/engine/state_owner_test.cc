@@ -209,6 +209,55 @@ TEST(StateOwnerTest, TimersAndDeadlinesAreStoredAndScheduledEarliestFirst) {
   EXPECT_FALSE(stored->has_value());
 }
 
+// In a cluster (docs/cluster.md): a write hands out the row's change-log record (what the next
+// owner restores), and the rows of devices whose partition moves are forgotten, cached and due,
+// while the others stay; a forgotten row is read again from the store as it is there.
+TEST(StateOwnerTest, PutGivesTheChangeLogRecordAndDropDevicesForgetsOnlyThoseDevices) {
+  TempDir dir;
+  auto store = OpenStore(dir.File("s.db"));
+  auto reader = store->NewReader();
+  ASSERT_TRUE(reader.ok());
+  StateOwner owner(1 << 20, *store);
+  owner.Cover(1000);
+  for (const char* d : {"d1", "d2", "d3"}) {
+    auto row = owner.Get("r", d, **reader);
+    ASSERT_TRUE(row.ok());
+    (*row)->state.json = std::string(R"({"dev":")") + d + "\"}";
+    (*row)->state.timers = {{"t", 500, ""}};
+    std::string record;
+    owner.Put("r", d, nullptr, &record);
+    owner.Schedule(StateKey("r", d), 500);
+    auto back = RuleState::FromChangelog(record);
+    ASSERT_TRUE(back.ok()) << back.status().message() << record;
+    EXPECT_EQ(back->json, (*row)->state.json);
+    EXPECT_EQ(back->next_due, 500);
+    auto timers = DecodeTimers(back->timers);
+    ASSERT_TRUE(timers.ok());
+    EXPECT_EQ(*timers, (std::vector<rules::RuleTimer>{{"t", 500, ""}}));
+  }
+  store->Flush();
+  EXPECT_EQ(owner.cached(), 3u);
+  EXPECT_EQ(owner.pending(), 3u);
+  // The store's copy of d2 changes behind the owner (a restore from the change log).
+  store->WriteState("r", "d2", {7, R"({"restored":true})"}, nullptr);
+  store->Flush();
+  EXPECT_EQ(owner.DropDevices([](std::string_view d) { return d == "d2"; }), 2u);
+  EXPECT_EQ(owner.cached(), 2u);
+  EXPECT_EQ(owner.pending(), 2u);
+  std::vector<std::string> due = owner.TakeDue(1000, 10);
+  std::sort(due.begin(), due.end());
+  EXPECT_EQ(due, (std::vector<std::string>{StateKey("r", "d1"), StateKey("r", "d3")}));
+  EXPECT_EQ(Json(owner, **reader, "r", "d2"), R"({"restored":true})");
+  EXPECT_EQ(Json(owner, **reader, "r", "d1"), R"({"dev":"d1"})");
+  // A deleted row's record is empty (a tombstone).
+  auto row = owner.Get("r", "d3", **reader);
+  ASSERT_TRUE(row.ok());
+  (*row)->state = {};
+  std::string record = "x";
+  owner.Put("r", "d3", nullptr, &record);
+  EXPECT_EQ(record, "");
+}
+
 // Only rows due soon are kept in memory: the rest wait in the store's index and come in as time
 // moves on, never before the writes that could have scheduled them are durable.
 TEST(StateOwnerTest, RowsDueLaterThanTheHorizonComeInFromTheStoreAsTimeMovesOn) {

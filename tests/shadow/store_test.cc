@@ -386,12 +386,12 @@ TEST(ShadowStoreTest, RuleStatesAreStoredPerRuleAndDeviceAndSurviveReopening) {
   ASSERT_TRUE(shadow.ok() && shadow->has_value()) << "the shadow of d1 is its own row";
   EXPECT_NE((*shadow)->find(R"("temp":20)"), std::string::npos);
   std::set<std::string> rows;
-  ASSERT_TRUE((*reader)
-                  ->StateRows([&](std::string_view device, std::string_view rule,
-                                  std::string_view) {
-                    rows.insert(std::string(device) + ":" + std::string(rule));
-                  })
-                  .ok());
+  ASSERT_TRUE(
+      (*reader)
+          ->StateRows([&](std::string_view device, std::string_view rule, std::string_view) {
+            rows.insert(std::string(device) + ":" + std::string(rule));
+          })
+          .ok());
   EXPECT_EQ(rows, (std::set<std::string>{"d1:counter", "d1:other", "d2:counter"}));
 }
 
@@ -399,9 +399,13 @@ TEST(ShadowStoreTest, RuleStatesAreStoredPerRuleAndDeviceAndSurviveReopening) {
 // too), and a record that is not such a row refused with what is wrong.
 TEST(RuleStateChangelogTest, ARowRoundTripsAndAnythingElseIsRefused) {
   std::string windows("w2\0\x01\xff\x80 binary", 13);
-  RuleState row{3, R"({"n":2,"s":"x\"y","f":1.5,"a":[1,{"b":null}]})",
+  RuleState row{3,
+                R"({"n":2,"s":"x\"y","f":1.5,"a":[1,{"b":null}]})",
                 R"([{"name":"idle","due":1700000000123,"data":{"k":1}}])",
-                1700000000999, 1700000000123, windows, 1700000000500};
+                1700000000999,
+                1700000000123,
+                windows,
+                1700000000500};
   std::string record = row.ChangelogJson("count/key");
   auto back = RuleState::FromChangelog(record);
   ASSERT_TRUE(back.ok()) << back.status().message() << "\n" << record;
@@ -419,15 +423,16 @@ TEST(RuleStateChangelogTest, ARowRoundTripsAndAnythingElseIsRefused) {
   EXPECT_EQ(bare->timers, "");
   EXPECT_EQ(bare->windows, "");
 
-  for (const char* bad : {
-           "{not json",
-           "[]",
-           R"({"version":1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0})",
-           R"({"version":-1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
-           R"({"version":1,"state":[1],"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
-           R"({"version":1,"state":{},"timers":[{"name":"t"}],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
-           R"({"version":1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":"!!"})",
-       }) {
+  for (
+      const char* bad : {
+          "{not json",
+          "[]",
+          R"({"version":1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0})",
+          R"({"version":-1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
+          R"({"version":1,"state":[1],"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
+          R"({"version":1,"state":{},"timers":[{"name":"t"}],"inactive_due":0,"next_due":0,"window_due":0,"windows":""})",
+          R"({"version":1,"state":{},"timers":[],"inactive_due":0,"next_due":0,"window_due":0,"windows":"!!"})",
+      }) {
     EXPECT_FALSE(RuleState::FromChangelog(bad).ok()) << bad;
   }
   auto named = RuleState::FromChangelog(R"({"version":1,"state":{},"timers":{}})");
