@@ -184,6 +184,7 @@ gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) 
           }));
   size_t restored = 0;
   size_t rows = 0;
+  size_t calls = 0;
   for (const auto& [key, value] : latest) {
     if (!value) {
       continue;  // deleted
@@ -199,6 +200,12 @@ gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) 
       store->WriteState(std::string(row->second), std::string(row->first), std::move(state).value(),
                         nullptr);
       ++rows;
+      continue;
+    }
+    if (size_t call = key.find("/$call/"); call != std::string::npos) {
+      // A service call as its owner stored it (read back, and checked, at the next start).
+      store->WriteCall(key.substr(0, call), key.substr(call + 7), *value, nullptr);
+      ++calls;
       continue;
     }
     size_t slash = key.find('/');
@@ -217,10 +224,12 @@ gnomon::Result<size_t> RestoreShadows(const AppConfig& app, bool only_if_empty) 
   if (store->stats().failures > 0) {
     return gnomon::Unavailable("the shadow store could not save the restored shadows");
   }
-  gnomon::log::Info("shadows restored from the change log", {{"topic", app.shadows.changelog_topic},
-                                                             {"records", std::to_string(records)},
-                                                             {"shadows", std::to_string(restored)},
-                                                             {"rule_rows", std::to_string(rows)}});
+  gnomon::log::Info("shadows restored from the change log",
+                    {{"topic", app.shadows.changelog_topic},
+                     {"records", std::to_string(records)},
+                     {"shadows", std::to_string(restored)},
+                     {"rule_rows", std::to_string(rows)},
+                     {"service_calls", std::to_string(calls)}});
   return restored;
 }
 

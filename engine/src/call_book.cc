@@ -128,6 +128,48 @@ Result<ServiceCall> ServiceCall::FromStored(std::string_view stored) {
 CallBook::CallBook(Options options, const Clock& clock, Effects& effects, Counters counters)
     : options_(options), clock_(clock), effects_(effects), counters_(counters) {}
 
+std::string CallChangelogKey(std::string_view thing, std::string_view id) {
+  return fmt::format("{}/$call/{}", thing, id);
+}
+
+std::optional<std::pair<std::string_view, std::string_view>> ParseCallChangelogKey(
+    std::string_view key) {
+  constexpr std::string_view kMark = "/$call/";
+  size_t at = key.find(kMark);
+  if (at == std::string_view::npos) {
+    return std::nullopt;
+  }
+  return std::pair{key.substr(0, at), key.substr(at + kMark.size())};
+}
+
+size_t CallBook::DropThings(const std::function<bool(std::string_view thing)>& drop) {
+  size_t dropped = 0;
+  for (auto it = by_id_.begin(); it != by_id_.end();) {
+    ServiceCall& c = calls_.at(it->second);
+    if (!drop(c.thing)) {
+      ++it;
+      continue;
+    }
+    if (c.waiter) {
+      c.waiter(503, ApiError(503, "NOT_OWNER",
+                             fmt::format("{} moved to another instance while call {} was waiting "
+                                         "for its reply; ask for the call there",
+                                         c.thing, c.id))
+                        .Json(clock_.NowMs() / 1000));
+    }
+    if (!c.finished()) {
+      if (auto u = unfinished_.find(c.thing); u != unfinished_.end() && --u->second == 0) {
+        unfinished_.erase(u);
+      }
+    }
+    auto next = std::next(it);
+    Erase(it);
+    it = next;
+    ++dropped;
+  }
+  return dropped;
+}
+
 void CallBook::Restore(ServiceCall c) {
   if (!c.finished()) {
     ++unfinished_[c.thing];
@@ -204,7 +246,7 @@ void CallBook::On(const CallEvent& e) {
       if (c->state == CallState::kQueued) {
         c->state = CallState::kSent;
         c->sent_ms = clock_.NowMs();
-        effects_.Store(*c, c->Json(), nullptr);
+        effects_.Store(*c, c->Json(), nullptr, nullptr);
       }
       break;
     case CallEvent::What::kUnsent:
@@ -279,7 +321,8 @@ void CallBook::Finish(ServiceCall& c, CallState state, Delivery* hold) {
         if (hold != nullptr) {
           hold->Release();
         }
-      });
+      },
+      hold);
 }
 
 void CallBook::Tick() {
@@ -289,7 +332,7 @@ void CallBook::Tick() {
     ServiceCall& c = it->second;
     if (c.finished()) {
       if (now >= c.finished_ms + options_.keep_ms) {
-        effects_.Store(c, "", nullptr);
+        effects_.Store(c, "", nullptr, nullptr);
         by_id_.erase(c.id);
         it = calls_.erase(it);
         live_.fetch_sub(1, std::memory_order_relaxed);

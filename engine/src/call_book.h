@@ -20,6 +20,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -36,6 +37,12 @@
 #include "work.h"
 
 namespace gnomon::engine {
+
+// A stored call's change-log key in a cluster, "{thing}/$call/{id}" (docs/cluster.md), and
+// back: the (thing, id) a key names, or nullopt for any other key.
+std::string CallChangelogKey(std::string_view thing, std::string_view id);
+std::optional<std::pair<std::string_view, std::string_view>> ParseCallChangelogKey(
+    std::string_view key);
 
 enum class CallState : uint8_t { kQueued, kSent, kSucceeded, kFailed, kTimeout, kExpired };
 // As the API and the store spell it: "QUEUED", "SENT", ...
@@ -76,9 +83,10 @@ class CallBook {
     // kFailed).
     virtual void Send(const ServiceCall& c) = 0;
     // Stores the call's state (empty `stored`: forgets it); `done` (may be null) runs on the
-    // store's writer thread.
-    virtual void Store(const ServiceCall& c, std::string stored,
-                       shadow::ShadowStore::Done done) = 0;
+    // store's writer thread. `hold` (may be null): the message this state comes from (a call
+    // made by a rule, a reply), which whatever else the state is sent to may hold.
+    virtual void Store(const ServiceCall& c, std::string stored, shadow::ShadowStore::Done done,
+                       Delivery* hold) = 0;
     // Whether presence says the device is offline now (unknown: false).
     virtual bool Offline(const std::string& thing) = 0;
   };
@@ -114,6 +122,11 @@ class CallBook {
   // Sends the queued calls of `thing` that are not in flight, in order, unless it is offline
   // (presence just said it connected).
   void SendQueued(const std::string& thing);
+
+  // Forgets every call of the things `drop` names (their partition moved to another instance,
+  // which restores them); a sync caller still waiting is answered 503 NOT_OWNER. Returns how
+  // many were forgotten.
+  size_t DropThings(const std::function<bool(std::string_view thing)>& drop);
 
   size_t unfinished(const std::string& thing) const;
   size_t live() const { return live_.load(std::memory_order_relaxed); }  // thread-safe

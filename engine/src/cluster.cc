@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "api_error.h"
+#include "call_book.h"
 #include "cluster_ingress.h"
 #include "engine_impl.h"
 #include "forward.h"
@@ -306,6 +307,23 @@ void Engine::Impl::DropPartitions(Worker& w, PartitionDrop& d) {
   if (d.schedule) {
     // Restored and owned: their rows due before the worker's horizon into its index (later
     // ones come in with StateOwner::Extend as time moves on).
+    if (w.calls) {
+      // Their calls, as their last owner stored them: unfinished ones go on here.
+      auto calls = w.shadows->reader().Calls();
+      if (!calls.ok()) {
+        log::Error("cluster: the service calls of restored partitions could not be read",
+                   {{"partitions", fmt::format("{}", fmt::join(d.partitions, ","))},
+                    {"error", calls.status().message()}});
+      } else {
+        for (const auto& [thing, stored] : *calls) {
+          if (mine(thing) && OwnerOf(thing) == w.index) {
+            if (auto c = ServiceCall::FromStored(stored); c.ok()) {
+              w.calls->Restore(std::move(c).value());
+            }
+          }
+        }
+      }
+    }
     if (w.states) {
       Status st = w.shadows->reader().Due(
           1, w.states->covered(), [&](std::string_view device, std::string_view rule, int64_t due) {
@@ -328,6 +346,9 @@ void Engine::Impl::DropPartitions(Worker& w, PartitionDrop& d) {
   }
   if (w.states) {
     w.states->DropDevices(mine);
+  }
+  if (w.calls) {
+    w.calls->DropThings(mine);
   }
   d.done->count_down();
 }
@@ -521,6 +542,26 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions,
           skip("its key is not a device of the partition");
           return;
         }
+        if (auto call = ParseCallChangelogKey(key)) {
+          // A service call of the thing, as its owner last stored it.
+          if (call->first != thing || call->second.empty()) {
+            skip("its key is not a service call of a device");
+            return;
+          }
+          std::string stored;  // (empty: forgotten)
+          if (value != nullptr) {
+            auto c = ServiceCall::FromStored(*value);
+            if (!c.ok() || c->thing != thing || c->id != call->second) {
+              skip(c.ok() ? "the call is not the one its key names" : c.status().message());
+              return;
+            }
+            stored = *value;
+          }
+          seen.insert(std::string(key));
+          shadow_store_->WriteCall(std::move(thing), std::string(call->second), std::move(stored),
+                                   nullptr);
+          return;
+        }
         if (auto row = shadow::ParseStateChangelogKey(key)) {
           // A rule's row of the device (ctx.state, timers, windows).
           shadow::RuleState state;  // (empty: deleted)
@@ -684,6 +725,17 @@ Status Engine::Impl::PurgePartitions(const std::vector<int32_t>& partitions,
       }));
   for (auto& [device, rule] : rows) {
     shadow_store_->WriteState(std::move(rule), std::move(device), {}, nullptr);
+  }
+  // And the service calls (forgotten).
+  GNOMON_ASSIGN_OR_RETURN(auto calls, reader->Calls());
+  for (auto& [thing, stored] : calls) {
+    if (!InPartitions(partitions, thing)) {
+      continue;
+    }
+    auto c = ServiceCall::FromStored(stored);
+    if (c.ok() && !keep.contains(CallChangelogKey(thing, c->id))) {
+      shadow_store_->WriteCall(std::move(thing), c->id, "", nullptr);
+    }
   }
   return {};
 }

@@ -388,6 +388,10 @@ class Engine::Impl final : public Ingest,
                              Delivery* hold);
   void SendChangelog(std::string key, const std::string& device, std::string source_topic,
                      std::optional<std::string> payload, Delivery* hold);
+  // In a cluster: a service call's stored state (nullopt: forgotten) to the change log, under
+  // CallChangelogKey, holding `hold` (or a delivery of its own) until Kafka has it.
+  void ProduceCallChangelog(const std::string& thing, const std::string& id,
+                            std::optional<std::string> record, Delivery* hold);
   std::vector<HttpRoute> ShadowRoutes();
   // Answers a shadow get from the committed cache (or a bad name's error): false when the
   // cache does not have it. Runs on the listener's I/O thread.

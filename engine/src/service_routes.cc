@@ -20,11 +20,12 @@ HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
     std::abort();  // not a REST request: a bug
   }
   std::unique_ptr<AckHandle> ack;
-  if (owned_ && std::holds_alternative<ShadowRequest>(item)) {
-    // In a cluster a shadow write lives in the change log (whoever owns the device next
-    // restores it from there): the answer waits until the request's delivery finishes, its
-    // change-log record durable; a write whose record the log did not take (the partition
-    // moved, the instance was fenced) is answered 503, never 200.
+  if (owned_ &&
+      (std::holds_alternative<ShadowRequest>(item) || std::holds_alternative<CallInvoke>(item))) {
+    // In a cluster a shadow write or a new service call lives in the change log (whoever owns
+    // the device next restores it from there): the answer waits until the request's delivery
+    // finishes, its change-log record durable; a write whose record the log did not take (the
+    // partition moved, the instance was fenced) is answered 503, never 200 or 202.
     struct Durable {
       Mutex mu;
       std::optional<std::pair<int, std::string>> answer GNOMON_GUARDED_BY(mu);

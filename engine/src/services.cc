@@ -64,8 +64,29 @@ class Engine::Impl::CallEffects final : public CallBook::Effects {
  public:
   CallEffects(Impl& impl, Worker& w) : impl_(impl), w_(w) {}
   void Send(const ServiceCall& c) override { impl_.SendCall(c); }
-  void Store(const ServiceCall& c, std::string stored, shadow::ShadowStore::Done done) override {
-    impl_.shadow_store_->WriteCall(c.thing, c.id, std::move(stored), std::move(done));
+  void Store(const ServiceCall& c, std::string stored, shadow::ShadowStore::Done done,
+             Delivery* hold) override {
+    if (!impl_.owned_ || !impl_.changelog_sink_) {
+      impl_.shadow_store_->WriteCall(c.thing, c.id, std::move(stored), std::move(done));
+      return;
+    }
+    // In a cluster the call's state goes to the change log too, once durable here: it moves
+    // with its thing's partition (docs/cluster.md#service-calls).
+    std::optional<std::string> record;
+    if (!stored.empty()) {
+      record = stored;
+    }
+    impl_.shadow_store_->WriteCall(
+        c.thing, c.id, std::move(stored),
+        [impl = &impl_, thing = c.thing, id = c.id, record = std::move(record),
+         done = std::move(done), hold](const Status& st) mutable {
+          if (st.ok()) {
+            impl->ProduceCallChangelog(thing, id, std::move(record), hold);
+          }
+          if (done) {
+            done(st);
+          }
+        });
   }
   bool Offline(const std::string& thing) override { return impl_.Presence(w_, thing) == false; }
 
@@ -106,6 +127,9 @@ Status Engine::Impl::InitServices() {
         clock_, *w->call_effects,
         CallBook::Counters{.finished = calls_finished_, .store_failures = shadow_store_failures_});
   }
+  if (owned_) {
+    return {};  // a cluster: each partition's calls are restored when it is given here
+  }
   // Calls stored by an earlier run: unfinished ones go on (SENT ones time out or get their
   // reply, which the broker kept for our persistent session), finished ones stay readable.
   GNOMON_ASSIGN_OR_RETURN(auto reader, shadow_store_->NewReader());
@@ -126,6 +150,16 @@ Status Engine::Impl::InitServices() {
     log::Info("service calls restored", {{"calls", std::to_string(restored)}});
   }
   return {};
+}
+
+void Engine::Impl::ProduceCallChangelog(const std::string& thing, const std::string& id,
+                                        std::optional<std::string> record, Delivery* hold) {
+  Delivery* d = hold != nullptr ? hold : new Delivery(this, nullptr);
+  SendChangelog(CallChangelogKey(thing, id), thing, "$gnomon/services/" + thing, std::move(record),
+                d);
+  if (hold == nullptr) {
+    d->Release();  // (the record holds it until Kafka has it)
+  }
 }
 
 void Engine::Impl::NoteCall(const std::string& thing, const std::string& id,
@@ -202,12 +236,13 @@ void Engine::Impl::InvokeService(Worker& w, CallInvoke& call_request) {
   // Durable first (through the same effect as every later state); then answered, and sent by
   // the owner.
   std::string body = call.Json();
-  w.call_effects->Store(call, body,
-                        [this, rest, answer = std::move(answer), delivery = m.delivery, body,
-                         thing = call.thing, id = call.id](const Status& st) mutable {
-                          CallStoredOnWriter(st, thing, id, std::move(body), rest, answer,
-                                             delivery);
-                        });
+  w.call_effects->Store(
+      call, body,
+      [this, rest, answer = std::move(answer), delivery = m.delivery, body, thing = call.thing,
+       id = call.id](const Status& st) mutable {
+        CallStoredOnWriter(st, thing, id, std::move(body), rest, answer, delivery);
+      },
+      m.delivery);
 }
 
 // A call as asked for (the thing's model, the service, its params checked; room in the book;

@@ -19,7 +19,8 @@ namespace {
 class RecordedEffects final : public CallBook::Effects {
  public:
   void Send(const ServiceCall& c) override { sent.push_back(c.id); }
-  void Store(const ServiceCall& c, std::string stored, shadow::ShadowStore::Done done) override {
+  void Store(const ServiceCall& c, std::string stored, shadow::ShadowStore::Done done,
+             Delivery* /*hold*/) override {
     stores.push_back(c.id + "=" + (stored.empty() ? "forgotten" : StateOf(stored)));
     if (done) {
       done(fail_stores ? Internal("disk full") : Status());
@@ -95,6 +96,35 @@ class CallBookTest : public ::testing::Test {
   RecordedEffects effects_;
   std::unique_ptr<CallBook> book_;
 };
+
+// A cluster's partition moving away (docs/cluster.md#service-calls): the things' calls are
+// forgotten here (their next owner restores them), a sync caller still waiting is told 503
+// NOT_OWNER, and the other things' calls carry on.
+TEST_F(CallBookTest, DropThingsForgetsTheirCallsAndTellsAWaitingCallerTheyMoved) {
+  Answer waiting;
+  Add(Call("c1", "lamp-1", true), &waiting);
+  Add(Call("c2", "lamp-1"));
+  Add(Call("c3", "lamp-2"));
+  book_->On({"lamp-1", "c2", CallEvent::What::kSend});
+  ASSERT_EQ(book_->live(), 3u);
+  EXPECT_EQ(book_->DropThings([](std::string_view t) { return t == "lamp-1"; }), 2u);
+  EXPECT_EQ(waiting.status, 503);
+  EXPECT_NE(waiting.body.find("NOT_OWNER"), std::string::npos) << waiting.body;
+  EXPECT_EQ(book_->Find("c1"), nullptr);
+  EXPECT_EQ(book_->Find("c2"), nullptr);
+  EXPECT_EQ(book_->unfinished("lamp-1"), 0u);
+  EXPECT_EQ(book_->live(), 1u);
+  ASSERT_NE(book_->Find("c3"), nullptr);
+  EXPECT_EQ(book_->unfinished("lamp-2"), 1u);
+  // Events for a forgotten call change nothing; the same id can be restored here again.
+  book_->On({"lamp-1", "c1", CallEvent::What::kSend});
+  ServiceCall back = Call("c2", "lamp-1");
+  back.state = CallState::kSent;
+  book_->Restore(back);
+  ASSERT_NE(book_->Find("c2"), nullptr);
+  EXPECT_EQ(book_->unfinished("lamp-1"), 1u);
+  EXPECT_EQ(book_->DropThings([](std::string_view) { return false; }), 0u);
+}
 
 TEST_F(CallBookTest, ACallIsSentOnceDurableThenSentThenSucceedsAndIsForgottenAfterKeepMs) {
   Answer answer;
