@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cluster_ingress.h"
 
+#include <fmt/format.h>
+
 #include <utility>
 
 #include "gnomon/core/partition.h"
@@ -54,6 +56,21 @@ void ClusterIngress::Count(const std::string* source, Outcome o) {
 }
 
 bool ClusterIngress::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
+  if (m.topic.starts_with(kOwnTopics)) {
+    // (At the owner, a record on these topics is taken as gnomon's own: a keyed window's event.)
+    std::string why = fmt::format("{} is one of gnomon's own topics ({}...)", m.topic, kOwnTopics);
+    engine_.Reject(std::move(m), std::move(ack), "reserved_topic", why);
+    return true;
+  }
+  Forward(std::move(m), new Delivery(nullptr, ack.release()));  // acks (or abandons) when done
+  return true;
+}
+
+void ClusterIngress::SubmitOwn(Message&& m, Delivery* hold) {
+  Forward(std::move(m), new Delivery(nullptr, new ReleaseOnAck(hold)));
+}
+
+void ClusterIngress::Forward(Message&& m, Delivery* d) {
   Record r;
   r.partition = KafkaPartitionOf(m.device, partitions_);
   r.topic = topic_;
@@ -65,9 +82,8 @@ bool ClusterIngress::Submit(Message&& m, std::unique_ptr<AckHandle> ack) {
   r.source_topic = std::move(m.topic);  // becomes the `gnomon-source-topic` header
   r.source = m.source;
   r.ts_ms = m.ts_ms;
-  r.delivery = new Delivery(nullptr, ack.release());  // acks (or abandons) when it finishes
+  r.delivery = d;
   sink_->Send(std::move(r));
-  return true;
 }
 
 void ClusterIngress::Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gnomon/core/message.h"
@@ -31,8 +32,14 @@ class ClusterIngress final : public Ingest, public DeliveryReporter {
   void SetSink(Sink* sink) { sink_ = sink; }
 
   // Ingest: forwards to the ingress topic. Blocks while the producer's queue is full (the
-  // back-pressure a worker queue gives on one instance).
+  // back-pressure a worker queue gives on one instance). A message on one of gnomon's own
+  // topics (under kOwnTopics) is refused: dead-lettered, reason `reserved_topic`.
   bool Submit(Message&& m, std::unique_ptr<AckHandle> ack) override;
+  // gnomon's own event for another partition's owner (a keyed window's event, for its key's
+  // owner): forwarded like a message; `hold` (taken by the caller) is released once Kafka has
+  // it (abandoned if it is cancelled).
+  void SubmitOwn(Message&& m, Delivery* hold);
+  static constexpr std::string_view kOwnTopics = "$gnomon/";
   void Reject(Message&& m, std::unique_ptr<AckHandle> ack, std::string_view reason,
               std::string_view error) override;
 
@@ -44,6 +51,7 @@ class ClusterIngress final : public Ingest, public DeliveryReporter {
   const std::string& topic() const { return topic_; }
 
  private:
+  void Forward(Message&& m, Delivery* d);
   Ingest& engine_;
   std::string topic_;
   int32_t partitions_;

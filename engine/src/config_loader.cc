@@ -119,20 +119,6 @@ Result<std::shared_ptr<const rules::RuleSet>> LoadRules(const AppConfig& app,
   opts.lib_dirs = app.rule_libs;
   opts.max_limits = app.rule_limits;
   GNOMON_ASSIGN_OR_RETURN(auto set, rules::RuleSet::Load(files, opts));
-  if (app.cluster.enabled) {
-    // A keyed window's rows are its keys', which hash to other partitions than the devices
-    // feeding them: in a cluster they would belong to other instances (docs/cluster.md).
-    for (const rules::RuleInfo& rule : set->rules()) {
-      for (const rules::WindowDecl& w : rule.windows) {
-        if (!w.key.empty()) {
-          return FailedPrecondition(fmt::format(
-              "rule {}: window {} is keyed by something other than the device (key =), which "
-              "does not run in a cluster yet (docs/cluster.md#rule-state-timers-and-windows)",
-              rule.name, w.name));
-        }
-      }
-    }
-  }
   // Rules ship with tests; a rule whose tests fail does not start.
   if (!files.empty()) {
     rules::TestOptions topts;

@@ -684,6 +684,9 @@ void Engine::Impl::Process(Worker& w, Message& m, std::vector<uint32_t>& matches
                            rules::CallResult& result) {
   const LoadedRules& loaded = *w.loaded;
   const rules::RuleSet& set = *loaded.set;
+  if (!m.topic.empty() && m.topic[0] == '$' && TakeKeyedEvent(w, m)) {
+    return;  // a keyed window's event from another instance (cluster)
+  }
   bool presence = false;
   bool reply = false;
   if (!BeforeRules(w, m, presence, reply)) {

@@ -293,11 +293,14 @@ class Engine::Impl final : public Ingest,
   Counter* window_skipped_ = nullptr;
   std::atomic<int64_t> windows_open_at_start_{0};  // in the store at start (RestoreStates)
   // A call's events for keyed windows, to the owners of their keys (holding `m` until each
-  // is durable there).
+  // is durable there; in a cluster, until the ingress topic has it, in the key's partition).
   void RouteKeyedEvents(const Message& m, const rules::RuleInfo& rule,
                         std::vector<rules::KeyedEvent> events);
   // On the key's owner: a keyed window takes the event.
   void ApplyWindowEvent(Worker& w, WindowEvent& e);
+  // In a cluster: a message from the ingress that is a keyed window's event from another
+  // instance ("$gnomon/rules/{rule}/keyed") is applied as one; false for any other message.
+  bool TakeKeyedEvent(Worker& w, Message& m);
   // After a call that moved windows on: on_window for each closed one, and on_late (or a
   // late_event dead letter) for the windows `m` was late for.
   void WindowsClosed(Worker& w, Message& m, uint32_t idx, const rules::RuleInfo& rule,

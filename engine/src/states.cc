@@ -469,14 +469,36 @@ void Engine::Impl::RouteKeyedEvents(const Message& m, const rules::RuleInfo& rul
     e.msg.device = std::move(k.key);
     e.msg.source = m.source;
     e.msg.ts_ms = m.ts_ms;
-    e.msg.delivery = m.delivery;
     m.delivery->Hold();
+    if (cluster_ingress_ != nullptr) {
+      // In a cluster the key's partition is generally another instance's: the event goes to
+      // its owner through the ingress topic, in the key's partition (docs/cluster.md).
+      cluster_ingress_->SubmitOwn(std::move(e.msg), m.delivery);
+      continue;
+    }
+    e.msg.delivery = m.delivery;
     size_t owner = OwnerOf(e.msg.device);
     if (!workers_[owner]->queue.PushForce(std::move(e))) {
       m.delivery->Mark(Delivery::kAbandoned);
       m.delivery->Release();
     }
   }
+}
+
+bool Engine::Impl::TakeKeyedEvent(Worker& w, Message& m) {
+  // "$gnomon/rules/{rule}/keyed", from the cluster's ingress (ClusterIngress refuses these
+  // topics from any other source, so only gnomon's own events come this way).
+  constexpr std::string_view kPrefix = "$gnomon/rules/";
+  constexpr std::string_view kSuffix = "/keyed";
+  if (cluster_ingress_ == nullptr || !m.topic.starts_with(kPrefix) || !m.topic.ends_with(kSuffix) ||
+      m.topic.size() <= kPrefix.size() + kSuffix.size()) {
+    return false;
+  }
+  WindowEvent e;
+  e.rule = m.topic.substr(kPrefix.size(), m.topic.size() - kPrefix.size() - kSuffix.size());
+  e.msg = std::move(m);
+  ApplyWindowEvent(w, e);  // (releases the message's processing hold)
+  return true;
 }
 
 void Engine::Impl::ApplyWindowEvent(Worker& w, WindowEvent& e) {

@@ -27,6 +27,13 @@ class CountingAck final : public AckHandle {
   Acks& a_;
 };
 
+// Records how a delivery ended (its flags).
+class Finished final : public DeliveryObserver {
+ public:
+  void OnDeliveryFinished(Delivery& d) override { flags.push_back(d.flags()); }
+  std::vector<uint8_t> flags;
+};
+
 class KeepingSink final : public Sink {
  public:
   Status Start() override { return {}; }
@@ -136,6 +143,43 @@ TEST_F(ClusterIngressTest, ACancelledRecordOrALostDeadLetterAbandonsTheMessage) 
   EXPECT_EQ(acks_.abandoned, 2);
   EXPECT_EQ(acks_.acked, 0);
   EXPECT_EQ(Counted("cancelled"), 1);
+}
+
+// gnomon's own topics are refused from sources (a device must not forge a keyed window's
+// event); gnomon's own events go through SubmitOwn, in their key's partition, and release the
+// message they came from once Kafka has them (abandon it when cancelled).
+TEST_F(ClusterIngressTest, OwnTopicsAreRefusedFromSourcesAndGnomonsOwnEventsReleaseTheirMessage) {
+  Message forged;
+  forged.topic = "$gnomon/rules/rooms/keyed";
+  forged.device = "r1";
+  forged.payload = R"({"window":"w","t":1,"v":1})";
+  forged.source = &source_;
+  ASSERT_TRUE(ingress_.Submit(std::move(forged), std::make_unique<CountingAck>(acks_)));
+  EXPECT_TRUE(sink_.records.empty());
+  ASSERT_EQ(engine_.rejected.size(), 1u);
+  EXPECT_EQ(engine_.rejected[0].reason, "reserved_topic");
+  EXPECT_NE(engine_.rejected[0].error.find("gnomon's own topics"), std::string::npos);
+
+  Finished finished;
+  for (bool cancelled : {false, true}) {
+    auto* message = new Delivery(&finished, nullptr);
+    message->Hold();  // (what RouteKeyedEvents takes for the event)
+    Message event;
+    event.topic = "$gnomon/rules/rooms/keyed";
+    event.device = "r1";
+    event.payload = R"({"window":"w","t":1,"v":1})";
+    event.source = &source_;
+    ingress_.SubmitOwn(std::move(event), message);
+    ASSERT_FALSE(sink_.records.empty());
+    Record& r = sink_.records.back();
+    EXPECT_EQ(r.partition, KafkaPartitionOf("r1", 12));
+    EXPECT_EQ(r.source_topic, "$gnomon/rules/rooms/keyed");
+    message->Release();  // the message's processing hold: its event still holds it
+    EXPECT_EQ(finished.flags.size(), cancelled ? 1u : 0u);
+    ingress_.Report(r, cancelled ? Status(StatusCode::kCancelled, "stopping") : Status());
+    ASSERT_EQ(finished.flags.size(), cancelled ? 2u : 1u);
+    EXPECT_EQ((finished.flags.back() & Delivery::kAbandoned) != 0, cancelled);
+  }
 }
 
 }  // namespace

@@ -1210,6 +1210,189 @@ TEST_F(ClusterTest, ServiceCallsMoveWithTheirPartitions) {
   }
 }
 
+// A standby's copies while Kafka is away (docs/cluster.md#standbys): its rounds cannot read the
+// change log, the copies stay and go on answering `?read=standby` with a lag that grows; once
+// Kafka is back they catch up with what the owner wrote meanwhile.
+TEST_F(ClusterTest, StandbyCopiesOutlastKafkaBeingAwayAndCatchUp) {
+  UseShadows();
+  standby_replicas_ = 1;
+  ASSERT_TRUE(StartTwo()) << Stderr();
+  constexpr int kDevices = 20;
+  auto device = [](int d) { return "dev" + std::to_string(d); };
+  testing::Client pub(broker_.port(), "test-pub");
+  PublishRounds(pub, kDevices, 0, 3);
+  std::set<std::string> at_b;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        at_b.clear();
+        for (int d = 0; d < kDevices; ++d) {
+          Shadow s = GetShadow(instances_["a"], device(d));
+          if (s.n != 2) {
+            return false;
+          }
+          if (s.served_by == "b") {
+            at_b.insert(device(d));
+          }
+        }
+        return true;
+      },
+      std::chrono::milliseconds(60000)))
+      << Stderr();
+  ASSERT_FALSE(at_b.empty());
+  // a's copy of b's devices as a standby read answers it: n, and the lag it reports.
+  struct Copy {
+    int status = 0;
+    int64_t n = -1;
+    int64_t lag_ms = -1;
+  };
+  auto copy_of = [&](const std::string& dev) {
+    Copy c;
+    httplib::Client at("127.0.0.1", instances_["a"].api_port);
+    at.set_connection_timeout(2);
+    auto res = at.Get(("/v1/things/" + dev + "/shadow?read=standby").c_str());
+    if (!res) {
+      return c;
+    }
+    c.status = res->status;
+    if (res->get_header_value("X-Gnomon-Read") != "standby") {
+      return c;  // (not from the copy)
+    }
+    c.lag_ms = std::atoll(res->get_header_value("X-Gnomon-Lag-Ms").c_str());
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    if (parser.parse(res->body).get(doc) != simdjson::SUCCESS ||
+        doc.at_pointer("/state/reported/n").get_int64().get(c.n) != simdjson::SUCCESS) {
+      c.n = -1;
+    }
+    return c;
+  };
+  auto copies_hold = [&](int64_t n) {
+    for (const auto& dev : at_b) {
+      if (copy_of(dev).n != n) {
+        return false;
+      }
+    }
+    return true;
+  };
+  ASSERT_TRUE(WaitFor([&] { return copies_hold(2); }, std::chrono::milliseconds(30000)))
+      << Stderr();
+
+  for (int b = 1; b <= 3; ++b) {
+    ASSERT_TRUE(kafka_.Inject("broker-down " + std::to_string(b)));
+  }
+  EXPECT_TRUE(WaitFor([&] { return Get(instances_["a"], "/readyz").first == 503; },
+                      std::chrono::milliseconds(20000)))
+      << Get(instances_["a"], "/readyz").second;
+  // The copies stay, answered from, their lag growing past the outage so far.
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  EXPECT_EQ(Metric(instances_["a"], "gnomon_cluster_standby_partitions"), kPartitions / 2);
+  for (const auto& dev : at_b) {
+    Copy c = copy_of(dev);
+    EXPECT_EQ(c.status, 200) << dev;
+    EXPECT_EQ(c.n, 2) << dev;
+    EXPECT_GE(c.lag_ms, 3000) << dev;
+  }
+
+  for (int b = 1; b <= 3; ++b) {
+    ASSERT_TRUE(kafka_.Inject("broker-up " + std::to_string(b)));
+  }
+  ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  // b writes on (over HTTP ingest at b); a's copies follow, their lag small again.
+  httplib::Client ingest("127.0.0.1", instances_["b"].api_port);
+  ingest.set_read_timeout(60);
+  for (const auto& dev : at_b) {
+    auto res = ingest.Post(("/v1/ingest/devices/" + dev + "/telemetry").c_str(), "{\"n\":3}",
+                           "application/json");
+    ASSERT_TRUE(res && res->status == 202) << (res ? res->body : "no answer");
+  }
+  EXPECT_TRUE(WaitFor([&] { return copies_hold(3); }, std::chrono::milliseconds(60000)))
+      << Stderr();
+  EXPECT_LT(copy_of(*at_b.begin()).lag_ms, 3000);
+}
+
+// Keyed windows in a cluster (docs/cluster.md#rule-state-timers-and-windows): devices on both
+// instances feed their room's window; each event reaches the room's owner through the ingress
+// topic, and every room's window closes once, at its owner, holding every device's messages.
+TEST_F(ClusterTest, KeyedWindowsGatherEveryDevicesEventsAtTheKeysOwner) {
+  shadows_ = true;
+  dir_.Write("rules/out.lua", R"(
+    return rule { name = "rooms", from = "devices/+/telemetry",
+      windows = { per_room = { tumbling = "1m", of = "v", agg = { "sum" },
+                               time = "payload.ts", key = "payload.room" } },
+      handle = function(msg, ctx) end,
+      on_window = function(w, ctx)
+        ctx.emit("out", { room = ctx.device, from = w.start, n = w.count, sum = w.sum })
+      end })");
+  ASSERT_TRUE(StartTwo()) << Stderr();
+  constexpr int kDevices = 24, kRooms = 4, kEach = 3;
+  testing::Client pub(broker_.port(), "test-pub");
+  auto send = [&](int d, int64_t ts, int v) {
+    pub.Publish("devices/dev" + std::to_string(d) + "/telemetry",
+                "{\"room\":\"r" + std::to_string(d % kRooms) + "\",\"ts\":" + std::to_string(ts) +
+                    ",\"v\":" + std::to_string(v) + "}");
+  };
+  // Window [0, 60000) of each room: kEach messages of every device in it, v = 1.
+  for (int n = 0; n < kEach; ++n) {
+    for (int d = 0; d < kDevices; ++d) {
+      send(d, 1000 * (n + 1), 1);
+    }
+  }
+  // Then time moves on in every room, which closes it (once all the first events are in: a
+  // message's events go out in order, each device's on its own instance).
+  ASSERT_TRUE(WaitFor([&] {
+    double taken = 0;
+    for (const char* id : {"a", "b"}) {
+      taken += Metric(instances_[id], "gnomon_source_messages_total{source=\"cluster\"}");
+    }
+    return taken >= 2 * kDevices * kEach;  // (each message, then its keyed event)
+  })) << Stderr();
+  for (int d = 0; d < kRooms; ++d) {
+    send(d, 200000, 0);
+  }
+  // Every room's window closed once, at one instance, with all kDevices / kRooms * kEach.
+  std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> closed;  // room -> (n, sum)
+  std::set<std::string> where;
+  auto read = [&] {
+    closed.clear();
+    where.clear();
+    for (const char* id : {"a", "b"}) {
+      simdjson::dom::parser parser;
+      for (const auto& line : testing::ReadLines(dir_.File(std::string("out-") + id + ".jsonl"))) {
+        simdjson::dom::element e;
+        std::string_view room;
+        int64_t n = 0, sum = 0, from = -1;
+        if (parser.parse(line).get(e) == simdjson::SUCCESS &&
+            e["room"].get_string().get(room) == simdjson::SUCCESS &&
+            e["n"].get_int64().get(n) == simdjson::SUCCESS &&
+            e["sum"].get_int64().get(sum) == simdjson::SUCCESS &&
+            e["from"].get_int64().get(from) == simdjson::SUCCESS && from == 0) {
+          closed[std::string(room)].emplace_back(n, sum);
+          where.insert(id);
+        }
+      }
+    }
+    return closed.size() == static_cast<size_t>(kRooms);
+  };
+  ASSERT_TRUE(WaitFor(read, std::chrono::milliseconds(60000))) << closed.size() << " rooms closed\n"
+                                                               << Stderr();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // (a second close would be here)
+  read();
+  constexpr int64_t kPerRoom = kDevices / kRooms * kEach;
+  for (const auto& [room, closes] : closed) {
+    ASSERT_EQ(closes.size(), 1u) << room;
+    EXPECT_EQ(closes[0].first, kPerRoom) << room;
+    EXPECT_EQ(closes[0].second, kPerRoom) << room;
+  }
+  // The rooms' owners are spread over both instances (4 keys over 2 owners: both, with these
+  // names and 4 partitions).
+  std::set<int32_t> partitions;
+  for (int r = 0; r < kRooms; ++r) {
+    partitions.insert(KafkaPartitionOf("r" + std::to_string(r), kPartitions));
+  }
+  RecordProperty("room_partitions", static_cast<int>(partitions.size()));
+  RecordProperty("instances_closing", static_cast<int>(where.size()));
+}
+
 // Kafka unreachable for a while: ingress and the change log wait, the instances say they are not
 // ready, HTTP ingest answers 202 only once Kafka has a message, and when Kafka is back every
 // message sent before and during the outage is in its device's shadow.
