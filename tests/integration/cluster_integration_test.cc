@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <future>
 #include <map>
 #include <set>
@@ -258,6 +259,37 @@ class ClusterTest : public ::testing::Test {
       return -1;
     }
     return static_cast<int>(n);
+  }
+
+  // Waits (60 s at most) until `value` is `want` for every device dev0 .. dev{devices-1};
+  // `*by_b` gets the devices whose answer instance b served (X-Gnomon-Served-By).
+  using DeviceValue = std::function<int64_t(const std::string& dev, std::string* served_by)>;
+  static bool AwaitEveryDevice(int devices, const DeviceValue& value, int64_t want,
+                               std::set<std::string>* by_b) {
+    return WaitFor(
+        [&] {
+          by_b->clear();
+          for (int d = 0; d < devices; ++d) {
+            std::string dev = "dev" + std::to_string(d);
+            std::string served_by;
+            if (value(dev, &served_by) != want) {
+              return false;
+            }
+            if (served_by == "b") {
+              by_b->insert(dev);
+            }
+          }
+          return true;
+        },
+        std::chrono::milliseconds(60000));
+  }
+  // A device's reported.n as instance `i` answers it (the DeviceValue of shadows).
+  DeviceValue ReportedAt(const Instance& i) {
+    return [this, &i](const std::string& dev, std::string* served_by) {
+      Shadow s = GetShadow(i, dev);
+      *served_by = s.served_by;
+      return s.n;
+    };
   }
 
   // Telemetry {"n": round} of devices dev0 .. dev{devices-1}, for rounds [from, to).
@@ -878,21 +910,7 @@ TEST_F(ClusterTest, AStandbyTakesOverFromItsWarmCopyReadingOnlyTheTail) {
   auto publish = [&](int from, int to) { PublishRounds(pub, kDevices, from, to); };
   publish(0, kRounds);
   std::set<std::string> at_b;  // b's devices
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        at_b.clear();
-        for (int d = 0; d < kDevices; ++d) {
-          Shadow s = GetShadow(instances_["a"], device(d));
-          if (s.n != kRounds - 1) {
-            return false;
-          }
-          if (s.served_by == "b") {
-            at_b.insert(device(d));
-          }
-        }
-        return true;
-      },
-      std::chrono::milliseconds(60000)))
+  ASSERT_TRUE(AwaitEveryDevice(kDevices, ReportedAt(instances_["a"]), kRounds - 1, &at_b))
       << Stderr();
   ASSERT_FALSE(at_b.empty());
   // Each follows the other's two partitions, caught up within the last round.
@@ -1025,28 +1043,16 @@ TEST_F(ClusterTest, RuleStateAndTimersMoveWithTheirPartitions) {
   ASSERT_TRUE(StartTwo()) << Stderr();
   constexpr int kDevices = 24, kFirst = 5, kSecond = 3;
   auto device = [](int d) { return "dev" + std::to_string(d); };
-  auto count_at = [&](const std::string& id, const std::string& dev, std::string* served_by) {
-    return StateCount(instances_[id], dev, served_by);
-  };
   testing::Client pub(broker_.port(), "test-pub");
   PublishRounds(pub, kDevices, 0, kFirst);
   // Every count reaches kFirst, asked at a: b's devices through b.
   std::set<std::string> at_b;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        at_b.clear();
-        for (int d = 0; d < kDevices; ++d) {
-          std::string served_by;
-          if (count_at("a", device(d), &served_by) != kFirst) {
-            return false;
-          }
-          if (served_by == "b") {
-            at_b.insert(device(d));
-          }
-        }
-        return true;
+  ASSERT_TRUE(AwaitEveryDevice(
+      kDevices,
+      [&](const std::string& dev, std::string* served_by) {
+        return StateCount(instances_["a"], dev, served_by);
       },
-      std::chrono::milliseconds(60000)))
+      kFirst, &at_b))
       << Stderr();
   ASSERT_FALSE(at_b.empty());
   ASSERT_LT(at_b.size(), static_cast<size_t>(kDevices));
@@ -1096,7 +1102,8 @@ TEST_F(ClusterTest, RuleStateAndTimersMoveWithTheirPartitions) {
   EXPECT_TRUE(WaitFor([&] {
     for (int d = 0; d < kDevices; ++d) {
       std::string served_by;
-      if (count_at("a", device(d), &served_by) != kFirst + kSecond || !served_by.empty()) {
+      if (StateCount(instances_["a"], device(d), &served_by) != kFirst + kSecond ||
+          !served_by.empty()) {
         return false;
       }
     }
@@ -1104,7 +1111,8 @@ TEST_F(ClusterTest, RuleStateAndTimersMoveWithTheirPartitions) {
   })) << Stderr();
   for (const auto& dev : at_b) {
     std::string served_by;
-    EXPECT_EQ(count_at("a", dev, &served_by), kFirst + kSecond) << dev << " (was b's)";
+    EXPECT_EQ(StateCount(instances_["a"], dev, &served_by), kFirst + kSecond)
+        << dev << " (was b's)";
   }
 }
 
@@ -1218,26 +1226,10 @@ TEST_F(ClusterTest, StandbyCopiesOutlastKafkaBeingAwayAndCatchUp) {
   standby_replicas_ = 1;
   ASSERT_TRUE(StartTwo()) << Stderr();
   constexpr int kDevices = 20;
-  auto device = [](int d) { return "dev" + std::to_string(d); };
   testing::Client pub(broker_.port(), "test-pub");
   PublishRounds(pub, kDevices, 0, 3);
   std::set<std::string> at_b;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        at_b.clear();
-        for (int d = 0; d < kDevices; ++d) {
-          Shadow s = GetShadow(instances_["a"], device(d));
-          if (s.n != 2) {
-            return false;
-          }
-          if (s.served_by == "b") {
-            at_b.insert(device(d));
-          }
-        }
-        return true;
-      },
-      std::chrono::milliseconds(60000)))
-      << Stderr();
+  ASSERT_TRUE(AwaitEveryDevice(kDevices, ReportedAt(instances_["a"]), 2, &at_b)) << Stderr();
   ASSERT_FALSE(at_b.empty());
   // a's copy of b's devices as a standby read answers it: n, and the lag it reports.
   struct Copy {
