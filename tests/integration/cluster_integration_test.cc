@@ -1289,6 +1289,10 @@ TEST_F(ClusterTest, StandbyCopiesOutlastKafkaBeingAwayAndCatchUp) {
     ASSERT_TRUE(kafka_.Inject("broker-up " + std::to_string(b)));
   }
   ASSERT_TRUE(AwaitBalanced({"a", "b"}, kPartitions / 2)) << Stderr();
+  // (The outage may have cost b its membership, and the partitions may be shared out anew:
+  // which devices are b's now.)
+  ASSERT_TRUE(AwaitEveryDevice(kDevices, ReportedAt(instances_["a"]), 2, &at_b)) << Stderr();
+  ASSERT_FALSE(at_b.empty());
   // b writes on (over HTTP ingest at b); a's copies follow, their lag small again.
   httplib::Client ingest("127.0.0.1", instances_["b"].api_port);
   ingest.set_read_timeout(60);
