@@ -529,7 +529,7 @@ class ShadowStore::Impl {
  private:
   void Run() {
     pthread_setname_np(pthread_self(), "gnomon-shadowdb");
-    std::vector<Pending> batch;
+    std::deque<Pending> batch;
     std::unordered_map<std::string_view, size_t> last;  // "thing\0name" → index in batch
     std::vector<std::string> keys;
     std::vector<bool> stale;
@@ -545,11 +545,16 @@ class ShadowStore::Impl {
         if (queue_.empty()) {
           return;  // closing and drained
         }
-        size_t n = std::min(queue_.size(), options_.max_batch);
-        batch.reserve(n);
-        for (size_t i = 0; i < n; ++i) {
-          batch.push_back(std::move(queue_.front()));
-          queue_.pop_front();
+        // Take the queue whole when it fits in one batch: the workers queueing writes wait for
+        // this lock, and moving thousands of writes one by one under it made them sleep on it
+        // (the biggest cause of their waits in the stateful replay).
+        if (queue_.size() <= options_.max_batch) {
+          batch.swap(queue_);
+        } else {
+          for (size_t i = 0; i < options_.max_batch; ++i) {
+            batch.push_back(std::move(queue_.front()));
+            queue_.pop_front();
+          }
         }
       }
       // Writes made on top of a refused one are refused too (they carry its changes), until
@@ -627,7 +632,7 @@ class ShadowStore::Impl {
     }
   }
 
-  Status Commit(std::vector<Pending>& batch,
+  Status Commit(std::deque<Pending>& batch,
                 const std::unordered_map<std::string_view, size_t>& last,
                 const std::vector<bool>& stale) {
     GNOMON_RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE"));
@@ -674,7 +679,7 @@ class ShadowStore::Impl {
   }
 
   // Inside Commit's transaction; rolls it back on failure.
-  Status LogChanges(const std::vector<Pending>& batch, const std::vector<bool>& stale) {
+  Status LogChanges(const std::deque<Pending>& batch, const std::vector<bool>& stale) {
     log_.clear();
     size_t bytes = 0;
     size_t n = 0;
