@@ -1042,6 +1042,9 @@ void Engine::Impl::Report(Record& r, const Status& status) {
                                                   {"error", status.message()},
                                                   {"suppressed_before", std::to_string(suppressed)}});
     }
+    if (r.route == kChangelogRoute && d != nullptr) {
+      d->Mark(Delivery::kUnlogged);  // (a REST write is then not answered as done)
+    }
     DeadLetter(d, "sink_error", status.message(), r.rule, r.source, r.source_topic, r.device,
                r.payload, r.attempts, r.ts_ms);
   }

@@ -25,7 +25,8 @@ HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
     // In a cluster a shadow write or a new service call lives in the change log (whoever owns
     // the device next restores it from there): the answer waits until the request's delivery
     // finishes, its change-log record durable; a write whose record the log did not take (the
-    // partition moved, the instance was fenced) is answered 503, never 200 or 202.
+    // partition moved, the instance was fenced, Kafka refused the record) is answered 503,
+    // never 200 or 202.
     struct Durable {
       Mutex mu;
       std::optional<std::pair<int, std::string>> answer GNOMON_GUARDED_BY(mu);
@@ -49,7 +50,8 @@ HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
     state->done = done;
     state->not_durable = ApiError(503, "NOT_DURABLE",
                                   "the write could not be made durable in the cluster's change "
-                                  "log (its partition moved, or this instance lost it); retry")
+                                  "log (its partition moved, this instance lost it, or Kafka refused "
+                                  "the record); retry")
                              .Json(clock_.NowMs() / 1000);
     *reply = [state](int status, std::string b) {
       MutexLock lock(state->mu);
@@ -60,6 +62,9 @@ HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
      public:
       explicit AnswerWhenDurable(std::shared_ptr<Durable> s) : s_(std::move(s)) {}
       void Ack() override { Finish(false); }
+      // Dead-lettered because the change log refused the write's record: not durable in the
+      // cluster (the next owner would not find it), so not answered as done.
+      void Acknowledge(uint8_t flags) override { Finish((flags & Delivery::kUnlogged) != 0); }
       void Abandon() override { Finish(true); }
 
      private:

@@ -1993,5 +1993,58 @@ TEST_F(ClusterFaultsTest, TenThousandDevicesRideOutAKillANewcomerAndAPauseWithNo
                      "gnomon_kafka_partition_writers_fenced_total{sink=\"shadow-changelog\"}"));
 }
 
+// A write the change log does not take is never answered as done (docs/cluster.md#shadows,
+// #service-calls): while Kafka refuses the change log's records (INVALID_RECORD, not retried),
+// a desired write and a new service call over REST are answered 503 NOT_DURABLE (they were
+// answered 200 and 202 before: the refused record was dead-lettered, which finished the request);
+// once Kafka takes them again both succeed, and the refused record is not in the log.
+TEST_F(ClusterFaultsTest, WritesTheChangeLogRefusesAreAnswered503NotDurable) {
+  UseShadows();
+  shadows_config_ = "{ connection: broker }";
+  dir_.Write("models/th.json", R"({ "modelId": "acme:th", "version": "1",
+    "match": { "devicePrefix": "th-" },
+    "properties": [ { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float" } } ],
+    "services": [ { "identifier": "reboot", "callType": "async", "timeoutMs": 300000 } ] })");
+  extra_config_ = "models: [models/*.json]\nservices: { keep_ms: 600000 }\n";
+  Start("a");
+  ASSERT_TRUE(AwaitBalanced({"a"}, kPartitions)) << Stderr();
+  httplib::Client at("127.0.0.1", instances_["a"].api_port);
+  at.set_read_timeout(30);
+  constexpr int16_t kProduce = 0, kInvalidRecord = 87;
+  auto refused = [&](const std::string& path, const std::string& body) {
+    test_broker_->InjectError(kProduce, kInvalidRecord, 1, "fleet.changelog");
+    auto res = at.Post(path.c_str(), body, "application/json");
+    ASSERT_TRUE(res) << path;
+    EXPECT_EQ(res->status, 503) << path << " " << res->body << Stderr();
+    EXPECT_NE(res->body.find("NOT_DURABLE"), std::string::npos) << res->body;
+  };
+  refused("/v1/things/dev1/shadow", R"({"state":{"desired":{"mode":"lost"}}})");
+  refused("/v1/things/th-1/services/reboot", "{}");
+  // Kafka takes them again: the same requests succeed.
+  auto res = at.Post("/v1/things/dev1/shadow", R"({"state":{"desired":{"mode":"kept"}}})",
+                     "application/json");
+  ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no answer") << Stderr();
+  res = at.Post("/v1/things/th-1/services/reboot", "{}", "application/json");
+  ASSERT_TRUE(res && res->status == 202) << (res ? res->body : "no answer") << Stderr();
+  // The log holds the kept write (as dev1's only record: the refused one never got in) and the
+  // call.
+  std::string log;
+  std::vector<std::string> dev1;
+  for (const auto& r : KafkaClient(bootstrap()).ReadAll("fleet.changelog", SIZE_MAX)) {
+    log += r.key + " " + r.value + "\n";
+    if (r.key == "dev1") {
+      dev1.push_back(r.value);
+    }
+  }
+  ASSERT_EQ(dev1.size(), 1u) << log;
+  simdjson::dom::parser parser;
+  std::string_view mode;
+  ASSERT_EQ(parser.parse(dev1[0]).at_pointer("/current/state/desired/mode").get_string().get(mode),
+            simdjson::SUCCESS)
+      << dev1[0];
+  EXPECT_EQ(mode, "kept");
+  EXPECT_NE(log.find("th-1/$call/"), std::string::npos) << log;
+}
+
 }  // namespace
 }  // namespace gnomon

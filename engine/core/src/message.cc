@@ -8,7 +8,7 @@ void Delivery::Finish() {
     if (flags() & kAbandoned) {
       ack_->Abandon();
     } else {
-      ack_->Ack();
+      ack_->Acknowledge(flags());
     }
   }
   if (observer_ != nullptr) {

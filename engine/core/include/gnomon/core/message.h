@@ -29,6 +29,9 @@ class AckHandle {
   virtual ~AckHandle() = default;
   // Every effect of the message is durable (or dead-lettered durably).
   virtual void Ack() = 0;
+  // What the Delivery calls to acknowledge, with its flags (Delivery::Flag); the default is
+  // Ack(). A handle that answers a client overrides it to tell "done" from "dead-lettered".
+  virtual void Acknowledge(uint8_t /*flags*/) { Ack(); }
   // The message could not be completed (shutdown mid-flight); the source may redeliver.
   virtual void Abandon() {}
   // Where the message is kept at its source, for dead letters and logs (Kafka:
@@ -43,7 +46,9 @@ class AckHandle {
 // itself). Thread-safe. Deletes itself after the last Release().
 class Delivery {
  public:
-  enum Flag : uint8_t { kDeadLettered = 1, kAbandoned = 2, kUnmatched = 4 };
+  // kUnlogged: a change-log record of the message's writes (cluster) was refused; the message
+  // is dead-lettered, and its writes are in this instance's store but not in the change log.
+  enum Flag : uint8_t { kDeadLettered = 1, kAbandoned = 2, kUnmatched = 4, kUnlogged = 8 };
 
   Delivery(DeliveryObserver* observer, AckHandle* ack) : observer_(observer), ack_(ack) {}
 
