@@ -48,11 +48,12 @@ HttpResponse Engine::Impl::ApiCall(WorkItem item, int64_t wait_ms) {
     };
     auto state = std::make_shared<Durable>();
     state->done = done;
-    state->not_durable = ApiError(503, "NOT_DURABLE",
-                                  "the write could not be made durable in the cluster's change "
-                                  "log (its partition moved, this instance lost it, or Kafka refused "
-                                  "the record); retry")
-                             .Json(clock_.NowMs() / 1000);
+    state->not_durable =
+        ApiError(503, "NOT_DURABLE",
+                 "the write could not be made durable in the cluster's change "
+                 "log (its partition moved, this instance lost it, or Kafka refused "
+                 "the record); retry")
+            .Json(clock_.NowMs() / 1000);
     *reply = [state](int status, std::string b) {
       MutexLock lock(state->mu);
       state->answer.emplace(status, std::move(b));

@@ -1821,8 +1821,8 @@ TEST_F(ClusterFaultsTest, TenThousandDevicesRideOutAKillANewcomerAndAPauseWithNo
     httplib::Client at("127.0.0.1", instances_["a"].api_port);
     for (int t = 0; t < kThings; ++t) {
       std::string thing = "th-" + std::to_string(t);
-      auto res = at.Post(("/v1/things/" + thing + "/services/reboot").c_str(), "{}",
-                         "application/json");
+      auto res =
+          at.Post(("/v1/things/" + thing + "/services/reboot").c_str(), "{}", "application/json");
       ASSERT_TRUE(res && res->status == 202) << thing << ": " << (res ? res->body : "no answer");
       forwarded += res->get_header_value("X-Gnomon-Served-By").empty() ? 0 : 1;
       simdjson::dom::parser parser;
@@ -1886,9 +1886,10 @@ TEST_F(ClusterFaultsTest, TenThousandDevicesRideOutAKillANewcomerAndAPauseWithNo
   mark("c killed; a and b own its partitions");
   // A fourth joins mid-stream and is given partitions.
   Start("d", kPartitions, false, kSessionMs);
-  ASSERT_TRUE(WaitFor([&] {
-    return Metric(instances_["d"], "gnomon_cluster_partitions_owned") > 0;
-  }, std::chrono::milliseconds(90000))) << Stderr();
+  ASSERT_TRUE(
+      WaitFor([&] { return Metric(instances_["d"], "gnomon_cluster_partitions_owned") > 0; },
+              std::chrono::milliseconds(90000)))
+      << Stderr();
   ASSERT_TRUE(owned_by({"a", "b", "d"})) << Stderr();
   mark("d joined and owns partitions");
   // b paused past its session timeout: a and d take its partitions over; then b is woken (it
@@ -1962,7 +1963,8 @@ TEST_F(ClusterFaultsTest, TenThousandDevicesRideOutAKillANewcomerAndAPauseWithNo
       }
     }
     return true;
-  })) << call_seen << Stderr();
+  })) << call_seen
+      << Stderr();
   mark("alerts checked, calls ended");
 
   // The committed change log: each shadow's versions rise strictly, record after record.
@@ -1986,11 +1988,12 @@ TEST_F(ClusterFaultsTest, TenThousandDevicesRideOutAKillANewcomerAndAPauseWithNo
     }
   }
   EXPECT_EQ(version.size(), static_cast<size_t>(kDevices));
-  std::printf("%d rounds, %zu change-log records; b owned partitions when paused: %d, its "
-              "fenced writers: %g\n",
-              last + 1, records, b_owned ? 1 : 0,
-              Metric(instances_["b"],
-                     "gnomon_kafka_partition_writers_fenced_total{sink=\"shadow-changelog\"}"));
+  std::printf(
+      "%d rounds, %zu change-log records; b owned partitions when paused: %d, its "
+      "fenced writers: %g\n",
+      last + 1, records, b_owned ? 1 : 0,
+      Metric(instances_["b"],
+             "gnomon_kafka_partition_writers_fenced_total{sink=\"shadow-changelog\"}"));
 }
 
 // A write the change log does not take is never answered as done (docs/cluster.md#shadows,
