@@ -325,6 +325,19 @@ class ClusterTest : public ::testing::Test {
         handle = function(msg, ctx) ctx.shadow:report(msg.payload) end })");
   }
 
+  // Thing model acme:th for things "th-*" with an async service `reboot` (its output `ok`),
+  // and services on: requests go out on the MQTT broker, calls are kept 10 minutes.
+  void UseServices() {
+    shadows_config_ = "{ connection: broker }";
+    dir_.Write("models/th.json", R"({ "modelId": "acme:th", "version": "1",
+      "match": { "devicePrefix": "th-" },
+      "properties": [ { "identifier": "temp", "accessMode": "r",
+                        "dataType": { "type": "float" } } ],
+      "services": [ { "identifier": "reboot", "callType": "async", "timeoutMs": 300000,
+        "outputData": [ { "identifier": "ok", "dataType": { "type": "bool" } } ] } ] })");
+    extra_config_ = "models: [models/*.json]\nservices: { keep_ms: 600000 }\n";
+  }
+
   // Instances a and b; true once each owns half of the partitions.
   bool StartTwo() {
     Start("a");
@@ -1145,13 +1158,7 @@ TEST_F(ClusterTest, RuleStateAndTimersMoveWithTheirPartitions) {
 // them and the device's replies finish them there.
 TEST_F(ClusterTest, ServiceCallsMoveWithTheirPartitions) {
   UseShadows();
-  shadows_config_ = "{ connection: broker }";
-  dir_.Write("models/th.json", R"({ "modelId": "acme:th", "version": "1",
-    "match": { "devicePrefix": "th-" },
-    "properties": [ { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float" } } ],
-    "services": [ { "identifier": "reboot", "callType": "async", "timeoutMs": 120000,
-      "outputData": [ { "identifier": "ok", "dataType": { "type": "bool" } } ] } ] })");
-  extra_config_ = "models: [models/*.json]\nservices: { keep_ms: 600000 }\n";
+  UseServices();
   testing::Client device(broker_.port(), "test-devices");
   ASSERT_EQ(device.Subscribe("$aws/things/+/services/+/request"), 1);
   ASSERT_TRUE(StartTwo()) << Stderr();
@@ -1665,13 +1672,7 @@ class ClusterFaultsTest : public ClusterTest {
 
 TEST_F(ClusterFaultsTest, TenThousandDevicesRideOutAKillANewcomerAndAPauseWithNothingLost) {
   UseShadows();
-  shadows_config_ = "{ connection: broker }";
-  dir_.Write("models/th.json", R"({ "modelId": "acme:th", "version": "1",
-    "match": { "devicePrefix": "th-" },
-    "properties": [ { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float" } } ],
-    "services": [ { "identifier": "reboot", "callType": "async", "timeoutMs": 300000,
-      "outputData": [ { "identifier": "ok", "dataType": { "type": "bool" } } ] } ] })");
-  extra_config_ = "models: [models/*.json]\nservices: { keep_ms: 600000 }\n";
+  UseServices();
   testing::Client things(broker_.port(), "test-things");
   ASSERT_EQ(things.Subscribe("$aws/things/+/services/+/request"), 1);
   // kFed devices go on sending while the faults happen (all of them would take minutes of HTTP
@@ -2003,12 +2004,7 @@ TEST_F(ClusterFaultsTest, TenThousandDevicesRideOutAKillANewcomerAndAPauseWithNo
 // once Kafka takes them again both succeed, and the refused record is not in the log.
 TEST_F(ClusterFaultsTest, WritesTheChangeLogRefusesAreAnswered503NotDurable) {
   UseShadows();
-  shadows_config_ = "{ connection: broker }";
-  dir_.Write("models/th.json", R"({ "modelId": "acme:th", "version": "1",
-    "match": { "devicePrefix": "th-" },
-    "properties": [ { "identifier": "temp", "accessMode": "r", "dataType": { "type": "float" } } ],
-    "services": [ { "identifier": "reboot", "callType": "async", "timeoutMs": 300000 } ] })");
-  extra_config_ = "models: [models/*.json]\nservices: { keep_ms: 600000 }\n";
+  UseServices();
   Start("a");
   ASSERT_TRUE(AwaitBalanced({"a"}, kPartitions)) << Stderr();
   httplib::Client at("127.0.0.1", instances_["a"].api_port);
