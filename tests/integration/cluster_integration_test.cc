@@ -1331,8 +1331,27 @@ TEST_F(ClusterTest, StandbyCopiesOutlastKafkaBeingAwayAndCatchUp) {
                            "application/json");
     ASSERT_TRUE(res && res->status == 202) << (res ? res->body : "no answer");
   }
+  // (What each side says, for a failure: the owner's value and the copy's per device, and both
+  // instances' view of the cluster.)
+  auto diagnose = [&] {
+    std::string out;
+    for (const auto& dev : at_b) {
+      Shadow owner = GetShadow(instances_["b"], dev);
+      Copy copy = copy_of(dev);
+      out += dev + ": at b " + std::to_string(owner.status) + " n=" + std::to_string(owner.n) +
+             " served_by=" + owner.served_by + "; a's copy " + std::to_string(copy.status) +
+             " n=" + std::to_string(copy.n) + " lag=" + std::to_string(copy.lag_ms) + "\n";
+    }
+    for (const char* id : {"a", "b"}) {
+      httplib::Client at("127.0.0.1", instances_[id].api_port);
+      auto res = at.Get("/v1/cluster");
+      out +=
+          std::string("GET /v1/cluster at ") + id + ": " + (res ? res->body : "no answer") + "\n";
+    }
+    return out;
+  };
   EXPECT_TRUE(WaitFor([&] { return copies_hold(3); }, std::chrono::milliseconds(60000)))
-      << Stderr();
+      << diagnose() << Stderr();
   EXPECT_LT(copy_of(*at_b.begin()).lag_ms, 3000);
 }
 
