@@ -4,12 +4,13 @@
 #pragma once
 
 #include <librdkafka/rdkafka.h>
+#include <simdjson.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <memory>
-#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -209,5 +210,40 @@ class KafkaClient {
   std::string bootstrap_;
   rd_kafka_t* producer_ = nullptr;
 };
+
+// A cluster's change log as read (records of one key are in one partition, so in order): the
+// shadows' records whose `current.version` does not rise strictly from the key's record before,
+// one line each ("" when every shadow's do: what a fenced owner's late write would break).
+// Rule rows and service calls ("{device}/$..."), tombstones and records that are not a documents
+// event are skipped, the last named too. `*versions` gets each shadow's last version and
+// `*shadow_records` how many shadow records were read.
+inline std::string VersionsThatDoNotRise(const std::vector<KafkaRecord>& records,
+                                         std::map<std::string, int64_t>* versions,
+                                         size_t* shadow_records) {
+  std::string out;
+  simdjson::dom::parser parser;
+  for (const auto& r : records) {
+    if (r.key.find("/$") != std::string::npos || r.value.empty()) {
+      continue;
+    }
+    int64_t v = -1;
+    if (parser.parse(r.value).at_pointer("/current/version").get_int64().get(v) !=
+        simdjson::SUCCESS) {
+      out += r.key + ": not a documents event: " + r.value + "\n";
+      continue;
+    }
+    ++*shadow_records;
+    auto [it, fresh] = versions->emplace(r.key, v);
+    if (!fresh) {
+      if (v <= it->second) {
+        out += r.key + ": version " + std::to_string(v) + " after " + std::to_string(it->second) +
+               " at offset " + std::to_string(r.offset) + " of partition " +
+               std::to_string(r.partition) + "\n";
+      }
+      it->second = v;
+    }
+  }
+  return out;
+}
 
 }  // namespace gnomon::testing

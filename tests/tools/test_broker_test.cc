@@ -1298,25 +1298,14 @@ TEST_F(TestBrokerTest, AClusterOwnerPausedPastItsSessionWritesNothingOnceItsPart
   // The committed change log: each device's versions rise strictly, record after record (a
   // write of the fenced owner's landing after the new owner's would break that).
   Consumer log(bootstrap(), changelog, kPartitions);
-  std::map<std::string, int64_t> version;
-  size_t records = 0;
+  std::vector<testing::KafkaRecord> all;
   for (std::vector<testing::KafkaRecord> got;
        !(got = log.Read(100000, std::chrono::seconds(3))).empty();) {
-    for (const auto& r : got) {
-      ++records;
-      simdjson::dom::parser parser;
-      int64_t v = -1;
-      ASSERT_EQ(parser.parse(r.value).at_pointer("/current/version").get_int64().get(v),
-                simdjson::SUCCESS)
-          << r.value;
-      auto [it, fresh] = version.emplace(r.key, v);
-      if (!fresh) {
-        EXPECT_GT(v, it->second) << r.key << " at offset " << r.offset << " of partition "
-                                 << r.partition;
-        it->second = v;
-      }
-    }
+    all.insert(all.end(), got.begin(), got.end());
   }
+  std::map<std::string, int64_t> version;
+  size_t records = 0;
+  EXPECT_EQ(testing::VersionsThatDoNotRise(all, &version, &records), "");
   EXPECT_EQ(version.size(), static_cast<size_t>(kDevices));
   EXPECT_GT(records, static_cast<size_t>(total / 2));
   // a wrote (it had transactions open when it stopped) and was refused.
