@@ -38,7 +38,9 @@ void AppendQuoted(std::string& out, std::string_view s) {
   out.resize(at + first + 2);
   char* p = out.data() + at;
   p[0] = '"';
-  std::memcpy(p + 1, s.data(), first);
+  if (first > 0) {  // (an empty view's data() may be null, which memcpy must not be given)
+    std::memcpy(p + 1, s.data(), first);
+  }
   if (first == s.size()) {
     p[first + 1] = '"';
     return;
