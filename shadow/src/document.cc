@@ -44,8 +44,21 @@ void AppendMeta(const Value& v, std::string& out, int64_t fixed = -1) {
 // Reads the leaves' stamps of `v` from its parsed metadata; `fallback` where it has none.
 void LoadStamps(Value& v, const Value* meta, int64_t fallback) {
   if (v.is_object() && !v.members().empty()) {
+    // The metadata's members are in the state's order when gnomon wrote both: each is looked
+    // for where the order says first (a search per member made restoring large documents
+    // quadratic in their size).
+    const std::vector<Value::Member>* in_order =
+        meta != nullptr && meta->is_object() ? &meta->members() : nullptr;
+    size_t i = 0;
     for (auto& [k, child] : v.members()) {
-      LoadStamps(child, meta != nullptr ? meta->Find(k) : nullptr, fallback);
+      const Value* m = nullptr;
+      if (in_order != nullptr && i < in_order->size() && (*in_order)[i].first == k) {
+        m = &(*in_order)[i].second;
+      } else if (meta != nullptr) {
+        m = meta->Find(k);
+      }
+      ++i;
+      LoadStamps(child, m, fallback);
     }
     return;
   }

@@ -788,6 +788,54 @@ TEST(ShadowDocTest, UpdatesWithADuplicateKeyAreRefused) {
   EXPECT_TRUE(Value::Parse(R"({"a":{"a":1},"b":{"a":2}})").ok());
 }
 
+// A published document's metadata is read member by member in the state's order when it is
+// in that order (gnomon writes it so), and by name when it is not: the same stamps either way,
+// the document's own timestamp for a member without metadata.
+TEST(ShadowDocTest, MetadataInAnyOrderGivesEachMemberItsStamp) {
+  for (const char* meta : {R"({"a":{"timestamp":10},"b":{"timestamp":20},"c":{"timestamp":30}})",
+                           R"({"c":{"timestamp":30},"b":{"timestamp":20},"a":{"timestamp":10}})",
+                           R"({"c":{"timestamp":30},"a":{"timestamp":10}})"}) {
+    std::string json =
+        std::string(R"({"state":{"reported":{"a":1,"b":2,"c":3}},"metadata":{"reported":)") +
+        meta + R"(},"version":4,"timestamp":99})";
+    auto doc = ShadowDocument::FromDocument(json);
+    ASSERT_TRUE(doc.ok()) << doc.status().message();
+    Value back = J(doc->DocumentJson());
+    const bool has_b = std::string_view(meta).find("\"b\"") != std::string_view::npos;
+    for (auto [key, want] :
+         {std::pair{"a", 10}, std::pair{"b", has_b ? 20 : 99}, std::pair{"c", 30}}) {
+      const Value* ts = back.Find("metadata")->Find("reported")->Find(key)->Find("timestamp");
+      ASSERT_NE(ts, nullptr) << meta << " " << key;
+      EXPECT_EQ(ts->as_int(), want) << meta << " " << key;
+    }
+  }
+}
+
+// Objects of more than a few dozen keys find duplicates through a set rather than a scan per
+// key: the same answer, the order kept, for a duplicate anywhere in them.
+TEST(ShadowDocTest, LargeObjectsFindDuplicateKeysAndKeepTheirOrder) {
+  for (int keys : {8, 33, 200}) {
+    std::string json = "{";
+    for (int i = 0; i < keys; ++i) {
+      json += (i > 0 ? ",\"k" : "\"k") + std::to_string(i) + "\":" + std::to_string(i);
+    }
+    auto parsed = Value::Parse(json + "}");
+    ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+    ASSERT_EQ(parsed->members().size(), static_cast<size_t>(keys));
+    for (int i = 0; i < keys; ++i) {
+      EXPECT_EQ(parsed->members()[i].first, "k" + std::to_string(i));
+      EXPECT_EQ(parsed->members()[i].second.as_int(), i);
+    }
+    for (int dup : {0, keys / 2, keys - 1}) {
+      auto twice = Value::Parse(json + ",\"k" + std::to_string(dup) + "\":-1}");
+      ASSERT_FALSE(twice.ok()) << keys << " " << dup;
+      EXPECT_NE(twice.status().message().find("\"k" + std::to_string(dup) + "\""),
+                std::string::npos)
+          << twice.status().message();
+    }
+  }
+}
+
 // The events a caller leaves out are not built; the change, the document and the view are
 // the same as with every event, and a later update with all of them sees the same state.
 TEST(ShadowEventsTest, EventsLeftOutAreNotBuiltAndChangeNothingElse) {
