@@ -1,16 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "tests/support/test_support.h"
 
-#include <simdjson.h>
-
-#include <map>
-
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <simdjson.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +15,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -105,18 +105,52 @@ std::vector<std::string> ReadLines(const std::string& path) {
   return lines;
 }
 
-int FreePort() {
+namespace {
+// Whether a server could listen on 127.0.0.1:`port` now (0: the kernel picks one). Returns
+// the port it got, or 0.
+int TryListen(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    return 0;
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  int got = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    socklen_t len = sizeof(addr);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      got = ntohs(addr.sin_port);
+    }
+  }
   ::close(fd);
-  return port;
+  return got;
+}
+}  // namespace
+
+// A port below the kernel's ephemeral range (net.ipv4.ip_local_port_range): one inside it can be
+// handed to another socket between this check and the server's bind — a bind to port 0 (an
+// embedded Kafka broker once took a gnomon's metrics port so) or an outgoing connection's local
+// end. Chosen at random, so that test processes running side by side rarely try the same one.
+int FreePort() {
+  int ephemeral = 32768;
+  if (std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range"); range) {
+    range >> ephemeral;
+  }
+  constexpr int kLowest = 10000;
+  if (ephemeral - 1 > kLowest + 1000) {
+    static std::mutex mu;
+    static std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
+    std::lock_guard lock(mu);
+    std::uniform_int_distribution<int> pick(kLowest, ephemeral - 1);
+    for (int attempt = 0; attempt < 256; ++attempt) {
+      if (int port = TryListen(pick(rng)); port != 0) {
+        return port;
+      }
+    }
+  }
+  return TryListen(0);
 }
 
 bool UnderCi() {
