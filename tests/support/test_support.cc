@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -142,10 +143,15 @@ int FreePort() {
   if (ephemeral - 1 > kLowest + 1000) {
     static std::mutex mu;
     static std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
+    // (Never the same port twice in one process: a test asks for several before starting what
+    // binds them.)
+    static std::set<int> given;
     std::lock_guard lock(mu);
     std::uniform_int_distribution<int> pick(kLowest, ephemeral - 1);
     for (int attempt = 0; attempt < 256; ++attempt) {
-      if (int port = TryListen(pick(rng)); port != 0) {
+      int port = pick(rng);
+      if (!given.contains(port) && TryListen(port) != 0) {
+        given.insert(port);
         return port;
       }
     }
