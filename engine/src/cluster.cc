@@ -81,6 +81,13 @@ Status Engine::Impl::InitCluster() {
   // (A quarter of the API's waiting threads per owner, half in all: docs/cluster.md.)
   int threads = static_cast<int>(std::max<int64_t>(1, config_.api.handler_threads));
   forward_gate_ = std::make_unique<ForwardGate>(std::max(1, threads / 4), std::max(1, threads / 2));
+  // Forwards to https:// members: their certificates checked against cluster.tls_ca, this
+  // instance's API certificate shown when they ask for one (docs/cluster.md#rest-anywhere).
+  auto tls = ForwardTls::Make(cl.tls_ca, config_.api.tls_cert, config_.api.tls_key);
+  if (!tls.ok()) {
+    return tls.status().WithContext("cluster: forwarding to other instances");
+  }
+  forward_tls_ = std::move(tls).value();
   members_reporter_ = std::make_unique<MembersReporter>();
   ConfigValue mout;
   mout.SetKind(ConfigValue::Kind::kMap);
@@ -264,7 +271,8 @@ HttpResponse Engine::Impl::ForwardToOwner(const HttpRequest& req, std::string_vi
                     device, p, owner->instance),
         owner->api);
   }
-  auto answer = ForwardRequest(owner->api, req, config_.cluster.instance_id);
+  auto answer =
+      ForwardRequest(owner->api, req, config_.cluster.instance_id, {}, forward_tls_.get());
   if (!answer.ok()) {
     cluster_forward_failed_->Inc();
     static log::RateLimiter limiter(5);
@@ -746,15 +754,15 @@ void Engine::Impl::StartMembers() {
   }
   const AppConfig::Cluster& cl = config_.cluster;
   advertise_ = cl.advertise;
-  if (advertise_.empty() && !config_.api_listen.empty() && config_.api.tls_cert.empty() &&
-      api_port() != 0) {
-    // http:// and api.listen's host (a wildcard: this machine's name), the port it got.
+  if (advertise_.empty() && !config_.api_listen.empty() && api_port() != 0) {
+    // http(s):// and api.listen's host (a wildcard: this machine's name), the port it got.
     std::string host = config_.api_listen.substr(0, config_.api_listen.rfind(':'));
     if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]") {
       char name[256] = {};
       host = gethostname(name, sizeof name - 1) == 0 ? name : "localhost";
     }
-    advertise_ = fmt::format("http://{}:{}", host, api_port());
+    advertise_ = fmt::format("{}://{}:{}", config_.api.tls_cert.empty() ? "http" : "https", host,
+                             api_port());
   }
   if (Status st = members_sink_->Start(); !st.ok()) {
     log::Error(

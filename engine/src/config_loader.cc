@@ -425,10 +425,23 @@ void LoadCluster(AppConfig& app, const ConfigValue* connections, ConfigErrors& e
   cl.standby_replicas = static_cast<int>(c->GetInt("standby_replicas", cl.standby_replicas));
   cl.connection_name = c->GetString("connection");
   cl.advertise = c->GetString("advertise", "");
-  if (!cl.advertise.empty() && !cl.advertise.starts_with("http://")) {
+  if (!cl.advertise.empty() && !cl.advertise.starts_with("http://") &&
+      !cl.advertise.starts_with("https://")) {
     errors.Add(c->Get("advertise"), "cluster.advertise",
-               "must be http://host:port: forwarding to another instance over TLS is not built "
-               "yet (docs/cluster.md#rest-anywhere)");
+               "must be http://host:port, or https://host:port when api.tls is set");
+  } else if (cl.advertise.starts_with("https://") && app.api.tls_cert.empty()) {
+    errors.Add(c->Get("advertise"), "cluster.advertise",
+               "is https:// but this instance's API has no TLS (api.tls)");
+  } else if (cl.advertise.starts_with("http://") && !app.api.tls_cert.empty()) {
+    errors.Add(c->Get("advertise"), "cluster.advertise",
+               "is http:// but this instance's API speaks TLS (api.tls): use https://");
+  }
+  if (const ConfigValue* ca = c->Get("tls_ca")) {
+    cl.tls_ca = ResolvePath(app.base_dir, ca->scalar());
+    if (::access(cl.tls_ca.c_str(), R_OK) != 0) {
+      errors.Add(ca, "cluster.tls_ca",
+                 fmt::format("cannot read {}: {}", cl.tls_ca, std::strerror(errno)));
+    }
   }
   const ConfigValue* conn = connections != nullptr ? connections->Get(cl.connection_name) : nullptr;
   if (conn == nullptr || conn->GetString("type") != "kafka") {

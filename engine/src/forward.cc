@@ -2,13 +2,18 @@
 #include "forward.h"
 
 #include <fmt/format.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <algorithm>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 
 namespace gnomon::engine {
 
@@ -37,18 +42,61 @@ void ForwardGate::Leave(const std::string& owner) {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = asio::ssl;
+
+struct ForwardTls::Impl {
+  ssl::context ctx{ssl::context::tls_client};
+};
+
+ForwardTls::ForwardTls(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ForwardTls::~ForwardTls() = default;
+
+Result<std::shared_ptr<const ForwardTls>> ForwardTls::Make(const std::string& ca_file,
+                                                           const std::string& cert_file,
+                                                           const std::string& key_file) {
+  auto impl = std::make_unique<Impl>();
+  ssl::context& ctx = impl->ctx;
+  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                  ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  ctx.set_verify_mode(ssl::verify_peer);
+  beast::error_code ec;
+  if (ca_file.empty()) {
+    ctx.set_default_verify_paths(ec);
+  } else {
+    ctx.load_verify_file(ca_file, ec);
+  }
+  if (ec) {
+    return InvalidArgument(fmt::format("the CAs to verify other instances with ({}): {}",
+                                       ca_file.empty() ? "the system's" : ca_file, ec.message()));
+  }
+  if (!cert_file.empty()) {
+    ctx.use_certificate_chain_file(cert_file, ec);
+    if (!ec) {
+      ctx.use_private_key_file(key_file, ssl::context::pem, ec);
+    }
+    if (ec) {
+      return InvalidArgument(fmt::format("the certificate shown to other instances ({}, {}): {}",
+                                         cert_file, key_file, ec.message()));
+    }
+  }
+  return std::shared_ptr<const ForwardTls>(new ForwardTls(std::move(impl)));
+}
 
 Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& req,
-                                    const std::string& via, const ForwardLimits& limits) {
-  constexpr std::string_view kScheme = "http://";
-  if (!base.starts_with(kScheme)) {
-    return InvalidArgument(fmt::format("{}: not an http:// address", base));
+                                    const std::string& via, const ForwardLimits& limits,
+                                    const ForwardTls* tls) {
+  const bool https = base.starts_with("https://");
+  if (!https && !base.starts_with("http://")) {
+    return InvalidArgument(fmt::format("{}: not an http:// or https:// address", base));
   }
-  std::string_view authority = std::string_view(base).substr(kScheme.size());
+  if (https && tls == nullptr) {
+    return InvalidArgument(fmt::format("{}: https:// but no TLS set up to reach it", base));
+  }
+  std::string_view authority = std::string_view(base).substr(https ? 8 : 7);
   size_t colon = authority.rfind(':');
   if (colon == std::string_view::npos || colon + 1 == authority.size() ||
       authority.find('/') != std::string_view::npos) {
-    return InvalidArgument(fmt::format("{}: not http://host:port", base));
+    return InvalidArgument(fmt::format("{}: not http(s)://host:port", base));
   }
   std::string host(authority.substr(0, colon));
   std::string port(authority.substr(colon + 1));
@@ -75,7 +123,14 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
 
   asio::io_context ioc;
   asio::ip::tcp::resolver resolver(ioc);
-  beast::tcp_stream stream(ioc);
+  std::optional<beast::tcp_stream> plain;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> secure;
+  if (https) {
+    secure.emplace(ioc, tls->impl().ctx);
+  } else {
+    plain.emplace(ioc);
+  }
+  beast::tcp_stream& stream = secure ? beast::get_lowest_layer(*secure) : *plain;
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.body_limit(limits.max_body_bytes);
@@ -84,6 +139,22 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
   auto fail = [&](beast::error_code ec, const char* what) {
     failed = ec;
     step = what;
+  };
+  // The request and its answer, on the plain or the TLS stream.
+  auto exchange = [&](auto& s) {
+    http::async_write(s, out, [&](beast::error_code ec, size_t) {
+      if (ec) {
+        return fail(ec, "sending");
+      }
+      http::async_read(s, buffer, parser, [&](beast::error_code ec, size_t) {
+        if (ec) {
+          return fail(ec, "reading the answer");
+        }
+        // (No TLS close_notify: the connection is not used again.)
+        beast::error_code ignored;
+        stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+      });
+    });
   };
   auto started = std::chrono::steady_clock::now();
   stream.expires_after(std::min(limits.connect_timeout, limits.timeout));
@@ -95,20 +166,27 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
       if (ec) {
         return fail(ec, "connecting");
       }
-      // The rest of the budget for sending and the answer.
+      // The rest of the budget for the handshake, sending and the answer.
       stream.expires_after(limits.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
                                                 std::chrono::steady_clock::now() - started));
-      http::async_write(stream, out, [&](beast::error_code ec, size_t) {
+      if (!secure) {
+        return exchange(*plain);
+      }
+      // The owner's certificate must name the host of its address (a DNS name or an IP
+      // address in its subjectAltName); SNI for a name.
+      beast::error_code not_ip;
+      asio::ip::make_address(host, not_ip);
+      if (not_ip && !SSL_set_tlsext_host_name(secure->native_handle(), host.c_str())) {
+        return fail(
+            beast::error_code(static_cast<int>(::ERR_get_error()), asio::error::get_ssl_category()),
+            "setting the TLS server name");
+      }
+      secure->set_verify_callback(ssl::host_name_verification(host));
+      secure->async_handshake(ssl::stream_base::client, [&](beast::error_code ec) {
         if (ec) {
-          return fail(ec, "sending");
+          return fail(ec, "the TLS handshake");
         }
-        http::async_read(stream, buffer, parser, [&](beast::error_code ec, size_t) {
-          if (ec) {
-            return fail(ec, "reading the answer");
-          }
-          beast::error_code ignored;
-          stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-        });
+        exchange(*secure);
       });
     });
   });

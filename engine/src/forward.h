@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -64,10 +65,31 @@ class ForwardGate {
   int all_ GNOMON_GUARDED_BY(mu_) = 0;
 };
 
-// Sends `req` to `base` (http://host:port) and returns the owner's answer (its status, body,
-// Content-Type and Retry-After). Errors: the address is not http://host:port, or the owner
-// could not be reached or did not answer in time (kUnavailable).
+// How forwards reach owners whose API is https://: TLS 1.2 or later, the owner's certificate
+// verified against `ca_file` (PEM; empty: the system's trusted CAs) and checked to name the host
+// of its address, and this instance's `cert_file`/`key_file` shown when the owner asks for a
+// client certificate (its api.tls.client_ca). Built once, shared by the API's threads.
+class ForwardTls {
+ public:
+  static Result<std::shared_ptr<const ForwardTls>> Make(const std::string& ca_file,
+                                                        const std::string& cert_file,
+                                                        const std::string& key_file);
+  ~ForwardTls();
+  struct Impl;
+  Impl& impl() const { return *impl_; }
+
+ private:
+  explicit ForwardTls(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Sends `req` to `base` (http://host:port, or https://host:port through `tls`) and returns the
+// owner's answer (its status, body, Content-Type and Retry-After). Errors: the address is not
+// http(s)://host:port or is https:// without `tls` (kInvalidArgument), or the owner could not
+// be reached, failed the TLS handshake (its certificate not trusted or not for that host) or
+// did not answer in time (kUnavailable).
 Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& req,
-                                    const std::string& via, const ForwardLimits& limits = {});
+                                    const std::string& via, const ForwardLimits& limits = {},
+                                    const ForwardTls* tls = nullptr);
 
 }  // namespace gnomon::engine

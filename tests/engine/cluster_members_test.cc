@@ -8,6 +8,7 @@
 
 #include "forward.h"
 #include "http_server.h"
+#include "tests/support/test_support.h"
 
 namespace gnomon::engine {
 namespace {
@@ -242,8 +243,127 @@ TEST(ForwardRequestTest, AnOwnerThatCannotBeReachedOrDoesNotAnswerIsAnError) {
   EXPECT_EQ(slow.status().code(), StatusCode::kUnavailable);
   (*server)->Stop();
 
-  EXPECT_EQ(ForwardRequest("https://x:1", req, "a").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ForwardRequest("https://x:1", req, "a").status().code(), StatusCode::kInvalidArgument)
+      << "https:// without TLS set up";
+  EXPECT_EQ(ForwardRequest("ftp://x:1", req, "a").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ForwardRequest("http://x", req, "a").status().code(), StatusCode::kInvalidArgument);
+}
+
+// An owner's API over TLS (HttpServer with `tls`), answering GETs of shadows with 200.
+std::unique_ptr<HttpServer> TlsOwner(const testing::TempDir& dir, const std::string& cert,
+                                     const std::string& client_ca = "") {
+  std::vector<HttpRoute> routes;
+  routes.push_back({"GET", "/v1/things/([^/]+)/shadow", [](const HttpRequest& req) {
+                      HttpResponse out;
+                      out.status = 200;
+                      out.body = R"({"from":"owner"})";
+                      return out;
+                    }});
+  HttpServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.tls.cert = dir.File(cert + ".crt");
+  o.tls.key = dir.File(cert + ".key");
+  o.tls.client_ca = client_ca.empty() ? "" : dir.File(client_ca);
+  auto server = HttpServer::Start(o, std::move(routes));
+  EXPECT_TRUE(server.ok()) << server.status().message();
+  return server.ok() ? std::move(server).value() : nullptr;
+}
+
+// The test CA (MakeServerCertificates), a certificate it signs for another host only
+// (elsewhere.crt), and a CA of its own that signed nothing here (other-ca.crt).
+void MakeTlsFixtures(const testing::TempDir& dir) {
+  std::string why;
+  ASSERT_TRUE(testing::MakeServerCertificates(dir, &why)) << why;
+  dir.Write("elsewhere.ext", "subjectAltName=DNS:elsewhere.example\n");
+  const std::vector<std::vector<std::string>> steps = {
+      {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other-ca.key",
+       "-out", "other-ca.crt", "-days", "2", "-subj", "/CN=another-ca"},
+      {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "elsewhere.key", "-out",
+       "elsewhere.csr", "-subj", "/CN=elsewhere.example"},
+      {"openssl", "x509", "-req", "-in", "elsewhere.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+       "-CAcreateserial", "-out", "elsewhere.crt", "-days", "2", "-extfile", "elsewhere.ext"}};
+  for (const auto& argv : steps) {
+    std::string out, err;
+    ASSERT_EQ(testing::RunCommand(argv, &out, &err, dir.path()), 0) << argv[1] << ": " << err;
+  }
+}
+
+TEST(ForwardRequestTest, OverTlsTheOwnersCertificateMustVerifyAndNameItsHost) {
+  testing::TempDir dir;
+  ASSERT_NO_FATAL_FAILURE(MakeTlsFixtures(dir));
+  auto owner = TlsOwner(dir, "server");
+  ASSERT_NE(owner, nullptr);
+  std::string port = std::to_string(owner->port());
+  HttpRequest req;
+  req.method = "GET";
+  req.path = "/v1/things/d1/shadow";
+
+  auto trusted = ForwardTls::Make(dir.File("ca.crt"), "", "");
+  ASSERT_TRUE(trusted.ok()) << trusted.status().message();
+  for (const std::string& base : {"https://127.0.0.1:" + port, "https://localhost:" + port}) {
+    auto answer = ForwardRequest(base, req, "a", {}, trusted->get());
+    ASSERT_TRUE(answer.ok()) << base << ": " << answer.status().message();
+    EXPECT_EQ(answer->status, 200);
+    EXPECT_EQ(answer->body, R"({"from":"owner"})");
+  }
+  // Plain HTTP to a TLS owner gets no answer.
+  EXPECT_FALSE(ForwardRequest("http://127.0.0.1:" + port, req, "a", {}, trusted->get()).ok());
+
+  // A certificate from a CA this instance does not trust: refused in the handshake.
+  auto other = ForwardTls::Make(dir.File("other-ca.crt"), "", "");
+  ASSERT_TRUE(other.ok()) << other.status().message();
+  auto untrusted = ForwardRequest("https://127.0.0.1:" + port, req, "a", {}, other->get());
+  ASSERT_FALSE(untrusted.ok());
+  EXPECT_EQ(untrusted.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(untrusted.status().message().find("TLS handshake"), std::string::npos)
+      << untrusted.status().message();
+  EXPECT_NE(untrusted.status().message().find("certificate verify failed"), std::string::npos)
+      << untrusted.status().message();
+
+  // A trusted certificate, but for another host than the one the address names.
+  auto impostor = TlsOwner(dir, "elsewhere");
+  ASSERT_NE(impostor, nullptr);
+  auto wrong_host = ForwardRequest("https://127.0.0.1:" + std::to_string(impostor->port()), req,
+                                   "a", {}, trusted->get());
+  ASSERT_FALSE(wrong_host.ok()) << "a certificate for elsewhere.example taken for 127.0.0.1";
+  EXPECT_NE(wrong_host.status().message().find("certificate verify failed"), std::string::npos)
+      << wrong_host.status().message();
+
+  // Files that cannot be read are an error when the TLS is made, not at the first forward.
+  auto missing = ForwardTls::Make(dir.File("nothing.crt"), "", "");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("nothing.crt"), std::string::npos)
+      << missing.status().message();
+  EXPECT_FALSE(
+      ForwardTls::Make(dir.File("ca.crt"), dir.File("server.crt"), dir.File("ca.key")).ok())
+      << "a key that is not the certificate's";
+  impostor->Stop();
+  owner->Stop();
+}
+
+TEST(ForwardRequestTest, AnOwnerAskingForAClientCertificateGetsThisInstancesOwn) {
+  testing::TempDir dir;
+  ASSERT_NO_FATAL_FAILURE(MakeTlsFixtures(dir));
+  auto owner = TlsOwner(dir, "server", "ca.crt");
+  ASSERT_NE(owner, nullptr);
+  std::string base = "https://127.0.0.1:" + std::to_string(owner->port());
+  HttpRequest req;
+  req.method = "GET";
+  req.path = "/v1/things/d1/shadow";
+  // This instance's API certificate (signed by the CA the owner takes clients of).
+  auto with_cert =
+      ForwardTls::Make(dir.File("ca.crt"), dir.File("server.crt"), dir.File("server.key"));
+  ASSERT_TRUE(with_cert.ok()) << with_cert.status().message();
+  auto answer = ForwardRequest(base, req, "a", {}, with_cert->get());
+  ASSERT_TRUE(answer.ok()) << answer.status().message();
+  EXPECT_EQ(answer->status, 200);
+  // Without one the owner refuses the connection.
+  auto without = ForwardTls::Make(dir.File("ca.crt"), "", "");
+  ASSERT_TRUE(without.ok());
+  auto refused = ForwardRequest(base, req, "a", {}, without->get());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
+  owner->Stop();
 }
 
 TEST(ForwardGateTest, AnOwnerGetsItsShareAndAllOwnersTogetherTheTotal) {

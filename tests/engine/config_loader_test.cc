@@ -261,6 +261,33 @@ rules: ["rules/*.lua"]
           "sources:\n  - { name: k, connection: bus, topics: [t], group: g, "
           "delivery: exactly_once }\n",
           "exactly_once cannot run in a cluster yet");
+  // Forwards to other instances: an https:// address needs this instance's API on TLS, and an
+  // API on TLS an https:// one; the CAs to verify the others with must be readable.
+  refused("connection: bus }", "connection: bus, advertise: \"https://gw-1:8443\" }",
+          "cluster.advertise: is https:// but this instance's API has no TLS (api.tls)");
+  refused("connection: bus }", "connection: bus, advertise: \"ftp://gw-1:21\" }",
+          "cluster.advertise");
+  refused("connection: bus }", "connection: bus, tls_ca: missing-ca.pem }",
+          "cluster.tls_ca: cannot read");
+  dir_.Write("api.crt", "(read at start, not at load)");
+  dir_.Write("ca.pem", "(read at start, not at load)");
+  const std::string api_tls =
+      "api: { listen: \"127.0.0.1:0\", tls: { cert: api.crt, key: api.crt } }\n";
+  std::string tls_yaml = base;
+  tls_yaml.replace(tls_yaml.find("rules:"), 6, api_tls + "rules:");
+  tls_yaml.replace(tls_yaml.find("connection: bus }"), 17,
+                   "connection: bus, advertise: \"https://gw-1:8443\", tls_ca: ca.pem }");
+  AppConfig tls;
+  ASSERT_TRUE(Load(tls_yaml, &tls).ok()) << Load(tls_yaml).message();
+  EXPECT_EQ(tls.cluster.advertise, "https://gw-1:8443");
+  EXPECT_EQ(tls.cluster.tls_ca, dir_.File("ca.pem"));
+  std::string plain_on_tls = tls_yaml;
+  plain_on_tls.replace(plain_on_tls.find("https://"), 8, "http://");
+  Status st = Load(plain_on_tls);
+  EXPECT_NE(st.message().find("cluster.advertise: is http:// but this instance's API speaks TLS"),
+            std::string::npos)
+      << st.message();
+
   // Keyed windows run in a cluster too (their events go to the key's owner through ingress).
   dir_.Write("rules/rooms.lua", R"(return rule { name = "rooms", from = "a/#",
     windows = { per_room = { tumbling = "5m", of = "temp", agg = { "avg" },

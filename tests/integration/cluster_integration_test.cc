@@ -90,7 +90,7 @@ class ClusterTest : public ::testing::Test {
          "\", properties: { session.timeout.ms: " + n(session_ms) +
          ", heartbeat.interval.ms: 300 } }\n";
     c += "cluster: { name: fleet, partitions: " + n(partitions) + ", instance_id: " + i.id +
-         ", connection: bus, standby_replicas: " + n(standby_replicas_) + " }\n";
+         ", connection: bus, standby_replicas: " + n(standby_replicas_) + cluster_extra_ + " }\n";
     c += "sources:\n";
     if (kafka_source) {
       c += "  - { name: raw, connection: bus, topics: [telemetry], group: raw-it, "
@@ -106,7 +106,8 @@ class ClusterTest : public ::testing::Test {
     c += "rules: [rules/*.lua]\n" + extra_config_;
     c += "metrics: { listen: \"127.0.0.1:" + n(i.port) + "\" }\n";
     c += "api: { listen: \"127.0.0.1:" + n(i.api_port) + "\"" +
-         (api_limits_.empty() ? "" : ", limits: " + api_limits_) + " }\n";
+         (api_limits_.empty() ? "" : ", limits: " + api_limits_) +
+         (api_tls_.empty() ? "" : ", tls: " + api_tls_) + " }\n";
     return c;
   }
 
@@ -356,6 +357,8 @@ class ClusterTest : public ::testing::Test {
   bool shadows_ = false;
   std::string shadows_config_ = "{}";
   std::string api_limits_;    // api.limits, when set
+  std::string api_tls_;       // api.tls, when set
+  std::string cluster_extra_;  // more fields of `cluster:` (", key: value")
   std::string extra_config_;  // more top-level sections
   int standby_replicas_ = 0;
   Mosquitto broker_;
@@ -816,6 +819,81 @@ TEST_F(ClusterTest, ShadowsMoveWithTheirPartitionsAndTheNewOwnerRestoresThem) {
 // Shadow requests over MQTT in a cluster: every instance takes every request off the broker
 // (mosquitto does not deliver `$` topics to shared subscriptions), the device's owner answers
 // it and the others let it go: one answer per request, the shadow the same at every instance.
+TEST_F(ClusterTest, RestAnywhereOverTlsReachesTheOwnersHttpsApi) {
+  // Every instance's API over TLS and asking clients for a certificate (mutual TLS); the
+  // instances trust the test CA for each other's certificates and show their own when they
+  // forward a request.
+  std::string why;
+  ASSERT_TRUE(testing::MakeServerCertificates(dir_, &why)) << why;
+  ASSERT_TRUE(testing::MakeClientCertificate(dir_, "client", &why)) << why;
+  UseShadows();
+  api_tls_ = "{ cert: server.crt, key: server.key, client_ca: ca.crt }";
+  cluster_extra_ = ", tls_ca: ca.crt";
+  ASSERT_TRUE(StartTwo()) << Stderr();
+  auto client = [&](const char* id) {
+    auto c = std::make_unique<httplib::SSLClient>("127.0.0.1", instances_[id].api_port,
+                                                  dir_.File("client.crt"), dir_.File("client.key"));
+    c->set_ca_cert_path(dir_.File("ca.crt").c_str());
+    c->enable_server_certificate_verification(true);
+    c->set_connection_timeout(5);
+    c->set_read_timeout(15);
+    return c;
+  };
+  auto a = client("a");
+  auto b = client("b");
+  // Each instance announces its https:// address.
+  auto cluster = a->Get("/v1/cluster");
+  ASSERT_TRUE(cluster) << httplib::to_string(cluster.error());
+  EXPECT_NE(cluster->body.find(
+                "\"api\":\"https://127.0.0.1:" + std::to_string(instances_["a"].api_port) + "\""),
+            std::string::npos)
+      << cluster->body;
+
+  // Writes through a and reads through b, for devices of both: what another instance owns is
+  // forwarded over TLS (X-Gnomon-Served-By names the owner) and answered as the owner would.
+  constexpr int kDevices = 24;
+  int forwarded_writes = 0, local_writes = 0, forwarded_reads = 0;
+  for (int d = 0; d < kDevices; ++d) {
+    std::string path = "/v1/things/tls" + std::to_string(d) + "/shadow";
+    std::string body = R"({"state":{"desired":{"d":)" + std::to_string(d) + "}}}";
+    std::string last;
+    bool forwarded = false;
+    // (Until the members' announcements are known everywhere a forward may be answered 503.)
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          auto w = a->Post(path, body, "application/json");
+          last = w ? std::to_string(w->status) + " " + w->body : httplib::to_string(w.error());
+          forwarded = w && w->has_header("X-Gnomon-Served-By");
+          return w && w->status == 200;
+        },
+        std::chrono::milliseconds(30000)))
+        << path << ": " << last << "\n"
+        << Stderr();
+    (forwarded ? forwarded_writes : local_writes)++;
+    auto r = b->Get(path);
+    ASSERT_TRUE(r) << httplib::to_string(r.error());
+    ASSERT_EQ(r->status, 200) << r->body;
+    EXPECT_NE(r->body.find("\"desired\":{\"d\":" + std::to_string(d) + "}"), std::string::npos)
+        << r->body;
+    forwarded_reads += r->has_header("X-Gnomon-Served-By") ? 1 : 0;
+  }
+  EXPECT_GT(forwarded_writes, 0);
+  EXPECT_GT(local_writes, 0);
+  EXPECT_GT(forwarded_reads, 0);
+  for (const char* id : {"a", "b"}) {
+    EXPECT_EQ(Metric(instances_[id], "gnomon_cluster_forwarded_total{outcome=\"unreachable\"}"), 0)
+        << id << "\n"
+        << Stderr();
+  }
+  EXPECT_GE(Metric(instances_["a"], "gnomon_cluster_forwarded_total{outcome=\"answered\"}"),
+            forwarded_writes);
+  // A client without a certificate is still refused by both, forwarded or not.
+  httplib::SSLClient anonymous("127.0.0.1", instances_["b"].api_port);
+  anonymous.set_ca_cert_path(dir_.File("ca.crt").c_str());
+  anonymous.enable_server_certificate_verification(true);
+  EXPECT_FALSE(anonymous.Get("/v1/things/tls0/shadow"));
+}
+
 TEST_F(ClusterTest, ShadowRequestsOverMqttAreAnsweredByTheOwnerOnly) {
   UseShadows();
   shadows_config_ = "{ connection: broker }";

@@ -128,9 +128,12 @@ struct AppConfig {
     int32_t partitions = 0;
     int standby_replicas = 0;  // instances following each partition into a warm copy
     std::string instance_id;
-    // This instance's API as the others reach it (`http://host:port`), for the requests they
-    // forward to it; empty: no API, or TLS (not forwarded).
+    // This instance's API as the others reach it (`http://host:port`, or `https://host:port`
+    // with api.tls), for the requests they forward to it; empty: derived from api.listen.
     std::string advertise;
+    // PEM CAs that sign the other instances' API certificates, for forwards to https://
+    // members (empty: the system's trusted CAs).
+    std::string tls_ca;
     std::string connection_name;
     const ConfigValue* connection = nullptr;  // the kafka connection
     std::string IngressTopic() const { return name + ".ingress"; }
