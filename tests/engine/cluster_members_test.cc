@@ -274,18 +274,16 @@ std::unique_ptr<HttpServer> TlsOwner(const testing::TempDir& dir, const std::str
 void MakeTlsFixtures(const testing::TempDir& dir) {
   std::string why;
   ASSERT_TRUE(testing::MakeServerCertificates(dir, &why)) << why;
-  dir.Write("elsewhere.ext", "subjectAltName=DNS:elsewhere.example\n");
-  const std::vector<std::vector<std::string>> steps = {
-      {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other-ca.key",
-       "-out", "other-ca.crt", "-days", "2", "-subj", "/CN=another-ca"},
-      {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "elsewhere.key", "-out",
-       "elsewhere.csr", "-subj", "/CN=elsewhere.example"},
-      {"openssl", "x509", "-req", "-in", "elsewhere.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-       "-CAcreateserial", "-out", "elsewhere.crt", "-days", "2", "-extfile", "elsewhere.ext"}};
-  for (const auto& argv : steps) {
-    std::string out, err;
-    ASSERT_EQ(testing::RunCommand(argv, &out, &err, dir.path()), 0) << argv[1] << ": " << err;
-  }
+  ASSERT_TRUE(testing::MakeSignedCertificate(dir, "elsewhere",
+                                             "subjectAltName=DNS:elsewhere.example\n", &why))
+      << why;
+  std::string out, err;
+  ASSERT_EQ(testing::RunCommand(
+                {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                 "other-ca.key", "-out", "other-ca.crt", "-days", "2", "-subj", "/CN=another-ca"},
+                &out, &err, dir.path()),
+            0)
+      << err;
 }
 
 TEST(ForwardRequestTest, OverTlsTheOwnersCertificateMustVerifyAndNameItsHost) {

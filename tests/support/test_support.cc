@@ -415,7 +415,12 @@ bool MakeServerCertificates(const TempDir& dir, std::string* why) {
 }
 
 bool MakeClientCertificate(const TempDir& dir, const std::string& name, std::string* why) {
-  dir.Write(name + ".ext", "extendedKeyUsage=clientAuth\n");
+  return MakeSignedCertificate(dir, name, "extendedKeyUsage=clientAuth\n", why);
+}
+
+bool MakeSignedCertificate(const TempDir& dir, const std::string& name,
+                           const std::string& extensions, std::string* why) {
+  dir.Write(name + ".ext", extensions);
   const std::vector<std::vector<std::string>> steps = {
       {"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
        name + ".csr", "-subj", "/CN=" + name},

@@ -78,6 +78,10 @@ bool MakeServerCertificates(const TempDir& dir, std::string* why);
 // A client certificate for `name` (name.crt, name.key, CN=name) signed by the CA that
 // MakeServerCertificates made in `dir`. False, with `why`, on failure.
 bool MakeClientCertificate(const TempDir& dir, const std::string& name, std::string* why);
+// A certificate for `name` (name.crt, name.key, CN=name) signed by that CA, with the X.509
+// extensions `extensions` (openssl's extfile lines, e.g. "subjectAltName=DNS:host\n").
+bool MakeSignedCertificate(const TempDir& dir, const std::string& name,
+                           const std::string& extensions, std::string* why);
 
 // A mosquitto broker on a free loopback port, with persistence in a temp dir.
 // A small tmpfs mounted on a directory for the life of the object (the tests run as root in CI).
