@@ -6,6 +6,7 @@
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
@@ -14,6 +15,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
+#include <map>
 
 namespace gnomon::engine {
 
@@ -46,7 +48,51 @@ namespace ssl = asio::ssl;
 
 struct ForwardTls::Impl {
   ssl::context ctx{ssl::context::tls_client};
+  // The last resumable TLS session with each owner (by address): the next forward there
+  // resumes it instead of a full handshake (no certificate signed and verified again).
+  Mutex mu;
+  std::map<std::string, SSL_SESSION*, std::less<>> sessions GNOMON_GUARDED_BY(mu);
+  std::atomic<uint64_t> resumed{0};
+
+  ~Impl() {
+    MutexLock lock(mu);
+    for (auto& [base, session] : sessions) {
+      SSL_SESSION_free(session);
+    }
+  }
+  // Offers the session kept for `base`, if any, to `ssl`.
+  void Offer(const std::string& base, SSL* ssl) {
+    MutexLock lock(mu);
+    if (auto it = sessions.find(base); it != sessions.end()) {
+      SSL_set_session(ssl, it->second);
+    }
+  }
+  // Keeps `ssl`'s session for `base` after a whole exchange (when it can be resumed). The
+  // connection is then closed without a close_notify: marked shut down, so that OpenSSL does
+  // not take the session for one that failed (it makes those not resumable when freed).
+  void Keep(const std::string& base, SSL* ssl) {
+    SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    if (SSL_session_reused(ssl) == 1) {
+      resumed.fetch_add(1, std::memory_order_relaxed);
+    }
+    SSL_SESSION* session = SSL_get1_session(ssl);
+    if (session == nullptr) {
+      return;
+    }
+    if (SSL_SESSION_is_resumable(session) != 1) {
+      SSL_SESSION_free(session);
+      return;
+    }
+    MutexLock lock(mu);
+    auto [it, added] = sessions.try_emplace(base, session);
+    if (!added) {
+      SSL_SESSION_free(it->second);
+      it->second = session;
+    }
+  }
 };
+
+uint64_t ForwardTls::resumed() const { return impl_->resumed.load(std::memory_order_relaxed); }
 
 ForwardTls::ForwardTls(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ForwardTls::~ForwardTls() = default;
@@ -151,6 +197,9 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
           return fail(ec, "reading the answer");
         }
         // (No TLS close_notify: the connection is not used again.)
+        if (secure) {
+          tls->impl().Keep(base, secure->native_handle());
+        }
         beast::error_code ignored;
         stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
       });
@@ -182,6 +231,7 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
             "setting the TLS server name");
       }
       secure->set_verify_callback(ssl::host_name_verification(host));
+      tls->impl().Offer(base, secure->native_handle());
       secure->async_handshake(ssl::stream_base::client, [&](beast::error_code ec) {
         if (ec) {
           return fail(ec, "the TLS handshake");

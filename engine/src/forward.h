@@ -68,13 +68,16 @@ class ForwardGate {
 // How forwards reach owners whose API is https://: TLS 1.2 or later, the owner's certificate
 // verified against `ca_file` (PEM; empty: the system's trusted CAs) and checked to name the host
 // of its address, and this instance's `cert_file`/`key_file` shown when the owner asks for a
-// client certificate (its api.tls.client_ca). Built once, shared by the API's threads.
+// client certificate (its api.tls.client_ca). Built once, shared by the API's threads; it keeps
+// the last TLS session with each owner, so that the next forward there resumes it.
 class ForwardTls {
  public:
   static Result<std::shared_ptr<const ForwardTls>> Make(const std::string& ca_file,
                                                         const std::string& cert_file,
                                                         const std::string& key_file);
   ~ForwardTls();
+  // Forwards that resumed an earlier TLS session with their owner (an abbreviated handshake).
+  uint64_t resumed() const;
   struct Impl;
   Impl& impl() const { return *impl_; }
 

@@ -709,6 +709,11 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(HttpServerOptions options,
         ctx.load_verify_file(impl.opt.tls.client_ca);
         ctx.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
       }
+      // Sessions resumed by clients (another instance forwarding, docs/cluster.md) are this
+      // listener's: without a context OpenSSL fails a resumption when it verifies clients.
+      static constexpr unsigned char kSessionContext[] = "gnomon-api";
+      SSL_CTX_set_session_id_context(ctx.native_handle(), kSessionContext,
+                                     sizeof(kSessionContext) - 1);
     } catch (const boost::system::system_error& e) {
       return InvalidArgument(fmt::format("{}: TLS: {} (cert {}, key {}{}{})", listen, e.what(),
                                          impl.opt.tls.cert, impl.opt.tls.key,

@@ -298,12 +298,15 @@ TEST(ForwardRequestTest, OverTlsTheOwnersCertificateMustVerifyAndNameItsHost) {
 
   auto trusted = ForwardTls::Make(dir.File("ca.crt"), "", "");
   ASSERT_TRUE(trusted.ok()) << trusted.status().message();
-  for (const std::string& base : {"https://127.0.0.1:" + port, "https://localhost:" + port}) {
+  for (const std::string& base :
+       {"https://127.0.0.1:" + port, "https://localhost:" + port, "https://127.0.0.1:" + port}) {
     auto answer = ForwardRequest(base, req, "a", {}, trusted->get());
     ASSERT_TRUE(answer.ok()) << base << ": " << answer.status().message();
     EXPECT_EQ(answer->status, 200);
     EXPECT_EQ(answer->body, R"({"from":"owner"})");
   }
+  // (The third resumed the first's session; the second, to another name, had none to offer.)
+  EXPECT_EQ((*trusted)->resumed(), 1u);
   // Plain HTTP to a TLS owner gets no answer.
   EXPECT_FALSE(ForwardRequest("http://127.0.0.1:" + port, req, "a", {}, trusted->get()).ok());
 
@@ -352,9 +355,13 @@ TEST(ForwardRequestTest, AnOwnerAskingForAClientCertificateGetsThisInstancesOwn)
   auto with_cert =
       ForwardTls::Make(dir.File("ca.crt"), dir.File("server.crt"), dir.File("server.key"));
   ASSERT_TRUE(with_cert.ok()) << with_cert.status().message();
-  auto answer = ForwardRequest(base, req, "a", {}, with_cert->get());
-  ASSERT_TRUE(answer.ok()) << answer.status().message();
-  EXPECT_EQ(answer->status, 200);
+  // Each forward is a connection of its own; after the first they resume its TLS session.
+  for (int i = 0; i < 3; ++i) {
+    auto answer = ForwardRequest(base, req, "a", {}, with_cert->get());
+    ASSERT_TRUE(answer.ok()) << i << ": " << answer.status().message();
+    EXPECT_EQ(answer->status, 200);
+  }
+  EXPECT_EQ((*with_cert)->resumed(), 2u);
   // Without one the owner refuses the connection.
   auto without = ForwardTls::Make(dir.File("ca.crt"), "", "");
   ASSERT_TRUE(without.ok());
