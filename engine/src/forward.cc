@@ -53,6 +53,7 @@ struct ForwardTls::Impl {
   Mutex mu;
   std::map<std::string, SSL_SESSION*, std::less<>> sessions GNOMON_GUARDED_BY(mu);
   std::atomic<uint64_t> resumed{0};
+  static constexpr size_t kMaxOwners = 256;  // sessions kept, one per owner's address
 
   ~Impl() {
     MutexLock lock(mu);
@@ -84,6 +85,13 @@ struct ForwardTls::Impl {
       return;
     }
     MutexLock lock(mu);
+    if (sessions.size() >= kMaxOwners && !sessions.contains(base)) {
+      // (Owners are the cluster's instances; addresses that came and went are forgotten.)
+      for (auto& entry : sessions) {
+        SSL_SESSION_free(entry.second);
+      }
+      sessions.clear();
+    }
     auto [it, added] = sessions.try_emplace(base, session);
     if (!added) {
       SSL_SESSION_free(it->second);
