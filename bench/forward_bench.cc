@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// A request forwarded to a device's owner (docs/cluster.md#rest-anywhere): one connection per
-// forward, plain HTTP against TLS (a full handshake each), to an owner on 127.0.0.1 answering a
-// shadow GET. Certificates are made with the openssl command in a temporary directory.
+// A request forwarded to a device's owner (docs/cluster.md#rest-anywhere), to an owner on
+// 127.0.0.1 answering a shadow GET: plain HTTP against TLS, and a connection per forward (TLS:
+// resuming the previous forward's session) against connections kept between forwards (what
+// gnomon does). Certificates are made with the openssl command in a temporary directory.
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "forward.h"
@@ -42,6 +44,7 @@ struct Certificates {
 void BM_ForwardRequest(benchmark::State& state) {
   static Certificates certs;
   const bool tls = state.range(0) == 1;
+  const bool kept = state.range(1) == 1;
   HttpRoute route;
   route.method = "GET";
   route.pattern = "/v1/things/([^/]+)/shadow";
@@ -73,17 +76,26 @@ void BM_ForwardRequest(benchmark::State& state) {
   HttpRequest req;
   req.method = "GET";
   req.path = "/v1/things/d1/shadow";
+  std::optional<ForwardConnections> pool;
+  if (kept) {
+    pool.emplace(1);
+  }
   for (auto _ : state) {
-    auto answer = ForwardRequest(base, req, "bench", {}, forward_tls->get());
+    auto answer =
+        ForwardRequest(base, req, "bench", {}, forward_tls->get(), pool ? &*pool : nullptr);
     if (!answer.ok() || answer->status != 200) {
       state.SkipWithError("a forward failed");
       break;
     }
   }
   (*server)->Stop();
-  state.SetLabel(tls ? "https" : "http");
+  state.SetLabel(fmt::format("{}, {}", tls ? "https" : "http",
+                             kept ? "connection kept" : "a connection each"));
 }
-BENCHMARK(BM_ForwardRequest)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_ForwardRequest)
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace gnomon::engine

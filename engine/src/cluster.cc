@@ -145,6 +145,10 @@ Status Engine::Impl::InitCluster() {
   partition_listener_ = std::make_unique<Listener>(*this);
   ictx.partitions = partition_listener_.get();
   InitClusterMetrics();
+  // Connections to owners kept open between forwards: as many per owner as may wait on it.
+  forward_connections_ = std::make_unique<ForwardConnections>(
+      static_cast<size_t>(std::max<int64_t>(1, config_.api.handler_threads / 4)),
+      std::chrono::seconds(20), cluster_forward_opened_, cluster_forward_kept_);
   if (shadow_store_ && !options_.read_topic) {
     return FailedPrecondition("cluster: shadows need a change-log reader (EngineOptions)");
   }
@@ -194,6 +198,16 @@ void Engine::Impl::InitClusterMetrics() {
       metrics_.GetCounter("gnomon_cluster_forwarded_total",
                           "API requests for another instance's device, forwarded to it, by outcome",
                           {{"outcome", "busy"}});
+  cluster_forward_opened_ = metrics_.GetCounter(
+      "gnomon_cluster_forward_connections_total",
+      "Forwards by the connection to the owner they went on: opened for them, or kept open from "
+      "an earlier forward",
+      {{"connection", "opened"}});
+  cluster_forward_kept_ = metrics_.GetCounter(
+      "gnomon_cluster_forward_connections_total",
+      "Forwards by the connection to the owner they went on: opened for them, or kept open from "
+      "an earlier forward",
+      {{"connection", "kept"}});
   cluster_standby_partitions_ = metrics_.GetGauge(
       "gnomon_cluster_standby_partitions",
       "Partitions this instance keeps a standby copy of (cluster.standby_replicas)");
@@ -271,8 +285,8 @@ HttpResponse Engine::Impl::ForwardToOwner(const HttpRequest& req, std::string_vi
                     device, p, owner->instance),
         owner->api);
   }
-  auto answer =
-      ForwardRequest(owner->api, req, config_.cluster.instance_id, {}, forward_tls_.get());
+  auto answer = ForwardRequest(owner->api, req, config_.cluster.instance_id, {}, forward_tls_.get(),
+                               forward_connections_.get());
   if (!answer.ok()) {
     cluster_forward_failed_->Inc();
     static log::RateLimiter limiter(5);

@@ -554,8 +554,11 @@ class Engine::Impl final : public Ingest,
   Counter* cluster_forwarded_ = nullptr;
   Counter* cluster_forward_failed_ = nullptr;
   Counter* cluster_forward_busy_ = nullptr;
+  Counter* cluster_forward_opened_ = nullptr;
+  Counter* cluster_forward_kept_ = nullptr;
   std::unique_ptr<ForwardGate> forward_gate_;  // set with members_
   std::shared_ptr<const ForwardTls> forward_tls_;  // set with members_
+  std::unique_ptr<ForwardConnections> forward_connections_;  // set with members_
   std::map<std::string, Counter*> source_counters_;
   std::vector<SinkEntry> sinks_;  // in RuleSetOptions::sinks order
   std::unique_ptr<SinkEntry> dead_letter_;  // the default file, when no sink is configured

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -15,6 +16,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
+#include <cerrno>
+#include <iterator>
 #include <map>
 
 namespace gnomon::engine {
@@ -68,14 +71,15 @@ struct ForwardTls::Impl {
       SSL_set_session(ssl, it->second);
     }
   }
-  // Keeps `ssl`'s session for `base` after a whole exchange (when it can be resumed). The
-  // connection is then closed without a close_notify: marked shut down, so that OpenSSL does
-  // not take the session for one that failed (it makes those not resumable when freed).
-  void Keep(const std::string& base, SSL* ssl) {
-    SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  // Counts a handshake that resumed a session.
+  void Handshaken(SSL* ssl) {
     if (SSL_session_reused(ssl) == 1) {
       resumed.fetch_add(1, std::memory_order_relaxed);
     }
+  }
+  // Keeps `ssl`'s session for `base` after a whole exchange (when it can be resumed: TLS 1.3
+  // sends its tickets after the handshake, so they have arrived with the answer).
+  void Keep(const std::string& base, SSL* ssl) {
     SSL_SESSION* session = SSL_get1_session(ssl);
     if (session == nullptr) {
       return;
@@ -136,9 +140,143 @@ Result<std::shared_ptr<const ForwardTls>> ForwardTls::Make(const std::string& ca
   return std::shared_ptr<const ForwardTls>(new ForwardTls(std::move(impl)));
 }
 
+// One connection to an owner: its own io_context (a forward runs it on the calling thread), the
+// stream, plain or TLS, and what was read past the last answer (nothing, on a healthy one).
+struct ForwardConnections::Conn {
+  asio::io_context ioc;
+  std::optional<beast::tcp_stream> plain;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> secure;
+  beast::flat_buffer buffer;
+  bool clean = false;         // its last exchange was whole
+  bool session_kept = false;  // its TLS session is ForwardTls's (kept once per connection)
+  std::chrono::steady_clock::time_point idle_since;
+
+  Conn(const ForwardTls* tls, bool https) {
+    if (https) {
+      secure.emplace(ioc, tls->impl().ctx);
+    } else {
+      plain.emplace(ioc);
+    }
+  }
+  ~Conn() {
+    if (secure && clean) {
+      // Closed without a close_notify, but after whole exchanges: marked shut down, so that
+      // OpenSSL does not take its session for one that failed (those it makes unresumable).
+      SSL_set_shutdown(secure->native_handle(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    }
+  }
+  beast::tcp_stream& Lowest() { return secure ? beast::get_lowest_layer(*secure) : *plain; }
+
+  // Still open, with nothing to read: the owner has not closed it (an end of stream or a TLS
+  // alert waiting in the socket) nor sent anything unasked.
+  bool Alive() {
+    if (!clean || buffer.size() != 0 || !Lowest().socket().is_open()) {
+      return false;
+    }
+    if (secure && SSL_pending(secure->native_handle()) > 0) {
+      return false;
+    }
+    char byte = 0;
+    ssize_t n = ::recv(Lowest().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+};
+
+ForwardConnections::ForwardConnections(size_t per_owner, std::chrono::milliseconds max_idle,
+                                       Counter* opened, Counter* kept)
+    : per_owner_(std::max<size_t>(1, per_owner)),
+      max_idle_(max_idle),
+      opened_(opened),
+      kept_(kept) {}
+
+ForwardConnections::~ForwardConnections() = default;
+
+uint64_t ForwardConnections::reused() const {
+  MutexLock lock(mu_);
+  return reused_;
+}
+
+size_t ForwardConnections::idle() const {
+  MutexLock lock(mu_);
+  return count_;
+}
+
+std::unique_ptr<ForwardConnections::Conn> ForwardConnections::Take(const std::string& base) {
+  for (;;) {
+    std::unique_ptr<Conn> c;
+    {
+      MutexLock lock(mu_);
+      auto it = idle_.find(base);
+      if (it == idle_.end()) {
+        return nullptr;
+      }
+      c = std::move(it->second.back());  // the most recently used first
+      it->second.pop_back();
+      --count_;
+      if (it->second.empty()) {
+        idle_.erase(it);
+      }
+    }
+    // (Checked outside the lock; one that is not fit is closed and the next one tried.)
+    if (std::chrono::steady_clock::now() - c->idle_since < max_idle_ && c->Alive()) {
+      if (kept_ != nullptr) {
+        kept_->Inc();
+      }
+      MutexLock lock(mu_);
+      ++reused_;
+      return c;
+    }
+  }
+}
+
+void ForwardConnections::Give(const std::string& base, std::unique_ptr<Conn> conn) {
+  std::vector<std::unique_ptr<Conn>> closing;
+  auto now = std::chrono::steady_clock::now();
+  conn->idle_since = now;
+  MutexLock lock(mu_);
+  if (now - swept_ >= std::chrono::seconds(1)) {
+    // Owners not forwarded to for a while: their connections are closed.
+    swept_ = now;
+    for (auto it = idle_.begin(); it != idle_.end();) {
+      auto& conns = it->second;
+      auto fresh = std::find_if(conns.begin(), conns.end(),
+                                [&](const auto& c) { return now - c->idle_since < max_idle_; });
+      count_ -= static_cast<size_t>(fresh - conns.begin());
+      std::move(conns.begin(), fresh, std::back_inserter(closing));
+      conns.erase(conns.begin(), fresh);
+      it = conns.empty() ? idle_.erase(it) : std::next(it);
+    }
+  }
+  auto it = idle_.find(base);
+  if (it == idle_.end()) {
+    if (idle_.size() >= kMaxOwners) {
+      closing.push_back(std::move(conn));
+      return;
+    }
+    it = idle_.try_emplace(base).first;
+  }
+  if (it->second.size() >= per_owner_) {
+    closing.push_back(std::move(conn));
+    return;
+  }
+  it->second.push_back(std::move(conn));
+  ++count_;
+}
+
+namespace {
+
+// How an exchange on one connection ended.
+struct Exchanged {
+  beast::error_code failed;
+  std::string step;
+  bool answer_started = false;  // some of the answer had arrived when it failed
+};
+
+}  // namespace
+
 Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& req,
                                     const std::string& via, const ForwardLimits& limits,
-                                    const ForwardTls* tls) {
+                                    const ForwardTls* tls, ForwardConnections* pool) {
   const bool https = base.starts_with("https://");
   if (!https && !base.starts_with("http://")) {
     return InvalidArgument(fmt::format("{}: not an http:// or https:// address", base));
@@ -172,94 +310,126 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
     out.set("Idempotency-Key", req.idempotency_key);
   }
   out.set(kForwardedByHeader, via);
+  out.keep_alive(pool != nullptr);
   out.body() = req.body;
   out.prepare_payload();
+  // Sent again on a new connection when a kept one fails before its answer began: safe when
+  // the owner applies it at most once anyway.
+  const bool replayable =
+      req.method == "GET" || req.method == "HEAD" || !req.idempotency_key.empty();
 
-  asio::io_context ioc;
-  asio::ip::tcp::resolver resolver(ioc);
-  std::optional<beast::tcp_stream> plain;
-  std::optional<beast::ssl_stream<beast::tcp_stream>> secure;
-  if (https) {
-    secure.emplace(ioc, tls->impl().ctx);
-  } else {
-    plain.emplace(ioc);
+  std::unique_ptr<ForwardConnections::Conn> conn;
+  if (pool != nullptr) {
+    conn = pool->Take(base);
   }
-  beast::tcp_stream& stream = secure ? beast::get_lowest_layer(*secure) : *plain;
-  beast::flat_buffer buffer;
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(limits.max_body_bytes);
-  beast::error_code failed;
-  std::string step = "resolving";
-  auto fail = [&](beast::error_code ec, const char* what) {
-    failed = ec;
-    step = what;
+  const auto started = std::chrono::steady_clock::now();
+  auto remaining = [&] {
+    return limits.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::steady_clock::now() - started);
   };
-  // The request and its answer, on the plain or the TLS stream.
-  auto exchange = [&](auto& s) {
-    http::async_write(s, out, [&](beast::error_code ec, size_t) {
-      if (ec) {
-        return fail(ec, "sending");
+  std::optional<http::response_parser<http::string_body>> parser;
+  Exchanged result;
+  for (bool kept = conn != nullptr;; kept = false) {
+    if (!kept) {
+      conn = std::make_unique<ForwardConnections::Conn>(tls, https);
+      if (pool != nullptr) {
+        pool->Opened();
       }
-      http::async_read(s, buffer, parser, [&](beast::error_code ec, size_t) {
-        if (ec) {
-          return fail(ec, "reading the answer");
-        }
-        // (No TLS close_notify: the connection is not used again.)
-        if (secure) {
-          tls->impl().Keep(base, secure->native_handle());
-        }
-        beast::error_code ignored;
-        stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-      });
-    });
-  };
-  auto started = std::chrono::steady_clock::now();
-  stream.expires_after(std::min(limits.connect_timeout, limits.timeout));
-  resolver.async_resolve(host, port, [&](beast::error_code ec, auto results) {
-    if (ec) {
-      return fail(ec, "resolving");
     }
-    stream.async_connect(results, [&](beast::error_code ec, const auto&) {
-      if (ec) {
-        return fail(ec, "connecting");
-      }
-      // The rest of the budget for the handshake, sending and the answer.
-      stream.expires_after(limits.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                std::chrono::steady_clock::now() - started));
-      if (!secure) {
-        return exchange(*plain);
-      }
-      // The owner's certificate must name the host of its address (a DNS name or an IP
-      // address in its subjectAltName); SNI for a name.
-      beast::error_code not_ip;
-      asio::ip::make_address(host, not_ip);
-      if (not_ip && !SSL_set_tlsext_host_name(secure->native_handle(), host.c_str())) {
-        return fail(
-            beast::error_code(static_cast<int>(::ERR_get_error()), asio::error::get_ssl_category()),
-            "setting the TLS server name");
-      }
-      secure->set_verify_callback(ssl::host_name_verification(host));
-      tls->impl().Offer(base, secure->native_handle());
-      secure->async_handshake(ssl::stream_base::client, [&](beast::error_code ec) {
+    ForwardConnections::Conn& c = *conn;
+    beast::tcp_stream& stream = c.Lowest();
+    c.clean = false;
+    parser.emplace();
+    parser->body_limit(limits.max_body_bytes);
+    result = Exchanged{};
+    result.step = kept ? "sending" : "resolving";
+    auto fail = [&](beast::error_code ec, const char* what) {
+      result.failed = ec;
+      result.step = what;
+    };
+    // The request and its answer, on the plain or the TLS stream.
+    auto exchange = [&](auto& s) {
+      http::async_write(s, out, [&](beast::error_code ec, size_t) {
         if (ec) {
-          return fail(ec, "the TLS handshake");
+          return fail(ec, "sending");
         }
-        exchange(*secure);
+        http::async_read(s, c.buffer, *parser, [&](beast::error_code ec, size_t) {
+          result.answer_started = parser->got_some();
+          if (ec) {
+            return fail(ec, "reading the answer");
+          }
+          c.clean = true;
+          if (c.secure && !c.session_kept) {
+            c.session_kept = true;
+            tls->impl().Keep(base, c.secure->native_handle());
+          }
+        });
       });
-    });
-  });
-  // (The resolver is not bound by the stream's timer: it gets the same budget of its own.)
-  ioc.run_for(limits.timeout + std::chrono::seconds(1));
-  if (!ioc.stopped()) {
-    return Unavailable(fmt::format("{}: no answer in {} ms", base, limits.timeout.count()));
+    };
+    asio::ip::tcp::resolver resolver(c.ioc);
+    c.ioc.restart();
+    if (kept) {
+      stream.expires_after(remaining());
+      if (c.secure) {
+        exchange(*c.secure);
+      } else {
+        exchange(*c.plain);
+      }
+    } else {
+      stream.expires_after(std::min(limits.connect_timeout, remaining()));
+      resolver.async_resolve(host, port, [&](beast::error_code ec, auto results) {
+        if (ec) {
+          return fail(ec, "resolving");
+        }
+        stream.async_connect(results, [&](beast::error_code ec, const auto&) {
+          if (ec) {
+            return fail(ec, "connecting");
+          }
+          // The rest of the budget for the handshake, sending and the answer.
+          stream.expires_after(remaining());
+          if (!c.secure) {
+            return exchange(*c.plain);
+          }
+          // The owner's certificate must name the host of its address (a DNS name or an IP
+          // address in its subjectAltName); SNI for a name.
+          beast::error_code not_ip;
+          asio::ip::make_address(host, not_ip);
+          if (not_ip && !SSL_set_tlsext_host_name(c.secure->native_handle(), host.c_str())) {
+            return fail(beast::error_code(static_cast<int>(::ERR_get_error()),
+                                          asio::error::get_ssl_category()),
+                        "setting the TLS server name");
+          }
+          c.secure->set_verify_callback(ssl::host_name_verification(host));
+          tls->impl().Offer(base, c.secure->native_handle());
+          c.secure->async_handshake(ssl::stream_base::client, [&](beast::error_code ec) {
+            if (ec) {
+              return fail(ec, "the TLS handshake");
+            }
+            tls->impl().Handshaken(c.secure->native_handle());
+            exchange(*c.secure);
+          });
+        });
+      });
+    }
+    // (The resolver is not bound by the stream's timer: it gets the same budget of its own.)
+    c.ioc.run_for(remaining() + std::chrono::seconds(1));
+    if (!c.ioc.stopped()) {
+      return Unavailable(fmt::format("{}: no answer in {} ms", base, limits.timeout.count()));
+    }
+    if (kept && result.failed && !result.answer_started && replayable &&
+        result.failed != beast::error::timeout) {
+      continue;  // (the owner closed it as it was being used: once more on a new connection)
+    }
+    break;
   }
-  if (failed) {
-    return Unavailable(fmt::format("{}: {}: {}", base, step, failed.message()));
+  if (result.failed) {
+    return Unavailable(fmt::format("{}: {}: {}", base, result.step, result.failed.message()));
   }
-  if (!parser.is_done()) {
+  if (!parser->is_done()) {
     return Unavailable(fmt::format("{}: no answer", base));
   }
-  auto& res = parser.get();
+  auto& res = parser->get();
+  const bool keep = pool != nullptr && res.keep_alive() && !parser->need_eof();
   HttpResponse in;
   in.status = static_cast<int>(res.result_int());
   in.body = std::move(res.body());
@@ -268,6 +438,12 @@ Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& 
   }
   if (auto ra = res.find(http::field::retry_after); ra != res.end()) {
     in.headers.emplace_back("Retry-After", std::string(ra->value()));
+  }
+  if (keep) {
+    pool->Give(base, std::move(conn));
+  } else {
+    beast::error_code ignored;
+    conn->Lowest().socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
   }
   return in;
 }

@@ -2,7 +2,8 @@
 // Forwarding an API request to another instance of the cluster (the device's owner): the same
 // method, target, body and the headers that matter (Authorization, Content-Type,
 // Idempotency-Key), plus `X-Gnomon-Forwarded-By` naming this instance, which the owner never
-// forwards again (no loops). One connection per request, bounded in time and size.
+// forwards again (no loops). Bounded in time and size; connections to an owner are kept open
+// between forwards (ForwardConnections).
 #pragma once
 
 #include <chrono>
@@ -11,7 +12,9 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "gnomon/core/metrics.h"
 #include "gnomon/core/mutex.h"
 #include "gnomon/core/status.h"
 #include "http_server.h"
@@ -86,13 +89,62 @@ class ForwardTls {
   std::unique_ptr<Impl> impl_;
 };
 
+// Connections kept open between forwards (HTTP/1.1 keep-alive), so that a forward to an owner
+// reached a moment ago skips the connect and the TLS handshake. At most `per_owner` idle
+// connections per owner's address (more are never needed: that many forwards wait on one owner
+// at once, ForwardGate) and at most 256 addresses; a connection idle for `max_idle` is closed,
+// and one the owner closed (restarted, its idle timeout) is found so before it is used again.
+class ForwardConnections {
+ public:
+  // Forwards are counted into `opened` (on a new connection) and `kept` (on a kept one).
+  explicit ForwardConnections(size_t per_owner,
+                              std::chrono::milliseconds max_idle = std::chrono::seconds(20),
+                              Counter* opened = nullptr, Counter* kept = nullptr);
+  ~ForwardConnections();
+  ForwardConnections(const ForwardConnections&) = delete;
+  ForwardConnections& operator=(const ForwardConnections&) = delete;
+
+  uint64_t reused() const;  // forwards sent on a connection an earlier forward opened
+  size_t idle() const;      // connections kept now
+
+  struct Conn;
+  // (ForwardRequest's:) an idle connection to `base` still open, or nothing.
+  std::unique_ptr<Conn> Take(const std::string& base);
+  // (ForwardRequest's:) keeps `conn` after a whole exchange, or closes it when there is no room.
+  void Give(const std::string& base, std::unique_ptr<Conn> conn);
+  // (ForwardRequest's:) a forward goes on a connection just opened.
+  void Opened() {
+    if (opened_ != nullptr) {
+      opened_->Inc();
+    }
+  }
+
+ private:
+  static constexpr size_t kMaxOwners = 256;
+  const size_t per_owner_;
+  const std::chrono::milliseconds max_idle_;
+  Counter* const opened_;
+  Counter* const kept_;
+  mutable Mutex mu_;
+  // Per owner's address, oldest first.
+  std::map<std::string, std::vector<std::unique_ptr<Conn>>, std::less<>> idle_
+      GNOMON_GUARDED_BY(mu_);
+  size_t count_ GNOMON_GUARDED_BY(mu_) = 0;
+  std::chrono::steady_clock::time_point swept_ GNOMON_GUARDED_BY(mu_);
+  uint64_t reused_ GNOMON_GUARDED_BY(mu_) = 0;
+};
+
 // Sends `req` to `base` (http://host:port, or https://host:port through `tls`) and returns the
 // owner's answer (its status, body, Content-Type and Retry-After). Errors: the address is not
 // http(s)://host:port or is https:// without `tls` (kInvalidArgument), or the owner could not
 // be reached, failed the TLS handshake (its certificate not trusted or not for that host) or
-// did not answer in time (kUnavailable).
+// did not answer in time (kUnavailable). With `pool` the request goes on a connection kept from
+// an earlier forward when there is one, and its connection is kept afterwards; a kept connection
+// that fails before any of the answer arrived is replaced by a new one and the request sent
+// again when that is safe (GET, HEAD, or an Idempotency-Key); otherwise the error is returned.
 Result<HttpResponse> ForwardRequest(const std::string& base, const HttpRequest& req,
                                     const std::string& via, const ForwardLimits& limits = {},
-                                    const ForwardTls* tls = nullptr);
+                                    const ForwardTls* tls = nullptr,
+                                    ForwardConnections* pool = nullptr);
 
 }  // namespace gnomon::engine

@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cluster_members.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <thread>
@@ -362,6 +366,17 @@ TEST(ForwardRequestTest, AnOwnerAskingForAClientCertificateGetsThisInstancesOwn)
     EXPECT_EQ(answer->status, 200);
   }
   EXPECT_EQ((*with_cert)->resumed(), 2u);
+  // With connections kept, one handshake for all (and it resumed the session above).
+  ForwardConnections pool(1);
+  for (int i = 0; i < 3; ++i) {
+    auto answer = ForwardRequest(base, req, "a", {}, with_cert->get(), &pool);
+    ASSERT_TRUE(answer.ok()) << i << ": " << answer.status().message();
+    EXPECT_EQ(answer->body, R"({"from":"owner"})");
+  }
+  EXPECT_EQ(pool.reused(), 2u);
+  EXPECT_EQ((*with_cert)->resumed(), 3u);
+  EXPECT_TRUE(testing::WaitFor([&] { return owner->connections() == 1; }))
+      << "the kept one only (the earlier forwards' connections closed)";
   // Without one the owner refuses the connection.
   auto without = ForwardTls::Make(dir.File("ca.crt"), "", "");
   ASSERT_TRUE(without.ok());
@@ -369,6 +384,179 @@ TEST(ForwardRequestTest, AnOwnerAskingForAClientCertificateGetsThisInstancesOwn)
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
   owner->Stop();
+}
+
+TEST(ForwardConnectionsTest, AConnectionToAnOwnerIsKeptForTheNextForwards) {
+  std::atomic<int> calls{0};
+  std::vector<HttpRoute> routes;
+  auto answer_route = [&](const HttpRequest& req) {
+    ++calls;
+    HttpResponse out;
+    out.status = 200;
+    out.body = req.method + " " + req.path;
+    return out;
+  };
+  routes.push_back({"GET", "/v1/things/([^/]+)/shadow", answer_route});
+  routes.push_back({"POST", "/v1/things/([^/]+)/shadow", answer_route});
+  HttpServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.limits.idle_timeout = std::chrono::milliseconds(300);
+  auto server = HttpServer::Start(o, routes);
+  ASSERT_TRUE(server.ok()) << server.status().message();
+  const int port = (*server)->port();
+  std::string base = "http://127.0.0.1:" + std::to_string(port);
+  HttpRequest get;
+  get.method = "GET";
+  get.path = "/v1/things/d1/shadow";
+  HttpRequest post = get;
+  post.method = "POST";  // (no Idempotency-Key: never sent twice)
+  post.body = "{}";
+
+  ForwardConnections pool(/*per_owner=*/2);
+  for (int i = 0; i < 3; ++i) {
+    auto answer = ForwardRequest(base, i == 1 ? post : get, "a", {}, nullptr, &pool);
+    ASSERT_TRUE(answer.ok()) << i << ": " << answer.status().message();
+    EXPECT_EQ(answer->body, i == 1 ? "POST /v1/things/d1/shadow" : "GET /v1/things/d1/shadow");
+  }
+  EXPECT_EQ(pool.reused(), 2u);
+  EXPECT_EQ(pool.idle(), 1u);
+  EXPECT_EQ((*server)->connections(), 1u) << "all three on one connection";
+
+  // The owner closes it (its idle timeout): found closed before it is used, so even a POST,
+  // which is never sent twice, goes out on a new connection and is answered.
+  ASSERT_TRUE(testing::WaitFor([&] { return (*server)->connections() == 0; }));
+  auto after_idle = ForwardRequest(base, post, "a", {}, nullptr, &pool);
+  ASSERT_TRUE(after_idle.ok()) << after_idle.status().message();
+  EXPECT_EQ(pool.reused(), 2u);
+  EXPECT_EQ(calls.load(), 4);
+
+  // The owner restarts on the same port (its process gone, its sockets closed): the same.
+  (*server)->Stop();
+  server->reset();
+  o.listen = "127.0.0.1:" + std::to_string(port);
+  auto restarted = HttpServer::Start(o, routes);
+  ASSERT_TRUE(restarted.ok()) << restarted.status().message();
+  auto after_restart = ForwardRequest(base, post, "a", {}, nullptr, &pool);
+  ASSERT_TRUE(after_restart.ok()) << after_restart.status().message();
+  EXPECT_EQ(calls.load(), 5);
+
+  // Two forwards at once open two connections; one owner's share of idle ones is kept.
+  ForwardConnections one(/*per_owner=*/1);
+  std::vector<HttpRoute> slow_routes;
+  std::atomic<int> arrived{0};
+  slow_routes.push_back({"GET", "/v1/things/([^/]+)/shadow", [&](const HttpRequest& req) {
+                           ++arrived;
+                           testing::WaitFor([&] { return arrived.load() >= 2; });
+                           return answer_route(req);
+                         }});
+  o.listen = "127.0.0.1:0";
+  auto slow = HttpServer::Start(o, slow_routes);
+  ASSERT_TRUE(slow.ok());
+  std::string slow_base = "http://127.0.0.1:" + std::to_string((*slow)->port());
+  std::thread other(
+      [&] { EXPECT_TRUE(ForwardRequest(slow_base, get, "a", {}, nullptr, &one).ok()); });
+  EXPECT_TRUE(ForwardRequest(slow_base, get, "a", {}, nullptr, &one).ok());
+  other.join();
+  EXPECT_EQ(arrived.load(), 2);
+  EXPECT_EQ(one.idle(), 1u);
+  EXPECT_TRUE(testing::WaitFor([&] { return (*slow)->connections() == 1; }))
+      << "the second connection is closed";
+  (*slow)->Stop();
+  (*restarted)->Stop();
+}
+
+// An owner of its own making that answers the first request on a connection and closes the
+// connection when a second one arrives on it, without answering: what a forward meets when the
+// owner closes a kept connection just as the request is sent.
+class ClosingOwner {
+ public:
+  ClosingOwner() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    EXPECT_EQ(::listen(listener_, 8), 0);
+    socklen_t len = sizeof addr;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~ClosingOwner() {
+    ::shutdown(listener_, SHUT_RDWR);
+    thread_.join();
+    ::close(listener_);
+  }
+  std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  int requests() const { return requests_.load(); }
+
+ private:
+  void Serve() {
+    for (;;) {
+      int fd = ::accept(listener_, nullptr, nullptr);
+      if (fd < 0) {
+        return;
+      }
+      for (int on_this = 0;; ++on_this) {
+        std::string head;
+        char c = 0;
+        while (head.find("\r\n\r\n") == std::string::npos && ::read(fd, &c, 1) == 1) {
+          head += c;
+        }
+        if (head.find("\r\n\r\n") == std::string::npos) {
+          break;
+        }
+        if (auto at = head.find("Content-Length: "); at != std::string::npos) {
+          std::string body(std::stoul(head.substr(at + 16)), '\0');
+          ::read(fd, body.data(), body.size());
+        }
+        ++requests_;
+        if (on_this > 0) {
+          break;  // closed, not answered
+        }
+        std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        ::write(fd, answer.data(), answer.size());
+      }
+      ::close(fd);
+    }
+  }
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<int> requests_{0};
+  std::thread thread_;
+};
+
+TEST(ForwardConnectionsTest, AKeptConnectionClosedAsItIsUsedIsReplacedOnlyWhenThatIsSafe) {
+  ClosingOwner owner;
+  HttpRequest get;
+  get.method = "GET";
+  get.path = "/v1/things/d1/shadow";
+  ForwardConnections pool(2);
+  ASSERT_TRUE(ForwardRequest(owner.base(), get, "a", {}, nullptr, &pool).ok());
+  // A GET on the kept connection: closed unanswered, sent again on a new one.
+  auto again = ForwardRequest(owner.base(), get, "a", {}, nullptr, &pool);
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(again->body, "ok");
+  EXPECT_EQ(owner.requests(), 3);
+
+  // A POST without an Idempotency-Key: the owner may have applied it; not sent twice.
+  HttpRequest post = get;
+  post.method = "POST";
+  post.body = R"({"state":{}})";
+  auto once = ForwardRequest(owner.base(), post, "a", {}, nullptr, &pool);
+  ASSERT_FALSE(once.ok());
+  EXPECT_EQ(once.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(once.status().message().find("reading the answer"), std::string::npos)
+      << once.status().message();
+  EXPECT_EQ(owner.requests(), 4);
+
+  // With one the owner applies it at most once: sent again.
+  ASSERT_TRUE(ForwardRequest(owner.base(), post, "a", {}, nullptr, &pool).ok());  // (kept again)
+  post.idempotency_key = "k-1";
+  auto keyed = ForwardRequest(owner.base(), post, "a", {}, nullptr, &pool);
+  ASSERT_TRUE(keyed.ok()) << keyed.status().message();
+  EXPECT_EQ(owner.requests(), 7);
+  EXPECT_EQ(pool.reused(), 3u);
 }
 
 TEST(ForwardGateTest, AnOwnerGetsItsShareAndAllOwnersTogetherTheTotal) {

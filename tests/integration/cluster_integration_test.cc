@@ -887,6 +887,14 @@ TEST_F(ClusterTest, RestAnywhereOverTlsReachesTheOwnersHttpsApi) {
   }
   EXPECT_GE(Metric(instances_["a"], "gnomon_cluster_forwarded_total{outcome=\"answered\"}"),
             forwarded_writes);
+  // The forwards after the first went on the connection it opened (kept open, no handshake).
+  double opened =
+      Metric(instances_["a"], "gnomon_cluster_forward_connections_total{connection=\"opened\"}");
+  double kept =
+      Metric(instances_["a"], "gnomon_cluster_forward_connections_total{connection=\"kept\"}");
+  EXPECT_GE(opened + kept, forwarded_writes);
+  EXPECT_GE(opened, 1);
+  EXPECT_GE(kept, forwarded_writes - 1) << "opened " << opened;
   // A client without a certificate is still refused by both, forwarded or not.
   httplib::SSLClient anonymous("127.0.0.1", instances_["b"].api_port);
   anonymous.set_ca_cert_path(dir_.File("ca.crt").c_str());
