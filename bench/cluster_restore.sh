@@ -7,7 +7,7 @@
 # run, a plain librdkafka read of the same records (no parsing, no store).
 # The mock cluster keeps ~5 MB per partition (older records are dropped), so P is 32 by
 # default: ~3,100 records of 1.3 KB per partition for N = 100000.
-#   bench/cluster_restore.sh [N]          (default 100000)
+#   bench/cluster_restore.sh [N]          (default 100000; GNOMON=path: another build to run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
@@ -42,7 +42,7 @@ shadows: { sync: ${SYNC:-full} }
 rules: ["rules/*.lua"]
 metrics: { listen: "127.0.0.1:$PORT" }
 YAML
-${GNOMON_WRAP:-} build/gnomon run -c "$WORK/gnomon.yaml" 2>"$WORK/gnomon.log" & PIDS+=($!)
+${GNOMON_WRAP:-} ${GNOMON:-build/gnomon} run -c "$WORK/gnomon.yaml" 2>"$WORK/gnomon.log" & PIDS+=($!)
 for _ in $(seq 1200); do grep -q '"cluster partitions restored"' "$WORK/gnomon.log" && break; sleep 0.1; done
 grep -q '"cluster partitions restored"' "$WORK/gnomon.log" || { echo "no restore in 120 s:"; tail -20 "$WORK/gnomon.log"; exit 1; }
 LINE=$(grep '"cluster partitions restored"' "$WORK/gnomon.log" | head -1)

@@ -101,6 +101,37 @@ void BM_ShadowRestoreRecord(benchmark::State& state) {
 }
 BENCHMARK(BM_ShadowRestoreRecord)->Arg(0)->Arg(100);
 
+// The same record as a restore takes it since 2026-12-07: its stored form straight from the
+// record (validated, sections re-serialized by simdjson), no document built.
+void BM_ShadowRestoreRecordStored(benchmark::State& state) {
+  ShadowDocument d;
+  std::string init =
+      R"({"state":{"reported":{"temp":21.5,"humidity":40,"fw":"1.2.0","mode":"heat","fan":"auto",)"
+      R"("battery":88,"rssi":-61,"led":{"r":255,"g":0,"b":0},"schedule":[6,22],"room":"kitchen",)"
+      R"("uptime":123456,"errors":0)";
+  for (int64_t i = 0; i < state.range(0); ++i) {
+    init += ",\"sensor" + std::to_string(i) + "\":{\"v\":" + std::to_string(i) + ",\"unit\":\"C\"}";
+  }
+  init += R"(},"desired":{"mode":"heat","targetTemp":21.0,"fan":"auto"}}})";
+  if (!std::holds_alternative<UpdateResult>(d.Update(init, 1700000000))) {
+    state.SkipWithError("setup failed");
+    return;
+  }
+  std::string event =
+      R"({"previous":null,"current":)" + d.DocumentJson() + R"(,"timestamp":1700000000})";
+  for (auto _ : state) {
+    auto stored = ShadowDocument::StoredFromChangelog(event);
+    if (!stored.ok()) {
+      state.SkipWithError("the record did not parse");
+      return;
+    }
+    benchmark::DoNotOptimize(*stored);
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["record_bytes"] = static_cast<double>(event.size());
+}
+BENCHMARK(BM_ShadowRestoreRecordStored)->Arg(0)->Arg(100);
+
 // Durable updates: owners apply updates and queue the stored form (~600 bytes) to the SQLite
 // store, which group-commits. One timed iteration is kUpdates updates spread over 10k shadows
 // by state.range(1) producer threads (gnomon's workers; each owns its share of the shadows, the

@@ -610,10 +610,10 @@ Status Engine::Impl::RestorePartitions(const std::vector<int32_t>& partitions,
         std::string stored;
         if (value == nullptr) {
           stored = reset;  // deleted
-        } else if (auto doc = shadow::ShadowDocument::FromChangelog(*value); doc.ok()) {
-          stored = doc->StoredJson();
+        } else if (auto s = shadow::ShadowDocument::StoredFromChangelog(*value); s.ok()) {
+          stored = std::move(s).value();  // (no document built: the owner builds it when read)
         } else {
-          skip(doc.status().message());
+          skip(s.status().message());
           return;
         }
         seen.insert(ShadowKey(thing, name));

@@ -2,10 +2,14 @@
 #include "gnomon/shadow/document.h"
 
 #include <fmt/format.h>
+#include <simdjson.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
+#include <optional>
 #include <tuple>
+#include <unordered_set>
 
 #include "gnomon/core/json.h"
 
@@ -511,6 +515,250 @@ Result<ShadowDocument> ShadowDocument::FromChangelog(std::string_view event, Lim
     return InvalidArgument("no \"current\" document");
   }
   return FromDocumentValue(std::move(*current), limits);
+}
+
+namespace {
+
+namespace dom = simdjson::dom;
+using T = dom::element_type;
+
+// Keys of one object seen so far, to find one it holds twice (Value::Parse refuses such
+// documents): a scan of the few for small objects, a set past 32 keys (a scan per key is
+// quadratic).
+class KeysSeen {
+ public:
+  explicit KeysSeen(size_t keys) : few_(keys <= kScanUpTo) {}
+  // False when `key` was seen already (and then `duplicate` names it).
+  bool Add(std::string_view key, std::string* duplicate) {
+    bool twice = false;
+    if (few_) {
+      for (size_t i = 0; i < n_ && !twice; ++i) {
+        twice = len_[i] == key.size() && std::memcmp(ptr_[i], key.data(), key.size()) == 0;
+      }
+      ptr_[n_] = key.data();
+      len_[n_++] = key.size();
+    } else {
+      twice = !seen_.insert(key).second;
+    }
+    if (twice) {
+      *duplicate = std::string(key.substr(0, 64));
+    }
+    return !twice;
+  }
+
+ private:
+  static constexpr size_t kScanUpTo = 32;
+  const bool few_;
+  size_t n_ = 0;
+  const char* ptr_[kScanUpTo];  // (not initialized: only the first n_ are read)
+  size_t len_[kScanUpTo];
+  std::unordered_set<std::string_view> seen_;
+};
+
+// Whether object `o` holds a key twice (its own keys; not its members' values).
+bool KeyTwice(dom::object o, std::string* duplicate) {
+  KeysSeen seen(o.size());
+  for (auto f : o) {
+    if (!seen.Add(f.key, duplicate)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Appends `e` as JSON to `out` (as a Value parsed from it would write itself; with `out` null,
+// nothing), or returns false with `duplicate` set when an object in it holds a key twice.
+bool AppendChecked(dom::element e, std::string* out, std::string* duplicate) {
+  switch (e.type()) {
+    case T::OBJECT: {
+      dom::object o(e);
+      KeysSeen seen(o.size());
+      if (out != nullptr) {
+        *out += '{';
+      }
+      bool first = true;
+      for (auto f : o) {
+        if (!seen.Add(f.key, duplicate)) {
+          return false;
+        }
+        if (out != nullptr) {
+          if (!first) {
+            *out += ',';
+          }
+          json::AppendQuoted(*out, f.key);
+          *out += ':';
+        }
+        first = false;
+        if (!AppendChecked(f.value, out, duplicate)) {
+          return false;
+        }
+      }
+      if (out != nullptr) {
+        *out += '}';
+      }
+      return true;
+    }
+    case T::ARRAY: {
+      if (out != nullptr) {
+        *out += '[';
+      }
+      bool first = true;
+      for (auto item : dom::array(e)) {
+        if (out != nullptr && !first) {
+          *out += ',';
+        }
+        first = false;
+        if (!AppendChecked(item, out, duplicate)) {
+          return false;
+        }
+      }
+      if (out != nullptr) {
+        *out += ']';
+      }
+      return true;
+    }
+    default:
+      break;
+  }
+  if (out == nullptr) {
+    return true;
+  }
+  switch (e.type()) {
+    case T::INT64:
+      json::AppendInt(*out, int64_t(e));
+      break;
+    case T::UINT64:
+      json::AppendNumber(*out, static_cast<double>(uint64_t(e)));
+      break;
+    case T::DOUBLE:
+      json::AppendNumber(*out, double(e));
+      break;
+    case T::STRING:
+      json::AppendQuoted(*out, std::string_view(e));
+      break;
+    case T::BOOL:
+      *out += bool(e) ? "true" : "false";
+      break;
+    default:
+      *out += "null";
+      break;
+  }
+  return true;
+}
+
+// The member `key` of `obj` when `obj` is an object holding it (of `type`, unless `any`).
+std::optional<dom::element> Member(dom::element obj, std::string_view key, T type,
+                                   bool any = false) {
+  dom::element f;
+  if (obj.type() != T::OBJECT || dom::object(obj).at_key(key).get(f) != simdjson::SUCCESS ||
+      (!any && f.type() != type)) {
+    return std::nullopt;
+  }
+  return f;
+}
+
+}  // namespace
+
+Result<std::string> ShadowDocument::StoredFromChangelog(std::string_view event) {
+  thread_local dom::parser parser;
+  dom::element root;
+  const char* data = event.data() != nullptr ? event.data() : "";
+  if (auto err = parser.parse(data, event.size()).get(root); err != simdjson::SUCCESS) {
+    return InvalidArgument(simdjson::error_message(err));
+  }
+  // Every object of the record is checked for keys held twice, as Value::Parse checks them;
+  // the sections kept are checked as they are written.
+  auto current = Member(root, "current", T::OBJECT, /*any=*/true);
+  auto state = current ? Member(*current, "state", T::OBJECT) : std::nullopt;
+  auto meta = current ? Member(*current, "metadata", T::OBJECT, /*any=*/true) : std::nullopt;
+  if (meta && meta->type() != T::OBJECT) {
+    meta.reset();
+  }
+  std::string sections[4];  // desired, reported, and their metadata
+  bool kept[4] = {false, false, false, false};
+  std::string duplicate;
+  // Checks `obj`'s keys and its members' values, each member through `member` (which checks
+  // it, and writes the ones kept into sections[]).
+  auto check = [&](dom::element obj, auto&& member) -> bool {
+    if (obj.type() != T::OBJECT) {
+      return AppendChecked(obj, nullptr, &duplicate);
+    }
+    if (KeyTwice(dom::object(obj), &duplicate)) {
+      return false;
+    }
+    for (auto f : dom::object(obj)) {
+      if (!member(f.key, f.value)) {
+        return false;
+      }
+    }
+    return true;
+  };
+  auto only_check = [&](std::string_view, dom::element v) {
+    return AppendChecked(v, nullptr, &duplicate);
+  };
+  // The desired or reported section (i: 0 or 1) or its metadata (2 or 3) kept.
+  auto keep = [&](int i, dom::element v) {
+    kept[i] = true;
+    return AppendChecked(v, &sections[i], &duplicate);
+  };
+  bool ok = check(root, [&](std::string_view key, dom::element v) {
+    if (key != "current") {
+      return only_check(key, v);
+    }
+    return check(v, [&](std::string_view k, dom::element cv) {
+      if (k == "state" && cv.type() == T::OBJECT) {
+        return check(cv, [&](std::string_view sk, dom::element sv) {
+          bool section = (sk == "desired" || sk == "reported") && sv.type() == T::OBJECT;
+          return section ? keep(sk == "desired" ? 0 : 1, sv) : only_check(sk, sv);
+        });
+      }
+      if (k == "metadata" && cv.type() == T::OBJECT) {
+        return check(cv, [&](std::string_view mk, dom::element mv) {
+          // (A section's metadata is kept when the section is: LoadStamps reads it as it is.)
+          bool section = (mk == "desired" || mk == "reported") && state &&
+                         Member(*state, mk, T::OBJECT).has_value();
+          return section ? keep(mk == "desired" ? 2 : 3, mv) : only_check(mk, mv);
+        });
+      }
+      return only_check(k, cv);
+    });
+  });
+  if (!ok) {
+    return InvalidArgument("duplicate key \"" + duplicate + "\" in an object");
+  }
+  if (!current) {
+    return InvalidArgument("no \"current\" document");
+  }
+  auto version = Member(*current, "version", T::INT64);
+  if (current->type() != T::OBJECT || !state || !version) {
+    return InvalidArgument("shadow document: needs state (object) and version (integer)");
+  }
+  auto timestamp = Member(*current, "timestamp", T::INT64);
+  std::string out;
+  out.reserve(event.size() + 64);
+  json::ObjectWriter w(out);
+  w.Field("exists", 1)
+      .Field("version", int64_t(*version))
+      .Field("timestamp", timestamp ? int64_t(*timestamp) : int64_t{0})
+      .Field("deleted_at", 0);
+  static constexpr std::string_view kStoredKeys[4] = {"desired", "reported", "meta_desired",
+                                                      "meta_reported"};
+  for (int i = 0; i < 4; ++i) {
+    if (kept[i]) {
+      w.FieldRaw(kStoredKeys[i], sections[i]);
+    }
+  }
+  if (meta) {
+    if (auto c = Member(*meta, "connected", T::BOOL)) {
+      auto seen = Member(*meta, "lastSeen", T::INT64);
+      w.Field("connected", bool(*c) ? 1 : 0).Field("last_seen", seen ? int64_t(*seen) : int64_t{0});
+    }
+    if (auto model = Member(*meta, "model", T::STRING)) {
+      w.Field("model", std::string_view(*model));
+    }
+  }
+  w.Close();
+  return out;
 }
 
 Result<ShadowDocument> ShadowDocument::FromDocument(std::string_view document, Limits limits) {

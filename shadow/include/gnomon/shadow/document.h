@@ -136,6 +136,11 @@ class ShadowDocument {
   static Result<ShadowDocument> FromDocument(std::string_view document, Limits limits = {});
   // From a change-log record's value (the documents event: its "current").
   static Result<ShadowDocument> FromChangelog(std::string_view event, Limits limits = {});
+  // The stored form (StoredJson) of a change-log record's shadow, without building the
+  // document: what a restore writes. Refused exactly when FromChangelog refuses, and read back
+  // (FromStored) it is the document FromChangelog builds; it may differ from that document's
+  // StoredJson in spelling (numbers, members' metadata the state no longer has).
+  static Result<std::string> StoredFromChangelog(std::string_view event);
 
  private:
   static Result<ShadowDocument> FromDocumentValue(Value v, Limits limits);
