@@ -263,6 +263,7 @@ TEST_F(TxnProducerTest, ReadingOnFromAPositionGetsTheTailAndWaitsForOpenTransact
         },
         nullptr, nullptr, positions);
   };
+  const uint64_t clients_before = TopicReadersMade();
   TxnProducer p(reporter_, metrics_);
   ASSERT_TRUE(Start(p, "t").ok());
   auto give_up = [] { return false; };
@@ -306,6 +307,24 @@ TEST_F(TxnProducerTest, ReadingOnFromAPositionGetsTheTailAndWaitsForOpenTransact
   ASSERT_TRUE(read(&fresh).ok());
   EXPECT_EQ(got, (std::vector<std::string>{"a", "b", "c", "d", "e"}));
   EXPECT_EQ(fresh[0], positions[0]);
+  // Every read above on this thread went through one client, kept between them (assigned
+  // anew each time: no record of one read showed up in the next).
+  EXPECT_EQ(TopicReadersMade() - clients_before, 1u);
+
+  // A read given up (or failed) closes its client; the next one makes a new one.
+  auto stopped = ReadTopicToEnd(
+      connection, "out", [](int32_t, std::string_view, const std::string*) {}, nullptr,
+      [] { return true; });
+  EXPECT_EQ(stopped.status().code(), StatusCode::kCancelled);
+  ASSERT_TRUE(read(nullptr).ok());
+  EXPECT_EQ(got.size(), 5u);
+  EXPECT_EQ(TopicReadersMade() - clients_before, 2u);
+  // Another thread reads with a client of its own.
+  std::thread([&] {
+    std::map<int32_t, int64_t> other;
+    EXPECT_TRUE(read(&other).ok());
+  }).join();
+  EXPECT_EQ(TopicReadersMade() - clients_before, 3u);
   p.Close();
 }
 

@@ -2,8 +2,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <thread>
 
 #include "gnomon/connectors/kafka.h"
@@ -43,18 +45,60 @@ Status OpenReader(const ConfigValue& connection, const std::string& what, kafka:
   return {};
 }
 
+// The restore reader of the last read on this thread, kept for the next read on the same
+// connection: a standby reads its partitions' tails every second, and a client each time meant
+// a new connection to every broker each second (with TLS or SASL a handshake each). Closed
+// when the thread ends, when a read fails, or when the next read is for another connection.
+struct KeptReader {
+  std::string connection;  // brokers and properties
+  Reader reader;
+};
+thread_local std::unique_ptr<KeptReader> kept_reader;
+std::atomic<uint64_t> readers_made{0};
+
+std::string ConnectionKey(const kafka::ClientSettings& settings) {
+  std::string key = settings.brokers;
+  for (const auto& [k, v] : settings.properties) {
+    key += '\0';
+    key += k;
+    key += '=';
+    key += v;
+  }
+  return key;
+}
+
 }  // namespace
+
+uint64_t TopicReadersMade() { return readers_made.load(std::memory_order_relaxed); }
 
 Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& topic,
                               const std::function<void(int32_t partition, std::string_view key,
                                                        const std::string* value)>& fn,
                               const std::vector<int32_t>* only, const std::function<bool()>& stop,
                               std::map<int32_t, int64_t>* positions) {
-  Reader reader;
-  GNOMON_RETURN_IF_ERROR(
-      OpenReader(connection, "restore",
-                 {{"group.id", "gnomon-restore"}, {"enable.partition.eof", "true"}}, reader));
-  rd_kafka_t* rk = reader.rk;
+  ConfigValue none;
+  GNOMON_ASSIGN_OR_RETURN(kafka::ClientSettings settings, kafka::Settings(connection, none));
+  std::string key = ConnectionKey(settings);
+  std::unique_ptr<KeptReader> kept = std::move(kept_reader);
+  if (kept == nullptr || kept->connection != key) {
+    kept = std::make_unique<KeptReader>();
+    kept->connection = std::move(key);
+    GNOMON_RETURN_IF_ERROR(OpenReader(
+        connection, "restore",
+        // (Kept idle between reads: brokers closing idle connections is not worth a log line.)
+        {{"group.id", "gnomon-restore"},
+         {"enable.partition.eof", "true"},
+         {"log.connection.close", "false"}},
+        kept->reader));
+    readers_made.fetch_add(1, std::memory_order_relaxed);
+  }
+  rd_kafka_t* rk = kept->reader.rk;
+  // Kept for the next read once this one has read to its end (a failed read's client is
+  // closed); unassigned first, so that nothing of this read is fetched for the next.
+  auto keep = [&] {
+    rd_kafka_assign(rk, nullptr);
+    kept_reader = std::move(kept);
+  };
   rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
   const rd_kafka_metadata_t* md = nullptr;
   rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 15000);
@@ -94,6 +138,7 @@ Result<size_t> ReadTopicToEnd(const ConfigValue& connection, const std::string& 
   }
   rd_kafka_metadata_destroy(md);
   auto done = [&](size_t n) -> Result<size_t> {
+    keep();
     if (positions != nullptr) {
       for (const auto& [p, at] : reached) {
         (*positions)[p] = at;
