@@ -92,8 +92,9 @@ class ForwardTls {
 // Connections kept open between forwards (HTTP/1.1 keep-alive), so that a forward to an owner
 // reached a moment ago skips the connect and the TLS handshake. At most `per_owner` idle
 // connections per owner's address (more are never needed: that many forwards wait on one owner
-// at once, ForwardGate) and at most 256 addresses; a connection idle for `max_idle` is closed,
-// and one the owner closed (restarted, its idle timeout) is found so before it is used again.
+// at once, ForwardGate) and at most 256 addresses; a connection idle for `max_idle` is closed
+// by the next Take or Give that finds it, and one the owner closed (restarted, its idle timeout)
+// is found so before it is used again.
 class ForwardConnections {
  public:
   // Forwards are counted into `opened` (on a new connection) and `kept` (on a kept one).
