@@ -630,9 +630,16 @@ bool AppendChecked(dom::element e, std::string* out, std::string* duplicate) {
     case T::UINT64:
       json::AppendNumber(*out, static_cast<double>(uint64_t(e)));
       break;
-    case T::DOUBLE:
+    case T::DOUBLE: {
+      // A whole double is written as an integer: kept a double here (".0"), since a
+      // timestamp in the metadata counts only when it is an integer.
+      size_t at = out->size();
       json::AppendNumber(*out, double(e));
+      if (out->find_first_of(".eE", at) == std::string::npos) {
+        *out += ".0";
+      }
       break;
+    }
     case T::STRING:
       json::AppendQuoted(*out, std::string_view(e));
       break;

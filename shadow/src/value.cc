@@ -48,9 +48,14 @@ Value Value::Object() {
 }
 
 namespace {
-// `duplicate` is set to the first key an object holds twice (such documents are refused, as
-// rules refuse them: readers disagree on which of the two counts).
-Value FromElement(simdjson::dom::element e, std::string& duplicate) {
+// The first key an object holds twice (such documents are refused, as rules refuse them:
+// readers disagree on which of the two counts). `found` tells, since the key may be "".
+struct Duplicate {
+  bool found = false;
+  std::string key;
+};
+
+Value FromElement(simdjson::dom::element e, Duplicate& duplicate) {
   using T = simdjson::dom::element_type;
   switch (e.type()) {
     case T::OBJECT: {
@@ -74,8 +79,9 @@ Value FromElement(simdjson::dom::element e, std::string& duplicate) {
           existing = v.Find(f.key);
         }
         if (existing != nullptr) {
-          if (duplicate.empty()) {
-            duplicate = std::string(f.key.substr(0, 64));
+          if (!duplicate.found) {
+            duplicate.found = true;
+            duplicate.key = std::string(f.key.substr(0, 64));
           }
           *existing = FromElement(f.value, duplicate);
           continue;
@@ -113,10 +119,10 @@ Result<Value> Value::Parse(std::string_view json) {
   if (err != simdjson::SUCCESS) {
     return InvalidArgument(simdjson::error_message(err));
   }
-  std::string duplicate;
+  Duplicate duplicate;
   Value v = FromElement(e, duplicate);
-  if (!duplicate.empty()) {
-    return InvalidArgument("duplicate key \"" + duplicate + "\" in an object");
+  if (duplicate.found) {
+    return InvalidArgument("duplicate key \"" + duplicate.key + "\" in an object");
   }
   return v;
 }

@@ -2,8 +2,9 @@
 // Records read from a cluster's Kafka topics (docs/cluster.md), as a damaged or hostile topic
 // could hold them: a shadow's documents event, a rule row, a member's announcement. Each is
 // refused with an error or taken whole — and what was taken round-trips through the form
-// gnomon writes, and the rest of the restore (the windows' bytes counted and described, the
-// members' ring computed) never crashes on it.
+// gnomon writes (a shadow's as the restore takes it straight from the record, too), and the rest of
+// the restore (the windows' bytes counted and described, the members' ring computed) never crashes
+// on it.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -27,10 +28,18 @@ void Check(bool ok) {
 void ShadowRecord(std::string_view in) {
   using gnomon::shadow::ShadowDocument;
   auto doc = ShadowDocument::FromChangelog(in);
+  // What the restore stores (taken from the record without building the document), refused
+  // exactly when the document is, and read back as the owner would: that document.
+  auto restored = ShadowDocument::StoredFromChangelog(in);
+  Check(doc.ok() == restored.ok());
   if (!doc.ok()) {
     return;
   }
-  // What the restore stores, read back as the owner would: the same document.
+  auto read = ShadowDocument::FromStored(*restored);
+  Check(read.ok());
+  Check(read->DocumentJson() == doc->DocumentJson());
+  Check(read->StoredJson() == doc->StoredJson());
+  // The document's own stored form round-trips too.
   std::string stored = doc->StoredJson();
   auto back = ShadowDocument::FromStored(stored);
   Check(back.ok());

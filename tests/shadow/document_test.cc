@@ -786,6 +786,14 @@ TEST(ShadowDocTest, UpdatesWithADuplicateKeyAreRefused) {
   EXPECT_FALSE(doc.exists());
   EXPECT_FALSE(Value::Parse(R"([{"a":1},{"b":{"c":1,"c":2}}])").ok());
   EXPECT_TRUE(Value::Parse(R"({"a":{"a":1},"b":{"a":2}})").ok());
+  // The empty key too (found by fuzzing: it was let through, taken for "no duplicate").
+  auto empty_twice = Value::Parse(R"({"x":{"":1,"":2}})");
+  ASSERT_FALSE(empty_twice.ok());
+  EXPECT_NE(empty_twice.status().message().find("duplicate key \"\""), std::string::npos)
+      << empty_twice.status().message();
+  EXPECT_TRUE(Value::Parse(R"({"":1,"a":{"":2}})").ok());
+  EXPECT_TRUE(std::holds_alternative<ShadowError>(
+      doc.Update(R"({"state":{"reported":{"":"a","":"b"}}})", 100)));
 }
 
 // A published document's metadata is read member by member in the state's order when it is
@@ -963,6 +971,8 @@ TEST(ShadowRestoreTest, TheStoredFormOfARecordReadsBackAsTheDocumentItHolds) {
           R"({"current":{"state":{"desired":{}},"metadata":[],"version":1,"timestamp":2}})",
           R"({"current":{"state":{"reported":{"a":1}},"metadata":{"connected":"yes","lastSeen":1,"model":3},"version":3}})",
           R"({"current":{"state":{"reported":{"a":1}},"metadata":{"connected":false},"version":3}})",
+          // (a timestamp that is a whole double does not count: the record's own is taken)
+          R"({"current":{"state":{"desired":{"fan":2.0}},"metadata":{"desired":{"fan":{"timestamp":170000.000}}},"version":3,"timestamp":1700000000}})",
           R"({"current":{"state":{},"version":1.5}})",
           R"({"current":{"state":{},"version":18446744073709551615}})",
           R"({"current":{"state":[],"version":1}})",
@@ -971,6 +981,7 @@ TEST(ShadowRestoreTest, TheStoredFormOfARecordReadsBackAsTheDocumentItHolds) {
           R"({"previous":{"a":1,"a":2},"current":{"state":{},"version":1}})",
           R"({"current":{"state":{"reported":{"a":{"b":1,"b":1}}},"version":1}})",
           R"({"current":{"state":{},"version":1},"current":{"state":{},"version":2}})",
+          R"({"current":{"state":{"reported":{"":1,"a":2,"":3}},"version":1}})",
           R"({"current":{"state":{"reported":{"a":1},"reported":{"a":2}},"version":1}})",
           R"({"current":{"state":{"reported":{"a":1}},"metadata":{"reported":{"a":{"timestamp":1,"timestamp":2}}},"version":1}})",
           R"({"current":{"state":{"desired":5},"metadata":{"desired":{"a":[{"x":1,"x":1}]}},"version":1}})",
