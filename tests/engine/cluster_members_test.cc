@@ -465,6 +465,34 @@ TEST(ForwardConnectionsTest, AConnectionToAnOwnerIsKeptForTheNextForwards) {
   (*restarted)->Stop();
 }
 
+// A kept connection unused for longer than the pool's max_idle is closed, not used again.
+TEST(ForwardConnectionsTest, AConnectionIdleTooLongIsClosedNotReused) {
+  std::vector<HttpRoute> routes;
+  routes.push_back({"GET", "/v1/things/([^/]+)/shadow", [](const HttpRequest&) {
+                      HttpResponse out;
+                      out.status = 200;
+                      return out;
+                    }});
+  HttpServerOptions o;
+  o.listen = "127.0.0.1:0";
+  auto server = HttpServer::Start(o, std::move(routes));
+  ASSERT_TRUE(server.ok()) << server.status().message();
+  std::string base = "http://127.0.0.1:" + std::to_string((*server)->port());
+  HttpRequest get;
+  get.method = "GET";
+  get.path = "/v1/things/d1/shadow";
+  ForwardConnections pool(2, std::chrono::milliseconds(100));
+  ASSERT_TRUE(ForwardRequest(base, get, "a", {}, nullptr, &pool).ok());
+  ASSERT_EQ(pool.idle(), 1u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  ASSERT_TRUE(ForwardRequest(base, get, "a", {}, nullptr, &pool).ok());
+  EXPECT_EQ(pool.reused(), 0u) << "the old connection was past max_idle";
+  EXPECT_EQ(pool.idle(), 1u);  // (the new one)
+  EXPECT_TRUE(testing::WaitFor([&] { return (*server)->connections() == 1; }))
+      << "the idle one was closed";
+  (*server)->Stop();
+}
+
 // An owner of its own making that answers the first request on a connection and closes the
 // connection when a second one arrives on it, without answering: what a forward meets when the
 // owner closes a kept connection just as the request is sent.
