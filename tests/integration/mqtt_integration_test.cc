@@ -344,10 +344,12 @@ class MqttTlsAuthTest : public ::testing::Test {
     ASSERT_TRUE(ok) << why;
   }
 
-  std::string Config(const std::string& password) {
-    return "data_dir: data\nconnections:\n  secure: { type: mqtt, url: \"mqtts://localhost:" +
+  std::string Config(const std::string& password, const std::string& host = "localhost",
+                     const std::string& ca_file = "", bool insecure = false) {
+    return "data_dir: data\nconnections:\n  secure: { type: mqtt, url: \"mqtts://" + host + ":" +
            std::to_string(tls_port_) + "\", client_id: gnomon-tls, username: gnomon, password: " +
-           password + ", tls: { ca_file: " + certs_.File("ca.crt") +
+           password + ", tls: { ca_file: " + (ca_file.empty() ? certs_.File("ca.crt") : ca_file) +
+           (insecure ? ", insecure: true" : "") +
            " }, reconnect: { initial_ms: 50, max_ms: 200 } }\n"
            "sources: [{ name: s, connection: secure, topics: [\"devices/+/telemetry\"] }]\n"
            "sinks: [{ name: out, type: file, path: out.jsonl }]\n"
@@ -376,6 +378,40 @@ TEST_F(MqttTlsAuthTest, ConnectsOverTlsWithPasswordAndProcesses) {
   EXPECT_EQ(p.Wait(), 0);
 }
 
+// The broker's certificate is checked: one from another CA, or one whose names do not include
+// the host the URL names ("127.1" reaches 127.0.0.1, but the certificate says 127.0.0.1 and
+// localhost), is refused with the reason, and retried; `insecure: true` skips the name check
+// only.
+TEST_F(MqttTlsAuthTest, AnUntrustedOrMisnamedBrokerIsRefused) {
+  dir_.Write("r.lua", "return rule { name = 'r', from = 'x/#', handle = function() end }");
+  TempDir other;
+  std::string why;
+  ASSERT_TRUE(testing::MakeServerCertificates(other, &why)) << why;
+  struct Case {
+    std::string host, ca, error;
+  };
+  for (const Case& c : {Case{"localhost", other.File("ca.crt"), "self-signed certificate in certificate chain"},
+                        Case{"127.1", "", "hostname mismatch"}}) {
+    dir_.Write("g.yaml", Config("s3cret", c.host, c.ca));
+    Process p({GNOMON_BINARY, "run", "-c", dir_.File("g.yaml")});
+    ASSERT_TRUE(WaitFor([&] {
+      std::string err = p.Stderr();
+      size_t first = err.find(c.error);
+      return first != std::string::npos && err.find(c.error, first + 1) != std::string::npos;
+    })) << c.host << ": " << p.Stderr();
+    EXPECT_EQ(p.Stderr().find("mqtt connected"), std::string::npos) << p.Stderr();
+    EXPECT_NE(p.Stderr().find("tls handshake: " + c.error), std::string::npos) << p.Stderr();
+    p.Signal(SIGTERM);
+    EXPECT_EQ(p.Wait(), 0);
+  }
+  dir_.Write("g.yaml", Config("s3cret", "127.1", "", /*insecure=*/true));
+  Process p({GNOMON_BINARY, "run", "-c", dir_.File("g.yaml")});
+  ASSERT_TRUE(WaitFor([&] { return p.Stderr().find("mqtt connected") != std::string::npos; }))
+      << p.Stderr();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(), 0);
+}
+
 TEST_F(MqttTlsAuthTest, WrongPasswordIsRefusedAndRetried) {
   dir_.Write("r.lua", "return rule { name = 'r', from = 'x/#', handle = function() end }");
   dir_.Write("g.yaml", Config("wrong"));
@@ -392,13 +428,11 @@ TEST_F(MqttTlsAuthTest, WrongPasswordIsRefusedAndRetried) {
   EXPECT_EQ(p.Wait(), 0);
 }
 
-// libmosquitto sets up its OpenSSL state the first time any client connects with TLS, behind a
-// plain bool: clients connecting at once each built it and all but one copy leaked (CI's
-// LeakSanitizer caught 88 + 35 bytes on the secure example's three connections). gnomon runs
-// that set-up once before any client starts. A preloaded shim makes the set-up take 100 ms and
-// logs each pass, so eight connections starting together would all go through it without the
-// fix; with it, exactly one pass per process.
-TEST_F(MqttTlsAuthTest, ManyTlsConnectionsStartingTogetherShareOneTlsSetUp) {
+// Eight TLS connections starting together (libmosquitto's one-time OpenSSL set-up once leaked
+// a copy per connection racing through it; the client of our own keeps one SSL_CTX per client):
+// every one connects, verifies the broker against the CA and delivers, and the process exits
+// cleanly (under ASan: without a leak).
+TEST_F(MqttTlsAuthTest, ManyTlsConnectionsStartingTogetherAllConnectAndDeliver) {
   dir_.Write("r.lua", "return rule { name = 'r', from = 'devices/+/telemetry', "
                       "handle = function(msg, ctx) ctx.emit('out', { n = msg.payload.n }) end }");
   std::string yaml = "data_dir: data\nconnections:\n";
@@ -413,20 +447,7 @@ TEST_F(MqttTlsAuthTest, ManyTlsConnectionsStartingTogetherShareOneTlsSetUp) {
   }
   yaml += sources + "sinks: [{ name: out, type: file, path: out.jsonl }]\nrules: [r.lua]\n";
   dir_.Write("g.yaml", yaml);
-  std::string asan = ::getenv("ASAN_OPTIONS") != nullptr ? ::getenv("ASAN_OPTIONS") : "";
-  ::setenv("LD_PRELOAD", GNOMON_SLOW_TLS_SETUP, 1);
-  ::setenv("GNOMON_TEST_UI_LOG", dir_.File("ui.log").c_str(), 1);
-  // The shim loads before the ASan runtime; ASan must be told that is fine.
-  ::setenv("ASAN_OPTIONS", (asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0").c_str(),
-           1);
   Process p({GNOMON_BINARY, "run", "-c", dir_.File("g.yaml")});
-  ::unsetenv("LD_PRELOAD");
-  ::unsetenv("GNOMON_TEST_UI_LOG");
-  if (asan.empty()) {
-    ::unsetenv("ASAN_OPTIONS");
-  } else {
-    ::setenv("ASAN_OPTIONS", asan.c_str(), 1);
-  }
   auto connected = [&] {
     std::string err = p.Stderr();
     int n = 0;
@@ -439,7 +460,7 @@ TEST_F(MqttTlsAuthTest, ManyTlsConnectionsStartingTogetherShareOneTlsSetUp) {
   ASSERT_TRUE(WaitFor([&] { return connected() == 8; })) << p.Stderr();
   // "mqtt connected" comes before the client's subscription is in place: a message published
   // in between is not delivered (QoS 1 to a subscription that does not exist yet), so each is
-  // published again until its record is there (the test counts set-ups, not deliveries).
+  // published again until its record is there.
   Client in(broker_.port(), "test-pub");
   auto seen = [&] {
     std::set<std::string> lines;
@@ -466,10 +487,6 @@ TEST_F(MqttTlsAuthTest, ManyTlsConnectionsStartingTogetherShareOneTlsSetUp) {
   })) << p.Stderr();
   p.Signal(SIGTERM);
   EXPECT_EQ(p.Wait(), 0) << p.Stderr();
-  auto passes = testing::ReadLines(dir_.File("ui.log"));
-  ASSERT_EQ(passes.size(), 1u) << "libmosquitto's TLS set-up ran " << passes.size()
-                               << " times in one process";
-  EXPECT_NE(passes[0].find("OpenSSL application user interface"), std::string::npos) << passes[0];
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // MQTT sink: publishes records with a bounded in-flight window. A QoS 1 record is reported
-// delivered on PUBACK; QoS 0 once libmosquitto has accepted it (at-most-once by protocol).
+// delivered on PUBACK (QoS 2 on PUBCOMP); QoS 0 once the client has queued it (at-most-once
+// by protocol).
 #include <fmt/format.h>
 
 #include <condition_variable>
@@ -46,8 +47,8 @@ class MqttSink final : public Sink {
     cb.on_connect = [this] { cv_.notify_all(); };
     cb.on_disconnect = [this] { OnDisconnect(); };
     cb.on_publish = [this](int mid, int reason) { OnPublish(mid, reason); };
+    client_.set_send_maximum(config_.max_inflight);
     GNOMON_RETURN_IF_ERROR(client_.Start(std::move(cb)));
-    mosquitto_int_option(client_.handle(), MOSQ_OPT_SEND_MAXIMUM, config_.max_inflight);
     thread_ = std::jthread([this](const std::stop_token& st) { Run(st); });
     return {};
   }
@@ -140,30 +141,19 @@ class MqttSink final : public Sink {
       }
     }
     lock.Unlock();
-    mosquitto_property* props = nullptr;
-    if (client_.config().v5) {
-      for (const auto& [k, v] : r.headers) {
-        mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, k.c_str(), v.c_str());
-      }
-    }
-    int mid = 0;
-    int rc = mosquitto_publish_v5(client_.handle(), &mid, r.topic.c_str(),
-                                  static_cast<int>(r.payload.size()), r.payload.data(), qos,
-                                  retain, props);
-    mosquitto_property_free_all(&props);
-    if (rc == MOSQ_ERR_PAYLOAD_SIZE || rc == MOSQ_ERR_INVAL || rc == MOSQ_ERR_MALFORMED_UTF8 ||
-        rc == MOSQ_ERR_QOS_NOT_SUPPORTED || rc == MOSQ_ERR_OVERSIZE_PACKET) {
-      reporter_.Report(r, InvalidArgument(fmt::format("sink {}: publish to {}: {}", name_,
-                                                      r.topic, mosquitto_strerror(rc))));
+    Result<int> sent = client_.Publish(r.topic, r.payload, qos, retain, r.headers);
+    if (!sent.ok() && sent.status().code() != StatusCode::kUnavailable) {
+      reporter_.Report(r, InvalidArgument(fmt::format("sink {}: publish to {}: {}", name_, r.topic,
+                                                      sent.status().message())));
       return true;
     }
-    lock.Lock();
-    if (rc != MOSQ_ERR_SUCCESS) {
+    if (!sent.ok()) {
       // Connection dropped between the check and the publish: try again once connected.
-      lock.Unlock();
       return Publish(r);
     }
-    // QoS 0 is at-most-once by protocol: delivered once libmosquitto has taken it.
+    int mid = sent.value();
+    lock.Lock();
+    // QoS 0 is at-most-once by protocol: delivered once the client has queued it.
     if (qos == 0 || early_.erase(mid) > 0) {  // or acknowledged before we recorded it
       lock.Unlock();
       reporter_.Report(r, Status());
@@ -190,16 +180,18 @@ class MqttSink final : public Sink {
     }
     cv_.notify_all();
     if (reason >= 128) {
-      reporter_.Report(r, InvalidArgument(fmt::format("sink {}: broker refused publish to {}: {}",
-                                                      name_, r.topic,
-                                                      mosquitto_reason_string(reason))));
+      reporter_.Report(
+          r,
+          InvalidArgument(fmt::format(
+              "sink {}: broker refused publish to {}: {}", name_, r.topic,
+              mqtt::ReasonText(client_.config().v5, mqtt::kPuback, static_cast<uint8_t>(reason)))));
     } else {
       reporter_.Report(r, Status());
     }
   }
 
-  // QoS 1 messages in flight are resent by libmosquitto after reconnecting (the session is
-  // kept), so nothing is requeued here.
+  // QoS 1 and 2 messages in flight are resent by the client after reconnecting, so nothing is
+  // requeued here.
   void OnDisconnect() { cv_.notify_all(); }
 
   MqttSinkConfig config_;

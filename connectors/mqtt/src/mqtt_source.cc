@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// MQTT source. Delivery guarantee (see docs/mqtt.md): libmosquitto 2.0 sends the PUBACK of an
-// incoming QoS 1 message before it calls on_message, so the broker considers a message
-// delivered as soon as it reaches gnomon's memory. gnomon therefore guarantees processing of
-// every received message across clean shutdowns (SIGTERM drains), and relies on the persistent
-// session for messages published while it is down; a crash (kill -9) can lose the messages in
-// its queues.
+// MQTT source. Delivery guarantee (see docs/mqtt.md): the PUBACK of an incoming QoS 1 message
+// goes out once the read burst it came in was handed to the engine's queues, so the broker
+// considers a message delivered as soon as it reaches gnomon's memory. gnomon therefore
+// guarantees processing of every received message across clean shutdowns (SIGTERM drains),
+// and relies on the persistent session for messages published while it is down; a crash
+// (kill -9) can lose the messages in its queues.
 #include <fmt/format.h>
 #include <simdjson.h>
 
@@ -27,7 +27,10 @@ class MqttSource final : public Source {
       : config_(std::move(config)),
         name_(ctx.name),
         clock_(ctx.clock),
-        client_(config_.connection, config_.client_id, "source " + ctx.name),
+        // A payload past max_payload_bytes is dead-lettered by its head; room for the topic
+        // and the properties on top.
+        client_(config_.connection, config_.client_id, "source " + ctx.name,
+                config_.max_payload_bytes + kHeaderRoom),
         dropped_oversize_(ctx.metrics.GetCounter("gnomon_source_bad_records_total",
                                                  "Input records that could not be read",
                                                  {{"source", ctx.name}})) {}
@@ -39,9 +42,7 @@ class MqttSource final : public Source {
     ingest_ = &ingest;
     MqttClient::Callbacks cb;
     cb.on_connect = [this] { Subscribe(); };
-    cb.on_message = [this](const mosquitto_message* m, const mosquitto_property* props) {
-      OnMessage(m, props);
-    };
+    cb.on_message = [this](const MqttMessage& m) { OnMessage(m); };
     cb.on_reads_done = [this] { Flush(); };
     return client_.Start(std::move(cb));
   }
@@ -52,13 +53,8 @@ class MqttSource final : public Source {
 
  private:
   void Subscribe() {
-    mosquitto* mosq = client_.handle();
     for (const auto& t : config_.topics) {
-      int rc = mosquitto_subscribe_v5(mosq, nullptr, t.c_str(), config_.qos, 0, nullptr);
-      if (rc != MOSQ_ERR_SUCCESS) {
-        log::Error("mqtt subscribe failed",
-                   {{"source", name_}, {"topic", t}, {"error", mosquitto_strerror(rc)}});
-      }
+      client_.Subscribe(t, config_.qos);
     }
   }
 
@@ -72,36 +68,26 @@ class MqttSource final : public Source {
     }
   }
 
-  void OnMessage(const mosquitto_message* mm, const mosquitto_property* props) {
+  void OnMessage(const MqttMessage& mm) {
     Message m;
     m.source = &name_;
-    m.topic = mm->topic;
+    m.topic = mm.topic;
     m.ts_ms = clock_.NowMs();
-    size_t len = mm->payloadlen > 0 ? static_cast<size_t>(mm->payloadlen) : 0;
+    size_t len = mm.payload_size;
     if (len > config_.max_payload_bytes) {
       Flush();  // what came before it goes first
       dropped_oversize_->Inc();
-      m.payload.assign(static_cast<const char*>(mm->payload),
-                       std::min<size_t>(len, 1024));  // keep the head for the dead letter
+      m.payload.assign(mm.payload.substr(0, 1024));  // keep the head for the dead letter
       ingest_->Reject(std::move(m), nullptr, "oversize",
                       fmt::format("payload of {} bytes exceeds max_payload_bytes {}", len,
                                   config_.max_payload_bytes));
       return;
     }
     m.payload.reserve(len + simdjson::SIMDJSON_PADDING);
-    m.payload.assign(static_cast<const char*>(mm->payload), len);
+    m.payload.assign(mm.payload);
     // MQTT 5 user properties → headers.
-    const mosquitto_property* p = props;
-    bool skip_first = false;
-    char* k = nullptr;
-    char* v = nullptr;
-    while ((p = mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &k, &v,
-                                                    skip_first)) != nullptr) {
+    for (const auto& [k, v] : mm.user_properties) {
       m.headers.emplace_back(k, v);
-      std::free(k);
-      std::free(v);
-      k = v = nullptr;
-      skip_first = true;
     }
     auto device = config_.device.Extract(m);
     if (!device.ok()) {
@@ -122,6 +108,7 @@ class MqttSource final : public Source {
   // At most this many messages (and bytes of payload and topic) wait in a batch.
   static constexpr size_t kMaxBatch = 64;
   static constexpr size_t kMaxBatchBytes = 1 << 20;
+  static constexpr size_t kHeaderRoom = 256 * 1024;
 
   MqttSourceConfig config_;
   std::string name_;

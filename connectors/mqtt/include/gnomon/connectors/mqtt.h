@@ -5,7 +5,7 @@
 
 namespace gnomon::connectors {
 
-// Registers connection, source and sink type "mqtt" (libmosquitto).
+// Registers connection, source and sink type "mqtt" (MQTT 3.1.1 and 5, a client of our own).
 void RegisterMqttConnector(Registry& registry);
 
 }  // namespace gnomon::connectors
