@@ -481,6 +481,30 @@ TEST(MqttClientTest, TheReceiveMaximumHoldsPublishesBackAndAReconnectResendsInOr
   client.Stop();
 }
 
+// An idle connection is pinged every keepalive; a broker that answers keeps it, one that stays
+// silent for a keepalive after a ping is left (and the client reconnects).
+TEST(MqttClientTest, AnIdleConnectionIsPingedAndASilentBrokerIsLeft) {
+  TestBroker broker;
+  MqttConnectionConfig config = Config(broker.port(), false);
+  config.keepalive_s = 1;
+  MqttClient client(config, "c", "test");
+  std::atomic<int> disconnects{0};
+  MqttClient::Callbacks cb;
+  cb.on_disconnect = [&] { ++disconnects; };
+  ASSERT_TRUE(client.Start(std::move(cb)).ok());
+  ASSERT_TRUE(broker.Accept(Bytes({0x20, 2, 0, 0})));
+  Packet p;
+  ASSERT_TRUE(broker.Read(p, mqtt::kPingreq));
+  broker.Send(Bytes({0xD0, 0}));
+  ASSERT_TRUE(broker.Read(p, mqtt::kPingreq));  // the next keepalive: still connected
+  EXPECT_EQ(disconnects.load(), 0);
+  ASSERT_TRUE(WaitFor([&] { return disconnects.load() == 1; }));  // not answered
+  broker.Drop();
+  ASSERT_TRUE(broker.Accept(Bytes({0x20, 2, 0, 0})));
+  ASSERT_TRUE(WaitFor([&] { return client.connected(); }));
+  client.Stop();
+}
+
 TEST(MqttClientTest, AMalformedPacketFromTheBrokerDropsTheConnectionAndItReconnects) {
   TestBroker broker;
   MqttClient client(Config(broker.port(), false), "c", "test");

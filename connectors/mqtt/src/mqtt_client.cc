@@ -620,17 +620,11 @@ void MqttClient::Serve(const std::stop_token& st, Status& why) {
       return;
     }
     auto now = Clock::now();
-    if (keepalive_s_ > 0) {
-      auto keepalive = std::chrono::seconds(keepalive_s_);
-      if (ping_outstanding_ && now - ping_sent_ > keepalive) {
-        why = Unavailable(fmt::format("no PINGRESP within the keepalive ({} s)", keepalive_s_));
-        return;
-      }
-      if (!ping_outstanding_ && now - last_write_ >= keepalive) {
-        mqtt::AppendPingreq(writing_);
-        ping_outstanding_ = true;
-        ping_sent_ = now;
-      }
+    if (keepalive_s_ > 0 && !ping_outstanding_ &&
+        now - last_write_ >= std::chrono::seconds(keepalive_s_)) {
+      mqtt::AppendPingreq(writing_);
+      ping_outstanding_ = true;
+      ping_sent_ = now;
     }
     if (!Flush()) {
       why = Unavailable(io_error_);
@@ -661,6 +655,15 @@ void MqttClient::Serve(const std::stop_token& st, Status& why) {
       readable = (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0 ||
                  (tls_wants_write_ && (fds[0].revents & POLLOUT) != 0);
       if (!readable) {
+        // The broker is dead only when nothing came for a keepalive after a ping while the
+        // socket was idle: time spent blocked handing messages over does not count.
+        if (ping_outstanding_ &&
+            Clock::now() - ping_sent_ > std::chrono::seconds(keepalive_s_)) {
+          why = Unavailable(fmt::format("nothing from the broker for a keepalive ({} s) after a "
+                                        "PINGREQ",
+                                        keepalive_s_));
+          return;
+        }
         continue;
       }
     }
@@ -683,6 +686,7 @@ void MqttClient::Serve(const std::stop_token& st, Status& why) {
 }
 
 bool MqttClient::Handle(const mqtt::Packet& p, Status& why) {
+  ping_outstanding_ = false;  // anything from the broker shows it is there
   switch (p.type) {
     case mqtt::kPublish:
       if (p.qos == 2) {
@@ -742,7 +746,6 @@ bool MqttClient::Handle(const mqtt::Packet& p, Status& why) {
       return true;
     }
     case mqtt::kPingresp:
-      ping_outstanding_ = false;
       return true;
     case mqtt::kDisconnect:
       why = Unavailable(fmt::format("the broker disconnected: {}{}{}",
