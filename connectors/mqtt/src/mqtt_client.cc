@@ -324,20 +324,18 @@ bool MqttClient::Wait(short events, Clock::time_point deadline, const std::stop_
   }
 }
 
-ssize_t MqttClient::ReadSome(char* p, size_t n) {
-  if (ssl_ == nullptr) {
-    ssize_t r = ::recv(fd_, p, n, 0);
-    if (r >= 0) {
-      return r;
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-      return -1;
-    }
-    io_error_ = std::strerror(errno);
-    return -2;
+ssize_t MqttClient::SocketResult(ssize_t r) {
+  if (r >= 0) {
+    return r;
   }
-  ERR_clear_error();
-  int r = SSL_read(ssl_, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+    return -1;
+  }
+  io_error_ = std::strerror(errno);
+  return -2;
+}
+
+ssize_t MqttClient::TlsResult(int r) {
   if (r > 0) {
     tls_wants_write_ = false;
     return r;
@@ -347,7 +345,7 @@ ssize_t MqttClient::ReadSome(char* p, size_t n) {
     return -1;
   }
   if (e == SSL_ERROR_WANT_WRITE) {
-    tls_wants_write_ = true;
+    tls_wants_write_ = true;  // poll for writing, then call again
     return -1;
   }
   if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) {
@@ -357,29 +355,27 @@ ssize_t MqttClient::ReadSome(char* p, size_t n) {
   return -2;
 }
 
-ssize_t MqttClient::WriteSome(const char* p, size_t n) {
+ssize_t MqttClient::ReadSome(char* p, size_t n) {
   if (ssl_ == nullptr) {
-    ssize_t r = ::send(fd_, p, n, MSG_NOSIGNAL);
-    if (r >= 0) {
-      return r;
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-      return -1;
-    }
-    io_error_ = std::strerror(errno);
-    return -2;
+    return SocketResult(::recv(fd_, p, n, 0));
   }
   ERR_clear_error();
-  int r = SSL_write(ssl_, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
-  if (r > 0) {
-    return r;
+  return TlsResult(SSL_read(ssl_, p, static_cast<int>(std::min<size_t>(n, INT32_MAX))));
+}
+
+ssize_t MqttClient::WriteSome(const char* p, size_t n) {
+  ssize_t r = 0;
+  if (ssl_ == nullptr) {
+    r = SocketResult(::send(fd_, p, n, MSG_NOSIGNAL));
+  } else {
+    ERR_clear_error();
+    r = TlsResult(SSL_write(ssl_, p, static_cast<int>(std::min<size_t>(n, INT32_MAX))));
   }
-  int e = SSL_get_error(ssl_, r);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-    return -1;
+  if (r == 0) {
+    io_error_ = "the broker closed the connection";
+    return -2;
   }
-  io_error_ = e == SSL_ERROR_SYSCALL ? std::string(std::strerror(errno)) : "tls: " + OpenSslError();
-  return -2;
+  return r;
 }
 
 bool MqttClient::Flush() {

@@ -125,6 +125,8 @@ class MqttClient {
   // >0 bytes, 0 the peer closed, -1 would block, -2 error (in io_error_).
   ssize_t ReadSome(char* p, size_t n);
   ssize_t WriteSome(const char* p, size_t n);
+  ssize_t SocketResult(ssize_t r);  // a recv/send result as the two above return it
+  ssize_t TlsResult(int r);         // an SSL_read/SSL_write result likewise
   // Writes what is pending until the socket would block; false on error.
   bool Flush();
   bool WantsWrite();
