@@ -291,12 +291,15 @@ TEST_F(MqttIntegrationTest, BadPayloadsAreDeadLetteredAndTheRestFlows) {
   in.Publish("devices/bad/telemetry", std::string("{\"n\":\"\xff\xfe\"}"));
   in.Publish("devices/bad/telemetry", "");
   in.Publish("devices/bad/telemetry", "{\"n\":" + std::string(70000, '1') + "}");  // oversize
+  // Past what the client holds (max_payload_bytes + 256 KiB): read in part, the rest dropped as
+  // it arrives, dead-lettered by its head with its whole size.
+  in.Publish("devices/bad/telemetry", "{\"n\":" + std::string(1 << 20, '2') + "}");
   in.Publish("devices/bad/telemetry", std::string(5000, '[') + std::string(5000, ']'));
   in.Publish("status/x", "{}");  // subscribed, but no rule matches
   in.Publish("devices/good/telemetry", "{\"n\":1}");
   ASSERT_TRUE(WaitFor([&] { return out.count() >= 1; })) << gnomon->Stderr();
   ASSERT_TRUE(WaitFor([&] {
-    return testing::ReadLines(dir_.File("data/dead-letter.jsonl")).size() >= 5;
+    return testing::ReadLines(dir_.File("data/dead-letter.jsonl")).size() >= 6;
   })) << gnomon->Stderr();
   auto dl = testing::ReadLines(dir_.File("data/dead-letter.jsonl"));
   std::string all;
@@ -304,11 +307,13 @@ TEST_F(MqttIntegrationTest, BadPayloadsAreDeadLetteredAndTheRestFlows) {
     all += l + "\n";
   }
   EXPECT_NE(all.find("\"reason\":\"oversize\""), std::string::npos) << all;
+  EXPECT_NE(all.find("payload of 1048582 bytes exceeds"), std::string::npos) << all;
   EXPECT_NE(all.find("\"reason\":\"rule_error\""), std::string::npos) << all;
   EXPECT_TRUE(gnomon->Running());
   auto [code, metrics] = Get("/metrics");
   EXPECT_NE(metrics.find("gnomon_messages_unmatched_total 1"), std::string::npos) << metrics;
-  EXPECT_NE(metrics.find("gnomon_dead_letters_total{reason=\"oversize\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("gnomon_dead_letters_total{reason=\"oversize\"} 2"), std::string::npos)
+      << metrics;
   gnomon->Signal(SIGTERM);
   EXPECT_EQ(gnomon->Wait(), 0);
 }

@@ -964,7 +964,7 @@ TEST(ShadowRestoreTest, TheStoredFormOfARecordReadsBackAsTheDocumentItHolds) {
   }
   // Records gnomon does not write the way it writes them, and ones it refuses.
   for (
-      const std::string& event : {
+      const char* event : {
           R"({"current":{"state":{"reported":{"a":1,"b":{"c":2}}},"version":3,"timestamp":9}})",
           R"({"current":{"state":{"reported":{"a":1}},"metadata":{"reported":{"a":{"timestamp":4},"gone":{"timestamp":5}}},"version":3}})",
           R"({"current":{"state":{"reported":{"a":1},"desired":7},"metadata":{"reported":5,"desired":{"x":1}},"version":3,"timestamp":2}})",
