@@ -73,6 +73,28 @@ TEST(BoundedQueueTest, PushManyStopsWhenClosed) {
   EXPECT_EQ(q.PushMany(none), 0u);
 }
 
+// TryPopBatch takes what is there without waiting, and makes room for a blocked pusher.
+TEST(BoundedQueueTest, TryPopBatchTakesWithoutWaitingAndMakesRoom) {
+  BoundedQueue<int> q(2);
+  std::vector<int> out;
+  EXPECT_FALSE(q.TryPopBatch(out, 8));  // empty: answers at once
+  ASSERT_TRUE(q.Push(1));
+  ASSERT_TRUE(q.Push(2));
+  std::atomic<bool> pushed{false};
+  std::thread t([&] {
+    q.Push(3);
+    pushed = true;
+  });
+  ASSERT_TRUE(q.TryPopBatch(out, 1));
+  EXPECT_EQ(out, std::vector<int>({1}));
+  EXPECT_TRUE(testing::WaitFor([&] { return pushed.load(); }));
+  t.join();
+  ASSERT_TRUE(q.TryPopBatch(out, 8));
+  EXPECT_EQ(out, std::vector<int>({1, 2, 3}));
+  q.Close();
+  EXPECT_FALSE(q.TryPopBatch(out, 8));
+}
+
 TEST(BoundedQueueTest, CloseDrainsThenEnds) {
   BoundedQueue<int> q(4);
   q.Push(1);

@@ -196,8 +196,11 @@ Result<int> MqttClient::Publish(std::string_view topic, std::string_view payload
   }
   MutexLock lock(mu_);
   // Back-pressure: wait while the client thread has not taken what was queued, or while every
-  // packet identifier is in use.
+  // packet identifier is in use; the client thread itself (on_pump) is told instead.
   while (session_up_ && (out_.size() >= kMaxQueuedBytes || inflight_.size() >= 65000)) {
+    if (std::this_thread::get_id() == thread_.get_id()) {
+      return ResourceExhausted("the connection's send buffer is full");
+    }
     space_cv_.wait_for(lock.native(), std::chrono::milliseconds(200));
   }
   if (!session_up_) {
@@ -622,6 +625,7 @@ void MqttClient::Serve(const std::stop_token& st, Status& why) {
       ping_outstanding_ = true;
       ping_sent_ = now;
     }
+    bool pump_again = callbacks_.on_pump && callbacks_.on_pump();
     if (!Flush()) {
       why = Unavailable(io_error_);
       return;
@@ -631,7 +635,9 @@ void MqttClient::Serve(const std::stop_token& st, Status& why) {
       pollfd fds[2] = {{fd_, static_cast<short>(POLLIN | (WantsWrite() ? POLLOUT : 0)), 0},
                        {wake_fd_, POLLIN, 0}};
       int timeout_ms = 1000;
-      if (keepalive_s_ > 0) {
+      if (pump_again) {
+        timeout_ms = 0;
+      } else if (keepalive_s_ > 0) {
         auto next = (ping_outstanding_ ? ping_sent_ : last_write_) +
                     std::chrono::seconds(keepalive_s_) - now;
         timeout_ms = static_cast<int>(std::clamp<int64_t>(

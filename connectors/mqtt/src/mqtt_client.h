@@ -72,6 +72,11 @@ class MqttClient {
     // is reported or the thread ends: where a source hands over what it batched. The
     // acknowledgements of the messages read go out after it returns.
     std::function<void()> on_reads_done;
+    // On the client thread while connected, before each write and after each Notify(): where a
+    // sink hands over what it queued, calling Publish from here (which then never waits: it
+    // answers kResourceExhausted while 8 MiB wait to be written). Returns true when it left
+    // work it could have done now (it is called again without waiting).
+    std::function<bool()> on_pump;
   };
 
   // `max_kept`: a packet bigger than this is not held whole; a PUBLISH reaches on_message with
@@ -97,6 +102,12 @@ class MqttClient {
   // limits refuse (QoS above its maximum, a packet above its maximum size).
   Result<int> Publish(std::string_view topic, std::string_view payload, int qos, bool retain,
                       std::span<const std::pair<std::string, std::string>> user_properties);
+  // Any thread: wakes the client thread (for on_pump). One wake-up however many calls come
+  // before the thread gets to it.
+  void Notify() {
+    MutexLock lock(mu_);
+    Wake();
+  }
   // At most this many QoS > 0 publishes sent and not yet acknowledged (the broker's receive
   // maximum lowers it); the rest wait in order. Before Start.
   void set_send_maximum(int n) { send_maximum_ = n; }

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// MQTT sink: publishes records with a bounded in-flight window. A QoS 1 record is reported
+// MQTT sink: publishes records with a bounded in-flight window, from the client's own thread
+// (Send queues and wakes it; no thread of the sink's own). A QoS 1 record is reported
 // delivered on PUBACK (QoS 2 on PUBCOMP); QoS 0 once the client has queued it (at-most-once
 // by protocol).
 #include <fmt/format.h>
 
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "gnomon/core/factory.h"
 #include "gnomon/core/log.h"
@@ -36,7 +37,7 @@ class MqttSink final : public Sink {
                                              {{"sink", ctx.name}})) {}
 
   ~MqttSink() override {
-    if (thread_.joinable()) {
+    if (started_) {
       Stop(std::chrono::steady_clock::now());
     }
   }
@@ -45,37 +46,61 @@ class MqttSink final : public Sink {
   Status Start() override {
     MqttClient::Callbacks cb;
     cb.on_connect = [this] { cv_.notify_all(); };
-    cb.on_disconnect = [this] { OnDisconnect(); };
+    cb.on_disconnect = [this] { cv_.notify_all(); };
     cb.on_publish = [this](int mid, int reason) { OnPublish(mid, reason); };
+    cb.on_pump = [this] { return Pump(); };
     client_.set_send_maximum(config_.max_inflight);
     GNOMON_RETURN_IF_ERROR(client_.Start(std::move(cb)));
-    thread_ = std::jthread([this](const std::stop_token& st) { Run(st); });
+    started_ = true;
     return {};
   }
 
+  // Queued for the client's thread, which publishes from the queue while it is connected (one
+  // hand-off from the worker to the network, woken once per burst).
   void Send(Record&& record) override {
     if (!queue_.Push(std::move(record))) {
       reporter_.Report(record, Status(StatusCode::kCancelled, "sink stopped"));
+      return;
     }
+    client_.Notify();
   }
 
   void Stop(Deadline deadline) override {
-    {
-      MutexLock lock(mu_);
-      deadline_ = deadline;
+    if (!started_) {
+      return;
     }
+    started_ = false;
     queue_.Close();
-    cv_.notify_all();
-    if (thread_.joinable()) {
-      thread_.join();  // drains the queue and waits for acks until the deadline
+    client_.Notify();
+    {
+      // What is queued goes out and is acknowledged, until the deadline.
+      MutexLock lock(mu_);
+      cv_.wait_until(lock.native(), deadline, [&] {
+        mu_.AssertHeld();
+        return inflight_.empty() && held_.empty() && !pumping_ && queue_.size() == 0;
+      });
     }
     client_.Stop();
-    std::unordered_map<int, Record> left;
+    // Stopping with the broker unreachable: what is left is abandoned, not lost; the source
+    // messages are not acknowledged.
+    std::vector<Record> left;
+    while (queue_.PopBatchFor(left, 1024, std::chrono::milliseconds(0)) && !left.empty()) {
+      for (Record& r : left) {
+        reporter_.Report(r, Status(StatusCode::kCancelled, "sink stopped before delivery"));
+      }
+      left.clear();
+    }
+    std::unordered_map<int, Record> unacked;
+    std::deque<Record> held;
     {
       MutexLock lock(mu_);
-      left.swap(inflight_);
+      unacked.swap(inflight_);
+      held.swap(held_);
     }
-    for (auto& [mid, r] : left) {
+    for (Record& r : held) {
+      reporter_.Report(r, Status(StatusCode::kCancelled, "sink stopped before delivery"));
+    }
+    for (auto& [mid, r] : unacked) {
       reporter_.Report(r, Status(StatusCode::kCancelled, "sink stopped before acknowledgement"));
     }
   }
@@ -84,31 +109,66 @@ class MqttSink final : public Sink {
   size_t QueueDepth() const override { return queue_.size(); }
 
  private:
-  void Run(const std::stop_token& st) {
-    pthread_setname_np(pthread_self(), "gnomon-mqtt-snk");
-    std::vector<Record> batch;
-    while (true) {
-      batch.clear();
-      if (!queue_.PopBatchFor(batch, 256, std::chrono::milliseconds(200)) && batch.empty()) {
-        break;  // closed and drained
+  // At most this many records a pump, so reads and acknowledgements are not held up behind a
+  // full queue.
+  static constexpr size_t kPumpRecords = 1024;
+
+  // On the client's thread, while connected: publishes what is queued while fewer than
+  // max_inflight wait for acknowledgement and the connection takes more. True when it stopped
+  // at its own cap with more queued.
+  bool Pump() {
+    {
+      MutexLock lock(mu_);
+      pumping_ = true;  // records may be between the queue and inflight_
+    }
+    struct Done {
+      MqttSink* sink;
+      ~Done() {
+        {
+          MutexLock lock(sink->mu_);
+          sink->pumping_ = false;
+        }
+        sink->cv_.notify_all();
       }
-      for (Record& r : batch) {
-        if (!Publish(r)) {
-          // Stopping with the broker unreachable: what is left is abandoned, not lost; the
-          // source messages are not acknowledged.
-          reporter_.Report(r, Status(StatusCode::kCancelled, "sink stopped before delivery"));
+    } done_guard{this};
+    size_t done = 0;
+    while (done < kPumpRecords) {
+      size_t room = 0;
+      batch_.clear();
+      {
+        MutexLock lock(mu_);
+        if (inflight_.size() >= static_cast<size_t>(config_.max_inflight)) {
+          return false;  // an acknowledgement wakes the client, which pumps again
+        }
+        room = std::min(static_cast<size_t>(config_.max_inflight) - inflight_.size(),
+                        kPumpRecords - done);
+        // What a full connection held back goes first.
+        while (!held_.empty() && batch_.size() < room) {
+          batch_.push_back(std::move(held_.front()));
+          held_.pop_front();
+        }
+      }
+      if (batch_.empty()) {
+        if (!queue_.TryPopBatch(batch_, room)) {
+          return false;  // drained
+        }
+      }
+      for (size_t i = 0; i < batch_.size(); ++i, ++done) {
+        if (!Publish(batch_[i])) {
+          // The connection's buffer is full (its socket is not taking more): these wait, in
+          // order, until it is written.
+          MutexLock lock(mu_);
+          for (size_t j = batch_.size(); j > i; --j) {
+            held_.push_front(std::move(batch_[j - 1]));
+          }
+          return false;
         }
       }
     }
-    // Wait for outstanding acknowledgements until the deadline.
-    MutexLock lock(mu_);
-    cv_.wait_until(lock.native(), deadline_, [&] {
-      mu_.AssertHeld();
-      return inflight_.empty();
-    });
+    return true;
   }
 
-  // Returns false only when stopping past the deadline without a connection.
+  // False when the connection takes no more now (the record was not sent).
   bool Publish(Record& r) {
     if (r.topic.empty()) {
       r.topic = config_.topic;
@@ -123,44 +183,25 @@ class MqttSink final : public Sink {
     }
     int qos = r.qos >= 0 ? r.qos : config_.qos;
     bool retain = r.retain || config_.retain;
-    MutexLock lock(mu_);
-    while (true) {
-      cv_.wait_until(lock.native(),
-                     std::min(deadline_,
-                              std::chrono::steady_clock::now() + std::chrono::milliseconds(200)),
-                     [&] {
-                       mu_.AssertHeld();
-                       return client_.connected() &&
-                              inflight_.size() < static_cast<size_t>(config_.max_inflight);
-                     });
-      if (client_.connected() && inflight_.size() < static_cast<size_t>(config_.max_inflight)) {
-        break;
-      }
-      if (std::chrono::steady_clock::now() >= deadline_) {
+    Result<int> sent = client_.Publish(r.topic, r.payload, qos, retain, r.headers);
+    if (!sent.ok()) {
+      StatusCode code = sent.status().code();
+      if (code == StatusCode::kResourceExhausted || code == StatusCode::kUnavailable) {
         return false;
       }
-    }
-    lock.Unlock();
-    Result<int> sent = client_.Publish(r.topic, r.payload, qos, retain, r.headers);
-    if (!sent.ok() && sent.status().code() != StatusCode::kUnavailable) {
       reporter_.Report(r, InvalidArgument(fmt::format("sink {}: publish to {}: {}", name_, r.topic,
                                                       sent.status().message())));
       return true;
     }
-    if (!sent.ok()) {
-      // Connection dropped between the check and the publish: try again once connected.
-      return Publish(r);
-    }
-    int mid = sent.value();
-    lock.Lock();
     // QoS 0 is at-most-once by protocol: delivered once the client has queued it.
-    if (qos == 0 || early_.erase(mid) > 0) {  // or acknowledged before we recorded it
-      lock.Unlock();
+    if (qos == 0) {
       reporter_.Report(r, Status());
       return true;
     }
+    // Acknowledged no sooner than the client's thread (this one) writes it.
     r.qos = qos;
-    inflight_.emplace(mid, std::move(r));
+    MutexLock lock(mu_);
+    inflight_.emplace(sent.value(), std::move(r));
     inflight_gauge_->Set(static_cast<int64_t>(inflight_.size()));
     return true;
   }
@@ -171,7 +212,6 @@ class MqttSink final : public Sink {
       MutexLock lock(mu_);
       auto it = inflight_.find(mid);
       if (it == inflight_.end()) {
-        early_.insert(mid);
         return;
       }
       r = std::move(it->second);
@@ -190,22 +230,19 @@ class MqttSink final : public Sink {
     }
   }
 
-  // QoS 1 and 2 messages in flight are resent by the client after reconnecting, so nothing is
-  // requeued here.
-  void OnDisconnect() { cv_.notify_all(); }
-
   MqttSinkConfig config_;
   std::string name_;
   DeliveryReporter& reporter_;
   BoundedQueue<Record> queue_;
   MqttClient client_;
   Gauge* inflight_gauge_;
+  bool started_ = false;
+  std::vector<Record> batch_;  // the client thread's
   Mutex mu_;
   std::condition_variable cv_;
   std::unordered_map<int, Record> inflight_ GNOMON_GUARDED_BY(mu_);
-  std::unordered_set<int> early_ GNOMON_GUARDED_BY(mu_);
-  Deadline deadline_ GNOMON_GUARDED_BY(mu_) = Deadline::max();
-  std::jthread thread_;
+  std::deque<Record> held_ GNOMON_GUARDED_BY(mu_);  // taken from the queue, not yet sent
+  bool pumping_ GNOMON_GUARDED_BY(mu_) = false;
 };
 
 class MqttSinkFactory final : public TypedSinkFactory<MqttSinkConfig> {

@@ -113,6 +113,17 @@ class BoundedQueue {
     return true;
   }
 
+  // Moves up to `max` items into `out` without waiting; false when there were none.
+  bool TryPopBatch(std::vector<T>& out, size_t max) {
+    MutexLock lock(mu_);
+    if (!TakeLocked(out, max)) {
+      return false;
+    }
+    lock.Unlock();
+    not_full_.notify_all();
+    return true;
+  }
+
   // Wakes everyone; Push fails from now on, pops drain what is left.
   void Close() {
     {
