@@ -447,6 +447,10 @@ TEST(MqttClientTest, TheReceiveMaximumHoldsPublishesBackAndAReconnectResendsInOr
   ASSERT_TRUE(broker.Accept(Bytes({0x20, 8, 0, 0, 5, 0x21, 0, 2, 0x24, 1})));
   ASSERT_TRUE(WaitFor([&] { return client.connected(); }));
   EXPECT_EQ(client.Publish("t", "x", 2, false, {}).status().code(), StatusCode::kInvalidArgument);
+  // What would make a packet the broker refuses (again after every reconnect) is not sent.
+  std::vector<std::pair<std::string, std::string>> big = {{"k", std::string(70000, 'v')}};
+  EXPECT_EQ(client.Publish("t", "x", 1, false, big).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(client.Publish("", "x", 1, false, {}).status().code(), StatusCode::kInvalidArgument);
   std::vector<int> mids;
   for (int i = 0; i < 5; ++i) {
     Result<int> mid = client.Publish("t/" + std::to_string(i), "x", 1, false, {});

@@ -113,6 +113,10 @@ Status MqttClient::Start(Callbacks callbacks) {
   if (config_.username.empty() && !config_.password.empty()) {
     return InvalidArgument(owner_ + ": a password needs a username");
   }
+  if (client_id_.size() > 65535 || config_.username.size() > 65535 ||
+      config_.password.size() > 65535) {
+    return InvalidArgument(owner_ + ": client_id, username and password are at most 65535 bytes");
+  }
   if (config_.keepalive_s < 0 || config_.keepalive_s > 65535) {
     return InvalidArgument(
         fmt::format("{}: keepalive_s must be 0-65535 (got {})", owner_, config_.keepalive_s));
@@ -185,6 +189,19 @@ Result<int> MqttClient::Publish(std::string_view topic, std::string_view payload
                                 std::span<const std::pair<std::string, std::string>> props) {
   if (qos < 0 || qos > 2) {
     return InvalidArgument(fmt::format("qos must be 0, 1 or 2 (got {})", qos));
+  }
+  // MQTT strings have a 16-bit length: a longer one would make a packet the broker refuses,
+  // again after every reconnect.
+  if (topic.empty() || topic.size() > 65535) {
+    return InvalidArgument(fmt::format("a topic of {} bytes (1-65535)", topic.size()));
+  }
+  if (config_.v5) {
+    for (const auto& [k, v] : props) {
+      if (k.size() > 65535 || v.size() > 65535) {
+        return InvalidArgument(fmt::format("a user property of {} + {} bytes (at most 65535 each)",
+                                           k.size(), v.size()));
+      }
+    }
   }
   mqtt::PublishOut p;
   p.topic = topic;
