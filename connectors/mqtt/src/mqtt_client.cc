@@ -246,7 +246,6 @@ Result<int> MqttClient::Publish(std::string_view topic, std::string_view payload
   }
   Outgoing& o = inflight_[p.packet_id];
   o.packet = std::move(packet);
-  o.qos = qos;
   o.seq = next_seq_++;
   waiting_.push_back(p.packet_id);
   SendWaiting();
@@ -413,7 +412,6 @@ bool MqttClient::Flush() {
     ssize_t n = WriteSome(writing_.data() + written_, writing_.size() - written_);
     if (n > 0) {
       written_ += static_cast<size_t>(n);
-      writes_.fetch_add(1, std::memory_order_relaxed);
       last_write_ = Clock::now();
       continue;
     }

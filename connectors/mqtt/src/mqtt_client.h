@@ -112,15 +112,13 @@ class MqttClient {
   // maximum lowers it); the rest wait in order. Before Start.
   void set_send_maximum(int n) { send_maximum_ = n; }
 
-  // Counters for tests and benchmarks: socket reads and writes made while connected.
+  // For tests: socket reads that brought bytes while connected.
   uint64_t reads() const { return reads_.load(std::memory_order_relaxed); }
-  uint64_t writes() const { return writes_.load(std::memory_order_relaxed); }
 
  private:
   struct Outgoing {
     std::string packet;
     uint64_t seq = 0;
-    int qos = 1;
     bool sent = false;       // written on this connection (or queued to be)
     bool ever_sent = false;  // resent with DUP set
     bool released = false;   // QoS 2: PUBREC came, PUBREL sent
@@ -161,7 +159,6 @@ class MqttClient {
   int send_maximum_ = 65535;
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> reads_{0};
-  std::atomic<uint64_t> writes_{0};
   std::jthread thread_;
   int wake_fd_ = -1;  // eventfd
 
