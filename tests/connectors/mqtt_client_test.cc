@@ -485,6 +485,32 @@ TEST(MqttClientTest, TheReceiveMaximumHoldsPublishesBackAndAReconnectResendsInOr
   client.Stop();
 }
 
+// A CA, certificate or key that cannot be read fails the start, naming the file, before any
+// connection is tried.
+TEST(MqttClientTest, TlsFilesThatCannotBeReadFailTheStartNamingThem) {
+  testing::TempDir dir;
+  dir.Write("not-a-cert.pem", "not a certificate\n");
+  struct Case {
+    std::string ca, cert, key, named;
+  };
+  for (const Case& c :
+       {Case{dir.File("missing-ca.pem"), "", "", "ca_file " + dir.File("missing-ca.pem")},
+        Case{dir.File("not-a-cert.pem"), "", "", "ca_file " + dir.File("not-a-cert.pem")},
+        Case{"", dir.File("missing.crt"), dir.File("missing.key"),
+             "cert_file " + dir.File("missing.crt")}}) {
+    MqttConnectionConfig config = Config(1, true);
+    config.tls = true;
+    config.ca_file = c.ca;
+    config.cert_file = c.cert;
+    config.key_file = c.key;
+    MqttClient client(config, "c", "test");
+    Status st = client.Start({});
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << c.named;
+    EXPECT_NE(st.message().find(c.named), std::string::npos) << st.message();
+    EXPECT_FALSE(client.connected());
+  }
+}
+
 // An idle connection is pinged every keepalive; a broker that answers keeps it, one that stays
 // silent for a keepalive after a ping is left (and the client reconnects).
 TEST(MqttClientTest, AnIdleConnectionIsPingedAndASilentBrokerIsLeft) {
