@@ -273,9 +273,10 @@ function json.array(t) end
 ---@return any
 function json.totable(v) end
 
----Iterates a view (object fields or array items) or a table.
+---Iterates a view or a table. A view is walked in place: its fields in the document's order
+---(an array's items with their 1-based index), nested objects and arrays as views.
 ---@param v gnomon.JsonView|table
----@return fun(t: table, k: any): any, any
----@return table
+---@return fun(state: any, k: any): any, any
+---@return any
 ---@return nil
 function json.pairs(v) end

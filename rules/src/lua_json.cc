@@ -675,28 +675,72 @@ Result<int> JsonToTable(lua_State* L) {
   return 1;
 }
 
+// json.pairs over a view walks the document in place: the state is this cursor (one small
+// userdata), not a table of every field copied out of the view. Fields come in the document's
+// order; an array gives its 1-based index and item.
+struct PairsCursor {
+  const void* tag;  // &kCursorTag: what tells a cursor from any other userdata
+  uint64_t generation;
+  bool array;
+  lua_Integer index;  // items of an array handed out so far
+  simdjson::dom::object::iterator field, fields_end;
+  simdjson::dom::array::iterator item, items_end;
+};
+static_assert(std::is_trivially_destructible_v<PairsCursor>);
+constexpr char kCursorTag = 0;
+
+// The iterator json.pairs returns for a view: (cursor, _) → key, value, or nothing at the end.
+Result<int> JsonPairsNext(lua_State* L) {
+  JsonContext* ctx = Ctx(L);
+  // Read as a cursor only what is one: a userdata of its size that starts with its tag (a
+  // rule cannot write a userdata's bytes, so only json.pairs makes one).
+  auto* c = static_cast<PairsCursor*>(lua_touserdata(L, 1));
+  if (c == nullptr || lua_type(L, 1) != LUA_TUSERDATA || lua_objlen(L, 1) != sizeof(PairsCursor) ||
+      c->tag != &kCursorTag) {
+    return InvalidArgument("json.pairs: the iterator was given something other than its state");
+  }
+  if (c->generation != ctx->generation) {
+    return FailedPrecondition(
+        "msg.payload used after handle returned (copy values out with json.totable)");
+  }
+  if (c->array) {
+    if (c->item == c->items_end) {
+      return 0;
+    }
+    lua_pushinteger(L, ++c->index);
+    PushElement(L, ctx, *c->item);
+    ++c->item;
+    return 2;
+  }
+  if (c->field == c->fields_end) {
+    return 0;
+  }
+  std::string_view key = c->field.key();
+  lua_pushlstring(L, key.data(), key.size());
+  PushElement(L, ctx, c->field.value());
+  ++c->field;
+  return 2;
+}
+
 // json.pairs(v): iterate a view (object fields or array items) or a table.
 Result<int> JsonPairs(lua_State* L) {
   if (View* view = ToView(L, 1, Ctx(L)); view != nullptr) {
     JsonContext* ctx = Ctx(L);
     GNOMON_ASSIGN_OR_RETURN(View * v, Live(view, ctx));
-    lua_getglobal(L, "next");
+    lua_pushvalue(L, lua_upvalueindex(2));  // JsonPairsNext
+    auto* c = new (lua_newuserdata(L, sizeof(PairsCursor))) PairsCursor{};
+    c->tag = &kCursorTag;
+    c->generation = ctx->generation;
     if (v->el.is_array()) {
-      lua_createtable(L, static_cast<int>(simdjson::dom::array(v->el).size()), 0);
-      int i = 1;
-      for (auto item : simdjson::dom::array(v->el)) {
-        PushElement(L, ctx, item);
-        lua_rawseti(L, -2, i++);
-      }
+      simdjson::dom::array items(v->el);
+      c->array = true;
+      c->item = items.begin();
+      c->items_end = items.end();
     } else {
-      GNOMON_RETURN_IF_ERROR(
-          CheckObjectKeys(ctx, simdjson::dom::object(v->el), v->el).WithContext("json.pairs"));
-      lua_createtable(L, 0, static_cast<int>(simdjson::dom::object(v->el).size()));
-      for (auto field : simdjson::dom::object(v->el)) {
-        lua_pushlstring(L, field.key.data(), field.key.size());
-        PushElement(L, ctx, field.value);
-        lua_rawset(L, -3);
-      }
+      simdjson::dom::object fields(v->el);
+      GNOMON_RETURN_IF_ERROR(CheckObjectKeys(ctx, fields, v->el).WithContext("json.pairs"));
+      c->field = fields.begin();
+      c->fields_end = fields.end();
     }
     lua_pushnil(L);
     return 3;
@@ -992,7 +1036,9 @@ void OpenJson(lua_State* L, JsonContext* ctx) {
   lua_setfield(L, -2, "decode");
   PushClosure(L, ctx, LuaThunk<JsonToTable>);
   lua_setfield(L, -2, "totable");
-  PushClosure(L, ctx, LuaThunk<JsonPairs>);
+  lua_pushlightuserdata(L, ctx);
+  PushClosure(L, ctx, LuaThunk<JsonPairsNext>);
+  lua_pushcclosure(L, LuaThunk<JsonPairs>, 2);
   lua_setfield(L, -2, "pairs");
   PushClosure(L, ctx, LuaThunk<JsonArray>);
   lua_setfield(L, -2, "array");

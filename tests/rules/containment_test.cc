@@ -401,7 +401,11 @@ TEST(ContainmentTest, DuplicateKeysAreRefusedWhereverTheyWouldBeReadWithTheKeyAn
       {"#msg.payload", R"(!duplicate key "id" in the object at $)"},
       {"select(2, json.pairs(msg.payload))",
        R"(!json.pairs: duplicate key "id" in the object at $)"},
-      {"#json.totable(select(2, json.pairs(msg.payload.list)))", "2"},
+      {"(function() local n = 0 for i in json.pairs(msg.payload.list) do n = n + i end "
+       "return n end)()",
+       "3"},
+      {"select(2, json.pairs(msg.payload.list[2]))",
+       R"(!json.pairs: duplicate key "k" in the object at $.list[1])"},
       {"json.decode('{\"a\":{\"x\":1,\"x\":2}}')",
        R"(!json.decode: invalid JSON: duplicate key "x" in the object at $.a)"},
       // A rule may catch the error and go on.

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <map>
 
 #include "gnomon/rules/rules.h"
@@ -220,6 +222,50 @@ TEST_F(RuntimeTest, PayloadViewDiesWhenCallReturns) {
   Load("    kept = kept or msg.payload\n    ctx.emit('out', { v = kept.a })");
   EXPECT_EQ(Run(R"({"a":1})").outcome, Outcome::kOk);
   CallResult r = Run(R"({"a":2})");
+  EXPECT_EQ(r.outcome, Outcome::kFailed);
+  EXPECT_NE(r.reason.find("used after handle returned"), std::string::npos) << r.reason;
+}
+
+// json.pairs walks a view in place: fields in the document's order (a table would give them in
+// hash order), an array's items with their 1-based index, nested objects and arrays as views.
+TEST_F(RuntimeTest, JsonPairsWalksAViewInTheDocumentsOrder) {
+  const std::string p = R"({"z":1,"a":"x","m":{"k":true},"l":[10,[20],{}],"e":{},"n":null})";
+  auto walk = [](const std::string& v) {
+    return "(function() local out = json.array({}) for k, x in json.pairs(" + v +
+           ") do out[#out + 1] = { k, x } end return out end)()";
+  };
+  EXPECT_EQ(Eval(walk("msg.payload"), p),
+            R"([["z",1],["a","x"],["m",{"k":true}],["l",[10,[20],{}]],["e",{}],["n",null]])");
+  EXPECT_EQ(Eval(walk("msg.payload.l"), p), R"([[1,10],[2,[20]],[3,{}]])");
+  EXPECT_EQ(Eval(walk("msg.payload.e"), p), "[]");
+  EXPECT_EQ(Eval(walk("json.decode('{\"b\":2}')"), p), R"([["b",2]])");  // a table
+  // Two walks of one view at once keep their own places; leaving a walk early is fine.
+  EXPECT_EQ(Eval("(function() local n = 0 for k in json.pairs(msg.payload) do "
+                 "for k2 in json.pairs(msg.payload) do n = n + 1 if k2 == 'm' then break end end "
+                 "end return n end)()",
+                 p),
+            "18");
+}
+
+// The iterator json.pairs returns reads only its own state, and only while the call lasts.
+TEST_F(RuntimeTest, JsonPairsIteratorRefusesAForeignStateAndADeadOne) {
+  EXPECT_EQ(Eval("(function() local f, s = json.pairs(msg.payload) "
+                 "local ok, e = pcall(f, msg.payload) return { ok, e } end)()",
+                 R"({"a":1})"),
+            R"([false,"json.pairs: the iterator was given something other than its state"])");
+  EXPECT_EQ(Eval("(function() local f = json.pairs(msg.payload) "
+                 "return { pcall(f, 7) } end)()",
+                 R"({"a":1})"),
+            R"([false,"json.pairs: the iterator was given something other than its state"])");
+  EXPECT_EQ(Eval("(function() local f = json.pairs(msg.payload) "
+                 "return { pcall(f, select(2, json.pairs(msg.payload.l))) } end)()",
+                 R"({"a":1,"l":[1]})"),
+            "[true,1,1]");  // another walk's state is a state
+  Load(
+      "    if kept == nil then kept = { json.pairs(msg.payload) } end\n"
+      "    ctx.emit('out', { k = kept[1](kept[2]) })");
+  EXPECT_EQ(Run(R"({"a":1})").outcome, Outcome::kOk);
+  CallResult r = Run(R"({"b":2})");
   EXPECT_EQ(r.outcome, Outcome::kFailed);
   EXPECT_NE(r.reason.find("used after handle returned"), std::string::npos) << r.reason;
 }
