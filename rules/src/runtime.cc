@@ -51,6 +51,7 @@ struct RuleSlot {
   // and look up the name each time.
   enum MsgKey { kTopic, kDevice, kSource, kTs, kMsgKeys };
   int msg_key_refs[kMsgKeys] = {LUA_NOREF, LUA_NOREF, LUA_NOREF, LUA_NOREF};
+  bool gc_tight = false;  // collecting at kTightGcPause (see KeepGarbageBounded)
 
   ~RuleSlot() {
     if (L != nullptr) {
@@ -58,6 +59,30 @@ struct RuleSlot {
     }
   }
 };
+
+// Lua starts a collection when its heap reaches `pause`% of what the last one left (LuaJIT's
+// default 200: as much garbage as live data, before the collector runs again). That is nothing
+// for a rule that keeps little, and half the heap for one that keeps a table per device: above
+// kTightGcAbove the rule collects at 120% instead (a fifth of its live data in garbage, for
+// about 9% more instructions per call on a rule that keeps 10k devices' state: BM_MergeRule...),
+// and goes back to the default below kLooseGcBelow.
+namespace {
+constexpr int kTightGcPause = 120;
+constexpr int kDefaultGcPause = 200;
+constexpr size_t kTightGcAbove = size_t{2} << 20;
+constexpr size_t kLooseGcBelow = size_t{1} << 20;
+
+void KeepGarbageBounded(RuleSlot* slot) {
+  size_t heap = slot->memory.live;
+  if (!slot->gc_tight && heap > kTightGcAbove) {
+    lua_gc(slot->L, LUA_GCSETPAUSE, kTightGcPause);
+    slot->gc_tight = true;
+  } else if (slot->gc_tight && heap < kLooseGcBelow) {
+    lua_gc(slot->L, LUA_GCSETPAUSE, kDefaultGcPause);
+    slot->gc_tight = false;
+  }
+}
+}  // namespace
 
 struct RuleRuntime::State {
   std::vector<std::unique_ptr<RuleSlot>> slots;  // by rule index; null: could not be rebuilt
@@ -1787,6 +1812,7 @@ void RuleRuntime::Run(uint32_t index, const MessageView& msg, CallResult& out) {
   }
   lua_settop(L, top);
   ++slot->json.generation;  // views and msg tables of this call are dead now
+  KeepGarbageBounded(slot);
   s->msg = nullptr;
   s->result = nullptr;
   s->rule = nullptr;

@@ -270,6 +270,28 @@ TEST_F(RuntimeTest, JsonPairsIteratorRefusesAForeignStateAndADeadOne) {
   EXPECT_NE(r.reason.find("used after handle returned"), std::string::npos) << r.reason;
 }
 
+// A rule that keeps a table per device (several MB) is collected before its garbage grows to
+// the size of what it keeps (Lua's default would let the heap reach twice that): between the
+// lowest heap seen right after a collection and the highest, no more than half again.
+TEST_F(RuntimeTest, GarbageStaysAFractionOfWhatARuleKeepsOnceItKeepsMegabytes) {
+  Load(
+      "    if devices == nil then devices = {} for i = 1, 20000 do devices[i] = { i, tostring(i) } "
+      "end end\n"
+      "    local t = {} for i = 1, 200 do t[i] = { x = i } end\n"
+      "    devices[#devices % 20000 + 1] = { msg.payload.n }");
+  size_t low = SIZE_MAX;
+  size_t high = 0;
+  for (int i = 0; i < 3000; ++i) {
+    ASSERT_EQ(Run(R"({"n":1})").outcome, Outcome::kOk);
+    if (i >= 100) {  // past the first collections after the table was built
+      low = std::min(low, rt_->heap_bytes(0));
+      high = std::max(high, rt_->heap_bytes(0));
+    }
+  }
+  EXPECT_GT(low, size_t{2} << 20);
+  EXPECT_LT(high, low + low / 2) << "low " << low << " high " << high;
+}
+
 TEST_F(RuntimeTest, SandboxHidesDangerousLibraries) {
   EXPECT_EQ(Eval("{ io == nil, os.execute == nil, os.exit == nil, os.remove == nil, "
                  "loadfile == nil, dofile == nil, load == nil, loadstring == nil, "
