@@ -57,7 +57,7 @@ TEST_F(ConfigLoaderTest, LoadsAndAppliesDefaults) {
   AppConfig app;
   ASSERT_TRUE(Load(kGood, &app).ok()) << Load(kGood).message();
   EXPECT_EQ(app.workers, 3);
-  EXPECT_EQ(app.worker_queue, 4096u);
+  EXPECT_EQ(app.worker_queue, 1024u);
   ASSERT_EQ(app.sources.size(), 2u);
   EXPECT_EQ(app.sources[0].type, "mqtt");
   EXPECT_EQ(app.sources[0].config->GetInt("qos"), 1);

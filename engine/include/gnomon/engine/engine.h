@@ -38,7 +38,7 @@ struct AppConfig {
   std::string base_dir;
   std::string data_dir;
   int workers = 1;
-  size_t worker_queue = 4096;
+  size_t worker_queue = 1024;
   int64_t shutdown_timeout_ms = 10000;
   std::vector<Entry> sources;
   std::vector<Entry> sinks;
