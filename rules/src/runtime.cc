@@ -64,8 +64,8 @@ struct RuleSlot {
 // default 200: as much garbage as live data, before the collector runs again). That is nothing
 // for a rule that keeps little, and half the heap for one that keeps a table per device: above
 // kTightGcAbove the rule collects at 120% instead (a fifth of its live data in garbage, for
-// about 9% more instructions per call on a rule that keeps 10k devices' state: BM_MergeRule...),
-// and goes back to the default below kLooseGcBelow.
+// about 9% more instructions per call on a rule that keeps 10k devices' state, measured with
+// callgrind on BM_MergeRuleJsonPairs), and goes back to the default below kLooseGcBelow.
 namespace {
 constexpr int kTightGcPause = 120;
 constexpr int kDefaultGcPause = 200;
