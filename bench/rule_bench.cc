@@ -43,16 +43,25 @@ class OneState final : public StateReader {
   StoredState stored;
 };
 
+// Calls `body` once per iteration; with `devices` > 1, for that many devices in turn.
 void RunRule(benchmark::State& state, const std::string& body, bool jit = false,
-             OneState* states = nullptr) {
+             OneState* states = nullptr, int devices = 1) {
   auto rt = Runtime(body, jit);
   std::string payload = kPayload;
   payload.reserve(payload.size() + simdjson::SIMDJSON_PADDING);
   MessageView m{"devices/dev00042/telemetry", "dev00042", &payload, "bench", nullptr, 1};
   m.states = states;
+  std::vector<std::string> names;
+  for (int i = 0; devices > 1 && i < devices; ++i) {
+    names.push_back(fmt::format("dev{:05}", i));
+  }
+  size_t next = 0;
   CallResult r;
   for (auto _ : state) {
     m.ts_ms += 1000;
+    if (!names.empty()) {
+      m.device = names[next++ % names.size()];
+    }
     rt->Run(0, m, r);
     if (r.outcome == Outcome::kFailed) {
       state.SkipWithError(r.reason.c_str());
@@ -114,38 +123,21 @@ void BM_PayloadFieldDecodeTable(benchmark::State& state) {
 }
 BENCHMARK(BM_PayloadFieldDecodeTable);
 
-// The floor: calling an empty handle.
 // Issue 19's merge: every field of the payload into its device's state, a Lua table kept across
 // calls, through json.pairs over the view; 10,000 devices in turn, so the rule keeps what the
 // benchmark's rule keeps (and its garbage collector has that much to go through).
 void BM_MergeRuleJsonPairs(benchmark::State& state) {
-  auto rt = Runtime(R"(
+  RunRule(state, R"(
     devices = devices or {}
     local s = devices[msg.device]
     if s == nil then s = { count = 0 }; devices[msg.device] = s end
     for k, v in json.pairs(msg.payload) do s[k] = v end
-    s.count = s.count + 1)");
-  std::vector<std::string> devices;
-  for (int i = 0; i < 10000; ++i) {
-    devices.push_back(fmt::format("dev{:05}", i));
-  }
-  std::string payload = kPayload;
-  payload.reserve(payload.size() + simdjson::SIMDJSON_PADDING);
-  CallResult r;
-  size_t i = 0;
-  for (auto _ : state) {
-    const std::string& d = devices[i++ % devices.size()];
-    MessageView m{"devices/x/telemetry", d, &payload, "bench", nullptr, 1};
-    rt->Run(0, m, r);
-    if (r.outcome == Outcome::kFailed) {
-      state.SkipWithError(r.reason.c_str());
-      break;
-    }
-  }
-  state.SetItemsProcessed(state.iterations());
+    s.count = s.count + 1)",
+          false, nullptr, 10000);
 }
 BENCHMARK(BM_MergeRuleJsonPairs);
 
+// The floor: calling an empty handle.
 void BM_EmptyRuleCall(benchmark::State& state) { RunRule(state, ""); }
 BENCHMARK(BM_EmptyRuleCall);
 
