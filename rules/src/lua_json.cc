@@ -40,11 +40,16 @@ View* ToView(lua_State* L, int idx, JsonContext* ctx) {
   return view ? static_cast<View*>(lua_touserdata(L, idx)) : nullptr;
 }
 
+// What reading a view (or walking one) of a call that has returned fails with.
+Status DeadViewError() {
+  return FailedPrecondition(
+      "msg.payload used after handle returned (copy values out with json.totable)");
+}
+
 // `v` if it belongs to the call in progress; an error otherwise.
 Result<View*> Live(View* v, JsonContext* ctx) {
   if (v->generation != ctx->generation) {
-    return FailedPrecondition(
-        "msg.payload used after handle returned (copy values out with json.totable)");
+    return DeadViewError();
   }
   return v;
 }
@@ -694,14 +699,13 @@ Result<int> JsonPairsNext(lua_State* L) {
   JsonContext* ctx = Ctx(L);
   // Read as a cursor only what is one: a userdata of its size that starts with its tag (a
   // rule cannot write a userdata's bytes, so only json.pairs makes one).
-  auto* c = static_cast<PairsCursor*>(lua_touserdata(L, 1));
-  if (c == nullptr || lua_type(L, 1) != LUA_TUSERDATA || lua_objlen(L, 1) != sizeof(PairsCursor) ||
-      c->tag != &kCursorTag) {
+  if (lua_type(L, 1) != LUA_TUSERDATA || lua_objlen(L, 1) != sizeof(PairsCursor) ||
+      static_cast<PairsCursor*>(lua_touserdata(L, 1))->tag != &kCursorTag) {
     return InvalidArgument("json.pairs: the iterator was given something other than its state");
   }
+  auto* c = static_cast<PairsCursor*>(lua_touserdata(L, 1));
   if (c->generation != ctx->generation) {
-    return FailedPrecondition(
-        "msg.payload used after handle returned (copy values out with json.totable)");
+    return DeadViewError();
   }
   if (c->array) {
     if (c->item == c->items_end) {
